@@ -1,0 +1,31 @@
+"""Shared test fixtures. Tests never reach the network: the hub is forced offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # otherwise every hub call retries for ~25 s
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared/data; skips the test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path} (only present in the project's CI)")
+    return path
+
+
+@pytest.fixture
+def dlpfc_dir() -> Path:
+    return shared_path("dlpfc_151673")
+
+
+@pytest.fixture
+def her2st_dir() -> Path:
+    return shared_path("her2st")
