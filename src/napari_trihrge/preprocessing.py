@@ -1,0 +1,109 @@
+"""Preprocessing (``napari_trihrge.pp``): gene selection and normalisation, scanpy style."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .errors import TrihrgeInputError
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x)
+
+
+def check_counts(adata: AnnData) -> None:
+    """Raise an actionable error when the counts cannot be used (empty, negative, all zero)."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise TrihrgeInputError(
+            f"the sample has {adata.n_obs} spots and {adata.n_vars} genes",
+            "check that the counts file matches the spot positions and is not empty",
+        )
+    x = adata.X
+    total = float(x.sum())
+    if not np.isfinite(total) or total <= 0:
+        raise TrihrgeInputError("all counts are zero (or not finite)",
+                                "pass the raw UMI count matrix of the sample")
+    xmin = x.min() if not sp.issparse(x) else (x.data.min() if x.nnz else 0)
+    if xmin < 0:
+        raise TrihrgeInputError(
+            "the counts contain negative values: they look already normalised or scaled",
+            "pass raw integer counts (gene selection uses scanpy's seurat_v3 on raw counts)",
+        )
+
+
+def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[str] = (),
+                 *, min_spots: int = 3) -> list[str]:
+    """Highly variable genes (scanpy ``seurat_v3`` on raw counts) plus ``extra_genes``.
+
+    Genes detected in fewer than ``min_spots`` spots are not candidates. Extra genes that are
+    absent from the data are an error naming them; all requested extra genes are kept even when
+    they are not highly variable.
+    """
+    import scanpy as sc
+
+    check_counts(adata)
+    missing = [g for g in extra_genes if g not in adata.var_names]
+    if extra_genes and len(missing) == len(extra_genes):
+        raise TrihrgeInputError(
+            f"none of the requested genes ({', '.join(list(extra_genes)[:5])}) are in the data",
+            "check the gene symbols (case matters) against the sample's gene names",
+        )
+    if missing:
+        raise TrihrgeInputError(f"requested genes not in the data: {', '.join(missing[:10])}",
+                                "remove them or check their spelling (case matters)")
+    detected = np.asarray((adata.X > 0).sum(axis=0)).ravel() >= min_spots
+    candidates = adata[:, detected]
+    n_top = int(min(n_top_genes, candidates.n_vars))
+    if n_top < 1:
+        raise TrihrgeInputError("no gene is detected in enough spots",
+                                "check that the counts are raw UMI counts per spot")
+    tmp = AnnData(X=sp.csr_matrix(candidates.X, dtype=np.float32))
+    tmp.var_names = candidates.var_names
+    if n_top >= tmp.n_vars:
+        hvg = list(tmp.var_names)
+    else:
+        sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top, subset=False)
+        ranks = tmp.var["highly_variable_rank"].to_numpy()
+        order = np.argsort(np.where(np.isnan(ranks), np.inf, ranks), kind="stable")[:n_top]
+        hvg = list(tmp.var_names[order])
+    genes = hvg + [g for g in extra_genes if g not in hvg]
+    return genes
+
+
+def normalize_log1p(adata: AnnData, target_sum: float = 1e4) -> np.ndarray:
+    """Library-size normalise to ``target_sum`` per spot (over ALL genes) and log1p; dense float32."""
+    x = adata.X.astype(np.float64) if not sp.issparse(adata.X) else adata.X.tocsr().astype(np.float64)
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    if sp.issparse(x):
+        x = sp.diags(scale) @ x
+        x.data = np.log1p(x.data)
+        return _dense(x).astype(np.float32)
+    return np.log1p(x * scale[:, None]).astype(np.float32)
+
+
+def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[str] = (),
+                       target_sum: float = 1e4) -> AnnData:
+    """Select genes and return a new AnnData whose ``X`` is log-normalised expression (dense).
+
+    Normalisation uses every gene's counts (as scanpy's ``normalize_total`` before subsetting);
+    raw counts of the selected genes are kept in ``layers['counts']``. Spots with zero counts are
+    dropped. Spatial metadata (``obsm``, ``uns``, ``obs``) is carried over.
+    """
+    check_counts(adata)
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    adata = adata[totals > 0].copy() if (totals <= 0).any() else adata
+    genes = select_genes(adata, n_top_genes, extra_genes)
+    logn = normalize_log1p(adata, target_sum)
+    idx = adata.var_names.get_indexer(genes)
+    out = AnnData(X=logn[:, idx], obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
+                  obsm={k: np.asarray(v) for k, v in adata.obsm.items()}, uns=dict(adata.uns))
+    out.layers["counts"] = _dense(adata.X[:, idx]).astype(np.float32)
+    out.uns["trihrge_preprocessing"] = {"n_top_genes": int(n_top_genes), "flavor": "seurat_v3",
+                                        "target_sum": float(target_sum),
+                                        "extra_genes": list(extra_genes)}
+    return out
