@@ -1,0 +1,189 @@
+"""TriHRGENet shapes, attention, standardisation and the model files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.model import (
+    MODEL_META,
+    MODEL_WEIGHTS,
+    ModelConfig,
+    TriHRGENet,
+    load_model,
+    save_model,
+)
+
+SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (32, 48)}
+
+
+def _model(n_scales=2, neighbour=False, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(in_dim=12 if n_scales else 0, n_genes=7, n_scales=n_scales,
+                      neighbour_input=neighbour, **{**SMALL, **kw})
+    return TriHRGENet(cfg)
+
+
+def _inputs(n=9, n_scales=2, neighbour=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bag = torch.randn(n, n_scales, 12, generator=g) if n_scales else None
+    nb = torch.rand(n, 7, generator=g) * 3 if neighbour else None
+    return bag, nb
+
+
+@pytest.mark.parametrize("n_scales,neighbour", [(2, False), (3, False), (2, True), (3, True),
+                                                (0, True), (1, False)])
+def test_shapes_attention_and_non_negative(n_scales, neighbour):
+    model = _model(n_scales, neighbour)
+    bag, nb = _inputs(9, n_scales, neighbour)
+    for mode in (model.train, model.eval):
+        mode()
+        out, w = model(bag, nb, return_attention=True)
+        assert out.shape == (9, 7)
+        assert w.shape == (9, n_scales + int(neighbour))
+        assert (out >= 0).all()
+        torch.testing.assert_close(w.sum(dim=1), torch.ones(9))
+    assert model(bag, nb).shape == (9, 7)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "relu"])
+def test_output_is_non_negative_even_with_negative_bias(activation):
+    model = _model(output_activation=activation).eval()
+    with torch.no_grad():
+        model.decoder[-1].bias.fill_(-5.0)
+    out = model(*_inputs())
+    assert (out >= 0).all()
+    assert model.config.output_activation == activation
+
+
+def test_attention_responds_to_inputs():
+    model = _model(3).eval()
+    bag, _ = _inputs(20, 3)
+    _, w = model(bag, return_attention=True)
+    assert w.std(dim=0).sum() > 0  # not a constant: depends on the location
+
+
+def test_invalid_configs_are_rejected():
+    with pytest.raises(TrihrgeInputError, match="no input"):
+        ModelConfig(in_dim=0, n_genes=5, n_scales=0)
+    with pytest.raises(TrihrgeInputError, match="output_activation"):
+        ModelConfig(in_dim=4, n_genes=5, n_scales=2, output_activation="tanh")
+    with pytest.raises(TrihrgeInputError, match="dropout"):
+        ModelConfig(in_dim=4, n_genes=5, n_scales=2, dropout=1.5)
+    cfg = ModelConfig(in_dim=4, n_genes=5, n_scales=1, neighbour_input=True)
+    assert cfg.neighbour_dim == 5 and cfg.n_tokens == 2
+
+
+def test_check_inputs_reports_wrong_shapes():
+    model = _model(2, neighbour=True)
+    bag, nb = _inputs(5, 2, True)
+    model.check_inputs(bag, nb)
+    with pytest.raises(TrihrgeInputError, match="expects"):
+        model.check_inputs(bag[:, :1], nb)
+    with pytest.raises(TrihrgeInputError, match="neighbour"):
+        model.check_inputs(bag, None)
+    with pytest.raises(TrihrgeInputError, match="neighbour"):
+        model.check_inputs(bag, nb[:, :3])
+
+
+def test_standardisation_is_applied_and_validated():
+    model = _model(2).eval()
+    bag, _ = _inputs(30, 2)
+    shifted = bag * 10 + 5
+    model.set_standardization(shifted.numpy())
+    torch.testing.assert_close(model.feature_mean, shifted.mean(0))
+    # standardised input makes the shifted features look like the originals
+    torch.testing.assert_close(model(shifted), _standardised_reference(model, shifted))
+    with pytest.raises(TrihrgeInputError):
+        model.set_standardization(np.zeros((4, 3, 12)))
+    const = np.ones((10, 2, 12))
+    model.set_standardization(const)
+    assert torch.all(model.feature_std == 1)
+
+
+def _standardised_reference(model, x):
+    mean, std = model.feature_mean.clone(), model.feature_std.clone()
+    model.feature_mean.zero_()
+    model.feature_std.fill_(1)
+    try:
+        return model((x - mean) / std)
+    finally:
+        model.feature_mean.copy_(mean)
+        model.feature_std.copy_(std)
+
+
+@pytest.mark.parametrize("n_scales,neighbour", [(2, False), (3, True), (0, True)])
+def test_save_load_round_trip(tmp_path, n_scales, neighbour):
+    model = _model(n_scales, neighbour)
+    bag, nb = _inputs(11, n_scales, neighbour)
+    model.set_standardization(bag.numpy() * 2 if bag is not None else None,
+                              nb.numpy() if nb is not None else None)
+    model.eval()
+    extra = {"genes": np.array(["A", "B"]), "windows_um": (112.0, 336.0),
+             "encoder": "handcrafted", "n": np.int64(3)}
+    save_model(tmp_path / "m", model, model.config, extra)
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {MODEL_WEIGHTS, MODEL_META}
+    loaded, cfg, extra2 = load_model(tmp_path / "m")
+    assert cfg == model.config and not loaded.training
+    assert extra2 == {"genes": ["A", "B"], "windows_um": [112.0, 336.0],
+                      "encoder": "handcrafted", "n": 3}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(bag, nb), model(bag, nb), rtol=0, atol=0)
+    # the weights file is a plain state_dict readable with weights_only
+    state = torch.load(tmp_path / "m" / MODEL_WEIGHTS, weights_only=True)
+    assert set(state) == set(model.state_dict())
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+    model = _model()
+    save_model(tmp_path, model, extra={"v": 1})
+    with pytest.raises(TrihrgeInputError, match="already saved"):
+        save_model(tmp_path, model, extra={"v": 2})
+    assert load_model(tmp_path)[2] == {"v": 1}
+    save_model(tmp_path, model, extra={"v": 2}, overwrite=True)
+    assert load_model(tmp_path)[2] == {"v": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL_META, MODEL_WEIGHTS]
+
+
+def test_save_rejects_unserialisable_extra_and_wrong_config(tmp_path):
+    model = _model()
+    with pytest.raises(TrihrgeInputError, match="JSON"):
+        save_model(tmp_path, model, extra={"x": object()})
+    other = ModelConfig(in_dim=12, n_genes=8, n_scales=2, **SMALL)
+    with pytest.raises(TrihrgeInputError, match="does not match"):
+        save_model(tmp_path, model, other)
+    assert not (tmp_path / MODEL_WEIGHTS).exists()
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(TrihrgeInputError, match="missing"):
+        load_model(tmp_path / "nothing")
+    model = _model()
+    save_model(tmp_path / "a", model)
+    # corrupt weights
+    (tmp_path / "a" / MODEL_WEIGHTS).write_bytes(b"not a torch file")
+    with pytest.raises(TrihrgeInputError, match="cannot be read"):
+        load_model(tmp_path / "a")
+    # config that does not match the weights
+    save_model(tmp_path / "b", model)
+    meta = json.loads((tmp_path / "b" / MODEL_META).read_text())
+    meta["config"]["hidden_dim"] = 64
+    (tmp_path / "b" / MODEL_META).write_text(json.dumps(meta))
+    with pytest.raises(TrihrgeInputError, match="do not match"):
+        load_model(tmp_path / "b")
+    # broken JSON and foreign JSON
+    (tmp_path / "b" / MODEL_META).write_text("{not json")
+    with pytest.raises(TrihrgeInputError, match="JSON"):
+        load_model(tmp_path / "b")
+    (tmp_path / "b" / MODEL_META).write_text(json.dumps({"hello": 1}))
+    with pytest.raises(TrihrgeInputError, match="not a napari-trihrge"):
+        load_model(tmp_path / "b")
+    meta["config"]["hidden_dim"] = 32
+    meta["config"]["mystery"] = 1
+    (tmp_path / "b" / MODEL_META).write_text(json.dumps(meta))
+    with pytest.raises(TrihrgeInputError, match="unknown"):
+        load_model(tmp_path / "b")
