@@ -1,0 +1,93 @@
+"""Readers, lazy tissue images and writers.
+
+Every reader returns an AnnData following the sample data model of ``docs/architecture.md``
+(raw counts in ``X``, ``obsm['spatial']`` x/y in full-resolution pixels, ``uns['spatial']`` as in
+scanpy/squidpy, ``uns['trihrge']`` with the pixel size) and runs :func:`validate_sample`.
+
+    adata = napari_trihrge.io.read("path/to/spaceranger/outs")
+    image = napari_trihrge.io.get_image(adata)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrihrgeInputError
+from .h5ad import read_h5ad
+from .image import TissueImage, image_layer_scale_um, image_size_px, open_image
+from .sample import available_images, get_image, validate_sample
+from .spot_table import is_her2st_folder, read_her2st, read_spot_table
+from .visium import is_visium_folder, read_visium
+from .writers import (
+    ZarrMapWriter,
+    open_ome_zarr_map,
+    read_map,
+    write_h5ad_atomic,
+    write_ome_tiff,
+)
+
+_TABLE_SUFFIXES = (".tsv", ".csv", ".txt", ".tsv.gz", ".csv.gz", ".txt.gz")
+
+READ_HINT = (
+    "pass a Space Ranger outs/ folder, an .h5ad file, a her2st-like section folder "
+    "(<id>.tsv.gz, <id>_selection.tsv, <id>_HE.jpg), or a counts table with positions=... and "
+    "image=...")
+
+
+def read(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """Read a sample, choosing the reader from what ``path`` is:
+
+    * a folder with ``filtered_feature_bc_matrix.h5`` (or ``outs/`` holding one): :func:`read_visium`
+    * an ``.h5ad`` file: :func:`read_h5ad`
+    * a folder with one ``<id>_selection.tsv``: :func:`read_her2st`
+    * a counts table (``.tsv``/``.csv``[.gz]): :func:`read_spot_table`, needs ``positions=`` and
+      ``image=``
+
+    Keyword arguments go to the chosen reader.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    if not p.exists():
+        raise TrihrgeInputError(f"input not found: {p}", READ_HINT)
+    if p.is_dir():
+        if is_visium_folder(p):
+            return read_visium(p, **kwargs)
+        if is_her2st_folder(p):
+            return read_her2st(p, **kwargs)
+        raise TrihrgeInputError(f"{p} is not a recognised sample folder", READ_HINT)
+    if name.endswith(".h5ad"):
+        return read_h5ad(p, **kwargs)
+    if name.endswith(".h5"):
+        return read_visium(p, **kwargs)
+    if name.endswith(_TABLE_SUFFIXES):
+        missing = [k for k in ("positions", "image") if kwargs.get(k) is None]
+        if missing:
+            raise TrihrgeInputError(
+                f"a counts table needs {' and '.join(missing)} as well",
+                "pass positions=<table with x/y full-resolution pixel columns> and "
+                "image=<full-resolution H&E> (CLI: --positions, --image)")
+        return read_spot_table(p, **kwargs)
+    raise TrihrgeInputError(f"unsupported input {p.name}", READ_HINT)
+
+
+__all__ = [
+    "TissueImage",
+    "ZarrMapWriter",
+    "available_images",
+    "get_image",
+    "image_layer_scale_um",
+    "image_size_px",
+    "open_image",
+    "open_ome_zarr_map",
+    "read",
+    "read_h5ad",
+    "read_her2st",
+    "read_map",
+    "read_spot_table",
+    "read_visium",
+    "validate_sample",
+    "write_h5ad_atomic",
+    "write_ome_tiff",
+]

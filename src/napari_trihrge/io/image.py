@@ -1,0 +1,410 @@
+"""Tissue images: lazy, pyramid-aware access to H&E pixels in micrometre coordinates.
+
+Pixel-centre convention (see :mod:`napari_trihrge.geometry`): pixel ``(i, j)`` of an image whose
+pixel size is ``um_per_px`` is centred at ``(i * um_per_px, j * um_per_px)`` micrometres from the
+full-resolution image's top-left pixel centre. Downsampled images (pyramid levels, Space Ranger
+hires/lowres PNGs) are treated as *pure scalings* of the full-resolution image: pixel ``i`` of an
+image downsampled by ``scalef`` sits at full-resolution pixel ``i / scalef`` (strictly, it covers
+full-resolution pixels ``[i / scalef, (i + 1) / scalef)`` and its centre is half a coarse pixel
+further; the difference, at most half a coarse pixel, is ignored on purpose so that napari only
+needs a ``scale``, never a ``translate``; see :func:`image_layer_scale_um`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import TrihrgeInputError
+
+# Full-resolution H&E JPEGs are routinely larger than PIL's decompression-bomb guard.
+Image.MAX_IMAGE_PIXELS = None
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ndpi", ".scn", ".qptiff")
+_WHITE = 255
+
+
+def _rgb_error(what: str, detail: str) -> TrihrgeInputError:
+    return TrihrgeInputError(
+        f"{what} is not an RGB image ({detail})",
+        "pass the colour H&E image (3 channels, RGB); grayscale, 2-channel and fluorescence "
+        "images are not supported",
+    )
+
+
+def to_rgb_uint8(arr: Any, what: str = "the image") -> np.ndarray:
+    """Any in-memory image (HxWx3/4, uint8/uint16/float in [0, 1] or [0, 255]) -> HxWx3 uint8.
+
+    Raises :class:`TrihrgeInputError` for grayscale or 2-channel images; drops an alpha channel.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        raise _rgb_error(what, f"grayscale, shape {arr.shape}")
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise _rgb_error(what, f"shape {arr.shape}, expected height x width x 3")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16:
+        return (arr // 257).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
+        a = arr.astype(np.float32)
+        finite = a[np.isfinite(a)]
+        top = float(finite.max()) if finite.size else 0.0
+        if top <= 1.0 + 1e-6:
+            a = a * 255.0
+        return np.clip(np.nan_to_num(a, nan=255.0) + 0.5, 0, 255).astype(np.uint8)
+    raise _rgb_error(what, f"unsupported pixel type {arr.dtype}")
+
+
+class TissueImage:
+    """An H&E image with a known pixel size, possibly lazy (dask) and multi-resolution.
+
+    Attributes
+    ----------
+    levels : list of ``(array, um_per_px)`` from finest to coarsest (HxWx3 uint8, numpy or dask).
+    source : where the pixels came from (a path or a short description).
+    """
+
+    def __init__(self, levels: list[tuple[Any, float]], *, source: str = "",
+                 path: str | os.PathLike | None = None, closer: Any = None):
+        if not levels:
+            raise ValueError("a TissueImage needs at least one level")
+        self.levels = [(a, float(p)) for a, p in levels]
+        self.source = str(source or path or "in-memory image")
+        self.path = Path(path) if path is not None else None
+        self._closer = closer
+        self._key: str | None = None
+
+    @classmethod
+    def from_array(cls, array: Any, um_per_px: float, source: str = "in-memory image"
+                   ) -> TissueImage:
+        """Wrap one in-memory image (converted to HxWx3 uint8)."""
+        return cls([(to_rgb_uint8(array, source), um_per_px)], source=source)
+
+    # -- basic properties ------------------------------------------------------------------
+    @property
+    def array(self) -> Any:
+        """Finest level, HxWx3 uint8 (numpy or dask)."""
+        return self.levels[0][0]
+
+    @property
+    def um_per_px(self) -> float:
+        """Pixel size of :attr:`array` in micrometres."""
+        return self.levels[0][1]
+
+    @property
+    def shape_px(self) -> tuple[int, int]:
+        return int(self.array.shape[0]), int(self.array.shape[1])
+
+    @property
+    def shape_rc_um(self) -> tuple[float, float]:
+        """(height, width) in micrometres."""
+        h, w = self.shape_px
+        return h * self.um_per_px, w * self.um_per_px
+
+    @property
+    def is_lazy(self) -> bool:
+        return not isinstance(self.array, np.ndarray)
+
+    def __repr__(self) -> str:
+        h, w = self.shape_px
+        return (f"TissueImage({h}x{w} px, {self.um_per_px:.4g} um/px, {len(self.levels)} level(s), "
+                f"{'lazy' if self.is_lazy else 'in memory'}, source={self.source!r})")
+
+    def close(self) -> None:
+        """Close the underlying file handle (lazy TIFF images)."""
+        if self._closer is not None:
+            try:
+                self._closer.close()
+            finally:
+                self._closer = None
+
+    # -- cache key -------------------------------------------------------------------------
+    def key(self) -> str:
+        """Short string identifying these pixels and this pixel size (for feature caches)."""
+        if self._key is None:
+            h, w = self.shape_px
+            desc = f"{h}x{w}|{self.um_per_px:.6g}|"
+            if self.path is not None and self.path.exists():
+                st = self.path.stat()
+                desc += f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            else:
+                arr, _ = self.levels[-1]
+                step = max(1, max(arr.shape[0], arr.shape[1]) // 256)
+                thumb = np.ascontiguousarray(np.asarray(arr[::step, ::step]))
+                desc += hashlib.sha1(thumb.tobytes()).hexdigest()
+            self._key = hashlib.sha1(desc.encode()).hexdigest()[:16]
+        return self._key
+
+    # -- level choice ----------------------------------------------------------------------
+    def _level_for(self, um_per_px: float) -> tuple[Any, float]:
+        """Coarsest level whose pixels are at most ``um_per_px`` (else the finest)."""
+        best = self.levels[0]
+        for arr, p in self.levels:
+            if p <= um_per_px * (1 + 1e-6) and p >= best[1]:
+                best = (arr, p)
+        return best
+
+    # -- region reads ----------------------------------------------------------------------
+    def read_um(self, top_left_rc_um: Any, size_rc_um: Any, out_shape_px: Any) -> np.ndarray:
+        """Region of ``size_rc_um`` (height, width, micrometres) whose top-left *corner* is at
+        ``top_left_rc_um``, resampled to ``out_shape_px`` (rows, cols) -> HxWx3 uint8.
+
+        Output pixel ``(i, j)`` is centred at ``top_left + ((i, j) + 0.5) * size / out_shape``, so
+        a crop ``top_left = centre - size / 2`` is centred on ``centre``. Reads from the coarsest
+        pyramid level that is still fine enough, low-pass filters when downsampling (anti-aliasing)
+        and interpolates bilinearly. Parts outside the image are white (255).
+        """
+        from scipy import ndimage
+
+        top = np.asarray(top_left_rc_um, dtype=np.float64).reshape(2)
+        size = np.asarray(size_rc_um, dtype=np.float64).reshape(2)
+        out = np.asarray(out_shape_px, dtype=np.int64).reshape(2)
+        if np.any(out < 1) or np.any(size <= 0):
+            raise ValueError(f"read_um needs a positive size and output shape, got {size}, {out}")
+        out_um = size / out
+        arr, p = self._level_for(float(out_um.min()))
+        rows = (top[0] + (np.arange(out[0]) + 0.5) * out_um[0]) / p
+        cols = (top[1] + (np.arange(out[1]) + 0.5) * out_um[1]) / p
+        sigma = np.maximum(0.0, (out_um / p - 1.0) / 2.0)
+        margin = int(np.ceil(4 * sigma.max())) + 2
+        r0, r1 = int(np.floor(rows[0])) - margin, int(np.ceil(rows[-1])) + margin + 1
+        c0, c1 = int(np.floor(cols[0])) - margin, int(np.ceil(cols[-1])) + margin + 1
+        window = self._window(arr, r0, r1, c0, c1)
+        if np.all(sigma < 1e-3) and np.allclose(rows, np.round(rows)) and \
+                np.allclose(cols, np.round(cols)) and np.allclose(out_um, p):
+            ri = np.round(rows).astype(np.int64) - r0
+            ci = np.round(cols).astype(np.int64) - c0
+            return np.ascontiguousarray(window[ri[0]:ri[-1] + 1, ci[0]:ci[-1] + 1])
+        win = window.astype(np.float32)
+        if np.any(sigma >= 1e-3):
+            win = ndimage.gaussian_filter(win, sigma=(sigma[0], sigma[1], 0), mode="nearest")
+        rr, cc = np.meshgrid(rows - r0, cols - c0, indexing="ij")
+        res = np.empty((out[0], out[1], 3), dtype=np.float32)
+        for ch in range(3):
+            res[..., ch] = ndimage.map_coordinates(win[..., ch], [rr, cc], order=1,
+                                                   mode="nearest")
+        return np.clip(res + 0.5, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def _window(arr: Any, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Pixels rows [r0, r1) x cols [c0, c1) of ``arr``; white outside it."""
+        h, w = arr.shape[0], arr.shape[1]
+        out = np.full((r1 - r0, c1 - c0, 3), _WHITE, dtype=np.uint8)
+        rs, re_ = max(r0, 0), min(r1, h)
+        cs, ce = max(c0, 0), min(c1, w)
+        if rs < re_ and cs < ce:
+            out[rs - r0:re_ - r0, cs - c0:ce - c0] = np.asarray(arr[rs:re_, cs:ce])
+        return out
+
+    # -- whole image -----------------------------------------------------------------------
+    def at_resolution(self, um_per_px: float, *, return_um_per_px: bool = False) -> Any:
+        """The whole image resampled to about ``um_per_px`` (HxWx3 uint8 numpy).
+
+        Uses the coarsest pyramid level that is fine enough, block-averages it by the largest
+        integer factor, then resizes the rest of the way with anti-aliasing. The exact pixel size
+        of the result is ``shape_rc_um[0] / result.shape[0]``; ``return_um_per_px=True`` returns
+        ``(array, um_per_px)``.
+        """
+        from skimage.transform import resize
+
+        if not np.isfinite(um_per_px) or um_per_px <= 0:
+            raise ValueError(f"um_per_px must be positive, got {um_per_px}")
+        h_um, w_um = self.shape_rc_um
+        out_shape = (max(1, int(round(h_um / um_per_px))), max(1, int(round(w_um / um_per_px))))
+        arr, p = self._level_for(um_per_px)
+        factor = int(np.floor(um_per_px / p * (1 + 1e-6)))
+        img = _block_mean(arr, factor) if factor >= 2 else np.asarray(arr)
+        if img.shape[:2] != out_shape:
+            down = img.shape[0] > out_shape[0] or img.shape[1] > out_shape[1]
+            img = resize(img, out_shape + (3,), order=1, anti_aliasing=down,
+                         preserve_range=True)
+        img = np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8) \
+            if img.dtype != np.uint8 else np.ascontiguousarray(img)
+        if return_um_per_px:
+            return img, h_um / img.shape[0]
+        return img
+
+
+def _block_mean(arr: Any, f: int, max_band_px: int = 16_000_000) -> np.ndarray:
+    """Mean of ``f x f`` blocks of HxWx3 ``arr`` (numpy or dask), one band of rows at a time so
+    memory stays bounded; the partial last block row/column is averaged over what exists."""
+    h, w = int(arr.shape[0]), int(arr.shape[1])
+    ho, wo = -(-h // f), -(-w // f)
+    out = np.zeros((ho, wo, 3), dtype=np.float32)
+    band_rows = max(1, max_band_px // max(1, w * f)) * f
+    # how many source pixels fall in each output row/column (the last one may be partial)
+    nrow = np.minimum(f, h - np.arange(ho) * f).astype(np.float32)
+    ncol = np.minimum(f, w - np.arange(wo) * f).astype(np.float32)
+    for s in range(0, h, band_rows):
+        block = np.asarray(arr[s:min(h, s + band_rows)])
+        o = s // f
+        acc = np.zeros((-(-block.shape[0] // f), wo, 3), dtype=np.float32)
+        for a in range(f):
+            rows_a = block[a::f]
+            for b in range(f):
+                part = rows_a[:, b::f]
+                acc[:part.shape[0], :part.shape[1]] += part
+        out[o:o + acc.shape[0]] = acc
+    out /= (nrow[:, None] * ncol[None, :])[..., None]
+    return out
+
+
+def image_layer_scale_um(img: TissueImage) -> tuple[float, float]:
+    """napari ``scale`` (row, col micrometres per pixel) that puts ``img`` in the engine's
+    micrometre world coordinates. Downsampled images are pure scalings of the full-resolution
+    image (``scale = um_per_px_full / scalef``), so no ``translate`` is needed."""
+    return (img.um_per_px, img.um_per_px)
+
+
+# -----------------------------------------------------------------------------------------
+# Opening files
+# -----------------------------------------------------------------------------------------
+def _is_tiff(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(TIFF_SUFFIXES)
+
+
+def _missing(path: Path, what: str) -> TrihrgeInputError:
+    return TrihrgeInputError(f"{what} not found: {path}",
+                             "check the path (and that the file was not moved or renamed)")
+
+
+def _tiff_axes_plan(axes: str, shape: tuple[int, ...], what: str
+                    ) -> tuple[tuple[Any, ...], tuple[int, ...], int]:
+    """How to turn a TIFF series (axes, shape) into HxWxC: an index, a transpose, channels."""
+    if "Y" not in axes or "X" not in axes:
+        raise TrihrgeInputError(f"{what} has no Y/X image axes (axes {axes!r})",
+                                "pass a 2-D RGB H&E image")
+    ch_axis = "S" if "S" in axes and shape[axes.index("S")] > 1 else ("C" if "C" in axes else None)
+    index: list[Any] = []
+    kept: list[str] = []
+    for ax, n in zip(axes, shape, strict=True):
+        if ax in ("Y", "X") or ax == ch_axis:
+            index.append(slice(None))
+            kept.append(ax)
+        elif n == 1:
+            index.append(0)
+        else:
+            raise TrihrgeInputError(
+                f"{what} has {n} planes along axis {ax!r} (axes {axes!r}); expected one RGB plane",
+                "export a single 2-D RGB image (for example with QuPath or tifffile)")
+    if ch_axis is None:
+        raise _rgb_error(what, f"grayscale, axes {axes!r}")
+    nch = shape[axes.index(ch_axis)]
+    if nch not in (3, 4):
+        raise _rgb_error(what, f"{nch} channel(s)")
+    order = tuple(kept.index(a) for a in ("Y", "X", ch_axis))
+    return tuple(index), order, nch
+
+
+def _open_tiff(path: Path, um_per_px: float) -> TissueImage:
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    what = f"the image {path.name}"
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            axes, shape = series.axes, tuple(series.shape)
+            dtype = np.dtype(series.dtype)
+        index, order, _ = _tiff_axes_plan(axes, shape, what)
+        if dtype not in (np.uint8, np.uint16):
+            raise TrihrgeInputError(f"{what} has pixel type {dtype}; expected 8-bit RGB",
+                                    "convert it to an 8-bit RGB TIFF")
+        store = tifffile.imread(path, aszarr=True, series=0)
+        root = zarr.open(store, mode="r")
+        if isinstance(root, zarr.Array):
+            zarrs = [root]
+        else:
+            zarrs = [root[k] for k in sorted(root.array_keys(), key=lambda k: int(k))]
+    except TrihrgeInputError:
+        raise
+    except Exception as exc:  # tifffile/zarr errors on corrupt or exotic files
+        raise TrihrgeInputError(f"cannot read {what}: {exc}",
+                                "check that it is a valid (OME-/Big-)TIFF or SVS file") from exc
+    levels = []
+    h0 = None
+    for z in zarrs:
+        a = da.from_zarr(z)
+        if a.ndim != len(axes):  # defensive: should not happen
+            raise TrihrgeInputError(f"cannot read {what}: unexpected level shape {a.shape}",
+                                    "export a single RGB image")
+        a = a[index].transpose(order)[..., :3]
+        if dtype == np.uint16:
+            a = (a // 257).astype(np.uint8)
+        if h0 is None:
+            h0, w0 = a.shape[0], a.shape[1]
+        ratio = 0.5 * (h0 / a.shape[0] + w0 / a.shape[1])
+        levels.append((a, um_per_px * ratio))
+    levels.sort(key=lambda lv: lv[1])
+    return TissueImage(levels, source=str(path), path=path, closer=store)
+
+
+def _open_pil(path: Path, um_per_px: float) -> TissueImage:
+    what = f"the image {path.name}"
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+                raise _rgb_error(what, f"grayscale, PIL mode {mode}")
+            arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
+    except TrihrgeInputError:
+        raise
+    except Exception as exc:
+        raise TrihrgeInputError(f"cannot read {what}: {exc}",
+                                "pass a valid TIFF, SVS, JPEG or PNG file") from exc
+    return TissueImage([(to_rgb_uint8(arr, what), um_per_px)], source=str(path), path=path)
+
+
+def open_image(path: str | os.PathLike, um_per_px: float) -> TissueImage:
+    """Open an H&E image with pixel size ``um_per_px``.
+
+    TIFF / OME-TIFF / BigTIFF / SVS are opened lazily (tifffile + zarr + dask, all pyramid
+    levels); JPEG, PNG and other formats PIL reads are loaded into memory. Raises
+    :class:`TrihrgeInputError` for missing, unreadable or non-RGB files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, "image file")
+    um_per_px = float(um_per_px)
+    if not np.isfinite(um_per_px) or um_per_px <= 0:
+        raise TrihrgeInputError(f"the pixel size of {path.name} must be positive, got {um_per_px}",
+                                "pass the image's pixel size in micrometres (--um-per-px)")
+    return _open_tiff(path, um_per_px) if _is_tiff(path) else _open_pil(path, um_per_px)
+
+
+def image_size_px(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file's finest level, read from its header only."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, "image file")
+    try:
+        if _is_tiff(path):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                s = tf.series[0]
+                return int(s.shape[s.axes.index("Y")]), int(s.shape[s.axes.index("X")])
+        with Image.open(path) as im:
+            w, h = im.size
+            return int(h), int(w)
+    except Exception as exc:
+        raise TrihrgeInputError(f"cannot read the image {path.name}: {exc}",
+                                "pass a valid TIFF, SVS, JPEG or PNG file") from exc
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read a small image file (PNG/JPEG/TIFF) fully into memory as HxWx3 uint8."""
+    img = open_image(path, 1.0)
+    try:
+        return np.asarray(img.array)
+    finally:
+        img.close()

@@ -1,0 +1,143 @@
+"""The sample contract: the best image of a sample and checks every reader runs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import TrihrgeInputError
+from ..geometry import validate_um_per_px
+from ._common import check_inside
+from .image import TissueImage, image_size_px, open_image, to_rgb_uint8
+
+_SCALEF = {"hires": "tissue_hires_scalef", "lowres": "tissue_lowres_scalef"}
+
+
+def _library(adata: Any) -> tuple[str | None, dict]:
+    """(library_id, uns['spatial'][library_id] or {})."""
+    info = adata.uns.get("trihrge", {})
+    spatial = adata.uns.get("spatial", {}) or {}
+    lib = info.get("library_id")
+    if lib is None and len(spatial) == 1:
+        lib = next(iter(spatial))
+    return lib, (spatial.get(lib, {}) if lib is not None else {})
+
+
+def trihrge_info(adata: Any) -> dict:
+    """``uns['trihrge']`` or an actionable error when the sample was not read by napari-trihrge."""
+    info = adata.uns.get("trihrge")
+    if not info or "um_per_px" not in info:
+        raise TrihrgeInputError(
+            "the sample has no uns['trihrge'] with its pixel size",
+            "read it with napari_trihrge.io.read(...) (or io.read_h5ad) so that the pixel size "
+            "and platform are set")
+    return info
+
+
+def available_images(adata: Any) -> list[str]:
+    """Image sources present, best first: among 'fullres', 'hires', 'lowres'."""
+    info = adata.uns.get("trihrge", {})
+    _, lib = _library(adata)
+    out = []
+    if info.get("fullres_image_path"):
+        out.append("fullres")
+    images = lib.get("images", {}) or {}
+    for res in ("hires", "lowres"):
+        if res in images and _SCALEF[res] in (lib.get("scalefactors", {}) or {}):
+            out.append(res)
+    return out
+
+
+def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
+    """The best image of the sample: the full-resolution file (lazy), else hires, else lowres,
+    each with its own pixel size (``fullres_um_per_px / scalef``). ``resolution`` forces one of
+    'fullres', 'hires', 'lowres'."""
+    info = trihrge_info(adata)
+    um_full = float(info["um_per_px"])
+    _, lib = _library(adata)
+    options = available_images(adata)
+    if resolution is None and "fullres" in options and \
+            not Path(str(info["fullres_image_path"])).is_file():
+        if len(options) > 1:
+            warnings.warn(f"full-resolution image {info['fullres_image_path']} not found; "
+                          f"using the {options[1]} image instead", stacklevel=2)
+        options = options[1:] if len(options) > 1 else options
+    if resolution is not None:
+        if resolution not in options:
+            raise TrihrgeInputError(f"the sample has no {resolution!r} image",
+                                    f"available: {options or 'none'}")
+        options = [resolution]
+    if not options:
+        raise TrihrgeInputError(
+            "the sample has no H&E image (no full-resolution image path and no hires/lowres "
+            "image in uns['spatial'])",
+            "pass the full-resolution H&E image (--image / fullres_image=...) or read a Space "
+            "Ranger folder that contains spatial/tissue_hires_image.png")
+    best = options[0]
+    if best == "fullres":
+        return open_image(str(info["fullres_image_path"]), um_full)
+    scalef = float(lib["scalefactors"][_SCALEF[best]])
+    arr = to_rgb_uint8(lib["images"][best], f"the {best} image")
+    img = TissueImage.from_array(arr, um_full / scalef,
+                                 source=f"{info.get('source', 'sample')} [{best}]")
+    return img
+
+
+def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None:
+    """Extent of the best image in full-resolution pixels without decoding it:
+    ``((height, width), one_image_px_in_fullres_px, description)``; None when no image."""
+    info = adata.uns.get("trihrge", {})
+    _, lib = _library(adata)
+    for res in available_images(adata):
+        if res == "fullres":
+            path = Path(str(info["fullres_image_path"]))
+            if not path.is_file():
+                continue
+            h, w = image_size_px(path)
+            return (float(h), float(w)), 1.0, f"full-resolution image {path.name}"
+        scalef = float(lib["scalefactors"][_SCALEF[res]])
+        h, w = np.shape(lib["images"][res])[:2]
+        return (h / scalef, w / scalef), 1.0 / scalef, f"{res} image (scalefactor {scalef:g})"
+    return None
+
+
+def check_counts(X: Any, what: str = "the counts") -> None:
+    """Raise unless the count matrix is non-empty, finite, non-negative and not all zero."""
+    if X is None or X.shape[0] == 0 or X.shape[1] == 0:
+        shape = None if X is None else X.shape
+        raise TrihrgeInputError(f"{what} are empty (shape {shape})",
+                                "check that the counts file holds spots x genes")
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if data.size and not np.all(np.isfinite(data)):
+        raise TrihrgeInputError(f"{what} contain NaN or infinite values",
+                                "pass raw counts (integers >= 0)")
+    if data.size and float(np.min(data)) < 0:
+        raise TrihrgeInputError(f"{what} contain negative values",
+                                "pass raw counts (integers >= 0), not scaled or centred data")
+    if not data.size or float(np.max(data)) == 0:
+        raise TrihrgeInputError(f"{what} are all zero ({X.shape[0]} spots x {X.shape[1]} genes)",
+                                "check that the counts file is the right one and not empty")
+
+
+def validate_sample(adata: Any) -> Any:
+    """Check a sample against the data model: plausible pixel size, spot coordinates present and
+    inside the image, counts non-empty. Returns ``adata``; raises TrihrgeInputError."""
+    info = trihrge_info(adata)
+    validate_um_per_px(float(info["um_per_px"]), what="of the sample")
+    if "spatial" not in adata.obsm:
+        raise TrihrgeInputError("the sample has no spot coordinates (obsm['spatial'])",
+                                "store x/y in full-resolution pixels in obsm['spatial']")
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise TrihrgeInputError(f"obsm['spatial'] must be (n_spots, 2), got {xy.shape}",
+                                "store one x and one y full-resolution pixel per spot")
+    check_counts(adata.X)
+    extent = image_extent_px(adata)
+    if extent is not None:
+        (h, w), img_px, what = extent
+        check_inside(xy, adata.obs_names, (h, w), tol_px=2.0 * img_px, image_what=what)
+    return adata
