@@ -1,0 +1,182 @@
+"""npe2 reader: Space Ranger folders, .h5ad files, TriHRGE run folders and maps -> layers.
+
+* a Space Ranger ``outs/`` folder (or a her2st-like section folder), an ``.h5ad`` of a sample:
+  the H&E (RGB image, micrometres) and the spots (points with expression features);
+* a run folder written by ``trihrge enhance|recovery`` (``summary.json``), ``enhanced.h5ad``,
+  ``recovery.h5ad``: the H&E, the virtual / predicted spots and the first enhanced map;
+* a map (``maps.ome.zarr`` folder, ``*.ome.tif``): one enhanced-map image layer whose gene can be
+  switched in the Gene explorer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import layers as L
+from .errors import TrihrgeInputError
+
+_MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
+
+
+@dataclass
+class FileMaps:
+    """Maps read back from disk (lazy dask values; NaN outside the tissue)."""
+
+    values: Any
+    stride_um: float
+    origin_rc_um: np.ndarray
+    gene_names: list[str]
+    mask: Any = None
+    std: Any = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def gene(self, name: str) -> np.ndarray:
+        return np.asarray(self.values[self.gene_names.index(name)])
+
+
+def read_maps(path: str | os.PathLike) -> FileMaps:
+    """An OME-Zarr / OME-TIFF map written by napari-trihrge, as :class:`FileMaps`."""
+    from .io import read_map
+
+    arr, um, names, origin = read_map(path, with_origin=True)
+    return FileMaps(values=arr, stride_um=float(um), origin_rc_um=np.asarray(origin, float),
+                    gene_names=list(names), source=str(path))
+
+
+def _is_run_folder(p: Path) -> bool:
+    return p.is_dir() and (p / "summary.json").is_file() and any(
+        (p / n).exists() for n in ("enhanced.h5ad", "recovery.h5ad", "maps.ome.zarr"))
+
+
+def _is_zarr_map(p: Path) -> bool:
+    return p.is_dir() and p.name.endswith(".zarr") and (
+        (p / ".zattrs").exists() or (p / "zarr.json").exists())
+
+
+def _is_sample_folder(p: Path) -> bool:
+    from .io import is_her2st_folder, is_visium_folder
+
+    try:
+        return bool(is_visium_folder(p) or is_her2st_folder(p))
+    except Exception:  # noqa: BLE001 - not ours
+        return False
+
+
+def get_reader(path: str | list[str]):
+    """napari reader hook: a reader function for paths we understand, else ``None``."""
+    if isinstance(path, list | tuple):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(str(path))
+    name = p.name.lower()
+    if p.is_dir():
+        if _is_run_folder(p):
+            return read_run_layers
+        if _is_zarr_map(p):
+            return read_map_layers
+        if _is_sample_folder(p):
+            return read_sample_layers
+        return None
+    if name.endswith(".h5ad"):
+        return read_sample_layers
+    if name.endswith(_MAP_SUFFIXES):
+        return read_map_layers
+    return None
+
+
+def _one(path) -> str:
+    return str(path[0] if isinstance(path, list | tuple) else path)
+
+
+def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> list:
+    """Layers of a sample (H&E + spots); an engine output .h5ad opens as predicted spots."""
+    from . import io
+
+    path = _one(path)
+    if image_path:
+        read_kwargs.setdefault("image", image_path)
+    p = Path(path)
+    if p.suffix.lower() == ".h5ad":
+        import anndata as ad
+
+        peek = ad.read_h5ad(p, backed="r")
+        task = (peek.uns.get("trihrge", {}) or {}).get("task")
+        peek.file.close()
+        if task in ("enhance", "recovery"):
+            return _result_h5ad_layers(ad.read_h5ad(p), task, source=p)
+    try:
+        adata = io.read(path, **read_kwargs)
+    except TrihrgeInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
+        raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
+    return L.sample_layers(adata)
+
+
+def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
+    """Layers of an engine output AnnData (virtual spots or recovered hidden spots)."""
+    out = []
+    img = L.image_layer(adata)
+    if img is not None:
+        out.append(img)
+    if task == "enhance":
+        factor = int(adata.uns.get("trihrge", {}).get("factor", 4))
+        diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um", 55.0))
+        out.append(L.spots_layer(adata, kind="virtual", size_um=diameter / np.sqrt(factor),
+                                 name=f"enhanced: {factor}x virtual spots"))
+    else:
+        genes = None
+        if "pcc" in adata.var:
+            order = np.argsort(-np.nan_to_num(adata.var["pcc"].to_numpy(float), nan=-9))
+            genes = [str(adata.var_names[i]) for i in order[:8]]
+        out.append(L.spots_layer(adata, genes, kind="recovered",
+                                 name="recovery: predicted hidden spots"))
+    return out
+
+
+def read_map_layers(path) -> list:
+    """One enhanced-map layer (the first gene) of an OME-Zarr / OME-TIFF map."""
+    maps = read_maps(_one(path))
+    return L.map_layers(maps)
+
+
+def read_run_layers(path) -> list:
+    """A run folder: H&E, virtual or predicted spots, and the first enhanced map."""
+    import anndata as ad
+
+    p = Path(_one(path))
+    out: list = []
+    if (p / "enhanced.h5ad").exists():
+        out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")
+    elif (p / "recovery.h5ad").exists():
+        out += _result_h5ad_layers(ad.read_h5ad(p / "recovery.h5ad"), "recovery")
+    if (p / "maps.ome.zarr").exists():
+        maps = read_maps(p / "maps.ome.zarr")
+        spot_vals = None
+        virt = next((t for t in out if t[1].get("metadata", {}).get("trihrge", {}).get("kind")
+                     == "virtual"), None)
+        gene = maps.gene_names[0]
+        if virt is not None:
+            gene = virt[1]["metadata"]["trihrge"].get("gene") or gene
+            if gene not in maps.gene_names:
+                gene = maps.gene_names[0]
+            feats = virt[1]["features"]
+            if gene in feats:
+                spot_vals = {gene: feats[gene].to_numpy()}
+        maps_layers = L.map_layers(maps, [gene], spot_values=spot_vals)
+        # one colour scale: the spots take the map's limits
+        if virt is not None and spot_vals is not None:
+            virt[1]["face_contrast_limits"] = maps_layers[0][1]["contrast_limits"]
+        img_n = 1 if out and out[0][2] == "image" else 0
+        out[img_n:img_n] = maps_layers  # map above the H&E, below the spots
+    if not out:
+        raise TrihrgeInputError(f"{p} holds no enhanced.h5ad, recovery.h5ad or maps",
+                                "open the folder given to --out of a finished trihrge run")
+    return out

@@ -1,0 +1,348 @@
+"""AnnData, images and enhanced maps -> napari layer data tuples (no Qt, no napari import).
+
+Everything is registered in micrometres (world coordinates = row/col um, see :mod:`.geometry`):
+
+* :func:`image_layer` - the H&E as an RGB image (a lazy multiscale pyramid for large images);
+* :func:`spots_layer` - the spots as points of their true diameter, expression in ``features``,
+  the AnnData in ``metadata['adata']`` (the napari-spatialdata convention);
+* :func:`map_layers` - enhanced expression maps as images over the H&E, transparent outside the
+  tissue, on the same colour scale as the spots (:func:`shared_contrast_limits`).
+
+A layer data tuple is ``(data, kwargs, layer_type)`` as napari readers and sample data return it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import TrihrgeInputError
+from .geometry import xy_px_to_rc_um
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: Colormap shared by spots and maps (perceptually uniform, dark = low, reads over H&E).
+DEFAULT_COLORMAP = "magma"
+#: Robust percentiles of the expression used as contrast limits (one scale for spots and map).
+DEFAULT_PERCENTILES = (1.0, 99.5)
+#: Opacity and blending of enhanced maps over the H&E.
+MAP_OPACITY = 0.75
+MAP_BLENDING = "translucent"
+#: Images whose longest side exceeds this (pixels) open as a multiscale pyramid.
+MULTISCALE_MIN_PX = 4096
+
+_TRANSPARENT_BAND = 1.0 / 512.0
+
+
+# ------------------------------------------------------------------------------------------
+# Sample metadata
+# ------------------------------------------------------------------------------------------
+def sample_info(adata) -> dict[str, Any]:
+    """``adata.uns['trihrge']`` with a clear error when it is missing."""
+    info = adata.uns.get("trihrge") if hasattr(adata, "uns") else None
+    if not info or "um_per_px" not in info:
+        raise TrihrgeInputError(
+            "the AnnData has no uns['trihrge'] with the pixel size (um_per_px)",
+            "open the sample with napari_trihrge.io.read(...) so the pixel size and spot "
+            "diameter are recorded",
+        )
+    return info
+
+
+def sample_name(adata) -> str:
+    info = adata.uns.get("trihrge", {}) if hasattr(adata, "uns") else {}
+    return str(info.get("sample") or info.get("library_id") or "sample")
+
+
+def spots_rc_um(adata) -> np.ndarray:
+    """Spot centres as row/col micrometres (napari world coordinates)."""
+    if "spatial" not in adata.obsm:
+        raise TrihrgeInputError("the AnnData has no obsm['spatial'] spot positions",
+                                "open the sample with napari_trihrge.io.read(...)")
+    return xy_px_to_rc_um(np.asarray(adata.obsm["spatial"]), float(sample_info(adata)["um_per_px"]))
+
+
+# ------------------------------------------------------------------------------------------
+# Expression values
+# ------------------------------------------------------------------------------------------
+def is_log_normalised(adata) -> bool:
+    """True when ``X`` already holds log-normalised expression (engine outputs), False for counts.
+
+    Engine outputs are marked (``uns['trihrge_preprocessing']`` or ``uns['trihrge']['x_kind']``);
+    otherwise integer-valued ``X`` is taken as raw counts.
+    """
+    if "trihrge_preprocessing" in adata.uns:
+        return True
+    meta = adata.uns.get("trihrge", {})
+    kind = meta.get("x_kind")
+    if kind is not None:
+        return str(kind) != "counts"
+    if meta.get("task") in ("recovery", "enhance"):  # engine predictions
+        return True
+    x = adata.X
+    vals = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    sample = vals[: 200_000]
+    if sample.size == 0:
+        return False
+    return not np.allclose(sample, np.round(sample))
+
+
+def gene_expression(adata, genes: Sequence[str], *, target_sum: float = 1e4) -> pd.DataFrame:
+    """Log-normalised expression of ``genes`` per spot (rows = ``obs_names``).
+
+    Raw counts are library-size normalised over ALL genes to ``target_sum`` then log1p (as the
+    engine does); log-normalised ``X`` is returned as is.
+    """
+    genes = list(genes)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise TrihrgeInputError(f"genes not in the sample: {', '.join(missing[:10])}",
+                                "check the gene symbols (case matters)")
+    idx = adata.var_names.get_indexer(genes)
+    x = adata.X
+    cols = x[:, idx]
+    cols = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
+    cols = cols.astype(np.float64)
+    if not is_log_normalised(adata):
+        totals = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        cols = np.log1p(cols * scale[:, None])
+    return pd.DataFrame(cols.astype(np.float32), index=adata.obs_names.copy(), columns=genes)
+
+
+def most_variable_genes(adata, n: int = 8) -> list[str]:
+    """The ``n`` genes with the highest variance of log-normalised expression (a quick default)."""
+    x = adata.X
+    if sp.issparse(x):
+        x = x.tocsr().astype(np.float64)
+        if not is_log_normalised(adata):
+            totals = np.asarray(x.sum(axis=1)).ravel()
+            scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+            x = sp.diags(scale) @ x
+            x.data = np.log1p(x.data)
+        mean = np.asarray(x.mean(axis=0)).ravel()
+        var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        if not is_log_normalised(adata):
+            totals = x.sum(axis=1)
+            scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+            x = np.log1p(x * scale[:, None])
+        var = x.var(axis=0)
+    order = np.argsort(-np.nan_to_num(var, nan=-1.0), kind="stable")[: max(0, int(n))]
+    return [str(adata.var_names[i]) for i in order]
+
+
+def shared_contrast_limits(*values: np.ndarray | None,
+                           percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                           max_samples: int = 200_000) -> tuple[float, float]:
+    """ONE colour scale for several value sets (spots and map): robust percentiles of all finite
+    values together; large arrays are subsampled with a fixed stride. Always ``hi > lo``."""
+    parts = []
+    for v in values:
+        if v is None:
+            continue
+        v = np.asarray(v, dtype=np.float32).ravel()
+        v = v[np.isfinite(v)]
+        if v.size > max_samples:
+            v = v[:: int(np.ceil(v.size / max_samples))]
+        parts.append(v)
+    allv = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if allv.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(p) for p in np.percentile(allv, percentiles))
+    if not hi > lo:
+        hi = float(allv.max())
+        lo = float(min(lo, allv.min()))
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+# ------------------------------------------------------------------------------------------
+# Image
+# ------------------------------------------------------------------------------------------
+def image_layer(adata, *, name: str | None = None,
+                multiscale_min_px: int = MULTISCALE_MIN_PX) -> LayerDataTuple | None:
+    """The sample's H&E as an RGB Image layer in micrometres (``None`` if it has no image).
+
+    Uses :func:`napari_trihrge.io.get_image` (full resolution, else hires, else lowres); a large
+    image with a pyramid opens as a lazy multiscale list of dask levels.
+    """
+    from . import io
+
+    try:
+        img = io.get_image(adata)
+    except TrihrgeInputError:
+        return None
+    if img is None:
+        return None
+    levels = list(getattr(img, "levels", None) or [(img.array, img.um_per_px)])
+    um0 = float(levels[0][1])
+    if len(levels) > 1 and max(levels[0][0].shape[:2]) > multiscale_min_px:
+        data: Any = [lvl for lvl, _ in levels]
+        multiscale = True
+    else:
+        data = levels[0][0]
+        multiscale = False
+    kwargs = {
+        "name": name or f"{sample_name(adata)} H&E",
+        "rgb": True,
+        "scale": (um0, um0),
+        "translate": (0.0, 0.0),
+        "multiscale": multiscale,
+        "units": "um",
+        "metadata": {"trihrge": {"kind": "image", "sample": sample_name(adata),
+                                 "um_per_px": um0}},
+    }
+    return data, kwargs, "image"
+
+
+# ------------------------------------------------------------------------------------------
+# Spots
+# ------------------------------------------------------------------------------------------
+def spots_layer(adata, genes: Sequence[str] | None = None, *, color_by: str | None = None,
+                name: str | None = None, size_um: float | None = None,
+                contrast_limits: tuple[float, float] | None = None,
+                colormap: str = DEFAULT_COLORMAP, n_default_genes: int = 8,
+                kind: str = "spots", opacity: float = 0.9) -> LayerDataTuple:
+    """The spots as a Points layer: row/col um, true diameter, expression in ``features``.
+
+    ``genes`` are loaded into ``features`` (default: the most variable few); ``color_by`` (default
+    the first loaded gene) sets the face colour through ``colormap`` and ``contrast_limits``
+    (default robust percentiles). ``metadata['adata']`` holds the AnnData.
+    """
+    info = sample_info(adata)
+    rc_um = spots_rc_um(adata)
+    if genes is None:
+        genes = most_variable_genes(adata, n_default_genes)
+    genes = list(dict.fromkeys(genes))
+    if color_by is not None and color_by not in genes:
+        genes.insert(0, color_by)
+    expr = gene_expression(adata, genes)
+    features = pd.DataFrame({"barcode": np.asarray(adata.obs_names, dtype=object)})
+    for g in genes:
+        features[g] = expr[g].to_numpy()
+    diameter = float(size_um if size_um is not None else info.get("spot_diameter_um", 55.0))
+    kwargs: dict[str, Any] = {
+        "name": name or f"{sample_name(adata)} {kind}",
+        "size": diameter,
+        "features": features,
+        "border_width": 0.0,
+        "opacity": opacity,
+        "units": "um",
+        "metadata": {"adata": adata,
+                     "trihrge": {"kind": kind, "sample": sample_name(adata),
+                                 "gene": None}},
+    }
+    color_by = color_by or (genes[0] if genes else None)
+    if color_by is not None:
+        vals = features[color_by].to_numpy()
+        kwargs["face_color"] = color_by
+        kwargs["face_colormap"] = colormap
+        kwargs["face_contrast_limits"] = tuple(contrast_limits or shared_contrast_limits(vals))
+        kwargs["metadata"]["trihrge"]["gene"] = color_by
+    else:
+        kwargs["face_color"] = "#ffd54a"
+    return rc_um, kwargs, "points"
+
+
+# ------------------------------------------------------------------------------------------
+# Enhanced maps
+# ------------------------------------------------------------------------------------------
+def map_colormap(name: str = DEFAULT_COLORMAP) -> dict[str, Any]:
+    """``name`` (a matplotlib colormap) whose lowest end is fully transparent: pixels at or
+    below the lower contrast limit - and everything outside the tissue - show the H&E."""
+    from matplotlib import colormaps
+
+    base = colormaps[name](np.linspace(0.0, 1.0, 64))
+    colors = np.vstack([[0.0, 0.0, 0.0, 0.0], base]).astype(np.float32)
+    controls = np.concatenate([[0.0], np.linspace(_TRANSPARENT_BAND, 1.0, 64)]).astype(np.float32)
+    return {"colors": colors, "controls": controls, "name": f"trihrge-{name}",
+            "interpolation": "linear"}
+
+
+def gene_index(maps, gene: str) -> int:
+    names = list(maps.gene_names)
+    if gene not in names:
+        raise TrihrgeInputError(f"the enhanced maps have no gene {gene!r}",
+                                "pick one of the genes used for the run")
+    return names.index(gene)
+
+
+def map_values(maps, gene: str) -> np.ndarray:
+    """The map of ``gene`` (rows, cols) float32 with NaN outside the tissue mask."""
+    vals = np.asarray(maps.values[gene_index(maps, gene)], dtype=np.float32)
+    mask = getattr(maps, "mask", None)
+    if mask is not None:
+        vals = np.where(np.asarray(mask, dtype=bool), vals, np.float32(np.nan))
+    return vals
+
+
+def map_display_data(values: np.ndarray, contrast_limits: tuple[float, float]) -> np.ndarray:
+    """Map values ready for display: NaN (outside tissue) replaced by a value below the lower
+    contrast limit, which :func:`map_colormap` draws transparent (GPUs do not render NaN)."""
+    lo, hi = contrast_limits
+    sentinel = np.float32(lo - max(1.0, hi - lo))
+    return np.where(np.isfinite(values), values, sentinel).astype(np.float32, copy=False)
+
+
+def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,
+                     colormap: str = DEFAULT_COLORMAP, name: str | None = None,
+                     opacity: float = MAP_OPACITY, blending: str = MAP_BLENDING
+                     ) -> dict[str, Any]:
+    """napari Image kwargs placing a map exactly over the tissue: pixel (i, j) is centred at
+    ``origin_rc_um + (i, j) * stride_um``."""
+    stride = float(maps.stride_um)
+    origin = np.asarray(maps.origin_rc_um, dtype=np.float64)
+    return {
+        "name": name or f"enhanced {gene}",
+        "scale": (stride, stride),
+        "translate": (float(origin[0]), float(origin[1])),
+        "colormap": map_colormap(colormap),
+        "contrast_limits": tuple(float(c) for c in contrast_limits),
+        "opacity": opacity,
+        "blending": blending,
+        "interpolation2d": "nearest",
+        "units": "um",
+        "metadata": {"trihrge": {"kind": "map", "gene": gene}, "maps": maps},
+    }
+
+
+def map_layers(maps, genes: Sequence[str] | None = None, *,
+               spot_values: dict[str, np.ndarray] | None = None,
+               contrast_limits: tuple[float, float] | None = None,
+               colormap: str = DEFAULT_COLORMAP, opacity: float = MAP_OPACITY,
+               blending: str = MAP_BLENDING) -> list[LayerDataTuple]:
+    """One Image layer per gene (default: the first gene) over the H&E.
+
+    Contrast limits are robust percentiles over the map and, when given, the measured spots'
+    values of the same gene (``spot_values[gene]``), so spots and map share ONE colour scale.
+    """
+    if maps is None:
+        return []
+    genes = list(genes) if genes is not None else list(maps.gene_names[:1])
+    out = []
+    for gene in genes:
+        vals = map_values(maps, gene)
+        lims = contrast_limits or shared_contrast_limits(
+            vals, None if spot_values is None else spot_values.get(gene))
+        data = map_display_data(vals, lims)
+        kwargs = map_layer_kwargs(maps, gene, lims, colormap=colormap, opacity=opacity,
+                                  blending=blending)
+        out.append((data, kwargs, "image"))
+    return out
+
+
+def sample_layers(adata, genes: Sequence[str] | None = None, **spot_kwargs) -> list[LayerDataTuple]:
+    """H&E (when available) and spots of a sample, bottom to top."""
+    layers: list[LayerDataTuple] = []
+    img = image_layer(adata)
+    if img is not None:
+        layers.append(img)
+    layers.append(spots_layer(adata, genes, **spot_kwargs))
+    return layers

@@ -1,0 +1,237 @@
+"""layers.py and regions.py: napari layer data and region statistics, without Qt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from napari_trihrge import layers as L
+from napari_trihrge import regions as R
+from napari_trihrge.errors import TrihrgeInputError
+
+
+def small_sample(n_side: int = 12, spacing_um: float = 100.0, um_per_px: float = 0.5,
+                 with_image: bool = True, seed: int = 0) -> ad.AnnData:
+    """A square lattice of spots with counts; gene 'LEFT' high in the left half, 'TOP' high in the
+    top half, 'FLAT' constant; an RGB 'hires' image at scalef 0.25."""
+    rng = np.random.default_rng(seed)
+    r, c = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
+    rc_um = np.stack([r.ravel(), c.ravel()], 1) * spacing_um + spacing_um
+    n = len(rc_um)
+    left = (rc_um[:, 1] < (n_side / 2 + 0.5) * spacing_um).astype(float)
+    top = (rc_um[:, 0] < (n_side / 2 + 0.5) * spacing_um).astype(float)
+    lam = np.stack([5 + 40 * left, 5 + 40 * top, np.full(n, 20.0)], 1)
+    counts = rng.poisson(np.concatenate([lam, np.repeat(rng.uniform(10, 30, (1, 5)), n, 0)], 1)).astype(np.float32)
+    genes = ["LEFT", "TOP", "FLAT"] + [f"G{i}" for i in range(5)]
+    a = ad.AnnData(X=sp.csr_matrix(counts), obs=pd.DataFrame(index=[f"s{i}" for i in range(n)]),
+                   var=pd.DataFrame(index=genes))
+    a.obsm["spatial"] = rc_um[:, ::-1] / um_per_px
+    a.uns["trihrge"] = {"library_id": "lib", "sample": "toy", "platform": "generic",
+                        "um_per_px": um_per_px, "spot_diameter_um": 55.0}
+    if with_image:
+        ext_px = int((n_side + 1) * spacing_um / um_per_px)
+        scalef = 0.25
+        img = np.full((int(ext_px * scalef), int(ext_px * scalef), 3), 230, np.uint8)
+        a.uns["spatial"] = {"lib": {"images": {"hires": img},
+                                    "scalefactors": {"tissue_hires_scalef": scalef,
+                                                     "spot_diameter_fullres": 55.0 / um_per_px}}}
+    return a
+
+
+@dataclass
+class FakeMaps:
+    values: np.ndarray
+    stride_um: float
+    origin_rc_um: np.ndarray
+    gene_names: list
+    mask: np.ndarray
+
+
+def col_maps(shape=(60, 70), stride_um=20.0, origin=(10.0, 10.0)) -> FakeMaps:
+    """Gene 'COL' = column position in um, 'ROW' = row position in um; left 5 columns no tissue."""
+    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    row_um = origin[0] + ii * stride_um
+    col_um = origin[1] + jj * stride_um
+    mask = np.ones(shape, bool)
+    mask[:, :5] = False
+    vals = np.stack([col_um, row_um]).astype(np.float32)
+    vals[:, ~mask] = np.nan
+    return FakeMaps(vals, stride_um, np.asarray(origin, float), ["COL", "ROW"], mask)
+
+
+# ------------------------------------------------------------------------------------------
+def test_spots_layer_positions_size_features_and_colour():
+    a = small_sample()
+    data, kw, kind = L.spots_layer(a, ["LEFT", "TOP"], color_by="LEFT")
+    assert kind == "points"
+    # row/col micrometres = (y, x) pixels * um_per_px
+    np.testing.assert_allclose(data, a.obsm["spatial"][:, ::-1] * 0.5)
+    assert kw["size"] == 55.0
+    assert list(kw["features"].columns) == ["barcode", "LEFT", "TOP"]
+    assert kw["features"]["barcode"].tolist() == list(a.obs_names)
+    assert kw["face_color"] == "LEFT" and kw["face_colormap"] == "magma"
+    lo, hi = kw["face_contrast_limits"]
+    assert lo < hi
+    assert kw["metadata"]["adata"] is a
+    # counts were log-normalised: LEFT is higher on the left half
+    f = kw["features"]
+    left = data[:, 1] < 650
+    assert f.loc[left, "LEFT"].mean() > f.loc[~left, "LEFT"].mean() + 1.0
+    assert f["LEFT"].max() < 10  # log scale, not counts
+
+
+def test_gene_expression_matches_scanpy_normalisation():
+    import scanpy as sc
+
+    a = small_sample()
+    ref = a.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    got = L.gene_expression(a, ["TOP", "G2"])
+    np.testing.assert_allclose(got.to_numpy(), ref[:, ["TOP", "G2"]].X.toarray(), rtol=1e-5)
+    with pytest.raises(TrihrgeInputError, match="NOPE"):
+        L.gene_expression(a, ["NOPE"])
+
+
+def test_log_normalised_input_is_not_renormalised():
+    a = small_sample()
+    b = a.copy()
+    b.X = np.asarray(L.gene_expression(a, list(a.var_names)).to_numpy())
+    b.uns["trihrge"] = {**a.uns["trihrge"], "task": "enhance"}
+    assert L.is_log_normalised(b) and not L.is_log_normalised(a)
+    np.testing.assert_allclose(L.gene_expression(b, ["LEFT"]).to_numpy(),
+                               L.gene_expression(a, ["LEFT"]).to_numpy())
+
+
+def test_default_genes_are_the_variable_ones():
+    a = small_sample()
+    top = L.most_variable_genes(a, 2)
+    assert set(top) == {"LEFT", "TOP"}
+    _, kw, _ = L.spots_layer(a, n_default_genes=2)
+    assert set(kw["features"].columns) == {"barcode", "LEFT", "TOP"}
+
+
+def test_image_layer_scale_in_um():
+    a = small_sample()
+    data, kw, kind = L.image_layer(a)
+    assert kind == "image" and kw["rgb"]
+    assert kw["scale"] == (2.0, 2.0)  # 0.5 um/px full-res, hires scalef 0.25
+    assert data.shape[2] == 3
+    assert L.image_layer(small_sample(with_image=False)) is None
+
+
+def test_shared_contrast_limits_robust_and_ordered():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2, 0.5, 10_000)
+    x[:5] = 1e6  # outliers do not stretch the scale
+    lo, hi = L.shared_contrast_limits(x, np.array([np.nan, 2.0]))
+    assert 0 < lo < 2 < hi < 5
+    assert L.shared_contrast_limits(np.zeros(10)) == (0.0, 1.0)
+    assert L.shared_contrast_limits() == (0.0, 1.0)
+    big = np.arange(1_000_000, dtype=np.float32)
+    lo, hi = L.shared_contrast_limits(big)
+    assert abs(hi - 995_000) < 5_000
+
+
+def test_map_layer_registration_with_spots():
+    """A map pixel under a spot centre holds the value of the spot's own location."""
+    maps = col_maps()
+    (data, kw, kind), = L.map_layers(maps, ["COL"])
+    assert kind == "image"
+    scale, translate = np.asarray(kw["scale"]), np.asarray(kw["translate"])
+    spots = np.array([[110.0, 430.0], [510.0, 1010.0], [990.0, 250.0]])
+    # napari: world = data_index * scale + translate (pixel centres)
+    idx = np.rint((spots - translate) / scale).astype(int)
+    np.testing.assert_allclose(maps.values[0][idx[:, 0], idx[:, 1]], spots[:, 1])
+    np.testing.assert_allclose(maps.values[1][idx[:, 0], idx[:, 1]], spots[:, 0])
+
+
+def test_map_layer_outside_tissue_is_transparent():
+    maps = col_maps()
+    (data, kw, _), = L.map_layers(maps, ["COL"])
+    lo, hi = kw["contrast_limits"]
+    assert np.isfinite(data).all()
+    assert (data[:, :5] < lo).all()  # outside tissue: below the lower limit
+    assert (data[:, 5:] >= lo - 1e-6).sum() > 0.9 * data[:, 5:].size
+    cmap = kw["colormap"]
+    assert cmap["colors"][0][3] == 0.0  # the bottom of the colormap is transparent
+    assert all(c[3] == 1.0 for c in cmap["colors"][1:])
+    assert kw["blending"] in ("translucent", "additive") and 0.5 <= kw["opacity"] < 1
+
+
+def test_map_and_spot_share_one_scale():
+    maps = col_maps()
+    spot_vals = {"COL": np.array([5000.0] * 50)}  # spots far above the map range
+    (_, kw, _), = L.map_layers(maps, ["COL"], spot_values=spot_vals)
+    (_, kw0, _), = L.map_layers(maps, ["COL"])
+    assert kw["contrast_limits"][1] > kw0["contrast_limits"][1]
+    with pytest.raises(TrihrgeInputError):
+        L.map_layers(maps, ["MISSING"])
+
+
+def test_sample_info_error_is_actionable():
+    a = small_sample()
+    del a.uns["trihrge"]
+    with pytest.raises(TrihrgeInputError, match="um_per_px"):
+        L.spots_layer(a, ["LEFT"])
+
+
+# ------------------------------------------------------------------------------------------
+# regions
+# ------------------------------------------------------------------------------------------
+def test_region_table_on_known_layout():
+    a = small_sample()
+    measured = R.adata_expression_set(a)
+    # region 1: the left half; region 2: a box with no spot centre
+    left = np.array([[0, 0], [0, 640], [1400, 640], [1400, 0]], float)
+    empty = np.array([[120, 120], [120, 180], [180, 180], [180, 120]], float)
+    stats = R.region_statistics([left, empty], measured, top_n=3)
+    t = stats.table
+    r1 = t[t.region == "region 1"]
+    assert r1.iloc[0]["gene"] == "LEFT"  # the biggest difference comes first
+    assert r1.iloc[0]["difference"] > 1.0
+    assert r1.iloc[0]["measured_inside"] > r1.iloc[0]["measured_outside"]
+    assert "TOP" not in r1.head(1)["gene"].tolist()
+    assert stats.summary.loc[0, "measured_spots_inside"] == 72
+    assert stats.summary.loc[1, "measured_spots_inside"] == 0
+    assert any("region 2 contains no spots" in m for m in stats.messages)
+    assert (t.region == "region 2").sum() == 0
+    # means are the plain means of the log-normalised values
+    expr = L.gene_expression(a, ["LEFT"])["LEFT"].to_numpy()
+    inside = R.points_in_regions([left], L.spots_rc_um(a))[0]
+    np.testing.assert_allclose(r1.iloc[0]["measured_inside"], expr[inside].mean(), rtol=1e-5)
+    np.testing.assert_allclose(r1.iloc[0]["measured_outside"], expr[~inside].mean(), rtol=1e-5)
+
+
+def test_region_with_enhanced_maps_and_ellipse():
+    maps = col_maps()
+    enhanced = R.maps_expression_set(maps)
+    assert len(enhanced.points_rc_um) == maps.mask.sum()
+    box = np.array([[0, 900], [0, 1400], [1200, 1400], [1200, 900]], float)
+    stats = R.region_statistics([box], None, enhanced, top_n=2)
+    row = stats.table.iloc[0]
+    assert row["gene"] == "COL" and row["difference"] > 0
+    assert "measured_inside" not in stats.table.columns
+    # ellipse given as a bounding box (napari's representation)
+    ell = R.shape_polygon_rc_um(np.array([[0, 0], [0, 10], [20, 10], [20, 0]]), "ellipse")
+    assert np.allclose(ell.mean(axis=0), [10, 5], atol=1e-6)
+    assert R.shape_polygon_rc_um(np.zeros((2, 2)), "line") is None
+
+
+def test_region_subsampled_maps_stay_bounded():
+    maps = col_maps(shape=(200, 200), stride_um=5.0)
+    es = R.maps_expression_set(maps, max_values=10_000)
+    assert es.values.size <= 12_000
+    assert np.isfinite(es.values).all()
+
+
+def test_region_errors():
+    with pytest.raises(TrihrgeInputError):
+        R.region_statistics([np.zeros((3, 2))])
+    with pytest.raises(TrihrgeInputError, match="no region"):
+        R.region_statistics([], R.adata_expression_set(small_sample()))
