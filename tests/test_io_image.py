@@ -178,3 +178,22 @@ def test_key_identifies_pixels(tmp_path):
     assert k1 == open_image(path, 1.0).key()
     Image.fromarray(_rgb(20, 21)).save(path)
     assert open_image(path, 1.0).key() != k1
+
+
+def test_single_strip_uncompressed_tiff_is_memory_mapped(tmp_path):
+    import zarr
+
+    from napari_trihrge.io.image import _big_chunk_as_memmap
+
+    arr = _rgb(300, 200, seed=5)
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, arr, photometric="rgb")  # one strip = one zarr chunk
+    z = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    assert _big_chunk_as_memmap(path, 0, z) is None  # small: keep zarr
+    mm = _big_chunk_as_memmap(path, 0, z, limit_bytes=1000)
+    assert isinstance(mm, da.Array)
+    np.testing.assert_array_equal(np.asarray(mm[10:20, 5:9]), arr[10:20, 5:9])
+    tifffile.imwrite(tmp_path / "z.tif", arr, photometric="rgb", compression="zlib",
+                     rowsperstrip=300)
+    zz = zarr.open(tifffile.imread(tmp_path / "z.tif", aszarr=True), mode="r")
+    assert _big_chunk_as_memmap(tmp_path / "z.tif", 0, zz, limit_bytes=1000) is None

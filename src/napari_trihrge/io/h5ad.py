@@ -79,7 +79,7 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
             xy, plat, um_per_px=um_per_px if um_per_px is not None else previous.get("um_per_px"),
             spot_diameter_px=scalefactors.get("spot_diameter_fullres"),
             spot_diameter_um=spot_diameter_um if spot_diameter_um is not None
-            else previous.get("spot_diameter_um"))
+            else (previous.get("spot_diameter_um") if previous.get("platform") == plat else None))
         info = {**previous, "library_id": lib, "platform": plat, "um_per_px": um,
                 "um_per_px_source": source, "spot_diameter_um": diam_um}
     info.setdefault("sample", path.stem)

@@ -332,8 +332,8 @@ def _open_tiff(path: Path, um_per_px: float) -> TissueImage:
                                 "check that it is a valid (OME-/Big-)TIFF or SVS file") from exc
     levels = []
     h0 = None
-    for z in zarrs:
-        a = da.from_zarr(z)
+    for k, z in enumerate(zarrs):
+        a = _big_chunk_as_memmap(path, k, z) or da.from_zarr(z)
         if a.ndim != len(axes):  # defensive: should not happen
             raise TrihrgeInputError(f"cannot read {what}: unexpected level shape {a.shape}",
                                     "export a single RGB image")
@@ -346,6 +346,25 @@ def _open_tiff(path: Path, um_per_px: float) -> TissueImage:
         levels.append((a, um_per_px * ratio))
     levels.sort(key=lambda lv: lv[1])
     return TissueImage(levels, source=str(path), path=path, closer=store)
+
+
+def _big_chunk_as_memmap(path: Path, level: int, z: Any, limit_bytes: int = 64 << 20) -> Any:
+    """Uncompressed TIFFs written as one strip form a single huge zarr chunk, so every small
+    read would decode the whole level; memory-map such levels instead (lazy through the OS)."""
+    import dask.array as da
+    import tifffile
+
+    chunk_bytes = int(np.prod(z.chunks)) * np.dtype(z.dtype).itemsize
+    if chunk_bytes <= limit_bytes:
+        return None
+    try:
+        mm = tifffile.memmap(path, series=0, level=level, mode="r")
+    except Exception:  # compressed or not contiguous: keep the zarr chunks
+        return None
+    if tuple(mm.shape) != tuple(z.shape):
+        return None
+    chunks = (min(mm.shape[0], 2048), min(mm.shape[1], 2048), *mm.shape[2:])
+    return da.from_array(mm, chunks=chunks)
 
 
 def _open_pil(path: Path, um_per_px: float) -> TissueImage:

@@ -160,8 +160,8 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
                                     f"tissue) in {pos_what}", "check the 'selected' column")
         n_dropped = adata.n_obs - len(keep)
         if n_dropped:
-            warnings.warn(f"{n_dropped} spot(s) of {counts_what} are not selected in {pos_what} "
-                          "and were dropped", stacklevel=2)
+            warnings.warn(f"{n_dropped} spot(s) of {counts_what} are not selected (or not "
+                          f"listed) in {pos_what} and were dropped", stacklevel=2)
             adata = adata[keep].copy()
         pos = pos.loc[adata.obs_names]
         xy = pos[["x_px", "y_px"]].to_numpy(np.float64)

@@ -1,0 +1,105 @@
+"""h5ad reader: scanpy/squidpy convention, our own outputs, overrides and bad input."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from napari_trihrge import io
+from napari_trihrge.errors import TrihrgeInputError
+from test_io_visium import make_visium_folder
+
+
+@pytest.fixture
+def visium(tmp_path):
+    return io.read_visium(make_visium_folder(tmp_path / "src"))
+
+
+def _scanpy_style(adata: ad.AnnData) -> ad.AnnData:
+    """As scanpy.read_visium leaves it: no uns['trihrge'], float images in [0, 1]."""
+    out = adata.copy()
+    del out.uns["trihrge"]
+    for lib in out.uns["spatial"].values():
+        lib["images"] = {k: v.astype(np.float32) / 255 for k, v in lib["images"].items()}
+    return out
+
+
+def test_scanpy_style_guesses_visium(tmp_path, visium):
+    path = tmp_path / "s.h5ad"
+    _scanpy_style(visium).write_h5ad(path)
+    adata = io.read(path)
+    info = adata.uns["trihrge"]
+    assert info["platform"] == "visium" and info["library_id"] == "sample1"
+    assert info["um_per_px"] == pytest.approx(0.55)
+    assert info["um_per_px_source"] == "spot_diameter"
+    assert info["sample"] == "s" and info["source"] == str(path.resolve())
+    img = io.get_image(adata)
+    assert img.array.dtype == np.uint8
+    hires = visium.uns["spatial"]["sample1"]["images"]["hires"]
+    assert np.abs(img.array.astype(int) - hires).max() <= 1
+    np.testing.assert_array_equal(adata.obsm["spatial"], visium.obsm["spatial"])
+
+
+def test_own_output_is_trusted_and_overrides_apply(tmp_path, visium):
+    visium.uns["trihrge"]["um_per_px"] = 0.6
+    visium.uns["trihrge"]["um_per_px_source"] = "given"
+    path = io.write_h5ad_atomic(visium, tmp_path / "own.h5ad")
+    adata = io.read_h5ad(path)
+    assert adata.uns["trihrge"]["um_per_px"] == 0.6  # not recomputed from the spot diameter
+    assert adata.uns["trihrge"]["source"] == visium.uns["trihrge"]["source"]
+    again = io.read_h5ad(path, um_per_px=0.7)
+    assert again.uns["trihrge"]["um_per_px"] == 0.7
+    assert again.uns["trihrge"]["um_per_px_source"] == "given"
+    st = io.read_h5ad(path, platform="st", um_per_px=0.7)
+    assert st.uns["trihrge"]["platform"] == "st" and st.uns["trihrge"]["spot_diameter_um"] == 100
+
+
+def test_no_scalefactors_needs_platform_then_measures_spacing(tmp_path, visium):
+    bare = ad.AnnData(X=visium.X.copy(), obs=visium.obs[[]].copy(), var=visium.var[[]].copy())
+    bare.obsm["spatial"] = visium.obsm["spatial"].astype(np.int64)
+    path = tmp_path / "bare.h5ad"
+    bare.write_h5ad(path)
+    with pytest.raises(TrihrgeInputError, match="does not say which platform"):
+        io.read_h5ad(path)
+    adata = io.read_h5ad(path, platform="visium")
+    # spots 181.8 px apart on the synthetic lattice = 100 um -> 0.55 um/px
+    assert adata.uns["trihrge"]["um_per_px"] == pytest.approx(0.55, rel=0.01)
+    assert adata.uns["trihrge"]["um_per_px_source"] == "spot_spacing"
+    assert adata.obsm["spatial"].dtype == np.float64
+    with pytest.raises(TrihrgeInputError, match="no H&E image"):
+        io.get_image(adata)
+
+
+def test_bad_inputs(tmp_path, visium):
+    with pytest.raises(TrihrgeInputError, match="not found"):
+        io.read_h5ad(tmp_path / "missing.h5ad")
+    (tmp_path / "junk.h5ad").write_bytes(b"not hdf5")
+    with pytest.raises(TrihrgeInputError, match="cannot read junk.h5ad"):
+        io.read_h5ad(tmp_path / "junk.h5ad")
+    nosp = ad.AnnData(X=sp.csr_matrix(np.ones((3, 2), np.float32)))
+    nosp.write_h5ad(tmp_path / "nosp.h5ad")
+    with pytest.raises(TrihrgeInputError, match=r"obsm\['spatial'\]"):
+        io.read_h5ad(tmp_path / "nosp.h5ad")
+    two = _scanpy_style(visium)
+    two.uns["spatial"]["other"] = two.uns["spatial"]["sample1"]
+    two.write_h5ad(tmp_path / "two.h5ad")
+    with pytest.raises(TrihrgeInputError, match="several libraries"):
+        io.read_h5ad(tmp_path / "two.h5ad")
+    assert io.read_h5ad(tmp_path / "two.h5ad", library_id="other").uns["trihrge"][
+        "library_id"] == "other"
+    with pytest.raises(TrihrgeInputError, match="library 'x' not found"):
+        io.read_h5ad(tmp_path / "two.h5ad", library_id="x")
+    zero = _scanpy_style(visium)
+    zero.X = sp.csr_matrix(zero.shape, dtype=np.float32)
+    zero.write_h5ad(tmp_path / "zero.h5ad")
+    with pytest.raises(TrihrgeInputError, match="all zero"):
+        io.read_h5ad(tmp_path / "zero.h5ad")
+    far = _scanpy_style(visium)
+    far.obsm["spatial"] = far.obsm["spatial"] * 5
+    far.write_h5ad(tmp_path / "far.h5ad")
+    with pytest.raises(TrihrgeInputError, match="outside the hires image"):
+        io.read_h5ad(tmp_path / "far.h5ad")
+    with pytest.raises(TrihrgeInputError, match="implausible"):
+        io.read_h5ad(tmp_path / "far.h5ad", um_per_px=0.001)

@@ -1,0 +1,226 @@
+"""Space Ranger outs/ reader: synthetic folders for every positions variant, the real DLPFC
+layout, and every bad-input error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from napari_trihrge import io
+from napari_trihrge.errors import TrihrgeInputError
+
+FULL_HW = (1000, 1600)  # full-resolution image size in px
+SPOT_DIAMETER_PX = 100.0  # -> 0.55 um/px for a 55 um Visium spot
+N_GENES = 12
+
+
+def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> None:
+    """Write spots x genes ``counts`` in the Cell Ranger v3 HDF5 layout."""
+    import scipy.sparse as sp
+
+    m = sp.csc_matrix(counts.T.astype(np.int32))  # genes x spots, columns = barcodes
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
+        g.create_dataset("data", data=m.data)
+        g.create_dataset("indices", data=m.indices.astype(np.int64))
+        g.create_dataset("indptr", data=m.indptr.astype(np.int64))
+        g.create_dataset("shape", data=np.array(m.shape, dtype=np.int32))
+        ft = g.create_group("features")
+        ft.create_dataset("name", data=np.array(genes, dtype="S"))
+        ft.create_dataset("id", data=np.array([f"ENSG{i:011d}" for i in range(len(genes))],
+                                              dtype="S"))
+        ft.create_dataset("feature_type", data=np.array(["Gene Expression"] * len(genes),
+                                                        dtype="S"))
+        ft.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
+
+
+def make_visium_folder(root: Path, *, positions: str = "csv", images=("hires", "lowres"),
+                       n_rows: int = 5, n_cols: int = 8, seed: int = 0,
+                       barcode_suffix: str = "-1", xy_scale: float = 1.0,
+                       zero_counts: bool = False, in_outs: bool = False) -> Path:
+    """A tiny Space Ranger outs/ folder; returns the folder to pass to the reader."""
+    rng = np.random.default_rng(seed)
+    outs = root / "sample1" / "outs" if in_outs else root / "sample1"
+    spatial = outs / "spatial"
+    spatial.mkdir(parents=True)
+    rows, cols, prow, pcol = [], [], [], []
+    for r in range(n_rows):
+        for c in range(r % 2, 2 * n_cols, 2):  # hexagonal array coordinates
+            rows.append(r)
+            cols.append(c)
+            prow.append(150.0 + r * 157.5)
+            pcol.append(150.0 + c * 90.9)
+    n = len(rows)
+    barcodes = [f"AC{i:06d}{barcode_suffix}" for i in range(n)]
+    in_tissue = np.ones(n, dtype=int)
+    in_tissue[:3] = 0  # three spots off tissue
+    pos = pd.DataFrame({"barcode": barcodes, "in_tissue": in_tissue, "array_row": rows,
+                        "array_col": cols,
+                        "pxl_row_in_fullres": np.round(np.array(prow) * xy_scale).astype(int),
+                        "pxl_col_in_fullres": np.round(np.array(pcol) * xy_scale).astype(int)})
+    if positions == "csv":
+        pos.to_csv(spatial / "tissue_positions.csv", index=False)
+    elif positions == "legacy":
+        pos.to_csv(spatial / "tissue_positions_list.csv", index=False, header=False)
+    elif positions == "parquet":
+        pos.to_parquet(spatial / "tissue_positions.parquet", index=False)
+    scalef = {"hires": 0.2, "lowres": 0.05}
+    sf = {"spot_diameter_fullres": SPOT_DIAMETER_PX, "fiducial_diameter_fullres": 150.0,
+          "tissue_hires_scalef": scalef["hires"], "tissue_lowres_scalef": scalef["lowres"]}
+    (spatial / "scalefactors_json.json").write_text(json.dumps(sf))
+    for res in images:
+        h, w = (int(round(s * scalef[res])) for s in FULL_HW)
+        img = rng.integers(100, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(img).save(spatial / f"tissue_{res}_image.png")
+    tissue = [b for b, t in zip(barcodes, in_tissue, strict=True) if t]
+    counts = rng.poisson(3.0, (len(tissue), N_GENES))
+    if zero_counts:
+        counts[:] = 0
+    genes = [f"G{i}" for i in range(N_GENES - 1)] + ["G0"]  # a duplicated symbol
+    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", counts, tissue, genes)
+    return root / "sample1"
+
+
+@pytest.mark.parametrize("positions", ["csv", "legacy", "parquet"])
+def test_positions_variants(tmp_path, positions):
+    folder = make_visium_folder(tmp_path, positions=positions)
+    adata = io.read_visium(folder)
+    n_tissue = 5 * 8 - 3
+    assert adata.n_obs == n_tissue and adata.n_vars == N_GENES
+    assert adata.var_names.is_unique and "gene_ids" in adata.var
+    assert adata.obsm["spatial"].dtype == np.float64
+    pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv") if positions == "csv" else None
+    if pos is not None:
+        row = pos.set_index("barcode").loc[adata.obs_names[0]]
+        assert tuple(adata.obsm["spatial"][0]) == (row.pxl_col_in_fullres, row.pxl_row_in_fullres)
+    info = adata.uns["trihrge"]
+    assert info["platform"] == "visium" and info["spot_diameter_um"] == 55.0
+    assert info["um_per_px"] == pytest.approx(0.55)
+    assert info["library_id"] == "sample1" and info["sample"] == "sample1"
+    lib = adata.uns["spatial"]["sample1"]
+    assert set(lib["images"]) == {"hires", "lowres"}
+    assert lib["images"]["hires"].shape == (200, 320, 3)
+    assert lib["scalefactors"]["spot_diameter_fullres"] == SPOT_DIAMETER_PX
+    assert (adata.obs["in_tissue"] == 1).all()
+
+
+def test_outs_parent_and_library_id(tmp_path):
+    folder = make_visium_folder(tmp_path, in_outs=True)
+    adata = io.read(folder, library_id="lib7")
+    assert adata.uns["trihrge"]["library_id"] == "lib7" and "lib7" in adata.uns["spatial"]
+    assert adata.uns["trihrge"]["sample"] == "sample1"
+
+
+def test_image_choice_and_scale(tmp_path):
+    adata = io.read_visium(make_visium_folder(tmp_path))
+    img = io.get_image(adata)
+    assert img.um_per_px == pytest.approx(0.55 / 0.2)  # hires preferred
+    assert img.shape_rc_um == pytest.approx((1000 * 0.55, 1600 * 0.55))
+    low = io.get_image(adata, resolution="lowres")
+    assert low.um_per_px == pytest.approx(0.55 / 0.05)
+    assert io.image_layer_scale_um(low) == pytest.approx((11.0, 11.0))
+
+
+def test_lowres_only_and_no_image_loading(tmp_path):
+    adata = io.read_visium(make_visium_folder(tmp_path, images=("lowres",)))
+    assert set(adata.uns["spatial"]["sample1"]["images"]) == {"lowres"}
+    assert io.get_image(adata).um_per_px == pytest.approx(11.0)
+    lazy = io.read_visium(make_visium_folder(tmp_path / "b"), load_images=False)
+    assert lazy.uns["spatial"]["sample1"]["images"] == {}
+    with pytest.raises(TrihrgeInputError, match="no H&E image"):
+        io.get_image(lazy)
+
+
+def test_fullres_image_by_path(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    full = tmp_path / "full.tif"
+    import tifffile
+
+    tifffile.imwrite(full, np.full(FULL_HW + (3,), 200, np.uint8), photometric="rgb")
+    adata = io.read_visium(folder, fullres_image=full, um_per_px=0.5)
+    assert adata.uns["trihrge"]["fullres_image_path"] == str(full.resolve())
+    assert adata.uns["trihrge"]["um_per_px"] == 0.5
+    assert adata.uns["trihrge"]["um_per_px_source"] == "given"
+    img = io.get_image(adata)
+    assert img.shape_px == FULL_HW and img.um_per_px == 0.5
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.full((200, 320, 3), 200, np.uint8), photometric="rgb")
+    with pytest.raises(TrihrgeInputError, match="outside the full-resolution image small.tif"):
+        io.read_visium(folder, fullres_image=small)
+
+
+def test_missing_files_name_the_file(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    (folder / "spatial" / "scalefactors_json.json").unlink()
+    with pytest.raises(TrihrgeInputError, match="scalefactors_json.json not found.*outs/ folder"):
+        io.read_visium(folder)
+    folder = make_visium_folder(tmp_path / "b")
+    (folder / "spatial" / "tissue_positions.csv").unlink()
+    with pytest.raises(TrihrgeInputError, match="no spot positions file"):
+        io.read_visium(folder)
+    folder = make_visium_folder(tmp_path / "c")
+    (folder / "filtered_feature_bc_matrix.h5").unlink()
+    with pytest.raises(TrihrgeInputError, match="filtered_feature_bc_matrix.h5 not found"):
+        io.read_visium(folder)
+    with pytest.raises(TrihrgeInputError, match="not found"):
+        io.read_visium(tmp_path / "nowhere")
+
+
+def test_mismatched_barcodes_say_how_many_matched(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv")
+    pos["barcode"] = pos["barcode"].str.replace("-1", "", regex=False)
+    pos.to_csv(folder / "spatial" / "tissue_positions.csv", index=False)
+    with pytest.raises(TrihrgeInputError, match=r"do not match: only 0 of 37 matched"):
+        io.read_visium(folder)
+
+
+def test_spots_outside_image(tmp_path):
+    folder = make_visium_folder(tmp_path, xy_scale=3.0)  # hires-pixel-like mistake, reversed
+    with pytest.raises(TrihrgeInputError, match=r"spots lie outside the hires image"):
+        io.read_visium(folder)
+    folder = make_visium_folder(tmp_path / "b", xy_scale=3.0)
+    with pytest.raises(TrihrgeInputError, match="outside the hires image"):
+        io.read_visium(folder, load_images=False)
+
+
+def test_all_zero_counts_and_implausible_pixel_size(tmp_path):
+    with pytest.raises(TrihrgeInputError, match="all zero"):
+        io.read_visium(make_visium_folder(tmp_path, zero_counts=True))
+    folder = make_visium_folder(tmp_path / "b")
+    sf_path = folder / "spatial" / "scalefactors_json.json"
+    sf = json.loads(sf_path.read_text())
+    sf["spot_diameter_fullres"] = 0.5  # 110 um/px
+    sf_path.write_text(json.dumps(sf))
+    with pytest.raises(TrihrgeInputError, match="implausible"):
+        io.read_visium(folder)
+    with pytest.raises(TrihrgeInputError, match="implausible"):
+        io.read_visium(make_visium_folder(tmp_path / "c"), um_per_px=1000)
+
+
+def test_dlpfc_shared(dlpfc_dir):
+    adata = io.read(dlpfc_dir)
+    assert adata.shape == (3639, 5000)
+    info = adata.uns["trihrge"]
+    assert info["um_per_px"] == pytest.approx(0.5705, abs=0.001)
+    lib = adata.uns["spatial"][info["library_id"]]
+    assert set(lib["images"]) == {"lowres"}
+    img = io.get_image(adata)
+    assert img.array.shape == (600, 600, 3)
+    assert img.um_per_px == pytest.approx(info["um_per_px"] / lib["scalefactors"]
+                                          ["tissue_lowres_scalef"])
+    # raw integer UMI counts, barcodes all annotated
+    assert float(adata.X.max()) > 10 and np.allclose(adata.X.data, np.round(adata.X.data))
+    truth = pd.read_csv(dlpfc_dir / "151673_truth.txt", sep="\t", header=None, index_col=0)
+    assert adata.obs_names.isin(truth.index).mean() > 0.99
+    # spots sit on tissue: the lowres image under the spots is darker than its corners
+    rc = adata.obsm["spatial"][:, ::-1] * lib["scalefactors"]["tissue_lowres_scalef"]
+    under = img.array[rc[:, 0].astype(int), rc[:, 1].astype(int)].mean()
+    assert under < img.array[:20, :20].mean() - 10

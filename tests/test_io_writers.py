@@ -1,0 +1,111 @@
+"""Writers: atomic h5ad, OME-TIFF and OME-Zarr maps, read_map round trips, overwrite refusal."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+import tifffile
+
+from napari_trihrge import io
+from napari_trihrge.errors import TrihrgeInputError
+
+
+def _maps(n=3, rows=20, cols=30):
+    return np.random.default_rng(0).random((n, rows, cols)).astype(np.float32)
+
+
+def test_h5ad_atomic_round_trip_and_overwrite(tmp_path):
+    a = ad.AnnData(X=np.arange(6, dtype=np.float32).reshape(3, 2))
+    a.obsm["spatial"] = np.ones((3, 2))
+    a.uns["trihrge"] = {"um_per_px": 0.5, "platform": "visium"}
+    path = tmp_path / "out" / "a.h5ad"
+    assert io.write_h5ad_atomic(a, path) == path
+    b = ad.read_h5ad(path)
+    np.testing.assert_array_equal(b.X, a.X)
+    assert b.uns["trihrge"]["um_per_px"] == 0.5
+    with pytest.raises(TrihrgeInputError, match="already exists.*--overwrite"):
+        io.write_h5ad_atomic(a, path)
+    a.X[0, 0] = 42
+    io.write_h5ad_atomic(a, path, overwrite=True)
+    assert ad.read_h5ad(path).X[0, 0] == 42
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.h5ad"]  # no temp files left
+
+
+def test_ome_tiff_round_trip(tmp_path):
+    maps = _maps()
+    path = tmp_path / "maps.ome.tif"
+    io.write_ome_tiff(path, maps, 8.0, ["A", "B", "C"], origin_rc_um=(4.0, 6.0))
+    with tifffile.TiffFile(path) as tf:
+        assert tf.is_ome and tf.series[0].axes == "CYX"
+        assert 'PhysicalSizeX="8.0"' in tf.ome_metadata
+    arr, um, names, origin = io.read_map(path, with_origin=True)
+    assert um == 8.0 and names == ["A", "B", "C"]
+    np.testing.assert_array_equal(np.asarray(arr), maps)
+    np.testing.assert_array_equal(origin, [4.0, 6.0])
+    with pytest.raises(TrihrgeInputError, match="already exists.*--overwrite"):
+        io.write_ome_tiff(path, maps, 8.0, ["A", "B", "C"])
+    io.write_ome_tiff(path, maps[0], 4.0, ["only"], overwrite=True)  # 2-D map
+    arr, um, names = io.read_map(path)
+    assert arr.shape == (1, 20, 30) and um == 4.0 and names == ["only"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.ome.tif"]
+
+
+def test_ome_tiff_from_lazy_array(tmp_path):
+    import dask.array as da
+
+    maps = _maps()
+    io.write_ome_tiff(tmp_path / "m.ome.tif", da.from_array(maps, chunks=(1, 20, 30)), 2.0)
+    arr, _, names = io.read_map(tmp_path / "m.ome.tif")
+    np.testing.assert_array_equal(np.asarray(arr), maps)
+    assert names == ["channel_0", "channel_1", "channel_2"]
+
+
+def test_ome_zarr_chunked_writes_and_metadata(tmp_path):
+    maps = _maps(n=5)
+    path = tmp_path / "maps.ome.zarr"
+    writer = io.open_ome_zarr_map(path, maps.shape, (2, 10, 10), 8.0, list("abcde"),
+                                  origin_rc_um=(4.0, 4.0))
+    assert not path.exists() and writer.partial_path.exists()
+    for g0 in range(0, 5, 2):
+        writer[g0:g0 + 2] = maps[g0:g0 + 2]
+    assert writer.finalize() == path
+    assert not writer.partial_path.exists()
+    attrs = json.loads((path / ".zattrs").read_text())
+    ms = attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    tr = ms["datasets"][0]["coordinateTransformations"]
+    assert tr[0] == {"type": "scale", "scale": [1.0, 8.0, 8.0]}
+    assert tr[1] == {"type": "translation", "translation": [0.0, 4.0, 4.0]}
+    assert [c["label"] for c in attrs["omero"]["channels"]] == list("abcde")
+    arr, um, names, origin = io.read_map(path, with_origin=True)
+    assert um == 8.0 and names == list("abcde") and arr.chunksize == (2, 10, 10)
+    np.testing.assert_array_equal(np.asarray(arr), maps)
+    np.testing.assert_array_equal(origin, [4.0, 4.0])
+    with pytest.raises(TrihrgeInputError, match="already exists.*--overwrite"):
+        io.open_ome_zarr_map(path, maps.shape, None, 8.0, list("abcde"))
+
+
+def test_ome_zarr_context_manager_aborts_and_overwrites(tmp_path):
+    path = tmp_path / "m.zarr"
+    with pytest.raises(RuntimeError), io.open_ome_zarr_map(path, (2, 4, 4), None, 1.0) as w:
+        w[0] = 1.0
+        raise RuntimeError("boom")
+    assert not path.exists() and not w.partial_path.exists()
+    with io.open_ome_zarr_map(path, (2, 4, 4), None, 1.0, ["x", "y"]) as w:
+        w[:] = 3.0
+    with io.open_ome_zarr_map(path, (1, 4, 4), None, 2.0, ["z"], overwrite=True) as w:
+        w[:] = 5.0
+    arr, um, names = io.read_map(path)
+    assert arr.shape == (1, 4, 4) and um == 2.0 and names == ["z"]
+    assert float(arr.max().compute()) == 5.0
+
+
+def test_read_map_errors(tmp_path):
+    with pytest.raises(TrihrgeInputError, match="map not found"):
+        io.read_map(tmp_path / "none.zarr")
+    (tmp_path / "junk.zarr").mkdir()
+    with pytest.raises(TrihrgeInputError, match="cannot read the map"):
+        io.read_map(tmp_path / "junk.zarr")
