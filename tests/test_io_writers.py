@@ -71,6 +71,8 @@ def test_ome_zarr_chunked_writes_and_metadata(tmp_path):
     assert not path.exists() and writer.partial_path.exists()
     for g0 in range(0, 5, 2):
         writer[g0:g0 + 2] = maps[g0:g0 + 2]
+    assert len(writer) == 5 and writer.ndim == 3
+    np.testing.assert_array_equal(np.asarray(writer), maps)
     assert writer.finalize() == path
     assert not writer.partial_path.exists()
     attrs = json.loads((path / ".zattrs").read_text())

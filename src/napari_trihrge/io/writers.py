@@ -168,6 +168,17 @@ class ZarrMapWriter:
     def __getitem__(self, key: Any) -> Any:
         return self.array[key]
 
+    @property
+    def ndim(self) -> int:
+        return len(self.array.shape)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = np.asarray(self.array[...])
+        return arr.astype(dtype) if dtype is not None else arr
+
     def finalize(self) -> Path:
         """Move the finished map into place (atomic rename); returns the final path."""
         import zarr
