@@ -1,0 +1,329 @@
+"""'stain-texture': the default encoder, built from stain colour and texture; needs no weights.
+
+Per-pixel maps (computed once per image at ``fine_um_per_px``, about 2 um/px so nuclei span a few
+pixels, in horizontal strips to bound memory, and cached in the encoder):
+
+==================  ===========================================================================
+``hema``            hematoxylin optical density (``skimage.color.rgb2hed``), x10
+``eosin``           eosin optical density, x30
+``dab``             third (DAB / residual) channel, x10
+``lum``             luminance (0 black .. 1 white)
+``sat``             HSV saturation
+``grad``            Gaussian gradient magnitude of luminance (sigma 2 um), per um x10
+``log_nuc``         positive part of the scale-normalised LoG of hematoxylin at nuclear scale
+                    (sigma 3 um): dark blobs the size of nuclei
+``log_cell``        the same at sigma 7 um (nuclear clusters, glands, small vessels)
+``nuclear_frac``    1 where hematoxylin OD > 0.08 (nuclear pixels)
+``eosin_frac``      1 where eosin OD > 0.01 (cytoplasm, stroma, red cells)
+``background_frac`` 1 where luminance > 0.85 and saturation < 0.12 (glass, lumen, fat)
+``roughness``       local variance of luminance over 3x3 fine pixels (fine texture), x100
+``st_xx/yy/xy``     structure tensor of luminance (gradient products, sigma 2 um), x100
+==================  ===========================================================================
+
+Features of a window of ``W`` um around a location, for each centred sub-window of side
+``W * scale`` with ``scale`` in (1, 1/2, 1/4, 1/8): the mean of every map above (the structure
+tensor is turned into ``st_energy`` = trace and ``st_coherence`` = fibre orientation coherence,
+0 isotropic .. 1 aligned) and the standard deviation of the first seven maps. That is
+21 x 4 = 84 features (see :attr:`StainTextureEncoder.feature_names`). Features are not
+standardised; the model standardises its inputs.
+
+Speed: maps are box-averaged at a working resolution of about ``W / 32`` um/px with integral
+images, evaluated at fractional positions (bilinear), so a window costs 16 look-ups per map and
+sub-window whatever its size; 100k locations cost about the same as 1000. Outside the image the
+maps take the values of a white background, exactly as if the window were padded with white.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.color import hed_from_rgb
+
+from ..progress import Progress, ensure_progress
+from .base import Encoder, as_centres_rc_um, check_window_um
+from .registry import register_encoder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..io.image import TissueImage
+
+#: Per-pixel map names, in storage order. The first ``N_STD`` also get a standard deviation.
+MAP_NAMES = ("hema", "eosin", "dab", "lum", "sat", "grad", "log_nuc", "log_cell",
+             "nuclear_frac", "eosin_frac", "background_frac", "roughness", "st_xx", "st_yy",
+             "st_xy")
+N_STD = 7
+_MEAN_NAMES = (*MAP_NAMES[:12], "st_energy", "st_coherence")
+_HED_SCALE = np.array([10.0, 30.0, 10.0], dtype=np.float32)
+_NUCLEAR_OD = 0.08
+_EOSIN_OD = 0.01
+_COHERENCE_EPS = 1e-3
+_UNIT_LUT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
+# skimage.color.separate_stains: log(max(rgb, 1e-6)) / log(1e-6), then @ hed_from_rgb
+_OD_LUT = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float32)
+_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
+
+
+@dataclass
+class _FineMaps:
+    maps: np.ndarray  # (C, H, W) float16
+    px_um: tuple[float, float]  # pixel size along rows / cols
+    origin_um: tuple[float, float]  # position (um, row/col) of the top-left edge of pixel 0
+    white: np.ndarray  # (C,) float64 map values of white background
+    white_sq: np.ndarray  # (C,) float64 squared map values of white background
+
+
+def pixel_maps(rgb: np.ndarray, px_um: float) -> np.ndarray:
+    """Per-pixel maps (``MAP_NAMES`` order) of an RGB uint8 image of pixel size ``px_um``.
+
+    Returns ``(C, H, W)`` float32. Filters see white beyond the array's border.
+    """
+    rgb = np.asarray(rgb)[..., :3]
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    f = _UNIT_LUT[rgb]
+    # == skimage.color.rgb2hed(rgb), with the per-channel log taken from a 256-entry table
+    hed = np.maximum(_OD_LUT[rgb] @ _HED_FROM_RGB, 0.0)
+    hema_od, eos_od = hed[..., 0], hed[..., 1]
+    lum = f @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+    mx, mn = f.max(-1), f.min(-1)
+    sat = (mx - mn) / np.maximum(mx, 1e-6)
+
+    def sig(um: float) -> float:
+        return max(um / px_um, 0.5)
+
+    # gradients in units of luminance per um (x10), so maps do not depend on the pixel size
+    gr = ndi.gaussian_filter(lum, sig(2.0), order=(1, 0), mode="nearest") / px_um
+    gc = ndi.gaussian_filter(lum, sig(2.0), order=(0, 1), mode="nearest") / px_um
+    grad = np.hypot(gr, gc) * 10.0
+    s1, s2 = sig(3.0), sig(7.0)
+    log_nuc = np.maximum(-ndi.gaussian_laplace(hema_od, s1, mode="nearest") * s1 * s1, 0) * 10
+    log_cell = np.maximum(-ndi.gaussian_laplace(hema_od, s2, mode="nearest") * s2 * s2, 0) * 10
+    m3 = ndi.uniform_filter(lum, 3, mode="nearest")
+    rough = np.maximum(ndi.uniform_filter(lum * lum, 3, mode="nearest") - m3 * m3, 0) * 100
+    maps = np.stack([
+        hed[..., 0] * _HED_SCALE[0], hed[..., 1] * _HED_SCALE[1], hed[..., 2] * _HED_SCALE[2],
+        lum, sat, grad, log_nuc, log_cell,
+        (hema_od > _NUCLEAR_OD).astype(np.float32), (eos_od > _EOSIN_OD).astype(np.float32),
+        ((lum > 0.85) & (sat < 0.12)).astype(np.float32), rough,
+        gr * gr * 100.0, gc * gc * 100.0, gr * gc * 100.0,
+    ]).astype(np.float32)
+    return maps
+
+
+def _white_values() -> tuple[np.ndarray, np.ndarray]:
+    patch = np.full((32, 32, 3), 255, dtype=np.uint8)
+    m = pixel_maps(patch, 2.0)[:, 16, 16].astype(np.float64)
+    return m, m * m
+
+
+def _integral(x: np.ndarray) -> np.ndarray:
+    """Summed-area table ``S`` of shape ``(H+1, W+1)``: ``S[i, j] = x[:i, :j].sum()``."""
+    s = np.zeros((x.shape[0] + 1, x.shape[1] + 1), dtype=np.float64)
+    np.cumsum(x, axis=0, dtype=np.float64, out=s[1:, 1:])
+    np.cumsum(s[1:, 1:], axis=1, out=s[1:, 1:])
+    return s
+
+
+def _bilinear_terms(r: np.ndarray, c: np.ndarray, shape: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (4, N) and weights (4, N) that interpolate an integral image of ``shape``
+    (its (H+1, W+1)) at fractional positions already clipped to it."""
+    h1, w1 = shape
+    i0 = np.minimum(np.floor(r).astype(np.intp), h1 - 2)
+    j0 = np.minimum(np.floor(c).astype(np.intp), w1 - 2)
+    fr, fc = r - i0, c - j0
+    base = i0 * w1 + j0
+    idx = np.stack([base, base + w1, base + 1, base + w1 + 1])
+    w = np.stack([(1 - fr) * (1 - fc), fr * (1 - fc), (1 - fr) * fc, fr * fc])
+    return idx, w
+
+
+class StainTextureEncoder(Encoder):
+    """Hand-crafted stain colour + texture features at several centred sub-window scales.
+
+    Parameters: ``fine_um_per_px`` pixel size of the per-pixel maps (never finer than the
+    image), ``px_per_window`` working pixels across a window, ``scales`` sub-window fractions,
+    ``cache_images`` how many images' maps to keep in memory.
+    """
+
+    name = "stain-texture"
+
+    def __init__(self, fine_um_per_px: float = 2.0, px_per_window: int = 32,
+                 scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125), cache_images: int = 2,
+                 strip_px: int = 1024, n_threads: int | None = None):
+        self.fine_um_per_px = float(fine_um_per_px)
+        self.px_per_window = int(px_per_window)
+        self.scales = tuple(float(s) for s in scales)
+        self.cache_images = int(cache_images)
+        self.strip_px = int(strip_px)
+        self.n_threads = int(n_threads or min(4, os.cpu_count() or 1))
+        self.embed_dim = len(self.scales) * (len(_MEAN_NAMES) + N_STD)
+        self._cache: OrderedDict[tuple, _FineMaps] = OrderedDict()
+        self._lock = threading.Lock()
+        self._white = _white_values()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the ``embed_dim`` features, e.g. ``'hema_mean@1/2'``."""
+        names = []
+        for s in self.scales:
+            tag = "1" if s == 1 else f"1/{round(1 / s)}" if round(1 / s) * s == 1 else f"{s:g}"
+            names += [f"{n}@{tag}" if n.startswith("st_") else f"{n}_mean@{tag}"
+                      for n in _MEAN_NAMES]
+            names += [f"{n}_std@{tag}" for n in MAP_NAMES[:N_STD]]
+        return names
+
+    def config_key(self) -> str:
+        return (f"stain-texture-v1|fine{self.fine_um_per_px:g}|ppw{self.px_per_window}|"
+                f"scales{','.join(f'{s:g}' for s in self.scales)}")
+
+    # ---------------------------------------------------------------------------------------
+    def fine_maps(self, image: TissueImage) -> _FineMaps:
+        """Per-pixel maps of ``image`` at about ``fine_um_per_px`` (cached per image)."""
+        # an integer multiple of the image's pixel size, so the image is only block-averaged
+        res = float(image.um_per_px) * max(1, round(self.fine_um_per_px / image.um_per_px))
+        key = (image.key(), round(res, 4))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        rgb = np.asarray(image.at_resolution(res))[..., :3]
+        if rgb.dtype != np.uint8:
+            rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+        h_um, w_um = image.shape_rc_um
+        px_um = (float(h_um) / rgb.shape[0], float(w_um) / rgb.shape[1])
+        maps = self._maps_in_strips(rgb, float(np.mean(px_um)))
+        white, white_sq = self._white
+        # pixel k of a resampled image is centred at k * px_um (pure scaling, see io.image)
+        fm = _FineMaps(maps=maps, px_um=px_um, origin_um=(-0.5 * px_um[0], -0.5 * px_um[1]),
+                       white=white, white_sq=white_sq)
+        with self._lock:
+            self._cache[key] = fm
+            while len(self._cache) > max(self.cache_images, 1):
+                self._cache.popitem(last=False)
+        return fm
+
+    def _maps_in_strips(self, rgb: np.ndarray, px_um: float) -> np.ndarray:
+        margin = int(np.ceil(4 * 7.0 / px_um)) + 4  # > the widest filter's support (LoG 7 um)
+        h, w = rgb.shape[:2]
+        padded = np.pad(rgb, ((margin, margin), (margin, margin), (0, 0)), constant_values=255)
+        out = np.empty((len(MAP_NAMES), h, w), dtype=np.float16)
+        step = max(self.strip_px, 64)
+        for y0 in range(0, h, step):
+            y1 = min(y0 + step, h)
+            block = pixel_maps(padded[y0:y1 + 2 * margin], px_um)
+            out[:, y0:y1] = block[:, margin:margin + (y1 - y0), margin:margin + w]
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    def embed_windows(self, image: TissueImage, centres_rc_um: np.ndarray, window_um: float,
+                      *, progress: Progress | None = None) -> np.ndarray:
+        progress = ensure_progress(progress)
+        centres = as_centres_rc_um(centres_rc_um)
+        window_um = check_window_um(window_um)
+        fm = self.fine_maps(image)
+        n = len(centres)
+        if n == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        # working resolution: integer block of fine pixels, about window / px_per_window
+        fine = float(np.mean(fm.px_um))
+        f = max(1, int(round(window_um / self.px_per_window / fine)))
+        c_maps, h, w = fm.maps.shape
+        hb, wb = -(-h // f), -(-w // f)
+        px_r, px_c = fm.px_um[0] * f, fm.px_um[1] * f
+        # box corners of every sub-window, in working-pixel edge coordinates
+        pos_r = (centres[:, 0] - fm.origin_um[0]) / px_r
+        pos_c = (centres[:, 1] - fm.origin_um[1]) / px_c
+        terms = []  # per scale: idx (16, N), weights (16, N), area_total, area_in
+        for s in self.scales:
+            hr, hc = window_um * s / 2 / px_r, window_um * s / 2 / px_c
+            r0, r1 = np.clip(pos_r - hr, 0, hb), np.clip(pos_r + hr, 0, hb)
+            c0, c1 = np.clip(pos_c - hc, 0, wb), np.clip(pos_c + hc, 0, wb)
+            idx, wts = [], []
+            for rr, cc, sign in ((r1, c1, 1.0), (r0, c1, -1.0), (r1, c0, -1.0), (r0, c0, 1.0)):
+                i, wt = _bilinear_terms(rr, cc, (hb + 1, wb + 1))
+                idx.append(i)
+                wts.append(wt * sign)
+            terms.append((np.concatenate(idx), np.concatenate(wts), 4 * hr * hc,
+                          (r1 - r0) * (c1 - c0)))
+        means = np.empty((len(self.scales), c_maps, n), dtype=np.float64)
+        sqs = np.empty((len(self.scales), N_STD, n), dtype=np.float64)
+
+        def one_map(ch: int) -> None:
+            progress.check_cancelled()
+            self._box_means(self._block_mean(fm.maps[ch], f, fm.white[ch]), terms,
+                            fm.white[ch], means[:, ch])
+            if ch < N_STD:
+                self._box_means(self._block_mean(fm.maps[ch], f, fm.white_sq[ch], square=True),
+                                terms, fm.white_sq[ch], sqs[:, ch])
+
+        # numpy releases the GIL in these loops: maps are processed in parallel threads
+        with ThreadPoolExecutor(max_workers=self.n_threads) as pool:
+            for fut in [pool.submit(one_map, ch) for ch in range(c_maps)]:
+                fut.result()
+        out = np.empty((n, self.embed_dim), dtype=np.float32)
+        k = 0
+        for si in range(len(self.scales)):
+            m = means[si]
+            st_xx, st_yy, st_xy = m[12], m[13], m[14]
+            energy = st_xx + st_yy
+            coherence = np.sqrt((st_xx - st_yy) ** 2 + 4 * st_xy ** 2) / (energy + _COHERENCE_EPS)
+            feats = [*m[:12], energy, coherence,
+                     *np.sqrt(np.maximum(sqs[si] - m[:N_STD] ** 2, 0.0))]
+            for v in feats:
+                out[:, k] = v
+                k += 1
+        progress.advance(n)
+        return out
+
+    @staticmethod
+    def _block_mean(x16: np.ndarray, f: int, white: float, square: bool = False) -> np.ndarray:
+        """Mean of ``f x f`` blocks of a (float16) map, or of its square; the ragged last block
+        row/column is completed with ``white`` (the background value)."""
+        if f == 1:
+            x = x16.astype(np.float32)
+            return x * x if square else x
+        h, w = x16.shape
+        hb, wb = -(-h // f), -(-w // f)
+        rows = np.zeros((hb, w), dtype=np.float32)
+        for i in range(f):  # sum rows i, i+f, ... (contiguous reads), then columns
+            part = x16[i::f]
+            if square:
+                part = np.square(part, dtype=np.float32)
+            rows[:len(part)] += part
+            if len(part) < hb:
+                rows[len(part):] += white
+        out = np.zeros((hb, wb), dtype=np.float32)
+        for j in range(f):
+            part = rows[:, j::f]
+            out[:, :part.shape[1]] += part
+            if part.shape[1] < wb:
+                out[:, part.shape[1]:] += white * f
+        out /= f * f
+        return out
+
+    @staticmethod
+    def _box_means(x: np.ndarray, terms, white: float, out: np.ndarray) -> None:
+        flat = _integral(x).ravel()
+        for si, (idx, wts, area, area_in) in enumerate(terms):
+            inside = (flat[idx] * wts).sum(axis=0)
+            out[si] = (inside + white * (area - area_in)) / area
+
+
+_VIT_ONLY_OPTS = ("batch_size", "num_workers", "precision")
+
+
+@register_encoder("stain-texture", description="hand-crafted stain colour + texture features "
+                  "(84-d, default; no download, fast on CPU)")
+def _stain_texture(*, device: str = "auto", hf_token: str | None = None,
+                   **kwargs) -> StainTextureEncoder:
+    # device / token / batching options do not apply: it runs on the CPU, without weights
+    for k in _VIT_ONLY_OPTS:
+        kwargs.pop(k, None)
+    return StainTextureEncoder(**kwargs)
