@@ -235,13 +235,13 @@ def _make_layout(rng: np.random.Generator, extent_um: tuple[float, float]) -> _L
     band = np.minimum(np.minimum(sd4, width - sd4), 40.0 * (patch + 0.35))
     agg = np.full_like(band, -1e3)
     stroma_like = tissue4 & (sd4 > 90.0) & (dist_edge4 > 40.0)
-    n_agg = int(round(stroma_like.sum() * step**2 / 260_000.0))
+    n_agg = int(round(stroma_like.sum() * step**2 / 170_000.0))
     cand = np.flatnonzero(stroma_like.ravel())
     wobble = _noise(rng, extent_um, 8.0, step_um=2.0).grid(rows4, cols4)
     if len(cand) and n_agg:
         for idx in rng.choice(cand, size=min(n_agg, len(cand)), replace=False):
             r0, c0 = rr.flat[idx], cc.flat[idx]
-            radius = rng.uniform(13.0, 30.0)
+            radius = rng.uniform(14.0, 32.0)
             agg = np.maximum(agg, radius - np.hypot(rr - r0, cc - c0) + 4.0 * wobble)
     immune = np.maximum(band, agg).astype(np.float32)
 
