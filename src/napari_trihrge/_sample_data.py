@@ -11,10 +11,14 @@ from pathlib import Path
 from . import layers as L
 
 
-@lru_cache(maxsize=2)
 def synthetic_adata(seed: int = 0):
     """The synthetic sample: generated once, then kept in memory and in the user's cache folder
     (keyed by the generator's source, so a changed generator never serves stale data)."""
+    return _synthetic_adata(int(seed))
+
+
+@lru_cache(maxsize=2)
+def _synthetic_adata(seed: int):
     import anndata as ad
 
     from .datasets import synthetic_sample as make
@@ -54,7 +58,7 @@ def _cache_path(seed: int) -> Path | None:
 
 
 @lru_cache(maxsize=2)
-def _layer_tuples(seed: int = 0) -> tuple:
+def _layer_tuples(seed: int) -> tuple:
     adata = synthetic_adata(seed)
     genes = _default_genes(adata)
     return tuple(L.sample_layers(adata, genes))
@@ -74,7 +78,7 @@ def _default_genes(adata) -> list[str] | None:
 def synthetic_sample(seed: int = 0) -> list:
     """H&E image and spots of the synthetic sample as napari layer data tuples."""
     out = []
-    for data, kwargs, kind in _layer_tuples(seed):
+    for data, kwargs, kind in _layer_tuples(int(seed)):
         kwargs = dict(kwargs)
         if "features" in kwargs:
             kwargs["features"] = kwargs["features"].copy()

@@ -1,0 +1,454 @@
+"""Dock widget 2 - Train and enhance: run recovery or enhancement in the background."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import layers as L
+from ._common import heading, hline, note, report_outcome
+from ._session import get_session
+from ._worker import QueueProgress, engine_worker
+
+STAGE_LABELS = {
+    "genes": "Selecting genes",
+    "features": "Reading the H&E (image features)",
+    "training": "Training",
+    "prediction": "Predicting",
+    "maps": "Drawing the enhanced maps",
+    "writing": "Writing the run folder",
+}
+
+
+class LossCanvas(QWidget):
+    """A small live plot of the training and validation loss per epoch (matplotlib)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 1.9), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.canvas.setFixedHeight(170)
+        self.ax = self.figure.add_subplot(111)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.clear()
+
+    def clear(self):
+        self.epochs: list[float] = []
+        self.train: list[float] = []
+        self.val: list[float] = []
+        self._offset = 0
+        self._last_epoch = 0
+        self.ax.clear()
+        (self.train_line,) = self.ax.plot([], [], color="#1f77b4", label="training")
+        (self.val_line,) = self.ax.plot([], [], color="#ff7f0e", label="validation")
+        self.ax.set_xlabel("epoch", fontsize=8)
+        self.ax.set_ylabel("loss", fontsize=8)
+        self.ax.tick_params(labelsize=7)
+        self.ax.legend(fontsize=7, loc="upper right")
+        self.canvas.draw_idle()
+
+    def add(self, epoch: float, train_loss: float, val_loss: float | None) -> None:
+        # ensemble members restart at epoch 1: continue the x axis
+        if epoch <= self._last_epoch:
+            self._offset = self.epochs[-1] if self.epochs else 0
+        self._last_epoch = epoch
+        self.epochs.append(self._offset + epoch)
+        self.train.append(train_loss)
+        self.val.append(val_loss if val_loss is not None else math.nan)
+
+    def redraw(self) -> None:
+        self.train_line.set_data(self.epochs, self.train)
+        self.val_line.set_data(self.epochs, self.val)
+        self.ax.relim()
+        self.ax.autoscale_view()
+        self.canvas.draw_idle()
+
+
+class TrainWidget(QWidget):
+    """Task, main parameters (with units), Start / Cancel, a progress bar per stage, the live
+    loss curve and the recovery scores. The engine runs in a napari thread worker."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.worker = None
+        self.progress: QueueProgress | None = None
+        self.last_outcome = None
+        self._bars: dict[str, Any] = {}
+        #: extra RunConfig fields (tests use it for tiny models: {'model': {...}, 'train': {...}})
+        self.extra_config: dict[str, Any] = {}
+
+        self.task_combo = QComboBox()
+        self.task_combo.addItem("Enhance: denser spots and sub-spot maps", "enhance")
+        self.task_combo.addItem("Recovery: hide spots and score their prediction", "recovery")
+        self.holdout_spin = QDoubleSpinBox()
+        self.holdout_spin.setRange(5, 95)
+        self.holdout_spin.setValue(50)
+        self.holdout_spin.setSuffix(" % of spots hidden")
+        self.factor_combo = QComboBox()
+        for f in (2, 4, 8, 16):
+            self.factor_combo.addItem(f"{f}x denser spots", f)
+        self.factor_combo.setCurrentIndex(1)
+        self.maps_check = QCheckBox("dense maps, pixel")
+        self.maps_check.setChecked(True)
+        self.stride_spin = QDoubleSpinBox()
+        self.stride_spin.setRange(2, 200)
+        self.stride_spin.setValue(16)
+        self.stride_spin.setSuffix(" um")
+        self.genes_spin = QSpinBox()
+        self.genes_spin.setRange(5, 20000)
+        self.genes_spin.setValue(1000)
+        self.genes_spin.setSuffix(" variable genes")
+        self.extra_genes_edit = QLineEdit()
+        self.extra_genes_edit.setPlaceholderText("genes to always include, e.g. ERBB2, MBP")
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(0, 100000)
+        self.epochs_spin.setValue(0)
+        self.epochs_spin.setSpecialValueText("default (early stopping)")
+        self.epochs_spin.setSuffix(" epochs at most")
+        self.ensemble_spin = QSpinBox()
+        self.ensemble_spin.setRange(1, 20)
+        self.ensemble_spin.setSuffix(" model(s)")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("optional: folder to save the run in")
+        self.out_btn = QPushButton("…")
+
+        self.start_btn = QPushButton("Start")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.status = note("Open a sample, then press Start.")
+        self.loss = LossCanvas(self)
+        self.scores = QLabel("")
+        self.scores.setTextFormat(Qt.RichText)
+        self.scores.setWordWrap(True)
+        self.scores.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Task", self.task_combo)
+        form.addRow("Hidden spots", self.holdout_spin)
+        form.addRow("Density", self.factor_combo)
+        srow = QHBoxLayout()
+        srow.addWidget(self.maps_check)
+        srow.addWidget(self.stride_spin)
+        form.addRow("Maps", srow)
+        form.addRow("Genes", self.genes_spin)
+        form.addRow("Extra genes", self.extra_genes_edit)
+        form.addRow("Training", self.epochs_spin)
+        form.addRow("Ensemble", self.ensemble_spin)
+        form.addRow("Seed", self.seed_spin)
+        orow = QHBoxLayout()
+        orow.addWidget(self.out_edit)
+        orow.addWidget(self.out_btn)
+        form.addRow("Save to", orow)
+        brow = QHBoxLayout()
+        brow.addWidget(self.start_btn)
+        brow.addWidget(self.cancel_btn)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(heading("Train and enhance"))
+        lay.addLayout(form)
+        lay.addLayout(brow)
+        lay.addWidget(self.status)
+        lay.addWidget(self.loss)
+        lay.addWidget(hline())
+        lay.addWidget(self.scores)
+        lay.addStretch(1)
+
+        self.task_combo.currentIndexChanged.connect(self._update_enabled)
+        self.maps_check.toggled.connect(self._update_enabled)
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.out_btn.clicked.connect(self._choose_out)
+        self._update_enabled()
+
+    # -- parameters -----------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return self.task_combo.currentData()
+
+    def set_task(self, task: str) -> None:
+        self.task_combo.setCurrentIndex(self.task_combo.findData(task))
+
+    def _update_enabled(self, *_):
+        rec = self.task == "recovery"
+        self.holdout_spin.setEnabled(rec)
+        self.factor_combo.setEnabled(not rec)
+        self.maps_check.setEnabled(not rec)
+        self.stride_spin.setEnabled(not rec and self.maps_check.isChecked())
+
+    def _choose_out(self):
+        path = QFileDialog.getExistingDirectory(self, "Folder for the run")
+        if path:
+            self.out_edit.setText(path)
+
+    def make_config(self):
+        """The RunConfig of the current settings (the token is read from the Sample widget
+        now and goes into this object only)."""
+        from ..tasks import RunConfig
+
+        train = dict(self.extra_config.get("train", {}))
+        if self.epochs_spin.value() > 0:
+            train["max_epochs"] = int(self.epochs_spin.value())
+        extra = tuple(g.strip() for g in self.extra_genes_edit.text().replace(";", ",")
+                      .split(",") if g.strip())
+        kwargs = {
+            "encoder": self.session.encoder(),
+            "device": self.session.device(),
+            "n_top_genes": int(self.genes_spin.value()),
+            "extra_genes": extra,
+            "ensemble": int(self.ensemble_spin.value()),
+            "seed": int(self.seed_spin.value()),
+            **{k: v for k, v in self.extra_config.items() if k != "train"},
+            "train": train,
+        }
+        return RunConfig(hf_token=self.session.token(), **kwargs)
+
+    # -- running --------------------------------------------------------------------------
+    def start(self):
+        """Start the chosen task in a background worker; returns the worker (or None)."""
+        if self.worker is not None:
+            show_info("A run is already in progress")
+            return None
+        adata = self.session.adata
+        if adata is None:
+            show_error("Open a sample first (Sample widget, File > Open Sample, or drop a "
+                       "Space Ranger folder on the viewer)")
+            return None
+        try:
+            config = self.make_config()
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"Invalid parameters: {exc}")
+            return None
+        out_dir = self.out_edit.text().strip() or None
+        task = self.task
+        if task == "recovery":
+            fn, kwargs = _run_recovery, {"holdout_fraction": self.holdout_spin.value() / 100.0,
+                                         "seed": int(self.seed_spin.value())}
+        else:
+            stride = float(self.stride_spin.value()) if self.maps_check.isChecked() else None
+            fn, kwargs = _run_enhance, {"factor": int(self.factor_combo.currentData()),
+                                        "stride_um": stride}
+        self.progress = QueueProgress()
+        worker = engine_worker(fn, adata, config=config, out_dir=out_dir,
+                               progress=self.progress, **kwargs)
+        del config  # the token lives on only inside the worker's call
+        worker.yielded.connect(self._on_events)
+        worker.returned.connect(lambda outcome, t=task, a=adata: self._on_done(outcome, t, a))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._task_running = task
+        self.loss.clear()
+        self.scores.setText("")
+        self.status.setText("Starting…")
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        worker.start()
+        return worker
+
+    def cancel(self):
+        """Ask the run to stop; the engine stops at its next step (within a few seconds)."""
+        if self.progress is not None:
+            self.progress.cancel()
+            self.status.setText("Cancelling…")
+            self.cancel_btn.setEnabled(False)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _on_events(self, events: list[dict]):
+        need_redraw = False
+        for ev in events:
+            kind = ev.get("event")
+            stage = ev.get("stage")
+            if kind == "stage":
+                self._close_bars()
+                total = ev.get("total")
+                bar = napari_progress(total=total if total else None,
+                                      desc=STAGE_LABELS.get(stage, stage))
+                self._bars[stage] = bar
+                self.status.setText(f"{STAGE_LABELS.get(stage, stage)}…")
+            elif kind == "advance":
+                bar = self._bars.get(stage)
+                if bar is not None:
+                    done = int(ev.get("done") or 0)
+                    if done > bar.n:
+                        bar.update(done - bar.n)
+                total = ev.get("total")
+                if total:
+                    self.status.setText(f"{STAGE_LABELS.get(stage, stage)}: "
+                                        f"{ev.get('done')} / {total}")
+            elif kind == "metric" and "train_loss" in ev:
+                val = ev.get("val_loss")
+                self.loss.add(float(ev.get("epoch", len(self.loss.epochs) + 1)),
+                              float(ev["train_loss"]),
+                              None if val is None else float(val))
+                need_redraw = True
+            elif kind == "message":
+                self.status.setText(str(ev.get("text", "")))
+        if need_redraw:
+            self.loss.redraw()
+
+    def _close_bars(self):
+        for bar in self._bars.values():
+            try:
+                bar.close()
+            except Exception:  # noqa: BLE001 - a bar already closed
+                pass
+        self._bars = {}
+
+    def _on_finished(self):
+        self._close_bars()
+        self.worker = None
+        self.progress = None
+        self.start_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _on_done(self, outcome, task: str, adata):
+        self.last_outcome = outcome
+        if not report_outcome(outcome, "The run"):
+            self.status.setText("Cancelled: nothing was changed." if outcome.status ==
+                                "cancelled" else f"Failed: {outcome.message}")
+            return
+        result, out_dir = outcome.result
+        try:
+            if task == "recovery":
+                self._show_recovery(result, adata)
+            else:
+                self._show_enhance(result, adata)
+        except Exception as exc:  # noqa: BLE001 - never crash the viewer
+            show_error(f"The run finished but its layers could not be shown: {exc}")
+            return
+        where = f" Saved in {out_dir}." if out_dir else ""
+        self.status.setText(f"Done ({_fmt_timings(result)}).{where}")
+
+    # -- results --------------------------------------------------------------------------
+    def _show_recovery(self, result, adata):
+        s = self.session
+        if adata is not s.adata:
+            s.set_sample(adata)
+        s.recovery = result
+        m = result.metrics
+        rows = [("Mean PCC, hidden spots", m.get("pcc_mean")),
+                ("kNN baseline (no image)", m.get("baseline_knn_pcc_mean")),
+                ("Genes better than baseline", m.get("fraction_genes_better_than_baseline")),
+                ("MSE", m.get("mse")), ("MAE", m.get("mae")),
+                ("ARI (k-means vs labels)", m.get("ari"))]
+        html = "<b>Recovery scores</b> ({} hidden spots, {} genes)<table>".format(
+            m.get("n_hidden", "?"), m.get("n_genes_scored", "?"))
+        for name, val in rows:
+            if val is None or (isinstance(val, float) and not math.isfinite(val)):
+                continue
+            txt = f"{val:.0%}" if name.startswith("Genes better") else f"{val:.3f}"
+            html += f"<tr><td>{name}</td><td align='right'>&nbsp;{txt}</td></tr>"
+        html += "</table>"
+        self.scores.setText(html)
+        # predicted hidden spots as their own layer, coloured like the measured spots
+        pred = result.predictions
+        gene = s.gene if s.gene in pred.var_names else str(result.per_gene.index[0])
+        data, kwargs, kind = L.spots_layer(pred, [gene], color_by=gene, kind="recovered",
+                                           name="recovery: predicted hidden spots")
+        old = s.find_layer("recovered")
+        if old is not None:
+            self.viewer.layers.remove(old)
+        self.viewer.add_points(data, **kwargs)
+        s.recovery_changed.emit(result)
+        s.show_gene(gene)
+
+    def _show_enhance(self, result, adata):
+        s = self.session
+        if adata is not s.adata:
+            s.set_sample(adata)
+        s.enhance = result
+        virt = result.virtual
+        genes = list(virt.var_names)
+        gene = s.gene if s.gene in genes else _first_interesting_gene(result)
+        factor = int(virt.uns.get("trihrge", {}).get("factor", 4))
+        diameter = float(adata.uns["trihrge"].get("spot_diameter_um", 55.0))
+        data, kwargs, kind = L.spots_layer(virt, [gene], color_by=gene, kind="virtual",
+                                           name=f"enhanced: {factor}x virtual spots",
+                                           size_um=diameter / np.sqrt(factor))
+        old = s.find_layer("virtual")
+        if old is not None:
+            self.viewer.layers.remove(old)
+        layer = self.viewer.add_points(data, **kwargs)
+        # the dense map is the main view; the virtual spots stay available but hidden
+        layer.visible = result.maps is None
+        s.enhance_changed.emit(result)
+        s.show_gene(gene)
+        spots = s.find_layer("spots")
+        if spots is not None and result.maps is not None:
+            # keep the measured spots on top of the map, drawn as outlines-free dots
+            self.viewer.layers.move(self.viewer.layers.index(spots), len(self.viewer.layers))
+
+
+def _first_interesting_gene(result) -> str:
+    genes = list(result.virtual.var_names)
+    var = result.spots.var if hasattr(result, "spots") else None
+    if var is not None and "gene_class" in var:
+        marker = [g for g in genes if var["gene_class"].get(g) == "marker"]
+        if marker:
+            return marker[0]
+    return genes[0]
+
+
+def _fmt_timings(result) -> str:
+    t = getattr(result, "timings_s", {}) or {}
+    total = sum(float(v) for v in t.values())
+    return f"{total:.1f} s" if total else "finished"
+
+
+def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
+    from .. import tasks
+
+    result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
+    if out_dir:
+        _write(out_dir, "recovery", adata, result, config, progress)
+    return result, out_dir
+
+
+def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
+    from .. import tasks
+
+    result = tasks.enhance(adata, config=config, progress=progress, **kwargs)
+    if out_dir:
+        _write(out_dir, "enhance", adata, result, config, progress)
+    return result, out_dir
+
+
+def _write(out_dir, task, adata, result, config, progress):
+    from .. import outputs
+
+    if task == "recovery":
+        outputs.write_recovery(out_dir, adata, result, config=config, progress=progress)
+    else:
+        outputs.write_enhance(out_dir, adata, result, config=config, progress=progress)

@@ -1,0 +1,99 @@
+"""Helpers shared by the GUI tests (test_qt_*.py); imported as ``from test_qt_support import``.
+
+The synthetic sample is generated once (and cached on disk by the sample-data module); its known
+8 um truth stands in for enhanced maps where a test only needs maps, not a trained model.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+#: tiny settings so a background run finishes in seconds on 2 CPU cores
+TINY = {"n_top_genes": 30, "model": {"hidden_dim": 32, "attention_dim": 16,
+                                     "decoder_dims": (64, 64, 64)},
+        "train": {"max_epochs": 4, "patience": 4, "batch_size": 64}, "device": "cpu"}
+
+
+def sample_adata():
+    from napari_trihrge._sample_data import synthetic_adata
+
+    return synthetic_adata(0)
+
+
+def add_sample(viewer):
+    """Add the synthetic sample's H&E and spots; returns (image layer, spots layer)."""
+    from napari_trihrge._sample_data import synthetic_sample
+
+    added = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in synthetic_sample()]
+    return added[0], added[1]
+
+
+def truth_maps(adata=None):
+    """log1p of the sample's 8 um truth as DenseMaps (NaN outside the tissue)."""
+    from napari_trihrge.tasks import DenseMaps
+
+    adata = adata if adata is not None else sample_adata()
+    tr = adata.uns["truth"]
+    vals = np.log1p(np.asarray(tr["expression_8um"], dtype=np.float32))
+    mask = np.asarray(tr["tissue_8um"], dtype=bool)
+    vals[:, ~mask] = np.nan
+    return DenseMaps(values=vals, stride_um=float(tr["stride_um"]),
+                     origin_rc_um=np.asarray(tr["origin_rc_um"], dtype=float),
+                     gene_names=[str(g) for g in tr["genes"]], mask=mask)
+
+
+def fake_enhance(adata=None):
+    adata = adata if adata is not None else sample_adata()
+    return SimpleNamespace(maps=truth_maps(adata), virtual=None, spots=adata, metrics={},
+                           history=[], timings_s={})
+
+
+def fake_recovery(adata=None, genes=("ERBB2", "TUMOR_8", "STROMA_12")):
+    """A RecoveryResult-like object whose 'predictions' are the measured hidden half."""
+    import anndata as ad
+
+    from napari_trihrge import layers as L
+
+    adata = adata if adata is not None else sample_adata()
+    hidden = np.arange(0, adata.n_obs, 2)
+    expr = L.gene_expression(adata, list(genes)).to_numpy()[hidden]
+    pred = ad.AnnData(X=expr, obs=pd.DataFrame(index=adata.obs_names[hidden]),
+                      var=pd.DataFrame(index=list(genes)))
+    pred.obsm["spatial"] = np.asarray(adata.obsm["spatial"])[hidden]
+    pred.uns["trihrge"] = {**adata.uns["trihrge"], "task": "recovery"}
+    per_gene = pd.DataFrame({"pcc": [0.9, 0.8, 0.1], "pcc_baseline": [0.5, 0.4, 0.2]},
+                            index=pd.Index(list(genes), name="gene"))
+    return SimpleNamespace(predictions=pred, per_gene=per_gene,
+                           metrics={"pcc_mean": 0.6, "baseline_knn_pcc_mean": 0.37,
+                                    "n_hidden": len(hidden), "n_genes_scored": 3},
+                           history=[], timings_s={})
+
+
+class Notifications:
+    """Collects napari notifications (severity, message) while alive."""
+
+    def __init__(self):
+        from napari.utils.notifications import notification_manager
+
+        self.items: list[tuple[str, str]] = []
+        self._mgr = notification_manager
+        notification_manager.notification_ready.connect(self._on)
+
+    def _on(self, event):
+        n = getattr(event, "value", event)
+        self.items.append((str(n.severity).lower(), str(n.message)))
+
+    def errors(self) -> list[str]:
+        return [m for s, m in self.items if "error" in s]
+
+    def close(self):
+        self._mgr.notification_ready.disconnect(self._on)
+
+
+def canvas_png(viewer, path=None) -> np.ndarray:
+    """The canvas as an RGBA array (saved to ``path`` when given)."""
+    return np.asarray(viewer.screenshot(path=None if path is None else str(path),
+                                        canvas_only=True, flash=False))
