@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb
 
+from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from .base import Encoder, as_centres_rc_um, check_window_um
 from .registry import register_encoder
@@ -326,4 +327,9 @@ def _stain_texture(*, device: str = "auto", hf_token: str | None = None,
     # device / token / batching options do not apply: it runs on the CPU, without weights
     for k in _VIT_ONLY_OPTS:
         kwargs.pop(k, None)
-    return StainTextureEncoder(**kwargs)
+    try:
+        return StainTextureEncoder(**kwargs)
+    except TypeError as err:
+        raise TrihrgeInputError(f"unexpected option for stain-texture: {err}",
+                                "allowed: fine_um_per_px, px_per_window, scales, cache_images, "
+                                "strip_px, n_threads") from None

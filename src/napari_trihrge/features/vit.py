@@ -106,7 +106,8 @@ class _MissingRemoteFile(Exception):
     pass
 
 
-def hub_download(repo_id: str, filename: str, *, hf_token: str | None = None) -> str:
+def hub_download(repo_id: str, filename: str, *, hf_token: str | None = None,
+                 arch_label: str | None = None) -> str:
     """Download (or find in the local cache) one file of a hub repo; errors say what to do.
 
     Raises :class:`EncoderAccessError` for gated/unauthorised repos, offline mode or network
@@ -137,10 +138,11 @@ def hub_download(repo_id: str, filename: str, *, hf_token: str | None = None) ->
                else "the hub could not be reached (no network?)")
         raise EncoderAccessError(
             f"{filename} of {repo_id} is not in the local Hugging Face cache and {why}. "
-            f"Connect once to download it (for gated models: {_access_hint(repo_id)}), or pass "
-            f"a local checkpoint file you downloaded with --encoder /path/to/pytorch_model.bin "
-            f"(Python: create_encoder('/path/to/pytorch_model.bin', architecture='uni'))"
-        ) from None
+            f"Connect once to download it (gated models: request access at "
+            f"https://huggingface.co/{repo_id}, then set HF_TOKEN or run `huggingface-cli "
+            f"login`), or pass a checkpoint you downloaded by hand with --encoder "
+            f"/path/to/pytorch_model.bin (Python: create_encoder('/path/to/pytorch_model.bin', "
+            f"architecture='{arch_label or 'uni'}'))") from None
     except EntryNotFoundError:
         raise _MissingRemoteFile(filename) from None
     except HfHubHTTPError as err:
@@ -160,12 +162,13 @@ def hub_download(repo_id: str, filename: str, *, hf_token: str | None = None) ->
             "/path/to/pytorch_model.bin") from None
 
 
-def _hub_weights(repo_id: str, hf_token: str | None, first: str | None = None) -> str:
+def _hub_weights(repo_id: str, hf_token: str | None, first: str | None = None,
+                 arch_label: str | None = None) -> str:
     names = [first] if first else []
     names += [n for n in _WEIGHT_FILES if n not in names]
     for name in names:
         try:
-            return hub_download(repo_id, name, hf_token=hf_token)
+            return hub_download(repo_id, name, hf_token=hf_token, arch_label=arch_label)
         except _MissingRemoteFile:
             continue
     raise EncoderAccessError(f"the Hugging Face repo {repo_id} has no weights file "
@@ -322,7 +325,8 @@ def _known_encoder(arch_name: str, *, device: str, hf_token: str | None,
     if checkpoint is not None:
         return from_local(checkpoint, device=device, architecture=arch_name,
                           model_args=model_args, **opts)
-    path = Path(_hub_weights(arch.hub_id, hf_token, first=arch.weights_file))
+    path = Path(_hub_weights(arch.hub_id, hf_token, first=arch.weights_file,
+                             arch_label=arch_name))
     return _encoder_from_file(path, arch_name, model_args, device=device, name=arch_name,
                               weights_id=f"hf-hub:{arch.hub_id}@{path.parent.name}", **opts)
 
