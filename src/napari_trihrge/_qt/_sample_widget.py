@@ -19,7 +19,7 @@ from ._worker import simple_worker
 
 #: Encoders offered in the list (the field is editable: any registry name, 'hf-hub:org/name',
 #: a timm name or a local checkpoint path works).
-ENCODER_CHOICES = ("stain-texture", "uni", "uni2-h", "hf-hub:", "resnet50.a1_in1k")
+ENCODER_CHOICES = ("stain-texture", "uni", "uni2-h")
 
 
 class SampleWidget(QWidget):

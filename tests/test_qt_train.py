@@ -1,0 +1,137 @@
+"""Train and enhance widget: real background runs (tiny models) while the event loop turns."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from test_qt_support import TINY, Notifications, add_sample
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def notes():
+    n = Notifications()
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def _widgets(viewer):
+    from napari_trihrge._qt import GeneExplorer, SampleWidget, TrainWidget
+
+    sw, tw, ge = SampleWidget(viewer), TrainWidget(viewer), GeneExplorer(viewer)
+    tw.extra_config = {k: v for k, v in TINY.items() if k != "n_top_genes"}
+    tw.genes_spin.setValue(TINY["n_top_genes"])
+    sw.device_combo.setCurrentText("cpu")
+    return sw, tw, ge
+
+
+class Ticker:
+    """Counts event-loop turns (a QTimer firing every 20 ms) to show the GUI stays live."""
+
+    def __init__(self):
+        self.ticks = 0
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+        self.timer.start(20)
+
+    def _tick(self):
+        self.ticks += 1
+
+    def stop(self):
+        self.timer.stop()
+
+
+def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes):
+    add_sample(viewer)
+    _, tw, ge = _widgets(viewer)
+    tw.set_task("recovery")
+    ticker = Ticker()
+    worker = tw.start()
+    assert worker is not None and tw.running
+    assert tw.start() is None  # one run at a time
+    qtbot.waitUntil(lambda: not tw.running, timeout=180_000)
+    ticker.stop()
+    assert tw.last_outcome.status == "ok", tw.last_outcome.message
+    assert ticker.ticks > 20  # the event loop kept turning during the run
+    assert not notes.errors()
+    kinds = [lay.metadata.get("trihrge", {}).get("kind") for lay in viewer.layers]
+    assert "recovered" in kinds
+    rec = viewer.layers[kinds.index("recovered")]
+    assert len(rec.data) == tw.session.recovery.predictions.n_obs
+    assert "Mean PCC" in tw.scores.text() and "kNN baseline" in tw.scores.text()
+    assert ge.best_list.count() > 0
+    assert len(tw.loss.epochs) >= 1 and np.isfinite(tw.loss.train).all()
+    assert tw.start_btn.isEnabled() and not tw.cancel_btn.isEnabled()
+
+
+def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes):
+    add_sample(viewer)
+    _, tw, ge = _widgets(viewer)
+    tw.set_task("enhance")
+    tw.stride_spin.setValue(48.0)  # a coarse map keeps the test fast
+    tw.start()
+    qtbot.waitUntil(lambda: not tw.running, timeout=300_000)
+    assert tw.last_outcome.status == "ok", tw.last_outcome.message
+    s = tw.session
+    assert s.enhance is not None and s.enhance.maps is not None
+    m = s.find_layer("map")
+    v = s.find_layer("virtual")
+    assert m is not None and v is not None
+    assert tuple(m.scale) == (48.0, 48.0)
+    assert m.metadata["trihrge"]["gene"] == s.gene
+    # the measured spots are drawn above the map
+    names = [lay.name for lay in viewer.layers]
+    assert names.index(s.find_layer("spots").name) > names.index(m.name)
+    # switching genes reuses the one map layer
+    other = [g for g in s.enhance.maps.gene_names if g != s.gene][0]
+    assert ge.show_gene(other)
+    assert s.find_layer("map") is m and m.metadata["trihrge"]["gene"] == other
+    assert not notes.errors()
+
+
+def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, notes):
+    add_sample(viewer)
+    _, tw, _ = _widgets(viewer)
+    tw.set_task("recovery")
+    tw.extra_config["train"] = {**TINY["train"], "max_epochs": 5000, "patience": 5000}
+    n_layers = len(viewer.layers)
+    tw.start()
+    qtbot.waitUntil(lambda: len(tw.loss.epochs) >= 1, timeout=120_000)  # training under way
+    t0 = time.perf_counter()
+    tw.cancel()
+    qtbot.waitUntil(lambda: not tw.running, timeout=20_000)
+    assert time.perf_counter() - t0 < 10
+    assert tw.last_outcome.status == "cancelled"
+    assert "Cancelled" in tw.status.text()
+    assert len(viewer.layers) == n_layers and tw.session.recovery is None
+    assert not notes.errors()
+    assert tw.start_btn.isEnabled()
+
+
+def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path):
+    sw, tw, _ = _widgets(viewer)
+    add_sample(viewer)
+    sw.encoder_combo.setEditText(str(tmp_path / "missing-encoder.pt"))
+    tw.set_task("recovery")
+    tw.start()
+    qtbot.waitUntil(lambda: not tw.running, timeout=120_000)
+    assert tw.last_outcome.status == "error"
+    errs = notes.errors()
+    assert errs and "missing-encoder.pt" in errs[0] and "Traceback" not in errs[0]
+    assert tw.start_btn.isEnabled()
+
+
+def test_start_without_sample_is_a_notification(viewer, notes):
+    _, tw, _ = _widgets(viewer)
+    assert tw.start() is None
+    assert any("Open a sample" in e for e in notes.errors())
