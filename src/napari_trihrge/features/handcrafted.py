@@ -241,34 +241,31 @@ class StainTextureEncoder(Encoder):
         # box corners of every sub-window, in working-pixel edge coordinates
         pos_r = (centres[:, 0] - fm.origin_um[0]) / px_r
         pos_c = (centres[:, 1] - fm.origin_um[1]) / px_c
-        terms = []  # per scale: idx (16, N), weights (16, N), area_total, area_in
+        # visit locations in bands of rows, so look-ups hit the cache (5x faster when random)
+        order = np.lexsort((pos_c, np.floor(pos_r / 8.0)))
+        pos_r, pos_c = pos_r[order], pos_c[order]
+        boxes = []  # per scale: clipped edges (r0, r1, c0, c1), full area, area inside the image
         for s in self.scales:
             hr, hc = window_um * s / 2 / px_r, window_um * s / 2 / px_c
             r0, r1 = np.clip(pos_r - hr, 0, hb), np.clip(pos_r + hr, 0, hb)
             c0, c1 = np.clip(pos_c - hc, 0, wb), np.clip(pos_c + hc, 0, wb)
-            idx, wts = [], []
-            for rr, cc, sign in ((r1, c1, 1.0), (r0, c1, -1.0), (r1, c0, -1.0), (r0, c0, 1.0)):
-                i, wt = _bilinear_terms(rr, cc, (hb + 1, wb + 1))
-                idx.append(i)
-                wts.append(wt * sign)
-            terms.append((np.concatenate(idx), np.concatenate(wts), 4 * hr * hc,
-                          (r1 - r0) * (c1 - c0)))
+            boxes.append(((r0, r1, c0, c1), 4 * hr * hc, (r1 - r0) * (c1 - c0)))
         means = np.empty((len(self.scales), c_maps, n), dtype=np.float64)
         sqs = np.empty((len(self.scales), N_STD, n), dtype=np.float64)
 
         def one_map(ch: int) -> None:
             progress.check_cancelled()
-            self._box_means(self._block_mean(fm.maps[ch], f, fm.white[ch]), terms,
+            self._box_means(self._block_mean(fm.maps[ch], f, fm.white[ch]), boxes,
                             fm.white[ch], means[:, ch])
             if ch < N_STD:
                 self._box_means(self._block_mean(fm.maps[ch], f, fm.white_sq[ch], square=True),
-                                terms, fm.white_sq[ch], sqs[:, ch])
+                                boxes, fm.white_sq[ch], sqs[:, ch])
 
         # numpy releases the GIL in these loops: maps are processed in parallel threads
         with ThreadPoolExecutor(max_workers=self.n_threads) as pool:
             for fut in [pool.submit(one_map, ch) for ch in range(c_maps)]:
                 fut.result()
-        out = np.empty((n, self.embed_dim), dtype=np.float32)
+        sorted_out = np.empty((n, self.embed_dim), dtype=np.float32)
         k = 0
         for si in range(len(self.scales)):
             m = means[si]
@@ -278,8 +275,10 @@ class StainTextureEncoder(Encoder):
             feats = [*m[:12], energy, coherence,
                      *np.sqrt(np.maximum(sqs[si] - m[:N_STD] ** 2, 0.0))]
             for v in feats:
-                out[:, k] = v
+                sorted_out[:, k] = v
                 k += 1
+        out = np.empty_like(sorted_out)
+        out[order] = sorted_out
         progress.advance(n)
         return out
 
@@ -310,11 +309,21 @@ class StainTextureEncoder(Encoder):
         return out
 
     @staticmethod
-    def _box_means(x: np.ndarray, terms, white: float, out: np.ndarray) -> None:
-        flat = _integral(x).ravel()
-        for si, (idx, wts, area, area_in) in enumerate(terms):
-            inside = (flat[idx] * wts).sum(axis=0)
-            out[si] = (inside + white * (area - area_in)) / area
+    def _box_means(x: np.ndarray, boxes, white: float, out: np.ndarray,
+                   chunk: int = 32768) -> None:
+        """Mean of ``x`` (white outside) over every box, from its integral image: 4 corners x
+        4 bilinear taps per box, in chunks of locations to bound memory."""
+        integral = _integral(x)
+        flat = integral.ravel()
+        for si, ((r0, r1, c0, c1), area, area_in) in enumerate(boxes):
+            for a in range(0, len(r0), chunk):
+                sl = slice(a, a + chunk)
+                inside = np.zeros(len(r0[sl]), dtype=np.float64)
+                for rr, cc, sign in ((r1, c1, 1.0), (r0, c1, -1.0), (r1, c0, -1.0),
+                                     (r0, c0, 1.0)):
+                    idx, wts = _bilinear_terms(rr[sl], cc[sl], integral.shape)
+                    inside += sign * (flat[idx] * wts).sum(axis=0)
+                out[si, sl] = (inside + white * (area - area_in[sl])) / area
 
 
 _VIT_ONLY_OPTS = ("batch_size", "num_workers", "precision")
