@@ -13,7 +13,7 @@ import pandas as pd
 
 #: tiny settings so a background run finishes in seconds on 2 CPU cores
 TINY = {"n_top_genes": 30, "model": {"hidden_dim": 32, "attention_dim": 16,
-                                     "decoder_dims": (64, 64, 64)},
+                                     "decoder_dims": [64, 64, 64]},
         "train": {"max_epochs": 4, "patience": 4, "batch_size": 64}, "device": "cpu"}
 
 

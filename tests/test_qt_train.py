@@ -74,11 +74,12 @@ def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes):
     assert tw.start_btn.isEnabled() and not tw.cancel_btn.isEnabled()
 
 
-def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes):
+def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     add_sample(viewer)
     _, tw, ge = _widgets(viewer)
     tw.set_task("enhance")
     tw.stride_spin.setValue(48.0)  # a coarse map keeps the test fast
+    tw.out_edit.setText(str(tmp_path / "run"))
     tw.start()
     qtbot.waitUntil(lambda: not tw.running, timeout=300_000)
     assert tw.last_outcome.status == "ok", tw.last_outcome.message
@@ -97,6 +98,13 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes):
     assert ge.show_gene(other)
     assert s.find_layer("map") is m and m.metadata["trihrge"]["gene"] == other
     assert not notes.errors()
+    # the run folder was written and opens again as layers
+    from napari_trihrge._reader import get_reader
+
+    run = tmp_path / "run"
+    assert (run / "summary.json").is_file() and (run / "maps.ome.zarr").is_dir()
+    kinds = [kw["metadata"]["trihrge"]["kind"] for _, kw, _ in get_reader(str(run))(str(run))]
+    assert kinds == ["image", "map", "virtual"]
 
 
 def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, notes):
