@@ -32,12 +32,15 @@ def add_sample(viewer):
 
 
 def truth_maps(adata=None):
-    """log1p of the sample's 8 um truth as DenseMaps (NaN outside the tissue)."""
+    """The sample's 8 um truth, log-normalised per pixel like spots (counts / total x 1e4, log1p),
+    as DenseMaps (NaN outside the tissue): a stand-in for enhanced maps on the spots' scale."""
     from napari_trihrge.tasks import DenseMaps
 
     adata = adata if adata is not None else sample_adata()
     tr = adata.uns["truth"]
-    vals = np.log1p(np.asarray(tr["expression_8um"], dtype=np.float32))
+    expr = np.asarray(tr["expression_8um"], dtype=np.float32)
+    total = expr.sum(axis=0, keepdims=True)
+    vals = np.log1p(expr * np.divide(1e4, total, out=np.zeros_like(total), where=total > 0))
     mask = np.asarray(tr["tissue_8um"], dtype=bool)
     vals[:, ~mask] = np.nan
     return DenseMaps(values=vals, stride_um=float(tr["stride_um"]),

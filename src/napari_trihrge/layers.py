@@ -30,7 +30,7 @@ DEFAULT_COLORMAP = "magma"
 #: Robust percentiles of the expression used as contrast limits (one scale for spots and map).
 DEFAULT_PERCENTILES = (1.0, 99.5)
 #: Opacity and blending of enhanced maps over the H&E.
-MAP_OPACITY = 0.75
+MAP_OPACITY = 0.7
 MAP_BLENDING = "translucent"
 #: Images whose longest side exceeds this (pixels) open as a multiscale pyramid.
 MULTISCALE_MIN_PX = 4096

@@ -1,0 +1,121 @@
+"""Screenshots of the key states, with assertions on their pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_qt_support import add_sample, canvas_png, fake_enhance
+
+pytestmark = pytest.mark.gui
+
+
+def _world_of_pixels(viewer, shape):
+    """Row/col world coordinates (um) of every screenshot pixel centre."""
+    h, w = shape[:2]
+    zoom = viewer.camera.zoom * (w / viewer.canvas.size[1])  # canvas px -> screenshot px
+    cr, cc = viewer.camera.center[-2:]
+    rows = cr + (np.arange(h) + 0.5 - h / 2) / zoom
+    cols = cc + (np.arange(w) + 0.5 - w / 2) / zoom
+    return rows, cols
+
+
+def _map_on_pixels(viewer, shape, maps, gene):
+    """The map's value under every screenshot pixel (NaN outside the map / tissue)."""
+    rows, cols = _world_of_pixels(viewer, shape)
+    ii = np.rint((rows - maps.origin_rc_um[0]) / maps.stride_um).astype(int)
+    jj = np.rint((cols - maps.origin_rc_um[1]) / maps.stride_um).astype(int)
+    vals = maps.gene(gene)
+    out = np.full((len(ii), len(jj)), np.nan, np.float32)
+    okr = (ii >= 0) & (ii < vals.shape[0])
+    okc = (jj >= 0) & (jj < vals.shape[1])
+    out[np.ix_(okr, okc)] = vals[np.ix_(ii[okr], jj[okc])]
+    return out
+
+
+def _brightness(img):
+    return img[..., :3].astype(float).mean(axis=-1)
+
+
+def test_overlay_changes_canvas_where_expression_is_high(make_napari_viewer, tmp_path):
+    from napari_trihrge._qt import GeneExplorer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1000, 800)
+    _, spots = add_sample(viewer)
+    spots.visible = False  # isolate the map's effect on the canvas
+    viewer.reset_view()
+    before = canvas_png(viewer, tmp_path / "1_he.png")
+
+    ge = GeneExplorer(viewer)
+    ge.session.enhance = fake_enhance()
+    ge.show_gene("ERBB2")
+    maps = ge.session.enhance.maps
+    after = canvas_png(viewer, tmp_path / "2_erbb2_map.png")
+    assert before.shape == after.shape
+
+    under = _map_on_pixels(viewer, after.shape, maps, "ERBB2")
+    tissue = np.isfinite(under)
+    assert tissue.mean() > 0.2
+    hi = tissue & (under >= np.nanpercentile(under, 90))
+    lo = tissue & (under <= np.nanpercentile(under, 10))
+    diff = np.abs(after[..., :3].astype(float) - before[..., :3].astype(float)).mean(-1)
+    # the overlay changes the canvas over the tissue, not outside it
+    assert diff[tissue].mean() > 20
+    outside = ~tissue
+    assert diff[outside].mean() < 0.1 * diff[tissue].mean()
+    # with magma, high expression is bright and low dark: the order flips vs the H&E alone
+    b0, b1 = _brightness(before), _brightness(after)
+    assert b1[hi].mean() > b1[lo].mean() + 60
+    assert b1[hi].mean() - b1[lo].mean() > (b0[hi].mean() - b0[lo].mean()) + 60
+
+    # switching the gene (stroma marker) moves the bright area away from the tumour
+    ge.show_gene("STROMA_12")
+    third = canvas_png(viewer, tmp_path / "3_stroma_map.png")
+    b2 = _brightness(third)
+    assert b2[hi].mean() < b1[hi].mean() - 40
+    assert (tmp_path / "2_erbb2_map.png").stat().st_size > 10_000
+
+
+def test_spots_colour_by_gene_on_canvas(make_napari_viewer, tmp_path):
+    from napari_trihrge import layers as L
+    from napari_trihrge._qt import GeneExplorer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1000, 800)
+    _, spots = add_sample(viewer)
+    viewer.reset_view()
+    ge = GeneExplorer(viewer)
+    ge.show_gene("ERBB2")
+    img = canvas_png(viewer, tmp_path / "spots_erbb2.png")
+    rows, cols = _world_of_pixels(viewer, img.shape)
+    e = spots.features["ERBB2"].to_numpy()
+    b = _brightness(img)
+
+    def at(p):
+        r = np.argmin(np.abs(rows - p[0]))
+        c = np.argmin(np.abs(cols - p[1]))
+        return b[r, c]
+
+    rc = L.spots_rc_um(ge.session.adata)
+    high = [at(p) for p in rc[e >= np.quantile(e, 0.9)]]
+    low = [at(p) for p in rc[e <= np.quantile(e, 0.1)]]
+    assert np.mean(high) > np.mean(low) + 80  # bright (yellow) vs dark (black/purple)
+
+
+def test_side_by_side_screenshot_has_two_panels(make_napari_viewer, tmp_path):
+    from napari_trihrge._qt import GeneExplorer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1200, 700)
+    add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    ge.session.enhance = fake_enhance()
+    ge.show_gene("ERBB2")
+    assert ge.set_side_by_side(True)
+    img = canvas_png(viewer, tmp_path / "side_by_side.png")
+    h, w = img.shape[:2]
+    left, right = img[:, : w // 2], img[:, w // 2:]
+    # both panels show the tissue (not the black background) and they differ
+    assert (_brightness(left) > 100).mean() > 0.2 and (_brightness(right) > 100).mean() > 0.2
+    assert np.abs(left[..., :3].astype(float) - right[..., :3].astype(float)).mean() > 10
