@@ -1,0 +1,124 @@
+"""How fast does the Gene explorer switch the displayed gene on a 1000 x 1000 map?
+
+Builds a (genes, 1000, 1000) float32 map over the synthetic sample (stored as an OME-Zarr chunked
+one gene per chunk, as ``trihrge enhance`` writes it, or in memory), opens a real napari viewer
+with the H&E, the spots and the map, then switches through the genes the way the Gene explorer
+does (``Session.show_gene``: read the gene, one shared colour scale, swap the map layer's data,
+recolour the spots) and times each step. Needs a display (run under ``xvfb-run`` on a server).
+
+    xvfb-run -a python benchmarks/bench_gene_switch.py --genes 200 --size 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_maps(genes: list[str], size: int, extent_um: float, store: str, tmp: Path):
+    """Smooth random maps (compressible like real ones) with a round tissue mask."""
+    from napari_trihrge.tasks import DenseMaps
+
+    stride = extent_um / size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    mask = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.45**2
+    origin = np.array([stride / 2, stride / 2])
+
+    def plane(k: int) -> np.ndarray:
+        f = rng.uniform(1, 6, 4)
+        p = (np.sin(f[0] * 6.28 * yy + f[1]) * np.cos(f[2] * 6.28 * xx + f[3]) + 1.2) * (1 + k % 3)
+        p = p.astype(np.float32)
+        p[~mask] = np.nan
+        return p
+
+    if store == "memory":
+        values = np.stack([plane(k) for k in range(len(genes))])
+    else:
+        from napari_trihrge.io import open_ome_zarr_map
+
+        path = tmp / "maps.ome.zarr"
+        with open_ome_zarr_map(path, (len(genes), size, size), um_per_px=stride,
+                               gene_names=genes, origin_rc_um=origin, fill_value=np.nan) as w:
+            for k in range(len(genes)):
+                w[k] = plane(k)
+        from napari_trihrge._reader import read_maps
+
+        values = read_maps(path).values
+    return DenseMaps(values=values, stride_um=stride, origin_rc_um=origin, gene_names=genes,
+                     mask=mask)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--genes", type=int, default=200)
+    ap.add_argument("--size", type=int, default=1000, help="map rows = cols")
+    ap.add_argument("--store", choices=("zarr", "memory"), default="zarr")
+    args = ap.parse_args(argv)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_trihrge import layers as L
+    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge._sample_data import synthetic_adata, synthetic_sample
+
+    adata = synthetic_adata(0)
+    genes = [str(g) for g in adata.var_names[: args.genes]]
+    extent = float(adata.uns["spatial"]["synthetic"]["images"]["hires"].shape[0]) * float(
+        adata.uns["trihrge"]["um_per_px"])
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        maps = make_maps(genes, args.size, extent, args.store, Path(tmp))
+        t_build = time.perf_counter() - t0
+
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1400, 900)
+        for data, kw, kind in synthetic_sample():
+            getattr(viewer, f"add_{kind}")(data, **kw)
+        ge = GeneExplorer(viewer)
+        s = ge.session
+        from types import SimpleNamespace
+
+        s.enhance = SimpleNamespace(maps=maps, virtual=None, spots=adata)
+        s.show_gene(genes[0])  # creates the map layer
+        viewer.reset_view()
+        QApplication.processEvents()
+
+        rows = {"read + scale (engine)": [], "show_gene (layers updated)": [],
+                "show_gene + redraw": [], "show_gene + screenshot": []}
+        order = genes[1:] + genes[:1]
+        for i, g in enumerate(order):
+            t = time.perf_counter()
+            vals = L.map_values(maps, g)
+            L.map_display_data(vals, L.shared_contrast_limits(vals))
+            rows["read + scale (engine)"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            s.show_gene(g)
+            t1 = time.perf_counter()
+            QApplication.processEvents()
+            t2 = time.perf_counter()
+            rows["show_gene (layers updated)"].append(t1 - t)
+            rows["show_gene + redraw"].append(t2 - t)
+            if i % 10 == 0:  # a screenshot renders the canvas for sure (slower: GPU readback)
+                t = time.perf_counter()
+                s.show_gene(order[(i + 1) % len(order)])
+                viewer.screenshot(canvas_only=True, flash=False)
+                rows["show_gene + screenshot"].append(time.perf_counter() - t)
+        viewer.close()
+
+    print(f"gene switch on a {args.size} x {args.size} map, {args.genes} genes, store="
+          f"{args.store} (maps built in {t_build:.1f} s)")
+    print(f"{'step':30s} {'n':>4s} {'mean ms':>8s} {'p50 ms':>7s} {'p95 ms':>7s} {'max ms':>7s}")
+    for name, ts in rows.items():
+        ms = np.asarray(ts) * 1000
+        print(f"{name:30s} {len(ms):4d} {ms.mean():8.1f} {np.median(ms):7.1f} "
+              f"{np.percentile(ms, 95):7.1f} {ms.max():7.1f}")
+
+
+if __name__ == "__main__":
+    main()
