@@ -29,3 +29,21 @@ def dlpfc_dir() -> Path:
 @pytest.fixture
 def her2st_dir() -> Path:
     return shared_path("her2st")
+
+
+@pytest.fixture(scope="session")
+def _synthetic_cached():
+    from napari_trihrge.datasets import synthetic_sample
+
+    return synthetic_sample(seed=0)
+
+
+@pytest.fixture
+def synthetic(_synthetic_cached):
+    """The embedded synthetic sample (a fresh copy per test; generated once per session)."""
+    return _synthetic_cached.copy()
+
+
+#: small, fast settings for pipeline tests on 2 CPU cores
+TINY_MODEL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (64, 64, 64)}
+TINY_TRAIN = {"max_epochs": 8, "patience": 4, "batch_size": 64}

@@ -1,0 +1,50 @@
+"""Atomic file writing: outputs appear whole or not at all, and are never overwritten unasked."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import TrihrgeInputError
+
+
+def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
+    """Raise an actionable error if ``path`` exists and ``overwrite`` is False."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise TrihrgeInputError(f"{path} already exists",
+                                "choose another output (--out) or pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it into place atomically.
+
+    Works for files and folders (a folder replaces the old one only once fully written).
+    """
+    path = Path(path)
+    refuse_overwrite(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()

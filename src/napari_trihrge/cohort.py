@@ -1,0 +1,145 @@
+"""Many samples on dask.distributed: one sample per worker (and one GPU per worker where there are
+GPUs); failed samples are retried and reported, finished samples are not redone on rerun."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._atomic import atomic_path
+from .errors import TrihrgeError, TrihrgeInputError
+
+DONE_MARKER = "summary.json"
+
+
+def sample_folder_name(path: str | Path) -> str:
+    """A readable, filesystem-safe folder name for a sample path."""
+    path = Path(path)
+    stem = path.name[:-5] if path.name.endswith(".h5ad") else path.name
+    if stem in ("outs", ""):
+        stem = path.parent.name or "sample"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+
+
+def _worker_device() -> str:
+    """The GPU of this dask worker (worker k takes GPU k mod n), or 'cpu'."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+        idx = int(re.sub(r"\D", "", name) or 0)
+    except (ImportError, ValueError):
+        idx = 0
+    return f"cuda:{idx % torch.cuda.device_count()}"
+
+
+def run_one_sample(path: str, out_dir: str, task: str, task_kwargs: dict[str, Any],
+                   config_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run one sample into ``out_dir`` (written under a temporary name, renamed when complete)."""
+    from .io import read
+    from .runs import run_enhance, run_recovery
+    from .tasks import RunConfig
+
+    t0 = time.perf_counter()
+    cfg = RunConfig(**{"device": _worker_device(), **config_kwargs})
+    adata = read(path)
+    final = Path(out_dir)
+    with atomic_path(final, overwrite=False) as tmp:
+        if task == "recovery":
+            kw = {k: task_kwargs[k] for k in ("holdout_fraction", "seed", "annotation")
+                  if task_kwargs.get(k) is not None}
+            summary = run_recovery(adata, tmp, config=cfg, **kw)
+        elif task == "enhance":
+            kw = {k: task_kwargs[k] for k in ("factor", "stride_um") if task_kwargs.get(k) is not None}
+            summary = run_enhance(adata, tmp, config=cfg, **kw)
+        else:
+            raise TrihrgeInputError(f"unknown cohort task {task!r}", "use 'enhance' or 'recovery'")
+    return {"seconds": time.perf_counter() - t0, "device": cfg.device,
+            "pcc_mean": (summary.get("recovery") or {}).get("pcc_mean"),
+            "n_spots": summary.get("n_spots")}
+
+
+def _client(scheduler: str | None, n_workers: int | None):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise TrihrgeInputError("dask.distributed is not installed",
+                                "pip install 'napari-trihrge[cohort]'") from err
+    if scheduler:
+        return Client(scheduler), None
+    import torch
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n = n_workers or (n_gpus if n_gpus else 2)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = "enhance",
+               scheduler: str | None = None, n_workers: int | None = None, retries: int = 1,
+               task_kwargs: dict[str, Any] | None = None,
+               config_kwargs: dict[str, Any] | None = None, client=None) -> pd.DataFrame:
+    """Process ``paths`` on a dask cluster; returns (and writes ``cohort_report.csv``) one row per
+    sample with ``status`` 'done', 'skipped' (already finished) or 'failed' (with the error)."""
+    from distributed import as_completed
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [sample_folder_name(p) for p in paths]
+    if len(set(names)) != len(names):
+        raise TrihrgeInputError("two samples map to the same output folder name",
+                                "give the samples distinct folder or file names")
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for path, name in zip(paths, names):
+        target = out / name
+        if (target / DONE_MARKER).exists():
+            rows[name] = {"sample": name, "path": str(path), "status": "skipped", "error": ""}
+        else:
+            if target.exists():  # an interrupted earlier attempt: start it again cleanly
+                shutil.rmtree(target)
+            todo.append((str(path), name))
+    own_client = client is None
+    cluster = None
+    if todo:
+        if own_client:
+            client, cluster = _client(scheduler, n_workers)
+        try:
+            futures = {}
+            for path, name in todo:
+                fut = client.submit(run_one_sample, path, str(out / name), task,
+                                    task_kwargs or {}, config_kwargs or {}, retries=retries,
+                                    pure=False, key=f"trihrge-{name}-{time.time_ns()}")
+                futures[fut] = (path, name)
+            for fut in as_completed(futures):
+                path, name = futures[fut]
+                try:
+                    info = fut.result()
+                    rows[name] = {"sample": name, "path": path, "status": "done", "error": "",
+                                  **info}
+                except Exception as err:  # reported, never silently dropped
+                    msg = str(err) if isinstance(err, TrihrgeError) else "".join(
+                        traceback.format_exception_only(type(err), err)).strip()
+                    rows[name] = {"sample": name, "path": path, "status": "failed",
+                                  "error": msg, "attempts": retries + 1}
+        finally:
+            if own_client:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    report = pd.DataFrame([rows[n] for n in names])
+    with atomic_path(out / "cohort_report.csv") as tmp:
+        report.to_csv(tmp, index=False)
+    return report

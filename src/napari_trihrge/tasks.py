@@ -1,0 +1,500 @@
+"""Tasks (``napari_trihrge.tl``): held-out spot recovery and enhancement.
+
+These are the functions the CLI, the napari widgets and Python users all call. They take the
+AnnData returned by :func:`napari_trihrge.io.read` (raw counts, ``obsm['spatial']`` in
+full-resolution pixels) and return result objects holding AnnData.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from . import geometry
+from .errors import TrihrgeInputError
+from .neighbours import idw_interpolate
+from .preprocessing import prepare_expression
+from .progress import Progress, ensure_progress
+
+#: k of the image-free inverse-distance kNN baseline reported next to every score
+BASELINE_K = 6
+
+
+@dataclass
+class RunConfig:
+    """Parameters of a run; every length in micrometres."""
+
+    encoder: str = "stain-texture"
+    hf_token: str | None = field(default=None, repr=False)  # this call only; never stored
+    windows_um: tuple[float, ...] = (112.0, 336.0)
+    local_window_um: float = 24.0
+    n_top_genes: int = 1000
+    extra_genes: tuple[str, ...] = ()
+    neighbour_input: bool = True
+    image_input: bool = True
+    n_neighbours: int = 6
+    ensemble: int = 1
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Parameters to record with outputs (the token is never included)."""
+        d = asdict(self)
+        d.pop("hf_token", None)
+        d["windows_um"] = list(self.windows_um)
+        d["extra_genes"] = list(self.extra_genes)
+        return d
+
+
+# -------------------------------------------------------------------------------------------
+# shared steps
+# -------------------------------------------------------------------------------------------
+class _Timer:
+    def __init__(self) -> None:
+        self.timings_s: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings_s[name] = timer.timings_s.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
+    """Spot centres (row/col um), full-resolution um/px and spot diameter (um) of a sample."""
+    meta = adata.uns.get("trihrge", {})
+    if "um_per_px" not in meta:
+        raise TrihrgeInputError(
+            "the sample has no pixel size (uns['trihrge']['um_per_px'])",
+            "read it with napari_trihrge.io.read(), which derives the pixel size from the spot "
+            "diameter, or set adata.uns['trihrge'] = {'um_per_px': ..., 'spot_diameter_um': ...}",
+        )
+    um_per_px = geometry.validate_um_per_px(float(meta["um_per_px"]))
+    rc_um = geometry.xy_px_to_rc_um(adata.obsm["spatial"], um_per_px)
+    return rc_um, um_per_px, float(meta.get("spot_diameter_um", 55.0))
+
+
+def _encoder_and_image(adata: AnnData, cfg: RunConfig):
+    from .features import create_encoder
+    from .io import get_image
+
+    image = get_image(adata)
+    encoder = create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token)
+    return image, encoder
+
+
+def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cfg: RunConfig,
+              progress: Progress, n_points: int | None = None) -> np.ndarray:
+    from .features import extract_features
+
+    if not cfg.image_input:
+        return np.zeros((len(rc_um), 0, 1), dtype=np.float32)
+    return extract_features(image, rc_um, encoder, tuple(windows_um), cache_dir=cfg.cache_dir,
+                            progress=progress)
+
+
+def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:
+    from .training import TrainConfig, fit_ensemble
+
+    train_cfg = TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train})
+    seeds = [cfg.seed + i for i in range(max(1, int(cfg.ensemble)))]
+    model_kw = dict(cfg.model)
+    model_kw["neighbour_input"] = neighbour is not None
+    return fit_ensemble(features, targets, neighbour=neighbour, seeds=seeds,
+                        train_config=train_cfg, progress=progress, **sub, **model_kw)
+
+
+def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    from .predict import predict_ensemble
+
+    mean, std = predict_ensemble([f.model for f in fits], features, neighbour, device=cfg.device,
+                                 progress=progress)
+    return mean, (std if len(fits) > 1 else None)
+
+
+def _holdout_split(n_spots: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0.0 < fraction < 1.0:
+        raise TrihrgeInputError(f"the held-out fraction must be between 0 and 1, got {fraction}",
+                                "use for example --holdout 0.5")
+    n_hidden = int(round(n_spots * fraction))
+    if n_hidden < 1 or n_spots - n_hidden < 10:
+        raise TrihrgeInputError(
+            f"hiding {fraction:.0%} of {n_spots} spots leaves too few to train on or to score",
+            "use a sample with more spots or a held-out fraction nearer 0.5")
+    perm = np.random.default_rng(seed).permutation(n_spots)
+    return np.sort(perm[:n_hidden]), np.sort(perm[n_hidden:])
+
+
+def _annotation_labels(adata: AnnData, annotation) -> pd.Series | None:
+    """Labels per spot (aligned to ``adata.obs_names``) from an obs column name, a Series or a
+    file (tab/comma separated: barcode, label)."""
+    if annotation is None:
+        return None
+    if isinstance(annotation, str) and annotation in adata.obs.columns:
+        return adata.obs[annotation].astype(object)
+    if isinstance(annotation, pd.Series):
+        labels = annotation
+    else:
+        from pathlib import Path
+
+        path = Path(annotation)
+        if not path.exists():
+            raise TrihrgeInputError(f"annotation file not found: {path}",
+                                    "pass a tab- or comma-separated file of barcode and label")
+        table = pd.read_csv(path, sep=None, engine="python", header=None, dtype=str)
+        if table.shape[1] < 2:
+            raise TrihrgeInputError(f"{path.name} must have two columns: barcode and label",
+                                    "one spot per line, barcode then label")
+        if table.iloc[0, 0] not in set(adata.obs_names) and table.shape[0] > 1:
+            table = table.iloc[1:]  # header line
+        labels = pd.Series(table.iloc[:, 1].to_numpy(), index=table.iloc[:, 0].to_numpy())
+    labels = labels[~labels.index.duplicated()]
+    aligned = labels.reindex(adata.obs_names)
+    if aligned.notna().sum() == 0:
+        raise TrihrgeInputError("no barcode of the annotation matches the sample's spots",
+                                "check that the annotation belongs to this sample")
+    return aligned.astype(object)
+
+
+# -------------------------------------------------------------------------------------------
+# recovery
+# -------------------------------------------------------------------------------------------
+@dataclass
+class RecoveryResult:
+    predictions: AnnData  # hidden spots; X predicted; layers 'measured', 'knn' (and 'std')
+    metrics: dict[str, Any]
+    per_gene: pd.DataFrame
+    history: list[list[dict]]
+    timings_s: dict[str, float]
+    config: dict[str, Any]
+    fits: list = field(default_factory=list, repr=False)
+
+
+def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
+             config: RunConfig | None = None, progress: Progress | None = None) -> RecoveryResult:
+    """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
+    hidden ones and score them (hidden spots only) next to the image-free kNN baseline."""
+    cfg = config or RunConfig()
+    progress = ensure_progress(progress)
+    timer = _Timer()
+    with timer("genes"):
+        progress.stage("genes", 1)
+        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
+        progress.advance()
+    labels = _annotation_labels(expr, annotation)
+    rc_um, _, _ = sample_geometry(expr)
+    y = np.asarray(expr.X, dtype=np.float32)
+    hidden, visible = _holdout_split(expr.n_obs, holdout_fraction, seed)
+
+    with timer("features"):
+        image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
+        feats = _features(image, encoder, rc_um, cfg.windows_um, cfg, progress)
+    nb_train = nb_hidden = None
+    if cfg.neighbour_input:
+        nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
+                                   exclude_self=True)
+        nb_hidden = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], cfg.n_neighbours)
+    with timer("training"):
+        fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
+    with timer("prediction"):
+        pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
+        baseline = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], BASELINE_K)
+
+    from .metrics import kmeans_ari, spot_scores
+
+    genes = list(expr.var_names)
+    summary, per_gene = spot_scores(pred, y[hidden], genes, baseline=baseline)
+    metrics: dict[str, Any] = {
+        "heldout_fraction": float(holdout_fraction), "seed": int(seed),
+        "n_hidden": int(len(hidden)), "n_visible": int(len(visible)),
+        **{k: v for k, v in summary.items() if not k.startswith("baseline")},
+        "baseline_knn_pcc_mean": summary["baseline_pcc_mean"],
+        "baseline_knn_mse": summary["baseline_mse"], "baseline_knn_k": BASELINE_K,
+        "fraction_genes_better_than_baseline": summary["fraction_genes_better_than_baseline"],
+    }
+    if labels is not None:
+        lab_hidden = labels.to_numpy()[hidden]
+        metrics["ari"] = kmeans_ari(pred, lab_hidden, seed=0)
+        metrics["ari_baseline_knn"] = kmeans_ari(baseline, lab_hidden, seed=0)
+        metrics["ari_measured"] = kmeans_ari(y[hidden], lab_hidden, seed=0)
+        metrics["n_labels"] = int(pd.Series(lab_hidden).dropna().nunique())
+
+    out = AnnData(X=pred.astype(np.float32), obs=expr.obs.iloc[hidden].copy(),
+                  var=pd.DataFrame(index=pd.Index(genes)))
+    out.obsm["spatial"] = np.asarray(expr.obsm["spatial"])[hidden]
+    out.layers["measured"] = y[hidden]
+    out.layers["knn"] = baseline
+    if std is not None:
+        out.layers["std"] = std
+    out.var["pcc"] = per_gene["pcc"].reindex(genes).to_numpy()
+    out.var["pcc_baseline_knn"] = per_gene["pcc_baseline"].reindex(genes).to_numpy()
+    out.uns["trihrge"] = {**{k: v for k, v in expr.uns.get("trihrge", {}).items()},
+                          "task": "recovery", "config": cfg.public_dict()}
+    if "spatial" in adata.uns:
+        out.uns["spatial"] = adata.uns["spatial"]
+    return RecoveryResult(predictions=out, metrics=metrics, per_gene=per_gene,
+                          history=[f.history for f in fits], timings_s=timer.timings_s,
+                          config=cfg.public_dict(), fits=fits)
+
+
+# -------------------------------------------------------------------------------------------
+# enhance
+# -------------------------------------------------------------------------------------------
+@dataclass
+class DenseMaps:
+    """Per-gene maps on a regular grid: ``values[g, i, j]`` is gene ``g`` at the map pixel centred
+    at ``origin_rc_um + (i, j) * stride_um``; NaN outside ``mask`` (no tissue)."""
+
+    values: Any  # (genes, rows, cols) numpy or zarr array
+    stride_um: float
+    origin_rc_um: np.ndarray
+    gene_names: list[str]
+    mask: np.ndarray
+    std: Any = None  # ensemble spread, same shape, or None
+
+    def gene(self, name: str) -> np.ndarray:
+        return np.asarray(self.values[self.gene_names.index(name)])
+
+
+@dataclass
+class EnhanceResult:
+    spots: AnnData  # measured spots, X log-normalised (the genes used)
+    virtual: AnnData  # virtual spots on the denser lattice, X predicted
+    maps: DenseMaps | None
+    metrics: dict[str, Any]
+    history: list[list[dict]]
+    timings_s: dict[str, float]
+    config: dict[str, Any]
+    fits: list = field(default_factory=list, repr=False)
+
+
+def _sub_spot_offsets(spot_diameter_um: float, stride_um: float, max_points: int = 19) -> np.ndarray:
+    """Sub-locations of a spot disk for the aggregation loss: the map grid inside the disk,
+    thinned to at most ``max_points`` so training stays cheap."""
+    sub_stride = stride_um
+    offs = geometry.disk_offsets_um(spot_diameter_um, sub_stride)
+    while len(offs) > max_points:
+        sub_stride *= 1.15
+        offs = geometry.disk_offsets_um(spot_diameter_um, sub_stride)
+    return offs
+
+
+def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
+            config: RunConfig | None = None, progress: Progress | None = None,
+            map_path: str | None = None, map_margin_um: float | None = None) -> EnhanceResult:
+    """Predict expression on a ``factor``x denser lattice of virtual spots and, with
+    ``stride_um``, as dense sub-spot maps over the tissue (streamed to ``map_path`` as OME-Zarr
+    when given, else kept in memory).
+
+    With a dense map the model gets a third, local window (``config.local_window_um``) and is
+    trained with the aggregation constraint: the map averaged over each measured spot's disk
+    must reproduce that spot (as in iStar), besides the spot-level TriHRGE loss.
+    """
+    cfg = config or RunConfig()
+    progress = ensure_progress(progress)
+    timer = _Timer()
+    with timer("genes"):
+        progress.stage("genes", 1)
+        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
+        progress.advance()
+    rc_um, um_per_px, spot_diameter_um = sample_geometry(expr)
+    y = np.asarray(expr.X, dtype=np.float32)
+    platform = expr.uns.get("trihrge", {}).get("platform")
+    lattice_kind = geometry.PLATFORMS.get(platform, {}).get("lattice")
+    lattice = geometry.detect_lattice(rc_um, kind=lattice_kind)
+    windows = tuple(cfg.windows_um)
+    if stride_um is not None:
+        windows = (float(cfg.local_window_um), *windows)
+
+    with timer("features"):
+        image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
+        feats = _features(image, encoder, rc_um, windows, cfg, progress)
+    nb = None
+    if cfg.neighbour_input:
+        nb = idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours, exclude_self=True)
+
+    sub: dict[str, Any] = {}
+    if stride_um is not None:
+        offs = _sub_spot_offsets(spot_diameter_um, stride_um)
+        sub_rc = (rc_um[:, None, :] + offs[None]).reshape(-1, 2)
+        with timer("features"):
+            sub_feats = _features(image, encoder, sub_rc, windows, cfg, progress)
+        sub["sub_features"] = sub_feats.reshape(len(rc_um), len(offs), *sub_feats.shape[1:])
+        sub["sub_mask"] = np.ones((len(rc_um), len(offs)), dtype=bool)
+        if cfg.neighbour_input:
+            sub_nb = idw_interpolate(rc_um, y, sub_rc, cfg.n_neighbours)
+            sub["sub_neighbour"] = sub_nb.reshape(len(rc_um), len(offs), -1)
+
+    with timer("training"):
+        fits = _fit(cfg, feats, y, nb, progress, **sub)
+    del sub
+
+    # virtual spots
+    with timer("prediction"):
+        pts_rc, parent = geometry.virtual_spot_grid(rc_um, factor, lattice)
+        v_feats = _features(image, encoder, pts_rc, windows, cfg, progress)
+        v_nb = idw_interpolate(rc_um, y, pts_rc, cfg.n_neighbours) if cfg.neighbour_input else None
+        v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
+    genes = list(expr.var_names)
+    n_offsets = len(pts_rc) // len(rc_um)
+    obs = pd.DataFrame({
+        "parent": expr.obs_names[parent].to_numpy(),
+        "offset": np.tile(np.arange(n_offsets), len(rc_um)),
+        "is_measured": np.tile(np.arange(n_offsets) == 0, len(rc_um)),
+    }, index=pd.Index([f"v{i:07d}" for i in range(len(pts_rc))]))
+    virtual = AnnData(X=v_pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+    virtual.obsm["spatial"] = geometry.rc_um_to_xy_px(pts_rc, um_per_px)
+    if v_std is not None:
+        virtual.layers["std"] = v_std
+    virtual.uns["trihrge"] = {**expr.uns.get("trihrge", {}), "task": "enhance",
+                              "factor": int(factor), "lattice": lattice.kind,
+                              "lattice_spacing_um": lattice.spacing_um,
+                              "config": cfg.public_dict()}
+    if "spatial" in adata.uns:
+        virtual.uns["spatial"] = adata.uns["spatial"]
+
+    metrics: dict[str, Any] = {"n_virtual_spots": int(len(pts_rc)), "factor": int(factor),
+                               "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}
+    maps = None
+    if stride_um is not None:
+        with timer("maps"):
+            maps = predict_maps(fits, image, encoder, rc_um, y, windows, stride_um, cfg,
+                                progress=progress, map_path=map_path, margin_um=map_margin_um,
+                                genes=genes)
+        with timer("consistency"):
+            metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
+    return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
+                         history=[f.history for f in fits], timings_s=timer.timings_s,
+                         config=cfg.public_dict(), fits=fits)
+
+
+def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
+             mask_um_per_px: float = 8.0) -> geometry.DenseGrid:
+    """The dense-map grid: tissue (from the image) within ``margin_um`` of a measured spot."""
+    from scipy.spatial import cKDTree
+
+    from .tissue import tissue_mask_for
+
+    height_um, width_um = image.shape_rc_um
+    mask, mask_um = tissue_mask_for(image, mask_um_per_px=max(mask_um_per_px, image.um_per_px))
+    grid = geometry.dense_grid((height_um, width_um), stride_um, mask, mask_um)
+    pts = grid.points_rc_um()
+    near = cKDTree(rc_um).query(pts, k=1)[0] <= margin_um
+    m = grid.mask.copy()
+    m[grid.mask] = near
+    return geometry.DenseGrid(grid.origin_rc_um, grid.stride_um, m)
+
+
+def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
+                 windows_um: Sequence[float], stride_um: float, cfg: RunConfig, *,
+                 genes: list[str], progress: Progress | None = None, map_path: str | None = None,
+                 margin_um: float | None = None, band_rows: int = 32) -> DenseMaps:
+    """Dense maps, streamed band of map rows by band: each band's locations are embedded and
+    predicted for all genes, then written into a (genes, rows, cols) array chunked by genes, so
+    memory holds one band at a time, never genes x all map pixels."""
+    progress = ensure_progress(progress)
+    spacing_um = geometry.spot_spacing_um(rc_um)
+    grid = map_grid(image, rc_um, stride_um, margin_um if margin_um is not None else spacing_um)
+    n_rows, n_cols = grid.shape
+    n_genes = len(genes)
+    gene_chunk = min(32, n_genes)
+    with_std = len(fits) > 1
+    if map_path is not None:
+        from .io.writers import open_ome_zarr_map
+
+        zarr_kw = dict(chunks=(gene_chunk, band_rows, n_cols), um_per_px=stride_um,
+                       gene_names=genes, origin_rc_um=grid.origin_rc_um, fill_value=np.nan)
+        values = open_ome_zarr_map(map_path, (n_genes, n_rows, n_cols), **zarr_kw)
+        std = (open_ome_zarr_map(str(map_path).replace(".ome.zarr", "") + "_std.ome.zarr",
+                                 (n_genes, n_rows, n_cols), **zarr_kw) if with_std else None)
+    else:
+        values = np.full((n_genes, n_rows, n_cols), np.nan, dtype=np.float32)
+        std = np.full_like(values, np.nan) if with_std else None
+    n_bands = int(np.ceil(n_rows / band_rows))
+    progress.stage("maps", total=n_bands)
+    try:
+        _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
+                           band_rows, progress)
+    except BaseException:
+        for store in (values, std):
+            if hasattr(store, "abort"):
+                store.abort()
+        raise
+    for store in (values, std):
+        if hasattr(store, "finalize"):
+            store.finalize()
+    return DenseMaps(values=values, stride_um=float(stride_um), origin_rc_um=grid.origin_rc_um,
+                     gene_names=list(genes), mask=grid.mask, std=std)
+
+
+def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
+                       band_rows, progress) -> None:
+    from .predict import predict_ensemble
+
+    n_genes = values.shape[0]
+    n_rows, n_cols = grid.shape
+    stride_um = grid.stride_um
+    with_std = std is not None
+    for b in range(int(np.ceil(n_rows / band_rows))):
+        r0, r1 = b * band_rows, min(n_rows, (b + 1) * band_rows)
+        band_mask = grid.mask[r0:r1]
+        band_vals = np.full((n_genes, r1 - r0, n_cols), np.nan, dtype=np.float32)
+        band_std = np.full_like(band_vals, np.nan) if with_std else None
+        if band_mask.any():
+            ii, jj = np.nonzero(band_mask)
+            pts = grid.origin_rc_um + np.stack([ii + r0, jj], axis=1) * stride_um
+            feats = _features(image, encoder, pts, windows_um, cfg, Progress())
+            nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
+                  if cfg.neighbour_input else None)
+            mean, sd = predict_ensemble([f.model for f in fits], feats, nb, device=cfg.device)
+            band_vals[:, ii, jj] = mean.T
+            if with_std:
+                band_std[:, ii, jj] = sd.T
+        values[:, r0:r1, :] = band_vals
+        if with_std:
+            std[:, r0:r1, :] = band_std
+        progress.advance()
+
+
+def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
+                         spot_diameter_um: float) -> dict[str, float]:
+    """How well the dense map, averaged over each measured spot's disk, reproduces the measured
+    spots: mean per-gene PCC (and MSE) between the two, over the spots the map covers."""
+    from .metrics import per_gene_pcc
+
+    offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)
+    idx = np.rint((rc_um[:, None, :] + offs[None] - maps.origin_rc_um) / maps.stride_um).astype(int)
+    n_rows, n_cols = maps.mask.shape
+    inside = ((idx[..., 0] >= 0) & (idx[..., 0] < n_rows) & (idx[..., 1] >= 0)
+              & (idx[..., 1] < n_cols))
+    idx = np.clip(idx, 0, [n_rows - 1, n_cols - 1])
+    valid = inside & maps.mask[idx[..., 0], idx[..., 1]]
+    covered = valid.mean(axis=1) >= 0.5
+    if covered.sum() < 3:
+        return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
+    agg = np.zeros((int(covered.sum()), len(maps.gene_names)), dtype=np.float64)
+    rows, cols, ok = idx[covered, :, 0], idx[covered, :, 1], valid[covered]
+    for g0 in range(0, len(maps.gene_names), 64):
+        block = np.asarray(maps.values[g0:g0 + 64])  # (g, rows, cols)
+        vals = block[:, rows, cols]  # (g, spots, k)
+        vals = np.where(ok[None], vals, 0.0)
+        agg[:, g0:g0 + 64] = (vals.sum(axis=2) / ok.sum(axis=1)[None]).T
+    pcc = per_gene_pcc(agg, y[covered])
+    return {"pcc_mean": float(np.nanmean(pcc)), "mse": float(((agg - y[covered]) ** 2).mean()),
+            "n_spots": int(covered.sum())}
