@@ -103,7 +103,7 @@ def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = 
                                 "give the samples distinct folder or file names")
     rows: dict[str, dict[str, Any]] = {}
     todo = []
-    for path, name in zip(paths, names):
+    for path, name in zip(paths, names, strict=True):
         target = out / name
         if (target / DONE_MARKER).exists():
             rows[name] = {"sample": name, "path": str(path), "status": "skipped", "error": ""}
