@@ -3,6 +3,7 @@ Python users share these; the napari widgets call :mod:`napari_trihrge.tasks` di
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,10 @@ def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
     cfg = config or RunConfig(n_top_genes=1000)
     out = prepare_out_dir(out_dir, overwrite)
     adata = synthetic_sample(seed=seed)
+    # the ensemble matters for the spread map; recovery scores need one model
     rec = run_recovery(adata, out / "recovery", holdout_fraction=0.5, seed=seed,
-                       annotation="domain", config=cfg, progress=progress, overwrite=overwrite)
+                       annotation="domain", config=dataclasses.replace(cfg, ensemble=1),
+                       progress=progress, overwrite=overwrite)
     summary = run_enhance(adata, out, factor=factor, stride_um=stride_um, config=cfg,
                           progress=progress, overwrite=True,
                           summary_extra={"recovery": rec["recovery"]})
