@@ -92,6 +92,18 @@ def test_sample_widget_opens_dlpfc_folder(viewer, qtbot, dlpfc_dir):
     assert 0 < spots.data[:, 0].min() and spots.data[:, 0].max() < h_um
 
 
+def test_plugin_menu_widgets_share_one_session(viewer):
+    """napari hands each plugin widget its own viewer proxy: they must still share state."""
+    _, ge = viewer.window.add_plugin_dock_widget("napari-trihrge", "Gene explorer")
+    _, tw = viewer.window.add_plugin_dock_widget("napari-trihrge", "Train and enhance")
+    _, rx = viewer.window.add_plugin_dock_widget("napari-trihrge", "Region explorer")
+    assert ge.session is tw.session is rx.session
+    add_sample(viewer)
+    tw.session.enhance = fake_enhance()
+    assert ge.show_gene("ERBB2")
+    assert tw.session.find_layer("map") is not None
+
+
 # ------------------------------------------------------------------------------------------
 # Gene explorer
 # ------------------------------------------------------------------------------------------

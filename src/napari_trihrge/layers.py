@@ -285,10 +285,13 @@ def map_values(maps, gene: str) -> np.ndarray:
 
 def map_display_data(values: np.ndarray, contrast_limits: tuple[float, float]) -> np.ndarray:
     """Map values ready for display: NaN (outside tissue) replaced by a value below the lower
-    contrast limit, which :func:`map_colormap` draws transparent (GPUs do not render NaN)."""
-    lo, hi = contrast_limits
+    contrast limit, which :func:`map_colormap` draws transparent (GPUs do not render NaN); tissue
+    values are kept just above the transparent band so low expression stays visible (dark)."""
+    lo, hi = (float(v) for v in contrast_limits)
     sentinel = np.float32(lo - max(1.0, hi - lo))
-    return np.where(np.isfinite(values), values, sentinel).astype(np.float32, copy=False)
+    floor = np.float32(lo + 2.0 * _TRANSPARENT_BAND * (hi - lo))
+    finite = np.isfinite(values)
+    return np.where(finite, np.maximum(values, floor), sentinel).astype(np.float32, copy=False)
 
 
 def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from .. import layers as L
 from ._common import heading, hline, note, notify_error
-from ._session import get_session, layer_kind
+from ._session import get_session, layer_kind, unwrap_viewer
 
 TWIN_NAME = "H&E (side by side)"
 
@@ -44,7 +44,7 @@ class GeneExplorer(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
 
         self.search = QLineEdit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from napari.layers import Shapes
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -20,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from .. import regions as R
 from ._common import heading, note, notify_error
-from ._session import get_session, layer_kind
+from ._session import get_session, layer_kind, unwrap_viewer
 
 REGIONS_NAME = "regions"
 COLUMN_TITLES = {
@@ -37,7 +38,7 @@ class RegionExplorer(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
         self.stats: R.RegionStats | None = None
         self._cache: dict[str, tuple] = {}
@@ -90,7 +91,7 @@ class RegionExplorer(QWidget):
         for lay in reversed(list(self.viewer.layers)):
             if layer_kind(lay) == "regions":
                 return lay
-        shapes = [lay for lay in self.viewer.layers if lay._type_string == "shapes"]
+        shapes = [lay for lay in self.viewer.layers if isinstance(lay, Shapes)]
         if shapes:  # a Shapes layer the user made: adopt it
             layer = shapes[-1]
             layer.metadata.setdefault("trihrge", {})["kind"] = "regions"

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import heading, hline, note, report_outcome
-from ._session import get_session
+from ._session import get_session, unwrap_viewer
 from ._worker import simple_worker
 
 #: Encoders offered in the list (the field is editable: any registry name, 'hf-hub:org/name',
@@ -28,7 +28,7 @@ class SampleWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
         self._worker = None
 

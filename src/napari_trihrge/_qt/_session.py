@@ -20,8 +20,16 @@ from .. import layers as L
 _SESSIONS: dict[int, Session] = {}
 
 
+def unwrap_viewer(viewer):
+    """The viewer itself: napari hands plugin widgets a ``PublicOnlyProxy``, a new one per
+    widget, so identity (one session per viewer) and speed (every attribute access through the
+    proxy inspects the call stack) need the wrapped object. Only public API is used on it."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def get_session(viewer) -> Session:
     """The one :class:`Session` of ``viewer`` (created on first use)."""
+    viewer = unwrap_viewer(viewer)
     key = id(viewer)
     s = _SESSIONS.get(key)
     if s is None or s.viewer is not viewer:

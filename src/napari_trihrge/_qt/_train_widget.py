@@ -27,8 +27,12 @@ from qtpy.QtWidgets import (
 
 from .. import layers as L
 from ._common import heading, hline, note, report_outcome
-from ._session import get_session
+from ._session import get_session, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
+
+#: model widths offered in the widget ('auto': compact on CPU, the reference widths on a GPU)
+COMPACT_MODEL = {"hidden_dim": 256, "attention_dim": 64, "decoder_dims": [256, 512, 512]}
+MODEL_SIZES = {"auto": None, "compact": COMPACT_MODEL, "full": {}}
 
 STAGE_LABELS = {
     "genes": "Selecting genes",
@@ -96,7 +100,7 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
         self.worker = None
         self.progress: QueueProgress | None = None
@@ -133,6 +137,10 @@ class TrainWidget(QWidget):
         self.epochs_spin.setValue(0)
         self.epochs_spin.setSpecialValueText("default (early stopping)")
         self.epochs_spin.setSuffix(" epochs at most")
+        self.model_combo = QComboBox()
+        self.model_combo.addItem("auto (compact on CPU, full on GPU)", "auto")
+        self.model_combo.addItem("compact (fast on a laptop CPU)", "compact")
+        self.model_combo.addItem("full (TriHRGE reference widths)", "full")
         self.ensemble_spin = QSpinBox()
         self.ensemble_spin.setRange(1, 20)
         self.ensemble_spin.setSuffix(" model(s)")
@@ -163,6 +171,7 @@ class TrainWidget(QWidget):
         form.addRow("Genes", self.genes_spin)
         form.addRow("Extra genes", self.extra_genes_edit)
         form.addRow("Training", self.epochs_spin)
+        form.addRow("Model", self.model_combo)
         form.addRow("Ensemble", self.ensemble_spin)
         form.addRow("Seed", self.seed_spin)
         orow = QHBoxLayout()
@@ -258,8 +267,9 @@ class TrainWidget(QWidget):
             fn, kwargs = _run_enhance, {"factor": int(self.factor_combo.currentData()),
                                         "stride_um": stride}
         self.progress = QueueProgress()
+        model_size = None if "model" in self.extra_config else self.model_combo.currentData()
         worker = engine_worker(fn, adata, config=config, out_dir=out_dir,
-                               progress=self.progress, **kwargs)
+                               progress=self.progress, model_size=model_size, **kwargs)
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)
         worker.returned.connect(lambda outcome, t=task, a=adata: self._on_done(outcome, t, a))
@@ -401,8 +411,12 @@ class TrainWidget(QWidget):
         if old is not None:
             self.viewer.layers.remove(old)
         layer = self.viewer.add_points(data, **kwargs)
-        # the dense map is the main view; the virtual spots stay available but hidden
+        # the dense map is the main view; the virtual (and recovered) spots stay available but
+        # hidden so they do not clutter it
         layer.visible = result.maps is None
+        rec = s.find_layer("recovered")
+        if rec is not None and result.maps is not None:
+            rec.visible = False
         s.enhance_changed.emit(result)
         s.show_gene(gene)
         spots = s.find_layer("spots")
@@ -427,9 +441,23 @@ def _fmt_timings(result) -> str:
     return f"{total:.1f} s" if total else "finished"
 
 
-def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
+def _resolve_model(config, model_size):
+    """Apply the widget's model size (in the worker: 'auto' needs torch to see the device)."""
+    import dataclasses
+
+    if model_size is None or config.model:
+        return config
+    if model_size == "auto":
+        from ..runs import resolve_device
+
+        model_size = "full" if resolve_device(config.device).startswith("cuda") else "compact"
+    return dataclasses.replace(config, model=dict(MODEL_SIZES[model_size]))
+
+
+def _run_recovery(adata, *, config, out_dir, progress, model_size=None, **kwargs):
     from .. import tasks
 
+    config = _resolve_model(config, model_size)
     out = _prepare(out_dir)
     result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
     if out is not None:
@@ -437,9 +465,10 @@ def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
     return result, out_dir
 
 
-def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
+def _run_enhance(adata, *, config, out_dir, progress, model_size=None, **kwargs):
     from .. import tasks
 
+    config = _resolve_model(config, model_size)
     out = _prepare(out_dir)
     if out is not None and kwargs.get("stride_um") is not None:
         kwargs["map_path"] = str(out / "maps.ome.zarr")  # maps stream to disk, not to memory

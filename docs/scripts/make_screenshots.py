@@ -1,0 +1,137 @@
+"""Drive napari through the user guide and save its screenshots to docs/screenshots/.
+
+Steps (docs/user-guide.md): open the synthetic sample, run a recovery (scores, best genes), run
+Enhance (dense map), pick a gene, compare side by side, draw a region and read its table.
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/scripts/make_screenshots.py
+
+Takes a few minutes on a laptop CPU (compact model, few epochs). The widgets are opened through
+the plugin's npe2 manifest, exactly as from the Plugins menu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parents[1] / "screenshots"
+
+
+def wait_until(app, cond, timeout_s: float, what: str) -> None:
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.perf_counter() - t0 > timeout_s:
+            raise TimeoutError(f"timed out waiting for {what}")
+    for _ in range(5):
+        app.processEvents()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--stride-um", type=float, default=12.0)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    import warnings
+
+    # a deprecation toast about the Qt binding would sit on every screenshot
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend.*")
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    viewer = napari.Viewer(title="napari-trihrge user guide")
+    win = viewer.window
+    win.resize(1680, 1020)
+    docks = {}
+    widgets = {}
+    for name in ("Sample", "Train and enhance", "Gene explorer", "Region explorer"):
+        dock, widget = win.add_plugin_dock_widget("napari-trihrge", name, tabify=bool(docks))
+        docks[name], widgets[name] = dock, widget
+    sw, tw = widgets["Sample"], widgets["Train and enhance"]
+    ge, rx = widgets["Gene explorer"], widgets["Region explorer"]
+
+    def shot(name: str, dock: str | None = None, canvas_only: bool = False) -> None:
+        if dock is not None:
+            docks[dock].show()
+            docks[dock].raise_()
+        for _ in range(10):
+            app.processEvents()
+        path = args.out / name
+        viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
+        print("saved", path)
+
+    # 1. open the sample ------------------------------------------------------------------
+    sw.device_combo.setCurrentText("cpu")
+    sw.open_synthetic()
+    wait_until(app, lambda: len(viewer.layers) == 2, 300, "the sample to open")
+    viewer.reset_view()
+    shot("01_open_sample.png", "Sample")
+
+    # 2. recovery: hide half of the spots, predict them, score them ------------------------
+    tw.set_task("recovery")
+    tw.genes_spin.setValue(300)
+    tw.epochs_spin.setValue(args.epochs)
+    tw.model_combo.setCurrentIndex(tw.model_combo.findData("compact"))
+    tw.start()
+    wait_until(app, lambda: len(tw.loss.epochs) >= 3, 900, "training to start")
+    activity = getattr(win._qt_window, "_activity_dialog", None)  # napari's progress bars
+    if activity is not None:
+        activity.show()
+        activity.move_to_bottom_right()
+    shot("02_training_progress.png", "Train and enhance")
+    if activity is not None:
+        activity.hide()
+    wait_until(app, lambda: not tw.running, 1800, "the recovery run")
+    assert tw.last_outcome.status == "ok", tw.last_outcome.message
+    shot("03_recovery_scores.png", "Train and enhance")
+
+    # 3. enhance: denser spots and a dense map -----------------------------------------------
+    tw.set_task("enhance")
+    tw.stride_spin.setValue(args.stride_um)
+    tw.start()
+    wait_until(app, lambda: not tw.running, 3600, "the enhance run")
+    assert tw.last_outcome.status == "ok", tw.last_outcome.message
+    viewer.reset_view()
+    shot("04_enhanced_map.png", "Train and enhance")
+
+    # 4. pick a gene -------------------------------------------------------------------------
+    ge.search.setText("ERBB2")
+    ge._on_enter()
+    shot("05_gene_explorer.png", "Gene explorer")
+    shot("05_gene_erbb2_canvas.png", canvas_only=True)
+
+    # 5. compare side by side ----------------------------------------------------------------
+    ge.side_check.setChecked(True)
+    shot("06_side_by_side.png", "Gene explorer")
+    ge.side_check.setChecked(False)
+    viewer.reset_view()
+
+    # 6. draw a region around a tumour area and compare inside vs outside --------------------
+    from napari_trihrge import layers as L
+
+    adata = ge.session.adata
+    rc = L.spots_rc_um(adata)
+    e = L.gene_expression(adata, ["ERBB2"])["ERBB2"].to_numpy()
+    top = rc[e >= np.quantile(e, 0.92)]
+    centre = np.median(top, axis=0)
+    near = top[np.linalg.norm(top - centre, axis=1) < 450]
+    lo, hi = near.min(axis=0) - 60, near.max(axis=0) + 60
+    rx.start_drawing()
+    layer = rx.regions_layer()
+    layer.add_polygons([np.array([lo, [lo[0], hi[1]], hi, [hi[0], lo[1]]])])
+    layer.mode = "pan_zoom"
+    rx.compute()
+    shot("07_region_table.png", "Region explorer")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
