@@ -19,8 +19,9 @@ def truth_on_grid(adata: AnnData, maps, genes: list[str]) -> np.ndarray:
     expr = np.asarray(truth["expression_8um"], dtype=np.float32)
     stride = float(truth["stride_um"])
     origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
-    truth_genes = list(adata.var_names) if len(adata.var_names) == expr.shape[0] else list(
-        truth.get("gene_names", []))
+    truth_genes = list(truth.get("genes", truth.get("gene_names", [])))
+    if len(truth_genes) != expr.shape[0]:
+        truth_genes = list(adata.var_names)
     gidx = [truth_genes.index(g) for g in genes]
     tissue = np.asarray(truth.get("tissue_8um", np.ones(expr.shape[1:], bool)), dtype=bool)
     totals = expr.sum(axis=0)
@@ -74,3 +75,59 @@ def superres_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: n
         r = per_gene_pcc(std[:, mask].T, err[:, mask].T)
         summary["spread_error_pcc_mean"] = float(np.nanmean(r))
     return summary, table
+
+
+def _eta2(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per gene (rows of ``values`` (G, P)), the share of the variance over P locations that the
+    group labels explain (eta squared of a one-way ANOVA); NaN for a constant gene."""
+    values = np.asarray(values, dtype=np.float64)
+    total = values.var(axis=1) * values.shape[1]
+    between = np.zeros(len(values))
+    grand = values.mean(axis=1)
+    for g in np.unique(groups):
+        sel = groups == g
+        between += sel.sum() * (values[:, sel].mean(axis=1) - grand) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 1e-12, between / total, np.nan)
+
+
+def structure_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: np.ndarray,
+                     n_neighbours: int = 6) -> dict[str, dict[str, float]]:
+    """Is structure invented? Per gene class of the synthetic sample:
+
+    * ``eta2_map`` / ``eta2_interp`` / ``eta2_truth``: share of each gene's spatial variance
+      (inside the map mask) explained by the true tissue domains, for the predicted map, for the
+      interpolated spot values and for the truth (mean over the class's genes);
+    * ``rel_sd_map`` / ``rel_sd_interp``: the class's mean spatial sd of the map divided by the
+      mean spatial sd of the marker maps (how loud the class's map is next to real structure).
+
+    Noise genes have no structure (``eta2_truth`` near 0); a model that hallucinates them into
+    the tissue's domains would give them a high ``eta2_map`` and a ``rel_sd_map`` near 1.
+    """
+    truth = adata.uns["truth"]
+    genes = list(maps.gene_names)
+    mask = np.asarray(maps.mask, dtype=bool)
+    dom = np.asarray(truth["domain_8um"])
+    stride = float(truth["stride_um"])
+    origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
+    ii, jj = np.nonzero(mask)
+    pts = maps.origin_rc_um + np.stack([ii, jj], axis=1) * maps.stride_um
+    ti = np.clip(np.rint((pts - origin) / stride).astype(int), 0, np.array(dom.shape) - 1)
+    groups = dom[ti[:, 0], ti[:, 1]]
+    pred = np.asarray(maps.values, dtype=np.float32)[:, ii, jj]
+    interp = idw_interpolate(spots_rc_um, spots_expr, pts, n_neighbours).T
+    tru = truth_on_grid(adata, maps, genes)[:, ii, jj]
+    classes = (adata.var["gene_class"].reindex(genes).to_numpy() if "gene_class" in adata.var
+               else np.array(["all"] * len(genes)))
+    eta = {"map": _eta2(pred, groups), "interp": _eta2(interp, groups), "truth": _eta2(tru, groups)}
+    sd = {"map": pred.std(axis=1), "interp": interp.std(axis=1)}
+    out: dict[str, dict[str, float]] = {}
+    marker = classes == "marker"
+    for cls in pd.unique(classes):
+        sel = classes == cls
+        row = {f"eta2_{k}": float(np.nanmean(v[sel])) for k, v in eta.items()}
+        for k, v in sd.items():
+            ref = float(v[marker].mean()) if marker.any() else float("nan")
+            row[f"rel_sd_{k}"] = float(v[sel].mean() / ref) if ref > 0 else float("nan")
+        out[str(cls)] = row
+    return out

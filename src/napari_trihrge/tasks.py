@@ -276,6 +276,138 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
 
 
 # -------------------------------------------------------------------------------------------
+# transfer: a whole section from its image alone
+# -------------------------------------------------------------------------------------------
+@dataclass
+class TransferResult:
+    predictions: AnnData  # target spots; X predicted; layers 'measured' (and 'std')
+    metrics: dict[str, Any]
+    per_gene: pd.DataFrame
+    history: list[list[dict]]
+    timings_s: dict[str, float]
+    config: dict[str, Any]
+    fits: list = field(default_factory=list, repr=False)
+
+
+def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int,
+                   extra_genes: Sequence[str] = ()) -> list[str]:
+    """Genes for a cross-section model: highly variable (seurat_v3) over the pooled raw counts
+    of the ``training`` sections, among the genes every section in ``adatas`` has."""
+    import scipy.sparse as sp
+
+    from .preprocessing import select_genes
+
+    common = pd.Index(adatas[0].var_names)
+    for a in adatas[1:]:
+        common = common.intersection(pd.Index(a.var_names), sort=False)
+    if len(common) == 0:
+        raise TrihrgeInputError("the sections have no gene in common",
+                                "use sections measured on the same panel / transcriptome")
+    blocks = []
+    for a in training:
+        x = a[:, common].X
+        blocks.append(sp.csr_matrix(x, dtype=np.float32))
+    pooled = AnnData(X=sp.vstack(blocks).tocsr())
+    pooled.var_names = common
+    return select_genes(pooled, n_top_genes, [g for g in extra_genes if g in common])
+
+
+def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
+    from .preprocessing import check_counts, normalize_log1p
+
+    check_counts(adata)
+    logn = normalize_log1p(adata)
+    return logn[:, adata.var_names.get_indexer(genes)]
+
+
+def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunConfig | None = None,
+             progress: Progress | None = None) -> TransferResult:
+    """Train on whole sections (``train_adatas``) and predict every spot of another section
+    (``target``) from its image alone; score per-gene PCC / MSE on the target's measured spots.
+
+    The model is image-only (the target's spots are not used as input). Genes: highly variable
+    over the pooled training sections among the genes all sections share. Image features are
+    standardised per section (``config.train`` cannot change that): stain and scanner differ
+    between sections, and a per-section z-score removes that shift before the network sees it.
+    Baselines in ``metrics``: the mean training expression (MSE only; its PCC is undefined) and a
+    ridge regression on the same features (``baseline_ridge_*``).
+    """
+    cfg = config or RunConfig()
+    if not cfg.image_input:
+        raise TrihrgeInputError("transfer predicts from the image alone; image_input=False "
+                                "leaves it nothing to learn from", "use image_input=True")
+    from dataclasses import replace
+
+    cfg = replace(cfg, neighbour_input=False)
+    train_adatas = list(train_adatas)
+    if not train_adatas:
+        raise TrihrgeInputError("no training section given", "pass at least one section")
+    progress = ensure_progress(progress)
+    timer = _Timer()
+    with timer("genes"):
+        progress.stage("genes", 1)
+        genes = transfer_genes([*train_adatas, target], train_adatas, cfg.n_top_genes,
+                               cfg.extra_genes)
+        ys = [_section_expression(a, genes) for a in [*train_adatas, target]]
+        progress.advance()
+    feats = []
+    with timer("features"):
+        for a in [*train_adatas, target]:
+            rc_um, _, _ = sample_geometry(a)
+            image, encoder = _encoder_and_image(a, cfg)
+            f = _features(image, encoder, rc_um, cfg.windows_um, cfg, progress)
+            mu = f.mean(axis=0, keepdims=True)
+            sd = f.std(axis=0, keepdims=True)
+            feats.append(((f - mu) / np.where(sd > 1e-6, sd, 1.0)).astype(np.float32))
+    x_train = np.concatenate(feats[:-1])
+    y_train = np.concatenate(ys[:-1])
+    y_target = ys[-1]
+    with timer("training"):
+        fits = _fit(cfg, x_train, y_train, None, progress)
+    with timer("prediction"):
+        pred, std = _predict(fits, feats[-1], None, cfg, progress)
+
+    from sklearn.linear_model import RidgeCV
+
+    from .metrics import spot_scores
+
+    with timer("baselines"):
+        ridge = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(
+            x_train.reshape(len(x_train), -1), y_train)
+        ridge_pred = np.maximum(ridge.predict(feats[-1].reshape(len(y_target), -1)), 0.0)
+    summary, per_gene = spot_scores(pred, y_target, genes, baseline=ridge_pred)
+    mean_pred = np.broadcast_to(y_train.mean(axis=0), y_target.shape)
+    metrics: dict[str, Any] = {
+        "n_train_sections": len(train_adatas), "n_train_spots": int(len(y_train)),
+        "n_target_spots": int(len(y_target)), "n_genes": len(genes),
+        **{k: v for k, v in summary.items() if not k.startswith("baseline")},
+        "baseline_ridge_pcc_mean": summary["baseline_pcc_mean"],
+        "baseline_ridge_mse": summary["baseline_mse"],
+        "baseline_ridge_alpha": float(ridge.alpha_),
+        "baseline_train_mean_mse": float(((mean_pred - y_target) ** 2).mean()),
+        "fraction_genes_better_than_ridge": summary["fraction_genes_better_than_baseline"],
+    }
+    out = AnnData(X=pred.astype(np.float32), obs=target.obs.copy(),
+                  var=pd.DataFrame(index=pd.Index(genes)))
+    out.obsm["spatial"] = np.asarray(target.obsm["spatial"])
+    out.layers["measured"] = y_target
+    out.layers["ridge"] = ridge_pred.astype(np.float32)
+    if std is not None:
+        out.layers["std"] = std
+    out.var["pcc"] = per_gene["pcc"].reindex(genes).to_numpy()
+    out.var["pcc_baseline_ridge"] = per_gene["pcc_baseline"].reindex(genes).to_numpy()
+    out.uns["trihrge"] = {**dict(target.uns.get("trihrge", {})), "task": "transfer",
+                          "config": cfg.public_dict(),
+                          "train_sections": [str(a.uns.get("trihrge", {}).get("sample", i))
+                                             for i, a in enumerate(train_adatas)]}
+    if "spatial" in target.uns:
+        out.uns["spatial"] = target.uns["spatial"]
+    return TransferResult(predictions=out, metrics=metrics, per_gene=per_gene,
+                          history=[f.history for f in fits], timings_s=timer.timings_s,
+                          config=cfg.public_dict(), fits=fits)
+
+
+# -------------------------------------------------------------------------------------------
 # enhance
 # -------------------------------------------------------------------------------------------
 @dataclass
