@@ -17,6 +17,7 @@ from ._atomic import atomic_path
 from .errors import TrihrgeError, TrihrgeInputError
 
 DONE_MARKER = "summary.json"
+TASKS = ("enhance", "recovery")
 
 
 def sample_folder_name(path: str | Path) -> str:
@@ -34,14 +35,19 @@ def _worker_device() -> str:
 
     if not torch.cuda.is_available():
         return "cpu"
+    n_gpus = torch.cuda.device_count()
+    if n_gpus == 1:  # e.g. dask-cuda workers, each with its own CUDA_VISIBLE_DEVICES
+        return "cuda:0"
     try:
         from distributed import get_worker
 
         name = str(get_worker().name)
-        idx = int(re.sub(r"\D", "", name) or 0)
     except (ImportError, ValueError):
-        idx = 0
-    return f"cuda:{idx % torch.cuda.device_count()}"
+        return "cuda:0"
+    # LocalCluster names workers 0, 1, ...; other names end in a number or are hashed
+    digits = re.search(r"(\d+)$", name)
+    idx = int(digits.group(1)) if digits else sum(name.encode())
+    return f"cuda:{idx % n_gpus}"
 
 
 def run_one_sample(path: str, out_dir: str, task: str, task_kwargs: dict[str, Any],
@@ -95,6 +101,10 @@ def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = 
     sample with ``status`` 'done', 'skipped' (already finished) or 'failed' (with the error)."""
     from distributed import as_completed
 
+    if task not in TASKS:
+        raise TrihrgeInputError(f"unknown cohort task {task!r}", "use 'enhance' or 'recovery'")
+    if retries < 0:
+        raise TrihrgeInputError(f"retries must be >= 0, got {retries}", "use for example 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [sample_folder_name(p) for p in paths]
@@ -132,6 +142,7 @@ def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = 
                 except Exception as err:  # reported, never silently dropped
                     msg = str(err) if isinstance(err, TrihrgeError) else "".join(
                         traceback.format_exception_only(type(err), err)).strip()
+                    msg = " ".join(msg.split())  # one line in the report
                     rows[name] = {"sample": name, "path": path, "status": "failed",
                                   "error": msg, "attempts": retries + 1}
         finally:

@@ -1,0 +1,131 @@
+"""The ``trihrge`` command line: help texts with units, small end-to-end runs, input errors as
+exit code 2 with a one-line reason, the encoder list."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from napari_trihrge import cli
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_top_level_help_lists_commands_and_units(capsys):
+    text = _help(capsys)
+    for cmd in ("demo", "recovery", "enhance", "cohort", "encoders"):
+        assert cmd in text
+    flat = " ".join(text.split())
+    assert "HF_TOKEN" in flat and "never accepted on the command line" in flat
+
+
+@pytest.mark.parametrize("command", [
+    "demo", "recovery", "enhance",
+    pytest.param("cohort", marks=pytest.mark.xfail(
+        strict=True, reason="cli.py: cohort's --stride-um/--factor/--holdout have no help text "
+        "(no unit shown); remove this mark once they do")),
+])
+def test_subcommand_help_mentions_units(capsys, command):
+    text = _help(capsys, command)
+    assert " um" in text or "micrometre" in text, f"{command} --help has no unit"
+
+
+def test_run_help_gives_window_and_pixel_units(capsys):
+    text = _help(capsys, "enhance")
+    assert "--windows-um" in text and "--stride-um" in text and "--um-per-px" in text
+    assert "micrometres" in text
+
+
+def test_encoders_lists_the_registered_encoders(capsys):
+    assert cli.main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert {"stain-texture", "uni", "uni2-h"} <= set(names)
+
+
+def _one_line_error(capsys, argv) -> str:
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("trihrge: error:") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_input_is_exit_2_with_one_line(capsys, tmp_path):
+    err = _one_line_error(capsys, ["enhance", str(tmp_path / "nope.h5ad"), "--out",
+                                   str(tmp_path / "o"), "--quiet"])
+    assert "nope.h5ad" in err
+
+
+def test_corrupt_h5ad_is_exit_2(capsys, tmp_path):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_bytes(b"not hdf5")
+    err = _one_line_error(capsys, ["recovery", str(bad), "--out", str(tmp_path / "o"),
+                                   "--quiet"])
+    assert "bad.h5ad" in err
+
+
+def test_bad_option_value_is_exit_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["enhance", str(tmp_path), "--factor", "3"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sample_h5ad(tmp_path_factory):
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.outputs import write_h5ad
+
+    path = tmp_path_factory.mktemp("cli") / "tiny.h5ad"
+    write_h5ad(synthetic_sample(seed=4, size_um=(900.0, 900.0), n_genes=40), path)
+    return path
+
+
+def test_enhance_end_to_end(capsys, sample_h5ad, tmp_path):
+    out = tmp_path / "enh"
+    code = cli.main(["enhance", str(sample_h5ad), "--genes", "30", "--max-epochs", "3",
+                     "--factor", "2", "--device", "cpu", "--out", str(out), "--quiet",
+                     "--cache-dir", str(tmp_path / "cache")])
+    text = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_genes"] == 30 and summary["device"] == "cpu"
+    assert summary["training"][0]["epochs_run"] <= 3
+    assert summary["enhance"]["factor"] == 2
+    assert (out / "enhanced.h5ad").exists() and (out / "overview.png").exists()
+    assert "Outputs in" in text and "peak memory" in text
+    # the same output folder again without --overwrite: refused with a one-line reason
+    err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--genes", "30",
+                                   "--max-epochs", "3", "--out", str(out), "--quiet"])
+    assert "--overwrite" in err
+
+
+def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
+    out = tmp_path / "rec"
+    code = cli.main(["recovery", str(sample_h5ad), "--genes", "30", "--max-epochs", "3",
+                     "--holdout", "0.5", "--annotation", "domain", "--device", "cpu",
+                     "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rec = summary["recovery"]
+    assert rec["heldout_fraction"] == 0.5 and rec["n_hidden"] + rec["n_visible"] == \
+        summary["n_spots"]
+    assert "Recovery (50% hidden" in text and "kNN baseline" in text
+
+
+def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_path):
+    out = tmp_path / "cohort"
+    (out / "tiny").mkdir(parents=True)
+    (out / "tiny" / "summary.json").write_text("{}")
+    assert cli.main(["cohort", str(sample_h5ad), "--out", str(out)]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (out / "cohort_report.csv").exists()
