@@ -14,6 +14,16 @@ from napari_trihrge.training import TrainConfig, _batches, _lr_lambda, fit, fit_
 SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (64, 64)}
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
+    threads made this file ~10x slower; restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def regression(n=500, s=2, d=8, g=10, noise=0.1, seed=0):
     """features -> targets through a random nonlinear map (different per scale) + noise."""
     rng = np.random.default_rng(seed)
@@ -210,3 +220,20 @@ def test_bad_inputs_are_reported():
         fit(x, y, train_config=TrainConfig(batch_size=1))
     with pytest.raises(TrihrgeInputError, match="no input"):
         fit(None, y, train_config=cfg)
+
+
+def test_bf16_autocast_path_runs_on_cpu():
+    """The CUDA path trains under bf16 autocast; check the same code on CPU for dtype errors."""
+    from napari_trihrge.model import ModelConfig, TriHRGENet
+    from napari_trihrge.training import _batch_loss, _Data
+
+    x, y, z, mask = _aggregation_problem(n=20)
+    nb = np.random.default_rng(0).random((20, 5)).astype(np.float32)
+    model = TriHRGENet(ModelConfig(in_dim=4, n_genes=5, n_scales=1, neighbour_input=True,
+                                   **SMALL))
+    data = _Data(x=torch.from_numpy(x), nb=torch.from_numpy(nb), y=torch.from_numpy(y),
+                 sub_x=z, sub_nb=np.repeat(nb[:, None], 7, axis=1), sub_mask=mask)
+    loss, n = _batch_loss(model, data, np.arange(10), torch.device("cpu"), 1.0, True)
+    loss.backward()
+    assert n == 10 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert model.decoder[0].weight.grad is not None

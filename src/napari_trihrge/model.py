@@ -47,8 +47,10 @@ class ModelConfig:
 
     ``n_scales`` image embeddings of ``in_dim`` each per location (0 = neighbour-only model, which
     needs ``neighbour_input=True``); ``neighbour_dim`` is the width of the neighbour vector
-    (defaults to ``n_genes``). ``output_activation`` keeps predictions non-negative ('softplus',
-    'relu' as in the reference, or 'none').
+    (defaults to ``n_genes``). ``output_activation`` keeps predictions non-negative: 'relu' (the
+    reference's choice and the default), 'softplus' or 'none'. On DLPFC 151673 recovery (50 %
+    hidden, 1000 HVGs) ReLU gave mean per-gene PCC 0.21-0.34 against 0.15 for softplus in every
+    setting tried (softplus had a slightly lower MSE, 0.403-0.415 vs 0.410-0.427).
     """
 
     in_dim: int
@@ -61,7 +63,7 @@ class ModelConfig:
     attention_dropout: float = 0.25
     neighbour_input: bool = False
     neighbour_dim: int | None = None
-    output_activation: str = "softplus"
+    output_activation: str = "relu"
 
     def __post_init__(self) -> None:
         self.decoder_dims = tuple(int(d) for d in self.decoder_dims)
