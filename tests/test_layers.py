@@ -125,6 +125,21 @@ def test_image_layer_scale_in_um():
     assert L.image_layer(small_sample(with_image=False)) is None
 
 
+def test_large_single_image_becomes_a_pyramid():
+    import dask.array as da
+
+    arr = np.random.default_rng(0).integers(0, 255, (5000, 4200, 3), dtype=np.uint8)
+    levels = L.rgb_pyramid(arr)
+    assert isinstance(levels[0], da.Array) and levels[0].shape == arr.shape
+    shapes = [lv.shape[:2] for lv in levels]
+    assert shapes[1] == (2500, 2100) and max(shapes[-1]) <= 1024
+    assert all(a[0] > b[0] for a, b in zip(shapes, shapes[1:], strict=False))
+    np.testing.assert_allclose(np.asarray(levels[1][0, 0]), arr[:2, :2].mean(axis=(0, 1)),
+                               atol=1)
+    lazy = L.rgb_pyramid(da.from_array(arr, chunks=1000))
+    assert all(isinstance(lv, da.Array) for lv in lazy) and len(lazy) == len(levels)
+
+
 def test_shared_contrast_limits_robust_and_ordered():
     rng = np.random.default_rng(0)
     x = rng.normal(2, 0.5, 10_000)

@@ -134,7 +134,11 @@ def test_gene_explorer_switch_recolours_spots_and_swaps_map(viewer, qtbot):
     assert m.name == "enhanced STROMA_12"
     assert not np.allclose(np.asarray(m.data), first_data)
     assert not np.allclose(spots.face_color, erbb2_colors)
-    assert "STROMA_12" in spots.features.columns
+    # hovering a spot shows its barcode, then the displayed gene
+    assert list(spots.features.columns)[:2] == ["barcode", "STROMA_12"]
+    status = spots.get_status(position=tuple(spots.data[0]), world=True,
+                              view_direction=None, dims_displayed=[0, 1])
+    assert "barcode:" in str(status) and "STROMA_12:" in str(status)
     # tumour marker vs stroma marker: anti-correlated colours on the spots
     tumour = spots.features["ERBB2"].to_numpy() > np.median(spots.features["ERBB2"])
     bright = spots.face_color[:, :3].sum(axis=1)

@@ -31,6 +31,17 @@ def wait_until(app, cond, timeout_s: float, what: str) -> None:
         app.processEvents()
 
 
+def compact_png(path: Path, max_width: int = 1400) -> None:
+    """Shrink a screenshot for the repository: at most ``max_width`` px wide, 256 colours."""
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    if im.width > max_width:
+        im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
+    im = im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    im.save(path, optimize=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
@@ -39,12 +50,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    import warnings
-
-    # a deprecation toast about the Qt binding would sit on every screenshot
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend.*")
     import napari
     from qtpy.QtWidgets import QApplication
+
+    try:  # a deprecation toast about the Qt binding would sit on every screenshot
+        import napari._qt.qt_main_window as qmw
+
+        qmw.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
 
     app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(title="napari-trihrge user guide")
@@ -66,6 +80,7 @@ def main(argv=None) -> None:
             app.processEvents()
         path = args.out / name
         viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
+        compact_png(path)
         print("saved", path)
 
     # 1. open the sample ------------------------------------------------------------------

@@ -183,8 +183,12 @@ def image_layer(adata, *, name: str | None = None,
         return None
     levels = list(getattr(img, "levels", None) or [(img.array, img.um_per_px)])
     um0 = float(levels[0][1])
-    if len(levels) > 1 and max(levels[0][0].shape[:2]) > multiscale_min_px:
+    big = max(levels[0][0].shape[:2]) > multiscale_min_px
+    if big and len(levels) > 1:
         data: Any = [lvl for lvl, _ in levels]
+        multiscale = True
+    elif big:
+        data = rgb_pyramid(levels[0][0])
         multiscale = True
     else:
         data = levels[0][0]
@@ -200,6 +204,27 @@ def image_layer(adata, *, name: str | None = None,
                                  "um_per_px": um0}},
     }
     return data, kwargs, "image"
+
+
+def rgb_pyramid(arr, min_px: int = 1024, chunk_px: int = 2048) -> list:
+    """A multiscale list for napari from one large RGB image: level 0 as a chunked dask array,
+    then 2x2 block means down to ``min_px``. In-memory images get in-memory coarse levels (a third
+    more memory, instant zoom-out); lazy (dask) images stay lazy."""
+    import dask.array as da
+
+    lazy = not isinstance(arr, np.ndarray)
+    lvl = arr if lazy else np.asarray(arr)
+    out = [da.asarray(lvl).rechunk((chunk_px, chunk_px, -1)) if lazy else
+           da.from_array(lvl, chunks=(chunk_px, chunk_px, lvl.shape[2]))]
+    while max(lvl.shape[:2]) > min_px:
+        h, w = (lvl.shape[0] // 2) * 2, (lvl.shape[1] // 2) * 2
+        if lazy:
+            lvl = da.coarsen(np.mean, lvl[:h, :w], {0: 2, 1: 2}, trim_excess=True).astype(np.uint8)
+            out.append(lvl)
+        else:
+            lvl = lvl[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3)).astype(np.uint8)
+            out.append(lvl)
+    return out
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,15 +6,23 @@ import numpy as np
 
 from .. import layers as L
 
+#: gene columns kept in a points layer's features (the hover text lists them all)
+MAX_FEATURE_GENES = 12
+
 
 def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, float],
                     colormap: str = L.DEFAULT_COLORMAP) -> None:
     """Colour a Points layer by ``gene`` (added to ``features`` when missing)."""
     feats = layer.features
-    if gene not in feats.columns:
+    cols = list(feats.columns)
+    lead = [c for c in cols[:1] if c == "barcode"]
+    if gene not in cols or cols[len(lead)] != gene:
+        # hovering shows the barcode then the displayed gene first; keep the few most recent
         feats = feats.copy()
-        feats[gene] = np.asarray(values, dtype=np.float32)
-        layer.features = feats
+        if gene not in cols:
+            feats[gene] = np.asarray(values, dtype=np.float32)
+        others = [c for c in cols if c not in lead and c != gene][: MAX_FEATURE_GENES - 1]
+        layer.features = feats[lead + [gene] + others]
     layer.face_color = gene
     if layer.face_colormap.name != colormap:
         layer.face_colormap = colormap
