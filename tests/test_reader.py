@@ -174,6 +174,24 @@ def test_run_folder_opens_as_layers(tmp_path):
 
 
 @pytest.mark.gui
+def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
+    from napari_trihrge._qt import GeneExplorer
+
+    viewer = make_napari_viewer()
+    test_run_folder_opens_as_layers(tmp_path)  # writes tmp_path / "run"
+    viewer.open(str(tmp_path / "run"), plugin="napari-trihrge")
+    ge = GeneExplorer(viewer)
+    assert {"ERBB2", "STROMA_12"} <= set(ge.model.stringList())
+    m = ge.session.find_layer("map")
+    before = np.asarray(m.data).copy()
+    assert ge.show_gene("STROMA_12")
+    assert ge.session.find_layer("map") is m and m.metadata["trihrge"]["gene"] == "STROMA_12"
+    assert not np.allclose(np.asarray(m.data), before)
+    virt = ge.session.find_layer("virtual")
+    assert virt.face_contrast_limits == pytest.approx(m.contrast_limits)
+
+
+@pytest.mark.gui
 def test_viewer_open_and_sample_through_npe2(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-trihrge", "synthetic")

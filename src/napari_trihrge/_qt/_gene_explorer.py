@@ -91,6 +91,7 @@ class GeneExplorer(QWidget):
         self.png_btn.clicked.connect(self._save_png)
         self.session.sample_changed.connect(self.refresh_genes)
         self.session.enhance_changed.connect(self.refresh_genes)
+        self.session.layers_changed.connect(self.refresh_genes)
         self.session.recovery_changed.connect(self._on_recovery)
         self.session.gene_changed.connect(self._on_gene_changed)
         self.refresh_genes()

@@ -50,6 +50,7 @@ class Session(QObject):
     recovery_changed = Signal(object)  # RecoveryResult
     enhance_changed = Signal(object)  # EnhanceResult
     gene_changed = Signal(str)
+    layers_changed = Signal()  # result layers opened (e.g. a run folder from the reader)
 
     def __init__(self, viewer):
         super().__init__()
@@ -74,9 +75,12 @@ class Session(QObject):
     # -- sample ---------------------------------------------------------------------------
     def _on_inserted(self, event) -> None:
         layer = event.value
-        if layer_kind(layer) == "spots" and "adata" in layer.metadata:
+        kind = layer_kind(layer)
+        if kind == "spots" and "adata" in layer.metadata:
             if self._adata is None or layer.metadata["adata"] is not self._adata:
                 self.set_sample(layer.metadata["adata"])
+        elif kind in ("map", "virtual", "recovered"):
+            self.layers_changed.emit()
 
     @property
     def adata(self):
@@ -110,13 +114,25 @@ class Session(QObject):
             return layer
         return None
 
+    def maps(self):
+        """The enhanced maps: of the last run, else of a map layer (a reopened run folder)."""
+        maps = getattr(self.enhance, "maps", None)
+        if maps is None:
+            layer = self.find_layer("map")
+            maps = None if layer is None else layer.metadata.get("maps")
+        return maps
+
     def genes(self) -> list[str]:
         """Every gene that can be shown: the sample's, the run's and the maps'."""
         names: dict[str, None] = {}
         ad = self.adata
         if ad is not None:
             names.update(dict.fromkeys(map(str, ad.var_names)))
-        maps = getattr(self.enhance, "maps", None)
+        for kind in ("virtual", "recovered"):
+            layer = self.find_layer(kind)
+            if layer is not None and layer.metadata.get("adata") is not None:
+                names.update(dict.fromkeys(map(str, layer.metadata["adata"].var_names)))
+        maps = self.maps()
         if maps is not None:
             names.update(dict.fromkeys(map(str, maps.gene_names)))
         pred = getattr(self.recovery, "predictions", None)
@@ -141,7 +157,7 @@ class Session(QObject):
         virt = self.find_layer("virtual")
         if virt is not None and gene in virt.metadata["adata"].var_names:
             values["virtual"] = _points_values(virt, gene)
-        maps = getattr(self.enhance, "maps", None)
+        maps = self.maps()
         map_vals = None
         if maps is not None and gene in list(maps.gene_names):
             map_vals = L.map_values(maps, gene)
