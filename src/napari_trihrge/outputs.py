@@ -65,9 +65,24 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def _h5ad_safe(value: Any) -> Any:
+    """``uns`` values h5ad can store: tuples become lists, None becomes the string 'None'."""
+    if isinstance(value, dict):
+        return {str(k): _h5ad_safe(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        items = [_h5ad_safe(v) for v in value]
+        return np.asarray(items) if items and all(
+            isinstance(v, int | float | str | np.number) for v in items) else items
+    if value is None:
+        return "None"
+    return value
+
+
 def write_h5ad(adata, path: str | Path, overwrite: bool = True) -> Path:
-    """Write an AnnData atomically (uns values that h5ad cannot hold are dropped with care)."""
+    """Write an AnnData atomically; ``uns`` is made storable first (tuples, None)."""
     refuse_overwrite(path, overwrite)
+    adata = adata.copy()
+    adata.uns = _h5ad_safe(dict(adata.uns))
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp.with_suffix(".h5ad"))
         tmp.with_suffix(".h5ad").rename(tmp)
@@ -121,7 +136,7 @@ def read_run(out_dir: str | Path) -> dict[str, Any]:
     if (out / "maps.ome.zarr").exists():
         from .io.writers import read_map
 
-        run["maps"] = read_map(out / "maps.ome.zarr")
+        run["maps"] = read_map(out / "maps.ome.zarr", with_origin=True)
         if (out / "maps_std.ome.zarr").exists():
-            run["maps_std"] = read_map(out / "maps_std.ome.zarr")
+            run["maps_std"] = read_map(out / "maps_std.ome.zarr", with_origin=True)
     return run
