@@ -187,3 +187,22 @@ def test_load_errors_are_clear(tmp_path):
     (tmp_path / "b" / MODEL_META).write_text(json.dumps(meta))
     with pytest.raises(TrihrgeInputError, match="unknown"):
         load_model(tmp_path / "b")
+
+
+def test_output_bias_starts_at_the_gene_means():
+    import numpy as np
+    import torch
+
+    from napari_trihrge.model import ModelConfig, TriHRGENet
+
+    rng = np.random.default_rng(0)
+    targets = rng.gamma(2.0, 2.0, size=(50, 7)).astype(np.float32)
+    for activation in ("relu", "softplus"):
+        model = TriHRGENet(ModelConfig(in_dim=4, n_genes=7, n_scales=2, hidden_dim=8,
+                                       attention_dim=4, decoder_dims=(8,),
+                                       output_activation=activation))
+        model.init_output_bias(targets)
+        with torch.no_grad():
+            model.decoder[-1].weight.zero_()
+            out = model.eval()(torch.zeros(3, 2, 4)).numpy()
+        np.testing.assert_allclose(out[0], targets.mean(axis=0), rtol=1e-4)

@@ -171,6 +171,17 @@ class TriHRGENet(nn.Module):
         self.register_buffer("neighbour_mean", torch.zeros(d_nb))
         self.register_buffer("neighbour_std", torch.ones(d_nb))
 
+    @torch.no_grad()
+    def init_output_bias(self, targets: np.ndarray) -> None:
+        """Start the network at each gene's mean training expression (the output layer's bias),
+        so the first steps learn structure instead of the per-gene level. Softplus outputs get
+        the inverse softplus of the mean."""
+        mean = torch.as_tensor(np.asarray(targets, dtype=np.float64).mean(axis=0))
+        if self.config.output_activation == "softplus":
+            mean = torch.where(mean > 20, mean, torch.log(torch.expm1(mean.clamp_min(1e-4))))
+        last = self.decoder[-1]
+        last.bias.copy_(mean.to(last.bias.dtype))
+
     # ------------------------------------------------------------------------------------
     @torch.no_grad()
     def set_standardization(self, features: np.ndarray | torch.Tensor | None = None,

@@ -340,6 +340,7 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
         model.check_inputs(x, nb)
         model.set_standardization(x[train_idx] if x is not None else None,
                                   nb[train_idx] if nb is not None else None)
+        model.init_output_bias(y[train_idx])
         model.to(device)
         data = _Data(
             x=torch.from_numpy(x).to(device) if x is not None else None,
