@@ -79,6 +79,8 @@ def make_recorder():
             super().__init__()
             self.stages: dict[str, dict[str, float]] = {}
             self.epochs = 0
+            self.epoch_cpu_s: list[float] = []
+            self._last_epoch_c = time.process_time()
             self._cur: str | None = None
             self._t0 = self._c0 = 0.0
             self._peak = 0.0
@@ -103,12 +105,16 @@ def make_recorder():
             super().stage(name, total)
             self._close_stage()
             self._cur, self._t0, self._c0 = name, time.perf_counter(), time.process_time()
+            self._last_epoch_c = self._c0
             self._peak = rss_mb()
 
         def metric(self, **values: float) -> None:
             super().metric(**values)
             if "epoch" in values:
                 self.epochs += 1
+                now = time.process_time()
+                self.epoch_cpu_s.append(now - self._last_epoch_c)
+                self._last_epoch_c = now
 
         def close(self) -> None:
             self._close_stage()
@@ -168,7 +174,9 @@ def part_dlpfc(args) -> dict:
         rec.close()
         wall = time.perf_counter() - t1
         epochs = [t["epochs_run"] for t in summary["training"]]
-        extra = f"(cpu {time.process_time() - c1:.1f} s; epochs {epochs})"
+        per_epoch = np.median(rec.epoch_cpu_s) if rec.epoch_cpu_s else float("nan")
+        extra = (f"(cpu {time.process_time() - c1:.1f} s; epochs {epochs}, median "
+                 f"{per_epoch:.2f} CPU s per epoch)")
         if task == "recovery":
             r = summary["recovery"]
             extra += (f"; PCC {r['pcc_mean']:.3f} vs kNN {r['baseline_knn_pcc_mean']:.3f}, "
