@@ -52,10 +52,14 @@ DEFAULT_SEEDS = (1234, 1, 2)
 UNTOUCHED = {"her2st/C5"}  # never used for tuning
 
 
+#: TrainConfig overrides for every model run (``--max-epochs`` for smoke tests); empty = defaults
+TRAIN_OVERRIDES: dict = {}
+
+
 def _config(cache_dir: str, **kw):
     from napari_trihrge.tasks import RunConfig
 
-    return RunConfig(cache_dir=cache_dir, **kw)
+    return RunConfig(cache_dir=cache_dir, train=dict(TRAIN_OVERRIDES), **kw)
 
 
 def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None = None
@@ -217,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/BLAS threads (default 2)")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
+    ap.add_argument("--max-epochs", type=int, default=None,
+                    help="cap training epochs (smoke tests only; the numbers are then not the "
+                         "benchmark's)")
     args = ap.parse_args(argv)
+    if args.max_epochs:
+        TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
     limit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     parts = set(args.parts.split(","))

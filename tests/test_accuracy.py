@@ -1,0 +1,95 @@
+"""Accuracy checks on the synthetic sample with a small, fast configuration: the dense map beats
+interpolated spot values where the image carries information, the ensemble spread points at the
+errors, noise genes are not turned into tissue structure, and the cross-section transfer task."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY_TRAIN
+from napari_trihrge import evaluation, tasks
+
+SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
+
+
+def _subset(adata, per_class=8):
+    cls = adata.var["gene_class"].to_numpy()
+    keep = np.concatenate([np.flatnonzero(cls == c)[:per_class]
+                           for c in ("marker", "density", "gradient", "noise")])
+    return adata[:, keep].copy()
+
+
+#: Known negative result (docs/benchmarks-accuracy.md): with this small, short configuration the
+#: model underfits (87 spots -> 2 steps per epoch; the output layer starts at 0 while the targets'
+#: mean is ~5, so most steps go into learning the offset), and the map loses to interpolation.
+UNDERFITS = pytest.mark.xfail(reason="small-config model underfits the expression level; see "
+                              "docs/benchmarks-accuracy.md", strict=False)
+
+
+@pytest.fixture(scope="module")
+def enhanced():
+    from napari_trihrge.datasets import synthetic_sample
+
+    adata = _subset(synthetic_sample(seed=0, size_um=(1200.0, 1200.0)), per_class=6)
+    cfg = tasks.RunConfig(n_top_genes=adata.n_vars, ensemble=3, model=dict(SMALL_MODEL),
+                          train={**TINY_TRAIN, "max_epochs": 40, "patience": 8})
+    res = tasks.enhance(adata, factor=2, stride_um=32.0, config=cfg)
+    um = float(res.spots.uns["trihrge"]["um_per_px"])
+    rc = np.asarray(res.spots.obsm["spatial"])[:, ::-1] * um
+    summary, _ = evaluation.superres_scores(adata, res.maps, rc, np.asarray(res.spots.X))
+    structure = evaluation.structure_scores(adata, res.maps, rc, np.asarray(res.spots.X))
+    return res, summary, structure
+
+
+@pytest.mark.slow
+@UNDERFITS
+def test_map_beats_interpolation_where_the_image_informs(enhanced):
+    _, summary, _ = enhanced
+    by = summary["by_gene_class"]
+    for cls in ("marker", "density"):
+        assert by[cls]["pcc_mean"] > by[cls]["baseline_interp_pcc_mean"], (cls, by[cls])
+
+
+@pytest.mark.slow
+@UNDERFITS
+def test_ensemble_spread_is_larger_where_the_error_is_larger(enhanced):
+    _, summary, _ = enhanced
+    assert summary["spread_error_pcc_mean"] > 0.05, summary["spread_error_pcc_mean"]
+
+
+@pytest.mark.slow
+@UNDERFITS
+def test_noise_genes_are_not_hallucinated_into_structure(enhanced):
+    _, _, s = enhanced
+    # the noise maps are much quieter than the marker maps and follow the domains far less
+    assert s["noise"]["rel_sd_map"] < 0.5 * s["marker"]["rel_sd_map"]
+    assert s["noise"]["eta2_map"] < s["marker"]["eta2_map"]
+
+
+@pytest.mark.slow
+def test_map_is_consistent_with_the_measured_spots(enhanced):
+    res, _, _ = enhanced
+    assert res.metrics["consistency"]["pcc_mean"] > 0.3
+
+
+def test_transfer_predicts_an_unseen_region_from_the_image(synthetic):
+    adata = _subset(synthetic)
+    cols = adata.obsm["spatial"][:, 0]
+    left, right = adata[cols < np.median(cols)].copy(), adata[cols >= np.median(cols)].copy()
+    cfg = tasks.RunConfig(n_top_genes=adata.n_vars, model=dict(SMALL_MODEL),
+                          train={**TINY_TRAIN, "max_epochs": 20})
+    res = tasks.transfer([left], right, config=cfg)
+    m = res.metrics
+    assert res.predictions.n_obs == right.n_obs
+    assert res.predictions.layers["measured"].shape == res.predictions.shape
+    assert m["n_train_spots"] == left.n_obs
+    for key in ("pcc_mean", "mse", "baseline_ridge_pcc_mean", "baseline_train_mean_mse"):
+        assert np.isfinite(m[key]), key
+    markers = res.per_gene.index.isin(adata.var_names[adata.var["gene_class"] == "marker"])
+    assert res.per_gene.loc[markers, "pcc"].mean() > 0.3  # domains are visible in the image
+
+
+def test_transfer_needs_the_image(synthetic):
+    from napari_trihrge.errors import TrihrgeInputError
+
+    with pytest.raises(TrihrgeInputError, match="image"):
+        tasks.transfer([synthetic], synthetic, config=tasks.RunConfig(image_input=False))
