@@ -25,12 +25,7 @@ def test_top_level_help_lists_commands_and_units(capsys):
     assert "HF_TOKEN" in flat and "never accepted on the command line" in flat
 
 
-@pytest.mark.parametrize("command", [
-    "demo", "recovery", "enhance",
-    pytest.param("cohort", marks=pytest.mark.xfail(
-        strict=True, reason="cli.py: cohort's --stride-um/--factor/--holdout have no help text "
-        "(no unit shown); remove this mark once they do")),
-])
+@pytest.mark.parametrize("command", ["demo", "recovery", "enhance", "cohort"])
 def test_subcommand_help_mentions_units(capsys, command):
     text = _help(capsys, command)
     assert " um" in text or "micrometre" in text, f"{command} --help has no unit"

@@ -58,3 +58,13 @@ def test_idw_exact_hit_and_leave_one_out():
     assert loo[0, 0] == pytest.approx(2.5)  # mean of the two others at equal distance
     mid = idw_interpolate(src, vals, np.array([[0.0, 5.0]]), k=2)
     assert mid[0, 0] == pytest.approx(1.5)
+
+
+def test_idw_exclude_index_leaves_out_the_given_source():
+    src = np.array([[0.0, 0.0], [0.0, 10.0], [0.0, 20.0]])
+    vals = np.array([[1.0], [2.0], [3.0]])
+    dst = np.array([[0.0, 1.0], [0.0, 19.0]])
+    out = idw_interpolate(src, vals, dst, k=1, exclude_index=np.array([0, 1]))
+    np.testing.assert_allclose(out, [[2.0], [3.0]])  # nearest remaining source
+    out2 = idw_interpolate(src, vals, dst, k=2, exclude_index=np.array([2, 0]))
+    assert out2[0, 0] < 1.5 and out2[1, 0] > 2.0  # excluded source not among the nearest: ignored

@@ -129,11 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: "
                    "one per GPU, else 2)")
     p.add_argument("--retries", type=int, default=1, help="retries per failed sample (default 1)")
-    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8])
-    p.add_argument("--stride-um", type=float, default=None, metavar="UM")
-    p.add_argument("--holdout", type=float, default=0.5, metavar="FRACTION")
-    p.add_argument("--encoder", default="stain-texture")
-    p.add_argument("--genes", type=int, default=1000, metavar="N")
+    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+                   help="enhance: density of virtual spots relative to the measured lattice")
+    p.add_argument("--stride-um", type=float, default=None, metavar="UM",
+                   help="enhance: also write dense maps at this pixel size in micrometres")
+    p.add_argument("--holdout", type=float, default=0.5, metavar="FRACTION",
+                   help="recovery: fraction of spots hidden (default 0.5)")
+    p.add_argument("--encoder", default="stain-texture", help="image encoder (see `trihrge "
+                   "encoders`)")
+    p.add_argument("--genes", type=int, default=1000, metavar="N",
+                   help="number of highly variable genes (default 1000)")
 
     sub.add_parser("encoders", help="list the image encoders that can be named with --encoder")
     return parser
@@ -194,7 +199,18 @@ def _print_summary(summary: dict, out: Path) -> None:
                                                        summary.get("outputs", {}).values()))
 
 
+def _limit_cpu_threads() -> None:
+    """On small CPUs (<= 4 cores) run one OpenMP thread unless the user chose otherwise: the
+    BLAS and torch thread pools otherwise compete for the cores and training gets ~10x slower
+    (DLPFC full run: 904 s -> 81 s on 2 cores, docs/benchmarks.md). Must run before torch loads."""
+    import os
+
+    if "torch" not in sys.modules and (os.cpu_count() or 1) <= 4:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _limit_cpu_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     from .progress import TqdmProgress

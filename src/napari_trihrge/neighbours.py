@@ -11,21 +11,28 @@ from scipy.spatial import cKDTree
 
 
 def idw_weights(src_rc_um: np.ndarray, dst_rc_um: np.ndarray, k: int = 6, *,
-                exclude_self: bool = False, power: float = 1.0, eps_um: float = 1e-6
-                ) -> tuple[np.ndarray, np.ndarray]:
+                exclude_self: bool = False, exclude_index: np.ndarray | None = None,
+                power: float = 1.0, eps_um: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Indices (M, k) of the ``k`` nearest source points of each destination and their
     normalised inverse-distance weights. With ``exclude_self`` the destinations are the sources
-    themselves and each point's own value is left out (leave-one-out)."""
+    themselves and each point's own value is left out (leave-one-out); ``exclude_index`` (M,)
+    leaves out one given source per destination (e.g. the spot a sub-location belongs to)."""
     src_rc_um = np.asarray(src_rc_um, dtype=np.float64)
     dst_rc_um = np.asarray(dst_rc_um, dtype=np.float64)
-    k = int(min(k, len(src_rc_um) - (1 if exclude_self else 0)))
+    if exclude_self:
+        exclude_index = np.arange(len(dst_rc_um))
+    drop = exclude_index is not None
+    k = int(min(k, len(src_rc_um) - int(drop)))
     if k < 1:
         raise ValueError("need at least one source point to interpolate from")
     tree = cKDTree(src_rc_um)
-    dist, idx = tree.query(dst_rc_um, k=k + (1 if exclude_self else 0))
+    dist, idx = tree.query(dst_rc_um, k=k + int(drop))
     dist, idx = dist.reshape(len(dst_rc_um), -1), idx.reshape(len(dst_rc_um), -1)
-    if exclude_self:
-        dist, idx = dist[:, 1:], idx[:, 1:]
+    if drop:
+        keep = idx != np.asarray(exclude_index)[:, None]
+        keep[keep.sum(axis=1) > k, -1] = False  # excluded source not among the nearest
+        dist = dist[keep].reshape(len(idx), k)
+        idx = idx[keep].reshape(len(idx), k)
     w = 1.0 / np.maximum(dist, eps_um) ** power
     # a destination exactly on a source takes that source's value
     exact = dist <= eps_um
@@ -35,7 +42,8 @@ def idw_weights(src_rc_um: np.ndarray, dst_rc_um: np.ndarray, k: int = 6, *,
 
 
 def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np.ndarray,
-                    k: int = 6, *, exclude_self: bool = False, power: float = 1.0,
+                    k: int = 6, *, exclude_self: bool = False,
+                    exclude_index: np.ndarray | None = None, power: float = 1.0,
                     block: int = 65536) -> np.ndarray:
     """Inverse-distance weighted mean of the ``k`` nearest sources' values at each destination.
 
@@ -43,7 +51,8 @@ def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np
     blocks of destinations so memory stays bounded for dense maps.
     """
     src_values = np.asarray(src_values, dtype=np.float32)
-    idx, w = idw_weights(src_rc_um, dst_rc_um, k, exclude_self=exclude_self, power=power)
+    idx, w = idw_weights(src_rc_um, dst_rc_um, k, exclude_self=exclude_self,
+                         exclude_index=exclude_index, power=power)
     out = np.empty((len(idx), src_values.shape[1]), dtype=np.float32)
     for start in range(0, len(idx), block):
         sl = slice(start, start + block)

@@ -61,6 +61,8 @@ class RunConfig:
         d.pop("hf_token", None)
         d["windows_um"] = list(self.windows_um)
         d["extra_genes"] = list(self.extra_genes)
+        for key in ("model", "train"):  # tuples (decoder_dims) cannot be stored in h5ad
+            d[key] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[key].items()}
         return d
 
 
@@ -108,12 +110,20 @@ def _encoder_and_image(adata: AnnData, cfg: RunConfig):
 
 
 def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cfg: RunConfig,
-              progress: Progress, n_points: int | None = None) -> np.ndarray:
+              progress: Progress, *, dense: bool = False, cache: bool = True) -> np.ndarray:
+    """Image bags (N, S, D). ``dense``: the first window is the local one and every window comes
+    from the encoder's dense path (for ViTs, patch tokens from one forward pass per tile: the
+    same features for spots, sub-locations, virtual spots and map pixels)."""
     from .features import extract_features
 
     if not cfg.image_input:
         return np.zeros((len(rc_um), 0, 1), dtype=np.float32)
-    return extract_features(image, rc_um, encoder, tuple(windows_um), cache_dir=cfg.cache_dir,
+    cache_dir = cfg.cache_dir if cache else None
+    if dense:
+        return extract_features(image, rc_um, encoder, tuple(windows_um[1:]), dense=True,
+                                local_window_um=windows_um[0], cache_dir=cache_dir,
+                                progress=progress)
+    return extract_features(image, rc_um, encoder, tuple(windows_um), cache_dir=cache_dir,
                             progress=progress)
 
 
@@ -481,7 +491,8 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
 
     with timer("features"):
         image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
-        feats = _features(image, encoder, rc_um, windows, cfg, progress)
+        feats = _features(image, encoder, rc_um, windows, cfg, progress,
+                          dense=stride_um is not None)
     nb = None
     if cfg.neighbour_input:
         nb = idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours, exclude_self=True)
@@ -491,11 +502,15 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
         offs = _sub_spot_offsets(spot_diameter_um)
         sub_rc = (rc_um[:, None, :] + offs[None]).reshape(-1, 2)
         with timer("features"):
-            sub_feats = _features(image, encoder, sub_rc, windows, cfg, progress)
+            sub_feats = _features(image, encoder, sub_rc, windows, cfg, progress,
+                                  dense=stride_um is not None)
         sub["sub_features"] = sub_feats.reshape(len(rc_um), len(offs), *sub_feats.shape[1:])
         sub["sub_mask"] = np.ones((len(rc_um), len(offs)), dtype=bool)
         if cfg.neighbour_input:
-            sub_nb = idw_interpolate(rc_um, y, sub_rc, cfg.n_neighbours)
+            # the spot a sub-location belongs to is left out, as for the spot-level loss;
+            # otherwise the aggregation loss is met by copying the spot's own measurement
+            sub_nb = idw_interpolate(rc_um, y, sub_rc, cfg.n_neighbours,
+                                     exclude_index=np.repeat(np.arange(len(rc_um)), len(offs)))
             sub["sub_neighbour"] = sub_nb.reshape(len(rc_um), len(offs), -1)
 
     with timer("training"):
@@ -505,7 +520,8 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     # virtual spots
     with timer("prediction"):
         pts_rc, parent = geometry.virtual_spot_grid(rc_um, factor, lattice)
-        v_feats = _features(image, encoder, pts_rc, windows, cfg, progress)
+        v_feats = _features(image, encoder, pts_rc, windows, cfg, progress,
+                            dense=stride_um is not None)
         v_nb = idw_interpolate(rc_um, y, pts_rc, cfg.n_neighbours) if cfg.neighbour_input else None
         v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
     genes = list(expr.var_names)
@@ -616,7 +632,8 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
         if band_mask.any():
             ii, jj = np.nonzero(band_mask)
             pts = grid.origin_rc_um + np.stack([ii + r0, jj], axis=1) * stride_um
-            feats = _features(image, encoder, pts, windows_um, cfg, Progress())
+            feats = _features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
+                              cache=False)
             nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
                   if cfg.neighbour_input else None)
             mean, sd = predict_ensemble([f.model for f in fits], feats, nb, device=cfg.device)
