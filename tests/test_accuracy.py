@@ -18,13 +18,6 @@ def _subset(adata, per_class=8):
     return adata[:, keep].copy()
 
 
-#: Known negative result (docs/benchmarks-accuracy.md): with this small, short configuration the
-#: model underfits (87 spots -> 2 steps per epoch; the output layer starts at 0 while the targets'
-#: mean is ~5, so most steps go into learning the offset), and the map loses to interpolation.
-UNDERFITS = pytest.mark.xfail(reason="small-config model underfits the expression level; see "
-                              "docs/benchmarks-accuracy.md", strict=False)
-
-
 @pytest.fixture(scope="module")
 def enhanced():
     from napari_trihrge.datasets import synthetic_sample
@@ -41,7 +34,6 @@ def enhanced():
 
 
 @pytest.mark.slow
-@UNDERFITS
 def test_map_beats_interpolation_where_the_image_informs(enhanced):
     _, summary, _ = enhanced
     by = summary["by_gene_class"]
@@ -50,14 +42,12 @@ def test_map_beats_interpolation_where_the_image_informs(enhanced):
 
 
 @pytest.mark.slow
-@UNDERFITS
 def test_ensemble_spread_is_larger_where_the_error_is_larger(enhanced):
     _, summary, _ = enhanced
     assert summary["spread_error_pcc_mean"] > 0.05, summary["spread_error_pcc_mean"]
 
 
 @pytest.mark.slow
-@UNDERFITS
 def test_noise_genes_are_not_hallucinated_into_structure(enhanced):
     _, _, s = enhanced
     # the noise maps are much quieter than the marker maps and follow the domains far less
