@@ -79,6 +79,18 @@ def _overview_genes(adata: AnnData, genes: list[str], cfg: RunConfig, n: int = 3
     return chosen[:max(n, len([g for g in cfg.extra_genes if g in genes]))]
 
 
+def _finish_summary(out: Path, summary: dict[str, Any], result, files: dict[str, str],
+                    t0: float, t1: float) -> None:
+    """Add timings, memory, outputs and training record, then write ``summary.json``."""
+    summary["timings_s"] = {**result.timings_s, "writing": time.perf_counter() - t1,
+                            "total": time.perf_counter() - t0}
+    summary["peak_rss_mb"] = peak_rss_mb()
+    summary["outputs"] = files
+    summary["training"] = [{"best_epoch": f.best_epoch, "epochs_run": len(f.history)}
+                           for f in result.fits]
+    write_json(out / "summary.json", summary)
+
+
 def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float = 0.5,
                  seed: int = 0, annotation=None, config: RunConfig | None = None,
                  progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -99,13 +111,7 @@ def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float
     progress.advance()
     summary = _base_summary(adata, cfg, result.predictions.n_vars)
     summary["recovery"] = result.metrics
-    summary["timings_s"] = {**result.timings_s, "writing": time.perf_counter() - t1,
-                            "total": time.perf_counter() - t0}
-    summary["peak_rss_mb"] = peak_rss_mb()
-    summary["outputs"] = files
-    summary["training"] = [{"best_epoch": f.best_epoch, "epochs_run": len(f.history)}
-                           for f in result.fits]
-    write_json(out / "summary.json", summary)
+    _finish_summary(out, summary, result, files, t0, t1)
     progress.advance()
     return summary
 
@@ -152,13 +158,7 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
               title=f"{summary['sample']}: enhanced expression ({cfg.encoder})")
     files["overview"] = "overview.png"
     progress.advance()
-    summary["timings_s"] = {**result.timings_s, "writing": time.perf_counter() - t1,
-                            "total": time.perf_counter() - t0}
-    summary["peak_rss_mb"] = peak_rss_mb()
-    summary["outputs"] = files
-    summary["training"] = [{"best_epoch": f.best_epoch, "epochs_run": len(f.history)}
-                           for f in result.fits]
-    write_json(out / "summary.json", summary)
+    _finish_summary(out, summary, result, files, t0, t1)
     return summary
 
 

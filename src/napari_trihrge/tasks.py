@@ -204,6 +204,28 @@ def _annotation_labels(adata: AnnData, annotation) -> pd.Series | None:
     return aligned.astype(object)
 
 
+def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
+                      std: np.ndarray | None, per_gene: pd.DataFrame, cfg: RunConfig, *,
+                      baseline: tuple[str, np.ndarray], uns_extra: dict[str, Any]) -> AnnData:
+    """Predictions for scored spots as AnnData: X predicted, layers 'measured', the baseline's
+    name and 'std' (ensemble spread), per-gene PCC in ``var``, spatial metadata carried over."""
+    name, values = baseline
+    out = AnnData(X=pred.astype(np.float32), obs=spots.obs.copy(),
+                  var=pd.DataFrame(index=pd.Index(spots.var_names)))
+    out.obsm["spatial"] = np.asarray(spots.obsm["spatial"])
+    out.layers["measured"] = np.asarray(measured, dtype=np.float32)
+    out.layers[name] = np.asarray(values, dtype=np.float32)
+    if std is not None:
+        out.layers["std"] = std
+    out.var["pcc"] = per_gene["pcc"].reindex(out.var_names).to_numpy()
+    out.var[f"pcc_baseline_{name}"] = per_gene["pcc_baseline"].reindex(out.var_names).to_numpy()
+    out.uns["trihrge"] = {**dict(spots.uns.get("trihrge", {})), **uns_extra,
+                          "config": cfg.public_dict()}
+    if "spatial" in spots.uns:
+        out.uns["spatial"] = spots.uns["spatial"]
+    return out
+
+
 # -------------------------------------------------------------------------------------------
 # recovery
 # -------------------------------------------------------------------------------------------
@@ -270,19 +292,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         metrics["ari_measured"] = kmeans_ari(y[hidden], lab_hidden, seed=0)
         metrics["n_labels"] = int(pd.Series(lab_hidden).dropna().nunique())
 
-    out = AnnData(X=pred.astype(np.float32), obs=expr.obs.iloc[hidden].copy(),
-                  var=pd.DataFrame(index=pd.Index(genes)))
-    out.obsm["spatial"] = np.asarray(expr.obsm["spatial"])[hidden]
-    out.layers["measured"] = y[hidden]
-    out.layers["knn"] = baseline
-    if std is not None:
-        out.layers["std"] = std
-    out.var["pcc"] = per_gene["pcc"].reindex(genes).to_numpy()
-    out.var["pcc_baseline_knn"] = per_gene["pcc_baseline"].reindex(genes).to_numpy()
-    out.uns["trihrge"] = {**{k: v for k, v in expr.uns.get("trihrge", {}).items()},
-                          "task": "recovery", "config": cfg.public_dict()}
-    if "spatial" in adata.uns:
-        out.uns["spatial"] = adata.uns["spatial"]
+    out = _prediction_adata(expr[hidden], pred, y[hidden], std, per_gene, cfg,
+                            baseline=("knn", baseline), uns_extra={"task": "recovery"})
     return RecoveryResult(predictions=out, metrics=metrics, per_gene=per_gene,
                           history=[f.history for f in fits], timings_s=timer.timings_s,
                           config=cfg.public_dict(), fits=fits)
@@ -400,21 +411,11 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
         "baseline_train_mean_mse": float(((mean_pred - y_target) ** 2).mean()),
         "fraction_genes_better_than_ridge": summary["fraction_genes_better_than_baseline"],
     }
-    out = AnnData(X=pred.astype(np.float32), obs=target.obs.copy(),
-                  var=pd.DataFrame(index=pd.Index(genes)))
-    out.obsm["spatial"] = np.asarray(target.obsm["spatial"])
-    out.layers["measured"] = y_target
-    out.layers["ridge"] = ridge_pred.astype(np.float32)
-    if std is not None:
-        out.layers["std"] = std
-    out.var["pcc"] = per_gene["pcc"].reindex(genes).to_numpy()
-    out.var["pcc_baseline_ridge"] = per_gene["pcc_baseline"].reindex(genes).to_numpy()
-    out.uns["trihrge"] = {**dict(target.uns.get("trihrge", {})), "task": "transfer",
-                          "config": cfg.public_dict(),
-                          "train_sections": [str(a.uns.get("trihrge", {}).get("sample", i))
-                                             for i, a in enumerate(train_adatas)]}
-    if "spatial" in target.uns:
-        out.uns["spatial"] = target.uns["spatial"]
+    out = _prediction_adata(target[:, genes], pred, y_target, std, per_gene, cfg,
+                            baseline=("ridge", ridge_pred.astype(np.float32)),
+                            uns_extra={"task": "transfer", "train_sections": [
+                                str(a.uns.get("trihrge", {}).get("sample", i))
+                                for i, a in enumerate(train_adatas)]})
     return TransferResult(predictions=out, metrics=metrics, per_gene=per_gene,
                           history=[f.history for f in fits], timings_s=timer.timings_s,
                           config=cfg.public_dict(), fits=fits)
