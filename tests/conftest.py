@@ -65,3 +65,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gui" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Record each phase's report on the test item (``item.rep_setup``, ``rep_call``, ...):
+    napari's ``make_napari_viewer`` fixture reads ``rep_call`` when it tears down."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -77,7 +77,7 @@ def test_token_is_masked_and_not_kept(viewer):
     assert t.make_config().hf_token is None
 
 
-def test_sample_widget_opens_dlpfc_folder(viewer, qtbot, dlpfc_dir):
+def test_sample_widget_opens_dlpfc_folder(dlpfc_dir, viewer, qtbot):  # skip before a viewer exists
     from napari_trihrge._qt import SampleWidget
 
     w = SampleWidget(viewer)
