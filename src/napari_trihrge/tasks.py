@@ -617,34 +617,45 @@ def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
                      gene_names=list(genes), mask=grid.mask, std=std)
 
 
+#: map locations embedded in one pass: the encoder's per-call cost (e.g. filtering the image for
+#: the default encoder) is paid once per this many locations, not once per band of 32 rows
+FEATURE_BLOCK_LOCATIONS = 250_000
+
+
 def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
                        band_rows, progress) -> None:
+    """Embed blocks of many map rows at once, then predict and write them 32 rows at a time
+    (all genes), so features cost one encoder pass per block and predictions stay bounded."""
     from .predict import predict_ensemble
 
     n_genes = values.shape[0]
     n_rows, n_cols = grid.shape
-    stride_um = grid.stride_um
     with_std = std is not None
-    for b in range(int(np.ceil(n_rows / band_rows))):
-        r0, r1 = b * band_rows, min(n_rows, (b + 1) * band_rows)
-        band_mask = grid.mask[r0:r1]
-        band_vals = np.full((n_genes, r1 - r0, n_cols), np.nan, dtype=np.float32)
-        band_std = np.full_like(band_vals, np.nan) if with_std else None
-        if band_mask.any():
-            ii, jj = np.nonzero(band_mask)
-            pts = grid.origin_rc_um + np.stack([ii + r0, jj], axis=1) * stride_um
-            feats = _features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
-                              cache=False)
-            nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
-                  if cfg.neighbour_input else None)
-            mean, sd = predict_ensemble([f.model for f in fits], feats, nb, device=cfg.device)
-            band_vals[:, ii, jj] = mean.T
+    rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
+    for b0 in range(0, n_rows, rows_per_block):
+        b1 = min(n_rows, b0 + rows_per_block)
+        ii, jj = np.nonzero(grid.mask[b0:b1])
+        ii += b0
+        pts = grid.origin_rc_um + np.stack([ii, jj], axis=1) * grid.stride_um
+        feats = (_features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
+                           cache=False) if len(pts) else None)
+        for r0 in range(b0, b1, band_rows):
+            r1 = min(b1, r0 + band_rows)
+            band_vals = np.full((n_genes, r1 - r0, n_cols), np.nan, dtype=np.float32)
+            band_std = np.full_like(band_vals, np.nan) if with_std else None
+            sel = np.flatnonzero((ii >= r0) & (ii < r1))
+            if len(sel):
+                nb = (idw_interpolate(rc_um, y, pts[sel], cfg.n_neighbours)
+                      if cfg.neighbour_input else None)
+                mean, sd = predict_ensemble([f.model for f in fits], feats[sel], nb,
+                                            device=cfg.device)
+                band_vals[:, ii[sel] - r0, jj[sel]] = mean.T
+                if with_std:
+                    band_std[:, ii[sel] - r0, jj[sel]] = sd.T
+            values[:, r0:r1, :] = band_vals
             if with_std:
-                band_std[:, ii, jj] = sd.T
-        values[:, r0:r1, :] = band_vals
-        if with_std:
-            std[:, r0:r1, :] = band_std
-        progress.advance()
+                std[:, r0:r1, :] = band_std
+            progress.advance()
 
 
 def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
