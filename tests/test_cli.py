@@ -124,3 +124,21 @@ def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_
     assert cli.main(["cohort", str(sample_h5ad), "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
     assert (out / "cohort_report.csv").exists()
+
+
+def test_local_checkpoint_with_encoder_arch(capsys, sample_h5ad, tmp_path):
+    """A hand-downloaded checkpoint of a timm architecture runs through the whole CLI."""
+    import timm
+    import torch
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                              dynamic_img_size=True)
+    ckpt = tmp_path / "pytorch_model.bin"
+    torch.save(model.state_dict(), ckpt)
+    argv = ["recovery", str(sample_h5ad), "--encoder", str(ckpt), "--genes", "20",
+            "--max-epochs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "rec")]
+    assert cli.main([*argv, "--encoder-arch", "vit_tiny_patch16_224"]) == 0
+    summary = json.loads((tmp_path / "rec" / "summary.json").read_text())
+    assert summary["encoder"] == str(ckpt)
+    assert summary["config"]["encoder_architecture"] == "vit_tiny_patch16_224"
+    capsys.readouterr()

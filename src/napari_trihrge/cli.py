@@ -40,6 +40,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder", default="stain-texture", help="image encoder: 'stain-texture' "
                    "(default; no download, fast on CPU), 'uni', 'uni2-h', 'hf-hub:ORG/NAME', a "
                    "timm model name, or a local checkpoint file/folder (see `trihrge encoders`)")
+    g.add_argument("--encoder-arch", default=None, metavar="NAME",
+                   help="architecture of a local checkpoint given with --encoder PATH when it "
+                   "cannot be recognised: 'uni', 'uni2-h' or a timm model name")
     g.add_argument("--genes", type=int, default=1000, metavar="N",
                    help="number of highly variable genes (seurat_v3 on raw counts; default 1000)")
     g.add_argument("--extra-genes", default="", metavar="G1,G2",
@@ -161,7 +164,8 @@ def _config(args):
         train["max_epochs"] = args.max_epochs
     extra = tuple(g.strip() for g in getattr(args, "extra_genes", "").split(",") if g.strip())
     windows = tuple(float(w) for w in getattr(args, "windows_um", "112,336").split(","))
-    return RunConfig(encoder=args.encoder, n_top_genes=getattr(args, "genes", 1000),
+    return RunConfig(encoder=args.encoder, encoder_architecture=getattr(args, "encoder_arch", None),
+                     n_top_genes=getattr(args, "genes", 1000),
                      extra_genes=extra, windows_um=windows,
                      ensemble=getattr(args, "ensemble", 1), seed=args.seed, device=args.device,
                      neighbour_input=not getattr(args, "no_neighbours", False),

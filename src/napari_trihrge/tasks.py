@@ -39,6 +39,7 @@ class RunConfig:
     """Parameters of a run; every length in micrometres."""
 
     encoder: str = "stain-texture"
+    encoder_architecture: str | None = None  # for a local checkpoint: 'uni', 'uni2-h', a timm name
     hf_token: str | None = field(default=None, repr=False)  # this call only; never stored
     windows_um: tuple[float, ...] = (112.0, 336.0)
     local_window_um: float = 24.0
@@ -105,7 +106,8 @@ def _encoder_and_image(adata: AnnData, cfg: RunConfig):
     from .io import get_image
 
     image = get_image(adata)
-    encoder = create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token)
+    extra = ({"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {})
+    encoder = create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token, **extra)
     return image, encoder
 
 

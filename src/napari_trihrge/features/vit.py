@@ -350,7 +350,7 @@ def _encoder_from_file(path: Path, architecture: str | Architecture | None,
         if architecture is None:
             raise TrihrgeInputError(
                 f"cannot tell which architecture {path.name} belongs to",
-                "pass architecture='uni', 'uni2-h' or a timm model name (CLI: --encoder-arch)")
+                "pass architecture='uni', 'uni2-h' or a timm model name (CLI: --encoder-arch NAME)")
     timm_name, args, arch, label = _resolve_arch(architecture, model_args)
     model = _build(timm_name, args, sd, path.name, label)
     return TimmEncoder.from_model(model, name=name, weights_id=weights_id, arch=arch,
