@@ -74,3 +74,19 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A real napari viewer (GUI tests)."""
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def notes():
+    """Collects napari notifications raised during a GUI test."""
+    from test_qt_support import Notifications
+
+    n = Notifications()
+    yield n
+    n.close()

@@ -8,21 +8,10 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from test_qt_support import TINY, Notifications, add_sample
+from test_qt_support import TINY, add_sample
 
 pytestmark = pytest.mark.gui
 
-
-@pytest.fixture
-def notes():
-    n = Notifications()
-    yield n
-    n.close()
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 def _widgets(viewer):

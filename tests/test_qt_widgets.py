@@ -8,7 +8,6 @@ import pytest
 from qtpy.QtWidgets import QLineEdit
 
 from test_qt_support import (
-    Notifications,
     add_sample,
     fake_enhance,
     fake_recovery,
@@ -17,17 +16,6 @@ from test_qt_support import (
 
 pytestmark = pytest.mark.gui
 
-
-@pytest.fixture
-def notes():
-    n = Notifications()
-    yield n
-    n.close()
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 # ------------------------------------------------------------------------------------------

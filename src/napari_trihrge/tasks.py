@@ -162,6 +162,15 @@ def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress
     return mean, (std if len(fits) > 1 else None)
 
 
+def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
+    """The 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
+    with timer("genes"):
+        progress.stage("genes", 1)
+        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
+        progress.advance()
+    return expr
+
+
 def _holdout_split(n_spots: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 < fraction < 1.0:
         raise TrihrgeInputError(f"the held-out fraction must be between 0 and 1, got {fraction}",
@@ -249,10 +258,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     timer = _Timer()
-    with timer("genes"):
-        progress.stage("genes", 1)
-        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
-        progress.advance()
+    expr = _genes_stage(adata, cfg, timer, progress)
     labels = _annotation_labels(expr, annotation)
     rc_um, _, _ = sample_geometry(expr)
     y = np.asarray(expr.X, dtype=np.float32)
@@ -479,10 +485,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     timer = _Timer()
-    with timer("genes"):
-        progress.stage("genes", 1)
-        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
-        progress.advance()
+    expr = _genes_stage(adata, cfg, timer, progress)
     rc_um, um_per_px, spot_diameter_um = sample_geometry(expr)
     y = np.asarray(expr.X, dtype=np.float32)
     platform = expr.uns.get("trihrge", {}).get("platform")
