@@ -11,7 +11,8 @@ step**: linear warm-up over ``warmup_epochs`` epochs, then cosine decay to ``min
 ``max_epochs``. Early stopping on a random validation split (``val_fraction`` of the spots, drawn
 from ``seed``): training stops when the validation loss (same objective as training, eval mode)
 has not improved by a relative ``min_delta`` for ``patience`` epochs after warm-up; the best
-weights are restored. With ``val_fraction=0`` there is no early stopping and the last weights are
+weights from epoch ``min_epochs`` on are restored.
+With ``val_fraction=0`` there is no early stopping and the last weights are
 kept.
 
 Reproducibility: the split and shuffling come from ``numpy.random.default_rng(seed)``; weight
@@ -60,6 +61,7 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = True
     min_delta: float = 1e-4  # relative improvement of the validation loss that counts
+    min_epochs: int = 5  # no checkpoint is kept, and no early stop happens, before this epoch
 
     def validate(self) -> None:
         problems = []
@@ -380,10 +382,16 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
                             "lr": lr_now})
             progress.metric(epoch=epoch, train_loss=train_loss, val_loss=val_loss, lr=lr_now)
             if n_val:
-                if val_loss < best_loss - tc.min_delta * abs(best_loss) or best_state is None:
+                # checkpoints before min_epochs are not candidates: right after the output bias
+                # is set to the gene means, a tiny noisy validation split can prefer that
+                # mean predictor (her2st C3 seed 1: best epoch 1, PCC below kNN)
+                eligible = epoch >= min(tc.min_epochs, tc.max_epochs)
+                if eligible and (val_loss < best_loss - tc.min_delta * abs(best_loss)
+                                 or best_state is None):
                     best_loss, best_epoch = val_loss, epoch
                     best_state = copy.deepcopy(model.state_dict())
-                stop = epoch > tc.warmup_epochs and epoch - best_epoch >= tc.patience
+                stop = (eligible and epoch > tc.warmup_epochs
+                        and epoch - best_epoch >= tc.patience)
             else:
                 best_epoch, stop = epoch, False
             progress.advance(1)
