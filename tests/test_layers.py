@@ -253,3 +253,24 @@ def test_region_errors():
         R.region_statistics([np.zeros((3, 2))])
     with pytest.raises(TrihrgeInputError, match="no region"):
         R.region_statistics([], R.adata_expression_set(small_sample()))
+
+
+def test_spread_layer_only_with_an_ensemble():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from napari_trihrge import layers as L
+
+    mask = np.ones((4, 5), bool)
+    mask[0, 0] = False
+    values = np.random.default_rng(0).random((2, 4, 5)).astype(np.float32)
+    maps = SimpleNamespace(values=values, std=values * 0.1, mask=mask, stride_um=8.0,
+                           origin_rc_um=np.array([4.0, 4.0]), gene_names=["A", "B"])
+    data, kwargs, kind = L.spread_layer(maps, "B")
+    assert kind == "image" and kwargs["metadata"]["trihrge"]["kind"] == "spread"
+    assert kwargs["scale"] == (8.0, 8.0) and kwargs["visible"] is False
+    lo, hi = kwargs["contrast_limits"]
+    assert data[0, 0] < lo  # outside the tissue: below the scale, drawn transparent
+    assert hi == pytest.approx(np.percentile(values[1][mask] * 0.1, 99), rel=1e-5)
+    assert L.spread_layer(SimpleNamespace(**{**vars(maps), "std": None}), "B") is None

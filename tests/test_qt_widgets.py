@@ -251,3 +251,28 @@ def test_region_updates_when_shapes_change(viewer, qtbot):
     layer = rx.regions_layer(create=True)
     layer.add_rectangles([_tumour_box(sample_adata())])
     qtbot.waitUntil(lambda: rx.table.rowCount() > 0, timeout=5000)
+
+
+def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
+    """With an ensemble, the spread of the shown gene is one (hidden) layer, swapped per gene."""
+    from napari_trihrge._qt import GeneExplorer
+
+    add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    s = ge.session
+    enhance = fake_enhance()
+    enhance.maps.std = np.abs(np.asarray(enhance.maps.values)) * 0.1  # stand-in spread
+    s.enhance = enhance
+    s.enhance_changed.emit(s.enhance)
+
+    def spread_layers():
+        return [lay for lay in viewer.layers
+                if lay.metadata.get("trihrge", {}).get("kind") == "spread"]
+
+    assert ge.show_gene("ERBB2")
+    (layer,) = spread_layers()
+    assert layer.name == "ensemble spread ERBB2" and not layer.visible
+    first = np.asarray(layer.data).copy()
+    assert ge.show_gene("STROMA_12")
+    assert spread_layers() == [layer] and layer.name == "ensemble spread STROMA_12"
+    assert not np.allclose(np.asarray(layer.data), first)

@@ -45,8 +45,12 @@ def read_maps(path: str | os.PathLike) -> FileMaps:
     from .io import read_map
 
     arr, um, names, origin = read_map(path, with_origin=True)
+    # the ensemble spread written next to the map (maps.ome.zarr -> maps_std.ome.zarr)
+    path = Path(path)
+    std_path = path.with_name(path.name.replace(".ome.zarr", "_std.ome.zarr"))
+    std = read_map(std_path)[0] if std_path != path and std_path.exists() else None
     return FileMaps(values=arr, stride_um=float(um), origin_rc_um=np.asarray(origin, float),
-                    gene_names=list(names), source=str(path))
+                    gene_names=list(names), std=std, source=str(path))
 
 
 def _is_run_folder(p: Path) -> bool:

@@ -341,6 +341,31 @@ def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,
     }
 
 
+#: colormap of the ensemble-spread layer (distinct from the expression colormap)
+SPREAD_COLORMAP = "viridis"
+
+
+def spread_layer(maps, gene: str) -> LayerDataTuple | None:
+    """The ensemble spread (std over models) of ``gene`` as an Image layer over the tissue, on its
+    own scale from 0 to the 99th percentile; None when the maps carry no spread (one model).
+    High values mark where the models disagree: where the prediction is weak."""
+    std = getattr(maps, "std", None)
+    if std is None:
+        return None
+    vals = np.asarray(std[gene_index(maps, gene)], dtype=np.float32)
+    mask = getattr(maps, "mask", None)
+    if mask is not None:
+        vals = np.where(np.asarray(mask, dtype=bool), vals, np.float32(np.nan))
+    finite = vals[np.isfinite(vals)]
+    hi = float(np.percentile(finite, 99)) if finite.size else 1.0
+    limits = (0.0, hi if hi > 0 else 1.0)
+    kwargs = map_layer_kwargs(maps, gene, limits, colormap=SPREAD_COLORMAP,
+                              name=f"ensemble spread {gene}")
+    kwargs["metadata"] = {"trihrge": {"kind": "spread", "gene": gene}, "maps": maps}
+    kwargs["visible"] = False  # switch it on to see where the prediction is uncertain
+    return map_display_data(vals, limits), kwargs, "image"
+
+
 def map_layers(maps, genes: Sequence[str] | None = None, *,
                spot_values: dict[str, np.ndarray] | None = None,
                contrast_limits: tuple[float, float] | None = None,

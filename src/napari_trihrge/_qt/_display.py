@@ -63,3 +63,23 @@ def set_map_gene(layer, maps, gene: str, values: np.ndarray,
     layer.contrast_limits = (lo, hi)
     layer.metadata.setdefault("trihrge", {})["gene"] = gene
     layer.name = f"enhanced {gene}"
+
+
+def show_spread(viewer, maps, gene: str) -> bool:
+    """Show ``gene``'s ensemble spread in the one spread layer (added hidden on first use);
+    False when the maps have no spread (a single model)."""
+    layer_data = L.spread_layer(maps, gene)
+    if layer_data is None:
+        return False
+    data, kwargs, _ = layer_data
+    for layer in viewer.layers:
+        if (layer.metadata or {}).get("trihrge", {}).get("kind") == "spread":
+            lo, hi = kwargs["contrast_limits"]
+            layer.data = data
+            layer.contrast_limits_range = (min(float(np.nanmin(data)), lo), max(hi, 1e-6))
+            layer.contrast_limits = (lo, hi)
+            layer.metadata.update(kwargs["metadata"])
+            layer.name = kwargs["name"]
+            return True
+    viewer.add_image(data, **kwargs)
+    return True

@@ -144,7 +144,7 @@ class Session(QObject):
     def show_gene(self, gene: str) -> dict[str, Any]:
         """Colour every TriHRGE layer by ``gene`` on ONE shared colour scale; returns what was
         updated (``spots``, ``map``, ``recovered``, ``virtual``: bool, ``limits``)."""
-        from ._display import ensure_map_layer, set_map_gene, set_points_gene
+        from ._display import ensure_map_layer, set_map_gene, set_points_gene, show_spread
 
         values: dict[str, np.ndarray] = {}
         spots = self.find_layer("spots")
@@ -176,6 +176,7 @@ class Session(QObject):
         if map_vals is not None:
             layer = ensure_map_layer(self.viewer, maps, gene, limits, self.colormap)
             set_map_gene(layer, maps, gene, map_vals, limits)
+            done["spread"] = show_spread(self.viewer, maps, gene)
         self.gene = gene
         self.contrast_limits = limits
         self.gene_changed.emit(gene)
