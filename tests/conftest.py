@@ -90,3 +90,15 @@ def notes():
     n = Notifications()
     yield n
     n.close()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
+    threads made the model tests ~10x slower; restored after the test."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

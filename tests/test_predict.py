@@ -22,14 +22,7 @@ SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (32, 48)}
 G = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
-    threads made this file ~10x slower; restored after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed=0, n_scales=2, neighbour=False):

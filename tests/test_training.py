@@ -14,14 +14,7 @@ from napari_trihrge.training import TrainConfig, _batches, _lr_lambda, fit, fit_
 SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (64, 64)}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
-    threads made this file ~10x slower; restored after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def regression(n=500, s=2, d=8, g=10, noise=0.1, seed=0):

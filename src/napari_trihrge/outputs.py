@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path, refuse_overwrite
+from ._atomic import atomic_path
 from .errors import TrihrgeInputError
 
 
@@ -80,13 +80,11 @@ def _h5ad_safe(value: Any) -> Any:
 
 def write_h5ad(adata, path: str | Path, overwrite: bool = True) -> Path:
     """Write an AnnData atomically; ``uns`` is made storable first (tuples, None)."""
-    refuse_overwrite(path, overwrite)
+    from .io.writers import write_h5ad_atomic
+
     adata = adata.copy()
     adata.uns = _h5ad_safe(dict(adata.uns))
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp.with_suffix(".h5ad"))
-        tmp.with_suffix(".h5ad").rename(tmp)
-    return Path(path)
+    return write_h5ad_atomic(adata, path, overwrite=overwrite)
 
 
 def write_models(out_dir: Path, fits: list, extra: dict[str, Any]) -> list[Path]:

@@ -16,23 +16,11 @@ def _dense(x) -> np.ndarray:
 
 
 def check_counts(adata: AnnData) -> None:
-    """Raise an actionable error when the counts cannot be used (empty, negative, all zero)."""
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise TrihrgeInputError(
-            f"the sample has {adata.n_obs} spots and {adata.n_vars} genes",
-            "check that the counts file matches the spot positions and is not empty",
-        )
-    x = adata.X
-    total = float(x.sum())
-    if not np.isfinite(total) or total <= 0:
-        raise TrihrgeInputError("all counts are zero (or not finite)",
-                                "pass the raw UMI count matrix of the sample")
-    xmin = x.min() if not sp.issparse(x) else (x.data.min() if x.nnz else 0)
-    if xmin < 0:
-        raise TrihrgeInputError(
-            "the counts contain negative values: they look already normalised or scaled",
-            "pass raw integer counts (gene selection uses scanpy's seurat_v3 on raw counts)",
-        )
+    """Raise an actionable error when the counts cannot be used (empty, not finite, negative,
+    all zero): the same check every reader runs."""
+    from .io.sample import check_counts as check_count_matrix
+
+    check_count_matrix(adata.X)
 
 
 def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[str] = (),

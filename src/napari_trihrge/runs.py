@@ -25,17 +25,11 @@ from .tasks import RunConfig, enhance, recovery, sample_geometry
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; checks an explicit 'cuda'."""
-    import torch
+    """The device a run uses, as a string ('auto' -> 'cuda' when a GPU is visible, else 'cpu');
+    :func:`napari_trihrge.model.resolve_device` checks it."""
+    from .model import resolve_device as _resolve
 
-    from .errors import TrihrgeInputError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrihrgeInputError("--device cuda was asked for but no CUDA GPU is visible",
-                                "use --device cpu (or auto)")
-    return device
+    return str(_resolve(device))
 
 
 def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any]:

@@ -311,14 +311,9 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
 # transfer: a whole section from its image alone
 # -------------------------------------------------------------------------------------------
 @dataclass
-class TransferResult:
-    predictions: AnnData  # target spots; X predicted; layers 'measured' (and 'std')
-    metrics: dict[str, Any]
-    per_gene: pd.DataFrame
-    history: list[list[dict]]
-    timings_s: dict[str, float]
-    config: dict[str, Any]
-    fits: list = field(default_factory=list, repr=False)
+class TransferResult(RecoveryResult):
+    """As :class:`RecoveryResult`; ``predictions`` holds the target section's spots with
+    layers 'measured', 'ridge' (and 'std')."""
 
 
 def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int,

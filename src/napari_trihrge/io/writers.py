@@ -16,16 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import refuse_overwrite
 from ..errors import TrihrgeInputError
 
 UM = "µm"
-
-
-def _refuse_overwrite(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise TrihrgeInputError(
-            f"{path} already exists",
-            "pass --overwrite (overwrite=True) to replace it, or choose another output path")
 
 
 def _temp_path(path: Path, suffix: str = "") -> Path:
@@ -46,7 +40,7 @@ def write_h5ad_atomic(adata: Any, path: str | os.PathLike, overwrite: bool = Fal
     """Write ``adata`` to ``path`` through a temporary file in the same folder + ``os.replace``,
     so a crash never leaves a half-written file. Refuses to overwrite unless asked."""
     path = Path(path)
-    _refuse_overwrite(path, overwrite)
+    refuse_overwrite(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path, ".h5ad")
     try:
@@ -88,7 +82,7 @@ def write_ome_tiff(path: str | os.PathLike, array: Any, um_per_px: float,
     import tifffile
 
     path = Path(path)
-    _refuse_overwrite(path, overwrite)
+    refuse_overwrite(path, overwrite)
     n, rows, cols = _map_shape(array)
     names = _channel_names(channel_names, n)
     dtype = np.dtype(array.dtype)
@@ -186,7 +180,7 @@ class ZarrMapWriter:
         if self.finalized:
             return self.path
         if self.path.exists():
-            _refuse_overwrite(self.path, self.overwrite)
+            refuse_overwrite(self.path, self.overwrite)
             _remove(self.path)
         os.replace(self.partial_path, self.path)
         self.finalized = True
@@ -218,7 +212,7 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
     import zarr
 
     path = Path(path)
-    _refuse_overwrite(path, overwrite)
+    refuse_overwrite(path, overwrite)
     n, rows, cols = (int(s) for s in shape)
     names = _channel_names(gene_names, n)
     if chunks is None:
