@@ -113,6 +113,12 @@ def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, not
     assert len(viewer.layers) == n_layers and tw.session.recovery is None
     assert not notes.errors()
     assert tw.start_btn.isEnabled()
+    # napari's progress bars spin a nested event loop, so a progress batch can arrive after the
+    # outcome: it must not overwrite the final status nor open a new progress bar
+    tw._on_events([{"event": "stage", "stage": "train", "total": 5000},
+                   {"event": "advance", "stage": "train", "done": 3, "total": 5000}])
+    assert "Cancelled" in tw.status.text()
+    assert tw._bars == {}
 
 
 def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path):

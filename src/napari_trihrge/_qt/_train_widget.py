@@ -106,6 +106,7 @@ class TrainWidget(QWidget):
         self.progress: QueueProgress | None = None
         self.last_outcome = None
         self._bars: dict[str, Any] = {}
+        self._showing_progress = False  # True from start until cancel or the outcome
         #: extra RunConfig fields (tests use it for tiny models: {'model': {...}, 'train': {...}})
         self.extra_config: dict[str, Any] = {}
 
@@ -279,6 +280,7 @@ class TrainWidget(QWidget):
         self.loss.clear()
         self.scores.setText("")
         self.status.setText("Starting…")
+        self._showing_progress = True
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         worker.start()
@@ -288,6 +290,7 @@ class TrainWidget(QWidget):
         """Ask the run to stop; the engine stops at its next step (within a few seconds)."""
         if self.progress is not None:
             self.progress.cancel()
+            self._showing_progress = False  # late progress events must not hide this
             self.status.setText("Cancelling…")
             self.cancel_btn.setEnabled(False)
 
@@ -296,8 +299,12 @@ class TrainWidget(QWidget):
         return self.worker is not None
 
     def _on_events(self, events: list[dict]):
+        # Qt may deliver a late batch after the outcome (a nested event loop inside a progress
+        # bar update): once cancelled or finished, the status line keeps the final word.
         need_redraw = False
         for ev in events:
+            if not self._showing_progress:
+                break
             kind = ev.get("event")
             stage = ev.get("stage")
             if kind == "stage":
@@ -344,6 +351,7 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(False)
 
     def _on_done(self, outcome, task: str, adata):
+        self._showing_progress = False
         self.last_outcome = outcome
         if not report_outcome(outcome, "The run"):
             self.status.setText("Cancelled: nothing was changed." if outcome.status ==
