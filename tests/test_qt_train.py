@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -92,6 +93,10 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
 
     run = tmp_path / "run"
     assert (run / "summary.json").is_file() and (run / "maps.ome.zarr").is_dir()
+    # the same run folder as the CLI: overview figure, memory, and the truth scores here
+    summary = json.loads((run / "summary.json").read_text())
+    assert (run / "overview.png").is_file() and summary["peak_rss_mb"] > 0
+    assert np.isfinite(summary["superres"]["pcc_mean"])
     kinds = [kw["metadata"]["trihrge"]["kind"] for _, kw, _ in get_reader(str(run))(str(run))]
     assert kinds == ["image", "map", "virtual"]
 

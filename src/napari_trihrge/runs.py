@@ -1,5 +1,6 @@
 """End-to-end runs: read a sample, run a task, write the run folder. The CLI, the cohort runner and
-Python users share these; the napari widgets call :mod:`napari_trihrge.tasks` directly."""
+Python users share these; the napari Train widget runs the task itself (to show its layers) and
+writes the same run folder with :func:`save_recovery_run` / :func:`save_enhance_run`."""
 
 from __future__ import annotations
 
@@ -95,8 +96,17 @@ def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float
     t0 = time.perf_counter()
     result = recovery(adata, holdout_fraction=holdout_fraction, seed=seed, annotation=annotation,
                       config=cfg, progress=progress)
-    progress.stage("writing", 3)
+    return save_recovery_run(out, adata, result, cfg, progress=progress, started=t0)
+
+
+def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
+                      progress: Progress | None = None, started: float | None = None
+                      ) -> dict[str, Any]:
+    """Write a finished recovery into the run folder ``out`` (predictions, model, summary);
+    ``started`` is the ``time.perf_counter()`` of the run's start (for the total time)."""
+    progress = ensure_progress(progress)
     t1 = time.perf_counter()
+    progress.stage("writing", 3)
     files = write_recovery(out, result)
     progress.advance()
     write_models(out, result.fits, {"genes": list(result.predictions.var_names),
@@ -105,7 +115,7 @@ def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float
     progress.advance()
     summary = _base_summary(adata, cfg, result.predictions.n_vars)
     summary["recovery"] = result.metrics
-    _finish_summary(out, summary, result, files, t0, t1)
+    _finish_summary(out, summary, result, files, t1 if started is None else started, t1)
     progress.advance()
     return summary
 
@@ -119,9 +129,23 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
     progress = ensure_progress(progress)
     out = prepare_out_dir(out_dir, overwrite)
     t0 = time.perf_counter()
-    map_path = str(out / "maps.ome.zarr") if stride_um is not None else None
     result = enhance(adata, factor=factor, stride_um=stride_um, config=cfg, progress=progress,
-                     map_path=map_path)
+                     map_path=enhance_map_path(out, stride_um))
+    return save_enhance_run(out, adata, result, cfg, progress=progress, started=t0,
+                            summary_extra=summary_extra)
+
+
+def enhance_map_path(out: Path, stride_um: float | None) -> str | None:
+    """Where an enhance run into ``out`` streams its dense maps (None without maps)."""
+    return str(Path(out) / "maps.ome.zarr") if stride_um is not None else None
+
+
+def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
+                     progress: Progress | None = None, started: float | None = None,
+                     summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a finished enhancement into ``out`` (spots, model, scores, overview, summary); the
+    maps are already there when the run streamed them (:func:`enhance_map_path`)."""
+    progress = ensure_progress(progress)
     t1 = time.perf_counter()
     progress.stage("writing", 3)
     files = write_enhance(out, result)
@@ -152,7 +176,7 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
               title=f"{summary['sample']}: enhanced expression ({cfg.encoder})")
     files["overview"] = "overview.png"
     progress.advance()
-    _finish_summary(out, summary, result, files, t0, t1)
+    _finish_summary(out, summary, result, files, t1 if started is None else started, t1)
     return summary
 
 

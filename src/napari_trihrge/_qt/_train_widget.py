@@ -463,26 +463,32 @@ def _resolve_model(config, model_size):
 
 
 def _run_recovery(adata, *, config, out_dir, progress, model_size=None, **kwargs):
-    from .. import tasks
+    import time
+
+    from .. import runs, tasks
 
     config = _resolve_model(config, model_size)
     out = _prepare(out_dir)
+    t0 = time.perf_counter()
     result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
-    if out is not None:
-        _write(out, "recovery", adata, result, config, progress)
+    if out is not None:  # the same run folder as `trihrge recovery`
+        runs.save_recovery_run(out, adata, result, config, progress=progress, started=t0)
     return result, out_dir
 
 
 def _run_enhance(adata, *, config, out_dir, progress, model_size=None, **kwargs):
-    from .. import tasks
+    import time
+
+    from .. import runs, tasks
 
     config = _resolve_model(config, model_size)
     out = _prepare(out_dir)
-    if out is not None and kwargs.get("stride_um") is not None:
-        kwargs["map_path"] = str(out / "maps.ome.zarr")  # maps stream to disk, not to memory
+    t0 = time.perf_counter()
+    if out is not None:  # maps stream to disk, not to memory
+        kwargs["map_path"] = runs.enhance_map_path(out, kwargs.get("stride_um"))
     result = tasks.enhance(adata, config=config, progress=progress, **kwargs)
-    if out is not None:
-        _write(out, "enhance", adata, result, config, progress)
+    if out is not None:  # the same run folder as `trihrge enhance`
+        runs.save_enhance_run(out, adata, result, config, progress=progress, started=t0)
     return result, out_dir
 
 
@@ -492,25 +498,3 @@ def _prepare(out_dir):
     from .. import outputs
 
     return outputs.prepare_out_dir(out_dir, overwrite=False)
-
-
-def _write(out, task, adata, result, config, progress):
-    """The run folder, as the CLI writes it (readable by File > Open)."""
-    from .. import outputs
-
-    progress.stage("writing", 2)
-    files = (outputs.write_recovery(out, result) if task == "recovery"
-             else outputs.write_enhance(out, result))
-    genes = list((result.predictions if task == "recovery" else result.spots).var_names)
-    outputs.write_models(out, result.fits, {"genes": genes, "config": config.public_dict(),
-                                            "task": task})
-    files["model"] = "model"
-    progress.advance()
-    meta = adata.uns.get("trihrge", {})
-    summary = {"sample": meta.get("sample", "sample"), "source": meta.get("source"),
-               "platform": meta.get("platform"), "task": task, "encoder": config.encoder,
-               "n_spots": int(adata.n_obs), "n_genes": len(genes), "um_per_px":
-               meta.get("um_per_px"), "config": config.public_dict(), task: result.metrics,
-               "timings_s": result.timings_s, "outputs": files, "written_by": "napari widget"}
-    outputs.write_json(out / "summary.json", summary)
-    progress.advance()
