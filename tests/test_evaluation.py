@@ -88,3 +88,15 @@ def test_structure_scores_separate_noise_from_markers(small):
     assert s["noise"]["eta2_truth"] < 0.1
     assert s["marker"]["eta2_map"] == pytest.approx(s["marker"]["eta2_truth"])
     assert s["marker"]["rel_sd_map"] == pytest.approx(1.0)
+
+
+def test_error_ratio_by_spread_on_known_values():
+    from napari_trihrge.evaluation import _error_ratio_by_spread
+
+    std = np.array([np.arange(20.0), np.arange(20.0), np.ones(20)])
+    err = np.array([np.r_[np.full(10, 1.0), np.full(10, 3.0)],  # errors grow with the spread
+                    np.r_[np.full(10, 2.0), np.full(10, 1.0)],  # errors shrink with it
+                    np.arange(20.0)])  # constant spread: undefined
+    ratio = _error_ratio_by_spread(std, err, fraction=0.1)
+    np.testing.assert_allclose(ratio[:2], [3.0, 0.5])
+    assert np.isnan(ratio[2])

@@ -116,9 +116,34 @@ def _standardised_reference(model, x):
         model.feature_std.copy_(std)
 
 
-@pytest.mark.parametrize("n_scales,neighbour", [(2, False), (3, True), (0, True)])
-def test_save_load_round_trip(tmp_path, n_scales, neighbour):
-    model = _model(n_scales, neighbour)
+def test_neighbour_skip_adds_the_weighted_centred_neighbour_expression():
+    with pytest.raises(TrihrgeInputError, match="neighbour_skip"):
+        ModelConfig(in_dim=4, n_genes=5, n_scales=1, neighbour_skip=True)
+    with pytest.raises(TrihrgeInputError, match="neighbour_skip"):
+        ModelConfig(in_dim=4, n_genes=5, n_scales=1, neighbour_input=True, neighbour_dim=3,
+                     neighbour_skip=True)
+    plain = _model(2, True).eval()
+    model = _model(2, True, neighbour_skip=True, output_activation="none").eval()
+    bag, nb = _inputs(9, 2, True)
+    model.set_standardization(None, nb.numpy())
+    # a new skip starts closed: the model is the plain network
+    torch.testing.assert_close(model.skip_weight.detach(), torch.zeros(7))
+    assert len(dict(model.named_parameters())) == len(dict(plain.named_parameters())) + 1
+    with torch.no_grad():
+        base = model(bag, nb)
+        model.skip_weight.copy_(torch.linspace(0, 1, 7))
+        out = model(bag, nb)
+    expected = base + torch.linspace(0, 1, 7) * (nb - nb.mean(dim=0))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_scales,neighbour,skip", [(2, False, False), (3, True, False),
+                                                     (0, True, False), (2, True, True)])
+def test_save_load_round_trip(tmp_path, n_scales, neighbour, skip):
+    model = _model(n_scales, neighbour, neighbour_skip=skip)
+    if skip:
+        with torch.no_grad():
+            model.skip_weight.uniform_(0, 1)
     bag, nb = _inputs(11, n_scales, neighbour)
     model.set_standardization(bag.numpy() * 2 if bag is not None else None,
                               nb.numpy() if nb is not None else None)

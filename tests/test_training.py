@@ -133,6 +133,20 @@ def test_aggregation_with_neighbour_input_runs():
             **SMALL)
 
 
+def test_neighbour_skip_learns_how_far_to_trust_the_neighbours():
+    """Genes 0-2 equal their neighbour value, genes 3-5 ignore it: the skip opens for the first."""
+    rng = np.random.default_rng(0)
+    n, g = 400, 6
+    x = rng.normal(size=(n, 2, 4)).astype(np.float32)
+    nb = rng.gamma(2.0, 1.0, size=(n, g)).astype(np.float32)
+    y = np.where(np.arange(g) < 3, nb, 1.0 + 0.3 * rng.normal(size=(n, g))).astype(np.float32)
+    res = fit(x, y.clip(0), neighbour=nb, neighbour_skip=True,
+              train_config=TrainConfig(max_epochs=15, batch_size=32), **SMALL)
+    w = res.model.skip_weight.detach().numpy()
+    assert res.config.neighbour_skip
+    assert w[:3].min() > 0.6 and np.abs(w[3:]).max() < 0.3, w
+
+
 def test_neighbour_only_model_including_empty_feature_array():
     rng = np.random.default_rng(0)
     nb = rng.random((80, 6)).astype(np.float32)

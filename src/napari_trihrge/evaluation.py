@@ -55,6 +55,17 @@ def superres_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: n
                                "baseline_interp_ssim_mean": s_base["ssim_mean"],
                                "baseline_interp_rmse": s_base["rmse"],
                                "baseline_interp": f"inverse-distance kNN (k={n_neighbours})"}
+    if maps.std is not None:
+        std = np.asarray(maps.std, dtype=np.float32)
+        std = np.where(np.isfinite(std), std, 0.0)
+        err = np.abs(minmax_per_gene(pred, mask) - minmax_per_gene(truth, mask))
+        # does the ensemble spread point at the errors? per-gene PCC of spread vs |error|
+        table["spread_error_pcc"] = per_gene_pcc(std[:, mask].T, err[:, mask].T)
+        table["error_ratio_high_vs_low_spread"] = _error_ratio_by_spread(std[:, mask],
+                                                                         err[:, mask])
+        summary["spread_error_pcc_mean"] = float(np.nanmean(table["spread_error_pcc"]))
+        summary["error_ratio_high_vs_low_spread"] = float(
+            np.nanmedian(table["error_ratio_high_vs_low_spread"]))
     if "gene_class" in adata.var:
         classes = adata.var["gene_class"].reindex(genes)
         table["gene_class"] = classes.to_numpy()
@@ -66,15 +77,31 @@ def superres_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: n
                 "baseline_interp_pcc_mean": float(sub["pcc_baseline_interp"].mean()),
                 "baseline_interp_ssim_mean": float(sub["ssim_baseline_interp"].mean()),
             }
+            if "spread_error_pcc" in sub:
+                by_class[str(name)]["spread_error_pcc_mean"] = float(
+                    np.nanmean(sub["spread_error_pcc"]))
+                by_class[str(name)]["error_ratio_high_vs_low_spread"] = float(
+                    np.nanmedian(sub["error_ratio_high_vs_low_spread"]))
         summary["by_gene_class"] = by_class
-    if maps.std is not None:
-        std = np.asarray(maps.std, dtype=np.float32)
-        std = np.where(np.isfinite(std), std, 0.0)
-        err = np.abs(minmax_per_gene(pred, mask) - minmax_per_gene(truth, mask))
-        # does the ensemble spread point at the errors? per-gene PCC of spread vs |error|
-        r = per_gene_pcc(std[:, mask].T, err[:, mask].T)
-        summary["spread_error_pcc_mean"] = float(np.nanmean(r))
     return summary, table
+
+
+def _error_ratio_by_spread(std: np.ndarray, err: np.ndarray, fraction: float = 0.1
+                           ) -> np.ndarray:
+    """Per gene (rows, locations in columns): mean |error| where the ensemble spread is in its
+    top ``fraction`` divided by the mean |error| where it is in its bottom ``fraction`` (> 1: the
+    spread points at the errors); NaN where the spread is constant or the low errors are 0."""
+    out = np.full(len(std), np.nan)
+    n = std.shape[1]
+    k = max(1, int(round(fraction * n)))
+    for g in range(len(std)):
+        if n < 2 * k or not np.ptp(std[g]) > 0:
+            continue
+        order = np.argsort(std[g], kind="stable")
+        low, high = err[g, order[:k]].mean(), err[g, order[-k:]].mean()
+        if low > 0:
+            out[g] = high / low
+    return out
 
 
 def _eta2(values: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -11,6 +11,10 @@ Optionally a neighbour vector ``(N, G_nb)`` -- expression interpolated from near
 computed by the caller -- passes through its own MLP and joins the bag as one more element (always
 the last one). Gated attention pooling (Ilse et al. 2018) weighs the bag elements; a decoder MLP
 (Linear-BatchNorm-ReLU blocks) maps the pooled vector to ``n_genes`` non-negative outputs.
+With ``neighbour_skip`` (neighbour genes = output genes), a per-gene learned weight ``w_g`` (0 at
+the start) adds ``w_g * (neighbour_g - mean_g)`` before the output activation: where the image
+says nothing about a gene (a smooth gradient), the model can fall back on interpolation instead of
+rebuilding it through the decoder.
 
 Input standardisation (per scale and dimension, and per neighbour gene) lives in buffers inside
 the model, so a saved model is self-contained: :meth:`TriHRGENet.set_standardization` fills them.
@@ -63,6 +67,7 @@ class ModelConfig:
     attention_dropout: float = 0.25
     neighbour_input: bool = False
     neighbour_dim: int | None = None
+    neighbour_skip: bool = False
     output_activation: str = "relu"
 
     def __post_init__(self) -> None:
@@ -88,6 +93,10 @@ class ModelConfig:
             problems.append("the model has no input: n_scales=0 needs neighbour_input=True")
         if self.neighbour_input and (self.neighbour_dim or 0) < 1:
             problems.append(f"neighbour_dim must be >= 1 (got {self.neighbour_dim})")
+        if self.neighbour_skip and not (self.neighbour_input
+                                        and self.neighbour_dim == self.n_genes):
+            problems.append("neighbour_skip needs neighbour_input with one neighbour column per "
+                            "output gene (neighbour_dim == n_genes)")
         if self.hidden_dim < 1 or self.attention_dim < 1 or any(d < 1 for d in self.decoder_dims):
             problems.append("hidden_dim, attention_dim and decoder_dims must be positive")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
@@ -164,6 +173,9 @@ class TriHRGENet(nn.Module):
             prev = width
         layers.append(nn.Linear(prev, c.n_genes))
         self.decoder = nn.Sequential(*layers)
+        # per-gene weight of the skip path (0 at the start: the network learns how far to trust
+        # the interpolated neighbour expression of each gene)
+        self.skip_weight = nn.Parameter(torch.zeros(c.n_genes)) if c.neighbour_skip else None
         d_img = c.in_dim if c.n_scales > 0 else 0
         d_nb = int(c.neighbour_dim) if c.neighbour_input else 0
         self.register_buffer("feature_mean", torch.zeros(c.n_scales, d_img))
@@ -255,6 +267,8 @@ class TriHRGENet(nn.Module):
         h = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)
         pooled, weights = self.attention(h)
         out = self.decoder(pooled)
+        if c.neighbour_skip:
+            out = out + self.skip_weight.to(out.dtype) * (neighbour - self.neighbour_mean)
         if c.output_activation == "softplus":
             out = nn.functional.softplus(out)
         elif c.output_activation == "relu":

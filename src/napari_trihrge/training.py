@@ -62,6 +62,7 @@ class TrainConfig:
     deterministic: bool = True
     min_delta: float = 1e-4  # relative improvement of the validation loss that counts
     min_epochs: int = 5  # no checkpoint is kept, and no early stop happens, before this epoch
+    skip_lr_multiplier: float = 20.0  # learning rate of the neighbour skip weights, times lr
 
     def validate(self) -> None:
         problems = []
@@ -77,6 +78,8 @@ class TrainConfig:
             problems.append("warmup_epochs must be >= 0 and patience >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+        if not self.skip_lr_multiplier > 0:
+            problems.append(f"skip_lr_multiplier must be > 0 (got {self.skip_lr_multiplier})")
         if self.aggregation_weight < 0 or self.min_delta < 0:
             problems.append("aggregation_weight and min_delta must be >= 0")
         if problems:
@@ -232,6 +235,17 @@ def _lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     return f
 
 
+def _param_groups(model: TriHRGENet, tc: TrainConfig) -> list[dict[str, Any]]:
+    """All weights at ``lr``; the per-gene skip weights (one number per gene) at
+    ``lr * skip_lr_multiplier``, so they can travel from 0 to 1 within the short schedule."""
+    skip = model.skip_weight
+    if skip is None:
+        return [{"params": list(model.parameters())}]
+    rest = [p for p in model.parameters() if p is not skip]
+    return [{"params": rest}, {"params": [skip], "lr": tc.lr * tc.skip_lr_multiplier,
+                               "weight_decay": 0.0}]
+
+
 def _batch_loss(model: TriHRGENet, data: _Data, idx: np.ndarray, device: torch.device,
                 agg_weight: float, autocast: bool) -> tuple[torch.Tensor, int]:
     """Loss of the spots ``idx`` (mean over elements); second value = number of spots."""
@@ -351,7 +365,7 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
             x=torch.from_numpy(x).to(device) if x is not None else None,
             nb=torch.from_numpy(nb).to(device) if nb is not None else None,
             y=torch.from_numpy(y).to(device), sub_x=sx, sub_nb=snb, sub_mask=smask)
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = torch.optim.Adam(_param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
         steps_per_epoch = len(_batches(train_idx, tc.batch_size))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, _lr_lambda(tc.warmup_epochs * steps_per_epoch, tc.max_epochs * steps_per_epoch,
