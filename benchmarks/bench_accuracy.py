@@ -185,7 +185,9 @@ def synthetic_suite(cache_dir: str, stride_um: float = 16.0, ensemble: int = 3
                      "domain eta² map": st.get("eta2_map"),
                      "domain eta² interp": st.get("eta2_interp"),
                      "domain eta² truth": st.get("eta2_truth"),
-                     "rel. spatial sd map": st.get("rel_sd_map")})
+                     "rel. spatial sd map": st.get("rel_sd_map"),
+                     "spread-error PCC": s.get("spread_error_pcc_mean"),
+                     "error ratio high/low spread": s.get("error_ratio_high_vs_low_spread")})
     raw = {"superres": summary, "structure": struct, "consistency": res.metrics["consistency"],
            "wall_s": m.wall_s, "peak_mb": m.peak_rss_mb, "stride_um": stride_um,
            "ensemble": ensemble}
