@@ -126,6 +126,42 @@ def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, not
     assert tw._bars == {}
 
 
+def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
+        viewer, qtbot, monkeypatch):
+    """napari's bars call processEvents: the outcome can arrive in the middle of an event batch
+    (seen in the user-guide screenshots: 'Training: 19 / 40' after the run had finished)."""
+    from napari_trihrge._qt import _train_widget
+    from napari_trihrge._qt._worker import Outcome
+    from napari_trihrge.errors import Cancelled
+
+    _, tw, _ = _widgets(viewer)
+    inside_update = []
+
+    class NestedLoopBar:  # stands in for napari.utils.progress
+        def __init__(self, total=None, desc=""):
+            self.n = 0
+
+        def update(self, k):
+            self.n += k
+            while inside_update:
+                inside_update.pop()()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(_train_widget, "napari_progress", NestedLoopBar)
+    tw._showing_progress = True
+    inside_update.append(lambda: tw._on_done(Outcome("cancelled", error=Cancelled("stop")),
+                                             "recovery", None))
+    tw._on_events([{"event": "stage", "stage": "training", "total": 40},
+                   {"event": "advance", "stage": "training", "done": 19, "total": 40},
+                   {"event": "stage", "stage": "prediction", "total": 1}])
+    assert tw.status.text().startswith("Cancelled")
+    assert list(tw._bars) == ["training"]  # no bar opened for a stage after the outcome
+    tw._on_finished()
+    assert tw._bars == {}
+
+
 def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path):
     sw, tw, _ = _widgets(viewer)
     add_sample(viewer)

@@ -299,21 +299,26 @@ class TrainWidget(QWidget):
         return self.worker is not None
 
     def _on_events(self, events: list[dict]):
-        # Qt may deliver a late batch after the outcome (a nested event loop inside a progress
-        # bar update): once cancelled or finished, the status line keeps the final word.
+        # napari's progress bars run a nested event loop (QApplication.processEvents) when they
+        # are created, advanced or closed, so the run's outcome can be handled *inside* one of
+        # those calls: once cancelled or finished, the status line keeps the final word and no
+        # new bar is opened.
         need_redraw = False
         for ev in events:
             if not self._showing_progress:
                 break
             kind = ev.get("event")
             stage = ev.get("stage")
+            label = STAGE_LABELS.get(stage, stage)
             if kind == "stage":
                 self._close_bars()
                 total = ev.get("total")
-                bar = napari_progress(total=total if total else None,
-                                      desc=STAGE_LABELS.get(stage, stage))
-                self._bars[stage] = bar
-                self.status.setText(f"{STAGE_LABELS.get(stage, stage)}…")
+                if self._showing_progress:
+                    self._bars[stage] = napari_progress(total=total if total else None,
+                                                        desc=label)
+                if not self._showing_progress:  # the outcome came while the bar opened
+                    self._close_bars()
+                self._progress_text(f"{label}…")
             elif kind == "advance":
                 bar = self._bars.get(stage)
                 if bar is not None:
@@ -322,8 +327,7 @@ class TrainWidget(QWidget):
                         bar.update(done - bar.n)
                 total = ev.get("total")
                 if total:
-                    self.status.setText(f"{STAGE_LABELS.get(stage, stage)}: "
-                                        f"{ev.get('done')} / {total}")
+                    self._progress_text(f"{label}: {ev.get('done')} / {total}")
             elif kind == "metric" and "train_loss" in ev:
                 val = ev.get("val_loss")
                 self.loss.add(float(ev.get("epoch", len(self.loss.epochs) + 1)),
@@ -331,9 +335,14 @@ class TrainWidget(QWidget):
                               None if val is None else float(val))
                 need_redraw = True
             elif kind == "message":
-                self.status.setText(str(ev.get("text", "")))
+                self._progress_text(str(ev.get("text", "")))
         if need_redraw:
             self.loss.redraw()
+
+    def _progress_text(self, text: str) -> None:
+        """Show a progress line, unless the run was cancelled or has finished meanwhile."""
+        if self._showing_progress:
+            self.status.setText(text)
 
     def _close_bars(self):
         for bar in self._bars.values():
