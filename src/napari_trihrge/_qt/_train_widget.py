@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,6 @@ from .. import layers as L
 from ._common import heading, hline, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
-
-#: model widths offered in the widget ('auto': compact on CPU, the reference widths on a GPU)
-COMPACT_MODEL = {"hidden_dim": 256, "attention_dim": 64, "decoder_dims": [256, 512, 512]}
-MODEL_SIZES = {"auto": None, "compact": COMPACT_MODEL, "full": {}}
 
 STAGE_LABELS = {
     "genes": "Selecting genes",
@@ -141,7 +138,7 @@ class TrainWidget(QWidget):
         self.model_combo = QComboBox()
         self.model_combo.addItem("auto (compact on CPU, full on GPU)", "auto")
         self.model_combo.addItem("compact (fast on a laptop CPU)", "compact")
-        self.model_combo.addItem("full (TriHRGE reference widths)", "full")
+        self.model_combo.addItem("full (TriHRGE reference widths)", "paper")
         self.ensemble_spin = QSpinBox()
         self.ensemble_spin.setRange(1, 20)
         self.ensemble_spin.setSuffix(" model(s)")
@@ -237,6 +234,7 @@ class TrainWidget(QWidget):
             "extra_genes": extra,
             "ensemble": int(self.ensemble_spin.value()),
             "seed": int(self.seed_spin.value()),
+            "model_preset": self.model_combo.currentData(),  # tasks.MODEL_PRESETS
             **{k: v for k, v in self.extra_config.items() if k != "train"},
             "train": train,
         }
@@ -268,9 +266,8 @@ class TrainWidget(QWidget):
             fn, kwargs = _run_enhance, {"factor": int(self.factor_combo.currentData()),
                                         "stride_um": stride}
         self.progress = QueueProgress()
-        model_size = None if "model" in self.extra_config else self.model_combo.currentData()
         worker = engine_worker(fn, adata, config=config, out_dir=out_dir,
-                               progress=self.progress, model_size=model_size, **kwargs)
+                               progress=self.progress, **kwargs)
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)
         worker.returned.connect(lambda outcome, t=task, a=adata: self._on_done(outcome, t, a))
@@ -458,25 +455,9 @@ def _fmt_timings(result) -> str:
     return f"{total:.1f} s" if total else "finished"
 
 
-def _resolve_model(config, model_size):
-    """Apply the widget's model size (in the worker: 'auto' needs torch to see the device)."""
-    import dataclasses
-
-    if model_size is None or config.model:
-        return config
-    if model_size == "auto":
-        from ..runs import resolve_device
-
-        model_size = "full" if resolve_device(config.device).startswith("cuda") else "compact"
-    return dataclasses.replace(config, model=dict(MODEL_SIZES[model_size]))
-
-
-def _run_recovery(adata, *, config, out_dir, progress, model_size=None, **kwargs):
-    import time
-
+def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
     from .. import runs, tasks
 
-    config = _resolve_model(config, model_size)
     out = _prepare(out_dir)
     t0 = time.perf_counter()
     result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
@@ -485,12 +466,9 @@ def _run_recovery(adata, *, config, out_dir, progress, model_size=None, **kwargs
     return result, out_dir
 
 
-def _run_enhance(adata, *, config, out_dir, progress, model_size=None, **kwargs):
-    import time
-
+def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
     from .. import runs, tasks
 
-    config = _resolve_model(config, model_size)
     out = _prepare(out_dir)
     t0 = time.perf_counter()
     if out is not None:  # maps stream to disk, not to memory
