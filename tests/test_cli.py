@@ -114,7 +114,11 @@ def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
     rec = summary["recovery"]
     assert rec["heldout_fraction"] == 0.5 and rec["n_hidden"] + rec["n_visible"] == \
         summary["n_spots"]
-    assert "Recovery (50% hidden" in text and "kNN baseline" in text
+    assert "Recovery (50% hidden" in text and "best kNN interpolation" in text
+    assert "predicted as a constant" in text
+    for key in ("pcc_top100", "n_genes_constant_prediction", "baseline_knn6_pcc_mean",
+                "baseline_knn12_pcc_mean", "baseline_knn_pcc_top100"):
+        assert key in rec, key
 
 
 def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_path):

@@ -14,17 +14,67 @@ def test_per_gene_pcc_known_values_and_constant_genes():
     assert r[2] == pytest.approx(-1.0)
 
 
-def test_spot_scores_exclude_and_count_constant_genes():
+def test_spot_scores_count_constant_predictions_as_zero_and_skip_constant_truth():
     rng = np.random.default_rng(0)
     true = rng.normal(size=(50, 4))
-    true[:, 3] = 1.0
-    summary, table = spot_scores(true + 0.1 * rng.normal(size=true.shape), true, list("abcd"),
-                                 baseline=np.zeros_like(true) + rng.normal(size=true.shape))
-    assert summary["n_genes_constant_excluded"] == 1
-    assert summary["pcc_mean"] > 0.9
-    assert summary["baseline_pcc_mean"] < 0.5
-    assert summary["mse"] == pytest.approx(0.01, rel=0.3)  # noise sd 0.1 on every gene
+    true[:, 3] = 1.0  # does not vary among the scored spots: cannot be scored
+    pred = true + 0.1 * rng.normal(size=true.shape)
+    pred[:, 2] = 0.0  # a dead output: counts as PCC 0, never dropped
+    noise = rng.normal(size=true.shape)
+    noise[:, 2] = true[:, 2]  # the baseline gets the dead gene right
+    summary, table = spot_scores(pred, true, list("abcd"), baselines={"noise": noise})
+    assert summary["n_genes"] == 4
+    assert summary["n_genes_scored"] == 3
+    assert summary["n_genes_constant_truth"] == 1
+    assert summary["n_genes_constant_prediction"] == 1
+    assert table.loc["c", "pcc"] == 0.0
+    assert np.isnan(table.loc["d", "pcc"])
+    expected = np.mean([table.loc["a", "pcc"], table.loc["b", "pcc"], 0.0])
+    assert summary["pcc_mean"] == pytest.approx(expected)
+    assert 0.6 < summary["pcc_mean"] < 0.7  # two genes near 1, one at 0
+    assert 0.0 < summary["baseline_noise_pcc_mean"] < 0.6  # about (0 + 0 + 1) / 3
+    assert summary["fraction_genes_better_than_noise"] == pytest.approx(2 / 3)
     assert list(table.columns[:3]) == ["pcc", "mse", "mae"]
+    assert "pcc_noise" in table
+
+
+def test_a_model_that_zeroes_half_the_genes_cannot_beat_knn():
+    """The failure the fair score exists for: a model that is good on the easy genes and
+    outputs exactly 0 for the hard half must not look better than interpolation."""
+    rng = np.random.default_rng(1)
+    n_visible, n_hidden, n_genes = 300, 300, 40
+    rc = rng.uniform(0, 2000, size=(n_visible + n_hidden, 2))
+    # smooth spatial fields plus noise, so kNN interpolation carries real signal for every gene
+    centres = rng.uniform(0, 2000, size=(n_genes, 2))
+    field = np.exp(-((rc[:, None, :] - centres[None]) ** 2).sum(-1) / (2 * 500.0**2))
+    y = field + 0.15 * rng.normal(size=field.shape)
+    vis, hid = np.arange(n_visible), np.arange(n_visible, n_visible + n_hidden)
+    knn = idw_interpolate(rc[vis], y[vis], rc[hid], 12)
+    model = knn.copy()
+    easy = np.arange(n_genes) < n_genes // 2
+    model[:, easy] += 0.05 * (y[hid][:, easy] - knn[:, easy])  # slightly better on easy genes
+    model[:, ~easy] = 0.0  # dead outputs for the hard half
+    summary, table = spot_scores(model, y[hid], [f"g{i}" for i in range(n_genes)],
+                                 baselines={"knn12": knn})
+    assert summary["n_genes_constant_prediction"] == n_genes // 2
+    assert summary["pcc_mean"] < summary["baseline_knn12_pcc_mean"]
+    # the old definition (constant genes dropped from the model's mean only) said the opposite
+    old_model_mean = np.nanmean(per_gene_pcc(model, y[hid]))
+    assert old_model_mean > summary["baseline_knn12_pcc_mean"]
+
+
+def test_best_baseline_picks_the_higher_fair_score():
+    from napari_trihrge.metrics import best_baseline
+
+    rng = np.random.default_rng(2)
+    true = rng.normal(size=(80, 5))
+    good = true + 0.5 * rng.normal(size=true.shape)
+    bad = true + 3.0 * rng.normal(size=true.shape)
+    summary, table = spot_scores(true, true, list("abcde"), baselines={"k6": bad, "k12": good})
+    best = best_baseline(summary, table, ["k6", "k12"], "knn")
+    assert best["baseline_knn_method"] == "k12"
+    assert best["baseline_knn_pcc_mean"] == summary["baseline_k12_pcc_mean"]
+    assert (table["pcc_baseline"] == table["pcc_k12"]).all()
 
 
 def test_ari_recovers_clusters_and_ignores_missing_labels():

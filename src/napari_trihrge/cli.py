@@ -183,9 +183,15 @@ def _print_summary(summary: dict, out: Path) -> None:
           f"device {summary.get('device')}")
     rec = summary.get("recovery")
     if rec:
-        line = (f"Recovery ({rec['heldout_fraction']:.0%} hidden, scored on hidden spots): "
-                f"PCC {fmt(rec['pcc_mean'])} vs kNN baseline {fmt(rec['baseline_knn_pcc_mean'])}, "
-                f"MSE {fmt(rec['mse'])}, MAE {fmt(rec['mae'])}")
+        print(f"Recovery ({rec['heldout_fraction']:.0%} hidden; scored on the "
+              f"{rec['n_hidden']} hidden spots and the {rec['n_genes_scored']} genes that vary "
+              f"among them, a constant prediction counting as PCC 0):")
+        print(f"  mean PCC {fmt(rec['pcc_mean'])} vs best kNN interpolation (k="
+              f"{rec['baseline_knn_k']}) {fmt(rec['baseline_knn_pcc_mean'])}; 100 most expressed "
+              f"genes {fmt(rec['pcc_top100'])} vs {fmt(rec['baseline_knn_pcc_top100'])}")
+        line = (f"  {rec['fraction_genes_better_than_baseline']:.0%} of genes better than kNN, "
+                f"{rec['n_genes_constant_prediction']} predicted as a constant; "
+                f"MSE {fmt(rec['mse'])} (kNN {fmt(rec['baseline_knn_mse'])})")
         if "ari" in rec:
             line += f", ARI {fmt(rec['ari'])} (kNN {fmt(rec['ari_baseline_knn'])})"
         print(line)

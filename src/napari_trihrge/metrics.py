@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,38 +22,99 @@ def per_gene_pcc(pred: np.ndarray, true: np.ndarray, eps: float = 1e-12) -> np.n
     return r
 
 
-def spot_scores(pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
-                baseline: np.ndarray | None = None) -> tuple[dict, pd.DataFrame]:
-    """Held-out spot scores: mean per-gene PCC (constant genes excluded and counted), MSE, MAE.
+#: how many of the most expressed scored genes the ``*_top100`` scores average over
+TOP_GENES = 100
 
-    Returns the summary dict and a per-gene table (``pcc``, ``mse``, ``mae`` and, with a
-    baseline, ``pcc_baseline``), sorted by ``pcc`` descending.
+
+def fair_pcc(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-gene PCC for scoring: NaN for a gene that does not vary in ``true`` (it cannot be
+    scored), 0 for a gene that varies in ``true`` but is predicted as a constant (a constant
+    carries no information)."""
+    true = np.asarray(true, dtype=np.float64)
+    r = per_gene_pcc(pred, true)
+    varies = np.ptp(true, axis=0) > 0
+    r[varies & ~np.isfinite(r)] = 0.0
+    r[~varies] = np.nan
+    return r
+
+
+def spot_scores(pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
+                baselines: Mapping[str, np.ndarray] | None = None
+                ) -> tuple[dict, pd.DataFrame]:
+    """Held-out spot scores with the project's one scoring definition.
+
+    ``pcc_mean`` is the mean per-gene PCC over every gene that varies among the measured spots
+    in ``true``; a gene predicted as a constant counts as 0 and is never dropped. Every baseline
+    in ``baselines`` (name -> prediction) is scored on exactly the same genes and spots.
+
+    Summary keys: ``pcc_mean``, ``pcc_median``, ``pcc_top100`` (the 100 scored genes with the
+    highest mean measured expression), ``n_genes``, ``n_genes_scored``,
+    ``n_genes_constant_truth``, ``n_genes_constant_prediction``, ``mse``, ``mae``; per baseline
+    ``baseline_<name>_pcc_mean``, ``_pcc_top100``, ``_mse``, ``_n_genes_constant_prediction`` and
+    ``fraction_genes_better_than_<name>``. The per-gene table has ``pcc``, ``mse``, ``mae``,
+    ``mean_measured`` and ``pcc_<name>`` per baseline, sorted by ``pcc`` descending (unscored
+    genes last).
     """
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
-    pcc = per_gene_pcc(pred, true)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {true.shape} differ in shape")
+    varies = np.ptp(true, axis=0) > 0
+    mean_measured = true.mean(axis=0)
+    order = np.argsort(-np.where(varies, mean_measured, -np.inf), kind="stable")
+    top = order[:min(TOP_GENES, int(varies.sum()))]
+
+    def score(p: np.ndarray) -> tuple[np.ndarray, dict]:
+        r = fair_pcc(p, true)
+        constant_pred = varies & (np.ptp(p, axis=0) <= 0)
+        return r, {
+            "pcc_mean": float(r[varies].mean()) if varies.any() else float("nan"),
+            "pcc_top100": float(r[top].mean()) if len(top) else float("nan"),
+            "mse": float(((p - true) ** 2).mean()),
+            "n_genes_constant_prediction": int(constant_pred.sum()),
+        }
+
+    pcc, s = score(pred)
     table = pd.DataFrame({"pcc": pcc, "mse": ((pred - true) ** 2).mean(axis=0),
-                          "mae": np.abs(pred - true).mean(axis=0)}, index=pd.Index(genes, name="gene"))
+                          "mae": np.abs(pred - true).mean(axis=0),
+                          "mean_measured": mean_measured},
+                         index=pd.Index(genes, name="gene"))
     summary = {
-        "pcc_mean": float(np.nanmean(pcc)) if np.isfinite(pcc).any() else float("nan"),
-        "pcc_median": float(np.nanmedian(pcc)) if np.isfinite(pcc).any() else float("nan"),
-        "mse": float(((pred - true) ** 2).mean()),
+        "pcc_mean": s["pcc_mean"],
+        "pcc_median": float(np.median(pcc[varies])) if varies.any() else float("nan"),
+        "pcc_top100": s["pcc_top100"],
+        "n_genes": int(len(varies)),
+        "n_genes_scored": int(varies.sum()),
+        "n_genes_constant_truth": int((~varies).sum()),
+        "n_genes_constant_prediction": s["n_genes_constant_prediction"],
+        "mse": s["mse"],
         "mae": float(np.abs(pred - true).mean()),
-        "n_genes_scored": int(np.isfinite(pcc).sum()),
-        "n_genes_constant_excluded": int((~np.isfinite(pcc)).sum()),
     }
-    if baseline is not None:
-        bp = per_gene_pcc(baseline, true)
-        table["pcc_baseline"] = bp
-        # compare on the same genes (a gene constant in either prediction is excluded from both)
-        both = np.isfinite(pcc) & np.isfinite(bp)
-        summary["baseline_pcc_mean"] = float(np.nanmean(bp)) if np.isfinite(bp).any() else float("nan")
-        summary["baseline_mse"] = float(((baseline - true) ** 2).mean())
-        summary["pcc_mean_paired"] = float(pcc[both].mean()) if both.any() else float("nan")
-        summary["baseline_pcc_mean_paired"] = float(bp[both].mean()) if both.any() else float("nan")
-        summary["fraction_genes_better_than_baseline"] = (
-            float((pcc[both] > bp[both]).mean()) if both.any() else float("nan"))
-    return summary, table.sort_values("pcc", ascending=False)
+    for name, values in (baselines or {}).items():
+        values = np.asarray(values, dtype=np.float64)
+        bp, bs = score(values)
+        table[f"pcc_{name}"] = bp
+        for key, v in bs.items():
+            summary[f"baseline_{name}_{key}"] = v
+        summary[f"fraction_genes_better_than_{name}"] = (
+            float((pcc[varies] > bp[varies]).mean()) if varies.any() else float("nan"))
+    table = table.sort_values("pcc", ascending=False, na_position="last")
+    return summary, table
+
+
+def best_baseline(summary: Mapping, table: pd.DataFrame, names: Sequence[str], label: str
+                  ) -> dict:
+    """The better of several baselines scored by :func:`spot_scores` (highest ``pcc_mean``), as
+    ``baseline_<label>_*`` keys, ``baseline_<label>_method`` (its name) and
+    ``fraction_genes_better_than_baseline``. Adds its per-gene PCC to ``table`` as
+    ``pcc_baseline``."""
+    best = max(names, key=lambda n: summary[f"baseline_{n}_pcc_mean"])
+    table["pcc_baseline"] = table[f"pcc_{best}"]
+    out = {f"baseline_{label}_{key}": summary[f"baseline_{best}_{key}"]
+           for key in ("pcc_mean", "pcc_top100", "mse", "n_genes_constant_prediction")}
+    out[f"baseline_{label}_method"] = best
+    out["fraction_genes_better_than_baseline"] = summary[f"fraction_genes_better_than_{best}"]
+    return out
 
 
 def kmeans_ari(expression: np.ndarray, labels: Sequence, *, n_pcs: int = 15, seed: int = 0) -> float:
@@ -90,13 +151,14 @@ def minmax_per_gene(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def map_scores(pred_maps: np.ndarray, true_maps: np.ndarray, mask: np.ndarray,
                genes: Sequence[str]) -> tuple[dict, pd.DataFrame]:
     """Dense map vs truth, per gene, after per-gene min-max scaling inside the tissue mask:
-    PCC and RMSE inside the mask, SSIM over the map (data_range 1, background 0)."""
+    PCC (as :func:`fair_pcc`: a constant map counts as 0) and RMSE inside the mask, SSIM over
+    the map (data_range 1, background 0)."""
     from skimage.metrics import structural_similarity
 
     mask = np.asarray(mask, dtype=bool)
     p = minmax_per_gene(pred_maps, mask)
     t = minmax_per_gene(true_maps, mask)
-    pcc = per_gene_pcc(p[:, mask].T, t[:, mask].T)
+    pcc = fair_pcc(p[:, mask].T, t[:, mask].T)  # a constant map counts as 0
     rmse = np.sqrt(((p[:, mask] - t[:, mask]) ** 2).mean(axis=1))
     ssim = np.array([structural_similarity(p[g], t[g], data_range=1.0) for g in range(len(p))])
     table = pd.DataFrame({"pcc": pcc, "ssim": ssim, "rmse": rmse},
