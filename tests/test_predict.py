@@ -9,12 +9,9 @@ import torch
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.model import ModelConfig, TriHRGENet
 from napari_trihrge.predict import (
-    attention_weights,
-    dense_map_chunks,
     predict,
     predict_ensemble,
     predict_in_chunks,
-    write_gene_chunks,
 )
 from napari_trihrge.progress import Progress
 
@@ -112,15 +109,6 @@ def test_neighbour_only_and_mixed_ensembles():
     assert mean.shape == (30, G)
 
 
-def test_attention_weights_sum_to_one():
-    x, nb = _data(50)
-    w = attention_weights(_model(neighbour=True), x, nb, batch_size=16)
-    assert w.shape == (50, 3) and w.dtype == np.float32
-    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
-    w3 = attention_weights(_model(n_scales=3), _data(8, 3)[0])
-    assert w3.shape == (8, 3)
-
-
 def test_wrong_inputs_are_reported():
     model = _model(neighbour=True)
     x, nb = _data(10)
@@ -132,55 +120,3 @@ def test_wrong_inputs_are_reported():
         predict(model, x, nb[:5])
     with pytest.raises(TrihrgeInputError, match="no model"):
         predict_ensemble([], x, nb)
-
-
-def test_write_gene_chunks_into_2d_and_3d_targets():
-    model = _model()
-    h, w = 9, 7
-    x, _ = _data(h * w)
-    full = predict(model, x)  # (h*w, G)
-    calls = []
-
-    def predictions_fn(s, e):
-        calls.append((s, e))
-        return predict(model, x[s:e])
-
-    flat = np.zeros((G, h * w), dtype=np.float32)
-    write_gene_chunks(predictions_fn, h * w, G, flat, gene_chunk=4, location_block=20)
-    np.testing.assert_allclose(flat, full.T, rtol=1e-5, atol=1e-6)
-    assert calls == [(0, 20), (20, 40), (40, 60), (60, 63)]
-
-    calls.clear()
-    events = []
-    maps = np.zeros((G, h, w), dtype=np.float16)
-    write_gene_chunks(predictions_fn, h * w, G, maps, gene_chunk=4, location_block=20,
-                      progress=Progress(on_event=events.append))
-    assert calls == [(0, 14), (14, 28), (28, 42), (42, 56), (56, 63)]  # whole rows (2 x 7)
-    np.testing.assert_allclose(maps, full.T.reshape(G, h, w).astype(np.float16))
-    assert events[0] == {"event": "stage", "stage": "writing maps", "total": 5}
-
-    seen = []
-    write_gene_chunks(predictions_fn, h * w, G, lambda gs, ls, v: seen.append((gs, ls, v.shape)),
-                      gene_chunk=4, location_block=63)
-    assert seen == [(slice(0, 4), slice(0, 63), (4, 63)), (slice(4, 6), slice(0, 63), (2, 63))]
-
-
-def test_write_gene_chunks_into_zarr_with_whole_chunks(tmp_path):
-    zarr = pytest.importorskip("zarr")
-    model = _model()
-    h, w = 10, 6
-    x, _ = _data(h * w)
-    chunks = dense_map_chunks(G, h, w, gene_chunk=4, location_block=24)
-    assert chunks == (4, 4, 6)
-    z = zarr.open_array(str(tmp_path / "m.zarr"), mode="w", shape=(G, h, w), chunks=chunks,
-                        dtype="float32")
-    write_gene_chunks(lambda s, e: predict(model, x[s:e]), h * w, G, z, gene_chunk=4,
-                      location_block=24)
-    np.testing.assert_allclose(z[:], predict(model, x).T.reshape(G, h, w), rtol=1e-5, atol=1e-6)
-
-
-def test_write_gene_chunks_validates():
-    with pytest.raises(TrihrgeInputError, match="target has shape"):
-        write_gene_chunks(lambda s, e: np.zeros((e - s, G)), 10, G, np.zeros((G, 3, 4)))
-    with pytest.raises(TrihrgeInputError, match="returned shape"):
-        write_gene_chunks(lambda s, e: np.zeros((e - s, G + 1)), 10, G, np.zeros((G, 10)))

@@ -857,3 +857,16 @@ def truth_in_spots(adata, rc_um: np.ndarray, diameter_um: float = SPOT_DIAMETER_
     expr, stride, origin = truth_map(adata)
     w = _spot_weights(rc_um, expr.shape[1:], stride, origin, float(diameter_um))
     return np.asarray(w @ expr.reshape(expr.shape[0], -1).T, dtype=np.float32)
+
+
+__all__ = [
+    "DOMAIN_NAMES",
+    "TRUTH_STRIDE_UM",
+    "SPOT_DIAMETER_UM",
+    "SPOT_SPACING_UM",
+    "synthetic_sample",
+    "load_sample",
+    "truth_map",
+    "truth_at",
+    "truth_in_spots",
+]

@@ -244,3 +244,22 @@ def dense_grid(extent_rc_um: tuple[float, float], stride_um: float,
         cols = np.clip(cols, 0, tissue_mask.shape[1] - 1)
         mask = np.asarray(tissue_mask, dtype=bool)[np.ix_(rows, cols)]
     return DenseGrid(origin_rc_um=origin, stride_um=float(stride_um), mask=mask)
+
+
+__all__ = [
+    "PLATFORMS",
+    "PLAUSIBLE_UM_PER_PX",
+    "xy_px_to_rc_um",
+    "rc_um_to_xy_px",
+    "rc_um_to_px",
+    "um_per_px_from_spot_diameter",
+    "validate_um_per_px",
+    "Lattice",
+    "nearest_neighbour_distance_um",
+    "spot_spacing_um",
+    "detect_lattice",
+    "virtual_spot_grid",
+    "disk_offsets_um",
+    "DenseGrid",
+    "dense_grid",
+]

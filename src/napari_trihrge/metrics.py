@@ -166,3 +166,15 @@ def map_scores(pred_maps: np.ndarray, true_maps: np.ndarray, mask: np.ndarray,
     summary = {"pcc_mean": float(np.nanmean(pcc)), "ssim_mean": float(ssim.mean()),
                "rmse": float(rmse.mean())}
     return summary, table
+
+
+__all__ = [
+    "TOP_GENES",
+    "per_gene_pcc",
+    "fair_pcc",
+    "spot_scores",
+    "best_baseline",
+    "kmeans_ari",
+    "minmax_per_gene",
+    "map_scores",
+]

@@ -379,27 +379,10 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
     return model, config, dict(payload.get("extra") or {})
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise TrihrgeInputError(f"unknown device {device!r}",
-                                "use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrihrgeInputError("device 'cuda' was asked for but no CUDA GPU is available",
-                                "use device='auto' or 'cpu'")
-    return dev
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 __all__ = ["ModelConfig", "TriHRGENet", "GatedAttentionPool", "save_model", "load_model",
-           "count_parameters", "resolve_device", "MODEL_WEIGHTS", "MODEL_META"]
+           "count_parameters", "MODEL_WEIGHTS", "MODEL_META"]

@@ -103,3 +103,8 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
     return fig
+
+
+__all__ = [
+    "overview_figure",
+]

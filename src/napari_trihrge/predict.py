@@ -4,12 +4,6 @@
 * :func:`predict_ensemble` -- several models -> per-location mean and std (population std).
 * :func:`predict_in_chunks` -- generator over location chunks, for inputs that do not fit in
   memory (arrays, memmaps, dask arrays, or a ``features_fn(start, stop)`` that computes them).
-* :func:`write_gene_chunks` -- dense maps: predicts location blocks (all genes of a block at
-  once, the network runs once per location) and writes them gene-chunk by gene-chunk into a
-  target of shape (genes, locations) or (genes, rows, cols). Memory holds one location block x
-  all genes, never genes x all map pixels. With a zarr target, chunk it with
-  :func:`dense_map_chunks` so each write fills whole chunks.
-* :func:`attention_weights` -- (M, S[+1]) attention over the bag (neighbour element last).
 
 Prediction runs in float32 on the chosen device (``'auto'``: CUDA if available), in eval mode
 under ``torch.inference_mode``; the model's train/eval mode is restored afterwards.
@@ -24,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import resolve_device
 from .errors import TrihrgeInputError
-from .model import TriHRGENet, resolve_device
+from .model import TriHRGENet
 from .progress import Progress, ensure_progress
 
 FeaturesFn = Callable[[int, int], tuple[Any, Any]]
@@ -180,92 +175,4 @@ def predict_in_chunks(models: TriHRGENet | Sequence[TriHRGENet], features: Any =
             progress.advance(1)
 
 
-def attention_weights(model: TriHRGENet, features: Any = None, neighbour: Any = None, *,
-                      batch_size: int = 4096, device: str | torch.device = "auto"
-                      ) -> np.ndarray:
-    """Attention weights (M, S[+1]) of the bag elements (scales in order, neighbour last);
-    rows sum to 1. Averaging them over locations shows which window / neighbours the model uses."""
-    _check([model], features, neighbour)
-    n = _n_locations(features, neighbour)
-    dev = resolve_device(device)
-    out = np.empty((n, model.config.n_tokens), dtype=np.float32)
-    with _eval_on([model], dev):
-        for s in range(0, n, batch_size):
-            e = min(s + batch_size, n)
-            x = _to_tensor(features[s:e], dev) if model.config.n_scales > 0 else None
-            v = _to_tensor(neighbour[s:e], dev) if model.config.neighbour_input else None
-            _, w = model(x, v, return_attention=True)
-            out[s:e] = w.float().cpu().numpy()
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# Dense maps
-# ------------------------------------------------------------------------------------------
-def dense_map_chunks(n_genes: int, height: int, width: int, *, gene_chunk: int = 64,
-                     location_block: int = 65536) -> tuple[int, int, int]:
-    """Chunk shape (genes, rows, cols) for a (G, H, W) zarr target of :func:`write_gene_chunks`:
-    whole rows, as many as fit in ``location_block`` pixels, so each write fills whole chunks."""
-    rows = max(1, min(height, location_block // max(width, 1)))
-    return (min(gene_chunk, n_genes), rows, width)
-
-
-def write_gene_chunks(predictions_fn: Callable[[int, int], np.ndarray], n_locations: int,
-                      n_genes: int, writer: Any, *, gene_chunk: int = 64,
-                      location_block: int = 65536, progress: Progress | None = None) -> None:
-    """Write predictions of ``n_locations`` locations into ``writer`` block by block.
-
-    ``predictions_fn(start, stop) -> (stop - start, n_genes)`` returns predictions for locations
-    ``start:stop`` (for example ``lambda s, e: predict(model, feats_fn(s, e))``; it may return
-    zeros for background pixels without running the network). ``writer`` is one of:
-
-    * an array-like target of shape (n_genes, n_locations) supporting ``target[g0:g1, s:e] = v``;
-    * an array-like target of shape (n_genes, H, W) with ``H * W == n_locations``: locations are
-      the pixels in row-major order; blocks are rounded to whole rows, so a zarr array chunked as
-      :func:`dense_map_chunks` (gene_chunk, rows, W) is written in whole chunks;
-    * a callable ``writer(gene_slice, location_slice, values)`` with values (genes, locations).
-
-    Values are cast to the target's dtype (float16 is fine for maps). Memory: one block of
-    ``location_block`` x ``n_genes`` float32. Progress: stage 'writing maps', one step per block.
-    """
-    if gene_chunk < 1 or location_block < 1:
-        raise TrihrgeInputError("gene_chunk and location_block must be >= 1",
-                                "pass positive sizes")
-    width = None
-    if not callable(writer):
-        shape = tuple(getattr(writer, "shape", ()))
-        if len(shape) == 2 and shape == (n_genes, n_locations):
-            pass
-        elif len(shape) == 3 and shape[0] == n_genes and shape[1] * shape[2] == n_locations:
-            width = int(shape[2])
-            location_block = max(1, location_block // width) * width
-        else:
-            raise TrihrgeInputError(
-                f"target has shape {shape}, expected ({n_genes}, {n_locations}) or "
-                f"({n_genes}, H, W) with H*W = {n_locations}",
-                "create the target array with the number of genes and map pixels")
-    progress = ensure_progress(progress)
-    progress.stage("writing maps", total=max(1, -(-n_locations // location_block)))
-    for s in range(0, n_locations, location_block):
-        e = min(s + location_block, n_locations)
-        pred = np.asarray(predictions_fn(s, e))
-        if pred.shape != (e - s, n_genes):
-            raise TrihrgeInputError(f"predictions_fn({s}, {e}) returned shape {pred.shape}",
-                                    f"return an array of shape ({e - s}, {n_genes})")
-        values = pred.T  # (genes, locations) view
-        for g0 in range(0, n_genes, gene_chunk):
-            g1 = min(g0 + gene_chunk, n_genes)
-            block = values[g0:g1]
-            if callable(writer):
-                writer(slice(g0, g1), slice(s, e), np.ascontiguousarray(block))
-            elif width is None:
-                writer[g0:g1, s:e] = np.ascontiguousarray(block, dtype=writer.dtype)
-            else:
-                r0, r1 = s // width, e // width
-                writer[g0:g1, r0:r1, :] = np.ascontiguousarray(
-                    block, dtype=writer.dtype).reshape(g1 - g0, r1 - r0, width)
-        progress.advance(1)
-
-
-__all__ = ["predict", "predict_ensemble", "predict_in_chunks", "attention_weights",
-           "write_gene_chunks", "dense_map_chunks"]
+__all__ = ["predict", "predict_ensemble", "predict_in_chunks"]

@@ -95,3 +95,11 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
                                         "target_sum": float(target_sum),
                                         "extra_genes": list(extra_genes)}
     return out
+
+
+__all__ = [
+    "check_counts",
+    "select_genes",
+    "normalize_log1p",
+    "prepare_expression",
+]

@@ -21,16 +21,9 @@ from .outputs import (
     write_models,
     write_recovery,
 )
+from .device import resolve_device
 from .progress import Progress, ensure_progress
 from .tasks import RunConfig, enhance, recovery, sample_geometry
-
-
-def resolve_device(device: str) -> str:
-    """The device a run uses, as a string ('auto' -> 'cuda' when a GPU is visible, else 'cpu');
-    :func:`napari_trihrge.model.resolve_device` checks it."""
-    from .model import resolve_device as _resolve
-
-    return str(_resolve(device))
 
 
 def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any]:
@@ -38,7 +31,7 @@ def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any
     return {"sample": meta.get("sample", "sample"), "source": meta.get("source"),
             "platform": meta.get("platform"), "encoder": cfg.encoder,
             "n_spots": int(adata.n_obs), "n_genes": int(n_genes),
-            "device": resolve_device(cfg.device), "um_per_px": meta.get("um_per_px"),
+            "device": str(resolve_device(cfg.device)), "um_per_px": meta.get("um_per_px"),
             "config": cfg.public_dict()}
 
 

@@ -139,9 +139,9 @@ def model_preset(cfg: RunConfig) -> dict[str, Any]:
     """The network widths for this run (``cfg.model`` entries override them)."""
     name = cfg.model_preset
     if name == "auto":
-        from .runs import resolve_device
+        from .device import resolve_device
 
-        name = "paper" if resolve_device(cfg.device).startswith("cuda") else "compact"
+        name = "paper" if resolve_device(cfg.device).type == "cuda" else "compact"
     if name not in MODEL_PRESETS:
         raise TrihrgeInputError(f"unknown model preset {name!r}",
                                 f"use one of: auto, {', '.join(MODEL_PRESETS)}")
@@ -684,3 +684,23 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
     pcc = per_gene_pcc(agg, y[covered])
     return {"pcc_mean": float(np.nanmean(pcc)), "mse": float(((agg - y[covered]) ** 2).mean()),
             "n_spots": int(covered.sum())}
+
+
+__all__ = [
+    "RunConfig",
+    "MODEL_PRESETS",
+    "BASELINE_KS",
+    "RecoveryResult",
+    "TransferResult",
+    "EnhanceResult",
+    "DenseMaps",
+    "recovery",
+    "transfer",
+    "enhance",
+    "transfer_genes",
+    "sample_geometry",
+    "model_preset",
+    "map_grid",
+    "predict_maps",
+    "map_spot_consistency",
+]

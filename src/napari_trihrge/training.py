@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from .errors import TrihrgeInputError
-from .model import ModelConfig, TriHRGENet, resolve_device
+from .device import resolve_device
+from .model import ModelConfig, TriHRGENet
 from .progress import Progress, ensure_progress
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import EncoderAccessError, TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from .base import Encoder, as_centres_rc_um, check_window_um, dense_window_sizes
@@ -477,21 +478,6 @@ def from_timm(name: str, *, device: str = "auto", pretrained: bool = True,
 # -------------------------------------------------------------------------------------------
 # The encoder
 # -------------------------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; validates explicit devices."""
-    import torch
-
-    dev = (device or "auto").lower()
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise TrihrgeInputError("device 'cuda' was requested but no CUDA GPU is available",
-                                "use --device cpu (or auto)")
-    if dev.startswith("mps") and not torch.backends.mps.is_available():
-        raise TrihrgeInputError("device 'mps' is not available", "use --device cpu (or auto)")
-    return dev
-
-
 def _fingerprint(model: torch.nn.Module) -> str:
     """Cheap identity of the weights: shapes + a strided sample of every tensor."""
     import torch
@@ -517,7 +503,7 @@ class TimmEncoder(Encoder):
                  precision: str = "auto"):
         import torch
 
-        self.device = resolve_device(device)
+        self.device = str(resolve_device(device))
         self.cuda = self.device.startswith("cuda")
         self.model = model.eval().to(self.device)
         if self.cuda:
