@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from .errors import TrihrgeInputError
 from .geometry import xy_px_to_rc_um
+from .preprocessing import gene_expression, is_log_normalised, log_normalised
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -69,70 +70,15 @@ def spots_rc_um(adata) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # Expression values
 # ------------------------------------------------------------------------------------------
-def is_log_normalised(adata) -> bool:
-    """True when ``X`` already holds log-normalised expression (engine outputs), False for counts.
-
-    Engine outputs are marked (``uns['trihrge_preprocessing']`` or ``uns['trihrge']['x_kind']``);
-    otherwise integer-valued ``X`` is taken as raw counts.
-    """
-    if "trihrge_preprocessing" in adata.uns:
-        return True
-    meta = adata.uns.get("trihrge", {})
-    kind = meta.get("x_kind")
-    if kind is not None:
-        return str(kind) != "counts"
-    if meta.get("task") in ("recovery", "enhance"):  # engine predictions
-        return True
-    x = adata.X
-    vals = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    sample = vals[: 200_000]
-    if sample.size == 0:
-        return False
-    return not np.allclose(sample, np.round(sample))
-
-
-def gene_expression(adata, genes: Sequence[str], *, target_sum: float = 1e4) -> pd.DataFrame:
-    """Log-normalised expression of ``genes`` per spot (rows = ``obs_names``).
-
-    Raw counts are library-size normalised over ALL genes to ``target_sum`` then log1p (as the
-    engine does); log-normalised ``X`` is returned as is.
-    """
-    genes = list(genes)
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        raise TrihrgeInputError(f"genes not in the sample: {', '.join(missing[:10])}",
-                                "check the gene symbols (case matters)")
-    idx = adata.var_names.get_indexer(genes)
-    x = adata.X
-    cols = x[:, idx]
-    cols = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
-    cols = cols.astype(np.float64)
-    if not is_log_normalised(adata):
-        totals = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
-        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-        cols = np.log1p(cols * scale[:, None])
-    return pd.DataFrame(cols.astype(np.float32), index=adata.obs_names.copy(), columns=genes)
-
-
 def most_variable_genes(adata, n: int = 8) -> list[str]:
     """The ``n`` genes with the highest variance of log-normalised expression (a quick default)."""
-    x = adata.X
+    x = adata.X if is_log_normalised(adata) else log_normalised(adata)
     if sp.issparse(x):
-        x = x.tocsr().astype(np.float64)
-        if not is_log_normalised(adata):
-            totals = np.asarray(x.sum(axis=1)).ravel()
-            scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-            x = sp.diags(scale) @ x
-            x.data = np.log1p(x.data)
-        mean = np.asarray(x.mean(axis=0)).ravel()
-        var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2
+        from sklearn.utils.sparsefuncs import mean_variance_axis
+
+        var = mean_variance_axis(sp.csr_matrix(x, dtype=np.float64), axis=0)[1]
     else:
-        x = np.asarray(x, dtype=np.float64)
-        if not is_log_normalised(adata):
-            totals = x.sum(axis=1)
-            scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-            x = np.log1p(x * scale[:, None])
-        var = x.var(axis=0)
+        var = np.asarray(x, dtype=np.float64).var(axis=0)
     order = np.argsort(-np.nan_to_num(var, nan=-1.0), kind="stable")[: max(0, int(n))]
     return [str(adata.var_names[i]) for i in order]
 

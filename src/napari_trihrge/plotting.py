@@ -1,4 +1,5 @@
-"""Plots (``napari_trihrge.pl``): the run overview figure, readable without the viewer."""
+"""Plots (``napari_trihrge.pl``): AnnData-first spot plots over the H&E and the run overview
+figure, readable without the viewer."""
 
 from __future__ import annotations
 
@@ -28,14 +29,8 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Circle
 
-    thumb_um = max(image.shape_rc_um) / 700.0
-    thumb = image.at_resolution(max(thumb_um, image.um_per_px))
-    th_um = image.shape_rc_um[0] / thumb.shape[0]
-    extent = (-0.5 * th_um, thumb.shape[1] * th_um - 0.5 * th_um,
-              thumb.shape[0] * th_um - 0.5 * th_um, -0.5 * th_um)
+    thumb, extent = _thumbnail(image)
     has_truth = truth_maps is not None
     n_cols = 3 + int(has_truth)
     fig, axes = plt.subplots(len(show_genes), n_cols, figsize=(4.2 * n_cols, 4.0 * len(show_genes)),
@@ -56,11 +51,7 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
         ax.set_title("H&E" if row == 0 else "")
         ax = axes[row, 1]
         ax.imshow(thumb, extent=extent, alpha=0.35)
-        circles = [Circle((c, r), spot_diameter_um / 2) for r, c in spots_rc_um]
-        coll = PatchCollection(circles, cmap="magma", linewidths=0)
-        coll.set_array(spots_expr[:, g])
-        coll.set_clim(vmin, vmax)
-        ax.add_collection(coll)
+        _draw_spots(ax, spots_rc_um, spots_expr[:, g], spot_diameter_um, vmin, vmax)
         ax.set_title(f"{gene}: measured spots")
         ax = axes[row, 2]
         ax.imshow(thumb, extent=extent, alpha=0.35)
@@ -97,14 +88,108 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
     if title:
         fig.suptitle(title)
     if path is not None:
-        from ._atomic import atomic_path
-
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
+        _save(fig, path)
     return fig
+
+
+def spots(adata, genes: str | Sequence[str], *, layer: str | None = None, image: bool = True,
+          spot_diameter_um: float | None = None, title: str = "", path: str | Path | None = None):
+    """Spots of an AnnData coloured by gene over its H&E, one panel per gene.
+
+    ``adata`` is any spot AnnData of this package in the scanpy/squidpy convention: a sample from
+    :func:`napari_trihrge.io.read` (raw counts are log-normalised for display), the predictions
+    of :func:`napari_trihrge.tl.recovery` (``layer='measured'`` shows the measurement) or the
+    virtual spots of :func:`napari_trihrge.tl.enhance`. Returns the matplotlib figure; with
+    ``path`` it is also written as PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from . import geometry
+    from .errors import TrihrgeInputError
+    from .preprocessing import gene_expression
+
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing or not genes:
+        raise TrihrgeInputError(f"genes not in this AnnData: {missing or '(none given)'}",
+                                "pick genes from adata.var_names")
+    meta = adata.uns.get("trihrge", {})
+    if "um_per_px" not in meta:
+        raise TrihrgeInputError("the AnnData has no pixel size (uns['trihrge']['um_per_px'])",
+                                "read the sample with napari_trihrge.io.read()")
+    rc_um = geometry.xy_px_to_rc_um(np.asarray(adata.obsm["spatial"]), float(meta["um_per_px"]))
+    diameter_um = float(spot_diameter_um or meta.get("spot_diameter_um")
+                        or geometry.PLATFORMS["visium"]["spot_diameter_um"])
+    if layer is not None:
+        values = np.asarray(adata[:, genes].layers[layer], dtype=np.float32)
+    else:
+        values = gene_expression(adata, genes).to_numpy()
+    thumb = extent = None
+    if image and "spatial" in adata.uns:
+        from .io import get_image
+
+        thumb, extent = _thumbnail(get_image(adata))
+    fig, axes = plt.subplots(1, len(genes), figsize=(4.4 * len(genes), 4.2), squeeze=False,
+                             constrained_layout=True)
+    pad = 1.5 * diameter_um
+    (r0, c0), (r1, c1) = rc_um.min(axis=0) - pad, rc_um.max(axis=0) + pad
+    for ax, gene, vals in zip(axes[0], genes, values.T, strict=True):
+        if thumb is not None:
+            ax.imshow(thumb, extent=extent, alpha=0.45)
+        vmin, vmax = _robust_limits(vals)
+        coll = _draw_spots(ax, rc_um, vals, diameter_um, vmin, vmax)
+        fig.colorbar(coll, ax=ax, shrink=0.8, label="log-normalised expression")
+        ax.set_title(gene + (f" ({layer})" if layer else ""))
+        ax.set_xlim(c0, c1)
+        ax.set_ylim(r1, r0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def _thumbnail(image, max_px: int = 700):
+    """A small copy of a TissueImage and its imshow extent in micrometres (x0, x1, y1, y0)."""
+    thumb_um = max(image.shape_rc_um) / float(max_px)
+    thumb = image.at_resolution(max(thumb_um, image.um_per_px))
+    th_um = image.shape_rc_um[0] / thumb.shape[0]
+    extent = (-0.5 * th_um, thumb.shape[1] * th_um - 0.5 * th_um,
+              thumb.shape[0] * th_um - 0.5 * th_um, -0.5 * th_um)
+    return thumb, extent
+
+
+def _draw_spots(ax, rc_um: np.ndarray, values: np.ndarray, diameter_um: float, vmin: float,
+                vmax: float):
+    """Spots as true-size disks (micrometre axes), coloured by ``values`` on [vmin, vmax]."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle
+
+    coll = PatchCollection([Circle((c, r), diameter_um / 2) for r, c in rc_um], cmap="magma",
+                           linewidths=0)
+    coll.set_array(np.asarray(values))
+    coll.set_clim(vmin, vmax)
+    ax.add_collection(coll)
+    return coll
+
+
+def _save(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from ._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 __all__ = [
     "overview_figure",
+    "spots",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -62,16 +63,63 @@ def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[
     return genes
 
 
-def normalize_log1p(adata: AnnData, target_sum: float = 1e4) -> np.ndarray:
-    """Library-size normalise to ``target_sum`` per spot (over ALL genes) and log1p; dense float32."""
-    x = adata.X.astype(np.float64) if not sp.issparse(adata.X) else adata.X.tocsr().astype(np.float64)
-    totals = np.asarray(x.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    if sp.issparse(x):
-        x = sp.diags(scale) @ x
-        x.data = np.log1p(x.data)
-        return _dense(x).astype(np.float32)
-    return np.log1p(x * scale[:, None]).astype(np.float32)
+def log_normalised(adata: AnnData, target_sum: float = 1e4, genes: Sequence[str] | None = None):
+    """Log-normalised expression, keeping sparsity (CSR stays CSR, float64): library size
+    normalised to ``target_sum`` per spot over ALL genes (scanpy's ``normalize_total``), then
+    scanpy's ``log1p``; only the columns of ``genes`` when given."""
+    import scanpy as sc
+
+    x = adata.X.tocsr() if sp.issparse(adata.X) else np.asarray(adata.X)
+    tmp = AnnData(X=x.astype(np.float64))
+    sc.pp.normalize_total(tmp, target_sum=target_sum)
+    if genes is not None:
+        tmp = tmp[:, adata.var_names.get_indexer(list(genes))].copy()
+    sc.pp.log1p(tmp)
+    return tmp.X
+
+
+def normalize_log1p(adata: AnnData, target_sum: float = 1e4,
+                    genes: Sequence[str] | None = None) -> np.ndarray:
+    """:func:`log_normalised` as a dense float32 array."""
+    return _dense(log_normalised(adata, target_sum, genes)).astype(np.float32)
+
+
+def is_log_normalised(adata: AnnData) -> bool:
+    """True when ``X`` already holds log-normalised expression (engine outputs), False for counts.
+
+    Engine outputs are marked (``uns['trihrge_preprocessing']`` or ``uns['trihrge']['x_kind']``);
+    otherwise integer-valued ``X`` is taken as raw counts.
+    """
+    if "trihrge_preprocessing" in adata.uns:
+        return True
+    meta = adata.uns.get("trihrge", {})
+    kind = meta.get("x_kind")
+    if kind is not None:
+        return str(kind) != "counts"
+    if meta.get("task") in ("recovery", "enhance"):  # engine predictions
+        return True
+    x = adata.X
+    vals = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    sample = vals[: 200_000]
+    if sample.size == 0:
+        return False
+    return not np.allclose(sample, np.round(sample))
+
+
+def gene_expression(adata: AnnData, genes: Sequence[str], *, target_sum: float = 1e4
+                    ) -> pd.DataFrame:
+    """Log-normalised expression of ``genes`` per spot (rows = ``obs_names``): raw counts go
+    through :func:`normalize_log1p`, log-normalised ``X`` is returned as is."""
+    genes = list(genes)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise TrihrgeInputError(f"genes not in the sample: {', '.join(missing[:10])}",
+                                "check the gene symbols (case matters)")
+    if is_log_normalised(adata):
+        cols = _dense(adata.X[:, adata.var_names.get_indexer(genes)]).astype(np.float32)
+    else:
+        cols = normalize_log1p(adata, target_sum, genes)
+    return pd.DataFrame(cols, index=adata.obs_names.copy(), columns=genes)
 
 
 def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[str] = (),
@@ -86,9 +134,8 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
     adata = adata[totals > 0].copy() if (totals <= 0).any() else adata
     genes = select_genes(adata, n_top_genes, extra_genes)
-    logn = normalize_log1p(adata, target_sum)
     idx = adata.var_names.get_indexer(genes)
-    out = AnnData(X=logn[:, idx], obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
+    out = AnnData(X=normalize_log1p(adata, target_sum, genes), obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
                   obsm={k: np.asarray(v) for k, v in adata.obsm.items()}, uns=dict(adata.uns))
     out.layers["counts"] = _dense(adata.X[:, idx]).astype(np.float32)
     out.uns["trihrge_preprocessing"] = {"n_top_genes": int(n_top_genes), "flavor": "seurat_v3",
@@ -100,6 +147,9 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
 __all__ = [
     "check_counts",
     "select_genes",
+    "log_normalised",
     "normalize_log1p",
+    "is_log_normalised",
+    "gene_expression",
     "prepare_expression",
 ]

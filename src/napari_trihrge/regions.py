@@ -183,22 +183,15 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
 def adata_expression_set(adata, name: str = "measured",
                          genes: Sequence[str] | None = None) -> ExpressionSet:
     """Log-normalised expression of an AnnData's spots (counts are normalised on the fly)."""
-    from .layers import gene_expression, is_log_normalised, spots_rc_um
+    from .preprocessing import gene_expression, is_log_normalised, log_normalised
+    from .tasks import sample_geometry
 
-    rc = spots_rc_um(adata)
-    if genes is None and is_log_normalised(adata):
-        x = adata.X
-        vals = x.tocsr().astype(np.float32) if sp.issparse(x) else np.asarray(x, np.float32)
-        return ExpressionSet(name, rc, vals, list(map(str, adata.var_names)))
+    rc = sample_geometry(adata)[0]
     if genes is None:
-        x = adata.X.tocsr().astype(np.float64) if sp.issparse(adata.X) else sp.csr_matrix(
-            np.asarray(adata.X, dtype=np.float64))
-        totals = np.asarray(x.sum(axis=1)).ravel()
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-        x = sp.diags(scale) @ x
-        x = sp.csr_matrix(x)
-        x.data = np.log1p(x.data)
-        return ExpressionSet(name, rc, x.astype(np.float32), list(map(str, adata.var_names)))
+        x = adata.X if is_log_normalised(adata) else log_normalised(adata)
+        vals = (sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x)
+                else np.asarray(x, np.float32))
+        return ExpressionSet(name, rc, vals, list(map(str, adata.var_names)))
     df = gene_expression(adata, genes)
     return ExpressionSet(name, rc, df.to_numpy(), list(df.columns))
 

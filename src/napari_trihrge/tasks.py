@@ -348,8 +348,7 @@ def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
     from .preprocessing import check_counts, normalize_log1p
 
     check_counts(adata)
-    logn = normalize_log1p(adata)
-    return logn[:, adata.var_names.get_indexer(genes)]
+    return normalize_log1p(adata, genes=genes)
 
 
 def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunConfig | None = None,
