@@ -13,7 +13,6 @@ from napari_trihrge.predict import (
     predict_ensemble,
     predict_in_chunks,
 )
-from napari_trihrge.progress import Progress
 
 SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (32, 48)}
 G = 6

@@ -13,6 +13,7 @@ import numpy as np
 from anndata import AnnData
 
 from . import geometry
+from .device import resolve_device
 from .outputs import (
     peak_rss_mb,
     prepare_out_dir,
@@ -21,7 +22,6 @@ from .outputs import (
     write_models,
     write_recovery,
 )
-from .device import resolve_device
 from .progress import Progress, ensure_progress
 from .tasks import RunConfig, enhance, recovery, sample_geometry
 

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import TrihrgeInputError
 from .device import resolve_device
+from .errors import TrihrgeInputError
 from .model import ModelConfig, TriHRGENet
 from .progress import Progress, ensure_progress
 
