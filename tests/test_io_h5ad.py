@@ -32,8 +32,14 @@ def test_scanpy_style_guesses_visium(tmp_path, visium):
     adata = io.read(path)
     info = adata.uns["trihrge"]
     assert info["platform"] == "visium" and info["library_id"] == "sample1"
-    assert info["um_per_px"] == pytest.approx(0.55)
-    assert info["um_per_px_source"] == "spot_diameter"
+    assert info["um_per_px"] == pytest.approx(0.55, rel=2e-3)
+    assert info["um_per_px_source"] == "lattice"  # obs array_row / array_col
+    no_array = _scanpy_style(visium)
+    no_array.obs = no_array.obs.drop(columns=["array_row", "array_col"])
+    no_array.write_h5ad(tmp_path / "no_array.h5ad")
+    fallback = io.read(tmp_path / "no_array.h5ad").uns["trihrge"]
+    assert fallback["um_per_px_source"] == "spot_diameter"
+    assert fallback["um_per_px"] == pytest.approx(0.55)
     assert info["sample"] == "s" and info["source"] == str(path.resolve())
     img = io.get_image(adata)
     assert img.array.dtype == np.uint8

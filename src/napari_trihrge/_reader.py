@@ -19,6 +19,7 @@ import numpy as np
 
 from . import layers as L
 from .errors import TrihrgeInputError
+from .geometry import DEFAULT_SPOT_DIAMETER_UM
 
 _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
 
@@ -132,7 +133,8 @@ def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
         out.append(img)
     if task == "enhance":
         factor = int(adata.uns.get("trihrge", {}).get("factor", 4))
-        diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um", 55.0))
+        diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um",
+                                                          DEFAULT_SPOT_DIAMETER_UM))
         out.append(L.spots_layer(adata, kind="virtual", size_um=diameter / np.sqrt(factor),
                                  name=f"enhanced: {factor}x virtual spots"))
     else:

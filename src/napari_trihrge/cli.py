@@ -27,7 +27,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", type=Path, help="full-resolution H&E image (TIFF, OME-TIFF, SVS, "
                    "JPEG, PNG); for Space Ranger folders this adds the full-resolution image")
     g.add_argument("--um-per-px", type=float, help="full-resolution pixel size in micrometres "
-                   "per pixel (default: derived from the spot diameter)")
+                   "per pixel (default: fitted on the spot lattice, else from the spot diameter)")
     g.add_argument("--spot-diameter-px", type=float, help="spot diameter in full-resolution pixels")
     g.add_argument("--spot-diameter-um", type=float, help="spot diameter in micrometres "
                    "(default 55 for Visium, 100 for legacy ST)")

@@ -104,7 +104,8 @@ def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
         )
     um_per_px = geometry.validate_um_per_px(float(meta["um_per_px"]))
     rc_um = geometry.xy_px_to_rc_um(adata.obsm["spatial"], um_per_px)
-    return rc_um, um_per_px, float(meta.get("spot_diameter_um", 55.0))
+    return rc_um, um_per_px, float(meta.get("spot_diameter_um",
+                                            geometry.DEFAULT_SPOT_DIAMETER_UM))
 
 
 def _encoder_and_image(adata: AnnData, cfg: RunConfig):

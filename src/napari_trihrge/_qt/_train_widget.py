@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
+from ..geometry import DEFAULT_SPOT_DIAMETER_UM
 from ._common import heading, hline, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
@@ -417,7 +418,8 @@ class TrainWidget(QWidget):
         genes = list(virt.var_names)
         gene = s.gene if s.gene in genes else _first_interesting_gene(result)
         factor = int(virt.uns.get("trihrge", {}).get("factor", 4))
-        diameter = float(adata.uns["trihrge"].get("spot_diameter_um", 55.0))
+        diameter = float(adata.uns["trihrge"].get("spot_diameter_um",
+                                                  DEFAULT_SPOT_DIAMETER_UM))
         data, kwargs, kind = L.spots_layer(virt, [gene], color_by=gene, kind="virtual",
                                            name=f"enhanced: {factor}x virtual spots",
                                            size_um=diameter / np.sqrt(factor))

@@ -9,26 +9,30 @@ from typing import Any
 import numpy as np
 
 from ..errors import TrihrgeInputError
-from ._common import platform_info, resolve_um_per_px
+from ..geometry import resolve_pixel_size
+from ._common import array_index_of, platform_info
 
 
 def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
               um_per_px: float | None = None, spot_diameter_um: float | None = None,
-              platform: str | None = None, fullres_image: str | os.PathLike | None = None
+              platform: str | None = None, fullres_image: str | os.PathLike | None = None,
+              image: str | os.PathLike | None = None, spot_diameter_px: float | None = None
               ) -> Any:
     """Read an ``.h5ad`` with ``obsm['spatial']`` (x/y full-resolution pixels) and optionally
     ``uns['spatial'][library]['images'|'scalefactors']``.
 
     An existing ``uns['trihrge']`` (our own outputs) is trusted; the keyword arguments override
     it. Otherwise the platform is 'visium' when ``spot_diameter_fullres`` is present (unless
-    ``platform`` says otherwise) and the pixel size comes from ``um_per_px``, the spot diameter,
-    or the measured spot spacing.
+    ``platform`` says otherwise) and the pixel size comes from ``um_per_px``, the spot lattice
+    (``obs`` ``array_row``/``array_col`` for Visium, ``array_x``/``array_y`` for ST), the spot
+    diameter, or the measured spot spacing. ``image`` is an alias of ``fullres_image``.
     """
     import anndata as ad
 
     from .image import image_size_px
     from .sample import validate_sample
 
+    fullres_image = fullres_image if fullres_image is not None else image
     path = Path(path)
     if not path.is_file():
         raise TrihrgeInputError(f"h5ad file not found: {path}", "check the path")
@@ -64,7 +68,7 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
     scalefactors = dict((spatial.get(lib, {}) or {}).get("scalefactors", {}) or {})
 
     if previous.get("um_per_px") is not None and um_per_px is None and platform is None \
-            and spot_diameter_um is None:
+            and spot_diameter_um is None and spot_diameter_px is None:
         info = previous  # our own output: trust it
         info["library_id"] = lib
     else:
@@ -75,13 +79,15 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
                 f"{path.name} does not say which platform it comes from or its pixel size",
                 "pass platform='visium' or 'st' (--platform), or the pixel size (--um-per-px)")
         platform_info(plat)
-        um, source, diam_um = resolve_um_per_px(
-            xy, plat, um_per_px=um_per_px if um_per_px is not None else previous.get("um_per_px"),
-            spot_diameter_px=scalefactors.get("spot_diameter_fullres"),
+        pixel_size = resolve_pixel_size(
+            xy, plat, array_index=array_index_of(adata.obs, plat),
+            um_per_px=um_per_px if um_per_px is not None else previous.get("um_per_px"),
+            spot_diameter_px=spot_diameter_px if spot_diameter_px is not None
+            else _number_or_none(scalefactors.get("spot_diameter_fullres")),
             spot_diameter_um=spot_diameter_um if spot_diameter_um is not None
-            else (previous.get("spot_diameter_um") if previous.get("platform") == plat else None))
-        info = {**previous, "library_id": lib, "platform": plat, "um_per_px": um,
-                "um_per_px_source": source, "spot_diameter_um": diam_um}
+            else (previous.get("spot_diameter_um") if previous.get("platform") == plat else None),
+            what=path.name)
+        info = {**previous, "library_id": lib, "platform": plat, **pixel_size.record()}
     info.setdefault("sample", path.stem)
     info.setdefault("platform", "generic")
     info.setdefault("source", str(path.resolve()))
@@ -102,3 +108,12 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
         adata.uns["spatial"] = spatial
     adata.var_names_make_unique()
     return validate_sample(adata)
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A stored scale factor as a positive float, or None when it is not one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
