@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from napari_trihrge import cli
+from napari_trihrge.errors import TrihrgeInputError
 
 
 def _help(capsys, *argv: str) -> str:
@@ -146,3 +148,45 @@ def test_local_checkpoint_with_encoder_arch(capsys, sample_h5ad, tmp_path):
     assert summary["encoder"] == str(ckpt)
     assert summary["config"]["encoder_architecture"] == "vit_tiny_patch16_224"
     capsys.readouterr()
+
+
+def test_input_options_reach_every_reader(tmp_path):
+    """--image, --platform and --spot-diameter-px on Space Ranger folders, --image on her2st
+    folders and .h5ad files: read without a traceback (the README promises them)."""
+    import tifffile
+    from test_io_spot_table import make_st_section
+    from test_io_visium import FULL_HW, make_visium_folder
+
+    from napari_trihrge.outputs import write_h5ad
+
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), np.uint8))
+    folder = make_visium_folder(tmp_path / "vis")
+    parser = cli.build_parser()
+
+    def read(*argv):
+        return cli._read(parser.parse_args(["enhance", *map(str, argv)]))
+
+    adata = read(folder, "--image", slide, "--platform", "visium", "--spot-diameter-px", "100")
+    info = adata.uns["trihrge"]
+    assert info["fullres_image_path"] == str(slide.resolve())
+    assert info["um_per_px_source"] == "lattice"
+    assert info["um_per_px_estimates"]["spot_diameter"] == pytest.approx(0.55)
+    from napari_trihrge import io
+
+    assert io.get_image(adata).shape_px == FULL_HW
+    h5ad = tmp_path / "vis.h5ad"
+    del adata.uns["trihrge"]["fullres_image_path"]
+    write_h5ad(adata, h5ad)
+    assert read(h5ad, "--image", slide).uns["trihrge"]["fullres_image_path"] == \
+        str(slide.resolve())
+    section = make_st_section(tmp_path / "S1")
+    other = tmp_path / "other.jpg"
+    (section / "S1_HE.jpg").rename(other)
+    with pytest.warns(UserWarning, match="not selected"):
+        st = read(section, "--image", other)
+    assert st.uns["trihrge"]["fullres_image_path"] == str(other.resolve())
+    with pytest.raises(TrihrgeInputError, match="platform 'st'"):
+        read(folder, "--platform", "st")
+    with pytest.raises(TrihrgeInputError, match="--positions cannot be used"):
+        read(folder, "--positions", slide)

@@ -212,8 +212,10 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
     return validate_sample(adata)
 
 
-def find_her2st_files(section_dir: str | os.PathLike) -> dict[str, Path]:
-    """``{'id', 'counts', 'positions', 'image'}`` for a her2st-like section folder."""
+def find_her2st_files(section_dir: str | os.PathLike, need_image: bool = True
+                      ) -> dict[str, Path | None]:
+    """``{'id', 'counts', 'positions', 'image'}`` for a her2st-like section folder (``image``
+    None when absent and not ``need_image``)."""
     d = Path(section_dir)
     hint = ("a her2st section folder holds <id>.tsv.gz (counts), <id>_selection.tsv "
             "(positions) and <id>_HE.jpg (full-resolution H&E)")
@@ -230,8 +232,9 @@ def find_her2st_files(section_dir: str | os.PathLike) -> dict[str, Path]:
         raise TrihrgeInputError(f"counts file {sid}.tsv.gz not found in {d}", hint)
     image = next((p for pat in (f"{sid}_HE.*", f"{sid}*.jpg", f"{sid}*.tif*")
                   for p in sorted(d.glob(pat))), None)
-    if image is None:
-        raise TrihrgeInputError(f"H&E image {sid}_HE.jpg not found in {d}", hint)
+    if image is None and need_image:
+        raise TrihrgeInputError(f"H&E image {sid}_HE.jpg not found in {d}",
+                                hint + "; or pass the image with --image")
     return {"id": sid, "counts": counts, "positions": sels[0], "image": image}
 
 
@@ -243,7 +246,8 @@ def is_her2st_folder(path: str | os.PathLike) -> bool:
 def read_her2st(section_dir: str | os.PathLike, **kwargs: Any) -> Any:
     """Read a her2st-like legacy ST section folder (``<id>.tsv.gz``, ``<id>_selection.tsv``,
     ``<id>_HE.jpg``); keyword arguments go to :func:`read_spot_table`."""
-    f = find_her2st_files(section_dir)
+    given = kwargs.get("image") or kwargs.get("fullres_image")
+    f = find_her2st_files(section_dir, need_image=given is None)
     kwargs.setdefault("platform", "st")
     kwargs.setdefault("library_id", f["id"])
     kwargs.setdefault("sample", f["id"])
