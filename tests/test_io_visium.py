@@ -147,8 +147,10 @@ def test_fullres_image_by_path(tmp_path):
     full = tmp_path / "full.tif"
     import tifffile
 
-    tifffile.imwrite(full, np.full(FULL_HW + (3,), 200, np.uint8), photometric="rgb")
-    adata = io.read_visium(folder, fullres_image=full, um_per_px=0.5)
+    tissue = np.random.default_rng(0).integers(80, 230, FULL_HW + (3,), dtype=np.uint8)
+    tifffile.imwrite(full, tissue, photometric="rgb")
+    with pytest.warns(UserWarning, match="given pixel size gives 0.5 um/px"):  # lattice: 0.55
+        adata = io.read_visium(folder, fullres_image=full, um_per_px=0.5)
     assert adata.uns["trihrge"]["fullres_image_path"] == str(full.resolve())
     assert adata.uns["trihrge"]["um_per_px"] == 0.5
     assert adata.uns["trihrge"]["um_per_px_source"] == "given"
@@ -235,3 +237,41 @@ def test_dlpfc_shared(dlpfc_dir):
     rc = adata.obsm["spatial"][:, ::-1] * lib["scalefactors"]["tissue_lowres_scalef"]
     under = img.array[rc[:, 0].astype(int), rc[:, 1].astype(int)].mean()
     assert under < img.array[:20, :20].mean() - 10
+
+
+def _overwrite_png(folder, res, pixels):
+    path = folder / "spatial" / f"tissue_{res}_image.png"
+    h, w = Image.open(path).size[::-1]
+    Image.fromarray(np.broadcast_to(np.asarray(pixels, np.uint8), (h, w, len(pixels))).copy()
+                    ).save(path)
+
+
+def test_blank_hires_falls_back_to_lowres_with_a_warning(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    _overwrite_png(folder, "hires", (0, 0, 0, 0))  # black, transparent RGBA as some tools write
+    adata = io.read_visium(folder)
+    with pytest.warns(UserWarning, match="hires image of the sample is blank.*lowres"):
+        img = io.get_image(adata)
+    assert img.um_per_px == pytest.approx(11.0, rel=2e-3)
+    with pytest.raises(TrihrgeInputError, match="blank"):
+        io.get_image(adata, resolution="hires")
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (0, 0, 0, 255)])
+def test_every_image_blank_is_a_clear_error(tmp_path, colour):
+    folder = make_visium_folder(tmp_path)
+    for res in ("hires", "lowres"):
+        _overwrite_png(folder, res, colour)
+    adata = io.read_visium(folder)
+    with pytest.raises(TrihrgeInputError, match="hires and lowres image of the sample is blank"):
+        io.get_image(adata)
+
+
+def test_blank_full_resolution_image_falls_back(tmp_path):
+    import tifffile
+
+    folder = make_visium_folder(tmp_path)
+    tifffile.imwrite(tmp_path / "black.tif", np.zeros((*FULL_HW, 3), np.uint8))
+    adata = io.read(folder, image=tmp_path / "black.tif")
+    with pytest.warns(UserWarning, match="fullres image of the sample is blank.*hires"):
+        assert io.get_image(adata).um_per_px == pytest.approx(2.75, rel=2e-3)

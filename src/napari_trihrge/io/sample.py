@@ -10,9 +10,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import TrihrgeInputError
-from ..geometry import validate_um_per_px
+from ..geometry import validate_um_per_px, xy_px_to_rc_um
 from ._common import check_inside
-from .image import TissueImage, image_size_px, open_image, to_rgb_uint8
+from .image import TissueImage, blank_at_spots, image_size_px, open_image, to_rgb_uint8
 
 _SCALEF = {"hires": "tissue_hires_scalef", "lowres": "tissue_lowres_scalef"}
 
@@ -77,14 +77,35 @@ def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
             "image in uns['spatial'])",
             "pass the full-resolution H&E image (--image / fullres_image=...) or read a Space "
             "Ranger folder that contains spatial/tissue_hires_image.png")
-    best = options[0]
-    if best == "fullres":
+    rc_um = None
+    if "spatial" in adata.obsm:
+        rc_um = xy_px_to_rc_um(np.asarray(adata.obsm["spatial"])[:, :2], um_full)
+    blank: list[str] = []
+    for res in options:
+        img = _open_resolution(adata, res, info, lib, um_full)
+        if rc_um is None or not blank_at_spots(img, rc_um):
+            if blank:
+                warnings.warn(f"the {' and '.join(blank)} image of the sample is blank (one flat "
+                              f"colour under the spots); using the {res} image instead",
+                              stacklevel=2)
+            return img
+        img.close()
+        blank.append(res)
+    raise TrihrgeInputError(
+        f"the {' and '.join(blank)} image of the sample is blank (one flat colour under the "
+        "spots: all black, all white or transparent), so there is no tissue to learn from",
+        "pass the H&E the spots were measured on (--image / fullres_image=...), or re-export "
+        "the image (some tools write an empty PNG)")
+
+
+def _open_resolution(adata: Any, res: str, info: dict, lib: dict, um_full: float) -> TissueImage:
+    """The sample's image at one resolution ('fullres', 'hires' or 'lowres')."""
+    if res == "fullres":
         return open_image(str(info["fullres_image_path"]), um_full)
-    scalef = float(lib["scalefactors"][_SCALEF[best]])
-    arr = to_rgb_uint8(lib["images"][best], f"the {best} image")
-    img = TissueImage.from_array(arr, um_full / scalef,
-                                 source=f"{info.get('source', 'sample')} [{best}]")
-    return img
+    scalef = float(lib["scalefactors"][_SCALEF[res]])
+    arr = to_rgb_uint8(lib["images"][res], f"the {res} image")
+    return TissueImage.from_array(arr, um_full / scalef,
+                                  source=f"{info.get('source', 'sample')} [{res}]")
 
 
 def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None:
