@@ -12,6 +12,12 @@ from napari_trihrge import cli
 from napari_trihrge.errors import TrihrgeInputError
 
 
+@pytest.fixture(autouse=True)
+def _user_cache_in_tmp(tmp_path, monkeypatch):
+    """The default feature cache is the user cache folder: keep the tests' out of $HOME."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+
+
 def _help(capsys, *argv: str) -> str:
     with pytest.raises(SystemExit) as exc:
         cli.main([*argv, "--help"])
@@ -190,3 +196,86 @@ def test_input_options_reach_every_reader(tmp_path):
         read(folder, "--platform", "st")
     with pytest.raises(TrihrgeInputError, match="--positions cannot be used"):
         read(folder, "--positions", slide)
+
+
+@pytest.mark.parametrize("option,value,reason", [
+    ("--windows-um", "abc", "expected a number"),
+    ("--windows-um", "112,-3", "positive"),
+    ("--genes", "0", "must be >= 1"),
+    ("--ensemble", "0", "must be >= 1"),
+    ("--max-epochs", "0", "must be >= 1"),
+    ("--stride-um", "0", "positive"),
+    ("--um-per-px", "nan", "positive"),
+])
+def test_bad_numbers_are_refused_by_the_parser(capsys, tmp_path, option, value, reason):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["enhance", str(tmp_path), option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and reason in err and "Traceback" not in err
+
+
+def test_cache_dir_that_is_a_file_is_refused_before_reading(capsys, tmp_path):
+    blocker = tmp_path / "cache.txt"
+    blocker.write_text("x")
+    err = _one_line_error(capsys, ["enhance", str(tmp_path / "missing.h5ad"), "--cache-dir",
+                                   str(blocker), "--quiet"])
+    assert "cache.txt is a file" in err  # before the missing input is even looked at
+
+
+def test_output_inside_a_read_only_folder(capsys, sample_h5ad, tmp_path, monkeypatch):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root may write anywhere: let the OS say no here
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(
+                str(locked)) else real(p, mode))
+        err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--out",
+                                       str(locked / "run"), "--quiet"])
+        assert "cannot be written" in err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_stride_that_would_not_fit_is_refused_up_front(capsys, sample_h5ad, tmp_path):
+    err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--stride-um", "0.001",
+                                   "--out", str(tmp_path / "o"), "--quiet"])
+    assert "finer than the image's pixel" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_map_size_refusal_names_the_memory_needed(sample_h5ad, monkeypatch):
+    from napari_trihrge import io, tasks
+
+    adata = io.read(sample_h5ad)
+    monkeypatch.setattr(tasks, "_available_memory_bytes", lambda: 1e6)
+    with pytest.raises(TrihrgeInputError, match=r"would need [\d.]+ MiB of memory"):
+        tasks.check_map_size(adata, 2.0, n_genes=30)
+    tasks.check_map_size(adata, 400.0, n_genes=30)  # a coarse map fits
+
+
+def test_map_stride_larger_than_the_tissue_is_refused_before_training(sample_h5ad):
+    from napari_trihrge import io, tasks
+
+    adata = io.read(sample_h5ad)
+    with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
+        tasks.enhance(adata, stride_um=5000.0, config=tasks.RunConfig(
+            n_top_genes=10, device="cpu", train={"max_epochs": 1}))
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("ensemble", 0, "ensemble"), ("n_top_genes", 0, "number of genes"),
+    ("windows_um", (112.0, float("nan")), "window sizes"),
+    ("train", {"max_epochs": 0}, "max_epochs"),
+])
+def test_api_refuses_impossible_settings_before_any_work(synthetic, field, value, reason):
+    from napari_trihrge import tasks
+
+    cfg = tasks.RunConfig(**{field: value})
+    for run in (tasks.recovery, tasks.enhance):
+        with pytest.raises(TrihrgeInputError, match=reason):
+            run(synthetic, config=cfg)

@@ -109,3 +109,20 @@ def test_bad_inputs(tmp_path, visium):
         io.read_h5ad(tmp_path / "far.h5ad")
     with pytest.raises(TrihrgeInputError, match="implausible"):
         io.read_h5ad(tmp_path / "far.h5ad", um_per_px=0.001)
+
+
+def test_log_normalised_x_uses_the_raw_layer_or_fails(tmp_path, visium):
+    import scanpy as sc
+
+    norm = visium.copy()
+    norm.layers["counts"] = norm.X.copy()
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    norm.write_h5ad(tmp_path / "with_counts.h5ad")
+    with pytest.warns(UserWarning, match="using layers\\['counts'\\]"):
+        adata = io.read_h5ad(tmp_path / "with_counts.h5ad")
+    assert np.allclose(adata.X.toarray(), visium.X.toarray())
+    del norm.layers["counts"]
+    norm.write_h5ad(tmp_path / "log.h5ad")
+    with pytest.raises(TrihrgeInputError, match="not raw counts.*not whole numbers"):
+        io.read_h5ad(tmp_path / "log.h5ad")

@@ -190,3 +190,25 @@ def test_her2st_shared_pixel_size_from_lattice(sid):
     info = adata.uns["trihrge"]
     assert info["um_per_px_source"] == "lattice"
     assert info["um_per_px"] == pytest.approx(0.68, rel=0.02)
+
+
+def test_nan_in_a_counts_table_is_rejected(tmp_path):
+    section = make_st_section(tmp_path / "S1")
+    counts = pd.read_csv(section / "S1.tsv.gz", sep="\t", index_col=0)
+    counts.iloc[3, 2] = np.nan
+    counts.to_csv(section / "S1.tsv.gz", sep="\t")
+    with pytest.raises(TrihrgeInputError, match="1 missing \\(NaN\\) count"):
+        io.read(section)
+
+
+@pytest.mark.parametrize("kind", ["log1p", "cpm_rounded"])
+def test_normalised_counts_are_rejected(tmp_path, kind):
+    section = make_st_section(tmp_path / "S1")
+    counts = pd.read_csv(section / "S1.tsv.gz", sep="\t", index_col=0).astype(float)
+    cpm = counts.div(counts.sum(axis=1), axis=0) * 1e6
+    bad = np.log1p(cpm / 100) if kind == "log1p" else cpm.round()
+    if kind == "cpm_rounded":  # make every total exactly 1e6 after rounding
+        bad.iloc[:, 0] += 1e6 - bad.sum(axis=1)
+    bad.to_csv(section / "S1.tsv.gz", sep="\t")
+    with pytest.raises(TrihrgeInputError, match="not raw counts"):
+        io.read(section)

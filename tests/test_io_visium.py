@@ -275,3 +275,56 @@ def test_blank_full_resolution_image_falls_back(tmp_path):
     adata = io.read(folder, image=tmp_path / "black.tif")
     with pytest.warns(UserWarning, match="fullres image of the sample is blank.*hires"):
         assert io.get_image(adata).um_per_px == pytest.approx(2.75, rel=2e-3)
+
+
+def _edit_scalefactors(folder, **changes):
+    path = folder / "spatial" / "scalefactors_json.json"
+    sf = json.loads(path.read_text())
+    sf.update(changes)
+    path.write_text(json.dumps(sf))
+
+
+def test_scalefactors_as_strings_or_zero(tmp_path):
+    folder = make_visium_folder(tmp_path / "a")
+    _edit_scalefactors(folder, spot_diameter_fullres="100.0")  # numeric string: read as number
+    adata = io.read_visium(folder)
+    assert adata.uns["trihrge"]["um_per_px_estimates"]["spot_diameter"] == pytest.approx(0.55)
+    folder = make_visium_folder(tmp_path / "b")
+    _edit_scalefactors(folder, spot_diameter_fullres="n/a", tissue_lowres_scalef=0)
+    with pytest.warns(UserWarning) as record:
+        adata = io.read_visium(folder)
+    text = " ".join(str(w.message) for w in record)
+    assert "spot_diameter_fullres is 'n/a'" in text and "lowres image is ignored" in text
+    assert adata.uns["trihrge"]["um_per_px_source"] == "lattice"
+    assert io.available_images(adata) == ["hires"]
+    folder = make_visium_folder(tmp_path / "c", images=("lowres",))
+    _edit_scalefactors(folder, tissue_lowres_scalef=0)
+    with pytest.warns(UserWarning, match="lowres image is ignored"):
+        adata = io.read_visium(folder)
+    with pytest.raises(TrihrgeInputError, match="no H&E image"):
+        io.get_image(adata)
+
+
+def test_missing_barcodes_are_counted_and_most_missing_fails(tmp_path):
+    folder = make_visium_folder(tmp_path / "a")
+    pos_path = folder / "spatial" / "tissue_positions.csv"
+    pos = pd.read_csv(pos_path)
+    pos.drop(index=[5, 6, 7]).to_csv(pos_path, index=False)
+    with pytest.warns(UserWarning, match="3 of 37 spots .* have no position"):
+        adata = io.read_visium(folder)
+    assert adata.n_obs == 37 - 3
+    pos.iloc[:10].to_csv(pos_path, index=False)
+    with pytest.raises(TrihrgeInputError, match="only 7 of 37 matched"):
+        io.read_visium(folder)
+
+
+def test_all_spots_at_one_point(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    pos_path = folder / "spatial" / "tissue_positions.csv"
+    pos = pd.read_csv(pos_path)
+    pos["pxl_row_in_fullres"] = 400
+    pos["pxl_col_in_fullres"] = 500
+    pos.to_csv(pos_path, index=False)
+    with pytest.raises(TrihrgeInputError, match="only 1 distinct position"), \
+            pytest.warns(UserWarning, match="do not fit"):
+        io.read_visium(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
     except Exception as exc:
         raise TrihrgeInputError(f"cannot read {path.name}: {exc}",
                                 "pass an AnnData .h5ad file written by anndata/scanpy") from exc
+    _use_raw_counts(adata, path.name)
     if "spatial" not in adata.obsm:
         raise TrihrgeInputError(
             f"{path.name} has no spot coordinates (obsm['spatial'])",
@@ -117,3 +119,24 @@ def _number_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) and number > 0 else None
+
+
+def _use_raw_counts(adata: Any, what: str) -> None:
+    """When ``X`` is normalised but ``layers['counts']`` or ``.raw`` holds raw counts (the
+    scanpy habit), put those in ``X`` with a warning; otherwise leave ``X`` for the checks."""
+    from .sample import raw_counts_problem
+
+    problem = raw_counts_problem(adata.X)
+    if not problem:
+        return
+    candidates = []
+    if "counts" in adata.layers:
+        candidates.append(("layers['counts']", adata.layers["counts"]))
+    if adata.raw is not None and list(adata.raw.var_names) == list(adata.var_names):
+        candidates.append((".raw.X", adata.raw.X))
+    for name, X in candidates:
+        if raw_counts_problem(X) is None:
+            warnings.warn(f"{what}: X is not raw counts ({problem}); using {name}",
+                          stacklevel=3)
+            adata.X = X
+            return

@@ -46,10 +46,18 @@ def available_images(adata: Any) -> list[str]:
     if info.get("fullres_image_path"):
         out.append("fullres")
     images = lib.get("images", {}) or {}
+    scalefactors = lib.get("scalefactors", {}) or {}
     for res in ("hires", "lowres"):
-        if res in images and _SCALEF[res] in (lib.get("scalefactors", {}) or {}):
+        if res in images and _positive(scalefactors.get(_SCALEF[res])):
             out.append(res)
     return out
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
@@ -142,6 +150,37 @@ def check_counts(X: Any, what: str = "the counts") -> None:
     if not data.size or float(np.max(data)) == 0:
         raise TrihrgeInputError(f"{what} are all zero ({X.shape[0]} spots x {X.shape[1]} genes)",
                                 "check that the counts file is the right one and not empty")
+    problem = raw_counts_problem(X)
+    if problem:
+        raise TrihrgeInputError(
+            f"{what} are not raw counts: {problem}",
+            "pass the raw UMI counts per spot (for an .h5ad, the layer or .raw that holds them; "
+            "for Space Ranger, filtered_feature_bc_matrix.h5); gene selection (seurat_v3) and "
+            "normalisation need them")
+
+
+#: Share of non-zero values allowed to be fractional in raw counts (ambient-corrected counts
+#: carry a few).
+MAX_FRACTIONAL_SHARE = 0.001
+
+
+def raw_counts_problem(X: Any) -> str | None:
+    """Why ``X`` does not look like raw counts (log-normalised, scaled, CPM), or None."""
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    data = data[data != 0]
+    if data.size > 1_000_000:
+        data = data[:: data.size // 1_000_000 + 1]
+    if data.size:
+        fractional = float(np.mean(np.abs(data - np.round(data)) > 1e-3))
+        if fractional > MAX_FRACTIONAL_SHARE:
+            return (f"{fractional:.0%} of the non-zero values are not whole numbers "
+                    "(log-normalised or scaled data?)")
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    totals = totals[totals > 0]
+    if len(totals) >= 10 and np.std(totals) <= 1e-4 * np.mean(totals):
+        return (f"every spot has the same total ({np.mean(totals):.6g}): normalised to a "
+                "constant sum (CPM or normalize_total)?")
+    return None
 
 
 def validate_sample(adata: Any) -> Any:
@@ -157,6 +196,11 @@ def validate_sample(adata: Any) -> Any:
         raise TrihrgeInputError(f"obsm['spatial'] must be (n_spots, 2), got {xy.shape}",
                                 "store one x and one y full-resolution pixel per spot")
     check_counts(adata.X)
+    n_places = len(np.unique(np.round(xy, 3), axis=0))
+    if adata.n_obs >= 3 and n_places < max(3, 0.5 * adata.n_obs):
+        raise TrihrgeInputError(
+            f"the {adata.n_obs} spots sit at only {n_places} distinct position(s)",
+            "check the spot coordinates (x/y in full-resolution pixels, one place per spot)")
     extent = image_extent_px(adata)
     if extent is not None:
         (h, w), img_px, what = extent
