@@ -109,6 +109,35 @@ def test_enhance_end_to_end(capsys, sample_h5ad, tmp_path):
     err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--genes", "30",
                                    "--max-epochs", "3", "--out", str(out), "--quiet"])
     assert "--overwrite" in err
+    assert (out / "run_complete.json").exists() and not (out / "maps.ome.zarr").exists()
+
+
+def test_overwrite_replaces_a_run_with_maps(capsys, sample_h5ad, tmp_path):
+    out = tmp_path / "enh"
+    base = ["enhance", str(sample_h5ad), "--genes", "20", "--max-epochs", "2", "--factor", "2",
+            "--device", "cpu", "--out", str(out), "--quiet"]
+    assert cli.main([*base, "--stride-um", "40"]) == 0
+    assert (out / "maps.ome.zarr").exists()
+    assert cli.main([*base, "--stride-um", "40", "--overwrite"]) == 0  # maps replaced
+    assert (out / "maps.ome.zarr").exists()
+    assert cli.main([*base, "--overwrite"]) == 0  # no stale maps from the earlier run
+    assert not (out / "maps.ome.zarr").exists() and (out / "run_complete.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".enh")) == []
+    capsys.readouterr()
+
+
+def test_error_after_reading_leaves_no_output_folder(capsys, sample_h5ad, tmp_path):
+    from napari_trihrge import io
+    from napari_trihrge.runs import run_enhance
+    from napari_trihrge.tasks import RunConfig
+
+    err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--stride-um", "5000",
+                                   "--out", str(tmp_path / "o"), "--quiet"])
+    assert "no pixel inside the tissue" in err
+    with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
+        run_enhance(io.read(sample_h5ad), tmp_path / "api", stride_um=5000.0,
+                    config=RunConfig(n_top_genes=10, device="cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
@@ -133,6 +162,7 @@ def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_
     out = tmp_path / "cohort"
     (out / "tiny").mkdir(parents=True)
     (out / "tiny" / "summary.json").write_text("{}")
+    (out / "tiny" / "run_complete.json").write_text("{}")
     assert cli.main(["cohort", str(sample_h5ad), "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
     assert (out / "cohort_report.csv").exists()

@@ -55,8 +55,11 @@ def read_maps(path: str | os.PathLike) -> FileMaps:
 
 
 def _is_run_folder(p: Path) -> bool:
-    return p.is_dir() and (p / "summary.json").is_file() and any(
-        (p / n).exists() for n in ("enhanced.h5ad", "recovery.h5ad", "maps.ome.zarr"))
+    """A run folder, finished or not (an unfinished one is refused by the reader with the
+    reason, rather than not opened at all)."""
+    from .outputs import COMPLETE_MARKER
+
+    return p.is_dir() and ((p / COMPLETE_MARKER).is_file() or (p / "summary.json").is_file())
 
 
 def _is_zarr_map(p: Path) -> bool:
@@ -157,7 +160,9 @@ def read_run_layers(path) -> list:
     """A run folder: H&E, virtual or predicted spots, and the first enhanced map."""
     import anndata as ad
 
-    p = Path(_one(path))
+    from .outputs import check_complete_run
+
+    p = check_complete_run(_one(path))
     out: list = []
     if (p / "enhanced.h5ad").exists():
         out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")

@@ -310,11 +310,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(args)
         validate_config(cfg)  # every option before reading or any heavy work
         if args.out is not None:
+            from .outputs import check_out_dir
+
+            check_out_dir(args.out, args.overwrite)
             check_writable_folder(args.out, "the output folder", "--out")
         adata = _read(args)
         sample = adata.uns.get("trihrge", {}).get("sample", args.path.stem)
         out = args.out or Path("trihrge_out") / f"{args.command}-{sample}"
         check_writable_folder(out, "the output folder", "--out")
+        if args.out is None:
+            from .outputs import check_out_dir
+
+            check_out_dir(out, args.overwrite)
         if args.command == "enhance" and args.stride_um is not None:
             from .tasks import check_map_size
 
