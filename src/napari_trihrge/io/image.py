@@ -90,7 +90,7 @@ def is_blank(pixels: np.ndarray) -> bool:
 
 
 def blank_at_spots(img: TissueImage, rc_um: np.ndarray, window_um: float = 30.0,
-                   max_spots: int = 256) -> bool:
+                   max_spots: int = 64) -> bool:
     """Whether ``img`` is blank where the spots are: small windows around (at most
     ``max_spots``) spot centres that lie wholly inside the image, read at a coarse size."""
     rc_um = np.asarray(rc_um, dtype=np.float64)
