@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from napari_trihrge import cli
+from napari_trihrge.errors import TrihrgeInputError
+
+
+@pytest.fixture(autouse=True)
+def _user_cache_in_tmp(tmp_path, monkeypatch):
+    """The default feature cache is the user cache folder: keep the tests' out of $HOME."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
 
 def _help(capsys, *argv: str) -> str:
@@ -101,6 +109,35 @@ def test_enhance_end_to_end(capsys, sample_h5ad, tmp_path):
     err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--genes", "30",
                                    "--max-epochs", "3", "--out", str(out), "--quiet"])
     assert "--overwrite" in err
+    assert (out / "run_complete.json").exists() and not (out / "maps.ome.zarr").exists()
+
+
+def test_overwrite_replaces_a_run_with_maps(capsys, sample_h5ad, tmp_path):
+    out = tmp_path / "enh"
+    base = ["enhance", str(sample_h5ad), "--genes", "20", "--max-epochs", "2", "--factor", "2",
+            "--device", "cpu", "--out", str(out), "--quiet"]
+    assert cli.main([*base, "--stride-um", "40"]) == 0
+    assert (out / "maps.ome.zarr").exists()
+    assert cli.main([*base, "--stride-um", "40", "--overwrite"]) == 0  # maps replaced
+    assert (out / "maps.ome.zarr").exists()
+    assert cli.main([*base, "--overwrite"]) == 0  # no stale maps from the earlier run
+    assert not (out / "maps.ome.zarr").exists() and (out / "run_complete.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".enh")) == []
+    capsys.readouterr()
+
+
+def test_error_after_reading_leaves_no_output_folder(capsys, sample_h5ad, tmp_path):
+    from napari_trihrge import io
+    from napari_trihrge.runs import run_enhance
+    from napari_trihrge.tasks import RunConfig
+
+    err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--stride-um", "5000",
+                                   "--out", str(tmp_path / "o"), "--quiet"])
+    assert "no pixel inside the tissue" in err
+    with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
+        run_enhance(io.read(sample_h5ad), tmp_path / "api", stride_um=5000.0,
+                    config=RunConfig(n_top_genes=10, device="cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
@@ -125,6 +162,7 @@ def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_
     out = tmp_path / "cohort"
     (out / "tiny").mkdir(parents=True)
     (out / "tiny" / "summary.json").write_text("{}")
+    (out / "tiny" / "run_complete.json").write_text("{}")
     assert cli.main(["cohort", str(sample_h5ad), "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
     assert (out / "cohort_report.csv").exists()
@@ -146,3 +184,128 @@ def test_local_checkpoint_with_encoder_arch(capsys, sample_h5ad, tmp_path):
     assert summary["encoder"] == str(ckpt)
     assert summary["config"]["encoder_architecture"] == "vit_tiny_patch16_224"
     capsys.readouterr()
+
+
+def test_input_options_reach_every_reader(tmp_path):
+    """--image, --platform and --spot-diameter-px on Space Ranger folders, --image on her2st
+    folders and .h5ad files: read without a traceback (the README promises them)."""
+    import tifffile
+    from test_io_spot_table import make_st_section
+    from test_io_visium import FULL_HW, make_visium_folder
+
+    from napari_trihrge.outputs import write_h5ad
+
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), np.uint8))
+    folder = make_visium_folder(tmp_path / "vis")
+    parser = cli.build_parser()
+
+    def read(*argv):
+        return cli._read(parser.parse_args(["enhance", *map(str, argv)]))
+
+    adata = read(folder, "--image", slide, "--platform", "visium", "--spot-diameter-px", "100")
+    info = adata.uns["trihrge"]
+    assert info["fullres_image_path"] == str(slide.resolve())
+    assert info["um_per_px_source"] == "lattice"
+    assert info["um_per_px_estimates"]["spot_diameter"] == pytest.approx(0.55)
+    from napari_trihrge import io
+
+    assert io.get_image(adata).shape_px == FULL_HW
+    h5ad = tmp_path / "vis.h5ad"
+    del adata.uns["trihrge"]["fullres_image_path"]
+    write_h5ad(adata, h5ad)
+    assert read(h5ad, "--image", slide).uns["trihrge"]["fullres_image_path"] == \
+        str(slide.resolve())
+    section = make_st_section(tmp_path / "S1")
+    other = tmp_path / "other.jpg"
+    (section / "S1_HE.jpg").rename(other)
+    with pytest.warns(UserWarning, match="not selected"):
+        st = read(section, "--image", other)
+    assert st.uns["trihrge"]["fullres_image_path"] == str(other.resolve())
+    with pytest.raises(TrihrgeInputError, match="platform 'st'"):
+        read(folder, "--platform", "st")
+    with pytest.raises(TrihrgeInputError, match="--positions cannot be used"):
+        read(folder, "--positions", slide)
+
+
+@pytest.mark.parametrize("option,value,reason", [
+    ("--windows-um", "abc", "expected a number"),
+    ("--windows-um", "112,-3", "positive"),
+    ("--genes", "0", "must be >= 1"),
+    ("--ensemble", "0", "must be >= 1"),
+    ("--max-epochs", "0", "must be >= 1"),
+    ("--stride-um", "0", "positive"),
+    ("--um-per-px", "nan", "positive"),
+])
+def test_bad_numbers_are_refused_by_the_parser(capsys, tmp_path, option, value, reason):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["enhance", str(tmp_path), option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and reason in err and "Traceback" not in err
+
+
+def test_cache_dir_that_is_a_file_is_refused_before_reading(capsys, tmp_path):
+    blocker = tmp_path / "cache.txt"
+    blocker.write_text("x")
+    err = _one_line_error(capsys, ["enhance", str(tmp_path / "missing.h5ad"), "--cache-dir",
+                                   str(blocker), "--quiet"])
+    assert "cache.txt is a file" in err  # before the missing input is even looked at
+
+
+def test_output_inside_a_read_only_folder(capsys, sample_h5ad, tmp_path, monkeypatch):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root may write anywhere: let the OS say no here
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(
+                str(locked)) else real(p, mode))
+        err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--out",
+                                       str(locked / "run"), "--quiet"])
+        assert "cannot be written" in err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_stride_that_would_not_fit_is_refused_up_front(capsys, sample_h5ad, tmp_path):
+    err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--stride-um", "0.001",
+                                   "--out", str(tmp_path / "o"), "--quiet"])
+    assert "finer than the image's pixel" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_map_size_refusal_names_the_memory_needed(sample_h5ad, monkeypatch):
+    from napari_trihrge import io, tasks
+
+    adata = io.read(sample_h5ad)
+    monkeypatch.setattr(tasks, "_available_memory_bytes", lambda: 1e6)
+    with pytest.raises(TrihrgeInputError, match=r"would need [\d.]+ MiB of memory"):
+        tasks.check_map_size(adata, 2.0, n_genes=30)
+    tasks.check_map_size(adata, 400.0, n_genes=30)  # a coarse map fits
+
+
+def test_map_stride_larger_than_the_tissue_is_refused_before_training(sample_h5ad):
+    from napari_trihrge import io, tasks
+
+    adata = io.read(sample_h5ad)
+    with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
+        tasks.enhance(adata, stride_um=5000.0, config=tasks.RunConfig(
+            n_top_genes=10, device="cpu", train={"max_epochs": 1}))
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("ensemble", 0, "ensemble"), ("n_top_genes", 0, "number of genes"),
+    ("windows_um", (112.0, float("nan")), "window sizes"),
+    ("train", {"max_epochs": 0}, "max_epochs"),
+])
+def test_api_refuses_impossible_settings_before_any_work(synthetic, field, value, reason):
+    from napari_trihrge import tasks
+
+    cfg = tasks.RunConfig(**{field: value})
+    for run in (tasks.recovery, tasks.enhance):
+        with pytest.raises(TrihrgeInputError, match=reason):
+            run(synthetic, config=cfg)

@@ -73,7 +73,8 @@ def test_cohort_runs_retries_reports_and_skips(samples, cluster, tmp_path):
     assert "broken.h5ad" in failed["error"] and "\n" not in failed["error"]
     assert _attempts(cl.scheduler, "broken") == 2  # first try + 1 retry
     for name in ("sample_1", "sample_2", "sample_3"):
-        summary = json.loads((out / name / DONE_MARKER).read_text())
+        assert (out / name / DONE_MARKER).exists()  # the completion marker, written last
+        summary = json.loads((out / name / "summary.json").read_text())
         assert summary["n_genes"] == 30 and summary["device"] == "cpu"
         assert (out / name / "enhanced.h5ad").exists()
     assert not (out / "broken").exists()  # nothing half-written

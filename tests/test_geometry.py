@@ -102,3 +102,69 @@ def test_dense_grid_with_mask():
     assert pts[:, 0].max() < 50.0
     with pytest.raises(TrihrgeInputError):
         geometry.dense_grid((100.0, 100.0), 0.0)
+
+
+def visium_array(n_rows=6, n_cols=8):
+    """Visium array indices: array_col runs in steps of 2, odd rows offset by one."""
+    return np.array([(r, c) for r in range(n_rows) for c in range(r % 2, 2 * n_cols, 2)], float)
+
+
+@pytest.mark.parametrize("angle_deg,flip", [(0.0, False), (90.0, False), (17.0, True)])
+def test_lattice_fit_recovers_pixel_size_under_rotation_and_flip(angle_deg, flip):
+    idx = visium_array()
+    step_r, step_c = geometry.PLATFORMS["visium"]["array_step_um"]
+    rc_um = idx * [step_r, step_c]
+    t = np.radians(angle_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    xy_px = (rc_um @ rot.T)[:, ::-1] / 0.726 + 3000.0
+    if flip:
+        xy_px[:, 0] *= -1
+        xy_px[:, 0] += 20000
+    rng = np.random.default_rng(0)
+    fit = geometry.fit_array_lattice(idx, xy_px + rng.normal(0, 1.0, xy_px.shape),
+                                     (step_r, step_c))
+    assert fit is not None and fit.um_per_px == pytest.approx(0.726, rel=0.005)
+    # centre-to-centre distance is the Visium pitch, 100 um
+    assert geometry.spot_spacing_um(xy_px[:, ::-1] * fit.um_per_px) == pytest.approx(100, rel=0.01)
+
+
+def test_lattice_fit_refuses_indices_that_do_not_describe_the_positions():
+    idx = visium_array()
+    rng = np.random.default_rng(1)
+    assert geometry.fit_array_lattice(idx, rng.uniform(0, 5000, (len(idx), 2)), (86.6, 50)) \
+        is None
+    assert geometry.fit_array_lattice(idx[:2], idx[:2] * 100, (86.6, 50)) is None  # too few
+    line = np.stack([np.arange(10.0), np.zeros(10)], axis=1)  # collinear indices
+    assert geometry.fit_array_lattice(line, line * 100, (86.6, 50)) is None
+
+
+def test_resolve_pixel_size_order_and_disagreement_warning():
+    idx = visium_array()
+    xy_px = (idx * geometry.PLATFORMS["visium"]["array_step_um"])[:, ::-1] / 0.726
+    ps = geometry.resolve_pixel_size(xy_px, "visium", array_index=idx, spot_diameter_px=75.8)
+    assert ps.source == "lattice" and ps.um_per_px == pytest.approx(0.726)
+    assert ps.estimates["spot_diameter"] == pytest.approx(55 / 75.8)
+    assert ps.record()["um_per_px_source"] == "lattice"
+    with pytest.warns(UserWarning, match="27% apart"):  # Space Ranger's 96.4 px on DLPFC
+        ps = geometry.resolve_pixel_size(xy_px, "visium", array_index=idx,
+                                         spot_diameter_px=55 / 0.5705)
+    assert ps.source == "lattice"
+    with pytest.warns(UserWarning, match="given pixel size"):
+        ps = geometry.resolve_pixel_size(xy_px, "visium", array_index=idx, um_per_px=0.5)
+    assert ps.source == "given" and ps.um_per_px == 0.5
+    ps = geometry.resolve_pixel_size(xy_px, "visium", spot_diameter_px=55 / 0.7)
+    assert ps.source == "spot_diameter" and ps.um_per_px == pytest.approx(0.7)
+    ps = geometry.resolve_pixel_size(xy_px, "visium")
+    assert ps.source == "spot_spacing" and ps.um_per_px == pytest.approx(0.726, rel=0.01)
+    with pytest.raises(TrihrgeInputError, match="must be a number"):
+        geometry.resolve_pixel_size(xy_px, "visium", spot_diameter_px="96.4px")
+    with pytest.raises(TrihrgeInputError, match="unknown platform"):
+        geometry.resolve_pixel_size(xy_px, "slide-seq")
+
+
+def test_square_st_lattice_fit():
+    ij = np.array([(i, j) for i in range(1, 9) for j in range(1, 7)], float)
+    xy_px = ij * 200.0 / 0.68 + 50
+    ps = geometry.resolve_pixel_size(xy_px, "st", array_index=ij)
+    assert ps.source == "lattice" and ps.um_per_px == pytest.approx(0.68)
+    assert ps.spot_diameter_um == 100.0

@@ -32,8 +32,14 @@ def test_scanpy_style_guesses_visium(tmp_path, visium):
     adata = io.read(path)
     info = adata.uns["trihrge"]
     assert info["platform"] == "visium" and info["library_id"] == "sample1"
-    assert info["um_per_px"] == pytest.approx(0.55)
-    assert info["um_per_px_source"] == "spot_diameter"
+    assert info["um_per_px"] == pytest.approx(0.55, rel=2e-3)
+    assert info["um_per_px_source"] == "lattice"  # obs array_row / array_col
+    no_array = _scanpy_style(visium)
+    no_array.obs = no_array.obs.drop(columns=["array_row", "array_col"])
+    no_array.write_h5ad(tmp_path / "no_array.h5ad")
+    fallback = io.read(tmp_path / "no_array.h5ad").uns["trihrge"]
+    assert fallback["um_per_px_source"] == "spot_diameter"
+    assert fallback["um_per_px"] == pytest.approx(0.55)
     assert info["sample"] == "s" and info["source"] == str(path.resolve())
     img = io.get_image(adata)
     assert img.array.dtype == np.uint8
@@ -103,3 +109,20 @@ def test_bad_inputs(tmp_path, visium):
         io.read_h5ad(tmp_path / "far.h5ad")
     with pytest.raises(TrihrgeInputError, match="implausible"):
         io.read_h5ad(tmp_path / "far.h5ad", um_per_px=0.001)
+
+
+def test_log_normalised_x_uses_the_raw_layer_or_fails(tmp_path, visium):
+    import scanpy as sc
+
+    norm = visium.copy()
+    norm.layers["counts"] = norm.X.copy()
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    norm.write_h5ad(tmp_path / "with_counts.h5ad")
+    with pytest.warns(UserWarning, match="using layers\\['counts'\\]"):
+        adata = io.read_h5ad(tmp_path / "with_counts.h5ad")
+    assert np.allclose(adata.X.toarray(), visium.X.toarray())
+    del norm.layers["counts"]
+    norm.write_h5ad(tmp_path / "log.h5ad")
+    with pytest.raises(TrihrgeInputError, match="not raw counts.*not whole numbers"):
+        io.read_h5ad(tmp_path / "log.h5ad")

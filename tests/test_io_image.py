@@ -197,3 +197,20 @@ def test_single_strip_uncompressed_tiff_is_memory_mapped(tmp_path):
                      rowsperstrip=300)
     zz = zarr.open(tifffile.imread(tmp_path / "z.tif", aszarr=True), mode="r")
     assert _big_chunk_as_memmap(tmp_path / "z.tif", 0, zz, limit_bytes=1000) is None
+
+
+def test_blank_images_are_recognised():
+    from napari_trihrge.io.image import TissueImage, blank_at_spots, is_blank, to_rgb_uint8
+
+    tissue = _rgb(60, 80, seed=3)
+    assert not is_blank(tissue)
+    for flat in (0, 255, 200):
+        assert is_blank(np.full((60, 80, 3), flat, np.uint8))
+    clear_black = np.zeros((60, 80, 4), np.uint8)  # transparent black RGBA: white background
+    assert (to_rgb_uint8(clear_black) == 255).all() and is_blank(to_rgb_uint8(clear_black))
+    spots = np.array([[20.0, 20.0], [40.0, 60.0]])
+    assert not blank_at_spots(TissueImage.from_array(tissue, 1.0), spots, window_um=10)
+    # tissue only far from the spots does not count
+    half = np.full((60, 80, 3), 255, np.uint8)
+    half[:, 70:] = tissue[:, 70:]
+    assert blank_at_spots(TissueImage.from_array(half, 1.0), spots, window_um=10)

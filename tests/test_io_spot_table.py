@@ -47,14 +47,14 @@ def section(tmp_path):
     return make_st_section(tmp_path / "S1")
 
 
-def test_her2st_layout_pixel_size_from_spacing(section):
+def test_her2st_layout_pixel_size_from_lattice(section):
     with pytest.warns(UserWarning, match="not selected"):
         adata = io.read(section)
     assert adata.n_obs == 6 * 8 - 4 - 2 and adata.n_vars == 10
     info = adata.uns["trihrge"]
     assert info["platform"] == "st" and info["library_id"] == "S1"
-    assert info["um_per_px_source"] == "spot_spacing"
-    assert info["um_per_px"] == pytest.approx(UM_PER_PX, rel=0.01)
+    assert info["um_per_px_source"] == "lattice"  # 200 um per array x/y step
+    assert info["um_per_px"] == pytest.approx(UM_PER_PX, rel=0.005)
     assert info["spot_diameter_um"] == 100.0
     assert info["fullres_image_path"].endswith("S1_HE.jpg")
     sel = pd.read_csv(section / "S1_selection.tsv", sep="\t")
@@ -78,10 +78,11 @@ def test_pixel_size_given_or_from_spot_diameter(section):
     with pytest.warns(UserWarning):
         a = io.read_spot_table(**f, um_per_px=0.65)
     assert a.uns["trihrge"]["um_per_px"] == 0.65 and a.uns["trihrge"]["um_per_px_source"] == "given"
-    with pytest.warns(UserWarning):
-        b = io.read_spot_table(**f, spot_diameter_px=150)
-    assert b.uns["trihrge"]["um_per_px"] == pytest.approx(100 / 150)
-    assert b.uns["trihrge"]["um_per_px_source"] == "spot_diameter"
+    with pytest.warns(UserWarning, match="spot lattice gives"):  # 0.83 vs 0.70 um/px
+        b = io.read_spot_table(**f, spot_diameter_px=120)
+    assert b.uns["trihrge"]["um_per_px"] == pytest.approx(UM_PER_PX, rel=0.005)
+    assert b.uns["trihrge"]["um_per_px_source"] == "lattice"
+    assert b.uns["trihrge"]["um_per_px_estimates"]["spot_diameter"] == pytest.approx(100 / 120)
     with pytest.warns(UserWarning):
         c = io.read_spot_table(**f, spot_diameter_px=80, spot_diameter_um=55, platform="generic")
     assert c.uns["trihrge"]["um_per_px"] == pytest.approx(55 / 80)
@@ -90,7 +91,9 @@ def test_pixel_size_given_or_from_spot_diameter(section):
     with pytest.raises(TrihrgeInputError, match="cannot work out the pixel size"):
         io.read_spot_table(**f, platform="generic", spot_diameter_um=55)
     with pytest.raises(TrihrgeInputError, match="implausible"):
-        io.read_spot_table(**f, spot_diameter_px=0.5)
+        io.read_spot_table(**f, spot_diameter_px=0.5, spot_diameter_um=55, platform="generic")
+    with pytest.raises(TrihrgeInputError, match="implausible"):
+        io.read_spot_table(**f, um_per_px=1000)
 
 
 def test_generic_csv_positions_dataframe_and_transposed_counts(tmp_path, section):
@@ -176,3 +179,36 @@ def test_her2st_c2_shared(her2st_c2):
     assert img.shape_px == (9911, 9274)
     xy = adata.obsm["spatial"]
     assert (xy[:, 0] < 9274).all() and (xy[:, 1] < 9911).all()
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("sid", ["C2", "C3", "C4", "C5"])
+def test_her2st_shared_pixel_size_from_lattice(sid):
+    from conftest import shared_path
+
+    adata = io.read(shared_path("her2st", sid), load_images=False)
+    info = adata.uns["trihrge"]
+    assert info["um_per_px_source"] == "lattice"
+    assert info["um_per_px"] == pytest.approx(0.68, rel=0.02)
+
+
+def test_nan_in_a_counts_table_is_rejected(tmp_path):
+    section = make_st_section(tmp_path / "S1")
+    counts = pd.read_csv(section / "S1.tsv.gz", sep="\t", index_col=0)
+    counts.iloc[3, 2] = np.nan
+    counts.to_csv(section / "S1.tsv.gz", sep="\t")
+    with pytest.raises(TrihrgeInputError, match="1 missing \\(NaN\\) count"):
+        io.read(section)
+
+
+@pytest.mark.parametrize("kind", ["log1p", "cpm_rounded"])
+def test_normalised_counts_are_rejected(tmp_path, kind):
+    section = make_st_section(tmp_path / "S1")
+    counts = pd.read_csv(section / "S1.tsv.gz", sep="\t", index_col=0).astype(float)
+    cpm = counts.div(counts.sum(axis=1), axis=0) * 1e6
+    bad = np.log1p(cpm / 100) if kind == "log1p" else cpm.round()
+    if kind == "cpm_rounded":  # make every total exactly 1e6 after rounding
+        bad.iloc[:, 0] += 1e6 - bad.sum(axis=1)
+    bad.to_csv(section / "S1.tsv.gz", sep="\t")
+    with pytest.raises(TrihrgeInputError, match="not raw counts"):
+        io.read(section)

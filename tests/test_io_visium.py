@@ -18,6 +18,9 @@ from napari_trihrge.errors import TrihrgeInputError
 FULL_HW = (1000, 1600)  # full-resolution image size in px
 SPOT_DIAMETER_PX = 100.0  # -> 0.55 um/px for a 55 um Visium spot
 N_GENES = 12
+# Visium lattice at 0.55 um/px: 86.6 um per array_row step, 50 um per array_col step
+ROW_STEP_PX = 50.0 * np.sqrt(3.0) / 0.55
+COL_STEP_PX = 50.0 / 0.55
 
 
 def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> None:
@@ -55,8 +58,8 @@ def make_visium_folder(root: Path, *, positions: str = "csv", images=("hires", "
         for c in range(r % 2, 2 * n_cols, 2):  # hexagonal array coordinates
             rows.append(r)
             cols.append(c)
-            prow.append(150.0 + r * 157.5)
-            pcol.append(150.0 + c * 90.9)
+            prow.append(150.0 + r * ROW_STEP_PX)
+            pcol.append(150.0 + c * COL_STEP_PX)
     n = len(rows)
     barcodes = [f"AC{i:06d}{barcode_suffix}" for i in range(n)]
     in_tissue = np.ones(n, dtype=int)
@@ -102,7 +105,8 @@ def test_positions_variants(tmp_path, positions):
         assert tuple(adata.obsm["spatial"][0]) == (row.pxl_col_in_fullres, row.pxl_row_in_fullres)
     info = adata.uns["trihrge"]
     assert info["platform"] == "visium" and info["spot_diameter_um"] == 55.0
-    assert info["um_per_px"] == pytest.approx(0.55)
+    assert info["um_per_px"] == pytest.approx(0.55, rel=2e-3)
+    assert info["um_per_px_source"] == "lattice"
     assert info["library_id"] == "sample1" and info["sample"] == "sample1"
     lib = adata.uns["spatial"]["sample1"]
     assert set(lib["images"]) == {"hires", "lowres"}
@@ -121,17 +125,17 @@ def test_outs_parent_and_library_id(tmp_path):
 def test_image_choice_and_scale(tmp_path):
     adata = io.read_visium(make_visium_folder(tmp_path))
     img = io.get_image(adata)
-    assert img.um_per_px == pytest.approx(0.55 / 0.2)  # hires preferred
-    assert img.shape_rc_um == pytest.approx((1000 * 0.55, 1600 * 0.55))
+    assert img.um_per_px == pytest.approx(0.55 / 0.2, rel=2e-3)  # hires preferred
+    assert img.shape_rc_um == pytest.approx((1000 * 0.55, 1600 * 0.55), rel=2e-3)
     low = io.get_image(adata, resolution="lowres")
-    assert low.um_per_px == pytest.approx(0.55 / 0.05)
-    assert io.image_layer_scale_um(low) == pytest.approx((11.0, 11.0))
+    assert low.um_per_px == pytest.approx(0.55 / 0.05, rel=2e-3)
+    assert io.image_layer_scale_um(low) == pytest.approx((11.0, 11.0), rel=2e-3)
 
 
 def test_lowres_only_and_no_image_loading(tmp_path):
     adata = io.read_visium(make_visium_folder(tmp_path, images=("lowres",)))
     assert set(adata.uns["spatial"]["sample1"]["images"]) == {"lowres"}
-    assert io.get_image(adata).um_per_px == pytest.approx(11.0)
+    assert io.get_image(adata).um_per_px == pytest.approx(11.0, rel=2e-3)
     lazy = io.read_visium(make_visium_folder(tmp_path / "b"), load_images=False)
     assert lazy.uns["spatial"]["sample1"]["images"] == {}
     with pytest.raises(TrihrgeInputError, match="no H&E image"):
@@ -143,8 +147,10 @@ def test_fullres_image_by_path(tmp_path):
     full = tmp_path / "full.tif"
     import tifffile
 
-    tifffile.imwrite(full, np.full(FULL_HW + (3,), 200, np.uint8), photometric="rgb")
-    adata = io.read_visium(folder, fullres_image=full, um_per_px=0.5)
+    tissue = np.random.default_rng(0).integers(80, 230, FULL_HW + (3,), dtype=np.uint8)
+    tifffile.imwrite(full, tissue, photometric="rgb")
+    with pytest.warns(UserWarning, match="given pixel size gives 0.5 um/px"):  # lattice: 0.55
+        adata = io.read_visium(folder, fullres_image=full, um_per_px=0.5)
     assert adata.uns["trihrge"]["fullres_image_path"] == str(full.resolve())
     assert adata.uns["trihrge"]["um_per_px"] == 0.5
     assert adata.uns["trihrge"]["um_per_px_source"] == "given"
@@ -197,10 +203,11 @@ def test_all_zero_counts_and_implausible_pixel_size(tmp_path):
     folder = make_visium_folder(tmp_path / "b")
     sf_path = folder / "spatial" / "scalefactors_json.json"
     sf = json.loads(sf_path.read_text())
-    sf["spot_diameter_fullres"] = 0.5  # 110 um/px
+    sf["spot_diameter_fullres"] = 0.5  # 110 um/px: the lattice wins, with a warning
     sf_path.write_text(json.dumps(sf))
-    with pytest.raises(TrihrgeInputError, match="implausible"):
-        io.read_visium(folder)
+    with pytest.warns(UserWarning, match="spot lattice gives 0.5[45]"):
+        adata = io.read_visium(folder)
+    assert adata.uns["trihrge"]["um_per_px"] == pytest.approx(0.55, rel=2e-3)
     with pytest.raises(TrihrgeInputError, match="implausible"):
         io.read_visium(make_visium_folder(tmp_path / "c"), um_per_px=1000)
 
@@ -209,7 +216,13 @@ def test_dlpfc_shared(dlpfc_dir):
     adata = io.read(dlpfc_dir)
     assert adata.shape == (3639, 5000)
     info = adata.uns["trihrge"]
-    assert info["um_per_px"] == pytest.approx(0.5705, abs=0.001)
+    # pixel size from the lattice (100 um pitch), not from spot_diameter_fullres taken as 55 um
+    assert info["um_per_px_source"] == "lattice"
+    assert info["um_per_px"] == pytest.approx(0.726, rel=0.01)
+    assert info["um_per_px_estimates"]["spot_diameter"] == pytest.approx(0.5705, abs=0.001)
+    rc_um = adata.obsm["spatial"][:, ::-1] * info["um_per_px"]
+    from napari_trihrge.geometry import spot_spacing_um
+    assert spot_spacing_um(rc_um) == pytest.approx(100.0, rel=0.02)
     lib = adata.uns["spatial"][info["library_id"]]
     assert set(lib["images"]) == {"lowres"}
     img = io.get_image(adata)
@@ -224,3 +237,94 @@ def test_dlpfc_shared(dlpfc_dir):
     rc = adata.obsm["spatial"][:, ::-1] * lib["scalefactors"]["tissue_lowres_scalef"]
     under = img.array[rc[:, 0].astype(int), rc[:, 1].astype(int)].mean()
     assert under < img.array[:20, :20].mean() - 10
+
+
+def _overwrite_png(folder, res, pixels):
+    path = folder / "spatial" / f"tissue_{res}_image.png"
+    h, w = Image.open(path).size[::-1]
+    Image.fromarray(np.broadcast_to(np.asarray(pixels, np.uint8), (h, w, len(pixels))).copy()
+                    ).save(path)
+
+
+def test_blank_hires_falls_back_to_lowres_with_a_warning(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    _overwrite_png(folder, "hires", (0, 0, 0, 0))  # black, transparent RGBA as some tools write
+    adata = io.read_visium(folder)
+    with pytest.warns(UserWarning, match="hires image of the sample is blank.*lowres"):
+        img = io.get_image(adata)
+    assert img.um_per_px == pytest.approx(11.0, rel=2e-3)
+    with pytest.raises(TrihrgeInputError, match="blank"):
+        io.get_image(adata, resolution="hires")
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (0, 0, 0, 255)])
+def test_every_image_blank_is_a_clear_error(tmp_path, colour):
+    folder = make_visium_folder(tmp_path)
+    for res in ("hires", "lowres"):
+        _overwrite_png(folder, res, colour)
+    adata = io.read_visium(folder)
+    with pytest.raises(TrihrgeInputError, match="hires and lowres image of the sample is blank"):
+        io.get_image(adata)
+
+
+def test_blank_full_resolution_image_falls_back(tmp_path):
+    import tifffile
+
+    folder = make_visium_folder(tmp_path)
+    tifffile.imwrite(tmp_path / "black.tif", np.zeros((*FULL_HW, 3), np.uint8))
+    adata = io.read(folder, image=tmp_path / "black.tif")
+    with pytest.warns(UserWarning, match="fullres image of the sample is blank.*hires"):
+        assert io.get_image(adata).um_per_px == pytest.approx(2.75, rel=2e-3)
+
+
+def _edit_scalefactors(folder, **changes):
+    path = folder / "spatial" / "scalefactors_json.json"
+    sf = json.loads(path.read_text())
+    sf.update(changes)
+    path.write_text(json.dumps(sf))
+
+
+def test_scalefactors_as_strings_or_zero(tmp_path):
+    folder = make_visium_folder(tmp_path / "a")
+    _edit_scalefactors(folder, spot_diameter_fullres="100.0")  # numeric string: read as number
+    adata = io.read_visium(folder)
+    assert adata.uns["trihrge"]["um_per_px_estimates"]["spot_diameter"] == pytest.approx(0.55)
+    folder = make_visium_folder(tmp_path / "b")
+    _edit_scalefactors(folder, spot_diameter_fullres="n/a", tissue_lowres_scalef=0)
+    with pytest.warns(UserWarning) as record:
+        adata = io.read_visium(folder)
+    text = " ".join(str(w.message) for w in record)
+    assert "spot_diameter_fullres is 'n/a'" in text and "lowres image is ignored" in text
+    assert adata.uns["trihrge"]["um_per_px_source"] == "lattice"
+    assert io.available_images(adata) == ["hires"]
+    folder = make_visium_folder(tmp_path / "c", images=("lowres",))
+    _edit_scalefactors(folder, tissue_lowres_scalef=0)
+    with pytest.warns(UserWarning, match="lowres image is ignored"):
+        adata = io.read_visium(folder)
+    with pytest.raises(TrihrgeInputError, match="no H&E image"):
+        io.get_image(adata)
+
+
+def test_missing_barcodes_are_counted_and_most_missing_fails(tmp_path):
+    folder = make_visium_folder(tmp_path / "a")
+    pos_path = folder / "spatial" / "tissue_positions.csv"
+    pos = pd.read_csv(pos_path)
+    pos.drop(index=[5, 6, 7]).to_csv(pos_path, index=False)
+    with pytest.warns(UserWarning, match="3 of 37 spots .* have no position"):
+        adata = io.read_visium(folder)
+    assert adata.n_obs == 37 - 3
+    pos.iloc[:10].to_csv(pos_path, index=False)
+    with pytest.raises(TrihrgeInputError, match="only 7 of 37 matched"):
+        io.read_visium(folder)
+
+
+def test_all_spots_at_one_point(tmp_path):
+    folder = make_visium_folder(tmp_path)
+    pos_path = folder / "spatial" / "tissue_positions.csv"
+    pos = pd.read_csv(pos_path)
+    pos["pxl_row_in_fullres"] = 400
+    pos["pxl_col_in_fullres"] = 500
+    pos.to_csv(pos_path, index=False)
+    with pytest.raises(TrihrgeInputError, match="only 1 distinct position"), \
+            pytest.warns(UserWarning, match="do not fit"):
+        io.read_visium(folder)

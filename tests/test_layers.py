@@ -36,7 +36,8 @@ def small_sample(n_side: int = 12, spacing_um: float = 100.0, um_per_px: float =
     if with_image:
         ext_px = int((n_side + 1) * spacing_um / um_per_px)
         scalef = 0.25
-        img = np.full((int(ext_px * scalef), int(ext_px * scalef), 3), 230, np.uint8)
+        # a textured image: a flat one is blank, which get_image refuses
+        img = rng.integers(150, 250, (int(ext_px * scalef), int(ext_px * scalef), 3), np.uint8)
         a.uns["spatial"] = {"lib": {"images": {"hires": img},
                                     "scalefactors": {"tissue_hires_scalef": scalef,
                                                      "spot_diameter_fullres": 55.0 / um_per_px}}}

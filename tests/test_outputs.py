@@ -43,3 +43,134 @@ def test_json_nan_becomes_null(tmp_path):
 def test_read_run_needs_a_run_folder(tmp_path):
     with pytest.raises(TrihrgeInputError, match="not a napari-trihrge run folder"):
         read_run(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# run folders: temporary folder swapped in, completion marker, lock
+# ------------------------------------------------------------------------------------------
+def _leftovers(parent, name):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def test_run_folder_appears_only_when_complete(tmp_path):
+    from napari_trihrge.outputs import COMPLETE_MARKER, is_complete_run, run_folder
+
+    out = tmp_path / "run"
+    with run_folder(out) as stage:
+        assert stage.parent == tmp_path and stage != out
+        (stage / "summary.json").write_text("{}")
+        assert not out.exists()  # nothing visible while the run writes
+        assert (tmp_path / ".run.lock").exists()
+    assert is_complete_run(out) and (out / "summary.json").exists()
+    assert json.loads((out / COMPLETE_MARKER).read_text())["files"] == ["summary.json"]
+    assert _leftovers(tmp_path, "run") == []  # no staging folder, no lock
+
+
+def test_error_during_a_run_leaves_no_folder_and_keeps_the_old_run(tmp_path):
+    from napari_trihrge.outputs import is_complete_run, run_folder
+
+    out = tmp_path / "new"
+    with pytest.raises(TrihrgeInputError, match="stride"), run_folder(out) as stage:
+        (stage / "enhanced.h5ad").write_text("partial")
+        raise TrihrgeInputError("bad stride", "fix it")
+    assert not out.exists() and _leftovers(tmp_path, "new") == []
+    old = tmp_path / "old"
+    with run_folder(old) as stage:
+        (stage / "summary.json").write_text('{"run": 1}')
+    with pytest.raises(RuntimeError), run_folder(old, overwrite=True) as stage:
+        (stage / "summary.json").write_text('{"run": 2}')
+        raise RuntimeError("killed")
+    assert json.loads((old / "summary.json").read_text()) == {"run": 1} and is_complete_run(old)
+
+
+def test_overwrite_really_replaces(tmp_path):
+    from napari_trihrge.outputs import run_folder
+
+    out = tmp_path / "run"
+    with run_folder(out) as stage:
+        (stage / "maps.ome.zarr").mkdir()
+        (stage / "summary.json").write_text('{"run": 1}')
+    with pytest.raises(TrihrgeInputError, match="--overwrite"), run_folder(out):
+        pass
+    with run_folder(out, overwrite=True) as stage:
+        (stage / "summary.json").write_text('{"run": 2}')
+    assert sorted(p.name for p in out.iterdir()) == ["run_complete.json", "summary.json"]
+    assert _leftovers(tmp_path, "run") == []
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_one_is_active(tmp_path):
+    from napari_trihrge.outputs import run_folder
+
+    out = tmp_path / "run"
+    with run_folder(out) as stage:
+        (stage / "summary.json").write_text('{"run": 1}')
+        with pytest.raises(TrihrgeInputError, match="another run .* is writing into"):
+            with run_folder(out, overwrite=True):
+                pass
+    assert json.loads((out / "summary.json").read_text()) == {"run": 1}
+
+
+def test_two_runs_started_at_once_do_not_both_succeed(tmp_path):
+    """Two processes run into the same new folder at the same moment: one reports success,
+    the other a clear refusal; the folder holds the winner's complete run."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    script = (
+        "import sys, time; from napari_trihrge.outputs import run_folder\n"
+        "from napari_trihrge.errors import TrihrgeInputError\n"
+        f"t0 = float(sys.argv[2])\n"
+        "while time.time() < t0: time.sleep(0.001)\n"
+        "try:\n"
+        f"    with run_folder({str(out)!r}) as s:\n"
+        "        (s / 'summary.json').write_text(sys.argv[1]); time.sleep(1.5)\n"
+        "    print('ok')\n"
+        "except TrihrgeInputError as e:\n"
+        "    print('refused', e)\n")
+    import time
+
+    start = str(time.time() + 3.0)
+    procs = [subprocess.Popen([sys.executable, "-c", script, name, start], text=True,
+                              stdout=subprocess.PIPE) for name in ("a", "b")]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(o.split()[0] for o in outs) == ["ok", "refused"], outs
+    winner = "ab"[[o.split()[0] for o in outs].index("ok")]
+    assert (out / "summary.json").read_text() == winner
+
+
+def test_a_killed_run_leaves_the_target_untouched_and_its_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_trihrge.outputs import is_complete_run, run_folder
+
+    out = tmp_path / "run"
+    with run_folder(out) as stage:
+        (stage / "summary.json").write_text('{"run": 1}')
+    script = ("import os, signal; from napari_trihrge.outputs import run_folder\n"
+              f"with run_folder({str(out)!r}, overwrite=True) as s:\n"
+              "    (s / 'summary.json').write_text('{\"run\": 2}')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == -9
+    assert json.loads((out / "summary.json").read_text()) == {"run": 1} and is_complete_run(out)
+    assert (tmp_path / ".run.lock").exists()  # left by the killed process
+    with run_folder(out, overwrite=True) as stage:  # the dead process's lock is taken over
+        (stage / "summary.json").write_text('{"run": 3}')
+    assert json.loads((out / "summary.json").read_text()) == {"run": 3}
+    assert _leftovers(tmp_path, "run") == []  # the killed run's staging folder is gone too
+
+
+def test_readers_refuse_a_folder_without_the_completion_marker(tmp_path):
+    from napari_trihrge._reader import get_reader
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / "enhanced.h5ad").write_text("")
+    with pytest.raises(TrihrgeInputError, match="not a finished run folder"):
+        read_run(out)
+    reader = get_reader(str(out))
+    assert reader is not None
+    with pytest.raises(TrihrgeInputError, match="not a finished run folder"):
+        reader(str(out))

@@ -47,6 +47,32 @@ def test_sample_widget_bad_path_is_a_notification(viewer, qtbot, notes, tmp_path
     qtbot.waitUntil(lambda: w.open_btn.isEnabled(), timeout=5000)
 
 
+def test_image_button_adds_a_full_resolution_image_to_a_space_ranger_folder(
+        viewer, qtbot, tmp_path, monkeypatch):
+    import tifffile
+    from qtpy.QtWidgets import QFileDialog
+    from test_io_visium import FULL_HW, make_visium_folder
+
+    from napari_trihrge._qt import SampleWidget
+
+    folder = make_visium_folder(tmp_path)
+    full = np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "slide.tif", full)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(tmp_path / "slide.tif"), "")))
+    w = SampleWidget(viewer)
+    w.path_edit.setText(str(folder))
+    w.image_btn.click()
+    assert w.image_edit.text() == str(tmp_path / "slide.tif")
+    w.open_btn.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
+    img, spots = viewer.layers
+    assert img.data.shape[:2] == FULL_HW  # the full-resolution image, not the hires PNG
+    assert img.scale[0] == pytest.approx(0.55, rel=2e-3)
+    info = spots.metadata["adata"].uns["trihrge"]
+    assert info["fullres_image_path"] == str((tmp_path / "slide.tif").resolve())
+
+
 def test_token_is_masked_and_not_kept(viewer):
     from napari_trihrge._qt import SampleWidget, TrainWidget
 
@@ -73,8 +99,8 @@ def test_sample_widget_opens_dlpfc_folder(dlpfc_dir, viewer, qtbot):  # skip bef
     qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
     img, spots = viewer.layers
     assert len(spots.data) == 3639
-    # lowres image (scalef 0.045) at ~0.57 um/px full res -> ~12.7 um per lowres pixel
-    assert 11 < img.scale[0] < 14
+    # lowres image (scalef 0.045) at 0.726 um/px full res (the lattice) -> ~16.1 um per pixel
+    assert 15.5 < img.scale[0] < 16.7
     # spots lie on the image
     h_um = img.data.shape[0] * img.scale[0]
     assert 0 < spots.data[:, 0].min() and spots.data[:, 0].max() < h_um

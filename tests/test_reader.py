@@ -9,6 +9,7 @@ import pytest
 
 from napari_trihrge import layers as L
 from napari_trihrge._reader import get_reader, read_maps
+from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge._writer import write_image_ome_tiff, write_points_h5ad
 from test_qt_support import sample_adata, truth_maps
 
@@ -161,6 +162,11 @@ def test_run_folder_opens_as_layers(tmp_path):
     virt.uns["spatial"] = a.uns["spatial"]
     virt.write_h5ad(run / "enhanced.h5ad")
     (run / "summary.json").write_text(json.dumps({"sample": "synthetic"}))
+    with pytest.raises(TrihrgeInputError, match="not a finished run folder"):
+        get_reader(str(run))(str(run))  # the completion marker is missing
+    from napari_trihrge.outputs import mark_complete
+
+    mark_complete(run)
     layers = get_reader(str(run))(str(run))
     assert _kinds(layers) == ["image", "map", "virtual"]
     (_, mkw, _), (_, vkw, _) = layers[1], layers[2]

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import layers as L
 from .errors import TrihrgeInputError
+from .geometry import DEFAULT_SPOT_DIAMETER_UM
 
 _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
 
@@ -54,8 +55,11 @@ def read_maps(path: str | os.PathLike) -> FileMaps:
 
 
 def _is_run_folder(p: Path) -> bool:
-    return p.is_dir() and (p / "summary.json").is_file() and any(
-        (p / n).exists() for n in ("enhanced.h5ad", "recovery.h5ad", "maps.ome.zarr"))
+    """A run folder, finished or not (an unfinished one is refused by the reader with the
+    reason, rather than not opened at all)."""
+    from .outputs import COMPLETE_MARKER
+
+    return p.is_dir() and ((p / COMPLETE_MARKER).is_file() or (p / "summary.json").is_file())
 
 
 def _is_zarr_map(p: Path) -> bool:
@@ -132,7 +136,8 @@ def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
         out.append(img)
     if task == "enhance":
         factor = int(adata.uns.get("trihrge", {}).get("factor", 4))
-        diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um", 55.0))
+        diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um",
+                                                          DEFAULT_SPOT_DIAMETER_UM))
         out.append(L.spots_layer(adata, kind="virtual", size_um=diameter / np.sqrt(factor),
                                  name=f"enhanced: {factor}x virtual spots"))
     else:
@@ -155,7 +160,9 @@ def read_run_layers(path) -> list:
     """A run folder: H&E, virtual or predicted spots, and the first enhanced map."""
     import anndata as ad
 
-    p = Path(_one(path))
+    from .outputs import check_complete_run
+
+    p = check_complete_run(_one(path))
     out: list = []
     if (p / "enhanced.h5ad").exists():
         out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")

@@ -19,6 +19,56 @@ command line (they would show in the process list) and never written anywhere.
 """
 
 
+def _whole_number(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _windows(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated positive micrometres, e.g. '112,336'."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected window sizes in micrometres, e.g. 112,336")
+    return tuple(_positive(t) for t in parts)
+
+
+def default_cache_dir() -> Path:
+    """The user's cache folder for features (platformdirs), never next to the outputs."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-trihrge")) / "features"
+
+
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="the sample (see below)")
     g = p.add_argument_group("input details (only when they cannot be read from PATH)")
@@ -26,10 +76,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    "for a counts table")
     g.add_argument("--image", type=Path, help="full-resolution H&E image (TIFF, OME-TIFF, SVS, "
                    "JPEG, PNG); for Space Ranger folders this adds the full-resolution image")
-    g.add_argument("--um-per-px", type=float, help="full-resolution pixel size in micrometres "
-                   "per pixel (default: derived from the spot diameter)")
-    g.add_argument("--spot-diameter-px", type=float, help="spot diameter in full-resolution pixels")
-    g.add_argument("--spot-diameter-um", type=float, help="spot diameter in micrometres "
+    g.add_argument("--um-per-px", type=_positive, help="full-resolution pixel size in micrometres "
+                   "per pixel (default: fitted on the spot lattice, else from the spot diameter)")
+    g.add_argument("--spot-diameter-px", type=_positive, help="spot diameter in full-resolution pixels")
+    g.add_argument("--spot-diameter-um", type=_positive, help="spot diameter in micrometres "
                    "(default 55 for Visium, 100 for legacy ST)")
     g.add_argument("--platform", choices=["visium", "st", "generic"], help="spot platform "
                    "(sets the known spot diameter and lattice)")
@@ -43,16 +93,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder-arch", default=None, metavar="NAME",
                    help="architecture of a local checkpoint given with --encoder PATH when it "
                    "cannot be recognised: 'uni', 'uni2-h' or a timm model name")
-    g.add_argument("--genes", type=int, default=1000, metavar="N",
+    g.add_argument("--genes", type=_whole_number, default=1000, metavar="N",
                    help="number of highly variable genes (seurat_v3 on raw counts; default 1000)")
     g.add_argument("--extra-genes", default="", metavar="G1,G2",
                    help="genes to include whatever their variability, e.g. ERBB2,ESR1")
-    g.add_argument("--windows-um", default="112,336", metavar="UM,UM",
+    g.add_argument("--windows-um", type=_windows, default=(112.0, 336.0), metavar="UM,UM",
                    help="window sizes around each location in micrometres (default 112,336 = "
                    "224 and 672 px at 0.5 um/px)")
-    g.add_argument("--ensemble", type=int, default=1, metavar="N",
+    g.add_argument("--ensemble", type=_whole_number, default=1, metavar="N",
                    help="train N models with different seeds; writes the mean and the spread")
-    g.add_argument("--max-epochs", type=int, default=None, metavar="N",
+    g.add_argument("--max-epochs", type=_whole_number, default=None, metavar="N",
                    help="upper bound on training epochs (early stopping usually stops sooner)")
     g.add_argument("--no-neighbours", action="store_true",
                    help="do not give the model the expression of nearby measured spots "
@@ -62,7 +112,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run the encoder and the network (default: GPU if present)")
     g.add_argument("--cache-dir", type=Path, default=None,
-                   help="folder for the feature cache (default: <out>/../.trihrge_cache)")
+                   help="folder for the feature cache (default: the user cache folder, "
+                   "e.g. ~/.cache/napari-trihrge/features on Linux)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=None, help="output folder (default trihrge_out/"
@@ -87,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--encoder", default="stain-texture", help="image encoder (default stain-texture)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--ensemble", type=int, default=3, metavar="N",
+    p.add_argument("--ensemble", type=_whole_number, default=3, metavar="N",
                    help="models in the ensemble (mean and spread maps; default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -98,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "image-free kNN baseline.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_input_args(p)
-    p.add_argument("--holdout", type=float, default=0.5, metavar="FRACTION",
+    p.add_argument("--holdout", type=_fraction, default=0.5, metavar="FRACTION",
                    help="fraction of spots hidden (default 0.5)")
     p.add_argument("--annotation", default=None, metavar="FILE",
                    help="barcode -> label file (or an obs column name) for the ARI of k-means "
@@ -112,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p)
     p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
                    help="density of virtual spots relative to the measured lattice (default 4)")
-    p.add_argument("--stride-um", type=float, default=None, metavar="UM",
+    p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
                    help="also write dense per-gene maps at this pixel size in micrometres "
                    "(e.g. 8 or 16)")
     _add_run_args(p)
@@ -134,13 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=1, help="retries per failed sample (default 1)")
     p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
                    help="enhance: density of virtual spots relative to the measured lattice")
-    p.add_argument("--stride-um", type=float, default=None, metavar="UM",
+    p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
                    help="enhance: also write dense maps at this pixel size in micrometres")
-    p.add_argument("--holdout", type=float, default=0.5, metavar="FRACTION",
+    p.add_argument("--holdout", type=_fraction, default=0.5, metavar="FRACTION",
                    help="recovery: fraction of spots hidden (default 0.5)")
     p.add_argument("--encoder", default="stain-texture", help="image encoder (see `trihrge "
                    "encoders`)")
-    p.add_argument("--genes", type=int, default=1000, metavar="N",
+    p.add_argument("--genes", type=_whole_number, default=1000, metavar="N",
                    help="number of highly variable genes (default 1000)")
 
     sub.add_parser("encoders", help="list the image encoders that can be named with --encoder")
@@ -160,18 +211,18 @@ def _config(args):
     from .tasks import RunConfig
 
     train = {}
-    if getattr(args, "max_epochs", None):
+    if getattr(args, "max_epochs", None) is not None:
         train["max_epochs"] = args.max_epochs
     extra = tuple(g.strip() for g in getattr(args, "extra_genes", "").split(",") if g.strip())
-    windows = tuple(float(w) for w in getattr(args, "windows_um", "112,336").split(","))
+    windows = tuple(getattr(args, "windows_um", (112.0, 336.0)))
     return RunConfig(encoder=args.encoder, encoder_architecture=getattr(args, "encoder_arch", None),
                      n_top_genes=getattr(args, "genes", 1000),
                      extra_genes=extra, windows_um=windows,
                      ensemble=getattr(args, "ensemble", 1), seed=args.seed, device=args.device,
                      neighbour_input=not getattr(args, "no_neighbours", False),
                      image_input=not getattr(args, "no_image", False),
-                     cache_dir=str(args.cache_dir) if getattr(args, "cache_dir", None) else None,
-                     train=train)
+                     cache_dir=str(args.cache_dir) if getattr(args, "cache_dir", None)
+                     else str(default_cache_dir()), train=train)
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -254,12 +305,28 @@ def main(argv: list[str] | None = None) -> int:
                                 config_kwargs={"encoder": args.encoder, "n_top_genes": args.genes})
             print(report.to_string(index=False))
             return 0 if (report["status"] != "failed").all() else 1
-        adata = _read(args)
+        from .tasks import check_writable_folder, validate_config
+
         cfg = _config(args)
+        validate_config(cfg)  # every option before reading or any heavy work
+        if args.out is not None:
+            from .outputs import check_out_dir
+
+            check_out_dir(args.out, args.overwrite)
+            check_writable_folder(args.out, "the output folder", "--out")
+        adata = _read(args)
         sample = adata.uns.get("trihrge", {}).get("sample", args.path.stem)
         out = args.out or Path("trihrge_out") / f"{args.command}-{sample}"
-        if cfg.cache_dir is None:
-            cfg.cache_dir = str(Path(out).resolve().parent / ".trihrge_cache")
+        check_writable_folder(out, "the output folder", "--out")
+        if args.out is None:
+            from .outputs import check_out_dir
+
+            check_out_dir(out, args.overwrite)
+        if args.command == "enhance" and args.stride_um is not None:
+            from .tasks import check_map_size
+
+            check_map_size(adata, args.stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
+                           + len(cfg.extra_genes), ensemble=cfg.ensemble)
         if args.command == "recovery":
             from .runs import run_recovery
 
@@ -281,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrihrgeError as err:
         progress.close()
         print(f"trihrge: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permissions, a file in the way: one line, not a trace
+        progress.close()
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"trihrge: error: {err.strerror or err}{where}. Check that the folder can be "
+              "written and that the disk has space", file=sys.stderr)
         return 2
 
 

@@ -15,8 +15,9 @@ import pandas as pd
 
 from ._atomic import atomic_path
 from .errors import TrihrgeError, TrihrgeInputError
+from .outputs import COMPLETE_MARKER
 
-DONE_MARKER = "summary.json"
+DONE_MARKER = COMPLETE_MARKER  # written last into a finished run folder
 TASKS = ("enhance", "recovery")
 
 
@@ -60,17 +61,16 @@ def run_one_sample(path: str, out_dir: str, task: str, task_kwargs: dict[str, An
     t0 = time.perf_counter()
     cfg = RunConfig(**{"device": _worker_device(), **config_kwargs})
     adata = read(path)
-    final = Path(out_dir)
-    with atomic_path(final, overwrite=False) as tmp:
-        if task == "recovery":
-            kw = {k: task_kwargs[k] for k in ("holdout_fraction", "seed", "annotation")
-                  if task_kwargs.get(k) is not None}
-            summary = run_recovery(adata, tmp, config=cfg, **kw)
-        elif task == "enhance":
-            kw = {k: task_kwargs[k] for k in ("factor", "stride_um") if task_kwargs.get(k) is not None}
-            summary = run_enhance(adata, tmp, config=cfg, **kw)
-        else:
-            raise TrihrgeInputError(f"unknown cohort task {task!r}", "use 'enhance' or 'recovery'")
+    final = Path(out_dir)  # run_recovery / run_enhance write aside and swap in when complete
+    if task == "recovery":
+        kw = {k: task_kwargs[k] for k in ("holdout_fraction", "seed", "annotation")
+              if task_kwargs.get(k) is not None}
+        summary = run_recovery(adata, final, config=cfg, **kw)
+    elif task == "enhance":
+        kw = {k: task_kwargs[k] for k in ("factor", "stride_um") if task_kwargs.get(k) is not None}
+        summary = run_enhance(adata, final, config=cfg, **kw)
+    else:
+        raise TrihrgeInputError(f"unknown cohort task {task!r}", "use 'enhance' or 'recovery'")
     return {"seconds": time.perf_counter() - t0, "device": cfg.device,
             "pcc_mean": (summary.get("recovery") or {}).get("pcc_mean"),
             "n_spots": summary.get("n_spots")}

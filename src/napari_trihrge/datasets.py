@@ -32,15 +32,15 @@ from scipy import sparse
 from scipy.spatial import cKDTree
 
 from .errors import TrihrgeInputError
-from .geometry import rc_um_to_xy_px, validate_um_per_px
+from .geometry import PLATFORMS, rc_um_to_xy_px, validate_um_per_px
 
 DOMAIN_NAMES: tuple[str, ...] = ("stroma", "tumor", "immune", "gland", "adipose")
 STROMA, TUMOR, IMMUNE, GLAND, ADIPOSE = range(5)
 BACKGROUND = -1  #: label of pixels outside the tissue in ``domain_8um``
 
 TRUTH_STRIDE_UM = 8.0
-SPOT_DIAMETER_UM = 55.0
-SPOT_SPACING_UM = 100.0
+SPOT_DIAMETER_UM = float(PLATFORMS["visium"]["spot_diameter_um"])  # Visium-like spots
+SPOT_SPACING_UM = float(PLATFORMS["visium"]["spot_spacing_um"])
 LIBRARY_ID = "synthetic"
 
 #: Real-looking marker names per domain (target domains after the colon when more than one).

@@ -16,18 +16,37 @@ reader and writer goes through them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from .errors import TrihrgeInputError
 
-#: Known platforms: spot diameter and centre-to-centre distance in micrometres, lattice kind.
-PLATFORMS: dict[str, dict[str, float | str]] = {
-    "visium": {"spot_diameter_um": 55.0, "spot_spacing_um": 100.0, "lattice": "hex"},
-    "st": {"spot_diameter_um": 100.0, "spot_spacing_um": 200.0, "lattice": "square"},
+#: Known platforms: spot diameter and centre-to-centre distance in micrometres, lattice kind, and
+#: the lattice pitch per step of the two array indices (micrometres). Visium: spots 100 um centre
+#: to centre on a hexagonal lattice indexed by ``array_row`` / ``array_col`` (neighbours in a row
+#: are two ``array_col`` apart), so one ``array_col`` step is 50 um and one ``array_row`` step
+#: 100 * sqrt(3) / 2 = 86.6 um. Legacy ST: a square lattice of 200 um per array step (x and y).
+PLATFORMS: dict[str, dict[str, Any]] = {
+    "visium": {"spot_diameter_um": 55.0, "spot_spacing_um": 100.0, "lattice": "hex",
+               "array_columns": ("array_row", "array_col"),
+               "array_step_um": (50.0 * np.sqrt(3.0), 50.0)},
+    "st": {"spot_diameter_um": 100.0, "spot_spacing_um": 200.0, "lattice": "square",
+           "array_columns": ("array_x", "array_y"), "array_step_um": (200.0, 200.0)},
 }
+
+#: Spot diameter assumed when a sample does not say (a Visium spot, 55 um).
+DEFAULT_SPOT_DIAMETER_UM = float(PLATFORMS["visium"]["spot_diameter_um"])
+
+#: Relative disagreement between two pixel-size estimates above which the reader warns.
+PIXEL_SIZE_DISAGREEMENT = 0.05
+
+#: A lattice fit whose RMS residual exceeds this fraction of the smaller array step is not trusted
+#: (array indices that do not describe the pixel positions).
+LATTICE_MAX_RESIDUAL = 0.25
 
 #: Plausible range of full-resolution pixel sizes (micrometres per pixel). H&E scans are
 #: 0.1-2 um/px; downsampled previews reach ~20 um/px. Outside this the input is almost surely wrong.
@@ -85,6 +104,168 @@ def validate_um_per_px(um_per_px: float, what: str = "given") -> float:
             "pixels (not hires/lowres)",
         )
     return float(um_per_px)
+
+
+def platform_params(platform: str) -> dict[str, Any] | None:
+    """Known platform parameters (:data:`PLATFORMS`); None for 'generic'; errors otherwise."""
+    if platform in PLATFORMS:
+        return dict(PLATFORMS[platform])
+    if platform == "generic":
+        return None
+    raise TrihrgeInputError(f"unknown platform {platform!r}",
+                            f"use one of {sorted(PLATFORMS) + ['generic']} (--platform)")
+
+
+@dataclass(frozen=True)
+class LatticeFit:
+    """Least-squares fit of full-resolution pixel positions on array indices."""
+
+    um_per_px: float
+    step_px: tuple[float, float]  # pixel length of one step of each array index
+    rms_residual_px: float
+    n_spots: int
+
+
+def fit_array_lattice(array_index: np.ndarray, xy_px: np.ndarray,
+                      step_um: tuple[float, float]) -> LatticeFit | None:
+    """Pixel size from the spot lattice: fit ``xy_px ~ array_index @ M + t`` by least squares;
+    ``M``'s rows are the pixel vectors of one step of each index, whose physical lengths are
+    ``step_um``. The pixel size is the area scale ``sqrt(step_a * step_b / |det M|)``, which holds
+    for any rotation or flip of the image. None when the indices cannot determine it (fewer than
+    three spots, collinear indices, or residuals larger than :data:`LATTICE_MAX_RESIDUAL` of a
+    step)."""
+    idx = np.asarray(array_index, dtype=np.float64)
+    xy = np.asarray(xy_px, dtype=np.float64)
+    ok = np.all(np.isfinite(idx), axis=1) & np.all(np.isfinite(xy), axis=1)
+    idx, xy = idx[ok], xy[ok]
+    if len(idx) < 3:
+        return None
+    design = np.column_stack([idx, np.ones(len(idx))])
+    if np.linalg.matrix_rank(design) < 3:
+        return None
+    coef, *_ = np.linalg.lstsq(design, xy, rcond=None)
+    m = coef[:2]
+    det = abs(float(np.linalg.det(m)))
+    if not np.isfinite(det) or det <= 0:
+        return None
+    step_px = (float(np.linalg.norm(m[0])), float(np.linalg.norm(m[1])))
+    resid = xy - design @ coef
+    rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
+    if rms > LATTICE_MAX_RESIDUAL * min(step_px):
+        return None
+    um = float(np.sqrt(step_um[0] * step_um[1] / det))
+    return LatticeFit(um_per_px=um, step_px=step_px, rms_residual_px=rms, n_spots=len(idx))
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The full-resolution pixel size of a sample and where it came from.
+
+    ``source`` is 'given', 'lattice' (fit on the array indices), 'spot_diameter' or
+    'spot_spacing' (measured nearest-neighbour distance against the platform's pitch);
+    ``estimates`` holds every estimate that could be made (um/px by source)."""
+
+    um_per_px: float
+    source: str
+    spot_diameter_um: float
+    estimates: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The entries for ``uns['trihrge']``."""
+        return {"um_per_px": self.um_per_px, "um_per_px_source": self.source,
+                "um_per_px_estimates": dict(self.estimates),
+                "spot_diameter_um": self.spot_diameter_um}
+
+
+def _disagreement(a: float, b: float) -> float:
+    return abs(a - b) / min(a, b)
+
+
+def resolve_pixel_size(xy_px: np.ndarray, platform: str, *,
+                       array_index: np.ndarray | None = None, um_per_px: float | None = None,
+                       spot_diameter_px: float | None = None,
+                       spot_diameter_um: float | None = None,
+                       what: str = "the sample") -> PixelSize:
+    """Full-resolution pixel size of a sample, in order of trust: ``um_per_px`` given by the
+    user; the spot lattice (:func:`fit_array_lattice` on ``array_index``, the platform's array
+    indices per spot); the spot diameter in pixels against ``spot_diameter_um`` (default: the
+    platform's); the measured spot spacing against the platform's pitch. Warns when the lattice
+    and another estimate disagree by more than :data:`PIXEL_SIZE_DISAGREEMENT`."""
+    plat = platform_params(platform)
+    diam_um = spot_diameter_um if spot_diameter_um is not None else (
+        float(plat["spot_diameter_um"]) if plat else None)
+    if diam_um is None:
+        raise TrihrgeInputError(
+            f"the spot diameter is unknown for platform {platform!r}",
+            "pass the spot diameter in micrometres (--spot-diameter-um), or a known platform "
+            "('visium' or 'st', --platform)")
+    diam_um = _positive_number(diam_um, "the spot diameter in micrometres",
+                               "pass --spot-diameter-um, for example 55 for Visium")
+    estimates: dict[str, float] = {}
+    if plat is not None and array_index is not None:
+        fit = fit_array_lattice(array_index, xy_px, plat["array_step_um"])
+        if fit is None:
+            warnings.warn(f"the array indices of {what} do not fit a regular {platform} lattice; "
+                          "the pixel size comes from the spot diameter or spacing instead",
+                          stacklevel=3)
+        else:
+            estimates["lattice"] = fit.um_per_px
+    if spot_diameter_px is not None:
+        spot_diameter_px = _positive_number(
+            spot_diameter_px, "the spot diameter in full-resolution pixels",
+            "check 'spot_diameter_fullres' in scalefactors_json.json or pass --spot-diameter-px")
+        estimates["spot_diameter"] = float(diam_um) / spot_diameter_px
+    if um_per_px is not None:
+        um_per_px = _positive_number(um_per_px, "the given pixel size", "pass --um-per-px > 0")
+        source, um = "given", validate_um_per_px(um_per_px, what="given")
+    elif "lattice" in estimates:
+        source = "lattice"
+        um = validate_um_per_px(estimates["lattice"], what=(
+            f"fitted on the spot lattice of {what} ({platform}: "
+            f"{', '.join(f'{s:.1f}' for s in plat['array_step_um'])} um per array step)"))
+    elif "spot_diameter" in estimates:
+        source = "spot_diameter"
+        um = um_per_px_from_spot_diameter(spot_diameter_px, diam_um)
+    elif plat is not None:
+        lattice = detect_lattice(np.asarray(xy_px, dtype=np.float64)[:, ::-1],
+                                 kind=str(plat["lattice"]))  # in pixel units
+        source = "spot_spacing"
+        um = validate_um_per_px(
+            float(plat["spot_spacing_um"]) / lattice.spacing_um,
+            what=f"measured from the spot spacing ({lattice.spacing_um:.1f} px taken as "
+                 f"{plat['spot_spacing_um']:g} um for platform {platform!r})")
+        estimates["spot_spacing"] = um
+    else:
+        raise TrihrgeInputError(
+            f"cannot work out the pixel size of {what} for platform {platform!r}",
+            "pass --um-per-px, or --spot-diameter-px with --spot-diameter-um")
+    if "lattice" in estimates:
+        for other in ("given", "spot_diameter"):
+            value = um if other == "given" else estimates.get(other)
+            if value is not None and _disagreement(value, estimates["lattice"]) > \
+                    PIXEL_SIZE_DISAGREEMENT:
+                label = ("the given pixel size" if other == "given" else
+                         f"the spot diameter ({spot_diameter_px:.1f} px taken as "
+                         f"{diam_um:g} um)")
+                apart = _disagreement(value, estimates["lattice"])
+                warnings.warn(
+                    f"{what}: {label} gives {value:.4g} um/px but the spot lattice gives "
+                    f"{estimates['lattice']:.4g} um/px ({apart:.0%} apart); using {um:.4g} um/px ({source})"
+                    + ("" if source == "given" else "; pass --um-per-px to override"),
+                    stacklevel=3)
+    return PixelSize(um_per_px=float(um), source=source, spot_diameter_um=float(diam_um),
+                     estimates=estimates)
+
+
+def _positive_number(value: Any, what: str, hint: str) -> float:
+    """``value`` as a finite positive float, else an actionable error (strings included)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TrihrgeInputError(f"{what} must be a number, got {value!r}", hint) from None
+    if not np.isfinite(number) or number <= 0:
+        raise TrihrgeInputError(f"{what} must be positive, got {value!r}", hint)
+    return number
 
 
 # -------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import TrihrgeInputError
-from .geometry import xy_px_to_rc_um
+from .geometry import DEFAULT_SPOT_DIAMETER_UM, xy_px_to_rc_um
 from .preprocessing import gene_expression, is_log_normalised, log_normalised
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -198,7 +198,8 @@ def spots_layer(adata, genes: Sequence[str] | None = None, *, color_by: str | No
     features = pd.DataFrame({"barcode": np.asarray(adata.obs_names, dtype=object)})
     for g in genes:
         features[g] = expr[g].to_numpy()
-    diameter = float(size_um if size_um is not None else info.get("spot_diameter_um", 55.0))
+    diameter = float(size_um if size_um is not None
+                     else info.get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM))
     kwargs: dict[str, Any] = {
         "name": name or f"{sample_name(adata)} {kind}",
         "size": diameter,

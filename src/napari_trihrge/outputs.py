@@ -10,14 +10,20 @@
   recovery_genes.csv  per-gene scores on the hidden spots, next to the kNN baseline
   model/              model.pt (state dict) + model.json (config, genes, encoder, windows)
   overview.png        image, measured spots and enhanced result for a few genes, with colour bars
+  run_complete.json   written last: readers refuse a folder without it (interrupted run)
 ```
+
+A run is written into a temporary folder beside ``<out>`` and swapped in when complete
+(:func:`run_folder`); a lock (``.<out>.lock``) refuses a second run into the same folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +39,195 @@ def peak_rss_mb() -> float:
     return float(rss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0))
 
 
-def prepare_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Create the run folder; refuse a non-empty existing one unless ``overwrite``."""
+#: Written last into every finished run folder; readers refuse a folder without it.
+COMPLETE_MARKER = "run_complete.json"
+_PARTIAL_TAG = "trihrge-partial"
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``
+    (nothing is created or deleted)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TrihrgeInputError(f"{out} is a file, not a folder", "pass a folder with --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise TrihrgeInputError(f"the output folder {out} already has files in it",
                                 "choose another --out folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def prepare_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Create the run folder in place; refuse a non-empty existing one unless ``overwrite``.
+    Prefer :func:`run_folder`, which writes into a temporary folder and swaps it in."""
+    out = check_out_dir(out_dir, overwrite)
+    (out / COMPLETE_MARKER).unlink(missing_ok=True)  # being rewritten: not complete any more
+    _make_folder(out)
+    return out
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrihrgeInputError(f"cannot create the folder {path}: {exc.strerror or exc}",
+                                "choose an output folder you can write to (--out)") from exc
+
+
+def mark_complete(out_dir: str | Path, **extra: Any) -> Path:
+    """Write the completion marker (last file of a run folder)."""
+    import datetime
+
+    from . import __version__
+
+    out = Path(out_dir)
+    files = sorted(p.name for p in out.iterdir() if p.name != COMPLETE_MARKER)
+    return write_json(out / COMPLETE_MARKER, {
+        "complete": True, "napari_trihrge": __version__, "files": files,
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(), **extra})
+
+
+def is_complete_run(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` is a run folder whose run finished (it has the completion marker)."""
+    return (Path(out_dir) / COMPLETE_MARKER).is_file()
+
+
+def check_complete_run(out_dir: str | Path) -> Path:
+    """``out_dir`` if it is a finished run folder, else an actionable error."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise TrihrgeInputError(f"run folder not found: {out}",
+                                "pass the folder given to --out of a trihrge run")
+    if not is_complete_run(out):
+        if (out / "summary.json").exists() or any(out.iterdir()):
+            raise TrihrgeInputError(
+                f"{out} is not a finished run folder (no {COMPLETE_MARKER}): the run was "
+                "interrupted, is still running, or was written by an older version",
+                "run it again (with --overwrite to replace the folder)")
+        raise TrihrgeInputError(f"{out} is not a napari-trihrge run folder",
+                                "pass the folder given to --out of a trihrge run")
+    return out
+
+
+class RunLock:
+    """A lock beside a run folder (``.<name>.lock``): a second run into the same folder is
+    refused while one is active. A lock left by a process that no longer runs (killed) is
+    taken over."""
+
+    def __init__(self, out_dir: str | Path):
+        out = Path(out_dir)
+        self.path = out.parent / f".{out.name}.lock"
+        self.out = out
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        import os
+        import socket
+        import time
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale(me["host"]):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                other = self._owner()
+                raise TrihrgeInputError(
+                    f"another run (process {other.get('pid', '?')} on "
+                    f"{other.get('host', '?')}) is writing into {self.out}",
+                    f"wait for it to finish or choose another --out; if no run is active, "
+                    f"delete {self.path}") from None
+            except OSError as exc:
+                raise TrihrgeInputError(
+                    f"cannot create the lock {self.path}: {exc.strerror or exc}",
+                    "choose an output folder you can write to (--out)") from exc
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise TrihrgeInputError(f"cannot take the lock {self.path}",
+                                f"delete {self.path} if no run is active")
+
+    def _owner(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def _stale(self, host: str) -> bool:
+        """Whether the lock's process is gone (same machine only; an unreadable lock written
+        more than a minute ago counts as stale too)."""
+        import os
+        import time
+
+        owner = self._owner()
+        if not owner:
+            try:
+                return time.time() - self.path.stat().st_mtime > 60
+            except OSError:
+                return True
+        if owner.get("host") != host:
+            return False
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Write a run into a new temporary folder beside ``out_dir`` and swap it in at the end.
+
+    Yields the temporary folder. On success the caller has written the run (the savers of
+    :mod:`napari_trihrge.runs` end with the completion marker) and the folder replaces
+    ``out_dir`` (only with ``overwrite`` when ``out_dir`` has files); on any error the
+    temporary folder is deleted and ``out_dir`` is left as it was (nothing is created). A lock
+    refuses a second run into the same folder while this one is active."""
+    import os
+    import shutil
+    import uuid
+
+    out = check_out_dir(out_dir, overwrite)
+    _make_folder(out.parent)
+    with RunLock(out):
+        for stale in out.parent.glob(f".{out.name}.{_PARTIAL_TAG}-*"):  # killed earlier runs
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = out.parent / f".{out.name}.{_PARTIAL_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        _make_folder(staging)
+        try:
+            yield staging
+            if not is_complete_run(staging):
+                mark_complete(staging)
+            check_out_dir(out, overwrite)  # still true at the end
+            if out.exists():
+                old = out.parent / f".{out.name}.{_PARTIAL_TAG}-old-{uuid.uuid4().hex[:8]}"
+                os.replace(out, old)
+                try:
+                    os.replace(staging, out)
+                except BaseException:
+                    os.replace(old, out)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -123,10 +308,7 @@ def read_run(out_dir: str | Path) -> dict[str, Any]:
     """Read a run folder back: summary, enhanced / recovery AnnData and the maps (lazy)."""
     import anndata as ad
 
-    out = Path(out_dir)
-    if not (out / "summary.json").exists():
-        raise TrihrgeInputError(f"{out} is not a napari-trihrge run folder (no summary.json)",
-                                "pass the folder given to --out of a trihrge run")
+    out = check_complete_run(out_dir)
     run: dict[str, Any] = {"summary": json.loads((out / "summary.json").read_text())}
     for name in ("enhanced", "recovery"):
         if (out / f"{name}.h5ad").exists():

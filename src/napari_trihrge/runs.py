@@ -15,8 +15,9 @@ from anndata import AnnData
 from . import geometry
 from .device import resolve_device
 from .outputs import (
+    mark_complete,
     peak_rss_mb,
-    prepare_out_dir,
+    run_folder,
     write_enhance,
     write_json,
     write_models,
@@ -82,14 +83,20 @@ def _finish_summary(out: Path, summary: dict[str, Any], result, files: dict[str,
 def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float = 0.5,
                  seed: int = 0, annotation=None, config: RunConfig | None = None,
                  progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Recovery end to end; returns the summary (also written to ``out_dir/summary.json``)."""
+    """Recovery end to end; returns the summary (also written to ``out_dir/summary.json``).
+    The run folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`)."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
-    out = prepare_out_dir(out_dir, overwrite)
+    with run_folder(out_dir, overwrite) as out:
+        return _recovery_into(out, adata, holdout_fraction=holdout_fraction, seed=seed,
+                              annotation=annotation, config=cfg, progress=progress)
+
+
+def _recovery_into(out: Path, adata: AnnData, *, config: RunConfig, progress: Progress,
+                   **kwargs: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = recovery(adata, holdout_fraction=holdout_fraction, seed=seed, annotation=annotation,
-                      config=cfg, progress=progress)
-    return save_recovery_run(out, adata, result, cfg, progress=progress, started=t0)
+    result = recovery(adata, config=config, progress=progress, **kwargs)
+    return save_recovery_run(out, adata, result, config, progress=progress, started=t0)
 
 
 def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
@@ -109,6 +116,7 @@ def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     summary = _base_summary(adata, cfg, result.predictions.n_vars)
     summary["recovery"] = result.metrics
     _finish_summary(out, summary, result, files, t1 if started is None else started, t1)
+    mark_complete(out)
     progress.advance()
     return summary
 
@@ -117,14 +125,22 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
                 stride_um: float | None = None, config: RunConfig | None = None,
                 progress: Progress | None = None, overwrite: bool = False,
                 summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``)."""
+    """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``). The run
+    folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`)."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
-    out = prepare_out_dir(out_dir, overwrite)
+    with run_folder(out_dir, overwrite) as out:
+        return _enhance_into(out, adata, factor=factor, stride_um=stride_um, config=cfg,
+                             progress=progress, summary_extra=summary_extra)
+
+
+def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
+                  config: RunConfig, progress: Progress,
+                  summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = enhance(adata, factor=factor, stride_um=stride_um, config=cfg, progress=progress,
-                     map_path=enhance_map_path(out, stride_um))
-    return save_enhance_run(out, adata, result, cfg, progress=progress, started=t0,
+    result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
+                     progress=progress, map_path=enhance_map_path(out, stride_um))
+    return save_enhance_run(out, adata, result, config, progress=progress, started=t0,
                             summary_extra=summary_extra)
 
 
@@ -170,7 +186,22 @@ def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     files["overview"] = "overview.png"
     progress.advance()
     _finish_summary(out, summary, result, files, t1 if started is None else started, t1)
+    mark_complete(out)
     return summary
+
+
+def repoint_maps(result, out_dir: str | Path) -> None:
+    """After a run folder was swapped in, point the result's streamed maps (written in the
+    temporary folder) at their final place in ``out_dir``."""
+    import zarr
+
+    maps = getattr(result, "maps", None)
+    if maps is None:
+        return
+    for attr, name in (("values", "maps.ome.zarr"), ("std", "maps_std.ome.zarr")):
+        store = getattr(maps, attr, None)
+        if store is not None and hasattr(store, "partial_path"):  # a ZarrMapWriter
+            setattr(maps, attr, zarr.open_group(str(Path(out_dir) / name), mode="r")["0"])
 
 
 def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
@@ -182,16 +213,18 @@ def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
     from .datasets import synthetic_sample
 
     cfg = config or RunConfig(n_top_genes=1000)
-    out = prepare_out_dir(out_dir, overwrite)
-    adata = synthetic_sample(seed=seed)
-    # the ensemble matters for the spread map; recovery scores need one model
-    rec = run_recovery(adata, out / "recovery", holdout_fraction=0.5, seed=seed,
-                       annotation="domain", config=dataclasses.replace(cfg, ensemble=1),
-                       progress=progress, overwrite=overwrite)
-    summary = run_enhance(adata, out, factor=factor, stride_um=stride_um, config=cfg,
-                          progress=progress, overwrite=True,
-                          summary_extra={"recovery": rec["recovery"]})
-    summary["timings_s"] = {"recovery": rec["timings_s"], **summary["timings_s"]}
-    summary["outputs"]["recovery"] = "recovery/"
-    write_json(out / "summary.json", summary)
+    progress = ensure_progress(progress)
+    with run_folder(out_dir, overwrite) as out:
+        adata = synthetic_sample(seed=seed)
+        (out / "recovery").mkdir()
+        # the ensemble matters for the spread map; recovery scores need one model
+        rec = _recovery_into(out / "recovery", adata, holdout_fraction=0.5, seed=seed,
+                             annotation="domain", config=dataclasses.replace(cfg, ensemble=1),
+                             progress=progress)
+        summary = _enhance_into(out, adata, factor=factor, stride_um=stride_um, config=cfg,
+                                progress=progress, summary_extra={"recovery": rec["recovery"]})
+        summary["timings_s"] = {"recovery": rec["timings_s"], **summary["timings_s"]}
+        summary["outputs"]["recovery"] = "recovery/"
+        write_json(out / "summary.json", summary)
+        mark_complete(out)
     return summary

@@ -73,6 +73,62 @@ class RunConfig:
         return d
 
 
+def validate_config(cfg: RunConfig) -> None:
+    """Raise :class:`TrihrgeInputError` for run parameters that cannot work (checked before any
+    heavy work by every task and by the CLI)."""
+    from .training import TrainConfig
+
+    problems = []
+
+    def whole(name: str, value: Any, flag: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            problems.append(f"{name} must be a whole number >= 1 ({flag}), got {value!r}")
+
+    whole("the number of models in the ensemble", cfg.ensemble, "--ensemble")
+    whole("the number of genes", cfg.n_top_genes, "--genes")
+    whole("the number of neighbours", cfg.n_neighbours, "n_neighbours")
+    windows = tuple(cfg.windows_um) if isinstance(cfg.windows_um, list | tuple) else ()
+    if not windows or not all(_positive_finite(w) for w in windows):
+        problems.append(f"the window sizes must be positive micrometres (--windows-um), got "
+                        f"{cfg.windows_um!r}")
+    if not _positive_finite(cfg.local_window_um):
+        problems.append(f"the local window must be positive micrometres, got "
+                        f"{cfg.local_window_um!r}")
+    if problems:
+        raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
+    try:
+        TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train}).validate()
+    except TypeError as exc:
+        raise TrihrgeInputError(f"unknown training setting: {exc}",
+                                "see napari_trihrge.training.TrainConfig") from exc
+    if cfg.cache_dir is not None:
+        check_writable_folder(cfg.cache_dir, "the feature cache folder", "--cache-dir")
+
+
+def _positive_finite(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_writable_folder(path: Any, what: str, flag: str) -> None:
+    """Raise unless ``path`` is (or can be made) a folder this process can write into."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise TrihrgeInputError(f"{what} {folder} is a file, not a folder",
+                                f"pass a folder with {flag}")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TrihrgeInputError(f"{what} {folder} cannot be written (no write permission in "
+                                f"{existing})", f"pass a folder you can write to with {flag}")
+
+
 # -------------------------------------------------------------------------------------------
 # shared steps
 # -------------------------------------------------------------------------------------------
@@ -104,7 +160,8 @@ def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
         )
     um_per_px = geometry.validate_um_per_px(float(meta["um_per_px"]))
     rc_um = geometry.xy_px_to_rc_um(adata.obsm["spatial"], um_per_px)
-    return rc_um, um_per_px, float(meta.get("spot_diameter_um", 55.0))
+    return rc_um, um_per_px, float(meta.get("spot_diameter_um",
+                                            geometry.DEFAULT_SPOT_DIAMETER_UM))
 
 
 def _encoder_and_image(adata: AnnData, cfg: RunConfig):
@@ -264,6 +321,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
     hidden ones and score them (hidden spots only) next to the image-free kNN baseline."""
     cfg = config or RunConfig()
+    validate_config(cfg)
+    _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
@@ -364,6 +423,7 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
     ridge regression on the same features (``baseline_ridge_*``).
     """
     cfg = config or RunConfig()
+    validate_config(cfg)
     if not cfg.image_input:
         raise TrihrgeInputError("transfer predicts from the image alone; image_input=False "
                                 "leaves it nothing to learn from", "use image_input=True")
@@ -477,6 +537,13 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     must reproduce that spot (as in iStar), besides the spot-level TriHRGE loss.
     """
     cfg = config or RunConfig()
+    validate_config(cfg)
+    if factor < 1 or int(factor) & (int(factor) - 1):
+        raise TrihrgeInputError(f"the density factor must be a power of two, got {factor}",
+                                "use --factor 2, 4 or 8")
+    if stride_um is not None:
+        check_map_size(adata, stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
+                       + len(cfg.extra_genes), ensemble=cfg.ensemble, in_memory=map_path is None)
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
@@ -491,6 +558,18 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
 
     with timer("features"):
         image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
+        if stride_um is not None:  # an empty map is refused before training
+            from .io import get_image
+
+            grid_image = image if image is not None else get_image(adata)
+            margin = map_margin_um if map_margin_um is not None else \
+                geometry.spot_spacing_um(rc_um)
+            if not map_grid(grid_image, rc_um, stride_um, margin).mask.any():
+                h_um, w_um = grid_image.shape_rc_um
+                raise TrihrgeInputError(
+                    f"a map with a {stride_um:g} um stride has no pixel inside the tissue near "
+                    f"the spots (image {h_um:.0f} x {w_um:.0f} um)",
+                    "use a smaller --stride-um (for example 8 or 16)")
         feats = _features(image, encoder, rc_um, windows, cfg, progress,
                           dense=stride_um is not None)
     nb = None
@@ -555,6 +634,66 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
                          history=[f.history for f in fits], timings_s=timer.timings_s,
                          config=cfg.public_dict(), fits=fits)
+
+
+#: bytes of working memory per map-grid pixel (mask, centre coordinates, nearest-spot query)
+GRID_BYTES_PER_PX = 40
+
+
+def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: int = 1,
+                   in_memory: bool = False) -> None:
+    """Refuse a dense-map stride that cannot work, before any heavy work: not a positive number,
+    finer than the full-resolution pixel, or a grid whose working memory (plus the maps
+    themselves when kept in memory) exceeds the memory available, with the size it would need."""
+    from .io.sample import image_extent_px
+
+    if not _positive_finite(stride_um):
+        raise TrihrgeInputError(f"the map stride must be a positive number of micrometres, got "
+                                f"{stride_um!r}", "pass --stride-um, for example 8 or 16")
+    stride_um = float(stride_um)
+    um_per_px = float(adata.uns.get("trihrge", {}).get("um_per_px", 0) or 0)
+    if um_per_px and stride_um < um_per_px:
+        raise TrihrgeInputError(
+            f"the map stride {stride_um:g} um is finer than the image's pixel "
+            f"({um_per_px:.3g} um)", f"use --stride-um {max(1, int(np.ceil(um_per_px)))} or more")
+    extent = image_extent_px(adata)
+    if extent is None or not um_per_px:
+        return
+    (h_px, w_px), _, _ = extent
+    n_px = float(np.ceil(h_px * um_per_px / stride_um)) * float(np.ceil(w_px * um_per_px
+                                                                        / stride_um))
+    need = n_px * GRID_BYTES_PER_PX
+    if in_memory:
+        need += n_px * n_genes * 4 * (2 if ensemble > 1 else 1)
+    available = _available_memory_bytes()
+    if available is not None and need > available:
+        raise TrihrgeInputError(
+            f"a {stride_um:g} um map over the {h_px * um_per_px / 1000:.1f} x "
+            f"{w_px * um_per_px / 1000:.1f} mm image has {n_px:.3g} pixels and would need "
+            f"{_bytes(need)} of memory ({_bytes(available)} available)",
+            "use a larger --stride-um (for example 8 or 16)")
+
+
+def _available_memory_bytes() -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing: ask the OS
+        import os
+
+        try:
+            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024.0
+    return f"{n:.3g} PiB"
 
 
 def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,

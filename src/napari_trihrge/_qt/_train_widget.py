@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
+from ..geometry import DEFAULT_SPOT_DIAMETER_UM
 from ._common import heading, hline, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
@@ -417,7 +418,8 @@ class TrainWidget(QWidget):
         genes = list(virt.var_names)
         gene = s.gene if s.gene in genes else _first_interesting_gene(result)
         factor = int(virt.uns.get("trihrge", {}).get("factor", 4))
-        diameter = float(adata.uns["trihrge"].get("spot_diameter_um", 55.0))
+        diameter = float(adata.uns["trihrge"].get("spot_diameter_um",
+                                                  DEFAULT_SPOT_DIAMETER_UM))
         data, kwargs, kind = L.spots_layer(virt, [gene], color_by=gene, kind="virtual",
                                            name=f"enhanced: {factor}x virtual spots",
                                            size_um=diameter / np.sqrt(factor))
@@ -458,10 +460,12 @@ def _fmt_timings(result) -> str:
 def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
     from .. import runs, tasks
 
-    out = _prepare(out_dir)
-    t0 = time.perf_counter()
-    result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
-    if out is not None:  # the same run folder as `trihrge recovery`
+    if not out_dir:
+        return tasks.recovery(adata, config=config, progress=progress, **kwargs), out_dir
+    # the same run folder as `trihrge recovery`: written aside, swapped in when complete
+    with outputs_run_folder(out_dir) as out:
+        t0 = time.perf_counter()
+        result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
         runs.save_recovery_run(out, adata, result, config, progress=progress, started=t0)
     return result, out_dir
 
@@ -469,19 +473,20 @@ def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
 def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
     from .. import runs, tasks
 
-    out = _prepare(out_dir)
-    t0 = time.perf_counter()
-    if out is not None:  # maps stream to disk, not to memory
+    if not out_dir:
+        return tasks.enhance(adata, config=config, progress=progress, **kwargs), out_dir
+    # the same run folder as `trihrge enhance`; maps stream to disk, not to memory
+    with outputs_run_folder(out_dir) as out:
+        t0 = time.perf_counter()
         kwargs["map_path"] = runs.enhance_map_path(out, kwargs.get("stride_um"))
-    result = tasks.enhance(adata, config=config, progress=progress, **kwargs)
-    if out is not None:  # the same run folder as `trihrge enhance`
+        result = tasks.enhance(adata, config=config, progress=progress, **kwargs)
         runs.save_enhance_run(out, adata, result, config, progress=progress, started=t0)
+    runs.repoint_maps(result, out_dir)
     return result, out_dir
 
 
-def _prepare(out_dir):
-    if not out_dir:
-        return None
+def outputs_run_folder(out_dir):
+    """The engine's run folder (temporary folder, lock, completion marker), never overwriting."""
     from .. import outputs
 
-    return outputs.prepare_out_dir(out_dir, overwrite=False)
+    return outputs.run_folder(out_dir, overwrite=False)

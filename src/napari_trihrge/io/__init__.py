@@ -53,14 +53,14 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
         raise TrihrgeInputError(f"input not found: {p}", READ_HINT)
     if p.is_dir():
         if is_visium_folder(p):
-            return read_visium(p, **kwargs)
+            return read_visium(p, **_accepted(read_visium, kwargs, "Space Ranger folders"))
         if is_her2st_folder(p):
-            return read_her2st(p, **kwargs)
+            return read_her2st(p, **_accepted(read_spot_table, kwargs, "her2st folders"))
         raise TrihrgeInputError(f"{p} is not a recognised sample folder", READ_HINT)
     if name.endswith(".h5ad"):
-        return read_h5ad(p, **kwargs)
+        return read_h5ad(p, **_accepted(read_h5ad, kwargs, ".h5ad files"))
     if name.endswith(".h5"):
-        return read_visium(p, **kwargs)
+        return read_visium(p, **_accepted(read_visium, kwargs, "Space Ranger matrices"))
     if name.endswith(_TABLE_SUFFIXES):
         missing = [k for k in ("positions", "image") if kwargs.get(k) is None]
         if missing:
@@ -70,6 +70,19 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
                 "image=<full-resolution H&E> (CLI: --positions, --image)")
         return read_spot_table(p, **kwargs)
     raise TrihrgeInputError(f"unsupported input {p.name}", READ_HINT)
+
+
+def _accepted(reader: Any, kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+    """``kwargs`` if ``reader`` takes them all, else an error naming the option it cannot use."""
+    import inspect
+
+    params = inspect.signature(reader).parameters
+    unknown = [k for k, v in kwargs.items() if k not in params and v is not None]
+    if unknown:
+        opts = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise TrihrgeInputError(f"{opts} cannot be used with {what}",
+                                f"leave out {opts}; {what} carry that information themselves")
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,61 +11,39 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TrihrgeInputError
-from ..geometry import (
-    PLATFORMS,
-    detect_lattice,
-    um_per_px_from_spot_diameter,
-    validate_um_per_px,
-)
+from ..geometry import PLATFORMS, platform_params, resolve_pixel_size
 
 
 def platform_info(platform: str) -> dict[str, Any] | None:
     """Known platform parameters (``geometry.PLATFORMS``), None for 'generic'; errors otherwise."""
-    if platform in PLATFORMS:
-        return dict(PLATFORMS[platform])
-    if platform == "generic":
-        return None
-    raise TrihrgeInputError(f"unknown platform {platform!r}",
-                            f"use one of {sorted(PLATFORMS) + ['generic']}")
+    return platform_params(platform)
 
 
 def resolve_um_per_px(xy_px: np.ndarray, platform: str, *, um_per_px: float | None = None,
                       spot_diameter_px: float | None = None,
-                      spot_diameter_um: float | None = None) -> tuple[float, str, float]:
-    """Full-resolution pixel size from, in order: ``um_per_px``; the spot diameter in pixels and
-    micrometres (micrometres default to the platform's); the spot lattice spacing measured on the
-    pixel coordinates against the platform's known spacing.
+                      spot_diameter_um: float | None = None,
+                      array_index: np.ndarray | None = None) -> tuple[float, str, float]:
+    """``(um_per_px, source, spot_diameter_um)`` from :func:`geometry.resolve_pixel_size`."""
+    ps = resolve_pixel_size(xy_px, platform, array_index=array_index, um_per_px=um_per_px,
+                            spot_diameter_px=spot_diameter_px,
+                            spot_diameter_um=spot_diameter_um)
+    return ps.um_per_px, ps.source, ps.spot_diameter_um
 
-    Returns ``(um_per_px, source, spot_diameter_um)`` with source 'given', 'spot_diameter' or
-    'spot_spacing'.
-    """
-    plat = platform_info(platform)
-    diam_um = spot_diameter_um if spot_diameter_um is not None else (
-        float(plat["spot_diameter_um"]) if plat else None)
-    if diam_um is None:
-        raise TrihrgeInputError(
-            f"the spot diameter is unknown for platform {platform!r}",
-            "pass the spot diameter in micrometres (--spot-diameter-um), or a known platform "
-            "('visium' or 'st')")
-    if not np.isfinite(diam_um) or diam_um <= 0:
-        raise TrihrgeInputError(f"the spot diameter must be positive, got {diam_um} um",
-                                "pass --spot-diameter-um, for example 55 for Visium")
-    if um_per_px is not None:
-        return validate_um_per_px(float(um_per_px), what="given"), "given", float(diam_um)
-    if spot_diameter_px is not None:
-        return (um_per_px_from_spot_diameter(float(spot_diameter_px), diam_um), "spot_diameter",
-                float(diam_um))
+
+def array_index_of(obs: pd.DataFrame, platform: str | None) -> np.ndarray | None:
+    """The platform's array indices per spot from ``obs`` (Visium ``array_row``/``array_col``,
+    ST ``array_x``/``array_y``), or None when absent or not numeric."""
+    plat = PLATFORMS.get(platform or "")
     if plat is None:
-        raise TrihrgeInputError(
-            f"cannot work out the pixel size for platform {platform!r}",
-            "pass --um-per-px, or --spot-diameter-px with --spot-diameter-um")
-    xy_px = np.asarray(xy_px, dtype=np.float64)
-    lattice = detect_lattice(xy_px[:, ::-1], kind=str(plat["lattice"]))  # in pixel units
-    um = float(plat["spot_spacing_um"]) / lattice.spacing_um
-    um = validate_um_per_px(
-        um, what=f"measured from the spot spacing ({lattice.spacing_um:.1f} px taken as "
-                 f"{plat['spot_spacing_um']:g} um for platform {platform!r})")
-    return um, "spot_spacing", float(diam_um)
+        return None
+    cols = list(plat["array_columns"])
+    if not all(c in obs.columns for c in cols):
+        return None
+    try:
+        idx = obs[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    except (TypeError, ValueError):
+        return None
+    return idx if np.isfinite(idx).all() else None
 
 
 def read_table(path: str | os.PathLike, *, header: Any = "infer", index_col: Any = None,
@@ -107,6 +86,11 @@ def match_ids(counts_ids: pd.Index, position_ids: pd.Index, what_counts: str,
         raise TrihrgeInputError(
             f"the spot ids in {what_counts} and {what_positions} do not match: only {n_found} of "
             f"{len(counts_ids)} matched (e.g. {ex_c!r} vs {ex_p!r})", hint)
+    n_missing = len(counts_ids) - n_found
+    if n_missing:
+        ex = ", ".join(map(str, counts_ids[~found][:3]))
+        warnings.warn(f"{n_missing} of {len(counts_ids)} spots of {what_counts} have no position "
+                      f"in {what_positions} and are left out (e.g. {ex})", stacklevel=3)
     return counts_ids[found]
 
 

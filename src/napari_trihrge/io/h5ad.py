@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import TrihrgeInputError
-from ._common import platform_info, resolve_um_per_px
+from ..geometry import resolve_pixel_size
+from ._common import array_index_of, platform_info
 
 
 def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
               um_per_px: float | None = None, spot_diameter_um: float | None = None,
-              platform: str | None = None, fullres_image: str | os.PathLike | None = None
+              platform: str | None = None, fullres_image: str | os.PathLike | None = None,
+              image: str | os.PathLike | None = None, spot_diameter_px: float | None = None
               ) -> Any:
     """Read an ``.h5ad`` with ``obsm['spatial']`` (x/y full-resolution pixels) and optionally
     ``uns['spatial'][library]['images'|'scalefactors']``.
 
     An existing ``uns['trihrge']`` (our own outputs) is trusted; the keyword arguments override
     it. Otherwise the platform is 'visium' when ``spot_diameter_fullres`` is present (unless
-    ``platform`` says otherwise) and the pixel size comes from ``um_per_px``, the spot diameter,
-    or the measured spot spacing.
+    ``platform`` says otherwise) and the pixel size comes from ``um_per_px``, the spot lattice
+    (``obs`` ``array_row``/``array_col`` for Visium, ``array_x``/``array_y`` for ST), the spot
+    diameter, or the measured spot spacing. ``image`` is an alias of ``fullres_image``.
     """
     import anndata as ad
 
     from .image import image_size_px
     from .sample import validate_sample
 
+    fullres_image = fullres_image if fullres_image is not None else image
     path = Path(path)
     if not path.is_file():
         raise TrihrgeInputError(f"h5ad file not found: {path}", "check the path")
@@ -37,6 +42,7 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
     except Exception as exc:
         raise TrihrgeInputError(f"cannot read {path.name}: {exc}",
                                 "pass an AnnData .h5ad file written by anndata/scanpy") from exc
+    _use_raw_counts(adata, path.name)
     if "spatial" not in adata.obsm:
         raise TrihrgeInputError(
             f"{path.name} has no spot coordinates (obsm['spatial'])",
@@ -64,7 +70,7 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
     scalefactors = dict((spatial.get(lib, {}) or {}).get("scalefactors", {}) or {})
 
     if previous.get("um_per_px") is not None and um_per_px is None and platform is None \
-            and spot_diameter_um is None:
+            and spot_diameter_um is None and spot_diameter_px is None:
         info = previous  # our own output: trust it
         info["library_id"] = lib
     else:
@@ -75,13 +81,15 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
                 f"{path.name} does not say which platform it comes from or its pixel size",
                 "pass platform='visium' or 'st' (--platform), or the pixel size (--um-per-px)")
         platform_info(plat)
-        um, source, diam_um = resolve_um_per_px(
-            xy, plat, um_per_px=um_per_px if um_per_px is not None else previous.get("um_per_px"),
-            spot_diameter_px=scalefactors.get("spot_diameter_fullres"),
+        pixel_size = resolve_pixel_size(
+            xy, plat, array_index=array_index_of(adata.obs, plat),
+            um_per_px=um_per_px if um_per_px is not None else previous.get("um_per_px"),
+            spot_diameter_px=spot_diameter_px if spot_diameter_px is not None
+            else _number_or_none(scalefactors.get("spot_diameter_fullres")),
             spot_diameter_um=spot_diameter_um if spot_diameter_um is not None
-            else (previous.get("spot_diameter_um") if previous.get("platform") == plat else None))
-        info = {**previous, "library_id": lib, "platform": plat, "um_per_px": um,
-                "um_per_px_source": source, "spot_diameter_um": diam_um}
+            else (previous.get("spot_diameter_um") if previous.get("platform") == plat else None),
+            what=path.name)
+        info = {**previous, "library_id": lib, "platform": plat, **pixel_size.record()}
     info.setdefault("sample", path.stem)
     info.setdefault("platform", "generic")
     info.setdefault("source", str(path.resolve()))
@@ -102,3 +110,33 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
         adata.uns["spatial"] = spatial
     adata.var_names_make_unique()
     return validate_sample(adata)
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A stored scale factor as a positive float, or None when it is not one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def _use_raw_counts(adata: Any, what: str) -> None:
+    """When ``X`` is normalised but ``layers['counts']`` or ``.raw`` holds raw counts (the
+    scanpy habit), put those in ``X`` with a warning; otherwise leave ``X`` for the checks."""
+    from .sample import raw_counts_problem
+
+    problem = raw_counts_problem(adata.X)
+    if not problem:
+        return
+    candidates = []
+    if "counts" in adata.layers:
+        candidates.append(("layers['counts']", adata.layers["counts"]))
+    if adata.raw is not None and list(adata.raw.var_names) == list(adata.var_names):
+        candidates.append((".raw.X", adata.raw.X))
+    for name, X in candidates:
+        if raw_counts_problem(X) is None:
+            warnings.warn(f"{what}: X is not raw counts ({problem}); using {name}",
+                          stacklevel=3)
+            adata.X = X
+            return

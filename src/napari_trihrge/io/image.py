@@ -47,6 +47,8 @@ def to_rgb_uint8(arr: Any, what: str = "the image") -> np.ndarray:
         raise _rgb_error(what, f"grayscale, shape {arr.shape}")
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise _rgb_error(what, f"shape {arr.shape}, expected height x width x 3")
+    if arr.shape[2] == 4:
+        arr = _over_white(arr)
     arr = arr[..., :3]
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
@@ -60,6 +62,47 @@ def to_rgb_uint8(arr: Any, what: str = "the image") -> np.ndarray:
             a = a * 255.0
         return np.clip(np.nan_to_num(a, nan=255.0) + 0.5, 0, 255).astype(np.uint8)
     raise _rgb_error(what, f"unsupported pixel type {arr.dtype}")
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA -> RGB: fully transparent pixels become white (background, as outside the image);
+    the colour of every other pixel is kept as it is (the alpha channel is dropped)."""
+    clear = rgba[..., 3] == 0
+    if not clear.any():
+        return rgba[..., :3]
+    rgb = np.array(rgba[..., :3])
+    rgb[clear] = 255 if rgb.dtype == np.uint8 else (65535 if rgb.dtype == np.uint16 else 1.0)
+    return rgb
+
+
+#: An image whose every channel spans fewer grey levels than this (1st to 99th percentile, 8-bit)
+#: at the spots is blank: all black, all white, or one flat colour.
+BLANK_RANGE_LEVELS = 8
+
+
+def is_blank(pixels: np.ndarray) -> bool:
+    """Whether HxWx3 (or Nx3) uint8 ``pixels`` are one flat colour (no tissue to see)."""
+    px = np.asarray(pixels).reshape(-1, np.shape(pixels)[-1])[:, :3].astype(np.float32)
+    if px.shape[0] > 200_000:
+        px = px[:: px.shape[0] // 200_000 + 1]
+    lo, hi = np.percentile(px, [1, 99], axis=0)
+    return bool(np.all(hi - lo < BLANK_RANGE_LEVELS))
+
+
+def blank_at_spots(img: TissueImage, rc_um: np.ndarray, window_um: float = 30.0,
+                   max_spots: int = 64) -> bool:
+    """Whether ``img`` is blank where the spots are: small windows around (at most
+    ``max_spots``) spot centres that lie wholly inside the image, read at a coarse size."""
+    rc_um = np.asarray(rc_um, dtype=np.float64)
+    h_um, w_um = img.shape_rc_um
+    half = window_um / 2.0
+    inside = np.all((rc_um >= half) & (rc_um <= np.array([h_um, w_um]) - half), axis=1)
+    pts = rc_um[inside]
+    if len(pts) == 0:
+        return is_blank(img.at_resolution(max(h_um, w_um) / 256.0))
+    pts = pts[np.linspace(0, len(pts) - 1, min(max_spots, len(pts))).astype(int)]
+    windows = [img.read_um(p - half, (window_um, window_um), (6, 6)) for p in pts]
+    return is_blank(np.stack(windows))
 
 
 class TissueImage:
@@ -401,7 +444,8 @@ def _open_pil(path: Path, um_per_px: float) -> TissueImage:
             mode = im.mode
             if mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
                 raise _rgb_error(what, f"grayscale, PIL mode {mode}")
-            arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
+            has_alpha = mode in ("RGBA", "PA") or (mode == "P" and "transparency" in im.info)
+            arr = np.asarray(im if mode == "RGB" else im.convert("RGBA" if has_alpha else "RGB"))
     except TrihrgeInputError:
         raise
     except Exception as exc:

@@ -10,9 +10,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import TrihrgeInputError
-from ..geometry import validate_um_per_px
+from ..geometry import validate_um_per_px, xy_px_to_rc_um
 from ._common import check_inside
-from .image import TissueImage, image_size_px, open_image, to_rgb_uint8
+from .image import TissueImage, blank_at_spots, image_size_px, open_image, to_rgb_uint8
 
 _SCALEF = {"hires": "tissue_hires_scalef", "lowres": "tissue_lowres_scalef"}
 
@@ -46,10 +46,18 @@ def available_images(adata: Any) -> list[str]:
     if info.get("fullres_image_path"):
         out.append("fullres")
     images = lib.get("images", {}) or {}
+    scalefactors = lib.get("scalefactors", {}) or {}
     for res in ("hires", "lowres"):
-        if res in images and _SCALEF[res] in (lib.get("scalefactors", {}) or {}):
+        if res in images and _positive(scalefactors.get(_SCALEF[res])):
             out.append(res)
     return out
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
@@ -77,14 +85,35 @@ def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
             "image in uns['spatial'])",
             "pass the full-resolution H&E image (--image / fullres_image=...) or read a Space "
             "Ranger folder that contains spatial/tissue_hires_image.png")
-    best = options[0]
-    if best == "fullres":
+    rc_um = None
+    if "spatial" in adata.obsm:
+        rc_um = xy_px_to_rc_um(np.asarray(adata.obsm["spatial"])[:, :2], um_full)
+    blank: list[str] = []
+    for res in options:
+        img = _open_resolution(adata, res, info, lib, um_full)
+        if rc_um is None or not blank_at_spots(img, rc_um):
+            if blank:
+                warnings.warn(f"the {' and '.join(blank)} image of the sample is blank (one flat "
+                              f"colour under the spots); using the {res} image instead",
+                              stacklevel=2)
+            return img
+        img.close()
+        blank.append(res)
+    raise TrihrgeInputError(
+        f"the {' and '.join(blank)} image of the sample is blank (one flat colour under the "
+        "spots: all black, all white or transparent), so there is no tissue to learn from",
+        "pass the H&E the spots were measured on (--image / fullres_image=...), or re-export "
+        "the image (some tools write an empty PNG)")
+
+
+def _open_resolution(adata: Any, res: str, info: dict, lib: dict, um_full: float) -> TissueImage:
+    """The sample's image at one resolution ('fullres', 'hires' or 'lowres')."""
+    if res == "fullres":
         return open_image(str(info["fullres_image_path"]), um_full)
-    scalef = float(lib["scalefactors"][_SCALEF[best]])
-    arr = to_rgb_uint8(lib["images"][best], f"the {best} image")
-    img = TissueImage.from_array(arr, um_full / scalef,
-                                 source=f"{info.get('source', 'sample')} [{best}]")
-    return img
+    scalef = float(lib["scalefactors"][_SCALEF[res]])
+    arr = to_rgb_uint8(lib["images"][res], f"the {res} image")
+    return TissueImage.from_array(arr, um_full / scalef,
+                                  source=f"{info.get('source', 'sample')} [{res}]")
 
 
 def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None:
@@ -121,6 +150,37 @@ def check_counts(X: Any, what: str = "the counts") -> None:
     if not data.size or float(np.max(data)) == 0:
         raise TrihrgeInputError(f"{what} are all zero ({X.shape[0]} spots x {X.shape[1]} genes)",
                                 "check that the counts file is the right one and not empty")
+    problem = raw_counts_problem(X)
+    if problem:
+        raise TrihrgeInputError(
+            f"{what} are not raw counts: {problem}",
+            "pass the raw UMI counts per spot (for an .h5ad, the layer or .raw that holds them; "
+            "for Space Ranger, filtered_feature_bc_matrix.h5); gene selection (seurat_v3) and "
+            "normalisation need them")
+
+
+#: Share of non-zero values allowed to be fractional in raw counts (ambient-corrected counts
+#: carry a few).
+MAX_FRACTIONAL_SHARE = 0.001
+
+
+def raw_counts_problem(X: Any) -> str | None:
+    """Why ``X`` does not look like raw counts (log-normalised, scaled, CPM), or None."""
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    data = data[data != 0]
+    if data.size > 1_000_000:
+        data = data[:: data.size // 1_000_000 + 1]
+    if data.size:
+        fractional = float(np.mean(np.abs(data - np.round(data)) > 1e-3))
+        if fractional > MAX_FRACTIONAL_SHARE:
+            return (f"{fractional:.0%} of the non-zero values are not whole numbers "
+                    "(log-normalised or scaled data?)")
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    totals = totals[totals > 0]
+    if len(totals) >= 10 and np.std(totals) <= 1e-4 * np.mean(totals):
+        return (f"every spot has the same total ({np.mean(totals):.6g}): normalised to a "
+                "constant sum (CPM or normalize_total)?")
+    return None
 
 
 def validate_sample(adata: Any) -> Any:
@@ -136,6 +196,11 @@ def validate_sample(adata: Any) -> Any:
         raise TrihrgeInputError(f"obsm['spatial'] must be (n_spots, 2), got {xy.shape}",
                                 "store one x and one y full-resolution pixel per spot")
     check_counts(adata.X)
+    n_places = len(np.unique(np.round(xy, 3), axis=0))
+    if adata.n_obs >= 3 and n_places < max(3, 0.5 * adata.n_obs):
+        raise TrihrgeInputError(
+            f"the {adata.n_obs} spots sit at only {n_places} distinct position(s)",
+            "check the spot coordinates (x/y in full-resolution pixels, one place per spot)")
     extent = image_extent_px(adata)
     if extent is not None:
         (h, w), img_px, what = extent

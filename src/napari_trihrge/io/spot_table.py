@@ -12,7 +12,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import TrihrgeInputError
-from ._common import match_ids, read_table, resolve_um_per_px
+from ..geometry import resolve_pixel_size
+from ._common import array_index_of, match_ids, read_table
 
 #: Pixel x/y column pairs recognised in a positions table, in order of preference.
 XY_COLUMNS = [("pixel_x", "pixel_y"), ("pxl_col_in_fullres", "pxl_row_in_fullres"),
@@ -47,7 +48,10 @@ def _read_counts(counts: Any) -> Any:
     if bad:
         raise TrihrgeInputError(f"{what} has non-numeric values (column {bad[0]!r})",
                                 "pass spots x genes raw counts with the spot id as first column")
-    df = df.fillna(0)
+    if df.isna().to_numpy().any():
+        n_nan = int(df.isna().to_numpy().sum())
+        raise TrihrgeInputError(f"{what} has {n_nan} missing (NaN) count(s)",
+                                "pass raw counts with every value present (0 for no reads)")
     X = sp.csr_matrix(df.to_numpy(dtype=np.float32))
     adata = ad.AnnData(X=X, obs=pd.DataFrame(index=df.index.astype(str)),
                        var=pd.DataFrame(index=df.columns.astype(str)))
@@ -70,7 +74,8 @@ def _read_positions(positions: Any) -> tuple[pd.DataFrame, str]:
             pos = read_positions(path)
             pos = pos[pos["in_tissue"].astype(int) == 1]
             return pd.DataFrame({"x_px": pos["pxl_col_in_fullres"].astype(float),
-                                 "y_px": pos["pxl_row_in_fullres"].astype(float)},
+                                 "y_px": pos["pxl_row_in_fullres"].astype(float),
+                                 "array_row": pos["array_row"], "array_col": pos["array_col"]},
                                 index=pos.index), path.name
         df, what = read_table(path, what="positions table"), path.name
     cols = {c.lower(): c for c in map(str, df.columns)}
@@ -122,7 +127,9 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
     table with x/y full-resolution pixel columns (also the her2st ``<id>_selection.tsv``
     layout) and the full-resolution H&E ``image``.
 
-    Pixel size, in order: ``um_per_px``; ``spot_diameter_px`` with the spot diameter in um
+    Pixel size (:func:`napari_trihrge.geometry.resolve_pixel_size`), in order: ``um_per_px``;
+    the spot lattice fitted on the array indices (her2st ``x``/``y``, Visium
+    ``array_row``/``array_col``); ``spot_diameter_px`` with the spot diameter in um
     (``spot_diameter_um`` or the platform's); the measured spot spacing against the platform's
     known spacing. ``uns['trihrge']['um_per_px_source']`` records which one was used. With
     ``load_images``, a preview of at most 2000 px per side is stored as the 'hires' image.
@@ -153,33 +160,37 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
             else:
                 raise
         if "_keep" in pos:
+            listed = adata.obs_names.isin(pos.index)
             pos = pos[pos["_keep"]]
+            n_unselected = int(listed.sum() - adata.obs_names.isin(pos.index).sum())
+            if n_unselected:
+                warnings.warn(f"{n_unselected} spot(s) of {counts_what} are not selected (not "
+                              f"under tissue) in {pos_what} and are left out", stacklevel=2)
         keep = adata.obs_names[adata.obs_names.isin(pos.index)]
         if len(keep) == 0:
             raise TrihrgeInputError(f"none of the spots in {counts_what} is selected (under "
                                     f"tissue) in {pos_what}", "check the 'selected' column")
         n_dropped = adata.n_obs - len(keep)
         if n_dropped:
-            warnings.warn(f"{n_dropped} spot(s) of {counts_what} are not selected (or not "
-                          f"listed) in {pos_what} and were dropped", stacklevel=2)
             adata = adata[keep].copy()
         pos = pos.loc[adata.obs_names]
         xy = pos[["x_px", "y_px"]].to_numpy(np.float64)
-        for col in ("array_x", "array_y"):
+        for col in ("array_x", "array_y", "array_row", "array_col"):
             if col in pos:
                 adata.obs[col] = pos[col].to_numpy()
     adata.obsm["spatial"] = xy
-    um, um_source, diam_um = resolve_um_per_px(
-        xy, platform, um_per_px=um_per_px, spot_diameter_px=spot_diameter_px,
-        spot_diameter_um=spot_diameter_um)
     name = sample or (Path(counts).name.split(".")[0]
                       if isinstance(counts, (str, os.PathLike)) else "sample")
+    pixel_size = resolve_pixel_size(
+        xy, platform, array_index=array_index_of(adata.obs, platform), um_per_px=um_per_px,
+        spot_diameter_px=spot_diameter_px, spot_diameter_um=spot_diameter_um,
+        what=f"sample {name}")
+    um, diam_um = pixel_size.um_per_px, pixel_size.spot_diameter_um
     lib = str(library_id) if library_id is not None else name
     scalefactors: dict[str, float] = {"spot_diameter_fullres": diam_um / um}
     images: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {
-        "library_id": lib, "sample": name, "platform": platform, "um_per_px": um,
-        "um_per_px_source": um_source, "spot_diameter_um": diam_um,
+        "library_id": lib, "sample": name, "platform": platform, **pixel_size.record(),
         "source": str(Path(counts).resolve()) if isinstance(counts, (str, os.PathLike))
         else "in-memory counts",
     }
@@ -201,8 +212,10 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
     return validate_sample(adata)
 
 
-def find_her2st_files(section_dir: str | os.PathLike) -> dict[str, Path]:
-    """``{'id', 'counts', 'positions', 'image'}`` for a her2st-like section folder."""
+def find_her2st_files(section_dir: str | os.PathLike, need_image: bool = True
+                      ) -> dict[str, Path | None]:
+    """``{'id', 'counts', 'positions', 'image'}`` for a her2st-like section folder (``image``
+    None when absent and not ``need_image``)."""
     d = Path(section_dir)
     hint = ("a her2st section folder holds <id>.tsv.gz (counts), <id>_selection.tsv "
             "(positions) and <id>_HE.jpg (full-resolution H&E)")
@@ -219,8 +232,9 @@ def find_her2st_files(section_dir: str | os.PathLike) -> dict[str, Path]:
         raise TrihrgeInputError(f"counts file {sid}.tsv.gz not found in {d}", hint)
     image = next((p for pat in (f"{sid}_HE.*", f"{sid}*.jpg", f"{sid}*.tif*")
                   for p in sorted(d.glob(pat))), None)
-    if image is None:
-        raise TrihrgeInputError(f"H&E image {sid}_HE.jpg not found in {d}", hint)
+    if image is None and need_image:
+        raise TrihrgeInputError(f"H&E image {sid}_HE.jpg not found in {d}",
+                                hint + "; or pass the image with --image")
     return {"id": sid, "counts": counts, "positions": sels[0], "image": image}
 
 
@@ -232,8 +246,11 @@ def is_her2st_folder(path: str | os.PathLike) -> bool:
 def read_her2st(section_dir: str | os.PathLike, **kwargs: Any) -> Any:
     """Read a her2st-like legacy ST section folder (``<id>.tsv.gz``, ``<id>_selection.tsv``,
     ``<id>_HE.jpg``); keyword arguments go to :func:`read_spot_table`."""
-    f = find_her2st_files(section_dir)
+    given = kwargs.get("image") or kwargs.get("fullres_image")
+    f = find_her2st_files(section_dir, need_image=given is None)
     kwargs.setdefault("platform", "st")
     kwargs.setdefault("library_id", f["id"])
     kwargs.setdefault("sample", f["id"])
-    return read_spot_table(f["counts"], f["positions"], f["image"], **kwargs)
+    image = kwargs.pop("image", None) or kwargs.pop("fullres_image", None) or f["image"]
+    positions = kwargs.pop("positions", None) or f["positions"]
+    return read_spot_table(f["counts"], positions, image, **kwargs)

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TrihrgeInputError
-from ..geometry import PLATFORMS, um_per_px_from_spot_diameter, validate_um_per_px
-from ._common import match_ids, read_table
+from ..geometry import resolve_pixel_size
+from ._common import array_index_of, match_ids, read_table
 from .image import image_size_px, read_rgb
 
 OUTS_HINT = (
@@ -26,7 +26,6 @@ POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_i
                     "pxl_col_in_fullres"]
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions.parquet",
                   "tissue_positions_list.csv")
-VISIUM_SPOT_DIAMETER_UM = float(PLATFORMS["visium"]["spot_diameter_um"])
 
 
 def find_outs(path: str | os.PathLike) -> Path:
@@ -113,6 +112,9 @@ def read_positions(spatial: Path) -> pd.DataFrame:
 
 
 def read_scalefactors(spatial: Path) -> dict[str, float]:
+    """``scalefactors_json.json`` as numbers (numeric strings accepted); a scale factor or spot
+    diameter that is not a positive number is dropped with a warning (the reader then ignores
+    that image, or measures the pixel size without the spot diameter)."""
     path = spatial / "scalefactors_json.json"
     if not path.is_file():
         raise TrihrgeInputError(f"scalefactors_json.json not found in {spatial}", OUTS_HINT)
@@ -122,10 +124,28 @@ def read_scalefactors(spatial: Path) -> dict[str, float]:
     except Exception as exc:
         raise TrihrgeInputError(f"cannot read {path}: {exc}",
                                 "restore scalefactors_json.json from the Space Ranger run") from exc
-    if "spot_diameter_fullres" not in sf:
-        raise TrihrgeInputError(f"{path.name} has no 'spot_diameter_fullres'",
+    if not isinstance(sf, dict):
+        raise TrihrgeInputError(f"{path.name} is not a JSON object",
                                 "restore scalefactors_json.json from the Space Ranger run")
-    return {k: float(v) for k, v in sf.items() if isinstance(v, (int, float))}
+    out: dict[str, float] = {}
+    for key, value in sf.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if np.isfinite(number) and number > 0:
+            out[key] = number
+        elif key in SCALEFACTOR_KEYS:
+            warnings.warn(f"{path.name}: {key} is {value!r}, not a positive number; "
+                          f"{SCALEFACTOR_KEYS[key]}", stacklevel=3)
+    return out
+
+
+SCALEFACTOR_KEYS = {
+    "spot_diameter_fullres": "the pixel size comes from the spot lattice instead",
+    "tissue_hires_scalef": "the hires image is ignored",
+    "tissue_lowres_scalef": "the lowres image is ignored",
+}
 
 
 def read_counts_h5(path: Path) -> Any:
@@ -145,17 +165,30 @@ def read_counts_h5(path: Path) -> Any:
 
 
 def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | None = None,
-                library_id: str | None = None, load_images: bool = True,
-                um_per_px: float | None = None) -> Any:
+                image: str | os.PathLike | None = None, library_id: str | None = None,
+                load_images: bool = True, um_per_px: float | None = None,
+                spot_diameter_px: float | None = None, spot_diameter_um: float | None = None,
+                platform: str | None = None) -> Any:
     """Read a Space Ranger ``outs/`` folder (or its parent) into an AnnData.
 
     Keeps the in-tissue spots that are in the count matrix. ``obsm['spatial']`` holds x/y in
     full-resolution pixels, ``uns['spatial'][library_id]`` the hires/lowres images (when present)
-    and scalefactors, ``uns['trihrge']`` the pixel size (from the 55 um spot diameter unless
-    ``um_per_px`` is given). ``fullres_image`` is an optional path to the full-resolution H&E.
+    and scalefactors, ``uns['trihrge']`` the pixel size: ``um_per_px`` when given, else fitted on
+    the spot lattice (``array_row`` / ``array_col``), else from the spot diameter
+    (``spot_diameter_px`` or ``spot_diameter_fullres``; see
+    :func:`napari_trihrge.geometry.resolve_pixel_size`). ``fullres_image`` (or its alias
+    ``image``) is an optional path to the full-resolution H&E. ``platform`` may only be 'visium'.
     """
     from .sample import validate_sample
 
+    if platform not in (None, "visium"):
+        raise TrihrgeInputError(
+            f"a Space Ranger folder holds a Visium sample, not platform {platform!r}",
+            "leave out --platform for Space Ranger folders (or pass --platform visium)")
+    if image is not None and fullres_image is not None and Path(image) != Path(fullres_image):
+        raise TrihrgeInputError("two different full-resolution images were given",
+                                "pass the H&E image once (--image)")
+    fullres_image = fullres_image if fullres_image is not None else image
     outs = find_outs(path)
     matrix = find_matrix(outs)
     spatial = outs / "spatial"
@@ -192,17 +225,17 @@ def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | N
                 images[res] = read_rgb(f)
     sample = outs.parent.name if outs.name == "outs" else outs.name
     lib = str(library_id) if library_id is not None else sample
-    if um_per_px is not None:
-        um = validate_um_per_px(float(um_per_px), what="given")
-        um_source = "given"
-    else:
-        um = um_per_px_from_spot_diameter(scalefactors["spot_diameter_fullres"],
-                                          VISIUM_SPOT_DIAMETER_UM)
-        um_source = "spot_diameter"
+    sample_what = f"sample {sample}"
+    pixel_size = resolve_pixel_size(
+        adata.obsm["spatial"], "visium", array_index=array_index_of(adata.obs, "visium"),
+        um_per_px=um_per_px, spot_diameter_um=spot_diameter_um, what=sample_what,
+        spot_diameter_px=spot_diameter_px if spot_diameter_px is not None
+        else scalefactors.get("spot_diameter_fullres"))
+    if "spot_diameter_fullres" not in scalefactors:  # scanpy/squidpy plot spots with it
+        scalefactors["spot_diameter_fullres"] = pixel_size.spot_diameter_um / pixel_size.um_per_px
     adata.uns["spatial"] = {lib: {"images": images, "scalefactors": scalefactors}}
     info: dict[str, Any] = {
-        "library_id": lib, "sample": sample, "platform": "visium", "um_per_px": um,
-        "um_per_px_source": um_source, "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
+        "library_id": lib, "sample": sample, "platform": "visium", **pixel_size.record(),
         "source": str(outs.resolve()),
     }
     if fullres_image is not None:
