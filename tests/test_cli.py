@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_trihrge import cli
 from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.metrics import TRUST_COLUMNS
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +91,8 @@ def sample_h5ad(tmp_path_factory):
     from napari_trihrge.outputs import write_h5ad
 
     path = tmp_path_factory.mktemp("cli") / "tiny.h5ad"
-    write_h5ad(synthetic_sample(seed=4, size_um=(900.0, 900.0), n_genes=40), path)
+    # 80 genes: enough (>= 30) detected in 3 spots or more with the sparse genes
+    write_h5ad(synthetic_sample(seed=4, size_um=(900.0, 900.0), n_genes=80), path)
     return path
 
 
@@ -105,6 +109,17 @@ def test_enhance_end_to_end(capsys, sample_h5ad, tmp_path):
     assert summary["enhance"]["factor"] == 2
     assert (out / "enhanced.h5ad").exists() and (out / "overview.png").exists()
     assert "Outputs in" in text and "peak memory" in text
+    # per-gene trust from the internal held-out split, in every output
+    trust = summary["trust"]
+    assert trust["n_hidden"] + trust["n_visible"] == summary["n_spots"]
+    assert "genes beat kNN interpolation" in text
+    enhanced = ad.read_h5ad(out / "enhanced.h5ad")
+    table = pd.read_csv(out / summary["outputs"]["per_gene"], index_col=0)
+    for col in TRUST_COLUMNS:
+        assert col in enhanced.var and col in table, col
+    assert enhanced.var["beats_interpolation"].dtype == bool
+    assert enhanced.var["beats_interpolation"].sum() == trust["n_genes_beating_interpolation"]
+    assert enhanced.uns["trihrge"]["trust"]["n_hidden"] == trust["n_hidden"]
     # the same output folder again without --overwrite: refused with a one-line reason
     err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--genes", "30",
                                    "--max-epochs", "3", "--out", str(out), "--quiet"])
@@ -153,9 +168,29 @@ def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
         summary["n_spots"]
     assert "Recovery (50% hidden" in text and "best kNN interpolation" in text
     assert "predicted as a constant" in text
-    for key in ("pcc_top100", "n_genes_constant_prediction", "baseline_knn6_pcc_mean",
-                "baseline_knn12_pcc_mean", "baseline_knn_pcc_top100"):
-        assert key in rec, key
+    for key in ("pcc_mean", "pcc_top100", "n_genes_constant_prediction",
+                "baseline_knn_pcc_mean", "baseline_knn6_pcc_mean", "baseline_knn12_pcc_mean",
+                "baseline_knn_pcc_top100"):
+        assert np.isfinite(rec[key]), key
+    assert rec["baseline_knn_pcc_mean"] == max(rec["baseline_knn6_pcc_mean"],
+                                               rec["baseline_knn12_pcc_mean"])
+    assert summary["trust"]["n_genes_beating_interpolation"] == \
+        rec["n_genes_beating_interpolation"]
+    predictions = ad.read_h5ad(out / "recovery.h5ad")
+    table = pd.read_csv(out / "recovery_genes.csv", index_col=0)
+    for col in TRUST_COLUMNS:
+        assert col in predictions.var and col in table, col
+
+
+def test_enhance_no_trust(capsys, sample_h5ad, tmp_path):
+    out = tmp_path / "enh"
+    assert cli.main(["enhance", str(sample_h5ad), "--genes", "30", "--max-epochs", "2",
+                     "--factor", "2", "--device", "cpu", "--out", str(out), "--quiet",
+                     "--no-trust"]) == 0
+    assert "not measured (--no-trust)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trust"] is None and "per_gene" not in summary["outputs"]
+    assert "beats_interpolation" not in ad.read_h5ad(out / "enhanced.h5ad").var
 
 
 def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_path):
@@ -190,10 +225,10 @@ def test_input_options_reach_every_reader(tmp_path):
     """--image, --platform and --spot-diameter-px on Space Ranger folders, --image on her2st
     folders and .h5ad files: read without a traceback (the README promises them)."""
     import tifffile
-    from test_io_spot_table import make_st_section
-    from test_io_visium import FULL_HW, make_visium_folder
 
     from napari_trihrge.outputs import write_h5ad
+    from test_io_spot_table import make_st_section
+    from test_io_visium import FULL_HW, make_visium_folder
 
     slide = tmp_path / "slide.tif"
     tifffile.imwrite(slide, np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), np.uint8))

@@ -33,7 +33,8 @@ def samples(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cohort_in")
     paths = []
     for seed in (1, 2, 3):
-        adata = synthetic_sample(seed=seed, size_um=(800.0, 800.0), n_genes=40)
+        # 80 genes: enough (>= 30) detected in 3 spots or more with the sparse genes
+        adata = synthetic_sample(seed=seed, size_um=(800.0, 800.0), n_genes=80)
         paths.append(write_h5ad(adata, folder / f"sample_{seed}.h5ad"))
     broken = folder / "broken.h5ad"
     broken.write_bytes(b"this is not an HDF5 file")
@@ -80,6 +81,11 @@ def test_cohort_runs_retries_reports_and_skips(samples, cluster, tmp_path):
     assert not (out / "broken").exists()  # nothing half-written
     on_disk = pd.read_csv(out / "cohort_report.csv")
     assert list(on_disk["status"]) == ["done", "done", "done", "failed"]
+    # enhance rows carry the held-out scores of each run's internal trust split
+    done = on_disk["status"] == "done"
+    for col in ("pcc_mean", "baseline_knn_pcc_mean", "n_genes_constant_prediction",
+                "n_genes_beating_interpolation"):
+        assert on_disk.loc[done, col].notna().all(), col
 
     # rerun: finished samples are skipped without a cluster, the broken one is tried again
     mtimes = {n: (out / n / DONE_MARKER).stat().st_mtime_ns for n in ("sample_1", "sample_2")}
@@ -101,7 +107,9 @@ def test_interrupted_sample_folder_is_redone(samples, cluster, tmp_path):
     report = run_cohort([good[0]], out, task="recovery", config_kwargs=TINY, client=client)
     assert list(report["status"]) == ["done"]
     assert not (partial / "leftover.txt").exists() and (partial / DONE_MARKER).exists()
-    assert report["pcc_mean"].notna().all()
+    for col in ("pcc_mean", "baseline_knn_pcc_mean", "pcc_top100", "baseline_knn_pcc_top100",
+                "n_genes_constant_prediction", "n_genes_beating_interpolation"):
+        assert report[col].notna().all(), col
 
 
 def test_duplicate_names_and_unknown_task_are_input_errors(samples, tmp_path):

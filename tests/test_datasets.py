@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 from napari_trihrge.datasets import (
     DOMAIN_NAMES,
     IMMUNE,
+    SPARSE_FRACTION,
     load_sample,
     synthetic_sample,
     truth_at,
@@ -49,7 +50,7 @@ def test_data_model(sample):
     assert a.n_vars == 300 and a.n_obs > 250
     assert a.X.dtype == np.float32 and np.all(a.X.data == np.round(a.X.data))
     assert a.obs_names.is_unique and a.obs_names[0].endswith("-1") and len(a.obs_names[0]) == 18
-    assert set(a.var["gene_class"]) == {"marker", "density", "gradient", "noise"}
+    assert set(a.var["gene_class"]) == {"marker", "density", "gradient", "noise", "sparse"}
     for name in ("EPCAM", "ERBB2", "PTPRC", "CD3E", "COL1A1", "KRT8", "DENSITY_1", "GRADIENT_1",
                  "NOISE_7"):
         assert name in a.var_names
@@ -108,6 +109,37 @@ def test_depth_and_counts_follow_truth(sample):
     mu = truth_in_spots(sample, rc)
     assert mu.sum(1).mean() == pytest.approx(3000, rel=1e-3)  # Poisson means, before noise
     assert _corr(mu.ravel(), x.ravel()) > 0.95
+
+
+def test_sparse_genes_are_detected_in_a_few_percent_of_spots(sample):
+    """Real Visium depth: on DLPFC 151673 half of the 1000 HVGs are detected in under 5 % of
+    the spots; the sparse class brings that into the synthetic sample."""
+    x = sample.X.toarray()
+    sparse = (sample.var["gene_class"] == "sparse").to_numpy()
+    assert sparse.mean() == pytest.approx(SPARSE_FRACTION, abs=0.01)
+    detected = (x > 0).mean(axis=0)
+    assert 0.015 < np.median(detected[sparse]) < 0.06
+    assert np.quantile(detected[sparse], 0.9) < 0.2
+    assert (detected < 0.1).mean() > 0.5  # most genes of the sample
+    assert detected[~sparse].min() > 0.5  # the other classes stay well expressed
+    assert x[:, sparse].sum() / x.sum() < 0.01  # and keep almost all the UMIs
+    # each sparse gene follows the pattern of its target, e.g. the immune markers
+    rc = xy_px_to_rc_um(sample.obsm["spatial"], 1.0)
+    mu = truth_in_spots(sample, rc)
+    immune = np.flatnonzero(sample.var["target"].to_numpy() == "marker:immune")
+    frac = sample.obsm["domain_fractions"][:, IMMUNE]
+    assert len(immune) > 5
+    assert min(_corr(frac, mu[:, j]) for j in immune) > 0.95  # the expected counts
+    assert np.median([_corr(frac, x[:, j]) for j in immune]) > 0.2  # what the spots measured
+
+
+def test_sparse_fraction_zero_leaves_only_the_other_classes():
+    a = synthetic_sample(3, size_um=(600, 700), n_genes=20, sparse_fraction=0.0)
+    b = synthetic_sample(3, size_um=(600, 700), n_genes=20)
+    assert "sparse" not in set(a.var["gene_class"])
+    assert (b.var["gene_class"] == "sparse").sum() == 12
+    with pytest.raises(TrihrgeInputError, match="sparse_fraction"):
+        synthetic_sample(0, sparse_fraction=1.0)
 
 
 def test_image_informs_markers_and_density_but_not_gradient_or_noise(sample):

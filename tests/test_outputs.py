@@ -174,3 +174,35 @@ def test_readers_refuse_a_folder_without_the_completion_marker(tmp_path):
     assert reader is not None
     with pytest.raises(TrihrgeInputError, match="not a finished run folder"):
         reader(str(out))
+def test_enhance_trust_is_written_with_the_outputs(tmp_path):
+    """enhanced.h5ad keeps the per-gene trust columns and uns record; the per-gene CSV is
+    written only when the trust was measured."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from napari_trihrge.metrics import TRUST_COLUMNS
+    from napari_trihrge.outputs import write_enhance
+
+    genes = ["A", "B", "C"]
+    table = pd.DataFrame({"pcc": [0.5, 0.1, np.nan], "pcc_baseline_knn": [0.3, 0.2, np.nan]},
+                         index=pd.Index(genes, name="gene"))
+    table["pcc_gain"] = table["pcc"] - table["pcc_baseline_knn"]
+    table["beats_interpolation"] = (table["pcc_gain"] > 0).to_numpy(dtype=bool)
+    virtual = ad.AnnData(np.ones((4, 3), np.float32), var=pd.DataFrame(index=genes))
+    for col in TRUST_COLUMNS:
+        virtual.var[col] = table[col].to_numpy()
+    virtual.uns["trihrge"] = {"trust": {"heldout_fraction": 0.25, "n_hidden": 10, "model": "x"}}
+    (tmp_path / "summary.json").write_text("{}")
+    files = write_enhance(tmp_path, SimpleNamespace(virtual=virtual, maps=None, trust=table))
+    assert files["per_gene"] == "enhance_genes.csv"
+    back = read_run(tmp_path)["enhanced"]
+    assert list(back.var["beats_interpolation"]) == [True, False, False]
+    assert back.uns["trihrge"]["trust"]["n_hidden"] == 10
+    csv = pd.read_csv(tmp_path / "enhance_genes.csv", index_col=0)
+    assert list(csv.columns) == list(TRUST_COLUMNS)
+    other = tmp_path / "no_trust"
+    other.mkdir()
+    assert "per_gene" not in write_enhance(other, SimpleNamespace(virtual=virtual, maps=None,
+                                                                   trust=None))
+    assert not (other / "enhance_genes.csv").exists()

@@ -4,6 +4,7 @@ import pytest
 from conftest import TINY_MODEL, TINY_TRAIN
 from napari_trihrge import tasks
 from napari_trihrge.errors import Cancelled, TrihrgeInputError
+from napari_trihrge.metrics import TRUST_COLUMNS, fair_pcc
 from napari_trihrge.progress import Progress
 
 
@@ -67,3 +68,68 @@ def test_annotation_file_must_match(synthetic, tmp_path):
     f.write_text("barcode\tlabel\nnope-1\tA\nnope-2\tB\n")
     with pytest.raises(TrihrgeInputError, match="no barcode of the annotation"):
         tasks.recovery(synthetic, annotation=str(f), config=tiny())
+
+
+def _check_trust_columns(var, per_gene):
+    for col in TRUST_COLUMNS:
+        assert col in var, col
+    scored = np.isfinite(var["pcc"].to_numpy())
+    assert scored.sum() > 0
+    np.testing.assert_allclose(var["pcc_gain"][scored],
+                               (var["pcc"] - var["pcc_baseline_knn"])[scored])
+    assert var["beats_interpolation"].dtype == bool
+    assert (var["beats_interpolation"].to_numpy() == (var["pcc_gain"].to_numpy() > 0)).all()
+    assert not var["beats_interpolation"][~scored].any()  # unscored genes are never trusted
+    assert per_gene.loc[var.index, "pcc_gain"].equals(var["pcc_gain"])
+
+
+def test_recovery_with_sparse_genes_reports_the_fair_score_and_trust(synthetic):
+    """All genes of the synthetic sample, the sparse ones included: every gene that varies
+    among the hidden spots is scored (a constant prediction counting as 0), the constant
+    predictions are counted, and the per-gene trust columns come with the predictions."""
+    res = tasks.recovery(synthetic, seed=2, config=tasks.RunConfig(
+        n_top_genes=synthetic.n_vars, model=dict(TINY_MODEL), train=dict(TINY_TRAIN)))
+    m, pred = res.metrics, res.predictions
+    measured = pred.layers["measured"]
+    varies = np.ptp(measured, axis=0) > 0
+    sparse = (pred.var_names.to_series().map(synthetic.var["gene_class"]) == "sparse").to_numpy()
+    assert sparse.sum() > 100 and (varies & sparse).sum() > 80  # sparse genes are scored
+    assert m["n_genes_scored"] == varies.sum()
+    constant = varies & (np.ptp(np.asarray(pred.X), axis=0) <= 0)
+    assert m["n_genes_constant_prediction"] == constant.sum()
+    assert m["pcc_mean"] == pytest.approx(np.nanmean(fair_pcc(pred.X, measured)[varies]))
+    knn = pred.layers["knn"]
+    assert m["baseline_knn_pcc_mean"] == pytest.approx(np.mean(fair_pcc(knn, measured)[varies]))
+    assert m["baseline_knn_pcc_mean"] == max(m["baseline_knn6_pcc_mean"],
+                                             m["baseline_knn12_pcc_mean"])
+    _check_trust_columns(pred.var, res.per_gene)
+    assert m["n_genes_beating_interpolation"] == pred.var["beats_interpolation"].sum()
+    trust = pred.uns["trihrge"]["trust"]
+    assert trust["heldout_fraction"] == 0.5 and trust["n_hidden"] == pred.n_obs
+    assert trust["baseline_knn_k"] in tasks.BASELINE_KS
+
+
+def test_enhance_measures_per_gene_trust_on_a_held_out_split(synthetic):
+    res = tasks.enhance(synthetic, factor=2, config=tiny())
+    var = res.virtual.var
+    _check_trust_columns(var, res.trust)
+    trust = res.virtual.uns["trihrge"]["trust"]
+    n_hidden = round(synthetic.n_obs * tasks.TRUST_HOLDOUT_FRACTION)
+    assert trust["n_hidden"] == n_hidden and trust["n_visible"] == synthetic.n_obs - n_hidden
+    assert "kNN" in trust["baseline"] and "model" in trust
+    assert res.metrics["trust"]["n_genes_beating_interpolation"] == var["beats_interpolation"].sum()
+    assert "trust" in res.timings_s
+    # the trust model is not among the models the run saves
+    assert len(res.fits) == 1
+
+
+def test_enhance_without_trust(synthetic):
+    res = tasks.enhance(synthetic, factor=2, config=tiny(), trust=False)
+    assert res.trust is None and "trust" not in res.metrics and "trust" not in res.timings_s
+    assert not set(TRUST_COLUMNS) & set(res.virtual.var.columns)
+    assert res.virtual.uns["trihrge"]["trust"]["measured"] is False
+
+
+def test_enhance_trust_needs_enough_spots(synthetic):
+    with pytest.raises(TrihrgeInputError, match="--no-trust"):
+        tasks.enhance(synthetic[:12].copy(), factor=2, config=tiny())

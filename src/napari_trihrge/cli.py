@@ -67,6 +67,10 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("napari-trihrge")) / "features"
+TRUST_HELP = ("skip the per-gene trust estimate: by default a model is first trained on 75 %% "
+              "of the spots and scored on the other 25 %% next to kNN interpolation, so the "
+              "outputs say which genes beat interpolation; skipping saves that training, and "
+              "the outputs then carry no trust columns")
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -166,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
                    help="also write dense per-gene maps at this pixel size in micrometres "
                    "(e.g. 8 or 16)")
+    p.add_argument("--no-trust", action="store_true", help=TRUST_HELP)
     _add_run_args(p)
 
     p = sub.add_parser("cohort", help="process many samples on dask.distributed",
@@ -189,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enhance: also write dense maps at this pixel size in micrometres")
     p.add_argument("--holdout", type=_fraction, default=0.5, metavar="FRACTION",
                    help="recovery: fraction of spots hidden (default 0.5)")
+    p.add_argument("--no-trust", action="store_true", help="enhance: " + TRUST_HELP)
     p.add_argument("--encoder", default="stain-texture", help="image encoder (see `trihrge "
                    "encoders`)")
     p.add_argument("--genes", type=_whole_number, default=1000, metavar="N",
@@ -246,6 +252,18 @@ def _print_summary(summary: dict, out: Path) -> None:
         if "ari" in rec:
             line += f", ARI {fmt(rec['ari'])} (kNN {fmt(rec['ari_baseline_knn'])})"
         print(line)
+    trust = summary.get("trust")
+    if "enhance" in summary and trust:
+        print(f"Per-gene trust of the enhanced outputs (a model trained like them on "
+              f"{trust['n_visible']} spots, scored on the {trust['n_hidden']} held out, same "
+              f"score): mean PCC {fmt(trust['pcc_mean'])} vs kNN (k={trust['baseline_knn_k']}) "
+              f"{fmt(trust['baseline_knn_pcc_mean'])}")
+        print(f"  {trust['n_genes_beating_interpolation']} of {trust['n_genes_scored']} genes beat "
+              f"kNN interpolation (var['beats_interpolation']), "
+              f"{trust['n_genes_constant_prediction']} predicted as a constant")
+    elif "enhance" in summary:
+        print("Per-gene trust: not measured (--no-trust); the outputs do not say which genes "
+              "beat interpolation")
     sr = summary.get("superres")
     if sr:
         print(f"Dense map vs truth: PCC {fmt(sr['pcc_mean'])} (interpolated spots "
@@ -301,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             report = run_cohort(args.paths, args.out, task=args.task, scheduler=args.scheduler,
                                 n_workers=args.workers, retries=args.retries,
                                 task_kwargs={"factor": args.factor, "stride_um": args.stride_um,
-                                             "holdout_fraction": args.holdout},
+                                             "holdout_fraction": args.holdout,
+                                             "trust": not args.no_trust},
                                 config_kwargs={"encoder": args.encoder, "n_top_genes": args.genes})
             print(report.to_string(index=False))
             return 0 if (report["status"] != "failed").all() else 1
@@ -337,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             from .runs import run_enhance
 
             summary = run_enhance(adata, out, factor=args.factor, stride_um=args.stride_um,
-                                  config=cfg, progress=progress, overwrite=args.overwrite)
+                                  config=cfg, progress=progress, overwrite=args.overwrite,
+                                  trust=not args.no_trust)
         progress.close()
         _print_summary(summary, Path(out))
         return 0

@@ -67,13 +67,27 @@ def run_one_sample(path: str, out_dir: str, task: str, task_kwargs: dict[str, An
               if task_kwargs.get(k) is not None}
         summary = run_recovery(adata, final, config=cfg, **kw)
     elif task == "enhance":
-        kw = {k: task_kwargs[k] for k in ("factor", "stride_um") if task_kwargs.get(k) is not None}
+        kw = {k: task_kwargs[k] for k in ("factor", "stride_um", "trust")
+              if task_kwargs.get(k) is not None}
         summary = run_enhance(adata, final, config=cfg, **kw)
     else:
         raise TrihrgeInputError(f"unknown cohort task {task!r}", "use 'enhance' or 'recovery'")
     return {"seconds": time.perf_counter() - t0, "device": cfg.device,
-            "pcc_mean": (summary.get("recovery") or {}).get("pcc_mean"),
-            "n_spots": summary.get("n_spots")}
+            "n_spots": summary.get("n_spots"), **report_scores(summary)}
+
+
+#: the held-out scores of a sample's row in the cohort report (recovery: the run's hidden
+#: spots; enhance: its internal trust split), all with the fair score of
+#: :func:`napari_trihrge.metrics.spot_scores`
+REPORT_SCORES = ("pcc_mean", "baseline_knn_pcc_mean", "baseline_knn_k", "pcc_top100",
+                 "baseline_knn_pcc_top100", "n_genes_scored", "n_genes_constant_prediction",
+                 "n_genes_beating_interpolation")
+
+
+def report_scores(summary: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`REPORT_SCORES` of a run's ``summary.json`` (missing ones are left out)."""
+    scores = {**(summary.get("trust") or {}), **(summary.get("recovery") or {})}
+    return {k: scores[k] for k in REPORT_SCORES if k in scores}
 
 
 def _client(scheduler: str | None, n_workers: int | None):

@@ -14,7 +14,12 @@ Gene classes (``var['gene_class']``):
 * ``density``: follow the local number of nuclei (cellularity), also readable from the image;
 * ``gradient``: smooth spatial trends the image does not show (``var['target']`` names the trend),
   the information only the measured spots carry;
-* ``noise``: spatially random, no structure at all.
+* ``noise``: spatially random, no structure at all;
+* ``sparse``: genes at the depth real Visium has for most highly variable genes, detected in a
+  few % of the spots (up to about 15 %, median about 3 %; on DLPFC 151673 half of the 1000 HVGs are
+  detected in under 5 % of the spots). Each follows the pattern of one of the classes above
+  (``var['target']`` is ``'<class>:<target>'``, e.g. ``'marker:immune'``), so there is signal to
+  find, but a model can also settle for predicting a constant. By default 60 % of the genes.
 
 The truth lives in ``uns['truth']`` (see :func:`synthetic_sample`); :func:`truth_at`,
 :func:`truth_in_spots` and :func:`truth_map` read it for any set of locations, aligned to the
@@ -56,6 +61,14 @@ _GRADIENTS = ("linear_a", "linear_b", "radial", "smooth")
 #: Share of all UMIs per gene class (markers, density, gradient, noise).
 _CLASS_SHARE = {"marker": 0.40, "density": 0.22, "gradient": 0.22, "noise": 0.16}
 _CLASS_FRACTION = {"marker": 0.30, "density": 0.15, "gradient": 0.20, "noise": 0.35}
+#: Default share of the genes in the ``sparse`` class.
+SPARSE_FRACTION = 0.6
+#: Range of the mean UMIs per spot of a sparse gene (drawn log-uniformly).
+_SPARSE_MEAN_COUNTS = (0.008, 0.15)
+#: Patterns the sparse genes cycle through (class, target).
+_SPARSE_PATTERNS: tuple[tuple[str, str], ...] = (
+    *(("marker", d) for d in DOMAIN_NAMES), ("density", "nuclei"),
+    *(("gradient", g) for g in ("linear_a", "linear_b", "radial", "smooth")), ("noise", ""))
 
 # Stain optical-density vectors (RGB, natural log units per unit stain).
 _HEMATOXYLIN = np.array([0.62, 0.74, 0.27])
@@ -532,8 +545,15 @@ def _scale_to_unit(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (2 * (g - lo) / max(hi - lo, 1e-9) - 1).astype(np.float32)
 
 
-def _gene_table(n_genes: int) -> pd.DataFrame:
-    """Gene names, classes and targets."""
+def _n_sparse_genes(n_genes: int, sparse_fraction: float) -> int:
+    """Sparse genes among ``n_genes``: one gene of each other class always stays."""
+    return int(min(np.floor(sparse_fraction * n_genes), max(n_genes - len(_CLASS_FRACTION), 0)))
+
+
+def _gene_table(n_genes: int, n_sparse: int = 0) -> pd.DataFrame:
+    """Gene names, classes and targets (``n_sparse`` of the ``n_genes`` in the sparse class)."""
+    n_dense = n_genes - n_sparse
+    n_genes = n_dense
     counts = {k: max(1, int(np.floor(v * n_genes))) for k, v in _CLASS_FRACTION.items()}
     counts["marker"] += n_genes - sum(counts.values())
     while counts["marker"] < 1:  # tiny n_genes: take from the largest class
@@ -563,6 +583,11 @@ def _gene_table(n_genes: int) -> pd.DataFrame:
         names.append(f"NOISE_{i + 1}")
         classes.append("noise")
         targets.append("")
+    for i in range(n_sparse):
+        cls, target = _SPARSE_PATTERNS[i % len(_SPARSE_PATTERNS)]
+        names.append(f"SPARSE_{i + 1}")
+        classes.append("sparse")
+        targets.append(f"{cls}:{target}" if target else cls)
     return pd.DataFrame({"gene_class": classes, "target": targets,
                          "gene_ids": [f"SYNTH{i + 1:05d}" for i in range(len(names))]},
                         index=pd.Index(names, name=None))
@@ -625,7 +650,8 @@ def _barcodes(rng: np.random.Generator, n: int) -> list[str]:
 # Public API
 # -------------------------------------------------------------------------------------------
 def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2400.0),
-                     n_genes: int = 300, um_per_px: float = 1.0, depth: float = 3000.0):
+                     n_genes: int = 300, um_per_px: float = 1.0, depth: float = 3000.0,
+                     sparse_fraction: float = SPARSE_FRACTION):
     """A synthetic Visium-like sample with known truth (deterministic for a given ``seed``).
 
     Parameters
@@ -635,11 +661,15 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     size_um
         (height, width) of the image in micrometres.
     n_genes
-        Number of genes (at least 4: markers, density, gradient and noise genes).
+        Number of genes (at least 4: markers, density, gradient and noise genes), sparse genes
+        included.
     um_per_px
         Pixel size of the H&E image (1.0 -> 2400 x 2400 px by default).
     depth
         Mean total UMIs per spot.
+    sparse_fraction
+        Share of the genes in the ``sparse`` class (0 gives a sample without them; one gene of
+        each other class always stays). Sparse genes hold well under 1 % of the UMIs.
 
     Returns
     -------
@@ -663,6 +693,9 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
                                 "one gene per class is the minimum; the default is 300")
     if not depth > 0:
         raise TrihrgeInputError(f"depth must be positive, got {depth}", "use e.g. depth=3000")
+    if not 0.0 <= sparse_fraction < 1.0:
+        raise TrihrgeInputError(f"sparse_fraction must be in [0, 1), got {sparse_fraction}",
+                                f"use for example {SPARSE_FRACTION}")
     n_genes = int(n_genes)
     stride = TRUTH_STRIDE_UM
     n_tr, n_tc = int(np.ceil(size[0] / stride)), int(np.ceil(size[1] / stride))
@@ -709,12 +742,14 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     }
     grads = {n: _scale_to_unit(g, tissue_8um) for n, g in grads.items()}
 
-    var = _gene_table(n_genes)
+    var = _gene_table(n_genes, _n_sparse_genes(n_genes, sparse_fraction))
     level = rng.lognormal(0.0, 0.7, n_genes)
     slope = rng.uniform(0.8, 1.5, n_genes) * rng.choice([-1.0, 1.0], n_genes)
     gamma = rng.uniform(0.8, 1.3, n_genes)
     truth = np.empty((n_genes, n_tr, n_tc), dtype=np.float32)
     for j, (cls, target) in enumerate(zip(var["gene_class"], var["target"], strict=True)):
+        if cls == "sparse":  # the pattern of another class, at a far lower depth (below)
+            cls, _, target = target.partition(":")
         if cls == "marker":
             doms = [DOMAIN_NAMES.index(t) for t in target.split(",")]
             f = sum(epithelium if d == GLAND else frac[d] for d in doms)
@@ -742,9 +777,18 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     spots_rc, arr, w, cover = spots_rc[keep], arr[keep], w[keep], cover[keep]
     flat = truth.reshape(n_genes, -1)
     mu = np.asarray(w @ flat.T)
-    scale = float(depth) / mu.sum(axis=1).mean()
-    truth *= np.float32(scale)
-    mu *= scale
+    sparse_genes = classes == "sparse"
+    scale = np.ones(n_genes)
+    dense_depth = float(depth)
+    if sparse_genes.any():
+        lo, hi = np.log(_SPARSE_MEAN_COUNTS)
+        mean_counts = np.exp(rng.uniform(lo, hi, int(sparse_genes.sum())))
+        mean_counts *= min(1.0, 0.5 * dense_depth / mean_counts.sum())  # a very low depth
+        scale[sparse_genes] = mean_counts / np.maximum(mu[:, sparse_genes].mean(axis=0), 1e-12)
+        dense_depth -= float(mean_counts.sum())
+    scale[~sparse_genes] = dense_depth / mu[:, ~sparse_genes].sum(axis=1).mean()
+    truth *= scale.astype(np.float32)[:, None, None]
+    mu *= scale[None, :]
     counts = rng.poisson(mu).astype(np.float32)
     dom_frac = np.asarray(w @ frac.reshape(len(DOMAIN_NAMES), -1).T)
     dom_frac /= np.maximum(dom_frac.sum(axis=1, keepdims=True), 1e-9)

@@ -117,6 +117,24 @@ def best_baseline(summary: Mapping, table: pd.DataFrame, names: Sequence[str], l
     return out
 
 
+#: the per-gene trust columns every run writes (recovery predictions, ``enhanced.h5ad``, the
+#: per-gene CSV of the run folder), measured on held-out spots with :func:`spot_scores`
+TRUST_COLUMNS = ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation")
+
+
+def gene_trust(table: pd.DataFrame) -> pd.DataFrame:
+    """Per gene, does the model beat interpolation? From a :func:`spot_scores` table on which
+    :func:`best_baseline` picked the better kNN (``pcc_baseline``): the :data:`TRUST_COLUMNS`,
+    ``pcc_gain = pcc - pcc_baseline_knn`` and ``beats_interpolation = pcc > pcc_baseline_knn``
+    (False for a gene that could not be scored: it does not vary among the held-out spots)."""
+    pcc = table["pcc"].astype(float)
+    base = table["pcc_baseline"].astype(float)
+    gain = pcc - base
+    return pd.DataFrame({"pcc": pcc, "pcc_baseline_knn": base, "pcc_gain": gain,
+                         "beats_interpolation": (gain > 0).to_numpy(dtype=bool)},
+                        index=table.index)
+
+
 def kmeans_ari(expression: np.ndarray, labels: Sequence, *, n_pcs: int = 15, seed: int = 0) -> float:
     """ARI between k-means clusters of the expression (k = number of labels, fixed seed, on the
     first ``n_pcs`` principal components) and the labels. Spots with missing labels are ignored."""

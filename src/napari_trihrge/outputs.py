@@ -3,11 +3,15 @@
 ```
 <out>/
   summary.json        sample, encoder, n_spots, n_genes, device, timings_s, peak_rss_mb, scores
-  enhanced.h5ad       virtual spots (enhance): predictions, obsm['spatial'] in full-res pixels
+  enhanced.h5ad       virtual spots (enhance): predictions, obsm['spatial'] in full-res pixels,
+                      per-gene trust in var and uns['trihrge']['trust']
   maps.ome.zarr       dense per-gene maps (genes, rows, cols) with physical pixel size (enhance
                       with --stride-um); maps_std.ome.zarr the ensemble spread when --ensemble > 1
   recovery.h5ad       hidden spots (recovery): predicted X, layers 'measured' and 'knn'
-  recovery_genes.csv  per-gene scores on the hidden spots, next to the kNN baseline
+  recovery_genes.csv  per-gene scores on the hidden spots, next to the kNN baseline, with the
+                      trust columns (pcc, pcc_baseline_knn, pcc_gain, beats_interpolation)
+  enhance_genes.csv   enhance: the same per-gene scores from the run's internal held-out split
+                      (not written with --no-trust)
   model/              model.pt (state dict) + model.json (config, genes, encoder, windows)
   overview.png        image, measured spots and enhanced result for a few genes, with colour bars
   run_complete.json   written last: readers refuse a folder without it (interrupted run)
@@ -297,6 +301,10 @@ def write_enhance(out_dir: Path, result) -> dict[str, str]:
     """Write an enhance result (the dense maps were streamed to the folder while predicting)."""
     write_h5ad(result.virtual, out_dir / "enhanced.h5ad")
     files = {"virtual_spots": "enhanced.h5ad"}
+    if getattr(result, "trust", None) is not None:
+        with atomic_path(out_dir / "enhance_genes.csv") as tmp:
+            result.trust.to_csv(tmp)
+        files["per_gene"] = "enhance_genes.csv"
     if result.maps is not None:
         files["maps"] = "maps.ome.zarr"
         if result.maps.std is not None:

@@ -55,7 +55,17 @@ def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[
     if n_top >= tmp.n_vars:
         hvg = list(tmp.var_names)
     else:
-        sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top, subset=False)
+        # seurat_v3 fits log variance on log mean with loess (span 0.3); on a small sample
+        # where many sparse genes share nearly the same low mean the fit is singular, and a
+        # wider span is the remedy
+        for span in (0.3, 0.5, 1.0):
+            try:
+                sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top,
+                                            subset=False, span=span)
+                break
+            except ValueError:
+                if span == 1.0:
+                    raise
         ranks = tmp.var["highly_variable_rank"].to_numpy()
         order = np.argsort(np.where(np.isnan(ranks), np.inf, ranks), kind="stable")[:n_top]
         hvg = list(tmp.var_names[order])

@@ -24,7 +24,7 @@ from .outputs import (
     write_recovery,
 )
 from .progress import Progress, ensure_progress
-from .tasks import RunConfig, enhance, recovery, sample_geometry
+from .tasks import RunConfig, enhance, recovery, sample_geometry, trust_summary
 
 
 def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any]:
@@ -115,6 +115,7 @@ def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     progress.advance()
     summary = _base_summary(adata, cfg, result.predictions.n_vars)
     summary["recovery"] = result.metrics
+    summary["trust"] = trust_summary(result.metrics)
     _finish_summary(out, summary, result, files, t1 if started is None else started, t1)
     mark_complete(out)
     progress.advance()
@@ -124,22 +125,25 @@ def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
 def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
                 stride_um: float | None = None, config: RunConfig | None = None,
                 progress: Progress | None = None, overwrite: bool = False,
-                summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``). The run
-    folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`)."""
+                summary_extra: dict[str, Any] | None = None, trust: bool = True
+                ) -> dict[str, Any]:
+    """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``); ``trust``:
+    measure per gene whether the model beats interpolation (:func:`napari_trihrge.tasks.enhance`).
+    The run folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`)."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     with run_folder(out_dir, overwrite) as out:
         return _enhance_into(out, adata, factor=factor, stride_um=stride_um, config=cfg,
-                             progress=progress, summary_extra=summary_extra)
+                             progress=progress, summary_extra=summary_extra, trust=trust)
 
 
 def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
                   config: RunConfig, progress: Progress,
-                  summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  summary_extra: dict[str, Any] | None = None, trust: bool = True
+                  ) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
-                     progress=progress, map_path=enhance_map_path(out, stride_um))
+                     progress=progress, map_path=enhance_map_path(out, stride_um), trust=trust)
     return save_enhance_run(out, adata, result, config, progress=progress, started=t0,
                             summary_extra=summary_extra)
 
@@ -164,7 +168,8 @@ def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     progress.advance()
     summary = _base_summary(adata, cfg, result.spots.n_vars)
     summary.update(summary_extra or {})
-    summary["enhance"] = result.metrics
+    summary["enhance"] = {k: v for k, v in result.metrics.items() if k != "trust"}
+    summary["trust"] = result.metrics.get("trust")
     if result.maps is not None:
         summary["enhance"]["map_shape"] = list(result.maps.mask.shape)
         summary["enhance"]["map_stride_um"] = result.maps.stride_um

@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from . import geometry
 from .errors import TrihrgeInputError
-from .metrics import best_baseline, spot_scores
+from .metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
 from .neighbours import idw_interpolate
 from .preprocessing import prepare_expression
 from .progress import Progress, ensure_progress
@@ -26,6 +26,10 @@ from .progress import Progress, ensure_progress
 #: k of the image-free inverse-distance kNN baselines scored next to every model; "the baseline"
 #: is the better of them on the fair score (:func:`napari_trihrge.metrics.spot_scores`)
 BASELINE_KS = (6, 12)
+
+#: share of the spots an enhance run holds out (before training the final model on all spots)
+#: to measure, per gene, whether the model beats interpolation
+TRUST_HOLDOUT_FRACTION = 0.25
 
 #: Network widths. 'paper' is TriHRGE's (1024 wide embedding MLP, 1024-2048-2048 decoder);
 #: 'compact' keeps the architecture with narrower layers so a whole slide trains in about a minute
@@ -235,15 +239,16 @@ def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progre
     return expr
 
 
-def _holdout_split(n_spots: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _holdout_split(n_spots: int, fraction: float, seed: int,
+                   how_to_fix: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 < fraction < 1.0:
         raise TrihrgeInputError(f"the held-out fraction must be between 0 and 1, got {fraction}",
-                                "use for example --holdout 0.5")
+                                how_to_fix or "use for example --holdout 0.5")
     n_hidden = int(round(n_spots * fraction))
     if n_hidden < 1 or n_spots - n_hidden < 10:
         raise TrihrgeInputError(
             f"hiding {fraction:.0%} of {n_spots} spots leaves too few to train on or to score",
-            "use a sample with more spots or a held-out fraction nearer 0.5")
+            how_to_fix or "use a sample with more spots or a held-out fraction nearer 0.5")
     perm = np.random.default_rng(seed).permutation(n_spots)
     return np.sort(perm[:n_hidden]), np.sort(perm[n_hidden:])
 
@@ -292,14 +297,50 @@ def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
     out.layers[name] = np.asarray(values, dtype=np.float32)
     if std is not None:
         out.layers["std"] = std
-    for col in ("pcc", "pcc_baseline", "mean_measured"):
-        out.var[col if col != "pcc_baseline" else f"pcc_baseline_{name}"] = (
-            per_gene[col].reindex(out.var_names).to_numpy())
+    for col in ("pcc", "pcc_baseline", "mean_measured", *TRUST_COLUMNS):
+        if col in per_gene:
+            out.var[col if col != "pcc_baseline" else f"pcc_baseline_{name}"] = (
+                per_gene[col].reindex(out.var_names).to_numpy())
     out.uns["trihrge"] = {**dict(spots.uns.get("trihrge", {})), **uns_extra,
                           "config": cfg.public_dict()}
     if "spatial" in spots.uns:
         out.uns["spatial"] = spots.uns["spatial"]
     return out
+
+
+def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: np.ndarray,
+                    visible: np.ndarray, genes: list[str]
+                    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """Score predictions of the ``hidden`` spots with the fair score next to inverse-distance kNN
+    of the ``visible`` spots (k in :data:`BASELINE_KS`, the better k as the baseline). Returns the
+    metrics, the per-gene table (with the trust columns) and the better kNN's prediction."""
+    knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
+           for k in BASELINE_KS}
+    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines=knn)
+    metrics: dict[str, Any] = {**summary, **best_baseline(summary, per_gene, list(knn), "knn")}
+    metrics["baseline_knn_k"] = int(metrics["baseline_knn_method"].removeprefix("knn"))
+    trust = gene_trust(per_gene)
+    for col in TRUST_COLUMNS[1:]:
+        per_gene[col] = trust[col]
+    metrics["n_genes_beating_interpolation"] = int(trust["beats_interpolation"].sum())
+    return metrics, per_gene, knn[metrics["baseline_knn_method"]]
+
+
+def trust_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The short per-gene trust summary of a run (``summary.json['trust']``) from held-out
+    metrics (:func:`recovery`'s, or an enhance run's internal split)."""
+    keys = ("heldout_fraction", "n_hidden", "n_visible", "n_genes_scored",
+            "n_genes_beating_interpolation", "n_genes_constant_prediction", "pcc_mean",
+            "baseline_knn_pcc_mean", "baseline_knn_k")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _trust_record(metrics: dict[str, Any], model: str) -> dict[str, Any]:
+    """``uns['trihrge']['trust']``: how the per-gene trust columns were measured."""
+    return {**trust_summary(metrics), "model": model,
+            "score": "per-gene PCC on the held-out spots, a constant prediction counting as 0",
+            "baseline": (f"inverse-distance kNN of the training spots, k={metrics['baseline_knn_k']}"
+                         f" (the better of k={'/'.join(str(k) for k in BASELINE_KS)})")}
 
 
 # -------------------------------------------------------------------------------------------
@@ -343,20 +384,15 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
     with timer("prediction"):
         pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
-        knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
-               for k in BASELINE_KS}
 
     from .metrics import kmeans_ari
 
     genes = list(expr.var_names)
-    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines=knn)
+    scores, per_gene, baseline = _heldout_scores(pred, y, rc_um, hidden, visible, genes)
     metrics: dict[str, Any] = {
         "heldout_fraction": float(holdout_fraction), "seed": int(seed),
-        "n_hidden": int(len(hidden)), "n_visible": int(len(visible)), **summary,
-        **best_baseline(summary, per_gene, list(knn), "knn"),
+        "n_hidden": int(len(hidden)), "n_visible": int(len(visible)), **scores,
     }
-    metrics["baseline_knn_k"] = int(metrics["baseline_knn_method"].removeprefix("knn"))
-    baseline = knn[metrics["baseline_knn_method"]]
     if labels is not None:
         lab_hidden = labels.to_numpy()[hidden]
         metrics["ari"] = kmeans_ari(pred, lab_hidden, seed=0)
@@ -364,8 +400,11 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         metrics["ari_measured"] = kmeans_ari(y[hidden], lab_hidden, seed=0)
         metrics["n_labels"] = int(pd.Series(lab_hidden).dropna().nunique())
 
+    members = "the ensemble mean" if len(fits) > 1 else "the model"
     out = _prediction_adata(expr[hidden], pred, y[hidden], std, per_gene, cfg,
-                            baseline=("knn", baseline), uns_extra={"task": "recovery"})
+                            baseline=("knn", baseline), uns_extra={
+                                "task": "recovery",
+                                "trust": _trust_record(metrics, f"{members} of this run")})
     return RecoveryResult(predictions=out, metrics=metrics, per_gene=per_gene,
                           history=[f.history for f in fits], timings_s=timer.timings_s,
                           config=cfg.public_dict(), fits=fits)
@@ -512,6 +551,9 @@ class EnhanceResult:
     timings_s: dict[str, float]
     config: dict[str, Any]
     fits: list = field(default_factory=list, repr=False)
+    #: per-gene held-out scores of the internal split (trust columns included); None with
+    #: ``trust=False``
+    trust: pd.DataFrame | None = None
 
 
 def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarray:
@@ -525,9 +567,46 @@ def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarra
     return np.asarray(pts[:max_points])
 
 
+def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
+                   nb_input: bool, sub: dict[str, Any], sub_offsets_um: np.ndarray | None,
+                   split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress
+                   ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Per-gene trust for an enhance run: one model trained like the final one (same inputs,
+    same losses) on the spots of ``split[1]`` only, scored on the held-out ``split[0]``."""
+    hidden, visible = split
+    nb_train = nb_hidden = None
+    if nb_input:
+        nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
+                                   exclude_self=True)
+        nb_hidden = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], cfg.n_neighbours)
+    sub_train: dict[str, Any] = {}
+    if sub:
+        sub_train = {"sub_features": sub["sub_features"][visible],
+                     "sub_mask": sub["sub_mask"][visible]}
+        if "sub_neighbour" in sub:
+            n_offsets = len(sub_offsets_um)
+            sub_rc = (rc_um[visible][:, None, :] + sub_offsets_um[None]).reshape(-1, 2)
+            sub_nb = idw_interpolate(rc_um[visible], y[visible], sub_rc, cfg.n_neighbours,
+                                     exclude_index=np.repeat(np.arange(len(visible)), n_offsets))
+            sub_train["sub_neighbour"] = sub_nb.reshape(len(visible), n_offsets, -1)
+    progress.message(f"per-gene trust: training on {len(visible)} spots, scoring the "
+                     f"{len(hidden)} held out")
+    from dataclasses import replace
+
+    fits = _fit(replace(cfg, ensemble=1), feats[visible], y[visible], nb_train, progress,
+                **sub_train)
+    pred, _ = _predict(fits, feats[hidden], nb_hidden, cfg)
+    metrics, per_gene, _ = _heldout_scores(pred, y, rc_um, hidden, visible, genes)
+    metrics = {"heldout_fraction": float(len(hidden) / len(y)), "n_hidden": int(len(hidden)),
+               "n_visible": int(len(visible)), **metrics}
+    return metrics, per_gene
+
+
 def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
             config: RunConfig | None = None, progress: Progress | None = None,
-            map_path: str | None = None, map_margin_um: float | None = None) -> EnhanceResult:
+            map_path: str | None = None, map_margin_um: float | None = None,
+            trust: bool = True, trust_holdout_fraction: float = TRUST_HOLDOUT_FRACTION
+            ) -> EnhanceResult:
     """Predict expression on a ``factor``x denser lattice of virtual spots and, with
     ``stride_um``, as dense sub-spot maps over the tissue (streamed to ``map_path`` as OME-Zarr
     when given, else kept in memory).
@@ -535,6 +614,14 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     With a dense map the model gets a third, local window (``config.local_window_um``) and is
     trained with the aggregation constraint: the map averaged over each measured spot's disk
     must reproduce that spot (as in iStar), besides the spot-level TriHRGE loss.
+
+    Per-gene trust (``trust=True``): before the final model is trained on all spots, one model
+    is trained the same way on the spots left after holding out ``trust_holdout_fraction`` of
+    them (seed ``config.seed``) and scored on the held-out spots next to kNN interpolation. The
+    result is in ``virtual.var`` (:data:`napari_trihrge.metrics.TRUST_COLUMNS`),
+    ``virtual.uns['trihrge']['trust']``, ``metrics['trust']`` and ``trust`` (per-gene table).
+    It costs one more training; ``trust=False`` skips it and the outputs then say nothing about
+    which genes to trust.
     """
     cfg = config or RunConfig()
     validate_config(cfg)
@@ -548,6 +635,11 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
     rc_um, um_per_px, spot_diameter_um = sample_geometry(expr)
+    split = None
+    if trust:
+        split = _holdout_split(expr.n_obs, trust_holdout_fraction, cfg.seed, how_to_fix=(
+            "use a held-out fraction for the trust estimate between 0.1 and 0.5 on a sample of "
+            "at least 20 spots, or skip the estimate (--no-trust, trust=False)"))
     y = np.asarray(expr.X, dtype=np.float32)
     platform = expr.uns.get("trihrge", {}).get("platform")
     lattice_kind = geometry.PLATFORMS.get(platform, {}).get("lattice")
@@ -577,6 +669,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
         nb = idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours, exclude_self=True)
 
     sub: dict[str, Any] = {}
+    offs = None
     if stride_um is not None:
         offs = _sub_spot_offsets(spot_diameter_um)
         sub_rc = (rc_um[:, None, :] + offs[None]).reshape(-1, 2)
@@ -592,6 +685,12 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
                                      exclude_index=np.repeat(np.arange(len(rc_um)), len(offs)))
             sub["sub_neighbour"] = sub_nb.reshape(len(rc_um), len(offs), -1)
 
+    genes = list(expr.var_names)
+    trust_metrics = trust_table = None
+    if split is not None:
+        with timer("trust"):
+            trust_metrics, trust_table = _enhance_trust(cfg, feats, y, rc_um, nb is not None, sub,
+                                                        offs, split, genes, progress)
     with timer("training"):
         fits = _fit(cfg, feats, y, nb, progress, **sub)
     del sub
@@ -603,7 +702,6 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
                             dense=stride_um is not None)
         v_nb = idw_interpolate(rc_um, y, pts_rc, cfg.n_neighbours) if cfg.neighbour_input else None
         v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
-    genes = list(expr.var_names)
     n_offsets = len(pts_rc) // len(rc_um)
     obs = pd.DataFrame({
         "parent": expr.obs_names[parent].to_numpy(),
@@ -623,6 +721,17 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
 
     metrics: dict[str, Any] = {"n_virtual_spots": int(len(pts_rc)), "factor": int(factor),
                                "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}
+    if trust_table is not None:
+        for col in TRUST_COLUMNS:
+            virtual.var[col] = trust_table[col].reindex(virtual.var_names).to_numpy()
+        model = (f"one model (seed {cfg.seed}) trained like the final "
+                 + (f"ensemble of {len(fits)}" if len(fits) > 1 else "model")
+                 + " on the other spots")
+        virtual.uns["trihrge"]["trust"] = _trust_record(trust_metrics, model)
+        metrics["trust"] = trust_summary(trust_metrics)
+    else:
+        virtual.uns["trihrge"]["trust"] = {"measured": False,
+                                           "why": "skipped (trust=False, --no-trust)"}
     maps = None
     if stride_um is not None:
         with timer("maps"):
@@ -633,7 +742,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
     return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
                          history=[f.history for f in fits], timings_s=timer.timings_s,
-                         config=cfg.public_dict(), fits=fits)
+                         config=cfg.public_dict(), fits=fits, trust=trust_table)
 
 
 #: bytes of working memory per map-grid pixel (mask, centre coordinates, nearest-spot query)
