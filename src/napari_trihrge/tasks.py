@@ -684,3 +684,12 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
     pcc = per_gene_pcc(agg, y[covered])
     return {"pcc_mean": float(np.nanmean(pcc)), "mse": float(((agg - y[covered]) ** 2).mean()),
             "n_spots": int(covered.sum())}
+
+
+def __getattr__(name: str):
+    # tl.train / tl.predict live in inference.py (which imports this module)
+    if name in ("train", "predict"):
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
