@@ -34,6 +34,8 @@ from anndata import AnnData
 from . import geometry
 from .errors import TrihrgeInputError
 from .io.model_folder import (
+    DESCRIPTION_KIND,
+    DESCRIPTION_VERSION,
     NORMALISATION,
     TRUST_COLUMNS,
     TrainedModel,
@@ -311,6 +313,7 @@ def describe(cfg: RunConfig, *, task: str, encoder=None, genes: Sequence[str],
     bag = ([float(local_window_um)] if feature_mode == "dense" and local_window_um is not None
            else []) + windows
     return {
+        "kind": DESCRIPTION_KIND, "description_version": DESCRIPTION_VERSION,
         "package_version": package_version(),
         "task": task,
         "encoder": {"name": str(cfg.encoder), "architecture": cfg.encoder_architecture,
@@ -333,6 +336,47 @@ def describe(cfg: RunConfig, *, task: str, encoder=None, genes: Sequence[str],
         "trust": trust,
         "run_config": cfg.public_dict(),
     }
+
+
+def save_run_model(path: str | Path, result, cfg: RunConfig, task: str, *,
+                   overwrite: bool = True) -> Path:
+    """Write the model of a recovery or enhance run as a described model folder: raw features
+    ('none' standardisation; whole windows, or the dense path with the local window when the
+    enhance run made maps), the run's held-out scores where it has them."""
+    spots = result.predictions if task == "recovery" else result.spots
+    rc_um, _, diameter_um = sample_geometry(spots)
+    lattice = geometry.detect_lattice(rc_um, kind=_lattice_kind(spots))
+    dense = task == "enhance" and getattr(result, "maps", None) is not None
+    name = _section_name(spots, 0)
+    section: dict[str, Any] = {"name": name, "scores": None}
+    trust = None
+    table = pd.DataFrame(index=pd.Index(list(spots.var_names), name="gene"))
+    if task == "recovery":
+        m = result.metrics
+        section.update(n_train_spots=m.get("n_visible"), n_heldout_spots=m.get("n_hidden"),
+                       scores=m)
+        trust = {"source": "the recovery run's hidden spots",
+                 "heldout_fraction": m.get("heldout_fraction"), "n_spots": m.get("n_hidden"),
+                 "baseline": "inverse-distance kNN from the visible spots, better of k=6/12"}
+        table = table.join(_trust_columns(result.per_gene, list(spots.var_names)))
+    else:
+        var = result.virtual.var
+        for col in TRUST_COLUMNS:
+            if col in var:
+                table[col] = var[col].reindex(table.index).to_numpy()
+        known = result.virtual.uns.get("trihrge", {}).get("trust")
+        trust = dict(known) if isinstance(known, dict) else None
+        section["n_spots"] = int(spots.n_obs)
+    desc = describe(cfg, task=task, genes=list(spots.var_names),
+                    feature_mode="dense" if dense else "windows",
+                    local_window_um=cfg.local_window_um if dense else None,
+                    standardisation="none", lattice=lattice, spot_diameter_um=diameter_um,
+                    training_sections=[section], trust=trust)
+    nets = [f.model for f in result.fits]
+    desc["encoder"]["embed_dim"] = int(nets[0].config.in_dim) if cfg.image_input else None
+    from .io.model_folder import save_model_folder
+
+    return save_model_folder(path, nets, desc, table, overwrite=overwrite)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -423,7 +467,8 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
             stride_um: float | None = None, um_per_px: float | None = None,
             encoder: str | None = None, windows_um: Sequence[float] | None = None,
             device: str = "auto", cache_dir: str | None = None, hf_token: str | None = None,
-            progress: Progress | None = None, map_path: str | None = None) -> PredictResult:
+            progress: Progress | None = None, map_path: str | None = None,
+            reference: str = "auto") -> PredictResult:
     """Apply a trained model to ``target``: a sample (AnnData or any path :func:`io.read`
     takes) or a bare H&E image file (``um_per_px`` or read from the file's metadata).
 
@@ -433,7 +478,9 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
     lattice over the tissue), ``maps`` the dense map at ``stride_um`` (a bare image always gets
     one, 16 um unless given), ``metrics['spots']`` the fair score at the measured spots next to
     the kNN (leave-one-out) and training-mean baselines. ``encoder`` / ``windows_um`` only check
-    that the model fits them.
+    that the model fits them. ``reference`` chooses the locations a section's feature
+    statistics come from: 'auto' (the measured spots, or a spot-spaced lattice inside the tissue
+    for a bare image) or 'tissue' (the lattice even when there are spots, as for a bare slide).
     """
     progress = ensure_progress(progress)
     timer = _Timer()
@@ -464,6 +511,8 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
             "this model was trained on whole-window features, not the dense path a map needs "
             "(a recovery run, or enhance without --stride-um)",
             "leave --stride-um out, or use a model from `trihrge train` or enhance --stride-um")
+    if reference not in ("auto", "tissue"):
+        raise TrihrgeInputError(f"unknown reference {reference!r}", "use 'auto' or 'tissue'")
     if factor not in (1, 2, 4, 8, 16):
         raise TrihrgeInputError(f"the density factor must be 1, 2, 4, 8 or 16, got {factor}",
                                 "use --factor 2, 4 or 8")
@@ -514,6 +563,11 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
         ref_feats = v_feats[::n_off]  # offset 0 of every cell: the spots / the tissue lattice
         mu = sd = None
         if model.per_section:
+            if reference == "tissue" and not bare:
+                ref_feats = _features(image, enc,
+                                      _tissue_lattice(image, model.description["lattice"]),
+                                      windows, cfg,
+                                      progress, dense=dense)
             _, mu, sd = _standardise(ref_feats)
     nets = model.for_section(mu, sd)
     fits = [SimpleNamespace(model=n) for n in nets]
@@ -549,7 +603,8 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
                                "target": "image" if bare else "spots",
                                "standardisation_locations": (
                                    "none" if not model.per_section else
-                                   "tissue lattice" if bare else "measured spots")}
+                                   "tissue lattice" if bare or reference == "tissue"
+                                   else "measured spots")}
     trust_table = model.gene_table.reindex(genes)
     per_gene = None
     trust_source = "model: spots held out of training in the training sections"

@@ -8,7 +8,8 @@
                       with --stride-um); maps_std.ome.zarr the ensemble spread when --ensemble > 1
   recovery.h5ad       hidden spots (recovery): predicted X, layers 'measured' and 'knn'
   recovery_genes.csv  per-gene scores on the hidden spots, next to the kNN baseline
-  model/              model.pt (state dict) + model.json (config, genes, encoder, windows)
+  model/              self-describing model folder (io/model_folder.py): model.pt (state dict),
+                      model.json (config + description), genes.csv, member_<k>/ (ensemble)
   overview.png        image, measured spots and enhanced result for a few genes, with colour bars
 ```
 """
