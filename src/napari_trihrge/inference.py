@@ -220,12 +220,15 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
             z, mu, sd = _standardise(_features(image, encoder, rc_um, windows, cfg, progress,
                                                dense=True))
             offs = _sub_spot_offsets(diameter_um)
+            # every spot's sub-locations (one cache entry per section, whatever the split)
+            sub_all = (rc_um[:, None, :] + offs[None]).reshape(-1, 2)
+            sub = _features(image, encoder, sub_all, windows, cfg, progress, dense=True)
+            sub = ((sub.reshape(len(rc_um), len(offs), *sub.shape[1:])[visible] - mu) / sd
+                   ).astype(np.float32)
             sub_rc = (rc_um[visible, None, :] + offs[None]).reshape(-1, 2)
-            sub = _features(image, encoder, sub_rc, windows, cfg, progress, dense=True)
-            sub = ((sub - mu) / sd).astype(np.float32)
         parts["x"].append(z[visible])
         parts["y"].append(y[visible])
-        parts["sx"].append(sub.reshape(len(visible), len(offs), *sub.shape[1:]))
+        parts["sx"].append(sub)
         parts["smask"].append(np.ones((len(visible), len(offs)), dtype=bool))
         if cfg.neighbour_input:
             parts["nb"].append(idw_interpolate(rc_um[visible], y[visible], rc_um[visible],
