@@ -640,8 +640,12 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
                   "training_sections": [s.get("name") for s in
                                         model.description.get("training_sections", [])],
                   "image_only": model.image_only},
-        "trust": {"source": trust_source,
-                  "model_trust": model.description.get("trust")}}
+        "trust": ({"source": trust_source, "heldout_fraction": 1.0,
+                   "n_spots": int(metrics["spots"]["n_spots"]),
+                   "baseline": "inverse-distance kNN of the other measured spots "
+                               "(leave-one-out), better of k=6/12",
+                   "model_trust": model.description.get("trust")} if "spots" in metrics else
+                  {"source": trust_source, **(model.description.get("trust") or {})})}
 
     maps = None
     if stride_um is not None:
