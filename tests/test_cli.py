@@ -344,3 +344,41 @@ def test_api_refuses_impossible_settings_before_any_work(synthetic, field, value
     for run in (tasks.recovery, tasks.enhance):
         with pytest.raises(TrihrgeInputError, match=reason):
             run(synthetic, config=cfg)
+def test_train_and_predict_help_mention_units(capsys):
+    assert "--image-only" in _help(capsys, "train")
+    text = _help(capsys, "predict")
+    assert "--um-per-px" in text and "--stride-um" in text and "micrometres" in text
+
+
+def test_train_then_predict_an_image_alone(capsys, sample_h5ad, tmp_path):
+    from PIL import Image
+
+    from napari_trihrge import io
+
+    model = tmp_path / "model"
+    code = cli.main(["train", str(sample_h5ad), "--image-only", "--genes", "20",
+                     "--max-epochs", "3", "--device", "cpu", "--out", str(model), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (model / "model.json").is_file() and (model / "genes.csv").is_file()
+    assert "held-out spots" in capsys.readouterr().out
+    png = tmp_path / "slide.png"
+    Image.fromarray(np.asarray(io.get_image(io.read(sample_h5ad)).array)).save(png)
+    err = _one_line_error(capsys, ["predict", str(model), str(png), "--out",
+                                   str(tmp_path / "o1"), "--quiet"])
+    assert "pixel size" in err and "--um-per-px" in err
+    out = tmp_path / "o2"
+    code = cli.main(["predict", str(model), str(png), "--um-per-px", "1", "--stride-um", "48",
+                     "--factor", "2", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    for name in ("enhanced.h5ad", "maps.ome.zarr", "overview.png", "summary.json"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predict"]["target"] == "image" and summary["predict"]["map_locations"] > 0
+    # a sample with spots: scored at its measured spots
+    code = cli.main(["predict", str(model), str(sample_h5ad), "--factor", "2", "--out",
+                     str(tmp_path / "o3"), "--quiet"])
+    assert code == 0
+    assert "measured spots" in capsys.readouterr().out
+    err = _one_line_error(capsys, ["predict", str(model), str(sample_h5ad), "--encoder", "uni",
+                                   "--out", str(tmp_path / "o4"), "--quiet"])
+    assert "encoder mismatch" in err and "stain-texture" in err

@@ -1,4 +1,5 @@
-"""The ``trihrge`` command line: ``demo``, ``recovery``, ``enhance``, ``cohort``, ``encoders``."""
+"""The ``trihrge`` command line: ``demo``, ``recovery``, ``enhance``, ``cohort``, ``train``,
+``predict``, ``encoders``."""
 
 from __future__ import annotations
 
@@ -200,8 +201,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genes", type=_whole_number, default=1000, metavar="N",
                    help="number of highly variable genes (default 1000)")
 
+    _add_inference_parsers(sub)
     sub.add_parser("encoders", help="list the image encoders that can be named with --encoder")
     return parser
+
+
+def _add_inference_parsers(sub) -> None:
+    """`trihrge train` (one model from one or several sections) and `trihrge predict`."""
+    p = sub.add_parser("train", help="train one model on one or several sections and save it",
+                       description="Train one model on the given sections (genes highly "
+                       "variable over the pooled sections, image features standardised per "
+                       "section) and write a self-describing model folder for `trihrge "
+                       "predict`.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, help="the training sections (see below)")
+    p.add_argument("--image-only", action="store_true",
+                   help="no neighbour input: the model needs no spots at prediction time "
+                   "(for H&E slides that were never sequenced)")
+    p.add_argument("--trust-fraction", type=float, default=0.1, metavar="FRACTION",
+                   help="fraction of each section's spots held out of training and scored "
+                   "against kNN interpolation (default 0.1; 0 trains on every spot)")
+    _add_run_args(p)
+
+    p = sub.add_parser("predict", help="apply a trained model to a sample or a bare H&E image",
+                       description="Apply a model folder (from `trihrge train` or the model/ of "
+                       "a run) to TARGET: a sample of any supported layout (predictions at its "
+                       "measured spots keep their barcodes and are scored against the "
+                       "measurement) or an H&E image (TIFF/OME-TIFF/SVS/JPEG/PNG; an image-only "
+                       "model then predicts a dense map over the tissue). Writes the same run "
+                       "folder as `enhance`.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", type=Path, help="the model folder")
+    _add_input_args(p)
+    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+                   help="density of virtual spots relative to the spot lattice (default 4)")
+    p.add_argument("--stride-um", type=float, default=None, metavar="UM",
+                   help="dense map pixel size in micrometres (default: none for a sample, 16 "
+                   "for a bare image)")
+    p.add_argument("--encoder", default=None, help="only checked: must be the model's encoder")
+    p.add_argument("--windows-um", default=None, metavar="UM,UM",
+                   help="only checked: must be the model's windows")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cache-dir", type=Path, default=None, help="folder for the feature cache")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default trihrge_out/predict-<target>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_inference(args, progress) -> dict:
+    """`trihrge train` / `trihrge predict`; returns the summary."""
+    from . import inference
+
+    if args.command == "train":
+        cfg = _config(args)
+        adatas = []
+        for path in args.paths:
+            args.path = path
+            adatas.append(_read(args))
+        out = args.out or Path("trihrge_out") / f"model-{args.paths[0].stem}"
+        summary = inference.run_train(adatas, out, image_only=args.image_only, config=cfg,
+                                      trust_fraction=args.trust_fraction, progress=progress,
+                                      overwrite=args.overwrite)
+        summary["outputs"] = {"model": str(out)}
+        return summary
+    target = args.path if inference.is_image_path(args.path) else _read(args)
+    out = args.out or Path("trihrge_out") / f"predict-{args.path.name.split('.')[0]}"
+    windows = (tuple(float(w) for w in args.windows_um.split(",")) if args.windows_um else None)
+    cache = str(args.cache_dir or default_cache_dir())
+    return inference.run_predict(args.model_dir, target, out, factor=args.factor,
+                                 stride_um=args.stride_um, um_per_px=args.um_per_px,
+                                 encoder=args.encoder, windows_um=windows, device=args.device,
+                                 cache_dir=cache, progress=progress, overwrite=args.overwrite)
 
 
 def _read(args):
@@ -278,6 +349,34 @@ def _print_summary(summary: dict, out: Path) -> None:
                                                        summary.get("outputs", {}).values()))
 
 
+def _print_inference_summary(summary: dict) -> None:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    if summary.get("task") == "train":
+        print(f"\nModel ({'image only' if summary['image_only'] else 'image + neighbours'}, "
+              f"{summary['n_genes']} genes, encoder {summary['encoder']}) written to "
+              f"{summary['model']}")
+        for sec in summary["sections"]:
+            s = sec.get("scores")
+            if s:
+                print(f"  {sec['name']}: {sec['n_heldout_spots']} held-out spots, mean PCC "
+                      f"{fmt(s['pcc_mean'])} vs kNN (k={s['baseline_knn_k']}) "
+                      f"{fmt(s['baseline_knn_pcc_mean'])}")
+        return
+    pred = summary.get("predict", {})
+    spots = pred.get("spots")
+    print(f"\n{summary.get('sample')}: predicted {pred.get('n_virtual_spots')} virtual spots"
+          + (f" and a {pred.get('map_stride_um'):g} um map ({pred.get('map_locations')} "
+             "locations)" if pred.get("map_stride_um") else ""))
+    if spots:
+        print(f"At the {spots['n_spots']} measured spots ({spots['n_genes_scored']} genes that "
+              f"vary): mean PCC {fmt(spots['pcc_mean'])} vs kNN of the other spots "
+              f"{fmt(spots['baseline_knn_pcc_mean'])}; MSE {fmt(spots['mse'])} (training mean "
+              f"{fmt(spots.get('baseline_train_mean_mse'))})")
+    print("Outputs: " + ", ".join(str(v) for v in summary.get("outputs", {}).values()))
+
+
 def _limit_cpu_threads() -> None:
     """On small CPUs (<= 4 cores) run one OpenMP thread unless the user chose otherwise: the
     BLAS and torch thread pools otherwise compete for the cores and training gets ~10x slower
@@ -324,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
                                 config_kwargs={"encoder": args.encoder, "n_top_genes": args.genes})
             print(report.to_string(index=False))
             return 0 if (report["status"] != "failed").all() else 1
+        if args.command in ("train", "predict"):
+            summary = _run_inference(args, progress)
+            progress.close()
+            _print_inference_summary(summary)
+            return 0
         from .tasks import check_writable_folder, validate_config
 
         cfg = _config(args)

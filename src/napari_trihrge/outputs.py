@@ -12,7 +12,8 @@
                       trust columns (pcc, pcc_baseline_knn, pcc_gain, beats_interpolation)
   enhance_genes.csv   enhance: the same per-gene scores from the run's internal held-out split
                       (not written with --no-trust)
-  model/              model.pt (state dict) + model.json (config, genes, encoder, windows)
+  model/              self-describing model folder (io/model_folder.py): model.pt (state dict),
+                      model.json (config + description), genes.csv, member_<k>/ (ensemble)
   overview.png        image, measured spots and enhanced result for a few genes, with colour bars
   run_complete.json   written last: readers refuse a folder without it (interrupted run)
 ```

@@ -36,8 +36,12 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
     fig, axes = plt.subplots(len(show_genes), n_cols, figsize=(4.2 * n_cols, 4.0 * len(show_genes)),
                              squeeze=False, constrained_layout=True)
     pad = 1.5 * spot_diameter_um
-    r0, c0 = spots_rc_um.min(axis=0) - pad
-    r1, c1 = spots_rc_um.max(axis=0) + pad
+    # zoom on the spots; an H&E without spots (a trained model applied to it) on its predictions
+    shown = spots_rc_um if len(spots_rc_um) else virtual_rc_um
+    if shown is None or not len(shown):
+        shown = np.array([[0.0, 0.0], image.shape_rc_um])
+    r0, c0 = np.asarray(shown).min(axis=0) - pad
+    r1, c1 = np.asarray(shown).max(axis=0) + pad
     for row, gene in enumerate(show_genes):
         g = list(genes).index(gene)
         enhanced = None
@@ -52,7 +56,7 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
         ax = axes[row, 1]
         ax.imshow(thumb, extent=extent, alpha=0.35)
         _draw_spots(ax, spots_rc_um, spots_expr[:, g], spot_diameter_um, vmin, vmax)
-        ax.set_title(f"{gene}: measured spots")
+        ax.set_title(f"{gene}: measured spots" if len(spots_rc_um) else "no measured spots")
         ax = axes[row, 2]
         ax.imshow(thumb, extent=extent, alpha=0.35)
         if enhanced is not None:

@@ -20,11 +20,17 @@ from .outputs import (
     run_folder,
     write_enhance,
     write_json,
-    write_models,
     write_recovery,
 )
 from .progress import Progress, ensure_progress
 from .tasks import RunConfig, enhance, recovery, sample_geometry, trust_summary
+
+
+def write_run_model(out: Path, result, cfg: RunConfig, task: str) -> Path:
+    """The run's model as a self-describing model folder ``out/model`` (usable by predict)."""
+    from .inference import save_run_model
+
+    return save_run_model(out / "model", result, cfg, task)
 
 
 def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any]:
@@ -109,8 +115,7 @@ def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     progress.stage("writing", 3)
     files = write_recovery(out, result)
     progress.advance()
-    write_models(out, result.fits, {"genes": list(result.predictions.var_names),
-                                    "config": cfg.public_dict(), "task": "recovery"})
+    write_run_model(out, result, cfg, "recovery")
     files["model"] = "model"
     progress.advance()
     summary = _base_summary(adata, cfg, result.predictions.n_vars)
@@ -162,8 +167,7 @@ def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     t1 = time.perf_counter()
     progress.stage("writing", 3)
     files = write_enhance(out, result)
-    write_models(out, result.fits, {"genes": list(result.spots.var_names),
-                                    "config": cfg.public_dict(), "task": "enhance"})
+    write_run_model(out, result, cfg, "enhance")
     files["model"] = "model"
     progress.advance()
     summary = _base_summary(adata, cfg, result.spots.n_vars)

@@ -933,6 +933,15 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
             "n_spots": int(covered.sum())}
 
 
+def __getattr__(name: str):
+    # tl.train / tl.predict live in inference.py (which imports this module)
+    if name in ("train", "predict"):
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "RunConfig",
     "MODEL_PRESETS",
@@ -944,6 +953,8 @@ __all__ = [
     "recovery",
     "transfer",
     "enhance",
+    "train",  # noqa: F822 (lazy, see __getattr__)
+    "predict",  # noqa: F822
     "transfer_genes",
     "sample_geometry",
     "model_preset",

@@ -149,6 +149,11 @@ class TrainWidget(QWidget):
         self.out_edit.setPlaceholderText("optional: folder to save the run in")
         self.out_btn = QPushButton("…")
 
+        self.save_model_btn = QPushButton("Save the trained model…")
+        self.save_model_btn.setToolTip("a model folder that `trihrge predict` and 'Apply a "
+                                       "trained model' take")
+        self.save_model_btn.setEnabled(False)
+        self._last_run = None  # (task, token-free RunConfig, result) of the last finished run
         self.start_btn = QPushButton("Start")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -189,6 +194,7 @@ class TrainWidget(QWidget):
         lay.addWidget(self.loss)
         lay.addWidget(hline())
         lay.addWidget(self.scores)
+        lay.addWidget(self.save_model_btn)
         lay.addStretch(1)
 
         self.task_combo.currentIndexChanged.connect(self._update_enabled)
@@ -196,6 +202,7 @@ class TrainWidget(QWidget):
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.out_btn.clicked.connect(self._choose_out)
+        self.save_model_btn.clicked.connect(lambda: self.save_model())
         self._update_enabled()
 
     # -- parameters -----------------------------------------------------------------------
@@ -269,6 +276,9 @@ class TrainWidget(QWidget):
         self.progress = QueueProgress()
         worker = engine_worker(fn, adata, config=config, out_dir=out_dir,
                                progress=self.progress, **kwargs)
+        import dataclasses
+
+        self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)
         worker.returned.connect(lambda outcome, t=task, a=adata: self._on_done(outcome, t, a))
@@ -373,8 +383,31 @@ class TrainWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 - never crash the viewer
             show_error(f"The run finished but its layers could not be shown: {exc}")
             return
+        self._last_run = (task, self._run_config, result)
+        self.save_model_btn.setEnabled(True)
         where = f" Saved in {out_dir}." if out_dir else ""
         self.status.setText(f"Done ({_fmt_timings(result)}).{where}")
+
+    def save_model(self, path: str | None = None):
+        """Write the last run's model as a model folder (asks where when ``path`` is None)."""
+        if self._last_run is None:
+            return None
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Folder for the model (empty or new)")
+            if not path:
+                return None
+        from ..inference import save_run_model
+
+        task, config, result = self._last_run
+        try:
+            out = save_run_model(path, result, config, task, overwrite=False)
+        except Exception as exc:  # noqa: BLE001 - never crash the viewer
+            from ._common import notify_error
+
+            notify_error(exc, "Saving the model")
+            return None
+        show_info(f"Model saved in {out}")
+        return out
 
     # -- results --------------------------------------------------------------------------
     def _show_recovery(self, result, adata):

@@ -498,3 +498,46 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(img.array)
     finally:
         img.close()
+
+
+def pixel_size_from_metadata(path: str | os.PathLike) -> float | None:
+    """The pixel size (um/px) an image file records, or None: OME-XML ``PhysicalSizeX`` (in
+    its unit), an Aperio SVS ``MPP = ...`` description, or a TIFF resolution in centimetres or
+    inches when it gives a plausible H&E pixel size (screen 72/96 dpi values do not). JPEG and PNG
+    carry none that can be trusted."""
+    path = Path(path)
+    if not _is_tiff(path):
+        return None
+    import re
+
+    import tifffile
+
+    from ..geometry import PLAUSIBLE_UM_PER_PX
+
+    to_um = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+    try:
+        with tifffile.TiffFile(path) as tf:
+            candidates: list[float] = []
+            if tf.ome_metadata:
+                m = re.search(r'<Pixels[^>]*?PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
+                if m:
+                    u = re.search(r'<Pixels[^>]*?PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
+                    candidates.append(float(m.group(1)) * to_um.get(u.group(1) if u else "µm",
+                                                                    float("nan")))
+            page = tf.pages[0]
+            m = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+            if m:
+                candidates.append(float(m.group(1)))
+            tags = page.tags
+            if "XResolution" in tags and "ResolutionUnit" in tags:
+                num, den = tags["XResolution"].value
+                unit = int(tags["ResolutionUnit"].value)
+                if num > 0 and den > 0 and unit in (2, 3):
+                    candidates.append((25400.0 if unit == 2 else 1e4) * den / num)
+    except Exception:  # unreadable metadata: the caller asks for the pixel size
+        return None
+    lo, hi = PLAUSIBLE_UM_PER_PX
+    for c in candidates:
+        if np.isfinite(c) and lo <= c <= hi:
+            return float(c)
+    return None

@@ -1,0 +1,261 @@
+"""Dock widget - Apply a trained model: a model folder on the open sample or on an H&E opened
+alone, in a worker with progress and cancel; results shown as the same layers as enhance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import layers as L
+from ._common import heading, note, report_outcome
+from ._session import get_session, layer_kind, unwrap_viewer
+from ._worker import QueueProgress, engine_worker
+
+SAMPLE = "__sample__"
+
+
+def _layer_path(layer) -> str | None:
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
+
+
+class ApplyModelWidget(QWidget):
+    """Model folder, target (the open sample or an H&E image layer, with its pixel size),
+    density and map stride; Start / Cancel; one progress bar per stage."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        self.worker = None
+        self.progress: QueueProgress | None = None
+        self.last_outcome = None
+        self._bar = None
+
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("model folder (trihrge train --out, or a run's model/)")
+        self.model_btn = QPushButton("…")
+        self.target_combo = QComboBox()
+        self.um_spin = QDoubleSpinBox()
+        self.um_spin.setDecimals(4)
+        self.um_spin.setRange(0.0, 30.0)
+        self.um_spin.setSpecialValueText("unknown: enter it")
+        self.um_spin.setSuffix(" um/px")
+        self.factor_combo = QComboBox()
+        for f in (1, 2, 4, 8):
+            self.factor_combo.addItem(f"{f}x denser spots", f)
+        self.factor_combo.setCurrentIndex(2)
+        self.stride_spin = QDoubleSpinBox()
+        self.stride_spin.setRange(0, 200)
+        self.stride_spin.setValue(16)
+        self.stride_spin.setSpecialValueText("no map (spots only)")
+        self.stride_spin.setSuffix(" um map pixel")
+        self.start_btn = QPushButton("Start")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.status = note("Choose a model folder and a target, then press Start.")
+        self.scores = note("")
+
+        form = QFormLayout()
+        mrow = QHBoxLayout()
+        mrow.addWidget(self.model_edit)
+        mrow.addWidget(self.model_btn)
+        form.addRow("Model", mrow)
+        form.addRow("Target", self.target_combo)
+        form.addRow("Pixel size", self.um_spin)
+        form.addRow("Density", self.factor_combo)
+        form.addRow("Map", self.stride_spin)
+        brow = QHBoxLayout()
+        brow.addWidget(self.start_btn)
+        brow.addWidget(self.cancel_btn)
+        lay = QVBoxLayout(self)
+        lay.addWidget(heading("Apply a trained model"))
+        lay.addLayout(form)
+        lay.addLayout(brow)
+        lay.addWidget(self.status)
+        lay.addWidget(self.scores)
+        lay.addStretch(1)
+
+        self.model_btn.clicked.connect(self._choose_model)
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.target_combo.currentIndexChanged.connect(self._target_changed)
+        self.viewer.layers.events.inserted.connect(self.refresh_targets)
+        self.viewer.layers.events.removed.connect(self.refresh_targets)
+        self.refresh_targets()
+
+    # -- parameters -----------------------------------------------------------------------
+    def _choose_model(self):
+        path = QFileDialog.getExistingDirectory(self, "Model folder")
+        if path:
+            self.model_edit.setText(path)
+
+    def refresh_targets(self, *_):
+        """The open sample, then every plain image layer opened from a file (an H&E alone)."""
+        current = self.target_combo.currentData()
+        self.target_combo.blockSignals(True)
+        self.target_combo.clear()
+        if self.session.adata is not None:
+            self.target_combo.addItem("the open sample (its spots and H&E)", SAMPLE)
+        for layer in self.viewer.layers:
+            if layer.__class__.__name__ == "Image" and layer_kind(layer) is None \
+                    and _layer_path(layer):
+                self.target_combo.addItem(f"H&E alone: {layer.name}", layer.name)
+        idx = self.target_combo.findData(current)
+        self.target_combo.setCurrentIndex(max(idx, 0))
+        self.target_combo.blockSignals(False)
+        self._target_changed()
+
+    def _target_changed(self, *_):
+        data = self.target_combo.currentData()
+        image = data not in (None, SAMPLE)
+        self.um_spin.setEnabled(image)
+        if image:
+            from ..io.image import pixel_size_from_metadata
+
+            um = pixel_size_from_metadata(_layer_path(self.viewer.layers[data]))
+            self.um_spin.setValue(um or 0.0)
+
+    # -- running --------------------------------------------------------------------------
+    def start(self):
+        """Start prediction in a background worker; returns the worker (or None)."""
+        if self.worker is not None:
+            show_info("A prediction is already running")
+            return None
+        model_dir = self.model_edit.text().strip()
+        if not model_dir:
+            show_error("Choose a model folder first (written by `trihrge train` or a run)")
+            return None
+        data = self.target_combo.currentData()
+        if data is None:
+            show_error("Open a sample or an H&E image first")
+            return None
+        kwargs: dict[str, Any] = {"factor": int(self.factor_combo.currentData()),
+                                  "stride_um": float(self.stride_spin.value()) or None,
+                                  "device": self.session.device(),
+                                  "hf_token": self.session.token()}
+        if data == SAMPLE:
+            target = self.session.adata
+        else:
+            layer = self.viewer.layers[data]
+            if self.um_spin.value() <= 0:
+                show_error(f"{layer.name} does not record its pixel size: enter it (um/px)")
+                return None
+            target = _layer_path(layer)
+            kwargs["um_per_px"] = float(self.um_spin.value())
+            # the image layer in micrometres, like every TriHRGE layer
+            layer.scale = (kwargs["um_per_px"],) * 2
+        from ..inference import predict
+
+        self.progress = QueueProgress()
+        worker = engine_worker(predict, model_dir, target, progress=self.progress, **kwargs)
+        kwargs.pop("hf_token", None)
+        worker.yielded.connect(self._on_events)
+        worker.returned.connect(self._on_done)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.status.setText("Starting…")
+        self.scores.setText("")
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self.progress is not None:
+            self.progress.cancel()
+            self.status.setText("Cancelling…")
+            self.cancel_btn.setEnabled(False)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _on_events(self, events: list[dict]):
+        from ._train_widget import STAGE_LABELS
+
+        for ev in events:
+            if self.progress is None or self.progress.cancelled:
+                break
+            stage = ev.get("stage")
+            label = STAGE_LABELS.get(stage, stage)
+            if ev.get("event") == "stage":
+                self._close_bar()
+                total = ev.get("total")
+                self._bar = napari_progress(total=total if total else None, desc=label)
+                self.status.setText(f"{label}…")
+            elif ev.get("event") == "advance" and self._bar is not None:
+                done = int(ev.get("done") or 0)
+                if done > self._bar.n:
+                    self._bar.update(done - self._bar.n)
+
+    def _close_bar(self):
+        if self._bar is not None:
+            try:
+                self._bar.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+            self._bar = None
+
+    def _on_finished(self):
+        self._close_bar()
+        self.worker = None
+        self.progress = None
+        self.start_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _on_done(self, outcome):
+        self._close_bar()
+        self.last_outcome = outcome
+        if not report_outcome(outcome, "Applying the model"):
+            self.status.setText("Cancelled: nothing was changed." if outcome.status ==
+                                "cancelled" else f"Failed: {outcome.message}")
+            return
+        try:
+            self._show(outcome.result)
+        except Exception as exc:  # noqa: BLE001 - never crash the viewer
+            show_error(f"The prediction finished but its layers could not be shown: {exc}")
+            return
+        m = outcome.result.metrics
+        s = m.get("spots")
+        self.status.setText(f"Done: {m['n_virtual_spots']} virtual spots"
+                            + (" and a dense map." if outcome.result.maps is not None else "."))
+        if s:
+            self.scores.setText(
+                f"At the {s['n_spots']} measured spots: mean PCC {s['pcc_mean']:.3f} vs kNN of "
+                f"the other spots {s['baseline_knn_pcc_mean']:.3f} ({s['n_genes_scored']} genes "
+                "that vary; the model never saw this section)")
+
+    def _show(self, result):
+        """The same layers as enhance: virtual spots (hidden under a map) and the map."""
+        s = self.session
+        s.enhance = result
+        virt = result.virtual
+        genes = list(virt.var_names)
+        gene = s.gene if s.gene in genes else genes[0]
+        factor = int(virt.uns.get("trihrge", {}).get("factor", 4))
+        spacing = float(virt.uns.get("trihrge", {}).get("lattice_spacing_um", 100.0))
+        data, kwargs, _ = L.spots_layer(virt, [gene], color_by=gene, kind="virtual",
+                                        name=f"predicted: {factor}x virtual spots",
+                                        size_um=0.55 * spacing / np.sqrt(factor))
+        old = s.find_layer("virtual")
+        if old is not None:
+            self.viewer.layers.remove(old)
+        layer = self.viewer.add_points(data, **kwargs)
+        layer.visible = result.maps is None
+        s.enhance_changed.emit(result)
+        s.show_gene(gene)

@@ -1,0 +1,258 @@
+"""The self-describing model folder: what a trained model needs to be used again.
+
+```
+MODEL_DIR/
+  model.pt, model.json    the network (model.save_model's format); model.json's ``extra`` is the
+                          description below
+  member_<k>/             further ensemble members, same format (k = 1, 2, ...)
+  genes.csv               per gene: mean training expression and the held-out trust columns
+                          (pcc, pcc_baseline_knn, pcc_gain, beats_interpolation)
+```
+
+The description (``model.json`` -> ``extra``) holds the encoder (name, architecture, the
+encoder's ``config_key`` and embedding width), the window sizes in micrometres and how features
+were taken (``feature_mode`` 'dense' or 'windows'), the gene list, the normalisation, the feature
+standardisation ('per-section': every section's features are z-scored over its own spots, or over
+a spot-spaced lattice inside the tissue for a bare image, so stain differences between slides do
+not shift predictions; 'none': raw features), whether the neighbour input is used, the spot
+lattice of the training sections, the training sections with their fair held-out scores where
+known, and the package version. :func:`load_model_folder` refuses a folder whose encoder, windows
+or version do not fit, naming the mismatch and the fix. The folder is written whole or not at all
+(:func:`napari_trihrge._atomic.atomic_path`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._atomic import atomic_path
+from ..errors import TrihrgeInputError
+
+#: ``extra['kind']`` of a described model folder
+DESCRIPTION_KIND = "napari-trihrge-trained-model"
+#: version of the description schema this package reads and writes
+DESCRIPTION_VERSION = 1
+GENE_TABLE = "genes.csv"
+TRUST_COLUMNS = ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation")
+NORMALISATION = {"method": "normalize_total + log1p", "target_sum": 1e4,
+                 "over": "all genes of the section"}
+
+
+def package_version() -> str:
+    from .. import __version__
+
+    return str(__version__)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in str(text).split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def encoder_identity(config_key: str | None) -> str | None:
+    """The part of :meth:`Encoder.config_key` that decides the embeddings' meaning: a ViT's
+    inference precision (last field) may differ between a GPU and a CPU run."""
+    if config_key is None:
+        return None
+    key = str(config_key)
+    return key.rsplit("|", 1)[0] if key.startswith("timm|") else key
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with its description: ``nets`` (one per ensemble member, eval mode),
+    ``description`` (the dict stored in ``model.json``) and ``gene_table`` (index = genes)."""
+
+    nets: list
+    description: dict[str, Any]
+    gene_table: pd.DataFrame
+    path: Path | None = field(default=None, repr=False)
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.description["genes"])
+
+    @property
+    def image_only(self) -> bool:
+        return not self.description.get("neighbour_input", False)
+
+    @property
+    def bag_windows_um(self) -> tuple[float, ...]:
+        """Window sizes (um) in the order of the network's bag (the local window first in the
+        dense mode)."""
+        return tuple(float(w) for w in self.description["features"]["bag_windows_um"])
+
+    @property
+    def dense(self) -> bool:
+        return self.description["features"]["mode"] == "dense"
+
+    @property
+    def per_section(self) -> bool:
+        return self.description["features"]["standardisation"] == "per-section"
+
+    def for_section(self, feature_mean: np.ndarray | None, feature_std: np.ndarray | None
+                    ) -> list:
+        """Copies of the nets that take one section's raw features: the section's mean and std
+        (S, D) are folded into each net's input standardisation, so raw features z-scored per
+        section then standardised by the net become one affine step inside the net."""
+        if feature_mean is None or not self.per_section:
+            return list(self.nets)
+        import torch
+
+        mu = torch.as_tensor(np.asarray(feature_mean, dtype=np.float32))
+        sd = torch.as_tensor(np.asarray(feature_std, dtype=np.float32))
+        out = []
+        for net in self.nets:
+            if tuple(net.feature_mean.shape) != tuple(mu.shape):
+                raise TrihrgeInputError(
+                    f"the section's features have shape {tuple(mu.shape)}, the model expects "
+                    f"{tuple(net.feature_mean.shape)}",
+                    "use the encoder and windows the model was trained with")
+            adapted = copy.deepcopy(net)
+            with torch.no_grad():
+                adapted.feature_mean.copy_(mu + sd * net.feature_mean.cpu())
+                adapted.feature_std.copy_(sd * net.feature_std.cpu())
+            adapted.eval()
+            out.append(adapted)
+        return out
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        return save_model_folder(path, self.nets, self.description, self.gene_table,
+                                 overwrite=overwrite)
+
+
+def save_model_folder(path: str | os.PathLike, nets: list, description: dict[str, Any],
+                      gene_table: pd.DataFrame | None = None, *, overwrite: bool = False
+                      ) -> Path:
+    """Write a model folder (see the module docstring) atomically; refuses an existing folder
+    unless ``overwrite``."""
+    from ..model import save_model
+
+    path = Path(path)
+    if not nets:
+        raise TrihrgeInputError("no trained network to save", "train a model first")
+    if path.exists() and not path.is_dir():
+        raise TrihrgeInputError(f"{path} is a file, not a folder", "choose a folder for the model")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise TrihrgeInputError(f"the model folder {path} already has files in it",
+                                "choose another folder or pass --overwrite to replace it")
+    desc = {**description, "kind": DESCRIPTION_KIND, "description_version": DESCRIPTION_VERSION,
+            "package_version": description.get("package_version") or package_version(),
+            "ensemble": len(nets), "members": [f"member_{k}" for k in range(1, len(nets))]}
+    with atomic_path(path, overwrite=True) as tmp:
+        save_model(tmp, nets[0], None, desc)
+        for k, net in enumerate(nets[1:], start=1):
+            save_model(tmp / f"member_{k}", net, None, {**desc, "ensemble_member": k})
+        if gene_table is not None:
+            gene_table.to_csv(tmp / GENE_TABLE, index_label="gene")
+    return path
+
+
+def _mismatch(what: str, model_value: Any, asked: Any, fix: str) -> TrihrgeInputError:
+    return TrihrgeInputError(f"{what} mismatch: the model was trained with {model_value!r}, "
+                             f"this run asks for {asked!r}", fix)
+
+
+def check_description(desc: dict[str, Any], where: str = "the model", *,
+                      encoder: str | None = None, windows_um: tuple[float, ...] | None = None,
+                      local_window_um: float | None = None) -> None:
+    """Raise when the description cannot be used by this package or does not fit the requested
+    encoder / windows (None = take the model's)."""
+    if desc.get("kind") != DESCRIPTION_KIND:
+        raise TrihrgeInputError(
+            f"{where} has no model description (written by an older napari-trihrge, before "
+            "model folders described their encoder, windows and genes)",
+            "retrain it with `trihrge train` (or rerun the enhance/recovery run) with this "
+            "version")
+    version = int(desc.get("description_version", 0))
+    if version > DESCRIPTION_VERSION:
+        raise TrihrgeInputError(
+            f"{where} was written by a newer napari-trihrge ({desc.get('package_version')}, "
+            f"model description version {version}; this is {package_version()}, version "
+            f"{DESCRIPTION_VERSION})", "update napari-trihrge (pip install -U napari-trihrge)")
+    if _version_tuple(desc.get("package_version", "0"))[:2] > _version_tuple(package_version())[:2]:
+        raise TrihrgeInputError(
+            f"{where} was written by napari-trihrge {desc.get('package_version')}, newer than "
+            f"this {package_version()}", "update napari-trihrge (pip install -U napari-trihrge)")
+    enc = desc["encoder"]["name"]
+    if encoder is not None and str(encoder) != str(enc):
+        raise _mismatch("encoder", enc, encoder,
+                        f"predict with the model's encoder (--encoder {enc}, or leave --encoder "
+                        "out), or train a model with the encoder you want")
+    feats = desc["features"]
+    if windows_um is not None and tuple(float(w) for w in windows_um) != tuple(
+            float(w) for w in feats["windows_um"]):
+        raise _mismatch("window sizes (um)", feats["windows_um"], list(windows_um),
+                        "leave --windows-um out (the model's windows are used) or retrain with "
+                        "the windows you want")
+    if local_window_um is not None and feats.get("local_window_um") is not None and float(
+            local_window_um) != float(feats["local_window_um"]):
+        raise _mismatch("local window (um)", feats["local_window_um"], local_window_um,
+                        "use the model's local window or retrain")
+
+
+def check_encoder(desc: dict[str, Any], encoder) -> None:
+    """Raise when ``encoder`` (created from the description's name) would give embeddings other
+    than the ones the model was trained on (other weights, other feature definition)."""
+    want = desc["encoder"]
+    dim = want.get("embed_dim")
+    if dim is not None and int(encoder.embed_dim) != int(dim):
+        raise _mismatch("encoder embedding width", f"{want['name']} ({dim})",
+                        f"{encoder.name} ({encoder.embed_dim})",
+                        "use the same encoder weights as for training, or retrain the model")
+    stored, now = encoder_identity(want.get("config_key")), encoder_identity(encoder.config_key())
+    if stored is not None and stored != now:
+        raise _mismatch(
+            "encoder version", want.get("config_key"), encoder.config_key(),
+            f"the encoder '{want['name']}' now computes different features than when the model "
+            f"was trained (napari-trihrge {desc.get('package_version')}): install that version "
+            "or the same encoder weights, or retrain the model with this version")
+
+
+def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
+                      windows_um: tuple[float, ...] | None = None,
+                      local_window_um: float | None = None,
+                      map_location: str = "cpu") -> TrainedModel:
+    """Read a model folder (all ensemble members, weights with ``weights_only=True``) and check
+    that it fits this package and the requested encoder / windows (None: the model's own)."""
+    from ..model import load_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise TrihrgeInputError(f"model folder not found: {path}",
+                                "pass the folder written by `trihrge train --out` (or the model/ "
+                                "folder of a run)")
+    net, _, desc = load_model(path, map_location=map_location)
+    check_description(desc, f"the model in {path}", encoder=encoder, windows_um=windows_um,
+                      local_window_um=local_window_um)
+    nets = [net]
+    for member in desc.get("members", []):
+        nets.append(load_model(path / member, map_location=map_location)[0])
+    genes = list(desc["genes"])
+    if net.config.n_genes != len(genes):
+        raise TrihrgeInputError(f"{path}: the network predicts {net.config.n_genes} genes, the "
+                                f"description lists {len(genes)}",
+                                "the folder is damaged; retrain or restore it")
+    table_path = path / GENE_TABLE
+    if table_path.is_file():
+        table = pd.read_csv(table_path, index_col=0)
+        table.index = table.index.astype(str)
+        table = table.reindex(genes)
+    else:
+        table = pd.DataFrame(index=pd.Index(genes, name="gene"))
+    return TrainedModel(nets=nets, description=desc, gene_table=table, path=path)
+
+
+__all__ = ["TrainedModel", "save_model_folder", "load_model_folder", "check_description",
+           "check_encoder", "encoder_identity", "DESCRIPTION_VERSION", "TRUST_COLUMNS",
+           "NORMALISATION"]

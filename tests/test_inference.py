@@ -1,0 +1,218 @@
+"""Train once, apply elsewhere: tl.train on two synthetic sections, tl.predict on a third from its
+image alone (against the known truth) and on its spots (against the measurement), the model
+folder's description and its refusals, pixel sizes from image metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_TRAIN
+from napari_trihrge import inference, tasks
+from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.io.model_folder import load_model_folder
+
+SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
+CLASSES = ("marker", "density", "gradient", "noise")
+
+
+def _sample(seed: int):
+    from napari_trihrge.datasets import synthetic_sample
+
+    adata = synthetic_sample(seed=seed, size_um=(1200.0, 1200.0))
+    cls = adata.var["gene_class"].to_numpy()
+    keep = np.concatenate([np.flatnonzero(cls == c)[:6] for c in CLASSES])
+    return adata[:, keep].copy()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An image-only model trained on synthetic sections of seeds 1 and 2, saved and read back,
+    and the third section (seed 3) it has never seen."""
+    sections = [_sample(1), _sample(2)]
+    cfg = tasks.RunConfig(n_top_genes=24, model=dict(SMALL_MODEL),
+                          train={**TINY_TRAIN, "max_epochs": 20, "patience": 8})
+    res = tasks.train(sections, image_only=True, config=cfg)
+    folder = tmp_path_factory.mktemp("model") / "model"
+    res.model.save(folder)
+    return res, folder, _sample(3)
+
+
+def test_model_folder_describes_itself(trained):
+    res, folder, _ = trained
+    meta = json.loads((folder / "model.json").read_text())
+    desc = meta["extra"]
+    assert desc["encoder"]["name"] == "stain-texture" and desc["encoder"]["config_key"]
+    assert desc["features"]["windows_um"] == [112.0, 336.0]
+    assert desc["features"]["bag_windows_um"] == [24.0, 112.0, 336.0]
+    assert desc["features"]["standardisation"] == "per-section"
+    assert desc["neighbour_input"] is False
+    assert desc["normalisation"]["target_sum"] == 1e4
+    assert desc["genes"] == res.model.genes and len(desc["genes"]) == 24
+    assert [s["name"] for s in desc["training_sections"]] == ["synthetic", "synthetic"]
+    for sec in desc["training_sections"]:  # fair held-out scores of every training section
+        assert sec["n_heldout_spots"] > 0 and np.isfinite(sec["scores"]["pcc_mean"])
+    assert desc["package_version"]
+    loaded = load_model_folder(folder)
+    table = loaded.gene_table
+    assert list(table.index) == res.model.genes
+    assert {"train_mean", "pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation"} <= set(
+        table.columns)
+    # weights come back identical
+    import torch
+
+    for a, b in zip(res.model.nets[0].state_dict().values(),
+                    loaded.nets[0].state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
+def test_predicts_an_unseen_section_from_its_image_alone(trained, tmp_path):
+    """A bare H&E (PNG, pixel size given) of the third section: the dense map follows the truth
+    where the training mean (a constant, fair PCC 0) cannot."""
+    from napari_trihrge.evaluation import truth_on_grid
+    from napari_trihrge.metrics import fair_pcc
+
+    _, folder, target = trained
+    png = tmp_path / "section3.png"
+    Image.fromarray(target.uns["spatial"]["synthetic"]["images"]["hires"]).save(png)
+    summary = inference.run_predict(folder, png, tmp_path / "out", um_per_px=1.0, factor=2,
+                                    stride_um=32.0)
+    out = tmp_path / "out"
+    for name in ("enhanced.h5ad", "maps.ome.zarr", "overview.png", "summary.json",
+                 "predict_genes.csv"):
+        assert (out / name).exists(), name
+    assert summary["predict"]["target"] == "image"
+    from napari_trihrge.outputs import read_run
+
+    run = read_run(out)
+    virtual = run["enhanced"]
+    assert virtual.n_obs == summary["predict"]["n_virtual_spots"] > 50
+    assert not virtual.obs["is_measured"].any()
+    values, um_per_px, names, origin = run["maps"]
+    assert names == list(virtual.var_names)
+    from napari_trihrge.tasks import DenseMaps
+
+    maps = DenseMaps(values=np.asarray(values), stride_um=float(um_per_px),
+                     origin_rc_um=np.asarray(origin), gene_names=list(virtual.var_names),
+                     mask=np.isfinite(np.asarray(values)[0]))
+    truth = truth_on_grid(target, maps, maps.gene_names)
+    inside = maps.mask & (truth.sum(axis=0) > 0)
+    pred = np.asarray(values)[:, inside].T
+    r = fair_pcc(pred, truth[:, inside].T)
+    r_mean = fair_pcc(np.ones_like(pred) * pred.mean(axis=0), truth[:, inside].T)
+    cls = target.var["gene_class"].reindex(maps.gene_names).to_numpy()
+    informative = np.isin(cls, ["marker", "density"])
+    assert np.nanmean(r_mean) == 0.0
+    assert np.nanmean(r[informative]) > 0.3, r[informative]
+    assert np.nanmean(r) > 0.1
+
+
+def test_predicts_a_section_with_spots_and_scores_it(trained):
+    _, folder, target = trained
+    res = tasks.predict(folder, target, factor=2)
+    v = res.virtual
+    measured = v[v.obs["is_measured"].to_numpy()]
+    # the predictions at measured spots keep their barcodes, in order
+    assert list(measured.obs_names) == list(target.obs_names)
+    assert (measured.obs["parent"] == measured.obs_names).all()
+    assert v.n_obs == 2 * target.n_obs
+    s = res.metrics["spots"]
+    assert s["n_spots"] == target.n_obs
+    # image alone, on a section never seen: a real pattern, and a lower error than the
+    # training mean
+    assert s["pcc_mean"] > 0.2, s
+    assert s["mse"] < s["baseline_train_mean_mse"], s
+    for col in ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation"):
+        assert col in v.var
+    assert v.var["beats_interpolation"].dtype == bool
+
+
+def test_refuses_a_mismatched_encoder_windows_or_version(trained, tmp_path):
+    _, folder, target = trained
+    with pytest.raises(TrihrgeInputError, match="encoder mismatch.*stain-texture"):
+        load_model_folder(folder, encoder="uni")
+    with pytest.raises(TrihrgeInputError, match=r"window sizes \(um\) mismatch"):
+        inference.predict(folder, target, windows_um=(100.0, 300.0))
+    newer = tmp_path / "newer"
+    shutil.copytree(folder, newer)
+    meta = json.loads((newer / "model.json").read_text())
+    meta["extra"]["description_version"] = 99
+    (newer / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TrihrgeInputError, match="newer napari-trihrge") as err:
+        load_model_folder(newer)
+    assert "update" in err.value.args[-1]
+    meta["extra"]["description_version"] = 1
+    meta["extra"]["encoder"]["config_key"] = "stain-texture-v0|other"
+    (newer / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TrihrgeInputError, match="encoder version mismatch"):
+        inference.predict(newer, target)
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    meta = json.loads((old / "model.json").read_text())
+    meta["extra"] = {"genes": meta["extra"]["genes"]}  # a model folder from before descriptions
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TrihrgeInputError, match="no model description"):
+        load_model_folder(old)
+
+
+def test_bare_image_needs_a_pixel_size_and_an_image_only_model(trained, tmp_path):
+    import dataclasses
+
+    res, _, target = trained
+    png = tmp_path / "slide.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(png)
+    with pytest.raises(TrihrgeInputError, match="pixel size") as err:
+        inference.predict(res.model, png)
+    assert "--um-per-px" in err.value.args[-1]
+    with_nb = dataclasses.replace(res.model, description={**res.model.description,
+                                                          "neighbour_input": True})
+    with pytest.raises(TrihrgeInputError, match="no spots") as err:
+        inference.predict(with_nb, png, um_per_px=1.0)
+    assert "--image-only" in err.value.args[-1]
+
+
+def test_pixel_size_from_image_metadata(tmp_path):
+    import tifffile
+
+    from napari_trihrge.io.image import pixel_size_from_metadata
+
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    ome = tmp_path / "a.ome.tif"
+    tifffile.imwrite(ome, rgb, photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm",
+                               "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "µm"})
+    assert pixel_size_from_metadata(ome) == pytest.approx(0.5)
+    svs = tmp_path / "b.tif"
+    tifffile.imwrite(svs, rgb, photometric="rgb", description="Aperio Image |MPP = 0.2527|")
+    assert pixel_size_from_metadata(svs) == pytest.approx(0.2527)
+    cm = tmp_path / "c.tif"
+    tifffile.imwrite(cm, rgb, photometric="rgb", resolution=(20000, 20000),
+                     resolutionunit="CENTIMETER")
+    assert pixel_size_from_metadata(cm) == pytest.approx(0.5)
+    screen = tmp_path / "d.tif"  # 72 dpi: a screen default, not a pixel size
+    tifffile.imwrite(screen, rgb, photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    assert pixel_size_from_metadata(screen) is None
+    png = tmp_path / "e.png"
+    Image.fromarray(rgb).save(png)
+    assert pixel_size_from_metadata(png) is None
+
+
+def test_run_model_folder_is_usable_by_predict(tmp_path):
+    """The model/ of a recovery run is a described model folder: predict takes it (neighbour
+    input from the target's spots) and refuses a bare image with a reason."""
+    from napari_trihrge.runs import run_recovery
+
+    adata = _sample(5)
+    cfg = tasks.RunConfig(n_top_genes=24, model=dict(SMALL_MODEL), train=dict(TINY_TRAIN))
+    run_recovery(adata, tmp_path / "rec", config=cfg)
+    model = load_model_folder(tmp_path / "rec" / "model")
+    assert model.description["task"] == "recovery" and not model.image_only
+    assert model.description["training_sections"][0]["scores"]["pcc_mean"] is not None
+    res = inference.predict(tmp_path / "rec" / "model", _sample(6), factor=2)
+    assert np.isfinite(res.metrics["spots"]["pcc_mean"])
+    with pytest.raises(TrihrgeInputError, match="dense"):
+        inference.predict(model, _sample(6), stride_um=32.0)

@@ -1,0 +1,96 @@
+"""Apply a trained model in the viewer: on the open sample and on an H&E opened alone; the
+Train panel saves its model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_qt_support import TINY, add_sample
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from napari_trihrge import tasks
+    from napari_trihrge.datasets import synthetic_sample
+
+    cfg = tasks.RunConfig(n_top_genes=20, model=dict(TINY["model"]), train=dict(TINY["train"]),
+                          device="cpu")
+    res = tasks.train([synthetic_sample(seed=7, size_um=(900.0, 900.0), n_genes=40)],
+                      image_only=True, config=cfg)
+    path = tmp_path_factory.mktemp("apply") / "model"
+    res.model.save(path)
+    return path
+
+
+def _widget(viewer, model_dir):
+    from napari_trihrge._qt import ApplyModelWidget, SampleWidget
+
+    sw = SampleWidget(viewer)
+    sw.device_combo.setCurrentText("cpu")
+    w = ApplyModelWidget(viewer)
+    w.model_edit.setText(str(model_dir))
+    w.stride_spin.setValue(48.0)
+    return w
+
+
+def test_apply_to_the_open_sample(viewer, qtbot, notes, model_dir):
+    add_sample(viewer)
+    w = _widget(viewer, model_dir)
+    w.refresh_targets()
+    assert w.target_combo.currentData() == "__sample__"
+    assert w.start() is not None and w.running
+    qtbot.waitUntil(lambda: not w.running, timeout=300_000)
+    assert w.last_outcome.status == "ok", w.last_outcome.message
+    s = w.session
+    assert s.find_layer("map") is not None and s.find_layer("virtual") is not None
+    assert "measured spots" in w.scores.text()
+    assert not notes.errors()
+
+
+def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_path):
+    from napari_trihrge.datasets import synthetic_sample
+
+    rgb = synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=40).uns["spatial"][
+        "synthetic"]["images"]["hires"]
+    png = tmp_path / "slide.png"
+    Image.fromarray(rgb).save(png)
+    viewer.open(str(png), plugin="napari")
+    w = _widget(viewer, model_dir)
+    w.refresh_targets()
+    assert w.target_combo.currentData() == "slide"
+    assert w.start() is None  # a PNG carries no pixel size: asked for, nothing started
+    assert any("pixel size" in m for m in notes.errors())
+    w.um_spin.setValue(1.0)
+    assert w.start() is not None
+    qtbot.waitUntil(lambda: not w.running, timeout=300_000)
+    assert w.last_outcome.status == "ok", w.last_outcome.message
+    m = w.session.find_layer("map")
+    assert m is not None and tuple(m.scale) == (48.0, 48.0)
+    assert tuple(viewer.layers["slide"].scale) == (1.0, 1.0)
+    virt = w.session.find_layer("virtual").metadata["adata"]
+    assert not virt.obs["is_measured"].any()
+    assert np.isfinite(np.asarray(w.last_outcome.result.virtual.X)).all()
+
+
+def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
+    from napari_trihrge._qt import SampleWidget, TrainWidget
+    from napari_trihrge.io.model_folder import load_model_folder
+
+    add_sample(viewer)
+    sw, tw = SampleWidget(viewer), TrainWidget(viewer)
+    sw.device_combo.setCurrentText("cpu")
+    tw.extra_config = {k: v for k, v in TINY.items() if k != "n_top_genes"}
+    tw.genes_spin.setValue(TINY["n_top_genes"])
+    tw.set_task("recovery")
+    assert not tw.save_model_btn.isEnabled()
+    tw.start()
+    qtbot.waitUntil(lambda: not tw.running, timeout=300_000)
+    assert tw.last_outcome.status == "ok", tw.last_outcome.message
+    assert tw.save_model_btn.isEnabled()
+    out = tw.save_model(str(tmp_path / "saved"))
+    model = load_model_folder(out)
+    assert model.description["task"] == "recovery" and len(model.genes) == TINY["n_top_genes"]
