@@ -236,6 +236,16 @@ def _add_threads_arg(p) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("demo", "recovery", "enhance"):
+        # every stage of the run (not only training) with the pools sized to the free cores
+        from .threads import cpu_threads
+
+        with cpu_threads(args.threads):
+            return _run_command(args)
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from .progress import TqdmProgress
 
     progress = TqdmProgress(disable=getattr(args, "quiet", False))
