@@ -116,6 +116,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="do not use the image (neighbour-only ablation)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run the encoder and the network (default: GPU if present)")
+    _add_threads_arg(g)
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="folder for the feature cache (default: the user cache folder, "
                    "e.g. ~/.cache/napari-trihrge/features on Linux)")
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=_whole_number, default=3, metavar="N",
                    help="models in the ensemble (mean and spread maps; default 3)")
     p.add_argument("--seed", type=int, default=0)
+    _add_threads_arg(p)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("recovery", help="hide spots, predict them, score against the measurement",
@@ -200,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "encoders`)")
     p.add_argument("--genes", type=_whole_number, default=1000, metavar="N",
                    help="number of highly variable genes (default 1000)")
+    p.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
+                   help="CPU threads per worker for training and prediction (default: the "
+                   "usable cores shared among the LocalCluster's workers)")
 
     _add_inference_parsers(sub)
     sub.add_parser("encoders", help="list the image encoders that can be named with --encoder")
@@ -298,6 +303,7 @@ def _config(args):
                      ensemble=getattr(args, "ensemble", 1), seed=args.seed, device=args.device,
                      neighbour_input=not getattr(args, "no_neighbours", False),
                      image_input=not getattr(args, "no_image", False),
+                     threads=getattr(args, "threads", None),
                      cache_dir=str(args.cache_dir) if getattr(args, "cache_dir", None)
                      else str(default_cache_dir()), train=train)
 
@@ -377,20 +383,37 @@ def _print_inference_summary(summary: dict) -> None:
     print("Outputs: " + ", ".join(str(v) for v in summary.get("outputs", {}).values()))
 
 
-def _limit_cpu_threads() -> None:
-    """On small CPUs (<= 4 cores) run one OpenMP thread unless the user chose otherwise: the
-    BLAS and torch thread pools otherwise compete for the cores and training gets ~10x slower
-    (DLPFC full run: 904 s -> 81 s on 2 cores, docs/benchmarks.md). Must run before torch loads."""
-    import os
+def _threads_arg(value: str) -> int | None:
+    """``--threads``: a positive count, or 'auto' (choose from the cores free at the time)."""
+    from .errors import TrihrgeInputError
+    from .threads import parse_threads
 
-    if "torch" not in sys.modules and (os.cpu_count() or 1) <= 4:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        return parse_threads(value, "--threads")
+    except TrihrgeInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _add_threads_arg(p) -> None:
+    p.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
+                   help="CPU threads for training and prediction (default 'auto': the cores "
+                   "that other programs leave free, measured when training starts; also "
+                   "settable with the TRIHRGE_THREADS environment variable)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    _limit_cpu_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("demo", "recovery", "enhance"):
+        # every stage of the run (not only training) with the pools sized to the free cores
+        from .threads import cpu_threads
+
+        with cpu_threads(args.threads):
+            return _run_command(args)
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from .progress import TqdmProgress
 
     progress = TqdmProgress(disable=getattr(args, "quiet", False))
@@ -406,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             from .tasks import RunConfig
 
             cfg = RunConfig(encoder=args.encoder, device=args.device, ensemble=args.ensemble,
-                            seed=args.seed)
+                            seed=args.seed, threads=args.threads)
             summary = run_demo(args.out, seed=args.seed, config=cfg, progress=progress,
                                overwrite=args.overwrite)
             progress.close()
@@ -420,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                                 task_kwargs={"factor": args.factor, "stride_um": args.stride_um,
                                              "holdout_fraction": args.holdout,
                                              "trust": not args.no_trust},
-                                config_kwargs={"encoder": args.encoder, "n_top_genes": args.genes})
+                                config_kwargs={"encoder": args.encoder, "n_top_genes": args.genes,
+                                               "threads": args.threads})
             print(report.to_string(index=False))
             return 0 if (report["status"] != "failed").all() else 1
         if args.command in ("train", "predict"):

@@ -1,5 +1,7 @@
 """Many samples on dask.distributed: one sample per worker (and one GPU per worker where there are
-GPUs); failed samples are retried and reported, finished samples are not redone on rerun."""
+GPUs); failed samples are retried and reported, finished samples are not redone on rerun. The
+workers of a LocalCluster share the machine's cores (``RunConfig.threads`` per worker); workers of
+another scheduler choose from the cores free when they train."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pandas as pd
 from ._atomic import atomic_path
 from .errors import TrihrgeError, TrihrgeInputError
 from .outputs import COMPLETE_MARKER
+from .threads import usable_cores
 
 DONE_MARKER = COMPLETE_MARKER  # written last into a finished run folder
 TASKS = ("enhance", "recovery")
@@ -137,14 +140,20 @@ def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = 
             todo.append((str(path), name))
     own_client = client is None
     cluster = None
+    config_kwargs = dict(config_kwargs or {})
     if todo:
         if own_client:
             client, cluster = _client(scheduler, n_workers)
+        if cluster is not None and config_kwargs.get("threads") is None:
+            # the LocalCluster's workers share this machine: split its cores among them so
+            # their OpenMP teams never outnumber the cores (each worker would otherwise see
+            # free cores before its siblings start training)
+            config_kwargs["threads"] = max(1, usable_cores() // max(1, len(cluster.workers)))
         try:
             futures = {}
             for path, name in todo:
                 fut = client.submit(run_one_sample, path, str(out / name), task,
-                                    task_kwargs or {}, config_kwargs or {}, retries=retries,
+                                    task_kwargs or {}, config_kwargs, retries=retries,
                                     pure=False, key=f"trihrge-{name}-{time.time_ns()}")
                 futures[fut] = (path, name)
             for fut in as_completed(futures):

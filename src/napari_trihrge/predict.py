@@ -6,7 +6,8 @@
   memory (arrays, memmaps, dask arrays, or a ``features_fn(start, stop)`` that computes them).
 
 Prediction runs in float32 on the chosen device (``'auto'``: CUDA if available), in eval mode
-under ``torch.inference_mode``; the model's train/eval mode is restored afterwards.
+under ``torch.inference_mode``; the model's train/eval mode is restored afterwards. CPU thread
+pools are sized by :func:`napari_trihrge.threads.cpu_threads`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .device import resolve_device
 from .errors import TrihrgeInputError
 from .model import TriHRGENet
 from .progress import Progress, ensure_progress
+from .threads import cpu_threads
 
 FeaturesFn = Callable[[int, int], tuple[Any, Any]]
 
@@ -46,7 +48,7 @@ def _eval_on(models: list[TriHRGENet], device: torch.device) -> Iterator[None]:
         m.to(device)
         m.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_threads():
             yield
     finally:
         for m, mode in zip(models, modes, strict=True):

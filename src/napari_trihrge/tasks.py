@@ -22,6 +22,7 @@ from .metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
 from .neighbours import idw_interpolate
 from .preprocessing import prepare_expression
 from .progress import Progress, ensure_progress
+from .threads import cpu_threads, parse_threads
 
 #: k of the image-free inverse-distance kNN baselines scored next to every model; "the baseline"
 #: is the better of them on the fair score (:func:`napari_trihrge.metrics.spot_scores`)
@@ -62,9 +63,13 @@ class RunConfig:
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # CPU threads for training and prediction (None: the free cores)
     cache_dir: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.threads = parse_threads(self.threads, "threads")
 
     def public_dict(self) -> dict[str, Any]:
         """Parameters to record with outputs (the token is never included)."""
@@ -217,16 +222,18 @@ def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:
     model_kw = {"neighbour_skip": cfg.neighbour_skip and neighbour is not None,
                 **model_preset(cfg), **cfg.model}
     model_kw["neighbour_input"] = neighbour is not None
-    return fit_ensemble(features, targets, neighbour=neighbour, seeds=seeds,
-                        train_config=train_cfg, progress=progress, **sub, **model_kw)
+    with cpu_threads(cfg.threads):
+        return fit_ensemble(features, targets, neighbour=neighbour, seeds=seeds,
+                            train_config=train_cfg, progress=progress, **sub, **model_kw)
 
 
 def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress | None = None
              ) -> tuple[np.ndarray, np.ndarray | None]:
     from .predict import predict_ensemble
 
-    mean, std = predict_ensemble([f.model for f in fits], features, neighbour, device=cfg.device,
-                                 progress=progress)
+    with cpu_threads(cfg.threads):
+        mean, std = predict_ensemble([f.model for f in fits], features, neighbour,
+                                     device=cfg.device, progress=progress)
     return mean, (std if len(fits) > 1 else None)
 
 
@@ -894,8 +901,9 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
             if len(sel):
                 nb = (idw_interpolate(rc_um, y, pts[sel], cfg.n_neighbours)
                       if cfg.neighbour_input else None)
-                mean, sd = predict_ensemble([f.model for f in fits], feats[sel], nb,
-                                            device=cfg.device)
+                with cpu_threads(cfg.threads):
+                    mean, sd = predict_ensemble([f.model for f in fits], feats[sel], nb,
+                                                device=cfg.device)
                 band_vals[:, ii[sel] - r0, jj[sel]] = mean.T
                 if with_std:
                     band_std[:, ii[sel] - r0, jj[sel]] = sd.T

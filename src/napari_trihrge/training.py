@@ -40,6 +40,7 @@ from .device import resolve_device
 from .errors import TrihrgeInputError
 from .model import ModelConfig, TriHRGENet
 from .progress import Progress, ensure_progress
+from .threads import cpu_threads
 
 
 @dataclass
@@ -247,6 +248,14 @@ def _param_groups(model: TriHRGENet, tc: TrainConfig) -> list[dict[str, Any]]:
                                "weight_decay": 0.0}]
 
 
+def _adam(model: TriHRGENet, tc: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam with one fused kernel per parameter tensor on CPU and CUDA (no per-element Python
+    loop of small kernels; the same update up to float rounding)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(_param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay,
+                            fused=fused)
+
+
 def _batch_loss(model: TriHRGENet, data: _Data, idx: np.ndarray, device: torch.device,
                 agg_weight: float, autocast: bool) -> tuple[torch.Tensor, int]:
     """Loss of the spots ``idx`` (mean over elements); second value = number of spots."""
@@ -354,7 +363,8 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
     autocast = device.type == "cuda"
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=fork_devices), _deterministic(tc.deterministic):
+    with torch.random.fork_rng(devices=fork_devices), _deterministic(tc.deterministic), \
+            cpu_threads():
         torch.manual_seed(tc.seed)
         model = TriHRGENet(mc)
         model.check_inputs(x, nb)
@@ -366,7 +376,7 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
             x=torch.from_numpy(x).to(device) if x is not None else None,
             nb=torch.from_numpy(nb).to(device) if nb is not None else None,
             y=torch.from_numpy(y).to(device), sub_x=sx, sub_nb=snb, sub_mask=smask)
-        opt = torch.optim.Adam(_param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = _adam(model, tc, device)
         steps_per_epoch = len(_batches(train_idx, tc.batch_size))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, _lr_lambda(tc.warmup_epochs * steps_per_epoch, tc.max_epochs * steps_per_epoch,

@@ -4,7 +4,9 @@
 ``thread_worker`` generator: the call runs in a helper thread, the generator yields batches of
 progress events (delivered on the GUI thread through ``worker.yielded``) and finally *returns* an
 :class:`Outcome` - it never raises, so errors become notifications, never crashes. Cancel with
-``progress.cancel()``: the engine stops at its next ``advance`` (within one batch).
+``progress.cancel()``: the engine stops at its next ``advance`` (within one batch). The engine
+thread sizes its CPU thread pools to the free cores less one, which the event loop keeps
+(:func:`napari_trihrge.threads.cpu_threads`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from napari.qt.threading import thread_worker
 
 from ..errors import Cancelled, EncoderAccessError, TrihrgeInputError
 from ..progress import Progress
+from ..threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,9 @@ def engine_worker(fn: Callable[..., Any], *args: Any, progress: QueueProgress | 
 
         def target():
             try:
-                box["result"] = fn(*args, progress=progress, **kwargs)
+                # sized in the thread that computes; one core stays for the event loop
+                with cpu_threads(reserve_cores=1):
+                    box["result"] = fn(*args, progress=progress, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the GUI as an Outcome
                 box["error"] = exc
                 box["traceback"] = traceback.format_exc()
