@@ -137,13 +137,48 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
         peek.file.close()
         if task in ("enhance", "recovery"):
             return _tag_source(_result_h5ad_layers(ad.read_h5ad(p), task, source=p), p)
-    try:
-        adata = io.read(path, **read_kwargs)
-    except TrihrgeInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
-        raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
-    return L.sample_layers(adata, source=os.path.abspath(path))
+    with _ViewerProgress(f"Opening {p.name}", total=2) as bar:
+        bar.step("reading the spots, counts and H&E preview")
+        try:
+            adata = io.read(path, **read_kwargs)
+        except TrihrgeInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
+            raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
+        bar.step("building the H&E image pyramid")
+        return L.sample_layers(adata, source=os.path.abspath(path))
+
+
+class _ViewerProgress:
+    """A napari progress bar (activity panel) when the reader runs in the viewer's thread, as
+    napari calls readers for dropped files; nothing in a worker thread or without napari."""
+
+    def __init__(self, desc: str, total: int):
+        self.desc, self.total, self.bar, self.n = desc, total, None, 0
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            try:
+                from napari.utils import progress
+
+                self.bar = progress(total=self.total, desc=self.desc)
+            except Exception:  # noqa: BLE001 - no napari: no bar
+                self.bar = None
+        return self
+
+    def step(self, what: str) -> None:
+        if self.bar is not None:
+            if self.n:
+                self.bar.update(1)
+            self.n += 1
+            self.bar.set_description(f"{self.desc}: {what}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
 
 
 def _tag_source(layers: list, source) -> list:

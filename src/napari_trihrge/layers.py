@@ -264,9 +264,23 @@ def rgb_pyramid(arr, min_px: int = 1024, chunk_px: int = 2048) -> list:
             lvl = da.coarsen(np.mean, lvl[:h, :w], {0: 2, 1: 2}, trim_excess=True).astype(np.uint8)
             out.append(lvl)
         else:
-            lvl = lvl[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3)).astype(np.uint8)
+            lvl = _half_rgb(lvl)
             out.append(lvl)
     return out
+
+
+def _half_rgb(arr: np.ndarray) -> np.ndarray:
+    """2x2 block means of an RGB uint8 image in integer arithmetic (rounded): a few times faster
+    and 8x less memory than a float mean, which matters for a 10 000 px slide opened in the
+    viewer's thread."""
+    h, w = (arr.shape[0] // 2) * 2, (arr.shape[1] // 2) * 2
+    acc = arr[0:h:2, 0:w:2].astype(np.uint16)
+    acc += arr[1:h:2, 0:w:2]
+    acc += arr[0:h:2, 1:w:2]
+    acc += arr[1:h:2, 1:w:2]
+    acc += 2
+    acc //= 4
+    return acc.astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------
