@@ -17,6 +17,12 @@ from test_qt_support import (
 pytestmark = pytest.mark.gui
 
 
+def canvas_text_overlay(viewer):
+    from napari_trihrge._qt._display import canvas_text_overlay as overlay
+
+    return overlay(viewer)
+
+
 
 # ------------------------------------------------------------------------------------------
 # Sample widget
@@ -299,12 +305,12 @@ def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
     _, spots = add_sample(viewer)
     # on opening, the spots are coloured by a gene: the canvas and the explorer say which
     first = spots.metadata["trihrge"]["gene"]
-    assert viewer.text_overlay.visible and viewer.text_overlay.text.startswith(first)
+    assert canvas_text_overlay(viewer).visible and canvas_text_overlay(viewer).text.startswith(first)
     assert first in ge.current.text()
     assert first in GeneExplorer(viewer).current.text()  # a widget opened later says it too
     ge.session.enhance = fake_enhance()
     assert ge.show_gene("ERBB2")
-    text = viewer.text_overlay.text
+    text = canvas_text_overlay(viewer).text
     assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in text
     m = ge.session.find_layer("map")
     assert m.colorbar.visible and not spots.face_colorbar.visible  # exactly one colour bar
@@ -332,7 +338,7 @@ def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot)
     assert not m.visible and not spread.visible
     assert m.metadata["trihrge"]["gene"] is None and "STROMA_12" in m.name
     assert "Extra genes" in ge.missing_label.text() and ge.missing_label.isVisibleTo(ge)
-    assert "No enhanced map for STROMA_12" in viewer.text_overlay.text
+    assert "No enhanced map for STROMA_12" in canvas_text_overlay(viewer).text
     assert spots.face_colorbar.visible  # the colour bar follows the layer that shows the gene
     # back to a modelled gene: the map is shown again, the message goes
     assert ge.show_gene("ERBB2")
@@ -396,7 +402,7 @@ def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
     assert "not better" not in ge.best_list.item(0).text()
     assert ge.show_gene("STROMA_12")
     assert "NOT better than interpolation" in ge.trust_label.text()
-    assert "NOT better than interpolation" in viewer.text_overlay.text
+    assert "NOT better than interpolation" in canvas_text_overlay(viewer).text
     assert ge.session.find_layer("map").name.endswith("(not better than interpolation)")
     assert ge.show_gene("ERBB2")
     assert "beats interpolation" in ge.trust_label.text()
@@ -500,3 +506,13 @@ def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tm
     spots = [lay for lay in viewer.layers if lay.metadata.get("trihrge", {}).get("kind")
              == "spots"]
     assert len(spots) == 1
+
+
+def test_layers_opened_before_the_first_widget_are_named_too(viewer, qtbot):
+    from napari_trihrge._qt import GeneExplorer
+
+    _, spots = add_sample(viewer)  # File > Open Sample before any TriHRGE panel
+    ge = GeneExplorer(viewer)
+    gene = spots.metadata["trihrge"]["gene"]
+    assert ge.session.gene == gene and gene in ge.current.text()
+    assert canvas_text_overlay(viewer).text.startswith(gene)

@@ -112,6 +112,9 @@ def main(argv=None) -> None:
     # 3. enhance: denser spots and a dense map -----------------------------------------------
     tw.set_task("enhance")
     tw.stride_spin.setValue(args.stride_um)
+    # fewer genes than the sample has, so step 4b can show a gene without a map
+    tw.genes_spin.setValue(200)
+    tw.extra_genes_edit.setText("ERBB2")
     tw.start()
     wait_until(app, lambda: not tw.running, 3600, "the enhance run")
     assert tw.last_outcome.status == "ok", tw.last_outcome.message

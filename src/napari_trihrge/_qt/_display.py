@@ -112,9 +112,17 @@ def hide_values_outside_tissue(layer) -> None:
     layer._trihrge_hover_guard = True
 
 
+def canvas_text_overlay(viewer):
+    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    text = getattr(overlays, "text", None)
+    return text if text is not None else viewer.text_overlay
+
+
 def show_canvas_label(viewer, text: str, *, warn: bool = False) -> None:
     """The canvas's text overlay (top left): which gene is shown, its units and how sure."""
-    overlay = viewer.text_overlay
+    overlay = canvas_text_overlay(viewer)
     overlay.text = text
     overlay.visible = bool(text)
     overlay.font_size = 11

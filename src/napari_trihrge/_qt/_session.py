@@ -91,6 +91,16 @@ class Session(QObject):
         self.device: Callable[[], str] = lambda: "auto"
         self._sample_layers_seen: set[int] = set()
         viewer.layers.events.inserted.connect(self._on_inserted)
+        self._adopt_existing_layers(viewer)
+
+    def _adopt_existing_layers(self, viewer) -> None:
+        """Layers opened before the first TriHRGE widget (File > Open Sample, a script): guard
+        their hover values and name the gene the spots are coloured by."""
+        from types import SimpleNamespace
+
+        for layer in list(viewer.layers):
+            if layer_kind(layer) in ("map", "spread", "spots"):
+                self._on_inserted(SimpleNamespace(value=layer))
 
     @property
     def viewer(self):
@@ -202,16 +212,17 @@ class Session(QObject):
 
     # -- trust ---------------------------------------------------------------------------
     def trust(self, gene: str) -> dict | None:
-        """How far ``gene``'s prediction can be trusted (per-gene trust columns of the last
-        recovery, else of the enhanced or reopened outputs); None when it was not scored."""
+        """How far ``gene``'s prediction can be trusted: the per-gene trust columns of the
+        Enhance run behind the map, else of the last recovery, else of reopened outputs; None
+        when it was not scored."""
         tables = []
-        if self.recovery is not None:
-            tables += [getattr(self.recovery, "per_gene", None),
-                       getattr(getattr(self.recovery, "predictions", None), "var", None)]
-        if self.enhance is not None:
+        if self.enhance is not None:  # the model behind the map first
             for name in ("virtual", "spots"):
                 ad = getattr(self.enhance, name, None)
                 tables.append(getattr(ad, "var", None))
+        if self.recovery is not None:
+            tables += [getattr(self.recovery, "per_gene", None),
+                       getattr(getattr(self.recovery, "predictions", None), "var", None)]
         for kind in ("virtual", "recovered"):
             layer = self.find_layer(kind)
             if layer is not None and layer.metadata.get("adata") is not None:
