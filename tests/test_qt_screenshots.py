@@ -39,6 +39,21 @@ def _map_on_pixels(viewer, shape, maps, gene):
     return out
 
 
+def _central_blank_columns(img, reach_px: int = 150) -> int:
+    """Width (px) of the run of plain dark columns around the middle of a screenshot (its
+    middle three fifths, clear of the labels)."""
+    h, w = img.shape[:2]
+    rgb = img[h // 5: -h // 5, :, :3].astype(float)  # below the labels, above the gene label
+    blank = (rgb.std(axis=0).max(-1) < 3) & (rgb.mean(axis=(0, 2)) < 60)
+    mid = w // 2
+    lo = hi = mid
+    while lo - 1 >= max(0, mid - reach_px) and blank[lo - 1]:
+        lo -= 1
+    while hi < min(w, mid + reach_px) and blank[hi]:
+        hi += 1
+    return hi - lo
+
+
 def _brightness(img):
     return img[..., :3].astype(float).mean(axis=-1)
 
@@ -126,9 +141,17 @@ def test_side_by_side_screenshot_has_two_panels(make_napari_viewer, tmp_path):
     # both panels show the tissue (not the black background) and they differ
     assert (_brightness(left) > 100).mean() > 0.2 and (_brightness(right) > 100).mean() > 0.2
     assert np.abs(left[..., :3].astype(float) - right[..., :3].astype(float)).mean() > 10
-    # a visible gap: a band of plain background between the two panels
-    band = img[:, w // 2 - 5: w // 2 + 5, :3].astype(float)
-    assert band.std(axis=(0, 1)).max() < 8 and _brightness(band).mean() < 60
+    # a visible gap: the band of plain background between the two panels is wider than with
+    # no spacing (by about the gap's width)
+    from napari_trihrge._qt._gene_explorer import PANEL_GAP_PX, _grid
+
+    grid = _grid(viewer)
+    assert grid.spacing == PANEL_GAP_PX
+    with_gap = _central_blank_columns(img)
+    grid.spacing = 0
+    no_gap = _central_blank_columns(canvas_png(viewer))
+    grid.spacing = PANEL_GAP_PX
+    assert with_gap >= no_gap + 0.5 * PANEL_GAP_PX * w / viewer.canvas.size[1], (with_gap, no_gap)
     # each panel carries its label (measured spots / enhanced map + gene) at its top left
     spots, enhanced = viewer.layers[1], viewer.layers[3]
     assert spots.name == "measured spots: ERBB2" and enhanced.name == "enhanced map: ERBB2"

@@ -434,6 +434,7 @@ def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtb
     left, right = viewer.layers[1], viewer.layers[3]
     assert left.name == "measured spots: ERBB2" and left.name_overlay.visible
     assert right.name == "enhanced map: ERBB2" and right.name_overlay.visible
+    assert canvas_text_overlay(viewer).position == "bottom_left"  # clear of the panel labels
     ge.show_gene("STROMA_12")  # the labels follow the gene
     assert left.name == "measured spots: STROMA_12"
     assert right.name == "enhanced map: STROMA_12"
@@ -443,6 +444,7 @@ def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtb
     assert after == [n.replace("ERBB2", "STROMA_12") for n in before]
     assert [lay.visible for lay in viewer.layers] == visible
     assert not any(lay.name_overlay.visible for lay in viewer.layers)
+    assert canvas_text_overlay(viewer).position == "top_left"
     assert viewer.camera.zoom == pytest.approx(3.0)
     assert tuple(viewer.camera.center[-2:]) == pytest.approx((500.0, 700.0))
 

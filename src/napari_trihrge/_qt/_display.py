@@ -120,14 +120,15 @@ def canvas_text_overlay(viewer):
     return text if text is not None else viewer.text_overlay
 
 
-def show_canvas_label(viewer, text: str, *, warn: bool = False) -> None:
+def show_canvas_label(viewer, text: str, *, warn: bool = False,
+                      position: str = "top_left") -> None:
     """The canvas's text overlay (top left): which gene is shown, its units and how sure."""
     overlay = canvas_text_overlay(viewer)
     overlay.text = text
     overlay.visible = bool(text)
     overlay.font_size = 11
     overlay.box = True
-    overlay.position = "top_left"
+    overlay.position = position
     overlay.color = "#ffb74d" if warn else "white"
 
 

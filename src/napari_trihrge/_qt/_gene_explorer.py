@@ -265,6 +265,9 @@ class GeneExplorer(QWidget):
             lay.visible = False
         self._panels = (left, right)
         self._label_panels()
+        # the panels carry their labels at the top left: the gene label moves out of their way
+        s.canvas_label_position = "bottom_left"
+        _text_overlay(v).position = "bottom_left"
         grid.stride = len(order) // 2
         grid.shape = (1, 2)
         if hasattr(grid, "spacing"):
@@ -300,6 +303,8 @@ class GeneExplorer(QWidget):
                 v.layers.remove(lay)
         grid.enabled = False
         saved, self._saved_view = self._saved_view, None
+        self.session.canvas_label_position = "top_left"
+        _text_overlay(v).position = "top_left"
         self._panels = (None, None)
         if saved is not None:
             enabled, stride, shape, spacing = saved["grid"]
@@ -343,6 +348,12 @@ class GeneExplorer(QWidget):
         """The current canvas (what you see) as a PNG."""
         self.viewer.screenshot(path, canvas_only=True)
         show_info(f"Saved {path}")
+
+
+def _text_overlay(viewer):
+    from ._display import canvas_text_overlay
+
+    return canvas_text_overlay(viewer)
 
 
 def _grid(viewer):

@@ -81,6 +81,8 @@ class Session(QObject):
         self.recovery = None
         self.enhance = None
         self.gene: str | None = None
+        #: where the gene label sits (bottom left while side-by-side panels carry their labels)
+        self.canvas_label_position = "top_left"
         #: what the last show_gene updated (for the widgets' messages)
         self.last_shown: dict[str, Any] = {}
         self.contrast_limits: tuple[float, float] | None = None
@@ -314,7 +316,8 @@ class Session(QObject):
         if done.get("map_missing"):
             lines.append(done["map_missing"])
             warn = True
-        show_canvas_label(viewer, "\n".join(lines), warn=warn)
+        show_canvas_label(viewer, "\n".join(lines), warn=warn,
+                          position=self.canvas_label_position)
         keep = None
         for kind in ("map", "virtual", "recovered", "spots"):
             lay = self.find_layer(kind)
