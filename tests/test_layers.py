@@ -227,6 +227,50 @@ def test_region_table_on_known_layout():
     np.testing.assert_allclose(r1.iloc[0]["measured_outside"], expr[~inside].mean(), rtol=1e-5)
 
 
+def test_region_statistics_test_fdr_and_spot_counts():
+    from scipy.stats import false_discovery_control, mannwhitneyu
+
+    a = small_sample()
+    measured = R.adata_expression_set(a)
+    left = np.array([[0, 0], [0, 640], [1400, 640], [1400, 0]], float)
+    stats = R.region_statistics([left], measured, top_n=len(measured.genes))
+    t = stats.table.set_index("gene")
+    # key columns first, so the widget's table shows them without scrolling
+    assert list(stats.table.columns[:len(R.KEY_COLUMNS)]) == list(R.KEY_COLUMNS)
+    inside = R.points_in_regions([left], measured.points_rc_um)[0]
+    x = measured.values.toarray() if hasattr(measured.values, "toarray") else measured.values
+    g = measured.genes.index("LEFT")
+    x = np.asarray(x, dtype=np.float64)
+    direct = mannwhitneyu(x[inside, g], x[~inside, g], method="asymptotic").pvalue
+    np.testing.assert_allclose(t.loc["LEFT", "p_value"], direct, rtol=1e-6)
+    # FDR: Benjamini-Hochberg over the region's tested genes
+    tested = t["p_value"].dropna()
+    np.testing.assert_allclose(t.loc[tested.index, "fdr"],
+                               false_discovery_control(tested.to_numpy(), method="bh"))
+    assert t.loc["LEFT", "fdr"] < 0.01 and t.loc["LEFT", "log2_fold_change"] > 1
+    assert t.loc["LEFT", "n_spots_inside"] == inside.sum()
+    assert t.loc["LEFT", "n_spots_outside"] == (~inside).sum()
+    # log2 fold change on the normalised-count scale (as scanpy computes it)
+    m_in, m_out = t.loc["LEFT", "measured_inside"], t.loc["LEFT", "measured_outside"]
+    np.testing.assert_allclose(t.loc["LEFT", "log2_fold_change"],
+                               np.log2((np.expm1(m_in) + 1e-9) / (np.expm1(m_out) + 1e-9)))
+
+
+def test_region_with_too_few_spots_says_so():
+    a = small_sample()
+    measured = R.adata_expression_set(a)
+    rc = measured.points_rc_um
+    # a small box around two spot centres
+    lo, hi = rc[:2].min(axis=0) - 1, rc[:2].max(axis=0) + 1
+    inside = R.points_in_regions([np.array([lo, [lo[0], hi[1]], hi, [hi[0], lo[1]]])], rc)[0]
+    assert 0 < inside.sum() < R.MIN_SPOTS_FOR_TEST
+    box = np.array([lo, [lo[0], hi[1]], hi, [hi[0], lo[1]]])
+    stats = R.region_statistics([box], measured)
+    assert any("too few measured spots inside" in m for m in stats.messages)
+    assert not stats.summary.loc[0, "tested"]
+    assert stats.table["fdr"].isna().all() and len(stats.table) > 0  # means, no test
+
+
 def test_region_with_enhanced_maps_and_ellipse():
     maps = col_maps()
     enhanced = R.maps_expression_set(maps)

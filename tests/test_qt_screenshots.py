@@ -10,6 +10,12 @@ from test_qt_support import add_sample, canvas_png, fake_enhance
 pytestmark = pytest.mark.gui
 
 
+def canvas_text_overlay(viewer):
+    from napari_trihrge._qt._display import canvas_text_overlay as overlay
+
+    return overlay(viewer)
+
+
 def _world_of_pixels(viewer, shape):
     """Row/col world coordinates (um) of every screenshot pixel centre."""
     h, w = shape[:2]
@@ -31,6 +37,21 @@ def _map_on_pixels(viewer, shape, maps, gene):
     okc = (jj >= 0) & (jj < vals.shape[1])
     out[np.ix_(okr, okc)] = vals[np.ix_(ii[okr], jj[okc])]
     return out
+
+
+def _central_blank_columns(img, reach_px: int = 150) -> int:
+    """Width (px) of the run of plain dark columns around the middle of a screenshot (its
+    middle three fifths, clear of the labels)."""
+    h, w = img.shape[:2]
+    rgb = img[h // 5: -h // 5, :, :3].astype(float)  # below the labels, above the gene label
+    blank = (rgb.std(axis=0).max(-1) < 3) & (rgb.mean(axis=(0, 2)) < 60)
+    mid = w // 2
+    lo = hi = mid
+    while lo - 1 >= max(0, mid - reach_px) and blank[lo - 1]:
+        lo -= 1
+    while hi < min(w, mid + reach_px) and blank[hi]:
+        hi += 1
+    return hi - lo
 
 
 def _brightness(img):
@@ -115,7 +136,81 @@ def test_side_by_side_screenshot_has_two_panels(make_napari_viewer, tmp_path):
     assert ge.set_side_by_side(True)
     img = canvas_png(viewer, tmp_path / "side_by_side.png")
     h, w = img.shape[:2]
-    left, right = img[:, : w // 2], img[:, w // 2:]
+    half = w // 2
+    left, right = img[:, :half], img[:, w - half:]
     # both panels show the tissue (not the black background) and they differ
     assert (_brightness(left) > 100).mean() > 0.2 and (_brightness(right) > 100).mean() > 0.2
     assert np.abs(left[..., :3].astype(float) - right[..., :3].astype(float)).mean() > 10
+    # a visible gap: the band of plain background between the two panels is wider than with
+    # no spacing (by about the gap's width)
+    from napari_trihrge._qt._gene_explorer import PANEL_GAP_PX, _grid
+
+    grid = _grid(viewer)
+    assert grid.spacing == PANEL_GAP_PX
+    with_gap = _central_blank_columns(img)
+    grid.spacing = 0
+    no_gap = _central_blank_columns(canvas_png(viewer))
+    grid.spacing = PANEL_GAP_PX
+    assert with_gap >= no_gap + 0.5 * PANEL_GAP_PX * w / viewer.canvas.size[1], (with_gap, no_gap)
+    # each panel carries its label (measured spots / enhanced map + gene) at its top left
+    spots, enhanced = viewer.layers[1], viewer.layers[3]
+    assert spots.name == "measured spots: ERBB2" and enhanced.name == "enhanced map: ERBB2"
+    for lay in (spots, enhanced):
+        lay.name_overlay.visible = False
+    bare = canvas_png(viewer)
+    for lay in (spots, enhanced):
+        lay.name_overlay.visible = True
+    labelled = canvas_png(viewer, tmp_path / "side_by_side_labelled.png")
+    changed = np.abs(labelled[..., :3].astype(float) - bare[..., :3].astype(float)).mean(-1) > 30
+    top = changed[: h // 4]
+    assert top[:, : w // 2].sum() > 200 and top[:, w // 2:].sum() > 200  # a label per panel
+    assert changed[h // 2:].sum() < 0.01 * changed.size  # nothing else changed
+
+
+def test_gene_name_is_drawn_on_the_canvas(make_napari_viewer, tmp_path):
+    from napari_trihrge._qt import GeneExplorer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1000, 800)
+    ge = GeneExplorer(viewer)
+    add_sample(viewer)
+    ge.session.enhance = fake_enhance()
+    ge.show_gene("ERBB2")
+    assert canvas_text_overlay(viewer).text.startswith("ERBB2")
+    labelled = canvas_png(viewer, tmp_path / "gene_label.png")
+    canvas_text_overlay(viewer).visible = False
+    bare = canvas_png(viewer)
+    h, w = labelled.shape[:2]
+    changed = np.abs(labelled[..., :3].astype(float) - bare[..., :3].astype(float)).mean(-1) > 30
+    # the label sits at the top left: text pixels there, nothing changed elsewhere
+    assert changed[: h // 5, : w // 2].sum() > 300
+    assert changed[h // 2:].sum() == 0
+    # and the colour bar of the map is drawn at the bottom right
+    m = ge.session.find_layer("map")
+    assert m.colorbar.visible
+    m.colorbar.visible = False
+    no_bar = canvas_png(viewer)
+    bar = np.abs(bare[..., :3].astype(float) - no_bar[..., :3].astype(float)).mean(-1) > 30
+    assert bar[h // 2:, w // 2:].sum() > 300 and bar[: h // 2].sum() == 0
+
+
+def test_region_numbers_are_drawn(make_napari_viewer, tmp_path):
+    from napari_trihrge._qt import RegionExplorer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1000, 800)
+    add_sample(viewer)
+    rx = RegionExplorer(viewer)
+    layer = rx.regions_layer(create=True)
+    layer.face_color = "transparent"
+    layer.add_rectangles([np.array([[300, 300], [300, 900], [900, 900], [900, 300]])])
+    viewer.reset_view()
+    numbered = canvas_png(viewer, tmp_path / "region_number.png")
+    layer.text.visible = False
+    layer.refresh()
+    bare = canvas_png(viewer)
+    changed = np.abs(numbered[..., :3].astype(float) - bare[..., :3].astype(float)).mean(-1) > 30
+    rows, cols = _world_of_pixels(viewer, numbered.shape)
+    near = (np.abs(rows - 600)[:, None] < 150) & (np.abs(cols - 600)[None, :] < 150)
+    assert changed[near].sum() > 20  # the "1" at the region's centre
+    assert changed[~near].sum() == 0

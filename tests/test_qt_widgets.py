@@ -17,6 +17,12 @@ from test_qt_support import (
 pytestmark = pytest.mark.gui
 
 
+def canvas_text_overlay(viewer):
+    from napari_trihrge._qt._display import canvas_text_overlay as overlay
+
+    return overlay(viewer)
+
+
 
 # ------------------------------------------------------------------------------------------
 # Sample widget
@@ -212,7 +218,7 @@ def test_best_genes_list_from_recovery(viewer, qtbot):
 # ------------------------------------------------------------------------------------------
 # Region explorer
 # ------------------------------------------------------------------------------------------
-def _tumour_box(adata):
+def _tumour_box(adata, half_um: float = 160.0):
     """A rectangle around the spots with the highest ERBB2 (a tumour region)."""
     from napari_trihrge import layers as L
 
@@ -220,7 +226,8 @@ def _tumour_box(adata):
     e = L.gene_expression(adata, ["ERBB2"])["ERBB2"].to_numpy()
     top = rc[e >= np.quantile(e, 0.9)]
     c = np.median(top, axis=0)
-    return np.array([c - 160, [c[0] - 160, c[1] + 160], c + 160, [c[0] + 160, c[1] - 160]])
+    h = half_um
+    return np.array([c - h, [c[0] - h, c[1] + h], c + h, [c[0] + h, c[1] - h]])
 
 
 def test_region_table_known_layout_and_csv(viewer, qtbot, tmp_path):
@@ -302,3 +309,238 @@ def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
     assert ge.show_gene("STROMA_12")
     assert spread_layers() == [layer] and layer.name == "ensemble spread STROMA_12"
     assert not np.allclose(np.asarray(layer.data), first)
+
+
+# ------------------------------------------------------------------------------------------
+# What the canvas says: gene, units, trust; genes without a map; hover outside the tissue
+# ------------------------------------------------------------------------------------------
+def _maps_without(maps, drop):
+    from napari_trihrge.tasks import DenseMaps
+
+    keep = [i for i, g in enumerate(maps.gene_names) if g not in drop]
+    return DenseMaps(values=np.asarray(maps.values)[keep], stride_um=maps.stride_um,
+                     origin_rc_um=maps.origin_rc_um,
+                     gene_names=[maps.gene_names[i] for i in keep], mask=maps.mask)
+
+
+def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
+    from napari_trihrge import layers as L
+    from napari_trihrge._qt import GeneExplorer
+
+    ge = GeneExplorer(viewer)
+    _, spots = add_sample(viewer)
+    # on opening, the spots are coloured by a gene: the canvas and the explorer say which
+    first = spots.metadata["trihrge"]["gene"]
+    assert canvas_text_overlay(viewer).visible and canvas_text_overlay(viewer).text.startswith(first)
+    assert first in ge.current.text()
+    assert first in GeneExplorer(viewer).current.text()  # a widget opened later says it too
+    ge.session.enhance = fake_enhance()
+    assert ge.show_gene("ERBB2")
+    text = canvas_text_overlay(viewer).text
+    assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in text
+    m = ge.session.find_layer("map")
+    assert m.colorbar.visible and not spots.face_colorbar.visible  # exactly one colour bar
+    assert "log-normalised" in ge.scale_label.text()
+
+
+def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot):
+    from napari_trihrge._qt import GeneExplorer
+
+    _, spots = add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    enh = fake_enhance()
+    enh.maps = _maps_without(enh.maps, {"STROMA_12"})
+    enh.maps.std = np.abs(np.asarray(enh.maps.values)) * 0.1
+    ge.session.enhance = enh
+    assert ge.show_gene("ERBB2")
+    m = ge.session.find_layer("map")
+    spread = ge.session.find_layer("spread")
+    spread.visible = True
+    assert m.visible and m.metadata["trihrge"]["gene"] == "ERBB2"
+    # a gene of the sample that was not modelled: the spots change, the map must not stay on
+    # ERBB2 pretending to be STROMA_12
+    assert ge.show_gene("STROMA_12")
+    assert spots.metadata["trihrge"]["gene"] == "STROMA_12"
+    assert not m.visible and not spread.visible
+    assert m.metadata["trihrge"]["gene"] is None and "STROMA_12" in m.name
+    assert "Extra genes" in ge.missing_label.text() and ge.missing_label.isVisibleTo(ge)
+    assert "No enhanced map for STROMA_12" in canvas_text_overlay(viewer).text
+    assert spots.face_colorbar.visible  # the colour bar follows the layer that shows the gene
+    # back to a modelled gene: the map is shown again, the message goes
+    assert ge.show_gene("ERBB2")
+    assert m.visible and m.metadata["trihrge"]["gene"] == "ERBB2"
+    assert not ge.missing_label.isVisibleTo(ge)
+
+
+def test_predictions_of_other_genes_are_hidden_not_left_on_the_old_gene(viewer, qtbot):
+    from napari_trihrge import layers as L
+    from napari_trihrge._qt import GeneExplorer
+
+    add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    rec = fake_recovery()
+    data, kw, _ = L.spots_layer(rec.predictions, ["ERBB2"], kind="recovered")
+    layer = viewer.add_points(data, **kw)
+    ge.session.recovery = rec
+    assert ge.show_gene("ERBB2") and layer.visible
+    assert ge.show_gene("COL1A1" if "COL1A1" in ge.session.adata.var_names else
+                        [g for g in ge.session.adata.var_names if g not in
+                         rec.predictions.var_names][0])
+    assert not layer.visible
+
+
+def test_hover_outside_the_tissue_shows_no_value(viewer, qtbot):
+    from napari_trihrge._qt import GeneExplorer
+
+    add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    ge.session.enhance = fake_enhance()
+    ge.show_gene("ERBB2")
+    m = ge.session.find_layer("map")
+    maps = ge.session.enhance.maps
+    ii, jj = np.nonzero(~np.asarray(maps.mask))
+    out_world = maps.origin_rc_um + np.array([ii[0], jj[0]]) * maps.stride_um
+    ii, jj = np.nonzero(np.asarray(maps.mask))
+    in_world = maps.origin_rc_um + np.array([ii[len(ii) // 2], jj[len(jj) // 2]]) * maps.stride_um
+    kw = {"world": True, "view_direction": None, "dims_displayed": [0, 1]}
+    assert m.get_value(tuple(out_world), **kw) is None
+    inside = m.get_value(tuple(in_world), **kw)
+    assert inside is not None and np.isfinite(float(inside))
+    assert float(inside) == pytest.approx(float(maps.gene("ERBB2")[ii[len(ii) // 2],
+                                                                  jj[len(jj) // 2]]), abs=0.05)
+    status = m.get_status(tuple(out_world), **kw)
+    assert "-" not in str(status.get("coordinates", status)).split(":")[-1]
+
+
+def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
+    from napari_trihrge._qt import GeneExplorer
+
+    add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    rec = fake_recovery()
+    ge.session.recovery = rec
+    ge.session.recovery_changed.emit(rec)
+    ge.session.enhance = fake_enhance()
+    # STROMA_12: PCC 0.1 vs kNN 0.2 -> does not beat interpolation, marked everywhere
+    item = ge.best_list.item(2)
+    assert item.text().startswith("STROMA_12") and "not better than interpolation" in \
+        item.text()
+    assert "not better" not in ge.best_list.item(0).text()
+    assert ge.show_gene("STROMA_12")
+    assert "NOT better than interpolation" in ge.trust_label.text()
+    assert "NOT better than interpolation" in canvas_text_overlay(viewer).text
+    assert ge.session.find_layer("map").name.endswith("(not better than interpolation)")
+    assert ge.show_gene("ERBB2")
+    assert "beats interpolation" in ge.trust_label.text()
+    assert ge.session.find_layer("map").name == "enhanced ERBB2"
+    # the contract's columns win over the older pcc_baseline
+    rec.per_gene["pcc_baseline_knn"] = [0.95, 0.4, 0.05]
+    rec.per_gene["pcc_gain"] = rec.per_gene["pcc"] - rec.per_gene["pcc_baseline_knn"]
+    rec.per_gene["beats_interpolation"] = rec.per_gene["pcc_gain"] > 0
+    t = ge.session.trust("ERBB2")
+    assert t["beats_interpolation"] is False and t["pcc_baseline_knn"] == pytest.approx(0.95)
+
+
+def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtbot):
+    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge._qt._gene_explorer import PANEL_GAP_PX, _grid
+
+    add_sample(viewer)
+    ge = GeneExplorer(viewer)
+    ge.session.enhance = fake_enhance()
+    ge.show_gene("ERBB2")
+    # a user order: the map above the spots would be wrong after leaving; keep theirs
+    viewer.camera.zoom = 3.0
+    viewer.camera.center = (0, 500.0, 700.0)
+    before = [lay.name for lay in viewer.layers]
+    visible = [lay.visible for lay in viewer.layers]
+    assert ge.set_side_by_side(True)
+    grid = _grid(viewer)
+    assert grid.spacing == PANEL_GAP_PX
+    left, right = viewer.layers[1], viewer.layers[3]
+    assert left.name == "measured spots: ERBB2" and left.name_overlay.visible
+    assert right.name == "enhanced map: ERBB2" and right.name_overlay.visible
+    assert canvas_text_overlay(viewer).position == "bottom_left"  # clear of the panel labels
+    ge.show_gene("STROMA_12")  # the labels follow the gene
+    assert left.name == "measured spots: STROMA_12"
+    assert right.name == "enhanced map: STROMA_12"
+    ge.side_check.setChecked(False)
+    assert not grid.enabled
+    after = [lay.name for lay in viewer.layers]
+    assert after == [n.replace("ERBB2", "STROMA_12") for n in before]
+    assert [lay.visible for lay in viewer.layers] == visible
+    assert not any(lay.name_overlay.visible for lay in viewer.layers)
+    assert canvas_text_overlay(viewer).position == "top_left"
+    assert viewer.camera.zoom == pytest.approx(3.0)
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx((500.0, 700.0))
+
+
+def test_region_numbers_are_drawn_and_table_has_statistics(viewer, qtbot):
+    from napari_trihrge import regions as R
+    from napari_trihrge._qt import RegionExplorer
+
+    add_sample(viewer)
+    rx = RegionExplorer(viewer)
+    layer = rx.regions_layer(create=True)
+    layer.add_rectangles([_tumour_box(sample_adata(), half_um=300.0)])  # about 46 spots
+    layer.add_rectangles([np.array([[0, 0], [0, 60], [60, 60], [60, 0]])])
+    assert list(layer.features["region"]) == [1, 2]
+    assert layer.text.visible and list(layer.text.values) == ["1", "2"]
+    stats = rx.compute()
+    headers = [rx.table.horizontalHeaderItem(i).text() for i in range(rx.table.columnCount())]
+    assert headers[:4] == ["Region", "Gene", "log2 FC", "FDR"]
+    assert all(rx.table.horizontalHeaderItem(i).toolTip() for i in range(len(headers)))
+    t = stats.table[stats.table.region == "region 1"]
+    assert (t["fdr"] < 0.05).any() and (t["n_spots_inside"] >= R.MIN_SPOTS_FOR_TEST).all()
+    assert "region 2 contains no spots" in rx.message.text()
+
+
+def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot):
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox
+
+    from napari_trihrge._qt import TrainWidget
+
+    add_sample(viewer)
+    tw = TrainWidget(viewer)
+    inputs = [w for w in tw.findChildren((QComboBox, QAbstractSpinBox, QLineEdit,
+                                          QAbstractButton))
+              if not isinstance(w.parent(), QComboBox | QAbstractSpinBox)]
+    missing = [type(w).__name__ for w in inputs if not w.toolTip()]
+    assert not missing, missing
+    rec = fake_recovery()
+    rec.metrics.update({"baseline_knn_k": 12, "pcc_top100": 0.5, "baseline_knn_pcc_top100": 0.3,
+                        "n_genes_constant_prediction": 1,
+                        "fraction_genes_better_than_baseline": 0.66})
+    tw._show_recovery(rec, tw.session.adata)
+    text = tw.scores.text()
+    for label in ("Mean PCC", "k = 12", "100 most expressed", "Genes better than kNN",
+                  "predicted as a constant"):
+        assert label in text, label
+    assert "kNN baseline" in tw.scores.toolTip() and "constant" in tw.scores.toolTip()
+    tw._mark_scores_previous()  # what start() does: the old scores stay, marked
+    assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
+
+
+def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    path = tmp_path / "sample.h5ad"
+    a = sample_adata().copy()
+    a.uns.pop("truth", None)
+    a.write_h5ad(path)
+    viewer.open(str(path), plugin="napari-trihrge")
+    assert len(viewer.layers) == 2
+    viewer.open(str(path), plugin="napari-trihrge")
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=5000)
+    spots = [lay for lay in viewer.layers if lay.metadata.get("trihrge", {}).get("kind")
+             == "spots"]
+    assert len(spots) == 1
+
+
+def test_layers_opened_before_the_first_widget_are_named_too(viewer, qtbot):
+    from napari_trihrge._qt import GeneExplorer
+
+    _, spots = add_sample(viewer)  # File > Open Sample before any TriHRGE panel
+    ge = GeneExplorer(viewer)
+    gene = spots.metadata["trihrge"]["gene"]
+    assert ge.session.gene == gene and gene in ge.current.text()
+    assert canvas_text_overlay(viewer).text.startswith(gene)

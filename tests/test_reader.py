@@ -207,3 +207,28 @@ def test_viewer_open_and_sample_through_npe2(make_napari_viewer, tmp_path):
     viewer.open(str(path), plugin="napari-trihrge")
     assert len(viewer.layers) == 4
     assert viewer.layers[-1].metadata["trihrge"]["kind"] == "spots"
+
+
+@pytest.mark.gui
+def test_spaceranger_outs_folder_opens_with_no_reader_chooser(make_napari_viewer, dlpfc_dir,
+                                                              tmp_path):
+    """napari's builtins also claim every folder; the plugin records itself as the reader of
+    Space Ranger 'outs' folders (unless the user chose otherwise), so no chooser appears."""
+    import shutil
+
+    from napari.plugins import _npe2
+    from napari.settings import get_settings
+
+    from napari_trihrge._qt._session import get_session
+
+    viewer = make_napari_viewer()
+    outs = tmp_path / "outs"
+    shutil.copytree(dlpfc_dir, outs)
+    assert len(_npe2.get_readers(str(outs))) > 1  # without a preference napari would ask
+    get_session(viewer)  # any TriHRGE widget or reader call does this
+    assert get_settings().plugins.extension2reader["*/outs/"] == "napari-trihrge"
+    # plugin=None is what a drop or File > Open does (raises MultipleReaderError without a
+    # preference; the GUI then shows the chooser)
+    viewer.open(str(outs), plugin=None)
+    kinds = [lay.metadata.get("trihrge", {}).get("kind") for lay in viewer.layers]
+    assert kinds == ["image", "spots"]

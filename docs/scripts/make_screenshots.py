@@ -1,7 +1,8 @@
 """Drive napari through the user guide and save its screenshots to docs/screenshots/.
 
 Steps (docs/user-guide.md): open the synthetic sample, run a recovery (scores, best genes), run
-Enhance (dense map), pick a gene, compare side by side, draw a region and read its table.
+Enhance (dense map), pick a gene, pick a gene that has no map, compare side by side, draw two
+regions and read their statistics.
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python docs/scripts/make_screenshots.py
 
@@ -111,6 +112,9 @@ def main(argv=None) -> None:
     # 3. enhance: denser spots and a dense map -----------------------------------------------
     tw.set_task("enhance")
     tw.stride_spin.setValue(args.stride_um)
+    # fewer genes than the sample has, so step 4b can show a gene without a map
+    tw.genes_spin.setValue(200)
+    tw.extra_genes_edit.setText("ERBB2")
     tw.start()
     wait_until(app, lambda: not tw.running, 3600, "the enhance run")
     assert tw.last_outcome.status == "ok", tw.last_outcome.message
@@ -122,6 +126,15 @@ def main(argv=None) -> None:
     ge._on_enter()
     shot("05_gene_explorer.png", "Gene explorer")
     shot("05_gene_erbb2_canvas.png", canvas_only=True)
+
+    # 4b. a gene of the sample that was not modelled: the map is hidden, the canvas says why --
+    modelled = set(ge.session.maps().gene_names)
+    unmodelled = next(g for g in map(str, ge.session.adata.var_names) if g not in modelled)
+    ge.search.setText(unmodelled)
+    ge._on_enter()
+    shot("05b_gene_without_map.png", "Gene explorer")
+    ge.search.setText("ERBB2")
+    ge._on_enter()
 
     # 5. compare side by side ----------------------------------------------------------------
     ge.side_check.setChecked(True)
@@ -142,6 +155,9 @@ def main(argv=None) -> None:
     rx.start_drawing()
     layer = rx.regions_layer()
     layer.add_polygons([np.array([lo, [lo[0], hi[1]], hi, [hi[0], lo[1]]])])
+    # a second, small region: too few spots for a test, and the table says so
+    c = rc[np.argmin(e)]
+    layer.add_polygons([np.array([c - 60, [c[0] - 60, c[1] + 60], c + 60, [c[0] + 60, c[1] - 60]])])
     layer.mode = "pan_zoom"
     rx.compute()
     shot("07_region_table.png", "Region explorer")

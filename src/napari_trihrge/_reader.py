@@ -78,6 +78,28 @@ def _is_sample_folder(p: Path) -> bool:
 
 def get_reader(path: str | list[str]):
     """napari reader hook: a reader function for paths we understand, else ``None``."""
+    reader = _get_reader(path)
+    if reader is not None:
+        _attach_session()
+    return reader
+
+
+def _attach_session() -> None:
+    """Make sure the viewer that opens our layers has a TriHRGE session: it names the shown
+    gene on the canvas and replaces a sample opened a second time instead of duplicating it."""
+    try:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+        if viewer is not None:
+            from ._qt._session import get_session
+
+            get_session(viewer)
+    except Exception:  # noqa: BLE001 - no Qt or no viewer: plain layers still open
+        pass
+
+
+def _get_reader(path: str | list[str]):
     if isinstance(path, list | tuple):
         if len(path) != 1:
             return None
@@ -118,14 +140,57 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
         task = (peek.uns.get("trihrge", {}) or {}).get("task")
         peek.file.close()
         if task in ("enhance", "recovery"):
-            return _result_h5ad_layers(ad.read_h5ad(p), task, source=p)
-    try:
-        adata = io.read(path, **read_kwargs)
-    except TrihrgeInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
-        raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
-    return L.sample_layers(adata)
+            return _tag_source(_result_h5ad_layers(ad.read_h5ad(p), task, source=p), p)
+    with _ViewerProgress(f"Opening {p.name}", total=2) as bar:
+        bar.step("reading the spots, counts and H&E preview")
+        try:
+            adata = io.read(path, **read_kwargs)
+        except TrihrgeInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
+            raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
+        bar.step("building the H&E image pyramid")
+        return L.sample_layers(adata, source=os.path.abspath(path))
+
+
+class _ViewerProgress:
+    """A napari progress bar (activity panel) when the reader runs in the viewer's thread, as
+    napari calls readers for dropped files; nothing in a worker thread or without napari."""
+
+    def __init__(self, desc: str, total: int):
+        self.desc, self.total, self.bar, self.n = desc, total, None, 0
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            try:
+                from napari.utils import progress
+
+                self.bar = progress(total=self.total, desc=self.desc)
+            except Exception:  # noqa: BLE001 - no napari: no bar
+                self.bar = None
+        return self
+
+    def step(self, what: str) -> None:
+        if self.bar is not None:
+            if self.n:
+                self.bar.update(1)
+            self.n += 1
+            self.bar.set_description(f"{self.desc}: {what}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+def _tag_source(layers: list, source) -> list:
+    """Record where the layers came from: opening the same path again replaces them."""
+    for _, kwargs, _ in layers:
+        kwargs.setdefault("metadata", {}).setdefault("trihrge", {})["source"] = \
+            os.path.abspath(str(source))
+    return layers
 
 
 def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
@@ -153,7 +218,7 @@ def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
 def read_map_layers(path) -> list:
     """One enhanced-map layer (the first gene) of an OME-Zarr / OME-TIFF map."""
     maps = read_maps(_one(path))
-    return L.map_layers(maps)
+    return _tag_source(L.map_layers(maps), _one(path))
 
 
 def read_run_layers(path) -> list:
@@ -190,4 +255,4 @@ def read_run_layers(path) -> list:
     if not out:
         raise TrihrgeInputError(f"{p} holds no enhanced.h5ad, recovery.h5ad or maps",
                                 "open the folder given to --out of a finished trihrge run")
-    return out
+    return _tag_source(out, p)

@@ -1,9 +1,11 @@
-"""Region statistics: mean expression inside vs outside drawn regions (no Qt).
+"""Region statistics: what differs in a drawn region against the rest of the tissue (no Qt).
 
 Regions are polygons in row/col micrometres (napari world coordinates). Expression comes as
 :class:`ExpressionSet` s - points with values: the measured spots, and the enhanced expression
 (virtual spots, or a sub-sampled grid of the dense maps). For every region and gene the table
-holds the means inside and outside and their difference; the genes that differ most come first.
+holds the means inside and outside, the log2 fold change, a Wilcoxon rank-sum test on the
+measured spots with Benjamini-Hochberg FDR and the spot counts behind it; the genes that differ
+most come first.
 """
 
 from __future__ import annotations
@@ -40,11 +42,23 @@ class ExpressionSet:
                 "pass one row per point and one column per gene")
 
 
+#: fewest measured spots on each side (inside and outside a region) for a rank-sum test
+MIN_SPOTS_FOR_TEST = 5
+#: pseudo-count (in normalised counts per 10 000) of the log2 fold change
+FOLD_CHANGE_PSEUDOCOUNT = 1e-9
+
+#: the columns a reader needs first (the rest follows in the table and the CSV)
+KEY_COLUMNS = ("region", "gene", "log2_fold_change", "fdr", "measured_inside",
+               "measured_outside", "n_spots_inside", "n_spots_outside")
+
+
 @dataclass
 class RegionStats:
-    """``table``: one row per (region, gene) - the ``top_n`` genes per region, most different
-    first; ``summary``: one row per region (counts of points inside); ``messages``: plain-language
-    notes (for example a region containing no spots)."""
+    """``table``: one row per (region, gene) - the ``top_n`` genes per region, the most
+    different first (largest rank-sum z-score on the measured spots, else largest difference of
+    means); key columns first (:data:`KEY_COLUMNS`). ``summary``: one row per region (spots
+    inside, whether it could be tested); ``messages``: plain-language notes (for example a
+    region with too few spots for a test)."""
 
     table: pd.DataFrame
     summary: pd.DataFrame
@@ -99,12 +113,64 @@ def _region_means(inside: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
     return mean_in, mean_out
 
 
+def log2_fold_change(mean_in_log: np.ndarray, mean_out_log: np.ndarray) -> np.ndarray:
+    """log2 fold change of two means of log-normalised (``log1p``) expression, back on the
+    normalised-count scale as scanpy's ``rank_genes_groups`` computes it."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return np.log2((np.expm1(mean_in_log) + FOLD_CHANGE_PSEUDOCOUNT)
+                       / (np.expm1(mean_out_log) + FOLD_CHANGE_PSEUDOCOUNT))
+
+
+def rank_sum_test(values, inside: np.ndarray, *, chunk_genes: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided Wilcoxon rank-sum (Mann-Whitney U, normal approximation with tie correction)
+    of every gene (column of ``values``) between the points ``inside`` and the others.
+    Returns ``(z, p)``; a gene that is constant over all points gets z = 0, p = 1."""
+    from scipy.stats import mannwhitneyu, norm
+
+    inside = np.asarray(inside, dtype=bool)
+    n_genes = values.shape[1]
+    z = np.zeros(n_genes)
+    p = np.ones(n_genes)
+    n1, n2 = int(inside.sum()), int((~inside).sum())
+    for a in range(0, n_genes, chunk_genes):
+        block = values[:, a:a + chunk_genes]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = block.astype(np.float64)
+        varies = np.ptp(block, axis=0) > 0
+        if not varies.any():
+            continue
+        res = mannwhitneyu(block[inside][:, varies], block[~inside][:, varies], axis=0,
+                           alternative="two-sided", method="asymptotic")
+        pv = np.nan_to_num(np.asarray(res.pvalue, float), nan=1.0)
+        sign = np.sign(np.asarray(res.statistic, float) - n1 * n2 / 2.0)
+        idx = np.arange(a, a + block.shape[1])[varies]
+        p[idx] = pv
+        z[idx] = sign * norm.isf(np.clip(pv, 1e-300, 1.0) / 2.0)
+    return z, p
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (FDR) of the finite entries; NaN stays NaN."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = false_discovery_control(p[ok], method="bh")
+    return out
+
+
 def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | None = None,
                       enhanced: ExpressionSet | None = None, *, top_n: int = 20,
-                      region_names: Sequence[str] | None = None) -> RegionStats:
-    """Mean expression inside vs outside each region, for the measured spots and the enhanced
-    expression; genes ranked by the absolute difference of means (enhanced when available,
-    else measured). A region without spots yields a message instead of numbers."""
+                      region_names: Sequence[str] | None = None,
+                      min_spots: int = MIN_SPOTS_FOR_TEST) -> RegionStats:
+    """Each region against the rest of the tissue, per gene: mean measured and enhanced
+    expression inside and outside, the log2 fold change, and a two-sided Wilcoxon rank-sum test
+    on the measured spots with Benjamini-Hochberg FDR over the genes of the region, with the
+    number of spots behind each test. A region with fewer than ``min_spots`` measured spots
+    inside (or outside) gets means but no test, and a message saying so."""
     if measured is None and enhanced is None:
         raise TrihrgeInputError("no expression to summarise",
                                 "open a sample (and run Enhance for enhanced expression)")
@@ -119,14 +185,17 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
         genes_m = [g for g in genes if g in common]
     else:
         genes_m = genes if measured is not None else []
+    pos_m = pd.Index(genes).get_indexer(genes_m)
 
     n_reg = len(polygons)
     res: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
+    inside_sets: dict[str, np.ndarray] = {}
     for key, es in (("enhanced", enhanced), ("measured", measured)):
         if es is None:
             continue
         inside = points_in_regions(polygons, es.points_rc_um)
+        inside_sets[key] = inside
         counts[key] = inside.sum(axis=1)
         use = genes if key == "enhanced" else genes_m
         cols = pd.Index(es.genes).get_indexer(use)
@@ -140,40 +209,82 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
 
     primary = "enhanced" if enhanced is not None else "measured"
     diff = res[f"{primary}_inside"] - res[f"{primary}_outside"]
+    n_points = len(measured.points_rc_um) if measured is not None else 0
+    measured_vals = None
+    if measured is not None:
+        measured_vals = measured.values[:, pd.Index(measured.genes).get_indexer(genes_m)]
     messages: list[str] = []
     rows = []
     summary = []
     for r in range(n_reg):
         n_meas = int(counts["measured"][r]) if "measured" in counts else None
         n_enh = int(counts["enhanced"][r]) if "enhanced" in counts else None
+        n_out = n_points - n_meas if n_meas is not None else None
         note = ""
         if (n_meas in (None, 0)) and (n_enh in (None, 0)):
             note = (f"{names[r]} contains no spots: draw it over the tissue, around at least "
                     "one spot")
         elif n_meas == 0:
             note = (f"{names[r]} contains no measured spot centre: only enhanced expression is "
-                    "compared (draw a larger region to compare with measured spots)")
+                    "compared, without a test (draw a larger region to test measured spots)")
+        elif n_meas is not None and (n_meas < min_spots or n_out < min_spots):
+            side = "inside" if n_meas < min_spots else "outside"
+            k = n_meas if side == "inside" else n_out
+            note = (f"{names[r]} has too few measured spots {side} for a test ({k}; at least "
+                    f"{min_spots} needed): means only, draw a larger region")
         if note:
             messages.append(note)
+        tested = (n_meas is not None and n_meas >= min_spots and n_out >= min_spots
+                  and len(genes_m) > 0)
+        z = np.full(len(genes), np.nan)
+        pval = np.full(len(genes), np.nan)
+        if tested:
+            zm, pm = rank_sum_test(measured_vals, inside_sets["measured"][r])
+            z[pos_m], pval[pos_m] = zm, pm
+        fdr = benjamini_hochberg(pval)
         summary.append({"region": names[r], "measured_spots_inside": n_meas,
-                        "enhanced_points_inside": n_enh, "note": note})
+                        "measured_spots_outside": n_out, "enhanced_points_inside": n_enh,
+                        "tested": bool(tested), "note": note})
         d = diff[r]
         if not np.isfinite(d).any():
             continue
-        order = np.argsort(-np.nan_to_num(np.abs(d), nan=-1.0), kind="stable")[:top_n]
+        lfc_m = (log2_fold_change(res["measured_inside"][r], res["measured_outside"][r])
+                 if "measured_inside" in res else None)
+        lfc_e = (log2_fold_change(res["enhanced_inside"][r], res["enhanced_outside"][r])
+                 if "enhanced_inside" in res else None)
+        # most different first: |z| of the test, then the absolute difference of means
+        abs_z = np.nan_to_num(np.abs(z), nan=-1.0, posinf=1e300)
+        abs_d = np.nan_to_num(np.abs(d), nan=-1.0)
+        order = np.lexsort((-abs_d, -abs_z))
+        order = [g for g in order if np.isfinite(d[g])][:top_n]
         for g in order:
-            if not np.isfinite(d[g]):
-                continue
-            row = {"region": names[r], "gene": genes[g]}
-            for key in ("enhanced_inside", "enhanced_outside", "measured_inside",
-                        "measured_outside"):
+            lfc = lfc_m if lfc_m is not None and np.isfinite(lfc_m[g]) else lfc_e
+            row = {"region": names[r], "gene": genes[g],
+                   "log2_fold_change": float(lfc[g]) if lfc is not None else np.nan,
+                   "fdr": float(fdr[g]),
+                   "measured_inside": float(res["measured_inside"][r, g])
+                   if "measured_inside" in res else np.nan,
+                   "measured_outside": float(res["measured_outside"][r, g])
+                   if "measured_outside" in res else np.nan,
+                   "n_spots_inside": n_meas if n_meas is not None else 0,
+                   "n_spots_outside": n_out if n_out is not None else 0,
+                   "p_value": float(pval[g]), "z_score": float(z[g])}
+            for key in ("enhanced_inside", "enhanced_outside"):
                 if key in res:
                     row[key] = float(res[key][r, g])
+            if lfc_e is not None:
+                row["log2_fold_change_enhanced"] = float(lfc_e[g])
             row["difference"] = float(d[g])
             rows.append(row)
-    cols = ["region", "gene"] + [k for k in ("enhanced_inside", "enhanced_outside",
-                                             "measured_inside", "measured_outside") if k in res]
-    table = pd.DataFrame(rows, columns=cols + ["difference"])
+    cols = list(KEY_COLUMNS) + ["p_value", "z_score"]
+    if measured is None:
+        cols = [c for c in cols if c not in ("measured_inside", "measured_outside")]
+    cols += [k for k in ("enhanced_inside", "enhanced_outside") if k in res]
+    if enhanced is not None:
+        cols.append("log2_fold_change_enhanced")
+    cols.append("difference")
+    table = pd.DataFrame(rows)
+    table = table.reindex(columns=cols)
     return RegionStats(table=table, summary=pd.DataFrame(summary), messages=messages)
 
 

@@ -61,7 +61,9 @@ def set_map_gene(layer, maps, gene: str, values: np.ndarray,
     layer.data = data
     layer.contrast_limits_range = (min(rng[0], lo), max(rng[1], hi))
     layer.contrast_limits = (lo, hi)
-    layer.metadata.setdefault("trihrge", {})["gene"] = gene
+    meta = layer.metadata.setdefault("trihrge", {})
+    meta["gene"] = gene
+    meta["display_limits"] = (lo, hi)
     layer.name = f"enhanced {gene}"
 
 
@@ -83,3 +85,61 @@ def show_spread(viewer, maps, gene: str) -> bool:
             return True
     viewer.add_image(data, **kwargs)
     return True
+
+
+def hide_values_outside_tissue(layer) -> None:
+    """Hovering a map or spread layer outside the tissue shows no value: the display data hold
+    a below-the-scale marker there (drawn transparent), which is not an expression value."""
+    if getattr(layer, "_trihrge_hover_guard", False):
+        return
+    original = layer.get_value
+
+    def get_value(*args, **kwargs):
+        value = original(*args, **kwargs)
+        limits = (layer.metadata or {}).get("trihrge", {}).get("display_limits")
+        if limits is None or value is None:
+            return value
+        scalar = value[1] if isinstance(value, tuple) and len(value) == 2 else value
+        try:
+            outside = L.is_outside_tissue(float(scalar), limits)
+        except (TypeError, ValueError):
+            return value
+        if outside:
+            return (value[0], None) if isinstance(value, tuple) and len(value) == 2 else None
+        return value
+
+    layer.get_value = get_value
+    layer._trihrge_hover_guard = True
+
+
+def canvas_text_overlay(viewer):
+    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    text = getattr(overlays, "text", None)
+    return text if text is not None else viewer.text_overlay
+
+
+def show_canvas_label(viewer, text: str, *, warn: bool = False,
+                      position: str = "top_left") -> None:
+    """The canvas's text overlay (top left): which gene is shown, its units and how sure."""
+    overlay = canvas_text_overlay(viewer)
+    overlay.text = text
+    overlay.visible = bool(text)
+    overlay.font_size = 11
+    overlay.box = True
+    overlay.position = position
+    overlay.color = "#ffb74d" if warn else "white"
+
+
+def show_colorbar(layers, keep) -> None:
+    """Show the colour bar of ``keep`` (an Image's ``colorbar`` or a Points layer's
+    ``face_colorbar``) and hide the others', so the canvas carries exactly one."""
+    for layer in layers:
+        bar = getattr(layer, "colorbar", None) or getattr(layer, "face_colorbar", None)
+        if bar is None:
+            continue
+        on = layer is keep
+        if on:
+            bar.position = "bottom_right"
+        bar.visible = on

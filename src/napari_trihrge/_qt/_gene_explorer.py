@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QStringListModel, Qt
-from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -27,6 +27,26 @@ from ._common import heading, hline, note, notify_error
 from ._session import get_session, layer_kind, unwrap_viewer
 
 TWIN_NAME = "H&E (side by side)"
+#: gap between the two side-by-side panels (canvas pixels)
+PANEL_GAP_PX = 24
+
+TOOLTIPS = {
+    "search": "Type a gene symbol (case does not matter) and press Enter: the measured spots, "
+              "the predicted spots and the enhanced map are all recoloured by it, on one "
+              "shared colour scale.",
+    "colorbar": "Colour scale shared by the measured spots, the predicted spots and the map: "
+                "dark = low, bright = high log-normalised expression.",
+    "scale": "The numbers at both ends of the colour bar: the 1st and 99.5th percentile of the "
+             "shown gene over spots and map together. Values are ln(1 + counts per 10 000).",
+    "side": "Show the measured spots (left) and the enhanced map (right) next to each other, "
+            "with one shared camera. Untick to go back to the single view as it was.",
+    "best": "Genes ordered by how well the model predicted the hidden spots of the last "
+            "recovery (PCC: Pearson correlation between predicted and measured expression, 1 is "
+            "perfect, 0 is no relation). 'kNN' is the same score for plain interpolation from "
+            "the neighbouring spots; a gene marked 'not better than interpolation' gains nothing "
+            "from the image. Click a gene to show it.",
+    "png": "Save exactly what the canvas shows as a PNG image.",
+}
 
 
 def _colorbar_pixmap(name: str, width: int = 220, height: int = 12) -> QPixmap:
@@ -66,6 +86,21 @@ class GeneExplorer(QWidget):
         self.best_list.setMinimumHeight(120)
         self.best_note = note("Run a recovery to list the genes predicted best.")
         self.png_btn = QPushButton("Save view as PNG…")
+        self.trust_label = note("")
+        self.missing_label = note("")
+        self.missing_label.setStyleSheet("color: #ffb74d")
+        self.search.setToolTip(TOOLTIPS["search"])
+        self.show_btn.setToolTip(TOOLTIPS["search"])
+        self.colorbar.setToolTip(TOOLTIPS["colorbar"])
+        self.scale_label.setToolTip(TOOLTIPS["scale"])
+        self.side_check.setToolTip(TOOLTIPS["side"])
+        self.best_list.setToolTip(TOOLTIPS["best"])
+        self.best_note.setToolTip(TOOLTIPS["best"])
+        self.png_btn.setToolTip(TOOLTIPS["png"])
+        self.trust_label.setToolTip(
+            "Does the prediction of this gene beat plain interpolation? Held-out PCC of the "
+            "model vs the better kNN interpolation (k = 6 or 12) on the same hidden spots.")
+        self._saved_view: dict | None = None
 
         row = QHBoxLayout()
         row.addWidget(self.search, 1)
@@ -74,6 +109,8 @@ class GeneExplorer(QWidget):
         lay.addWidget(heading("Gene explorer"))
         lay.addLayout(row)
         lay.addWidget(self.current)
+        lay.addWidget(self.missing_label)
+        lay.addWidget(self.trust_label)
         lay.addWidget(self.colorbar)
         lay.addWidget(self.scale_label)
         lay.addWidget(self.side_check)
@@ -97,6 +134,8 @@ class GeneExplorer(QWidget):
         self.refresh_genes()
         if self.session.recovery is not None:
             self._on_recovery(self.session.recovery)
+        if self.session.gene:
+            self._on_gene_changed(self.session.gene)
 
     # -- genes ----------------------------------------------------------------------------
     def refresh_genes(self, *_):
@@ -131,8 +170,18 @@ class GeneExplorer(QWidget):
         shown = [lay.name for lay in self.viewer.layers
                  if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene]
         self.current.setText(f"<b>{gene}</b> on: {', '.join(shown) or 'no layer'}")
-        self.scale_label.setText(f"{lo:.2f} … {hi:.2f}  log-normalised expression, one scale "
-                                 "for spots and map (robust 1-99.5 % range)")
+        self.scale_label.setText(f"{lo:.2f} … {hi:.2f}  {L.EXPRESSION_UNITS}; one scale for "
+                                 "spots and map (robust 1-99.5 % range)")
+        done = self.session.last_shown or {}
+        self.missing_label.setText(done.get("map_missing", ""))
+        self.missing_label.setVisible(bool(done.get("map_missing")))
+        trust = self.session.trust(gene)
+        self.trust_label.setText(f"Prediction of {gene}: {L.trust_text(trust)}")
+        self.trust_label.setStyleSheet(
+            "color: #ffb74d" if trust is not None and trust["beats_interpolation"] is False
+            else "")
+        if self._saved_view is not None:
+            self._label_panels()
 
     # -- recovery ranking -----------------------------------------------------------------
     def _on_recovery(self, result):
@@ -142,49 +191,61 @@ class GeneExplorer(QWidget):
             return
         table = result.per_gene.sort_values("pcc", ascending=False)
         table = table[np.isfinite(table["pcc"].to_numpy())]
-        base_col = "pcc_baseline" if "pcc_baseline" in table else None
-        for gene, row in table.head(50).iterrows():
-            text = f"{gene}   PCC {row['pcc']:.2f}"
-            if base_col:
-                text += f"  (kNN {row[base_col]:.2f})"
+        n_worse = 0
+        for gene in table.index[:50]:
+            trust = L.gene_trust(table, gene)
+            text = f"{gene}   PCC {trust['pcc']:.2f}"
+            if np.isfinite(trust["pcc_baseline_knn"]):
+                text += f"  kNN {trust['pcc_baseline_knn']:.2f}  ({trust['pcc_gain']:+.2f})"
             item = QListWidgetItem(text)
             item.setData(Qt.UserRole, str(gene))
+            if trust["beats_interpolation"] is False:
+                n_worse += 1
+                item.setText(text + "  not better than interpolation")
+                item.setForeground(QColor("#ffb74d"))
+            item.setToolTip(f"{gene}: {L.trust_text(trust)}")
             self.best_list.addItem(item)
-        self.best_note.setText("Pearson correlation of predicted vs measured expression on the "
-                               "hidden spots; click a gene to show it.")
+        m = getattr(result, "metrics", {}) or {}
+        k = m.get("baseline_knn_k")
+        self.best_note.setText(
+            "Held-out PCC of each gene (predicted vs measured on the hidden spots), next to "
+            f"kNN interpolation{f' (k = {k})' if k else ''} and the gain; click a gene to show "
+            f"it. {n_worse} of the {min(50, len(table))} listed do not beat interpolation.")
 
     def _on_best(self, item):
         self.show_gene(item.data(Qt.UserRole))
 
     # -- side by side ---------------------------------------------------------------------
     def set_side_by_side(self, on: bool) -> bool:
-        """Grid mode, two panels with one shared camera: H&E + measured spots on the left,
-        H&E + the enhanced map (or the predicted spots) on the right."""
+        """Grid mode, two labelled panels with one shared camera and a gap between them:
+        H&E + measured spots on the left, H&E + the enhanced map (or the predicted spots) on
+        the right. Leaving restores the layer order, names, visibility and camera."""
         v = self.viewer
         s = self.session
         grid = _grid(v)
         if not on:
-            for lay in list(v.layers):
-                if layer_kind(lay) == "image-twin":
-                    v.layers.remove(lay)
-            grid.enabled = False
-            grid.stride = 1
-            grid.shape = (-1, -1)
-            if self.side_check.isChecked():
-                self.side_check.blockSignals(True)
-                self.side_check.setChecked(False)
-                self.side_check.blockSignals(False)
+            self._leave_side_by_side(grid)
             return True
         left = s.find_layer("spots")
-        right = s.find_layer("map") or s.find_layer("recovered") or s.find_layer("virtual")
+        right = s.find_layer("map") if (s.find_layer("map") is not None and
+                                        s.find_layer("map").visible) else None
+        right = right or s.find_layer("recovered") or s.find_layer("virtual")
         img = s.find_layer("image")
         if left is None or right is None:
             show_info("Side by side needs the measured spots and a result: run Enhance (or "
                       "Recovery) first")
-            self.side_check.blockSignals(True)
-            self.side_check.setChecked(False)
-            self.side_check.blockSignals(False)
+            self._set_check(False)
             return False
+        if self._saved_view is None:
+            layers = list(v.layers)
+            self._saved_view = {
+                "order": layers,
+                "visible": {id(lay): lay.visible for lay in layers},
+                "names": {id(lay): lay.name for lay in layers},
+                "center": tuple(v.camera.center), "zoom": float(v.camera.zoom),
+                "grid": (bool(grid.enabled), grid.stride, tuple(grid.shape),
+                         float(getattr(grid, "spacing", 0.0))),
+            }
         right.visible = True
         left.visible = True
         order = [left, right]
@@ -202,16 +263,80 @@ class GeneExplorer(QWidget):
         # everything else would add panels: hide it while comparing
         for lay in list(v.layers)[len(order):]:
             lay.visible = False
+        self._panels = (left, right)
+        self._label_panels()
+        # the panels carry their labels at the top left: the gene label moves out of their way
+        s.canvas_label_position = "bottom_left"
+        _text_overlay(v).position = "bottom_left"
         grid.stride = len(order) // 2
         grid.shape = (1, 2)
+        if hasattr(grid, "spacing"):
+            grid.spacing = PANEL_GAP_PX
         grid.enabled = True
         QApplication.processEvents()  # let the canvas build its grid views, then fit them
         v.reset_view()
-        if not self.side_check.isChecked():
-            self.side_check.blockSignals(True)
-            self.side_check.setChecked(True)
-            self.side_check.blockSignals(False)
+        self._set_check(True)
         return True
+
+    def _label_panels(self) -> None:
+        """Name both panels on the canvas: what they show and which gene."""
+        left, right = getattr(self, "_panels", (None, None))
+        if left is None:
+            return
+        gene = self.session.gene or "no gene"
+        kind = layer_kind(right)
+        what = {"map": "enhanced map", "recovered": "predicted spots",
+                "virtual": "enhanced spots"}.get(kind, "enhanced")
+        if kind == "map" and right.name.endswith("(not better than interpolation)"):
+            what += " (not better than interpolation)"
+        left.name = f"measured spots: {gene}"
+        right.name = f"{what}: {gene}"
+        for lay in (left, right):
+            lay.name_overlay.visible = True
+            lay.name_overlay.box = True
+            lay.name_overlay.font_size = 12
+
+    def _leave_side_by_side(self, grid) -> None:
+        v = self.viewer
+        for lay in list(v.layers):
+            if layer_kind(lay) == "image-twin":
+                v.layers.remove(lay)
+        grid.enabled = False
+        saved, self._saved_view = self._saved_view, None
+        self.session.canvas_label_position = "top_left"
+        _text_overlay(v).position = "top_left"
+        self._panels = (None, None)
+        if saved is not None:
+            enabled, stride, shape, spacing = saved["grid"]
+            grid.stride, grid.shape = stride, shape
+            if hasattr(grid, "spacing"):
+                grid.spacing = spacing
+            kept = [lay for lay in saved["order"] if lay in v.layers]
+            for i, lay in enumerate(kept):  # layers added meanwhile stay on top
+                v.layers.move(v.layers.index(lay), i)
+            for lay in kept:
+                lay.name_overlay.visible = False
+                lay.visible = saved["visible"][id(lay)]
+                name = saved["names"][id(lay)]
+                if lay.name.startswith(("measured spots: ", "enhanced map", "predicted spots: ",
+                                        "enhanced spots: ")) and layer_kind(lay) != "map":
+                    lay.name = name
+            if self.session.gene and self.session.find_layer("map") is not None and \
+                    self.session.find_layer("map").metadata["trihrge"].get("gene"):
+                self.session.describe_on_canvas(self.session.gene, self.session.last_shown)
+            v.camera.center = saved["center"]
+            v.camera.zoom = saved["zoom"]
+            grid.enabled = enabled
+        else:
+            grid.stride = 1
+            grid.shape = (-1, -1)
+        self._set_check(False)
+
+    def _set_check(self, on: bool) -> None:
+        if self.side_check.isChecked() != on:
+            self.side_check.blockSignals(True)
+            self.side_check.setChecked(on)
+            self.side_check.blockSignals(False)
 
     # -- export ---------------------------------------------------------------------------
     def _save_png(self):
@@ -223,6 +348,12 @@ class GeneExplorer(QWidget):
         """The current canvas (what you see) as a PNG."""
         self.viewer.screenshot(path, canvas_only=True)
         show_info(f"Saved {path}")
+
+
+def _text_overlay(viewer):
+    from ._display import canvas_text_overlay
+
+    return canvas_text_overlay(viewer)
 
 
 def _grid(viewer):

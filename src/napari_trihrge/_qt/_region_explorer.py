@@ -25,9 +25,32 @@ from ._session import get_session, layer_kind, unwrap_viewer
 
 REGIONS_NAME = "regions"
 COLUMN_TITLES = {
-    "region": "Region", "gene": "Gene", "enhanced_inside": "Enhanced in",
-    "enhanced_outside": "Enhanced out", "measured_inside": "Measured in",
-    "measured_outside": "Measured out", "difference": "In − out",
+    "region": "Region", "gene": "Gene", "log2_fold_change": "log2 FC", "fdr": "FDR",
+    "measured_inside": "Meas. in", "measured_outside": "Meas. out",
+    "n_spots_inside": "Spots in", "n_spots_outside": "Spots out", "p_value": "p",
+    "z_score": "z", "enhanced_inside": "Enh. in", "enhanced_outside": "Enh. out",
+    "log2_fold_change_enhanced": "log2 FC enh.", "difference": "In − out",
+}
+#: what each column means, in plain words (the header tooltips)
+COLUMN_HELP = {
+    "region": "The region's number, as drawn on the canvas.",
+    "gene": "Gene symbol; double-click a row to show the gene on the canvas.",
+    "log2_fold_change": "log2 of (mean expression inside / mean outside) on the normalised "
+                        "count scale, measured spots: +1 = twice as high inside, -1 = half.",
+    "fdr": "False discovery rate (Benjamini-Hochberg) of the rank-sum test: below 0.05, the "
+           "difference is unlikely to be chance, counting all genes tested in this region.",
+    "measured_inside": "Mean measured log-normalised expression of the spots inside.",
+    "measured_outside": "Mean measured log-normalised expression of the spots outside.",
+    "n_spots_inside": "Measured spots inside the region (behind the test).",
+    "n_spots_outside": "Measured spots in the rest of the tissue (behind the test).",
+    "p_value": "Two-sided Wilcoxon rank-sum test, measured spots inside vs outside, before "
+               "the correction for testing many genes.",
+    "z_score": "Rank-sum z score: positive = higher inside; the table is sorted by its size.",
+    "enhanced_inside": "Mean enhanced (predicted) expression inside the region.",
+    "enhanced_outside": "Mean enhanced (predicted) expression outside the region.",
+    "log2_fold_change_enhanced": "log2 fold change of the enhanced expression.",
+    "difference": "Mean inside minus mean outside (enhanced when available, else measured), "
+                  "log-normalised expression.",
 }
 
 
@@ -60,6 +83,15 @@ class RegionExplorer(QWidget):
         self.table.setMinimumHeight(200)
         self.export_btn = QPushButton("Export CSV…")
         self.export_btn.setEnabled(False)
+        self.draw_btn.setToolTip("Draw a polygon on the canvas (click the corners, double-click "
+                                 "to close). Each region is numbered on the canvas.")
+        self.compute_btn.setToolTip("Compare every region against the rest of the tissue: "
+                                    "means, log2 fold change and a rank-sum test per gene.")
+        self.auto_check.setToolTip("Recompute the table whenever a region is drawn, moved or "
+                                   "deleted.")
+        self.top_spin.setToolTip("How many genes to list per region, the most different "
+                                 "first (the CSV export has the same rows, all columns).")
+        self.export_btn.setToolTip("Save the table with all its columns as a CSV file.")
 
         row = QHBoxLayout()
         row.addWidget(self.draw_btn)
@@ -96,6 +128,7 @@ class RegionExplorer(QWidget):
             layer = shapes[-1]
             layer.metadata.setdefault("trihrge", {})["kind"] = "regions"
             layer.events.data.connect(self._on_regions_changed)
+            number_regions(layer)
             return layer
         if not create:
             return None
@@ -105,6 +138,7 @@ class RegionExplorer(QWidget):
             units=spots.units if spots is not None else None,
             metadata={"trihrge": {"kind": "regions"}})
         layer.events.data.connect(self._on_regions_changed)
+        number_regions(layer)
         return layer
 
     def start_drawing(self):
@@ -115,6 +149,9 @@ class RegionExplorer(QWidget):
                              "layer controls for rectangles or ellipses.")
 
     def _on_regions_changed(self, event=None):
+        layer = self.regions_layer()
+        if layer is not None:
+            number_regions(layer)
         if self.auto_check.isChecked():
             self._timer.start()
 
@@ -208,11 +245,23 @@ class RegionExplorer(QWidget):
         self.table.setRowCount(len(table))
         self.table.setColumnCount(len(table.columns))
         self.table.setHorizontalHeaderLabels([COLUMN_TITLES.get(c, c) for c in table.columns])
+        for c, col in enumerate(table.columns):
+            self.table.horizontalHeaderItem(c).setToolTip(COLUMN_HELP.get(col, col))
         for r, row in enumerate(table.itertuples(index=False)):
             for c, val in enumerate(row):
-                if isinstance(val, float):
+                col = table.columns[c]
+                if isinstance(val, float | int | np.integer | np.floating) and \
+                        not isinstance(val, bool):
                     item = QTableWidgetItem()
-                    item.setData(0, round(val, 3))  # DisplayRole: sorts numerically
+                    val = float(val)
+                    if not np.isfinite(val):
+                        item.setData(0, "–")
+                    elif col in ("fdr", "p_value"):
+                        item.setData(0, float(f"{val:.2g}"))  # DisplayRole: sorts numerically
+                    elif col.startswith("n_spots"):
+                        item.setData(0, int(val))
+                    else:
+                        item.setData(0, round(val, 3))
                 else:
                     item = QTableWidgetItem(str(val))
                 self.table.setItem(r, c, item)
@@ -220,6 +269,7 @@ class RegionExplorer(QWidget):
         self.table.setSortingEnabled(True)
 
     def _on_cell(self, row: int, col: int):
+        """Double-click: show the row's gene."""
         cols = [self.table.horizontalHeaderItem(i).text() for i in range(self.table.columnCount())]
         if "Gene" in cols:
             item = self.table.item(row, cols.index("Gene"))
@@ -242,3 +292,17 @@ class RegionExplorer(QWidget):
             return
         self.stats.table.to_csv(path, index=False)
         show_info(f"Saved {path}")
+
+
+def number_regions(layer) -> None:
+    """Draw each region's number (as in the table: region 1, 2, ...) at its centre."""
+    n = len(layer.data)
+    if n == 0:
+        return
+    feats = layer.features
+    numbers = np.arange(1, n + 1)
+    if "region" in feats.columns and len(feats) == n and \
+            np.array_equal(feats["region"].to_numpy(), numbers) and layer.text.visible:
+        return
+    layer.features = {"region": numbers}
+    layer.text = {"string": "{region}", "size": 16, "color": "white", "anchor": "center"}

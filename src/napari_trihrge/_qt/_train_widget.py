@@ -42,6 +42,58 @@ STAGE_LABELS = {
 }
 
 
+#: plain-words explanation of every score the widget shows (also the scores' tooltip)
+SCORE_HELP = {
+    "pcc_mean": "Mean PCC, hidden spots: for each gene, the Pearson correlation between the "
+                "predicted and the measured expression of the hidden spots (1 = perfect, 0 = no "
+                "relation), averaged over every gene that varies there; a gene predicted as a "
+                "constant counts as 0.",
+    "baseline_knn_pcc_mean": "kNN baseline: the same score for plain interpolation, each hidden "
+                             "spot taking the distance-weighted mean of its k nearest measured "
+                             "spots (the better of k = 6 and 12). It uses no image: the model "
+                             "is only worth it where it beats this.",
+    "pcc_top100": "Mean PCC over the 100 most expressed scored genes (the genes a pathologist "
+                  "usually looks at), model vs kNN.",
+    "fraction_genes_better_than_baseline": "Share of the scored genes whose PCC is higher with "
+                                           "the model than with kNN interpolation.",
+    "n_genes_constant_prediction": "Genes the model predicts as the same value everywhere "
+                                   "(they carry no spatial information; scored as PCC 0).",
+    "mse": "MSE: mean squared difference between predicted and measured log-normalised "
+           "expression on the hidden spots (lower is better).",
+    "mae": "MAE: mean absolute difference between predicted and measured log-normalised "
+           "expression on the hidden spots (lower is better).",
+    "ari": "ARI: agreement (adjusted Rand index, 1 = identical, 0 = chance) between k-means "
+           "clusters of the predicted expression and the annotated tissue layers.",
+}
+
+SETTING_HELP = {
+    "task": "Enhance predicts expression between and within the measured spots (denser "
+            "virtual spots and dense maps). Recovery hides some measured spots, predicts them "
+            "and scores the prediction against what was measured.",
+    "holdout": "Recovery only: the share of spots hidden from training and used for scoring.",
+    "factor": "Enhance only: how many virtual spots per measured spot (2x, 4x, ...).",
+    "maps": "Enhance only: also draw dense maps, one value per pixel of this size in "
+            "micrometres (smaller = sharper, slower).",
+    "genes": "How many of the most variable genes the model learns (more = slower).",
+    "extra": "Genes to learn in any case, comma separated. A gene you want to see as an "
+             "enhanced map must be among the learned genes: add it here and run again.",
+    "epochs": "Most passes over the training spots; by default training stops when the "
+              "validation loss stops improving.",
+    "model": "Model size: compact is fast on a laptop CPU; full uses the reference widths "
+             "(better with a GPU).",
+    "ensemble": "Train several models with different seeds; their average is the prediction "
+                "and their spread shows where they disagree (less sure).",
+    "seed": "Random seed: the same seed and settings give the same result.",
+    "out": "Optional folder where the run is saved (the same files as the command line).",
+    "start": "Run the chosen task in the background; the viewer stays usable.",
+    "cancel": "Stop the run at its next step; nothing is changed.",
+}
+
+
+def _score_tooltip(keys) -> str:
+    return "<br><br>".join(SCORE_HELP[k] for k in keys if k in SCORE_HELP)
+
+
 class LossCanvas(QWidget):
     """A small live plot of the training and validation loss per epoch (matplotlib)."""
 
@@ -163,6 +215,19 @@ class TrainWidget(QWidget):
         self.scores.setTextFormat(Qt.RichText)
         self.scores.setWordWrap(True)
         self.scores.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.scores.setToolTip(_score_tooltip(SCORE_HELP))
+        self._scores_html = ""  # the last run's scores, kept until a new run finishes
+        for widget, key in ((self.task_combo, "task"), (self.holdout_spin, "holdout"),
+                            (self.factor_combo, "factor"), (self.maps_check, "maps"),
+                            (self.stride_spin, "maps"), (self.genes_spin, "genes"),
+                            (self.extra_genes_edit, "extra"), (self.epochs_spin, "epochs"),
+                            (self.model_combo, "model"), (self.ensemble_spin, "ensemble"),
+                            (self.seed_spin, "seed"), (self.out_edit, "out"),
+                            (self.out_btn, "out"), (self.start_btn, "start"),
+                            (self.cancel_btn, "cancel")):
+            widget.setToolTip(SETTING_HELP[key])
+        self.loss.setToolTip("Training (blue) and validation (orange) loss per epoch: the "
+                             "validation loss stops falling when the model stops learning.")
 
         form = QFormLayout()
         form.addRow("Task", self.task_combo)
@@ -286,13 +351,19 @@ class TrainWidget(QWidget):
         self.worker = worker
         self._task_running = task
         self.loss.clear()
-        self.scores.setText("")
+        self._mark_scores_previous()
         self.status.setText("Starting…")
         self._showing_progress = True
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         worker.start()
         return worker
+
+    def _mark_scores_previous(self) -> None:
+        """The last scores stay visible, greyed and marked, until a new run finishes."""
+        if self._scores_html:
+            self.scores.setText("<span style='color:#9e9e9e'><i>Previous run (kept until the "
+                                f"new one finishes):</i><br>{self._scores_html}</span>")
 
     def cancel(self):
         """Ask the run to stop; the engine stops at its next step (within a few seconds)."""
@@ -415,21 +486,9 @@ class TrainWidget(QWidget):
         if adata is not s.adata:
             s.set_sample(adata)
         s.recovery = result
-        m = result.metrics
-        rows = [("Mean PCC, hidden spots", m.get("pcc_mean")),
-                ("kNN baseline (no image)", m.get("baseline_knn_pcc_mean")),
-                ("Genes better than baseline", m.get("fraction_genes_better_than_baseline")),
-                ("MSE", m.get("mse")), ("MAE", m.get("mae")),
-                ("ARI (k-means vs labels)", m.get("ari"))]
-        html = "<b>Recovery scores</b> ({} hidden spots, {} genes)<table>".format(
-            m.get("n_hidden", "?"), m.get("n_genes_scored", "?"))
-        for name, val in rows:
-            if val is None or (isinstance(val, float) and not math.isfinite(val)):
-                continue
-            txt = f"{val:.0%}" if name.startswith("Genes better") else f"{val:.3f}"
-            html += f"<tr><td>{name}</td><td align='right'>&nbsp;{txt}</td></tr>"
-        html += "</table>"
-        self.scores.setText(html)
+        self._scores_html = recovery_scores_html(result.metrics)
+        self.scores.setText(self._scores_html)
+        self.scores.setToolTip(_score_tooltip(SCORE_HELP))
         # predicted hidden spots as their own layer, coloured like the measured spots
         pred = result.predictions
         gene = s.gene if s.gene in pred.var_names else str(result.per_gene.index[0])
@@ -447,6 +506,13 @@ class TrainWidget(QWidget):
         if adata is not s.adata:
             s.set_sample(adata)
         s.enhance = result
+        m = getattr(result, "metrics", {}) or {}
+        if m.get("pcc_mean") is not None:  # scores of the run's internal held-out spots
+            self._scores_html = recovery_scores_html(m).replace(
+                "<b>Recovery scores</b>", "<b>Enhance: held-out scores</b>")
+            self.scores.setText(self._scores_html)
+        elif self._scores_html:
+            self.scores.setText(f"<i>From the last recovery run:</i><br>{self._scores_html}")
         virt = result.virtual
         genes = list(virt.var_names)
         gene = s.gene if s.gene in genes else _first_interesting_gene(result)
@@ -472,6 +538,30 @@ class TrainWidget(QWidget):
         if spots is not None and result.maps is not None:
             # keep the measured spots on top of the map, drawn as outlines-free dots
             self.viewer.layers.move(self.viewer.layers.index(spots), len(self.viewer.layers))
+
+
+def recovery_scores_html(m: dict) -> str:
+    """The recovery scores as a small table, with the fair score keys of
+    :func:`napari_trihrge.metrics.spot_scores` (model and kNN on the same genes and spots)."""
+    k = m.get("baseline_knn_k")
+    knn = f"kNN baseline (no image, k = {k})" if k else "kNN baseline (no image)"
+    rows = [("Mean PCC, hidden spots", m.get("pcc_mean"), "{:.3f}"),
+            (knn, m.get("baseline_knn_pcc_mean"), "{:.3f}"),
+            ("Mean PCC, 100 most expressed genes", m.get("pcc_top100"), "{:.3f}"),
+            ("kNN, 100 most expressed genes", m.get("baseline_knn_pcc_top100"), "{:.3f}"),
+            ("Genes better than kNN", m.get("fraction_genes_better_than_baseline"), "{:.0%}"),
+            ("Genes predicted as a constant", m.get("n_genes_constant_prediction"), "{:d}"),
+            ("MSE", m.get("mse"), "{:.3f}"), ("MAE", m.get("mae"), "{:.3f}"),
+            ("ARI (k-means vs labels)", m.get("ari"), "{:.3f}")]
+    html = "<b>Recovery scores</b> ({} hidden spots, {} genes scored)<table>".format(
+        m.get("n_hidden", "?"), m.get("n_genes_scored", "?"))
+    for name, val, fmt in rows:
+        if val is None or (isinstance(val, float) and not math.isfinite(val)):
+            continue
+        txt = fmt.format(int(val)) if fmt == "{:d}" else fmt.format(float(val))
+        html += f"<tr><td>{name}</td><td align='right'>&nbsp;{txt}</td></tr>"
+    html += "</table>"
+    return html
 
 
 def _first_interesting_gene(result) -> str:
