@@ -43,6 +43,8 @@ def available_images(adata: Any) -> list[str]:
     info = adata.uns.get("trihrge", {})
     _, lib = _library(adata)
     out = []
+    if info.get("spatialdata", {}).get("image"):
+        out.append("spatialdata")  # the H&E in the SpatialData store the sample came from
     if info.get("fullres_image_path"):
         out.append("fullres")
     images = lib.get("images", {}) or {}
@@ -54,7 +56,8 @@ def available_images(adata: Any) -> list[str]:
 
 def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
     """The best image of the sample: the full-resolution file (lazy), else hires, else lowres,
-    each with its own pixel size (``fullres_um_per_px / scalef``). ``resolution`` forces one of
+    each with its own pixel size (``fullres_um_per_px / scalef``); for a sample read from a
+    SpatialData store, its image there (lazy). ``resolution`` forces one of 'spatialdata',
     'fullres', 'hires', 'lowres'."""
     info = trihrge_info(adata)
     um_full = float(info["um_per_px"])
@@ -78,6 +81,10 @@ def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
             "pass the full-resolution H&E image (--image / fullres_image=...) or read a Space "
             "Ranger folder that contains spatial/tissue_hires_image.png")
     best = options[0]
+    if best == "spatialdata":
+        from .spatialdata import open_store_image
+
+        return open_store_image(info)
     if best == "fullres":
         return open_image(str(info["fullres_image_path"]), um_full)
     scalef = float(lib["scalefactors"][_SCALEF[best]])
@@ -93,6 +100,11 @@ def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None
     info = adata.uns.get("trihrge", {})
     _, lib = _library(adata)
     for res in available_images(adata):
+        if res == "spatialdata":
+            from .spatialdata import store_image_extent
+
+            scale = float(info["spatialdata"]["image_scale"])
+            return store_image_extent(info), scale, f"image {info['spatialdata']['image']!r}"
         if res == "fullres":
             path = Path(str(info["fullres_image_path"]))
             if not path.is_file():
