@@ -13,10 +13,10 @@ against the lattice. The image stays in the store and is opened lazily (``uns['t
 
 Writing (:func:`write_spatialdata`): a new self-contained store in micrometres (coordinate system
 ``global``): the H&E (``he_image``, multiscale), the measured spots (``spots``, circles, table
-``spots`` with raw counts), the virtual spots (``virtual_spots``, circles, table with predictions
-and per-gene trust in ``var``) and the dense maps (``enhanced_maps``, multiscale, one channel per
+``spots_table`` with raw counts), the virtual spots (``virtual_spots``, circles, table
+``virtual_spots_table`` with predictions and per-gene trust in ``var``) and the dense maps (``enhanced_maps``, multiscale, one channel per
 gene). With ``into_input=True`` the results are added to the store the sample was read from
-(``trihrge_*`` elements, transformed into its coordinate system); nothing there is replaced unless
+(``trihrge_virtual_spots`` + ``_table``, ``trihrge_enhanced_maps``, transformed into its coordinate system); nothing there is replaced unless
 ``overwrite=True``.
 
 Pixel convention: an image pixel ``(i, j)`` with transformation ``Scale(s) + Translation(t)`` is
@@ -47,6 +47,8 @@ COORDINATE_SYSTEM = "global"
 #: element names of a new store
 HE_IMAGE, SPOTS, VIRTUAL_SPOTS, MAPS, MAPS_STD = (
     "he_image", "spots", "virtual_spots", "enhanced_maps", "enhanced_maps_std")
+#: tables are named after the shapes they annotate, with this suffix (names are unique per store)
+TABLE_SUFFIX = "_table"
 #: prefix of the elements added to an input store
 INPUT_PREFIX = "trihrge_"
 _HD_TABLE_RE = re.compile(r"square_(\d{3})um")
@@ -297,6 +299,8 @@ def read_spatialdata(path: str | os.PathLike, *, table: str | None = None,
     image_cs = {n: _transforms(sdata.images[n]) for n in rgb}
     candidates = [cs for cs in shape_cs if any(cs in t for t in image_cs.values())]
     identity = [cs for cs in candidates if np.allclose(_affine_xy(shape_cs[cs]), np.eye(3))]
+    if len(identity) > 1:  # spatialdata-io's image-pixel systems, identical when scalef is 1
+        identity = [cs for cs in identity if "_downscaled_" not in cs] or identity
     cs = _choose("coordinate system", candidates, coordinate_system, "--coordinate-system",
                  preferred=identity)
     aff = _affine_xy(shape_cs[cs])
@@ -486,7 +490,8 @@ def _result_elements(result: Any, scale_to_cs: float, cs: str, prefix: str) -> t
     rc_um = geometry.xy_px_to_rc_um(virtual.obsm["spatial"], um_per_px)
     elements: dict[str, Any] = {
         prefix + VIRTUAL_SPOTS: _circles(rc_um, diameter_um, to_cs)}
-    tables = {prefix + VIRTUAL_SPOTS: _table(virtual, prefix + VIRTUAL_SPOTS, "virtual", {})}
+    tables = {prefix + VIRTUAL_SPOTS + TABLE_SUFFIX: _table(virtual, prefix + VIRTUAL_SPOTS,
+                                                           "virtual", {})}
     maps = result.maps
     if maps is not None:
         tr = _scale_translate(maps.stride_um * scale_to_cs,
@@ -530,12 +535,12 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
     spots = adata.copy()
     spots.uns = {"trihrge": dict(info)}
     units = {"um_per_unit": {cs: 1.0}, "coordinate_system": cs}
-    tables = {SPOTS: _table(spots, SPOTS, "measured", units)}
+    tables = {SPOTS + TABLE_SUFFIX: _table(spots, SPOTS, "measured", units)}
     elements, result_tables = _result_elements(result, 1.0, cs, "")
     for name, el in elements.items():
         (images if name in (MAPS, MAPS_STD) else shapes)[name] = el
     tables.update({k: v for k, v in result_tables.items()})
-    tables[VIRTUAL_SPOTS].uns["trihrge"].update(units)
+    tables[VIRTUAL_SPOTS + TABLE_SUFFIX].uns["trihrge"].update(units)
     sdata = SpatialData(images=images, shapes=shapes, tables=tables)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     if tmp.exists():
@@ -554,7 +559,7 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
 
 def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Path:
     """Add an enhance result to the SpatialData store ``adata`` was read from, as
-    ``trihrge_virtual_spots`` (shapes + table) and ``trihrge_enhanced_maps`` (image), in the
+    ``trihrge_virtual_spots`` (shapes + ``trihrge_virtual_spots_table``) and ``trihrge_enhanced_maps`` (image), in the
     store's coordinate system. Refuses to replace existing elements unless ``overwrite``."""
     sd = require_spatialdata()
     info = adata.uns.get("trihrge", {}) or {}
