@@ -410,6 +410,36 @@ def open_store_image(info: dict):
                        path=Path(ref["store"]) / "images" / ref["image"])
 
 
+def read_store_maps(adata: Any, name: str | None = None) -> dict[str, Any] | None:
+    """The enhanced maps stored next to the sample's spots (``enhanced_maps`` in a new store,
+    ``trihrge_enhanced_maps`` in an input store), in micrometres: ``values`` (dask, genes x
+    rows x cols), ``stride_um``, ``origin_rc_um``, ``gene_names`` and ``std`` (or None).
+    None when the store holds no maps."""
+    sd = require_spatialdata()
+    info = adata.uns["trihrge"]
+    ref = info["spatialdata"]
+    um_per_unit = float(info["um_per_px"])
+    sdata = sd.read_zarr(ref["store"], selection=("images",))
+    names = [name] if name else [n for n in (MAPS, INPUT_PREFIX + MAPS) if n in sdata.images]
+    if not names or names[0] not in sdata.images:
+        return None
+    out: dict[str, Any] = {}
+    for key, el_name in (("values", names[0]), ("std", names[0].replace(MAPS, MAPS_STD))):
+        if el_name not in sdata.images:
+            out[key] = None
+            continue
+        element = sdata.images[el_name]
+        aff = _affine_xy(_transforms(element)[ref["coordinate_system"]])
+        scale, shift = _scale_of(aff, f"map {el_name!r}")
+        level = _image_levels(element)[0]
+        out[key] = level.data
+        if key == "values":
+            out.update(stride_um=scale * um_per_unit,
+                       origin_rc_um=np.asarray(shift[::-1], dtype=np.float64) * um_per_unit,
+                       gene_names=[str(c) for c in level.coords["c"].values])
+    return out
+
+
 # -------------------------------------------------------------------------------------------
 # Writing
 # -------------------------------------------------------------------------------------------
@@ -578,9 +608,9 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
     if clash and not overwrite:
         raise TrihrgeInputError(f"the input store {store.name} already holds {clash}",
                                 "pass --overwrite to replace them")
-    for name in clash:
-        sdata.delete_element_from_disk(name)
+    for name in clash:  # the in-memory element is backed by these files: drop it first
         del sdata[name]
+        sdata.delete_element_from_disk(name)
     for name, el in {**elements, **tables}.items():
         sdata[name] = el
         sdata.write_element(name)
