@@ -136,14 +136,16 @@ def test_write_new_store(small_sample, enhanced, written_store):
     level0 = element["scale0"]["image"]
     assert [str(c) for c in level0.coords["c"].values] == list(maps.gene_names)
     np.testing.assert_allclose(np.asarray(level0.values), np.asarray(maps.values), equal_nan=True)
-    # map pixel (i, j) sits at origin + (i, j) * stride micrometres in 'global'
+    # the centre of map pixel (i, j) (intrinsic (i + 0.5, j + 0.5) in SpatialData) sits at
+    # origin + (i, j) * stride micrometres in 'global'
     aff = get_transformation(element, "global").to_affine_matrix(("y", "x"), ("y", "x"))
     for i, j in ((0, 0), (3, 5)):
-        yx = aff @ np.array([i, j, 1.0])
+        yx = aff @ np.array([i + 0.5, j + 0.5, 1.0])
         np.testing.assert_allclose(yx[:2], maps.origin_rc_um + np.array([i, j]) * maps.stride_um)
     he_aff = get_transformation(sdata.images[HE_IMAGE], "global").to_affine_matrix(
         ("y", "x"), ("y", "x"))
     np.testing.assert_allclose(np.diag(he_aff)[:2], [0.5, 0.5])
+    np.testing.assert_allclose(he_aff[:2, 2], [-0.25, -0.25])  # H&E pixel centres at i * 0.5
     # circles in micrometres with the spot radius
     spots = sdata.shapes[SPOTS]
     assert np.allclose(spots["radius"], 27.5)
@@ -161,7 +163,9 @@ def test_write_new_store(small_sample, enhanced, written_store):
     assert len(sdata.shapes[VIRTUAL_SPOTS]) == enhanced.virtual.n_obs
 
 
-def test_new_store_reads_back_as_input(small_sample, written_store):
+def test_new_store_reads_back_as_input(small_sample, enhanced, written_store):
+    from napari_trihrge.io.spatialdata import read_store_maps
+
     adata = io.read(written_store)
     info = adata.uns["trihrge"]
     assert info["spatialdata"]["table"] == "spots_table"  # the measured table, not the virtual
@@ -176,6 +180,12 @@ def test_new_store_reads_back_as_input(small_sample, written_store):
     assert img.um_per_px == pytest.approx(0.5)
     np.testing.assert_array_equal(np.asarray(img.array), io.get_image(small_sample).array)
     assert len(img.levels) >= 2 and img.levels[1][1] == pytest.approx(1.0)
+    stored = read_store_maps(adata)
+    assert stored["stride_um"] == pytest.approx(16.0)
+    np.testing.assert_allclose(stored["origin_rc_um"], enhanced.maps.origin_rc_um)
+    assert stored["gene_names"] == list(enhanced.maps.gene_names)
+    np.testing.assert_allclose(np.asarray(stored["values"]), np.asarray(enhanced.maps.values),
+                               equal_nan=True)
 
 
 def test_store_refuses_overwrite(small_sample, enhanced, written_store):
@@ -202,7 +212,7 @@ def test_into_input_store(small_sample, enhanced, written_store, tmp_path):
     assert "trihrge_virtual_spots_table" in sdata.tables
     aff = get_transformation(sdata.images["trihrge_enhanced_maps"], "global").to_affine_matrix(
         ("y", "x"), ("y", "x"))
-    np.testing.assert_allclose(aff[:2, 2], enhanced.maps.origin_rc_um)
+    np.testing.assert_allclose(aff[:2, 2], enhanced.maps.origin_rc_um - 8.0)  # stride 16
     with pytest.raises(TrihrgeInputError, match="already holds"):
         write_into_input(adata, enhanced)
     write_into_input(adata, enhanced, overwrite=True)
@@ -245,7 +255,7 @@ def test_into_input_in_pixel_coordinates(tmp_path, enhanced, small_sample):
     aff = get_transformation(maps, "px").to_affine_matrix(("y", "x"), ("y", "x"))
     um = adata.uns["trihrge"]["um_per_px"]
     np.testing.assert_allclose(np.diag(aff)[:2], [16.0 / um] * 2)
-    np.testing.assert_allclose(aff[:2, 2], enhanced.maps.origin_rc_um / um)
+    np.testing.assert_allclose(aff[:2, 2], (enhanced.maps.origin_rc_um - 8.0) / um)
 
 
 def test_cli_enhance_spatialdata(small_sample, tmp_path, capsys):

@@ -19,9 +19,11 @@ gene). With ``into_input=True`` the results are added to the store the sample wa
 (``trihrge_virtual_spots`` + ``_table``, ``trihrge_enhanced_maps``, transformed into its coordinate system); nothing there is replaced unless
 ``overwrite=True``.
 
-Pixel convention: an image pixel ``(i, j)`` with transformation ``Scale(s) + Translation(t)`` is
-centred at ``t + (i, j) * s`` (as napari and napari-spatialdata draw it, and as
-:mod:`napari_trihrge.geometry` defines it).
+Pixel convention: SpatialData places image pixel ``(i, j)`` over ``[i, i + 1) x [j, j + 1)`` of its
+intrinsic coordinates, so its centre is at ``(i + 0.5, j + 0.5)`` (napari-spatialdata draws it so);
+:mod:`napari_trihrge.geometry` puts pixel centres at ``(i, j) * s``. Written images therefore carry
+``Scale(s)`` then ``Translation(origin - s / 2)``; when reading, an image whose pixel centres are
+within half a pixel of ``(i, j) * s`` is taken as is (spatialdata-io writes ``Scale(s)`` alone).
 """
 
 from __future__ import annotations
@@ -315,9 +317,10 @@ def read_spatialdata(path: str | os.PathLike, *, table: str | None = None,
                     preferred=[min(in_cs, key=lambda n: scales[n])]
                     if in_cs and image_element is None else None)
     scale, shift = _scale_of(_affine_xy(image_cs[iname][cs]), f"image {iname!r}")
-    if np.any(np.abs(shift) > 0.5 * scale + 1e-9):
+    centre0 = shift + 0.5 * scale  # where the centre of pixel (0, 0) lies
+    if np.any(np.abs(centre0) > 0.5 * scale + 1e-9):
         raise TrihrgeInputError(
-            f"image {iname!r} is shifted by {np.round(shift, 2).tolist()} units in {cs!r} "
+            f"image {iname!r} is shifted by {np.round(centre0, 2).tolist()} units in {cs!r} "
             "(more than half a pixel)",
             "use an image placed at the origin of the coordinate system, or choose another "
             "one with --image-element")
@@ -434,8 +437,8 @@ def read_store_maps(adata: Any, name: str | None = None) -> dict[str, Any] | Non
         level = _image_levels(element)[0]
         out[key] = level.data
         if key == "values":
-            out.update(stride_um=scale * um_per_unit,
-                       origin_rc_um=np.asarray(shift[::-1], dtype=np.float64) * um_per_unit,
+            centre0 = np.asarray(shift[::-1], dtype=np.float64) + 0.5 * scale
+            out.update(stride_um=scale * um_per_unit, origin_rc_um=centre0 * um_per_unit,
                        gene_names=[str(c) for c in level.coords["c"].values])
     return out
 
@@ -487,13 +490,13 @@ def _multiscale(data: Any, dims: tuple[str, ...], transformations: dict,
 
 
 def _scale_translate(scale: float, origin_rc: Any, cs: str) -> dict:
+    """Transformation of an image whose pixel ``(i, j)`` is centred at
+    ``origin_rc + (i, j) * scale`` (see the pixel convention in the module docstring)."""
     from spatialdata.transformations import Scale, Sequence, Translation
 
-    origin_rc = [float(v) for v in np.asarray(origin_rc, dtype=np.float64).reshape(2)]
-    parts = [Scale([scale, scale], axes=("y", "x"))]
-    if any(origin_rc):
-        parts.append(Translation(origin_rc, axes=("y", "x")))
-    return {cs: parts[0] if len(parts) == 1 else Sequence(parts)}
+    corner = [float(v) - scale / 2.0 for v in np.asarray(origin_rc, dtype=np.float64).reshape(2)]
+    return {cs: Sequence([Scale([scale, scale], axes=("y", "x")),
+                          Translation(corner, axes=("y", "x"))])}
 
 
 def _map_array(values: Any) -> Any:
