@@ -9,11 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-from test_io_visium import make_visium_folder
 
 from conftest import TINY_MODEL, TINY_TRAIN
 from napari_trihrge import geometry, io
 from napari_trihrge.errors import TrihrgeInputError
+from test_io_visium import make_visium_folder
 
 
 def _sdio():
@@ -307,3 +307,20 @@ def test_cli_names_the_extra_when_missing(tmp_path, monkeypatch, capsys):
                      "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "napari-trihrge[spatialdata]" in err
+
+
+def test_napari_reader_opens_store(small_sample, enhanced, written_store):
+    """Dropping a store on napari: napari-trihrge's reader gives the H&E, the stored map (its
+    pixel centres at origin + i * stride micrometres) and the spots."""
+    from napari_trihrge._reader import get_reader, read_spatialdata_layers
+
+    assert get_reader(str(written_store)) is read_spatialdata_layers
+    layers = read_spatialdata_layers(str(written_store))
+    kinds = [t for _, _, t in layers]
+    assert kinds == ["image", "image", "points"]
+    _, map_kw, _ = layers[1]
+    maps = enhanced.maps
+    np.testing.assert_allclose(map_kw["scale"][-2:], [maps.stride_um] * 2)
+    np.testing.assert_allclose(map_kw["translate"][-2:], maps.origin_rc_um)
+    _, he_kw, _ = layers[0]
+    np.testing.assert_allclose(he_kw["scale"], [0.5, 0.5])

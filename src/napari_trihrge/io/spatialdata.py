@@ -332,7 +332,7 @@ def read_spatialdata(path: str | os.PathLike, *, table: str | None = None,
     m = _HD_TABLE_RE.search(f"{tname} {shapes_name}")
     if kind == "square" and m:
         bin_um = float(m.group(1))
-    info_in = dict((tab.uns.get("trihrge") or {}))
+    info_in = dict(tab.uns.get("trihrge") or {})
     recorded = (info_in.get("um_per_unit") or {}).get(cs) if isinstance(
         info_in.get("um_per_unit"), dict) else None
     what = f"{path.name} ({tname!r} in {cs!r})"

@@ -163,10 +163,10 @@ def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
     ``path`` is the outs/ folder (``bin_size_um`` picks the bins, default 8 um) or a
     ``square_XXXum`` folder.
     """
+    from ._common import match_ids
     from .image import image_size_px, read_rgb
     from .sample import validate_sample
     from .visium import read_counts_h5, read_positions, read_scalefactors
-    from ._common import match_ids
 
     folder = find_bin_folder(path, bin_size_um)
     size_um = float(bin_folder_size_um(folder))  # type: ignore[arg-type]
