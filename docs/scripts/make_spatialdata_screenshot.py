@@ -33,7 +33,7 @@ def wait_until(app, cond, timeout_s: float, what: str) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--gene", default="COL1A1")
     args = ap.parse_args(argv)
 
@@ -42,9 +42,9 @@ def main(argv=None) -> None:
     from napari_trihrge.tasks import RunConfig
 
     work = Path(tempfile.mkdtemp(prefix="trihrge-sd-"))
-    adata = synthetic_sample(seed=0, n_genes=120)
-    cfg = RunConfig(n_top_genes=120, model_preset="compact", train={"max_epochs": args.epochs})
-    run_enhance(adata, work / "run", factor=4, stride_um=16.0, config=cfg,
+    adata = synthetic_sample(seed=0, n_genes=60)
+    cfg = RunConfig(n_top_genes=60, model_preset="compact", train={"max_epochs": args.epochs})
+    run_enhance(adata, work / "run", factor=2, stride_um=16.0, config=cfg,
                 spatialdata_store=True)
     store = work / "run" / "spatialdata.zarr"
     print("store:", store)
