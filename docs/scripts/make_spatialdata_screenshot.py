@@ -54,6 +54,12 @@ def main(argv=None) -> None:
     from napari_spatialdata import Interactive
     from qtpy.QtWidgets import QApplication
 
+    try:  # a deprecation toast about the Qt binding would sit on the screenshot
+        import napari._qt.qt_main_window as qmw
+
+        qmw.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
     viewer = napari.Viewer(title="napari-spatialdata: napari-trihrge results")
     viewer.window.resize(1600, 1000)
     app = QApplication.instance()
@@ -68,11 +74,14 @@ def main(argv=None) -> None:
     finite = level0[np.isfinite(level0)]
     maps.colormap = "magma"
     maps.contrast_limits = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99)))
-    maps.opacity = 0.75
+    maps.opacity = 0.65
     spots = viewer.layers["spots"]
+    spots.size = 55.0  # the spot diameter in micrometres (world units of 'global')
     spots.face_color = "transparent"
     spots.border_color = "white"
-    spots.opacity = 0.6
+    spots.border_width = 0.08
+    spots.opacity = 0.8
+    viewer.layers.selection.active = maps
     viewer.reset_view()
     wait_until(app, lambda: True, 5, "redraw")
     time.sleep(1.0)
