@@ -5,7 +5,9 @@
 * a run folder written by ``trihrge enhance|recovery`` (``summary.json``), ``enhanced.h5ad``,
   ``recovery.h5ad``: the H&E, the virtual / predicted spots and the first enhanced map;
 * a map (``maps.ome.zarr`` folder, ``*.ome.tif``): one enhanced-map image layer whose gene can be
-  switched in the Gene explorer.
+  switched in the Gene explorer;
+* a SpatialData ``.zarr`` store (needs the ``spatialdata`` extra): the H&E and the spots, and the
+  first enhanced map when the store holds napari-trihrge results.
 """
 
 from __future__ import annotations
@@ -67,11 +69,40 @@ def _is_zarr_map(p: Path) -> bool:
         (p / ".zattrs").exists() or (p / "zarr.json").exists())
 
 
-def _is_sample_folder(p: Path) -> bool:
-    from .io import is_her2st_folder, is_visium_folder
+def _is_spatialdata_store(p: Path) -> bool:
+    from .io import is_spatialdata_store
+
+    return is_spatialdata_store(p)
+
+
+def read_spatialdata_layers(path) -> list:
+    """A SpatialData store: the H&E and the spots, with the first enhanced map (between them)
+    when the store holds napari-trihrge results."""
+    from . import io
+    from .io.spatialdata import read_store_maps
 
     try:
-        return bool(is_visium_folder(p) or is_her2st_folder(p))
+        adata = io.read(_one(path))
+    except TrihrgeInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
+        raise TrihrgeInputError(f"cannot read {_one(path)}: {exc}", io.READ_HINT) from exc
+    out = L.sample_layers(adata)
+    stored = read_store_maps(adata)
+    if stored is not None:
+        maps = FileMaps(values=stored["values"], stride_um=float(stored["stride_um"]),
+                        origin_rc_um=stored["origin_rc_um"], gene_names=stored["gene_names"],
+                        std=stored["std"], source=_one(path))
+        img_n = 1 if out and out[0][2] == "image" else 0
+        out[img_n:img_n] = L.map_layers(maps, [maps.gene_names[0]])
+    return out
+
+
+def _is_sample_folder(p: Path) -> bool:
+    from .io import is_her2st_folder, is_visium_folder, is_visium_hd_folder
+
+    try:
+        return bool(is_visium_folder(p) or is_her2st_folder(p) or is_visium_hd_folder(p))
     except Exception:  # noqa: BLE001 - not ours
         return False
 
@@ -109,6 +140,8 @@ def _get_reader(path: str | list[str]):
     if p.is_dir():
         if _is_run_folder(p):
             return read_run_layers
+        if _is_spatialdata_store(p):
+            return read_spatialdata_layers
         if _is_zarr_map(p):
             return read_map_layers
         if _is_sample_folder(p):

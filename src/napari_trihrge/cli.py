@@ -1,5 +1,5 @@
-"""The ``trihrge`` command line: ``demo``, ``recovery``, ``enhance``, ``cohort``, ``train``,
-``predict``, ``encoders``."""
+"""The ``trihrge`` command line: ``demo``, ``recovery``, ``enhance``, ``validate-hd``, ``cohort``,
+``train``, ``predict``, ``encoders``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 from .errors import Cancelled, TrihrgeError
 
 EPILOG = """\
-PATH is a Space Ranger outs/ folder, an .h5ad file (scanpy/squidpy convention), a her2st-style
-section folder (<id>.tsv.gz, <id>_selection.tsv, <id>_HE.jpg), or a counts table (tsv/csv, .gz,
-spots x genes) given with --positions and --image.
+PATH is a Space Ranger outs/ folder (Visium, or Visium HD: one bin size, --bin-um), a SpatialData
+.zarr store (needs `pip install "napari-trihrge[spatialdata]"`), an .h5ad file (scanpy/squidpy
+convention), a her2st-style section folder (<id>.tsv.gz, <id>_selection.tsv, <id>_HE.jpg), or a
+counts table (tsv/csv, .gz, spots x genes) given with --positions and --image.
 
 Hugging Face access (for --encoder uni / uni2-h): request access on the model page, then set the
 HF_TOKEN environment variable or run `huggingface-cli login`. Tokens are never accepted on the
@@ -88,6 +89,23 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    "(default 55 for Visium, 100 for legacy ST)")
     g.add_argument("--platform", choices=["visium", "st", "generic"], help="spot platform "
                    "(sets the known spot diameter and lattice)")
+    _add_store_args(g)
+
+
+#: options of SpatialData stores / Visium HD folders -> reader keyword
+STORE_OPTIONS = {"table": "table", "image_element": "image_element",
+                 "coordinate_system": "coordinate_system", "bin_um": "bin_size_um"}
+
+
+def _add_store_args(g) -> None:
+    g.add_argument("--table", default=None, metavar="NAME",
+                   help="SpatialData store: the table of spots to read (when there are several)")
+    g.add_argument("--image-element", default=None, metavar="NAME",
+                   help="SpatialData store: the H&E image element (default: the finest RGB one)")
+    g.add_argument("--coordinate-system", default=None, metavar="NAME",
+                   help="SpatialData store: the coordinate system holding spots and image")
+    g.add_argument("--bin-um", type=int, default=None, metavar="UM",
+                   help="Visium HD: the bin size in micrometres to read (2, 8 or 16; default 8)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -174,6 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write dense per-gene maps at this pixel size in micrometres "
                    "(e.g. 8 or 16)")
     p.add_argument("--no-trust", action="store_true", help=TRUST_HELP)
+    p.add_argument("--format", choices=["folder", "spatialdata"], default="folder",
+                   dest="output_format", help="'spatialdata': also write the sample and the "
+                   "results as a self-contained SpatialData store <out>/spatialdata.zarr (H&E, "
+                   "spots, virtual spots and maps in micrometres; needs the spatialdata extra)")
+    p.add_argument("--into-input", action="store_true",
+                   help="add the results (trihrge_* elements) to the SpatialData store given as "
+                   "PATH; existing trihrge_* elements are replaced only with --overwrite")
+    _add_run_args(p)
+
+    p = sub.add_parser("validate-hd", help="score enhancement against measured Visium HD bins",
+                       description="From Visium HD bins (8 um by default), build pseudo-Visium "
+                       "spots (55 um disks, 100 um hexagonal lattice, counts summed), enhance "
+                       "them into a map with the bin size as its stride, and score the map "
+                       "against the measured bins inside the tissue (per-gene PCC with a "
+                       "constant map counting as 0, SSIM, RMSE) next to interpolated spots.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", type=Path, help="Visium HD outs/ folder, a square_XXXum folder, or a "
+                   "SpatialData store made from one")
+    g = p.add_argument_group("input details")
+    g.add_argument("--um-per-px", type=float, help="full-resolution pixel size in micrometres "
+                   "per pixel (default: Space Ranger's microns_per_pixel, checked on the lattice)")
+    _add_store_args(g)
+    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+                   help="density of virtual spots relative to the pseudo-spot lattice")
     _add_run_args(p)
 
     p = sub.add_parser("cohort", help="process many samples on dask.distributed",
@@ -286,7 +328,42 @@ def _read(args):
     kwargs = {k: getattr(args, k) for k in ("positions", "image", "um_per_px", "spot_diameter_px",
                                              "spot_diameter_um", "platform")
               if getattr(args, k, None) is not None}
+    kwargs.update(_store_kwargs(args))
     return read(args.path, **kwargs)
+
+
+def _store_kwargs(args) -> dict:
+    """Reader keywords of the SpatialData / Visium HD options, checked against PATH."""
+    from .errors import TrihrgeInputError
+    from .io import is_spatialdata_store, is_visium_hd_folder
+
+    given = {k: getattr(args, k) for k in STORE_OPTIONS if getattr(args, k, None) is not None}
+    if not given:
+        return {}
+    if is_spatialdata_store(args.path):
+        allowed = {"table", "image_element", "coordinate_system"}
+    elif is_visium_hd_folder(args.path):
+        allowed = {"bin_um"}
+    else:
+        allowed = set()
+    wrong = sorted(set(given) - allowed)
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise TrihrgeInputError(f"{flags} does not apply to {args.path}",
+                                "--table, --image-element and --coordinate-system are for "
+                                "SpatialData stores, --bin-um for Visium HD folders")
+    return {STORE_OPTIONS[k]: v for k, v in given.items()}
+
+
+def _read_hd_bins(args):
+    """The bins for validate-hd: a Visium HD folder (--bin-um, default 8) or a store (the
+    table square_0XXum of that bin size unless --table says otherwise)."""
+    from .io import is_spatialdata_store
+
+    if is_spatialdata_store(args.path) and args.table is None:
+        args.table = f"square_{args.bin_um or 8:03d}um"
+        args.bin_um = None
+    return _read(args)
 
 
 def _config(args):
@@ -346,6 +423,14 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"Dense map vs truth: PCC {fmt(sr['pcc_mean'])} (interpolated spots "
               f"{fmt(sr['baseline_interp_pcc_mean'])}), SSIM {fmt(sr['ssim_mean'])} "
               f"({fmt(sr['baseline_interp_ssim_mean'])}), RMSE {fmt(sr['rmse'])}")
+    hd = summary.get("validate_hd")
+    if hd:
+        print(f"Visium HD check ({hd['n_pseudo_spots']} pseudo-Visium spots from "
+              f"{hd['n_bins']} bins of {hd['bin_size_um']:g} um; {hd['n_pixels_scored']} map "
+              f"pixels on measured bins): PCC {fmt(hd['pcc_mean'])} (interpolated spots "
+              f"{fmt(hd['baseline_interp_pcc_mean'])}), SSIM {fmt(hd['ssim_mean'])} "
+              f"({fmt(hd['baseline_interp_ssim_mean'])}), RMSE {fmt(hd['rmse'])} "
+              f"({fmt(hd['baseline_interp_rmse'])})")
     cons = summary.get("consistency")
     if cons:
         print(f"Map averaged over each spot vs the measured spot: PCC {fmt(cons['pcc_mean'])}")
@@ -452,6 +537,10 @@ def _run_command(args: argparse.Namespace) -> int:
             progress.close()
             _print_inference_summary(summary)
             return 0
+        if args.command == "enhance" and (args.output_format == "spatialdata" or args.into_input):
+            from .io.spatialdata import require_spatialdata
+
+            require_spatialdata()  # before reading and training
         from .tasks import check_writable_folder, validate_config
 
         cfg = _config(args)
@@ -461,7 +550,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
             check_out_dir(args.out, args.overwrite)
             check_writable_folder(args.out, "the output folder", "--out")
-        adata = _read(args)
+        adata = _read_hd_bins(args) if args.command == "validate-hd" else _read(args)
         sample = adata.uns.get("trihrge", {}).get("sample", args.path.stem)
         out = args.out or Path("trihrge_out") / f"{args.command}-{sample}"
         check_writable_folder(out, "the output folder", "--out")
@@ -480,12 +569,19 @@ def _run_command(args: argparse.Namespace) -> int:
             summary = run_recovery(adata, out, holdout_fraction=args.holdout, seed=args.seed,
                                    annotation=args.annotation, config=cfg, progress=progress,
                                    overwrite=args.overwrite)
+        elif args.command == "validate-hd":
+            from .hd_validation import run_validate_hd
+
+            summary = run_validate_hd(adata, out, factor=args.factor, config=cfg,
+                                      progress=progress, overwrite=args.overwrite)
         else:
             from .runs import run_enhance
 
             summary = run_enhance(adata, out, factor=args.factor, stride_um=args.stride_um,
                                   config=cfg, progress=progress, overwrite=args.overwrite,
-                                  trust=not args.no_trust)
+                                  trust=not args.no_trust,
+                                  spatialdata_store=args.output_format == "spatialdata",
+                                  into_input=args.into_input)
         progress.close()
         _print_summary(summary, Path(out))
         return 0

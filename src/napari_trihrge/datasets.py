@@ -903,6 +903,106 @@ def truth_in_spots(adata, rc_um: np.ndarray, diameter_um: float = SPOT_DIAMETER_
     return np.asarray(w @ expr.reshape(expr.shape[0], -1).T, dtype=np.float32)
 
 
+# -------------------------------------------------------------------------------------------
+# Visium HD-like output of the truth
+# -------------------------------------------------------------------------------------------
+def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
+                    dataset_id: str = LIBRARY_ID, spatialdata_store: bool = False,
+                    overwrite: bool = False):
+    """Write the truth of a :func:`synthetic_sample` as a Visium HD-like Space Ranger ``outs/``
+    folder: ``binned_outputs/square_XXXum/`` per bin size (multiples of 8 um) with Poisson counts
+    of the truth in each bin, ``tissue_positions.parquet``, ``scalefactors_json.json`` (with
+    ``bin_size_um`` and ``microns_per_pixel``) and the H&E as hires/lowres PNGs, plus
+    ``spatial/`` and a ``<dataset_id>_feature_slice.h5`` holding only the layout metadata that
+    ``spatialdata_io.visium_hd`` reads.
+
+    With ``spatialdata_store=True`` (needs the ``spatialdata`` extra) the folder is also read with
+    ``spatialdata_io.visium_hd`` and written next to it as ``<path>.zarr``. Returns the folder.
+    """
+    import json
+
+    import h5py
+
+    from ._atomic import refuse_overwrite
+    from .io.visium_hd import write_visium_hd_bins
+
+    truth = _truth(adata)
+    info = adata.uns.get("trihrge", {})
+    um_per_px = float(info["um_per_px"])
+    stride = float(truth["stride_um"])
+    origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
+    expr = np.asarray(truth["expression_8um"], dtype=np.float64)  # expected counts per 8 um bin
+    genes = [str(g) for g in truth.get("genes", adata.var_names)]
+    tissue = np.asarray(truth["tissue_8um"], dtype=bool)
+    sizes = [int(s) for s in bin_sizes_um]
+    bad = [s for s in sizes if s % int(stride) or s <= 0]
+    if bad:
+        raise TrihrgeInputError(f"bin sizes {bad} um are not multiples of the truth's "
+                                f"{stride:g} um grid", "use bin sizes such as 8 and 16")
+    from pathlib import Path
+
+    outs = Path(path)
+    refuse_overwrite(outs, overwrite)
+    if outs.exists():
+        import shutil
+
+        shutil.rmtree(outs)
+    rng = np.random.default_rng(seed)
+    counts_8 = rng.poisson(expr[:, tissue]).astype(np.float32)  # (genes, tissue bins)
+    full = np.zeros(expr.shape, dtype=np.float32)
+    full[:, tissue] = counts_8
+    lib = adata.uns["spatial"][info.get("library_id", LIBRARY_ID)]
+    images = {res: lib["images"][res] for res in ("hires", "lowres") if res in lib["images"]}
+    gene_ids = (list(adata.var["gene_ids"].reindex(genes).fillna("").astype(str))
+                if "gene_ids" in adata.var else None)
+    for size in sizes:
+        k = size // int(stride)
+        n_r, n_c = expr.shape[1] // k, expr.shape[2] // k
+        binned = full[:, :n_r * k, :n_c * k].reshape(len(genes), n_r, k, n_c, k).sum(axis=(2, 4))
+        in_tissue = tissue[:n_r * k, :n_c * k].reshape(n_r, k, n_c, k).any(axis=(1, 3))
+        ii, jj = np.meshgrid(np.arange(n_r), np.arange(n_c), indexing="ij")
+        # bin centre: the centre of its k x k block of 8 um truth pixels
+        centre_rc_um = origin + (np.stack([ii.ravel(), jj.ravel()], axis=1) * k
+                                 + (k - 1) / 2.0) * stride
+        xy_px = rc_um_to_xy_px(centre_rc_um, um_per_px)
+        barcodes = np.array([f"s_{size:03d}um_{i:05d}_{j:05d}-1"
+                             for i, j in zip(ii.ravel(), jj.ravel(), strict=True)])
+        positions = pd.DataFrame({
+            "barcode": barcodes, "in_tissue": in_tissue.ravel().astype(np.int32),
+            "array_row": ii.ravel().astype(np.int32), "array_col": jj.ravel().astype(np.int32),
+            "pxl_row_in_fullres": xy_px[:, 1], "pxl_col_in_fullres": xy_px[:, 0]})
+        keep = in_tissue.ravel()
+        counts = sparse.csr_matrix(binned.reshape(len(genes), -1)[:, keep].T)
+        scalefactors = {
+            "spot_diameter_fullres": size / um_per_px, "bin_size_um": float(size),
+            "microns_per_pixel": um_per_px, "regist_target_img_scalef": 1.0,
+            "tissue_hires_scalef": float(lib["scalefactors"]["tissue_hires_scalef"]),
+            "tissue_lowres_scalef": float(lib["scalefactors"]["tissue_lowres_scalef"]),
+            "fiducial_diameter_fullres": 4 * size / um_per_px,
+        }
+        write_visium_hd_bins(outs, size, counts, list(barcodes[keep]), genes, positions,
+                             scalefactors, images, gene_ids=gene_ids)
+    spatial = outs / "spatial"
+    spatial.mkdir(parents=True, exist_ok=True)
+    (spatial / "scalefactors_json.json").write_text(json.dumps(scalefactors, indent=2))
+    from PIL import Image
+
+    for res, arr in images.items():
+        Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(spatial / f"tissue_{res}_image.png")
+    with h5py.File(outs / f"{dataset_id}_feature_slice.h5", "w") as f:
+        f.attrs["metadata_json"] = json.dumps(
+            {"hd_layout_json": json.dumps({"file_format": "1.0"}), "transform_matrices": {},
+             "note": "synthetic: layout metadata only, written by napari-trihrge"})
+    if spatialdata_store:
+        from .io.spatialdata import require_spatialdata
+
+        require_spatialdata()
+        import spatialdata_io
+
+        sdata = spatialdata_io.visium_hd(outs, dataset_id=dataset_id,
+                                         load_segmentations_only=False)
+        sdata.write(outs.with_name(outs.name + ".zarr"), overwrite=overwrite)
+    return outs
 __all__ = [
     "DOMAIN_NAMES",
     "TRUTH_STRIDE_UM",
@@ -913,4 +1013,5 @@ __all__ = [
     "truth_map",
     "truth_at",
     "truth_in_spots",
+    "write_visium_hd",
 ]

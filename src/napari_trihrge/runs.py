@@ -130,27 +130,75 @@ def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
 def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
                 stride_um: float | None = None, config: RunConfig | None = None,
                 progress: Progress | None = None, overwrite: bool = False,
-                summary_extra: dict[str, Any] | None = None, trust: bool = True
-                ) -> dict[str, Any]:
+                summary_extra: dict[str, Any] | None = None, trust: bool = True,
+                spatialdata_store: bool = False, into_input: bool = False) -> dict[str, Any]:
     """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``); ``trust``:
     measure per gene whether the model beats interpolation (:func:`napari_trihrge.tasks.enhance`).
-    The run folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`)."""
+    The run folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`).
+
+    ``spatialdata_store=True`` also writes the sample and the results as a self-contained
+    SpatialData store ``<out>/spatialdata.zarr``; ``into_input=True`` adds the results to the
+    SpatialData store the sample was read from (needs the ``spatialdata`` extra)."""
+    if spatialdata_store or into_input:
+        check_spatialdata_output(adata, into_input)
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     with run_folder(out_dir, overwrite) as out:
         return _enhance_into(out, adata, factor=factor, stride_um=stride_um, config=cfg,
-                             progress=progress, summary_extra=summary_extra, trust=trust)
+                             progress=progress, summary_extra=summary_extra, trust=trust,
+                             spatialdata_store=spatialdata_store, into_input=into_input,
+                             overwrite=overwrite)
 
 
 def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
                   config: RunConfig, progress: Progress,
-                  summary_extra: dict[str, Any] | None = None, trust: bool = True
-                  ) -> dict[str, Any]:
+                  summary_extra: dict[str, Any] | None = None, trust: bool = True,
+                  spatialdata_store: bool = False, into_input: bool = False,
+                  overwrite: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
                      progress=progress, map_path=enhance_map_path(out, stride_um), trust=trust)
-    return save_enhance_run(out, adata, result, config, progress=progress, started=t0,
-                            summary_extra=summary_extra)
+    summary = save_enhance_run(out, adata, result, config, progress=progress, started=t0,
+                               summary_extra=summary_extra)
+    if spatialdata_store or into_input:
+        summary["outputs"].update(write_spatialdata_outputs(
+            out, adata, result, new_store=spatialdata_store, into_input=into_input,
+            overwrite=overwrite))
+        write_json(out / "summary.json", summary)
+        mark_complete(out)  # again: the marker lists the store too
+    return summary
+
+
+#: the SpatialData store a run writes into its folder (``--format spatialdata``)
+SPATIALDATA_STORE = "spatialdata.zarr"
+
+
+def check_spatialdata_output(adata: AnnData, into_input: bool) -> None:
+    """Fail before any heavy work when SpatialData output cannot be written."""
+    from .errors import TrihrgeInputError
+    from .io.spatialdata import require_spatialdata
+
+    require_spatialdata()
+    if into_input and not (adata.uns.get("trihrge", {}) or {}).get("spatialdata"):
+        raise TrihrgeInputError("--into-input needs a sample read from a SpatialData store",
+                                "pass a SpatialData .zarr store as PATH, or use "
+                                "--format spatialdata alone for a new store")
+
+
+def write_spatialdata_outputs(out: Path, adata: AnnData, result, *, new_store: bool = True,
+                              into_input: bool = False, overwrite: bool = False
+                              ) -> dict[str, str]:
+    """Write an enhance result as SpatialData: a new store in the run folder and/or into the
+    input store. Returns the entries for ``summary['outputs']``."""
+    from .io.spatialdata import write_into_input, write_spatialdata
+
+    files = {}
+    if new_store:
+        write_spatialdata(Path(out) / SPATIALDATA_STORE, adata, result, overwrite=overwrite)
+        files["spatialdata"] = SPATIALDATA_STORE
+    if into_input:
+        files["spatialdata_input"] = str(write_into_input(adata, result, overwrite=overwrite))
+    return files
 
 
 def enhance_map_path(out: Path, stride_um: float | None) -> str | None:

@@ -18,8 +18,10 @@ from ..errors import TrihrgeInputError
 from .h5ad import read_h5ad
 from .image import TissueImage, image_layer_scale_um, image_size_px, open_image
 from .sample import available_images, get_image, validate_sample
+from .spatialdata import is_spatialdata_store, read_spatialdata
 from .spot_table import is_her2st_folder, read_her2st, read_spot_table
 from .visium import is_visium_folder, read_visium
+from .visium_hd import is_visium_hd_folder, read_visium_hd
 from .writers import (
     ZarrMapWriter,
     open_ome_zarr_map,
@@ -31,7 +33,8 @@ from .writers import (
 _TABLE_SUFFIXES = (".tsv", ".csv", ".txt", ".tsv.gz", ".csv.gz", ".txt.gz")
 
 READ_HINT = (
-    "pass a Space Ranger outs/ folder, an .h5ad file, a her2st-like section folder "
+    "pass a Space Ranger outs/ folder (Visium or Visium HD), a SpatialData .zarr store, an "
+    ".h5ad file, a her2st-like section folder "
     "(<id>.tsv.gz, <id>_selection.tsv, <id>_HE.jpg), or a counts table with positions=... and "
     "image=...")
 
@@ -39,6 +42,10 @@ READ_HINT = (
 def read(path: str | os.PathLike, **kwargs: Any) -> Any:
     """Read a sample, choosing the reader from what ``path`` is:
 
+    * a SpatialData ``.zarr`` store: :func:`read_spatialdata` (``table=``, ``image_element=``,
+      ``coordinate_system=`` pick one when there are several; needs the ``spatialdata`` extra)
+    * a Visium HD ``outs/`` folder or one of its ``binned_outputs/square_XXXum`` folders:
+      :func:`read_visium_hd` (``bin_size_um=``, default 8)
     * a folder with ``filtered_feature_bc_matrix.h5`` (or ``outs/`` holding one): :func:`read_visium`
     * an ``.h5ad`` file: :func:`read_h5ad`
     * a folder with one ``<id>_selection.tsv``: :func:`read_her2st`
@@ -52,6 +59,10 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
     if not p.exists():
         raise TrihrgeInputError(f"input not found: {p}", READ_HINT)
     if p.is_dir():
+        if is_spatialdata_store(p):
+            return read_spatialdata(p, **kwargs)
+        if is_visium_hd_folder(p):
+            return read_visium_hd(p, **kwargs)
         if is_visium_folder(p):
             return read_visium(p, **_accepted(read_visium, kwargs, "Space Ranger folders"))
         if is_her2st_folder(p):
@@ -97,9 +108,13 @@ __all__ = [
     "read",
     "read_h5ad",
     "read_her2st",
+    "is_spatialdata_store",
+    "is_visium_hd_folder",
     "read_map",
+    "read_spatialdata",
     "read_spot_table",
     "read_visium",
+    "read_visium_hd",
     "validate_sample",
     "write_h5ad_atomic",
     "write_ome_tiff",

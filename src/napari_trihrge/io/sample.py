@@ -43,6 +43,8 @@ def available_images(adata: Any) -> list[str]:
     info = adata.uns.get("trihrge", {})
     _, lib = _library(adata)
     out = []
+    if info.get("spatialdata", {}).get("image"):
+        out.append("spatialdata")  # the H&E in the SpatialData store the sample came from
     if info.get("fullres_image_path"):
         out.append("fullres")
     images = lib.get("images", {}) or {}
@@ -62,7 +64,8 @@ def _positive(value: Any) -> bool:
 
 def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
     """The best image of the sample: the full-resolution file (lazy), else hires, else lowres,
-    each with its own pixel size (``fullres_um_per_px / scalef``). ``resolution`` forces one of
+    each with its own pixel size (``fullres_um_per_px / scalef``); for a sample read from a
+    SpatialData store, its image there (lazy). ``resolution`` forces one of 'spatialdata',
     'fullres', 'hires', 'lowres'."""
     info = trihrge_info(adata)
     um_full = float(info["um_per_px"])
@@ -107,7 +110,11 @@ def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
 
 
 def _open_resolution(adata: Any, res: str, info: dict, lib: dict, um_full: float) -> TissueImage:
-    """The sample's image at one resolution ('fullres', 'hires' or 'lowres')."""
+    """The sample's image at one resolution ('spatialdata', 'fullres', 'hires' or 'lowres')."""
+    if res == "spatialdata":
+        from .spatialdata import open_store_image
+
+        return open_store_image(info)
     if res == "fullres":
         return open_image(str(info["fullres_image_path"]), um_full)
     scalef = float(lib["scalefactors"][_SCALEF[res]])
@@ -122,6 +129,11 @@ def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None
     info = adata.uns.get("trihrge", {})
     _, lib = _library(adata)
     for res in available_images(adata):
+        if res == "spatialdata":
+            from .spatialdata import store_image_extent
+
+            scale = float(info["spatialdata"]["image_scale"])
+            return store_image_extent(info), scale, f"image {info['spatialdata']['image']!r}"
         if res == "fullres":
             path = Path(str(info["fullres_image_path"]))
             if not path.is_file():
