@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     save_model_path=str(out_dir), path1=str(out_dir / "file_tmp"))
     wall_s = time.perf_counter() - t0
     pred_all = np.loadtxt(out_dir / "fill_data.txt", dtype=np.float32)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = usage.ru_maxrss / 1024
     np.savez_compressed(d / f"spamcaf_seed{args.seed}.npz", pred_hidden=pred_all[hidden],
                         pred_visible=pred_all[visible], hidden=hidden)
     info = {"method": "SpaMCAF (TriHRGE reference code)", "seed": args.seed,
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_per_epoch": wall_s / args.epochs, "features": "stain-texture (ours), "
             f"{feats.shape[2]} wide, zero-padded to {FEATURE_WIDTH}", "n_visible": int(len(visible)),
             "n_hidden": int(len(hidden)), "wall_s": wall_s, "peak_rss_mb": peak_mb,
+            "cpu_s_process": usage.ru_utime + usage.ru_stime,
             "threads": args.threads}
     (d / f"spamcaf_seed{args.seed}.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info), flush=True)

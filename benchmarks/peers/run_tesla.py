@@ -16,7 +16,7 @@ What is called, all of it TESLA's own code, with its tutorial settings:
 Spot-level prediction for a hidden spot = the mean of the superpixels whose centres fall inside
 that spot's disk (the nearest superpixel when none does): how a TESLA user reads its map at a spot.
 Writes ``tesla_seed<seed>.npz`` (hidden-spot predictions, the superpixel map, wall time, peak
-memory) next to the inputs.
+memory) next to the inputs; with ``--s 0`` (colour switched off, an ablation) ``tesla_s0_seed<seed>``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("section", help="exported section folder name under .work/, e.g. her2st_C3")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--superpixel-um", type=float, default=25.0)
+    ap.add_argument("--s", type=float, default=1.0,
+                    help="TESLA's colour scale (tutorial 1; 0 = no colour: spatial distance only)")
     args = ap.parse_args(argv)
 
     import anndata
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                            index=[str(b) for b in inp["barcodes"][visible]]),
                           var=pd.DataFrame(index=genes))
     sudo = TESLA.imputation(img=img, raw=raw, cnt=cnt, genes=genes, shape="None", res=res_px,
-                            s=1, k=2, num_nbs=10)
+                            s=args.s, k=2, num_nbs=10)
     wall_impute_s = time.perf_counter() - t0
 
     # read the superpixel map at the hidden spots
@@ -89,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             n_inside[i] = len(inside)
         pred[i] = sp_x[inside].mean(axis=0)
     wall_s = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.savez_compressed(d / f"tesla_seed{args.seed}.npz", pred_hidden=pred, hidden=hidden,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = usage.ru_maxrss / 1024
+    tag = "tesla" if args.s == 1.0 else f"tesla_s{args.s:g}"
+    np.savez_compressed(d / f"{tag}_seed{args.seed}.npz", pred_hidden=pred, hidden=hidden,
                         superpixel_rc_px=sp_rc, superpixel_values=sp_x.astype(np.float16),
                         superpixels_per_spot=n_inside)
     info = {"method": "TESLA 1.2.2", "seed": args.seed, "superpixel_um": args.superpixel_um,
@@ -98,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             "n_visible": int(len(visible)), "n_hidden": int(len(hidden)),
             "median_superpixels_per_hidden_spot": float(np.median(n_inside)),
             "wall_s": wall_s, "wall_impute_s": wall_impute_s, "peak_rss_mb": peak_mb,
-            "settings": "imputation(s=1, k=2, num_nbs=10)"}
-    (d / f"tesla_seed{args.seed}.json").write_text(json.dumps(info, indent=1))
+            "cpu_s_process": usage.ru_utime + usage.ru_stime,
+            "settings": f"imputation(s={args.s:g}, k=2, num_nbs=10)"}
+    (d / f"{tag}_seed{args.seed}.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info), flush=True)
     return 0
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ def run_ours(name: str, path: Path, seed: int, inp) -> None:
     from napari_trihrge.tasks import RunConfig, recovery
 
     adata = io.read(path)
+    cpu0 = time.process_time()
     with measure() as m:
         res = recovery(adata, holdout_fraction=float(inp["holdout_fraction"]), seed=seed,
                        config=RunConfig(cache_dir=str(WORK / "feature_cache")))
@@ -49,13 +52,29 @@ def run_ours(name: str, path: Path, seed: int, inp) -> None:
     (out / f"ours_seed{seed}.json").write_text(json.dumps(
         {"method": "this project (recovery, default RunConfig)", "seed": seed,
          "wall_s": m.wall_s, "peak_rss_mb": m.peak_rss_mb,
+         "cpu_s_process": time.process_time() - cpu0,
          "epochs": int(sum(len(h) for h in res.history)),
          "pcc_mean_reported": res.metrics["pcc_mean"]}, indent=1))
     print(f"  ours {name} seed {seed}: PCC {res.metrics['pcc_mean']:.4f} ({m.wall_s:.0f} s)",
           flush=True)
 
 
+def cpu_and_peak(name: str, key: str, seed: int, info: dict) -> tuple[float | None, float | None]:
+    """CPU seconds (user + system) and peak resident MiB of a peer's whole child process, from
+    its ``/usr/bin/time -v`` log when run_all.sh made one, else from the run's own record."""
+    log = WORK / "logs" / f"{key}_{name.replace('/', '_')}_seed{seed}.log"
+    if log.exists():
+        text = log.read_text(errors="replace")
+        user = re.search(r"User time \(seconds\): ([0-9.]+)", text)
+        system = re.search(r"System time \(seconds\): ([0-9.]+)", text)
+        peak = re.search(r"Maximum resident set size \(kbytes\): ([0-9]+)", text)
+        if user and system and peak:
+            return float(user.group(1)) + float(system.group(1)), int(peak.group(1)) / 1024
+    return info.get("cpu_s_process"), info.get("peak_rss_mb")
+
+
 METHODS = {"ours": "this project (model)", "tesla": "TESLA 1.2.2",
+           "tesla_s0": "TESLA, colour off (s=0; ablation)",
            "spamcaf": "TriHRGE reference code (SpaMCAF)"}
 
 
@@ -77,10 +96,14 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
             with measure() as m:
                 knn[f"knn{k}"] = idw_interpolate(rc[visible], x[visible], rc[hidden], k)
             r = per_method.setdefault(f"knn{k}", {"pcc": [], "top": [], "better": [], "wall": [],
-                                                  "mem": [], "seed": []})
+                                                  "mem": [], "cpu": [], "seed": []})
             s, _ = spot_scores(knn[f"knn{k}"], true, genes)
-            r["pcc"].append(s["pcc_mean"]); r["top"].append(s["pcc_top100"])
-            r["wall"].append(m.wall_s); r["mem"].append(None); r["seed"].append(seed)
+            r["pcc"].append(s["pcc_mean"])
+            r["top"].append(s["pcc_top100"])
+            r["wall"].append(m.wall_s)
+            r["mem"].append(None)
+            r["cpu"].append(None)
+            r["seed"].append(seed)
             r["better"].append(None)
         per_gene = pd.DataFrame(index=pd.Index(genes, name="gene"))
         for key in METHODS:
@@ -96,10 +119,15 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
             per_gene["pcc_knn12"] = table["pcc_knn12"].reindex(genes)
             per_gene["mean_measured"] = table["mean_measured"].reindex(genes)
             r = per_method.setdefault(key, {"pcc": [], "top": [], "better": [], "wall": [],
-                                            "mem": [], "seed": []})
-            r["pcc"].append(s["pcc_mean"]); r["top"].append(s["pcc_top100"])
+                                            "mem": [], "cpu": [], "seed": []})
+            r["pcc"].append(s["pcc_mean"])
+            r["top"].append(s["pcc_top100"])
             r["better"].append(b["fraction_genes_better_than_baseline"])
-            r["wall"].append(info["wall_s"]); r["mem"].append(info.get("peak_rss_mb"))
+            cpu, peak = cpu_and_peak(name, key, seed, info) if key != "ours" else (
+                info.get("cpu_s_process"), info.get("peak_rss_mb"))
+            r["wall"].append(info["wall_s"])
+            r["mem"].append(peak)
+            r["cpu"].append(cpu)
             r["seed"].append(seed)
             if key == "spamcaf":
                 extra.setdefault(key, []).append(f"{info['epochs']}/{info['epochs_default']} epochs")
@@ -109,6 +137,7 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
     for key, r in per_method.items():
         mems = [v for v in r["mem"] if v is not None]
         betters = [v for v in r["better"] if v is not None]
+        cpus = [v for v in r["cpu"] if v is not None]
         rows.append({
             "section": label, "method": METHODS.get(key, f"kNN k={key[3:]}") + (
                 f" ({', '.join(sorted(set(extra[key])))})" if key in extra else ""),
@@ -116,6 +145,7 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
             "top-100 PCC": mean_sd(r["top"]),
             "genes > best kNN": f"{np.mean(betters):.0%}" if betters else "",
             "wall s / seed": f"{np.mean(r['wall']):.1f}",
+            "CPU s / seed": f"{np.mean(cpus):.0f}" if cpus else "",
             "peak MiB": f"{max(mems):.0f}" if mems else "(in-process)",
         })
     return rows
