@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     adata = anndata.AnnData(X=x, obs=pd.DataFrame(index=barcodes),
                             var=pd.DataFrame(index=genes))
     # its convention: obsm['coord'] = (array_col, array_row)
-    coord = pd.DataFrame(lattice[:, ::-1], index=barcodes, columns=["x", "y"])
-    spatial = pd.DataFrame(inp["rc_px_image"][:, ::-1], index=barcodes)
+    coord = pd.DataFrame(np.ascontiguousarray(lattice[:, ::-1]), index=barcodes, columns=["x", "y"])
+    spatial = pd.DataFrame(np.ascontiguousarray(inp["rc_px_image"][:, ::-1]), index=barcodes)
 
     def get_section_data(section_id):
         return adata, None

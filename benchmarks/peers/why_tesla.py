@@ -11,7 +11,11 @@ Prints three tables:
 2. Per-gene PCC by expression quartile (mean measured log-expression of the hidden spots):
    our model, TESLA, TESLA without colour (``s=0``) where run, kNN k=12; share of genes where
    TESLA beats our model.
-3. What the colour carries: 5-fold cross-validated R² (ridge) of the first three expression PCs
+3. Collapsed genes: how many genes each method predicts as one constant over the hidden spots
+   (scored 0 by the fair score), the constant's value, and our model's score when those genes take
+   the kNN k=12 prediction instead (a fallback chosen without looking at the hidden truth: a
+   constant prediction is visible before scoring).
+4. What the colour carries: 5-fold cross-validated R² (ridge) of the first three expression PCs
    of all spots from (a) the mean grey value of the H&E in a 25 um window at the spot centre (the
    scalar TESLA's colour distance uses), (b) our default-encoder features (the network's image
    input), (c) both.
@@ -77,6 +81,35 @@ def by_quartile(name: str, seeds: list[int]) -> list[dict]:
     return rows
 
 
+def collapsed_genes(name: str, seed: int) -> dict | None:
+    from napari_trihrge.metrics import spot_scores
+    from napari_trihrge.neighbours import idw_interpolate
+
+    d = section_dir(name)
+    if not (d / f"ours_seed{seed}.npz").exists():
+        return None
+    inp = np.load(d / f"inputs_seed{seed}.npz")
+    x, hidden, visible, rc = inp["X"], inp["hidden"], inp["visible"], inp["rc_um"]
+    genes = [str(g) for g in inp["genes"]]
+    true = x[hidden]
+    knn12 = idw_interpolate(rc[visible], x[visible], rc[hidden], 12)
+    ours = np.load(d / f"ours_seed{seed}.npz")["pred_hidden"]
+    constant = np.ptp(ours, axis=0) <= 0
+    fallback = np.where(constant[None, :], knn12, ours)
+    row = {"section": name, "seed": seed,
+           "ours: constant genes": int(constant.sum()),
+           "their value": (f"{ours[0, constant].min():.2f}..{ours[0, constant].max():.2f}"
+                           if constant.any() else ""),
+           "ours": spot_scores(ours, true, genes)[0]["pcc_mean"],
+           "ours, constant genes -> kNN12": spot_scores(fallback, true, genes)[0]["pcc_mean"],
+           "kNN k=12": spot_scores(knn12, true, genes)[0]["pcc_mean"]}
+    if (d / f"tesla_seed{seed}.npz").exists():
+        tesla = np.load(d / f"tesla_seed{seed}.npz")["pred_hidden"]
+        row["TESLA: constant genes"] = int((np.ptp(tesla, axis=0) <= 0).sum())
+        row["TESLA"] = spot_scores(tesla, true, genes)[0]["pcc_mean"]
+    return row
+
+
 def colour_content(name: str, seed: int, window_um: float = 25.0) -> dict:
     from sklearn.decomposition import PCA
     from sklearn.linear_model import RidgeCV
@@ -121,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table([section_stats(n, samples[n], seeds[0]) for n in names], title="Sections")
     print_table([r for n in names for r in by_quartile(n, seeds)],
                 title="Per-gene PCC by expression quartile (hidden spots, seeds pooled)")
+    rows = [collapsed_genes(n, s) for n in names for s in seeds]
+    print_table([r for r in rows if r], title="Collapsed genes (hidden spots)")
     print_table([colour_content(n, seeds[0]) for n in names],
                 title="What the colour carries: cross-validated R² of expression PCs (all spots)")
     return 0
