@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,12 @@ class RunConfig:
     neighbour_skip: bool = True
     image_input: bool = True
     n_neighbours: int = 12  # k=12 is the best image-free kNN on the shared sections
+    # recovery: the prediction is a per-gene non-negative blend of these candidates (kNN k=6 and
+    # k=12, a ridge head on image features + neighbour-expression PCs, the network), weighted on
+    # out-of-fold predictions of the training spots (napari_trihrge.stacking); the network is
+    # then the average of the fold models. () = the network alone, trained on every training spot
+    stacking: tuple[str, ...] = ("knn6", "knn12", "ridge", "network")
+    stacking_folds: int = 5
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
@@ -68,6 +74,7 @@ class RunConfig:
         d.pop("hf_token", None)
         d["windows_um"] = list(self.windows_um)
         d["extra_genes"] = list(self.extra_genes)
+        d["stacking"] = list(self.stacking)
         for key in ("model", "train"):  # tuples (decoder_dims) cannot be stored in h5ad
             d[key] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[key].items()}
         return d
@@ -167,6 +174,81 @@ def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress
     mean, std = predict_ensemble([f.model for f in fits], features, neighbour, device=cfg.device,
                                  progress=progress)
     return mean, (std if len(fits) > 1 else None)
+
+
+STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
+
+
+@dataclass
+class StackedModel:
+    """What :func:`_fit_stacked` learns: the network of every fold (averaged when predicting),
+    the ridge head on all training spots and the per-gene blend of the candidates."""
+
+    fits: list
+    ridge: Any  # stacking.RidgeHead or None
+    blend: Any  # stacking.GeneBlend
+    src_rc_um: np.ndarray  # training spots (interpolation sources)
+    src_y: np.ndarray
+
+
+def _check_stacking(cfg: RunConfig, n_spots: int) -> None:
+    unknown = sorted(set(cfg.stacking) - set(STACKING_CANDIDATES))
+    if unknown:
+        raise TrihrgeInputError(f"unknown stacking candidates {unknown}",
+                                f"use any of {', '.join(STACKING_CANDIDATES)}, or () for the "
+                                "network alone")
+    if cfg.stacking and not (2 <= cfg.stacking_folds <= n_spots // 5):
+        raise TrihrgeInputError(
+            f"{cfg.stacking_folds} stacking folds do not fit {n_spots} training spots",
+            "use stacking_folds between 2 and a fifth of the training spots, or stacking=()")
+
+
+def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
+                 nb: np.ndarray | None, progress: Progress) -> StackedModel:
+    """Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds``
+    folds; kNN leave-one-out over all training spots, as dense as for the hidden spots), the
+    per-gene blend fitted on them, and the ridge head refitted on every training spot."""
+    from .stacking import RidgeHead, fit_gene_blend, fold_indices
+
+    folds = fold_indices(len(y), cfg.stacking_folds, cfg.seed)
+    img = feats if cfg.image_input else None
+    oof: dict[str, np.ndarray] = {}
+    for name in cfg.stacking:
+        if name.startswith("knn"):
+            oof[name] = idw_interpolate(rc_um, y, rc_um, int(name[3:]), exclude_self=True)
+        else:
+            oof[name] = np.zeros_like(y)
+    fits: list = []
+    for i, test in enumerate(folds):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        nb_tr, nb_te = (nb[train], nb[test]) if nb is not None else (None, None)
+        if "ridge" in oof:
+            head = RidgeHead.fit(img[train] if img is not None else None, nb_tr, y[train])
+            oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
+        if "network" in oof:
+            progress.message(f"stacking fold {i + 1}/{len(folds)}")
+            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y[train],
+                             nb_tr, progress)
+            oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
+            fits += fold_fits
+    ridge = RidgeHead.fit(img, nb, y) if "ridge" in oof else None
+    return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
+                        src_y=y)
+
+
+def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
+                        rc_um: np.ndarray, cfg: RunConfig,
+                        progress: Progress | None = None) -> tuple[dict, np.ndarray | None]:
+    """Every candidate's prediction at ``rc_um`` (name -> (M, G)) and the networks' spread."""
+    out, std = {}, None
+    for name in model.blend.names:
+        if name.startswith("knn"):
+            out[name] = idw_interpolate(model.src_rc_um, model.src_y, rc_um, int(name[3:]))
+        elif name == "ridge":
+            out[name] = model.ridge.predict(feats if cfg.image_input else None, nb)
+        else:
+            out[name], std = _predict(model.fits, feats, nb, cfg, progress)
+    return out, std
 
 
 def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
@@ -280,22 +362,41 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
                                    exclude_self=True)
         nb_hidden = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], cfg.n_neighbours)
+    _check_stacking(cfg, len(visible))
+    stacked = None
     with timer("training"):
-        fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
+        if cfg.stacking:
+            stacked = _fit_stacked(cfg, feats[visible], y[visible], rc_um[visible], nb_train,
+                                   progress)
+            fits = stacked.fits
+        else:
+            fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
     with timer("prediction"):
-        pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
         knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
                for k in BASELINE_KS}
+        # the candidates of the blend are scored on the same genes and spots as the model
+        parts: dict[str, np.ndarray] = {}
+        if stacked is not None:
+            parts, std = _stacked_candidates(stacked, feats[hidden], nb_hidden, rc_um[hidden],
+                                             cfg, progress)
+            pred = np.maximum(stacked.blend.predict(parts), 0.0)
+        else:
+            pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
 
     from .metrics import kmeans_ari
 
     genes = list(expr.var_names)
-    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines=knn)
+    extra = {n: v for n, v in parts.items() if n in ("ridge", "network")}
+    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines={**knn, **extra})
     metrics: dict[str, Any] = {
         "heldout_fraction": float(holdout_fraction), "seed": int(seed),
         "n_hidden": int(len(hidden)), "n_visible": int(len(visible)), **summary,
         **best_baseline(summary, per_gene, list(knn), "knn"),
     }
+    if stacked is not None:
+        metrics.update(stacked.blend.summary())
+        if stacked.ridge is not None:
+            metrics["ridge_alpha"] = stacked.ridge.alpha
     metrics["baseline_knn_k"] = int(metrics["baseline_knn_method"].removeprefix("knn"))
     baseline = knn[metrics["baseline_knn_method"]]
     if labels is not None:
