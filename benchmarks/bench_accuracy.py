@@ -73,9 +73,10 @@ MODEL_VARIANTS: dict[str, dict] = {
     "ablation: network alone": {"stacking": ()},
     "ablation: network alone, image only": {"stacking": (), "neighbour_input": False},
     "ablation: network alone, neighbours only": {"stacking": (), "image_input": False},
-    "ablation: network alone, ReLU output (before)": {"stacking": (),
-                                                      "model": {"output_activation": "relu"}},
 }
+#: with ``--with-relu``: the network alone with the earlier ReLU output (dead outputs)
+RELU_VARIANT = {"ablation: network alone, ReLU output (before)": {
+    "stacking": (), "model": {"output_activation": "relu"}}}
 
 
 def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], knn: dict) -> dict:
@@ -272,12 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/BLAS threads (default 2)")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated shared sample names to run (e.g. dlpfc_151673,her2st/C2)")
+    ap.add_argument("--with-relu", action="store_true",
+                    help="add the network-alone row with the earlier ReLU output layer")
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="cap training epochs (smoke tests only; the numbers are then not the "
                          "benchmark's)")
     args = ap.parse_args(argv)
     if args.max_epochs:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
+    if args.with_relu:
+        MODEL_VARIANTS.update(RELU_VARIANT)
     limit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     parts = set(args.parts.split(","))
@@ -287,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache_dir or tempfile.mkdtemp(prefix="trihrge_bench_")
     samples = ({Path(p).name: Path(p) for p in args.sample} if args.sample
                else shared_samples(args.data))
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        missing = sorted(set(wanted) - set(samples))
+        if missing:
+            ap.error(f"no such samples: {missing}; known: {sorted(samples)}")
+        samples = {n: samples[n] for n in wanted}
     out: dict = {"seeds": seeds, "parts": sorted(parts)}
     with measure() as total:
         if "recovery" in parts:
