@@ -168,6 +168,11 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
         if labels is not None:
             raw.setdefault("measured expression", {}).setdefault("ari", []).append(
                 kmeans_ari(yh, labels[hidden], seed=0))
+    return recovery_rows(name, raw), raw
+
+
+def recovery_rows(name: str, raw: dict) -> list[dict]:
+    """Table rows of one sample from the per-seed numbers of :func:`recovery_suite`."""
     rows = []
     for label, r in raw.items():
         row = {"sample": name + (" (untouched)" if name in UNTOUCHED else ""), "method": label}
@@ -184,7 +189,19 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
         if r.get("wall_s"):
             row["wall s / seed"] = f"{np.mean(r['wall_s']):.1f}"
         rows.append(row)
-    return rows, raw
+    return rows
+
+
+def merge_recovery(paths: list[str]) -> dict[str, dict]:
+    """Per-sample raw numbers of several ``--json`` outputs (e.g. one process per seed) joined."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for name, raw in json.loads(Path(path).read_text()).get("recovery", {}).items():
+            for label, r in raw.items():
+                dst = merged.setdefault(name, {}).setdefault(label, {})
+                for key, values in r.items():
+                    dst.setdefault(key, []).extend(values)
+    return merged
 
 
 def transfer_suite(sections: dict[str, Path], cache_dir: str) -> tuple[list[dict], dict]:
@@ -280,7 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="cap training epochs (smoke tests only; the numbers are then not the "
                          "benchmark's)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print the recovery table of earlier --json outputs joined (one process "
+                         "per seed or sample) and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = merge_recovery(args.merge)
+        rows = [row for name, raw in merged.items() for row in recovery_rows(name, raw)]
+        print_table(rows, title="Held-out recovery, 50 % hidden (joined runs)")
+        return 0
     if args.max_epochs:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
     if args.with_relu:

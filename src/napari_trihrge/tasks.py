@@ -344,7 +344,11 @@ class RecoveryResult:
 def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
              config: RunConfig | None = None, progress: Progress | None = None) -> RecoveryResult:
     """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
-    hidden ones and score them (hidden spots only) next to the image-free kNN baseline."""
+    hidden ones and score them (hidden spots only) next to the image-free kNN baseline.
+
+    With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
+    (:mod:`napari_trihrge.stacking`), weighted on out-of-fold predictions of the training spots;
+    each candidate is also scored, on the same genes and spots (``baseline_<name>_*``)."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     timer = _Timer()
