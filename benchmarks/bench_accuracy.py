@@ -110,7 +110,7 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
 
     adata = load_sample(path)
     annotation = annotation_file(path) if str(path) != "synthetic" else "domain"
-    variants = variants or MODEL_VARIANTS
+    variants = MODEL_VARIANTS if variants is None else variants
     raw: dict[str, dict[str, list]] = {}
     cfg0 = _config(cache_dir)
     expr = prepare_expression(adata, cfg0.n_top_genes)
@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
     ap.add_argument("--only", default=None,
                     help="comma-separated shared sample names to run (e.g. dlpfc_151673,her2st/C2)")
+    ap.add_argument("--no-models", action="store_true",
+                    help="recovery: only the kNN and ridge rows (no network is trained)")
     ap.add_argument("--with-relu", action="store_true",
                     help="add the network-alone row with the earlier ReLU output layer")
     ap.add_argument("--max-epochs", type=int, default=None,
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             out["recovery"] = {}
             for name, path in samples.items():
                 print(f"recovery: {name}", flush=True)
-                r, raw = recovery_suite(name, path, seeds, cache)
+                r, raw = recovery_suite(name, path, seeds, cache,
+                                        variants={} if args.no_models else None)
                 rows += r
                 out["recovery"][name] = raw
             print_table(rows, title=f"Held-out recovery, 50 % hidden, seeds {seeds}")
