@@ -100,7 +100,6 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     from napari_trihrge.stacking import RidgeHead
     from napari_trihrge.tasks import (
         BASELINE_KS,
-        RunConfig,
         _encoder_and_image,
         _features,
         _holdout_split,
