@@ -54,10 +54,8 @@ class ModelConfig:
     needs ``neighbour_input=True``); ``neighbour_dim`` is the width of the neighbour vector
     (defaults to ``n_genes``). ``output_activation``: 'clip' (the default) trains the output
     as it is (identity, no dead zone) and clips predictions at 0 in eval mode; 'relu' (the
-    reference's choice), 'softplus' or 'none' (identity always). ReLU was chosen earlier on a
-    score that dropped constant predictions; scored fairly (a constant prediction counts as PCC 0)
-    it is the worst: its outputs die for 40-60 % of the genes on real sections (410 of 1000 on
-    her2st C2, seed 1: PCC 0.123 against 0.144 for the identity, kNN 0.130).
+    reference's choice), 'softplus' or 'none' (identity always). ReLU outputs die for many sparse
+    genes on real sections, which then get a constant prediction (docs/benchmarks-accuracy.md).
     """
 
     in_dim: int
