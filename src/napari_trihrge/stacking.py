@@ -12,9 +12,10 @@ Candidates for each gene's prediction at a location:
 out-of-fold predictions of the training spots (each training spot predicted by candidates that
 did not see it), shrunk toward one weight vector shared by all genes so that genes with little
 signal do not get noisy weights. Non-negative weights keep a candidate from being flipped in sign
-on a noisy validation estimate;
-a gene whose out-of-fold data favour interpolation falls back on it, and a gene that no candidate
-predicted out of fold keeps the shared weights instead of becoming a constant.
+on a noisy validation estimate; a gene whose out-of-fold data favour interpolation falls back on
+it, and a gene that no candidate predicted out of fold keeps the shared weights instead of
+becoming a constant. The fit protects each gene on the training spots' out-of-fold predictions,
+not on unseen spots: there a gene can still come out below interpolation.
 """
 
 from __future__ import annotations
