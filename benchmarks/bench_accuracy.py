@@ -8,13 +8,17 @@ One command reruns the suite on ``../shared/data`` (or on samples given by path,
 
 Parts
 -----
-recovery   50 % of the spots hidden (seeded permutation), scored on the hidden spots only, mean
-           per-gene PCC over 1000 HVGs, mean ± sd over seeds. Rows per sample: our model
-           (image + neighbours, the default RunConfig), the image-free inverse-distance kNN
-           baseline (k=6 and k=12), the image-only ablation (neighbour_input=False) and the
-           neighbour-only ablation (image_input=False). ARI of k-means clusters against the layer
-           annotation when the sample folder has a ``*_truth.txt``. 'vs knn12' is the mean ± sd
-           over seeds of the paired difference (model - kNN k=12) on the same split.
+recovery   50 % of the spots hidden (seeded permutation), scored on the hidden spots only with
+           the project's one score (metrics.spot_scores: mean per-gene PCC over every gene that
+           varies among the hidden spots, a constant prediction counting as 0), mean ± sd over
+           seeds. Rows per sample: inverse-distance kNN k=6 and k=12, ridge on the image
+           statistics (the default encoder's features), ridge on image + neighbour expression,
+           the shipped model (per-gene blend of network, ridge and kNN) and ablations (blend
+           without the network, the network alone, image only, neighbours only, ReLU output).
+           'x best kNN' / '- best kNN': mean ± sd over seeds of the paired ratio / difference to
+           the better kNN of the same split; top-100 PCC (most expressed genes), genes predicted
+           as a constant, share of genes better than the best kNN. ARI of k-means clusters
+           against the layer annotation when the sample folder has a ``*_truth.txt``.
 transfer   every her2st section predicted from its image alone after training on the others
            (tasks.transfer); baselines: ridge on the same features, mean training expression (MSE).
 synthetic  the embedded sample with truth: enhance at 16 um with a 3-model ensemble; dense map vs
@@ -62,79 +66,141 @@ def _config(cache_dir: str, **kw):
     return RunConfig(cache_dir=cache_dir, train=dict(TRAIN_OVERRIDES), **kw)
 
 
+#: recovery rows that train a model: label -> RunConfig overrides (default = the shipped model)
+MODEL_VARIANTS: dict[str, dict] = {
+    "model: blend of network + ridge + kNN (default)": {},
+    "ablation: blend without the network (ridge + kNN)": {"stacking": ("knn6", "knn12", "ridge")},
+    "ablation: network alone": {"stacking": ()},
+    "ablation: network alone, image only": {"stacking": (), "neighbour_input": False},
+    "ablation: network alone, neighbours only": {"stacking": (), "image_input": False},
+}
+#: with ``--with-relu``: the network alone with the earlier ReLU output (dead outputs)
+RELU_VARIANT = {"ablation: network alone, ReLU output (before)": {
+    "stacking": (), "model": {"output_activation": "relu"}}}
+
+
+def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], knn: dict) -> dict:
+    """The fair score of ``pred`` next to the better kNN on the same genes and spots."""
+    from napari_trihrge.metrics import best_baseline, spot_scores
+
+    summary, table = spot_scores(pred, true, genes, baselines=knn)
+    return {**summary, **best_baseline(summary, table, list(knn), "knn")}
+
+
 def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None = None
                    ) -> tuple[list[dict], dict]:
-    """Rows (one per method) for one sample; raw per-seed numbers in the second value."""
-    from napari_trihrge.metrics import kmeans_ari, per_gene_pcc
+    """Rows (one per method) for one sample; raw per-seed numbers in the second value.
+
+    Every row is scored with ``metrics.spot_scores`` on the same hidden spots and genes as the
+    better inverse-distance kNN (k=6/12) of the same split."""
+    from napari_trihrge.metrics import kmeans_ari
     from napari_trihrge.neighbours import idw_interpolate
     from napari_trihrge.preprocessing import prepare_expression
-    from napari_trihrge.tasks import RunConfig, _holdout_split, recovery, sample_geometry
+    from napari_trihrge.progress import Progress
+    from napari_trihrge.stacking import RidgeHead
+    from napari_trihrge.tasks import (
+        BASELINE_KS,
+        _encoder_and_image,
+        _features,
+        _holdout_split,
+        recovery,
+        sample_geometry,
+    )
 
     adata = load_sample(path)
     annotation = annotation_file(path) if str(path) != "synthetic" else "domain"
-    variants = variants or {
-        "model (image + neighbours)": {},
-        "image-only ablation": {"neighbour_input": False},
-        "neighbour-only ablation": {"image_input": False},
-    }
+    variants = MODEL_VARIANTS if variants is None else variants
     raw: dict[str, dict[str, list]] = {}
-    # kNN baselines on exactly the recovery genes and splits
-    expr = prepare_expression(adata, RunConfig().n_top_genes)
+    cfg0 = _config(cache_dir)
+    expr = prepare_expression(adata, cfg0.n_top_genes)
+    genes = list(expr.var_names)
     rc_um, _, _ = sample_geometry(expr)
     y = np.asarray(expr.X, dtype=np.float32)
+    image, encoder = _encoder_and_image(adata, cfg0)
+    feats = _features(image, encoder, rc_um, cfg0.windows_um, cfg0, Progress())
     labels = None
     if annotation is not None:
         from napari_trihrge.tasks import _annotation_labels
 
         labels = _annotation_labels(expr, str(annotation)).to_numpy()
-    for k in (6, 12):
-        key = f"kNN baseline k={k}"
-        raw[key] = {"pcc": [], "mse": [], "ari": [], "wall_s": [], "peak_mb": []}
-        for seed in seeds:
+
+    def record(label: str, s: dict, m=None, ari=None, epochs=None) -> None:
+        r = raw.setdefault(label, {})
+        ratio = s["pcc_mean"] / s["baseline_knn_pcc_mean"]
+        for key, v in (("pcc", s["pcc_mean"]), ("ratio", ratio),
+                       ("diff", s["pcc_mean"] - s["baseline_knn_pcc_mean"]),
+                       ("top100", s["pcc_top100"]), ("constant", s["n_genes_constant_prediction"]),
+                       ("better", s["fraction_genes_better_than_baseline"]), ("mse", s["mse"]),
+                       ("best_knn", s["baseline_knn_pcc_mean"]), ("ari", ari), ("epochs", epochs),
+                       ("wall_s", m.wall_s if m else None),
+                       ("peak_mb", m.peak_rss_mb if m else None)):
+            if v is not None:
+                r.setdefault(key, []).append(float(v))
+
+    for seed in seeds:
+        hidden, visible = _holdout_split(len(y), 0.5, seed)
+        yv, yh = y[visible], y[hidden]
+        knn = {f"knn{k}": idw_interpolate(rc_um[visible], yv, rc_um[hidden], k)
+               for k in BASELINE_KS}
+        for k in BASELINE_KS:
+            ari = kmeans_ari(knn[f"knn{k}"], labels[hidden], seed=0) if labels is not None else None
+            record(f"kNN baseline k={k}", _scores(knn[f"knn{k}"], yh, genes, knn), ari=ari)
+        nb_v = idw_interpolate(rc_um[visible], yv, rc_um[visible], cfg0.n_neighbours,
+                               exclude_self=True)
+        nb_h = idw_interpolate(rc_um[visible], yv, rc_um[hidden], cfg0.n_neighbours)
+        for label, use_nb in (("ridge on image statistics", False),
+                              ("ridge on image statistics + neighbour expression", True)):
             with measure() as m:
-                hidden, visible = _holdout_split(len(y), 0.5, seed)
-                pred = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
-            raw[key]["pcc"].append(float(np.nanmean(per_gene_pcc(pred, y[hidden]))))
-            raw[key]["mse"].append(float(((pred - y[hidden]) ** 2).mean()))
-            if labels is not None:
-                raw[key]["ari"].append(kmeans_ari(pred, labels[hidden], seed=0))
-            raw[key]["wall_s"].append(m.wall_s)
-            raw[key]["peak_mb"].append(m.peak_rss_mb)
-    for label, kw in variants.items():
-        raw[label] = {"pcc": [], "mse": [], "ari": [], "wall_s": [], "peak_mb": [], "epochs": []}
-        for seed in seeds:
+                head = RidgeHead.fit(feats[visible], nb_v if use_nb else None, yv)
+                pred = head.predict(feats[hidden], nb_h if use_nb else None)
+            record(label, _scores(pred, yh, genes, knn), m)
+        for label, kw in variants.items():
             with measure() as m:
                 res = recovery(adata, holdout_fraction=0.5, seed=seed, annotation=annotation,
                                config=_config(cache_dir, **kw))
-            raw[label]["pcc"].append(res.metrics["pcc_mean"])
-            raw[label]["mse"].append(res.metrics["mse"])
-            if "ari" in res.metrics:
-                raw[label]["ari"].append(res.metrics["ari"])
-            raw[label]["wall_s"].append(m.wall_s)
-            raw[label]["peak_mb"].append(m.peak_rss_mb)
-            raw[label]["epochs"].append(sum(len(h) for h in res.history))
-            print(f"  {name} seed {seed} {label}: PCC {res.metrics['pcc_mean']:.4f} "
-                  f"({m.wall_s:.0f} s)", flush=True)
-    if labels is not None:
-        raw["measured expression"] = {"ari": [kmeans_ari(y[_holdout_split(len(y), 0.5, s)[0]],
-                                                         labels[_holdout_split(len(y), 0.5, s)[0]],
-                                                         seed=0) for s in seeds]}
-    ref = np.asarray(raw["kNN baseline k=12"]["pcc"])
+            record(label, res.metrics, m, ari=res.metrics.get("ari"),
+                   epochs=sum(len(h) for h in res.history))
+            print(f"  {name} seed {seed} {label}: PCC {res.metrics['pcc_mean']:.4f} vs kNN "
+                  f"{res.metrics['baseline_knn_pcc_mean']:.4f} "
+                  f"({res.metrics['n_genes_constant_prediction']} constant; {m.wall_s:.0f} s)",
+                  flush=True)
+        if labels is not None:
+            raw.setdefault("measured expression", {}).setdefault("ari", []).append(
+                kmeans_ari(yh, labels[hidden], seed=0))
+    return recovery_rows(name, raw), raw
+
+
+def recovery_rows(name: str, raw: dict) -> list[dict]:
+    """Table rows of one sample from the per-seed numbers of :func:`recovery_suite`."""
     rows = []
     for label, r in raw.items():
         row = {"sample": name + (" (untouched)" if name in UNTOUCHED else ""), "method": label}
         if r.get("pcc"):
             row["PCC (hidden spots)"] = mean_sd(r["pcc"])
-            row["vs kNN k=12"] = mean_sd(np.asarray(r["pcc"]) - ref) if label not in (
-                "kNN baseline k=12",) else ""
-            row["MSE"] = mean_sd(r["mse"])
+            row["x best kNN"] = mean_sd(r["ratio"], 2)
+            row["- best kNN"] = mean_sd(r["diff"])
+            row["top-100 PCC"] = mean_sd(r["top100"])
+            row["constant genes"] = f"{np.mean(r['constant']):.0f}"
+            row["genes > best kNN"] = f"{np.mean(r['better']):.0%}"
+            row["MSE"] = f"{np.mean(r['mse']):.3f}"
         if r.get("ari"):
             row["ARI"] = mean_sd(r["ari"])
         if r.get("wall_s"):
             row["wall s / seed"] = f"{np.mean(r['wall_s']):.1f}"
-            row["peak MiB"] = f"{np.max(r['peak_mb']):.0f}"
         rows.append(row)
-    return rows, raw
+    return rows
+
+
+def merge_recovery(paths: list[str]) -> dict[str, dict]:
+    """Per-sample raw numbers of several ``--json`` outputs (e.g. one process per seed) joined."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for name, raw in json.loads(Path(path).read_text()).get("recovery", {}).items():
+            for label, r in raw.items():
+                dst = merged.setdefault(name, {}).setdefault(label, {})
+                for key, values in r.items():
+                    dst.setdefault(key, []).extend(values)
+    return merged
 
 
 def transfer_suite(sections: dict[str, Path], cache_dir: str) -> tuple[list[dict], dict]:
@@ -223,12 +289,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/BLAS threads (default 2)")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated shared sample names to run (e.g. dlpfc_151673,her2st/C2)")
+    ap.add_argument("--no-models", action="store_true",
+                    help="recovery: only the kNN and ridge rows (no network is trained)")
+    ap.add_argument("--with-relu", action="store_true",
+                    help="add the network-alone row with the earlier ReLU output layer")
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="cap training epochs (smoke tests only; the numbers are then not the "
                          "benchmark's)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print the recovery table of earlier --json outputs joined (one process "
+                         "per seed or sample) and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = merge_recovery(args.merge)
+        rows = [row for name, raw in merged.items() for row in recovery_rows(name, raw)]
+        print_table(rows, title="Held-out recovery, 50 % hidden (joined runs)")
+        return 0
     if args.max_epochs:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
+    if args.with_relu:
+        MODEL_VARIANTS.update(RELU_VARIANT)
     limit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     parts = set(args.parts.split(","))
@@ -238,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache_dir or tempfile.mkdtemp(prefix="trihrge_bench_")
     samples = ({Path(p).name: Path(p) for p in args.sample} if args.sample
                else shared_samples(args.data))
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        missing = sorted(set(wanted) - set(samples))
+        if missing:
+            ap.error(f"no such samples: {missing}; known: {sorted(samples)}")
+        samples = {n: samples[n] for n in wanted}
     out: dict = {"seeds": seeds, "parts": sorted(parts)}
     with measure() as total:
         if "recovery" in parts:
@@ -245,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             out["recovery"] = {}
             for name, path in samples.items():
                 print(f"recovery: {name}", flush=True)
-                r, raw = recovery_suite(name, path, seeds, cache)
+                r, raw = recovery_suite(name, path, seeds, cache,
+                                        variants={} if args.no_models else None)
                 rows += r
                 out["recovery"][name] = raw
             print_table(rows, title=f"Held-out recovery, 50 % hidden, seeds {seeds}")

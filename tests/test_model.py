@@ -45,12 +45,13 @@ def test_shapes_attention_and_non_negative(n_scales, neighbour):
         out, w = model(bag, nb, return_attention=True)
         assert out.shape == (9, 7)
         assert w.shape == (9, n_scales + int(neighbour))
-        assert (out >= 0).all()
+        if not model.training:  # the default 'clip' output is linear while training
+            assert (out >= 0).all()
         torch.testing.assert_close(w.sum(dim=1), torch.ones(9))
     assert model(bag, nb).shape == (9, 7)
 
 
-@pytest.mark.parametrize("activation", ["softplus", "relu"])
+@pytest.mark.parametrize("activation", ["clip", "softplus", "relu"])
 def test_output_is_non_negative_even_with_negative_bias(activation):
     model = _model(output_activation=activation).eval()
     with torch.no_grad():
@@ -231,3 +232,22 @@ def test_output_bias_starts_at_the_gene_means():
             model.decoder[-1].weight.zero_()
             out = model.eval()(torch.zeros(3, 2, 4)).numpy()
         np.testing.assert_allclose(out[0], targets.mean(axis=0), rtol=1e-4)
+
+
+def test_clip_output_has_no_dead_zone_while_training():
+    import torch
+
+    from napari_trihrge.model import ModelConfig, TriHRGENet
+
+    model = TriHRGENet(ModelConfig(in_dim=4, n_genes=3, n_scales=2, hidden_dim=8,
+                                   attention_dim=4, decoder_dims=(8,)))
+    assert model.config.output_activation == "clip"
+    with torch.no_grad():
+        model.decoder[-1].bias.fill_(-5.0)  # every output far below 0
+    x = torch.randn(6, 2, 4)
+    out = model.train()(x)
+    assert (out < 0).all()
+    out.sum().backward()  # the gradient reaches the output layer (ReLU would give exactly 0)
+    assert model.decoder[-1].bias.grad.abs().min() > 0
+    with torch.no_grad():
+        assert (model.eval()(x) == 0).all()  # predictions are clipped at 0

@@ -133,3 +133,19 @@ def test_enhance_without_trust(synthetic):
 def test_enhance_trust_needs_enough_spots(synthetic):
     with pytest.raises(TrihrgeInputError, match="--no-trust"):
         tasks.enhance(synthetic[:12].copy(), factor=2, config=tiny())
+def test_recovery_blend_scores_its_candidates_on_the_same_genes(synthetic):
+    res = tasks.recovery(synthetic, seed=2, config=tiny(stacking_folds=3))
+    m = res.metrics
+    for name in ("knn6", "knn12", "ridge", "network"):
+        assert m[f"blend_weight_{name}_mean"] >= 0
+    for key in ("baseline_ridge_pcc_mean", "baseline_network_pcc_mean", "pcc_top100",
+                "baseline_knn_pcc_mean", "n_genes_constant_prediction"):
+        assert np.isfinite(m[key]), key
+    assert len(res.fits) == 3  # one network per fold
+    alone = tasks.recovery(synthetic, seed=2, config=tiny(stacking=()))
+    assert len(alone.fits) == 1 and "blend_weight_ridge_mean" not in alone.metrics
+
+
+def test_unknown_stacking_candidate(synthetic):
+    with pytest.raises(TrihrgeInputError, match="stacking"):
+        tasks.recovery(synthetic, config=tiny(stacking=("knn6", "lasso")))

@@ -10,7 +10,8 @@ against 0.10 for one MLP on the concatenated scales.)
 Optionally a neighbour vector ``(N, G_nb)`` -- expression interpolated from nearby measured spots,
 computed by the caller -- passes through its own MLP and joins the bag as one more element (always
 the last one). Gated attention pooling (Ilse et al. 2018) weighs the bag elements; a decoder MLP
-(Linear-BatchNorm-ReLU blocks) maps the pooled vector to ``n_genes`` non-negative outputs.
+(Linear-BatchNorm-ReLU blocks) maps the pooled vector to ``n_genes`` outputs (linear while
+training, clipped at 0 when predicting: see ``ModelConfig.output_activation``).
 With ``neighbour_skip`` (neighbour genes = output genes), a per-gene learned weight ``w_g`` (0 at
 the start) adds ``w_g * (neighbour_g - mean_g)`` before the output activation: where the image
 says nothing about a gene (a smooth gradient), the model can fall back on interpolation instead of
@@ -42,7 +43,7 @@ MODEL_WEIGHTS = "model.pt"
 MODEL_META = "model.json"
 FORMAT_NAME = "napari-trihrge-model"
 FORMAT_VERSION = 1
-OUTPUT_ACTIVATIONS = ("softplus", "relu", "none")
+OUTPUT_ACTIVATIONS = ("clip", "softplus", "relu", "none")
 
 
 @dataclass
@@ -51,10 +52,10 @@ class ModelConfig:
 
     ``n_scales`` image embeddings of ``in_dim`` each per location (0 = neighbour-only model, which
     needs ``neighbour_input=True``); ``neighbour_dim`` is the width of the neighbour vector
-    (defaults to ``n_genes``). ``output_activation`` keeps predictions non-negative: 'relu' (the
-    reference's choice and the default), 'softplus' or 'none'. On DLPFC 151673 recovery (50 %
-    hidden, 1000 HVGs) ReLU gave mean per-gene PCC 0.21-0.34 against 0.15 for softplus in every
-    setting tried (softplus had a slightly lower MSE, 0.403-0.415 vs 0.410-0.427).
+    (defaults to ``n_genes``). ``output_activation``: 'clip' (the default) trains the output
+    as it is (identity, no dead zone) and clips predictions at 0 in eval mode; 'relu' (the
+    reference's choice), 'softplus' or 'none' (identity always). ReLU outputs die for many sparse
+    genes on real sections, which then get a constant prediction (docs/benchmarks-accuracy.md).
     """
 
     in_dim: int
@@ -68,7 +69,7 @@ class ModelConfig:
     neighbour_input: bool = False
     neighbour_dim: int | None = None
     neighbour_skip: bool = False
-    output_activation: str = "relu"
+    output_activation: str = "clip"
 
     def __post_init__(self) -> None:
         self.decoder_dims = tuple(int(d) for d in self.decoder_dims)
@@ -271,7 +272,8 @@ class TriHRGENet(nn.Module):
             out = out + self.skip_weight.to(out.dtype) * (neighbour - self.neighbour_mean)
         if c.output_activation == "softplus":
             out = nn.functional.softplus(out)
-        elif c.output_activation == "relu":
+        elif c.output_activation == "relu" or (c.output_activation == "clip"
+                                               and not self.training):
             out = torch.relu(out)
         return (out, weights) if return_attention else out
 

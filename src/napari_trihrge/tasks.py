@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,12 @@ class RunConfig:
     neighbour_skip: bool = True
     image_input: bool = True
     n_neighbours: int = 12  # k=12 is the best image-free kNN on the shared sections
+    # recovery: the prediction is a per-gene non-negative blend of these candidates (kNN k=6 and
+    # k=12, a ridge head on image features + neighbour-expression PCs, the network), weighted on
+    # out-of-fold predictions of the training spots (napari_trihrge.stacking); the network is
+    # then the average of the fold models. () = the network alone, trained on every training spot
+    stacking: tuple[str, ...] = ("knn6", "knn12", "ridge", "network")
+    stacking_folds: int = 5
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
@@ -77,6 +83,7 @@ class RunConfig:
         d.pop("hf_token", None)
         d["windows_um"] = list(self.windows_um)
         d["extra_genes"] = list(self.extra_genes)
+        d["stacking"] = list(self.stacking)
         for key in ("model", "train"):  # tuples (decoder_dims) cannot be stored in h5ad
             d[key] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[key].items()}
         return d
@@ -237,6 +244,81 @@ def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress
     return mean, (std if len(fits) > 1 else None)
 
 
+STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
+
+
+@dataclass
+class StackedModel:
+    """What :func:`_fit_stacked` learns: the network of every fold (averaged when predicting),
+    the ridge head on all training spots and the per-gene blend of the candidates."""
+
+    fits: list
+    ridge: Any  # stacking.RidgeHead or None
+    blend: Any  # stacking.GeneBlend
+    src_rc_um: np.ndarray  # training spots (interpolation sources)
+    src_y: np.ndarray
+
+
+def _check_stacking(cfg: RunConfig) -> None:
+    unknown = sorted(set(cfg.stacking) - set(STACKING_CANDIDATES))
+    if unknown:
+        raise TrihrgeInputError(f"unknown stacking candidates {unknown}",
+                                f"use any of {', '.join(STACKING_CANDIDATES)}, or () for the "
+                                "network alone")
+    if cfg.stacking and cfg.stacking_folds < 2:
+        raise TrihrgeInputError(f"stacking_folds must be at least 2 (got {cfg.stacking_folds})",
+                                "use for example 5, or stacking=() for the network alone")
+
+
+def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
+                 nb: np.ndarray | None, progress: Progress) -> StackedModel:
+    """Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds``
+    folds; kNN leave-one-out over all training spots, as dense as for the hidden spots), the
+    per-gene blend fitted on them, and the ridge head refitted on every training spot."""
+    from .stacking import RidgeHead, fit_gene_blend, fold_indices
+
+    # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
+    folds = fold_indices(len(y), max(2, min(cfg.stacking_folds, len(y) // 5)), cfg.seed)
+    img = feats if cfg.image_input else None
+    oof: dict[str, np.ndarray] = {}
+    for name in cfg.stacking:
+        if name.startswith("knn"):
+            oof[name] = idw_interpolate(rc_um, y, rc_um, int(name[3:]), exclude_self=True)
+        else:
+            oof[name] = np.zeros_like(y)
+    fits: list = []
+    for i, test in enumerate(folds):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        nb_tr, nb_te = (nb[train], nb[test]) if nb is not None else (None, None)
+        if "ridge" in oof:
+            head = RidgeHead.fit(img[train] if img is not None else None, nb_tr, y[train])
+            oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
+        if "network" in oof:
+            progress.message(f"stacking fold {i + 1}/{len(folds)}")
+            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y[train],
+                             nb_tr, progress)
+            oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
+            fits += fold_fits
+    ridge = RidgeHead.fit(img, nb, y) if "ridge" in oof else None
+    return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
+                        src_y=y)
+
+
+def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
+                        rc_um: np.ndarray, cfg: RunConfig,
+                        progress: Progress | None = None) -> tuple[dict, np.ndarray | None]:
+    """Every candidate's prediction at ``rc_um`` (name -> (M, G)) and the networks' spread."""
+    out, std = {}, None
+    for name in model.blend.names:
+        if name.startswith("knn"):
+            out[name] = idw_interpolate(model.src_rc_um, model.src_y, rc_um, int(name[3:]))
+        elif name == "ridge":
+            out[name] = model.ridge.predict(feats if cfg.image_input else None, nb)
+        else:
+            out[name], std = _predict(model.fits, feats, nb, cfg, progress)
+    return out, std
+
+
 def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
     """The 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
     with timer("genes"):
@@ -316,14 +398,16 @@ def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
 
 
 def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: np.ndarray,
-                    visible: np.ndarray, genes: list[str]
+                    visible: np.ndarray, genes: list[str],
+                    others: dict[str, np.ndarray] | None = None
                     ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
     """Score predictions of the ``hidden`` spots with the fair score next to inverse-distance kNN
-    of the ``visible`` spots (k in :data:`BASELINE_KS`, the better k as the baseline). Returns the
-    metrics, the per-gene table (with the trust columns) and the better kNN's prediction."""
+    of the ``visible`` spots (k in :data:`BASELINE_KS`, the better k as the baseline) and any
+    ``others`` (name -> prediction, scored on the same genes and spots). Returns the metrics, the
+    per-gene table (with the trust columns) and the better kNN's prediction."""
     knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
            for k in BASELINE_KS}
-    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines=knn)
+    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines={**knn, **(others or {})})
     metrics: dict[str, Any] = {**summary, **best_baseline(summary, per_gene, list(knn), "knn")}
     metrics["baseline_knn_k"] = int(metrics["baseline_knn_method"].removeprefix("knn"))
     trust = gene_trust(per_gene)
@@ -367,7 +451,11 @@ class RecoveryResult:
 def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
              config: RunConfig | None = None, progress: Progress | None = None) -> RecoveryResult:
     """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
-    hidden ones and score them (hidden spots only) next to the image-free kNN baseline."""
+    hidden ones and score them (hidden spots only) next to the image-free kNN baseline.
+
+    With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
+    (:mod:`napari_trihrge.stacking`), weighted on out-of-fold predictions of the training spots;
+    each candidate is also scored, on the same genes and spots (``baseline_<name>_*``)."""
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
@@ -387,19 +475,38 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
                                    exclude_self=True)
         nb_hidden = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], cfg.n_neighbours)
+    _check_stacking(cfg)
+    stacked = None
     with timer("training"):
-        fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
+        if cfg.stacking:
+            stacked = _fit_stacked(cfg, feats[visible], y[visible], rc_um[visible], nb_train,
+                                   progress)
+            fits = stacked.fits
+        else:
+            fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
     with timer("prediction"):
-        pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
+        # the candidates of the blend are scored on the same genes and spots as the model
+        parts: dict[str, np.ndarray] = {}
+        if stacked is not None:
+            parts, std = _stacked_candidates(stacked, feats[hidden], nb_hidden, rc_um[hidden],
+                                             cfg, progress)
+            pred = np.maximum(stacked.blend.predict(parts), 0.0)
+        else:
+            pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
 
     from .metrics import kmeans_ari
 
     genes = list(expr.var_names)
-    scores, per_gene, baseline = _heldout_scores(pred, y, rc_um, hidden, visible, genes)
+    others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
+    scores, per_gene, baseline = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
     metrics: dict[str, Any] = {
         "heldout_fraction": float(holdout_fraction), "seed": int(seed),
         "n_hidden": int(len(hidden)), "n_visible": int(len(visible)), **scores,
     }
+    if stacked is not None:
+        metrics.update(stacked.blend.summary())
+        if stacked.ridge is not None:
+            metrics["ridge_alpha"] = stacked.ridge.alpha
     if labels is not None:
         lab_hidden = labels.to_numpy()[hidden]
         metrics["ari"] = kmeans_ari(pred, lab_hidden, seed=0)

@@ -1,0 +1,156 @@
+"""Strong simple predictors next to the network, and a per-gene blend of all of them.
+
+Candidates for each gene's prediction at a location:
+
+* ``knn6``, ``knn12`` -- inverse-distance kNN interpolation of the measured spots (the baseline);
+* ``ridge`` -- a ridge regression (one per gene, alpha chosen by efficient leave-one-out, shared
+  over genes) on the image features of the location, flattened over scales, and the first
+  principal components of the interpolated neighbour expression;
+* ``network`` -- the TriHRGE network.
+
+:func:`fit_gene_blend` learns, per gene, non-negative weights of these candidates from
+out-of-fold predictions of the training spots (each training spot predicted by candidates that
+did not see it), shrunk toward one weight vector shared by all genes so that genes with little
+signal do not get noisy weights. Non-negative weights keep a candidate from being flipped in sign
+on a noisy validation estimate; a gene whose out-of-fold data favour interpolation falls back on
+it, and a gene that no candidate predicted out of fold keeps the shared weights instead of
+becoming a constant. The fit protects each gene on the training spots' out-of-fold predictions,
+not on unseen spots: there a gene can still come out below interpolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: ridge penalties tried (efficient leave-one-out picks one, shared by all genes)
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+#: principal components of the interpolated neighbour expression given to the ridge head
+NEIGHBOUR_PCS = 20
+
+
+@dataclass
+class RidgeHead:
+    """Ridge regression from image features and neighbour-expression PCs to every gene."""
+
+    model: object
+    feature_mean: np.ndarray
+    feature_sd: np.ndarray
+    neighbour_mean: np.ndarray | None
+    neighbour_axes: np.ndarray | None  # (G_nb, n_pcs)
+
+    def _raw_inputs(self, features: np.ndarray | None, neighbour: np.ndarray | None
+                    ) -> np.ndarray:
+        parts = []
+        if features is not None and features.ndim == 3 and features.shape[1] > 0:
+            parts.append(np.asarray(features, dtype=np.float64).reshape(len(features), -1))
+        if self.neighbour_axes is not None:
+            parts.append((np.asarray(neighbour, dtype=np.float64) - self.neighbour_mean)
+                         @ self.neighbour_axes)
+        if not parts:
+            raise ValueError("the ridge head needs image features or neighbour expression")
+        return np.hstack(parts)
+
+    @classmethod
+    def fit(cls, features: np.ndarray | None, neighbour: np.ndarray | None, targets: np.ndarray,
+            n_pcs: int = NEIGHBOUR_PCS) -> RidgeHead:
+        """``features`` (N, S, D) or None; ``neighbour`` (N, G_nb) or None (at least one)."""
+        from sklearn.linear_model import RidgeCV
+
+        nb_mean = nb_axes = None
+        if neighbour is not None:
+            nb = np.asarray(neighbour, dtype=np.float64)
+            nb_mean = nb.mean(axis=0)
+            _, _, vt = np.linalg.svd(nb - nb_mean, full_matrices=False)
+            nb_axes = vt[:min(n_pcs, len(vt))].T
+        head = cls(None, np.zeros(0), np.ones(0), nb_mean, nb_axes)
+        x = head._raw_inputs(features, neighbour)
+        head.feature_mean = x.mean(axis=0)
+        sd = x.std(axis=0)
+        head.feature_sd = np.where(sd < 1e-6, 1.0, sd)
+        head.model = RidgeCV(alphas=RIDGE_ALPHAS).fit((x - head.feature_mean) / head.feature_sd,
+                                                      np.asarray(targets, dtype=np.float64))
+        return head
+
+    @property
+    def alpha(self) -> float:
+        return float(self.model.alpha_)
+
+    def predict(self, features: np.ndarray | None, neighbour: np.ndarray | None) -> np.ndarray:
+        x = (self._raw_inputs(features, neighbour) - self.feature_mean) / self.feature_sd
+        return self.model.predict(x).astype(np.float32)
+
+
+@dataclass
+class GeneBlend:
+    """Per-gene non-negative weights of named candidate predictions (see :func:`fit_gene_blend`)."""
+
+    names: list[str]
+    weights: np.ndarray  # (G, C)
+    shared_weights: np.ndarray  # (C,): the weights shared by all genes the per-gene ones shrink to
+    candidate_mean: np.ndarray  # (C, G): out-of-fold mean of each candidate
+    target_mean: np.ndarray  # (G,)
+
+    def predict(self, predictions: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Blend of ``predictions`` (name -> (M, G)); every name of the blend must be present."""
+        out = np.broadcast_to(self.target_mean, predictions[self.names[0]].shape).astype(
+            np.float64)
+        for c, name in enumerate(self.names):
+            out = out + (np.asarray(predictions[name], dtype=np.float64)
+                         - self.candidate_mean[c]) * self.weights[:, c]
+        return out.astype(np.float32)
+
+    def summary(self) -> dict[str, float]:
+        """Mean per-gene weight of each candidate, and the shared weights."""
+        out = {f"blend_weight_{n}_mean": float(self.weights[:, c].mean())
+               for c, n in enumerate(self.names)}
+        out.update({f"blend_weight_{n}_shared": float(self.shared_weights[c])
+                    for c, n in enumerate(self.names)})
+        return out
+
+
+def fit_gene_blend(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
+                   shrinkage: float = 3.0) -> GeneBlend:
+    """Per-gene non-negative least-squares weights of the candidates on out-of-fold predictions
+    of the training spots, with a ridge penalty ``shrinkage * n_spots * |w_g - w_shared|^2``
+    toward the non-negative weights that fit all genes at once (each gene scaled by its sd)."""
+    from scipy.optimize import nnls
+
+    names = list(out_of_fold)
+    p = np.stack([np.asarray(out_of_fold[n], dtype=np.float64) for n in names])  # (C, n, G)
+    y = np.asarray(targets, dtype=np.float64)
+    n_cand, n, n_genes = p.shape
+    cand_mean = p.mean(axis=1)
+    y_mean = y.mean(axis=0)
+    pc = p - cand_mean[:, None, :]
+    yc = y - y_mean
+    y_sd = yc.std(axis=0)
+    y_sd = np.where(y_sd < 1e-9, 1.0, y_sd)
+    pooled = (pc / y_sd).transpose(2, 1, 0).reshape(-1, n_cand)
+    shared, _ = nnls(pooled, (yc / y_sd).T.reshape(-1))
+    root = np.sqrt(shrinkage * n)
+    prior = np.vstack([np.zeros((n, n_cand)), root * np.eye(n_cand)])
+    weights = np.zeros((n_genes, n_cand))
+    for g in range(n_genes):
+        if not yc[:, g].any():
+            continue  # constant in training
+        a = prior.copy()
+        a[:n] = pc[:, :, g].T / y_sd[g]
+        b = np.concatenate([yc[:, g] / y_sd[g], root * shared])
+        weights[g], _ = nnls(a, b)
+    # a gene that no candidate predicted out of fold keeps the shared weights rather than a
+    # constant prediction (which carries no information at all)
+    weights[weights.sum(axis=1) <= 1e-12] = shared
+    return GeneBlend(names, weights, shared, cand_mean, y_mean)
+
+
+def fold_indices(n_spots: int, n_folds: int, seed: int) -> list[np.ndarray]:
+    """``n_folds`` disjoint, shuffled index sets covering ``range(n_spots)``."""
+    perm = np.random.default_rng(seed).permutation(n_spots)
+    return [np.sort(part) for part in np.array_split(perm, n_folds)]
+
+
+__all__: Sequence[str] = ["RidgeHead", "GeneBlend", "fit_gene_blend", "fold_indices",
+                          "RIDGE_ALPHAS", "NEIGHBOUR_PCS"]
