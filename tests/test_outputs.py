@@ -6,7 +6,7 @@ import pytest
 
 from napari_trihrge._atomic import atomic_path
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.outputs import prepare_out_dir, read_run, write_h5ad, write_json
+from napari_trihrge.outputs import read_run, write_h5ad, write_json
 
 
 def test_h5ad_uns_with_tuples_and_none_is_written(tmp_path):
@@ -16,15 +16,6 @@ def test_h5ad_uns_with_tuples_and_none_is_written(tmp_path):
     back = ad.read_h5ad(tmp_path / "x.h5ad")
     assert list(back.uns["trihrge"]["config"]["model"]["decoder_dims"]) == [64, 64, 64]
     assert a.uns["trihrge"]["config"]["hf"] is None  # the caller's object is untouched
-
-
-def test_out_dir_is_never_overwritten_unasked(tmp_path):
-    out = tmp_path / "run"
-    prepare_out_dir(out)
-    (out / "summary.json").write_text("{}")
-    with pytest.raises(TrihrgeInputError, match="--overwrite"):
-        prepare_out_dir(out)
-    prepare_out_dir(out, overwrite=True)
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
@@ -182,7 +173,7 @@ def test_enhance_trust_is_written_with_the_outputs(tmp_path):
     import pandas as pd
 
     from napari_trihrge.metrics import TRUST_COLUMNS
-    from napari_trihrge.outputs import write_enhance
+    from napari_trihrge.outputs import mark_complete, write_enhance
 
     genes = ["A", "B", "C"]
     table = pd.DataFrame({"pcc": [0.5, 0.1, np.nan], "pcc_baseline_knn": [0.3, 0.2, np.nan]},
@@ -196,6 +187,7 @@ def test_enhance_trust_is_written_with_the_outputs(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     files = write_enhance(tmp_path, SimpleNamespace(virtual=virtual, maps=None, trust=table))
     assert files["per_gene"] == "enhance_genes.csv"
+    mark_complete(tmp_path)
     back = read_run(tmp_path)["enhanced"]
     assert list(back.var["beats_interpolation"]) == [True, False, False]
     assert back.uns["trihrge"]["trust"]["n_hidden"] == 10

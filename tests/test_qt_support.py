@@ -54,7 +54,7 @@ def fake_enhance(adata=None):
                            history=[], timings_s={})
 
 
-def fake_recovery(adata=None, genes=("ERBB2", "TUMOR_8", "STROMA_12")):
+def fake_recovery(adata=None, genes=("ERBB2", "TUMOR_3", "STROMA_4")):
     """A RecoveryResult-like object whose 'predictions' are the measured hidden half."""
     import anndata as ad
 

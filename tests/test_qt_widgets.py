@@ -147,18 +147,18 @@ def test_gene_explorer_switch_recolours_spots_and_swaps_map(viewer, qtbot):
     assert spots.face_contrast_limits == pytest.approx(m.contrast_limits)  # one scale
     erbb2_colors = spots.face_color.copy()
 
-    assert ge.show_gene("STROMA_12")
+    assert ge.show_gene("STROMA_4")
     maps_layers2 = [lay for lay in viewer.layers if lay.metadata.get("trihrge", {}).get("kind")
                     == "map"]
     assert maps_layers2 == [m]  # the same layer, new data
-    assert m.name == "enhanced STROMA_12"
+    assert m.name == "enhanced STROMA_4"
     assert not np.allclose(np.asarray(m.data), first_data)
     assert not np.allclose(spots.face_color, erbb2_colors)
     # hovering a spot shows its barcode, then the displayed gene
-    assert list(spots.features.columns)[:2] == ["barcode", "STROMA_12"]
+    assert list(spots.features.columns)[:2] == ["barcode", "STROMA_4"]
     status = spots.get_status(position=tuple(spots.data[0]), world=True,
                               view_direction=None, dims_displayed=[0, 1])
-    assert "barcode:" in str(status) and "STROMA_12:" in str(status)
+    assert "barcode:" in str(status) and "STROMA_4:" in str(status)
     # tumour marker vs stroma marker: anti-correlated colours on the spots
     tumour = spots.features["ERBB2"].to_numpy() > np.median(spots.features["ERBB2"])
     bright = spots.face_color[:, :3].sum(axis=1)
@@ -212,7 +212,7 @@ def test_best_genes_list_from_recovery(viewer, qtbot):
     first = ge.best_list.item(0)
     assert first.text().startswith("ERBB2") and "0.90" in first.text()
     ge._on_best(ge.best_list.item(1))
-    assert ge.session.gene == "TUMOR_8"
+    assert ge.session.gene == "TUMOR_3"
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,8 +306,8 @@ def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
     (layer,) = spread_layers()
     assert layer.name == "ensemble spread ERBB2" and not layer.visible
     first = np.asarray(layer.data).copy()
-    assert ge.show_gene("STROMA_12")
-    assert spread_layers() == [layer] and layer.name == "ensemble spread STROMA_12"
+    assert ge.show_gene("STROMA_4")
+    assert spread_layers() == [layer] and layer.name == "ensemble spread STROMA_4"
     assert not np.allclose(np.asarray(layer.data), first)
 
 
@@ -349,7 +349,7 @@ def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot)
     _, spots = add_sample(viewer)
     ge = GeneExplorer(viewer)
     enh = fake_enhance()
-    enh.maps = _maps_without(enh.maps, {"STROMA_12"})
+    enh.maps = _maps_without(enh.maps, {"STROMA_4"})
     enh.maps.std = np.abs(np.asarray(enh.maps.values)) * 0.1
     ge.session.enhance = enh
     assert ge.show_gene("ERBB2")
@@ -358,13 +358,13 @@ def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot)
     spread.visible = True
     assert m.visible and m.metadata["trihrge"]["gene"] == "ERBB2"
     # a gene of the sample that was not modelled: the spots change, the map must not stay on
-    # ERBB2 pretending to be STROMA_12
-    assert ge.show_gene("STROMA_12")
-    assert spots.metadata["trihrge"]["gene"] == "STROMA_12"
+    # ERBB2 pretending to be STROMA_4
+    assert ge.show_gene("STROMA_4")
+    assert spots.metadata["trihrge"]["gene"] == "STROMA_4"
     assert not m.visible and not spread.visible
-    assert m.metadata["trihrge"]["gene"] is None and "STROMA_12" in m.name
+    assert m.metadata["trihrge"]["gene"] is None and "STROMA_4" in m.name
     assert "Extra genes" in ge.missing_label.text() and ge.missing_label.isVisibleTo(ge)
-    assert "No enhanced map for STROMA_12" in canvas_text_overlay(viewer).text
+    assert "No enhanced map for STROMA_4" in canvas_text_overlay(viewer).text
     assert spots.face_colorbar.visible  # the colour bar follows the layer that shows the gene
     # back to a modelled gene: the map is shown again, the message goes
     assert ge.show_gene("ERBB2")
@@ -421,12 +421,12 @@ def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
     ge.session.recovery = rec
     ge.session.recovery_changed.emit(rec)
     ge.session.enhance = fake_enhance()
-    # STROMA_12: PCC 0.1 vs kNN 0.2 -> does not beat interpolation, marked everywhere
+    # STROMA_4: PCC 0.1 vs kNN 0.2 -> does not beat interpolation, marked everywhere
     item = ge.best_list.item(2)
-    assert item.text().startswith("STROMA_12") and "not better than interpolation" in \
+    assert item.text().startswith("STROMA_4") and "not better than interpolation" in \
         item.text()
     assert "not better" not in ge.best_list.item(0).text()
-    assert ge.show_gene("STROMA_12")
+    assert ge.show_gene("STROMA_4")
     assert "NOT better than interpolation" in ge.trust_label.text()
     assert "NOT better than interpolation" in canvas_text_overlay(viewer).text
     assert ge.session.find_layer("map").name.endswith("(not better than interpolation)")
@@ -461,13 +461,13 @@ def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtb
     assert left.name == "measured spots: ERBB2" and left.name_overlay.visible
     assert right.name == "enhanced map: ERBB2" and right.name_overlay.visible
     assert canvas_text_overlay(viewer).position == "bottom_left"  # clear of the panel labels
-    ge.show_gene("STROMA_12")  # the labels follow the gene
-    assert left.name == "measured spots: STROMA_12"
-    assert right.name == "enhanced map: STROMA_12"
+    ge.show_gene("STROMA_4")  # the labels follow the gene
+    assert left.name == "measured spots: STROMA_4"
+    assert right.name == "enhanced map: STROMA_4"
     ge.side_check.setChecked(False)
     assert not grid.enabled
     after = [lay.name for lay in viewer.layers]
-    assert after == [n.replace("ERBB2", "STROMA_12") for n in before]
+    assert after == [n.replace("ERBB2", "STROMA_4") for n in before]
     assert [lay.visible for lay in viewer.layers] == visible
     assert not any(lay.name_overlay.visible for lay in viewer.layers)
     assert canvas_text_overlay(viewer).position == "top_left"

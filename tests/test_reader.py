@@ -18,7 +18,7 @@ def _kinds(tuples):
     return [kw.get("metadata", {}).get("trihrge", {}).get("kind") for _, kw, _ in tuples]
 
 
-def _write_truth_zarr(path, genes=("ERBB2", "STROMA_12")):
+def _write_truth_zarr(path, genes=("ERBB2", "STROMA_4")):
     from napari_trihrge.io import open_ome_zarr_map
 
     maps = truth_maps()
@@ -37,7 +37,8 @@ def test_manifest_is_valid():
     c = pm.contributions
     assert c.readers[0].accepts_directories
     assert {w.display_name for w in c.widgets} == {"Sample", "Train and enhance",
-                                                   "Gene explorer", "Region explorer"}
+                                                   "Apply a trained model", "Gene explorer",
+                                                   "Region explorer"}
     assert c.sample_data[0].key == "synthetic"
     assert {tuple(w.layer_types) for w in c.writers} == {("points",), ("image",)}
 
@@ -154,8 +155,8 @@ def test_run_folder_opens_as_layers(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     maps = _write_truth_zarr(run / "maps.ome.zarr")
-    virt = ad.AnnData(X=L.gene_expression(a, ["ERBB2", "STROMA_12"]).to_numpy())
-    virt.var_names = ["ERBB2", "STROMA_12"]
+    virt = ad.AnnData(X=L.gene_expression(a, ["ERBB2", "STROMA_4"]).to_numpy())
+    virt.var_names = ["ERBB2", "STROMA_4"]
     virt.obs_names = [f"v{i}" for i in range(a.n_obs)]
     virt.obsm["spatial"] = np.asarray(a.obsm["spatial"])
     virt.uns["trihrge"] = {**a.uns["trihrge"], "task": "enhance", "factor": 4}
@@ -187,11 +188,11 @@ def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
     test_run_folder_opens_as_layers(tmp_path)  # writes tmp_path / "run"
     viewer.open(str(tmp_path / "run"), plugin="napari-trihrge")
     ge = GeneExplorer(viewer)
-    assert {"ERBB2", "STROMA_12"} <= set(ge.model.stringList())
+    assert {"ERBB2", "STROMA_4"} <= set(ge.model.stringList())
     m = ge.session.find_layer("map")
     before = np.asarray(m.data).copy()
-    assert ge.show_gene("STROMA_12")
-    assert ge.session.find_layer("map") is m and m.metadata["trihrge"]["gene"] == "STROMA_12"
+    assert ge.show_gene("STROMA_4")
+    assert ge.session.find_layer("map") is m and m.metadata["trihrge"]["gene"] == "STROMA_4"
     assert not np.allclose(np.asarray(m.data), before)
     virt = ge.session.find_layer("virtual")
     assert virt.face_contrast_limits == pytest.approx(m.contrast_limits)

@@ -714,7 +714,7 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
     from . import runs
     from ._atomic import atomic_path
-    from .outputs import prepare_out_dir, write_enhance
+    from .outputs import mark_complete, run_folder, write_enhance
 
     progress = ensure_progress(progress)
     if not isinstance(model, TrainedModel):
@@ -731,48 +731,49 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     bare = adata.n_obs == 0
     if bare and stride_um is None:
         stride_um = DEFAULT_IMAGE_STRIDE_UM
-    out = prepare_out_dir(out_dir, overwrite)
-    t0 = time.perf_counter()
-    result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
-                     map_path=runs.enhance_map_path(out, stride_um), **kwargs)
-    t1 = time.perf_counter()
-    progress.stage("writing", 3)
-    files = write_enhance(out, result)
-    table = result.per_gene if result.per_gene is not None else model.gene_table
-    with atomic_path(out / "predict_genes.csv") as tmp:
-        table.to_csv(tmp)
-    files["per_gene"] = "predict_genes.csv"
-    progress.advance()
-    cfg = RunConfig(**{k: v for k, v in result.config.items()
-                       if k in {f.name for f in dataclasses.fields(RunConfig)}})
-    summary = runs._base_summary(adata, cfg, len(model.genes))
-    summary["model"] = {"path": str(model.path) if model.path else None,
-                        "image_only": model.image_only,
-                        "training_sections": model.description.get("training_sections"),
-                        "trust": model.description.get("trust")}
-    summary["predict"] = result.metrics
-    if result.maps is not None:
-        summary["predict"]["map_shape"] = list(result.maps.mask.shape)
-        summary["predict"]["map_stride_um"] = result.maps.stride_um
-        summary["predict"]["map_locations"] = int(result.maps.mask.sum())
-        if "truth" in adata.uns and not bare:
-            from .evaluation import superres_scores
+    with run_folder(out_dir, overwrite) as out:  # appears only when complete
+        t0 = time.perf_counter()
+        result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
+                         map_path=runs.enhance_map_path(out, stride_um), **kwargs)
+        t1 = time.perf_counter()
+        progress.stage("writing", 3)
+        files = write_enhance(out, result)
+        table = result.per_gene if result.per_gene is not None else model.gene_table
+        with atomic_path(out / "predict_genes.csv") as tmp:
+            table.to_csv(tmp)
+        files["per_gene"] = "predict_genes.csv"
+        progress.advance()
+        cfg = RunConfig(**{k: v for k, v in result.config.items()
+                           if k in {f.name for f in dataclasses.fields(RunConfig)}})
+        summary = runs._base_summary(adata, cfg, len(model.genes))
+        summary["model"] = {"path": str(model.path) if model.path else None,
+                            "image_only": model.image_only,
+                            "training_sections": model.description.get("training_sections"),
+                            "trust": model.description.get("trust")}
+        summary["predict"] = result.metrics
+        if result.maps is not None:
+            summary["predict"]["map_shape"] = list(result.maps.mask.shape)
+            summary["predict"]["map_stride_um"] = result.maps.stride_um
+            summary["predict"]["map_locations"] = int(result.maps.mask.sum())
+            if "truth" in adata.uns and not bare:
+                from .evaluation import superres_scores
 
-            rc_um, _, _ = sample_geometry(result.spots)
-            sr, t = superres_scores(adata, result.maps, rc_um, np.asarray(result.spots.X),
-                                    n_neighbours=cfg.n_neighbours)
-            summary["superres"] = sr
-            t.to_csv(out / "superres_genes.csv")
-            files["superres_genes"] = "superres_genes.csv"
-    progress.advance()
-    genes = runs._overview_genes(result.virtual if bare else adata, model.genes, cfg)
-    runs._overview(out, adata, result.spots, genes, maps=result.maps, virtual=result.virtual,
-                   title=f"{summary['sample']}: predicted expression "
-                         f"({'image-only' if model.image_only else 'image + spots'} model)")
-    files["overview"] = "overview.png"
-    progress.advance()
-    runs._finish_summary(out, summary, result, files, t0, t1)
-    return summary
+                rc_um, _, _ = sample_geometry(result.spots)
+                sr, t = superres_scores(adata, result.maps, rc_um, np.asarray(result.spots.X),
+                                        n_neighbours=cfg.n_neighbours)
+                summary["superres"] = sr
+                t.to_csv(out / "superres_genes.csv")
+                files["superres_genes"] = "superres_genes.csv"
+        progress.advance()
+        genes = runs._overview_genes(result.virtual if bare else adata, model.genes, cfg)
+        runs._overview(out, adata, result.spots, genes, maps=result.maps, virtual=result.virtual,
+                       title=f"{summary['sample']}: predicted expression "
+                             f"({'image-only' if model.image_only else 'image + spots'} model)")
+        files["overview"] = "overview.png"
+        progress.advance()
+        runs._finish_summary(out, summary, result, files, t0, t1)
+        mark_complete(out)
+        return summary
 
 
 __all__ = ["train", "predict", "run_train", "run_predict", "TrainResult", "TrainedModel",

@@ -61,15 +61,6 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def prepare_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Create the run folder in place; refuse a non-empty existing one unless ``overwrite``.
-    Prefer :func:`run_folder`, which writes into a temporary folder and swaps it in."""
-    out = check_out_dir(out_dir, overwrite)
-    (out / COMPLETE_MARKER).unlink(missing_ok=True)  # being rewritten: not complete any more
-    _make_folder(out)
-    return out
-
-
 def _make_folder(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
