@@ -309,3 +309,10 @@ def test_api_refuses_impossible_settings_before_any_work(synthetic, field, value
     for run in (tasks.recovery, tasks.enhance):
         with pytest.raises(TrihrgeInputError, match=reason):
             run(synthetic, config=cfg)
+
+
+def test_missing_annotation_is_refused_before_training(capsys, sample_h5ad, tmp_path):
+    err = _one_line_error(capsys, ["recovery", str(sample_h5ad), "--annotation",
+                                   str(tmp_path / "labels.tsv"), "--out", str(tmp_path / "o"),
+                                   "--quiet"])
+    assert "labels.tsv: neither a file nor a column" in err and not (tmp_path / "o").exists()

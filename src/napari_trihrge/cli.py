@@ -322,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
             from .outputs import check_out_dir
 
             check_out_dir(out, args.overwrite)
+        annotation = getattr(args, "annotation", None)
+        if annotation and annotation not in adata.obs.columns and not Path(annotation).is_file():
+            from .errors import TrihrgeInputError
+
+            raise TrihrgeInputError(f"--annotation {annotation}: neither a file nor a column of "
+                                    "the sample's obs", "pass a barcode -> label file (tab or "
+                                    "comma separated) or an obs column name")
         if args.command == "enhance" and args.stride_um is not None:
             from .tasks import check_map_size
 
