@@ -190,10 +190,10 @@ def test_input_options_reach_every_reader(tmp_path):
     """--image, --platform and --spot-diameter-px on Space Ranger folders, --image on her2st
     folders and .h5ad files: read without a traceback (the README promises them)."""
     import tifffile
-    from test_io_spot_table import make_st_section
-    from test_io_visium import FULL_HW, make_visium_folder
 
     from napari_trihrge.outputs import write_h5ad
+    from test_io_spot_table import make_st_section
+    from test_io_visium import FULL_HW, make_visium_folder
 
     slide = tmp_path / "slide.tif"
     tifffile.imwrite(slide, np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), np.uint8))

@@ -51,9 +51,9 @@ def test_image_button_adds_a_full_resolution_image_to_a_space_ranger_folder(
         viewer, qtbot, tmp_path, monkeypatch):
     import tifffile
     from qtpy.QtWidgets import QFileDialog
-    from test_io_visium import FULL_HW, make_visium_folder
 
     from napari_trihrge._qt import SampleWidget
+    from test_io_visium import FULL_HW, make_visium_folder
 
     folder = make_visium_folder(tmp_path)
     full = np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), dtype=np.uint8)

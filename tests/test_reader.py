@@ -9,8 +9,8 @@ import pytest
 
 from napari_trihrge import layers as L
 from napari_trihrge._reader import get_reader, read_maps
-from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge._writer import write_image_ome_tiff, write_points_h5ad
+from napari_trihrge.errors import TrihrgeInputError
 from test_qt_support import sample_adata, truth_maps
 
 

@@ -78,7 +78,8 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    "JPEG, PNG); for Space Ranger folders this adds the full-resolution image")
     g.add_argument("--um-per-px", type=_positive, help="full-resolution pixel size in micrometres "
                    "per pixel (default: fitted on the spot lattice, else from the spot diameter)")
-    g.add_argument("--spot-diameter-px", type=_positive, help="spot diameter in full-resolution pixels")
+    g.add_argument("--spot-diameter-px", type=_positive,
+                   help="spot diameter in full-resolution pixels")
     g.add_argument("--spot-diameter-um", type=_positive, help="spot diameter in micrometres "
                    "(default 55 for Visium, 100 for legacy ST)")
     g.add_argument("--platform", choices=["visium", "st", "generic"], help="spot platform "
