@@ -344,6 +344,8 @@ def test_api_refuses_impossible_settings_before_any_work(synthetic, field, value
     for run in (tasks.recovery, tasks.enhance):
         with pytest.raises(TrihrgeInputError, match=reason):
             run(synthetic, config=cfg)
+
+
 def test_train_and_predict_help_mention_units(capsys):
     assert "--image-only" in _help(capsys, "train")
     text = _help(capsys, "predict")
@@ -382,3 +384,10 @@ def test_train_then_predict_an_image_alone(capsys, sample_h5ad, tmp_path):
     err = _one_line_error(capsys, ["predict", str(model), str(sample_h5ad), "--encoder", "uni",
                                    "--out", str(tmp_path / "o4"), "--quiet"])
     assert "encoder mismatch" in err and "stain-texture" in err
+
+
+def test_missing_annotation_is_refused_before_training(capsys, sample_h5ad, tmp_path):
+    err = _one_line_error(capsys, ["recovery", str(sample_h5ad), "--annotation",
+                                   str(tmp_path / "labels.tsv"), "--out", str(tmp_path / "o"),
+                                   "--quiet"])
+    assert "labels.tsv: neither a file nor a column" in err and not (tmp_path / "o").exists()

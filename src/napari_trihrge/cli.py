@@ -84,7 +84,8 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    "JPEG, PNG); for Space Ranger folders this adds the full-resolution image")
     g.add_argument("--um-per-px", type=_positive, help="full-resolution pixel size in micrometres "
                    "per pixel (default: fitted on the spot lattice, else from the spot diameter)")
-    g.add_argument("--spot-diameter-px", type=_positive, help="spot diameter in full-resolution pixels")
+    g.add_argument("--spot-diameter-px", type=_positive,
+                   help="spot diameter in full-resolution pixels")
     g.add_argument("--spot-diameter-um", type=_positive, help="spot diameter in micrometres "
                    "(default 55 for Visium, 100 for legacy ST)")
     g.add_argument("--platform", choices=["visium", "st", "generic"], help="spot platform "
@@ -558,6 +559,13 @@ def _run_command(args: argparse.Namespace) -> int:
             from .outputs import check_out_dir
 
             check_out_dir(out, args.overwrite)
+        annotation = getattr(args, "annotation", None)
+        if annotation and annotation not in adata.obs.columns and not Path(annotation).is_file():
+            from .errors import TrihrgeInputError
+
+            raise TrihrgeInputError(f"--annotation {annotation}: neither a file nor a column of "
+                                    "the sample's obs", "pass a barcode -> label file (tab or "
+                                    "comma separated) or an obs column name")
         if args.command == "enhance" and args.stride_um is not None:
             from .tasks import check_map_size
 

@@ -250,7 +250,8 @@ def resolve_pixel_size(xy_px: np.ndarray, platform: str, *,
                 apart = _disagreement(value, estimates["lattice"])
                 warnings.warn(
                     f"{what}: {label} gives {value:.4g} um/px but the spot lattice gives "
-                    f"{estimates['lattice']:.4g} um/px ({apart:.0%} apart); using {um:.4g} um/px ({source})"
+                    f"{estimates['lattice']:.4g} um/px ({apart:.0%} apart); using {um:.4g} "
+                    f"um/px ({source})"
                     + ("" if source == "given" else "; pass --um-per-px to override"),
                     stacklevel=3)
     return PixelSize(um_per_px=float(um), source=source, spot_diameter_um=float(diam_um),

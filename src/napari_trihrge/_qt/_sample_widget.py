@@ -37,7 +37,8 @@ class SampleWidget(QWidget):
         self.folder_btn = QPushButton("Folder…")
         self.file_btn = QPushButton("File…")
         self.image_edit = QLineEdit()
-        self.image_edit.setPlaceholderText("full-resolution H&E (optional; needed for a spot table)")
+        self.image_edit.setPlaceholderText(
+            "full-resolution H&E (optional; needed for a spot table)")
         self.image_btn = QPushButton("Image…")
         self.open_btn = QPushButton("Open sample")
         self.synthetic_btn = QPushButton("Open the synthetic sample")
