@@ -25,7 +25,7 @@ def limit_threads(n: int | None) -> None:
     """Cap torch / BLAS threads (benchmarks share the CPU); call before heavy imports."""
     if not n:
         return
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TRIHRGE_THREADS"):
         os.environ[var] = str(n)
     import torch
 

@@ -386,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: torch's, one per core); 1 avoids OpenMP oversubscription")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
-    if args.torch_threads:
+    if args.torch_threads:  # training and prediction size their pools from TRIHRGE_THREADS
         import torch
 
         torch.set_num_threads(args.torch_threads)
+        os.environ["TRIHRGE_THREADS"] = str(args.torch_threads)
     part = {"dlpfc": part_dlpfc, "map-cpu": part_map_cpu, "visium": part_visium}[args.part]
     res = part(args)
     if args.json:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def one(size_um: float, genes: int, epochs: int, stride_um: float, json_path: st
     from napari_trihrge.tasks import RunConfig
 
     torch.set_num_threads(1)  # the network is small: one thread avoids oversubscription
+    os.environ["TRIHRGE_THREADS"] = "1"  # the engine sizes its pools from it (threads.py)
     t0 = time.perf_counter()
     adata = synthetic_sample(seed=0, size_um=(size_um, size_um), n_genes=genes)
     adata.uns.pop("truth", None)  # scoring is not part of the measured run

@@ -99,11 +99,13 @@ def notes():
 
 
 @pytest.fixture
-def one_torch_thread():
+def one_torch_thread(monkeypatch):
     """Tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
-    threads made the model tests ~10x slower; restored after the test."""
+    threads made the model tests ~10x slower; restored after the test. Training and prediction
+    size their own pools (threads.py), from TRIHRGE_THREADS here."""
     import torch
 
+    monkeypatch.setenv("TRIHRGE_THREADS", "1")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -483,7 +483,7 @@ def _threads_arg(value: str) -> int | None:
 def _add_threads_arg(p) -> None:
     p.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
                    help="CPU threads for training and prediction (default 'auto': the cores "
-                   "that other programs leave free, measured when training starts; also "
+                   "that other programs leave free, measured when the run starts; also "
                    "settable with the TRIHRGE_THREADS environment variable)")
 
 

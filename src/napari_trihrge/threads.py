@@ -168,6 +168,7 @@ def cpu_threads(threads: int | str | None = None, *, reserve_cores: int = 0) -> 
 
     n = choose_threads(threads, reserve_cores=reserve_cores)
     previous = torch.get_num_threads()
+    outer = _active.get()
     token = _active.set(n)
     try:
         with threadpool_limits(limits=n):
@@ -177,7 +178,10 @@ def cpu_threads(threads: int | str | None = None, *, reserve_cores: int = 0) -> 
             finally:
                 torch.set_num_threads(previous)
     finally:
-        _active.reset(token)
+        try:
+            _active.reset(token)
+        except ValueError:  # closed from another context (a generator finalised elsewhere)
+            _active.set(outer)
 
 
 __all__ = ["THREADS_ENV", "parse_threads", "usable_cores", "free_cores", "choose_threads", "pool_sizes",
