@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from test_qt_support import TINY, add_sample
+from test_qt_support import TINY, add_sample, fake_recovery
 
 pytestmark = pytest.mark.gui
 
@@ -107,8 +107,12 @@ def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, not
     _, tw, _ = _widgets(viewer)
     tw.set_task("recovery")
     tw.extra_config["train"] = {**TINY["train"], "max_epochs": 5000, "patience": 5000}
+    rec = fake_recovery()
+    tw._show_recovery(rec, tw.session.adata)  # scores of an earlier run
     n_layers = len(viewer.layers)
     tw.start()
+    # while the new run works, the earlier scores stay, marked as from the previous run
+    assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
     qtbot.waitUntil(lambda: len(tw.loss.epochs) >= 1, timeout=120_000)  # training under way
     tw.cancel()
     epochs_at_cancel = len(tw.loss.epochs)
@@ -117,7 +121,8 @@ def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, not
     assert len(tw.loss.epochs) <= epochs_at_cancel + 1
     assert tw.last_outcome.status == "cancelled"
     assert "Cancelled" in tw.status.text()
-    assert len(viewer.layers) == n_layers and tw.session.recovery is None
+    assert len(viewer.layers) == n_layers and tw.session.recovery is rec
+    assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
     assert not notes.errors()
     assert tw.start_btn.isEnabled()
     # napari's progress bars spin a nested event loop, so a progress batch can arrive after the

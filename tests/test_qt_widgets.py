@@ -364,7 +364,7 @@ def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot)
     assert not m.visible and not spread.visible
     assert m.metadata["trihrge"]["gene"] is None and "STROMA_4" in m.name
     assert "Extra genes" in ge.missing_label.text() and ge.missing_label.isVisibleTo(ge)
-    assert "No enhanced map for STROMA_4" in canvas_text_overlay(viewer).text
+    assert "no enhanced map for STROMA_4" in canvas_text_overlay(viewer).text
     assert spots.face_colorbar.visible  # the colour bar follows the layer that shows the gene
     # back to a modelled gene: the map is shown again, the message goes
     assert ge.show_gene("ERBB2")

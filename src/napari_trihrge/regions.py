@@ -44,8 +44,9 @@ class ExpressionSet:
 
 #: fewest measured spots on each side (inside and outside a region) for a rank-sum test
 MIN_SPOTS_FOR_TEST = 5
-#: pseudo-count (in normalised counts per 10 000) of the log2 fold change
-FOLD_CHANGE_PSEUDOCOUNT = 1e-9
+#: pseudo-count (in normalised counts per 10 000) of the log2 fold change: one count, as
+#: Seurat does, so a gene absent on one side gives a finite, readable fold change
+FOLD_CHANGE_PSEUDOCOUNT = 1.0
 
 #: the columns a reader needs first (the rest follows in the table and the CSV)
 KEY_COLUMNS = ("region", "gene", "log2_fold_change", "fdr", "measured_inside",
@@ -115,7 +116,8 @@ def _region_means(inside: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
 
 def log2_fold_change(mean_in_log: np.ndarray, mean_out_log: np.ndarray) -> np.ndarray:
     """log2 fold change of two means of log-normalised (``log1p``) expression, back on the
-    normalised-count scale as scanpy's ``rank_genes_groups`` computes it."""
+    normalised-count scale (as scanpy's ``rank_genes_groups``), with a pseudo-count of
+    :data:`FOLD_CHANGE_PSEUDOCOUNT`."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return np.log2((np.expm1(mean_in_log) + FOLD_CHANGE_PSEUDOCOUNT)
                        / (np.expm1(mean_out_log) + FOLD_CHANGE_PSEUDOCOUNT))

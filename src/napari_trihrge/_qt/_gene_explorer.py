@@ -242,7 +242,7 @@ class GeneExplorer(QWidget):
                 "order": layers,
                 "visible": {id(lay): lay.visible for lay in layers},
                 "names": {id(lay): lay.name for lay in layers},
-                "center": tuple(v.camera.center), "zoom": float(v.camera.zoom),
+                "center": tuple(_camera(v).center), "zoom": float(_camera(v).zoom),
                 "grid": (bool(grid.enabled), grid.stride, tuple(grid.shape),
                          float(getattr(grid, "spacing", 0.0))),
             }
@@ -324,8 +324,8 @@ class GeneExplorer(QWidget):
             if self.session.gene and self.session.find_layer("map") is not None and \
                     self.session.find_layer("map").metadata["trihrge"].get("gene"):
                 self.session.describe_on_canvas(self.session.gene, self.session.last_shown)
-            v.camera.center = saved["center"]
-            v.camera.zoom = saved["zoom"]
+            _camera(v).center = saved["center"]
+            _camera(v).zoom = saved["zoom"]
             grid.enabled = enabled
         else:
             grid.stride = 1
@@ -348,6 +348,12 @@ class GeneExplorer(QWidget):
         """The current canvas (what you see) as a PNG."""
         self.viewer.screenshot(path, canvas_only=True)
         show_info(f"Saved {path}")
+
+
+def _camera(viewer):
+    """The camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
 def _text_overlay(viewer):

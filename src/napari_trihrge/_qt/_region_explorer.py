@@ -305,4 +305,4 @@ def number_regions(layer) -> None:
             np.array_equal(feats["region"].to_numpy(), numbers) and layer.text.visible:
         return
     layer.features = {"region": numbers}
-    layer.text = {"string": "{region}", "size": 16, "color": "white", "anchor": "center"}
+    layer.text = {"string": "{region}", "size": 22, "color": "#00e5ff", "anchor": "center"}
