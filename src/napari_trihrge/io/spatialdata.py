@@ -55,7 +55,7 @@ TABLE_SUFFIX = "_table"
 INPUT_PREFIX = "trihrge_"
 _HD_TABLE_RE = re.compile(r"square_(\d{3})um")
 #: Relative disagreement between two pixel-size estimates that warns (as geometry does).
-PIXEL_SIZE_TOLERANCE = float(getattr(geometry, "PIXEL_SIZE_DISAGREEMENT", 0.05))
+PIXEL_SIZE_TOLERANCE = geometry.PIXEL_SIZE_DISAGREEMENT
 
 
 def require_spatialdata():
@@ -175,9 +175,8 @@ def _lattice_check(um: float, xy_units: np.ndarray, array_index: np.ndarray | No
         measured = lattice_um_per_px(array_index, xy_units, bin_um)
     elif platform in geometry.PLATFORMS:
         plat = geometry.PLATFORMS[platform]
-        fit = getattr(geometry, "fit_array_lattice", None)
-        if fit is not None and array_index is not None and "array_step_um" in plat:
-            res = fit(array_index, xy_units, tuple(plat["array_step_um"]))
+        if array_index is not None and "array_step_um" in plat:
+            res = geometry.fit_array_lattice(array_index, xy_units, tuple(plat["array_step_um"]))
             measured = None if res is None else float(res.um_per_px)
         if measured is None and len(xy_units) >= 3:
             lat = geometry.detect_lattice(np.asarray(xy_units)[:, ::-1], kind=str(plat["lattice"]))
@@ -220,15 +219,11 @@ def _resolve_units(xy: np.ndarray, diameter: float, array_index: np.ndarray | No
         return geometry.validate_um_per_px(um, what=f"of {what} ({source})"), source, diam_um, \
             platform
     elif platform in geometry.PLATFORMS:
-        resolve = getattr(geometry, "resolve_pixel_size", None)
-        if resolve is not None:  # the lattice fit first, the spot diameter as a fallback
-            ps = resolve(xy, platform, array_index=array_index, spot_diameter_px=diameter,
-                         spot_diameter_um=spot_diameter_um, what=what)
-            return ps.um_per_px, ps.source, ps.spot_diameter_um, platform
-        from ._common import resolve_um_per_px
-
-        um, source, diam_um = resolve_um_per_px(xy, platform, spot_diameter_px=diameter,
-                                                spot_diameter_um=spot_diameter_um)
+        # the lattice fit first, the spot diameter as a fallback
+        ps = geometry.resolve_pixel_size(xy, platform, array_index=array_index,
+                                         spot_diameter_px=diameter,
+                                         spot_diameter_um=spot_diameter_um, what=what)
+        return ps.um_per_px, ps.source, ps.spot_diameter_um, platform
     else:
         raise TrihrgeInputError(
             f"the micrometre size of the coordinate units of {what} is unknown",

@@ -33,7 +33,7 @@ HD_HINT = (
     "scalefactors_json.json")
 
 #: Relative disagreement between Space Ranger's pixel size and the bin lattice that warns.
-PIXEL_SIZE_TOLERANCE = float(getattr(geometry, "PIXEL_SIZE_DISAGREEMENT", 0.05))
+PIXEL_SIZE_TOLERANCE = geometry.PIXEL_SIZE_DISAGREEMENT
 
 
 def bin_folder_size_um(path: str | os.PathLike) -> int | None:
@@ -121,7 +121,7 @@ def lattice_um_per_px(array_index: np.ndarray, xy_px: np.ndarray, step_um: float
     contiguous block of at most ``max_points`` bins; None when the indices do not fit a lattice.
 
     Uses :func:`napari_trihrge.geometry.fit_array_lattice` (least squares of pixel positions on
-    array indices) where geometry has it, else the measured nearest-neighbour spacing.
+    array indices).
     """
     idx = np.asarray(array_index, dtype=np.float64)
     xy = np.asarray(xy_px, dtype=np.float64)
@@ -131,14 +131,8 @@ def lattice_um_per_px(array_index: np.ndarray, xy_px: np.ndarray, step_um: float
         near = np.all(np.abs(idx - centre) <= half, axis=1)
         if near.sum() >= 3:
             idx, xy = idx[near], xy[near]
-    fit = getattr(geometry, "fit_array_lattice", None)
-    if fit is not None:
-        result = fit(idx, xy, (float(step_um), float(step_um)))
-        return None if result is None else float(result.um_per_px)
-    if len(xy) < 3:
-        return None
-    lattice = geometry.detect_lattice(xy[:, ::-1], kind="square")
-    return float(step_um) / lattice.spacing_um
+    result = geometry.fit_array_lattice(idx, xy, (float(step_um), float(step_um)))
+    return None if result is None else float(result.um_per_px)
 
 
 def check_pixel_size(um_per_px: float, measured_um_per_px: float | None, what: str) -> None:
