@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in avail:
                 if not (d / f"ours_seed{s}.npz").exists():
                     run_ours(name, samples[name], s, np.load(d / f"inputs_seed{s}.npz"))
+        # the kNN rows on the same seeds as the methods (seeds where no method ran are left out)
+        avail = [s for s in avail if any((d / f"{k}_seed{s}.npz").exists() for k in METHODS)]
         if avail:
             rows += score_section(name, avail)
     print_table(rows, title="Peers on the same held-out split (50 % hidden, hidden spots only)")
