@@ -314,8 +314,8 @@ class Session(QObject):
             lines.append(f"prediction {L.trust_text(trust)}")
             warn = trust is not None and trust["beats_interpolation"] is False
         if done.get("map_missing"):
-            lines.append(f"no enhanced map for {gene} (map hidden): add it to Extra genes and "
-                         "run Enhance again")
+            lines.append(f"no enhanced map for {gene} (map hidden):")
+            lines.append("add it to Extra genes and run Enhance again")
             warn = True
         show_canvas_label(viewer, "\n".join(lines), warn=warn,
                           position=self.canvas_label_position)
