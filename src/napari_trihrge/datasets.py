@@ -1008,6 +1008,7 @@ __all__ = [
     "TRUTH_STRIDE_UM",
     "SPOT_DIAMETER_UM",
     "SPOT_SPACING_UM",
+    "SPARSE_FRACTION",
     "synthetic_sample",
     "load_sample",
     "truth_map",

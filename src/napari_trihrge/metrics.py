@@ -188,6 +188,8 @@ def map_scores(pred_maps: np.ndarray, true_maps: np.ndarray, mask: np.ndarray,
 
 __all__ = [
     "TOP_GENES",
+    "TRUST_COLUMNS",
+    "gene_trust",
     "per_gene_pcc",
     "fair_pcc",
     "spot_scores",

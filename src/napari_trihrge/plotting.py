@@ -126,7 +126,7 @@ def spots(adata, genes: str | Sequence[str], *, layer: str | None = None, image:
                                 "read the sample with napari_trihrge.io.read()")
     rc_um = geometry.xy_px_to_rc_um(np.asarray(adata.obsm["spatial"]), float(meta["um_per_px"]))
     diameter_um = float(spot_diameter_um or meta.get("spot_diameter_um")
-                        or geometry.PLATFORMS["visium"]["spot_diameter_um"])
+                        or geometry.DEFAULT_SPOT_DIAMETER_UM)
     if layer is not None:
         values = np.asarray(adata[:, genes].layers[layer], dtype=np.float32)
     else:
