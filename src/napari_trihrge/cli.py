@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic sample",
-                       description="Recovery (50 %% hidden) and enhancement (4x virtual spots and "
+                       description="Recovery (50 % hidden) and enhancement (4x virtual spots and "
                        "an 8 um dense map scored against the known truth) on the embedded "
                        "synthetic sample.", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("trihrge-demo"),
