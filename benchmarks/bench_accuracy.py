@@ -61,7 +61,7 @@ TRAIN_OVERRIDES: dict = {}
 
 
 def _config(cache_dir: str, **kw):
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
 
     return RunConfig(cache_dir=cache_dir, train=dict(TRAIN_OVERRIDES), **kw)
 
@@ -94,11 +94,11 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     Every row is scored with ``metrics.spot_scores`` on the same hidden spots and genes as the
     better inverse-distance kNN (k=6/12) of the same split."""
     from napari_trihrge.metrics import kmeans_ari
+    from napari_trihrge.model.stacking import RidgeHead
     from napari_trihrge.neighbours import idw_interpolate
-    from napari_trihrge.preprocessing import prepare_expression
+    from napari_trihrge.pp import prepare_expression
     from napari_trihrge.progress import Progress
-    from napari_trihrge.stacking import RidgeHead
-    from napari_trihrge.tasks import (
+    from napari_trihrge.tl import (
         BASELINE_KS,
         _encoder_and_image,
         _features,
@@ -120,7 +120,7 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     feats = _features(image, encoder, rc_um, cfg0.windows_um, cfg0, Progress())
     labels = None
     if annotation is not None:
-        from napari_trihrge.tasks import _annotation_labels
+        from napari_trihrge.tl import _annotation_labels
 
         labels = _annotation_labels(expr, str(annotation)).to_numpy()
 
@@ -205,7 +205,7 @@ def merge_recovery(paths: list[str]) -> dict[str, dict]:
 
 def transfer_suite(sections: dict[str, Path], cache_dir: str) -> tuple[list[dict], dict]:
     """Each section predicted from its image after training on all the others."""
-    from napari_trihrge.tasks import transfer
+    from napari_trihrge.tl import transfer
 
     adatas = {n: load_sample(p) for n, p in sections.items()}
     rows, raw = [], {}
@@ -232,7 +232,7 @@ def transfer_suite(sections: dict[str, Path], cache_dir: str) -> tuple[list[dict
 def synthetic_suite(cache_dir: str, stride_um: float = 16.0, ensemble: int = 3
                     ) -> tuple[list[dict], dict]:
     from napari_trihrge.evaluation import structure_scores, superres_scores
-    from napari_trihrge.tasks import enhance
+    from napari_trihrge.tl import enhance
 
     adata = load_sample("synthetic")
     with measure() as m:
@@ -262,7 +262,7 @@ def synthetic_suite(cache_dir: str, stride_um: float = 16.0, ensemble: int = 3
 
 def maps_suite(path, cache_dir: str, stride_um: float = 16.0) -> dict:
     from napari_trihrge.io import get_image
-    from napari_trihrge.tasks import enhance
+    from napari_trihrge.tl import enhance
 
     adata = load_sample(path)
     img = get_image(adata)

@@ -2,7 +2,7 @@
 
 Runs the same held-out recovery twice per path, each in a fresh process: once alone ("idle") and
 once while one other CPU-bound process runs (started before, stopped after, and bounded in time
-by itself). Paths: ``cli`` (``python -m napari_trihrge.cli recovery``) and ``napari`` (a headless
+by itself). Paths: ``cli`` (``python -m napari_trihrge.workflows.cli recovery``) and ``napari`` (a headless
 viewer under Xvfb, the Train panel's worker, the event loop turning; the number of event-loop
 turns shows it stayed live). Features are cached by a warm-up run first, so both runs time the
 same work. Prints wall time, training time, CPU time and the machine's load average per run.
@@ -43,7 +43,7 @@ def _child_napari(args) -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_trihrge import io
-    from napari_trihrge._qt import TrainWidget
+    from napari_trihrge.napari._qt import TrainWidget
 
     adata = _load(args.sample, io)
     viewer = napari.Viewer(show=False)
@@ -97,7 +97,7 @@ def _env(src: str | None) -> dict[str, str]:
 
 
 def _cli_command(args, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "napari_trihrge.cli", "recovery", args.sample_path, "--out",
+    cmd = [sys.executable, "-m", "napari_trihrge.workflows.cli", "recovery", args.sample_path, "--out",
            str(out), "--genes", str(args.genes), "--cache-dir", str(args.cache_dir), "--quiet",
            "--device", "cpu"]
     if args.max_epochs:

@@ -142,8 +142,8 @@ def _load_avg() -> str:
 # ------------------------------------------------------------------------------------------
 def part_dlpfc(args) -> dict:
     from napari_trihrge.io import read
-    from napari_trihrge.runs import run_enhance, run_recovery
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_enhance, run_recovery
 
     if not DLPFC.exists():
         print(f"skipped: {DLPFC} not found")
@@ -211,8 +211,8 @@ def part_map_cpu(args) -> dict:
     import zarr
 
     from napari_trihrge.datasets import synthetic_sample
-    from napari_trihrge.runs import run_enhance
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_enhance
 
     n_genes = args.genes or 1000
     t0 = time.perf_counter()
@@ -294,8 +294,8 @@ def part_visium(args) -> dict:
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.features import create_encoder
     from napari_trihrge.features.registry import register_encoder
-    from napari_trihrge.runs import run_enhance
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_enhance
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if not cuda and not args.allow_cpu:

@@ -25,7 +25,7 @@ def _patch_optimiser(kind: str):
     """Make training build Adam as ``kind`` ('single', 'foreach', 'fused'); returns an undo."""
     import torch
 
-    from napari_trihrge import training
+    from napari_trihrge.model.network import training
 
     original = training._adam
 
@@ -43,7 +43,7 @@ def _patch_optimiser(kind: str):
 def run_variant(adata, kind: str, batch_size: int, seed: int, genes: int, max_epochs: int | None,
                 cache_dir: str) -> dict:
     from napari_trihrge.progress import Progress
-    from napari_trihrge.tasks import RunConfig, recovery
+    from napari_trihrge.tl import RunConfig, recovery
 
     marks: list[tuple[float, float]] = []
 
@@ -77,7 +77,7 @@ def profile_epochs(adata, genes: int, cache_dir: str, n_epochs: int = 2) -> None
     """Top operators (self CPU time) of ``n_epochs`` epochs of the default training."""
     from torch.profiler import ProfilerActivity, profile
 
-    from napari_trihrge.tasks import RunConfig, recovery
+    from napari_trihrge.tl import RunConfig, recovery
 
     cfg = RunConfig(n_top_genes=genes, device="cpu", threads=1, cache_dir=cache_dir,
                     train={"max_epochs": n_epochs, "val_fraction": 0.1})

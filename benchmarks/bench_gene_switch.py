@@ -21,7 +21,7 @@ import numpy as np
 
 def make_maps(genes: list[str], size: int, extent_um: float, store: str, tmp: Path):
     """Smooth random maps (compressible like real ones) with a round tissue mask."""
-    from napari_trihrge.tasks import DenseMaps
+    from napari_trihrge.tl import DenseMaps
 
     stride = extent_um / size
     rng = np.random.default_rng(0)
@@ -46,7 +46,7 @@ def make_maps(genes: list[str], size: int, extent_um: float, store: str, tmp: Pa
                                gene_names=genes, origin_rc_um=origin, fill_value=np.nan) as w:
             for k in range(len(genes)):
                 w[k] = plane(k)
-        from napari_trihrge._reader import read_maps
+        from napari_trihrge.napari._reader import read_maps
 
         values = read_maps(path).values
     return DenseMaps(values=values, stride_um=stride, origin_rc_um=origin, gene_names=genes,
@@ -63,9 +63,9 @@ def main(argv=None) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_trihrge import layers as L
-    from napari_trihrge._qt import GeneExplorer
-    from napari_trihrge._sample_data import synthetic_adata, synthetic_sample
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt import GeneExplorer
+    from napari_trihrge.napari._sample_data import synthetic_adata, synthetic_sample
 
     adata = synthetic_adata(0)
     genes = [str(g) for g in adata.var_names[: args.genes]]

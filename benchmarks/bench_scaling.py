@@ -34,8 +34,8 @@ def one(size_um: float, genes: int, epochs: int, stride_um: float, json_path: st
     from bench_e2e import make_recorder, rss_mb
 
     from napari_trihrge.datasets import synthetic_sample
-    from napari_trihrge.runs import run_enhance
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_enhance
 
     torch.set_num_threads(1)  # the network is small: one thread avoids oversubscription
     os.environ["TRIHRGE_THREADS"] = "1"  # the engine sizes its pools from it (threads.py)

@@ -37,9 +37,9 @@ def _ridge(train_adatas, target, genes, cfg):
     from sklearn.linear_model import RidgeCV
 
     from napari_trihrge.features import create_encoder
-    from napari_trihrge.inference import _log_expression, _nonzero_spots, _standardise
     from napari_trihrge.io import get_image
-    from napari_trihrge.tasks import _features, sample_geometry
+    from napari_trihrge.tl import _features, sample_geometry
+    from napari_trihrge.tl.inference import _log_expression, _nonzero_spots, _standardise
 
     enc = create_encoder(cfg.encoder, device=cfg.device)
     windows = (cfg.local_window_um, *cfg.windows_um)
@@ -57,9 +57,9 @@ def _ridge(train_adatas, target, genes, cfg):
 
 
 def run(data: Path, seeds, cache_dir: str, max_epochs: int | None) -> tuple[list[dict], dict]:
-    from napari_trihrge.inference import predict, train
     from napari_trihrge.metrics import spot_scores
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.tl.inference import predict, train
 
     adatas = {s: load_sample(data / "her2st" / s) for s in SECTIONS}
     raw: dict = {}

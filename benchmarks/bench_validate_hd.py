@@ -35,8 +35,8 @@ def main(argv=None) -> None:
 
     from napari_trihrge import io
     from napari_trihrge.datasets import synthetic_sample, write_visium_hd
-    from napari_trihrge.hd_validation import run_validate_hd
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.tl.hd_validation import run_validate_hd
 
     work = Path(tempfile.mkdtemp(prefix="bench-hd-"))
     rows, runs = [], []

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAIN
-from napari_trihrge import evaluation, tasks
+from napari_trihrge import evaluation
+from napari_trihrge import tl as tasks
 
 SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_trihrge import cli
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.metrics import TRUST_COLUMNS
+from napari_trihrge.workflows import cli
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +88,7 @@ def test_bad_option_value_is_exit_2(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def sample_h5ad(tmp_path_factory):
     from napari_trihrge.datasets import synthetic_sample
-    from napari_trihrge.outputs import write_h5ad
+    from napari_trihrge.io.outputs import write_h5ad
 
     path = tmp_path_factory.mktemp("cli") / "tiny.h5ad"
     # 80 genes: enough (>= 30) detected in 3 spots or more with the sparse genes
@@ -143,8 +143,8 @@ def test_overwrite_replaces_a_run_with_maps(capsys, sample_h5ad, tmp_path):
 
 def test_error_after_reading_leaves_no_output_folder(capsys, sample_h5ad, tmp_path):
     from napari_trihrge import io
-    from napari_trihrge.runs import run_enhance
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_enhance
 
     err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--stride-um", "5000",
                                    "--out", str(tmp_path / "o"), "--quiet"])
@@ -226,7 +226,7 @@ def test_input_options_reach_every_reader(tmp_path):
     folders and .h5ad files: read without a traceback (the README promises them)."""
     import tifffile
 
-    from napari_trihrge.outputs import write_h5ad
+    from napari_trihrge.io.outputs import write_h5ad
     from test_io_spot_table import make_st_section
     from test_io_visium import FULL_HW, make_visium_folder
 
@@ -314,7 +314,8 @@ def test_stride_that_would_not_fit_is_refused_up_front(capsys, sample_h5ad, tmp_
 
 
 def test_map_size_refusal_names_the_memory_needed(sample_h5ad, monkeypatch):
-    from napari_trihrge import io, tasks
+    from napari_trihrge import io
+    from napari_trihrge import tl as tasks
 
     adata = io.read(sample_h5ad)
     monkeypatch.setattr(tasks, "_available_memory_bytes", lambda: 1e6)
@@ -324,7 +325,8 @@ def test_map_size_refusal_names_the_memory_needed(sample_h5ad, monkeypatch):
 
 
 def test_map_stride_larger_than_the_tissue_is_refused_before_training(sample_h5ad):
-    from napari_trihrge import io, tasks
+    from napari_trihrge import io
+    from napari_trihrge import tl as tasks
 
     adata = io.read(sample_h5ad)
     with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
@@ -338,7 +340,7 @@ def test_map_stride_larger_than_the_tissue_is_refused_before_training(sample_h5a
     ("train", {"max_epochs": 0}, "max_epochs"),
 ])
 def test_api_refuses_impossible_settings_before_any_work(synthetic, field, value, reason):
-    from napari_trihrge import tasks
+    from napari_trihrge import tl as tasks
 
     cfg = tasks.RunConfig(**{field: value})
     for run in (tasks.recovery, tasks.enhance):

@@ -10,13 +10,13 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from napari_trihrge.cohort import (  # noqa: E402
+from napari_trihrge.errors import TrihrgeInputError  # noqa: E402
+from napari_trihrge.workflows.cohort import (  # noqa: E402
     DONE_MARKER,
     _worker_device,
     run_cohort,
     sample_folder_name,
 )
-from napari_trihrge.errors import TrihrgeInputError  # noqa: E402
 
 # decoder_dims as a list: RunConfig.public_dict() keeps tuples inside `model`, which anndata cannot
 # write into enhanced.h5ad's uns (reported to the owner of tasks.py)
@@ -28,7 +28,7 @@ TINY = {"n_top_genes": 30, "model": {"hidden_dim": 32, "attention_dim": 16,
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     from napari_trihrge.datasets import synthetic_sample
-    from napari_trihrge.outputs import write_h5ad
+    from napari_trihrge.io.outputs import write_h5ad
 
     folder = tmp_path_factory.mktemp("cohort_in")
     paths = []

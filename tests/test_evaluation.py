@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_trihrge import evaluation
-from napari_trihrge.tasks import DenseMaps
+from napari_trihrge.tl import DenseMaps
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_truth_scores_perfectly_and_beats_interpolation(small):
     synthetic = small
     maps = _truth_maps(synthetic)
     rc = synthetic.obsm["spatial"][:, ::-1] * synthetic.uns["trihrge"]["um_per_px"]
-    from napari_trihrge.preprocessing import normalize_log1p
+    from napari_trihrge.pp import normalize_log1p
 
     y = normalize_log1p(synthetic)
     summary, table = evaluation.superres_scores(synthetic, maps, rc, y)
@@ -81,7 +81,7 @@ def test_structure_scores_separate_noise_from_markers(small):
     synthetic = small
     maps = _truth_maps(synthetic)
     rc = synthetic.obsm["spatial"][:, ::-1] * synthetic.uns["trihrge"]["um_per_px"]
-    from napari_trihrge.preprocessing import normalize_log1p
+    from napari_trihrge.pp import normalize_log1p
 
     s = evaluation.structure_scores(synthetic, maps, rc, normalize_log1p(synthetic))
     assert s["marker"]["eta2_truth"] > 0.5

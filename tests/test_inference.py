@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_TRAIN
-from napari_trihrge import inference, tasks
+from napari_trihrge import tl as tasks
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.io.model_folder import load_model_folder
+from napari_trihrge.tl import inference
 
 SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
 CLASSES = ("marker", "density", "gradient", "noise")
@@ -86,7 +87,7 @@ def test_predicts_an_unseen_section_from_its_image_alone(trained, tmp_path):
                  "predict_genes.csv"):
         assert (out / name).exists(), name
     assert summary["predict"]["target"] == "image"
-    from napari_trihrge.outputs import read_run
+    from napari_trihrge.io.outputs import read_run
 
     run = read_run(out)
     virtual = run["enhanced"]
@@ -94,7 +95,7 @@ def test_predicts_an_unseen_section_from_its_image_alone(trained, tmp_path):
     assert not virtual.obs["is_measured"].any()
     values, um_per_px, names, origin = run["maps"]
     assert names == list(virtual.var_names)
-    from napari_trihrge.tasks import DenseMaps
+    from napari_trihrge.tl import DenseMaps
 
     maps = DenseMaps(values=np.asarray(values), stride_um=float(um_per_px),
                      origin_rc_um=np.asarray(origin), gene_names=list(virtual.var_names),
@@ -204,7 +205,7 @@ def test_pixel_size_from_image_metadata(tmp_path):
 def test_run_model_folder_is_usable_by_predict(tmp_path):
     """The model/ of a recovery run is a described model folder: predict takes it (neighbour
     input from the target's spots) and refuses a bare image with a reason."""
-    from napari_trihrge.runs import run_recovery
+    from napari_trihrge.workflows.runs import run_recovery
 
     adata = _sample(5)
     cfg = tasks.RunConfig(n_top_genes=24, model=dict(SMALL_MODEL), train=dict(TINY_TRAIN))

@@ -31,7 +31,7 @@ def small_sample():
 @pytest.fixture(scope="module")
 def enhanced(small_sample):
     pytest.importorskip("spatialdata")
-    from napari_trihrge.tasks import RunConfig, enhance
+    from napari_trihrge.tl import RunConfig, enhance
 
     cfg = RunConfig(n_top_genes=24, model=TINY_MODEL, train=TINY_TRAIN)
     return enhance(small_sample, factor=4, stride_um=16.0, config=cfg)
@@ -262,10 +262,10 @@ def test_cli_enhance_spatialdata(small_sample, tmp_path, capsys):
     pytest.importorskip("spatialdata")
     import spatialdata as sd
 
-    from napari_trihrge import cli
+    from napari_trihrge.workflows import cli
 
     h5ad = tmp_path / "s.h5ad"
-    from napari_trihrge.outputs import write_h5ad
+    from napari_trihrge.io.outputs import write_h5ad
 
     sample = small_sample.copy()
     del sample.uns["truth"]
@@ -294,7 +294,7 @@ def test_cli_enhance_spatialdata(small_sample, tmp_path, capsys):
 
 def test_cli_names_the_extra_when_missing(tmp_path, monkeypatch, capsys):
     """Without spatialdata installed, a store as PATH or --format spatialdata names the extra."""
-    from napari_trihrge import cli
+    from napari_trihrge.workflows import cli
 
     store = tmp_path / "s.zarr"
     (store / "tables").mkdir(parents=True)
@@ -312,7 +312,7 @@ def test_cli_names_the_extra_when_missing(tmp_path, monkeypatch, capsys):
 def test_napari_reader_opens_store(small_sample, enhanced, written_store):
     """Dropping a store on napari: napari-trihrge's reader gives the H&E, the stored map (its
     pixel centres at origin + i * stride micrometres) and the spots."""
-    from napari_trihrge._reader import get_reader, read_spatialdata_layers
+    from napari_trihrge.napari._reader import get_reader, read_spatialdata_layers
 
     assert get_reader(str(written_store)) is read_spatialdata_layers
     layers = read_spatialdata_layers(str(written_store))

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from napari_trihrge import layers as L
 from napari_trihrge import regions as R
 from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.napari import layers as L
 
 
 def small_sample(n_side: int = 12, spacing_um: float = 100.0, um_per_px: float = 0.5,
@@ -305,7 +305,7 @@ def test_spread_layer_only_with_an_ensemble():
 
     import numpy as np
 
-    from napari_trihrge import layers as L
+    from napari_trihrge.napari import layers as L
 
     mask = np.ones((4, 5), bool)
     mask[0, 0] = False

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.model import (
+from napari_trihrge.model.network import (
     MODEL_META,
     MODEL_WEIGHTS,
     ModelConfig,
@@ -219,7 +219,7 @@ def test_output_bias_starts_at_the_gene_means():
     import numpy as np
     import torch
 
-    from napari_trihrge.model import ModelConfig, TriHRGENet
+    from napari_trihrge.model.network import ModelConfig, TriHRGENet
 
     rng = np.random.default_rng(0)
     targets = rng.gamma(2.0, 2.0, size=(50, 7)).astype(np.float32)
@@ -237,7 +237,7 @@ def test_output_bias_starts_at_the_gene_means():
 def test_clip_output_has_no_dead_zone_while_training():
     import torch
 
-    from napari_trihrge.model import ModelConfig, TriHRGENet
+    from napari_trihrge.model.network import ModelConfig, TriHRGENet
 
     model = TriHRGENet(ModelConfig(in_dim=4, n_genes=3, n_scales=2, hidden_dim=8,
                                    attention_dim=4, decoder_dims=(8,)))

@@ -6,7 +6,7 @@ import pytest
 
 from napari_trihrge._atomic import atomic_path
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.outputs import read_run, write_h5ad, write_json
+from napari_trihrge.io.outputs import read_run, write_h5ad, write_json
 
 
 def test_h5ad_uns_with_tuples_and_none_is_written(tmp_path):
@@ -44,7 +44,7 @@ def _leftovers(parent, name):
 
 
 def test_run_folder_appears_only_when_complete(tmp_path):
-    from napari_trihrge.outputs import COMPLETE_MARKER, is_complete_run, run_folder
+    from napari_trihrge.io.outputs import COMPLETE_MARKER, is_complete_run, run_folder
 
     out = tmp_path / "run"
     with run_folder(out) as stage:
@@ -58,7 +58,7 @@ def test_run_folder_appears_only_when_complete(tmp_path):
 
 
 def test_error_during_a_run_leaves_no_folder_and_keeps_the_old_run(tmp_path):
-    from napari_trihrge.outputs import is_complete_run, run_folder
+    from napari_trihrge.io.outputs import is_complete_run, run_folder
 
     out = tmp_path / "new"
     with pytest.raises(TrihrgeInputError, match="stride"), run_folder(out) as stage:
@@ -75,7 +75,7 @@ def test_error_during_a_run_leaves_no_folder_and_keeps_the_old_run(tmp_path):
 
 
 def test_overwrite_really_replaces(tmp_path):
-    from napari_trihrge.outputs import run_folder
+    from napari_trihrge.io.outputs import run_folder
 
     out = tmp_path / "run"
     with run_folder(out) as stage:
@@ -90,7 +90,7 @@ def test_overwrite_really_replaces(tmp_path):
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_one_is_active(tmp_path):
-    from napari_trihrge.outputs import run_folder
+    from napari_trihrge.io.outputs import run_folder
 
     out = tmp_path / "run"
     with run_folder(out) as stage:
@@ -109,7 +109,7 @@ def test_two_runs_started_at_once_do_not_both_succeed(tmp_path):
 
     out = tmp_path / "run"
     script = (
-        "import sys, time; from napari_trihrge.outputs import run_folder\n"
+        "import sys, time; from napari_trihrge.io.outputs import run_folder\n"
         "from napari_trihrge.errors import TrihrgeInputError\n"
         f"t0 = float(sys.argv[2])\n"
         "while time.time() < t0: time.sleep(0.001)\n"
@@ -134,12 +134,12 @@ def test_a_killed_run_leaves_the_target_untouched_and_its_lock_is_taken_over(tmp
     import subprocess
     import sys
 
-    from napari_trihrge.outputs import is_complete_run, run_folder
+    from napari_trihrge.io.outputs import is_complete_run, run_folder
 
     out = tmp_path / "run"
     with run_folder(out) as stage:
         (stage / "summary.json").write_text('{"run": 1}')
-    script = ("import os, signal; from napari_trihrge.outputs import run_folder\n"
+    script = ("import os, signal; from napari_trihrge.io.outputs import run_folder\n"
               f"with run_folder({str(out)!r}, overwrite=True) as s:\n"
               "    (s / 'summary.json').write_text('{\"run\": 2}')\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -153,7 +153,7 @@ def test_a_killed_run_leaves_the_target_untouched_and_its_lock_is_taken_over(tmp
 
 
 def test_readers_refuse_a_folder_without_the_completion_marker(tmp_path):
-    from napari_trihrge._reader import get_reader
+    from napari_trihrge.napari._reader import get_reader
 
     out = tmp_path / "run"
     out.mkdir()
@@ -172,8 +172,8 @@ def test_enhance_trust_is_written_with_the_outputs(tmp_path):
 
     import pandas as pd
 
+    from napari_trihrge.io.outputs import mark_complete, write_enhance
     from napari_trihrge.metrics import TRUST_COLUMNS
-    from napari_trihrge.outputs import mark_complete, write_enhance
 
     genes = ["A", "B", "C"]
     table = pd.DataFrame({"pcc": [0.5, 0.1, np.nan], "pcc_baseline_knn": [0.3, 0.2, np.nan]},

@@ -20,7 +20,7 @@ PACKAGE_DIR = Path(th.__file__).resolve().parent
 PUBLIC_NAMESPACES = ["io", "pp", "tl", "pl", "datasets", "geometry", "metrics", "features"]
 
 #: napari-side modules (they may import napari or Qt); everything else is engine
-NAPARI_SIDE = {"_qt", "_reader.py", "_writer.py", "_sample_data.py", "layers.py"}
+NAPARI_SIDE = {"napari"}
 
 GUI_PACKAGES = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt",
                 "vispy"}
@@ -38,8 +38,9 @@ def _engine_files() -> list[Path]:
 
 def test_engine_modules_found():
     names = {p.relative_to(PACKAGE_DIR).as_posix() for p in _engine_files()}
-    assert {"tasks.py", "metrics.py", "model.py", "training.py", "cli.py"} <= names
-    assert not any(n.startswith("_qt/") for n in names)
+    assert {"tl/__init__.py", "metrics.py", "model/network.py", "model/training.py",
+            "workflows/cli.py"} <= names
+    assert not any(n.startswith("napari/") for n in names)
 
 
 @pytest.mark.parametrize("path", _engine_files(), ids=lambda p: p.relative_to(PACKAGE_DIR).as_posix())
@@ -59,7 +60,7 @@ def test_running_the_engine_loads_no_gui_package():
     code = (
         "import sys\n"
         "import napari_trihrge as th\n"
-        "import napari_trihrge.cli, napari_trihrge.runs, napari_trihrge.cohort\n"
+        "import napari_trihrge.workflows.cli, napari_trihrge.workflows.runs, napari_trihrge.workflows.cohort\n"
         f"for name in {PUBLIC_NAMESPACES!r}: getattr(th, name)\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(GUI_PACKAGES)!r})\n"
         "print(','.join(bad))\n"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.model import ModelConfig, TriHRGENet
-from napari_trihrge.predict import (
+from napari_trihrge.model.network import ModelConfig, TriHRGENet
+from napari_trihrge.model.predict import (
     predict,
     predict_ensemble,
     predict_in_chunks,

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.preprocessing import normalize_log1p, prepare_expression, select_genes
+from napari_trihrge.pp import normalize_log1p, prepare_expression, select_genes
 
 
 def counts(n_spots=200, n_genes=60, seed=0):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from napari_trihrge import tasks
+    from napari_trihrge import tl as tasks
     from napari_trihrge.datasets import synthetic_sample
 
     cfg = tasks.RunConfig(n_top_genes=20, model=dict(TINY["model"]), train=dict(TINY["train"]),
@@ -27,7 +27,7 @@ def model_dir(tmp_path_factory):
 
 
 def _widget(viewer, model_dir):
-    from napari_trihrge._qt import ApplyModelWidget, SampleWidget
+    from napari_trihrge.napari._qt import ApplyModelWidget, SampleWidget
 
     sw = SampleWidget(viewer)
     sw.device_combo.setCurrentText("cpu")
@@ -77,8 +77,8 @@ def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_pat
 
 
 def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
-    from napari_trihrge._qt import SampleWidget, TrainWidget
     from napari_trihrge.io.model_folder import load_model_folder
+    from napari_trihrge.napari._qt import SampleWidget, TrainWidget
 
     add_sample(viewer)
     sw, tw = SampleWidget(viewer), TrainWidget(viewer)

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gui
 
 
 def canvas_text_overlay(viewer):
-    from napari_trihrge._qt._display import canvas_text_overlay as overlay
+    from napari_trihrge.napari._qt._display import canvas_text_overlay as overlay
 
     return overlay(viewer)
 
@@ -59,7 +59,7 @@ def _brightness(img):
 
 
 def test_overlay_changes_canvas_where_expression_is_high(make_napari_viewer, tmp_path):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1000, 800)
@@ -99,8 +99,8 @@ def test_overlay_changes_canvas_where_expression_is_high(make_napari_viewer, tmp
 
 
 def test_spots_colour_by_gene_on_canvas(make_napari_viewer, tmp_path):
-    from napari_trihrge import layers as L
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt import GeneExplorer
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1000, 800)
@@ -125,7 +125,7 @@ def test_spots_colour_by_gene_on_canvas(make_napari_viewer, tmp_path):
 
 
 def test_side_by_side_screenshot_has_two_panels(make_napari_viewer, tmp_path):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1200, 700)
@@ -143,7 +143,7 @@ def test_side_by_side_screenshot_has_two_panels(make_napari_viewer, tmp_path):
     assert np.abs(left[..., :3].astype(float) - right[..., :3].astype(float)).mean() > 10
     # a visible gap: the band of plain background between the two panels is wider than with
     # no spacing (by about the gap's width)
-    from napari_trihrge._qt._gene_explorer import PANEL_GAP_PX, _grid
+    from napari_trihrge.napari._qt._gene_explorer import PANEL_GAP_PX, _grid
 
     grid = _grid(viewer)
     assert grid.spacing == PANEL_GAP_PX
@@ -168,7 +168,7 @@ def test_side_by_side_screenshot_has_two_panels(make_napari_viewer, tmp_path):
 
 
 def test_gene_name_is_drawn_on_the_canvas(make_napari_viewer, tmp_path):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1000, 800)
@@ -195,7 +195,7 @@ def test_gene_name_is_drawn_on_the_canvas(make_napari_viewer, tmp_path):
 
 
 def test_region_numbers_are_drawn(make_napari_viewer, tmp_path):
-    from napari_trihrge._qt import RegionExplorer
+    from napari_trihrge.napari._qt import RegionExplorer
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1000, 800)

@@ -16,7 +16,7 @@ def store(tmp_path_factory):
     pytest.importorskip("napari_spatialdata")
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.io.spatialdata import write_spatialdata
-    from napari_trihrge.tasks import RunConfig, enhance
+    from napari_trihrge.tl import RunConfig, enhance
 
     sample = synthetic_sample(seed=4, size_um=(1200.0, 1200.0), n_genes=24, um_per_px=0.8)
     cfg = RunConfig(n_top_genes=24, model=TINY_MODEL, train=TINY_TRAIN)

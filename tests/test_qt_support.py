@@ -18,14 +18,14 @@ TINY = {"n_top_genes": 30, "model": {"hidden_dim": 32, "attention_dim": 16,
 
 
 def sample_adata():
-    from napari_trihrge._sample_data import synthetic_adata
+    from napari_trihrge.napari._sample_data import synthetic_adata
 
     return synthetic_adata(0)
 
 
 def add_sample(viewer):
     """Add the synthetic sample's H&E and spots; returns (image layer, spots layer)."""
-    from napari_trihrge._sample_data import synthetic_sample
+    from napari_trihrge.napari._sample_data import synthetic_sample
 
     added = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in synthetic_sample()]
     return added[0], added[1]
@@ -34,7 +34,7 @@ def add_sample(viewer):
 def truth_maps(adata=None):
     """The sample's 8 um truth, log-normalised per pixel like spots (counts / total x 1e4, log1p),
     as DenseMaps (NaN outside the tissue): a stand-in for enhanced maps on the spots' scale."""
-    from napari_trihrge.tasks import DenseMaps
+    from napari_trihrge.tl import DenseMaps
 
     adata = adata if adata is not None else sample_adata()
     tr = adata.uns["truth"]
@@ -58,7 +58,7 @@ def fake_recovery(adata=None, genes=("ERBB2", "TUMOR_3", "STROMA_4")):
     """A RecoveryResult-like object whose 'predictions' are the measured hidden half."""
     import anndata as ad
 
-    from napari_trihrge import layers as L
+    from napari_trihrge.napari import layers as L
 
     adata = adata if adata is not None else sample_adata()
     hidden = np.arange(0, adata.n_obs, 2)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 
 def _widgets(viewer):
-    from napari_trihrge._qt import GeneExplorer, SampleWidget, TrainWidget
+    from napari_trihrge.napari._qt import GeneExplorer, SampleWidget, TrainWidget
 
     sw, tw, ge = SampleWidget(viewer), TrainWidget(viewer), GeneExplorer(viewer)
     tw.extra_config = {k: v for k, v in TINY.items() if k != "n_top_genes"}
@@ -88,7 +88,7 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     assert s.find_layer("map") is m and m.metadata["trihrge"]["gene"] == other
     assert not notes.errors()
     # the run folder was written and opens again as layers
-    from napari_trihrge._reader import get_reader
+    from napari_trihrge.napari._reader import get_reader
 
     run = tmp_path / "run"
     assert (run / "summary.json").is_file() and (run / "maps.ome.zarr").is_dir()
@@ -137,9 +137,9 @@ def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
         viewer, qtbot, monkeypatch):
     """napari's bars call processEvents: the outcome can arrive in the middle of an event batch
     (seen in the user-guide screenshots: 'Training: 19 / 40' after the run had finished)."""
-    from napari_trihrge._qt import _train_widget
-    from napari_trihrge._qt._worker import Outcome
     from napari_trihrge.errors import Cancelled
+    from napari_trihrge.napari._qt import _train_widget
+    from napari_trihrge.napari._qt._worker import Outcome
 
     _, tw, _ = _widgets(viewer)
     inside_update = []

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gui
 
 
 def canvas_text_overlay(viewer):
-    from napari_trihrge._qt._display import canvas_text_overlay as overlay
+    from napari_trihrge.napari._qt._display import canvas_text_overlay as overlay
 
     return overlay(viewer)
 
@@ -28,7 +28,7 @@ def canvas_text_overlay(viewer):
 # Sample widget
 # ------------------------------------------------------------------------------------------
 def test_sample_widget_opens_synthetic_in_background(viewer, qtbot):
-    from napari_trihrge._qt import SampleWidget
+    from napari_trihrge.napari._qt import SampleWidget
 
     w = SampleWidget(viewer)
     worker = w.open_synthetic()
@@ -43,7 +43,7 @@ def test_sample_widget_opens_synthetic_in_background(viewer, qtbot):
 
 
 def test_sample_widget_bad_path_is_a_notification(viewer, qtbot, notes, tmp_path):
-    from napari_trihrge._qt import SampleWidget
+    from napari_trihrge.napari._qt import SampleWidget
 
     w = SampleWidget(viewer)
     w.open_sample(str(tmp_path / "does-not-exist"))
@@ -58,7 +58,7 @@ def test_image_button_adds_a_full_resolution_image_to_a_space_ranger_folder(
     import tifffile
     from qtpy.QtWidgets import QFileDialog
 
-    from napari_trihrge._qt import SampleWidget
+    from napari_trihrge.napari._qt import SampleWidget
     from test_io_visium import FULL_HW, make_visium_folder
 
     folder = make_visium_folder(tmp_path)
@@ -80,7 +80,7 @@ def test_image_button_adds_a_full_resolution_image_to_a_space_ranger_folder(
 
 
 def test_token_is_masked_and_not_kept(viewer):
-    from napari_trihrge._qt import SampleWidget, TrainWidget
+    from napari_trihrge.napari._qt import SampleWidget, TrainWidget
 
     w = SampleWidget(viewer)
     t = TrainWidget(viewer)
@@ -98,7 +98,7 @@ def test_token_is_masked_and_not_kept(viewer):
 
 
 def test_sample_widget_opens_dlpfc_folder(dlpfc_dir, viewer, qtbot):  # skip before a viewer exists
-    from napari_trihrge._qt import SampleWidget
+    from napari_trihrge.napari._qt import SampleWidget
 
     w = SampleWidget(viewer)
     w.open_sample(str(dlpfc_dir))
@@ -128,7 +128,7 @@ def test_plugin_menu_widgets_share_one_session(viewer):
 # Gene explorer
 # ------------------------------------------------------------------------------------------
 def test_gene_explorer_switch_recolours_spots_and_swaps_map(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     _, spots = add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -167,7 +167,7 @@ def test_gene_explorer_switch_recolours_spots_and_swaps_map(viewer, qtbot):
 
 
 def test_gene_explorer_completion_and_unknown_gene(viewer, qtbot, notes):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -182,8 +182,8 @@ def test_gene_explorer_completion_and_unknown_gene(viewer, qtbot, notes):
 
 
 def test_side_by_side_grid_and_back(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
-    from napari_trihrge._qt._gene_explorer import _grid
+    from napari_trihrge.napari._qt import GeneExplorer
+    from napari_trihrge.napari._qt._gene_explorer import _grid
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -202,7 +202,7 @@ def test_side_by_side_grid_and_back(viewer, qtbot):
 
 
 def test_best_genes_list_from_recovery(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -220,7 +220,7 @@ def test_best_genes_list_from_recovery(viewer, qtbot):
 # ------------------------------------------------------------------------------------------
 def _tumour_box(adata, half_um: float = 160.0):
     """A rectangle around the spots with the highest ERBB2 (a tumour region)."""
-    from napari_trihrge import layers as L
+    from napari_trihrge.napari import layers as L
 
     rc = L.spots_rc_um(adata)
     e = L.gene_expression(adata, ["ERBB2"])["ERBB2"].to_numpy()
@@ -231,7 +231,7 @@ def _tumour_box(adata, half_um: float = 160.0):
 
 
 def test_region_table_known_layout_and_csv(viewer, qtbot, tmp_path):
-    from napari_trihrge._qt import RegionExplorer
+    from napari_trihrge.napari._qt import RegionExplorer
 
     add_sample(viewer)
     rx = RegionExplorer(viewer)
@@ -263,7 +263,7 @@ def test_region_table_known_layout_and_csv(viewer, qtbot, tmp_path):
 
 
 def test_region_without_spots_gives_a_clear_message(viewer, qtbot):
-    from napari_trihrge._qt import RegionExplorer
+    from napari_trihrge.napari._qt import RegionExplorer
 
     add_sample(viewer)
     rx = RegionExplorer(viewer)
@@ -277,7 +277,7 @@ def test_region_without_spots_gives_a_clear_message(viewer, qtbot):
 
 
 def test_region_updates_when_shapes_change(viewer, qtbot):
-    from napari_trihrge._qt import RegionExplorer
+    from napari_trihrge.napari._qt import RegionExplorer
 
     add_sample(viewer)
     rx = RegionExplorer(viewer)
@@ -288,7 +288,7 @@ def test_region_updates_when_shapes_change(viewer, qtbot):
 
 def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
     """With an ensemble, the spread of the shown gene is one (hidden) layer, swapped per gene."""
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -315,7 +315,7 @@ def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
 # What the canvas says: gene, units, trust; genes without a map; hover outside the tissue
 # ------------------------------------------------------------------------------------------
 def _maps_without(maps, drop):
-    from napari_trihrge.tasks import DenseMaps
+    from napari_trihrge.tl import DenseMaps
 
     keep = [i for i, g in enumerate(maps.gene_names) if g not in drop]
     return DenseMaps(values=np.asarray(maps.values)[keep], stride_um=maps.stride_um,
@@ -324,8 +324,8 @@ def _maps_without(maps, drop):
 
 
 def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
-    from napari_trihrge import layers as L
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt import GeneExplorer
 
     ge = GeneExplorer(viewer)
     _, spots = add_sample(viewer)
@@ -344,7 +344,7 @@ def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
 
 
 def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     _, spots = add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -373,8 +373,8 @@ def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot)
 
 
 def test_predictions_of_other_genes_are_hidden_not_left_on_the_old_gene(viewer, qtbot):
-    from napari_trihrge import layers as L
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -390,7 +390,7 @@ def test_predictions_of_other_genes_are_hidden_not_left_on_the_old_gene(viewer, 
 
 
 def test_hover_outside_the_tissue_shows_no_value(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -413,7 +413,7 @@ def test_hover_outside_the_tissue_shows_no_value(viewer, qtbot):
 
 
 def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -442,8 +442,8 @@ def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
 
 
 def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
-    from napari_trihrge._qt._gene_explorer import PANEL_GAP_PX, _grid
+    from napari_trihrge.napari._qt import GeneExplorer
+    from napari_trihrge.napari._qt._gene_explorer import PANEL_GAP_PX, _grid
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
@@ -477,7 +477,7 @@ def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtb
 
 def test_region_numbers_are_drawn_and_table_has_statistics(viewer, qtbot):
     from napari_trihrge import regions as R
-    from napari_trihrge._qt import RegionExplorer
+    from napari_trihrge.napari._qt import RegionExplorer
 
     add_sample(viewer)
     rx = RegionExplorer(viewer)
@@ -498,7 +498,7 @@ def test_region_numbers_are_drawn_and_table_has_statistics(viewer, qtbot):
 def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot):
     from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox
 
-    from napari_trihrge._qt import TrainWidget
+    from napari_trihrge.napari._qt import TrainWidget
 
     add_sample(viewer)
     tw = TrainWidget(viewer)
@@ -537,7 +537,7 @@ def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tm
 
 
 def test_layers_opened_before_the_first_widget_are_named_too(viewer, qtbot):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     _, spots = add_sample(viewer)  # File > Open Sample before any TriHRGE panel
     ge = GeneExplorer(viewer)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 def test_engine_worker_sizes_pools_in_its_thread_leaving_one_core(qtbot, monkeypatch):
     from napari_trihrge import threads
-    from napari_trihrge._qt._worker import engine_worker
+    from napari_trihrge.napari._qt._worker import engine_worker
 
     monkeypatch.delenv(threads.THREADS_ENV, raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from napari_trihrge import layers as L
-from napari_trihrge._reader import get_reader, read_maps
-from napari_trihrge._writer import write_image_ome_tiff, write_points_h5ad
 from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.napari import layers as L
+from napari_trihrge.napari._reader import get_reader, read_maps
+from napari_trihrge.napari._writer import write_image_ome_tiff, write_points_h5ad
 from test_qt_support import sample_adata, truth_maps
 
 
@@ -165,7 +165,7 @@ def test_run_folder_opens_as_layers(tmp_path):
     (run / "summary.json").write_text(json.dumps({"sample": "synthetic"}))
     with pytest.raises(TrihrgeInputError, match="not a finished run folder"):
         get_reader(str(run))(str(run))  # the completion marker is missing
-    from napari_trihrge.outputs import mark_complete
+    from napari_trihrge.io.outputs import mark_complete
 
     mark_complete(run)
     layers = get_reader(str(run))(str(run))
@@ -182,7 +182,7 @@ def test_run_folder_opens_as_layers(tmp_path):
 
 @pytest.mark.gui
 def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
-    from napari_trihrge._qt import GeneExplorer
+    from napari_trihrge.napari._qt import GeneExplorer
 
     viewer = make_napari_viewer()
     test_run_folder_opens_as_layers(tmp_path)  # writes tmp_path / "run"
@@ -220,7 +220,7 @@ def test_spaceranger_outs_folder_opens_with_no_reader_chooser(make_napari_viewer
     from napari.plugins import _npe2
     from napari.settings import get_settings
 
-    from napari_trihrge._qt._session import get_session
+    from napari_trihrge.napari._qt._session import get_session
 
     viewer = make_napari_viewer()
     outs = tmp_path / "outs"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_trihrge.metrics import fair_pcc
-from napari_trihrge.stacking import RidgeHead, fit_gene_blend, fold_indices
+from napari_trihrge.model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
 
 def _data(n=200, g=30, seed=0):

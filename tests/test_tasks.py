@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, TINY_TRAIN
-from napari_trihrge import tasks
+from napari_trihrge import tl as tasks
 from napari_trihrge.errors import Cancelled, TrihrgeInputError
 from napari_trihrge.metrics import TRUST_COLUMNS, fair_pcc
 from napari_trihrge.progress import Progress

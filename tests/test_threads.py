@@ -10,9 +10,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from napari_trihrge import threads
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.predict import predict
+from napari_trihrge.model.predict import predict
+from napari_trihrge.model.training import TrainConfig, fit
 from napari_trihrge.progress import Progress
-from napari_trihrge.training import TrainConfig, fit
 
 SMALL = {"hidden_dim": 16, "attention_dim": 8, "decoder_dims": (32,)}
 
@@ -103,7 +103,7 @@ def test_bad_thread_counts_are_input_errors(bad, monkeypatch):
 
 
 def test_run_config_checks_threads_when_built():
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
 
     assert RunConfig(threads=0).threads is None
     assert RunConfig(threads="2").threads == 2
@@ -131,7 +131,7 @@ def test_free_cores_measures_this_machine():
 
 
 def test_cli_threads_option():
-    from napari_trihrge.cli import _config, build_parser
+    from napari_trihrge.workflows.cli import _config, build_parser
 
     args = build_parser().parse_args(["recovery", "x.h5ad", "--threads", "1"])
     assert _config(args).threads == 1

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from napari_trihrge.errors import Cancelled, TrihrgeInputError
-from napari_trihrge.predict import predict
+from napari_trihrge.model.predict import predict
+from napari_trihrge.model.training import TrainConfig, _batches, _lr_lambda, fit, fit_ensemble
 from napari_trihrge.progress import Progress
-from napari_trihrge.training import TrainConfig, _batches, _lr_lambda, fit, fit_ensemble
 
 SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (64, 64)}
 
@@ -231,8 +231,8 @@ def test_bad_inputs_are_reported():
 
 def test_bf16_autocast_path_runs_on_cpu():
     """The CUDA path trains under bf16 autocast; check the same code on CPU for dtype errors."""
-    from napari_trihrge.model import ModelConfig, TriHRGENet
-    from napari_trihrge.training import _batch_loss, _Data
+    from napari_trihrge.model.network import ModelConfig, TriHRGENet
+    from napari_trihrge.model.training import _batch_loss, _Data
 
     x, y, z, mask = _aggregation_problem(n=20)
     nb = np.random.default_rng(0).random((20, 5)).astype(np.float32)

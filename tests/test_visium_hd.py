@@ -14,7 +14,7 @@ from conftest import TINY_MODEL, TINY_TRAIN
 from napari_trihrge import geometry, io
 from napari_trihrge.datasets import synthetic_sample, write_visium_hd
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.hd_validation import measured_truth, pseudo_visium
+from napari_trihrge.tl.hd_validation import measured_truth, pseudo_visium
 
 SIZE_UM = (1000.0, 1000.0)
 
@@ -125,7 +125,7 @@ def test_not_hd_is_refused(small_sample):
 
 @pytest.mark.slow
 def test_validate_hd_cli(hd_outs, tmp_path, capsys):
-    from napari_trihrge import cli
+    from napari_trihrge.workflows import cli
 
     out = tmp_path / "run"
     code = cli.main(["validate-hd", str(hd_outs), "--genes", "24", "--max-epochs", "6",
@@ -145,8 +145,8 @@ def test_validate_hd_cli(hd_outs, tmp_path, capsys):
 
 def test_validate_hd_api_scores(hd_outs, tmp_path):
     """The map is scored on map pixels that fall on measured bins, never outside them."""
-    from napari_trihrge.hd_validation import measured_on_map, score_against_bins
-    from napari_trihrge.tasks import RunConfig, enhance
+    from napari_trihrge.tl import RunConfig, enhance
+    from napari_trihrge.tl.hd_validation import measured_on_map, score_against_bins
 
     bins = io.read(hd_outs, bin_size_um=16)
     pseudo = pseudo_visium(bins)

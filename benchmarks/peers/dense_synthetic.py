@@ -35,8 +35,8 @@ OUT = WORK / "synthetic"
 def export(image_um_per_px: float = 1.0) -> None:
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.io import get_image
-    from napari_trihrge.preprocessing import prepare_expression
-    from napari_trihrge.tasks import RunConfig, sample_geometry
+    from napari_trihrge.pp import prepare_expression
+    from napari_trihrge.tl import RunConfig, sample_geometry
 
     OUT.mkdir(parents=True, exist_ok=True)
     adata = synthetic_sample(seed=0)
@@ -62,7 +62,7 @@ def score(json_path: str | None) -> None:
 
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.evaluation import superres_scores
-    from napari_trihrge.tasks import DenseMaps, RunConfig, enhance
+    from napari_trihrge.tl import DenseMaps, RunConfig, enhance
 
     adata = synthetic_sample(seed=0)
     inp = np.load(OUT / "inputs_seed0.npz")

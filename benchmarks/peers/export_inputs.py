@@ -49,9 +49,9 @@ def lattice_indices(adata) -> np.ndarray:
 def export_section(name: str, path: Path, seeds: list[int], image_um_per_px: float,
                    cache_dir: Path) -> None:
     from napari_trihrge import io
-    from napari_trihrge.preprocessing import prepare_expression
+    from napari_trihrge.pp import prepare_expression
     from napari_trihrge.progress import ensure_progress
-    from napari_trihrge.tasks import (
+    from napari_trihrge.tl import (
         RunConfig,
         _encoder_and_image,
         _features,

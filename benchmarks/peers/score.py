@@ -36,7 +36,7 @@ UNTOUCHED = {"her2st/C5"}
 def run_ours(name: str, path: Path, seed: int, inp) -> None:
     """Our recovery on the same split; predictions of the hidden spots cached."""
     from napari_trihrge import io
-    from napari_trihrge.tasks import RunConfig, recovery
+    from napari_trihrge.tl import RunConfig, recovery
 
     adata = io.read(path)
     cpu0 = time.process_time()

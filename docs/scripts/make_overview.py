@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from napari_trihrge.cli import main
+from napari_trihrge.workflows.cli import main
 
 DOCS = Path(__file__).resolve().parents[1]
 

@@ -143,7 +143,7 @@ def main(argv=None) -> None:
     viewer.reset_view()
 
     # 6. draw a region around a tumour area and compare inside vs outside --------------------
-    from napari_trihrge import layers as L
+    from napari_trihrge.napari import layers as L
 
     adata = ge.session.adata
     rc = L.spots_rc_um(adata)

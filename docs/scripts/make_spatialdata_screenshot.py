@@ -38,8 +38,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from napari_trihrge.datasets import synthetic_sample
-    from napari_trihrge.runs import run_enhance
-    from napari_trihrge.tasks import RunConfig
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_enhance
 
     work = Path(tempfile.mkdtemp(prefix="trihrge-sd-"))
     adata = synthetic_sample(seed=0, n_genes=60)

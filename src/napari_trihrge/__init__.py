@@ -16,13 +16,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {"io", "pp", "tl", "pl", "datasets", "geometry", "metrics", "features"}
-_ALIASES = {"pp": "preprocessing", "tl": "tasks", "pl": "plotting"}
 
 
 def __getattr__(name: str) -> Any:
     # lazy: importing the package must stay cheap (napari imports it to read the manifest)
     if name in _SUBMODULES:
-        return importlib.import_module(f".{_ALIASES.get(name, name)}", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -296,8 +296,8 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
 def adata_expression_set(adata, name: str = "measured",
                          genes: Sequence[str] | None = None) -> ExpressionSet:
     """Log-normalised expression of an AnnData's spots (counts are normalised on the fly)."""
-    from .preprocessing import gene_expression, is_log_normalised, log_normalised
-    from .tasks import sample_geometry
+    from .pp import gene_expression, is_log_normalised, log_normalised
+    from .tl import sample_geometry
 
     rc = sample_geometry(adata)[0]
     if genes is None:

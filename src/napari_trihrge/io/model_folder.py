@@ -136,7 +136,7 @@ def save_model_folder(path: str | os.PathLike, nets: list, description: dict[str
                       ) -> Path:
     """Write a model folder (see the module docstring) atomically; refuses an existing folder
     unless ``overwrite``."""
-    from ..model import save_model
+    from ..model.network import save_model
 
     path = Path(path)
     if not nets:
@@ -225,7 +225,7 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
                       map_location: str = "cpu") -> TrainedModel:
     """Read a model folder (all ensemble members, weights with ``weights_only=True``) and check
     that it fits this package and the requested encoder / windows (None: the model's own)."""
-    from ..model import load_model
+    from ..model.network import load_model
 
     path = Path(path)
     if not path.is_dir():

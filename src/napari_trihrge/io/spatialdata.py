@@ -455,7 +455,7 @@ def _table(adata: Any, region: str, role: str, extra_uns: dict) -> Any:
     from anndata import AnnData
     from spatialdata.models import TableModel
 
-    from ..outputs import _h5ad_safe
+    from .outputs import _h5ad_safe
 
     t = AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(),
                 layers={k: v for k, v in adata.layers.items()})

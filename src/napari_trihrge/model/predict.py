@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import resolve_device
-from .errors import TrihrgeInputError
-from .model import TriHRGENet
-from .progress import Progress, ensure_progress
-from .threads import cpu_threads
+from ..device import resolve_device
+from ..errors import TrihrgeInputError
+from ..progress import Progress, ensure_progress
+from ..threads import cpu_threads
+from .network import TriHRGENet
 
 FeaturesFn = Callable[[int, int], tuple[Any, Any]]
 

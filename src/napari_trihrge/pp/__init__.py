@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .errors import TrihrgeInputError
+from ..errors import TrihrgeInputError
 
 
 def _dense(x) -> np.ndarray:
@@ -19,7 +19,7 @@ def _dense(x) -> np.ndarray:
 def check_counts(adata: AnnData) -> None:
     """Raise an actionable error when the counts cannot be used (empty, not finite, negative,
     all zero): the same check every reader runs."""
-    from .io.sample import check_counts as check_count_matrix
+    from ..io.sample import check_counts as check_count_matrix
 
     check_count_matrix(adata.X)
 

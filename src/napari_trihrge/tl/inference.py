@@ -2,7 +2,7 @@
 ``trihrge train`` / ``trihrge predict``).
 
 :func:`train` fits one model on one or several sections: genes are highly variable over the
-pooled sections among the genes they share (as :func:`~napari_trihrge.tasks.transfer`), image
+pooled sections among the genes they share (as :func:`~napari_trihrge.tl.transfer`), image
 features come from the encoder's dense path with a local window (so the same model gives spot
 predictions and dense maps), each section's features are standardised over its own spots, and the
 sub-spot aggregation loss of ``enhance`` keeps a dense map consistent with the spots. A fraction of
@@ -13,7 +13,7 @@ against inverse-distance kNN: these are the model's per-section and per-gene tru
 barcodes; the predictions there are scored against the measurement; a model with neighbour
 input gets the target's own spots, leave-one-out at measured spots) or to a bare H&E image (an
 image-only model; virtual spots on a lattice over the tissue mask and a dense map). It returns an
-:class:`~napari_trihrge.tasks.EnhanceResult`, written by :func:`run_predict` as the same run
+:class:`~napari_trihrge.tl.EnhanceResult`, written by :func:`run_predict` as the same run
 folder as ``enhance``.
 """
 
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import geometry
-from .errors import TrihrgeInputError
-from .io.model_folder import (
+from .. import geometry
+from ..errors import TrihrgeInputError
+from ..io.model_folder import (
     DESCRIPTION_KIND,
     DESCRIPTION_VERSION,
     NORMALISATION,
@@ -44,10 +44,10 @@ from .io.model_folder import (
     load_model_folder,
     package_version,
 )
-from .metrics import best_baseline, spot_scores
-from .neighbours import idw_interpolate
-from .progress import Progress, ensure_progress
-from .tasks import (
+from ..metrics import best_baseline, spot_scores
+from ..neighbours import idw_interpolate
+from ..progress import Progress, ensure_progress
+from . import (
     BASELINE_KS,
     EnhanceResult,
     RunConfig,
@@ -77,7 +77,7 @@ def _section_name(adata: AnnData, i: int) -> str:
 
 
 def _nonzero_spots(adata: AnnData) -> AnnData:
-    from .preprocessing import check_counts
+    from ..pp import check_counts
 
     check_counts(adata)
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
@@ -87,7 +87,7 @@ def _nonzero_spots(adata: AnnData) -> AnnData:
 def _log_expression(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     """Log-normalised expression (normalised over all of the section's genes) of ``genes``;
     genes the section lacks are NaN columns."""
-    from .preprocessing import normalize_log1p
+    from ..pp import normalize_log1p
 
     logn = normalize_log1p(adata, NORMALISATION["target_sum"])
     idx = adata.var_names.get_indexer(list(genes))
@@ -111,7 +111,7 @@ def _lattice_kind(adata: AnnData) -> str | None:
 
 
 def _create_encoder(cfg: RunConfig):
-    from .features import create_encoder
+    from ..features import create_encoder
 
     extra = {"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {}
     return create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token, **extra)
@@ -204,7 +204,7 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     windows = (float(cfg.local_window_um), *(float(w) for w in cfg.windows_um))
     with timer("features"):
         encoder = _create_encoder(cfg)
-    from .io import get_image
+    from ..io import get_image
 
     parts: dict[str, list] = {k: [] for k in ("x", "y", "nb", "sx", "snb", "smask")}
     held: list[dict[str, Any]] = []
@@ -377,13 +377,13 @@ def save_run_model(path: str | Path, result, cfg: RunConfig, task: str, *,
                     training_sections=[section], trust=trust)
     nets = [f.model for f in result.fits]
     desc["encoder"]["embed_dim"] = int(nets[0].config.in_dim) if cfg.image_input else None
-    from .io.model_folder import save_model_folder
+    from ..io.model_folder import save_model_folder
 
     return save_model_folder(path, nets, desc, table, overwrite=overwrite)
 
 
 def _jsonable(obj: Any) -> Any:
-    from .outputs import _jsonable as j
+    from ..io.outputs import _jsonable as j
 
     return j(obj)
 
@@ -401,7 +401,7 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
     """A bare H&E image as a sample without spots (``n_obs == 0``), so that the readers'
     contract (``uns['trihrge']``, :func:`napari_trihrge.io.get_image`) holds. The pixel size comes
     from ``um_per_px`` or the file's OME/TIFF/SVS metadata."""
-    from .io.image import image_size_px, pixel_size_from_metadata
+    from ..io.image import image_size_px, pixel_size_from_metadata
 
     path = Path(path)
     image_size_px(path)  # exists and readable
@@ -423,7 +423,7 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
 def _tissue_lattice(image, lattice: dict[str, Any]) -> np.ndarray:
     """Points of the training lattice (spacing and orientation) inside the tissue mask of
     ``image``: where a spot would be if the slide had been sequenced."""
-    from .tissue import tissue_mask_for
+    from ..tissue import tissue_mask_for
 
     basis = np.asarray(lattice["basis_rc_um"], dtype=np.float64)
     spacing = float(lattice["spacing_um"])
@@ -460,7 +460,7 @@ def _predict_config(model: TrainedModel, *, device: str, cache_dir: str | None,
 
 @dataclass
 class PredictResult(EnhanceResult):
-    """As :class:`~napari_trihrge.tasks.EnhanceResult`; ``per_gene``: the fair per-gene scores at
+    """As :class:`~napari_trihrge.tl.EnhanceResult`; ``per_gene``: the fair per-gene scores at
     the target's measured spots (None for a bare image)."""
 
     per_gene: pd.DataFrame | None = None
@@ -475,7 +475,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
     """Apply a trained model to ``target``: a sample (AnnData or any path :func:`io.read`
     takes) or a bare H&E image file (``um_per_px`` or read from the file's metadata).
 
-    Returns an :class:`~napari_trihrge.tasks.EnhanceResult`: ``virtual`` holds the
+    Returns an :class:`~napari_trihrge.tl.EnhanceResult`: ``virtual`` holds the
     ``factor``-x denser virtual spots (with spots: measured spots keep their barcodes as
     ``obs_names``, ``obs['parent']`` and ``obs['is_measured']`` as in enhance; without spots: a
     lattice over the tissue), ``maps`` the dense map at ``stride_um`` (a bare image always gets
@@ -498,7 +498,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
     elif is_image_path(target):
         adata = image_target(target, um_per_px)
     else:
-        from .io import read
+        from ..io import read
 
         adata = read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
     bare = adata.n_obs == 0
@@ -541,7 +541,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
                 "the same gene panel")
     um_per_px = float(adata.uns["trihrge"]["um_per_px"])
     with timer("features"):
-        from .io import get_image
+        from ..io import get_image
 
         image = get_image(adata)
         enc = _create_encoder(cfg)
@@ -683,8 +683,8 @@ def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: boo
               progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train and write the model folder ``out_dir`` (plus ``summary.json`` in it); returns the
     summary."""
-    from ._atomic import refuse_overwrite
-    from .outputs import peak_rss_mb, write_json
+    from .._atomic import refuse_overwrite
+    from ..io.outputs import peak_rss_mb, write_json
 
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -712,9 +712,9 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
     ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
-    from . import runs
-    from ._atomic import atomic_path
-    from .outputs import mark_complete, run_folder, write_enhance
+    from .._atomic import atomic_path
+    from ..io.outputs import mark_complete, run_folder, write_enhance
+    from ..workflows import runs
 
     progress = ensure_progress(progress)
     if not isinstance(model, TrainedModel):
@@ -725,7 +725,7 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     elif is_image_path(target):
         adata = image_target(target, um_per_px)
     else:
-        from .io import read
+        from ..io import read
 
         adata = read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
     bare = adata.n_obs == 0
@@ -756,7 +756,7 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
             summary["predict"]["map_stride_um"] = result.maps.stride_um
             summary["predict"]["map_locations"] = int(result.maps.mask.sum())
             if "truth" in adata.uns and not bare:
-                from .evaluation import superres_scores
+                from ..evaluation import superres_scores
 
                 rc_um, _, _ = sample_geometry(result.spots)
                 sr, t = superres_scores(adata, result.maps, rc_um, np.asarray(result.spots.X),

@@ -1,4 +1,4 @@
-"""Training of :class:`~napari_trihrge.model.TriHRGENet`: :func:`fit` and :func:`fit_ensemble`.
+"""Training of :class:`~napari_trihrge.model.network.TriHRGENet`: :func:`fit` and :func:`fit_ensemble`.
 
 Loss: MSE between the prediction for a spot's bag and the spot's (log-normalised) expression.
 With sub-locations (``sub_features`` (N, K, S, D) and ``sub_mask`` (N, K)), an iStar-style
@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import resolve_device
-from .errors import TrihrgeInputError
-from .model import ModelConfig, TriHRGENet
-from .progress import Progress, ensure_progress
-from .threads import cpu_threads
+from ..device import resolve_device
+from ..errors import TrihrgeInputError
+from ..progress import Progress, ensure_progress
+from ..threads import cpu_threads
+from .network import ModelConfig, TriHRGENet
 
 
 @dataclass

@@ -261,7 +261,7 @@ class Session(QObject):
         if maps is not None and gene in list(maps.gene_names):
             map_vals = L.map_values(maps, gene)
         if not values and map_vals is None:
-            from ..errors import TrihrgeInputError
+            from ...errors import TrihrgeInputError
 
             raise TrihrgeInputError(f"gene {gene!r} is not in the sample or the enhanced maps",
                                     "pick a gene from the completion list")

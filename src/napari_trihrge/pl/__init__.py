@@ -111,9 +111,9 @@ def spots(adata, genes: str | Sequence[str], *, layer: str | None = None, image:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from . import geometry
-    from .errors import TrihrgeInputError
-    from .preprocessing import gene_expression
+    from .. import geometry
+    from ..errors import TrihrgeInputError
+    from ..pp import gene_expression
 
     genes = [genes] if isinstance(genes, str) else list(genes)
     missing = [g for g in genes if g not in adata.var_names]
@@ -133,7 +133,7 @@ def spots(adata, genes: str | Sequence[str], *, layer: str | None = None, image:
         values = gene_expression(adata, genes).to_numpy()
     thumb = extent = None
     if image and "spatial" in adata.uns:
-        from .io import get_image
+        from ..io import get_image
 
         thumb, extent = _thumbnail(get_image(adata))
     fig, axes = plt.subplots(1, len(genes), figsize=(4.4 * len(genes), 4.2), squeeze=False,
@@ -186,7 +186,7 @@ def _draw_spots(ax, rc_um: np.ndarray, values: np.ndarray, diameter_um: float, v
 def _save(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ._atomic import atomic_path
+    from .._atomic import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .errors import TrihrgeInputError
+from .._atomic import atomic_path
+from ..errors import TrihrgeInputError
 
 
 def peak_rss_mb() -> float:
@@ -73,7 +73,7 @@ def mark_complete(out_dir: str | Path, **extra: Any) -> Path:
     """Write the completion marker (last file of a run folder)."""
     import datetime
 
-    from . import __version__
+    from .. import __version__
 
     out = Path(out_dir)
     files = sorted(p.name for p in out.iterdir() if p.name != COMPLETE_MARKER)
@@ -261,7 +261,7 @@ def _h5ad_safe(value: Any) -> Any:
 
 def write_h5ad(adata, path: str | Path, overwrite: bool = True) -> Path:
     """Write an AnnData atomically; ``uns`` is made storable first (tuples, None)."""
-    from .io.writers import write_h5ad_atomic
+    from .writers import write_h5ad_atomic
 
     adata = adata.copy()
     adata.uns = _h5ad_safe(dict(adata.uns))
@@ -270,7 +270,7 @@ def write_h5ad(adata, path: str | Path, overwrite: bool = True) -> Path:
 
 def write_models(out_dir: Path, fits: list, extra: dict[str, Any]) -> list[Path]:
     """Save each trained model (one per ensemble member) as ``model/`` or ``model_<k>/``."""
-    from .model import save_model
+    from ..model.network import save_model
 
     paths = []
     for k, fit in enumerate(fits):
@@ -314,7 +314,7 @@ def read_run(out_dir: str | Path) -> dict[str, Any]:
         if (out / f"{name}.h5ad").exists():
             run[name] = ad.read_h5ad(out / f"{name}.h5ad")
     if (out / "maps.ome.zarr").exists():
-        from .io.writers import read_map
+        from .writers import read_map
 
         run["maps"] = read_map(out / "maps.ome.zarr", with_origin=True)
         if (out / "maps_std.ome.zarr").exists():

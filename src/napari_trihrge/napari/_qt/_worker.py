@@ -21,9 +21,9 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 
-from ..errors import Cancelled, EncoderAccessError, TrihrgeInputError
-from ..progress import Progress
-from ..threads import cpu_threads
+from ...errors import Cancelled, EncoderAccessError, TrihrgeInputError
+from ...progress import Progress
+from ...threads import cpu_threads
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import regions as R
+from ... import regions as R
 from ._common import heading, note, notify_error
 from ._session import get_session, layer_kind, unwrap_viewer
 

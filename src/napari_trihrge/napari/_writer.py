@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import TrihrgeInputError
+from ..errors import TrihrgeInputError
 
 
 def _ensure_suffix(path: str, suffixes: tuple[str, ...], default: str) -> Path:
@@ -25,7 +25,7 @@ def write_points_h5ad(path: str, data: Any, attributes: dict) -> list[str]:
     """
     import anndata as ad
 
-    from .io import write_h5ad_atomic
+    from ..io import write_h5ad_atomic
 
     out = _ensure_suffix(path, (".h5ad",), ".h5ad")
     data = np.asarray(data, dtype=np.float64)
@@ -82,7 +82,7 @@ def write_image_ome_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     """
     import tifffile
 
-    from .io import write_ome_tiff
+    from ..io import write_ome_tiff
 
     out = _ensure_suffix(path, (".ome.tif", ".ome.tiff"), ".ome.tif")
     meta = attributes.get("metadata") or {}

@@ -21,7 +21,7 @@ def synthetic_adata(seed: int = 0):
 def _synthetic_adata(seed: int):
     import anndata as ad
 
-    from .datasets import synthetic_sample as make
+    from ..datasets import synthetic_sample as make
 
     path = _cache_path(seed)
     if path is not None and path.is_file():
@@ -49,7 +49,7 @@ def _cache_path(seed: int) -> Path | None:
     cache is disabled (``TRIHRGE_NO_SAMPLE_CACHE=1``)."""
     if os.environ.get("TRIHRGE_NO_SAMPLE_CACHE"):
         return None
-    from . import datasets
+    from .. import datasets
 
     src = Path(datasets.__file__).read_bytes()
     digest = hashlib.sha1(src).hexdigest()[:12]

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import Cancelled, TrihrgeError
+from ..errors import Cancelled, TrihrgeError
 
 EPILOG = """\
 PATH is a Space Ranger outs/ folder (Visium, or Visium HD: one bin size, --bin-um), a SpatialData
@@ -299,7 +299,7 @@ def _add_inference_parsers(sub) -> None:
 
 def _run_inference(args, progress) -> dict:
     """`trihrge train` / `trihrge predict`; returns the summary."""
-    from . import inference
+    from ..tl import inference
 
     if args.command == "train":
         cfg = _config(args)
@@ -324,7 +324,7 @@ def _run_inference(args, progress) -> dict:
 
 
 def _read(args):
-    from .io import read
+    from ..io import read
 
     kwargs = {k: getattr(args, k) for k in ("positions", "image", "um_per_px", "spot_diameter_px",
                                              "spot_diameter_um", "platform")
@@ -335,8 +335,8 @@ def _read(args):
 
 def _store_kwargs(args) -> dict:
     """Reader keywords of the SpatialData / Visium HD options, checked against PATH."""
-    from .errors import TrihrgeInputError
-    from .io import is_spatialdata_store, is_visium_hd_folder
+    from ..errors import TrihrgeInputError
+    from ..io import is_spatialdata_store, is_visium_hd_folder
 
     given = {k: getattr(args, k) for k in STORE_OPTIONS if getattr(args, k, None) is not None}
     if not given:
@@ -359,7 +359,7 @@ def _store_kwargs(args) -> dict:
 def _read_hd_bins(args):
     """The bins for validate-hd: a Visium HD folder (--bin-um, default 8) or a store (the
     table square_0XXum of that bin size unless --table says otherwise)."""
-    from .io import is_spatialdata_store
+    from ..io import is_spatialdata_store
 
     if is_spatialdata_store(args.path) and args.table is None:
         args.table = f"square_{args.bin_um or 8:03d}um"
@@ -368,7 +368,7 @@ def _read_hd_bins(args):
 
 
 def _config(args):
-    from .tasks import RunConfig
+    from ..tl import RunConfig
 
     train = {}
     if getattr(args, "max_epochs", None) is not None:
@@ -471,8 +471,8 @@ def _print_inference_summary(summary: dict) -> None:
 
 def _threads_arg(value: str) -> int | None:
     """``--threads``: a positive count, or 'auto' (choose from the cores free at the time)."""
-    from .errors import TrihrgeInputError
-    from .threads import parse_threads
+    from ..errors import TrihrgeInputError
+    from ..threads import parse_threads
 
     try:
         return parse_threads(value, "--threads")
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("demo", "recovery", "enhance"):
         # every stage of the run (not only training) with the pools sized to the free cores
-        from .threads import cpu_threads
+        from ..threads import cpu_threads
 
         with cpu_threads(args.threads):
             return _run_command(args)
@@ -500,19 +500,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from .progress import TqdmProgress
+    from ..progress import TqdmProgress
 
     progress = TqdmProgress(disable=getattr(args, "quiet", False))
     try:
         if args.command == "encoders":
-            from .features import list_encoders
+            from ..features import list_encoders
 
             for name, desc in list_encoders().items():
                 print(f"{name:16s} {desc}")
             return 0
         if args.command == "demo":
+            from ..tl import RunConfig
             from .runs import run_demo
-            from .tasks import RunConfig
 
             cfg = RunConfig(encoder=args.encoder, device=args.device, ensemble=args.ensemble,
                             seed=args.seed, threads=args.threads)
@@ -539,15 +539,15 @@ def _run_command(args: argparse.Namespace) -> int:
             _print_inference_summary(summary)
             return 0
         if args.command == "enhance" and (args.output_format == "spatialdata" or args.into_input):
-            from .io.spatialdata import require_spatialdata
+            from ..io.spatialdata import require_spatialdata
 
             require_spatialdata()  # before reading and training
-        from .tasks import check_writable_folder, validate_config
+        from ..tl import check_writable_folder, validate_config
 
         cfg = _config(args)
         validate_config(cfg)  # every option before reading or any heavy work
         if args.out is not None:
-            from .outputs import check_out_dir
+            from ..io.outputs import check_out_dir
 
             check_out_dir(args.out, args.overwrite)
             check_writable_folder(args.out, "the output folder", "--out")
@@ -556,18 +556,18 @@ def _run_command(args: argparse.Namespace) -> int:
         out = args.out or Path("trihrge_out") / f"{args.command}-{sample}"
         check_writable_folder(out, "the output folder", "--out")
         if args.out is None:
-            from .outputs import check_out_dir
+            from ..io.outputs import check_out_dir
 
             check_out_dir(out, args.overwrite)
         annotation = getattr(args, "annotation", None)
         if annotation and annotation not in adata.obs.columns and not Path(annotation).is_file():
-            from .errors import TrihrgeInputError
+            from ..errors import TrihrgeInputError
 
             raise TrihrgeInputError(f"--annotation {annotation}: neither a file nor a column of "
                                     "the sample's obs", "pass a barcode -> label file (tab or "
                                     "comma separated) or an obs column name")
         if args.command == "enhance" and args.stride_um is not None:
-            from .tasks import check_map_size
+            from ..tl import check_map_size
 
             check_map_size(adata, args.stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
                            + len(cfg.extra_genes), ensemble=cfg.ensemble)
@@ -578,7 +578,7 @@ def _run_command(args: argparse.Namespace) -> int:
                                    annotation=args.annotation, config=cfg, progress=progress,
                                    overwrite=args.overwrite)
         elif args.command == "validate-hd":
-            from .hd_validation import run_validate_hd
+            from ..tl.hd_validation import run_validate_hd
 
             summary = run_validate_hd(adata, out, factor=args.factor, config=cfg,
                                       progress=progress, overwrite=args.overwrite)

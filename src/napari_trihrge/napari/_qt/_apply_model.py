@@ -125,7 +125,7 @@ class ApplyModelWidget(QWidget):
         image = data not in (None, SAMPLE)
         self.um_spin.setEnabled(image)
         if image:
-            from ..io.image import pixel_size_from_metadata
+            from ...io.image import pixel_size_from_metadata
 
             um = pixel_size_from_metadata(_layer_path(self.viewer.layers[data]))
             self.um_spin.setValue(um or 0.0)
@@ -159,7 +159,7 @@ class ApplyModelWidget(QWidget):
             kwargs["um_per_px"] = float(self.um_spin.value())
             # the image layer in micrometres, like every TriHRGE layer
             layer.scale = (kwargs["um_per_px"],) * 2
-        from ..inference import predict
+        from ...tl.inference import predict
 
         self.progress = QueueProgress()
         worker = engine_worker(predict, model_dir, target, progress=self.progress, **kwargs)

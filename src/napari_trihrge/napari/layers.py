@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import TrihrgeInputError
-from .geometry import DEFAULT_SPOT_DIAMETER_UM, xy_px_to_rc_um
-from .preprocessing import gene_expression, is_log_normalised, log_normalised
+from ..errors import TrihrgeInputError
+from ..geometry import DEFAULT_SPOT_DIAMETER_UM, xy_px_to_rc_um
+from ..pp import gene_expression, is_log_normalised, log_normalised
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -161,7 +161,7 @@ def image_layer(adata, *, name: str | None = None,
     Uses :func:`napari_trihrge.io.get_image` (full resolution, else hires, else lowres); a large
     image with a pyramid opens as a lazy multiscale list of dask levels.
     """
-    from . import io
+    from .. import io
 
     try:
         img = io.get_image(adata)

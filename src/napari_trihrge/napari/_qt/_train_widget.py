@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...geometry import DEFAULT_SPOT_DIAMETER_UM
 from .. import layers as L
-from ..geometry import DEFAULT_SPOT_DIAMETER_UM
 from ._common import heading, hline, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
@@ -293,7 +293,7 @@ class TrainWidget(QWidget):
     def make_config(self):
         """The RunConfig of the current settings (the token is read from the Sample widget
         now and goes into this object only)."""
-        from ..tasks import RunConfig
+        from ...tl import RunConfig
 
         train = dict(self.extra_config.get("train", {}))
         if self.epochs_spin.value() > 0:
@@ -467,7 +467,7 @@ class TrainWidget(QWidget):
             path = QFileDialog.getExistingDirectory(self, "Folder for the model (empty or new)")
             if not path:
                 return None
-        from ..inference import save_run_model
+        from ...tl.inference import save_run_model
 
         task, config, result = self._last_run
         try:
@@ -581,7 +581,8 @@ def _fmt_timings(result) -> str:
 
 
 def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
-    from .. import runs, tasks
+    from ... import tl as tasks
+    from ...workflows import runs
 
     if not out_dir:
         return tasks.recovery(adata, config=config, progress=progress, **kwargs), out_dir
@@ -594,7 +595,8 @@ def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
 
 
 def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
-    from .. import runs, tasks
+    from ... import tl as tasks
+    from ...workflows import runs
 
     if not out_dir:
         return tasks.enhance(adata, config=config, progress=progress, **kwargs), out_dir
@@ -610,6 +612,6 @@ def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
 
 def outputs_run_folder(out_dir):
     """The engine's run folder (temporary folder, lock, completion marker), never overwriting."""
-    from .. import outputs
+    from ...io import outputs
 
     return outputs.run_folder(out_dir, overwrite=False)

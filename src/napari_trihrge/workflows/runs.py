@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from . import geometry
-from .device import resolve_device
-from .outputs import (
+from .. import geometry
+from ..device import resolve_device
+from ..io.outputs import (
     mark_complete,
     peak_rss_mb,
     run_folder,
@@ -22,13 +22,13 @@ from .outputs import (
     write_json,
     write_recovery,
 )
-from .progress import Progress, ensure_progress
-from .tasks import RunConfig, enhance, recovery, sample_geometry, trust_summary
+from ..progress import Progress, ensure_progress
+from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
 
 
 def write_run_model(out: Path, result, cfg: RunConfig, task: str) -> Path:
     """The run's model as a self-describing model folder ``out/model`` (usable by predict)."""
-    from .inference import save_run_model
+    from ..tl.inference import save_run_model
 
     return save_run_model(out / "model", result, cfg, task)
 
@@ -44,13 +44,13 @@ def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any
 
 def _overview(out: Path, adata: AnnData, result_spots: AnnData, genes: list[str], *, maps=None,
               virtual=None, title: str = "") -> None:
-    from .io import get_image
-    from .plotting import overview_figure
+    from ..io import get_image
+    from ..pl import overview_figure
 
     rc_um, um_per_px, diameter_um = sample_geometry(result_spots)
     truth = None
     if "truth" in adata.uns and maps is not None:
-        from .evaluation import truth_on_grid
+        from ..evaluation import truth_on_grid
 
         truth = truth_on_grid(adata, maps, genes)
     virtual_rc = virtual_x = None
@@ -90,7 +90,7 @@ def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float
                  seed: int = 0, annotation=None, config: RunConfig | None = None,
                  progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Recovery end to end; returns the summary (also written to ``out_dir/summary.json``).
-    The run folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`)."""
+    The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`)."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     with run_folder(out_dir, overwrite) as out:
@@ -133,8 +133,8 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
                 summary_extra: dict[str, Any] | None = None, trust: bool = True,
                 spatialdata_store: bool = False, into_input: bool = False) -> dict[str, Any]:
     """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``); ``trust``:
-    measure per gene whether the model beats interpolation (:func:`napari_trihrge.tasks.enhance`).
-    The run folder appears only when complete (:func:`napari_trihrge.outputs.run_folder`).
+    measure per gene whether the model beats interpolation (:func:`napari_trihrge.tl.enhance`).
+    The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`).
 
     ``spatialdata_store=True`` also writes the sample and the results as a self-contained
     SpatialData store ``<out>/spatialdata.zarr``; ``into_input=True`` adds the results to the
@@ -175,8 +175,8 @@ SPATIALDATA_STORE = "spatialdata.zarr"
 
 def check_spatialdata_output(adata: AnnData, into_input: bool) -> None:
     """Fail before any heavy work when SpatialData output cannot be written."""
-    from .errors import TrihrgeInputError
-    from .io.spatialdata import require_spatialdata
+    from ..errors import TrihrgeInputError
+    from ..io.spatialdata import require_spatialdata
 
     require_spatialdata()
     if into_input and not (adata.uns.get("trihrge", {}) or {}).get("spatialdata"):
@@ -190,7 +190,7 @@ def write_spatialdata_outputs(out: Path, adata: AnnData, result, *, new_store: b
                               ) -> dict[str, str]:
     """Write an enhance result as SpatialData: a new store in the run folder and/or into the
     input store. Returns the entries for ``summary['outputs']``."""
-    from .io.spatialdata import write_into_input, write_spatialdata
+    from ..io.spatialdata import write_into_input, write_spatialdata
 
     files = {}
     if new_store:
@@ -228,7 +228,7 @@ def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
         summary["enhance"]["map_locations"] = int(result.maps.mask.sum())
         summary["consistency"] = result.metrics.get("consistency")
         if "truth" in adata.uns:
-            from .evaluation import superres_scores
+            from ..evaluation import superres_scores
 
             rc_um, _, _ = sample_geometry(result.spots)
             sr, table = superres_scores(adata, result.maps, rc_um, np.asarray(result.spots.X),
@@ -267,7 +267,7 @@ def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
     """The whole pipeline on the embedded synthetic sample: recovery (50 % hidden) in
     ``out/recovery/`` and enhancement with a dense 8 um map scored against the known truth in
     ``out/`` itself. Returns the combined summary."""
-    from .datasets import synthetic_sample
+    from ..datasets import synthetic_sample
 
     cfg = config or RunConfig(n_top_genes=1000)
     progress = ensure_progress(progress)

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import geometry
-from .errors import TrihrgeInputError
-from .metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
-from .neighbours import idw_interpolate
-from .preprocessing import prepare_expression
-from .progress import Progress, ensure_progress
-from .threads import cpu_threads, parse_threads
+from .. import geometry
+from ..errors import TrihrgeInputError
+from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
+from ..neighbours import idw_interpolate
+from ..pp import prepare_expression
+from ..progress import Progress, ensure_progress
+from ..threads import cpu_threads, parse_threads
 
 #: k of the image-free inverse-distance kNN baselines scored next to every model; "the baseline"
 #: is the better of them on the fair score (:func:`napari_trihrge.metrics.spot_scores`)
@@ -61,7 +61,7 @@ class RunConfig:
     n_neighbours: int = 12  # k=12 is the best image-free kNN on the shared sections
     # recovery: the prediction is a per-gene non-negative blend of these candidates (kNN k=6 and
     # k=12, a ridge head on image features + neighbour-expression PCs, the network), weighted on
-    # out-of-fold predictions of the training spots (napari_trihrge.stacking); the network is
+    # out-of-fold predictions of the training spots (napari_trihrge.model.stacking); the network is
     # then the average of the fold models. () = the network alone, trained on every training spot
     stacking: tuple[str, ...] = ("knn6", "knn12", "ridge", "network")
     stacking_folds: int = 5
@@ -92,7 +92,7 @@ class RunConfig:
 def validate_config(cfg: RunConfig) -> None:
     """Raise :class:`TrihrgeInputError` for run parameters that cannot work (checked before any
     heavy work by every task and by the CLI)."""
-    from .training import TrainConfig
+    from ..model.training import TrainConfig
 
     problems = []
 
@@ -116,7 +116,7 @@ def validate_config(cfg: RunConfig) -> None:
         TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train}).validate()
     except TypeError as exc:
         raise TrihrgeInputError(f"unknown training setting: {exc}",
-                                "see napari_trihrge.training.TrainConfig") from exc
+                                "see napari_trihrge.model.training.TrainConfig") from exc
     if cfg.cache_dir is not None:
         check_writable_folder(cfg.cache_dir, "the feature cache folder", "--cache-dir")
 
@@ -181,8 +181,8 @@ def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
 
 
 def _encoder_and_image(adata: AnnData, cfg: RunConfig):
-    from .features import create_encoder
-    from .io import get_image
+    from ..features import create_encoder
+    from ..io import get_image
 
     image = get_image(adata)
     extra = ({"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {})
@@ -195,7 +195,7 @@ def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cf
     """Image bags (N, S, D). ``dense``: the first window is the local one and every window comes
     from the encoder's dense path (for ViTs, patch tokens from one forward pass per tile: the
     same features for spots, sub-locations, virtual spots and map pixels)."""
-    from .features import extract_features
+    from ..features import extract_features
 
     if not cfg.image_input:
         return np.zeros((len(rc_um), 0, 1), dtype=np.float32)
@@ -212,7 +212,7 @@ def model_preset(cfg: RunConfig) -> dict[str, Any]:
     """The network widths for this run (``cfg.model`` entries override them)."""
     name = cfg.model_preset
     if name == "auto":
-        from .device import resolve_device
+        from ..device import resolve_device
 
         name = "paper" if resolve_device(cfg.device).type == "cuda" else "compact"
     if name not in MODEL_PRESETS:
@@ -222,7 +222,7 @@ def model_preset(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:
-    from .training import TrainConfig, fit_ensemble
+    from ..model.training import TrainConfig, fit_ensemble
 
     train_cfg = TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train})
     seeds = [cfg.seed + i for i in range(max(1, int(cfg.ensemble)))]
@@ -236,7 +236,7 @@ def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:
 
 def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress | None = None
              ) -> tuple[np.ndarray, np.ndarray | None]:
-    from .predict import predict_ensemble
+    from ..model.predict import predict_ensemble
 
     with cpu_threads(cfg.threads):
         mean, std = predict_ensemble([f.model for f in fits], features, neighbour,
@@ -275,7 +275,7 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     """Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds``
     folds; kNN leave-one-out over all training spots, as dense as for the hidden spots), the
     per-gene blend fitted on them, and the ridge head refitted on every training spot."""
-    from .stacking import RidgeHead, fit_gene_blend, fold_indices
+    from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
     # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
     folds = fold_indices(len(y), max(2, min(cfg.stacking_folds, len(y) // 5)), cfg.seed)
@@ -494,7 +494,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         else:
             pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
 
-    from .metrics import kmeans_ari
+    from ..metrics import kmeans_ari
 
     genes = list(expr.var_names)
     others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
@@ -539,7 +539,7 @@ def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top
     of the ``training`` sections, among the genes every section in ``adatas`` has."""
     import scipy.sparse as sp
 
-    from .preprocessing import select_genes
+    from ..pp import select_genes
 
     common = pd.Index(adatas[0].var_names)
     for a in adatas[1:]:
@@ -557,7 +557,7 @@ def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top
 
 
 def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
-    from .preprocessing import check_counts, normalize_log1p
+    from ..pp import check_counts, normalize_log1p
 
     check_counts(adata)
     return normalize_log1p(adata, genes=genes)
@@ -765,7 +765,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     with timer("features"):
         image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
         if stride_um is not None:  # an empty map is refused before training
-            from .io import get_image
+            from ..io import get_image
 
             grid_image = image if image is not None else get_image(adata)
             margin = map_margin_um if map_margin_um is not None else \
@@ -868,7 +868,7 @@ def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: in
     """Refuse a dense-map stride that cannot work, before any heavy work: not a positive number,
     finer than the full-resolution pixel, or a grid whose working memory (plus the maps
     themselves when kept in memory) exceeds the memory available, with the size it would need."""
-    from .io.sample import image_extent_px
+    from ..io.sample import image_extent_px
 
     if not _positive_finite(stride_um):
         raise TrihrgeInputError(f"the map stride must be a positive number of micrometres, got "
@@ -924,7 +924,7 @@ def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
     """The dense-map grid: tissue (from the image) within ``margin_um`` of a measured spot."""
     from scipy.spatial import cKDTree
 
-    from .tissue import tissue_mask_for
+    from ..tissue import tissue_mask_for
 
     height_um, width_um = image.shape_rc_um
     mask, mask_um = tissue_mask_for(image, mask_um_per_px=max(mask_um_per_px, image.um_per_px))
@@ -951,7 +951,7 @@ def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
     gene_chunk = min(32, n_genes)
     with_std = len(fits) > 1
     if map_path is not None:
-        from .io.writers import open_ome_zarr_map
+        from ..io.writers import open_ome_zarr_map
 
         zarr_kw = dict(chunks=(gene_chunk, band_rows, n_cols), um_per_px=stride_um,
                        gene_names=genes, origin_rc_um=grid.origin_rc_um, fill_value=np.nan)
@@ -987,7 +987,7 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
                        band_rows, progress) -> None:
     """Embed blocks of many map rows at once, then predict and write them 32 rows at a time
     (all genes), so features cost one encoder pass per block and predictions stay bounded."""
-    from .predict import predict_ensemble
+    from ..model.predict import predict_ensemble
 
     n_genes = values.shape[0]
     n_rows, n_cols = grid.shape
@@ -1024,7 +1024,7 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
                          spot_diameter_um: float) -> dict[str, float]:
     """How well the dense map, averaged over each measured spot's disk, reproduces the measured
     spots: mean per-gene PCC (and MSE) between the two, over the spots the map covers."""
-    from .metrics import per_gene_pcc
+    from ..metrics import per_gene_pcc
 
     offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)
     idx = np.rint((rc_um[:, None, :] + offs[None] - maps.origin_rc_um) / maps.stride_um).astype(int)

@@ -36,8 +36,8 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from .errors import TrihrgeInputError
-from .geometry import PLATFORMS, rc_um_to_xy_px, validate_um_per_px
+from ..errors import TrihrgeInputError
+from ..geometry import PLATFORMS, rc_um_to_xy_px, validate_um_per_px
 
 DOMAIN_NAMES: tuple[str, ...] = ("stroma", "tumor", "immune", "gland", "adipose")
 STROMA, TUMOR, IMMUNE, GLAND, ADIPOSE = range(5)
@@ -923,8 +923,8 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
 
     import h5py
 
-    from ._atomic import refuse_overwrite
-    from .io.visium_hd import write_visium_hd_bins
+    from .._atomic import refuse_overwrite
+    from ..io.visium_hd import write_visium_hd_bins
 
     truth = _truth(adata)
     info = adata.uns.get("trihrge", {})
@@ -994,7 +994,7 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
             {"hd_layout_json": json.dumps({"file_format": "1.0"}), "transform_matrices": {},
              "note": "synthetic: layout metadata only, written by napari-trihrge"})
     if spatialdata_store:
-        from .io.spatialdata import require_spatialdata
+        from ..io.spatialdata import require_spatialdata
 
         require_spatialdata()
         import spatialdata_io

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import TrihrgeInputError
+from ..errors import TrihrgeInputError
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_META = "model.json"

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from ._atomic import atomic_path
-from .errors import TrihrgeError, TrihrgeInputError
-from .outputs import COMPLETE_MARKER
-from .threads import usable_cores
+from .._atomic import atomic_path
+from ..errors import TrihrgeError, TrihrgeInputError
+from ..io.outputs import COMPLETE_MARKER
+from ..threads import usable_cores
 
 DONE_MARKER = COMPLETE_MARKER  # written last into a finished run folder
 TASKS = ("enhance", "recovery")
@@ -57,9 +57,9 @@ def _worker_device() -> str:
 def run_one_sample(path: str, out_dir: str, task: str, task_kwargs: dict[str, Any],
                    config_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Run one sample into ``out_dir`` (written under a temporary name, renamed when complete)."""
-    from .io import read
+    from ..io import read
+    from ..tl import RunConfig
     from .runs import run_enhance, run_recovery
-    from .tasks import RunConfig
 
     t0 = time.perf_counter()
     cfg = RunConfig(**{"device": _worker_device(), **config_kwargs})

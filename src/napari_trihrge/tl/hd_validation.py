@@ -22,8 +22,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
-from . import geometry
-from .errors import TrihrgeInputError
+from .. import geometry
+from ..errors import TrihrgeInputError
 
 PSEUDO_SPOT_DIAMETER_UM = float(geometry.PLATFORMS["visium"]["spot_diameter_um"])
 PSEUDO_SPOT_SPACING_UM = float(geometry.PLATFORMS["visium"]["spot_spacing_um"])
@@ -45,7 +45,7 @@ def pseudo_visium(bins: AnnData, *, min_coverage: float = 0.5) -> AnnData:
     holds fewer than ``min_coverage`` of the bins a full disk would hold are dropped.
     ``obs['n_bins']`` counts the bins per spot; the result follows the sample data model
     (platform 'visium') and shares the bins' images and pixel size."""
-    from .datasets import _hex_spots  # the Visium lattice with its array indices
+    from ..datasets import _hex_spots  # the Visium lattice with its array indices
 
     bin_um = _bin_size_um(bins)
     info = dict(bins.uns["trihrge"])
@@ -137,8 +137,8 @@ def score_against_bins(bins: AnnData, result, n_neighbours: int = 6
     """Score an enhance result's dense map against the measured bins inside the tissue (map
     pixels inside the map's tissue mask that fall on a measured bin), next to the measured
     pseudo-spots interpolated onto the same pixels."""
-    from .evaluation import superres_scores
-    from .tasks import sample_geometry
+    from ..evaluation import superres_scores
+    from . import sample_geometry
 
     maps = result.maps
     if maps is None:
@@ -166,10 +166,10 @@ def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, conf
     """``trihrge validate-hd``: pseudo-Visium spots from the bins, enhance them with a map at
     the bin size, score the map against the bins; writes the run folder (``summary.json`` with
     ``validate_hd``, ``validate_hd_genes.csv``, the maps and the overview)."""
-    from .outputs import mark_complete, run_folder, write_json
-    from .progress import ensure_progress
-    from .runs import enhance_map_path, save_enhance_run
-    from .tasks import RunConfig, enhance
+    from ..io.outputs import mark_complete, run_folder, write_json
+    from ..progress import ensure_progress
+    from ..workflows.runs import enhance_map_path, save_enhance_run
+    from . import RunConfig, enhance
 
     cfg = config or RunConfig()
     progress = ensure_progress(progress)

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TrihrgeInputError
+from ..geometry import DEFAULT_SPOT_DIAMETER_UM
 from . import layers as L
-from .errors import TrihrgeInputError
-from .geometry import DEFAULT_SPOT_DIAMETER_UM
 
 _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
 
@@ -45,7 +45,7 @@ class FileMaps:
 
 def read_maps(path: str | os.PathLike) -> FileMaps:
     """An OME-Zarr / OME-TIFF map written by napari-trihrge, as :class:`FileMaps`."""
-    from .io import read_map
+    from ..io import read_map
 
     arr, um, names, origin = read_map(path, with_origin=True)
     # the ensemble spread written next to the map (maps.ome.zarr -> maps_std.ome.zarr)
@@ -59,7 +59,7 @@ def read_maps(path: str | os.PathLike) -> FileMaps:
 def _is_run_folder(p: Path) -> bool:
     """A run folder, finished or not (an unfinished one is refused by the reader with the
     reason, rather than not opened at all)."""
-    from .outputs import COMPLETE_MARKER
+    from ..io.outputs import COMPLETE_MARKER
 
     return p.is_dir() and ((p / COMPLETE_MARKER).is_file() or (p / "summary.json").is_file())
 
@@ -70,7 +70,7 @@ def _is_zarr_map(p: Path) -> bool:
 
 
 def _is_spatialdata_store(p: Path) -> bool:
-    from .io import is_spatialdata_store
+    from ..io import is_spatialdata_store
 
     return is_spatialdata_store(p)
 
@@ -78,8 +78,8 @@ def _is_spatialdata_store(p: Path) -> bool:
 def read_spatialdata_layers(path) -> list:
     """A SpatialData store: the H&E and the spots, with the first enhanced map (between them)
     when the store holds napari-trihrge results."""
-    from . import io
-    from .io.spatialdata import read_store_maps
+    from .. import io
+    from ..io.spatialdata import read_store_maps
 
     try:
         adata = io.read(_one(path))
@@ -99,7 +99,7 @@ def read_spatialdata_layers(path) -> list:
 
 
 def _is_sample_folder(p: Path) -> bool:
-    from .io import is_her2st_folder, is_visium_folder, is_visium_hd_folder
+    from ..io import is_her2st_folder, is_visium_folder, is_visium_hd_folder
 
     try:
         return bool(is_visium_folder(p) or is_her2st_folder(p) or is_visium_hd_folder(p))
@@ -160,7 +160,7 @@ def _one(path) -> str:
 
 def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> list:
     """Layers of a sample (H&E + spots); an engine output .h5ad opens as predicted spots."""
-    from . import io
+    from .. import io
 
     path = _one(path)
     if image_path:
@@ -258,7 +258,7 @@ def read_run_layers(path) -> list:
     """A run folder: H&E, virtual or predicted spots, and the first enhanced map."""
     import anndata as ad
 
-    from .outputs import check_complete_run
+    from ..io.outputs import check_complete_run
 
     p = check_complete_run(_one(path))
     out: list = []

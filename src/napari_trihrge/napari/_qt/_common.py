@@ -42,7 +42,7 @@ def report_outcome(outcome: Outcome, what: str) -> bool:
 
 def notify_error(exc: BaseException, what: str) -> None:
     """An exception raised on the GUI thread becomes a notification."""
-    from ..errors import EncoderAccessError, TrihrgeInputError
+    from ...errors import EncoderAccessError, TrihrgeInputError
 
     if isinstance(exc, TrihrgeInputError | EncoderAccessError):
         show_error(f"{what}: {exc}")
