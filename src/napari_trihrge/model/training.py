@@ -47,9 +47,8 @@ from .network import ModelConfig, TriHRGENet
 class TrainConfig:
     """Optimisation settings of :func:`fit` (see the module docstring for the schedule)."""
 
-    # A short full cosine schedule: on DLPFC 151673 (50 % hidden, seed 1234) 20 epochs reach mean
-    # PCC 0.267 where 300 epochs with early stopping stop at a peak-learning-rate snapshot (0.177);
-    # synthetic, her2st C2 and C3 are equal or better (docs/benchmarks.md). C5 was not used.
+    # a short full cosine schedule rather than long training with early stopping, which stopped
+    # at a peak-learning-rate snapshot (measurements in docs/benchmarks-accuracy.md)
     max_epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3

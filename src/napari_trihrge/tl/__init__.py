@@ -53,9 +53,8 @@ class RunConfig:
     n_top_genes: int = 1000
     extra_genes: tuple[str, ...] = ()
     neighbour_input: bool = True
-    # a learned per-gene shortcut from the interpolated neighbour expression to the output: on
-    # the synthetic demo the 8 um map's SSIM goes 0.639 -> 0.659 (interpolation 0.640) and the
-    # gradient genes' PCC 0.901 -> 0.922; recovery stays within the seed spread (docs/benchmarks)
+    # a learned per-gene shortcut from the interpolated neighbour expression to the output, for
+    # genes that follow their neighbours more than the image (docs/benchmarks.md)
     neighbour_skip: bool = True
     image_input: bool = True
     n_neighbours: int = 12  # k=12 is the best image-free kNN on the shared sections
