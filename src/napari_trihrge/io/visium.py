@@ -164,6 +164,25 @@ def read_counts_h5(path: Path) -> Any:
     return adata
 
 
+def place_in_tissue(adata, positions: pd.DataFrame, what: str, pos_name: str):
+    """Keep the observations marked ``in_tissue`` in Space Ranger's positions table and give
+    them ``obs`` array_row / array_col and ``obsm['spatial']`` (x/y full-resolution pixels)."""
+    in_tissue = positions.index[positions["in_tissue"].astype(int) == 1]
+    keep = adata.obs_names[adata.obs_names.isin(in_tissue)]
+    if len(keep) == 0:
+        raise TrihrgeInputError(f"none of the {adata.n_obs} {what} is marked in_tissue in "
+                                f"{pos_name}", "check that the positions file belongs to this "
+                                "sample")
+    if len(keep) < adata.n_obs:
+        adata = adata[keep].copy()
+    pos = positions.loc[adata.obs_names]
+    for col in ("in_tissue", "array_row", "array_col"):
+        adata.obs[col] = pos[col].astype(int).to_numpy()
+    adata.obsm["spatial"] = np.stack([pos["pxl_col_in_fullres"].to_numpy(np.float64),
+                                      pos["pxl_row_in_fullres"].to_numpy(np.float64)], axis=1)
+    return adata
+
+
 def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | None = None,
                 image: str | os.PathLike | None = None, library_id: str | None = None,
                 load_images: bool = True, um_per_px: float | None = None,
@@ -200,19 +219,7 @@ def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | N
     match_ids(adata.obs_names, positions.index, matrix.name, pos_name,
               "the positions and the matrix must come from the same Space Ranger run (check "
               "the '-1' barcode suffix and that both files belong to this sample)")
-    in_tissue = positions.index[positions["in_tissue"].astype(int) == 1]
-    keep = adata.obs_names[adata.obs_names.isin(in_tissue)]
-    if len(keep) == 0:
-        raise TrihrgeInputError(f"none of the {adata.n_obs} spots of {matrix.name} is marked "
-                                f"in_tissue in {pos_name}",
-                                "check that the positions file belongs to this sample")
-    if len(keep) < adata.n_obs:
-        adata = adata[keep].copy()
-    pos = positions.loc[adata.obs_names]
-    for col in ("in_tissue", "array_row", "array_col"):
-        adata.obs[col] = pos[col].astype(int).to_numpy()
-    adata.obsm["spatial"] = np.stack([pos["pxl_col_in_fullres"].to_numpy(np.float64),
-                                      pos["pxl_row_in_fullres"].to_numpy(np.float64)], axis=1)
+    adata = place_in_tissue(adata, positions, f"spots of {matrix.name}", pos_name)
 
     scalefactors = read_scalefactors(spatial)
     images: dict[str, np.ndarray] = {}

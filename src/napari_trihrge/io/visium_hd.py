@@ -160,7 +160,7 @@ def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
     from ._common import match_ids
     from .image import image_size_px, read_rgb
     from .sample import validate_sample
-    from .visium import read_counts_h5, read_positions, read_scalefactors
+    from .visium import place_in_tissue, read_counts_h5, read_positions, read_scalefactors
 
     folder = find_bin_folder(path, bin_size_um)
     size_um = float(bin_folder_size_um(folder))  # type: ignore[arg-type]
@@ -174,19 +174,9 @@ def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
     positions = read_positions(spatial)
     match_ids(adata.obs_names, positions.index, matrix.name, "tissue_positions.parquet",
               "the positions and the matrix must come from the same bin folder")
-    in_tissue = positions.index[positions["in_tissue"].astype(int) == 1]
-    keep = adata.obs_names[adata.obs_names.isin(in_tissue)]
-    if len(keep) == 0:
-        raise TrihrgeInputError(f"none of the bins of {matrix.name} is marked in_tissue",
-                                "check that the positions file belongs to this sample")
-    if len(keep) < adata.n_obs:
-        adata = adata[keep].copy()
-    pos = positions.loc[adata.obs_names]
-    for col in ("in_tissue", "array_row", "array_col"):
-        adata.obs[col] = pos[col].astype(int).to_numpy()
-    xy = np.stack([pos["pxl_col_in_fullres"].to_numpy(np.float64),
-                   pos["pxl_row_in_fullres"].to_numpy(np.float64)], axis=1)
-    adata.obsm["spatial"] = xy
+    adata = place_in_tissue(adata, positions, f"bins of {matrix.name}",
+                            "tissue_positions.parquet")
+    xy = adata.obsm["spatial"]
     scalefactors = read_scalefactors(spatial)
     recorded = scalefactors.get("bin_size_um")
     if recorded is not None and abs(float(recorded) - size_um) > 1e-6:

@@ -493,14 +493,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
     else:
         check_description(model.description, encoder=encoder,
                           windows_um=tuple(windows_um) if windows_um else None)
-    if isinstance(target, AnnData):
-        adata = target
-    elif is_image_path(target):
-        adata = image_target(target, um_per_px)
-    else:
-        from ..io import read
-
-        adata = read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
+    adata = _as_target(target, um_per_px)
     bare = adata.n_obs == 0
     if bare and not model.image_only:
         raise TrihrgeInputError(
@@ -706,6 +699,18 @@ def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: boo
     return summary
 
 
+def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData:
+    """A prediction target as AnnData: a sample as is, a bare H&E image as a sample without
+    spots (:func:`image_target`), a path of any supported layout read with ``io.read``."""
+    if isinstance(target, AnnData):
+        return target
+    if is_image_path(target):
+        return image_target(target, um_per_px)
+    from ..io import read
+
+    return read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
+
+
 def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 out_dir: str | Path, *, factor: int = 4, stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
@@ -720,14 +725,7 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     if not isinstance(model, TrainedModel):
         model = load_model_folder(model, encoder=kwargs.pop("encoder", None),
                                   windows_um=kwargs.pop("windows_um", None))
-    if isinstance(target, AnnData):
-        adata = target
-    elif is_image_path(target):
-        adata = image_target(target, um_per_px)
-    else:
-        from ..io import read
-
-        adata = read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
+    adata = _as_target(target, um_per_px)
     bare = adata.n_obs == 0
     if bare and stride_um is None:
         stride_um = DEFAULT_IMAGE_STRIDE_UM
