@@ -15,19 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from make_screenshots import wait_until  # this script's folder is on sys.path when it runs
 
 OUT = Path(__file__).resolve().parents[1] / "images" / "spatialdata_napari.png"
-
-
-def wait_until(app, cond, timeout_s: float, what: str) -> None:
-    t0 = time.perf_counter()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.02)
-        if time.perf_counter() - t0 > timeout_s:
-            raise TimeoutError(f"timed out waiting for {what}")
-    for _ in range(10):
-        app.processEvents()
 
 
 def main(argv=None) -> None:

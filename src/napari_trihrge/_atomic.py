@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,22 @@ def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise TrihrgeInputError(f"{path} already exists",
                                 "choose another output (--out) or pass --overwrite to replace it")
+
+
+def replace_folder(new: Path, dst: Path) -> None:
+    """Move the folder ``new`` to ``dst``, replacing an existing ``dst``: the old one is moved
+    aside first and put back if the move fails, so ``dst`` is always one whole folder."""
+    if not dst.exists():
+        os.replace(new, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(dst, old)
+    try:
+        os.replace(new, dst)
+    except BaseException:
+        os.replace(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -36,11 +53,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_folder(tmp, path)
         else:
             os.replace(tmp, path)
     finally:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, replace_folder
 from ..errors import TrihrgeInputError
 
 
@@ -190,7 +190,7 @@ def run_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Write a run into a new temporary folder beside ``out_dir`` and swap it in at the end.
 
     Yields the temporary folder. On success the caller has written the run (the savers of
-    :mod:`napari_trihrge.runs` end with the completion marker) and the folder replaces
+    :mod:`napari_trihrge.workflows.runs` end with the completion marker) and the folder replaces
     ``out_dir`` (only with ``overwrite`` when ``out_dir`` has files); on any error the
     temporary folder is deleted and ``out_dir`` is left as it was (nothing is created). A lock
     refuses a second run into the same folder while this one is active."""
@@ -201,8 +201,9 @@ def run_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = check_out_dir(out_dir, overwrite)
     _make_folder(out.parent)
     with RunLock(out):
-        for stale in out.parent.glob(f".{out.name}.{_PARTIAL_TAG}-*"):  # killed earlier runs
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (f".{out.name}.{_PARTIAL_TAG}-*", f".{out.name}.old-*"):
+            for stale in out.parent.glob(pattern):  # left by runs killed earlier
+                shutil.rmtree(stale, ignore_errors=True)
         staging = out.parent / f".{out.name}.{_PARTIAL_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _make_folder(staging)
         try:
@@ -210,17 +211,7 @@ def run_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
             if not is_complete_run(staging):
                 mark_complete(staging)
             check_out_dir(out, overwrite)  # still true at the end
-            if out.exists():
-                old = out.parent / f".{out.name}.{_PARTIAL_TAG}-old-{uuid.uuid4().hex[:8]}"
-                os.replace(out, old)
-                try:
-                    os.replace(staging, out)
-                except BaseException:
-                    os.replace(old, out)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, out)
+            replace_folder(staging, out)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

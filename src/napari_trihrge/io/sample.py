@@ -50,12 +50,13 @@ def available_images(adata: Any) -> list[str]:
     images = lib.get("images", {}) or {}
     scalefactors = lib.get("scalefactors", {}) or {}
     for res in ("hires", "lowres"):
-        if res in images and _positive(scalefactors.get(_SCALEF[res])):
+        if res in images and is_positive_number(scalefactors.get(_SCALEF[res])):
             out.append(res)
     return out
 
 
-def _positive(value: Any) -> bool:
+def is_positive_number(value: Any) -> bool:
+    """Whether ``value`` reads as a finite number above 0 (numbers or numeric strings)."""
     try:
         return bool(np.isfinite(float(value)) and float(value) > 0)
     except (TypeError, ValueError):

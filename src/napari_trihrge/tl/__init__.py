@@ -18,6 +18,7 @@ from anndata import AnnData
 
 from .. import geometry
 from ..errors import TrihrgeInputError
+from ..io.sample import is_positive_number
 from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
 from ..neighbours import idw_interpolate
 from ..pp import prepare_expression
@@ -31,6 +32,9 @@ BASELINE_KS = (6, 12)
 #: share of the spots an enhance run holds out (before training the final model on all spots)
 #: to measure, per gene, whether the model beats interpolation
 TRUST_HOLDOUT_FRACTION = 0.25
+
+#: what the recovery blend can combine (:mod:`napari_trihrge.model.stacking`)
+STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
 
 #: Network widths. 'paper' is TriHRGE's (1024 wide embedding MLP, 1024-2048-2048 decoder);
 #: 'compact' keeps the architecture with narrower layers so a whole slide trains in about a minute
@@ -62,7 +66,7 @@ class RunConfig:
     # k=12, a ridge head on image features + neighbour-expression PCs, the network), weighted on
     # out-of-fold predictions of the training spots (napari_trihrge.model.stacking); the network is
     # then the average of the fold models. () = the network alone, trained on every training spot
-    stacking: tuple[str, ...] = ("knn6", "knn12", "ridge", "network")
+    stacking: tuple[str, ...] = STACKING_CANDIDATES
     stacking_folds: int = 5
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
@@ -103,14 +107,15 @@ def validate_config(cfg: RunConfig) -> None:
     whole("the number of genes", cfg.n_top_genes, "--genes")
     whole("the number of neighbours", cfg.n_neighbours, "n_neighbours")
     windows = tuple(cfg.windows_um) if isinstance(cfg.windows_um, list | tuple) else ()
-    if not windows or not all(_positive_finite(w) for w in windows):
+    if not windows or not all(is_positive_number(w) for w in windows):
         problems.append(f"the window sizes must be positive micrometres (--windows-um), got "
                         f"{cfg.windows_um!r}")
-    if not _positive_finite(cfg.local_window_um):
+    if not is_positive_number(cfg.local_window_um):
         problems.append(f"the local window must be positive micrometres, got "
                         f"{cfg.local_window_um!r}")
     if problems:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
+    _check_stacking(cfg)
     try:
         TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train}).validate()
     except TypeError as exc:
@@ -118,13 +123,6 @@ def validate_config(cfg: RunConfig) -> None:
                                 "see napari_trihrge.model.training.TrainConfig") from exc
     if cfg.cache_dir is not None:
         check_writable_folder(cfg.cache_dir, "the feature cache folder", "--cache-dir")
-
-
-def _positive_finite(value: Any) -> bool:
-    try:
-        return bool(np.isfinite(float(value)) and float(value) > 0)
-    except (TypeError, ValueError):
-        return False
 
 
 def check_writable_folder(path: Any, what: str, flag: str) -> None:
@@ -170,8 +168,8 @@ def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
     if "um_per_px" not in meta:
         raise TrihrgeInputError(
             "the sample has no pixel size (uns['trihrge']['um_per_px'])",
-            "read it with napari_trihrge.io.read(), which derives the pixel size from the spot "
-            "diameter, or set adata.uns['trihrge'] = {'um_per_px': ..., 'spot_diameter_um': ...}",
+            "read it with napari_trihrge.io.read(), which fits the pixel size on the spot "
+            "lattice, or set adata.uns['trihrge'] = {'um_per_px': ..., 'spot_diameter_um': ...}",
         )
     um_per_px = geometry.validate_um_per_px(float(meta["um_per_px"]))
     rc_um = geometry.xy_px_to_rc_um(adata.obsm["spatial"], um_per_px)
@@ -179,14 +177,32 @@ def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
                                             geometry.DEFAULT_SPOT_DIAMETER_UM))
 
 
-def _encoder_and_image(adata: AnnData, cfg: RunConfig):
+def _create_encoder(cfg: RunConfig):
     from ..features import create_encoder
+
+    extra = {"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {}
+    return create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token, **extra)
+
+
+def _lattice_kind(adata: AnnData) -> str | None:
+    """The spot lattice ('hex', 'square') of the sample's platform, None when unknown."""
+    platform = adata.uns.get("trihrge", {}).get("platform")
+    return geometry.PLATFORMS.get(platform, {}).get("lattice")
+
+
+def _encoder_and_image(adata: AnnData, cfg: RunConfig):
     from ..io import get_image
 
-    image = get_image(adata)
-    extra = ({"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {})
-    encoder = create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token, **extra)
-    return image, encoder
+    return get_image(adata), _create_encoder(cfg)
+
+
+def _standardise(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-section z-score over the first axis (stain and scanner differ between sections):
+    z, mean, std (a std below 1e-6 taken as 1)."""
+    mu = feats.mean(axis=0)
+    sd = feats.std(axis=0)
+    sd = np.where(sd > 1e-6, sd, 1.0)
+    return ((feats - mu) / sd).astype(np.float32), mu.astype(np.float32), sd.astype(np.float32)
 
 
 def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cfg: RunConfig,
@@ -241,9 +257,6 @@ def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress
         mean, std = predict_ensemble([f.model for f in fits], features, neighbour,
                                      device=cfg.device, progress=progress)
     return mean, (std if len(fits) > 1 else None)
-
-
-STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
 
 
 @dataclass
@@ -396,6 +409,17 @@ def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
     return out
 
 
+def _score_with_knn(pred: np.ndarray, truth: np.ndarray, genes: list[str],
+                    baselines: dict[str, np.ndarray]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """:func:`~napari_trihrge.metrics.spot_scores` with every baseline, the better of the
+    ``knn<k>`` baselines as "the baseline" (``baseline_knn_*``) and its ``baseline_knn_k``."""
+    summary, per_gene = spot_scores(pred, truth, genes, baselines=baselines)
+    knn = [name for name in baselines if name.startswith("knn")]
+    summary.update(best_baseline(summary, per_gene, knn, "knn"))
+    summary["baseline_knn_k"] = int(summary["baseline_knn_method"].removeprefix("knn"))
+    return summary, per_gene
+
+
 def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: np.ndarray,
                     visible: np.ndarray, genes: list[str],
                     others: dict[str, np.ndarray] | None = None
@@ -406,9 +430,7 @@ def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: 
     per-gene table (with the trust columns) and the better kNN's prediction."""
     knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
            for k in BASELINE_KS}
-    summary, per_gene = spot_scores(pred, y[hidden], genes, baselines={**knn, **(others or {})})
-    metrics: dict[str, Any] = {**summary, **best_baseline(summary, per_gene, list(knn), "knn")}
-    metrics["baseline_knn_k"] = int(metrics["baseline_knn_method"].removeprefix("knn"))
+    metrics, per_gene = _score_with_knn(pred, y[hidden], genes, {**knn, **(others or {})})
     trust = gene_trust(per_gene)
     for col in TRUST_COLUMNS[1:]:
         per_gene[col] = trust[col]
@@ -453,7 +475,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     hidden ones and score them (hidden spots only) next to the image-free kNN baseline.
 
     With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
-    (:mod:`napari_trihrge.stacking`), weighted on out-of-fold predictions of the training spots;
+    (:mod:`napari_trihrge.model.stacking`), weighted on out-of-fold predictions of the training spots;
     each candidate is also scored, on the same genes and spots (``baseline_<name>_*``)."""
     cfg = config or RunConfig()
     validate_config(cfg)
@@ -474,7 +496,6 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
                                    exclude_self=True)
         nb_hidden = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], cfg.n_neighbours)
-    _check_stacking(cfg)
     stacked = None
     with timer("training"):
         if cfg.stacking:
@@ -598,10 +619,8 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
         for a in [*train_adatas, target]:
             rc_um, _, _ = sample_geometry(a)
             image, encoder = _encoder_and_image(a, cfg)
-            f = _features(image, encoder, rc_um, cfg.windows_um, cfg, progress)
-            mu = f.mean(axis=0, keepdims=True)
-            sd = f.std(axis=0, keepdims=True)
-            feats.append(((f - mu) / np.where(sd > 1e-6, sd, 1.0)).astype(np.float32))
+            feats.append(_standardise(_features(image, encoder, rc_um, cfg.windows_um, cfg,
+                                                progress))[0])
     x_train = np.concatenate(feats[:-1])
     y_train = np.concatenate(ys[:-1])
     y_target = ys[-1]
@@ -754,9 +773,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
             "use a held-out fraction for the trust estimate between 0.1 and 0.5 on a sample of "
             "at least 20 spots, or skip the estimate (--no-trust, trust=False)"))
     y = np.asarray(expr.X, dtype=np.float32)
-    platform = expr.uns.get("trihrge", {}).get("platform")
-    lattice_kind = geometry.PLATFORMS.get(platform, {}).get("lattice")
-    lattice = geometry.detect_lattice(rc_um, kind=lattice_kind)
+    lattice = geometry.detect_lattice(rc_um, kind=_lattice_kind(expr))
     windows = tuple(cfg.windows_um)
     if stride_um is not None:
         windows = (float(cfg.local_window_um), *windows)
@@ -769,7 +786,8 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
             grid_image = image if image is not None else get_image(adata)
             margin = map_margin_um if map_margin_um is not None else \
                 geometry.spot_spacing_um(rc_um)
-            if not map_grid(grid_image, rc_um, stride_um, margin).mask.any():
+            grid = map_grid(grid_image, rc_um, stride_um, margin)  # used again for the maps
+            if not grid.mask.any():
                 h_um, w_um = grid_image.shape_rc_um
                 raise TrihrgeInputError(
                     f"a map with a {stride_um:g} um stride has no pixel inside the tissue near "
@@ -849,8 +867,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     if stride_um is not None:
         with timer("maps"):
             maps = predict_maps(fits, image, encoder, rc_um, y, windows, stride_um, cfg,
-                                progress=progress, map_path=map_path, margin_um=map_margin_um,
-                                genes=genes)
+                                progress=progress, map_path=map_path, genes=genes, grid=grid)
         with timer("consistency"):
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
     return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
@@ -869,7 +886,7 @@ def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: in
     themselves when kept in memory) exceeds the memory available, with the size it would need."""
     from ..io.sample import image_extent_px
 
-    if not _positive_finite(stride_um):
+    if not is_positive_number(stride_um):
         raise TrihrgeInputError(f"the map stride must be a positive number of micrometres, got "
                                 f"{stride_um!r}", "pass --stride-um, for example 8 or 16")
     stride_um = float(stride_um)
@@ -938,13 +955,16 @@ def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
 def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
                  windows_um: Sequence[float], stride_um: float, cfg: RunConfig, *,
                  genes: list[str], progress: Progress | None = None, map_path: str | None = None,
-                 margin_um: float | None = None, band_rows: int = 32) -> DenseMaps:
+                 margin_um: float | None = None, band_rows: int = 32,
+                 grid: geometry.DenseGrid | None = None) -> DenseMaps:
     """Dense maps, streamed band of map rows by band: each band's locations are embedded and
     predicted for all genes, then written into a (genes, rows, cols) array chunked by genes, so
-    memory holds one band at a time, never genes x all map pixels."""
+    memory holds one band at a time, never genes x all map pixels. ``grid``: the map grid when
+    the caller already has it (:func:`map_grid`), else it is made here."""
     progress = ensure_progress(progress)
-    spacing_um = geometry.spot_spacing_um(rc_um)
-    grid = map_grid(image, rc_um, stride_um, margin_um if margin_um is not None else spacing_um)
+    if grid is None:
+        margin_um = margin_um if margin_um is not None else geometry.spot_spacing_um(rc_um)
+        grid = map_grid(image, rc_um, stride_um, margin_um)
     n_rows, n_cols = grid.shape
     n_genes = len(genes)
     gene_chunk = min(32, n_genes)

@@ -44,16 +44,21 @@ from ..io.model_folder import (
     load_model_folder,
     package_version,
 )
-from ..metrics import best_baseline, spot_scores
+from ..io.outputs import _jsonable
+from ..metrics import gene_trust
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from . import (
     BASELINE_KS,
     EnhanceResult,
     RunConfig,
+    _create_encoder,
     _features,
     _fit,
+    _lattice_kind,
     _predict,
+    _score_with_knn,
+    _standardise,
     _sub_spot_offsets,
     _Timer,
     map_spot_consistency,
@@ -96,27 +101,6 @@ def _log_expression(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _standardise(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-section z-score over the first axis (as :func:`tasks.transfer`): z, mean, std
-    (std below 1e-6 taken as 1)."""
-    mu = feats.mean(axis=0)
-    sd = feats.std(axis=0)
-    sd = np.where(sd > 1e-6, sd, 1.0)
-    return ((feats - mu) / sd).astype(np.float32), mu.astype(np.float32), sd.astype(np.float32)
-
-
-def _lattice_kind(adata: AnnData) -> str | None:
-    platform = adata.uns.get("trihrge", {}).get("platform")
-    return geometry.PLATFORMS.get(platform, {}).get("lattice")
-
-
-def _create_encoder(cfg: RunConfig):
-    from ..features import create_encoder
-
-    extra = {"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {}
-    return create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token, **extra)
-
-
 def _knn_baselines(rc_src: np.ndarray, y_src: np.ndarray, rc_dst: np.ndarray, *,
                    exclude_self: bool = False) -> dict[str, np.ndarray]:
     return {f"knn{k}": idw_interpolate(rc_src, y_src, rc_dst, k, exclude_self=exclude_self)
@@ -124,22 +108,11 @@ def _knn_baselines(rc_src: np.ndarray, y_src: np.ndarray, rc_dst: np.ndarray, *,
 
 
 def _trust_columns(per_gene: pd.DataFrame, genes: Sequence[str]) -> pd.DataFrame:
-    """The per-gene trust contract: pcc, pcc_baseline_knn, pcc_gain, beats_interpolation."""
-    t = pd.DataFrame(index=pd.Index(list(genes), name="gene"))
-    t["pcc"] = per_gene["pcc"].reindex(t.index)
-    t["pcc_baseline_knn"] = per_gene["pcc_baseline"].reindex(t.index)
-    t["pcc_gain"] = t["pcc"] - t["pcc_baseline_knn"]
-    t["beats_interpolation"] = (t["pcc"] > t["pcc_baseline_knn"]).fillna(False).astype(bool)
+    """The per-gene trust contract (:func:`~napari_trihrge.metrics.gene_trust`) for ``genes``;
+    a gene that was not scored does not beat interpolation."""
+    t = gene_trust(per_gene).reindex(pd.Index(list(genes), name="gene"))
+    t["beats_interpolation"] = t["beats_interpolation"].fillna(False).astype(bool)
     return t
-
-
-def _knn_scores(pred: np.ndarray, y: np.ndarray, genes: list[str],
-                baselines: dict[str, np.ndarray]) -> tuple[dict, pd.DataFrame]:
-    summary, per_gene = spot_scores(pred, y, genes, baselines=baselines)
-    knn = [k for k in baselines if k.startswith("knn")]
-    summary.update(best_baseline(summary, per_gene, knn, "knn"))
-    summary["baseline_knn_k"] = int(summary["baseline_knn_method"].removeprefix("knn"))
-    return summary, per_gene
 
 
 # -------------------------------------------------------------------------------------------
@@ -271,7 +244,7 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
                 pred, _ = _predict(fits, h["x"][hid], nb, cfg)
                 base = _knn_baselines(rc[vis], y[vis], rc[hid])
                 base["train_mean"] = np.broadcast_to(train_mean, pred.shape)
-                summary, _ = _knn_scores(pred, y[hid], genes, base)
+                summary, _ = _score_with_knn(pred, y[hid], genes, base)
                 entry["scores"] = summary
                 pooled["pred"].append(pred)
                 pooled["y"].append(y[hid])
@@ -284,7 +257,7 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     per_gene = pd.DataFrame(index=pd.Index(genes, name="gene"))
     if pooled["pred"]:
         base = {f"knn{k}": np.concatenate(pooled[f"knn{k}"]) for k in BASELINE_KS}
-        summary, per_gene = _knn_scores(np.concatenate(pooled["pred"]),
+        summary, per_gene = _score_with_knn(np.concatenate(pooled["pred"]),
                                         np.concatenate(pooled["y"]), genes, base)
         metrics["heldout"] = summary
         gene_table = gene_table.join(_trust_columns(per_gene, genes))
@@ -380,12 +353,6 @@ def save_run_model(path: str | Path, result, cfg: RunConfig, task: str, *,
     from ..io.model_folder import save_model_folder
 
     return save_model_folder(path, nets, desc, table, overwrite=overwrite)
-
-
-def _jsonable(obj: Any) -> Any:
-    from ..io.outputs import _jsonable as j
-
-    return j(obj)
 
 
 # -------------------------------------------------------------------------------------------
@@ -613,7 +580,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
         if "train_mean" in model.gene_table:
             tm = model.gene_table["train_mean"].reindex(scored).to_numpy(dtype=np.float32)
             base["train_mean"] = np.broadcast_to(tm, pred_s.shape)
-        summary, per_gene = _knn_scores(pred_s, y_s, scored, base)
+        summary, per_gene = _score_with_knn(pred_s, y_s, scored, base)
         summary["n_spots"] = int(len(y_s))
         summary["n_model_genes_missing_in_target"] = int((~present).sum())
         metrics["spots"] = summary
@@ -750,18 +717,8 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                             "trust": model.description.get("trust")}
         summary["predict"] = result.metrics
         if result.maps is not None:
-            summary["predict"]["map_shape"] = list(result.maps.mask.shape)
-            summary["predict"]["map_stride_um"] = result.maps.stride_um
-            summary["predict"]["map_locations"] = int(result.maps.mask.sum())
-            if "truth" in adata.uns and not bare:
-                from ..evaluation import superres_scores
-
-                rc_um, _, _ = sample_geometry(result.spots)
-                sr, t = superres_scores(adata, result.maps, rc_um, np.asarray(result.spots.X),
-                                        n_neighbours=cfg.n_neighbours)
-                summary["superres"] = sr
-                t.to_csv(out / "superres_genes.csv")
-                files["superres_genes"] = "superres_genes.csv"
+            runs.add_map_summary(out, summary, "predict", files, adata, result, cfg,
+                                 score_truth=not bare)
         progress.advance()
         genes = runs._overview_genes(result.virtual if bare else adata, model.genes, cfg)
         runs._overview(out, adata, result.spots, genes, maps=result.maps, virtual=result.virtual,

@@ -206,6 +206,25 @@ def enhance_map_path(out: Path, stride_um: float | None) -> str | None:
     return str(Path(out) / "maps.ome.zarr") if stride_um is not None else None
 
 
+def add_map_summary(out: Path, summary: dict[str, Any], key: str, files: dict[str, str],
+                    adata: AnnData, result, cfg: RunConfig, *, score_truth: bool = True) -> None:
+    """The dense map's shape, stride and location count in ``summary[key]``; for a sample with
+    a known truth (the synthetic sample), the map against it in ``summary['superres']`` and
+    ``superres_genes.csv``."""
+    maps = result.maps
+    summary[key].update({"map_shape": list(maps.mask.shape), "map_stride_um": maps.stride_um,
+                         "map_locations": int(maps.mask.sum())})
+    if score_truth and "truth" in adata.uns:
+        from ..evaluation import superres_scores
+
+        rc_um, _, _ = sample_geometry(result.spots)
+        sr, table = superres_scores(adata, maps, rc_um, np.asarray(result.spots.X),
+                                    n_neighbours=cfg.n_neighbours)
+        summary["superres"] = sr
+        table.to_csv(out / "superres_genes.csv")
+        files["superres_genes"] = "superres_genes.csv"
+
+
 def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
                      progress: Progress | None = None, started: float | None = None,
                      summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -223,19 +242,8 @@ def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     summary["enhance"] = {k: v for k, v in result.metrics.items() if k != "trust"}
     summary["trust"] = result.metrics.get("trust")
     if result.maps is not None:
-        summary["enhance"]["map_shape"] = list(result.maps.mask.shape)
-        summary["enhance"]["map_stride_um"] = result.maps.stride_um
-        summary["enhance"]["map_locations"] = int(result.maps.mask.sum())
+        add_map_summary(out, summary, "enhance", files, adata, result, cfg)
         summary["consistency"] = result.metrics.get("consistency")
-        if "truth" in adata.uns:
-            from ..evaluation import superres_scores
-
-            rc_um, _, _ = sample_geometry(result.spots)
-            sr, table = superres_scores(adata, result.maps, rc_um, np.asarray(result.spots.X),
-                                        n_neighbours=cfg.n_neighbours)
-            summary["superres"] = sr
-            table.to_csv(out / "superres_genes.csv")
-            files["superres_genes"] = "superres_genes.csv"
     progress.advance()
     genes = _overview_genes(result.spots, list(result.spots.var_names), cfg)
     _overview(out, adata, result.spots, genes, maps=result.maps, virtual=result.virtual,
