@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.spatial import cKDTree
 
+from ..blocks import block_mean
 from ..errors import TrihrgeInputError
 from ..geometry import PLATFORMS, rc_um_to_xy_px, validate_um_per_px
 
@@ -535,11 +536,6 @@ def _render_image(rng: np.random.Generator, lay: _Layout, label: np.ndarray, lum
 # -------------------------------------------------------------------------------------------
 # Truth and spots
 # -------------------------------------------------------------------------------------------
-def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
-    r, c = a.shape[0] // k, a.shape[1] // k
-    return a.reshape(r, k, c, k).mean(axis=(1, 3))
-
-
 def _scale_to_unit(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
     lo, hi = g[mask].min(), g[mask].max()
     return (2 * (g - lo) / max(hi - lo, 1e-9) - 1).astype(np.float32)
@@ -716,9 +712,9 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     sub_r = _axis_um(n_tr * k, stride / k, stride / (2 * k))
     sub_c = _axis_um(n_tc * k, stride / k, stride / (2 * k))
     label_s, lumen_s = lay.labels(sub_r, sub_c)
-    frac = np.stack([_block_mean((label_s == d).astype(np.float32), k)
+    frac = np.stack([block_mean(label_s == d, k, ragged="trim")
                      for d in range(len(DOMAIN_NAMES))])
-    epithelium = _block_mean(((label_s == GLAND) & ~lumen_s).astype(np.float32), k)
+    epithelium = block_mean((label_s == GLAND) & ~lumen_s, k, ragged="trim")
     tissue_frac = frac.sum(axis=0)
     tissue_8um = tissue_frac >= 0.5
     domain_8um = np.where(tissue_8um, frac.argmax(axis=0), BACKGROUND).astype(np.int8)
@@ -801,9 +797,7 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     }, index=pd.Index(_barcodes(rng, len(spots_rc))))
 
     f_low = max(1, int(round(max(h_px, w_px) / 600)))
-    hh, ww = (h_px // f_low) * f_low, (w_px // f_low) * f_low
-    lowres = image[:hh, :ww].reshape(hh // f_low, f_low, ww // f_low, f_low, 3) \
-        .mean(axis=(1, 3)).round().astype(np.uint8)
+    lowres = block_mean(image, f_low, ragged="trim", dtype=np.float64).round().astype(np.uint8)
 
     adata = ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
     adata.obsm["spatial"] = rc_um_to_xy_px(spots_rc, um_per_px)
@@ -922,6 +916,7 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
     import json
 
     import h5py
+    from skimage.measure import block_reduce
 
     from .._atomic import refuse_overwrite
     from ..io.visium_hd import write_visium_hd_bins
@@ -958,8 +953,8 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
     for size in sizes:
         k = size // int(stride)
         n_r, n_c = expr.shape[1] // k, expr.shape[2] // k
-        binned = full[:, :n_r * k, :n_c * k].reshape(len(genes), n_r, k, n_c, k).sum(axis=(2, 4))
-        in_tissue = tissue[:n_r * k, :n_c * k].reshape(n_r, k, n_c, k).any(axis=(1, 3))
+        binned = block_reduce(full[:, :n_r * k, :n_c * k], (1, k, k), np.sum)
+        in_tissue = block_reduce(tissue[:n_r * k, :n_c * k], (k, k), np.any)
         ii, jj = np.meshgrid(np.arange(n_r), np.arange(n_c), indexing="ij")
         # bin centre: the centre of its k x k block of 8 um truth pixels
         centre_rc_um = origin + (np.stack([ii.ravel(), jj.ravel()], axis=1) * k
