@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import TrihrgeInputError
 from .h5ad import read_h5ad
-from .image import TissueImage, image_layer_scale_um, image_size_px, open_image
+from .image import TissueImage, image_size_px, open_image
 from .sample import available_images, get_image, validate_sample
 from .spatialdata import is_spatialdata_store, read_spatialdata
 from .spot_table import is_her2st_folder, read_her2st, read_spot_table
@@ -101,7 +101,6 @@ __all__ = [
     "ZarrMapWriter",
     "available_images",
     "get_image",
-    "image_layer_scale_um",
     "image_size_px",
     "open_image",
     "open_ome_zarr_map",
