@@ -913,35 +913,54 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
     With ``spatialdata_store=True`` (needs the ``spatialdata`` extra) the folder is also read with
     ``spatialdata_io.visium_hd`` and written next to it as ``<path>.zarr``. Returns the folder.
     """
-    import json
+    from pathlib import Path
 
-    import h5py
-    from skimage.measure import block_reduce
-
-    from .._atomic import refuse_overwrite
-    from ..io.visium_hd import write_visium_hd_bins
+    from .._atomic import atomic_path, refuse_overwrite
 
     truth = _truth(adata)
-    info = adata.uns.get("trihrge", {})
-    um_per_px = float(info["um_per_px"])
     stride = float(truth["stride_um"])
-    origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
     expr = np.asarray(truth["expression_8um"], dtype=np.float64)  # expected counts per 8 um bin
-    genes = [str(g) for g in truth.get("genes", adata.var_names)]
     tissue = np.asarray(truth["tissue_8um"], dtype=bool)
     sizes = [int(s) for s in bin_sizes_um]
     bad = [s for s in sizes if s % int(stride) or s <= 0]
     if bad:
         raise TrihrgeInputError(f"bin sizes {bad} um are not multiples of the truth's "
                                 f"{stride:g} um grid", "use bin sizes such as 8 and 16")
-    from pathlib import Path
+    final = Path(path)
+    store = final.with_name(final.name + ".zarr")
+    refuse_overwrite(final, overwrite)
+    if spatialdata_store:
+        refuse_overwrite(store, overwrite)
+    with atomic_path(final, overwrite) as outs:  # written beside, swapped in when complete
+        _write_visium_hd_folder(outs, adata, truth, expr, tissue, sizes, seed, dataset_id)
+    if spatialdata_store:
+        from ..io.spatialdata import require_spatialdata
 
-    outs = Path(path)
-    refuse_overwrite(outs, overwrite)
-    if outs.exists():
-        import shutil
+        require_spatialdata()
+        import spatialdata_io
 
-        shutil.rmtree(outs)
+        sdata = spatialdata_io.visium_hd(final, dataset_id=dataset_id,
+                                         load_segmentations_only=False)
+        with atomic_path(store, overwrite) as tmp:
+            sdata.write(tmp)
+    return final
+
+
+def _write_visium_hd_folder(outs, adata, truth: dict, expr: np.ndarray, tissue: np.ndarray,
+                            sizes: list[int], seed: int, dataset_id: str) -> None:
+    """The Visium HD-like ``outs`` folder of :func:`write_visium_hd` (written into ``outs``)."""
+    import json
+
+    import h5py
+    from skimage.measure import block_reduce
+
+    from ..io.visium_hd import write_visium_hd_bins
+
+    info = adata.uns.get("trihrge", {})
+    um_per_px = float(info["um_per_px"])
+    stride = float(truth["stride_um"])
+    origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
+    genes = [str(g) for g in truth.get("genes", adata.var_names)]
     rng = np.random.default_rng(seed)
     counts_8 = rng.poisson(expr[:, tissue]).astype(np.float32)  # (genes, tissue bins)
     full = np.zeros(expr.shape, dtype=np.float32)
@@ -988,16 +1007,6 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
         f.attrs["metadata_json"] = json.dumps(
             {"hd_layout_json": json.dumps({"file_format": "1.0"}), "transform_matrices": {},
              "note": "synthetic: layout metadata only, written by napari-trihrge"})
-    if spatialdata_store:
-        from ..io.spatialdata import require_spatialdata
-
-        require_spatialdata()
-        import spatialdata_io
-
-        sdata = spatialdata_io.visium_hd(outs, dataset_id=dataset_id,
-                                         load_segmentations_only=False)
-        sdata.write(outs.with_name(outs.name + ".zarr"), overwrite=overwrite)
-    return outs
 __all__ = [
     "DOMAIN_NAMES",
     "TRUTH_STRIDE_UM",
