@@ -446,3 +446,7 @@ __all__ = [
     "DenseGrid",
     "dense_grid",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

@@ -1020,3 +1020,7 @@ __all__ = [
     "truth_in_spots",
     "write_visium_hd",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

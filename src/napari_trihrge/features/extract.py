@@ -2,8 +2,8 @@
 
 The on-disk cache (``cache_dir``; None = no cache) holds one ``.npy`` per request, named by the
 sha1 of the image's :meth:`key`, the locations rounded to 0.01 um, the window sizes, the mode
-(windows or dense) and :meth:`Encoder.config_key`; files are written atomically (temporary file
-+ ``os.replace``) so an interrupted run never leaves a truncated cache entry.
+(windows or dense) and :meth:`Encoder.config_key`; files are written atomically
+(``_atomic.atomic_path``) so an interrupted run never leaves a truncated cache entry.
 """
 
 from __future__ import annotations

@@ -107,7 +107,9 @@ __all__ = [
     "read",
     "read_h5ad",
     "read_her2st",
+    "is_her2st_folder",
     "is_spatialdata_store",
+    "is_visium_folder",
     "is_visium_hd_folder",
     "read_map",
     "read_spatialdata",
@@ -118,3 +120,7 @@ __all__ = [
     "write_h5ad_atomic",
     "write_ome_tiff",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)
