@@ -126,10 +126,22 @@ def test_sample_folder_names():
     assert sample_folder_name("/data/x/C2") == "C2"
 
 
-def test_worker_device_is_cpu_without_gpu():
+def test_worker_device_follows_the_gpus_it_sees(monkeypatch):
+    """Both sides, whatever the machine: the CPU without a GPU; with GPUs, worker k of a
+    LocalCluster takes GPU k mod n (and GPU 0 outside a dask worker)."""
+    import distributed
     import torch
 
-    if torch.cuda.is_available():  # pragma: no cover - GPU machines
-        assert _worker_device().startswith("cuda")
-    else:
-        assert _worker_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _worker_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _worker_device() == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _worker_device() == "cuda:0"  # not inside a worker
+
+    class Worker:
+        name = "3"
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: Worker())
+    assert _worker_device() == "cuda:1"

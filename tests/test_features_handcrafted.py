@@ -152,6 +152,10 @@ def test_many_locations_one_pass(tissue, enc):
     pts = np.random.default_rng(0).uniform([-50, -50], [650, 850], size=(100_000, 2))
     f = enc.embed_windows(img, pts, 112.0)
     assert f.shape == (100_000, enc.embed_dim) and np.all(np.isfinite(f))
+    # one pass over many locations gives what separate calls give
+    some = [0, 1234, 99_999]
+    np.testing.assert_allclose(f[some], enc.embed_windows(img, pts[some], 112.0), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_default_embed_dense_is_embed_windows_per_size(tissue, enc):

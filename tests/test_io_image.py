@@ -9,7 +9,7 @@ import tifffile
 from PIL import Image
 
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.io import TissueImage, image_layer_scale_um, image_size_px, open_image
+from napari_trihrge.io import TissueImage, image_size_px, open_image
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -42,7 +42,6 @@ def test_pyramid_is_lazy_with_levels(pyramid):
     assert [lv[0].shape for lv in img.levels] == [(256, 320, 3), (128, 160, 3), (64, 80, 3)]
     assert [lv[1] for lv in img.levels] == pytest.approx([0.5, 1.0, 2.0])
     assert img.shape_rc_um == pytest.approx((128.0, 160.0))
-    assert image_layer_scale_um(img) == (0.5, 0.5)
     assert image_size_px(img.path) == (256, 320)
 
 

@@ -129,7 +129,6 @@ def test_image_choice_and_scale(tmp_path):
     assert img.shape_rc_um == pytest.approx((1000 * 0.55, 1600 * 0.55), rel=2e-3)
     low = io.get_image(adata, resolution="lowres")
     assert low.um_per_px == pytest.approx(0.55 / 0.05, rel=2e-3)
-    assert io.image_layer_scale_um(low) == pytest.approx((11.0, 11.0), rel=2e-3)
 
 
 def test_lowres_only_and_no_image_loading(tmp_path):

@@ -139,6 +139,9 @@ def test_large_single_image_becomes_a_pyramid():
                                atol=1)
     lazy = L.rgb_pyramid(da.from_array(arr, chunks=1000))
     assert all(isinstance(lv, da.Array) for lv in lazy) and len(lazy) == len(levels)
+    # a lazy image gets the same (rounded) levels as the same image in memory
+    for lv_lazy, lv in zip(lazy[1:], levels[1:], strict=True):
+        np.testing.assert_array_equal(np.asarray(lv_lazy), np.asarray(lv))
 
 
 def test_shared_contrast_limits_robust_and_ordered():

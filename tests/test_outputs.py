@@ -103,30 +103,47 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_is_active(tmp_pa
 
 def test_two_runs_started_at_once_do_not_both_succeed(tmp_path):
     """Two processes run into the same new folder at the same moment: one reports success,
-    the other a clear refusal; the folder holds the winner's complete run."""
+    the other a clear refusal; the folder holds the winner's complete run.
+
+    No clock decides the outcome: both start when both are ready, and whoever gets in holds the
+    folder until the other has tried, so the second one always meets a run in progress."""
     import subprocess
     import sys
-
-    out = tmp_path / "run"
-    script = (
-        "import sys, time; from napari_trihrge.io.outputs import run_folder\n"
-        "from napari_trihrge.errors import TrihrgeInputError\n"
-        f"t0 = float(sys.argv[2])\n"
-        "while time.time() < t0: time.sleep(0.001)\n"
-        "try:\n"
-        f"    with run_folder({str(out)!r}) as s:\n"
-        "        (s / 'summary.json').write_text(sys.argv[1]); time.sleep(1.5)\n"
-        "    print('ok')\n"
-        "except TrihrgeInputError as e:\n"
-        "    print('refused', e)\n")
     import time
 
-    start = str(time.time() + 3.0)
-    procs = [subprocess.Popen([sys.executable, "-c", script, name, start], text=True,
-                              stdout=subprocess.PIPE) for name in ("a", "b")]
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    out, sync = tmp_path / "run", tmp_path / "sync"
+    sync.mkdir()
+    script = (
+        "import pathlib, sys, time\n"
+        "from napari_trihrge.io.outputs import run_folder\n"
+        "from napari_trihrge.errors import TrihrgeInputError\n"
+        "name, other, sync = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])\n"
+        "def wait_for(path):  # a safety net only: the other process writes it\n"
+        "    for _ in range(120_000):\n"
+        "        if path.exists(): return\n"
+        "        time.sleep(0.001)\n"
+        "(sync / f'ready-{name}').touch()\n"
+        "wait_for(sync / 'go')\n"
+        "try:\n"
+        f"    with run_folder({str(out)!r}) as s:\n"
+        "        (s / 'summary.json').write_text(name)\n"
+        "        wait_for(sync / f'tried-{other}')\n"
+        "    print('ok')\n"
+        "except TrihrgeInputError as e:\n"
+        "    print('refused', e)\n"
+        "finally:\n"
+        "    (sync / f'tried-{name}').touch()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, name, other, str(sync)], text=True,
+                              stdout=subprocess.PIPE) for name, other in (("a", "b"), ("b", "a"))]
+    for proc, name in zip(procs, "ab", strict=True):  # both imported and waiting
+        while not (sync / f"ready-{name}").exists():
+            assert proc.poll() is None, f"process {name} ended before it was ready"
+            time.sleep(0.01)
+    (sync / "go").touch()
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert sorted(o.split()[0] for o in outs) == ["ok", "refused"], outs
     winner = "ab"[[o.split()[0] for o in outs].index("ok")]
+    assert "another run" in outs[1 - "ab".index(winner)]  # the other met the run in progress
     assert (out / "summary.json").read_text() == winner
 
 

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,149 @@ def test_top_level_namespaces_are_lazy_and_listed():
     assert set(PUBLIC_NAMESPACES) <= set(th.__all__)
     for name in PUBLIC_NAMESPACES:
         assert importlib.import_module(getattr(th, name).__name__) is getattr(th, name)
+
+
+def _own_public_objects(module) -> list[str]:
+    """Public functions and classes reachable on ``module`` that the package itself defines
+    (what a user sees as that namespace's API)."""
+    names = []
+    for attr in vars(module):
+        obj = getattr(module, attr)
+        if attr.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue
+        if (getattr(obj, "__module__", "") or "").startswith(module.__name__):
+            names.append(attr)
+    return names
+
+
+@pytest.mark.parametrize("name", PUBLIC_NAMESPACES)
+def test_public_namespace_lists_everything_it_defines(name):
+    module = getattr(th, name)
+    unlisted = sorted(set(_own_public_objects(module)) - set(module.__all__))
+    assert not unlisted, f"th.{name} defines public names missing from __all__: {unlisted}"
+
+
+@pytest.mark.parametrize("name", PUBLIC_NAMESPACES)
+def test_dir_of_a_namespace_is_its_public_api(name):
+    """``dir(th.tl)`` (and tab completion) shows the API, not ``np``, ``pd`` or ``time``."""
+    module = getattr(th, name)
+    listed = dir(module)
+    modules = [a for a in listed if isinstance(getattr(module, a), types.ModuleType)]
+    assert not modules, f"dir(th.{name}) lists modules: {modules}"
+    assert sorted(listed) == sorted(module.__all__)
+
+
+# -----------------------------------------------------------------------------------------
+# Import graph: every module imports, and the package's own imports have no circle
+# -----------------------------------------------------------------------------------------
+def _module_name(path: Path) -> str:
+    parts = [th.__name__, *path.relative_to(PACKAGE_DIR).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+ALL_MODULES = {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_time_imports(name: str, path: Path) -> set[str]:
+    """The package modules that importing ``name`` runs: its module-level imports (class bodies,
+    if/try/with blocks included; function bodies and ``if TYPE_CHECKING:`` left out), each with
+    the packages above it that are not above ``name`` too (Python runs those first)."""
+    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    imported: list[str] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                imported.extend(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    pkg = base[:len(base) - node.level + 1]
+                    mod = ".".join(pkg + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in ALL_MODULES]
+                imported.extend(subs)
+                if len(subs) < len(node.names):
+                    imported.append(mod)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    inner = getattr(node, field, None)
+                    if isinstance(inner, list) and inner and isinstance(inner[0], ast.AST):
+                        visit(inner)
+
+    visit(ast.parse(path.read_text(), filename=str(path)).body)
+    deps = set()
+    for target in imported:
+        parts = target.split(".")
+        for i in range(1, len(parts) + 1):
+            above = ".".join(parts[:i])
+            if above in ALL_MODULES and not (name == above or name.startswith(above + ".")):
+                deps.add(above)
+    return deps
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_the_package_has_no_import_circle():
+    graph = {name: _import_time_imports(name, path) for name, path in ALL_MODULES.items()}
+    assert graph[f"{th.__name__}.tissue"] >= {f"{th.__name__}.blocks",
+                                               f"{th.__name__}.errors"}  # the graph is read
+    assert not _import_cycles(graph), _import_cycles(graph)
+
+
+def test_the_cycle_check_finds_a_circle():
+    assert _import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("name", sorted(ALL_MODULES))
+def test_every_module_imports(name):
+    if name.split(".")[1:2] == ["napari"]:  # the napari side needs napari (and Qt for _qt)
+        pytest.importorskip("napari")
+    importlib.import_module(name)
 
 
 def test_one_device_resolver():

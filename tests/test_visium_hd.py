@@ -134,9 +134,9 @@ def test_validate_hd_cli(hd_outs, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     hd = summary["validate_hd"]
     assert hd["bin_size_um"] == 8 and hd["n_pixels_scored"] > 1000
-    for key in ("pcc_mean", "ssim_mean", "rmse", "baseline_interp_pcc_mean",
-                "baseline_interp_ssim_mean", "baseline_interp_rmse"):
-        assert np.isfinite(hd[key]), key
+    for key in ("pcc_mean", "ssim_mean", "baseline_interp_pcc_mean", "baseline_interp_ssim_mean"):
+        assert -1.0 <= hd[key] <= 1.0, key
+    assert hd["rmse"] > 0 and hd["baseline_interp_rmse"] > 0
     table = pd.read_csv(out / "validate_hd_genes.csv", index_col=0)
     assert {"pcc", "ssim", "rmse", "pcc_baseline_interp"} <= set(table.columns)
     assert len(table) == summary["n_genes"]

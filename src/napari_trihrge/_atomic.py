@@ -34,7 +34,10 @@ def replace_folder(new: Path, dst: Path) -> None:
     except BaseException:
         os.replace(old, dst)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a file was replaced by a folder
+        old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

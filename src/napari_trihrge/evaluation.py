@@ -14,7 +14,10 @@ from .neighbours import idw_interpolate
 
 def truth_on_grid(adata: AnnData, maps, genes: list[str]) -> np.ndarray:
     """The sample's truth (``uns['truth']``) at the map's pixel centres, log-scaled like the
-    predictions: log1p(rate * 1e4 / median total rate per truth pixel). (genes, rows, cols)."""
+    predictions: log1p(rate * 1e4 / median total rate per truth pixel). (genes, rows, cols).
+
+    One scale for the whole truth, not scanpy's per-spot ``normalize_total``: the truth is an
+    expected rate without sampling depth, so its pixels keep their relative totals."""
     truth = adata.uns["truth"]
     expr = np.asarray(truth["expression_8um"], dtype=np.float32)
     stride = float(truth["stride_um"])

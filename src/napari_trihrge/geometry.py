@@ -73,11 +73,6 @@ def rc_um_to_xy_px(rc_um: np.ndarray, um_per_px: float) -> np.ndarray:
     return rc_um[:, ::-1] / float(um_per_px)
 
 
-def rc_um_to_px(rc_um: np.ndarray, um_per_px: float) -> np.ndarray:
-    """Row/col micrometres -> row/col pixel positions (float) in an image of ``um_per_px``."""
-    return np.asarray(rc_um, dtype=np.float64) / float(um_per_px)
-
-
 # -------------------------------------------------------------------------------------------
 # Pixel size
 # -------------------------------------------------------------------------------------------
@@ -440,7 +435,6 @@ __all__ = [
     "platform_params",
     "xy_px_to_rc_um",
     "rc_um_to_xy_px",
-    "rc_um_to_px",
     "um_per_px_from_spot_diameter",
     "validate_um_per_px",
     "Lattice",
@@ -452,3 +446,7 @@ __all__ = [
     "DenseGrid",
     "dense_grid",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

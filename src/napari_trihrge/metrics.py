@@ -198,3 +198,7 @@ __all__ = [
     "minmax_per_gene",
     "map_scores",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

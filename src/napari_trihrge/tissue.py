@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .blocks import block_mean
 from .errors import TrihrgeInputError
 
 #: Otsu's threshold on saturation is clipped to this range, so an image that is all tissue or all
@@ -77,11 +78,7 @@ def tissue_mask(image: np.ndarray, *, um_per_px: float = 1.0, min_object_um2: fl
                                 "pass the image's pixel size in micrometres")
     h, w = rgb.shape[:2]
     f = max(1, int(np.floor(work_um_per_px / um_per_px)))
-    sat = _saturation(rgb)
-    if f > 1:
-        hh, ww = -(-h // f) * f, -(-w // f) * f
-        pad = np.pad(sat, ((0, hh - h), (0, ww - w)), mode="edge")
-        sat = pad.reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+    sat = block_mean(rgb, f, of=_saturation)  # the saturation, computed one band at a time
     px_um = um_per_px * f
     sat = ndi.gaussian_filter(sat, 1.0)
 

@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.spatial import cKDTree
 
+from ..blocks import block_mean
 from ..errors import TrihrgeInputError
 from ..geometry import PLATFORMS, rc_um_to_xy_px, validate_um_per_px
 
@@ -535,11 +536,6 @@ def _render_image(rng: np.random.Generator, lay: _Layout, label: np.ndarray, lum
 # -------------------------------------------------------------------------------------------
 # Truth and spots
 # -------------------------------------------------------------------------------------------
-def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
-    r, c = a.shape[0] // k, a.shape[1] // k
-    return a.reshape(r, k, c, k).mean(axis=(1, 3))
-
-
 def _scale_to_unit(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
     lo, hi = g[mask].min(), g[mask].max()
     return (2 * (g - lo) / max(hi - lo, 1e-9) - 1).astype(np.float32)
@@ -716,9 +712,9 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     sub_r = _axis_um(n_tr * k, stride / k, stride / (2 * k))
     sub_c = _axis_um(n_tc * k, stride / k, stride / (2 * k))
     label_s, lumen_s = lay.labels(sub_r, sub_c)
-    frac = np.stack([_block_mean((label_s == d).astype(np.float32), k)
+    frac = np.stack([block_mean(label_s == d, k, ragged="trim")
                      for d in range(len(DOMAIN_NAMES))])
-    epithelium = _block_mean(((label_s == GLAND) & ~lumen_s).astype(np.float32), k)
+    epithelium = block_mean((label_s == GLAND) & ~lumen_s, k, ragged="trim")
     tissue_frac = frac.sum(axis=0)
     tissue_8um = tissue_frac >= 0.5
     domain_8um = np.where(tissue_8um, frac.argmax(axis=0), BACKGROUND).astype(np.int8)
@@ -801,9 +797,7 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
     }, index=pd.Index(_barcodes(rng, len(spots_rc))))
 
     f_low = max(1, int(round(max(h_px, w_px) / 600)))
-    hh, ww = (h_px // f_low) * f_low, (w_px // f_low) * f_low
-    lowres = image[:hh, :ww].reshape(hh // f_low, f_low, ww // f_low, f_low, 3) \
-        .mean(axis=(1, 3)).round().astype(np.uint8)
+    lowres = block_mean(image, f_low, ragged="trim", dtype=np.float64).round().astype(np.uint8)
 
     adata = ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
     adata.obsm["spatial"] = rc_um_to_xy_px(spots_rc, um_per_px)
@@ -919,34 +913,54 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
     With ``spatialdata_store=True`` (needs the ``spatialdata`` extra) the folder is also read with
     ``spatialdata_io.visium_hd`` and written next to it as ``<path>.zarr``. Returns the folder.
     """
-    import json
+    from pathlib import Path
 
-    import h5py
-
-    from .._atomic import refuse_overwrite
-    from ..io.visium_hd import write_visium_hd_bins
+    from .._atomic import atomic_path, refuse_overwrite
 
     truth = _truth(adata)
-    info = adata.uns.get("trihrge", {})
-    um_per_px = float(info["um_per_px"])
     stride = float(truth["stride_um"])
-    origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
     expr = np.asarray(truth["expression_8um"], dtype=np.float64)  # expected counts per 8 um bin
-    genes = [str(g) for g in truth.get("genes", adata.var_names)]
     tissue = np.asarray(truth["tissue_8um"], dtype=bool)
     sizes = [int(s) for s in bin_sizes_um]
     bad = [s for s in sizes if s % int(stride) or s <= 0]
     if bad:
         raise TrihrgeInputError(f"bin sizes {bad} um are not multiples of the truth's "
                                 f"{stride:g} um grid", "use bin sizes such as 8 and 16")
-    from pathlib import Path
+    final = Path(path)
+    store = final.with_name(final.name + ".zarr")
+    refuse_overwrite(final, overwrite)
+    if spatialdata_store:
+        refuse_overwrite(store, overwrite)
+    with atomic_path(final, overwrite) as outs:  # written beside, swapped in when complete
+        _write_visium_hd_folder(outs, adata, truth, expr, tissue, sizes, seed, dataset_id)
+    if spatialdata_store:
+        from ..io.spatialdata import require_spatialdata
 
-    outs = Path(path)
-    refuse_overwrite(outs, overwrite)
-    if outs.exists():
-        import shutil
+        require_spatialdata()
+        import spatialdata_io
 
-        shutil.rmtree(outs)
+        sdata = spatialdata_io.visium_hd(final, dataset_id=dataset_id,
+                                         load_segmentations_only=False)
+        with atomic_path(store, overwrite) as tmp:
+            sdata.write(tmp)
+    return final
+
+
+def _write_visium_hd_folder(outs, adata, truth: dict, expr: np.ndarray, tissue: np.ndarray,
+                            sizes: list[int], seed: int, dataset_id: str) -> None:
+    """The Visium HD-like ``outs`` folder of :func:`write_visium_hd` (written into ``outs``)."""
+    import json
+
+    import h5py
+    from skimage.measure import block_reduce
+
+    from ..io.visium_hd import write_visium_hd_bins
+
+    info = adata.uns.get("trihrge", {})
+    um_per_px = float(info["um_per_px"])
+    stride = float(truth["stride_um"])
+    origin = np.asarray(truth["origin_rc_um"], dtype=np.float64)
+    genes = [str(g) for g in truth.get("genes", adata.var_names)]
     rng = np.random.default_rng(seed)
     counts_8 = rng.poisson(expr[:, tissue]).astype(np.float32)  # (genes, tissue bins)
     full = np.zeros(expr.shape, dtype=np.float32)
@@ -958,8 +972,8 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
     for size in sizes:
         k = size // int(stride)
         n_r, n_c = expr.shape[1] // k, expr.shape[2] // k
-        binned = full[:, :n_r * k, :n_c * k].reshape(len(genes), n_r, k, n_c, k).sum(axis=(2, 4))
-        in_tissue = tissue[:n_r * k, :n_c * k].reshape(n_r, k, n_c, k).any(axis=(1, 3))
+        binned = block_reduce(full[:, :n_r * k, :n_c * k], (1, k, k), np.sum)
+        in_tissue = block_reduce(tissue[:n_r * k, :n_c * k], (k, k), np.any)
         ii, jj = np.meshgrid(np.arange(n_r), np.arange(n_c), indexing="ij")
         # bin centre: the centre of its k x k block of 8 um truth pixels
         centre_rc_um = origin + (np.stack([ii.ravel(), jj.ravel()], axis=1) * k
@@ -993,16 +1007,6 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
         f.attrs["metadata_json"] = json.dumps(
             {"hd_layout_json": json.dumps({"file_format": "1.0"}), "transform_matrices": {},
              "note": "synthetic: layout metadata only, written by napari-trihrge"})
-    if spatialdata_store:
-        from ..io.spatialdata import require_spatialdata
-
-        require_spatialdata()
-        import spatialdata_io
-
-        sdata = spatialdata_io.visium_hd(outs, dataset_id=dataset_id,
-                                         load_segmentations_only=False)
-        sdata.write(outs.with_name(outs.name + ".zarr"), overwrite=overwrite)
-    return outs
 __all__ = [
     "DOMAIN_NAMES",
     "TRUTH_STRIDE_UM",
@@ -1016,3 +1020,7 @@ __all__ = [
     "truth_in_spots",
     "write_visium_hd",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

@@ -25,3 +25,7 @@ __all__ = [
     "list_encoders",
     "register_encoder",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

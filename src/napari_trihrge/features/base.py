@@ -19,10 +19,6 @@ from ..progress import Progress, ensure_progress
 if TYPE_CHECKING:  # pragma: no cover
     from ..io.image import TissueImage
 
-#: Background value used to pad windows that leave the image (RGB uint8).
-WHITE = 255
-
-
 def as_centres_rc_um(centres_rc_um: Any) -> np.ndarray:
     """Validate and return locations as a float64 ``(N, 2)`` row/col micrometre array."""
     arr = np.asarray(centres_rc_um, dtype=np.float64)

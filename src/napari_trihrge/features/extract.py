@@ -2,21 +2,21 @@
 
 The on-disk cache (``cache_dir``; None = no cache) holds one ``.npy`` per request, named by the
 sha1 of the image's :meth:`key`, the locations rounded to 0.01 um, the window sizes, the mode
-(windows or dense) and :meth:`Encoder.config_key`; files are written atomically (temporary file
-+ ``os.replace``) so an interrupted run never leaves a truncated cache entry.
+(windows or dense) and :meth:`Encoder.config_key`; files are written atomically
+(``_atomic.atomic_path``) so an interrupted run never leaves a truncated cache entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from .base import Encoder, as_centres_rc_um, check_window_um, dense_window_sizes
@@ -51,18 +51,8 @@ def _load_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
 
 
 def extract_features(image: TissueImage, centres_rc_um: np.ndarray,

@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb
 
+from ..blocks import block_mean
 from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from .base import Encoder, as_centres_rc_um, check_window_um
@@ -121,6 +122,10 @@ def _white_values() -> tuple[np.ndarray, np.ndarray]:
     patch = np.full((32, 32, 3), 255, dtype=np.uint8)
     m = pixel_maps(patch, 2.0)[:, 16, 16].astype(np.float64)
     return m, m * m
+
+
+def _square(x16: np.ndarray) -> np.ndarray:
+    return np.square(x16, dtype=np.float32)
 
 
 def _integral(x: np.ndarray) -> np.ndarray:
@@ -255,10 +260,11 @@ class StainTextureEncoder(Encoder):
 
         def one_map(ch: int) -> None:
             progress.check_cancelled()
-            self._box_means(self._block_mean(fm.maps[ch], f, fm.white[ch]), boxes,
+            # block means at the working resolution; outside the image is white (background)
+            self._box_means(block_mean(fm.maps[ch], f, ragged=fm.white[ch]), boxes,
                             fm.white[ch], means[:, ch])
             if ch < N_STD:
-                self._box_means(self._block_mean(fm.maps[ch], f, fm.white_sq[ch], square=True),
+                self._box_means(block_mean(fm.maps[ch], f, ragged=fm.white_sq[ch], of=_square),
                                 boxes, fm.white_sq[ch], sqs[:, ch])
 
         # numpy releases the GIL in these loops: maps are processed in parallel threads
@@ -280,32 +286,6 @@ class StainTextureEncoder(Encoder):
         out = np.empty_like(sorted_out)
         out[order] = sorted_out
         progress.advance(n)
-        return out
-
-    @staticmethod
-    def _block_mean(x16: np.ndarray, f: int, white: float, square: bool = False) -> np.ndarray:
-        """Mean of ``f x f`` blocks of a (float16) map, or of its square; the ragged last block
-        row/column is completed with ``white`` (the background value)."""
-        if f == 1:
-            x = x16.astype(np.float32)
-            return x * x if square else x
-        h, w = x16.shape
-        hb, wb = -(-h // f), -(-w // f)
-        rows = np.zeros((hb, w), dtype=np.float32)
-        for i in range(f):  # sum rows i, i+f, ... (contiguous reads), then columns
-            part = x16[i::f]
-            if square:
-                part = np.square(part, dtype=np.float32)
-            rows[:len(part)] += part
-            if len(part) < hb:
-                rows[len(part):] += white
-        out = np.zeros((hb, wb), dtype=np.float32)
-        for j in range(f):
-            part = rows[:, j::f]
-            out[:, :part.shape[1]] += part
-            if part.shape[1] < wb:
-                out[:, part.shape[1]:] += white * f
-        out /= f * f
         return out
 
     @staticmethod

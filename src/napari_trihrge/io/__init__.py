@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import TrihrgeInputError
 from .h5ad import read_h5ad
-from .image import TissueImage, image_layer_scale_um, image_size_px, open_image
+from .image import TissueImage, image_size_px, open_image
 from .sample import available_images, get_image, validate_sample
 from .spatialdata import is_spatialdata_store, read_spatialdata
 from .spot_table import is_her2st_folder, read_her2st, read_spot_table
@@ -101,14 +101,15 @@ __all__ = [
     "ZarrMapWriter",
     "available_images",
     "get_image",
-    "image_layer_scale_um",
     "image_size_px",
     "open_image",
     "open_ome_zarr_map",
     "read",
     "read_h5ad",
     "read_her2st",
+    "is_her2st_folder",
     "is_spatialdata_store",
+    "is_visium_folder",
     "is_visium_hd_folder",
     "read_map",
     "read_spatialdata",
@@ -119,3 +120,7 @@ __all__ = [
     "write_h5ad_atomic",
     "write_ome_tiff",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

@@ -11,23 +11,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TrihrgeInputError
-from ..geometry import PLATFORMS, platform_params, resolve_pixel_size
+from ..geometry import PLATFORMS, platform_params
 
 
 def platform_info(platform: str) -> dict[str, Any] | None:
     """Known platform parameters (``geometry.PLATFORMS``), None for 'generic'; errors otherwise."""
     return platform_params(platform)
-
-
-def resolve_um_per_px(xy_px: np.ndarray, platform: str, *, um_per_px: float | None = None,
-                      spot_diameter_px: float | None = None,
-                      spot_diameter_um: float | None = None,
-                      array_index: np.ndarray | None = None) -> tuple[float, str, float]:
-    """``(um_per_px, source, spot_diameter_um)`` from :func:`geometry.resolve_pixel_size`."""
-    ps = resolve_pixel_size(xy_px, platform, array_index=array_index, um_per_px=um_per_px,
-                            spot_diameter_px=spot_diameter_px,
-                            spot_diameter_um=spot_diameter_um)
-    return ps.um_per_px, ps.source, ps.spot_diameter_um
 
 
 def array_index_of(obs: pd.DataFrame, platform: str | None) -> np.ndarray | None:

@@ -7,7 +7,7 @@ hires/lowres PNGs) are treated as *pure scalings* of the full-resolution image: 
 image downsampled by ``scalef`` sits at full-resolution pixel ``i / scalef`` (strictly, it covers
 full-resolution pixels ``[i / scalef, (i + 1) / scalef)`` and its centre is half a coarse pixel
 further; the difference, at most half a coarse pixel, is ignored on purpose so that napari only
-needs a ``scale``, never a ``translate``; see :func:`image_layer_scale_um`).
+needs a ``scale`` (``um_per_px`` on both axes), never a ``translate``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..blocks import block_mean
 from ..errors import TrihrgeInputError
 
 # Full-resolution H&E JPEGs are routinely larger than PIL's decompression-bomb guard.
@@ -267,7 +268,7 @@ class TissueImage:
         out_shape = (max(1, int(round(h_um / um_per_px))), max(1, int(round(w_um / um_per_px))))
         arr, p = self._level_for(um_per_px)
         factor = int(np.floor(um_per_px / p * (1 + 1e-6)))
-        img = _block_mean(arr, factor) if factor >= 2 else np.asarray(arr)
+        img = block_mean(arr, factor) if factor >= 2 else np.asarray(arr)
         if img.shape[:2] != out_shape:
             down = img.shape[0] > out_shape[0] or img.shape[1] > out_shape[1]
             img = resize(img, out_shape + (3,), order=1, anti_aliasing=down,
@@ -277,31 +278,6 @@ class TissueImage:
         if return_um_per_px:
             return img, h_um / img.shape[0]
         return img
-
-
-def _block_mean(arr: Any, f: int, max_band_px: int = 16_000_000) -> np.ndarray:
-    """Mean of ``f x f`` blocks of HxWx3 ``arr`` (numpy or dask), one band of rows at a time so
-    memory stays bounded; the partial last block row/column is averaged over what exists."""
-    h, w = int(arr.shape[0]), int(arr.shape[1])
-    ho, wo = -(-h // f), -(-w // f)
-    out = np.zeros((ho, wo, 3), dtype=np.float32)
-    band_rows = max(1, max_band_px // max(1, w * f)) * f
-    # how many source pixels fall in each output row/column (the last one may be partial)
-    nrow = np.minimum(f, h - np.arange(ho) * f).astype(np.float32)
-    ncol = np.minimum(f, w - np.arange(wo) * f).astype(np.float32)
-    for s in range(0, h, band_rows):
-        block = np.asarray(arr[s:min(h, s + band_rows)])
-        o = s // f
-        acc = np.zeros((-(-block.shape[0] // f), wo, 3), dtype=np.float32)
-        for a in range(f):
-            rows_a = block[a::f]
-            for b in range(f):
-                part = rows_a[:, b::f]
-                acc[:part.shape[0], :part.shape[1]] += part
-        out[o:o + acc.shape[0]] = acc
-    out /= (nrow[:, None] * ncol[None, :])[..., None]
-    return out
-
 
 
 def _resample_taps(pos: np.ndarray, sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,13 +300,6 @@ def _resample_taps(pos: np.ndarray, sigma: float, n: int) -> tuple[np.ndarray, n
     w[:, 1:] += f * g[None, :]  # Gaussian around i0 + 1, weight f
     idx = np.clip(i0[:, None] + offs[None, :], 0, n - 1)
     return idx, w.astype(np.float32)
-
-
-def image_layer_scale_um(img: TissueImage) -> tuple[float, float]:
-    """napari ``scale`` (row, col micrometres per pixel) that puts ``img`` in the engine's
-    micrometre world coordinates. Downsampled images are pure scalings of the full-resolution
-    image (``scale = um_per_px_full / scalef``), so no ``translate`` is needed."""
-    return (img.um_per_px, img.um_per_px)
 
 
 # -----------------------------------------------------------------------------------------

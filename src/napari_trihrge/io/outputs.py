@@ -259,19 +259,6 @@ def write_h5ad(adata, path: str | Path, overwrite: bool = True) -> Path:
     return write_h5ad_atomic(adata, path, overwrite=overwrite)
 
 
-def write_models(out_dir: Path, fits: list, extra: dict[str, Any]) -> list[Path]:
-    """Save each trained model (one per ensemble member) as ``model/`` or ``model_<k>/``."""
-    from ..model.network import save_model
-
-    paths = []
-    for k, fit in enumerate(fits):
-        path = out_dir / ("model" if k == 0 else f"model_{k}")
-        save_model(path, fit.model, None, {**extra, "ensemble_member": k},
-                   overwrite=True)
-        paths.append(path)
-    return paths
-
-
 def write_recovery(out_dir: Path, result) -> dict[str, str]:
     """Write a recovery result into ``out_dir`` (already prepared)."""
     write_h5ad(result.predictions, out_dir / "recovery.h5ad")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -541,7 +540,7 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
     from spatialdata import SpatialData
     from spatialdata.transformations import Identity
 
-    from .._atomic import refuse_overwrite
+    from .._atomic import atomic_path, refuse_overwrite
     from .sample import get_image
 
     path = Path(path)
@@ -570,18 +569,8 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
     tables.update({k: v for k, v in result_tables.items()})
     tables[VIRTUAL_SPOTS + TABLE_SUFFIX].uns["trihrge"].update(units)
     sdata = SpatialData(images=images, shapes=shapes, tables=tables)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(path, overwrite) as tmp:
         sdata.write(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -239,6 +239,7 @@ def find_her2st_files(section_dir: str | os.PathLike, need_image: bool = True
 
 
 def is_her2st_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a her2st-style section folder (one ``*_selection.tsv``)."""
     p = Path(path)
     return p.is_dir() and len(list(p.glob("*_selection.tsv"))) == 1
 

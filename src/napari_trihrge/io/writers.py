@@ -16,14 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import refuse_overwrite
+from .._atomic import atomic_path, refuse_overwrite, replace_folder
 from ..errors import TrihrgeInputError
 
 UM = "µm"
-
-
-def _temp_path(path: Path, suffix: str = "") -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
 
 
 def _remove(path: Path) -> None:
@@ -37,18 +33,12 @@ def _remove(path: Path) -> None:
 # AnnData
 # -----------------------------------------------------------------------------------------
 def write_h5ad_atomic(adata: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``adata`` to ``path`` through a temporary file in the same folder + ``os.replace``,
-    so a crash never leaves a half-written file. Refuses to overwrite unless asked."""
+    """Write ``adata`` to ``path`` through a temporary file in the same folder moved into place
+    (``_atomic.atomic_path``), so a crash never leaves a half-written file. Refuses to overwrite
+    unless asked."""
     path = Path(path)
-    refuse_overwrite(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, ".h5ad")
-    try:
+    with atomic_path(path, overwrite) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -78,7 +68,7 @@ def write_ome_tiff(path: str | os.PathLike, array: Any, um_per_px: float,
                    origin_rc_um: Any = (0.0, 0.0)) -> Path:
     """Write a map ``(genes, rows, cols)`` or ``(rows, cols)`` as an OME-TIFF (axes CYX) with
     PhysicalSizeX/Y in micrometres and channel names. ``array`` may be numpy, dask or zarr (it is
-    written one gene plane at a time). Temporary file + ``os.replace``."""
+    written one gene plane at a time). Temporary file moved into place (``_atomic.atomic_path``)."""
     import tifffile
 
     path = Path(path)
@@ -97,16 +87,10 @@ def write_ome_tiff(path: str | os.PathLike, array: Any, um_per_px: float,
     }
     planes = (np.asarray(array[i] if len(array.shape) == 3 else array, dtype=dtype)
               for i in range(n))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, ".ome.tif")
-    try:
+    with atomic_path(path, overwrite) as tmp:
         tifffile.imwrite(tmp, planes, shape=(n, rows, cols), dtype=dtype, ome=True,
                          photometric="minisblack", metadata=metadata,
                          bigtiff=n * rows * cols * dtype.itemsize > 2**31 - 2**25)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -174,15 +158,14 @@ class ZarrMapWriter:
         return arr.astype(dtype) if dtype is not None else arr
 
     def finalize(self) -> Path:
-        """Move the finished map into place (atomic rename); returns the final path."""
+        """Move the finished map into place (``_atomic.replace_folder``: an existing map is
+        replaced only once this one is whole); returns the final path."""
         import zarr
 
         if self.finalized:
             return self.path
-        if self.path.exists():
-            refuse_overwrite(self.path, self.overwrite)
-            _remove(self.path)
-        os.replace(self.partial_path, self.path)
+        refuse_overwrite(self.path, self.overwrite)
+        replace_folder(self.partial_path, self.path)
         self.finalized = True
         self.array = zarr.open_group(str(self.path), mode="r")["0"]
         return self.path

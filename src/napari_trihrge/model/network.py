@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
 from ..errors import TrihrgeInputError
 
 MODEL_WEIGHTS = "model.pt"
@@ -293,18 +293,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(directory: str | os.PathLike, model: TriHRGENet, config: ModelConfig | None = None,
                extra: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
     """Write ``model.pt`` (state_dict) and ``model.json`` (config + ``extra``) into ``directory``.
@@ -333,8 +321,10 @@ def save_model(directory: str | os.PathLike, model: TriHRGENet, config: ModelCon
                                 "pass only JSON-friendly values (str, numbers, lists, dicts) "
                                 "in extra") from err
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda fh: torch.save(state, fh))
-    _atomic_write(meta, lambda fh: fh.write(text.encode("utf-8")))
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+    with atomic_path(meta) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return directory
 
 

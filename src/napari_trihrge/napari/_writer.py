@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_path
 from ..errors import TrihrgeInputError
 
 
@@ -107,11 +107,9 @@ def write_image_ome_tiff(path: str, data: Any, attributes: dict) -> list[str]:
                                     "save one plane at a time")
         md = {"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
               "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm"}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
-        tifffile.imwrite(tmp, arr, ome=True, photometric="rgb", metadata=md,
-                         bigtiff=arr.nbytes > 2**31 - 2**25)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            tifffile.imwrite(tmp, arr, ome=True, photometric="rgb", metadata=md,
+                             bigtiff=arr.nbytes > 2**31 - 2**25)
         return [str(out)]
     if arr.ndim not in (2, 3):
         raise TrihrgeInputError(f"cannot save a {arr.ndim}D image as a map",

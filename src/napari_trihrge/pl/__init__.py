@@ -197,3 +197,7 @@ __all__ = [
     "overview_figure",
     "spots",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

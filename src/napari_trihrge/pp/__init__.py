@@ -163,3 +163,7 @@ __all__ = [
     "gene_expression",
     "prepare_expression",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

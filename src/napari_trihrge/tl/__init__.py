@@ -1101,4 +1101,9 @@ __all__ = [
     "map_grid",
     "predict_maps",
     "map_spot_consistency",
+    "check_writable_folder",
 ]
+
+
+def __dir__() -> list[str]:  # dir() and tab completion show the public API only
+    return sorted(__all__)

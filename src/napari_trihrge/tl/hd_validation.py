@@ -26,7 +26,6 @@ from .. import geometry
 from ..errors import TrihrgeInputError
 
 PSEUDO_SPOT_DIAMETER_UM = float(geometry.PLATFORMS["visium"]["spot_diameter_um"])
-PSEUDO_SPOT_SPACING_UM = float(geometry.PLATFORMS["visium"]["spot_spacing_um"])
 
 
 def _bin_size_um(bins: AnnData) -> float:

@@ -86,8 +86,11 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
                    "per pixel (default: fitted on the spot lattice, else from the spot diameter)")
     g.add_argument("--spot-diameter-px", type=_positive,
                    help="spot diameter in full-resolution pixels")
+    from ..geometry import PLATFORMS
+
     g.add_argument("--spot-diameter-um", type=_positive, help="spot diameter in micrometres "
-                   "(default 55 for Visium, 100 for legacy ST)")
+                   f"(default {PLATFORMS['visium']['spot_diameter_um']:g} for Visium, "
+                   f"{PLATFORMS['st']['spot_diameter_um']:g} for legacy ST)")
     g.add_argument("--platform", choices=["visium", "st", "generic"], help="spot platform "
                    "(sets the known spot diameter and lattice)")
     _add_store_args(g)
@@ -148,6 +151,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..geometry import PLATFORMS
+
+    visium = PLATFORMS["visium"]
     parser = argparse.ArgumentParser(
         prog="trihrge", description="TriHRGE: high-resolution gene expression from H&E and "
         "spatial transcriptomics spots.", epilog=EPILOG,
@@ -204,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate-hd", help="score enhancement against measured Visium HD bins",
                        description="From Visium HD bins (8 um by default), build pseudo-Visium "
-                       "spots (55 um disks, 100 um hexagonal lattice, counts summed), enhance "
+                       f"spots ({visium['spot_diameter_um']:g} um disks, "
+                       f"{visium['spot_spacing_um']:g} um hexagonal lattice, counts summed), enhance "
                        "them into a map with the bin size as its stride, and score the map "
                        "against the measured bins inside the tissue (per-gene PCC with a "
                        "constant map counting as 0, SSIM, RMSE) next to interpolated spots.",
