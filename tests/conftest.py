@@ -59,13 +59,31 @@ NO_X_SERVER = ("no X server: install Xvfb (Debian: apt-get install xvfb libxcb-i
                "libxcb-keysyms1 libxcb-cursor0) to run the napari GUI tests")
 
 
+#: the packages of the ``spatialdata`` extra (the ``testing`` extra installs it)
+SPATIALDATA_MODULES = ("spatialdata", "spatialdata_io", "napari_spatialdata")
+#: test modules that skip without them
+SPATIALDATA_TESTS = ("test_io_spatialdata.py", "test_qt_spatialdata.py")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
 def pytest_collection_modifyitems(config, items):
     """GUI tests need an X server (pytest-xvfb starts Xvfb when it is installed). On a user's
     machine without one they are skipped with the reason; in CI (``CI`` set) a missing display
-    fails the run, so a green CI always means the GUI tests ran."""
+    fails the run, so a green CI always means the GUI tests ran. Likewise the SpatialData tests
+    skip without the extra on a user's machine, and fail the run in CI."""
+    import importlib.util
+
+    if _in_ci() and any(item.path.name in SPATIALDATA_TESTS for item in items):
+        missing = [m for m in SPATIALDATA_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise pytest.UsageError(f"CI must run the SpatialData tests, but {missing} are not "
+                                    'installed: pip install -e ".[testing]"')
     if _x_server_available() or not any("gui" in item.keywords for item in items):
         return
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+    if _in_ci():
         raise pytest.UsageError(f"CI must run the GUI tests, but there is {NO_X_SERVER}")
     skip = pytest.mark.skip(reason=NO_X_SERVER)
     for item in items:

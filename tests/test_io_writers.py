@@ -90,6 +90,68 @@ def test_ome_zarr_chunked_writes_and_metadata(tmp_path):
         io.open_ome_zarr_map(path, maps.shape, None, 8.0, list("abcde"))
 
 
+def test_ome_zarr_map_is_multiscale_and_ome_zarr_py_reads_it(tmp_path):
+    """ome-zarr-py's reader opens our map: every level, its micrometre scale and translation
+    (the centre of the level's first pixel), the gene names; each coarser level is the mean of
+    2 x 2 blocks, NaN outside the tissue ignored."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    maps = np.random.default_rng(1).random((2, 1100, 140)).astype(np.float32)
+    maps[:, :300, :] = np.nan  # outside the tissue
+    maps[:, 301, 1] = np.nan   # one missing pixel inside a block
+    path = tmp_path / "maps.ome.zarr"
+    with io.open_ome_zarr_map(path, maps.shape, (1, 256, 140), 8.0, ["G1", "G2"],
+                              origin_rc_um=(4.0, 6.0), fill_value=np.nan) as writer:
+        writer[:] = maps
+    node = list(Reader(parse_url(str(path)))())[0]
+    assert [a.shape for a in node.data] == [(2, 1100, 140), (2, 550, 70), (2, 275, 35)]
+    assert node.metadata["channel_names"] == ["G1", "G2"]
+    assert [a["name"] for a in node.metadata["axes"]] == ["c", "y", "x"]
+    transforms = node.metadata["coordinateTransformations"]
+    for k, factor in enumerate((1, 2, 4)):
+        scale, translation = transforms[k]
+        assert scale["scale"] == [1.0, 8.0 * factor, 8.0 * factor]
+        # pixel (0, 0) of level k is centred on its block of level-0 pixels 0 .. factor - 1
+        centre = np.array([4.0, 6.0]) + (factor - 1) / 2 * 8.0
+        np.testing.assert_allclose(translation["translation"][1:], centre)
+    np.testing.assert_array_equal(np.asarray(node.data[0]), maps)
+    level1 = np.asarray(node.data[1])
+    blocks = maps.reshape(2, 550, 2, 70, 2)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanmean(blocks, axis=(2, 4))
+    np.testing.assert_allclose(level1, expected, rtol=1e-6)
+    assert np.isnan(level1[:, :150]).all() and not np.isnan(level1[:, 150:]).any()
+    levels = io.read_map_levels(path)
+    assert [(a.shape, um) for a, um, _ in levels] == [
+        ((2, 1100, 140), 8.0), ((2, 550, 70), 16.0), ((2, 275, 35), 32.0)]
+    np.testing.assert_allclose(levels[2][2], [16.0, 18.0])
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_read_map_reads_an_ome_zarr_py_image(tmp_path, version):
+    """A map written by ome-zarr-py itself (NGFF 0.4 in zarr format 2, or 0.5 in zarr format 3)
+    reads back with its pixel size, origin and channel labels."""
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_multiscale
+
+    fmt = FormatV04() if version == "0.4" else FormatV05()
+    maps = _maps(n=2, rows=40, cols=24)
+    group = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w", zarr_format=fmt.zarr_format)
+    transforms = [[{"type": "scale", "scale": [1.0, 2.5 * f, 2.5 * f]},
+                   {"type": "translation", "translation": [0.0, 10.0, 20.0]}] for f in (1, 2)]
+    omero = {"channels": [{"label": "ERBB2", "color": "FF0000"},
+                          {"label": "CD74", "color": "00FF00"}]}
+    write_multiscale([maps, maps[:, ::2, ::2]], group, fmt=fmt, axes="cyx",
+                     coordinate_transformations=transforms, metadata={"omero": omero})
+    arr, um, names, origin = io.read_map(tmp_path / "theirs.zarr", with_origin=True)
+    assert arr.shape == (2, 40, 24) and um == 2.5 and names == ["ERBB2", "CD74"]
+    np.testing.assert_array_equal(origin, [10.0, 20.0])
+    np.testing.assert_array_equal(np.asarray(arr), maps)
+    assert [lv[1] for lv in io.read_map_levels(tmp_path / "theirs.zarr")] == [2.5, 5.0]
+
+
 def test_ome_zarr_context_manager_aborts_and_overwrites(tmp_path):
     path = tmp_path / "m.zarr"
     with pytest.raises(RuntimeError), io.open_ome_zarr_map(path, (2, 4, 4), None, 1.0) as w:

@@ -26,6 +26,7 @@ from .writers import (
     ZarrMapWriter,
     open_ome_zarr_map,
     read_map,
+    read_map_levels,
     write_h5ad_atomic,
     write_ome_tiff,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "is_visium_folder",
     "is_visium_hd_folder",
     "read_map",
+    "read_map_levels",
     "read_spatialdata",
     "read_spot_table",
     "read_visium",

@@ -472,13 +472,9 @@ def _multiscale(data: Any, dims: tuple[str, ...], transformations: dict,
                 c_coords: list[str] | None = None) -> Any:
     from spatialdata.models import Image2DModel
 
-    h, w = data.shape[1], data.shape[2]
-    factors = []
-    while max(h, w) > 512 and min(h, w) >= 64 and len(factors) < 5:
-        factors.append(2)
-        h, w = h // 2, w // 2
-    if not factors and min(data.shape[1:]) >= 8:
-        factors = [2]  # a pyramid of two levels, so the element is always multiscale
+    from .writers import pyramid_factors
+
+    factors = pyramid_factors(data.shape[1], data.shape[2])
     return Image2DModel.parse(data, dims=dims, scale_factors=factors or None,
                               transformations=transformations, c_coords=c_coords)
 

@@ -1,5 +1,5 @@
-"""Writers: AnnData (atomic), dense gene maps as OME-TIFF or OME-Zarr (NGFF 0.4), and reading
-maps back.
+"""Writers: AnnData (atomic), dense gene maps as OME-TIFF (tifffile) or multiscale OME-Zarr
+(NGFF 0.4 through ome-zarr-py), and reading maps back.
 
 Map arrays are ``(genes, rows, cols)``; map pixel ``(i, j)`` is centred at
 ``origin_rc_um + (i, j) * um_per_px`` (``origin_rc_um`` defaults to 0, the full-resolution image's
@@ -94,34 +94,82 @@ def write_ome_tiff(path: str | os.PathLike, array: Any, um_per_px: float,
     return path
 
 
-def _zarr_major() -> int:
-    import zarr
+#: NGFF version of the maps: 0.4 keeps zarr format 2, which napari-ome-zarr, spatialdata and
+#: older readers all open
+NGFF_VERSION = "0.4"
+#: the map axes in NGFF terms (lengths in micrometres)
+MAP_AXES = [{"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"}]
 
-    return int(str(zarr.__version__).split(".")[0])
+
+def pyramid_factors(rows_px: int, cols_px: int) -> list[int]:
+    """Downsampling factors (2 per level) of a map pyramid: halve while the larger side exceeds
+    512 px and the smaller stays at least 64 px (at most 5 times), and at least once when both
+    sides are 8 px or more, so a map is always multiscale unless it is tiny."""
+    h, w = int(rows_px), int(cols_px)
+    factors: list[int] = []
+    while max(h, w) > 512 and min(h, w) >= 64 and len(factors) < 5:
+        factors.append(2)
+        h, w = h // 2, w // 2
+    if not factors and min(rows_px, cols_px) >= 8:
+        factors = [2]
+    return factors
 
 
-def _ngff_attrs(um_per_px: float, names: list[str], origin: list[float], name: str) -> dict:
-    transforms: list[dict] = [{"type": "scale", "scale": [1.0, float(um_per_px),
-                                                          float(um_per_px)]}]
-    if any(origin):
-        transforms.append({"type": "translation", "translation": [0.0, *origin]})
-    return {
-        "multiscales": [{
-            "version": "0.4",
-            "name": name,
-            "axes": [{"name": "c", "type": "channel"},
-                     {"name": "y", "type": "space", "unit": "micrometer"},
-                     {"name": "x", "type": "space", "unit": "micrometer"}],
-            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-        }],
-        "omero": {
-            "name": name,
-            "version": "0.4",
-            "channels": [{"label": g, "color": "FFFFFF", "active": i == 0}
-                         for i, g in enumerate(names)],
-            "rdefs": {"model": "greyscale"},
-        },
-    }
+def level_transformations(um_per_px: float, origin_rc_um: Any, factor: int) -> list[dict]:
+    """NGFF ``coordinateTransformations`` of a pyramid level ``factor`` times coarser than the
+    map (blocks of ``factor x factor`` pixels averaged): pixel ``(i, j)`` of that level is centred
+    on the centre of its block, ``origin + (factor * (i, j) + (factor - 1) / 2) * um_per_px``."""
+    scale = float(um_per_px) * factor
+    shift = [float(v) + (factor - 1) / 2.0 * float(um_per_px)
+             for v in np.asarray(origin_rc_um, dtype=np.float64).reshape(2)]
+    transforms: list[dict] = [{"type": "scale", "scale": [1.0, scale, scale]}]
+    if any(shift):
+        transforms.append({"type": "translation", "translation": [0.0, *shift]})
+    return transforms
+
+
+def _nanmean_blocks(block: np.ndarray, axis: Any = None) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():  # blocks wholly outside the tissue stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(block, axis=axis).astype(block.dtype, copy=False)
+
+
+def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
+                                origin: list[float], name: str) -> None:
+    """Add the coarser levels of the map in ``group['0']`` (each the mean of 2 x 2 blocks of the
+    level above, NaN outside the tissue ignored) and write the NGFF multiscales and omero
+    metadata through ome-zarr-py."""
+    import dask.array as da
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_multiscales_metadata
+
+    level0 = group["0"]
+    n, rows, cols = (int(s) for s in level0.shape)
+    datasets = [{"path": "0",
+                 "coordinateTransformations": level_transformations(um_per_px, origin, 1)}]
+    factor = 1
+    previous = level0
+    for k, step in enumerate(pyramid_factors(rows, cols), start=1):
+        factor *= step
+        coarse = da.coarsen(_nanmean_blocks, da.from_zarr(previous), {1: step, 2: step},
+                            trim_excess=True)
+        chunks = (int(level0.chunks[0]), min(coarse.shape[1], 1024), min(coarse.shape[2], 1024))
+        target = group.create_array(str(k), shape=coarse.shape, chunks=chunks,
+                                    dtype=level0.dtype, fill_value=level0.fill_value,
+                                    chunk_key_encoding={"name": "v2", "separator": "/"})
+        da.store(coarse.rechunk(chunks), target, lock=False)
+        datasets.append({"path": str(k), "coordinateTransformations":
+                         level_transformations(um_per_px, origin, factor)})
+        previous = target
+    omero = {"name": name, "version": NGFF_VERSION, "rdefs": {"model": "greyscale"},
+             "channels": [{"label": g, "color": "FFFFFF", "active": i == 0}
+                          for i, g in enumerate(names)]}
+    write_multiscales_metadata(group, datasets, fmt=FormatV04(), axes=MAP_AXES, name=name,
+                               metadata={"omero": omero})
 
 
 class ZarrMapWriter:
@@ -129,12 +177,17 @@ class ZarrMapWriter:
     :meth:`finalize` (moves ``<name>.partial`` to its final name). Used as a context manager it
     finalizes on success and deletes the partial folder on error."""
 
-    def __init__(self, path: Path, partial: Path, array: Any, overwrite: bool):
+    def __init__(self, path: Path, partial: Path, array: Any, overwrite: bool, *,
+                 group: Any = None, um_per_px: float = 1.0, names: Any = (),
+                 origin_rc_um: Any = (0.0, 0.0)):
         self.path = path
         self.partial_path = partial
         self.array = array
         self.overwrite = overwrite
         self.finalized = False
+        self._group = group
+        self._metadata = (float(um_per_px), list(names),
+                          [float(v) for v in np.asarray(origin_rc_um, float).reshape(2)])
 
     shape = property(lambda self: tuple(self.array.shape))
     dtype = property(lambda self: self.array.dtype)
@@ -158,12 +211,17 @@ class ZarrMapWriter:
         return arr.astype(dtype) if dtype is not None else arr
 
     def finalize(self) -> Path:
-        """Move the finished map into place (``_atomic.replace_folder``: an existing map is
-        replaced only once this one is whole); returns the final path."""
+        """Write the coarser pyramid levels and the NGFF metadata, then move the finished map
+        into place (``_atomic.replace_folder``: an existing map is replaced only once this one is
+        whole); returns the final path."""
         import zarr
 
         if self.finalized:
             return self.path
+        if self._group is not None:
+            um, names, origin = self._metadata
+            _write_pyramid_and_metadata(self._group, um, names, origin,
+                                        self.path.name.split(".")[0])
         refuse_overwrite(self.path, self.overwrite)
         replace_folder(self.partial_path, self.path)
         self.finalized = True
@@ -188,10 +246,12 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
                       um_per_px: float = 1.0, gene_names: Any = None, overwrite: bool = False,
                       *, dtype: Any = "float32", fill_value: float = 0.0,
                       origin_rc_um: Any = (0.0, 0.0)) -> ZarrMapWriter:
-    """Create an OME-Zarr (NGFF 0.4, zarr format 2) map of ``shape`` (genes, rows, cols) in
-    ``<path>.partial`` with axes c/y/x, a micrometre ``scale`` and omero channel labels = gene
-    names. Write gene chunk by gene chunk, then call ``finalize()`` (or use ``with``).
-    ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px per side."""
+    """Create a multiscale OME-Zarr map (NGFF 0.4, zarr format 2) of ``shape`` (genes, rows, cols)
+    in ``<path>.partial``: write the full-resolution level gene chunk by gene chunk, then call
+    ``finalize()`` (or use ``with``), which adds the coarser levels and writes, through
+    ome-zarr-py, axes c/y/x, micrometre ``scale`` (and ``translation``) per level and omero
+    channel labels = gene names. ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px."""
+    import ome_zarr.writer  # noqa: F401  (needed by finalize(): fail here, before any work)
     import zarr
 
     path = Path(path)
@@ -201,21 +261,59 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
     if chunks is None:
         chunks = (1, min(rows, 1024), min(cols, 1024))
     chunks = tuple(int(c) for c in chunks)
-    origin = [float(v) for v in np.asarray(origin_rc_um, dtype=np.float64).reshape(2)]
     partial = path.with_name(path.name + ".partial")
     _remove(partial)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _zarr_major() >= 3:
-        group = zarr.open_group(str(partial), mode="w", zarr_format=2)
-        array = group.create_array("0", shape=(n, rows, cols), chunks=chunks, dtype=dtype,
-                                   fill_value=fill_value,
-                                   chunk_key_encoding={"name": "v2", "separator": "/"})
-    else:  # zarr 2
-        group = zarr.open_group(str(partial), mode="w")
-        array = group.create_dataset("0", shape=(n, rows, cols), chunks=chunks, dtype=dtype,
-                                     fill_value=fill_value, dimension_separator="/")
-    group.attrs.update(_ngff_attrs(um_per_px, names, origin, path.stem))
-    return ZarrMapWriter(path, partial, array, overwrite)
+    group = zarr.open_group(str(partial), mode="w", zarr_format=2)
+    array = group.create_array("0", shape=(n, rows, cols), chunks=chunks, dtype=dtype,
+                               fill_value=fill_value,
+                               chunk_key_encoding={"name": "v2", "separator": "/"})
+    return ZarrMapWriter(path, partial, array, overwrite, group=group, um_per_px=um_per_px,
+                         names=names, origin_rc_um=origin_rc_um)
+
+
+def _read_ome_zarr_levels(path: Path) -> list[tuple]:
+    """The levels of an OME-Zarr image read through ome-zarr-py, full resolution first:
+    ``(array (dask), um_per_px, origin_rc_um, channel names)`` each, the origin being the centre
+    of the level's first pixel."""
+    from ome_zarr.format import CurrentFormat, FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    # NGFF 0.4 lives in zarr format 2 (.zattrs), 0.5 in zarr format 3; naming the right one
+    # spares the reader's "version mismatch" warning
+    fmt = FormatV04() if (path / ".zattrs").is_file() else CurrentFormat()
+    location = parse_url(str(path), mode="r", fmt=fmt)
+    if location is None:
+        raise ValueError("not a zarr group")
+    node = next((nd for nd in Reader(location)() if nd.specs and
+                 any(isinstance(s, Multiscales) for s in nd.specs)), None)
+    if node is None:
+        raise ValueError("no NGFF multiscales image in it")
+    names = [str(c) for c in node.metadata.get("channel_names", [])]
+    transforms = node.metadata.get("coordinateTransformations") or [[] for _ in node.data]
+    levels = []
+    for arr, level_transforms in zip(node.data, transforms, strict=False):
+        um, origin = 1.0, [0.0, 0.0]
+        for t in level_transforms or []:
+            if t["type"] == "scale":
+                um = float(t["scale"][-1])
+            elif t["type"] == "translation":
+                origin = [float(v) for v in t["translation"][-2:]]
+        levels.append((arr, um, np.asarray(origin), names))
+    return levels
+
+
+def read_map_levels(path: str | os.PathLike) -> list[tuple]:
+    """Every level of an OME-Zarr map (full resolution first) as ``(array (dask, genes x rows x
+    cols), um_per_px, origin_rc_um)``."""
+    path = Path(path)
+    try:
+        levels = _read_ome_zarr_levels(path)
+    except Exception as exc:
+        raise TrihrgeInputError(f"cannot read the OME-Zarr map {path}: {exc}",
+                                "pass an OME-Zarr map written by napari-trihrge") from exc
+    return [(arr if arr.ndim == 3 else arr[None], um, origin) for arr, um, origin, _ in levels]
 
 
 def read_map(path: str | os.PathLike, *, with_origin: bool = False) -> tuple:
@@ -229,21 +327,7 @@ def read_map(path: str | os.PathLike, *, with_origin: bool = False) -> tuple:
         raise TrihrgeInputError(f"map not found: {path}", "check the path")
     try:
         if path.is_dir():
-            import zarr
-
-            group = zarr.open_group(str(path), mode="r")
-            attrs = dict(group.attrs)
-            ms = attrs["multiscales"][0]
-            ds = ms["datasets"][0]
-            arr = da.from_zarr(group[ds["path"]])
-            um, origin = 1.0, [0.0, 0.0]
-            for t in ds.get("coordinateTransformations", []):
-                if t["type"] == "scale":
-                    um = float(t["scale"][-1])
-                elif t["type"] == "translation":
-                    origin = [float(v) for v in t["translation"][-2:]]
-            names = [c.get("label", f"channel_{i}") for i, c in
-                     enumerate(attrs.get("omero", {}).get("channels", []))]
+            arr, um, origin, names = _read_ome_zarr_levels(path)[0]
         else:
             import tifffile
 
