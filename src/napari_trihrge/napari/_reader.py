@@ -87,7 +87,7 @@ def read_spatialdata_layers(path) -> list:
         raise
     except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
         raise TrihrgeInputError(f"cannot read {_one(path)}: {exc}", io.READ_HINT) from exc
-    out = L.sample_layers(adata)
+    out = _image_layers(adata, source=_one(path)) + L.sample_layers(adata, with_image=False)
     stored = read_store_maps(adata)
     if stored is not None:
         maps = FileMaps(values=stored["values"], stride_um=float(stored["stride_um"]),
@@ -183,7 +183,70 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
         except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
             raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
         bar.step("building the H&E image pyramid")
-        return L.sample_layers(adata, source=os.path.abspath(path))
+        source = os.path.abspath(path)
+        return _image_layers(adata, source=source) + L.sample_layers(
+            adata, source=source, with_image=False)
+
+
+def _image_layers(adata, source: str | None = None) -> list:
+    """The sample's H&E layer, never freezing the viewer and never failing silently.
+
+    A large JPEG or PNG read in the viewer's thread (a drop, File > Open, ``viewer.open``) is
+    decoded in a background thread with napari progress shown: its in-memory preview (hires or
+    lowres) is shown at once and replaced by the full image when it is ready. An image that
+    cannot be shown (blank, unreadable) becomes a warning notification that says why and what
+    to do, and the spots open all the same."""
+    out: list = []
+    if L.image_decoded_whole(adata) and _viewer_thread_with_qt():
+        from ._qt._image_loader import load_full_image_later
+
+        preview = None
+        res = L.preview_resolution(adata)
+        if res is not None:
+            try:
+                preview = L.image_layer(adata, resolution=res)
+            except TrihrgeInputError:
+                preview = None  # the full image may still be fine: the loader says if not
+        load_full_image_later(adata, preview, source=source)
+        return [preview] if preview is not None else []
+    try:
+        img = L.image_layer(adata)
+    except TrihrgeInputError as exc:
+        notify_image_problem(adata, exc)
+        return out
+    if img is not None:
+        if source is not None:
+            img[1]["metadata"]["trihrge"]["source"] = str(source)
+        out.append(img)
+    return out
+
+
+def notify_image_problem(adata, exc: Exception) -> None:
+    """Tell the user (napari notification, a warning without napari) why the H&E of the
+    sample is not shown and how to fix it; the spots are shown all the same."""
+    import warnings
+
+    msg = f"The H&E of {L.sample_name(adata)} is not shown (the spots are): {exc}"
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(msg)
+    except ImportError:
+        warnings.warn(msg, stacklevel=3)
+
+
+def _viewer_thread_with_qt() -> bool:
+    """Whether this runs in the thread of a running Qt application (where napari calls
+    readers for a drop or ``viewer.open``): there, slow decoding would freeze the window."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        from qtpy.QtWidgets import QApplication
+    except Exception:  # noqa: BLE001 - no Qt binding: nothing to freeze
+        return False
+    return QApplication.instance() is not None
 
 
 class _ViewerProgress:
@@ -228,10 +291,7 @@ def _tag_source(layers: list, source) -> list:
 
 def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
     """Layers of an engine output AnnData (virtual spots or recovered hidden spots)."""
-    out = []
-    img = L.image_layer(adata)
-    if img is not None:
-        out.append(img)
+    out = _image_layers(adata, source=None if source is None else str(source))
     if task == "enhance":
         factor = int(adata.uns.get("trihrge", {}).get("factor", 4))
         diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um",
