@@ -333,3 +333,42 @@ def test_blank_image_reaches_the_user_and_the_spots_still_open(make_napari_viewe
     assert [lay.metadata["trihrge"]["kind"] for lay in viewer.layers] == ["spots"]
     warned = [m for s, m in notes.items if "warn" in s]
     assert any("H&E" in m and "blank" in m and "pass the H&E" in m for m in warned), notes.items
+
+
+@pytest.mark.gui
+def test_sample_and_run_folders_of_any_name_open_with_no_chooser_after_the_first(
+        make_napari_viewer, tmp_path):
+    """napari offers every folder to its builtins too and cannot choose by content: the first
+    folder of a study asks (the chooser); once this plugin opened it, the folders next to it
+    open with no chooser, whatever their names. A drop and File > Open call
+    ``viewer.open(path, plugin=None)`` (napari's ``viewer.open`` defaults to its builtins)."""
+    import shutil
+
+    from napari.errors import MultipleReaderError, ReaderPluginError
+    from napari.settings import get_settings
+
+    from test_io_spot_table import make_st_section
+
+    study = tmp_path / "study [2024]"  # a glob character in the path must not break it
+    first = make_st_section(study / "section A", "A")
+    second = make_st_section(study / "B", "B", seed=1)
+    viewer = make_napari_viewer()
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(first), plugin=None)  # a drop: the GUI shows the chooser here
+    viewer.open(str(first), plugin="napari-trihrge")  # the user's choice in the chooser
+    prefs = get_settings().plugins.extension2reader
+    assert prefs.get(str(study).replace("[", "[[]") + "/*/") == "napari-trihrge"
+    layers = viewer.open(str(second), plugin=None)
+    assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["image", "spots"]
+    assert layers[1].metadata["adata"].uns["trihrge"]["sample"] == "B"
+    (study / "notes").mkdir()
+    with pytest.raises(ReaderPluginError):
+        viewer.open(str(study / "notes"), plugin=None)  # not a sample: the GUI shows the chooser, with why
+    # run folders: the same
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    test_run_folder_opens_as_layers(runs)
+    shutil.copytree(runs / "run", runs / "another run")
+    viewer.open(str(runs / "run"), plugin="napari-trihrge")
+    layers = viewer.open(str(runs / "another run"), plugin=None)
+    assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["image", "map", "virtual"]

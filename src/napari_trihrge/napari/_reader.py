@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,11 +109,64 @@ def _is_sample_folder(p: Path) -> bool:
 
 
 def get_reader(path: str | list[str]):
-    """napari reader hook: a reader function for paths we understand, else ``None``."""
+    """napari reader hook: a reader function for paths we understand, else ``None``. A folder
+    opened with it makes napari pick this reader for the folders next to it (see
+    :func:`remember_sibling_folders`)."""
     reader = _get_reader(path)
-    if reader is not None:
-        _attach_session()
+    if reader is None:
+        return None
+    _attach_session()
+    if Path(_one(path)).is_dir():
+        return functools.partial(_read_folder, reader)
     return reader
+
+
+def _read_folder(reader, path) -> list:
+    layers = reader(path)
+    if layers and _viewer_thread_with_qt():  # napari opening it, not a script or a test
+        try:
+            from napari import current_viewer
+
+            if current_viewer() is not None:
+                remember_sibling_folders(_one(path))
+        except ImportError:
+            pass
+    return layers
+
+
+PLUGIN_NAME = "napari-trihrge"
+
+
+def remember_sibling_folders(folder: str | os.PathLike) -> str | None:
+    """Make napari open the folders next to ``folder`` with this plugin, with no reader chooser.
+
+    napari offers every folder to every reader that accepts folders (its builtins too) and
+    cannot pick one by what a folder holds (napari/npe2#155), so Space Ranger folders not named
+    ``outs`` and run folders would ask each time. After this plugin opened one sample or run
+    folder, the pattern ``<its parent>/*/`` is recorded as this plugin's in napari's reader
+    preferences (Preferences > Plugins), unless a preference already covers that folder or the
+    parent is the home or root folder; the other sections of a study then open directly (a
+    folder there that is not a sample gets napari's chooser, with the reason). Returns the
+    pattern recorded, or None."""
+    import glob
+    from fnmatch import fnmatch
+
+    try:
+        from napari.settings import get_settings
+
+        settings = get_settings().plugins
+    except Exception:  # noqa: BLE001 - no napari settings: nothing to remember
+        return None
+    real = Path(os.path.realpath(str(folder)))
+    parent = real.parent
+    if parent == parent.parent or parent == Path.home().resolve():
+        return None
+    prefs = dict(settings.extension2reader)
+    if any(fnmatch(str(real) + os.sep, pat) for pat in prefs):
+        return None  # the user (or this plugin) decided for this folder already
+    pattern = glob.escape(str(parent)) + os.sep + "*" + os.sep
+    settings.extension2reader = {**prefs, pattern: PLUGIN_NAME}
+    return pattern
 
 
 def _attach_session() -> None:
