@@ -88,7 +88,7 @@ def read_spatialdata_layers(path) -> list:
         raise
     except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
         raise TrihrgeInputError(f"cannot read {_one(path)}: {exc}", io.READ_HINT) from exc
-    out = _image_layers(adata, source=_one(path)) + L.sample_layers(adata, with_image=False)
+    out = _image_layers(adata) + L.sample_layers(adata, with_image=False)
     stored = read_store_maps(adata)
     if stored is not None:
         maps = FileMaps(values=stored["values"], stride_um=float(stored["stride_um"]),
@@ -261,9 +261,9 @@ def _image_layers(adata, source: str | None = None) -> list:
                 preview = L.image_layer(adata, resolution=res)
             except TrihrgeInputError:
                 preview = None  # the full image may still be fine: the loader says if not
-        load_full_image_later(adata, preview, source=source)
-        return [preview] if preview is not None else []
-    try:
+        if load_full_image_later(adata, preview, source=source) is not None:
+            return [preview] if preview is not None else []
+    try:  # small, lazy (TIFF) or read in a worker already: decoded here
         img = L.image_layer(adata)
     except TrihrgeInputError as exc:
         notify_image_problem(adata, exc)
