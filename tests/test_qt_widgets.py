@@ -534,6 +534,9 @@ def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tm
     spots = [lay for lay in viewer.layers if lay.metadata.get("trihrge", {}).get("kind")
              == "spots"]
     assert len(spots) == 1
+    qtbot.waitUntil(lambda: [lay.name for lay in viewer.layers] == ["synthetic H&E",
+                                                                    "synthetic spots"],
+                    timeout=5000)  # not 'synthetic spots [1]'
 
 
 def test_layers_opened_before_the_first_widget_are_named_too(viewer, qtbot):
