@@ -519,6 +519,12 @@ def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot
     assert "kNN baseline" in tw.scores.toolTip() and "constant" in tw.scores.toolTip()
     tw._mark_scores_previous()  # what start() does: the old scores stay, marked
     assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
+    from napari_trihrge.errors import Cancelled
+    from napari_trihrge.napari._qt._worker import Outcome
+
+    tw._on_done(Outcome("cancelled", error=Cancelled("stop")), "recovery", tw.session.adata)
+    assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
+    assert tw.status.text().startswith("Cancelled")
 
 
 def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tmp_path):
