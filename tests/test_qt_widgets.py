@@ -519,6 +519,12 @@ def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot
     assert "kNN baseline" in tw.scores.toolTip() and "constant" in tw.scores.toolTip()
     tw._mark_scores_previous()  # what start() does: the old scores stay, marked
     assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
+    from napari_trihrge.errors import Cancelled
+    from napari_trihrge.napari._qt._worker import Outcome
+
+    tw._on_done(Outcome("cancelled", error=Cancelled("stop")), "recovery", tw.session.adata)
+    assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
+    assert tw.status.text().startswith("Cancelled")
 
 
 def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tmp_path):
@@ -534,6 +540,9 @@ def test_opening_the_same_sample_twice_replaces_it(make_napari_viewer, qtbot, tm
     spots = [lay for lay in viewer.layers if lay.metadata.get("trihrge", {}).get("kind")
              == "spots"]
     assert len(spots) == 1
+    qtbot.waitUntil(lambda: [lay.name for lay in viewer.layers] == ["synthetic H&E",
+                                                                    "synthetic spots"],
+                    timeout=5000)  # not 'synthetic spots [1]'
 
 
 def test_layers_opened_before_the_first_widget_are_named_too(viewer, qtbot):

@@ -233,3 +233,142 @@ def test_spaceranger_outs_folder_opens_with_no_reader_chooser(make_napari_viewer
     viewer.open(str(outs), plugin=None)
     kinds = [lay.metadata.get("trihrge", {}).get("kind") for lay in viewer.layers]
     assert kinds == ["image", "spots"]
+
+
+def _large_jpeg_section(d, side_px: int = 6000):
+    """A her2st-like section whose H&E is a large textured JPEG (decoded whole to be shown)."""
+    from PIL import Image
+
+    from test_io_spot_table import make_st_section
+
+    make_st_section(d, "BIG", image=False)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(120, 240, (side_px // 64 + 1, side_px // 64 + 1, 3), dtype=np.uint8)
+    img = np.repeat(np.repeat(blocks, 64, 0), 64, 1)[:side_px, :side_px]
+    img ^= rng.integers(0, 16, (side_px, 1, 1), dtype=np.uint8)
+    Image.fromarray(img).save(d / "BIG_HE.jpg", quality=85)
+    return d
+
+
+@pytest.mark.gui
+def test_large_jpeg_opens_without_freezing_the_viewer(make_napari_viewer, qtbot, tmp_path,
+                                                     monkeypatch):
+    """viewer.open returns with the spots and a preview; the full image is decoded in a worker
+    (the event loop keeps ticking meanwhile, a progress bar is shown), then replaces the
+    preview at its place in the layer list."""
+    import threading
+
+    from napari.utils import progress
+    from qtpy.QtCore import QTimer
+
+    from napari_trihrge import io
+    from napari_trihrge.napari._qt import _image_loader
+
+    section = _large_jpeg_section(tmp_path / "BIG")
+    viewer = make_napari_viewer()
+    ticks = {"n": 0}
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.__setitem__("n", ticks["n"] + 1))
+    timer.start(5)
+    during = {}
+    real_get_image = io.get_image
+
+    opened = threading.Event()
+
+    def counting_get_image(adata, *args, **kwargs):
+        # runs in the worker: the ticks counted while the full image is decoded (after
+        # viewer.open has returned: napari's own work adding the layers is not counted)
+        during["thread_is_main"] = threading.current_thread() is threading.main_thread()
+        if not during["thread_is_main"]:
+            opened.wait(60)
+        before = ticks["n"]
+        img = real_get_image(adata, *args, **kwargs)
+        during["ticks"] = ticks["n"] - before
+        during["bars"] = [p.desc for p in progress._all_instances]
+        return img
+
+    monkeypatch.setattr(io, "get_image", counting_get_image)
+    layers = viewer.open(str(section), plugin="napari-trihrge")
+    opened.set()
+    kinds = [lay.metadata["trihrge"]["kind"] for lay in layers]
+    assert kinds == ["image", "spots"]
+    preview = layers[0]
+    assert not preview.multiscale and max(preview.data.shape[:2]) <= 2000
+    assert "preview" in preview.name
+    qtbot.waitUntil(lambda: not _image_loader.ACTIVE, timeout=120_000)
+    timer.stop()
+    assert during["thread_is_main"] is False
+    assert during["ticks"] > 0, "the event loop did not run while the image was decoded"
+    assert any("full-resolution H&E" in str(d) for d in during["bars"])
+    assert preview not in viewer.layers
+    full, spots = viewer.layers
+    assert full.multiscale and full.data[0].shape[:2] == (6000, 6000)
+    assert full.metadata["trihrge"]["kind"] == "image" and spots is layers[1]
+    assert full.name == "BIG H&E"
+    assert full.metadata["trihrge"]["source"] == preview.metadata["trihrge"]["source"]
+
+
+def test_blank_image_is_an_error_not_a_silent_none():
+    a = sample_adata().copy()
+    lib = next(iter(a.uns["spatial"]))
+    for res in ("hires", "lowres"):
+        a.uns["spatial"][lib]["images"][res][:] = 255
+    with pytest.raises(TrihrgeInputError, match="blank"):
+        L.image_layer(a)
+    del a.uns["spatial"][lib]["images"]
+    assert L.image_layer(a) is None  # no image at all is not a problem: spots only
+
+
+@pytest.mark.gui
+def test_blank_image_reaches_the_user_and_the_spots_still_open(make_napari_viewer, notes,
+                                                               tmp_path):
+    a = sample_adata().copy()
+    lib = next(iter(a.uns["spatial"]))
+    for res in ("hires", "lowres"):
+        a.uns["spatial"][lib]["images"][res][:] = 255  # an all-white export
+    path = tmp_path / "blank.h5ad"
+    a.write_h5ad(path)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-trihrge")
+    assert [lay.metadata["trihrge"]["kind"] for lay in viewer.layers] == ["spots"]
+    warned = [m for s, m in notes.items if "warn" in s]
+    assert any("H&E" in m and "blank" in m and "pass the H&E" in m for m in warned), notes.items
+
+
+@pytest.mark.gui
+def test_sample_and_run_folders_of_any_name_open_with_no_chooser_after_the_first(
+        make_napari_viewer, tmp_path):
+    """napari offers every folder to its builtins too and cannot choose by content: the first
+    folder of a study asks (the chooser); once this plugin opened it, the folders next to it
+    open with no chooser, whatever their names. A drop and File > Open call
+    ``viewer.open(path, plugin=None)`` (napari's ``viewer.open`` defaults to its builtins)."""
+    import shutil
+
+    from napari.errors import MultipleReaderError, ReaderPluginError
+    from napari.settings import get_settings
+
+    from test_io_spot_table import make_st_section
+
+    study = tmp_path / "study [2024]"  # a glob character in the path must not break it
+    first = make_st_section(study / "section A", "A")
+    second = make_st_section(study / "B", "B", seed=1)
+    viewer = make_napari_viewer()
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(first), plugin=None)  # a drop: the GUI shows the chooser here
+    viewer.open(str(first), plugin="napari-trihrge")  # the user's choice in the chooser
+    prefs = get_settings().plugins.extension2reader
+    assert prefs.get(str(study).replace("[", "[[]") + "/*/") == "napari-trihrge"
+    layers = viewer.open(str(second), plugin=None)
+    assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["image", "spots"]
+    assert layers[1].metadata["adata"].uns["trihrge"]["sample"] == "B"
+    (study / "notes").mkdir()
+    with pytest.raises(ReaderPluginError):
+        viewer.open(str(study / "notes"), plugin=None)  # not a sample: the GUI shows the chooser, with why
+    # run folders: the same
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    test_run_folder_opens_as_layers(runs)
+    shutil.copytree(runs / "run", runs / "another run")
+    viewer.open(str(runs / "run"), plugin="napari-trihrge")
+    layers = viewer.open(str(runs / "another run"), plugin=None)
+    assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["image", "map", "virtual"]

@@ -460,6 +460,38 @@ def image_size_px(path: str | os.PathLike) -> tuple[int, int]:
                                 "pass a valid TIFF, SVS, JPEG or PNG file") from exc
 
 
+def read_preview(path: str | os.PathLike, max_side_px: int) -> tuple[np.ndarray, float]:
+    """The whole image at most ``max_side_px`` per side (HxWx3 uint8) and its scale factor
+    (preview pixels per full-resolution pixel, the mean over both axes).
+
+    A JPEG is decoded at a reduced DCT scale (1/2 to 1/8, libjpeg's draft mode), so a preview of
+    a 20 000 px H&E never decodes the full image; TIFFs read their coarsest fine-enough pyramid
+    level lazily; other formats (PNG) are decoded whole, then reduced (antialiased)."""
+    path = Path(path)
+    h, w = image_size_px(path)
+    scale = min(1.0, max_side_px / max(h, w))
+    out_wh = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    arr = None
+    if not _is_tiff(path) and scale < 1.0:
+        try:
+            with Image.open(path) as im:
+                if im.format == "JPEG" and im.mode in ("RGB", "YCbCr", "CMYK"):
+                    im.draft("RGB", out_wh)
+                    arr = np.asarray(im.convert("RGB").resize(out_wh, Image.Resampling.LANCZOS))
+        except Exception as exc:
+            raise TrihrgeInputError(f"cannot read the image {path.name}: {exc}",
+                                    "pass a valid TIFF, SVS, JPEG or PNG file") from exc
+    if arr is None:
+        img = open_image(path, 1.0)
+        try:
+            arr = img.at_resolution(1.0 / scale) if scale < 1.0 else np.asarray(img.array)
+        finally:
+            img.close()
+        if arr.shape[1::-1] != out_wh:
+            arr = np.asarray(Image.fromarray(arr).resize(out_wh, Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(arr), 0.5 * (arr.shape[0] / h + arr.shape[1] / w)
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read a small image file (PNG/JPEG/TIFF) fully into memory as HxWx3 uint8."""
     img = open_image(path, 1.0)

@@ -134,7 +134,7 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
     known spacing. ``uns['trihrge']['um_per_px_source']`` records which one was used. With
     ``load_images``, a preview of at most 2000 px per side is stored as the 'hires' image.
     """
-    from .image import open_image
+    from .image import image_size_px, read_preview
     from .sample import validate_sample
 
     adata = _read_counts(counts)
@@ -195,18 +195,13 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
         else "in-memory counts",
     }
     if image is not None:
-        img = open_image(image, um)
-        try:
-            info["fullres_image_path"] = str(Path(image).resolve())
-            if load_images:
-                h, w = img.shape_px
-                target = um * max(1.0, max(h, w) / HIRES_MAX_PX)
-                preview = img.at_resolution(target)
-                images["hires"] = preview
-                scalefactors["tissue_hires_scalef"] = 0.5 * (preview.shape[0] / h
-                                                             + preview.shape[1] / w)
-        finally:
-            img.close()
+        # a preview only (a JPEG at a reduced decoding scale): the full image stays on disk
+        if load_images:
+            images["hires"], scalefactors["tissue_hires_scalef"] = read_preview(
+                image, HIRES_MAX_PX)
+        else:
+            image_size_px(image)  # unreadable or missing: fails here, before any work
+        info["fullres_image_path"] = str(Path(image).resolve())
     adata.uns["spatial"] = {lib: {"images": images, "scalefactors": scalefactors}}
     adata.uns["trihrge"] = info
     return validate_sample(adata)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def read_spatialdata_layers(path) -> list:
         raise
     except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
         raise TrihrgeInputError(f"cannot read {_one(path)}: {exc}", io.READ_HINT) from exc
-    out = L.sample_layers(adata)
+    out = _image_layers(adata) + L.sample_layers(adata, with_image=False)
     stored = read_store_maps(adata)
     if stored is not None:
         maps = FileMaps(values=stored["values"], stride_um=float(stored["stride_um"]),
@@ -108,11 +109,64 @@ def _is_sample_folder(p: Path) -> bool:
 
 
 def get_reader(path: str | list[str]):
-    """napari reader hook: a reader function for paths we understand, else ``None``."""
+    """napari reader hook: a reader function for paths we understand, else ``None``. A folder
+    opened with it makes napari pick this reader for the folders next to it (see
+    :func:`remember_sibling_folders`)."""
     reader = _get_reader(path)
-    if reader is not None:
-        _attach_session()
+    if reader is None:
+        return None
+    _attach_session()
+    if Path(_one(path)).is_dir():
+        return functools.partial(_read_folder, reader)
     return reader
+
+
+def _read_folder(reader, path) -> list:
+    layers = reader(path)
+    if layers and _viewer_thread_with_qt():  # napari opening it, not a script or a test
+        try:
+            from napari import current_viewer
+
+            if current_viewer() is not None:
+                remember_sibling_folders(_one(path))
+        except ImportError:
+            pass
+    return layers
+
+
+PLUGIN_NAME = "napari-trihrge"
+
+
+def remember_sibling_folders(folder: str | os.PathLike) -> str | None:
+    """Make napari open the folders next to ``folder`` with this plugin, with no reader chooser.
+
+    napari offers every folder to every reader that accepts folders (its builtins too) and
+    cannot pick one by what a folder holds (napari/npe2#155), so Space Ranger folders not named
+    ``outs`` and run folders would ask each time. After this plugin opened one sample or run
+    folder, the pattern ``<its parent>/*/`` is recorded as this plugin's in napari's reader
+    preferences (Preferences > Plugins), unless a preference already covers that folder or the
+    parent is the home or root folder; the other sections of a study then open directly (a
+    folder there that is not a sample gets napari's chooser, with the reason). Returns the
+    pattern recorded, or None."""
+    import glob
+    from fnmatch import fnmatch
+
+    try:
+        from napari.settings import get_settings
+
+        settings = get_settings().plugins
+    except Exception:  # noqa: BLE001 - no napari settings: nothing to remember
+        return None
+    real = Path(os.path.realpath(str(folder)))
+    parent = real.parent
+    if parent == parent.parent or parent == Path.home().resolve():
+        return None
+    prefs = dict(settings.extension2reader)
+    if any(fnmatch(str(real) + os.sep, pat) for pat in prefs):
+        return None  # the user (or this plugin) decided for this folder already
+    pattern = glob.escape(str(parent)) + os.sep + "*" + os.sep
+    settings.extension2reader = {**prefs, pattern: PLUGIN_NAME}
+    return pattern
 
 
 def _attach_session() -> None:
@@ -183,7 +237,70 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
         except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
             raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
         bar.step("building the H&E image pyramid")
-        return L.sample_layers(adata, source=os.path.abspath(path))
+        source = os.path.abspath(path)
+        return _image_layers(adata, source=source) + L.sample_layers(
+            adata, source=source, with_image=False)
+
+
+def _image_layers(adata, source: str | None = None) -> list:
+    """The sample's H&E layer, never freezing the viewer and never failing silently.
+
+    A large JPEG or PNG read in the viewer's thread (a drop, File > Open, ``viewer.open``) is
+    decoded in a background thread with napari progress shown: its in-memory preview (hires or
+    lowres) is shown at once and replaced by the full image when it is ready. An image that
+    cannot be shown (blank, unreadable) becomes a warning notification that says why and what
+    to do, and the spots open all the same."""
+    out: list = []
+    if L.image_decoded_whole(adata) and _viewer_thread_with_qt():
+        from ._qt._image_loader import load_full_image_later
+
+        preview = None
+        res = L.preview_resolution(adata)
+        if res is not None:
+            try:
+                preview = L.image_layer(adata, resolution=res)
+            except TrihrgeInputError:
+                preview = None  # the full image may still be fine: the loader says if not
+        if load_full_image_later(adata, preview, source=source) is not None:
+            return [preview] if preview is not None else []
+    try:  # small, lazy (TIFF) or read in a worker already: decoded here
+        img = L.image_layer(adata)
+    except TrihrgeInputError as exc:
+        notify_image_problem(adata, exc)
+        return out
+    if img is not None:
+        if source is not None:
+            img[1]["metadata"]["trihrge"]["source"] = str(source)
+        out.append(img)
+    return out
+
+
+def notify_image_problem(adata, exc: Exception) -> None:
+    """Tell the user (napari notification, a warning without napari) why the H&E of the
+    sample is not shown and how to fix it; the spots are shown all the same."""
+    import warnings
+
+    msg = f"The H&E of {L.sample_name(adata)} is not shown (the spots are): {exc}"
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(msg)
+    except ImportError:
+        warnings.warn(msg, stacklevel=3)
+
+
+def _viewer_thread_with_qt() -> bool:
+    """Whether this runs in the thread of a running Qt application (where napari calls
+    readers for a drop or ``viewer.open``): there, slow decoding would freeze the window."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        from qtpy.QtWidgets import QApplication
+    except Exception:  # noqa: BLE001 - no Qt binding: nothing to freeze
+        return False
+    return QApplication.instance() is not None
 
 
 class _ViewerProgress:
@@ -228,10 +345,7 @@ def _tag_source(layers: list, source) -> list:
 
 def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
     """Layers of an engine output AnnData (virtual spots or recovered hidden spots)."""
-    out = []
-    img = L.image_layer(adata)
-    if img is not None:
-        out.append(img)
+    out = _image_layers(adata, source=None if source is None else str(source))
     if task == "enhance":
         factor = int(adata.uns.get("trihrge", {}).get("factor", 4))
         diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um",

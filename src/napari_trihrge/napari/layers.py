@@ -156,20 +156,22 @@ def trust_text(trust: dict[str, Any] | None) -> str:
 # Image
 # ------------------------------------------------------------------------------------------
 def image_layer(adata, *, name: str | None = None,
-                multiscale_min_px: int = MULTISCALE_MIN_PX) -> LayerDataTuple | None:
+                multiscale_min_px: int = MULTISCALE_MIN_PX, resolution: str | None = None,
+                image=None) -> LayerDataTuple | None:
     """The sample's H&E as an RGB Image layer in micrometres (``None`` if it has no image).
 
-    Uses :func:`napari_trihrge.io.get_image` (full resolution, else hires, else lowres); a large
-    image with a pyramid opens as a lazy multiscale list of dask levels.
+    Uses :func:`napari_trihrge.io.get_image` (full resolution, else hires, else lowres;
+    ``resolution`` forces one) unless an opened :class:`~napari_trihrge.io.TissueImage` is
+    given; a large image opens as a lazy multiscale list of dask levels. An image that is
+    there but cannot be shown (blank, unreadable) raises :class:`TrihrgeInputError`.
     """
     from .. import io
 
-    try:
-        img = io.get_image(adata)
-    except TrihrgeInputError:
-        return None
-    if img is None:
-        return None
+    if image is None:
+        if not io.available_images(adata):
+            return None
+        image = io.get_image(adata, resolution)
+    img = image
     levels = list(getattr(img, "levels", None) or [(img.array, img.um_per_px)])
     um0 = float(levels[0][1])
     big = max(levels[0][0].shape[:2]) > multiscale_min_px
@@ -193,6 +195,34 @@ def image_layer(adata, *, name: str | None = None,
                                  "um_per_px": um0}},
     }
     return data, kwargs, "image"
+
+
+def image_decoded_whole(adata, min_side_px: int = MULTISCALE_MIN_PX) -> str | None:
+    """The full-resolution image file of ``adata`` when showing it means decoding the whole
+    file first (a JPEG or PNG longer than ``min_side_px``; TIFFs and stores open lazily), else
+    None. Such an image is best decoded away from the viewer's thread."""
+    from pathlib import Path
+
+    from .. import io
+    from ..io.image import TIFF_SUFFIXES
+
+    options = io.available_images(adata)
+    if not options or options[0] != "fullres":
+        return None
+    path = Path(str(adata.uns["trihrge"]["fullres_image_path"]))
+    if not path.is_file() or path.name.lower().endswith(TIFF_SUFFIXES):
+        return None
+    try:
+        return str(path) if max(io.image_size_px(path)) > min_side_px else None
+    except TrihrgeInputError:
+        return None
+
+
+def preview_resolution(adata) -> str | None:
+    """The in-memory preview of the sample's image ('hires', else 'lowres'), or None."""
+    from .. import io
+
+    return next((r for r in ("hires", "lowres") if r in io.available_images(adata)), None)
 
 
 def rgb_pyramid(arr, min_px: int = 1024, chunk_px: int = 2048) -> list:
@@ -388,11 +418,12 @@ def map_layers(maps, genes: Sequence[str] | None = None, *,
 
 
 def sample_layers(adata, genes: Sequence[str] | None = None, *, source: str | None = None,
-                  **spot_kwargs) -> list[LayerDataTuple]:
-    """H&E (when available) and spots of a sample, bottom to top; ``source`` (the path it was
-    read from) is recorded so that opening the same sample again replaces these layers."""
+                  with_image: bool = True, **spot_kwargs) -> list[LayerDataTuple]:
+    """H&E (when available and ``with_image``) and spots of a sample, bottom to top; ``source``
+    (the path it was read from) is recorded so that opening the same sample again replaces
+    these layers."""
     layers: list[LayerDataTuple] = []
-    img = image_layer(adata)
+    img = image_layer(adata) if with_image else None
     if img is not None:
         layers.append(img)
     layers.append(spots_layer(adata, genes, **spot_kwargs))

@@ -8,6 +8,7 @@ Hugging Face token is read from the Sample widget's field at the moment a run st
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +150,10 @@ class Session(QObject):
             for lay in old:
                 if lay in viewer.layers:
                     viewer.layers.remove(lay)
+            # napari named the copy 'name [1]' while both existed
+            if layer in viewer.layers and re.fullmatch(re.escape(old[0].name) + r" \[\d+\]",
+                                                       layer.name):
+                layer.name = old[0].name
 
         QTimer.singleShot(0, remove)  # not while napari is still inserting
         if kind == "spots":
