@@ -71,7 +71,7 @@ def _child_napari(args) -> None:
     outcome = tw.last_outcome
     if outcome.status != "ok":
         raise SystemExit(f"run failed: {outcome.message}")
-    result = outcome.result[0] if isinstance(outcome.result, tuple) else outcome.result
+    result = outcome.result.result  # a workflows.runs.RunOutput
     print(json.dumps({"wall_s": wall, "training_s": result.timings_s.get("training"),
                       "pcc_mean": result.metrics.get("pcc_mean"),
                       "ticks_per_s": ticks[0] / max(wall, 1e-9)}))

@@ -45,8 +45,10 @@ def test_apply_to_the_open_sample(viewer, qtbot, notes, model_dir):
     assert w.start() is not None and w.running
     qtbot.waitUntil(lambda: not w.running, timeout=300_000)
     assert w.last_outcome.status == "ok", w.last_outcome.message
-    s = w.session
-    assert s.find_layer("map") is not None and s.find_layer("virtual") is not None
+    from napari_trihrge.napari._qt._session import get_view
+
+    view = get_view(viewer)
+    assert view.find_layer("map") is not None and view.find_layer("virtual") is not None
     assert "measured spots" in w.scores.text()
     assert not notes.errors()
 
@@ -68,10 +70,12 @@ def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_pat
     assert w.start() is not None
     qtbot.waitUntil(lambda: not w.running, timeout=300_000)
     assert w.last_outcome.status == "ok", w.last_outcome.message
-    m = w.session.find_layer("map")
+    from napari_trihrge.napari._qt._session import get_view
+
+    m = get_view(viewer).find_layer("map")
     assert m is not None and tuple(m.scale) == (48.0, 48.0)
     assert tuple(viewer.layers["slide"].scale) == (1.0, 1.0)
-    virt = w.session.find_layer("virtual").metadata["adata"]
+    virt = get_view(viewer).find_layer("virtual").metadata["adata"]
     assert not virt.obs["is_measured"].any()
     assert np.isfinite(np.asarray(w.last_outcome.result.virtual.X)).all()
 

@@ -186,7 +186,7 @@ def test_gene_name_is_drawn_on_the_canvas(make_napari_viewer, tmp_path):
     assert changed[: h // 5, : w // 2].sum() > 300
     assert changed[h // 2:].sum() == 0
     # and the colour bar of the map is drawn at the bottom right
-    m = ge.session.find_layer("map")
+    m = ge.view.find_layer("map")
     assert m.colorbar.visible
     m.colorbar.visible = False
     no_bar = canvas_png(viewer)

@@ -72,20 +72,22 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     tw.start()
     qtbot.waitUntil(lambda: not tw.running, timeout=300_000)
     assert tw.last_outcome.status == "ok", tw.last_outcome.message
-    s = tw.session
+    from napari_trihrge.napari._qt._session import get_view
+
+    s, view = tw.session, get_view(viewer)
     assert s.enhance is not None and s.enhance.maps is not None
-    m = s.find_layer("map")
-    v = s.find_layer("virtual")
+    m = view.find_layer("map")
+    v = view.find_layer("virtual")
     assert m is not None and v is not None
     assert tuple(m.scale) == (48.0, 48.0)
     assert m.metadata["trihrge"]["gene"] == s.gene
     # the measured spots are drawn above the map
     names = [lay.name for lay in viewer.layers]
-    assert names.index(s.find_layer("spots").name) > names.index(m.name)
+    assert names.index(view.find_layer("spots").name) > names.index(m.name)
     # switching genes reuses the one map layer
     other = [g for g in s.enhance.maps.gene_names if g != s.gene][0]
     assert ge.show_gene(other)
-    assert s.find_layer("map") is m and m.metadata["trihrge"]["gene"] == other
+    assert view.find_layer("map") is m and m.metadata["trihrge"]["gene"] == other
     assert not notes.errors()
     # the run folder was written and opens again as layers
     from napari_trihrge.napari._reader import get_reader

@@ -121,7 +121,7 @@ def test_plugin_menu_widgets_share_one_session(viewer):
     add_sample(viewer)
     tw.session.enhance = fake_enhance()
     assert ge.show_gene("ERBB2")
-    assert tw.session.find_layer("map") is not None
+    assert ge.view.find_layer("map") is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
     assert ge.show_gene("ERBB2")
     text = canvas_text_overlay(viewer).text
     assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in text
-    m = ge.session.find_layer("map")
+    m = ge.view.find_layer("map")
     assert m.colorbar.visible and not spots.face_colorbar.visible  # exactly one colour bar
     assert "log-normalised" in ge.scale_label.text()
 
@@ -353,8 +353,8 @@ def test_gene_without_a_map_hides_the_map_and_says_how_to_get_one(viewer, qtbot)
     enh.maps.std = np.abs(np.asarray(enh.maps.values)) * 0.1
     ge.session.enhance = enh
     assert ge.show_gene("ERBB2")
-    m = ge.session.find_layer("map")
-    spread = ge.session.find_layer("spread")
+    m = ge.view.find_layer("map")
+    spread = ge.view.find_layer("spread")
     spread.visible = True
     assert m.visible and m.metadata["trihrge"]["gene"] == "ERBB2"
     # a gene of the sample that was not modelled: the spots change, the map must not stay on
@@ -396,7 +396,7 @@ def test_hover_outside_the_tissue_shows_no_value(viewer, qtbot):
     ge = GeneExplorer(viewer)
     ge.session.enhance = fake_enhance()
     ge.show_gene("ERBB2")
-    m = ge.session.find_layer("map")
+    m = ge.view.find_layer("map")
     maps = ge.session.enhance.maps
     ii, jj = np.nonzero(~np.asarray(maps.mask))
     out_world = maps.origin_rc_um + np.array([ii[0], jj[0]]) * maps.stride_um
@@ -429,10 +429,10 @@ def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
     assert ge.show_gene("STROMA_4")
     assert "NOT better than interpolation" in ge.trust_label.text()
     assert "NOT better than interpolation" in canvas_text_overlay(viewer).text
-    assert ge.session.find_layer("map").name.endswith("(not better than interpolation)")
+    assert ge.view.find_layer("map").name.endswith("(not better than interpolation)")
     assert ge.show_gene("ERBB2")
     assert "beats interpolation" in ge.trust_label.text()
-    assert ge.session.find_layer("map").name == "enhanced ERBB2"
+    assert ge.view.find_layer("map").name == "enhanced ERBB2"
     # the contract's columns win over the older pcc_baseline
     rec.per_gene["pcc_baseline_knn"] = [0.95, 0.4, 0.05]
     rec.per_gene["pcc_gain"] = rec.per_gene["pcc"] - rec.per_gene["pcc_baseline_knn"]

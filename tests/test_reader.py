@@ -189,12 +189,12 @@ def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
     viewer.open(str(tmp_path / "run"), plugin="napari-trihrge")
     ge = GeneExplorer(viewer)
     assert {"ERBB2", "STROMA_4"} <= set(ge.model.stringList())
-    m = ge.session.find_layer("map")
+    m = ge.view.find_layer("map")
     before = np.asarray(m.data).copy()
     assert ge.show_gene("STROMA_4")
-    assert ge.session.find_layer("map") is m and m.metadata["trihrge"]["gene"] == "STROMA_4"
+    assert ge.view.find_layer("map") is m and m.metadata["trihrge"]["gene"] == "STROMA_4"
     assert not np.allclose(np.asarray(m.data), before)
-    virt = ge.session.find_layer("virtual")
+    virt = ge.view.find_layer("virtual")
     assert virt.face_contrast_limits == pytest.approx(m.contrast_limits)
 
 

@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     tw.set_task("recovery")
     tw.genes_spin.setValue(300)
     tw.epochs_spin.setValue(args.epochs)
-    tw.model_combo.setCurrentIndex(tw.model_combo.findData("compact"))
+    tw.config_form["model_preset"].value = "compact"
     tw.start()
     wait_until(app, lambda: len(tw.loss.epochs) >= 3, 900, "training to start")
     activity = getattr(win._qt_window, "_activity_dialog", None)  # napari's progress bars
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     tw.stride_spin.setValue(args.stride_um)
     # fewer genes than the sample has, so step 4b can show a gene without a map
     tw.genes_spin.setValue(200)
-    tw.extra_genes_edit.setText("ERBB2")
+    tw.config_form["extra_genes"].value = "ERBB2"
     tw.start()
     wait_until(app, lambda: not tw.running, 3600, "the enhance run")
     assert tw.last_outcome.status == "ok", tw.last_outcome.message

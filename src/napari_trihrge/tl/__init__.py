@@ -47,7 +47,58 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class RunConfig:
-    """Parameters of a run; every length in micrometres."""
+    """Parameters of a run; every length in micrometres. The napari Train widget builds its form
+    from these fields and takes its tooltips from this list.
+
+    Parameters
+    ----------
+    encoder
+        Image encoder: 'stain-texture' (built in), 'uni', 'uni2-h', 'hf-hub:...', a timm name
+        or a local checkpoint.
+    encoder_architecture
+        For a local checkpoint: its architecture ('uni', 'uni2-h' or a timm name).
+    hf_token
+        Hugging Face token for gated encoders; used for this call only, never stored.
+    windows_um
+        Sizes of the image windows around each spot, in micrometres.
+    local_window_um
+        Size of the extra small window used for dense sub-spot maps, in micrometres.
+    n_top_genes
+        How many of the most variable genes the model learns (more = slower).
+    extra_genes
+        Genes to learn in any case. A gene you want to see as an enhanced map must be among
+        the learned genes: add it here and run again.
+    neighbour_input
+        Give the model the interpolated expression of the measured neighbours as input.
+    neighbour_skip
+        Add a learned per-gene shortcut from that interpolated expression to the output.
+    image_input
+        Use the H&E image (off: neighbours only).
+    n_neighbours
+        Measured spots used for the neighbour input and the kNN baseline.
+    stacking
+        Recovery: candidates of the per-gene blend; () = the network alone.
+    stacking_folds
+        Recovery: folds of the out-of-fold predictions that weight the blend.
+    ensemble
+        Models trained with different seeds; their mean is the prediction and their spread
+        shows where they disagree (less sure).
+    model_preset
+        Network size: 'compact' is fast on a laptop CPU, 'paper' uses the reference widths
+        (better with a GPU), 'auto' picks compact on CPU and paper on GPU.
+    seed
+        Random seed: the same seed and settings give the same result.
+    device
+        'auto' (CUDA when present, else CPU), 'cuda' or 'cpu'.
+    threads
+        CPU threads for training and prediction (None: chosen from the free cores).
+    cache_dir
+        Folder for the image-feature cache (None: no cache).
+    model
+        Network settings that override the preset (ModelConfig fields).
+    train
+        Training settings (TrainConfig fields, e.g. max_epochs).
+    """
 
     encoder: str = "stain-texture"
     encoder_architecture: str | None = None  # for a local checkpoint: 'uni', 'uni2-h', a timm name

@@ -1,6 +1,7 @@
-"""End-to-end runs: read a sample, run a task, write the run folder. The CLI, the cohort runner and
-Python users share these; the napari Train widget runs the task itself (to show its layers) and
-writes the same run folder with :func:`save_recovery_run` / :func:`save_enhance_run`."""
+"""End-to-end runs: run a task on a sample and write the run folder. The CLI, the cohort runner,
+the napari Train widget (through its worker) and Python users share these: :func:`run_task` is
+the one path (it returns the result too, for the widget's layers); :func:`run_recovery` and
+:func:`run_enhance` are its folder-writing forms that return the summary."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from anndata import AnnData
 
 from .. import geometry
 from ..device import resolve_device
+from ..errors import TrihrgeInputError
 from ..io.outputs import (
     mark_complete,
     peak_rss_mb,
@@ -24,6 +26,54 @@ from ..io.outputs import (
 )
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
+
+#: the tasks :func:`run_task` runs
+TASKS = ("recovery", "enhance")
+
+
+@dataclasses.dataclass
+class RunOutput:
+    """A finished run: the task's result (RecoveryResult or EnhanceResult), and the summary and
+    run folder written (both None when no folder was asked for)."""
+
+    result: Any
+    summary: dict[str, Any] | None = None
+    out_dir: Path | None = None
+
+
+def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
+             config: RunConfig | None = None, progress: Progress | None = None,
+             overwrite: bool = False, **task_kwargs: Any) -> RunOutput:
+    """Run ``task`` ('recovery' or 'enhance') on ``adata``. With ``out_dir`` the run folder is
+    written as by ``trihrge recovery`` / ``trihrge enhance`` (aside, swapped in when complete;
+    enhance streams its maps there); without, nothing is written. ``task_kwargs`` are
+    :func:`run_recovery`'s or :func:`run_enhance`'s keyword arguments."""
+    if task not in TASKS:
+        raise TrihrgeInputError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
+    cfg = config or RunConfig()
+    progress = ensure_progress(progress)
+    if task == "enhance" and (task_kwargs.get("spatialdata_store")
+                              or task_kwargs.get("into_input")):
+        if out_dir is None:
+            raise TrihrgeInputError("SpatialData output needs a run folder",
+                                    "give an output folder")
+        check_spatialdata_output(adata, bool(task_kwargs.get("into_input")))
+    if out_dir is None:
+        task_kwargs.pop("summary_extra", None)
+        if task == "recovery":
+            return RunOutput(recovery(adata, config=cfg, progress=progress, **task_kwargs))
+        for key in ("spatialdata_store", "into_input"):
+            task_kwargs.pop(key, None)
+        return RunOutput(enhance(adata, config=cfg, progress=progress, **task_kwargs))
+    into = _recovery_into if task == "recovery" else _enhance_into
+    if task == "enhance":
+        task_kwargs["overwrite"] = overwrite
+    with run_folder(out_dir, overwrite) as out:
+        output = into(out, adata, config=cfg, progress=progress, **task_kwargs)
+    if task == "enhance":
+        repoint_maps(output.result, out_dir)
+    output.out_dir = Path(out_dir)
+    return output
 
 
 def write_run_model(out: Path, result, cfg: RunConfig, task: str) -> Path:
@@ -91,18 +141,17 @@ def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float
                  progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Recovery end to end; returns the summary (also written to ``out_dir/summary.json``).
     The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`)."""
-    cfg = config or RunConfig()
-    progress = ensure_progress(progress)
-    with run_folder(out_dir, overwrite) as out:
-        return _recovery_into(out, adata, holdout_fraction=holdout_fraction, seed=seed,
-                              annotation=annotation, config=cfg, progress=progress)
+    return run_task("recovery", adata, out_dir, holdout_fraction=holdout_fraction, seed=seed,
+                    annotation=annotation, config=config, progress=progress,
+                    overwrite=overwrite).summary
 
 
 def _recovery_into(out: Path, adata: AnnData, *, config: RunConfig, progress: Progress,
-                   **kwargs: Any) -> dict[str, Any]:
+                   **kwargs: Any) -> RunOutput:
     t0 = time.perf_counter()
     result = recovery(adata, config=config, progress=progress, **kwargs)
-    return save_recovery_run(out, adata, result, config, progress=progress, started=t0)
+    return RunOutput(result, save_recovery_run(out, adata, result, config, progress=progress,
+                                               started=t0))
 
 
 def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
@@ -139,22 +188,17 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
     ``spatialdata_store=True`` also writes the sample and the results as a self-contained
     SpatialData store ``<out>/spatialdata.zarr``; ``into_input=True`` adds the results to the
     SpatialData store the sample was read from (needs the ``spatialdata`` extra)."""
-    if spatialdata_store or into_input:
-        check_spatialdata_output(adata, into_input)
-    cfg = config or RunConfig()
-    progress = ensure_progress(progress)
-    with run_folder(out_dir, overwrite) as out:
-        return _enhance_into(out, adata, factor=factor, stride_um=stride_um, config=cfg,
-                             progress=progress, summary_extra=summary_extra, trust=trust,
-                             spatialdata_store=spatialdata_store, into_input=into_input,
-                             overwrite=overwrite)
+    return run_task("enhance", adata, out_dir, factor=factor, stride_um=stride_um,
+                    config=config, progress=progress, overwrite=overwrite,
+                    summary_extra=summary_extra, trust=trust,
+                    spatialdata_store=spatialdata_store, into_input=into_input).summary
 
 
 def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
                   config: RunConfig, progress: Progress,
                   summary_extra: dict[str, Any] | None = None, trust: bool = True,
                   spatialdata_store: bool = False, into_input: bool = False,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False) -> RunOutput:
     t0 = time.perf_counter()
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
                      progress=progress, map_path=enhance_map_path(out, stride_um), trust=trust)
@@ -166,7 +210,7 @@ def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | 
             overwrite=overwrite))
         write_json(out / "summary.json", summary)
         mark_complete(out)  # again: the marker lists the store too
-    return summary
+    return RunOutput(result, summary)
 
 
 #: the SpatialData store a run writes into its folder (``--format spatialdata``)
@@ -285,9 +329,10 @@ def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
         # the ensemble matters for the spread map; recovery scores need one model
         rec = _recovery_into(out / "recovery", adata, holdout_fraction=0.5, seed=seed,
                              annotation="domain", config=dataclasses.replace(cfg, ensemble=1),
-                             progress=progress)
+                             progress=progress).summary
         summary = _enhance_into(out, adata, factor=factor, stride_um=stride_um, config=cfg,
-                                progress=progress, summary_extra={"recovery": rec["recovery"]})
+                                progress=progress,
+                                summary_extra={"recovery": rec["recovery"]}).summary
         summary["timings_s"] = {"recovery": rec["timings_s"], **summary["timings_s"]}
         summary["outputs"]["recovery"] = "recovery/"
         write_json(out / "summary.json", summary)

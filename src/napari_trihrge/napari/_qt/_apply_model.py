@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
@@ -20,7 +19,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import layers as L
 from ._common import heading, note, report_outcome
 from ._session import get_session, layer_kind, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
@@ -242,20 +240,4 @@ class ApplyModelWidget(QWidget):
 
     def _show(self, result):
         """The same layers as enhance: virtual spots (hidden under a map) and the map."""
-        s = self.session
-        s.enhance = result
-        virt = result.virtual
-        genes = list(virt.var_names)
-        gene = s.gene if s.gene in genes else genes[0]
-        factor = int(virt.uns.get("trihrge", {}).get("factor", 4))
-        spacing = float(virt.uns.get("trihrge", {}).get("lattice_spacing_um", 100.0))
-        data, kwargs, _ = L.spots_layer(virt, [gene], color_by=gene, kind="virtual",
-                                        name=f"predicted: {factor}x virtual spots",
-                                        size_um=0.55 * spacing / np.sqrt(factor))
-        old = s.find_layer("virtual")
-        if old is not None:
-            self.viewer.layers.remove(old)
-        layer = self.viewer.add_points(data, **kwargs)
-        layer.visible = result.maps is None
-        s.enhance_changed.emit(result)
-        s.show_gene(gene)
+        self.session.set_result("predict", result)

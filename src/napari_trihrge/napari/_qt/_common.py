@@ -29,6 +29,13 @@ def hline() -> QFrame:
     return line
 
 
+def listen(owner, signal, slot) -> None:
+    """Connect ``slot`` to a session-model event (a psygnal signal) for as long as the Qt
+    widget ``owner`` lives: a closed dock is never called back."""
+    signal.connect(slot)
+    owner.destroyed.connect(lambda *_: signal.disconnect(slot, missing_ok=True))
+
+
 def report_outcome(outcome: Outcome, what: str) -> bool:
     """Notify the user of a failed or cancelled outcome; True when it succeeded."""
     if outcome.status == "ok":
@@ -50,4 +57,4 @@ def notify_error(exc: BaseException, what: str) -> None:
         show_error(f"{what} failed: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["heading", "note", "hline", "report_outcome", "notify_error", "show_warning"]
+__all__ = ["heading", "note", "hline", "listen", "report_outcome", "notify_error", "show_warning"]

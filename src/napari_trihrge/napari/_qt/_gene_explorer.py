@@ -23,8 +23,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
-from ._common import heading, hline, note, notify_error
-from ._session import get_session, layer_kind, unwrap_viewer
+from ._common import heading, hline, listen, note, notify_error
+from ._session import get_session, get_view, layer_kind, unwrap_viewer
 
 TWIN_NAME = "H&E (side by side)"
 #: gap between the two side-by-side panels (canvas pixels)
@@ -66,6 +66,7 @@ class GeneExplorer(QWidget):
         super().__init__()
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
+        self.view = get_view(napari_viewer)
 
         self.search = QLineEdit()
         self.search.setPlaceholderText("type a gene, e.g. MBP")
@@ -126,11 +127,12 @@ class GeneExplorer(QWidget):
         self.side_check.toggled.connect(self.set_side_by_side)
         self.best_list.itemClicked.connect(self._on_best)
         self.png_btn.clicked.connect(self._save_png)
-        self.session.sample_changed.connect(self.refresh_genes)
-        self.session.enhance_changed.connect(self.refresh_genes)
-        self.session.layers_changed.connect(self.refresh_genes)
-        self.session.recovery_changed.connect(self._on_recovery)
-        self.session.gene_changed.connect(self._on_gene_changed)
+        for event, slot in ((self.session.sample_changed, self.refresh_genes),
+                            (self.session.enhance_changed, self.refresh_genes),
+                            (self.session.outputs_opened, self.refresh_genes),
+                            (self.session.recovery_changed, self._on_recovery),
+                            (self.session.gene_changed, self._on_gene_changed)):
+            listen(self, event, slot)
         self.refresh_genes()
         if self.session.recovery is not None:
             self._on_recovery(self.session.recovery)
@@ -221,7 +223,7 @@ class GeneExplorer(QWidget):
         H&E + measured spots on the left, H&E + the enhanced map (or the predicted spots) on
         the right. Leaving restores the layer order, names, visibility and camera."""
         v = self.viewer
-        s = self.session
+        s = self.view
         grid = _grid(v)
         if not on:
             self._leave_side_by_side(grid)
@@ -303,7 +305,7 @@ class GeneExplorer(QWidget):
                 v.layers.remove(lay)
         grid.enabled = False
         saved, self._saved_view = self._saved_view, None
-        self.session.canvas_label_position = "top_left"
+        self.view.canvas_label_position = "top_left"
         _text_overlay(v).position = "top_left"
         self._panels = (None, None)
         if saved is not None:
@@ -321,9 +323,9 @@ class GeneExplorer(QWidget):
                 if lay.name.startswith(("measured spots: ", "enhanced map", "predicted spots: ",
                                         "enhanced spots: ")) and layer_kind(lay) != "map":
                     lay.name = name
-            if self.session.gene and self.session.find_layer("map") is not None and \
-                    self.session.find_layer("map").metadata["trihrge"].get("gene"):
-                self.session.describe_on_canvas(self.session.gene, self.session.last_shown)
+            if self.session.gene and self.view.find_layer("map") is not None and \
+                    self.view.find_layer("map").metadata["trihrge"].get("gene"):
+                self.view.describe_on_canvas(self.session.gene, self.session.last_shown)
             _camera(v).center = saved["center"]
             _camera(v).zoom = saved["zoom"]
             grid.enabled = enabled

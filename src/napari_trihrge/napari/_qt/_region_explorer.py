@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (
 )
 
 from ... import regions as R
-from ._common import heading, note, notify_error
-from ._session import get_session, layer_kind, unwrap_viewer
+from ._common import heading, listen, note, notify_error
+from ._session import get_session, get_view, layer_kind, unwrap_viewer
 
 REGIONS_NAME = "regions"
 COLUMN_TITLES = {
@@ -63,6 +63,7 @@ class RegionExplorer(QWidget):
         super().__init__()
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
+        self.view = get_view(napari_viewer)
         self.stats: R.RegionStats | None = None
         self._cache: dict[str, tuple] = {}
 
@@ -115,8 +116,8 @@ class RegionExplorer(QWidget):
         self.compute_btn.clicked.connect(self.compute)
         self.export_btn.clicked.connect(self._export)
         self.table.cellDoubleClicked.connect(self._on_cell)
-        self.session.sample_changed.connect(self._invalidate)
-        self.session.enhance_changed.connect(self._invalidate)
+        listen(self, self.session.sample_changed, self._invalidate)
+        listen(self, self.session.enhance_changed, self._invalidate)
 
     # -- regions layer --------------------------------------------------------------------
     def regions_layer(self, create: bool = False):
@@ -132,7 +133,7 @@ class RegionExplorer(QWidget):
             return layer
         if not create:
             return None
-        spots = self.session.find_layer("spots")
+        spots = self.view.find_layer("spots")
         layer = self.viewer.add_shapes(
             name=REGIONS_NAME, edge_width=6, edge_color="#00e5ff", face_color="#00e5ff22",
             units=spots.units if spots is not None else None,

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import heading, hline, note, report_outcome
+from ._common import heading, hline, listen, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import simple_worker
 
@@ -94,7 +94,7 @@ class SampleWidget(QWidget):
         self.checkpoint_btn.clicked.connect(self._choose_checkpoint)
         self.open_btn.clicked.connect(self.open_sample)
         self.synthetic_btn.clicked.connect(self.open_synthetic)
-        self.session.sample_changed.connect(self._on_sample)
+        listen(self, self.session.sample_changed, self._on_sample)
 
         # the run reads these when it starts; the token is never copied anywhere else
         self.session.encoder = lambda: self.encoder_combo.currentText().strip() or "stain-texture"

@@ -1,24 +1,28 @@
-"""Per-viewer state shared by the dock widgets (sample, results, displayed gene).
+"""The layer view of one viewer's session: draws what the Qt-free session model decides.
 
-The widgets are independent docks; they meet here. The AnnData itself lives on the spots layer
-(``layer.metadata['adata']``, the napari-spatialdata convention), so layers opened by the reader,
-by File > Open Sample or by the Sample widget all work the same way. Nothing secret is kept: the
-Hugging Face token is read from the Sample widget's field at the moment a run starts.
+The state (sample, results, shown gene, scores) and its events live in
+:class:`napari_trihrge.napari.session.SessionModel`; the dock widgets talk to it, not to each
+other. :class:`LayerView` listens to the model and to the viewer's layer list: it adds the layers
+of finished runs, recolours every TriHRGE layer when a gene is shown, names the gene on the
+canvas, and tells the model about layers opened elsewhere (the reader, File > Open Sample, a
+script). The AnnData lives on the spots layer (``layer.metadata['adata']``, the
+napari-spatialdata convention). Nothing secret is kept: the Hugging Face token is read from the
+Sample widget's field at the moment a run starts.
 """
 
 from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
 
+from ...geometry import DEFAULT_SPOT_DIAMETER_UM
 from .. import layers as L
+from ..session import GeneDisplay, SessionModel
 
-_SESSIONS: dict[int, Session] = {}
+_SESSIONS: dict[int, tuple[SessionModel, LayerView]] = {}
 
 
 def unwrap_viewer(viewer):
@@ -28,17 +32,27 @@ def unwrap_viewer(viewer):
     return getattr(viewer, "__wrapped__", viewer)
 
 
-def get_session(viewer) -> Session:
-    """The one :class:`Session` of ``viewer`` (created on first use)."""
+def get_session(viewer) -> SessionModel:
+    """The one session model of ``viewer`` (created with its :class:`LayerView` on first use)."""
+    return _model_and_view(viewer)[0]
+
+
+def get_view(viewer) -> LayerView:
+    """The :class:`LayerView` drawing ``viewer``'s session."""
+    return _model_and_view(viewer)[1]
+
+
+def _model_and_view(viewer) -> tuple[SessionModel, LayerView]:
     viewer = unwrap_viewer(viewer)
     key = id(viewer)
-    s = _SESSIONS.get(key)
-    if s is None or s.viewer is not viewer:
+    pair = _SESSIONS.get(key)
+    if pair is None or pair[1].viewer is not viewer:
         prefer_this_reader()
-        s = Session(viewer)
-        _SESSIONS[key] = s
+        model = SessionModel()
+        pair = (model, LayerView(viewer, model))
+        _SESSIONS[key] = pair
         weakref.finalize(viewer, _SESSIONS.pop, key, None)
-    return s
+    return pair
 
 
 #: paths whose reader napari is told to remember as this plugin (when the user has not chosen):
@@ -66,70 +80,68 @@ def layer_kind(layer) -> str | None:
     return (layer.metadata or {}).get("trihrge", {}).get("kind")
 
 
-class Session(QObject):
-    """Shared state of one viewer; signals tell the widgets what changed."""
+#: how each task's predicted spots are drawn: (kind, layer name)
+RESULT_LAYERS = {"recovery": ("recovered", "recovery: predicted hidden spots"),
+                 "enhance": ("virtual", "enhanced: {factor}x virtual spots"),
+                 "predict": ("virtual", "predicted: {factor}x virtual spots")}
 
-    sample_changed = Signal(object)  # AnnData
-    recovery_changed = Signal(object)  # RecoveryResult
-    enhance_changed = Signal(object)  # EnhanceResult
-    gene_changed = Signal(str)
-    layers_changed = Signal()  # result layers opened (e.g. a run folder from the reader)
 
-    def __init__(self, viewer):
-        super().__init__()
+class LayerView:
+    """Draws one viewer's :class:`SessionModel` on napari layers (see the module docstring)."""
+
+    def __init__(self, viewer, model: SessionModel):
         self._viewer_ref = weakref.ref(viewer)
-        self._adata = None
-        self.recovery = None
-        self.enhance = None
-        self.gene: str | None = None
+        self.model = model
         #: where the gene label sits (bottom left while side-by-side panels carry their labels)
         self.canvas_label_position = "top_left"
-        #: what the last show_gene updated (for the widgets' messages)
-        self.last_shown: dict[str, Any] = {}
-        self.contrast_limits: tuple[float, float] | None = None
-        self.colormap = L.DEFAULT_COLORMAP
-        # set by the Sample widget; called when a run starts, never stored
-        self.encoder: Callable[[], str] = lambda: "stain-texture"
-        self.token: Callable[[], str | None] = lambda: None
-        self.device: Callable[[], str] = lambda: "auto"
-        self._sample_layers_seen: set[int] = set()
+        self._raise_spots = False  # after an enhance run: the measured spots above the map
+        model.result_added.connect(self._on_result)
+        model.display_requested.connect(self._draw)
         viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
         self._adopt_existing_layers(viewer)
-
-    def _adopt_existing_layers(self, viewer) -> None:
-        """Layers opened before the first TriHRGE widget (File > Open Sample, a script): guard
-        their hover values and name the gene the spots are coloured by."""
-        from types import SimpleNamespace
-
-        for layer in list(viewer.layers):
-            if layer_kind(layer) in ("map", "spread", "spots"):
-                self._on_inserted(SimpleNamespace(value=layer))
 
     @property
     def viewer(self):
         return self._viewer_ref()
 
-    # -- sample ---------------------------------------------------------------------------
+    def _adopt_existing_layers(self, viewer) -> None:
+        """Layers opened before the first TriHRGE widget (File > Open Sample, a script): guard
+        their hover values, hand their data to the model and name the gene the spots show."""
+        from types import SimpleNamespace
+
+        for layer in list(viewer.layers):
+            if layer_kind(layer) in ("map", "spread", "spots", "virtual", "recovered"):
+                self._on_inserted(SimpleNamespace(value=layer))
+
+    # -- layers opened anywhere -----------------------------------------------------------
     def _on_inserted(self, event) -> None:
         layer = event.value
         kind = layer_kind(layer)
+        meta = layer.metadata or {}
         if kind in ("map", "spread"):
             from ._display import hide_values_outside_tissue
 
             hide_values_outside_tissue(layer)
         self._replace_earlier_copy(layer)
-        if kind == "spots" and "adata" in layer.metadata:
-            if self._adata is None or layer.metadata["adata"] is not self._adata:
-                self.set_sample(layer.metadata["adata"])
-            gene = layer.metadata.get("trihrge", {}).get("gene")
+        model = self.model
+        if kind == "spots" and "adata" in meta:
+            model.set_sample(meta["adata"])
+            gene = meta.get("trihrge", {}).get("gene")
             if gene:  # the reader coloured the spots by a gene: say which, on the canvas too
-                self.gene = gene
-                self.contrast_limits = tuple(float(v) for v in layer.face_contrast_limits)
-                self.last_shown = {"spots": True, "map": False, "map_missing": ""}
-                self.describe_on_canvas(gene, self.last_shown)
-                self.gene_changed.emit(gene)
-        elif kind in ("map", "virtual", "recovered"):
-            self.layers_changed.emit()
+                shown = {"spots": True, "map": False, "map_missing": ""}
+                self.describe_on_canvas(gene, shown)
+                model.adopt_gene(gene, layer.face_contrast_limits, shown)
+        elif kind in ("virtual", "recovered") and meta.get("adata") is not None:
+            model.add_source(kind, meta["adata"])
+        elif kind == "map" and meta.get("maps") is not None:
+            model.add_source("map", meta["maps"])
+
+    def _on_removed(self, event) -> None:
+        layer = event.value
+        kind = layer_kind(layer)
+        if kind in ("virtual", "recovered"):  # a removed map comes back with the next gene
+            self.model.remove_source(kind, (layer.metadata or {}).get("adata"))
 
     def _replace_earlier_copy(self, layer) -> None:
         """Opening the same sample or run again replaces its earlier layers (same kind, same
@@ -159,132 +171,80 @@ class Session(QObject):
         if kind == "spots":
             show_info(f"{source} was open already: its earlier layers were replaced")
 
-    @property
-    def adata(self):
-        """The current sample: the one set last, else the AnnData of a spots layer."""
-        if self._adata is not None:
-            return self._adata
-        lay = self.find_layer("spots")
-        return None if lay is None else lay.metadata.get("adata")
-
-    def set_sample(self, adata) -> None:
-        if adata is self._adata:
-            return
-        self._adata = adata
-        self.recovery = None
-        self.enhance = None
-        self.sample_changed.emit(adata)
-
-    # -- layers ---------------------------------------------------------------------------
     def find_layer(self, kind: str):
         """The topmost layer of ``kind`` ('spots', 'map', 'image', 'recovered', 'virtual')
         belonging to the current sample when the layer records one."""
         viewer = self.viewer
         if viewer is None:
             return None
+        sample = self.model.adata
         for layer in reversed(list(viewer.layers)):
             if layer_kind(layer) != kind:
                 continue
-            if kind == "spots" and self._adata is not None and \
-                    layer.metadata.get("adata") is not self._adata:
+            if kind == "spots" and sample is not None and \
+                    layer.metadata.get("adata") is not sample:
                 continue
             return layer
         return None
 
-    def maps(self):
-        """The enhanced maps: of the last run, else of a map layer (a reopened run folder)."""
-        maps = getattr(self.enhance, "maps", None)
-        if maps is None:
-            layer = self.find_layer("map")
-            maps = None if layer is None else layer.metadata.get("maps")
-        return maps
+    # -- finished runs --------------------------------------------------------------------
+    def _on_result(self, task: str, result) -> None:
+        """A run finished: its predicted spots as their own layer (replacing the earlier one),
+        hidden under a dense map when there is one."""
+        kind, name = RESULT_LAYERS[task]
+        pred = result.predictions if task == "recovery" else result.virtual
+        gene = self.model.default_gene(task, result)
+        size_um = None
+        if task != "recovery":
+            info = pred.uns.get("trihrge", {})
+            factor = int(info.get("factor", 4))
+            name = name.format(factor=factor)
+            if task == "enhance":
+                sample = self.model.adata
+                diameter = float((sample.uns.get("trihrge", {}) if sample is not None else {})
+                                 .get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM))
+                size_um = diameter / np.sqrt(factor)
+            else:
+                size_um = 0.55 * float(info.get("lattice_spacing_um", 100.0)) / np.sqrt(factor)
+        data, kwargs, _ = L.spots_layer(pred, [gene], color_by=gene, kind=kind, name=name,
+                                        **({} if size_um is None else {"size_um": size_um}))
+        old = self.find_layer(kind)
+        if old is not None:
+            self.viewer.layers.remove(old)
+        layer = self.viewer.add_points(data, **kwargs)
+        if task == "recovery":
+            return
+        has_maps = getattr(result, "maps", None) is not None
+        # the dense map is the main view; the predicted spots stay available but hidden
+        layer.visible = not has_maps
+        if task == "enhance" and has_maps:
+            rec = self.find_layer("recovered")
+            if rec is not None:
+                rec.visible = False
+            self._raise_spots = True
 
-    def genes(self) -> list[str]:
-        """Every gene that can be shown: the sample's, the run's and the maps'."""
-        names: dict[str, None] = {}
-        ad = self.adata
-        if ad is not None:
-            names.update(dict.fromkeys(map(str, ad.var_names)))
-        for kind in ("virtual", "recovered"):
-            layer = self.find_layer(kind)
-            if layer is not None and layer.metadata.get("adata") is not None:
-                names.update(dict.fromkeys(map(str, layer.metadata["adata"].var_names)))
-        maps = self.maps()
-        if maps is not None:
-            names.update(dict.fromkeys(map(str, maps.gene_names)))
-        pred = getattr(self.recovery, "predictions", None)
-        if pred is not None:
-            names.update(dict.fromkeys(map(str, pred.var_names)))
-        return list(names)
-
-    # -- trust ---------------------------------------------------------------------------
-    def trust(self, gene: str) -> dict | None:
-        """How far ``gene``'s prediction can be trusted: the per-gene trust columns of the
-        Enhance run behind the map, else of the last recovery, else of reopened outputs; None
-        when it was not scored."""
-        tables = []
-        if self.enhance is not None:  # the model behind the map first
-            for name in ("virtual", "spots"):
-                ad = getattr(self.enhance, name, None)
-                tables.append(getattr(ad, "var", None))
-        if self.recovery is not None:
-            tables += [getattr(self.recovery, "per_gene", None),
-                       getattr(getattr(self.recovery, "predictions", None), "var", None)]
-        for kind in ("virtual", "recovered"):
-            layer = self.find_layer(kind)
-            if layer is not None and layer.metadata.get("adata") is not None:
-                tables.append(layer.metadata["adata"].var)
-        maps = self.maps()
-        tables.append(getattr(maps, "trust", None))
-        for table in tables:
-            t = L.gene_trust(table, gene) if table is not None else None
-            if t is not None:
-                return t
-        return None
-
-    # -- display --------------------------------------------------------------------------
-    def show_gene(self, gene: str) -> dict[str, Any]:
-        """Colour every TriHRGE layer by ``gene`` on ONE shared colour scale; layers without
-        the gene (a map of other genes, predictions of other genes) are hidden, never left on an
-        earlier gene. Returns what was updated (``spots``, ``map``, ``recovered``, ``virtual``:
-        bool, ``limits``, ``map_missing``: why the map is hidden, or '')."""
+    # -- the shown gene -------------------------------------------------------------------
+    def _draw(self, plan: GeneDisplay) -> None:
+        """Colour every TriHRGE layer by the gene on ONE shared colour scale; layers without
+        the gene (a map of other genes, predictions of other genes) are hidden, never left on
+        an earlier gene. Refines ``plan.shown`` with what was drawn."""
         from ._display import ensure_map_layer, set_map_gene, set_points_gene, show_spread
 
-        values: dict[str, np.ndarray] = {}
-        spots = self.find_layer("spots")
-        ad = self.adata
-        if spots is not None and ad is not None and gene in ad.var_names:
-            values["spots"] = _points_values(spots, gene)
-        rec = self.find_layer("recovered")
-        if rec is not None and gene in rec.metadata["adata"].var_names:
-            values["recovered"] = _points_values(rec, gene)
-        virt = self.find_layer("virtual")
-        if virt is not None and gene in virt.metadata["adata"].var_names:
-            values["virtual"] = _points_values(virt, gene)
-        maps = self.maps()
-        map_vals = None
-        if maps is not None and gene in list(maps.gene_names):
-            map_vals = L.map_values(maps, gene)
-        if not values and map_vals is None:
-            from ...errors import TrihrgeInputError
-
-            raise TrihrgeInputError(f"gene {gene!r} is not in the sample or the enhanced maps",
-                                    "pick a gene from the completion list")
-        limits = L.shared_contrast_limits(map_vals, *values.values())
-        done: dict[str, Any] = {"limits": limits, "map_missing": ""}
-        for kind, lay in (("spots", spots), ("recovered", rec), ("virtual", virt)):
-            done[kind] = kind in values
-            if kind in values:
-                set_points_gene(lay, gene, values[kind], limits, self.colormap)
+        gene, limits, shown = plan.gene, plan.limits, plan.shown
+        colormap = self.model.colormap
+        viewer = self.viewer
+        for kind in ("spots", "recovered", "virtual"):
+            lay = self.find_layer(kind)
+            shown[kind] = lay is not None and kind in plan.values
+            if shown[kind]:
+                set_points_gene(lay, gene, plan.values[kind], limits, colormap)
             elif lay is not None and lay.visible:
-                # predictions of other genes only: never leave them on the previous gene
+                # other genes only (predictions): never leave them on the previous gene
                 lay.visible = False
-        done["map"] = map_vals is not None
-        done["spread"] = False
-        if map_vals is not None:
-            layer = ensure_map_layer(self.viewer, maps, gene, limits, self.colormap)
-            set_map_gene(layer, maps, gene, map_vals, limits)
-            done["spread"] = show_spread(self.viewer, maps, gene)
+        if plan.map_values is not None:
+            layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap)
+            set_map_gene(layer, plan.maps, gene, plan.map_values, limits)
+            shown["spread"] = show_spread(viewer, plan.maps, gene)
             layer.visible = True
         else:
             for kind in ("map", "spread"):
@@ -294,16 +254,12 @@ class Session(QObject):
                     lay.metadata.setdefault("trihrge", {})["gene"] = None
                     lay.name = f"{'enhanced' if kind == 'map' else 'ensemble spread'}: " \
                                f"no map for {gene}"
-            if maps is not None:
-                done["map_missing"] = (
-                    f"No enhanced map for {gene}: it was not among the genes of the Enhance "
-                    "run. Add it to Extra genes (Train and enhance) and run Enhance again.")
-        self.gene = gene
-        self.contrast_limits = limits
-        self.last_shown = done
-        self.describe_on_canvas(gene, done)
-        self.gene_changed.emit(gene)
-        return done
+        if self._raise_spots:
+            self._raise_spots = False
+            spots = self.find_layer("spots")
+            if spots is not None:  # the measured spots on top of the map
+                viewer.layers.move(viewer.layers.index(spots), len(viewer.layers))
+        self.describe_on_canvas(gene, shown)
 
     def describe_on_canvas(self, gene: str, done: dict[str, Any]) -> None:
         """Name the shown gene, its units and its trust on the canvas, with one colour bar."""
@@ -312,7 +268,7 @@ class Session(QObject):
         viewer = self.viewer
         if viewer is None:
             return
-        trust = self.trust(gene)
+        trust = self.model.trust(gene)
         lines = [f"{gene}: {L.EXPRESSION_UNITS}"]
         warn = False
         if done.get("map") or done.get("recovered") or done.get("virtual"):
@@ -338,10 +294,3 @@ class Session(QObject):
                 None if trust is None else trust["beats_interpolation"])
             map_layer.name = f"enhanced {gene}" + (" (not better than interpolation)"
                                                    if mark else "")
-
-
-def _points_values(layer, gene: str) -> np.ndarray:
-    feats = layer.features
-    if gene in feats.columns:
-        return feats[gene].to_numpy()
-    return L.gene_expression(layer.metadata["adata"], [gene])[gene].to_numpy()

@@ -1,12 +1,15 @@
-"""Dock widget 2 - Train and enhance: run recovery or enhancement in the background."""
+"""Dock widget 2 - Train and enhance: run recovery or enhancement in the background.
+
+The run goes through :func:`napari_trihrge.workflows.runs.run_task`, the CLI's path, in a worker;
+the settings that are RunConfig fields come from :mod:`._config_form` (magicgui widgets generated
+from RunConfig); the finished result goes to the session model, whose view adds the layers."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
 from typing import Any
 
-import numpy as np
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
@@ -25,10 +28,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
-from ...geometry import DEFAULT_SPOT_DIAMETER_UM
-from .. import layers as L
-from ._common import heading, hline, note, report_outcome
+from ._common import heading, hline, listen, note, notify_error, report_outcome
+from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._session import get_session, unwrap_viewer
 from ._worker import QueueProgress, engine_worker
 
@@ -74,16 +77,11 @@ SETTING_HELP = {
     "factor": "Enhance only: how many virtual spots per measured spot (2x, 4x, ...).",
     "maps": "Enhance only: also draw dense maps, one value per pixel of this size in "
             "micrometres (smaller = sharper, slower).",
-    "genes": "How many of the most variable genes the model learns (more = slower).",
-    "extra": "Genes to learn in any case, comma separated. A gene you want to see as an "
-             "enhanced map must be among the learned genes: add it here and run again.",
-    "epochs": "Most passes over the training spots; by default training stops when the "
-              "validation loss stops improving.",
-    "model": "Model size: compact is fast on a laptop CPU; full uses the reference widths "
-             "(better with a GPU).",
-    "ensemble": "Train several models with different seeds; their average is the prediction "
-                "and their spread shows where they disagree (less sure).",
-    "seed": "Random seed: the same seed and settings give the same result.",
+    "epochs": "Most passes over the training spots (the training setting max_epochs); by "
+              "default the training settings' own number, stopping early when the validation "
+              "loss stops improving.",
+    "advanced": "More RunConfig settings: which inputs the model uses, neighbours, the local "
+                "window of the dense maps.",
     "out": "Optional folder where the run is saved (the same files as the command line).",
     "start": "Run the chosen task in the background; the viewer stays usable.",
     "cancel": "Stop the run at its next step; nothing is changed.",
@@ -177,26 +175,15 @@ class TrainWidget(QWidget):
         self.stride_spin.setRange(2, 200)
         self.stride_spin.setValue(16)
         self.stride_spin.setSuffix(" um")
-        self.genes_spin = QSpinBox()
-        self.genes_spin.setRange(5, 20000)
-        self.genes_spin.setValue(1000)
-        self.genes_spin.setSuffix(" variable genes")
-        self.extra_genes_edit = QLineEdit()
-        self.extra_genes_edit.setPlaceholderText("genes to always include, e.g. ERBB2, MBP")
+        # the RunConfig fields: magicgui widgets generated from the dataclass
+        self.config_form = RunConfigForm(MAIN_FIELDS)
+        self.advanced_form = RunConfigForm(ADVANCED_FIELDS)
+        self.genes_spin = self.config_form["n_top_genes"].native
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 100000)
         self.epochs_spin.setValue(0)
         self.epochs_spin.setSpecialValueText("default (early stopping)")
         self.epochs_spin.setSuffix(" epochs at most")
-        self.model_combo = QComboBox()
-        self.model_combo.addItem("auto (compact on CPU, full on GPU)", "auto")
-        self.model_combo.addItem("compact (fast on a laptop CPU)", "compact")
-        self.model_combo.addItem("full (TriHRGE reference widths)", "paper")
-        self.ensemble_spin = QSpinBox()
-        self.ensemble_spin.setRange(1, 20)
-        self.ensemble_spin.setSuffix(" model(s)")
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("optional: folder to save the run in")
         self.out_btn = QPushButton("…")
@@ -219,10 +206,8 @@ class TrainWidget(QWidget):
         self._scores_html = ""  # the last run's scores, kept until a new run finishes
         for widget, key in ((self.task_combo, "task"), (self.holdout_spin, "holdout"),
                             (self.factor_combo, "factor"), (self.maps_check, "maps"),
-                            (self.stride_spin, "maps"), (self.genes_spin, "genes"),
-                            (self.extra_genes_edit, "extra"), (self.epochs_spin, "epochs"),
-                            (self.model_combo, "model"), (self.ensemble_spin, "ensemble"),
-                            (self.seed_spin, "seed"), (self.out_edit, "out"),
+                            (self.stride_spin, "maps"), (self.epochs_spin, "epochs"),
+                            (self.out_edit, "out"),
                             (self.out_btn, "out"), (self.start_btn, "start"),
                             (self.cancel_btn, "cancel")):
             widget.setToolTip(SETTING_HELP[key])
@@ -237,16 +222,19 @@ class TrainWidget(QWidget):
         srow.addWidget(self.maps_check)
         srow.addWidget(self.stride_spin)
         form.addRow("Maps", srow)
-        form.addRow("Genes", self.genes_spin)
-        form.addRow("Extra genes", self.extra_genes_edit)
-        form.addRow("Training", self.epochs_spin)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Ensemble", self.ensemble_spin)
-        form.addRow("Seed", self.seed_spin)
+        for name, widget in self.config_form.widgets.items():  # one aligned form
+            form.addRow(widget.label, widget.native)
+            if name == "extra_genes":
+                form.addRow("Training", self.epochs_spin)
+        self.advanced = QCollapsible("Advanced settings")
+        self.advanced.toggleButton().setToolTip(SETTING_HELP["advanced"])
+        self.advanced.addWidget(self.advanced_form.container.native)
+        self.advanced.collapse(animate=False)
         orow = QHBoxLayout()
         orow.addWidget(self.out_edit)
         orow.addWidget(self.out_btn)
-        form.addRow("Save to", orow)
+        oform = QFormLayout()
+        oform.addRow("Save to", orow)
         brow = QHBoxLayout()
         brow.addWidget(self.start_btn)
         brow.addWidget(self.cancel_btn)
@@ -254,6 +242,8 @@ class TrainWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(heading("Train and enhance"))
         lay.addLayout(form)
+        lay.addWidget(self.advanced)
+        lay.addLayout(oform)
         lay.addLayout(brow)
         lay.addWidget(self.status)
         lay.addWidget(self.loss)
@@ -268,6 +258,7 @@ class TrainWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.out_btn.clicked.connect(self._choose_out)
         self.save_model_btn.clicked.connect(lambda: self.save_model())
+        listen(self, self.session.scores_changed, self._on_scores)
         self._update_enabled()
 
     # -- parameters -----------------------------------------------------------------------
@@ -298,24 +289,32 @@ class TrainWidget(QWidget):
         train = dict(self.extra_config.get("train", {}))
         if self.epochs_spin.value() > 0:
             train["max_epochs"] = int(self.epochs_spin.value())
-        extra = tuple(g.strip() for g in self.extra_genes_edit.text().replace(";", ",")
-                      .split(",") if g.strip())
         kwargs = {
             "encoder": self.session.encoder(),
             "device": self.session.device(),
-            "n_top_genes": int(self.genes_spin.value()),
-            "extra_genes": extra,
-            "ensemble": int(self.ensemble_spin.value()),
-            "seed": int(self.seed_spin.value()),
-            "model_preset": self.model_combo.currentData(),  # tasks.MODEL_PRESETS
+            **self.config_form.values(),
+            **self.advanced_form.values(),
             **{k: v for k, v in self.extra_config.items() if k != "train"},
             "train": train,
         }
         return RunConfig(hf_token=self.session.token(), **kwargs)
 
+    def task_arguments(self, config) -> dict[str, Any]:
+        """The task's own arguments (those that are not RunConfig fields), as
+        :func:`napari_trihrge.workflows.runs.run_task` takes them."""
+        if self.task == "recovery":
+            return {"holdout_fraction": self.holdout_spin.value() / 100.0, "seed": config.seed}
+        stride = float(self.stride_spin.value()) if self.maps_check.isChecked() else None
+        return {"factor": int(self.factor_combo.currentData()), "stride_um": stride}
+
     # -- running --------------------------------------------------------------------------
     def start(self):
-        """Start the chosen task in a background worker; returns the worker (or None)."""
+        """Check the settings, then run the chosen task in a background worker through
+        :func:`napari_trihrge.workflows.runs.run_task` (the CLI's path); returns the worker
+        (or None)."""
+        from ...tl import validate_config
+        from ...workflows.runs import run_task
+
         if self.worker is not None:
             show_info("A run is already in progress")
             return None
@@ -326,23 +325,15 @@ class TrainWidget(QWidget):
             return None
         try:
             config = self.make_config()
-        except Exception as exc:  # noqa: BLE001
-            show_error(f"Invalid parameters: {exc}")
+            validate_config(config)  # before any work, on the GUI thread
+        except Exception as exc:  # noqa: BLE001 - a notification, never a crash
+            notify_error(exc, "Invalid parameters")
             return None
         out_dir = self.out_edit.text().strip() or None
         task = self.task
-        if task == "recovery":
-            fn, kwargs = _run_recovery, {"holdout_fraction": self.holdout_spin.value() / 100.0,
-                                         "seed": int(self.seed_spin.value())}
-        else:
-            stride = float(self.stride_spin.value()) if self.maps_check.isChecked() else None
-            fn, kwargs = _run_enhance, {"factor": int(self.factor_combo.currentData()),
-                                        "stride_um": stride}
         self.progress = QueueProgress()
-        worker = engine_worker(fn, adata, config=config, out_dir=out_dir,
-                               progress=self.progress, **kwargs)
-        import dataclasses
-
+        worker = engine_worker(run_task, task, adata, out_dir, config=config,
+                               progress=self.progress, **self.task_arguments(config))
         self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)
@@ -445,12 +436,9 @@ class TrainWidget(QWidget):
             self.status.setText("Cancelled: nothing was changed." if outcome.status ==
                                 "cancelled" else f"Failed: {outcome.message}")
             return
-        result, out_dir = outcome.result
+        result, out_dir = outcome.result.result, outcome.result.out_dir
         try:
-            if task == "recovery":
-                self._show_recovery(result, adata)
-            else:
-                self._show_enhance(result, adata)
+            self.session.set_result(task, result, adata)
         except Exception as exc:  # noqa: BLE001 - never crash the viewer
             show_error(f"The run finished but its layers could not be shown: {exc}")
             return
@@ -482,62 +470,28 @@ class TrainWidget(QWidget):
 
     # -- results --------------------------------------------------------------------------
     def _show_recovery(self, result, adata):
-        s = self.session
-        if adata is not s.adata:
-            s.set_sample(adata)
-        s.recovery = result
-        self._scores_html = recovery_scores_html(result.metrics)
-        self.scores.setText(self._scores_html)
-        self.scores.setToolTip(_score_tooltip(SCORE_HELP))
-        # predicted hidden spots as their own layer, coloured like the measured spots
-        pred = result.predictions
-        gene = s.gene if s.gene in pred.var_names else str(result.per_gene.index[0])
-        data, kwargs, kind = L.spots_layer(pred, [gene], color_by=gene, kind="recovered",
-                                           name="recovery: predicted hidden spots")
-        old = s.find_layer("recovered")
-        if old is not None:
-            self.viewer.layers.remove(old)
-        self.viewer.add_points(data, **kwargs)
-        s.recovery_changed.emit(result)
-        s.show_gene(gene)
+        """Hand a recovery result to the session (its view adds the layers)."""
+        self.session.set_result("recovery", result, adata)
 
     def _show_enhance(self, result, adata):
-        s = self.session
-        if adata is not s.adata:
-            s.set_sample(adata)
-        s.enhance = result
-        m = getattr(result, "metrics", {}) or {}
-        if m.get("pcc_mean") is not None:  # scores of the run's internal held-out spots
-            self._scores_html = recovery_scores_html(m).replace(
+        """Hand an enhance result to the session (its view adds the layers)."""
+        self.session.set_result("enhance", result, adata)
+
+    def _on_scores(self, scores: dict):
+        """The last run's scores (session event): recovery scores, or an enhance run's
+        held-out scores; an enhance run without them keeps the last recovery's, marked."""
+        if not scores:
+            return
+        if scores.get("task") == "recovery":
+            self._scores_html = recovery_scores_html(scores)
+            self.scores.setText(self._scores_html)
+        elif scores.get("pcc_mean") is not None:  # scores of the run's internal held-out spots
+            self._scores_html = recovery_scores_html(scores).replace(
                 "<b>Recovery scores</b>", "<b>Enhance: held-out scores</b>")
             self.scores.setText(self._scores_html)
         elif self._scores_html:
             self.scores.setText(f"<i>From the last recovery run:</i><br>{self._scores_html}")
-        virt = result.virtual
-        genes = list(virt.var_names)
-        gene = s.gene if s.gene in genes else _first_interesting_gene(result)
-        factor = int(virt.uns.get("trihrge", {}).get("factor", 4))
-        diameter = float(adata.uns["trihrge"].get("spot_diameter_um",
-                                                  DEFAULT_SPOT_DIAMETER_UM))
-        data, kwargs, kind = L.spots_layer(virt, [gene], color_by=gene, kind="virtual",
-                                           name=f"enhanced: {factor}x virtual spots",
-                                           size_um=diameter / np.sqrt(factor))
-        old = s.find_layer("virtual")
-        if old is not None:
-            self.viewer.layers.remove(old)
-        layer = self.viewer.add_points(data, **kwargs)
-        # the dense map is the main view; the virtual (and recovered) spots stay available but
-        # hidden so they do not clutter it
-        layer.visible = result.maps is None
-        rec = s.find_layer("recovered")
-        if rec is not None and result.maps is not None:
-            rec.visible = False
-        s.enhance_changed.emit(result)
-        s.show_gene(gene)
-        spots = s.find_layer("spots")
-        if spots is not None and result.maps is not None:
-            # keep the measured spots on top of the map, drawn as outlines-free dots
-            self.viewer.layers.move(self.viewer.layers.index(spots), len(self.viewer.layers))
+        self.scores.setToolTip(_score_tooltip(SCORE_HELP))
 
 
 def recovery_scores_html(m: dict) -> str:
@@ -564,54 +518,7 @@ def recovery_scores_html(m: dict) -> str:
     return html
 
 
-def _first_interesting_gene(result) -> str:
-    genes = list(result.virtual.var_names)
-    var = result.spots.var if hasattr(result, "spots") else None
-    if var is not None and "gene_class" in var:
-        marker = [g for g in genes if var["gene_class"].get(g) == "marker"]
-        if marker:
-            return marker[0]
-    return genes[0]
-
-
 def _fmt_timings(result) -> str:
     t = getattr(result, "timings_s", {}) or {}
     total = sum(float(v) for v in t.values())
     return f"{total:.1f} s" if total else "finished"
-
-
-def _run_recovery(adata, *, config, out_dir, progress, **kwargs):
-    from ... import tl as tasks
-    from ...workflows import runs
-
-    if not out_dir:
-        return tasks.recovery(adata, config=config, progress=progress, **kwargs), out_dir
-    # the same run folder as `trihrge recovery`: written aside, swapped in when complete
-    with outputs_run_folder(out_dir) as out:
-        t0 = time.perf_counter()
-        result = tasks.recovery(adata, config=config, progress=progress, **kwargs)
-        runs.save_recovery_run(out, adata, result, config, progress=progress, started=t0)
-    return result, out_dir
-
-
-def _run_enhance(adata, *, config, out_dir, progress, **kwargs):
-    from ... import tl as tasks
-    from ...workflows import runs
-
-    if not out_dir:
-        return tasks.enhance(adata, config=config, progress=progress, **kwargs), out_dir
-    # the same run folder as `trihrge enhance`; maps stream to disk, not to memory
-    with outputs_run_folder(out_dir) as out:
-        t0 = time.perf_counter()
-        kwargs["map_path"] = runs.enhance_map_path(out, kwargs.get("stride_um"))
-        result = tasks.enhance(adata, config=config, progress=progress, **kwargs)
-        runs.save_enhance_run(out, adata, result, config, progress=progress, started=t0)
-    runs.repoint_maps(result, out_dir)
-    return result, out_dir
-
-
-def outputs_run_folder(out_dir):
-    """The engine's run folder (temporary folder, lock, completion marker), never overwriting."""
-    from ...io import outputs
-
-    return outputs.run_folder(out_dir, overwrite=False)

@@ -1,0 +1,163 @@
+"""The napari session model without Qt or a display: load a sample and results, change the
+gene, and check the events it sends (the layer view is tested in test_qt_widgets.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_qt_support import TINY, fake_enhance, fake_recovery, sample_adata
+
+
+class Recorder:
+    """Every event of a SessionModel, in order, with its arguments."""
+
+    NAMES = ("sample_changed", "result_added", "recovery_changed", "enhance_changed",
+             "outputs_opened", "display_requested", "gene_changed", "scores_changed")
+
+    def __init__(self, model):
+        self.events: list[tuple] = []
+        for name in self.NAMES:
+            getattr(model, name).connect(lambda *args, n=name: self.events.append((n, *args)))
+
+    def names(self) -> list[str]:
+        return [e[0] for e in self.events]
+
+    def last(self, name: str) -> tuple:
+        return [e for e in self.events if e[0] == name][-1]
+
+
+@pytest.fixture
+def model():
+    from napari_trihrge.napari.session import SessionModel
+
+    return SessionModel()
+
+
+def test_importing_the_model_loads_neither_qt_nor_napari():
+    code = ("import sys, napari_trihrge.napari.session as s; s.SessionModel(); "
+            "bad = sorted(m for m in sys.modules if m == 'napari' or m.startswith("
+            "('napari.', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', "
+            "'superqt', 'vispy'))); print(bad); sys.exit(1 if bad else 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_changing_the_gene_sends_what_to_draw_then_the_gene(model):
+    from napari_trihrge.napari import layers as L
+
+    ad = sample_adata()
+    rec = Recorder(model)
+    model.set_sample(ad)
+    assert rec.names() == ["sample_changed"] and rec.events[0][1] is ad
+    model.set_sample(ad)  # the same sample again: no event
+    assert rec.names() == ["sample_changed"]
+    shown = model.show_gene("ERBB2")
+    assert rec.names()[1:] == ["display_requested", "gene_changed"]
+    plan = rec.last("display_requested")[1]
+    expected = L.gene_expression(ad, ["ERBB2"])["ERBB2"].to_numpy()
+    np.testing.assert_allclose(plan.values["spots"], expected)
+    assert plan.map_values is None and plan.map_missing == ""
+    lo, hi = plan.limits
+    assert lo < hi and lo >= expected.min() and hi <= expected.max()
+    assert shown == {"limits": plan.limits, "map_missing": "", "map": False, "spread": False,
+                     "spots": True, "recovered": False, "virtual": False}
+    assert rec.last("gene_changed") == ("gene_changed", "ERBB2")
+    assert model.gene == "ERBB2" and model.contrast_limits == plan.limits
+    other = [g for g in ad.var_names if g != "ERBB2"][0]
+    model.show_gene(other)
+    assert model.gene == other and rec.last("gene_changed")[1] == other
+
+
+def test_an_unknown_gene_is_an_input_error_and_sends_nothing(model):
+    from napari_trihrge.errors import TrihrgeInputError
+
+    model.set_sample(sample_adata())
+    rec = Recorder(model)
+    with pytest.raises(TrihrgeInputError, match="NOT_A_GENE"):
+        model.show_gene("NOT_A_GENE")
+    assert rec.events == [] and model.gene is None
+
+
+def test_loading_a_recovery_result_sends_its_events_and_shows_a_gene_of_it(model):
+    ad = sample_adata()
+    result = fake_recovery(ad)
+    rec = Recorder(model)
+    shown = model.set_result("recovery", result, ad)
+    assert rec.names() == ["sample_changed", "result_added", "recovery_changed",
+                           "scores_changed", "display_requested", "gene_changed"]
+    assert rec.last("result_added")[1:] == ("recovery", result)
+    assert rec.last("scores_changed")[1] == {"task": "recovery", **result.metrics}
+    # no gene was shown yet: the first gene of the per-gene table
+    assert model.gene == str(result.per_gene.index[0]) and shown["recovered"]
+    assert model.recovery is result and model.source("recovered") is result.predictions
+    assert set(result.predictions.var_names) <= set(model.genes())
+    # a later recovery keeps the shown gene when it has it
+    model.show_gene("TUMOR_3")
+    model.set_result("recovery", fake_recovery(ad), ad)
+    assert model.gene == "TUMOR_3"
+    assert model.trust("STROMA_4")["beats_interpolation"] is False  # PCC 0.1 vs kNN 0.2
+
+
+def test_enhanced_maps_share_the_scale_and_a_gene_without_a_map_says_why(model):
+    from napari_trihrge.tl import DenseMaps
+
+    ad = sample_adata()
+    enh = fake_enhance(ad)
+    keep = [i for i, g in enumerate(enh.maps.gene_names) if g != "STROMA_4"]
+    enh.maps = DenseMaps(values=np.asarray(enh.maps.values)[keep], stride_um=enh.maps.stride_um,
+                         origin_rc_um=enh.maps.origin_rc_um, mask=enh.maps.mask,
+                         gene_names=[enh.maps.gene_names[i] for i in keep])
+    rec = Recorder(model)
+    model.set_sample(ad)
+    model.enhance = enh  # set directly (as a result opened elsewhere): maps become current
+    assert rec.last("enhance_changed")[1] is enh and model.maps() is enh.maps
+    gene = enh.maps.gene_names[0]
+    shown = model.show_gene(gene)
+    plan = rec.last("display_requested")[1]
+    assert shown["map"] and plan.map_values.shape == enh.maps.mask.shape
+    lo, hi = plan.limits
+    finite = plan.map_values[np.isfinite(plan.map_values)]
+    assert lo <= np.percentile(finite, 50) <= hi  # one scale for spots and map
+    shown = model.show_gene("STROMA_4")  # a gene of the sample that was not modelled
+    assert not shown["map"] and shown["spots"]
+    assert "No enhanced map for STROMA_4" in shown["map_missing"]
+    # a new sample drops the old sample's run results
+    model.set_sample(sample_adata().copy())
+    assert model.enhance is None and model.recovery is None
+
+
+def test_results_opened_elsewhere_become_sources_until_removed(model):
+    ad = sample_adata()
+    model.set_sample(ad)
+    first, second = fake_recovery(ad).predictions, fake_recovery(ad).predictions
+    rec = Recorder(model)
+    model.add_source("recovered", first)
+    model.add_source("recovered", second)
+    assert rec.names() == ["outputs_opened", "outputs_opened"]
+    assert model.source("recovered") is second  # the latest wins
+    model.remove_source("recovered", second)
+    assert model.source("recovered") is first
+    assert model.show_gene("ERBB2")["recovered"]
+    with pytest.raises(ValueError):
+        model.add_source("spots", first)
+
+
+def test_a_run_through_the_cli_path_lands_in_the_model(model, tmp_path):
+    """What the Train widget does, without Qt: run_task (the CLI's path) then set_result."""
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_task
+
+    ad = sample_adata()
+    out = run_task("recovery", ad, tmp_path / "run", config=RunConfig(**TINY),
+                   holdout_fraction=0.5)
+    assert out.out_dir == tmp_path / "run" and (out.out_dir / "run_complete.json").is_file()
+    assert out.summary["recovery"]["pcc_mean"] == pytest.approx(out.result.metrics["pcc_mean"])
+    rec = Recorder(model)
+    shown = model.set_result("recovery", out.result, ad)
+    assert shown["recovered"] and model.gene in out.result.predictions.var_names
+    assert rec.last("scores_changed")[1]["pcc_mean"] == out.result.metrics["pcc_mean"]
+    assert model.trust(model.gene) is not None
