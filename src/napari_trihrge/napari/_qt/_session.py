@@ -217,23 +217,24 @@ class Session(QObject):
         """How far ``gene``'s prediction can be trusted: the per-gene trust columns of the
         Enhance run behind the map, else of the last recovery, else of reopened outputs; None
         when it was not scored."""
-        tables = []
+        adatas = []
         if self.enhance is not None:  # the model behind the map first
-            for name in ("virtual", "spots"):
-                ad = getattr(self.enhance, name, None)
-                tables.append(getattr(ad, "var", None))
+            adatas += [getattr(self.enhance, name, None) for name in ("virtual", "spots")]
+        tables = [(getattr(ad, "var", None), ad) for ad in adatas]
         if self.recovery is not None:
-            tables += [getattr(self.recovery, "per_gene", None),
-                       getattr(getattr(self.recovery, "predictions", None), "var", None)]
+            tables += [(getattr(self.recovery, "per_gene", None), None),
+                       (getattr(getattr(self.recovery, "predictions", None), "var", None), None)]
         for kind in ("virtual", "recovered"):
             layer = self.find_layer(kind)
             if layer is not None and layer.metadata.get("adata") is not None:
-                tables.append(layer.metadata["adata"].var)
+                tables.append((layer.metadata["adata"].var, layer.metadata["adata"]))
         maps = self.maps()
-        tables.append(getattr(maps, "trust", None))
-        for table in tables:
+        tables.append((getattr(maps, "trust", None), None))
+        for table, ad in tables:
             t = L.gene_trust(table, gene) if table is not None else None
             if t is not None:
+                # a prediction on a slide where nothing was measured: trust from elsewhere
+                t["measured_here"] = ad is None or L.measured_here(ad)
                 return t
         return None
 
@@ -312,7 +313,7 @@ class Session(QObject):
         warn = False
         if done.get("map") or done.get("recovered") or done.get("virtual"):
             lines.append(f"prediction {L.trust_text(trust)}")
-            warn = trust is not None and trust["beats_interpolation"] is False
+            warn = L.trust_warns(trust)
         if done.get("map_missing"):
             lines.append(f"no enhanced map for {gene} (map hidden):")
             lines.append("add it to Extra genes and run Enhance again")
@@ -328,9 +329,10 @@ class Session(QObject):
         show_colorbar(list(viewer.layers), keep)
         map_layer = self.find_layer("map")
         if map_layer is not None and done.get("map"):
-            mark = trust is not None and trust["beats_interpolation"] is False
+            mark = trust is not None and trust["measured_here"] and L.trust_warns(trust)
             map_layer.metadata["trihrge"]["beats_interpolation"] = (
-                None if trust is None else trust["beats_interpolation"])
+                None if trust is None or not trust["measured_here"]
+                else trust["beats_interpolation"])
             map_layer.name = f"enhanced {gene}" + (" (not better than interpolation)"
                                                    if mark else "")
 
