@@ -125,7 +125,8 @@ def _trust_columns(per_gene: pd.DataFrame, genes: Sequence[str]) -> pd.DataFrame
     """The per-gene trust contract (:func:`~napari_trihrge.metrics.gene_trust`) for ``genes``;
     a gene that was not scored does not beat interpolation."""
     t = gene_trust(per_gene).reindex(pd.Index(list(genes), name="gene"))
-    t["beats_interpolation"] = t["beats_interpolation"].fillna(False).astype(bool)
+    beats = t["beats_interpolation"]
+    t["beats_interpolation"] = beats.where(beats.notna(), False).astype(bool)
     return t
 
 
