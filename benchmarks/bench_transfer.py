@@ -56,7 +56,8 @@ def _ridge(train_adatas, target, genes, cfg):
     return np.maximum(model.predict(x_t), 0.0), float(model.alpha_)
 
 
-def run(data: Path, seeds, cache_dir: str, max_epochs: int | None) -> tuple[list[dict], dict]:
+def run(data: Path, seeds, cache_dir: str, max_epochs: int | None,
+        json_path: str | None = None) -> tuple[list[dict], dict]:
     from napari_trihrge.metrics import spot_scores
     from napari_trihrge.tl import RunConfig
     from napari_trihrge.tl.inference import predict, train
@@ -64,15 +65,18 @@ def run(data: Path, seeds, cache_dir: str, max_epochs: int | None) -> tuple[list
     adatas = {s: load_sample(data / "her2st" / s) for s in SECTIONS}
     raw: dict = {}
     for target in SECTIONS:
-        train_set = [a for s, a in adatas.items() if s != target]
-        r = raw[target] = {k: [] for k in ("model", "model_tissue", "ridge", "mean",
-                                           "mse_model", "mse_tissue", "mse_ridge", "mse_mean",
-                                           "better_than_ridge", "n_genes_scored", "n_spots",
-                                           "wall_s", "epochs", "heldout_pcc",
-                                           "heldout_knn_pcc", "top_model", "top_tissue",
-                                           "top_ridge", "const_model", "const_tissue",
-                                           "const_ridge")}
-        for seed in seeds:
+        raw[target] = {k: [] for k in ("model", "model_tissue", "ridge", "mean",
+                                       "mse_model", "mse_tissue", "mse_ridge", "mse_mean",
+                                       "better_than_ridge", "n_genes_scored", "n_spots",
+                                       "wall_s", "epochs", "heldout_pcc",
+                                       "heldout_knn_pcc", "top_model", "top_tissue",
+                                       "top_ridge", "const_model", "const_tissue",
+                                       "const_ridge")}
+    # seeds outermost: a run cut short still has every target once
+    for seed in seeds:
+        for target in SECTIONS:
+            train_set = [a for s, a in adatas.items() if s != target]
+            r = raw[target]
             cfg = RunConfig(seed=seed, cache_dir=cache_dir,
                             train={"max_epochs": max_epochs} if max_epochs else {})
             with measure() as m:
@@ -120,6 +124,8 @@ def run(data: Path, seeds, cache_dir: str, max_epochs: int | None) -> tuple[list
                   f"{s['baseline_ridge_pcc_top100']:.3f}; constant {s['n_genes_constant_prediction']}"
                   f" / ridge {s['baseline_ridge_n_genes_constant_prediction']} of "
                   f"{s['n_genes_scored']}; {m.wall_s:.0f} s", flush=True)
+            if json_path:  # every number so far, should the run be cut short
+                Path(json_path).write_text(json.dumps(raw, indent=1, default=float))
     rows = []
     for target, r in raw.items():
         tag = target + (" (untouched)" if target in UNTOUCHED else "")
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cache = args.cache_dir or tempfile.mkdtemp(prefix="trihrge_transfer_")
     with measure() as total:
-        rows, raw = run(data, seeds, cache, args.max_epochs)
+        rows, raw = run(data, seeds, cache, args.max_epochs, args.json)
     print_table(rows, title=f"her2st leave-one-section-out, image only, seeds {seeds}"
                 + (f", max {args.max_epochs} epochs" if args.max_epochs else ""))
     print(f"\ntotal {total.wall_s:.0f} s, peak {total.peak_rss_mb:.0f} MiB", flush=True)

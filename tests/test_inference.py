@@ -217,3 +217,19 @@ def test_run_model_folder_is_usable_by_predict(tmp_path):
     assert -1.0 <= res.metrics["spots"]["pcc_mean"] <= 1.0
     with pytest.raises(TrihrgeInputError, match="dense"):
         inference.predict(model, _sample(6), stride_um=32.0)
+
+
+def test_training_sections_get_distinct_names():
+    import anndata as ad
+
+    from napari_trihrge.tl.inference import _section_names
+
+    def section(sample, source=None):
+        a = ad.AnnData(np.zeros((1, 1), np.float32))
+        a.uns["trihrge"] = {"sample": sample, **({"source": source} if source else {})}
+        return a
+
+    assert _section_names([section("C2"), section("C3")]) == ["C2", "C3"]
+    assert _section_names([section("synthetic", "/d/s1.h5ad"),
+                           section("synthetic", "/d/s2.h5ad")]) == ["s1.h5ad", "s2.h5ad"]
+    assert _section_names([section("x"), section("x")]) == ["x #1", "x #2"]

@@ -283,6 +283,9 @@ def test_region_with_enhanced_maps_and_ellipse():
     row = stats.table.iloc[0]
     assert row["gene"] == "COL" and row["difference"] > 0
     assert "measured_inside" not in stats.table.columns
+    # no measured spots (a bare H&E): means only, and the table says why there is no test
+    assert stats.table["p_value"].isna().all() and stats.table["fdr"].isna().all()
+    assert any("No measured spots" in m and "cannot be run" in m for m in stats.messages)
     # ellipse given as a bounding box (napari's representation)
     ell = R.shape_polygon_rc_um(np.array([[0, 0], [0, 10], [20, 10], [20, 0]]), "ellipse")
     assert np.allclose(ell.mean(axis=0), [10, 5], atol=1e-6)
@@ -322,3 +325,29 @@ def test_spread_layer_only_with_an_ensemble():
     assert data[0, 0] < lo  # outside the tissue: below the scale, drawn transparent
     assert hi == pytest.approx(np.percentile(values[1][mask] * 0.1, 99), rel=1e-5)
     assert L.spread_layer(SimpleNamespace(**{**vars(maps), "std": None}), "B") is None
+
+
+def test_trust_of_a_prediction_on_a_slide_without_spots():
+    import anndata as ad
+    import pandas as pd
+
+    obs = pd.DataFrame({"is_measured": [False, False]}, index=["v0", "v1"])
+    bare = ad.AnnData(X=np.zeros((2, 1), np.float32), obs=obs)
+    bare.uns["trihrge"] = {"task": "predict"}
+    assert not L.measured_here(bare)
+    sequenced = bare.copy()
+    sequenced.obs["is_measured"] = [True, False]
+    assert L.measured_here(sequenced)
+    enhanced = bare.copy()
+    enhanced.uns["trihrge"] = {"task": "enhance"}
+    assert L.measured_here(enhanced)
+
+    trust = {"pcc": 0.2, "pcc_baseline_knn": 0.5, "pcc_gain": -0.3,
+             "beats_interpolation": False}
+    assert L.trust_warns(trust) and "NOT better" in L.trust_text(trust)
+    elsewhere = {**trust, "measured_here": False}  # nothing to interpolate on this slide
+    text = L.trust_text(elsewhere)
+    assert "not measured on this slide" in text and "0.20" in text and "NOT" not in text
+    assert not L.trust_warns(elsewhere)
+    assert L.trust_warns({**elsewhere, "pcc": -0.1})
+    assert "no signal there either" in L.trust_text({**elsewhere, "pcc": -0.1})

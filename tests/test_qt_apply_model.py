@@ -98,3 +98,70 @@ def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
     out = tw.save_model(str(tmp_path / "saved"))
     model = load_model_folder(out)
     assert model.description["task"] == "recovery" and len(model.genes) == TINY["n_top_genes"]
+
+
+def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, tmp_path):
+    """An H&E opened alone, a trained image-only model applied: the gene explorer picks a gene
+    (one colour bar, trust unknown on this slide since nothing was measured) and the region
+    explorer compares enhanced means inside vs outside, saying that no test can be run."""
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.napari._qt import GeneExplorer, RegionExplorer
+
+    rgb = synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=40).uns["spatial"][
+        "synthetic"]["images"]["hires"]
+    png = tmp_path / "bare.png"
+    Image.fromarray(rgb).save(png)
+    viewer.open(str(png), plugin="napari")
+    w = _widget(viewer, model_dir)
+    ge, rx = GeneExplorer(viewer), RegionExplorer(viewer)
+    w.refresh_targets()
+    w.um_spin.setValue(1.0)
+    assert w.start() is not None
+    qtbot.waitUntil(lambda: not w.running, timeout=300_000)
+    assert w.last_outcome.status == "ok", w.last_outcome.message
+    s = w.session
+    assert s.adata is None  # no sample: nothing was measured
+
+    # gene explorer: every model gene can be picked, case-insensitively
+    genes = list(w.last_outcome.result.virtual.var_names)
+    assert set(genes) <= set(ge.model.stringList())
+    gene = genes[-1]
+    ge.search.setText(gene.lower())
+    ge._on_enter()
+    assert s.gene == gene
+    m = s.find_layer("map")
+    assert m.visible and m.metadata["trihrge"]["gene"] == gene
+    lo, hi = s.contrast_limits
+    assert np.isfinite([lo, hi]).all() and hi > lo
+    bars = [lay for lay in viewer.layers if getattr(getattr(lay, "colorbar", None), "visible",
+                                                     False)
+            or getattr(getattr(lay, "face_colorbar", None), "visible", False)]
+    assert bars == [m]
+    trust = ge.trust_label.text()
+    assert "not measured on this slide" in trust and "training sections" in trust
+    assert "beats interpolation" not in trust and "NOT better" not in trust
+    assert "(not better than interpolation)" not in m.name
+    assert not notes.errors()
+    assert not ge.show_gene("NO_SUCH_GENE")  # a notification, no crash
+    assert ge.set_side_by_side(False) and not ge.set_side_by_side(True)  # no measured spots
+
+    # region explorer: a square over the tissue centre; enhanced means, no test
+    assert rx.compute() is None and "Draw" in rx.message.text()
+    rx.start_drawing()
+    layer = rx.regions_layer()
+    layer.add_polygons([np.array([[300.0, 300.0], [300.0, 600.0], [600.0, 600.0],
+                                  [600.0, 300.0]])])
+    stats = rx.compute()
+    assert stats is not None, rx.message.text()
+    text = rx.message.text()
+    assert "no measured spots" in text.lower() and "test" in text
+    table = stats.table
+    assert len(table) and np.isfinite(table["enhanced_inside"]).all()
+    assert np.isfinite(table["enhanced_outside"]).all()
+    assert table["p_value"].isna().all() and table["fdr"].isna().all()
+    assert "measured_inside" not in table.columns
+    assert rx.table.rowCount() == len(table) and rx.export_btn.isEnabled()
+    out = tmp_path / "regions.csv"
+    rx.export_csv(str(out))
+    assert out.is_file()
+    assert len(notes.errors()) == 1  # only the unknown gene

@@ -216,6 +216,10 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
     if measured is not None:
         measured_vals = measured.values[:, pd.Index(measured.genes).get_indexer(genes_m)]
     messages: list[str] = []
+    if measured is None:
+        messages.append("No measured spots on this slide: the Wilcoxon rank-sum test needs "
+                        "them and cannot be run (no p-values or FDR); only the enhanced means "
+                        "inside and outside are compared.")
     rows = []
     summary = []
     for r in range(n_reg):

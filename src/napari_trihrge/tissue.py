@@ -1,11 +1,15 @@
 """Tissue mask from an H&E image.
 
-Stained tissue is coloured (pink eosin, purple hematoxylin) while glass is white or light grey, so
-the foreground is found on **colour saturation** at a coarse working resolution (~8 um/px):
-smoothing, an Otsu threshold kept within sane bounds, morphological closing and opening, hole
-filling and removal of small objects (sizes in square micrometres, converted with the pixel size).
-Darkness alone is not used on purpose: the Visium fiducial frame, dust and slide labels are dark
-but grey, and would otherwise be taken for tissue.
+Stained tissue both **absorbs light** and is **coloured** (pink eosin, purple hematoxylin); glass
+is bright, and may carry a faint colour cast (a pinkish haze of eosin on the slide, tinted
+scanner white balance). The foreground is therefore found at a coarse working resolution
+(~8 um/px) as the pixels that are saturated (HSV saturation above an Otsu threshold kept within
+sane bounds) AND absorb light relative to the glass (optical density summed over the channels,
+Beer-Lambert against the colour of the glass, above an Otsu threshold kept within bounds), then
+cleaned with morphological closing and opening, hole filling and removal of small objects (sizes
+in square micrometres, converted with the pixel size). Saturation alone takes a pink haze on the
+glass for tissue; optical density alone takes dark grey objects for tissue (the Visium fiducial
+frame, dust, slide labels), so both are required.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ from .errors import TrihrgeInputError
 #: Otsu's threshold on saturation is clipped to this range, so an image that is all tissue or all
 #: glass still gets a sensible mask (H&E tissue saturation is ~0.15-0.5, glass < 0.04).
 SATURATION_BOUNDS = (0.05, 0.14)
+#: Otsu's threshold on the optical density relative to the glass (summed over R, G, B) is
+#: clipped to this range: a pink haze on the glass stays below it, pale stroma above it.
+OPTICAL_DENSITY_BOUNDS = (0.12, 0.25)
+#: the brightest pixels (this fraction) give the colour of the glass ...
+GLASS_FRACTION = 0.05
+#: ... when that colour is glass-like: at most this saturated and every channel at least this
+#: bright (uint8); otherwise (an image that is all tissue) the glass is taken as white
+GLASS_MAX_SATURATION = 0.14
+GLASS_MIN_LEVEL = 180
 
 
 def _as_rgb(image: Any) -> np.ndarray:
@@ -44,6 +57,35 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
     mx = rgb.max(axis=-1)
     mn = rgb.min(axis=-1)
     return (mx - mn) / np.maximum(mx, 1.0)
+
+
+def glass_colour(rgb: np.ndarray) -> np.ndarray:
+    """The colour of the glass (float RGB in 0-255): the median of the brightest
+    :data:`GLASS_FRACTION` of the pixels when that colour is glass-like (pale, nearly grey),
+    else white (an image that is all tissue has no glass to measure)."""
+    px = np.asarray(rgb, dtype=np.float32).reshape(-1, 3)
+    brightness = px.sum(axis=1)
+    cut = np.quantile(brightness, 1.0 - GLASS_FRACTION)
+    colour = np.median(px[brightness >= cut], axis=0)
+    sat = float((colour.max() - colour.min()) / max(float(colour.max()), 1.0))
+    if sat > GLASS_MAX_SATURATION or colour.min() < GLASS_MIN_LEVEL:
+        return np.full(3, 255.0, dtype=np.float32)
+    return colour
+
+
+def optical_density(rgb: np.ndarray, glass: np.ndarray | None = None) -> np.ndarray:
+    """Optical density relative to the glass, summed over R, G and B (Beer-Lambert:
+    ``-log10(I / I_glass)`` per channel, negative values clipped to 0), float32."""
+    glass = glass_colour(rgb) if glass is None else np.asarray(glass, dtype=np.float32)
+    ratio = np.maximum(np.asarray(rgb, dtype=np.float32), 1.0) / np.maximum(glass, 1.0)
+    return np.clip(-np.log10(ratio), 0.0, None).sum(axis=-1)
+
+
+def _bounded_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
+    from skimage.filters import threshold_otsu
+
+    thr = float(threshold_otsu(values)) if np.ptp(values) > 1e-6 else bounds[1]
+    return float(np.clip(thr, *bounds))
 
 
 def _disk(radius_px: int) -> np.ndarray:
@@ -78,15 +120,12 @@ def tissue_mask(image: np.ndarray, *, um_per_px: float = 1.0, min_object_um2: fl
                                 "pass the image's pixel size in micrometres")
     h, w = rgb.shape[:2]
     f = max(1, int(np.floor(work_um_per_px / um_per_px)))
-    sat = block_mean(rgb, f, of=_saturation)  # the saturation, computed one band at a time
+    small = block_mean(rgb, f)  # mean colour of f x f blocks, one band of rows at a time
     px_um = um_per_px * f
-    sat = ndi.gaussian_filter(sat, 1.0)
-
-    from skimage.filters import threshold_otsu
-
-    thr = float(threshold_otsu(sat)) if np.ptp(sat) > 1e-6 else SATURATION_BOUNDS[1]
-    thr = float(np.clip(thr, *SATURATION_BOUNDS))
-    mask = sat > thr
+    sat = ndi.gaussian_filter(_saturation(small), 1.0)
+    od = ndi.gaussian_filter(optical_density(small), 1.0)
+    mask = (sat > _bounded_otsu(sat, SATURATION_BOUNDS)) & \
+        (od > _bounded_otsu(od, OPTICAL_DENSITY_BOUNDS))
 
     r = max(1, int(round(close_um / (2 * px_um))))
     p = r + 2  # pad with edge values so tissue touching the image border is not eroded

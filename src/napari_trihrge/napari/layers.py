@@ -139,11 +139,38 @@ def gene_trust(table: pd.DataFrame | None, gene: str) -> dict[str, Any] | None:
             "beats_interpolation": beats}
 
 
+def measured_here(adata) -> bool:
+    """Whether the per-gene trust columns of ``adata``'s predictions were measured on the same
+    slide. False for a trained model applied to a slide without measured spots (a bare H&E):
+    its trust columns come from spots held out in the model's training sections."""
+    meta = getattr(adata, "uns", {}).get("trihrge", {})
+    if meta.get("task") != "predict":
+        return True
+    obs = adata.obs
+    return "is_measured" in obs.columns and bool(np.asarray(obs["is_measured"]).any())
+
+
+def trust_warns(trust: dict[str, Any] | None) -> bool:
+    """Whether a gene's prediction deserves a warning: it does not beat interpolation on this
+    slide's held-out spots, or (on a slide where nothing was measured, so interpolation is not
+    an option) it had no positive correlation on the training sections' held-out spots."""
+    if trust is None:
+        return False
+    if trust.get("measured_here", True) is False:
+        return not trust["pcc"] > 0
+    return trust["beats_interpolation"] is False
+
+
 def trust_text(trust: dict[str, Any] | None) -> str:
     """One plain line on how far a gene's prediction can be trusted."""
     if trust is None:
         return "not scored on held-out spots (run a recovery to score it)"
     pcc, base = trust["pcc"], trust["pcc_baseline_knn"]
+    if trust.get("measured_here", True) is False:
+        knn = f", kNN interpolation there {base:.2f}" if np.isfinite(base) else ""
+        return ("not measured on this slide (no spots were sequenced here, so its accuracy "
+                f"is unknown); on held-out spots of the model's training sections: PCC "
+                f"{pcc:.2f}{knn}" + (" - no signal there either" if not pcc > 0 else ""))
     if trust["beats_interpolation"] is None:
         return f"held-out PCC {pcc:.2f} (no interpolation baseline recorded)"
     if trust["beats_interpolation"]:

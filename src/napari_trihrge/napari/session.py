@@ -229,20 +229,23 @@ class SessionModel:
         """How far ``gene``'s prediction can be trusted: the per-gene trust columns of the
         enhance run behind the map, else of the last recovery, else of reopened outputs; None
         when it was not scored."""
-        tables = []
+        tables = []  # (per-gene table, the predictions it belongs to, or None)
         if self._enhance is not None:  # the model behind the map first
             for name in ("virtual", "spots"):
-                tables.append(getattr(getattr(self._enhance, name, None), "var", None))
+                ad = getattr(self._enhance, name, None)
+                tables.append((getattr(ad, "var", None), ad))
         if self._recovery is not None:
-            tables += [getattr(self._recovery, "per_gene", None),
-                       getattr(getattr(self._recovery, "predictions", None), "var", None)]
+            tables += [(getattr(self._recovery, "per_gene", None), None),
+                       (getattr(getattr(self._recovery, "predictions", None), "var", None), None)]
         for kind in ("virtual", "recovered"):
             ad = self.source(kind)
-            tables.append(None if ad is None else ad.var)
-        tables.append(getattr(self.maps(), "trust", None))
-        for table in tables:
+            tables.append((None if ad is None else ad.var, ad))
+        tables.append((getattr(self.maps(), "trust", None), None))
+        for table, ad in tables:
             t = L.gene_trust(table, gene) if table is not None else None
             if t is not None:
+                # a prediction on a slide where nothing was measured: trust from elsewhere
+                t["measured_here"] = ad is None or L.measured_here(ad)
                 return t
         return None
 

@@ -81,6 +81,20 @@ def _section_name(adata: AnnData, i: int) -> str:
     return str(adata.uns.get("trihrge", {}).get("sample", f"section{i}"))
 
 
+def _section_names(adatas: Sequence[AnnData]) -> list[str]:
+    """One distinct name per training section: its sample name, or where sections share one
+    (two synthetic samples, two files of one slide), the file or folder each was read from,
+    else the name with the section's number."""
+    names = [_section_name(a, i) for i, a in enumerate(adatas)]
+    out = []
+    for i, (a, name) in enumerate(zip(adatas, names, strict=True)):
+        if names.count(name) > 1:
+            source = a.uns.get("trihrge", {}).get("source")
+            name = Path(str(source)).name if source else f"{name} #{i + 1}"
+        out.append(name)
+    return [n if out.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(out)]
+
+
 def _nonzero_spots(adata: AnnData) -> AnnData:
     from ..pp import check_counts
 
@@ -111,7 +125,8 @@ def _trust_columns(per_gene: pd.DataFrame, genes: Sequence[str]) -> pd.DataFrame
     """The per-gene trust contract (:func:`~napari_trihrge.metrics.gene_trust`) for ``genes``;
     a gene that was not scored does not beat interpolation."""
     t = gene_trust(per_gene).reindex(pd.Index(list(genes), name="gene"))
-    t["beats_interpolation"] = t["beats_interpolation"].fillna(False).astype(bool)
+    beats = t["beats_interpolation"]
+    t["beats_interpolation"] = beats.where(beats.notna(), False).astype(bool)
     return t
 
 
@@ -168,7 +183,7 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     progress = ensure_progress(progress)
     timer = _Timer()
     sections = [_nonzero_spots(a) for a in adatas]
-    names = [_section_name(a, i) for i, a in enumerate(sections)]
+    names = _section_names(sections)
     with timer("genes"):
         progress.stage("genes", 1)
         genes = transfer_genes(sections, sections, cfg.n_top_genes, cfg.extra_genes)

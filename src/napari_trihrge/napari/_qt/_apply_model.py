@@ -157,6 +157,7 @@ class ApplyModelWidget(QWidget):
             kwargs["um_per_px"] = float(self.um_spin.value())
             # the image layer in micrometres, like every TriHRGE layer
             layer.scale = (kwargs["um_per_px"],) * 2
+            layer.units = ("um", "um")
         from ...tl.inference import predict
 
         self.progress = QueueProgress()

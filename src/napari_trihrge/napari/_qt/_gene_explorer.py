@@ -180,8 +180,7 @@ class GeneExplorer(QWidget):
         trust = self.session.trust(gene)
         self.trust_label.setText(f"Prediction of {gene}: {L.trust_text(trust)}")
         self.trust_label.setStyleSheet(
-            "color: #ffb74d" if trust is not None and trust["beats_interpolation"] is False
-            else "")
+            "color: #ffb74d" if L.trust_warns(trust) else "")
         if self._saved_view is not None:
             self._label_panels()
 

@@ -133,10 +133,9 @@ class RegionExplorer(QWidget):
             return layer
         if not create:
             return None
-        spots = self.view.find_layer("spots")
         layer = self.viewer.add_shapes(
             name=REGIONS_NAME, edge_width=6, edge_color="#00e5ff", face_color="#00e5ff22",
-            units=spots.units if spots is not None else None,
+            units="um",  # regions are compared in micrometres, like every TriHRGE layer
             metadata={"trihrge": {"kind": "regions"}})
         layer.events.data.connect(self._on_regions_changed)
         number_regions(layer)

@@ -273,7 +273,7 @@ class LayerView:
         warn = False
         if done.get("map") or done.get("recovered") or done.get("virtual"):
             lines.append(f"prediction {L.trust_text(trust)}")
-            warn = trust is not None and trust["beats_interpolation"] is False
+            warn = L.trust_warns(trust)
         if done.get("map_missing"):
             lines.append(f"no enhanced map for {gene} (map hidden):")
             lines.append("add it to Extra genes and run Enhance again")
@@ -289,8 +289,9 @@ class LayerView:
         show_colorbar(list(viewer.layers), keep)
         map_layer = self.find_layer("map")
         if map_layer is not None and done.get("map"):
-            mark = trust is not None and trust["beats_interpolation"] is False
+            mark = trust is not None and trust["measured_here"] and L.trust_warns(trust)
             map_layer.metadata["trihrge"]["beats_interpolation"] = (
-                None if trust is None else trust["beats_interpolation"])
+                None if trust is None or not trust["measured_here"]
+                else trust["beats_interpolation"])
             map_layer.name = f"enhanced {gene}" + (" (not better than interpolation)"
                                                    if mark else "")
