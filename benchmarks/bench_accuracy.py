@@ -186,9 +186,12 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     return recovery_rows(name, raw), raw
 
 
-def recovery_rows(name: str, raw: dict) -> list[dict]:
-    """Table rows of one sample from the per-seed numbers of :func:`recovery_suite`."""
+def recovery_rows(name: str, raw: dict, paired_to: str | None = None) -> list[dict]:
+    """Table rows of one sample from the per-seed numbers of :func:`recovery_suite`;
+    ``paired_to``: a row label whose per-seed PCC every row with as many seeds is compared to
+    (mean ± sd over seeds of the paired difference, seeds in the same order)."""
     rows = []
+    ref = raw.get(paired_to, {}).get("pcc") if paired_to else None
     for label, r in raw.items():
         row = {"sample": name + (" (untouched)" if name in UNTOUCHED else ""), "method": label}
         if r.get("pcc"):
@@ -199,6 +202,8 @@ def recovery_rows(name: str, raw: dict) -> list[dict]:
             row["constant genes"] = f"{np.mean(r['constant']):.0f}"
             row["genes > best kNN"] = f"{np.mean(r['better']):.0%}"
             row["MSE"] = f"{np.mean(r['mse']):.3f}"
+            if ref is not None and len(ref) == len(r["pcc"]) and label != paired_to:
+                row[f"- {paired_to}"] = mean_sd(np.subtract(r["pcc"], ref), 4)
         if r.get("ari"):
             row["ARI"] = mean_sd(r["ari"])
         if r.get("wall_s"):
@@ -325,10 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="print the recovery table of earlier --json outputs joined (one process "
                          "per seed or sample) and exit")
+    ap.add_argument("--paired-to", default=None, metavar="LABEL",
+                    help="with --merge: add each row's paired PCC difference to this row "
+                         "(e.g. 'blend (default)'), mean ± sd over seeds")
     args = ap.parse_args(argv)
     if args.merge:
         merged = merge_recovery(args.merge)
-        rows = [row for name, raw in merged.items() for row in recovery_rows(name, raw)]
+        rows = [row for name, raw in merged.items()
+                for row in recovery_rows(name, raw, args.paired_to)]
         print_table(rows, title="Held-out recovery, 50 % hidden (joined runs)")
         return 0
     if args.max_epochs:
