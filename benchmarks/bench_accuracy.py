@@ -63,7 +63,8 @@ TRAIN_OVERRIDES: dict = {}
 def _config(cache_dir: str, **kw):
     from napari_trihrge.tl import RunConfig
 
-    return RunConfig(cache_dir=cache_dir, train=dict(TRAIN_OVERRIDES), **kw)
+    train = {**TRAIN_OVERRIDES, **kw.pop("train", {})}
+    return RunConfig(cache_dir=cache_dir, train=train, **kw)
 
 
 #: recovery rows that train a model: label -> RunConfig overrides (default = the shipped model)
@@ -73,6 +74,20 @@ MODEL_VARIANTS: dict[str, dict] = {
     "ablation: network alone": {"stacking": ()},
     "ablation: network alone, image only": {"stacking": (), "neighbour_input": False},
     "ablation: network alone, neighbours only": {"stacking": (), "image_input": False},
+}
+#: ``--sweep``: the earlier choices re-decided on the fair score (issue 9), with the blend on and
+#: off: neighbour-skip initialisation, the epoch count, k of the neighbour input
+SWEEP_VARIANTS: dict[str, dict] = {
+    "blend (default)": {},
+    "blend, no neighbour skip": {"neighbour_skip": False},
+    "blend, neighbour input k=6": {"n_neighbours": 6},
+    "blend, 10 epochs": {"train": {"max_epochs": 10}},
+    "blend, 40 epochs": {"train": {"max_epochs": 40}},
+    "network alone": {"stacking": ()},
+    "network alone, no neighbour skip": {"stacking": (), "neighbour_skip": False},
+    "network alone, neighbour input k=6": {"stacking": (), "n_neighbours": 6},
+    "network alone, 10 epochs": {"stacking": (), "train": {"max_epochs": 10}},
+    "network alone, 40 epochs": {"stacking": (), "train": {"max_epochs": 40}},
 }
 #: with ``--with-relu``: the network alone with the earlier ReLU output (dead outputs)
 RELU_VARIANT = {"ablation: network alone, ReLU output (before)": {
@@ -87,8 +102,8 @@ def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], knn: dict) -> 
     return {**summary, **best_baseline(summary, table, list(knn), "knn")}
 
 
-def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None = None
-                   ) -> tuple[list[dict], dict]:
+def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None = None,
+                   linear: bool = True) -> tuple[list[dict], dict]:
     """Rows (one per method) for one sample; raw per-seed numbers in the second value.
 
     Every row is scored with ``metrics.spot_scores`` on the same hidden spots and genes as the
@@ -148,8 +163,9 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
         nb_v = idw_interpolate(rc_um[visible], yv, rc_um[visible], cfg0.n_neighbours,
                                exclude_self=True)
         nb_h = idw_interpolate(rc_um[visible], yv, rc_um[hidden], cfg0.n_neighbours)
-        for label, use_nb in (("ridge on image statistics", False),
-                              ("ridge on image statistics + neighbour expression", True)):
+        for label, use_nb in ((("ridge on image statistics", False),
+                               ("ridge on image statistics + neighbour expression", True))
+                              if linear else ()):
             with measure() as m:
                 head = RidgeHead.fit(feats[visible], nb_v if use_nb else None, yv)
                 pred = head.predict(feats[hidden], nb_h if use_nb else None)
@@ -170,9 +186,12 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     return recovery_rows(name, raw), raw
 
 
-def recovery_rows(name: str, raw: dict) -> list[dict]:
-    """Table rows of one sample from the per-seed numbers of :func:`recovery_suite`."""
+def recovery_rows(name: str, raw: dict, paired_to: str | None = None) -> list[dict]:
+    """Table rows of one sample from the per-seed numbers of :func:`recovery_suite`;
+    ``paired_to``: a row label whose per-seed PCC every row with as many seeds is compared to
+    (mean ± sd over seeds of the paired difference, seeds in the same order)."""
     rows = []
+    ref = raw.get(paired_to, {}).get("pcc") if paired_to else None
     for label, r in raw.items():
         row = {"sample": name + (" (untouched)" if name in UNTOUCHED else ""), "method": label}
         if r.get("pcc"):
@@ -183,6 +202,8 @@ def recovery_rows(name: str, raw: dict) -> list[dict]:
             row["constant genes"] = f"{np.mean(r['constant']):.0f}"
             row["genes > best kNN"] = f"{np.mean(r['better']):.0%}"
             row["MSE"] = f"{np.mean(r['mse']):.3f}"
+            if ref is not None and len(ref) == len(r["pcc"]) and label != paired_to:
+                row[f"- {paired_to}"] = mean_sd(np.subtract(r["pcc"], ref), 4)
         if r.get("ari"):
             row["ARI"] = mean_sd(r["ari"])
         if r.get("wall_s"):
@@ -293,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated shared sample names to run (e.g. dlpfc_151673,her2st/C2)")
     ap.add_argument("--no-models", action="store_true",
                     help="recovery: only the kNN and ridge rows (no network is trained)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="recovery: the sweep rows (SWEEP_VARIANTS) instead of the model and its "
+                         "ablations")
+    ap.add_argument("--variants", default=None,
+                    help="recovery: only these model rows (comma-separated labels, or their "
+                         "1-based positions in the list --sweep / the default list uses)")
+    ap.add_argument("--no-linear", action="store_true",
+                    help="recovery: skip the ridge rows (the kNN rows are always there)")
     ap.add_argument("--with-relu", action="store_true",
                     help="add the network-alone row with the earlier ReLU output layer")
     ap.add_argument("--max-epochs", type=int, default=None,
@@ -301,16 +330,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="print the recovery table of earlier --json outputs joined (one process "
                          "per seed or sample) and exit")
+    ap.add_argument("--paired-to", default=None, metavar="LABEL",
+                    help="with --merge: add each row's paired PCC difference to this row "
+                         "(e.g. 'blend (default)'), mean ± sd over seeds")
     args = ap.parse_args(argv)
     if args.merge:
         merged = merge_recovery(args.merge)
-        rows = [row for name, raw in merged.items() for row in recovery_rows(name, raw)]
+        rows = [row for name, raw in merged.items()
+                for row in recovery_rows(name, raw, args.paired_to)]
         print_table(rows, title="Held-out recovery, 50 % hidden (joined runs)")
         return 0
     if args.max_epochs:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
     if args.with_relu:
         MODEL_VARIANTS.update(RELU_VARIANT)
+    variants = dict(SWEEP_VARIANTS if args.sweep else MODEL_VARIANTS)
+    if args.variants:
+        labels = list(variants)
+        wanted = [labels[int(v) - 1] if v.strip().isdigit() else v.strip()
+                  for v in args.variants.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - set(variants))
+        if unknown:
+            ap.error(f"no such variants: {unknown}; known: {labels}")
+        variants = {v: variants[v] for v in wanted}
+    if args.no_models:
+        variants = {}
     limit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     parts = set(args.parts.split(","))
@@ -333,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             out["recovery"] = {}
             for name, path in samples.items():
                 print(f"recovery: {name}", flush=True)
-                r, raw = recovery_suite(name, path, seeds, cache,
-                                        variants={} if args.no_models else None)
+                r, raw = recovery_suite(name, path, seeds, cache, variants=variants,
+                                        linear=not args.no_linear)
                 rows += r
                 out["recovery"][name] = raw
             print_table(rows, title=f"Held-out recovery, 50 % hidden, seeds {seeds}")

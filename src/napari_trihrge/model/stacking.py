@@ -1,4 +1,5 @@
-"""Strong simple predictors next to the network, and a per-gene blend of all of them.
+"""Strong simple predictors next to the network, and a per-gene blend of all of them (recovery's
+hidden spots, enhance's virtual spots and dense maps).
 
 Candidates for each gene's prediction at a location:
 

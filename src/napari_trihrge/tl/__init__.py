@@ -33,7 +33,7 @@ BASELINE_KS = (6, 12)
 #: to measure, per gene, whether the model beats interpolation
 TRUST_HOLDOUT_FRACTION = 0.25
 
-#: what the recovery blend can combine (:mod:`napari_trihrge.model.stacking`)
+#: what the blend of recovery and enhance can combine (:mod:`napari_trihrge.model.stacking`)
 STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
 
 #: Network widths. 'paper' is TriHRGE's (1024 wide embedding MLP, 1024-2048-2048 decoder);
@@ -113,10 +113,11 @@ class RunConfig:
     neighbour_skip: bool = True
     image_input: bool = True
     n_neighbours: int = 12  # k=12 is the best image-free kNN on the shared sections
-    # recovery: the prediction is a per-gene non-negative blend of these candidates (kNN k=6 and
-    # k=12, a ridge head on image features + neighbour-expression PCs, the network), weighted on
-    # out-of-fold predictions of the training spots (napari_trihrge.model.stacking); the network is
-    # then the average of the fold models. () = the network alone, trained on every training spot
+    # recovery and enhance (virtual spots, dense maps): the prediction is a per-gene non-negative
+    # blend of these candidates (kNN k=6 and k=12 of the measured spots, a ridge head on image
+    # features + neighbour-expression PCs, the network), weighted on out-of-fold predictions of the
+    # training spots (napari_trihrge.model.stacking); the network is then the average of the fold
+    # models. () = the network alone, trained on every training spot
     stacking: tuple[str, ...] = STACKING_CANDIDATES
     stacking_folds: int = 5
     ensemble: int = 1
@@ -334,10 +335,12 @@ def _check_stacking(cfg: RunConfig) -> None:
 
 
 def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
-                 nb: np.ndarray | None, progress: Progress) -> StackedModel:
+                 nb: np.ndarray | None, progress: Progress, **sub) -> StackedModel:
     """Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds``
     folds; kNN leave-one-out over all training spots, as dense as for the hidden spots), the
-    per-gene blend fitted on them, and the ridge head refitted on every training spot."""
+    per-gene blend fitted on them, and the ridge head refitted on every training spot.
+    ``sub``: the sub-spot arrays of the aggregation loss (enhance with a dense map), one row per
+    training spot; each fold's network gets the rows of its training spots."""
     from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
     # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
@@ -359,7 +362,7 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
         if "network" in oof:
             progress.message(f"stacking fold {i + 1}/{len(folds)}")
             fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y[train],
-                             nb_tr, progress)
+                             nb_tr, progress, **{k: v[train] for k, v in sub.items()})
             oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
             fits += fold_fits
     ridge = RidgeHead.fit(img, nb, y) if "ridge" in oof else None
@@ -380,6 +383,21 @@ def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray |
         else:
             out[name], std = _predict(model.fits, feats, nb, cfg, progress)
     return out, std
+
+
+def _stacked_predict(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
+                     rc_um: np.ndarray, cfg: RunConfig, progress: Progress | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The blend's prediction at ``rc_um`` (clipped at 0, as the network's output), its spread
+    over the fold networks (the networks' spread times each gene's network weight: the blend is
+    linear in the network; None without a network or with one), and every candidate's
+    prediction (name -> (M, G))."""
+    parts, std = _stacked_candidates(model, feats, nb, rc_um, cfg, progress)
+    pred = np.maximum(model.blend.predict(parts), 0.0)
+    if std is not None:
+        w_net = model.blend.weights[:, model.blend.names.index("network")]
+        std = (std * w_net[None, :]).astype(np.float32)
+    return pred, std, parts
 
 
 def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
@@ -559,9 +577,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         # the candidates of the blend are scored on the same genes and spots as the model
         parts: dict[str, np.ndarray] = {}
         if stacked is not None:
-            parts, std = _stacked_candidates(stacked, feats[hidden], nb_hidden, rc_um[hidden],
-                                             cfg, progress)
-            pred = np.maximum(stacked.blend.predict(parts), 0.0)
+            pred, std, parts = _stacked_predict(stacked, feats[hidden], nb_hidden,
+                                                rc_um[hidden], cfg, progress)
         else:
             pred, std = _predict(fits, feats[hidden], nb_hidden, cfg, progress)
 
@@ -755,7 +772,8 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
                    split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress
                    ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Per-gene trust for an enhance run: one model trained like the final one (same inputs,
-    same losses) on the spots of ``split[1]`` only, scored on the held-out ``split[0]``."""
+    same losses; the per-gene blend when ``cfg.stacking``) on the spots of ``split[1]`` only,
+    scored on the held-out ``split[0]`` (the blend's candidates too, on the same genes)."""
     hidden, visible = split
     nb_train = nb_hidden = None
     if nb_input:
@@ -776,13 +794,26 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
                      f"{len(hidden)} held out")
     from dataclasses import replace
 
-    fits = _fit(replace(cfg, ensemble=1), feats[visible], y[visible], nb_train, progress,
-                **sub_train)
-    pred, _ = _predict(fits, feats[hidden], nb_hidden, cfg)
-    metrics, per_gene, _ = _heldout_scores(pred, y, rc_um, hidden, visible, genes)
+    one = replace(cfg, ensemble=1)
+    others: dict[str, np.ndarray] = {}
+    if cfg.stacking:
+        stacked = _fit_stacked(one, feats[visible], y[visible], rc_um[visible], nb_train,
+                               progress, **sub_train)
+        pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
+        others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
+    else:
+        fits = _fit(one, feats[visible], y[visible], nb_train, progress, **sub_train)
+        pred, _ = _predict(fits, feats[hidden], nb_hidden, cfg)
+    metrics, per_gene, _ = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
     metrics = {"heldout_fraction": float(len(hidden) / len(y)), "n_hidden": int(len(hidden)),
                "n_visible": int(len(visible)), **metrics}
     return metrics, per_gene
+
+
+def _blend_weight_columns(blend, genes: list[str]) -> pd.DataFrame:
+    """Each gene's blend weight per candidate (``blend_weight_<name>``), for ``var``."""
+    return pd.DataFrame({f"blend_weight_{n}": blend.weights[:, c].astype(np.float32)
+                         for c, n in enumerate(blend.names)}, index=pd.Index(genes))
 
 
 def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
@@ -798,9 +829,18 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     trained with the aggregation constraint: the map averaged over each measured spot's disk
     must reproduce that spot (as in iStar), besides the spot-level TriHRGE loss.
 
+    With ``config.stacking`` (the default) every virtual spot and map pixel gets the per-gene
+    blend recovery uses (:mod:`napari_trihrge.model.stacking`): inverse-distance kNN of the
+    measured spots (k=6 / k=12), the ridge head on the location's image features (and its
+    interpolated neighbour expression) and the networks (one per fold), weighted per gene on
+    out-of-fold predictions of the measured spots; ``virtual.var`` holds each gene's weights
+    (``blend_weight_<candidate>``). At a measured spot kNN returns the measurement itself.
+    ``stacking=()``: the network alone.
+
     Per-gene trust (``trust=True``): before the final model is trained on all spots, one model
-    is trained the same way on the spots left after holding out ``trust_holdout_fraction`` of
-    them (seed ``config.seed``) and scored on the held-out spots next to kNN interpolation. The
+    (the blend, with its own out-of-fold weights) is trained the same way on the spots left
+    after holding out ``trust_holdout_fraction`` of them (seed ``config.seed``) and scored on
+    the held-out spots next to kNN interpolation. The
     result is in ``virtual.var`` (:data:`napari_trihrge.metrics.TRUST_COLUMNS`),
     ``virtual.uns['trihrge']['trust']``, ``metrics['trust']`` and ``trust`` (per-gene table).
     It costs one more training; ``trust=False`` skips it and the outputs then say nothing about
@@ -873,17 +913,25 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
         with timer("trust"):
             trust_metrics, trust_table = _enhance_trust(cfg, feats, y, rc_um, nb is not None, sub,
                                                         offs, split, genes, progress)
+    stacked = None
     with timer("training"):
-        fits = _fit(cfg, feats, y, nb, progress, **sub)
+        if cfg.stacking:
+            stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, **sub)
+            fits = stacked.fits
+        else:
+            fits = _fit(cfg, feats, y, nb, progress, **sub)
     del sub
 
-    # virtual spots
+    # virtual spots (measured spots included: there kNN returns the measurement itself)
     with timer("prediction"):
         pts_rc, parent = geometry.virtual_spot_grid(rc_um, factor, lattice)
         v_feats = _features(image, encoder, pts_rc, windows, cfg, progress,
                             dense=stride_um is not None)
         v_nb = idw_interpolate(rc_um, y, pts_rc, cfg.n_neighbours) if cfg.neighbour_input else None
-        v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
+        if stacked is not None:
+            v_pred, v_std, _ = _stacked_predict(stacked, v_feats, v_nb, pts_rc, cfg, progress)
+        else:
+            v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
     n_offsets = len(pts_rc) // len(rc_um)
     obs = pd.DataFrame({
         "parent": expr.obs_names[parent].to_numpy(),
@@ -903,12 +951,19 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
 
     metrics: dict[str, Any] = {"n_virtual_spots": int(len(pts_rc)), "factor": int(factor),
                                "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}
+    if stacked is not None:
+        metrics.update(stacked.blend.summary())
+        virtual.var = virtual.var.join(_blend_weight_columns(stacked.blend, genes))
     if trust_table is not None:
         for col in TRUST_COLUMNS:
             virtual.var[col] = trust_table[col].reindex(virtual.var_names).to_numpy()
-        model = (f"one model (seed {cfg.seed}) trained like the final "
-                 + (f"ensemble of {len(fits)}" if len(fits) > 1 else "model")
-                 + " on the other spots")
+        if stacked is not None:
+            model = (f"the per-gene blend of {', '.join(stacked.blend.names)} (seed {cfg.seed}) "
+                     "fitted like the final one on the other spots")
+        else:
+            model = (f"one model (seed {cfg.seed}) trained like the final "
+                     + (f"ensemble of {len(fits)}" if len(fits) > 1 else "model")
+                     + " on the other spots")
         virtual.uns["trihrge"]["trust"] = _trust_record(trust_metrics, model)
         metrics["trust"] = trust_summary(trust_metrics)
     else:
@@ -917,8 +972,9 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     maps = None
     if stride_um is not None:
         with timer("maps"):
-            maps = predict_maps(fits, image, encoder, rc_um, y, windows, stride_um, cfg,
-                                progress=progress, map_path=map_path, genes=genes, grid=grid)
+            maps = predict_maps(stacked if stacked is not None else fits, image, encoder,
+                                rc_um, y, windows, stride_um, cfg, progress=progress,
+                                map_path=map_path, genes=genes, grid=grid)
         with timer("consistency"):
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
     return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
@@ -1010,8 +1066,11 @@ def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
                  grid: geometry.DenseGrid | None = None) -> DenseMaps:
     """Dense maps, streamed band of map rows by band: each band's locations are embedded and
     predicted for all genes, then written into a (genes, rows, cols) array chunked by genes, so
-    memory holds one band at a time, never genes x all map pixels. ``grid``: the map grid when
-    the caller already has it (:func:`map_grid`), else it is made here."""
+    memory holds one band at a time, never genes x all map pixels. ``fits``: the network fits,
+    or a :class:`StackedModel` (every map pixel then gets the per-gene blend of kNN of the
+    measured spots ``rc_um``/``y``, the ridge head and the networks, as recovery's hidden spots
+    do). ``grid``: the map grid when the caller already has it (:func:`map_grid`), else it is
+    made here."""
     progress = ensure_progress(progress)
     if grid is None:
         margin_um = margin_um if margin_um is not None else geometry.spot_spacing_um(rc_um)
@@ -1019,7 +1078,10 @@ def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
     n_rows, n_cols = grid.shape
     n_genes = len(genes)
     gene_chunk = min(32, n_genes)
-    with_std = len(fits) > 1
+    if isinstance(fits, StackedModel):
+        with_std = len(fits.fits) > 1 and "network" in fits.blend.names
+    else:
+        with_std = len(fits) > 1
     if map_path is not None:
         from ..io.writers import open_ome_zarr_map
 
@@ -1051,12 +1113,16 @@ def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
 #: map locations embedded in one pass: the encoder's per-call cost (e.g. filtering the image for
 #: the default encoder) is paid once per this many locations, not once per band of 32 rows
 FEATURE_BLOCK_LOCATIONS = 250_000
+#: map locations whose blend candidates (kNN k=6/12, ridge, networks; each locations x genes) are
+#: held at once
+BLEND_BLOCK_LOCATIONS = 4096
 
 
 def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
                        band_rows, progress) -> None:
     """Embed blocks of many map rows at once, then predict and write them 32 rows at a time
-    (all genes), so features cost one encoder pass per block and predictions stay bounded."""
+    (all genes), so features cost one encoder pass per block and predictions stay bounded
+    (a blend: :data:`BLEND_BLOCK_LOCATIONS` locations at a time)."""
     from ..model.predict import predict_ensemble
 
     n_genes = values.shape[0]
@@ -1078,12 +1144,22 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
             if len(sel):
                 nb = (idw_interpolate(rc_um, y, pts[sel], cfg.n_neighbours)
                       if cfg.neighbour_input else None)
-                with cpu_threads(cfg.threads):
-                    mean, sd = predict_ensemble([f.model for f in fits], feats[sel], nb,
-                                                device=cfg.device)
-                band_vals[:, ii[sel] - r0, jj[sel]] = mean.T
-                if with_std:
-                    band_std[:, ii[sel] - r0, jj[sel]] = sd.T
+                if isinstance(fits, StackedModel):
+                    for c0 in range(0, len(sel), BLEND_BLOCK_LOCATIONS):
+                        part = sel[c0:c0 + BLEND_BLOCK_LOCATIONS]
+                        mean, sd, _ = _stacked_predict(
+                            fits, feats[part], None if nb is None else nb[c0:c0 + len(part)],
+                            pts[part], cfg)
+                        band_vals[:, ii[part] - r0, jj[part]] = mean.T
+                        if with_std:
+                            band_std[:, ii[part] - r0, jj[part]] = sd.T
+                else:
+                    with cpu_threads(cfg.threads):
+                        mean, sd = predict_ensemble([f.model for f in fits], feats[sel], nb,
+                                                    device=cfg.device)
+                    band_vals[:, ii[sel] - r0, jj[sel]] = mean.T
+                    if with_std:
+                        band_std[:, ii[sel] - r0, jj[sel]] = sd.T
             values[:, r0:r1, :] = band_vals
             if with_std:
                 std[:, r0:r1, :] = band_std
