@@ -17,6 +17,14 @@ except for what this script swaps in its module namespace:
   to Hugging Face and downloads UNI at import) is replaced by a module that refuses to be called.
 * ``get_setting``: its own values (seed 1234, batch 1 = 50 spots, lr 1e-3, ...) with the epoch
   count set by ``--epochs`` (its default is 1000).
+* with ``--snapshots 100,250,500``: its epoch progress bar (``train.tqdm``) is wrapped so that
+  after those epochs the model being trained predicts every spot, as its own test loop does
+  (its dataset class, batches of 50 spots, ``model.eval()`` under ``no_grad``), before training
+  goes on. The torch and numpy random states are saved before and restored after each snapshot,
+  so the training run is the same as without snapshots. A snapshot is epoch N *of the
+  ``--epochs`` schedule* (its cosine learning rate depends on the total), not an N-epoch run.
+  Each one is written as ``spamcaf_e<N>_seed<seed>.npz`` / ``.json`` as soon as it is made, so a
+  run stopped early still leaves its snapshots.
 
 It predicts every spot, training spots included (its own test scores all of them); the hidden-spot
 rows are kept for scoring. Writes ``spamcaf_seed<seed>.npz`` / ``.json`` next to the inputs.
@@ -46,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--src", required=True, help="checkout folder holding SpaMCAF/train.py")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--snapshots", default="", help="comma-separated epochs to score on the way")
     args = ap.parse_args(argv)
+    snapshots = sorted({int(e) for e in args.snapshots.split(",") if e.strip()})
+    if any(e < 1 or e >= args.epochs for e in snapshots):
+        raise SystemExit(f"snapshot epochs must lie between 1 and {args.epochs - 1}")
 
     import anndata
     import pandas as pd
@@ -109,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = d / f"spamcaf_seed{args.seed}"
     out_dir.mkdir(exist_ok=True)
     t0 = time.perf_counter()
+    if snapshots:
+        _add_snapshots(reference, snapshots, args, d, hidden, visible, x, coord, padded, t0)
     reference.train(args.section, experiment="recovery", data_type="10x",
                     save_model_path=str(out_dir), path1=str(out_dir / "file_tmp"))
     wall_s = time.perf_counter() - t0
@@ -127,6 +141,61 @@ def main(argv: list[str] | None = None) -> int:
     (d / f"spamcaf_seed{args.seed}.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info), flush=True)
     return 0
+
+
+def _add_snapshots(reference, snapshots, args, d, hidden, visible, x, coord, padded, t0):
+    """Wrap the reference code's model class and epoch bar so that the model predicts every spot
+    after the given epochs (see the module docstring)."""
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader
+
+    held = {}
+    model_class = reference.SpaMCAF
+
+    def make_model(*a, **k):
+        held["model"] = model_class(*a, **k)
+        return held["model"]
+
+    reference.SpaMCAF = make_model
+    every_spot = reference.MyDatasetTrans(
+        train=False, normed_data=pd.DataFrame(x.T), coor_df=coord,
+        image={"fill_features_224": padded[:, 0], "fill_features_672": padded[:, 1]})
+
+    def predict_every_spot(model) -> np.ndarray:
+        torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+        model.eval()
+        rows = []
+        with torch.no_grad():
+            for _exp, pos, image in DataLoader(every_spot, batch_size=1, shuffle=False):
+                rows.append(model(image, pos)[1].reshape(-1, x.shape[1]).numpy())
+        model.train()
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        return np.concatenate(rows)
+
+    bar_class = reference.tqdm
+
+    class EpochBar(bar_class):
+        def __iter__(self):
+            for j in super().__iter__():
+                if self.desc.startswith("Epochs") and j in snapshots:
+                    wall_s = time.perf_counter() - t0
+                    pred_all = predict_every_spot(held["model"])
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
+                    np.savez_compressed(d / f"spamcaf_e{j}_seed{args.seed}.npz",
+                                        pred_hidden=pred_all[hidden], hidden=hidden)
+                    (d / f"spamcaf_e{j}_seed{args.seed}.json").write_text(json.dumps({
+                        "method": "SpaMCAF (TriHRGE reference code), snapshot", "seed": args.seed,
+                        "epochs": j, "epochs_schedule": args.epochs, "wall_s": wall_s,
+                        "seconds_per_epoch": wall_s / j, "peak_rss_mb": usage.ru_maxrss / 1024,
+                        "cpu_s_process": usage.ru_utime + usage.ru_stime,
+                        "train_loss_postfix": str(self.postfix), "threads": args.threads},
+                        indent=1))
+                    print(f"snapshot after epoch {j}: {wall_s:.0f} s", flush=True)
+                yield j
+
+    reference.tqdm = EpochBar
 
 
 if __name__ == "__main__":

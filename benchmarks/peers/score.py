@@ -73,9 +73,15 @@ def cpu_and_peak(name: str, key: str, seed: int, info: dict) -> tuple[float | No
     return info.get("cpu_s_process"), info.get("peak_rss_mb")
 
 
-METHODS = {"ours": "this project (model)", "tesla": "TESLA 1.2.2",
+METHODS = {"ours": "this project (default recovery)", "tesla": "TESLA 1.2.2",
            "tesla_s0": "TESLA, colour off (s=0; ablation)",
            "spamcaf": "TriHRGE reference code (SpaMCAF)"}
+
+
+def _method_label(key: str) -> str:
+    if key.startswith("spamcaf_e"):
+        return "TriHRGE reference code, snapshot"
+    return METHODS.get(key, f"kNN k={key[3:]}")
 
 
 def score_section(name: str, seeds: list[int]) -> list[dict]:
@@ -106,7 +112,9 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
             r["seed"].append(seed)
             r["better"].append(None)
         per_gene = pd.DataFrame(index=pd.Index(genes, name="gene"))
-        for key in METHODS:
+        snapshot_keys = sorted((f.name.split("_seed")[0] for f in d.glob(f"spamcaf_e*_seed{seed}.npz")),
+                               key=lambda k: int(k.split("_e")[1]))
+        for key in list(METHODS) + snapshot_keys:
             f = d / f"{key}_seed{seed}.npz"
             if not f.exists():
                 continue
@@ -131,6 +139,9 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
             r["seed"].append(seed)
             if key == "spamcaf":
                 extra.setdefault(key, []).append(f"{info['epochs']}/{info['epochs_default']} epochs")
+            elif key.startswith("spamcaf_e"):
+                extra.setdefault(key, []).append(
+                    f"after epoch {info['epochs']} of a {info['epochs_schedule']}-epoch run")
         per_gene.to_csv(d / f"per_gene_seed{seed}.csv")
     rows = []
     label = name + (" (untouched)" if name in UNTOUCHED else "")
@@ -139,7 +150,7 @@ def score_section(name: str, seeds: list[int]) -> list[dict]:
         betters = [v for v in r["better"] if v is not None]
         cpus = [v for v in r["cpu"] if v is not None]
         rows.append({
-            "section": label, "method": METHODS.get(key, f"kNN k={key[3:]}") + (
+            "section": label, "method": _method_label(key) + (
                 f" ({', '.join(sorted(set(extra[key])))})" if key in extra else ""),
             "seeds": ",".join(map(str, r["seed"])), "fair PCC": mean_sd(r["pcc"]),
             "top-100 PCC": mean_sd(r["top"]),
