@@ -240,6 +240,27 @@ def test_every_module_imports(name):
     importlib.import_module(name)
 
 
+#: each concept written once: (what, regular expression, the only files that may contain it)
+ONE_PLACE = [
+    ("file moves into place", r"\bos\.(replace|rename)\(|shutil\.move\(", {"_atomic.py"}),
+    ("temporary files", r"tempfile\.(mkstemp|mkdtemp|NamedTemporaryFile)\(", {"_atomic.py"}),
+    ("library-size normalisation", r"normalize_total\(", {"pp/__init__.py"}),
+    ("log transform of expression", r"\blog1p\(", {"pp/__init__.py", "evaluation.py"}),
+    ("block means by reshaping",
+     r"reshape\([^()]*\)\s*\\?\s*\.(mean|sum|any|max)\(\s*axis=\(", set()),
+    ("the device resolver", r"def resolve_device\(", {"device.py"}),
+]
+
+
+@pytest.mark.parametrize("what, pattern, allowed", ONE_PLACE, ids=[c[0] for c in ONE_PLACE])
+def test_each_concept_is_written_in_one_place(what, pattern, allowed):
+    import re
+
+    found = sorted(p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py")
+                   if re.search(pattern, p.read_text()))
+    assert set(found) <= allowed, f"{what} outside {sorted(allowed)}: {found}"
+
+
 def test_one_device_resolver():
     """Each concept once: the engine resolves devices in one place."""
     definitions = [p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py")
