@@ -372,3 +372,22 @@ def test_sample_and_run_folders_of_any_name_open_with_no_chooser_after_the_first
     viewer.open(str(runs / "run"), plugin="napari-trihrge")
     layers = viewer.open(str(runs / "another run"), plugin=None)
     assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["image", "map", "virtual"]
+
+
+@pytest.mark.gui
+def test_large_blank_jpeg_decoded_in_the_background_is_reported(make_napari_viewer, qtbot,
+                                                                notes, tmp_path):
+    from PIL import Image
+
+    from napari_trihrge.napari._qt import _image_loader
+    from test_io_spot_table import make_st_section
+
+    section = make_st_section(tmp_path / "WHITE", "WHITE", image=False)
+    Image.fromarray(np.full((5000, 5000, 3), 255, np.uint8)).save(section / "WHITE_HE.jpg")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(section), plugin="napari-trihrge")
+    assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["spots"]  # blank preview
+    qtbot.waitUntil(lambda: not _image_loader.ACTIVE, timeout=60_000)
+    assert [lay.metadata["trihrge"]["kind"] for lay in viewer.layers] == ["spots"]
+    warned = [m for s, m in notes.items if "warn" in s]
+    assert any("H&E of WHITE" in m and "blank" in m for m in warned), notes.items

@@ -238,8 +238,8 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
             raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
         bar.step("building the H&E image pyramid")
         source = os.path.abspath(path)
-        return _image_layers(adata, source=source) + L.sample_layers(
-            adata, source=source, with_image=False)
+        spots = L.sample_layers(adata, source=source, with_image=False)
+        return _image_layers(adata, source=source) + spots
 
 
 def _image_layers(adata, source: str | None = None) -> list:

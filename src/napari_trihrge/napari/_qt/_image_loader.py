@@ -19,7 +19,8 @@ from ...errors import TrihrgeInputError
 from .. import layers as L
 
 _TOKENS = itertools.count(1)
-#: loads in progress (token -> worker); tests and the session can watch it
+#: loads in progress (token -> _Load, which holds its worker): this also keeps each load alive,
+#: as Qt and napari hold connected methods weakly
 ACTIVE: dict[int, Any] = {}
 
 
@@ -49,8 +50,10 @@ def load_full_image_later(adata, preview: tuple | None, *, source: str | None = 
         _decode, adata,
         _progress={"total": 2, "desc": f"Opening the full-resolution H&E of {name}"})
     worker.returned.connect(load.on_decoded)
-    worker.errored.connect(lambda _exc: load.finish())  # napari notifies the error itself
-    ACTIVE[token] = worker
+    # cancelled (napari's status bar) or failed (napari notifies the error): nothing to place
+    worker.finished.connect(load.on_finished)
+    load.worker = worker
+    ACTIVE[token] = load
     worker.start()
     return worker
 
@@ -80,6 +83,7 @@ class _Load:
         self.token, self.adata, self.source, self.replace = token, adata, source, replace
         self.anchor = None
         self.outcome = None
+        self.worker = None
         viewer.layers.events.inserted.connect(self._on_inserted)
 
     def _is_anchor(self, layer) -> bool:
@@ -102,17 +106,22 @@ class _Load:
         status, value = outcome
         if status != "ok":
             notify_image_problem(self.adata, value)
-            layer = self.anchor and self.anchor()
-            if layer is not None and self.replace:
-                layer.name = layer.name.replace("; full resolution loading", "")
-            self.finish()
+            self.on_finished()
             return
         self.outcome = outcome
         if self.anchor is not None:
             self._place()
 
+    def on_finished(self) -> None:
+        if self.outcome is None and self.token in ACTIVE:
+            layer = self.anchor and self.anchor()
+            if layer is not None and self.replace:
+                layer.name = layer.name.replace("; full resolution loading", "")
+            self.finish()
+
     def finish(self) -> None:
-        ACTIVE.pop(self.token, None)
+        if ACTIVE.pop(self.token, None) is None:
+            return  # finished already
         viewer = self.viewer_ref()
         if viewer is not None:
             viewer.layers.events.inserted.disconnect(self._on_inserted)
