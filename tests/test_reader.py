@@ -308,6 +308,32 @@ def test_large_jpeg_opens_without_freezing_the_viewer(make_napari_viewer, qtbot,
     assert full.metadata["trihrge"]["source"] == preview.metadata["trihrge"]["source"]
 
 
+@pytest.mark.gui
+def test_cancelling_the_full_image_keeps_the_preview(make_napari_viewer, qtbot, tmp_path,
+                                                    monkeypatch):
+    import threading
+
+    from napari_trihrge import io
+    from napari_trihrge.napari._qt import _image_loader
+
+    section = _large_jpeg_section(tmp_path / "BIG", side_px=5000)
+    viewer = make_napari_viewer()
+    real_get_image = io.get_image
+
+    def cancel_while_decoding(adata, *args, **kwargs):
+        # the user presses the progress bar's cancel button while the image is decoded
+        if threading.current_thread() is not threading.main_thread():  # not the preview
+            next(iter(_image_loader.ACTIVE.values())).progress.cancel()
+        return real_get_image(adata, *args, **kwargs)
+
+    monkeypatch.setattr(io, "get_image", cancel_while_decoding)
+    layers = viewer.open(str(section), plugin="napari-trihrge")
+    qtbot.waitUntil(lambda: not _image_loader.ACTIVE, timeout=60_000)
+    preview, spots = viewer.layers
+    assert preview is layers[0] and not preview.multiscale  # no full image swapped in
+    assert preview.name == "BIG H&E (preview)"
+
+
 def test_blank_image_is_an_error_not_a_silent_none():
     a = sample_adata().copy()
     lib = next(iter(a.uns["spatial"]))

@@ -3,8 +3,8 @@
 napari calls readers in the viewer's thread and shows what they return at once. For a sample
 whose full-resolution image must be decoded whole (about 1 s per 100 megapixels, and a pyramid
 to build), the reader shows the in-memory preview and calls :func:`load_full_image_later`:
-a napari ``thread_worker`` decodes the image and builds the pyramid (a napari progress bar in the
-activity panel, cancellable from the status bar), then the full image takes the preview's place
+a napari ``thread_worker`` decodes the image and builds the pyramid (a napari progress bar with a
+cancel button in the activity panel), then the full image takes the preview's place
 (same position in the layer list, visibility and opacity). A blank or unreadable image becomes a
 warning notification; the preview (or nothing) stays.
 """
@@ -32,6 +32,7 @@ def load_full_image_later(adata, preview: tuple | None, *, source: str | None = 
     (the one the reader is opening into); without one nothing is started."""
     from napari import current_viewer
     from napari.qt.threading import create_worker
+    from napari.utils import cancelable_progress
 
     viewer = current_viewer()
     if viewer is None:
@@ -46,30 +47,38 @@ def load_full_image_later(adata, preview: tuple | None, *, source: str | None = 
             meta["source"] = str(source)
         preview[1]["name"] = f"{preview[1]['name']} (preview; full resolution loading)"
     load = _Load(viewer, token, adata, source, replace=preview is not None)
-    worker = create_worker(
-        _decode, adata,
-        _progress={"total": 2, "desc": f"Opening the full-resolution H&E of {name}"})
+    # a progress bar with a cancel button in the activity panel: a cancel takes effect after the
+    # step under way (the decode, then the pyramid), and the preview stays
+    bar = cancelable_progress(total=2, desc=f"Opening the full-resolution H&E of {name}")
+    worker = create_worker(_decode, adata, lambda: bar.is_canceled)
+    worker.yielded.connect(lambda _step: bar.update(1))
     worker.returned.connect(load.on_decoded)
-    # cancelled (napari's status bar) or failed (napari notifies the error): nothing to place
+    # cancelled or failed (napari notifies the error): nothing to place
     worker.finished.connect(load.on_finished)
-    load.worker = worker
+    worker.finished.connect(bar.close)
+    load.worker, load.progress = worker, bar
     ACTIVE[token] = load
     worker.start()
     return worker
 
 
-def _decode(adata):
+def _decode(adata, cancelled):
     """Worker body: the full image (decoded, checked not blank), then its pyramid. Yields once
-    per step (the progress bar); returns ('ok', layer tuple) or ('error', exception)."""
+    per step (the progress bar); returns ('ok', layer tuple), ('error', exception) or
+    ('cancelled', None) when ``cancelled()`` became true during a step."""
     from ... import io
 
     try:
         img = io.get_image(adata)
         yield "decoded"
+        if cancelled():
+            return "cancelled", None
         layer = L.image_layer(adata, image=img)
         yield "pyramid"
     except TrihrgeInputError as exc:
         return "error", exc
+    if cancelled():
+        return "cancelled", None
     return "ok", layer
 
 
@@ -83,7 +92,7 @@ class _Load:
         self.token, self.adata, self.source, self.replace = token, adata, source, replace
         self.anchor = None
         self.outcome = None
-        self.worker = None
+        self.worker = self.progress = None
         viewer.layers.events.inserted.connect(self._on_inserted)
 
     def _is_anchor(self, layer) -> bool:
@@ -105,7 +114,8 @@ class _Load:
 
         status, value = outcome
         if status != "ok":
-            notify_image_problem(self.adata, value)
+            if status == "error":
+                notify_image_problem(self.adata, value)
             self.on_finished()
             return
         self.outcome = outcome
