@@ -308,6 +308,32 @@ def test_large_jpeg_opens_without_freezing_the_viewer(make_napari_viewer, qtbot,
     assert full.metadata["trihrge"]["source"] == preview.metadata["trihrge"]["source"]
 
 
+@pytest.mark.gui
+def test_cancelling_the_full_image_keeps_the_preview(make_napari_viewer, qtbot, tmp_path,
+                                                    monkeypatch):
+    import threading
+
+    from napari_trihrge import io
+    from napari_trihrge.napari._qt import _image_loader
+
+    section = _large_jpeg_section(tmp_path / "BIG", side_px=5000)
+    viewer = make_napari_viewer()
+    real_get_image = io.get_image
+
+    def cancel_while_decoding(adata, *args, **kwargs):
+        # the user presses the progress bar's cancel button while the image is decoded
+        if threading.current_thread() is not threading.main_thread():  # not the preview
+            next(iter(_image_loader.ACTIVE.values())).progress.cancel()
+        return real_get_image(adata, *args, **kwargs)
+
+    monkeypatch.setattr(io, "get_image", cancel_while_decoding)
+    layers = viewer.open(str(section), plugin="napari-trihrge")
+    qtbot.waitUntil(lambda: not _image_loader.ACTIVE, timeout=60_000)
+    preview, spots = viewer.layers
+    assert preview is layers[0] and not preview.multiscale  # no full image swapped in
+    assert preview.name == "BIG H&E (preview)"
+
+
 def test_blank_image_is_an_error_not_a_silent_none():
     a = sample_adata().copy()
     lib = next(iter(a.uns["spatial"]))
@@ -372,3 +398,22 @@ def test_sample_and_run_folders_of_any_name_open_with_no_chooser_after_the_first
     viewer.open(str(runs / "run"), plugin="napari-trihrge")
     layers = viewer.open(str(runs / "another run"), plugin=None)
     assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["image", "map", "virtual"]
+
+
+@pytest.mark.gui
+def test_large_blank_jpeg_decoded_in_the_background_is_reported(make_napari_viewer, qtbot,
+                                                                notes, tmp_path):
+    from PIL import Image
+
+    from napari_trihrge.napari._qt import _image_loader
+    from test_io_spot_table import make_st_section
+
+    section = make_st_section(tmp_path / "WHITE", "WHITE", image=False)
+    Image.fromarray(np.full((5000, 5000, 3), 255, np.uint8)).save(section / "WHITE_HE.jpg")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(section), plugin="napari-trihrge")
+    assert [lay.metadata["trihrge"]["kind"] for lay in layers] == ["spots"]  # blank preview
+    qtbot.waitUntil(lambda: not _image_loader.ACTIVE, timeout=60_000)
+    assert [lay.metadata["trihrge"]["kind"] for lay in viewer.layers] == ["spots"]
+    warned = [m for s, m in notes.items if "warn" in s]
+    assert any("H&E of WHITE" in m and "blank" in m for m in warned), notes.items

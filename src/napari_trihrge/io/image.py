@@ -414,13 +414,34 @@ def _open_pil(path: Path, um_per_px: float) -> TissueImage:
             if mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
                 raise _rgb_error(what, f"grayscale, PIL mode {mode}")
             has_alpha = mode in ("RGBA", "PA") or (mode == "P" and "transparency" in im.info)
-            arr = np.asarray(im if mode == "RGB" else im.convert("RGBA" if has_alpha else "RGB"))
+            arr = _decode_with_imagecodecs(path, im.format, mode)
+            if arr is None:
+                arr = np.asarray(im if mode == "RGB" else
+                                 im.convert("RGBA" if has_alpha else "RGB"))
     except TrihrgeInputError:
         raise
     except Exception as exc:
         raise TrihrgeInputError(f"cannot read {what}: {exc}",
                                 "pass a valid TIFF, SVS, JPEG or PNG file") from exc
     return TissueImage([(to_rgb_uint8(arr, what), um_per_px)], source=str(path), path=path)
+
+
+def _decode_with_imagecodecs(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
+    """An 8-bit RGB(A) JPEG or PNG decoded by imagecodecs straight into numpy, else None.
+
+    The same pixels as Pillow (libjpeg-turbo, libpng) without Pillow's second full-size copy, and
+    Python's GIL is released while decoding, so a viewer decoding a large H&E in a worker thread
+    stays responsive."""
+    if (fmt, mode) not in (("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA")):
+        return None
+    try:
+        import imagecodecs
+
+        data = path.read_bytes()
+        arr = imagecodecs.jpeg8_decode(data) if fmt == "JPEG" else imagecodecs.png_decode(data)
+    except Exception:  # noqa: BLE001 - not available or not decodable here: Pillow decides
+        return None
+    return arr if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8 else None
 
 
 def open_image(path: str | os.PathLike, um_per_px: float) -> TissueImage:

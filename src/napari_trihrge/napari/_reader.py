@@ -236,10 +236,10 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
             raise
         except Exception as exc:  # noqa: BLE001 - turn library errors into an actionable one
             raise TrihrgeInputError(f"cannot read {path}: {exc}", io.READ_HINT) from exc
-        bar.step("building the H&E image pyramid")
+        bar.step("preparing the spots and the H&E layers")
         source = os.path.abspath(path)
-        return _image_layers(adata, source=source) + L.sample_layers(
-            adata, source=source, with_image=False)
+        spots = L.sample_layers(adata, source=source, with_image=False)
+        return _image_layers(adata, source=source) + spots
 
 
 def _image_layers(adata, source: str | None = None) -> list:

@@ -3,8 +3,8 @@
 napari calls readers in the viewer's thread and shows what they return at once. For a sample
 whose full-resolution image must be decoded whole (about 1 s per 100 megapixels, and a pyramid
 to build), the reader shows the in-memory preview and calls :func:`load_full_image_later`:
-a napari ``thread_worker`` decodes the image and builds the pyramid (a napari progress bar in the
-activity panel, cancellable from the status bar), then the full image takes the preview's place
+a napari ``thread_worker`` decodes the image and builds the pyramid (a napari progress bar with a
+cancel button in the activity panel), then the full image takes the preview's place
 (same position in the layer list, visibility and opacity). A blank or unreadable image becomes a
 warning notification; the preview (or nothing) stays.
 """
@@ -19,7 +19,8 @@ from ...errors import TrihrgeInputError
 from .. import layers as L
 
 _TOKENS = itertools.count(1)
-#: loads in progress (token -> worker); tests and the session can watch it
+#: loads in progress (token -> _Load, which holds its worker): this also keeps each load alive,
+#: as Qt and napari hold connected methods weakly
 ACTIVE: dict[int, Any] = {}
 
 
@@ -31,6 +32,7 @@ def load_full_image_later(adata, preview: tuple | None, *, source: str | None = 
     (the one the reader is opening into); without one nothing is started."""
     from napari import current_viewer
     from napari.qt.threading import create_worker
+    from napari.utils import cancelable_progress
 
     viewer = current_viewer()
     if viewer is None:
@@ -45,28 +47,38 @@ def load_full_image_later(adata, preview: tuple | None, *, source: str | None = 
             meta["source"] = str(source)
         preview[1]["name"] = f"{preview[1]['name']} (preview; full resolution loading)"
     load = _Load(viewer, token, adata, source, replace=preview is not None)
-    worker = create_worker(
-        _decode, adata,
-        _progress={"total": 2, "desc": f"Opening the full-resolution H&E of {name}"})
+    # a progress bar with a cancel button in the activity panel: a cancel takes effect after the
+    # step under way (the decode, then the pyramid), and the preview stays
+    bar = cancelable_progress(total=2, desc=f"Opening the full-resolution H&E of {name}")
+    worker = create_worker(_decode, adata, lambda: bar.is_canceled)
+    worker.yielded.connect(lambda _step: bar.update(1))
     worker.returned.connect(load.on_decoded)
-    worker.errored.connect(lambda _exc: load.finish())  # napari notifies the error itself
-    ACTIVE[token] = worker
+    # cancelled or failed (napari notifies the error): nothing to place
+    worker.finished.connect(load.on_finished)
+    worker.finished.connect(bar.close)
+    load.worker, load.progress = worker, bar
+    ACTIVE[token] = load
     worker.start()
     return worker
 
 
-def _decode(adata):
+def _decode(adata, cancelled):
     """Worker body: the full image (decoded, checked not blank), then its pyramid. Yields once
-    per step (the progress bar); returns ('ok', layer tuple) or ('error', exception)."""
+    per step (the progress bar); returns ('ok', layer tuple), ('error', exception) or
+    ('cancelled', None) when ``cancelled()`` became true during a step."""
     from ... import io
 
     try:
         img = io.get_image(adata)
         yield "decoded"
+        if cancelled():
+            return "cancelled", None
         layer = L.image_layer(adata, image=img)
         yield "pyramid"
     except TrihrgeInputError as exc:
         return "error", exc
+    if cancelled():
+        return "cancelled", None
     return "ok", layer
 
 
@@ -80,6 +92,7 @@ class _Load:
         self.token, self.adata, self.source, self.replace = token, adata, source, replace
         self.anchor = None
         self.outcome = None
+        self.worker = self.progress = None
         viewer.layers.events.inserted.connect(self._on_inserted)
 
     def _is_anchor(self, layer) -> bool:
@@ -101,18 +114,24 @@ class _Load:
 
         status, value = outcome
         if status != "ok":
-            notify_image_problem(self.adata, value)
-            layer = self.anchor and self.anchor()
-            if layer is not None and self.replace:
-                layer.name = layer.name.replace("; full resolution loading", "")
-            self.finish()
+            if status == "error":
+                notify_image_problem(self.adata, value)
+            self.on_finished()
             return
         self.outcome = outcome
         if self.anchor is not None:
             self._place()
 
+    def on_finished(self) -> None:
+        if self.outcome is None and self.token in ACTIVE:
+            layer = self.anchor and self.anchor()
+            if layer is not None and self.replace:
+                layer.name = layer.name.replace("; full resolution loading", "")
+            self.finish()
+
     def finish(self) -> None:
-        ACTIVE.pop(self.token, None)
+        if ACTIVE.pop(self.token, None) is None:
+            return  # finished already
         viewer = self.viewer_ref()
         if viewer is not None:
             viewer.layers.events.inserted.disconnect(self._on_inserted)
