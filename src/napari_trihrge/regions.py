@@ -283,8 +283,10 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
             row["difference"] = float(d[g])
             rows.append(row)
     cols = list(KEY_COLUMNS) + ["p_value", "z_score"]
-    if measured is None:
-        cols = [c for c in cols if c not in ("measured_inside", "measured_outside")]
+    if measured is None:  # nothing measured: no test, no spot counts, no measured fold change
+        cols = [c for c in cols if c not in (
+            "measured_inside", "measured_outside", "log2_fold_change", "fdr", "p_value",
+            "z_score", "n_spots_inside", "n_spots_outside")]
     cols += [k for k in ("enhanced_inside", "enhanced_outside") if k in res]
     if enhanced is not None:
         cols.append("log2_fold_change_enhanced")
