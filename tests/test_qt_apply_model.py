@@ -134,8 +134,12 @@ def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, t
             or getattr(getattr(lay, "face_colorbar", None), "visible", False)]
     assert bars == [m]
     trust = ge.trust_label.text()
-    assert "not measured on this slide" in trust and "training sections" in trust
+    assert "unknown on this slide" in trust and "training sections" in trust
     assert "beats interpolation" not in trust and "NOT better" not in trust
+    from napari_trihrge.napari._qt._display import canvas_text_overlay
+
+    canvas = canvas_text_overlay(viewer).text
+    assert "unknown on this slide" in canvas and max(map(len, canvas.splitlines())) < 80
     assert "(not better than interpolation)" not in m.name
     assert not notes.errors()
     assert not ge.show_gene("NO_SUCH_GENE")  # a notification, no crash
