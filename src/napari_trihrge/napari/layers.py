@@ -168,7 +168,7 @@ def trust_text(trust: dict[str, Any] | None) -> str:
     pcc, base = trust["pcc"], trust["pcc_baseline_knn"]
     if trust.get("measured_here", True) is False:
         knn = f" (kNN {base:.2f})" if np.isfinite(base) else ""
-        return ("accuracy unknown on this slide (nothing was measured here);\n"
+        return ("accuracy unknown on this slide (nothing measured here);\n"
                 f"held-out PCC on the training sections {pcc:.2f}{knn}"
                 + (" - no signal" if not pcc > 0 else ""))
     if trust["beats_interpolation"] is None:
