@@ -57,14 +57,14 @@ def _ridge(train_adatas, target, genes, cfg):
 
 
 def run(data: Path, seeds, cache_dir: str, max_epochs: int | None,
-        json_path: str | None = None) -> tuple[list[dict], dict]:
+        json_path: str | None = None, targets=SECTIONS) -> tuple[list[dict], dict]:
     from napari_trihrge.metrics import spot_scores
     from napari_trihrge.tl import RunConfig
     from napari_trihrge.tl.inference import predict, train
 
     adatas = {s: load_sample(data / "her2st" / s) for s in SECTIONS}
     raw: dict = {}
-    for target in SECTIONS:
+    for target in targets:
         raw[target] = {k: [] for k in ("model", "model_tissue", "ridge", "mean",
                                        "mse_model", "mse_tissue", "mse_ridge", "mse_mean",
                                        "better_than_ridge", "n_genes_scored", "n_spots",
@@ -74,7 +74,7 @@ def run(data: Path, seeds, cache_dir: str, max_epochs: int | None,
                                        "const_ridge")}
     # seeds outermost: a run cut short still has every target once
     for seed in seeds:
-        for target in SECTIONS:
+        for target in targets:
             train_set = [a for s, a in adatas.items() if s != target]
             r = raw[target]
             cfg = RunConfig(seed=seed, cache_dir=cache_dir,
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="cap training epochs (default: the package's schedule)")
+    ap.add_argument("--targets", default=",".join(SECTIONS),
+                    help="sections to predict, each from the other three (default C2,C3,C4,C5; "
+                         "leave C5 out of any experiment that informs a tuning decision)")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
@@ -164,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cache = args.cache_dir or tempfile.mkdtemp(prefix="trihrge_transfer_")
     with measure() as total:
-        rows, raw = run(data, seeds, cache, args.max_epochs, args.json)
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        unknown = sorted(set(targets) - set(SECTIONS))
+        if unknown:
+            ap.error(f"unknown target(s) {unknown}: choose among {', '.join(SECTIONS)}")
+        rows, raw = run(data, seeds, cache, args.max_epochs, args.json, targets)
     print_table(rows, title=f"her2st leave-one-section-out, image only, seeds {seeds}"
                 + (f", max {args.max_epochs} epochs" if args.max_epochs else ""))
     print(f"\ntotal {total.wall_s:.0f} s, peak {total.peak_rss_mb:.0f} MiB", flush=True)

@@ -380,6 +380,18 @@ def test_train_then_predict_an_image_alone(capsys, sample_h5ad, tmp_path):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["predict"]["target"] == "image" and summary["predict"]["map_locations"] > 0
+    # the same slide as a JPEG on pinkish glass: the map stays on the tissue
+    rgb = np.asarray(Image.open(png).convert("RGB")).copy()
+    glass = rgb.astype(int).sum(axis=2) > 3 * 225
+    rgb[glass] = (234, 219, 235)
+    jpg = tmp_path / "slide_pink.jpg"
+    Image.fromarray(rgb).save(jpg, quality=90)
+    code = cli.main(["predict", str(model), str(jpg), "--um-per-px", "1", "--stride-um", "48",
+                     "--factor", "2", "--out", str(tmp_path / "o_jpg"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    on_pink = json.loads((tmp_path / "o_jpg" / "summary.json").read_text())["predict"]
+    assert abs(on_pink["map_locations"] - summary["predict"]["map_locations"]) <= \
+        0.1 * summary["predict"]["map_locations"]
     # a sample with spots: scored at its measured spots
     code = cli.main(["predict", str(model), str(sample_h5ad), "--factor", "2", "--out",
                      str(tmp_path / "o3"), "--quiet"])

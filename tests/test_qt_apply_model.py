@@ -138,8 +138,12 @@ def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, t
             or getattr(getattr(lay, "face_colorbar", None), "visible", False)]
     assert bars == [m]
     trust = ge.trust_label.text()
-    assert "not measured on this slide" in trust and "training sections" in trust
+    assert "unknown on this slide" in trust and "training sections" in trust
     assert "beats interpolation" not in trust and "NOT better" not in trust
+    from napari_trihrge.napari._qt._display import canvas_text_overlay
+
+    canvas = canvas_text_overlay(viewer).text
+    assert "unknown on this slide" in canvas and max(map(len, canvas.splitlines())) <= 70
     assert "(not better than interpolation)" not in m.name
     assert not notes.errors()
     assert not ge.show_gene("NO_SUCH_GENE")  # a notification, no crash
@@ -158,8 +162,8 @@ def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, t
     table = stats.table
     assert len(table) and np.isfinite(table["enhanced_inside"]).all()
     assert np.isfinite(table["enhanced_outside"]).all()
-    assert table["p_value"].isna().all() and table["fdr"].isna().all()
-    assert "measured_inside" not in table.columns
+    assert not {"p_value", "fdr", "measured_inside", "n_spots_inside"} & set(table.columns)
+    assert "spots" not in text.replace("measured spots", "") and "enhanced points" in text
     assert rx.table.rowCount() == len(table) and rx.export_btn.isEnabled()
     out = tmp_path / "regions.csv"
     rx.export_csv(str(out))

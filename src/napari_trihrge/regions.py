@@ -172,7 +172,9 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
     expression inside and outside, the log2 fold change, and a two-sided Wilcoxon rank-sum test
     on the measured spots with Benjamini-Hochberg FDR over the genes of the region, with the
     number of spots behind each test. A region with fewer than ``min_spots`` measured spots
-    inside (or outside) gets means but no test, and a message saying so."""
+    inside (or outside) gets means but no test, and a message saying so. Without measured spots
+    (a bare H&E) the table holds the enhanced columns only, and a message says why there is no
+    test."""
     if measured is None and enhanced is None:
         raise TrihrgeInputError("no expression to summarise",
                                 "open a sample (and run Enhance for enhanced expression)")
@@ -283,8 +285,10 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
             row["difference"] = float(d[g])
             rows.append(row)
     cols = list(KEY_COLUMNS) + ["p_value", "z_score"]
-    if measured is None:
-        cols = [c for c in cols if c not in ("measured_inside", "measured_outside")]
+    if measured is None:  # nothing measured: no test, no spot counts, no measured fold change
+        cols = [c for c in cols if c not in (
+            "measured_inside", "measured_outside", "log2_fold_change", "fdr", "p_value",
+            "z_score", "n_spots_inside", "n_spots_outside")]
     cols += [k for k in ("enhanced_inside", "enhanced_outside") if k in res]
     if enhanced is not None:
         cols.append("log2_fold_change_enhanced")

@@ -162,15 +162,16 @@ def trust_warns(trust: dict[str, Any] | None) -> bool:
 
 
 def trust_text(trust: dict[str, Any] | None) -> str:
-    """One plain line on how far a gene's prediction can be trusted."""
+    """One plain line (two for a slide where nothing was measured) on how far a gene's
+    prediction can be trusted."""
     if trust is None:
         return "not scored on held-out spots (run a recovery to score it)"
     pcc, base = trust["pcc"], trust["pcc_baseline_knn"]
     if trust.get("measured_here", True) is False:
-        knn = f", kNN interpolation there {base:.2f}" if np.isfinite(base) else ""
-        return ("not measured on this slide (no spots were sequenced here, so its accuracy "
-                f"is unknown); on held-out spots of the model's training sections: PCC "
-                f"{pcc:.2f}{knn}" + (" - no signal there either" if not pcc > 0 else ""))
+        knn = f" (kNN {base:.2f})" if np.isfinite(base) else ""
+        return ("accuracy unknown on this slide (nothing measured here);\n"
+                f"held-out PCC on the training sections {pcc:.2f}{knn}"
+                + (" - no signal" if not pcc > 0 else ""))
     if trust["beats_interpolation"] is None:
         return f"held-out PCC {pcc:.2f} (no interpolation baseline recorded)"
     if trust["beats_interpolation"]:

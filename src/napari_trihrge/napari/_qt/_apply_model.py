@@ -156,7 +156,9 @@ class ApplyModelWidget(QWidget):
             target = _layer_path(layer)
             kwargs["um_per_px"] = float(self.um_spin.value())
             # the image layer in micrometres, like every TriHRGE layer
-            layer.scale = (kwargs["um_per_px"],) * 2
+            if tuple(layer.scale) != (kwargs["um_per_px"],) * 2:
+                layer.scale = (kwargs["um_per_px"],) * 2
+                self.viewer.reset_view()  # frame the image at its new size
             layer.units = ("um", "um")
         from ...tl.inference import predict
 

@@ -226,9 +226,10 @@ class RegionExplorer(QWidget):
             msg.append("Measured spots only: run Enhance to compare enhanced expression too.")
         msg.extend(stats.messages)
         counts = "; ".join(
-            f"{r.region}: {r.measured_spots_inside} spots"
-            + (f", {r.enhanced_points_inside} enhanced points"
-               if r.enhanced_points_inside is not None else "")
+            f"{r.region}: " + ", ".join(
+                ([f"{r.measured_spots_inside} spots"] if measured is not None else [])
+                + ([f"{r.enhanced_points_inside} enhanced points"]
+                   if enhanced is not None else []))
             for r in stats.summary.itertuples())
         msg.append(counts)
         self._set_message("\n".join(msg))
