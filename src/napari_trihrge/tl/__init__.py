@@ -1008,7 +1008,7 @@ def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
     return geometry.DenseGrid(grid.origin_rc_um, grid.stride_um, m)
 
 
-def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
+def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y: np.ndarray,
                  windows_um: Sequence[float], stride_um: float, cfg: RunConfig, *,
                  genes: list[str], progress: Progress | None = None, map_path: str | None = None,
                  margin_um: float | None = None, band_rows: int = 32,
