@@ -852,8 +852,10 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
         raise TrihrgeInputError(f"the density factor must be a power of two, got {factor}",
                                 "use --factor 2, 4 or 8")
     if stride_um is not None:
+        # networks whose spread is mapped next to the values: with the blend, one per fold
+        n_networks = cfg.ensemble * (cfg.stacking_folds if "network" in cfg.stacking else 1)
         check_map_size(adata, stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
-                       + len(cfg.extra_genes), ensemble=cfg.ensemble, in_memory=map_path is None)
+                       + len(cfg.extra_genes), ensemble=n_networks, in_memory=map_path is None)
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
@@ -1059,7 +1061,7 @@ def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
     return geometry.DenseGrid(grid.origin_rc_um, grid.stride_um, m)
 
 
-def predict_maps(fits: list, image, encoder, rc_um: np.ndarray, y: np.ndarray,
+def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y: np.ndarray,
                  windows_um: Sequence[float], stride_um: float, cfg: RunConfig, *,
                  genes: list[str], progress: Progress | None = None, map_path: str | None = None,
                  margin_um: float | None = None, band_rows: int = 32,
