@@ -128,7 +128,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="window sizes around each location in micrometres (default 112,336 = "
                    "224 and 672 px at 0.5 um/px)")
     g.add_argument("--ensemble", type=_whole_number, default=1, metavar="N",
-                   help="train N models with different seeds; writes the mean and the spread")
+                   help="train N networks with different seeds (per fold of the blend); writes "
+                   "the mean and the spread")
     g.add_argument("--max-epochs", type=_whole_number, default=None, metavar="N",
                    help="upper bound on training epochs (early stopping usually stops sooner)")
     g.add_argument("--no-neighbours", action="store_true",
@@ -169,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--encoder", default="stain-texture", help="image encoder (default stain-texture)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--ensemble", type=_whole_number, default=3, metavar="N",
-                   help="models in the ensemble (mean and spread maps; default 3)")
+    p.add_argument("--ensemble", type=_whole_number, default=1, metavar="N",
+                   help="networks per fold of the blend (default 1: the blend's fold networks "
+                   "already give the mean and spread maps)")
     p.add_argument("--seed", type=int, default=0)
     _add_threads_arg(p)
     p.add_argument("--quiet", action="store_true")
