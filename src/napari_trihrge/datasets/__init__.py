@@ -994,14 +994,15 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
             {"hd_layout_json": json.dumps({"file_format": "1.0"}), "transform_matrices": {},
              "note": "synthetic: layout metadata only, written by napari-trihrge"})
     if spatialdata_store:
-        from ..io.spatialdata import require_spatialdata
+        from ..io.spatialdata import require_spatialdata, table_write_settings
 
         require_spatialdata()
         import spatialdata_io
 
         sdata = spatialdata_io.visium_hd(outs, dataset_id=dataset_id,
                                          load_segmentations_only=False)
-        sdata.write(outs.with_name(outs.name + ".zarr"), overwrite=overwrite)
+        with table_write_settings():
+            sdata.write(outs.with_name(outs.name + ".zarr"), overwrite=overwrite)
     return outs
 __all__ = [
     "DOMAIN_NAMES",
