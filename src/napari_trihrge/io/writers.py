@@ -313,7 +313,7 @@ def _read_ome_zarr_levels(path: Path) -> list[tuple]:
     names = [str(c) for c in node.metadata.get("channel_names", [])]
     transforms = node.metadata.get("coordinateTransformations") or [[] for _ in node.data]
     levels = []
-    for arr, level_transforms in zip(node.data, transforms):
+    for arr, level_transforms in zip(node.data, transforms, strict=True):
         um, origin = 1.0, [0.0, 0.0]
         for t in level_transforms or []:
             if t["type"] == "scale":
