@@ -59,7 +59,7 @@ NO_X_SERVER = ("no X server: install Xvfb (Debian: apt-get install xvfb libxcb-i
                "libxcb-keysyms1 libxcb-cursor0) to run the napari GUI tests")
 
 
-#: the packages of the ``spatialdata`` extra (the ``testing`` extra installs it)
+#: the packages of the ``spatialdata`` extra (the test command installs it beside ``testing``)
 SPATIALDATA_MODULES = ("spatialdata", "spatialdata_io", "napari_spatialdata")
 #: test modules that skip without them
 SPATIALDATA_TESTS = ("test_io_spatialdata.py", "test_qt_spatialdata.py")
@@ -80,7 +80,7 @@ def pytest_collection_modifyitems(config, items):
         missing = [m for m in SPATIALDATA_MODULES if importlib.util.find_spec(m) is None]
         if missing:
             raise pytest.UsageError(f"CI must run the SpatialData tests, but {missing} are not "
-                                    'installed: pip install -e ".[testing]"')
+                                    'installed: pip install -e ".[testing,spatialdata]"')
     if _x_server_available() or not any("gui" in item.keywords for item in items):
         return
     if _in_ci():

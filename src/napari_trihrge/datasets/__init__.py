@@ -934,14 +934,14 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
     with atomic_path(final, overwrite) as outs:  # written beside, swapped in when complete
         _write_visium_hd_folder(outs, adata, truth, expr, tissue, sizes, seed, dataset_id)
     if spatialdata_store:
-        from ..io.spatialdata import require_spatialdata
+        from ..io.spatialdata import require_spatialdata, table_write_settings
 
         require_spatialdata()
         import spatialdata_io
 
         sdata = spatialdata_io.visium_hd(final, dataset_id=dataset_id,
                                          load_segmentations_only=False)
-        with atomic_path(store, overwrite) as tmp:
+        with atomic_path(store, overwrite) as tmp, table_write_settings():
             sdata.write(tmp)
     return final
 
@@ -1007,6 +1007,8 @@ def _write_visium_hd_folder(outs, adata, truth: dict, expr: np.ndarray, tissue: 
         f.attrs["metadata_json"] = json.dumps(
             {"hd_layout_json": json.dumps({"file_format": "1.0"}), "transform_matrices": {},
              "note": "synthetic: layout metadata only, written by napari-trihrge"})
+
+
 __all__ = [
     "DOMAIN_NAMES",
     "TRUTH_STRIDE_UM",

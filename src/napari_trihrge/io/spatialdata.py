@@ -67,6 +67,19 @@ def require_spatialdata():
     return spatialdata
 
 
+def table_write_settings():
+    """A context for writing a store: its tables are written unsharded, as they are today, said
+    explicitly so that anndata does not warn, once per array, that zarr v3 autosharding will
+    become its default."""
+    import contextlib
+
+    import anndata
+
+    if not hasattr(anndata.settings, "auto_shard_zarr_v3"):  # anndata before the setting
+        return contextlib.nullcontext()
+    return anndata.settings.override(auto_shard_zarr_v3=False)
+
+
 def is_spatialdata_store(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a SpatialData Zarr store (a zarr group with at least one of
     images/, shapes/, tables/, points/, labels/). Needs no extra."""
@@ -565,7 +578,7 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
     tables.update({k: v for k, v in result_tables.items()})
     tables[VIRTUAL_SPOTS + TABLE_SUFFIX].uns["trihrge"].update(units)
     sdata = SpatialData(images=images, shapes=shapes, tables=tables)
-    with atomic_path(path, overwrite) as tmp:
+    with atomic_path(path, overwrite) as tmp, table_write_settings():
         sdata.write(tmp)
     return path
 
@@ -594,7 +607,8 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
     for name in clash:  # the in-memory element is backed by these files: drop it first
         del sdata[name]
         sdata.delete_element_from_disk(name)
-    for name, el in {**elements, **tables}.items():
-        sdata[name] = el
-        sdata.write_element(name)
+    with table_write_settings():
+        for name, el in {**elements, **tables}.items():
+            sdata[name] = el
+            sdata.write_element(name)
     return store

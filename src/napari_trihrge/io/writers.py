@@ -161,7 +161,8 @@ def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
         target = group.create_array(str(k), shape=coarse.shape, chunks=chunks,
                                     dtype=level0.dtype, fill_value=level0.fill_value,
                                     chunk_key_encoding={"name": "v2", "separator": "/"})
-        da.store(coarse.rechunk(chunks), target, lock=False)
+        # one thread: the run's CPU budget (threads.cpu_threads) is not widened by dask's pool
+        da.store(coarse.rechunk(chunks), target, lock=False, scheduler="synchronous")
         datasets.append({"path": str(k), "coordinateTransformations":
                          level_transformations(um_per_px, origin, factor)})
         previous = target
@@ -276,13 +277,15 @@ def _read_ome_zarr_levels(path: Path) -> list[tuple]:
     """The levels of an OME-Zarr image read through ome-zarr-py, full resolution first:
     ``(array (dask), um_per_px, origin_rc_um, channel names)`` each, the origin being the centre
     of the level's first pixel."""
-    from ome_zarr.format import CurrentFormat, FormatV04
+    import zarr
+    from ome_zarr.format import CurrentFormat, FormatV04, detect_format
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    # NGFF 0.4 lives in zarr format 2 (.zattrs), 0.5 in zarr format 3; naming the right one
-    # spares the reader's "version mismatch" warning
-    fmt = FormatV04() if (path / ".zattrs").is_file() else CurrentFormat()
+    # name the format the reader will detect (NGFF 0.4 lives in zarr format 2, 0.5 in format 3;
+    # spatialdata registers its own format classes), which spares its "version mismatch" warning
+    default = FormatV04() if (path / ".zattrs").is_file() else CurrentFormat()
+    fmt = detect_format(zarr.open_group(str(path), mode="r").attrs.asdict(), default)
     location = parse_url(str(path), mode="r", fmt=fmt)
     if location is None:
         raise ValueError("not a zarr group")
@@ -293,7 +296,7 @@ def _read_ome_zarr_levels(path: Path) -> list[tuple]:
     names = [str(c) for c in node.metadata.get("channel_names", [])]
     transforms = node.metadata.get("coordinateTransformations") or [[] for _ in node.data]
     levels = []
-    for arr, level_transforms in zip(node.data, transforms, strict=False):
+    for arr, level_transforms in zip(node.data, transforms, strict=True):
         um, origin = 1.0, [0.0, 0.0]
         for t in level_transforms or []:
             if t["type"] == "scale":
