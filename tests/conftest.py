@@ -98,6 +98,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+    if report.when == "setup" and not report.passed:
+        # skipped or failed in setup (e.g. shared data absent): no call phase will run, but
+        # the viewer fixture's teardown still reads ``rep_call``
+        item.rep_call = report
 
 
 @pytest.fixture
