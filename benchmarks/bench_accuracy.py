@@ -113,14 +113,8 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     from napari_trihrge.neighbours import idw_interpolate
     from napari_trihrge.pp import prepare_expression
     from napari_trihrge.progress import Progress
-    from napari_trihrge.tl import (
-        BASELINE_KS,
-        _encoder_and_image,
-        _features,
-        _holdout_split,
-        recovery,
-        sample_geometry,
-    )
+    from napari_trihrge.tl import BASELINE_KS, recovery, sample_geometry
+    from napari_trihrge.tl._shared import _encoder_and_image, _features, _holdout_split
 
     adata = load_sample(path)
     annotation = annotation_file(path) if str(path) != "synthetic" else "domain"
@@ -135,7 +129,7 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     feats = _features(image, encoder, rc_um, cfg0.windows_um, cfg0, Progress())
     labels = None
     if annotation is not None:
-        from napari_trihrge.tl import _annotation_labels
+        from napari_trihrge.tl._shared import _annotation_labels
 
         labels = _annotation_labels(expr, str(annotation)).to_numpy()
 

@@ -38,7 +38,8 @@ def _ridge(train_adatas, target, genes, cfg):
 
     from napari_trihrge.features import create_encoder
     from napari_trihrge.io import get_image
-    from napari_trihrge.tl import _features, sample_geometry
+    from napari_trihrge.tl import sample_geometry
+    from napari_trihrge.tl._shared import _features
     from napari_trihrge.tl.inference import _log_expression, _nonzero_spots, _standardise
 
     enc = create_encoder(cfg.encoder, device=cfg.device)

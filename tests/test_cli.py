@@ -320,7 +320,7 @@ def test_map_size_refusal_names_the_memory_needed(sample_h5ad, monkeypatch):
     from napari_trihrge import tl as tasks
 
     adata = io.read(sample_h5ad)
-    monkeypatch.setattr(tasks, "_available_memory_bytes", lambda: 1e6)
+    monkeypatch.setattr(tasks._maps, "_available_memory_bytes", lambda: 1e6)
     with pytest.raises(TrihrgeInputError, match=r"would need [\d.]+ MiB of memory"):
         tasks.check_map_size(adata, 2.0, n_genes=30)
     tasks.check_map_size(adata, 400.0, n_genes=30)  # a coarse map fits

@@ -23,7 +23,7 @@ def test_recovery_scores_hidden_spots_only(synthetic):
     assert m["mse"] > 0 and m["mae"] > 0
     assert m["n_genes_scored"] == 40 - m["n_genes_constant_truth"]
     # the predictions are exactly the hidden spots, and none of them was a training spot
-    hidden, visible = tasks._holdout_split(n, 0.5, 3)
+    hidden, visible = tasks._shared._holdout_split(n, 0.5, 3)
     assert np.intersect1d(hidden, visible).size == 0 and len(hidden) + len(visible) == n
     assert list(res.predictions.obs_names) == list(synthetic.obs_names[hidden])
     assert (m["n_hidden"], m["n_visible"]) == (len(hidden), len(visible))
@@ -37,7 +37,7 @@ def test_recovery_never_sees_the_hidden_expression(synthetic):
     selection unchanged) leaves every prediction as it was: nothing of the hidden spots'
     expression reaches training or prediction. Equal predictions also show the run is
     reproducible."""
-    hidden, _ = tasks._holdout_split(synthetic.n_obs, 0.5, 1)
+    hidden, _ = tasks._shared._holdout_split(synthetic.n_obs, 0.5, 1)
     shuffled = synthetic.copy()
     x = shuffled.X.toarray() if hasattr(shuffled.X, "toarray") else np.array(shuffled.X)
     x[hidden] = x[np.random.default_rng(0).permutation(hidden)]

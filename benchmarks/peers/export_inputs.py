@@ -8,7 +8,7 @@ Runs in the project's environment. For every section it writes, under
 * ``features.npy``: our default-encoder image bags ``(N, S, D)`` at the recovery windows (the
   features the reference TriHRGE code gets instead of UNI);
 * ``inputs_seed<seed>.npz``: the 1000 HVGs and their log-normalised values for every spot
-  (``preprocessing.prepare_expression``), the hidden/visible split (``tasks._holdout_split``, 50 %),
+  (``preprocessing.prepare_expression``), the hidden/visible split (``tasks._shared._holdout_split``, 50 %),
   spot centres (row/col um and x/y in ``image.npy`` pixels), the array lattice indices and the
   sample's geometry.
 
@@ -51,13 +51,8 @@ def export_section(name: str, path: Path, seeds: list[int], image_um_per_px: flo
     from napari_trihrge import io
     from napari_trihrge.pp import prepare_expression
     from napari_trihrge.progress import ensure_progress
-    from napari_trihrge.tl import (
-        RunConfig,
-        _encoder_and_image,
-        _features,
-        _holdout_split,
-        sample_geometry,
-    )
+    from napari_trihrge.tl import RunConfig, sample_geometry
+    from napari_trihrge.tl._shared import _encoder_and_image, _features, _holdout_split
 
     out = section_dir(name)
     out.mkdir(parents=True, exist_ok=True)

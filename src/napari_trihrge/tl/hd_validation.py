@@ -137,7 +137,7 @@ def score_against_bins(bins: AnnData, result, n_neighbours: int = 6
     pixels inside the map's tissue mask that fall on a measured bin), next to the measured
     pseudo-spots interpolated onto the same pixels."""
     from ..evaluation import superres_scores
-    from . import sample_geometry
+    from ._shared import sample_geometry
 
     maps = result.maps
     if maps is None:
@@ -168,7 +168,8 @@ def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, conf
     from ..io.outputs import mark_complete, run_folder, write_json
     from ..progress import ensure_progress
     from ..workflows.runs import enhance_map_path, save_enhance_run
-    from . import RunConfig, enhance
+    from ._config import RunConfig
+    from ._enhance import enhance
 
     cfg = config or RunConfig()
     progress = ensure_progress(progress)

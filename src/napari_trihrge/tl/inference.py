@@ -48,10 +48,10 @@ from ..io.outputs import _jsonable
 from ..metrics import gene_trust
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
-from . import (
-    BASELINE_KS,
-    EnhanceResult,
-    RunConfig,
+from ._config import BASELINE_KS, RunConfig
+from ._enhance import EnhanceResult, _sub_spot_offsets
+from ._maps import map_spot_consistency, predict_maps
+from ._shared import (
     _create_encoder,
     _features,
     _fit,
@@ -59,13 +59,10 @@ from . import (
     _predict,
     _score_with_knn,
     _standardise,
-    _sub_spot_offsets,
     _Timer,
-    map_spot_consistency,
-    predict_maps,
     sample_geometry,
-    transfer_genes,
 )
+from ._transfer import transfer_genes
 
 #: files a bare H&E image target may be (anything else is read as a sample)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".ndpi", ".scn", ".qptiff", ".jpg", ".jpeg",

@@ -1,0 +1,249 @@
+"""Dense maps: the grid over the tissue, streamed prediction in bands, size checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from .. import geometry
+from ..errors import TrihrgeInputError
+from ..io.sample import is_positive_number
+from ..neighbours import idw_interpolate
+from ..progress import Progress, ensure_progress
+from ..threads import cpu_threads
+from ._config import RunConfig
+from ._shared import StackedModel, _features, _stacked_predict
+
+
+@dataclass
+class DenseMaps:
+    """Per-gene maps on a regular grid: ``values[g, i, j]`` is gene ``g`` at the map pixel centred
+    at ``origin_rc_um + (i, j) * stride_um``; NaN outside ``mask`` (no tissue)."""
+
+    values: Any  # (genes, rows, cols) numpy or zarr array
+    stride_um: float
+    origin_rc_um: np.ndarray
+    gene_names: list[str]
+    mask: np.ndarray
+    std: Any = None  # ensemble spread, same shape, or None
+
+    def gene(self, name: str) -> np.ndarray:
+        return np.asarray(self.values[self.gene_names.index(name)])
+
+
+#: bytes of working memory per map-grid pixel (mask, centre coordinates, nearest-spot query)
+GRID_BYTES_PER_PX = 40
+
+
+def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: int = 1,
+                   in_memory: bool = False) -> None:
+    """Refuse a dense-map stride that cannot work, before any heavy work: not a positive number,
+    finer than the full-resolution pixel, or a grid whose working memory (plus the maps
+    themselves when kept in memory) exceeds the memory available, with the size it would need."""
+    from ..io.sample import image_extent_px
+
+    if not is_positive_number(stride_um):
+        raise TrihrgeInputError(f"the map stride must be a positive number of micrometres, got "
+                                f"{stride_um!r}", "pass --stride-um, for example 8 or 16")
+    stride_um = float(stride_um)
+    um_per_px = float(adata.uns.get("trihrge", {}).get("um_per_px", 0) or 0)
+    if um_per_px and stride_um < um_per_px:
+        raise TrihrgeInputError(
+            f"the map stride {stride_um:g} um is finer than the image's pixel "
+            f"({um_per_px:.3g} um)", f"use --stride-um {max(1, int(np.ceil(um_per_px)))} or more")
+    extent = image_extent_px(adata)
+    if extent is None or not um_per_px:
+        return
+    (h_px, w_px), _, _ = extent
+    n_px = float(np.ceil(h_px * um_per_px / stride_um)) * float(np.ceil(w_px * um_per_px
+                                                                        / stride_um))
+    need = n_px * GRID_BYTES_PER_PX
+    if in_memory:
+        need += n_px * n_genes * 4 * (2 if ensemble > 1 else 1)
+    available = _available_memory_bytes()
+    if available is not None and need > available:
+        raise TrihrgeInputError(
+            f"a {stride_um:g} um map over the {h_px * um_per_px / 1000:.1f} x "
+            f"{w_px * um_per_px / 1000:.1f} mm image has {n_px:.3g} pixels and would need "
+            f"{_bytes(need)} of memory ({_bytes(available)} available)",
+            "use a larger --stride-um (for example 8 or 16)")
+
+
+def _available_memory_bytes() -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing: ask the OS
+        import os
+
+        try:
+            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024.0
+    return f"{n:.3g} PiB"
+
+
+def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
+             mask_um_per_px: float = 8.0) -> geometry.DenseGrid:
+    """The dense-map grid: tissue (from the image) within ``margin_um`` of a measured spot."""
+    from scipy.spatial import cKDTree
+
+    from ..tissue import tissue_mask_for
+
+    height_um, width_um = image.shape_rc_um
+    mask, mask_um = tissue_mask_for(image, mask_um_per_px=max(mask_um_per_px, image.um_per_px))
+    grid = geometry.dense_grid((height_um, width_um), stride_um, mask, mask_um)
+    pts = grid.points_rc_um()
+    near = cKDTree(rc_um).query(pts, k=1)[0] <= margin_um
+    m = grid.mask.copy()
+    m[grid.mask] = near
+    return geometry.DenseGrid(grid.origin_rc_um, grid.stride_um, m)
+
+
+def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y: np.ndarray,
+                 windows_um: Sequence[float], stride_um: float, cfg: RunConfig, *,
+                 genes: list[str], progress: Progress | None = None, map_path: str | None = None,
+                 margin_um: float | None = None, band_rows: int = 32,
+                 grid: geometry.DenseGrid | None = None) -> DenseMaps:
+    """Dense maps, streamed band of map rows by band: each band's locations are embedded and
+    predicted for all genes, then written into a (genes, rows, cols) array chunked by genes, so
+    memory holds one band at a time, never genes x all map pixels. ``fits``: the network fits,
+    or a :class:`StackedModel` (every map pixel then gets the per-gene blend of kNN of the
+    measured spots ``rc_um``/``y``, the ridge head and the networks, as recovery's hidden spots
+    do). ``grid``: the map grid when the caller already has it (:func:`map_grid`), else it is
+    made here."""
+    progress = ensure_progress(progress)
+    if grid is None:
+        margin_um = margin_um if margin_um is not None else geometry.spot_spacing_um(rc_um)
+        grid = map_grid(image, rc_um, stride_um, margin_um)
+    n_rows, n_cols = grid.shape
+    n_genes = len(genes)
+    gene_chunk = min(32, n_genes)
+    if isinstance(fits, StackedModel):
+        with_std = len(fits.fits) > 1 and "network" in fits.blend.names
+    else:
+        with_std = len(fits) > 1
+    if map_path is not None:
+        from ..io.writers import open_ome_zarr_map
+
+        zarr_kw = dict(chunks=(gene_chunk, band_rows, n_cols), um_per_px=stride_um,
+                       gene_names=genes, origin_rc_um=grid.origin_rc_um, fill_value=np.nan)
+        values = open_ome_zarr_map(map_path, (n_genes, n_rows, n_cols), **zarr_kw)
+        std = (open_ome_zarr_map(str(map_path).replace(".ome.zarr", "") + "_std.ome.zarr",
+                                 (n_genes, n_rows, n_cols), **zarr_kw) if with_std else None)
+    else:
+        values = np.full((n_genes, n_rows, n_cols), np.nan, dtype=np.float32)
+        std = np.full_like(values, np.nan) if with_std else None
+    n_bands = int(np.ceil(n_rows / band_rows))
+    progress.stage("maps", total=n_bands)
+    try:
+        _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
+                           band_rows, progress)
+    except BaseException:
+        for store in (values, std):
+            if hasattr(store, "abort"):
+                store.abort()
+        raise
+    for store in (values, std):
+        if hasattr(store, "finalize"):
+            store.finalize()
+    return DenseMaps(values=values, stride_um=float(stride_um), origin_rc_um=grid.origin_rc_um,
+                     gene_names=list(genes), mask=grid.mask, std=std)
+
+
+#: map locations embedded in one pass: the encoder's per-call cost (e.g. filtering the image for
+#: the default encoder) is paid once per this many locations, not once per band of 32 rows
+FEATURE_BLOCK_LOCATIONS = 250_000
+
+
+#: map locations whose blend candidates (kNN k=6/12, ridge, networks; each locations x genes) are
+#: held at once
+BLEND_BLOCK_LOCATIONS = 4096
+
+
+def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
+                       band_rows, progress) -> None:
+    """Embed blocks of many map rows at once, then predict and write them 32 rows at a time
+    (all genes), so features cost one encoder pass per block and predictions stay bounded
+    (a blend: :data:`BLEND_BLOCK_LOCATIONS` locations at a time)."""
+    from ..model.predict import predict_ensemble
+
+    n_genes = values.shape[0]
+    n_rows, n_cols = grid.shape
+    with_std = std is not None
+    rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
+    for b0 in range(0, n_rows, rows_per_block):
+        b1 = min(n_rows, b0 + rows_per_block)
+        ii, jj = np.nonzero(grid.mask[b0:b1])
+        ii += b0
+        pts = grid.origin_rc_um + np.stack([ii, jj], axis=1) * grid.stride_um
+        feats = (_features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
+                           cache=False) if len(pts) else None)
+        for r0 in range(b0, b1, band_rows):
+            r1 = min(b1, r0 + band_rows)
+            band_vals = np.full((n_genes, r1 - r0, n_cols), np.nan, dtype=np.float32)
+            band_std = np.full_like(band_vals, np.nan) if with_std else None
+            sel = np.flatnonzero((ii >= r0) & (ii < r1))
+            if len(sel):
+                nb = (idw_interpolate(rc_um, y, pts[sel], cfg.n_neighbours)
+                      if cfg.neighbour_input else None)
+                if isinstance(fits, StackedModel):
+                    for c0 in range(0, len(sel), BLEND_BLOCK_LOCATIONS):
+                        part = sel[c0:c0 + BLEND_BLOCK_LOCATIONS]
+                        mean, sd, _ = _stacked_predict(
+                            fits, feats[part], None if nb is None else nb[c0:c0 + len(part)],
+                            pts[part], cfg)
+                        band_vals[:, ii[part] - r0, jj[part]] = mean.T
+                        if with_std:
+                            band_std[:, ii[part] - r0, jj[part]] = sd.T
+                else:
+                    with cpu_threads(cfg.threads):
+                        mean, sd = predict_ensemble([f.model for f in fits], feats[sel], nb,
+                                                    device=cfg.device)
+                    band_vals[:, ii[sel] - r0, jj[sel]] = mean.T
+                    if with_std:
+                        band_std[:, ii[sel] - r0, jj[sel]] = sd.T
+            values[:, r0:r1, :] = band_vals
+            if with_std:
+                std[:, r0:r1, :] = band_std
+            progress.advance()
+
+
+def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
+                         spot_diameter_um: float) -> dict[str, float]:
+    """How well the dense map, averaged over each measured spot's disk, reproduces the measured
+    spots: mean per-gene PCC (and MSE) between the two, over the spots the map covers."""
+    from ..metrics import per_gene_pcc
+
+    offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)
+    idx = np.rint((rc_um[:, None, :] + offs[None] - maps.origin_rc_um) / maps.stride_um).astype(int)
+    n_rows, n_cols = maps.mask.shape
+    inside = ((idx[..., 0] >= 0) & (idx[..., 0] < n_rows) & (idx[..., 1] >= 0)
+              & (idx[..., 1] < n_cols))
+    idx = np.clip(idx, 0, [n_rows - 1, n_cols - 1])
+    valid = inside & maps.mask[idx[..., 0], idx[..., 1]]
+    covered = valid.mean(axis=1) >= 0.5
+    if covered.sum() < 3:
+        return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
+    agg = np.zeros((int(covered.sum()), len(maps.gene_names)), dtype=np.float64)
+    rows, cols, ok = idx[covered, :, 0], idx[covered, :, 1], valid[covered]
+    for g0 in range(0, len(maps.gene_names), 64):
+        block = np.asarray(maps.values[g0:g0 + 64])  # (g, rows, cols)
+        vals = block[:, rows, cols]  # (g, spots, k)
+        vals = np.where(ok[None], vals, 0.0)
+        agg[:, g0:g0 + 64] = (vals.sum(axis=2) / ok.sum(axis=1)[None]).T
+    pcc = per_gene_pcc(agg, y[covered])
+    return {"pcc_mean": float(np.nanmean(pcc)), "mse": float(((agg - y[covered]) ** 2).mean()),
+            "n_spots": int(covered.sum())}

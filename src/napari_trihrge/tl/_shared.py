@@ -1,0 +1,324 @@
+"""Steps every task shares: geometry, features, fitting, the per-gene blend, held-out scoring and per-gene trust."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import geometry
+from ..errors import TrihrgeInputError
+from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
+from ..neighbours import idw_interpolate
+from ..pp import prepare_expression
+from ..progress import Progress
+from ..threads import cpu_threads
+from ._config import BASELINE_KS, RunConfig, model_preset
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings_s: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings_s[name] = timer.timings_s.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def sample_geometry(adata: AnnData) -> tuple[np.ndarray, float, float]:
+    """Spot centres (row/col um), full-resolution um/px and spot diameter (um) of a sample."""
+    meta = adata.uns.get("trihrge", {})
+    if "um_per_px" not in meta:
+        raise TrihrgeInputError(
+            "the sample has no pixel size (uns['trihrge']['um_per_px'])",
+            "read it with napari_trihrge.io.read(), which fits the pixel size on the spot "
+            "lattice, or set adata.uns['trihrge'] = {'um_per_px': ..., 'spot_diameter_um': ...}",
+        )
+    um_per_px = geometry.validate_um_per_px(float(meta["um_per_px"]))
+    rc_um = geometry.xy_px_to_rc_um(adata.obsm["spatial"], um_per_px)
+    return rc_um, um_per_px, float(meta.get("spot_diameter_um",
+                                            geometry.DEFAULT_SPOT_DIAMETER_UM))
+
+
+def _create_encoder(cfg: RunConfig):
+    from ..features import create_encoder
+
+    extra = {"architecture": cfg.encoder_architecture} if cfg.encoder_architecture else {}
+    return create_encoder(cfg.encoder, device=cfg.device, hf_token=cfg.hf_token, **extra)
+
+
+def _lattice_kind(adata: AnnData) -> str | None:
+    """The spot lattice ('hex', 'square') of the sample's platform, None when unknown."""
+    platform = adata.uns.get("trihrge", {}).get("platform")
+    return geometry.PLATFORMS.get(platform, {}).get("lattice")
+
+
+def _encoder_and_image(adata: AnnData, cfg: RunConfig):
+    from ..io import get_image
+
+    return get_image(adata), _create_encoder(cfg)
+
+
+def _standardise(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-section z-score over the first axis (stain and scanner differ between sections):
+    z, mean, std (a std below 1e-6 taken as 1)."""
+    mu = feats.mean(axis=0)
+    sd = feats.std(axis=0)
+    sd = np.where(sd > 1e-6, sd, 1.0)
+    return ((feats - mu) / sd).astype(np.float32), mu.astype(np.float32), sd.astype(np.float32)
+
+
+def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cfg: RunConfig,
+              progress: Progress, *, dense: bool = False, cache: bool = True) -> np.ndarray:
+    """Image bags (N, S, D). ``dense``: the first window is the local one and every window comes
+    from the encoder's dense path (for ViTs, patch tokens from one forward pass per tile: the
+    same features for spots, sub-locations, virtual spots and map pixels)."""
+    from ..features import extract_features
+
+    if not cfg.image_input:
+        return np.zeros((len(rc_um), 0, 1), dtype=np.float32)
+    cache_dir = cfg.cache_dir if cache else None
+    if dense:
+        return extract_features(image, rc_um, encoder, tuple(windows_um[1:]), dense=True,
+                                local_window_um=windows_um[0], cache_dir=cache_dir,
+                                progress=progress)
+    return extract_features(image, rc_um, encoder, tuple(windows_um), cache_dir=cache_dir,
+                            progress=progress)
+
+
+def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:
+    from ..model.training import TrainConfig, fit_ensemble
+
+    train_cfg = TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train})
+    seeds = [cfg.seed + i for i in range(max(1, int(cfg.ensemble)))]
+    model_kw = {"neighbour_skip": cfg.neighbour_skip and neighbour is not None,
+                **model_preset(cfg), **cfg.model}
+    model_kw["neighbour_input"] = neighbour is not None
+    with cpu_threads(cfg.threads):
+        return fit_ensemble(features, targets, neighbour=neighbour, seeds=seeds,
+                            train_config=train_cfg, progress=progress, **sub, **model_kw)
+
+
+def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    from ..model.predict import predict_ensemble
+
+    with cpu_threads(cfg.threads):
+        mean, std = predict_ensemble([f.model for f in fits], features, neighbour,
+                                     device=cfg.device, progress=progress)
+    return mean, (std if len(fits) > 1 else None)
+
+
+@dataclass
+class StackedModel:
+    """What :func:`_fit_stacked` learns: the network of every fold (averaged when predicting),
+    the ridge head on all training spots and the per-gene blend of the candidates."""
+
+    fits: list
+    ridge: Any  # stacking.RidgeHead or None
+    blend: Any  # stacking.GeneBlend
+    src_rc_um: np.ndarray  # training spots (interpolation sources)
+    src_y: np.ndarray
+
+
+def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
+                 nb: np.ndarray | None, progress: Progress, **sub) -> StackedModel:
+    """Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds``
+    folds; kNN leave-one-out over all training spots, as dense as for the hidden spots), the
+    per-gene blend fitted on them, and the ridge head refitted on every training spot.
+    ``sub``: the sub-spot arrays of the aggregation loss (enhance with a dense map), one row per
+    training spot; each fold's network gets the rows of its training spots."""
+    from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
+
+    # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
+    folds = fold_indices(len(y), max(2, min(cfg.stacking_folds, len(y) // 5)), cfg.seed)
+    img = feats if cfg.image_input else None
+    oof: dict[str, np.ndarray] = {}
+    for name in cfg.stacking:
+        if name.startswith("knn"):
+            oof[name] = idw_interpolate(rc_um, y, rc_um, int(name[3:]), exclude_self=True)
+        else:
+            oof[name] = np.zeros_like(y)
+    fits: list = []
+    for i, test in enumerate(folds):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        nb_tr, nb_te = (nb[train], nb[test]) if nb is not None else (None, None)
+        if "ridge" in oof:
+            head = RidgeHead.fit(img[train] if img is not None else None, nb_tr, y[train])
+            oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
+        if "network" in oof:
+            progress.message(f"stacking fold {i + 1}/{len(folds)}")
+            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y[train],
+                             nb_tr, progress, **{k: v[train] for k, v in sub.items()})
+            oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
+            fits += fold_fits
+    ridge = RidgeHead.fit(img, nb, y) if "ridge" in oof else None
+    return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
+                        src_y=y)
+
+
+def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
+                        rc_um: np.ndarray, cfg: RunConfig,
+                        progress: Progress | None = None) -> tuple[dict, np.ndarray | None]:
+    """Every candidate's prediction at ``rc_um`` (name -> (M, G)) and the networks' spread."""
+    out, std = {}, None
+    for name in model.blend.names:
+        if name.startswith("knn"):
+            out[name] = idw_interpolate(model.src_rc_um, model.src_y, rc_um, int(name[3:]))
+        elif name == "ridge":
+            out[name] = model.ridge.predict(feats if cfg.image_input else None, nb)
+        else:
+            out[name], std = _predict(model.fits, feats, nb, cfg, progress)
+    return out, std
+
+
+def _stacked_predict(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
+                     rc_um: np.ndarray, cfg: RunConfig, progress: Progress | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The blend's prediction at ``rc_um`` (clipped at 0, as the network's output), its spread
+    over the fold networks (the networks' spread times each gene's network weight: the blend is
+    linear in the network; None without a network or with one), and every candidate's
+    prediction (name -> (M, G))."""
+    parts, std = _stacked_candidates(model, feats, nb, rc_um, cfg, progress)
+    pred = np.maximum(model.blend.predict(parts), 0.0)
+    if std is not None:
+        w_net = model.blend.weights[:, model.blend.names.index("network")]
+        std = (std * w_net[None, :]).astype(np.float32)
+    return pred, std, parts
+
+
+def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
+    """The 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
+    with timer("genes"):
+        progress.stage("genes", 1)
+        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
+        progress.advance()
+    return expr
+
+
+def _holdout_split(n_spots: int, fraction: float, seed: int,
+                   how_to_fix: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    if not 0.0 < fraction < 1.0:
+        raise TrihrgeInputError(f"the held-out fraction must be between 0 and 1, got {fraction}",
+                                how_to_fix or "use for example --holdout 0.5")
+    n_hidden = int(round(n_spots * fraction))
+    if n_hidden < 1 or n_spots - n_hidden < 10:
+        raise TrihrgeInputError(
+            f"hiding {fraction:.0%} of {n_spots} spots leaves too few to train on or to score",
+            how_to_fix or "use a sample with more spots or a held-out fraction nearer 0.5")
+    perm = np.random.default_rng(seed).permutation(n_spots)
+    return np.sort(perm[:n_hidden]), np.sort(perm[n_hidden:])
+
+
+def _annotation_labels(adata: AnnData, annotation) -> pd.Series | None:
+    """Labels per spot (aligned to ``adata.obs_names``) from an obs column name, a Series or a
+    file (tab/comma separated: barcode, label)."""
+    if annotation is None:
+        return None
+    if isinstance(annotation, str) and annotation in adata.obs.columns:
+        return adata.obs[annotation].astype(object)
+    if isinstance(annotation, pd.Series):
+        labels = annotation
+    else:
+        from pathlib import Path
+
+        path = Path(annotation)
+        if not path.exists():
+            raise TrihrgeInputError(f"annotation file not found: {path}",
+                                    "pass a tab- or comma-separated file of barcode and label")
+        table = pd.read_csv(path, sep=None, engine="python", header=None, dtype=str)
+        if table.shape[1] < 2:
+            raise TrihrgeInputError(f"{path.name} must have two columns: barcode and label",
+                                    "one spot per line, barcode then label")
+        if table.iloc[0, 0] not in set(adata.obs_names) and table.shape[0] > 1:
+            table = table.iloc[1:]  # header line
+        labels = pd.Series(table.iloc[:, 1].to_numpy(), index=table.iloc[:, 0].to_numpy())
+    labels = labels[~labels.index.duplicated()]
+    aligned = labels.reindex(adata.obs_names)
+    if aligned.notna().sum() == 0:
+        raise TrihrgeInputError("no barcode of the annotation matches the sample's spots",
+                                "check that the annotation belongs to this sample")
+    return aligned.astype(object)
+
+
+def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
+                      std: np.ndarray | None, per_gene: pd.DataFrame, cfg: RunConfig, *,
+                      baseline: tuple[str, np.ndarray], uns_extra: dict[str, Any]) -> AnnData:
+    """Predictions for scored spots as AnnData: X predicted, layers 'measured', the baseline's
+    name and 'std' (ensemble spread), per-gene PCC in ``var``, spatial metadata carried over."""
+    name, values = baseline
+    out = AnnData(X=pred.astype(np.float32), obs=spots.obs.copy(),
+                  var=pd.DataFrame(index=pd.Index(spots.var_names)))
+    out.obsm["spatial"] = np.asarray(spots.obsm["spatial"])
+    out.layers["measured"] = np.asarray(measured, dtype=np.float32)
+    out.layers[name] = np.asarray(values, dtype=np.float32)
+    if std is not None:
+        out.layers["std"] = std
+    for col in ("pcc", "pcc_baseline", "mean_measured", *TRUST_COLUMNS):
+        if col in per_gene:
+            out.var[col if col != "pcc_baseline" else f"pcc_baseline_{name}"] = (
+                per_gene[col].reindex(out.var_names).to_numpy())
+    out.uns["trihrge"] = {**dict(spots.uns.get("trihrge", {})), **uns_extra,
+                          "config": cfg.public_dict()}
+    if "spatial" in spots.uns:
+        out.uns["spatial"] = spots.uns["spatial"]
+    return out
+
+
+def _score_with_knn(pred: np.ndarray, truth: np.ndarray, genes: list[str],
+                    baselines: dict[str, np.ndarray]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """:func:`~napari_trihrge.metrics.spot_scores` with every baseline, the better of the
+    ``knn<k>`` baselines as "the baseline" (``baseline_knn_*``) and its ``baseline_knn_k``."""
+    summary, per_gene = spot_scores(pred, truth, genes, baselines=baselines)
+    knn = [name for name in baselines if name.startswith("knn")]
+    summary.update(best_baseline(summary, per_gene, knn, "knn"))
+    summary["baseline_knn_k"] = int(summary["baseline_knn_method"].removeprefix("knn"))
+    return summary, per_gene
+
+
+def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: np.ndarray,
+                    visible: np.ndarray, genes: list[str],
+                    others: dict[str, np.ndarray] | None = None
+                    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """Score predictions of the ``hidden`` spots with the fair score next to inverse-distance kNN
+    of the ``visible`` spots (k in :data:`BASELINE_KS`, the better k as the baseline) and any
+    ``others`` (name -> prediction, scored on the same genes and spots). Returns the metrics, the
+    per-gene table (with the trust columns) and the better kNN's prediction."""
+    knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
+           for k in BASELINE_KS}
+    metrics, per_gene = _score_with_knn(pred, y[hidden], genes, {**knn, **(others or {})})
+    trust = gene_trust(per_gene)
+    for col in TRUST_COLUMNS[1:]:
+        per_gene[col] = trust[col]
+    metrics["n_genes_beating_interpolation"] = int(trust["beats_interpolation"].sum())
+    return metrics, per_gene, knn[metrics["baseline_knn_method"]]
+
+
+def trust_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The short per-gene trust summary of a run (``summary.json['trust']``) from held-out
+    metrics (:func:`recovery`'s, or an enhance run's internal split)."""
+    keys = ("heldout_fraction", "n_hidden", "n_visible", "n_genes_scored",
+            "n_genes_beating_interpolation", "n_genes_constant_prediction", "pcc_mean",
+            "baseline_knn_pcc_mean", "baseline_knn_k")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _trust_record(metrics: dict[str, Any], model: str) -> dict[str, Any]:
+    """``uns['trihrge']['trust']``: how the per-gene trust columns were measured."""
+    return {**trust_summary(metrics), "model": model,
+            "score": "per-gene PCC on the held-out spots, a constant prediction counting as 0",
+            "baseline": (f"inverse-distance kNN of the training spots, k={metrics['baseline_knn_k']}"
+                         f" (the better of k={'/'.join(str(k) for k in BASELINE_KS)})")}

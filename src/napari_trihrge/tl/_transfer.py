@@ -1,0 +1,134 @@
+"""Transfer: train on some sections, predict another one's spots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ..errors import TrihrgeInputError
+from ..metrics import spot_scores
+from ..progress import Progress, ensure_progress
+from ._config import RunConfig, validate_config
+from ._recovery import RecoveryResult
+from ._shared import (
+    _encoder_and_image,
+    _features,
+    _fit,
+    _predict,
+    _prediction_adata,
+    _standardise,
+    _Timer,
+    sample_geometry,
+)
+
+
+@dataclass
+class TransferResult(RecoveryResult):
+    """As :class:`RecoveryResult`; ``predictions`` holds the target section's spots with
+    layers 'measured', 'ridge' (and 'std')."""
+
+
+def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int,
+                   extra_genes: Sequence[str] = ()) -> list[str]:
+    """Genes for a cross-section model: highly variable (seurat_v3) over the pooled raw counts
+    of the ``training`` sections, among the genes every section in ``adatas`` has."""
+    import scipy.sparse as sp
+
+    from ..pp import select_genes
+
+    common = pd.Index(adatas[0].var_names)
+    for a in adatas[1:]:
+        common = common.intersection(pd.Index(a.var_names), sort=False)
+    if len(common) == 0:
+        raise TrihrgeInputError("the sections have no gene in common",
+                                "use sections measured on the same panel / transcriptome")
+    blocks = []
+    for a in training:
+        x = a[:, common].X
+        blocks.append(sp.csr_matrix(x, dtype=np.float32))
+    pooled = AnnData(X=sp.vstack(blocks).tocsr())
+    pooled.var_names = common
+    return select_genes(pooled, n_top_genes, [g for g in extra_genes if g in common])
+
+
+def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
+    from ..pp import check_counts, normalize_log1p
+
+    check_counts(adata)
+    return normalize_log1p(adata, genes=genes)
+
+
+def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunConfig | None = None,
+             progress: Progress | None = None) -> TransferResult:
+    """Train on whole sections (``train_adatas``) and predict every spot of another section
+    (``target``) from its image alone; score per-gene PCC / MSE on the target's measured spots.
+
+    The model is image-only (the target's spots are not used as input). Genes: highly variable
+    over the pooled training sections among the genes all sections share. Image features are
+    standardised per section (``config.train`` cannot change that): stain and scanner differ
+    between sections, and a per-section z-score removes that shift before the network sees it.
+    Baselines in ``metrics``: the mean training expression (MSE only; its PCC is undefined) and a
+    ridge regression on the same features (``baseline_ridge_*``).
+    """
+    cfg = config or RunConfig()
+    validate_config(cfg)
+    if not cfg.image_input:
+        raise TrihrgeInputError("transfer predicts from the image alone; image_input=False "
+                                "leaves it nothing to learn from", "use image_input=True")
+    from dataclasses import replace
+
+    cfg = replace(cfg, neighbour_input=False)
+    train_adatas = list(train_adatas)
+    if not train_adatas:
+        raise TrihrgeInputError("no training section given", "pass at least one section")
+    progress = ensure_progress(progress)
+    timer = _Timer()
+    with timer("genes"):
+        progress.stage("genes", 1)
+        genes = transfer_genes([*train_adatas, target], train_adatas, cfg.n_top_genes,
+                               cfg.extra_genes)
+        ys = [_section_expression(a, genes) for a in [*train_adatas, target]]
+        progress.advance()
+    feats = []
+    with timer("features"):
+        for a in [*train_adatas, target]:
+            rc_um, _, _ = sample_geometry(a)
+            image, encoder = _encoder_and_image(a, cfg)
+            feats.append(_standardise(_features(image, encoder, rc_um, cfg.windows_um, cfg,
+                                                progress))[0])
+    x_train = np.concatenate(feats[:-1])
+    y_train = np.concatenate(ys[:-1])
+    y_target = ys[-1]
+    with timer("training"):
+        fits = _fit(cfg, x_train, y_train, None, progress)
+    with timer("prediction"):
+        pred, std = _predict(fits, feats[-1], None, cfg, progress)
+
+    from sklearn.linear_model import RidgeCV
+
+    with timer("baselines"):
+        ridge = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(
+            x_train.reshape(len(x_train), -1), y_train)
+        ridge_pred = np.maximum(ridge.predict(feats[-1].reshape(len(y_target), -1)), 0.0)
+    mean_pred = np.broadcast_to(y_train.mean(axis=0), y_target.shape)
+    summary, per_gene = spot_scores(pred, y_target, genes,
+                                    baselines={"ridge": ridge_pred, "train_mean": mean_pred})
+    per_gene["pcc_baseline"] = per_gene["pcc_ridge"]
+    metrics: dict[str, Any] = {
+        "n_train_sections": len(train_adatas), "n_train_spots": int(len(y_train)),
+        "n_target_spots": int(len(y_target)), **summary,
+        "baseline_ridge_alpha": float(ridge.alpha_),
+    }
+    out = _prediction_adata(target[:, genes], pred, y_target, std, per_gene, cfg,
+                            baseline=("ridge", ridge_pred.astype(np.float32)),
+                            uns_extra={"task": "transfer", "train_sections": [
+                                str(a.uns.get("trihrge", {}).get("sample", i))
+                                for i, a in enumerate(train_adatas)]})
+    return TransferResult(predictions=out, metrics=metrics, per_gene=per_gene,
+                          history=[f.history for f in fits], timings_s=timer.timings_s,
+                          config=cfg.public_dict(), fits=fits)
