@@ -19,10 +19,12 @@ from ._enhance import EnhanceResult, enhance
 from ._maps import DenseMaps, check_map_size, map_grid, map_spot_consistency, predict_maps
 from ._recovery import RecoveryResult, recovery
 from ._shared import StackedModel, sample_geometry, trust_summary
+from ._store import store_result
 from ._transfer import TransferResult, transfer, transfer_genes
 from .inference import predict, train
 
 __all__ = [
+    "store_result",
     "RunConfig",
     "MODEL_PRESETS",
     "BASELINE_KS",

@@ -32,6 +32,7 @@ from ._shared import (
     sample_geometry,
     trust_summary,
 )
+from ._store import store_result
 
 
 @dataclass
@@ -111,6 +112,7 @@ def _blend_weight_columns(blend, genes: list[str]) -> pd.DataFrame:
 
 def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
             config: RunConfig | None = None, progress: Progress | None = None,
+            key_added: str | None = None,
             map_path: str | None = None, map_margin_um: float | None = None,
             trust: bool = True, trust_holdout_fraction: float = TRUST_HOLDOUT_FRACTION
             ) -> EnhanceResult:
@@ -138,6 +140,10 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     ``virtual.uns['trihrge']['trust']``, ``metrics['trust']`` and ``trust`` (per-gene table).
     It costs one more training; ``trust=False`` skips it and the outputs then say nothing about
     which genes to trust.
+
+    The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_enhance``):
+    the summary in ``uns``, the per-gene trust in ``var``
+    (:func:`napari_trihrge.tl.store_result`).
     """
     cfg = config or RunConfig()
     validate_config(cfg)
@@ -272,6 +278,8 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
                                 map_path=map_path, genes=genes, grid=grid)
         with timer("consistency"):
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
+    store_result(adata, "enhance", metrics=metrics, config=cfg.public_dict(),
+                 per_gene=trust_table, key_added=key_added)
     return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
                          history=[f.history for f in fits], timings_s=timer.timings_s,
                          config=cfg.public_dict(), fits=fits, trust=trust_table)

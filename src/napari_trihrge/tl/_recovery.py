@@ -28,6 +28,7 @@ from ._shared import (
     _trust_record,
     sample_geometry,
 )
+from ._store import store_result
 
 
 @dataclass
@@ -42,13 +43,18 @@ class RecoveryResult:
 
 
 def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
-             config: RunConfig | None = None, progress: Progress | None = None) -> RecoveryResult:
+             config: RunConfig | None = None, progress: Progress | None = None,
+             key_added: str | None = None) -> RecoveryResult:
     """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
     hidden ones and score them (hidden spots only) next to the image-free kNN baseline.
 
     With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
     (:mod:`napari_trihrge.model.stacking`), weighted on out-of-fold predictions of the training spots;
-    each candidate is also scored, on the same genes and spots (``baseline_<name>_*``)."""
+    each candidate is also scored, on the same genes and spots (``baseline_<name>_*``).
+
+    The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_recovery``):
+    the summary in ``uns``, the per-gene trust in ``var``, the hidden spots' predictions in
+    ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`)."""
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
@@ -110,6 +116,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
                             baseline=("knn", baseline), uns_extra={
                                 "task": "recovery",
                                 "trust": _trust_record(metrics, f"{members} of this run")})
+    store_result(adata, "recovery", metrics=metrics, config=cfg.public_dict(),
+                 per_gene=per_gene, predictions=out, key_added=key_added)
     return RecoveryResult(predictions=out, metrics=metrics, per_gene=per_gene,
                           history=[f.history for f in fits], timings_s=timer.timings_s,
                           config=cfg.public_dict(), fits=fits)

@@ -25,6 +25,7 @@ from ._shared import (
     _Timer,
     sample_geometry,
 )
+from ._store import store_result
 
 
 @dataclass
@@ -64,7 +65,8 @@ def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
 
 
 def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunConfig | None = None,
-             progress: Progress | None = None) -> TransferResult:
+             progress: Progress | None = None,
+             key_added: str | None = None) -> TransferResult:
     """Train on whole sections (``train_adatas``) and predict every spot of another section
     (``target``) from its image alone; score per-gene PCC / MSE on the target's measured spots.
 
@@ -74,6 +76,10 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
     between sections, and a per-section z-score removes that shift before the network sees it.
     Baselines in ``metrics``: the mean training expression (MSE only; its PCC is undefined) and a
     ridge regression on the same features (``baseline_ridge_*``).
+
+    The result is also recorded on ``target`` under ``key_added`` (default
+    ``trihrge_transfer``): the summary in ``uns``, the per-gene trust in ``var``, the
+    predictions in ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`).
     """
     cfg = config or RunConfig()
     validate_config(cfg)
@@ -129,6 +135,8 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
                             uns_extra={"task": "transfer", "train_sections": [
                                 str(a.uns.get("trihrge", {}).get("sample", i))
                                 for i, a in enumerate(train_adatas)]})
+    store_result(target, "transfer", metrics=metrics, config=cfg.public_dict(),
+                 per_gene=per_gene, predictions=out, key_added=key_added)
     return TransferResult(predictions=out, metrics=metrics, per_gene=per_gene,
                           history=[f.history for f in fits], timings_s=timer.timings_s,
                           config=cfg.public_dict(), fits=fits)
