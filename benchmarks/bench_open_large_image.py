@@ -27,7 +27,7 @@ def write_section(d: Path, size_px: int) -> Path:
     """A her2st-like section folder with a ``size_px`` square textured JPEG."""
     from PIL import Image
 
-    from test_io_spot_table import make_st_section
+    from sample_folders import make_st_section
 
     make_st_section(d, "BIG", image=False)
     rng = np.random.default_rng(0)

@@ -113,7 +113,7 @@ def viewer(make_napari_viewer):
 @pytest.fixture
 def notes():
     """Collects napari notifications raised during a GUI test."""
-    from test_qt_support import Notifications
+    from qt_support import Notifications
 
     n = Notifications()
     yield n

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_qt_support import add_sample, fake_recovery
+from qt_support import add_sample, fake_recovery
 
 pytestmark = pytest.mark.gui
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from qtpy.QtWidgets import QLineEdit
 
-from test_qt_support import (
+from qt_support import (
     add_sample,
     fake_enhance,
     fake_recovery,
@@ -59,7 +59,7 @@ def test_image_button_adds_a_full_resolution_image_to_a_space_ranger_folder(
     from qtpy.QtWidgets import QFileDialog
 
     from napari_trihrge.napari._qt import SampleWidget
-    from test_io_visium import FULL_HW, make_visium_folder
+    from sample_folders import FULL_HW, make_visium_folder
 
     folder = make_visium_folder(tmp_path)
     full = np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), dtype=np.uint8)

@@ -4,9 +4,7 @@ layout, and every bad-input error."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,81 +12,14 @@ from PIL import Image
 
 from napari_trihrge import io
 from napari_trihrge.errors import TrihrgeInputError
+from sample_folders import (
+    FULL_HW,
+    N_GENES,
+    SPOT_DIAMETER_PX,
+    make_visium_folder,
+)
 
-FULL_HW = (1000, 1600)  # full-resolution image size in px
-SPOT_DIAMETER_PX = 100.0  # -> 0.55 um/px for a 55 um Visium spot
-N_GENES = 12
 # Visium lattice at 0.55 um/px: 86.6 um per array_row step, 50 um per array_col step
-ROW_STEP_PX = 50.0 * np.sqrt(3.0) / 0.55
-COL_STEP_PX = 50.0 / 0.55
-
-
-def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> None:
-    """Write spots x genes ``counts`` in the Cell Ranger v3 HDF5 layout."""
-    import scipy.sparse as sp
-
-    m = sp.csc_matrix(counts.T.astype(np.int32))  # genes x spots, columns = barcodes
-    with h5py.File(path, "w") as f:
-        g = f.create_group("matrix")
-        g.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
-        g.create_dataset("data", data=m.data)
-        g.create_dataset("indices", data=m.indices.astype(np.int64))
-        g.create_dataset("indptr", data=m.indptr.astype(np.int64))
-        g.create_dataset("shape", data=np.array(m.shape, dtype=np.int32))
-        ft = g.create_group("features")
-        ft.create_dataset("name", data=np.array(genes, dtype="S"))
-        ft.create_dataset("id", data=np.array([f"ENSG{i:011d}" for i in range(len(genes))],
-                                              dtype="S"))
-        ft.create_dataset("feature_type", data=np.array(["Gene Expression"] * len(genes),
-                                                        dtype="S"))
-        ft.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
-
-
-def make_visium_folder(root: Path, *, positions: str = "csv", images=("hires", "lowres"),
-                       n_rows: int = 5, n_cols: int = 8, seed: int = 0,
-                       barcode_suffix: str = "-1", xy_scale: float = 1.0,
-                       zero_counts: bool = False, in_outs: bool = False) -> Path:
-    """A tiny Space Ranger outs/ folder; returns the folder to pass to the reader."""
-    rng = np.random.default_rng(seed)
-    outs = root / "sample1" / "outs" if in_outs else root / "sample1"
-    spatial = outs / "spatial"
-    spatial.mkdir(parents=True)
-    rows, cols, prow, pcol = [], [], [], []
-    for r in range(n_rows):
-        for c in range(r % 2, 2 * n_cols, 2):  # hexagonal array coordinates
-            rows.append(r)
-            cols.append(c)
-            prow.append(150.0 + r * ROW_STEP_PX)
-            pcol.append(150.0 + c * COL_STEP_PX)
-    n = len(rows)
-    barcodes = [f"AC{i:06d}{barcode_suffix}" for i in range(n)]
-    in_tissue = np.ones(n, dtype=int)
-    in_tissue[:3] = 0  # three spots off tissue
-    pos = pd.DataFrame({"barcode": barcodes, "in_tissue": in_tissue, "array_row": rows,
-                        "array_col": cols,
-                        "pxl_row_in_fullres": np.round(np.array(prow) * xy_scale).astype(int),
-                        "pxl_col_in_fullres": np.round(np.array(pcol) * xy_scale).astype(int)})
-    if positions == "csv":
-        pos.to_csv(spatial / "tissue_positions.csv", index=False)
-    elif positions == "legacy":
-        pos.to_csv(spatial / "tissue_positions_list.csv", index=False, header=False)
-    elif positions == "parquet":
-        pos.to_parquet(spatial / "tissue_positions.parquet", index=False)
-    scalef = {"hires": 0.2, "lowres": 0.05}
-    sf = {"spot_diameter_fullres": SPOT_DIAMETER_PX, "fiducial_diameter_fullres": 150.0,
-          "tissue_hires_scalef": scalef["hires"], "tissue_lowres_scalef": scalef["lowres"]}
-    (spatial / "scalefactors_json.json").write_text(json.dumps(sf))
-    for res in images:
-        h, w = (int(round(s * scalef[res])) for s in FULL_HW)
-        img = rng.integers(100, 256, (h, w, 3), dtype=np.uint8)
-        Image.fromarray(img).save(spatial / f"tissue_{res}_image.png")
-    tissue = [b for b, t in zip(barcodes, in_tissue, strict=True) if t]
-    counts = rng.poisson(3.0, (len(tissue), N_GENES))
-    if zero_counts:
-        counts[:] = 0
-    genes = [f"G{i}" for i in range(N_GENES - 1)] + ["G0"]  # a duplicated symbol
-    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", counts, tissue, genes)
-    return root / "sample1"
 
 
 @pytest.mark.parametrize("positions", ["csv", "legacy", "parquet"])

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_qt_support import TINY, fake_enhance, fake_recovery, sample_adata
+from qt_support import TINY, fake_enhance, fake_recovery, sample_adata
 
 
 class Recorder:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from test_qt_support import TINY, add_sample, fake_recovery
+from qt_support import TINY, add_sample, fake_recovery
 
 pytestmark = pytest.mark.gui
 

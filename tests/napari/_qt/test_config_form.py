@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from test_qt_support import add_sample, fake_recovery
+from qt_support import add_sample, fake_recovery
 
 pytestmark = pytest.mark.gui
 

@@ -9,37 +9,7 @@ from PIL import Image
 
 from napari_trihrge import io
 from napari_trihrge.errors import TrihrgeInputError
-
-UM_PER_PX = 0.7
-STEP_PX = 200.0 / UM_PER_PX  # ST: 200 um between spot centres
-IMAGE_HW = (1700, 2300)
-
-
-def make_st_section(d, sid="S1", *, n_x=8, n_y=6, seed=0, zero=False, image=True):
-    """A her2st-like folder: <id>.tsv.gz (ids '<x>x<y>'), <id>_selection.tsv, <id>_HE.jpg."""
-    rng = np.random.default_rng(seed)
-    d.mkdir(parents=True, exist_ok=True)
-    xs, ys = np.meshgrid(np.arange(1, n_x + 1), np.arange(1, n_y + 1))
-    xs, ys = xs.ravel(), ys.ravel()
-    sel = pd.DataFrame({
-        "x": xs, "y": ys, "new_x": xs + rng.normal(0, 0.02, xs.size),
-        "new_y": ys + rng.normal(0, 0.02, xs.size),
-        "pixel_x": 100 + (xs - 1) * STEP_PX + rng.normal(0, 2, xs.size),
-        "pixel_y": 100 + (ys - 1) * STEP_PX + rng.normal(0, 2, xs.size),
-        "selected": 1})
-    sel.loc[:3, "selected"] = 0  # four spots not under tissue
-    sel.to_csv(d / f"{sid}_selection.tsv", sep="\t", index=False)
-    ids = [f"{x}x{y}" for x, y in zip(xs, ys, strict=True)][:-2]  # two selected spots lack counts
-    counts = pd.DataFrame(rng.poisson(4, (len(ids), 10)), index=ids,
-                          columns=[f"GENE{i}" for i in range(10)])
-    if zero:
-        counts[:] = 0
-    counts.to_csv(d / f"{sid}.tsv.gz", sep="\t")
-    if image:
-        img = np.full(IMAGE_HW + (3,), 230, np.uint8)
-        img[200:1500, 200:2100] = (180, 90, 160)
-        Image.fromarray(img).save(d / f"{sid}_HE.jpg", quality=90)
-    return d
+from sample_folders import IMAGE_HW, UM_PER_PX, make_st_section
 
 
 @pytest.fixture

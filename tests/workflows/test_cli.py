@@ -229,8 +229,7 @@ def test_input_options_reach_every_reader(tmp_path):
     import tifffile
 
     from napari_trihrge.io.outputs import write_h5ad
-    from test_io_spot_table import make_st_section
-    from test_io_visium import FULL_HW, make_visium_folder
+    from sample_folders import FULL_HW, make_st_section, make_visium_folder
 
     slide = tmp_path / "slide.tif"
     tifffile.imwrite(slide, np.random.default_rng(0).integers(60, 250, (*FULL_HW, 3), np.uint8))

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_MODEL, TINY_TRAIN
 from napari_trihrge import geometry, io
 from napari_trihrge.errors import TrihrgeInputError
-from test_io_visium import make_visium_folder
+from sample_folders import make_visium_folder
 
 
 def _sdio():

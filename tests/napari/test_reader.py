@@ -11,7 +11,7 @@ from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.napari import layers as L
 from napari_trihrge.napari._reader import get_reader, read_maps
 from napari_trihrge.napari._writer import write_image_ome_tiff, write_points_h5ad
-from test_qt_support import sample_adata, truth_maps
+from qt_support import sample_adata, truth_maps
 
 
 def _kinds(tuples):
@@ -239,7 +239,7 @@ def _large_jpeg_section(d, side_px: int = 6000):
     """A her2st-like section whose H&E is a large textured JPEG (decoded whole to be shown)."""
     from PIL import Image
 
-    from test_io_spot_table import make_st_section
+    from sample_folders import make_st_section
 
     make_st_section(d, "BIG", image=False)
     rng = np.random.default_rng(0)
@@ -373,7 +373,7 @@ def test_sample_and_run_folders_of_any_name_open_with_no_chooser_after_the_first
     from napari.errors import MultipleReaderError, ReaderPluginError
     from napari.settings import get_settings
 
-    from test_io_spot_table import make_st_section
+    from sample_folders import make_st_section
 
     study = tmp_path / "study [2024]"  # a glob character in the path must not break it
     first = make_st_section(study / "section A", "A")
@@ -406,7 +406,7 @@ def test_large_blank_jpeg_decoded_in_the_background_is_reported(make_napari_view
     from PIL import Image
 
     from napari_trihrge.napari._qt import _image_loader
-    from test_io_spot_table import make_st_section
+    from sample_folders import make_st_section
 
     section = make_st_section(tmp_path / "WHITE", "WHITE", image=False)
     Image.fromarray(np.full((5000, 5000, 3), 255, np.uint8)).save(section / "WHITE_HE.jpg")

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from napari_trihrge import io
 from napari_trihrge.errors import TrihrgeInputError
-from test_io_visium import make_visium_folder
+from sample_folders import make_visium_folder
 
 
 @pytest.fixture

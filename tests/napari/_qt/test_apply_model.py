@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_qt_support import TINY, add_sample
+from qt_support import TINY, add_sample
 
 pytestmark = pytest.mark.gui
 

@@ -30,6 +30,17 @@ def test_recovery_scores_hidden_spots_only(synthetic):
     assert res.predictions.layers["measured"].shape == res.predictions.shape
     assert res.per_gene["pcc"].dropna().is_monotonic_decreasing
     assert set(res.timings_s) >= {"genes", "features", "training", "prediction"}
+    # the result is also recorded on the AnnData it was given (scanpy style)
+    record = synthetic.uns["trihrge_recovery"]
+    assert record["task"] == "recovery" and record["metrics"]["pcc_mean"] == m["pcc_mean"]
+    scored = synthetic.obs["trihrge_recovery_scored"].to_numpy()
+    assert scored.sum() == len(hidden) and scored[hidden].all()
+    stored = synthetic.obsm["trihrge_recovery"].loc[res.predictions.obs_names]
+    np.testing.assert_allclose(stored[list(res.predictions.var_names)].to_numpy(),
+                               np.asarray(res.predictions.X))
+    gene = res.per_gene["pcc"].dropna().index[0]
+    assert synthetic.var.loc[gene, "trihrge_recovery_pcc"] == pytest.approx(
+        res.per_gene.loc[gene, "pcc"])
 
 
 def test_recovery_never_sees_the_hidden_expression(synthetic):
@@ -127,6 +138,11 @@ def test_enhance_measures_per_gene_trust_on_a_held_out_split(synthetic):
     res = tasks.enhance(synthetic, factor=2, config=tiny())
     var = res.virtual.var
     _check_trust_columns(var, res.trust)
+    # the per-gene trust is also recorded on the input AnnData
+    assert synthetic.uns["trihrge_enhance"]["task"] == "enhance"
+    np.testing.assert_allclose(
+        synthetic.var.loc[res.trust.index, "trihrge_enhance_pcc_gain"].to_numpy(float),
+        res.trust["pcc_gain"].to_numpy(float))
     trust = res.virtual.uns["trihrge"]["trust"]
     n_hidden = round(synthetic.n_obs * tasks.TRUST_HOLDOUT_FRACTION)
     assert trust["n_hidden"] == n_hidden and trust["n_visible"] == synthetic.n_obs - n_hidden
@@ -180,6 +196,8 @@ def test_enhance_without_trust(synthetic):
 def test_enhance_trust_needs_enough_spots(synthetic):
     with pytest.raises(TrihrgeInputError, match="--no-trust"):
         tasks.enhance(synthetic[:12].copy(), factor=2, config=tiny())
+
+
 def test_recovery_blend_scores_its_candidates_on_the_same_genes(synthetic):
     res = tasks.recovery(synthetic, seed=2, config=tiny(stacking_folds=3))
     m = res.metrics

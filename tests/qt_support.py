@@ -1,4 +1,4 @@
-"""Helpers shared by the GUI tests (test_qt_*.py); imported as ``from test_qt_support import``.
+"""Helpers shared by the GUI tests (test_qt_*.py); imported as ``from qt_support import``.
 
 The synthetic sample is generated once (and cached on disk by the sample-data module); its known
 8 um truth stands in for enhanced maps where a test only needs maps, not a trained model.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_qt_support import add_sample, canvas_png, fake_enhance
+from qt_support import add_sample, canvas_png, fake_enhance
 
 pytestmark = pytest.mark.gui
 
