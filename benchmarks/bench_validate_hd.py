@@ -1,7 +1,7 @@
 """Visium HD check on the synthetic sample: the dense map vs the measured 8 um bins.
 
 The synthetic sample's truth is written as a Visium HD-like folder (Poisson counts per 8 um bin,
-``datasets.write_visium_hd``); ``hd_validation.run_validate_hd`` builds pseudo-Visium spots from the
+``datasets.write_visium_hd``); ``workflows.runs.run_validate_hd`` builds pseudo-Visium spots from the
 bins, enhances them with 8 um map pixels and scores the map against the bins inside the tissue
 (per-gene PCC with a constant map as 0, SSIM, RMSE) next to the pseudo-spots interpolated onto
 the same pixels (inverse-distance kNN, k = n_neighbours). Mean ± sd over seeds (sample, bins and
@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     from napari_trihrge import io
     from napari_trihrge.datasets import synthetic_sample, write_visium_hd
     from napari_trihrge.tl import RunConfig
-    from napari_trihrge.tl.hd_validation import run_validate_hd
+    from napari_trihrge.workflows.runs import run_validate_hd
 
     work = Path(tempfile.mkdtemp(prefix="bench-hd-"))
     rows, runs = [], []

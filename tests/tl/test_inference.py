@@ -16,6 +16,7 @@ from napari_trihrge import tl as tasks
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.io.model_folder import load_model_folder
 from napari_trihrge.tl import inference
+from napari_trihrge.workflows.runs import run_predict
 
 SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
 CLASSES = ("marker", "density", "gradient", "noise")
@@ -81,7 +82,7 @@ def test_predicts_an_unseen_section_from_its_image_alone(trained, tmp_path):
     _, folder, target = trained
     png = tmp_path / "section3.png"
     Image.fromarray(target.uns["spatial"]["synthetic"]["images"]["hires"]).save(png)
-    summary = inference.run_predict(folder, png, tmp_path / "out", um_per_px=1.0, factor=2,
+    summary = run_predict(folder, png, tmp_path / "out", um_per_px=1.0, factor=2,
                                     stride_um=32.0)
     out = tmp_path / "out"
     for name in ("enhanced.h5ad", "maps.ome.zarr", "overview.png", "summary.json",

@@ -12,8 +12,6 @@ the same grid (inverse-distance kNN).
 from __future__ import annotations
 
 import dataclasses
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,31 +157,3 @@ def score_against_bins(bins: AnnData, result, n_neighbours: int = 6
     return summary, table
 
 
-def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, config=None,
-                    progress=None, overwrite: bool = False, min_coverage: float = 0.5
-                    ) -> dict[str, Any]:
-    """``trihrge validate-hd``: pseudo-Visium spots from the bins, enhance them with a map at
-    the bin size, score the map against the bins; writes the run folder (``summary.json`` with
-    ``validate_hd``, ``validate_hd_genes.csv``, the maps and the overview)."""
-    from ..io.outputs import mark_complete, run_folder, write_json
-    from ..progress import ensure_progress
-    from ..workflows.runs import enhance_map_path, save_enhance_run
-    from ._config import RunConfig
-    from ._enhance import enhance
-
-    cfg = config or RunConfig()
-    progress = ensure_progress(progress)
-    bin_um = _bin_size_um(bins)
-    pseudo = pseudo_visium(bins, min_coverage=min_coverage)
-    with run_folder(out_dir, overwrite) as out:  # appears only when complete
-        t0 = time.perf_counter()
-        result = enhance(pseudo, factor=factor, stride_um=bin_um, config=cfg, progress=progress,
-                         map_path=enhance_map_path(out, bin_um))
-        scores, table = score_against_bins(bins, result, n_neighbours=cfg.n_neighbours)
-        table.to_csv(out / "validate_hd_genes.csv")
-        summary = save_enhance_run(out, pseudo, result, cfg, progress=progress, started=t0,
-                                   summary_extra={"validate_hd": scores})
-        summary["outputs"]["validate_hd_genes"] = "validate_hd_genes.csv"
-        write_json(out / "summary.json", summary)
-        mark_complete(out)
-    return summary

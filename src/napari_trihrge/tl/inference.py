@@ -20,7 +20,6 @@ folder as ``enhance``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,6 +444,18 @@ class PredictResult(EnhanceResult):
     per_gene: pd.DataFrame | None = None
 
 
+def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData:
+    """A prediction target as AnnData: a sample as is, a bare H&E image as a sample without
+    spots (:func:`image_target`), a path of any supported layout read with ``io.read``."""
+    if isinstance(target, AnnData):
+        return target
+    if is_image_path(target):
+        return image_target(target, um_per_px)
+    from ..io import read
+
+    return read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
+
+
 def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, factor: int = 4,
             stride_um: float | None = None, um_per_px: float | None = None,
             encoder: str | None = None, windows_um: Sequence[float] | None = None,
@@ -650,98 +661,7 @@ def _spots_adata(adata: AnnData, genes: list[str], y: np.ndarray | None) -> AnnD
 # -------------------------------------------------------------------------------------------
 # run folders (CLI, viewer)
 # -------------------------------------------------------------------------------------------
-def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: bool = False,
-              config: RunConfig | None = None, trust_fraction: float = 0.1,
-              progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Train and write the model folder ``out_dir`` (plus ``summary.json`` in it); returns the
-    summary."""
-    from .._atomic import refuse_overwrite
-    from ..io.outputs import peak_rss_mb, write_json
-
-    out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        refuse_overwrite(out, overwrite)
-    t0 = time.perf_counter()
-    res = train(adatas, image_only=image_only, config=config, trust_fraction=trust_fraction,
-                progress=progress)
-    ensure_progress(progress).stage("writing", 1)
-    res.model.save(out, overwrite=overwrite)
-    summary = {"task": "train", "model": str(out), "image_only": res.model.image_only,
-               "encoder": res.model.description["encoder"]["name"],
-               "n_genes": len(res.model.genes), "sections": res.metrics["sections"],
-               "heldout": res.metrics.get("heldout"), "config": res.config,
-               "training": [{"best_epoch": f.best_epoch, "epochs_run": len(f.history)}
-                            for f in res.fits],
-               "timings_s": {**res.timings_s, "total": time.perf_counter() - t0},
-               "peak_rss_mb": peak_rss_mb()}
-    write_json(out / "summary.json", summary)
-    return summary
 
 
-def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData:
-    """A prediction target as AnnData: a sample as is, a bare H&E image as a sample without
-    spots (:func:`image_target`), a path of any supported layout read with ``io.read``."""
-    if isinstance(target, AnnData):
-        return target
-    if is_image_path(target):
-        return image_target(target, um_per_px)
-    from ..io import read
-
-    return read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
-
-
-def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
-                out_dir: str | Path, *, factor: int = 4, stride_um: float | None = None,
-                um_per_px: float | None = None, progress: Progress | None = None,
-                overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
-    ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
-    from .._atomic import atomic_path
-    from ..io.outputs import mark_complete, run_folder, write_enhance
-    from ..workflows import runs
-
-    progress = ensure_progress(progress)
-    if not isinstance(model, TrainedModel):
-        model = load_model_folder(model, encoder=kwargs.pop("encoder", None),
-                                  windows_um=kwargs.pop("windows_um", None))
-    adata = _as_target(target, um_per_px)
-    bare = adata.n_obs == 0
-    if bare and stride_um is None:
-        stride_um = DEFAULT_IMAGE_STRIDE_UM
-    with run_folder(out_dir, overwrite) as out:  # appears only when complete
-        t0 = time.perf_counter()
-        result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
-                         map_path=runs.enhance_map_path(out, stride_um), **kwargs)
-        t1 = time.perf_counter()
-        progress.stage("writing", 3)
-        files = write_enhance(out, result)
-        table = result.per_gene if result.per_gene is not None else model.gene_table
-        with atomic_path(out / "predict_genes.csv") as tmp:
-            table.to_csv(tmp)
-        files["per_gene"] = "predict_genes.csv"
-        progress.advance()
-        cfg = RunConfig(**{k: v for k, v in result.config.items()
-                           if k in {f.name for f in dataclasses.fields(RunConfig)}})
-        summary = runs._base_summary(adata, cfg, len(model.genes))
-        summary["model"] = {"path": str(model.path) if model.path else None,
-                            "image_only": model.image_only,
-                            "training_sections": model.description.get("training_sections"),
-                            "trust": model.description.get("trust")}
-        summary["predict"] = result.metrics
-        if result.maps is not None:
-            runs.add_map_summary(out, summary, "predict", files, adata, result, cfg,
-                                 score_truth=not bare)
-        progress.advance()
-        genes = runs._overview_genes(result.virtual if bare else adata, model.genes, cfg)
-        runs._overview(out, adata, result.spots, genes, maps=result.maps, virtual=result.virtual,
-                       title=f"{summary['sample']}: predicted expression "
-                             f"({'image-only' if model.image_only else 'image + spots'} model)")
-        files["overview"] = "overview.png"
-        progress.advance()
-        runs._finish_summary(out, summary, result, files, t0, t1)
-        mark_complete(out)
-        return summary
-
-
-__all__ = ["train", "predict", "run_train", "run_predict", "TrainResult", "TrainedModel",
+__all__ = ["train", "predict", "TrainResult", "TrainedModel",
            "PredictResult", "describe", "image_target", "is_image_path"]

@@ -309,6 +309,7 @@ def _add_inference_parsers(sub) -> None:
 def _run_inference(args, progress) -> dict:
     """`trihrge train` / `trihrge predict`; returns the summary."""
     from ..tl import inference
+    from . import runs
 
     if args.command == "train":
         cfg = _config(args)
@@ -317,19 +318,19 @@ def _run_inference(args, progress) -> dict:
             args.path = path
             adatas.append(_read(args))
         out = args.out or Path("trihrge_out") / f"model-{args.paths[0].stem}"
-        summary = inference.run_train(adatas, out, image_only=args.image_only, config=cfg,
-                                      trust_fraction=args.trust_fraction, progress=progress,
-                                      overwrite=args.overwrite)
+        summary = runs.run_train(adatas, out, image_only=args.image_only, config=cfg,
+                                 trust_fraction=args.trust_fraction, progress=progress,
+                                 overwrite=args.overwrite)
         summary["outputs"] = {"model": str(out)}
         return summary
     target = args.path if inference.is_image_path(args.path) else _read(args)
     out = args.out or Path("trihrge_out") / f"predict-{args.path.name.split('.')[0]}"
     windows = (tuple(float(w) for w in args.windows_um.split(",")) if args.windows_um else None)
     cache = str(args.cache_dir or default_cache_dir())
-    return inference.run_predict(args.model_dir, target, out, factor=args.factor,
-                                 stride_um=args.stride_um, um_per_px=args.um_per_px,
-                                 encoder=args.encoder, windows_um=windows, device=args.device,
-                                 cache_dir=cache, progress=progress, overwrite=args.overwrite)
+    return runs.run_predict(args.model_dir, target, out, factor=args.factor,
+                            stride_um=args.stride_um, um_per_px=args.um_per_px,
+                            encoder=args.encoder, windows_um=windows, device=args.device,
+                            cache_dir=cache, progress=progress, overwrite=args.overwrite)
 
 
 def _read(args):
@@ -587,7 +588,7 @@ def _run_command(args: argparse.Namespace) -> int:
                                    annotation=args.annotation, config=cfg, progress=progress,
                                    overwrite=args.overwrite)
         elif args.command == "validate-hd":
-            from ..tl.hd_validation import run_validate_hd
+            from .runs import run_validate_hd
 
             summary = run_validate_hd(adata, out, factor=args.factor, config=cfg,
                                       progress=progress, overwrite=args.overwrite)

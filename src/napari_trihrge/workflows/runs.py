@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
@@ -26,6 +27,9 @@ from ..io.outputs import (
 )
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
+
+if TYPE_CHECKING:
+    from ..tl.inference import TrainedModel
 
 #: the tasks :func:`run_task` runs
 TASKS = ("recovery", "enhance")
@@ -311,6 +315,116 @@ def repoint_maps(result, out_dir: str | Path) -> None:
         store = getattr(maps, attr, None)
         if store is not None and hasattr(store, "partial_path"):  # a ZarrMapWriter
             setattr(maps, attr, zarr.open_group(str(Path(out_dir) / name), mode="r")["0"])
+
+
+def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: bool = False,
+              config: RunConfig | None = None, trust_fraction: float = 0.1,
+              progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train and write the model folder ``out_dir`` (plus ``summary.json`` in it); returns the
+    summary."""
+    from .._atomic import refuse_overwrite
+    from ..io.outputs import peak_rss_mb, write_json
+    from ..tl.inference import train
+
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        refuse_overwrite(out, overwrite)
+    t0 = time.perf_counter()
+    res = train(adatas, image_only=image_only, config=config, trust_fraction=trust_fraction,
+                progress=progress)
+    ensure_progress(progress).stage("writing", 1)
+    res.model.save(out, overwrite=overwrite)
+    summary = {"task": "train", "model": str(out), "image_only": res.model.image_only,
+               "encoder": res.model.description["encoder"]["name"],
+               "n_genes": len(res.model.genes), "sections": res.metrics["sections"],
+               "heldout": res.metrics.get("heldout"), "config": res.config,
+               "training": [{"best_epoch": f.best_epoch, "epochs_run": len(f.history)}
+                            for f in res.fits],
+               "timings_s": {**res.timings_s, "total": time.perf_counter() - t0},
+               "peak_rss_mb": peak_rss_mb()}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
+                out_dir: str | Path, *, factor: int = 4, stride_um: float | None = None,
+                um_per_px: float | None = None, progress: Progress | None = None,
+                overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
+    ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
+    from .._atomic import atomic_path
+    from ..io.model_folder import load_model_folder
+    from ..io.outputs import mark_complete, run_folder, write_enhance
+    from ..tl.inference import DEFAULT_IMAGE_STRIDE_UM, TrainedModel, _as_target, predict
+
+    progress = ensure_progress(progress)
+    if not isinstance(model, TrainedModel):
+        model = load_model_folder(model, encoder=kwargs.pop("encoder", None),
+                                  windows_um=kwargs.pop("windows_um", None))
+    adata = _as_target(target, um_per_px)
+    bare = adata.n_obs == 0
+    if bare and stride_um is None:
+        stride_um = DEFAULT_IMAGE_STRIDE_UM
+    with run_folder(out_dir, overwrite) as out:  # appears only when complete
+        t0 = time.perf_counter()
+        result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
+                         map_path=enhance_map_path(out, stride_um), **kwargs)
+        t1 = time.perf_counter()
+        progress.stage("writing", 3)
+        files = write_enhance(out, result)
+        table = result.per_gene if result.per_gene is not None else model.gene_table
+        with atomic_path(out / "predict_genes.csv") as tmp:
+            table.to_csv(tmp)
+        files["per_gene"] = "predict_genes.csv"
+        progress.advance()
+        cfg = RunConfig(**{k: v for k, v in result.config.items()
+                           if k in {f.name for f in dataclasses.fields(RunConfig)}})
+        summary = _base_summary(adata, cfg, len(model.genes))
+        summary["model"] = {"path": str(model.path) if model.path else None,
+                            "image_only": model.image_only,
+                            "training_sections": model.description.get("training_sections"),
+                            "trust": model.description.get("trust")}
+        summary["predict"] = result.metrics
+        if result.maps is not None:
+            add_map_summary(out, summary, "predict", files, adata, result, cfg,
+                                 score_truth=not bare)
+        progress.advance()
+        genes = _overview_genes(result.virtual if bare else adata, model.genes, cfg)
+        _overview(out, adata, result.spots, genes, maps=result.maps, virtual=result.virtual,
+                       title=f"{summary['sample']}: predicted expression "
+                             f"({'image-only' if model.image_only else 'image + spots'} model)")
+        files["overview"] = "overview.png"
+        progress.advance()
+        _finish_summary(out, summary, result, files, t0, t1)
+        mark_complete(out)
+        return summary
+
+
+def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, config=None,
+                    progress=None, overwrite: bool = False, min_coverage: float = 0.5
+                    ) -> dict[str, Any]:
+    """``trihrge validate-hd``: pseudo-Visium spots from the bins, enhance them with a map at
+    the bin size, score the map against the bins; writes the run folder (``summary.json`` with
+    ``validate_hd``, ``validate_hd_genes.csv``, the maps and the overview)."""
+    from ..io.outputs import mark_complete, run_folder, write_json
+    from ..tl.hd_validation import _bin_size_um, pseudo_visium, score_against_bins
+
+    cfg = config or RunConfig()
+    progress = ensure_progress(progress)
+    bin_um = _bin_size_um(bins)
+    pseudo = pseudo_visium(bins, min_coverage=min_coverage)
+    with run_folder(out_dir, overwrite) as out:  # appears only when complete
+        t0 = time.perf_counter()
+        result = enhance(pseudo, factor=factor, stride_um=bin_um, config=cfg, progress=progress,
+                         map_path=enhance_map_path(out, bin_um))
+        scores, table = score_against_bins(bins, result, n_neighbours=cfg.n_neighbours)
+        table.to_csv(out / "validate_hd_genes.csv")
+        summary = save_enhance_run(out, pseudo, result, cfg, progress=progress, started=t0,
+                                   summary_extra={"validate_hd": scores})
+        summary["outputs"]["validate_hd_genes"] = "validate_hd_genes.csv"
+        write_json(out / "summary.json", summary)
+        mark_complete(out)
+    return summary
 
 
 def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
