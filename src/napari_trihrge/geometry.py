@@ -40,6 +40,8 @@ PLATFORMS: dict[str, dict[str, Any]] = {
 
 #: Spot diameter assumed when a sample does not say (a Visium spot, 55 um).
 DEFAULT_SPOT_DIAMETER_UM = float(PLATFORMS["visium"]["spot_diameter_um"])
+#: Centre-to-centre spot distance assumed when a sample does not say (Visium, 100 um).
+DEFAULT_SPOT_SPACING_UM = float(PLATFORMS["visium"]["spot_spacing_um"])
 
 #: Relative disagreement between two pixel-size estimates above which the reader warns.
 PIXEL_SIZE_DISAGREEMENT = 0.05
@@ -427,6 +429,7 @@ __all__ = [
     "PLATFORMS",
     "PLAUSIBLE_UM_PER_PX",
     "DEFAULT_SPOT_DIAMETER_UM",
+    "DEFAULT_SPOT_SPACING_UM",
     "PIXEL_SIZE_DISAGREEMENT",
     "LatticeFit",
     "PixelSize",

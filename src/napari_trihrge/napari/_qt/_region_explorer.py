@@ -291,7 +291,10 @@ class RegionExplorer(QWidget):
         if self.stats is None:
             show_info("Compute the region table first")
             return
-        self.stats.table.to_csv(path, index=False)
+        from ..._atomic import atomic_path
+
+        with atomic_path(path, overwrite=True) as tmp:  # the file dialog asked about replacing
+            self.stats.table.to_csv(tmp, index=False)
         show_info(f"Saved {path}")
 
 

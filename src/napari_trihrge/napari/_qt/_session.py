@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ...geometry import DEFAULT_SPOT_DIAMETER_UM
+from ...geometry import DEFAULT_SPOT_DIAMETER_UM, DEFAULT_SPOT_SPACING_UM
 from .. import layers as L
 from ..session import GeneDisplay, SessionModel
 
@@ -205,7 +205,10 @@ class LayerView:
                                  .get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM))
                 size_um = diameter / np.sqrt(factor)
             else:
-                size_um = 0.55 * float(info.get("lattice_spacing_um", 100.0)) / np.sqrt(factor)
+                # a virtual spot drawn as a measured one: the default diameter-to-spacing ratio
+                spacing = float(info.get("lattice_spacing_um", DEFAULT_SPOT_SPACING_UM))
+                size_um = (DEFAULT_SPOT_DIAMETER_UM / DEFAULT_SPOT_SPACING_UM * spacing
+                           / np.sqrt(factor))
         data, kwargs, _ = L.spots_layer(pred, [gene], color_by=gene, kind=kind, name=name,
                                         **({} if size_um is None else {"size_um": size_um}))
         old = self.find_layer(kind)

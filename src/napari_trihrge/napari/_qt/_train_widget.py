@@ -340,7 +340,6 @@ class TrainWidget(QWidget):
         worker.returned.connect(lambda outcome, t=task, a=adata: self._on_done(outcome, t, a))
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self._task_running = task
         self.loss.clear()
         self._mark_scores_previous()
         self.status.setText("Starting…")
