@@ -8,7 +8,7 @@ Runs in the project's environment, in two steps around TESLA (which runs in its 
 
 ``export`` writes the embedded synthetic sample (``datasets.synthetic_sample(seed=0)``) like
 ``export_inputs.py`` does, with every spot visible (split "seed 0" = no spot hidden: a dense map
-is made from all measured spots). ``score`` runs our ``tasks.enhance`` (factor 4, 8 um stride,
+is made from all measured spots). ``score`` runs our ``tl.enhance`` (factor 4, 8 um stride,
 default RunConfig, as ``trihrge demo``), puts TESLA's 25 um superpixel values on the same 8 um
 grid (each grid pixel takes the nearest superpixel's value: TESLA's map as it is drawn), and scores
 both with ``evaluation.superres_scores`` (per gene class; the interpolation baseline is the

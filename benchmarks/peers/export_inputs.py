@@ -8,7 +8,7 @@ Runs in the project's environment. For every section it writes, under
 * ``features.npy``: our default-encoder image bags ``(N, S, D)`` at the recovery windows (the
   features the reference TriHRGE code gets instead of UNI);
 * ``inputs_seed<seed>.npz``: the 1000 HVGs and their log-normalised values for every spot
-  (``preprocessing.prepare_expression``), the hidden/visible split (``tasks._shared._holdout_split``, 50 %),
+  (``pp.prepare_expression``), the hidden/visible split (``tl._shared._holdout_split``, 50 %),
   spot centres (row/col um and x/y in ``image.npy`` pixels), the array lattice indices and the
   sample's geometry.
 

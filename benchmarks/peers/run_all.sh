@@ -2,7 +2,7 @@
 # One job at a time: export the inputs, run TESLA and the reference TriHRGE code on every
 # section/seed, then train our model on the same splits and print the scored table.
 #   SECTIONS="her2st/C3 her2st/C5 dlpfc_151673" SEEDS="1 2 3" SPAMCAF_EPOCHS=100 \
-#       bash benchmarks/peers/run_all.sh
+#       SPAMCAF_SNAPSHOTS=25,50 bash benchmarks/peers/run_all.sh
 # Needs: the project's environment active (python with napari_trihrge), setup_tesla.sh and
 # setup_spamcaf.sh run, SPAMCAF_SRC = a checkout of github wenwenmin/SpaMCAF (outside the repo).
 # Logs (with /usr/bin/time -v: wall time and peak memory of each child) in .work/logs/.
@@ -11,6 +11,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 SECTIONS=${SECTIONS:-"dlpfc_151673 her2st/C2 her2st/C3 her2st/C4 her2st/C5"}
 SEEDS=${SEEDS:-"1 2 3"}
 SPAMCAF_EPOCHS=${SPAMCAF_EPOCHS:-100}
+SPAMCAF_SNAPSHOTS=${SPAMCAF_SNAPSHOTS:-""}   # epochs after which the reference code's model is scored too
 SPAMCAF_SRC=${SPAMCAF_SRC:-"$here/.envs/spamcaf-src"}
 STEPS=${STEPS:-"export tesla spamcaf ours"}
 logs="$here/.work/logs"; mkdir -p "$logs"
@@ -31,10 +32,10 @@ for step in $STEPS; do
       spamcaf) for s in $SEEDS; do
           [ -f "$here/.work/$dir/spamcaf_seed$s.npz" ] || run "spamcaf_${dir}_seed$s" \
               "$here/.envs/spamcaf/bin/python" "$here/run_spamcaf.py" "$dir" --seed "$s" \
-              --epochs "$SPAMCAF_EPOCHS" --src "$SPAMCAF_SRC"; done ;;
-      ours) run "ours_$dir" python "$here/score.py" --sections "$sec" --seeds "$(csv "$SEEDS")" --run-ours ;;
+              --epochs "$SPAMCAF_EPOCHS" --snapshots "$SPAMCAF_SNAPSHOTS" --src "$SPAMCAF_SRC"; done ;;
+      ours) run "ours_$dir" nice -n 15 python "$here/score.py" --sections "$sec" --seeds "$(csv "$SEEDS")" --run-ours ;;
     esac
   done
 done
-python "$here/score.py" --sections "$(echo $SECTIONS | tr ' ' ',')" --seeds "$(csv "$SEEDS")" \
+nice -n 15 python "$here/score.py" --sections "$(echo $SECTIONS | tr ' ' ',')" --seeds "$(csv "$SEEDS")" \
     --json "$here/.work/peers_table.json"

@@ -21,7 +21,7 @@ except for what this script swaps in its module namespace:
   after those epochs the model being trained predicts every spot, as its own test loop does
   (its dataset class, batches of 50 spots, ``model.eval()`` under ``no_grad``), before training
   goes on. The torch and numpy random states are saved before and restored after each snapshot,
-  so the training run is the same as without snapshots. A snapshot is epoch N *of the
+  so that the training run stays the same as without snapshots. A snapshot is epoch N *of the
   ``--epochs`` schedule* (its cosine learning rate depends on the total), not an N-epoch run.
   Each one is written as ``spamcaf_e<N>_seed<seed>.npz`` / ``.json`` as soon as it is made, so a
   run stopped early still leaves its snapshots.

@@ -5,7 +5,7 @@ Runs in the project's environment, after ``export_inputs.py`` and the peers' ``r
     python benchmarks/peers/score.py --sections dlpfc_151673,her2st/C3 --seeds 1
     python benchmarks/peers/score.py ... --run-ours      # also train our model where not cached
 
-Rows per section: our model (``tasks.recovery``, default RunConfig, same seed; trained here with
+Rows per section: our model (``tl.recovery``, default RunConfig, same seed; trained here with
 ``--run-ours`` and cached as ``ours_seed<seed>.npz``), TESLA and the reference TriHRGE code where
 their outputs exist, and the inverse-distance kNN baselines (k=6, k=12). Every method is scored by
 ``metrics.spot_scores`` on the hidden spots only, on the same genes, with the kNN predictions as

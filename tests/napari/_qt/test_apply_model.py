@@ -129,7 +129,9 @@ def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, t
     ge.search.setText(gene.lower())
     ge._on_enter()
     assert s.gene == gene
-    m = s.find_layer("map")
+    from napari_trihrge.napari._qt._session import get_view
+
+    m = get_view(viewer).find_layer("map")
     assert m.visible and m.metadata["trihrge"]["gene"] == gene
     lo, hi = s.contrast_limits
     assert np.isfinite([lo, hi]).all() and hi > lo
