@@ -2,7 +2,11 @@
 
 These are the functions the CLI, the napari widgets and Python users all call. They take the
 AnnData returned by :func:`napari_trihrge.io.read` (raw counts, ``obsm['spatial']`` in
-full-resolution pixels) and return result objects holding AnnData.
+full-resolution pixels), return result objects holding AnnData and, in the scanpy manner, also
+record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
+:func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
+``_maps``), ``inference`` (train / predict), ``hd_validation``; ``_config`` holds
+:class:`RunConfig` and ``_shared`` the steps they share.
 """
 
 from ._config import (
@@ -24,7 +28,6 @@ from ._transfer import TransferResult, transfer, transfer_genes
 from .inference import predict, train
 
 __all__ = [
-    "store_result",
     "RunConfig",
     "MODEL_PRESETS",
     "BASELINE_KS",
@@ -50,6 +53,7 @@ __all__ = [
     "predict_maps",
     "map_spot_consistency",
     "check_writable_folder",
+    "store_result",
 ]
 
 
