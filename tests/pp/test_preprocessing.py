@@ -53,6 +53,18 @@ def test_prepare_expression_keeps_spatial_and_counts():
     assert np.isfinite(out.X).all() and out.X.min() >= 0
 
 
+def test_prepare_expression_leaves_recorded_results_behind():
+    """A task's predictions recorded on the sample (a per-gene table in obsm) do not travel into
+    the next task's expression and outputs; the coordinates do."""
+    import pandas as pd
+
+    a = counts()
+    a.obsm["trihrge_recovery"] = pd.DataFrame(np.ones((a.n_obs, 3)), index=a.obs_names,
+                                              columns=["G0", "G1", "G2"])
+    out = prepare_expression(a, 10)
+    assert set(out.obsm) == {"spatial"}
+
+
 @pytest.mark.parametrize("bad", ["zeros", "negative", "empty"])
 def test_bad_counts(bad):
     a = counts()

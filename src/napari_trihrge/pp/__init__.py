@@ -138,7 +138,8 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
 
     Normalisation uses every gene's counts (as scanpy's ``normalize_total`` before subsetting);
     raw counts of the selected genes are kept in ``layers['counts']``. Spots with zero counts are
-    dropped. Spatial metadata (``obsm``, ``uns``, ``obs``) is carried over.
+    dropped. Spatial metadata (``obsm`` arrays, ``uns``, ``obs``) is carried over; per-gene tables
+    in ``obsm`` (a task's recorded predictions, see :func:`napari_trihrge.tl.store_result`) are not.
     """
     check_counts(adata)
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
@@ -146,7 +147,8 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
     genes = select_genes(adata, n_top_genes, extra_genes)
     idx = adata.var_names.get_indexer(genes)
     out = AnnData(X=normalize_log1p(adata, target_sum, genes), obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
-                  obsm={k: np.asarray(v) for k, v in adata.obsm.items()}, uns=dict(adata.uns))
+                  obsm={k: np.asarray(v) for k, v in adata.obsm.items()
+                        if not isinstance(v, pd.DataFrame)}, uns=dict(adata.uns))
     out.layers["counts"] = _dense(adata.X[:, idx]).astype(np.float32)
     out.uns["trihrge_preprocessing"] = {"n_top_genes": int(n_top_genes), "flavor": "seurat_v3",
                                         "target_sum": float(target_sum),
