@@ -53,6 +53,43 @@ def test_apply_to_the_open_sample(viewer, qtbot, notes, model_dir):
     assert not notes.errors()
 
 
+def test_outcome_inside_a_progress_bar_update_keeps_the_final_status(
+        viewer, qtbot, notes, model_dir, monkeypatch):
+    """napari's bars spin a nested event loop: the outcome can be handled in the middle of a
+    batch of progress events, before the worker's finished signal; the rest of the batch must
+    neither open a bar nor overwrite the outcome's status line."""
+    from napari_trihrge.errors import Cancelled
+    from napari_trihrge.napari._qt import _stage_bars
+    from napari_trihrge.napari._qt._worker import Outcome, QueueProgress
+
+    w = _widget(viewer, model_dir)
+    opened = []
+
+    class NestedLoopBar:  # stands in for napari.utils.progress
+        def __init__(self, total=None, desc=""):
+            self.n = 0
+            opened.append(desc)
+
+        def update(self, k):
+            self.n += k
+            if self.n == 3:  # the outcome arrives inside this update
+                w._on_done(Outcome("cancelled", error=Cancelled("stop")))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(_stage_bars, "napari_progress", NestedLoopBar)
+    w.progress = QueueProgress()  # as start() leaves it, the run not cancelled
+    w.bars.start()
+    w._on_events([{"event": "stage", "stage": "prediction", "total": 5},
+                  {"event": "advance", "stage": "prediction", "done": 3, "total": 5},
+                  {"event": "stage", "stage": "maps", "total": 5}])
+    assert opened == ["Predicting"]
+    assert w.status.text().startswith("Cancelled")
+    w._on_finished()
+    assert w.bars.bars == {} and w.start_btn.isEnabled()
+
+
 def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_path):
     from napari_trihrge.datasets import synthetic_sample
 

@@ -132,7 +132,7 @@ def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, not
     tw._on_events([{"event": "stage", "stage": "train", "total": 5000},
                    {"event": "advance", "stage": "train", "done": 3, "total": 5000}])
     assert "Cancelled" in tw.status.text()
-    assert tw._bars == {}
+    assert tw.bars.bars == {}
 
 
 def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
@@ -140,7 +140,7 @@ def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
     """napari's bars call processEvents: the outcome can arrive in the middle of an event batch
     (seen in the user-guide screenshots: 'Training: 19 / 40' after the run had finished)."""
     from napari_trihrge.errors import Cancelled
-    from napari_trihrge.napari._qt import _train_widget
+    from napari_trihrge.napari._qt import _stage_bars
     from napari_trihrge.napari._qt._worker import Outcome
 
     _, tw, _ = _widgets(viewer)
@@ -158,17 +158,17 @@ def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
         def close(self):
             pass
 
-    monkeypatch.setattr(_train_widget, "napari_progress", NestedLoopBar)
-    tw._showing_progress = True
+    monkeypatch.setattr(_stage_bars, "napari_progress", NestedLoopBar)
+    tw.bars.start()
     inside_update.append(lambda: tw._on_done(Outcome("cancelled", error=Cancelled("stop")),
                                              "recovery", None))
     tw._on_events([{"event": "stage", "stage": "training", "total": 40},
                    {"event": "advance", "stage": "training", "done": 19, "total": 40},
                    {"event": "stage", "stage": "prediction", "total": 1}])
     assert tw.status.text().startswith("Cancelled")
-    assert list(tw._bars) == ["training"]  # no bar opened for a stage after the outcome
+    assert list(tw.bars.bars) == ["training"]  # no bar opened for a stage after the outcome
     tw._on_finished()
-    assert tw._bars == {}
+    assert tw.bars.bars == {}
 
 
 def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
@@ -21,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from ._common import heading, note, report_outcome
 from ._session import get_session, layer_kind, unwrap_viewer
+from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
 
 SAMPLE = "__sample__"
@@ -42,7 +42,6 @@ class ApplyModelWidget(QWidget):
         self.worker = None
         self.progress: QueueProgress | None = None
         self.last_outcome = None
-        self._bar = None
 
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("model folder (trihrge train --out, or a run's model/)")
@@ -67,6 +66,7 @@ class ApplyModelWidget(QWidget):
         self.cancel_btn.setEnabled(False)
         self.status = note("Choose a model folder and a target, then press Start.")
         self.scores = note("")
+        self.bars = StageBars(self.status.setText)
 
         form = QFormLayout()
         mrow = QHBoxLayout()
@@ -171,6 +171,7 @@ class ApplyModelWidget(QWidget):
         self.worker = worker
         self.status.setText("Starting…")
         self.scores.setText("")
+        self.bars.start()
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         worker.start()
@@ -179,6 +180,7 @@ class ApplyModelWidget(QWidget):
     def cancel(self):
         if self.progress is not None:
             self.progress.cancel()
+            self.bars.stop()  # late progress events must not hide this
             self.status.setText("Cancelling…")
             self.cancel_btn.setEnabled(False)
 
@@ -187,40 +189,17 @@ class ApplyModelWidget(QWidget):
         return self.worker is not None
 
     def _on_events(self, events: list[dict]):
-        from ._train_widget import STAGE_LABELS
-
-        for ev in events:
-            if self.progress is None or self.progress.cancelled:
-                break
-            stage = ev.get("stage")
-            label = STAGE_LABELS.get(stage, stage)
-            if ev.get("event") == "stage":
-                self._close_bar()
-                total = ev.get("total")
-                self._bar = napari_progress(total=total if total else None, desc=label)
-                self.status.setText(f"{label}…")
-            elif ev.get("event") == "advance" and self._bar is not None:
-                done = int(ev.get("done") or 0)
-                if done > self._bar.n:
-                    self._bar.update(done - self._bar.n)
-
-    def _close_bar(self):
-        if self._bar is not None:
-            try:
-                self._bar.close()
-            except Exception:  # noqa: BLE001 - already closed
-                pass
-            self._bar = None
+        self.bars.handle(events)
 
     def _on_finished(self):
-        self._close_bar()
+        self.bars.close()
         self.worker = None
         self.progress = None
         self.start_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
     def _on_done(self, outcome):
-        self._close_bar()
+        self.bars.stop()
         self.last_outcome = outcome
         if not report_outcome(outcome, "Applying the model"):
             self.status.setText("Cancelled: nothing was changed." if outcome.status ==

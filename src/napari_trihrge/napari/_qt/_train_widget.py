@@ -10,7 +10,6 @@ import dataclasses
 import math
 from typing import Any
 
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -33,17 +32,8 @@ from superqt import QCollapsible
 from ._common import heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._session import get_session, unwrap_viewer
+from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
-
-STAGE_LABELS = {
-    "genes": "Selecting genes",
-    "features": "Reading the H&E (image features)",
-    "training": "Training",
-    "prediction": "Predicting",
-    "maps": "Drawing the enhanced maps",
-    "writing": "Writing the run folder",
-}
-
 
 #: plain-words explanation of every score the widget shows (also the scores' tooltip)
 SCORE_HELP = {
@@ -153,8 +143,7 @@ class TrainWidget(QWidget):
         self.worker = None
         self.progress: QueueProgress | None = None
         self.last_outcome = None
-        self._bars: dict[str, Any] = {}
-        self._showing_progress = False  # True from start until cancel or the outcome
+        self.bars = StageBars(lambda text: self.status.setText(text))
         #: extra RunConfig fields (tests use it for tiny models: {'model': {...}, 'train': {...}})
         self.extra_config: dict[str, Any] = {}
 
@@ -343,7 +332,7 @@ class TrainWidget(QWidget):
         self.loss.clear()
         self._mark_scores_previous()
         self.status.setText("Starting…")
-        self._showing_progress = True
+        self.bars.start()
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         worker.start()
@@ -359,7 +348,7 @@ class TrainWidget(QWidget):
         """Ask the run to stop; the engine stops at its next step (within a few seconds)."""
         if self.progress is not None:
             self.progress.cancel()
-            self._showing_progress = False  # late progress events must not hide this
+            self.bars.stop()  # late progress events must not hide this
             self.status.setText("Cancelling…")
             self.cancel_btn.setEnabled(False)
 
@@ -368,68 +357,29 @@ class TrainWidget(QWidget):
         return self.worker is not None
 
     def _on_events(self, events: list[dict]):
-        # napari's progress bars run a nested event loop (QApplication.processEvents) when they
-        # are created, advanced or closed, so the run's outcome can be handled *inside* one of
-        # those calls: once cancelled or finished, the status line keeps the final word and no
-        # new bar is opened.
         need_redraw = False
-        for ev in events:
-            if not self._showing_progress:
-                break
+        for ev in self.bars.handle(events):
             kind = ev.get("event")
-            stage = ev.get("stage")
-            label = STAGE_LABELS.get(stage, stage)
-            if kind == "stage":
-                self._close_bars()
-                total = ev.get("total")
-                if self._showing_progress:
-                    self._bars[stage] = napari_progress(total=total if total else None,
-                                                        desc=label)
-                if not self._showing_progress:  # the outcome came while the bar opened
-                    self._close_bars()
-                self._progress_text(f"{label}…")
-            elif kind == "advance":
-                bar = self._bars.get(stage)
-                if bar is not None:
-                    done = int(ev.get("done") or 0)
-                    if done > bar.n:
-                        bar.update(done - bar.n)
-                total = ev.get("total")
-                if total:
-                    self._progress_text(f"{label}: {ev.get('done')} / {total}")
-            elif kind == "metric" and "train_loss" in ev:
+            if kind == "metric" and "train_loss" in ev:
                 val = ev.get("val_loss")
                 self.loss.add(float(ev.get("epoch", len(self.loss.epochs) + 1)),
                               float(ev["train_loss"]),
                               None if val is None else float(val))
                 need_redraw = True
             elif kind == "message":
-                self._progress_text(str(ev.get("text", "")))
+                self.bars.show_text(str(ev.get("text", "")))
         if need_redraw:
             self.loss.redraw()
 
-    def _progress_text(self, text: str) -> None:
-        """Show a progress line, unless the run was cancelled or has finished meanwhile."""
-        if self._showing_progress:
-            self.status.setText(text)
-
-    def _close_bars(self):
-        for bar in self._bars.values():
-            try:
-                bar.close()
-            except Exception:  # noqa: BLE001 - a bar already closed
-                pass
-        self._bars = {}
-
     def _on_finished(self):
-        self._close_bars()
+        self.bars.close()
         self.worker = None
         self.progress = None
         self.start_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
     def _on_done(self, outcome, task: str, adata):
-        self._showing_progress = False
+        self.bars.stop()
         self.last_outcome = outcome
         if not report_outcome(outcome, "The run"):
             self.status.setText("Cancelled: nothing was changed." if outcome.status ==
