@@ -21,21 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def write_section(d: Path, size_px: int) -> Path:
-    """A her2st-like section folder with a ``size_px`` square textured JPEG."""
-    from PIL import Image
-
-    from sample_folders import make_st_section
-
-    make_st_section(d, "BIG", image=False)
-    rng = np.random.default_rng(0)
-    blocks = rng.integers(120, 240, (size_px // 64 + 1, size_px // 64 + 1, 3), dtype=np.uint8)
-    img = np.repeat(np.repeat(blocks, 64, 0), 64, 1)[:size_px, :size_px]
-    img ^= rng.integers(0, 16, (size_px, 1, 1), dtype=np.uint8)
-    Image.fromarray(img).save(d / "BIG_HE.jpg", quality=85)
-    return d
+from sample_folders import make_large_jpeg_section  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -53,7 +39,7 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        section = write_section(Path(tmp) / "BIG", args.size)
+        section = make_large_jpeg_section(Path(tmp) / "BIG", args.size)
         write_s = time.perf_counter() - t
         viewer = napari.Viewer(show=True)
         stamps: list[float] = []

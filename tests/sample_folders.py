@@ -113,3 +113,15 @@ def make_st_section(d, sid="S1", *, n_x=8, n_y=6, seed=0, zero=False, image=True
         img[200:1500, 200:2100] = (180, 90, 160)
         Image.fromarray(img).save(d / f"{sid}_HE.jpg", quality=90)
     return d
+
+
+def make_large_jpeg_section(d, side_px: int = 6000):
+    """A her2st-like section 'BIG' whose H&E is a ``side_px`` square textured JPEG (large enough
+    that it is decoded in the background to be shown)."""
+    make_st_section(d, "BIG", image=False)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(120, 240, (side_px // 64 + 1, side_px // 64 + 1, 3), dtype=np.uint8)
+    img = np.repeat(np.repeat(blocks, 64, 0), 64, 1)[:side_px, :side_px]
+    img ^= rng.integers(0, 16, (side_px, 1, 1), dtype=np.uint8)
+    Image.fromarray(img).save(d / "BIG_HE.jpg", quality=85)
+    return d

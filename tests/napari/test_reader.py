@@ -12,6 +12,7 @@ from napari_trihrge.napari import layers as L
 from napari_trihrge.napari._reader import get_reader, read_maps
 from napari_trihrge.napari._writer import write_image_ome_tiff, write_points_h5ad
 from qt_support import sample_adata, truth_maps
+from sample_folders import make_large_jpeg_section
 
 
 def _kinds(tuples):
@@ -235,21 +236,6 @@ def test_spaceranger_outs_folder_opens_with_no_reader_chooser(make_napari_viewer
     assert kinds == ["image", "spots"]
 
 
-def _large_jpeg_section(d, side_px: int = 6000):
-    """A her2st-like section whose H&E is a large textured JPEG (decoded whole to be shown)."""
-    from PIL import Image
-
-    from sample_folders import make_st_section
-
-    make_st_section(d, "BIG", image=False)
-    rng = np.random.default_rng(0)
-    blocks = rng.integers(120, 240, (side_px // 64 + 1, side_px // 64 + 1, 3), dtype=np.uint8)
-    img = np.repeat(np.repeat(blocks, 64, 0), 64, 1)[:side_px, :side_px]
-    img ^= rng.integers(0, 16, (side_px, 1, 1), dtype=np.uint8)
-    Image.fromarray(img).save(d / "BIG_HE.jpg", quality=85)
-    return d
-
-
 @pytest.mark.gui
 def test_large_jpeg_opens_without_freezing_the_viewer(make_napari_viewer, qtbot, tmp_path,
                                                      monkeypatch):
@@ -264,7 +250,7 @@ def test_large_jpeg_opens_without_freezing_the_viewer(make_napari_viewer, qtbot,
     from napari_trihrge import io
     from napari_trihrge.napari._qt import _image_loader
 
-    section = _large_jpeg_section(tmp_path / "BIG")
+    section = make_large_jpeg_section(tmp_path / "BIG")
     viewer = make_napari_viewer()
     ticks = {"n": 0}
     timer = QTimer()
@@ -316,7 +302,7 @@ def test_cancelling_the_full_image_keeps_the_preview(make_napari_viewer, qtbot, 
     from napari_trihrge import io
     from napari_trihrge.napari._qt import _image_loader
 
-    section = _large_jpeg_section(tmp_path / "BIG", side_px=5000)
+    section = make_large_jpeg_section(tmp_path / "BIG", side_px=5000)
     viewer = make_napari_viewer()
     real_get_image = io.get_image
 

@@ -26,6 +26,16 @@ def model_dir(tmp_path_factory):
     return path
 
 
+def _open_bare_png(viewer, png):
+    """An H&E alone: a PNG (no pixel size recorded), opened with napari's own reader."""
+    from napari_trihrge.datasets import synthetic_sample
+
+    rgb = synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=40).uns["spatial"][
+        "synthetic"]["images"]["hires"]
+    Image.fromarray(rgb).save(png)
+    viewer.open(str(png), plugin="napari")
+
+
 def _widget(viewer, model_dir):
     from napari_trihrge.napari._qt import ApplyModelWidget, SampleWidget
 
@@ -91,13 +101,8 @@ def test_outcome_inside_a_progress_bar_update_keeps_the_final_status(
 
 
 def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_path):
-    from napari_trihrge.datasets import synthetic_sample
 
-    rgb = synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=40).uns["spatial"][
-        "synthetic"]["images"]["hires"]
-    png = tmp_path / "slide.png"
-    Image.fromarray(rgb).save(png)
-    viewer.open(str(png), plugin="napari")
+    _open_bare_png(viewer, tmp_path / "slide.png")
     w = _widget(viewer, model_dir)
     w.refresh_targets()
     assert w.target_combo.currentData() == "slide"
@@ -141,14 +146,9 @@ def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, t
     """An H&E opened alone, a trained image-only model applied: the gene explorer picks a gene
     (one colour bar, trust unknown on this slide since nothing was measured) and the region
     explorer compares enhanced means inside vs outside, saying that no test can be run."""
-    from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.napari._qt import GeneExplorer, RegionExplorer
 
-    rgb = synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=40).uns["spatial"][
-        "synthetic"]["images"]["hires"]
-    png = tmp_path / "bare.png"
-    Image.fromarray(rgb).save(png)
-    viewer.open(str(png), plugin="napari")
+    _open_bare_png(viewer, tmp_path / "bare.png")
     w = _widget(viewer, model_dir)
     ge, rx = GeneExplorer(viewer), RegionExplorer(viewer)
     w.refresh_targets()

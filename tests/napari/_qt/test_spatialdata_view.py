@@ -57,14 +57,17 @@ def test_map_lands_on_tissue_in_napari_spatialdata(viewer, qtbot, store):
     he_img = np.asarray(he.data[0] if he.multiscale else he.data)
     tissue, mask_px = tissue_mask_for(TissueImage.from_array(he_img, 1.0), mask_um_per_px=8.0)
 
-    def on_tissue(world_rc: np.ndarray) -> float:
+    def on_tissue_each(world_rc: np.ndarray) -> np.ndarray:
         px = np.array([he.world_to_data(w) for w in world_rc]) / mask_px
         r = np.rint(px[:, 0]).astype(int)
         c = np.rint(px[:, 1]).astype(int)
         inside = (r >= 0) & (r < tissue.shape[0]) & (c >= 0) & (c < tissue.shape[1])
         hit = np.zeros(len(r), dtype=bool)
         hit[inside] = tissue[r[inside], c[inside]]
-        return float(hit.mean())
+        return hit
+
+    def on_tissue(world_rc: np.ndarray) -> float:
+        return float(on_tissue_each(world_rc).mean())
 
     # every map pixel, in the tissue mask or not: the map's mask agrees with the H&E's tissue
     ai, aj = np.nonzero(np.ones_like(maps.mask))
@@ -76,15 +79,6 @@ def test_map_lands_on_tissue_in_napari_spatialdata(viewer, qtbot, store):
         """Share of map-mask pixels on tissue minus share of off-mask pixels on tissue."""
         hit = on_tissue_each(world_rc)
         return float(hit[in_mask].mean() - hit[~in_mask].mean())
-
-    def on_tissue_each(world_rc: np.ndarray) -> np.ndarray:
-        px = np.array([he.world_to_data(w) for w in world_rc]) / mask_px
-        r = np.rint(px[:, 0]).astype(int)
-        c = np.rint(px[:, 1]).astype(int)
-        inside = (r >= 0) & (r < tissue.shape[0]) & (c >= 0) & (c < tissue.shape[1])
-        hit = np.zeros(len(r), dtype=bool)
-        hit[inside] = tissue[r[inside], c[inside]]
-        return hit
 
     placed = agreement(world_all)
     assert on_tissue(world) > 0.95 and placed > 0.9, placed
