@@ -97,12 +97,10 @@ def block_mean(image: Any, factor: int, *, ragged: str | float = "average",
             band = np.asarray(of(band))
         sum_dtype = _sum_dtype(band.dtype, out_dtype, f)
         block = (f, f) + (1,) * (band.ndim - 2)
-        cval = 0
         if not isinstance(ragged, str):
-            cval = ragged
             pad = [(0, -(-n // f) * f - n) for n in band.shape[:2]] + [(0, 0)] * (band.ndim - 2)
             if any(p for _, p in pad):  # pad in the summing dtype, so the value is kept exactly
-                band = np.pad(band.astype(sum_dtype), pad, constant_values=cval)
+                band = np.pad(band.astype(sum_dtype), pad, constant_values=ragged)
         parts.append(block_reduce(band, block, _sum_axes, cval=0,
                                   func_kwargs={"dtype": sum_dtype}))
     if not parts:
