@@ -180,3 +180,58 @@ def test_networks_alone_equal_the_direct_prediction(_synthetic_cached):
                   - np.asarray(direct.values)[:, inside]).max() < 1e-4
     assert np.abs(np.asarray(maps.std)[:, inside]
                   - np.asarray(direct.std)[:, inside]).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def store_run(_synthetic_cached, tmp_path_factory):
+    from napari_trihrge.workflows.runs import run_enhance
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    run_enhance(_synthetic_cached.copy(), out, factor=2, stride_um=STRIDE_UM,
+                config=_config(), trust=False, map_store=True)
+    return out
+
+
+def test_enhance_run_writes_the_store_and_export_maps_materialises_it(store_run, tmp_path):
+    from napari_trihrge.io import read_map
+    from napari_trihrge.io.outputs import read_run
+    from napari_trihrge.napari._reader import read_run_layers
+
+    assert (store_run / map_store.STORE_NAME).is_dir()
+    assert not (store_run / "maps.ome.zarr").exists()
+    run = read_run(store_run)
+    maps = run["maps_store"]
+    summary_maps = run["summary"]["enhance"]
+    assert summary_maps["map_locations"] == int(maps.mask.sum())
+    layers = read_run_layers(str(store_run))
+    map_layer = next(t for t in layers
+                     if t[1].get("metadata", {}).get("trihrge", {}).get("kind") == "map")
+    assert map_layer[0].shape == maps.mask.shape
+    gene = maps.gene_names[2]
+    out = tmp_path / "export.ome.zarr"
+    written = map_store.export_maps(store_run, out, genes=[gene])
+    assert written[0] == out and read_map(out)[2] == [gene]
+    np.testing.assert_array_equal(np.asarray(read_map(out)[0][0]), maps[gene])
+    with pytest.raises(TrihrgeInputError, match="near names"):
+        map_store.export_maps(store_run, tmp_path / "other.ome.zarr", genes=[gene + "x"])
+    assert not (tmp_path / "other.ome.zarr").exists()
+    with pytest.raises(TrihrgeInputError, match="format"):
+        map_store.export_maps(store_run, tmp_path / "x", fmt="tiff")
+
+
+def test_truncated_store_in_a_run_shows_nothing(store_run, tmp_path):
+    import shutil
+
+    from napari_trihrge.napari._reader import _get_reader
+
+    copy = tmp_path / "run"
+    shutil.copytree(store_run, copy)
+    chunk = next(p for p in sorted((copy / map_store.STORE_NAME / "locations").rglob("*"))
+                 if p.is_file() and not p.name.startswith("."))
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    reader = _get_reader(str(copy))
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        reader(str(copy))
+    store_reader = _get_reader(str(copy / map_store.STORE_NAME))
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        store_reader(str(copy / map_store.STORE_NAME))
