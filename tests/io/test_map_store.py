@@ -235,3 +235,25 @@ def test_truncated_store_in_a_run_shows_nothing(store_run, tmp_path):
     store_reader = _get_reader(str(copy / map_store.STORE_NAME))
     with pytest.raises(TrihrgeInputError, match="incomplete"):
         store_reader(str(copy / map_store.STORE_NAME))
+
+
+def test_export_maps_command(store_run, tmp_path, capsys):
+    from napari_trihrge.io import read_map
+    from napari_trihrge.workflows import cli
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    genes = maps.gene_names[:2]
+    out = tmp_path / "sel.ome.zarr"
+    assert cli.main(["export-maps", str(store_run), "--genes", *genes, "--out", str(out),
+                     "--quiet"]) == 0
+    assert read_map(out)[2] == genes
+    assert (tmp_path / "sel_std.ome.zarr").is_dir()
+    before = sorted((p.as_posix(), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    assert cli.main(["export-maps", str(store_run), "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted((p.as_posix(), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    assert cli.main(["export-maps", str(store_run), "--genes", genes[0].lower() + "z",
+                     "--out", str(tmp_path / "x.ome.zarr"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the model" in err and genes[0] in err
+    assert not (tmp_path / "x.ome.zarr").exists()

@@ -44,7 +44,7 @@ LOCATION_CHUNK = 32768
 GENE_BLOCK = 32
 #: the compressor of the store and of materialised maps (Blosc zstd, byte shuffle), chosen by
 #: ``benchmarks/bench_map_store.py`` (docs/map-store.md, "Disk")
-COMPRESSOR = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
+COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 #: the activations a network output can have in eval mode (model.network.OUTPUT_ACTIVATIONS)
 ACTIVATIONS = ("clip", "relu", "softplus", "none")
 #: per-gene arrays (``genes/<name>``), None when the run did not use that part
