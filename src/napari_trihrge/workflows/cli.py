@@ -502,6 +502,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="folder for the feature cache")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default trihrge_out/predict-<target>)")
+    p.add_argument("--map-store", action="store_true",
+                   help="write the factorised map store maps.store.zarr instead of "
+                   "materialised maps (see `trihrge export-maps`)")
     _add_overwrite_quiet(p)
 
 
@@ -516,7 +519,7 @@ def _run_predict(args: argparse.Namespace, progress: TqdmProgress) -> int:
                                stride_um=args.stride_um, um_per_px=args.um_per_px,
                                encoder=args.encoder, windows_um=args.windows_um,
                                device=args.device, cache_dir=cache, progress=progress,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, map_store=args.map_store)
     progress.close()
     _print_inference_summary(summary)
     return 0

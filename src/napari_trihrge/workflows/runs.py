@@ -363,9 +363,11 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 out_dir: str | Path, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                 stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
-                overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
+                overwrite: bool = False, map_store: bool = False, **kwargs: Any
+                ) -> dict[str, Any]:
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
-    ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
+    ``maps.ome.zarr`` or with ``map_store`` the factorised ``maps.store.zarr``,
+    ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
     from .._atomic import atomic_path
     from ..io.model_folder import load_model_folder
     from ..io.outputs import mark_complete, run_folder, write_enhance
@@ -381,8 +383,10 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
         stride_um = DEFAULT_IMAGE_STRIDE_UM
     with run_folder(out_dir, overwrite) as out:  # appears only when complete
         t0 = time.perf_counter()
+        store = map_store and stride_um is not None
         result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
-                         map_path=enhance_map_path(out, stride_um), **kwargs)
+                         map_path=None if store else enhance_map_path(out, stride_um),
+                         map_store=str(Path(out) / STORE_NAME) if store else False, **kwargs)
         t1 = time.perf_counter()
         progress.stage("writing", 3)
         files = write_enhance(out, result)
