@@ -257,3 +257,21 @@ def test_export_maps_command(store_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not in the model" in err and genes[0] in err
     assert not (tmp_path / "x.ome.zarr").exists()
+
+
+def test_export_maps_as_spatialdata(store_run, tmp_path):
+    sd = pytest.importorskip("spatialdata")
+    from napari_trihrge.io.spatialdata import MAPS, MAPS_STD
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    gene = maps.gene_names[1]
+    out = tmp_path / "maps.zarr"
+    assert map_store.export_maps(store_run, out, genes=[gene], fmt="spatialdata") == [out]
+    sdata = sd.read_zarr(out)
+    assert set(sdata.images) == {MAPS, MAPS_STD}
+    image = sdata.images[MAPS]["scale0"]["image"]
+    assert list(image.coords["c"].values) == [gene]
+    np.testing.assert_array_equal(np.asarray(image.values[0]), maps[gene])
+    assert not list(tmp_path.glob(".trihrge_maps_*"))  # the temporary OME-Zarr is gone
+    with pytest.raises(TrihrgeInputError, match="exists"):
+        map_store.export_maps(store_run, out, fmt="spatialdata")
