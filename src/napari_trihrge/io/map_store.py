@@ -370,6 +370,7 @@ class MapStoreWriter:
         self._pending = 0
         self._written = 0
         self._arrays: dict[str, Any] = {}
+        self._memory: LocationFactors | None = None
         self._group = None
         if self.path is not None:
             refuse_overwrite(self.path, overwrite)
@@ -381,10 +382,38 @@ class MapStoreWriter:
         """Add the factors of the next locations."""
         if not len(factors):
             return
+        if self.path is None:  # in memory: filled in place (no copy of the whole at the end)
+            self._fill(factors)
+            return
         self._parts.append(factors)
         self._pending += len(factors)
         if self.path is not None and self._pending >= LOCATION_CHUNK:
             self._flush(final=False)
+
+    def _fill(self, factors: LocationFactors) -> None:
+        n = len(factors)
+        if self._memory is None:
+            m = self.n_locations
+            self._memory = LocationFactors(
+                knn={k: (np.empty((m, idx.shape[1]), np.int32),
+                         np.empty((m, w.shape[1]), np.float32))
+                     for k, (idx, w) in factors.knn.items()},
+                ridge=(None if factors.ridge is None
+                       else np.empty((m, factors.ridge.shape[1]), np.float32)),
+                hidden=(None if factors.hidden is None else np.empty(
+                    (factors.hidden.shape[0], m, factors.hidden.shape[2]), np.float32)))
+        s, e = self._written, self._written + n
+        if e > self.n_locations:
+            raise RuntimeError(f"more than the mask's {self.n_locations} map locations")
+        mem = self._memory
+        for k, (idx, w) in factors.knn.items():
+            mem.knn[k][0][s:e] = idx
+            mem.knn[k][1][s:e] = w
+        if mem.ridge is not None:
+            mem.ridge[s:e] = factors.ridge.astype(self.factor_dtype)
+        if mem.hidden is not None:
+            mem.hidden[:, s:e] = factors.hidden.astype(self.factor_dtype)
+        self._written = e
 
     def _open(self, first: LocationFactors) -> None:
         import zarr
@@ -418,19 +447,23 @@ class MapStoreWriter:
         return self.factor_dtype
 
     def _flush(self, final: bool) -> None:
-        block = LocationFactors.concatenate(self._parts)
+        block = (self._parts[0] if len(self._parts) == 1
+                 else LocationFactors.concatenate(self._parts))
         n = len(block)
         take = n if final else (n // LOCATION_CHUNK) * LOCATION_CHUNK
         if self._group is None:
             self._open(block)
-        s, e = self._written, self._written + take
-        for name, arr in block.arrays().items():
-            target = self._arrays[name]
-            if name == "network_hidden":
-                target[:, s:e] = arr[:, :take].astype(target.dtype)
-            else:
-                target[s:e] = arr[:take].astype(target.dtype)
-        self._written = e
+        arrays = block.arrays()
+        for c0 in range(0, take, LOCATION_CHUNK):  # whole chunks: bounded temporary memory
+            c1 = min(take, c0 + LOCATION_CHUNK)
+            s, e = self._written + c0, self._written + c1
+            for name, arr in arrays.items():
+                target = self._arrays[name]
+                if name == "network_hidden":
+                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype)
+                else:
+                    target[s:e] = arr[c0:c1].astype(target.dtype)
+        self._written += take
         rest = _slice_factors(block, take, n)
         self._parts = [rest] if len(rest) else []
         self._pending = len(rest)
@@ -438,11 +471,9 @@ class MapStoreWriter:
     def finalize(self) -> FactorMaps:
         """Finish the store (or, in memory, the factors) and return its maps."""
         if self.path is None:
-            factors = LocationFactors.concatenate(self._parts)
-            factors = _cast(factors, self.factor_dtype)
-            self._check_count(len(factors))
-            return FactorMaps(self.weights, factors, self.mask, self.stride_um,
-                              self.origin_rc_um)
+            self._check_count(self._written)
+            return FactorMaps(self.weights, self._memory or LocationFactors(), self.mask,
+                              self.stride_um, self.origin_rc_um)
         if self._parts or self._group is None:
             if not self._parts:
                 raise TrihrgeInputError("the map has no location", "nothing to store")
@@ -483,17 +514,6 @@ def _slice_factors(f: LocationFactors, s: int, e: int) -> LocationFactors:
     return LocationFactors(knn={k: (i[s:e], w[s:e]) for k, (i, w) in f.knn.items()},
                            ridge=None if f.ridge is None else f.ridge[s:e],
                            hidden=None if f.hidden is None else f.hidden[:, s:e])
-
-
-def _cast(f: LocationFactors, dtype: np.dtype) -> LocationFactors:
-    """In-memory factors as a store would hold them (dense factors in ``dtype``), read back
-    as float32 for the arithmetic."""
-    def as_(arr):
-        return None if arr is None else arr.astype(dtype).astype(np.float32)
-
-    return LocationFactors(knn={k: (i.astype(np.int32), w.astype(np.float32))
-                                for k, (i, w) in f.knn.items()},
-                           ridge=as_(f.ridge), hidden=as_(f.hidden))
 
 
 def _attributes(weights: GeneWeights, mask: np.ndarray, stride_um: float, origin: np.ndarray,
