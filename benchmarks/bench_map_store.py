@@ -128,7 +128,9 @@ def section(args) -> None:
 
     adata = load_sample(args.sample)
     adata.uns.pop("truth", None)
-    cfg = RunConfig(n_top_genes=args.genes, device="cpu")
+    # training is not what is measured here: --max-epochs bounds it on a busy machine
+    train = {"max_epochs": args.max_epochs} if args.max_epochs else {}
+    cfg = RunConfig(n_top_genes=args.genes, device="cpu", train=train)
     work = Path(tempfile.mkdtemp(prefix="bench_map_store_", dir=args.tmp))
     rows: list[dict] = []
     try:
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", default=str(SHARED_DATA / "her2st" / "C3"))
     ap.add_argument("--stride-um", type=float, default=16.0)
     ap.add_argument("--genes", type=int, default=1000)
+    ap.add_argument("--max-epochs", type=int, default=None,
+                    help="cap the training epochs (the maps do not depend on how well it is "
+                    "trained; default: the usual early stopping)")
     ap.add_argument("--tmp", default=None, help="folder for the written maps (deleted after)")
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--sizes-um", default="1200,1697,2400")

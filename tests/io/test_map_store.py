@@ -153,6 +153,12 @@ def test_truncated_store_is_refused(blended, tmp_path):
     chunk.unlink()
     with pytest.raises(TrihrgeInputError, match="missing"):
         map_store.open_map_store(path)
+    # cut short after it was opened: refused on the first map asked for, not shown with holes
+    opened = _write(blended[2].maps, tmp_path / "t.zarr")
+    next(p for p in sorted((tmp_path / "t.zarr" / "locations").rglob("*"))
+         if p.is_file() and not p.name.startswith(".")).unlink()
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        opened[opened.gene_names[0]]
     (path / ".zattrs").unlink()  # an interrupted write: no attributes at all
     with pytest.raises(TrihrgeInputError, match="not a finished map store"):
         map_store.open_map_store(path)

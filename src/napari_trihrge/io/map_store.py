@@ -232,6 +232,9 @@ class FactorMaps:
     def factors(self) -> LocationFactors:
         """The per-location factors (read from the store into memory on first use)."""
         if self._factors is None:
+            if self.path is not None:  # still whole? (files may go between open and first use)
+                _check_files(self.path, dict(self._group.attrs).get("files"),
+                             "re-run enhance to write the maps again")
             self._factors = _read_factors(self._group, self.weights)
         return self._factors
 
