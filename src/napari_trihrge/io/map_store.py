@@ -187,8 +187,10 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         if name.startswith("knn"):
             part = knn(int(name[3:]))
         elif name == "ridge":
-            part = (factors.ridge.astype(np.float64) @ weights.ridge_coef[genes].T
-                    + weights.ridge_intercept[genes]).astype(np.float32)
+            # float32 product (the inputs are stored in float32): no float64 copy of the
+            # locations x inputs matrix per gene
+            part = (factors.ridge @ weights.ridge_coef[genes].T.astype(np.float32)
+                    + weights.ridge_intercept[genes].astype(np.float32))
         else:
             part = net_mean
         out += ((np.asarray(part, dtype=np.float64) - weights.candidate_mean[c, genes])
