@@ -303,9 +303,8 @@ def _location_factors(fits: list | StackedModel, weights: GeneWeights, feats, nb
         idx, w = idw_weights(src_rc_um, pts, k)
         out.knn[k] = (idx.astype(np.int32), w)
     if stacked is not None and stacked.ridge is not None:
-        head = stacked.ridge
-        x = head._raw_inputs(feats if cfg.image_input else None, nb)
-        out.ridge = ((x - head.feature_mean) / head.feature_sd).astype(np.float32)
+        out.ridge = stacked.ridge.standardised_inputs(feats if cfg.image_input else None,
+                                                      nb).astype(np.float32)
     if "network" in weights.candidates:
         models = [f.model for f in (stacked.fits if stacked is not None else fits)]
         with cpu_threads(cfg.threads):
