@@ -79,6 +79,24 @@ def test_one_gene_on_demand(blended):
     np.testing.assert_array_equal(np.asarray(maps.values[5, 3:7, 2]), one[3:7, 2])
 
 
+def test_values_at_some_pixels_and_the_consistency_score(blended):
+    from napari_trihrge.tl._maps import map_spot_consistency
+
+    adata, _, result, direct = blended
+    maps = result.maps
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, maps.mask.shape[0], (7, 5))
+    cols = rng.integers(0, maps.mask.shape[1], (7, 5))
+    at = maps.values_at([4, 1], rows, cols)
+    reference = np.asarray(direct.values)[[4, 1]][:, rows, cols]
+    assert at.shape == (2, 7, 5)
+    np.testing.assert_allclose(at, reference, atol=1e-4, equal_nan=True)
+    rc_um, _, diameter_um = sample_geometry(result.spots)
+    y = np.asarray(result.spots.X)
+    assert map_spot_consistency(maps, rc_um, y, diameter_um) == pytest.approx(
+        map_spot_consistency(direct, rc_um, y, diameter_um), abs=1e-5)
+
+
 def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     _, _, result, direct = blended
     path = tmp_path / map_store.STORE_NAME

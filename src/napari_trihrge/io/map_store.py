@@ -264,6 +264,24 @@ class FactorMaps:
                 std[g0:g0 + len(block), self._rows, self._cols] = sd.T
         return values, std
 
+    def values_at(self, genes: Iterable[int], rows: np.ndarray, cols: np.ndarray
+                  ) -> np.ndarray:
+        """The maps of the genes with these indices at map pixels ``(rows, cols)`` only
+        (integer arrays of one shape): (g, *rows.shape), NaN outside the mask. Computes just
+        those locations, not the whole map."""
+        genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        order = np.full(self.mask.shape, -1, dtype=np.int64)
+        order[self._rows, self._cols] = np.arange(len(self._rows))
+        where = order[rows, cols]
+        wanted, inverse = np.unique(where[where >= 0], return_inverse=True)
+        sub = _take_factors(self.factors, wanted)
+        out = np.full((len(genes), *rows.shape), np.nan, dtype=np.float32)
+        for g0 in range(0, len(genes), GENE_BLOCK):
+            vals, _ = gene_block_values(self.weights, sub, genes[g0:g0 + GENE_BLOCK])
+            out[g0:g0 + GENE_BLOCK][:, where >= 0] = vals[inverse].T
+        return out
+
     def gene(self, name: str) -> np.ndarray:
         """The map of ``name`` (rows, cols) float32."""
         return self.compute([self.gene_index(name)])[0][0]
@@ -513,6 +531,12 @@ def write_map_store(maps: FactorMaps, path: str | os.PathLike, *, overwrite: boo
     except BaseException:
         writer.abort()
         raise
+
+
+def _take_factors(f: LocationFactors, index: np.ndarray) -> LocationFactors:
+    return LocationFactors(knn={k: (i[index], w[index]) for k, (i, w) in f.knn.items()},
+                           ridge=None if f.ridge is None else f.ridge[index],
+                           hidden=None if f.hidden is None else f.hidden[:, index])
 
 
 def _slice_factors(f: LocationFactors, s: int, e: int) -> LocationFactors:

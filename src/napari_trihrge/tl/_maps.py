@@ -376,9 +376,12 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
         return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
     agg = np.zeros((int(covered.sum()), len(maps.gene_names)), dtype=np.float64)
     rows, cols, ok = idx[covered, :, 0], idx[covered, :, 1], valid[covered]
+    values_at = getattr(maps, "values_at", None)  # factorised maps: only these pixels
     for g0 in range(0, len(maps.gene_names), 64):
-        block = np.asarray(maps.values[g0:g0 + 64])  # (g, rows, cols)
-        vals = block[:, rows, cols]  # (g, spots, k)
+        if values_at is not None:
+            vals = values_at(range(g0, min(len(maps.gene_names), g0 + 64)), rows, cols)
+        else:
+            vals = np.asarray(maps.values[g0:g0 + 64])[:, rows, cols]  # (g, spots, k)
         vals = np.where(ok[None], vals, 0.0)
         agg[:, g0:g0 + 64] = (vals.sum(axis=2) / ok.sum(axis=1)[None]).T
     pcc = per_gene_pcc(agg, y[covered])
