@@ -680,7 +680,7 @@ def _read_factors(group: Any, weights: GeneWeights) -> LocationFactors:
 # -----------------------------------------------------------------------------------------
 #: chunks of materialised maps: genes x rows x cols (one gene of a whole section and one
 #: tile of all genes both read few chunks; docs/map-store.md, "Disk")
-MATERIALISED_CHUNKS = (8, 256, 256)
+MATERIALISED_CHUNKS = (4, 128, 128)
 
 
 def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
