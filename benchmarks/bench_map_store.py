@@ -284,6 +284,7 @@ def scale(args) -> None:
             row[f"{k}_s"] = st.get("wall_s")
             row[f"{k}_peak_MiB"] = st.get("peak_above_mb")
         rows.append(row)
+        print(row, flush=True)  # each size as it finishes
     print_table(rows)
 
 
