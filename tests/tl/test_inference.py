@@ -245,3 +245,21 @@ def test_predict_and_enhance_share_the_density_rule(trained, factor):
         tasks.predict(folder, target, factor=factor)
     with pytest.raises(TrihrgeInputError, match="density factor must be one of 2, 4, 8, 16"):
         tasks.enhance(target, factor=factor)
+
+
+def test_predict_keeps_factorised_maps_equal_to_the_direct_ones(trained, tmp_path):
+    """predict(map_store=...): the maps of a model folder from the store equal the direct
+    prediction (a run folder gets maps.store.zarr instead of maps.ome.zarr)."""
+    _, folder, target = trained
+    direct = inference.predict(folder, target, stride_um=32.0)
+    stored = inference.predict(folder, target, stride_um=32.0,
+                               map_store=str(tmp_path / "maps.store.zarr"))
+    assert stored.maps.path == tmp_path / "maps.store.zarr"
+    inside = direct.maps.mask
+    np.testing.assert_array_equal(stored.maps.mask, inside)
+    diff = np.abs(np.asarray(stored.maps.values)[:, inside]
+                  - np.asarray(direct.maps.values)[:, inside])
+    assert diff.max() < 1e-4
+    run_predict(folder, target, tmp_path / "run", stride_um=32.0, map_store=True)
+    assert (tmp_path / "run" / "maps.store.zarr").is_dir()
+    assert not (tmp_path / "run" / "maps.ome.zarr").exists()

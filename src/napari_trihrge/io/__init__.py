@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import TrihrgeInputError
 from .h5ad import read_h5ad
 from .image import TissueImage, image_size_px, open_image
+from .map_store import FactorMaps, export_maps, open_map_store, write_map_store
 from .sample import available_images, get_image, validate_sample
 from .spatialdata import is_spatialdata_store, read_spatialdata
 from .spot_table import is_her2st_folder, read_her2st, read_spot_table
@@ -98,12 +99,15 @@ def _accepted(reader: Any, kwargs: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "FactorMaps",
     "TissueImage",
     "ZarrMapWriter",
     "available_images",
+    "export_maps",
     "get_image",
     "image_size_px",
     "open_image",
+    "open_map_store",
     "open_ome_zarr_map",
     "read",
     "read_h5ad",
@@ -120,6 +124,7 @@ __all__ = [
     "read_visium_hd",
     "validate_sample",
     "write_h5ad_atomic",
+    "write_map_store",
     "write_ome_tiff",
 ]
 

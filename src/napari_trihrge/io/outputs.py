@@ -7,6 +7,7 @@
                       per-gene trust in var and uns['trihrge']['trust']
   maps.ome.zarr       dense per-gene maps (genes, rows, cols) with physical pixel size (enhance
                       with --stride-um); maps_std.ome.zarr the ensemble spread when --ensemble > 1
+  maps.store.zarr     instead, with --map-store: the factorised map store (docs/map-store.md)
   recovery.h5ad       hidden spots (recovery): predicted X, layers 'measured' and 'knn'
   recovery_genes.csv  per-gene scores on the hidden spots, next to the kNN baseline, with the
                       trust columns (pcc, pcc_baseline_knn, pcc_gain, beats_interpolation)
@@ -275,7 +276,11 @@ def write_enhance(out_dir: Path, result) -> dict[str, str]:
         with atomic_path(out_dir / "enhance_genes.csv") as tmp:
             result.trust.to_csv(tmp)
         files["per_gene"] = "enhance_genes.csv"
-    if result.maps is not None:
+    if getattr(result.maps, "path", None) is not None:  # a factorised map store
+        from .map_store import STORE_NAME
+
+        files["maps_store"] = STORE_NAME
+    elif result.maps is not None:
         files["maps"] = "maps.ome.zarr"
         if result.maps.std is not None:
             files["maps_std"] = "maps_std.ome.zarr"
@@ -297,4 +302,8 @@ def read_run(out_dir: str | Path) -> dict[str, Any]:
         run["maps"] = read_map(out / "maps.ome.zarr", with_origin=True)
         if (out / "maps_std.ome.zarr").exists():
             run["maps_std"] = read_map(out / "maps_std.ome.zarr", with_origin=True)
+    from .map_store import STORE_NAME, open_map_store
+
+    if (out / STORE_NAME).exists():
+        run["maps_store"] = open_map_store(out / STORE_NAME)
     return run

@@ -431,6 +431,8 @@ def _map_array(values: Any) -> Any:
 
     if isinstance(values, da.Array):
         return values.astype(np.float32)
+    if hasattr(values, "to_dask"):  # maps computed from a factorised store, gene by gene
+        return values.to_dask()
     arr = getattr(values, "array", values)  # a ZarrMapWriter holds its zarr array
     if hasattr(arr, "chunks") and not isinstance(arr, np.ndarray):
         return da.from_zarr(arr).astype(np.float32)
@@ -504,6 +506,34 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
     sdata = SpatialData(images=images, shapes=shapes, tables=tables)
     with atomic_path(path, overwrite) as tmp, table_write_settings():
         sdata.write(tmp)
+    return path
+
+
+def write_maps_spatialdata(path: str | os.PathLike, maps: Any, genes: list[str], *,
+                           overwrite: bool = False) -> Path:
+    """Write the maps of ``genes`` (and their spread) of factorised ``maps``
+    (:class:`~napari_trihrge.io.map_store.FactorMaps`) as the images ``trihrge_enhanced_maps``
+    (and ``..._std``) of a new SpatialData store, in micrometres; each gene is computed once
+    (into a temporary OME-Zarr) and read back lazily. Refuses to replace ``path`` unless
+    ``overwrite``."""
+    import tempfile
+
+    from spatialdata import SpatialData
+
+    from .._atomic import atomic_path, refuse_overwrite
+    from .map_store import materialise_ome_zarr
+    from .writers import read_map
+
+    path = Path(path)
+    refuse_overwrite(path, overwrite)
+    tr = _scale_translate(maps.stride_um, maps.origin_rc_um, COORDINATE_SYSTEM)
+    with tempfile.TemporaryDirectory(prefix=".trihrge_maps_", dir=path.parent) as tmp:
+        written = materialise_ome_zarr(maps, Path(tmp) / "maps.ome.zarr", genes=genes)
+        images = {MAPS: _multiscale(read_map(written[0])[0], ("c", "y", "x"), tr, genes)}
+        if len(written) > 1:
+            images[MAPS_STD] = _multiscale(read_map(written[1])[0], ("c", "y", "x"), tr, genes)
+        with atomic_path(path, overwrite) as out, table_write_settings():
+            SpatialData(images=images).write(out)
     return path
 
 

@@ -160,7 +160,8 @@ def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
         chunks = (int(level0.chunks[0]), min(coarse.shape[1], 1024), min(coarse.shape[2], 1024))
         target = group.create_array(str(k), shape=coarse.shape, chunks=chunks,
                                     dtype=level0.dtype, fill_value=level0.fill_value,
-                                    chunk_key_encoding={"name": "v2", "separator": "/"})
+                                    chunk_key_encoding={"name": "v2", "separator": "/"},
+                                    compressors=level0.compressors)
         # one thread: the run's CPU budget (threads.cpu_threads) is not widened by dask's pool
         da.store(coarse.rechunk(chunks), target, lock=False, scheduler="synchronous")
         datasets.append({"path": str(k), "coordinateTransformations":
@@ -246,12 +247,13 @@ class ZarrMapWriter:
 def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
                       um_per_px: float = 1.0, gene_names: Any = None, overwrite: bool = False,
                       *, dtype: Any = "float32", fill_value: float = 0.0,
-                      origin_rc_um: Any = (0.0, 0.0)) -> ZarrMapWriter:
+                      origin_rc_um: Any = (0.0, 0.0), compressors: Any = None) -> ZarrMapWriter:
     """Create a multiscale OME-Zarr map (NGFF 0.4, zarr format 2) of ``shape`` (genes, rows, cols)
     in ``<path>.partial``: write the full-resolution level gene chunk by gene chunk, then call
     ``finalize()`` (or use ``with``), which adds the coarser levels and writes, through
     ome-zarr-py, axes c/y/x, micrometre ``scale`` (and ``translation``) per level and omero
-    channel labels = gene names. ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px."""
+    channel labels = gene names. ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px;
+    ``compressors``: a numcodecs compressor (zarr's default when None)."""
     import ome_zarr.writer  # noqa: F401  (needed by finalize(): fail here, before any work)
     import zarr
 
@@ -266,9 +268,10 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
     _remove(partial)
     path.parent.mkdir(parents=True, exist_ok=True)
     group = zarr.open_group(str(partial), mode="w", zarr_format=2)
+    extra = {} if compressors is None else {"compressors": compressors}
     array = group.create_array("0", shape=(n, rows, cols), chunks=chunks, dtype=dtype,
                                fill_value=fill_value,
-                               chunk_key_encoding={"name": "v2", "separator": "/"})
+                               chunk_key_encoding={"name": "v2", "separator": "/"}, **extra)
     return ZarrMapWriter(path, partial, array, overwrite, group=group, um_per_px=um_per_px,
                          names=names, origin_rc_um=origin_rc_um)
 

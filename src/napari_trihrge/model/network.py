@@ -252,10 +252,15 @@ class TriHRGENet(nn.Module):
                     f"{len(bag)} feature rows but {len(neighbour)} neighbour rows",
                     "pass one neighbour vector per location")
 
-    def forward(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None = None,
-                return_attention: bool = False):
-        """``bag`` (N, S, D) raw features (None for a neighbour-only model), ``neighbour``
-        (N, G_nb) -> predictions (N, G) [, attention (N, S[+1]); the neighbour is last]."""
+    def last_hidden(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The decoder's last hidden layer (N, ``decoder_dims[-1]``): the output is this times
+        the output layer (``decoder[-1]``), plus the skip path, then the output activation
+        (the factorised map store keeps it per location, :mod:`napari_trihrge.io.map_store`)."""
+        return self.decoder[:-1](self._pool(bag, neighbour)[0])
+
+    def _pool(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         tokens = []
         if c.n_scales > 0:
@@ -266,7 +271,14 @@ class TriHRGENet(nn.Module):
             nb = (neighbour - self.neighbour_mean) / self.neighbour_std
             tokens.append(self.neighbour_mlp(nb).unsqueeze(1))
         h = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)
-        pooled, weights = self.attention(h)
+        return self.attention(h)
+
+    def forward(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None = None,
+                return_attention: bool = False):
+        """``bag`` (N, S, D) raw features (None for a neighbour-only model), ``neighbour``
+        (N, G_nb) -> predictions (N, G) [, attention (N, S[+1]); the neighbour is last]."""
+        c = self.config
+        pooled, weights = self._pool(bag, neighbour)
         out = self.decoder(pooled)
         if c.neighbour_skip:
             out = out + self.skip_weight.to(out.dtype) * (neighbour - self.neighbour_mean)

@@ -129,6 +129,28 @@ def _predict_all(models, features, neighbour, batch_size, device, progress, want
     return mean, std
 
 
+def predict_last_hidden(models: Sequence[TriHRGENet], features: Any = None,
+                        neighbour: Any = None, *, batch_size: int = 4096,
+                        device: str | torch.device = "auto") -> np.ndarray:
+    """Each model's last hidden layer (:meth:`TriHRGENet.last_hidden`) at every location:
+    (models, M, H) float32."""
+    models = _as_models(models)
+    n = _n_locations(features, neighbour)
+    _check(models, features, neighbour)
+    dev = resolve_device(device)
+    out = np.empty((len(models), n, models[0].config.decoder_dims[-1]), dtype=np.float32)
+    with _eval_on(models, dev):
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            x = _to_tensor(features[s:e], dev) if features is not None else None
+            v = _to_tensor(neighbour[s:e], dev) if neighbour is not None else None
+            for i, m in enumerate(models):
+                out[i, s:e] = m.last_hidden(x if m.config.n_scales > 0 else None,
+                                            v if m.config.neighbour_input else None
+                                            ).float().cpu().numpy()
+    return out
+
+
 def predict_in_chunks(models: TriHRGENet | Sequence[TriHRGENet], features: Any = None,
                       neighbour: Any = None, *, n_locations: int | None = None,
                       chunk_size: int = 65536, batch_size: int = 4096,
@@ -177,4 +199,4 @@ def predict_in_chunks(models: TriHRGENet | Sequence[TriHRGENet], features: Any =
             progress.advance(1)
 
 
-__all__ = ["predict", "predict_ensemble", "predict_in_chunks"]
+__all__ = ["predict", "predict_ensemble", "predict_in_chunks", "predict_last_hidden"]

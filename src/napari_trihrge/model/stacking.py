@@ -79,9 +79,15 @@ class RidgeHead:
     def alpha(self) -> float:
         return float(self.model.alpha_)
 
+    def standardised_inputs(self, features: np.ndarray | None, neighbour: np.ndarray | None
+                            ) -> np.ndarray:
+        """What the coefficients multiply: the flattened image features and the neighbour
+        PCs, standardised (N, F)."""
+        return (self._raw_inputs(features, neighbour) - self.feature_mean) / self.feature_sd
+
     def predict(self, features: np.ndarray | None, neighbour: np.ndarray | None) -> np.ndarray:
-        x = (self._raw_inputs(features, neighbour) - self.feature_mean) / self.feature_sd
-        return self.model.predict(x).astype(np.float32)
+        return self.model.predict(self.standardised_inputs(features, neighbour)).astype(
+            np.float32)
 
 
 @dataclass

@@ -188,6 +188,8 @@ def _get_reader(path: str | list[str]):
             return read_run_layers
         if _is_spatialdata_store(p):
             return read_spatialdata_layers
+        if _is_map_store(p):
+            return read_map_store_layers
         if _is_zarr_map(p):
             return read_map_layers
         if _is_sample_folder(p):
@@ -357,6 +359,20 @@ def read_map_layers(path) -> list:
     return _tag_source(L.map_layers(maps), _one(path))
 
 
+def _is_map_store(p: Path) -> bool:
+    from ..io.map_store import is_map_store
+
+    return is_map_store(p)
+
+
+def read_map_store_layers(path) -> list:
+    """One enhanced-map layer (the first gene) computed from a factorised map store; a store
+    that is not whole is refused before any layer is made."""
+    from ..io import open_map_store
+
+    return _tag_source(L.map_layers(open_map_store(_one(path))), _one(path))
+
+
 def read_run_layers(path) -> list:
     """A run folder: H&E, virtual or predicted spots, and the first enhanced map."""
     import anndata as ad
@@ -369,8 +385,15 @@ def read_run_layers(path) -> list:
         out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")
     elif (p / "recovery.h5ad").exists():
         out += _result_h5ad_layers(ad.read_h5ad(p / "recovery.h5ad"), "recovery")
-    if (p / "maps.ome.zarr").exists():
-        maps = read_maps(p / "maps.ome.zarr")
+    from ..io.map_store import STORE_NAME
+
+    if (p / "maps.ome.zarr").exists() or (p / STORE_NAME).exists():
+        if (p / "maps.ome.zarr").exists():
+            maps = read_maps(p / "maps.ome.zarr")
+        else:  # a factorised store (checked whole before any layer is made)
+            from ..io import open_map_store
+
+            maps = open_map_store(p / STORE_NAME)
         spot_vals = None
         virt = next((t for t in out if t[1].get("metadata", {}).get("trihrge", {}).get("kind")
                      == "virtual"), None)

@@ -49,6 +49,8 @@ class EnhanceResult:
     #: per-gene held-out scores of the internal split (trust columns included); None with
     #: ``trust=False``
     trust: pd.DataFrame | None = None
+    #: the blend the maps were predicted with (a StackedModel), None for the networks alone
+    model: Any = field(default=None, repr=False)
 
 
 def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarray:
@@ -116,8 +118,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             config: RunConfig | None = None, progress: Progress | None = None,
             key_added: str | None = None,
             map_path: str | None = None, map_margin_um: float | None = None,
-            trust: bool = True, trust_holdout_fraction: float = TRUST_HOLDOUT_FRACTION
-            ) -> EnhanceResult:
+            trust: bool = True, trust_holdout_fraction: float = TRUST_HOLDOUT_FRACTION,
+            map_store: bool | str = False) -> EnhanceResult:
     """Predict expression on a ``factor``x denser lattice of virtual spots and, with
     ``stride_um``, as dense sub-spot maps over the tissue (streamed to ``map_path`` as OME-Zarr
     when given, else kept in memory).
@@ -143,6 +145,11 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     It costs one more training; ``trust=False`` skips it and the outputs then say nothing about
     which genes to trust.
 
+    ``map_store``: keep the maps factorised (:mod:`napari_trihrge.io.map_store`): ``maps`` is
+    then a :class:`~napari_trihrge.io.map_store.FactorMaps` that computes any gene's map (and
+    spread) on demand, exactly; a path writes the store there (with ``map_path`` too, every
+    gene is also materialised there).
+
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_enhance``):
     the summary in ``uns``, the per-gene trust in ``var``
     (:func:`napari_trihrge.tl.store_result`).
@@ -154,7 +161,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         # networks whose spread is mapped next to the values: with the blend, one per fold
         n_networks = cfg.ensemble * (cfg.stacking_folds if "network" in cfg.stacking else 1)
         check_map_size(adata, stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
-                       + len(cfg.extra_genes), ensemble=n_networks, in_memory=map_path is None)
+                       + len(cfg.extra_genes), ensemble=n_networks,
+                       in_memory=map_path is None and not map_store)
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
@@ -265,11 +273,14 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         with timer("maps"):
             maps = predict_maps(stacked if stacked is not None else fits, image, encoder,
                                 rc_um, y, windows, stride_um, cfg, progress=progress,
-                                map_path=map_path, genes=genes, grid=grid)
+                                map_path=map_path, genes=genes, grid=grid,
+                                factorised=bool(map_store),
+                                store_path=map_store if isinstance(map_store, str) else None)
         with timer("consistency"):
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
     store_result(adata, "enhance", metrics=metrics, config=cfg.public_dict(),
                  per_gene=trust_table, key_added=key_added)
     return EnhanceResult(spots=expr, virtual=virtual, maps=maps, metrics=metrics,
                          history=[f.history for f in fits], timings_s=timer.timings_s,
-                         config=cfg.public_dict(), fits=fits, trust=trust_table)
+                         config=cfg.public_dict(), fits=fits, trust=trust_table,
+                         model=stacked)

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from .. import geometry
 from ..errors import TrihrgeInputError
+from ..io.map_store import FactorMaps, GeneWeights, LocationFactors, MapStoreWriter
 from ..io.sample import is_positive_number
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
@@ -32,7 +33,19 @@ class DenseMaps:
     std: Any = None  # ensemble spread, same shape, or None
 
     def gene(self, name: str) -> np.ndarray:
-        return np.asarray(self.values[self.gene_names.index(name)])
+        """The map of ``name`` (rows, cols); an unknown gene raises with the nearest names."""
+        from ..io.map_store import gene_index
+
+        return np.asarray(self.values[gene_index(self.gene_names, name)])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.gene(name)
+
+    def sel(self, gene: str | Sequence[str]) -> np.ndarray:
+        """One gene's map (rows, cols), or several genes' (g, rows, cols)."""
+        if isinstance(gene, str):
+            return self.gene(gene)
+        return np.stack([self.gene(g) for g in gene])
 
 
 #: bytes of working memory per map-grid pixel (mask, centre coordinates, nearest-spot query)
@@ -116,18 +129,32 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
                  windows_um: Sequence[float], stride_um: float, cfg: RunConfig, *,
                  genes: list[str], progress: Progress | None = None, map_path: str | None = None,
                  margin_um: float | None = None, band_rows: int = 32,
-                 grid: geometry.DenseGrid | None = None) -> DenseMaps:
+                 grid: geometry.DenseGrid | None = None, factorised: bool = False,
+                 store_path: str | None = None, factor_dtype: Any = np.float32,
+                 overwrite: bool = False) -> DenseMaps | FactorMaps:
     """Dense maps, streamed band of map rows by band: each band's locations are embedded and
     predicted for all genes, then written into a (genes, rows, cols) array chunked by genes, so
     memory holds one band at a time, never genes x all map pixels. ``fits``: the network fits,
     or a :class:`StackedModel` (every map pixel then gets the per-gene blend of kNN of the
     measured spots ``rc_um``/``y``, the ridge head and the networks, as recovery's hidden spots
     do). ``grid``: the map grid when the caller already has it (:func:`map_grid`), else it is
-    made here."""
+    made here.
+
+    ``factorised=True``: instead of every gene's map, the per-location factors are kept
+    (:mod:`napari_trihrge.io.map_store`: the networks' last hidden layer, the ridge inputs, the
+    kNN weights; ``factor_dtype`` for the dense ones) and a :class:`FactorMaps` is returned
+    that computes any gene's map, equal to the direct prediction, when asked; written to the
+    store ``store_path`` when given (else in memory); with ``map_path`` every gene is also
+    materialised there as an OME-Zarr map."""
     progress = ensure_progress(progress)
     if grid is None:
         margin_um = margin_um if margin_um is not None else geometry.spot_spacing_um(rc_um)
         grid = map_grid(image, rc_um, stride_um, margin_um)
+    if factorised:
+        return _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg,
+                                    genes=genes, progress=progress, store_path=store_path,
+                                    map_path=map_path, factor_dtype=factor_dtype,
+                                    overwrite=overwrite, band_rows=band_rows)
     n_rows, n_cols = grid.shape
     n_genes = len(genes)
     gene_chunk = min(32, n_genes)
@@ -221,6 +248,116 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
             progress.advance()
 
 
+def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
+                     ) -> GeneWeights:
+    """The per-gene weights of the factorised maps of ``fits`` (the network fits, or a
+    :class:`StackedModel`): the networks' output layers and skip weights, and with the
+    blend, the ridge coefficients, the blend weights and the measured spots' expression."""
+    stacked = fits if isinstance(fits, StackedModel) else None
+    models = [f.model for f in (stacked.fits if stacked is not None else fits)]
+    names = list(stacked.blend.names) if stacked is not None else ["network"]
+    weights = GeneWeights(gene_names=list(genes), candidates=names)
+    if "network" in names and models:
+        configs = {(m.config.output_activation, m.config.neighbour_skip) for m in models}
+        if len(configs) != 1:
+            raise ValueError("the networks differ in output activation or skip path")
+        activation, skip = configs.pop()
+        weights.activation = activation
+        last = [m.decoder[-1] for m in models]
+        weights.network_weight = np.stack([
+            lay.weight.detach().cpu().numpy().astype(np.float32) for lay in last])
+        weights.network_bias = np.stack([
+            lay.bias.detach().cpu().numpy().astype(np.float32) for lay in last])
+        if skip:
+            weights.skip_k = int(cfg.n_neighbours)
+            weights.network_skip = np.stack([
+                m.skip_weight.detach().cpu().numpy().astype(np.float32) for m in models])
+            weights.network_neighbour_mean = np.stack([
+                m.neighbour_mean.detach().cpu().numpy().astype(np.float32) for m in models])
+    if stacked is not None:
+        blend = stacked.blend
+        weights.blend_weights = np.asarray(blend.weights, dtype=np.float64)
+        weights.candidate_mean = np.asarray(blend.candidate_mean, dtype=np.float64)
+        weights.target_mean = np.asarray(blend.target_mean, dtype=np.float64)
+        if stacked.ridge is not None:
+            weights.ridge_coef = np.asarray(stacked.ridge.model.coef_, dtype=np.float64
+                                            ).reshape(len(genes), -1)
+            weights.ridge_intercept = np.broadcast_to(np.asarray(
+                stacked.ridge.model.intercept_, dtype=np.float64), (len(genes),)).copy()
+    if weights.knn_ks() and stacked is not None:
+        weights.spots_expression = np.asarray(stacked.src_y, dtype=np.float32)
+    return weights
+
+
+def _location_factors(fits: list | StackedModel, weights: GeneWeights, feats, nb,
+                      pts: np.ndarray, src_rc_um: np.ndarray, cfg: RunConfig
+                      ) -> LocationFactors:
+    """The per-location factors of map locations ``pts`` (their features ``feats`` and
+    interpolated neighbour expression ``nb``)."""
+    from ..model.predict import predict_last_hidden
+    from ..neighbours import idw_weights
+
+    stacked = fits if isinstance(fits, StackedModel) else None
+    out = LocationFactors()
+    for k in weights.knn_ks():
+        idx, w = idw_weights(src_rc_um, pts, k)
+        out.knn[k] = (idx.astype(np.int32), w)
+    if stacked is not None and stacked.ridge is not None:
+        out.ridge = stacked.ridge.standardised_inputs(feats if cfg.image_input else None,
+                                                      nb).astype(np.float32)
+    if "network" in weights.candidates:
+        models = [f.model for f in (stacked.fits if stacked is not None else fits)]
+        with cpu_threads(cfg.threads):
+            out.hidden = predict_last_hidden(models, feats, nb, device=cfg.device)
+    return out
+
+
+def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, *, genes,
+                         progress, store_path, map_path, factor_dtype, overwrite, band_rows
+                         ) -> FactorMaps:
+    """:func:`predict_maps` with ``factorised=True``."""
+    weights = map_gene_weights(fits, genes, cfg)
+    if weights.knn_ks() and weights.spots_expression is None:
+        weights.spots_expression = np.asarray(y, dtype=np.float32)
+    src_rc_um = fits.src_rc_um if isinstance(fits, StackedModel) else rc_um
+    writer = MapStoreWriter(store_path, weights, grid.mask, grid.stride_um, grid.origin_rc_um,
+                            overwrite=overwrite, factor_dtype=factor_dtype)
+    n_rows, n_cols = grid.shape
+    # the same blocks of rows as the direct prediction (features are computed per block)
+    rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
+    progress.stage("maps", total=int(np.ceil(n_rows / rows_per_block)))
+    try:
+        for b0 in range(0, n_rows, rows_per_block):
+            b1 = min(n_rows, b0 + rows_per_block)
+            ii, jj = np.nonzero(grid.mask[b0:b1])
+            if len(ii):
+                pts = grid.origin_rc_um + np.stack([ii + b0, jj], axis=1) * grid.stride_um
+                feats = _features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
+                                  cache=False)
+                nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
+                      if cfg.neighbour_input else None)
+                for c0 in range(0, len(pts), FACTOR_BLOCK_LOCATIONS):
+                    sl = slice(c0, c0 + FACTOR_BLOCK_LOCATIONS)
+                    writer.append(_location_factors(fits, weights, feats[sl],
+                                                    None if nb is None else nb[sl], pts[sl],
+                                                    src_rc_um, cfg))
+            progress.advance()
+        maps = writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    if map_path is not None:
+        from ..io.map_store import materialise_ome_zarr
+
+        materialise_ome_zarr(maps, map_path, overwrite=overwrite)
+    return maps
+
+
+#: map locations whose per-location factors are computed at once (each network's last hidden
+#: layer: locations x its width)
+FACTOR_BLOCK_LOCATIONS = 16384
+
+
 def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
                          spot_diameter_um: float) -> dict[str, float]:
     """How well the dense map, averaged over each measured spot's disk, reproduces the measured
@@ -239,9 +376,12 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
         return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
     agg = np.zeros((int(covered.sum()), len(maps.gene_names)), dtype=np.float64)
     rows, cols, ok = idx[covered, :, 0], idx[covered, :, 1], valid[covered]
+    values_at = getattr(maps, "values_at", None)  # factorised maps: only these pixels
     for g0 in range(0, len(maps.gene_names), 64):
-        block = np.asarray(maps.values[g0:g0 + 64])  # (g, rows, cols)
-        vals = block[:, rows, cols]  # (g, spots, k)
+        if values_at is not None:
+            vals = values_at(range(g0, min(len(maps.gene_names), g0 + 64)), rows, cols)
+        else:
+            vals = np.asarray(maps.values[g0:g0 + 64])[:, rows, cols]  # (g, spots, k)
         vals = np.where(ok[None], vals, 0.0)
         agg[:, g0:g0 + 64] = (vals.sum(axis=2) / ok.sum(axis=1)[None]).T
     pcc = per_gene_pcc(agg, y[covered])

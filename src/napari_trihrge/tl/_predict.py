@@ -146,7 +146,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
             encoder: str | None = None, windows_um: Sequence[float] | None = None,
             device: str = "auto", cache_dir: str | None = None, hf_token: str | None = None,
             progress: Progress | None = None, map_path: str | None = None,
-            reference: str = "auto") -> PredictResult:
+            reference: str = "auto", map_store: bool | str = False) -> PredictResult:
     """Apply a trained model to ``target``: a sample (AnnData or any path :func:`io.read`
     takes) or a bare H&E image file (``um_per_px`` or read from the file's metadata).
 
@@ -159,6 +159,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
     that the model fits them. ``reference`` chooses the locations a section's feature
     statistics come from: 'auto' (the measured spots, or a spot-spaced lattice inside the tissue
     for a bare image) or 'tissue' (the lattice even when there are spots, as for a bare slide).
+    ``map_store``: keep the maps factorised, as :func:`enhance` does (a path writes the store).
     """
     factor = geometry.validate_density_factor(factor)  # before loading anything
     progress = ensure_progress(progress)
@@ -298,7 +299,9 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         with timer("maps"):
             maps = predict_maps(fits, image, enc, ref_rc, y, windows, float(stride_um), cfg,
                                 genes=genes, progress=progress, map_path=map_path,
-                                margin_um=float("inf") if bare else None)
+                                margin_um=float("inf") if bare else None,
+                                factorised=bool(map_store),
+                                store_path=map_store if isinstance(map_store, str) else None)
         if not bare and not np.isnan(y).any():
             with timer("consistency"):
                 metrics["consistency"] = map_spot_consistency(maps, rc_um, y, diameter_um)

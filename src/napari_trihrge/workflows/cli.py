@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Cancelled, TrihrgeError
+from ..errors import Cancelled, TrihrgeError, TrihrgeInputError
 from ..geometry import PLATFORMS
 from ..progress import TqdmProgress
 from . import _cli_options as opt
@@ -106,6 +106,10 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--into-input", action="store_true",
                    help="add the results (trihrge_* elements) to the SpatialData store given as "
                    "PATH; existing trihrge_* elements are replaced only with --overwrite")
+    p.add_argument("--map-store", action="store_true",
+                   help="with --stride-um: write the factorised map store maps.store.zarr "
+                   "(every gene's map computed on demand, exactly) instead of materialised "
+                   "maps; `trihrge export-maps` materialises chosen genes later")
     opt.add_run_args(p)
 
 
@@ -116,6 +120,9 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
         from ..io.spatialdata import require_spatialdata
 
         require_spatialdata()  # before reading and training
+    if args.map_store and args.stride_um is None:
+        raise TrihrgeInputError("--map-store stores dense maps, which need --stride-um",
+                                "add --stride-um (for example 8 or 16) or leave out --map-store")
     cfg, adata, out = opt.prepare_sample_run(args)
     if args.stride_um is not None:
         from ..tl import check_map_size
@@ -126,9 +133,36 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           config=cfg, progress=progress, overwrite=args.overwrite,
                           trust=not args.no_trust,
                           spatialdata_store=args.output_format == "spatialdata",
-                          into_input=args.into_input)
+                          into_input=args.into_input, map_store=args.map_store)
     progress.close()
     print_run_summary(summary, Path(out))
+    return 0
+
+
+def _export_maps_args(p: argparse.ArgumentParser) -> None:
+    from ..io.map_store import EXPORT_FORMATS
+
+    p.add_argument("run", type=Path, help="a run folder written with --map-store, or its "
+                   "maps.store.zarr")
+    p.add_argument("--genes", nargs="+", default=None, metavar="GENE",
+                   help="the genes to write (default: every gene of the model)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
+                   dest="output_format", help="'ome-zarr': a multiscale OME-Zarr map (and its "
+                   "spread, <name>_std.ome.zarr); 'spatialdata': a SpatialData store with the "
+                   "maps as images, in micrometres (needs the spatialdata extra)")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: beside "
+                   "the run folder, <run>_maps.ome.zarr or <run>_maps.spatialdata.zarr)")
+    opt.add_overwrite_quiet(p)
+
+
+def _run_export_maps(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from ..io.map_store import export_maps
+
+    written = export_maps(args.run, args.out, genes=args.genes, fmt=args.output_format,
+                          overwrite=args.overwrite, progress=progress)
+    progress.close()
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -248,6 +282,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="folder for the feature cache")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default trihrge_out/predict-<target>)")
+    p.add_argument("--map-store", action="store_true",
+                   help="write the factorised map store maps.store.zarr instead of "
+                   "materialised maps (see `trihrge export-maps`)")
     opt.add_overwrite_quiet(p)
 
 
@@ -262,7 +299,7 @@ def _run_predict(args: argparse.Namespace, progress: TqdmProgress) -> int:
                                stride_um=args.stride_um, um_per_px=args.um_per_px,
                                encoder=args.encoder, windows_um=args.windows_um,
                                device=args.device, cache_dir=cache, progress=progress,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, map_store=args.map_store)
     progress.close()
     print_model_summary(summary)
     return 0
@@ -333,6 +370,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "measured spots keep their barcodes and are scored against the measurement) or an "
                "H&E image (TIFF/OME-TIFF/SVS/JPEG/PNG; an image-only model then predicts a dense "
                "map over the tissue). Writes the same run folder as `enhance`."),
+    Subcommand("export-maps", "materialise maps of chosen genes from a run's map store",
+               _export_maps_args, _run_export_maps, description="Compute the maps of the "
+               "given genes (all by default) from the factorised map store of an enhance run "
+               "(--map-store) and write them as a multiscale OME-Zarr map or a SpatialData "
+               "store, for other tools. An existing output is replaced only with --overwrite.",
+               epilog=None),
     Subcommand("encoders", "list the image encoders that can be named with --encoder",
                _encoders_args, _run_encoders, epilog=None),
 )

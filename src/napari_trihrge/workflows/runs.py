@@ -17,6 +17,7 @@ from anndata import AnnData
 from .. import geometry
 from ..device import resolve_device
 from ..errors import TrihrgeInputError
+from ..io.map_store import STORE_NAME, open_map_store
 from ..io.outputs import (
     mark_complete,
     peak_rss_mb,
@@ -185,9 +186,13 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *,
                 stride_um: float | None = None, config: RunConfig | None = None,
                 progress: Progress | None = None, overwrite: bool = False,
                 summary_extra: dict[str, Any] | None = None, trust: bool = True,
-                spatialdata_store: bool = False, into_input: bool = False) -> dict[str, Any]:
+                spatialdata_store: bool = False, into_input: bool = False,
+                map_store: bool = False) -> dict[str, Any]:
     """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``); ``trust``:
     measure per gene whether the model beats interpolation (:func:`napari_trihrge.tl.enhance`).
+    ``map_store=True`` writes the factorised map store ``maps.store.zarr`` instead of the
+    materialised maps (:mod:`napari_trihrge.io.map_store`; ``trihrge export-maps`` materialises
+    them later).
     The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`).
 
     ``spatialdata_store=True`` also writes the sample and the results as a self-contained
@@ -196,17 +201,21 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *,
     return run_task("enhance", adata, out_dir, factor=factor, stride_um=stride_um,
                     config=config, progress=progress, overwrite=overwrite,
                     summary_extra=summary_extra, trust=trust,
-                    spatialdata_store=spatialdata_store, into_input=into_input).summary
+                    spatialdata_store=spatialdata_store, into_input=into_input,
+                    map_store=map_store).summary
 
 
 def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
                   config: RunConfig, progress: Progress,
                   summary_extra: dict[str, Any] | None = None, trust: bool = True,
                   spatialdata_store: bool = False, into_input: bool = False,
-                  overwrite: bool = False) -> RunOutput:
+                  overwrite: bool = False, map_store: bool = False) -> RunOutput:
     t0 = time.perf_counter()
+    store = map_store and stride_um is not None
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
-                     progress=progress, map_path=enhance_map_path(out, stride_um), trust=trust)
+                     progress=progress, trust=trust,
+                     map_path=None if store else enhance_map_path(out, stride_um),
+                     map_store=str(Path(out) / STORE_NAME) if store else False)
     summary = save_enhance_run(out, adata, result, config, progress=progress, started=t0,
                                summary_extra=summary_extra)
     if spatialdata_store or into_input:
@@ -312,6 +321,9 @@ def repoint_maps(result, out_dir: str | Path) -> None:
     maps = getattr(result, "maps", None)
     if maps is None:
         return
+    if getattr(maps, "path", None) is not None:  # a factorised map store
+        result.maps = open_map_store(Path(out_dir) / STORE_NAME)
+        return
     for attr, name in (("values", "maps.ome.zarr"), ("std", "maps_std.ome.zarr")):
         store = getattr(maps, attr, None)
         if store is not None and hasattr(store, "partial_path"):  # a ZarrMapWriter
@@ -351,9 +363,11 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 out_dir: str | Path, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                 stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
-                overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
+                overwrite: bool = False, map_store: bool = False, **kwargs: Any
+                ) -> dict[str, Any]:
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
-    ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
+    ``maps.ome.zarr`` or with ``map_store`` the factorised ``maps.store.zarr``,
+    ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
     from .._atomic import atomic_path
     from ..io.outputs import mark_complete, run_folder, write_enhance
     from ..tl.inference import predict, prediction_inputs
@@ -366,8 +380,10 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     bare = adata.n_obs == 0
     with run_folder(out_dir, overwrite) as out:  # appears only when complete
         t0 = time.perf_counter()
+        store = map_store and stride_um is not None
         result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
-                         map_path=enhance_map_path(out, stride_um), **kwargs)
+                         map_path=None if store else enhance_map_path(out, stride_um),
+                         map_store=str(Path(out) / STORE_NAME) if store else False, **kwargs)
         t1 = time.perf_counter()
         progress.stage("writing", 3)
         files = write_enhance(out, result)

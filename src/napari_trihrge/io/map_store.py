@@ -1,0 +1,799 @@
+"""The factorised map store: every gene's dense map, exact, computed on demand.
+
+A dense map pixel's value is the per-gene blend (:mod:`napari_trihrge.model.stacking`) of
+candidates that are each linear in something per location, times something per gene:
+
+* ``knn<k>``: the inverse-distance weights of the location's ``k`` nearest measured spots
+  (per location: spot indices and weights) times the spots' measured expression (per gene);
+* ``ridge``: the location's standardised ridge inputs times the ridge coefficients;
+* ``network``: each fold network's last hidden layer times its output layer, plus the skip
+  path (the kNN interpolation times a per-gene weight), clipped at 0 per network, then the
+  mean (and the spread) over the networks.
+
+The blend adds the candidates with per-gene weights and clips at 0; the spread is the
+networks' spread times the gene's network weight. So the store keeps the per-location factors
+(``locations/``) and the per-gene weights (``genes/``), and :class:`FactorMaps` computes any
+gene's map (and spread) from them, equal to the maps the engine predicts directly to float
+tolerance. The layout is versioned (:data:`STORE_VERSION`) and documented in
+``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
+attributes, so a truncated copy is refused instead of shown with holes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._atomic import refuse_overwrite, replace_folder
+from ..errors import TrihrgeInputError
+
+STORE_FORMAT = "napari-trihrge-map-store"
+STORE_VERSION = 1
+#: the store's name in a run folder
+STORE_NAME = "maps.store.zarr"
+#: map locations per chunk of a per-location factor
+LOCATION_CHUNK = 32768
+#: genes computed together when many are asked for (bounded memory: locations x this)
+GENE_BLOCK = 32
+#: the compressor of the store and of materialised maps (Blosc zstd, byte shuffle), chosen by
+#: ``benchmarks/bench_map_store.py`` (docs/map-store.md, "Disk")
+COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
+#: the activations a network output can have in eval mode (model.network.OUTPUT_ACTIVATIONS)
+ACTIVATIONS = ("clip", "relu", "softplus", "none")
+#: per-gene arrays (``genes/<name>``), None when the run did not use that part
+GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expression",
+               "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
+               "network_skip", "network_neighbour_mean")
+
+
+def compressor() -> Any:
+    """The Blosc compressor of :data:`COMPRESSOR` (numcodecs)."""
+    from numcodecs import Blosc
+
+    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
+               "bitshuffle": Blosc.BITSHUFFLE}[COMPRESSOR["shuffle"]]
+    return Blosc(cname=COMPRESSOR["cname"], clevel=COMPRESSOR["clevel"], shuffle=shuffle)
+
+
+@dataclass
+class GeneWeights:
+    """Everything a gene's map needs besides the per-location factors. Arrays are indexed by
+    gene on their gene axis; None where the run has no such part."""
+
+    gene_names: list[str]
+    candidates: list[str]  # blend candidates ('knn6', 'knn12', 'ridge', 'network'), in order
+    activation: str = "clip"  # the networks' output activation
+    skip_k: int | None = None  # neighbours of the skip path's interpolation (None: no skip)
+    blend_weights: np.ndarray | None = None  # (G, C); None: the networks alone, no blend
+    candidate_mean: np.ndarray | None = None  # (C, G)
+    target_mean: np.ndarray | None = None  # (G,)
+    spots_expression: np.ndarray | None = None  # (spots, G) measured, log-normalised
+    ridge_coef: np.ndarray | None = None  # (G, F)
+    ridge_intercept: np.ndarray | None = None  # (G,)
+    network_weight: np.ndarray | None = None  # (N, G, H)
+    network_bias: np.ndarray | None = None  # (N, G)
+    network_skip: np.ndarray | None = None  # (N, G)
+    network_neighbour_mean: np.ndarray | None = None  # (N, G)
+
+    @property
+    def n_networks(self) -> int:
+        return 0 if self.network_weight is None else int(self.network_weight.shape[0])
+
+    @property
+    def with_std(self) -> bool:
+        """Whether the maps have a spread layer (several networks, and the network used)."""
+        return self.n_networks > 1 and "network" in self.candidates
+
+    def knn_ks(self) -> list[int]:
+        """The neighbour counts whose weights the locations need."""
+        ks = {int(c[3:]) for c in self.candidates if c.startswith("knn")}
+        if self.skip_k is not None:
+            ks.add(int(self.skip_k))
+        return sorted(ks)
+
+
+@dataclass
+class LocationFactors:
+    """Per-location factors of map locations (the mask's pixels in row-major order)."""
+
+    knn: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # k -> idx, w
+    ridge: np.ndarray | None = None  # (M, F) standardised ridge inputs
+    hidden: np.ndarray | None = None  # (N, M, H) each network's last hidden layer
+
+    def __len__(self) -> int:
+        for arr in (self.ridge, *(w for _, w in self.knn.values())):
+            if arr is not None:
+                return len(arr)
+        return 0 if self.hidden is None else int(self.hidden.shape[1])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """name -> array, as stored under ``locations/``."""
+        out: dict[str, np.ndarray] = {}
+        for k, (idx, w) in sorted(self.knn.items()):
+            out[f"knn{k}_index"] = idx
+            out[f"knn{k}_weight"] = w
+        if self.ridge is not None:
+            out["ridge_inputs"] = self.ridge
+        if self.hidden is not None:
+            out["network_hidden"] = self.hidden
+        return out
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[LocationFactors]) -> LocationFactors:
+        """The factors of consecutive blocks of locations as one."""
+        if not parts:
+            return cls()
+        first = parts[0]
+        return cls(
+            knn={k: (np.concatenate([p.knn[k][0] for p in parts]),
+                     np.concatenate([p.knn[k][1] for p in parts])) for k in first.knn},
+            ridge=(None if first.ridge is None
+                   else np.concatenate([p.ridge for p in parts])),
+            hidden=(None if first.hidden is None
+                    else np.concatenate([p.hidden for p in parts], axis=1)))
+
+
+# -----------------------------------------------------------------------------------------
+# Computing maps from the factors
+# -----------------------------------------------------------------------------------------
+def _activation(x: np.ndarray, name: str) -> np.ndarray:
+    if name in ("clip", "relu"):
+        return np.maximum(x, np.float32(0.0))
+    if name == "softplus":  # torch.nn.functional.softplus (threshold 20)
+        return np.where(x > 20, x, np.logaddexp(np.float32(0.0), x)).astype(np.float32)
+    return x
+
+
+def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The maps of the genes with indices ``genes`` at every location of ``factors``:
+    values (M, g) float32 and the spread (M, g) float32 (None without one), computed as the
+    engine computes them (:func:`napari_trihrge.tl._shared._stacked_predict`)."""
+    genes = np.asarray(genes, dtype=np.int64)
+    y = weights.spots_expression
+
+    def knn(k: int) -> np.ndarray:
+        idx, w = factors.knn[k]
+        return np.einsum("mk,mkg->mg", w, y[:, genes][idx])
+
+    net_mean = net_std = None
+    if "network" in weights.candidates:
+        nb = knn(weights.skip_k) if weights.skip_k is not None else None
+        outs = []
+        for f in range(weights.n_networks):
+            lin = factors.hidden[f] @ weights.network_weight[f, genes].T
+            lin += weights.network_bias[f, genes]
+            if nb is not None:
+                lin += weights.network_skip[f, genes] * (nb - weights.network_neighbour_mean[
+                    f, genes])
+            outs.append(_activation(lin, weights.activation))
+        stacked = np.stack(outs)
+        net_mean = stacked.mean(axis=0, dtype=np.float32)
+        if len(outs) > 1:
+            net_std = stacked.std(axis=0, dtype=np.float32)
+    if weights.blend_weights is None:  # the networks alone
+        return net_mean, net_std
+    n_locations = len(factors)
+    out = np.broadcast_to(weights.target_mean[genes], (n_locations, len(genes))).astype(
+        np.float64)
+    for c, name in enumerate(weights.candidates):
+        if name.startswith("knn"):
+            part = knn(int(name[3:]))
+        elif name == "ridge":
+            # float32 product (the inputs are stored in float32): no float64 copy of the
+            # locations x inputs matrix per gene
+            part = (factors.ridge @ weights.ridge_coef[genes].T.astype(np.float32)
+                    + weights.ridge_intercept[genes].astype(np.float32))
+        else:
+            part = net_mean
+        out += ((np.asarray(part, dtype=np.float64) - weights.candidate_mean[c, genes])
+                * weights.blend_weights[genes, c])
+    values = np.maximum(out.astype(np.float32), np.float32(0.0))
+    std = None
+    if net_std is not None:
+        w_net = weights.blend_weights[genes, weights.candidates.index("network")]
+        std = (net_std * w_net[None, :]).astype(np.float32)
+    return values, std
+
+
+class FactorMaps:
+    """Per-gene maps computed on demand from a factorised store, used where a
+    :class:`~napari_trihrge.tl.DenseMaps` is: ``values`` and ``std`` are lazy (genes, rows,
+    cols) arrays (index them by gene, or :meth:`to_dask`); ``maps[gene]`` or
+    ``maps.sel(gene=...)`` gives one gene's map (rows, cols), NaN outside ``mask``."""
+
+    def __init__(self, weights: GeneWeights, factors: LocationFactors | None, mask: np.ndarray,
+                 stride_um: float, origin_rc_um: Any, *, path: Path | None = None,
+                 group: Any = None):
+        self.weights = weights
+        self._factors = factors
+        self.mask = np.asarray(mask, dtype=bool)
+        self.stride_um = float(stride_um)
+        self.origin_rc_um = np.asarray(origin_rc_um, dtype=np.float64).reshape(2)
+        self.gene_names = list(weights.gene_names)
+        self.path = path
+        self._group = group
+        self._rows, self._cols = np.nonzero(self.mask)
+        self.values = LazyMapArray(self, "values")
+        self.std = LazyMapArray(self, "std") if weights.with_std else None
+
+    def __repr__(self) -> str:
+        where = f" at {self.path}" if self.path is not None else ""
+        return (f"FactorMaps({len(self.gene_names)} genes, {self.mask.shape[0]} x "
+                f"{self.mask.shape[1]} px at {self.stride_um:g} um, "
+                f"{int(self.mask.sum())} locations{where})")
+
+    @property
+    def factors(self) -> LocationFactors:
+        """The per-location factors (read from the store into memory on first use)."""
+        if self._factors is None:
+            if self.path is not None:  # still whole? (files may go between open and first use)
+                _check_files(self.path, dict(self._group.attrs).get("files"),
+                             "re-run enhance to write the maps again")
+            self._factors = _read_factors(self._group, self.weights)
+        return self._factors
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.gene_names), *self.mask.shape)
+
+    def gene_index(self, gene: str) -> int:
+        """Index of ``gene``; an unknown gene raises with the nearest names."""
+        return gene_index(self.gene_names, gene)
+
+    def compute(self, genes: Iterable[int], *, with_std: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Maps of the genes with these indices: values (g, rows, cols) and, with
+        ``with_std``, the spread (None without one), NaN outside the mask."""
+        genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
+        n_rows, n_cols = self.mask.shape
+        values = np.full((len(genes), n_rows, n_cols), np.nan, dtype=np.float32)
+        std = values.copy() if with_std and self.std is not None else None
+        for g0 in range(0, len(genes), GENE_BLOCK):
+            block = genes[g0:g0 + GENE_BLOCK]
+            vals, sd = gene_block_values(self.weights, self.factors, block)
+            values[g0:g0 + len(block), self._rows, self._cols] = vals.T
+            if std is not None:
+                std[g0:g0 + len(block), self._rows, self._cols] = sd.T
+        return values, std
+
+    def values_at(self, genes: Iterable[int], rows: np.ndarray, cols: np.ndarray
+                  ) -> np.ndarray:
+        """The maps of the genes with these indices at map pixels ``(rows, cols)`` only
+        (integer arrays of one shape): (g, *rows.shape), NaN outside the mask. Computes just
+        those locations, not the whole map."""
+        genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        order = np.full(self.mask.shape, -1, dtype=np.int64)
+        order[self._rows, self._cols] = np.arange(len(self._rows))
+        where = order[rows, cols]
+        wanted, inverse = np.unique(where[where >= 0], return_inverse=True)
+        sub = _take_factors(self.factors, wanted)
+        out = np.full((len(genes), *rows.shape), np.nan, dtype=np.float32)
+        for g0 in range(0, len(genes), GENE_BLOCK):
+            vals, _ = gene_block_values(self.weights, sub, genes[g0:g0 + GENE_BLOCK])
+            out[g0:g0 + GENE_BLOCK][:, where >= 0] = vals[inverse].T
+        return out
+
+    def gene(self, name: str) -> np.ndarray:
+        """The map of ``name`` (rows, cols) float32."""
+        return self.compute([self.gene_index(name)])[0][0]
+
+    def gene_std(self, name: str) -> np.ndarray | None:
+        """The spread of ``name``'s map (rows, cols), or None without a spread."""
+        return self.compute([self.gene_index(name)], with_std=True)[1][0] \
+            if self.std is not None else None
+
+    def __getitem__(self, gene: str) -> np.ndarray:
+        return self.gene(gene)
+
+    def sel(self, gene: str | Sequence[str]) -> np.ndarray:
+        """One gene's map (rows, cols), or several genes' (g, rows, cols)."""
+        if isinstance(gene, str):
+            return self.gene(gene)
+        return self.compute([self.gene_index(g) for g in gene])[0]
+
+    def to_dask(self, kind: str = "values") -> Any:
+        """A dask array (genes, rows, cols), one chunk per gene, computed when read."""
+        import dask.array as da
+
+        lazy = self.values if kind == "values" else self.std
+        if lazy is None:
+            raise TrihrgeInputError("these maps have no spread layer",
+                                    "the spread needs several networks (the blend's folds)")
+        return da.from_array(lazy, chunks=(1, *self.mask.shape), asarray=True, fancy=False,
+                             name=f"trihrge-{kind}-{id(self):x}")
+
+
+class LazyMapArray:
+    """A (genes, rows, cols) float32 array-like whose genes are computed when indexed."""
+
+    def __init__(self, maps: FactorMaps, kind: str):
+        self._maps = maps
+        self._kind = kind
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._maps.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        if first is Ellipsis:
+            first, rest = slice(None), (Ellipsis, *rest) if len(key) > 1 else ()
+        n = self.shape[0]
+        squeeze = np.ndim(first) == 0 and not isinstance(first, slice)
+        genes = np.arange(n)[first]
+        values, std = self._maps.compute(np.atleast_1d(genes), with_std=self._kind == "std")
+        out = std if self._kind == "std" else values
+        if squeeze:
+            out = out[0]
+        return out[rest] if rest else out
+
+    def to_dask(self) -> Any:
+        """A dask array of these maps, one chunk per gene (:meth:`FactorMaps.to_dask`)."""
+        return self._maps.to_dask(self._kind)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out.astype(dtype) if dtype is not None else out
+
+
+def gene_index(gene_names: Sequence[str], gene: str) -> int:
+    """Index of ``gene`` in ``gene_names``; an unknown gene raises :class:`TrihrgeInputError`
+    listing the nearest names (difflib)."""
+    names = list(gene_names)
+    try:
+        return names.index(str(gene))
+    except ValueError:
+        pass
+    near = difflib.get_close_matches(str(gene), names, n=5, cutoff=0.5)
+    if not near:  # case differences (e.g. 'erbb2')
+        lower = {n.lower(): n for n in names}
+        near = [lower[n] for n in difflib.get_close_matches(str(gene).lower(), list(lower),
+                                                            n=5, cutoff=0.5)]
+    hint = (f"near names: {', '.join(near)}" if near
+            else f"the model has {len(names)} genes, e.g. {', '.join(names[:5])}")
+    raise TrihrgeInputError(f"gene {gene!r} is not in the model's maps", hint)
+
+
+# -----------------------------------------------------------------------------------------
+# Writing
+# -----------------------------------------------------------------------------------------
+class MapStoreWriter:
+    """Collects the per-location factors block by block (locations in the mask's row-major
+    order) and writes the store: in ``<path>.partial``, moved into place by :meth:`finalize`
+    once whole (``_atomic.replace_folder``); :meth:`abort` deletes it. Without ``path`` the
+    factors stay in memory and :meth:`finalize` returns in-memory :class:`FactorMaps`."""
+
+    def __init__(self, path: str | os.PathLike | None, weights: GeneWeights, mask: np.ndarray,
+                 stride_um: float, origin_rc_um: Any, *, overwrite: bool = False,
+                 factor_dtype: Any = np.float32):
+        self.path = None if path is None else Path(path)
+        self.weights = weights
+        self.mask = np.asarray(mask, dtype=bool)
+        self.stride_um = float(stride_um)
+        self.origin_rc_um = np.asarray(origin_rc_um, dtype=np.float64).reshape(2)
+        self.overwrite = overwrite
+        self.factor_dtype = np.dtype(factor_dtype)
+        self.n_locations = int(self.mask.sum())
+        self._parts: list[LocationFactors] = []
+        self._pending = 0
+        self._written = 0
+        self._arrays: dict[str, Any] = {}
+        self._memory: LocationFactors | None = None
+        self._group = None
+        if self.path is not None:
+            refuse_overwrite(self.path, overwrite)
+            self.partial_path = self.path.with_name(self.path.name + ".partial")
+            _remove(self.partial_path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, factors: LocationFactors) -> None:
+        """Add the factors of the next locations."""
+        if not len(factors):
+            return
+        if self.path is None:  # in memory: filled in place (no copy of the whole at the end)
+            self._fill(factors)
+            return
+        self._parts.append(factors)
+        self._pending += len(factors)
+        if self.path is not None and self._pending >= LOCATION_CHUNK:
+            self._flush(final=False)
+
+    def _fill(self, factors: LocationFactors) -> None:
+        n = len(factors)
+        if self._memory is None:
+            m = self.n_locations
+            self._memory = LocationFactors(
+                knn={k: (np.empty((m, idx.shape[1]), np.int32),
+                         np.empty((m, w.shape[1]), np.float32))
+                     for k, (idx, w) in factors.knn.items()},
+                ridge=(None if factors.ridge is None
+                       else np.empty((m, factors.ridge.shape[1]), np.float32)),
+                hidden=(None if factors.hidden is None else np.empty(
+                    (factors.hidden.shape[0], m, factors.hidden.shape[2]), np.float32)))
+        s, e = self._written, self._written + n
+        if e > self.n_locations:
+            raise RuntimeError(f"more than the mask's {self.n_locations} map locations")
+        mem = self._memory
+        for k, (idx, w) in factors.knn.items():
+            mem.knn[k][0][s:e] = idx
+            mem.knn[k][1][s:e] = w
+        if mem.ridge is not None:
+            mem.ridge[s:e] = factors.ridge.astype(self.factor_dtype)
+        if mem.hidden is not None:
+            mem.hidden[:, s:e] = factors.hidden.astype(self.factor_dtype)
+        self._written = e
+
+    def _open(self, first: LocationFactors) -> None:
+        import zarr
+
+        group = zarr.open_group(str(self.partial_path), mode="w", zarr_format=2)
+        self._group = group
+        kw = dict(chunk_key_encoding={"name": "v2", "separator": "/"}, compressors=compressor())
+        group.create_array("mask", data=self.mask, **kw)
+        genes = group.create_group("genes")
+        for name in GENE_ARRAYS:
+            value = getattr(self.weights, name)
+            if value is not None:
+                genes.create_array(name, data=np.asarray(value), **kw)
+        locs = group.create_group("locations")
+        for name, arr in first.arrays().items():
+            dtype = self._dtype(name, arr)
+            if name == "network_hidden":
+                shape = (arr.shape[0], self.n_locations, arr.shape[2])
+                chunks = (1, LOCATION_CHUNK, arr.shape[2])
+            else:
+                shape = (self.n_locations, *arr.shape[1:])
+                chunks = (LOCATION_CHUNK, *arr.shape[1:])
+            self._arrays[name] = locs.create_array(name, shape=shape, chunks=chunks,
+                                                   dtype=dtype, **kw)
+
+    def _dtype(self, name: str, arr: np.ndarray) -> np.dtype:
+        if name.endswith("_index"):
+            return np.dtype(np.int32)
+        if name.endswith("_weight"):
+            return np.dtype(np.float32)  # kNN weights: small, kept exact
+        return self.factor_dtype
+
+    def _flush(self, final: bool) -> None:
+        block = (self._parts[0] if len(self._parts) == 1
+                 else LocationFactors.concatenate(self._parts))
+        n = len(block)
+        take = n if final else (n // LOCATION_CHUNK) * LOCATION_CHUNK
+        if self._group is None:
+            self._open(block)
+        arrays = block.arrays()
+        for c0 in range(0, take, LOCATION_CHUNK):  # whole chunks: bounded temporary memory
+            c1 = min(take, c0 + LOCATION_CHUNK)
+            s, e = self._written + c0, self._written + c1
+            for name, arr in arrays.items():
+                target = self._arrays[name]
+                if name == "network_hidden":
+                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype)
+                else:
+                    target[s:e] = arr[c0:c1].astype(target.dtype)
+        self._written += take
+        rest = _slice_factors(block, take, n)
+        self._parts = [rest] if len(rest) else []
+        self._pending = len(rest)
+
+    def finalize(self) -> FactorMaps:
+        """Finish the store (or, in memory, the factors) and return its maps."""
+        if self.path is None:
+            self._check_count(self._written)
+            return FactorMaps(self.weights, self._memory or LocationFactors(), self.mask,
+                              self.stride_um, self.origin_rc_um)
+        if self._parts or self._group is None:
+            if not self._parts:
+                raise TrihrgeInputError("the map has no location", "nothing to store")
+            self._flush(final=True)
+        self._check_count(self._written)
+        self._group.attrs.update(_attributes(self.weights, self.mask, self.stride_um,
+                                             self.origin_rc_um, self.factor_dtype))
+        self._group.attrs["files"] = _file_sizes(self.partial_path)
+        refuse_overwrite(self.path, self.overwrite)
+        replace_folder(self.partial_path, self.path)
+        return open_map_store(self.path)
+
+    def _check_count(self, n: int) -> None:
+        if n != self.n_locations:
+            raise RuntimeError(f"{n} map locations stored, the mask has {self.n_locations}")
+
+    def abort(self) -> None:
+        """Delete the partial store."""
+        if self.path is not None:
+            _remove(self.partial_path)
+
+
+def write_map_store(maps: FactorMaps, path: str | os.PathLike, *, overwrite: bool = False,
+                    factor_dtype: Any = np.float32) -> FactorMaps:
+    """Write factorised maps (in memory, or another store) as a store at ``path`` (refused when
+    it exists, unless ``overwrite``); returns the maps opened from it."""
+    writer = MapStoreWriter(path, maps.weights, maps.mask, maps.stride_um, maps.origin_rc_um,
+                            overwrite=overwrite, factor_dtype=factor_dtype)
+    try:
+        writer.append(maps.factors)
+        return writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _take_factors(f: LocationFactors, index: np.ndarray) -> LocationFactors:
+    return LocationFactors(knn={k: (i[index], w[index]) for k, (i, w) in f.knn.items()},
+                           ridge=None if f.ridge is None else f.ridge[index],
+                           hidden=None if f.hidden is None else f.hidden[:, index])
+
+
+def _slice_factors(f: LocationFactors, s: int, e: int) -> LocationFactors:
+    return LocationFactors(knn={k: (i[s:e], w[s:e]) for k, (i, w) in f.knn.items()},
+                           ridge=None if f.ridge is None else f.ridge[s:e],
+                           hidden=None if f.hidden is None else f.hidden[:, s:e])
+
+
+def _attributes(weights: GeneWeights, mask: np.ndarray, stride_um: float, origin: np.ndarray,
+                factor_dtype: np.dtype) -> dict[str, Any]:
+    return {"format": STORE_FORMAT, "version": STORE_VERSION,
+            "gene_names": list(weights.gene_names), "candidates": list(weights.candidates),
+            "activation": weights.activation, "skip_k": weights.skip_k,
+            "blend": weights.blend_weights is not None, "n_networks": weights.n_networks,
+            "stride_um": float(stride_um), "origin_rc_um": [float(v) for v in origin],
+            "shape": [int(s) for s in mask.shape], "n_locations": int(mask.sum()),
+            "factor_dtype": str(np.dtype(factor_dtype)), "compressor": dict(COMPRESSOR)}
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    """Every file under ``root`` but the attributes holding this list, with its size."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != ".zattrs":
+            out[rel] = p.stat().st_size
+    return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# -----------------------------------------------------------------------------------------
+# Reading
+# -----------------------------------------------------------------------------------------
+def is_map_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a factorised map store (its attributes name the format)."""
+    import json
+
+    attrs = Path(path) / ".zattrs"
+    try:
+        return json.loads(attrs.read_text(encoding="utf-8")).get("format") == STORE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def open_map_store(path: str | os.PathLike) -> FactorMaps:
+    """Open a factorised map store: its format and version are checked and every file listed
+    in it must be there whole (a truncated store raises, nothing is computed from it). The
+    per-gene weights are read now, the per-location factors on the first map asked for."""
+    import json
+
+    path = Path(path)
+    how = "re-run `trihrge enhance` (or `trihrge predict`) to write the maps again"
+    if not path.is_dir():
+        raise TrihrgeInputError(f"map store not found: {path}",
+                                f"pass the {STORE_NAME} folder of a run")
+    try:
+        attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrihrgeInputError(f"{path} is not a finished map store (no .zattrs)",
+                                f"the run was interrupted or the copy is incomplete; {how}") \
+            from None
+    except (OSError, ValueError) as err:
+        raise TrihrgeInputError(f"{path}/.zattrs is not readable ({err})",
+                                f"the store is damaged; {how}") from err
+    if not isinstance(attrs, dict) or attrs.get("format") != STORE_FORMAT:
+        raise TrihrgeInputError(f"{path} is not a napari-trihrge map store",
+                                f"pass the {STORE_NAME} folder of a run")
+    version = attrs.get("version")
+    if not isinstance(version, int) or version > STORE_VERSION:
+        raise TrihrgeInputError(
+            f"{path} is a map store of format version {version}; this napari-trihrge reads "
+            f"version {STORE_VERSION}", "update napari-trihrge to read it")
+    if version < STORE_VERSION:
+        raise TrihrgeInputError(
+            f"{path} is a map store of the older format version {version}; this "
+            f"napari-trihrge reads version {STORE_VERSION} only", how)
+    _check_files(path, attrs.get("files"), how)
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        genes = group["genes"]
+        weights = GeneWeights(
+            gene_names=[str(g) for g in attrs["gene_names"]],
+            candidates=[str(c) for c in attrs["candidates"]],
+            activation=str(attrs["activation"]),
+            skip_k=None if attrs.get("skip_k") is None else int(attrs["skip_k"]),
+            **{name: (np.asarray(genes[name][...]) if name in genes else None)
+               for name in GENE_ARRAYS})
+        mask = np.asarray(group["mask"][...], dtype=bool)
+    except TrihrgeInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zarr/JSON errors of all kinds
+        raise TrihrgeInputError(f"the map store {path} cannot be read ({type(err).__name__}: "
+                                f"{err})", f"the store is damaged; {how}") from err
+    if weights.activation not in ACTIVATIONS or mask.shape != tuple(attrs["shape"]):
+        raise TrihrgeInputError(f"the map store {path} is inconsistent",
+                                f"the store is damaged; {how}")
+    return FactorMaps(weights, None, mask, float(attrs["stride_um"]), attrs["origin_rc_um"],
+                      path=path, group=group)
+
+
+def _check_files(path: Path, files: Any, how: str) -> None:
+    if not isinstance(files, dict) or not files:
+        raise TrihrgeInputError(f"{path} is not a finished map store (no file list)",
+                                f"the run was interrupted; {how}")
+    bad = []
+    for rel, size in files.items():
+        p = path / rel
+        if not p.is_file():
+            bad.append(f"{rel} missing")
+        elif p.stat().st_size != int(size):
+            bad.append(f"{rel} has {p.stat().st_size} of {int(size)} bytes")
+    if bad:
+        raise TrihrgeInputError(
+            f"the map store {path} is incomplete: {len(bad)} of {len(files)} files missing or "
+            f"cut short ({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''})",
+            f"copy the whole folder again or {how}")
+
+
+def _read_factors(group: Any, weights: GeneWeights) -> LocationFactors:
+    locs = group["locations"]
+
+    def read(name: str, dtype: Any = np.float32) -> np.ndarray | None:
+        return np.asarray(locs[name][...], dtype=dtype) if name in locs else None
+
+    return LocationFactors(
+        knn={k: (read(f"knn{k}_index", np.int32), read(f"knn{k}_weight"))
+             for k in weights.knn_ks()},
+        ridge=read("ridge_inputs"), hidden=read("network_hidden"))
+
+
+# -----------------------------------------------------------------------------------------
+# Materialising
+# -----------------------------------------------------------------------------------------
+#: chunks of materialised maps: genes x rows x cols (one gene of a whole section and one
+#: tile of all genes both read few chunks; docs/map-store.md, "Disk")
+MATERIALISED_CHUNKS = (4, 128, 128)
+
+
+def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
+    """The genes asked for (all when None), each checked (near names on a typo)."""
+    if genes is None:
+        return list(maps.gene_names)
+    out = [str(g) for g in genes]
+    for g in out:
+        gene_index(maps.gene_names, g)
+    if not out:
+        raise TrihrgeInputError("no gene asked for", "pass at least one gene, or none for all")
+    return out
+
+
+def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
+                         genes: Sequence[str] | None = None, overwrite: bool = False,
+                         progress: Any = None) -> list[Path]:
+    """Write the maps of ``genes`` (all by default) as today's multiscale OME-Zarr map
+    ``path`` (and its spread beside it, ``<name>_std.ome.zarr``), chunked
+    :data:`MATERIALISED_CHUNKS`; refuses to replace an existing map unless ``overwrite``,
+    before any work. Returns the paths written."""
+    from ..progress import ensure_progress
+    from .writers import open_ome_zarr_map
+
+    names = resolve_genes(maps, genes)
+    path = Path(path)
+    std_path = path.with_name(path.name.replace(".ome.zarr", "") + "_std.ome.zarr")
+    targets = [path] + ([std_path] if maps.std is not None else [])
+    for p in targets:
+        refuse_overwrite(p, overwrite)
+    index = [maps.gene_index(g) for g in names]
+    n_rows, n_cols = maps.mask.shape
+    chunks = (min(MATERIALISED_CHUNKS[0], len(names)), min(MATERIALISED_CHUNKS[1], n_rows),
+              min(MATERIALISED_CHUNKS[2], n_cols))
+    kw = dict(chunks=chunks, um_per_px=maps.stride_um, gene_names=names,
+              origin_rc_um=maps.origin_rc_um, fill_value=np.nan, overwrite=overwrite)
+    writers = [open_ome_zarr_map(p, (len(names), n_rows, n_cols), compressors=compressor(),
+                                 **kw) for p in targets]
+    progress = ensure_progress(progress)
+    step = max(GENE_BLOCK, chunks[0])
+    progress.stage("maps", total=-(-len(names) // step))
+    try:
+        for g0 in range(0, len(names), step):
+            values, std = maps.compute(index[g0:g0 + step], with_std=len(writers) > 1)
+            writers[0][g0:g0 + len(values)] = values
+            if std is not None:
+                writers[1][g0:g0 + len(std)] = std
+            progress.advance()
+        return [w.finalize() for w in writers]
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+
+
+#: formats :func:`export_maps` writes
+EXPORT_FORMATS = ("ome-zarr", "spatialdata")
+
+
+def open_run_maps(source: str | os.PathLike) -> FactorMaps:
+    """The factorised maps of a run folder (its :data:`STORE_NAME`) or of a store path."""
+    source = Path(source)
+    if (source / STORE_NAME).exists():
+        from .outputs import check_complete_run
+
+        return open_map_store(check_complete_run(source) / STORE_NAME)
+    if is_map_store(source) or source.name.endswith(STORE_NAME):
+        return open_map_store(source)
+    if (source / "maps.ome.zarr").exists():
+        raise TrihrgeInputError(
+            f"{source} holds materialised maps (maps.ome.zarr) but no map store",
+            "open maps.ome.zarr directly, or re-run enhance with --map-store")
+    raise TrihrgeInputError(f"no map store in {source}",
+                            f"pass a run folder written with --map-store, or its {STORE_NAME}")
+
+
+def default_export_path(source: str | os.PathLike, fmt: str) -> Path:
+    """Where :func:`export_maps` writes without an explicit output: beside the run folder."""
+    source = Path(source)
+    run = source.parent if source.name == STORE_NAME else source
+    suffix = "_maps.ome.zarr" if fmt == "ome-zarr" else "_maps.spatialdata.zarr"
+    return run.with_name(run.name + suffix)
+
+
+def export_maps(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                genes: Sequence[str] | None = None, fmt: str = "ome-zarr",
+                overwrite: bool = False, progress: Any = None) -> list[Path]:
+    """Materialise the maps of ``genes`` (all by default) from a run folder's map store (or a
+    store path) as a multiscale OME-Zarr map (and its spread, ``<name>_std.ome.zarr``) or as a
+    SpatialData store holding them as images (micrometre coordinates). Everything is checked
+    (store, genes, format, an existing output refused without ``overwrite``) before any map
+    is computed. Returns the paths written."""
+    if fmt not in EXPORT_FORMATS:
+        raise TrihrgeInputError(f"unknown map format {fmt!r}",
+                                f"use one of: {', '.join(EXPORT_FORMATS)}")
+    maps = open_run_maps(source)
+    names = resolve_genes(maps, genes)
+    out = Path(out) if out is not None else default_export_path(source, fmt)
+    if fmt == "ome-zarr":
+        if not out.name.endswith(".ome.zarr"):
+            out = out.with_name(out.name + ".ome.zarr")
+        return materialise_ome_zarr(maps, out, genes=names, overwrite=overwrite,
+                                    progress=progress)
+    from .spatialdata import require_spatialdata, write_maps_spatialdata
+
+    require_spatialdata()
+    refuse_overwrite(out, overwrite)
+    return [write_maps_spatialdata(out, maps, names, overwrite=overwrite)]
+
+
+__all__: Sequence[str] = [
+    "STORE_FORMAT", "STORE_VERSION", "STORE_NAME", "GeneWeights", "LocationFactors",
+    "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
+    "write_map_store", "export_maps", "open_run_maps", "EXPORT_FORMATS",
+    "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
+]

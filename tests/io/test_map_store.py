@@ -1,0 +1,301 @@
+"""The factorised map store: maps computed from it equal the direct prediction; bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, TINY_TRAIN
+from napari_trihrge import geometry
+from napari_trihrge import tl as tasks
+from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.io import map_store
+from napari_trihrge.tl._maps import predict_maps
+from napari_trihrge.tl._shared import _encoder_and_image, sample_geometry
+
+STRIDE_UM = 32.0
+
+
+def _config(**kw):
+    return tasks.RunConfig(n_top_genes=30, model=dict(TINY_MODEL), train=dict(TINY_TRAIN),
+                           stacking_folds=3, **kw)
+
+
+def _direct_maps(adata, result, cfg):
+    """Today's maps (every gene predicted at every location) on the same grid and model."""
+    image, encoder = _encoder_and_image(adata, cfg)
+    rc_um, _, _ = sample_geometry(result.spots)
+    maps = result.maps
+    grid = geometry.DenseGrid(maps.origin_rc_um, maps.stride_um, maps.mask)
+    windows = (float(cfg.local_window_um), *cfg.windows_um)
+    model = result.model if result.model is not None else result.fits
+    return predict_maps(model, image, encoder, rc_um, np.asarray(result.spots.X), windows,
+                        STRIDE_UM, cfg, genes=list(result.spots.var_names), grid=grid)
+
+
+@pytest.fixture(scope="module")
+def blended(_synthetic_cached):
+    adata = _synthetic_cached.copy()
+    cfg = _config()
+    result = tasks.enhance(adata, factor=2, stride_um=STRIDE_UM, config=cfg, trust=False,
+                           map_store=True)
+    return adata, cfg, result, _direct_maps(adata, result, cfg)
+
+
+def test_store_maps_equal_the_direct_prediction_with_the_blend(blended):
+    _, _, result, direct = blended
+    maps = result.maps
+    assert isinstance(maps, map_store.FactorMaps)
+    assert maps.weights.candidates == ["knn6", "knn12", "ridge", "network"]
+    values = np.asarray(maps.values)
+    reference = np.asarray(direct.values)
+    assert values.shape == reference.shape
+    assert np.array_equal(np.isnan(values), np.isnan(reference))
+    inside = maps.mask
+    assert np.abs(values[:, inside] - reference[:, inside]).max() < 1e-4
+    assert values[:, inside].std() > 0.1  # real maps, not constants
+    # the spread over the fold networks (times each gene's network weight) too
+    assert maps.std is not None and direct.std is not None
+    spread = np.asarray(maps.std)
+    assert np.abs(spread[:, inside] - np.asarray(direct.std)[:, inside]).max() < 1e-4
+    assert spread[:, inside].max() > 0
+
+
+def test_one_gene_on_demand(blended):
+    _, _, result, direct = blended
+    maps = result.maps
+    gene = maps.gene_names[5]
+    one = maps[gene]
+    assert one.shape == maps.mask.shape
+    np.testing.assert_allclose(one, np.asarray(direct.values[5]), atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(maps.sel(gene=gene), one)
+    np.testing.assert_array_equal(maps.values[5], one)
+    # several genes at once: one matrix product, the same values to float rounding
+    np.testing.assert_allclose(maps.sel(gene=[maps.gene_names[0], gene])[1], one, atol=1e-5,
+                               equal_nan=True)
+    lazy = maps.to_dask()
+    assert lazy.shape == maps.shape and lazy.chunksize[0] == 1
+    np.testing.assert_array_equal(lazy[5].compute(), one)
+    np.testing.assert_array_equal(np.asarray(maps.values[5, 3:7, 2]), one[3:7, 2])
+
+
+def test_values_at_some_pixels_and_the_consistency_score(blended):
+    from napari_trihrge.tl._maps import map_spot_consistency
+
+    adata, _, result, direct = blended
+    maps = result.maps
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, maps.mask.shape[0], (7, 5))
+    cols = rng.integers(0, maps.mask.shape[1], (7, 5))
+    at = maps.values_at([4, 1], rows, cols)
+    reference = np.asarray(direct.values)[[4, 1]][:, rows, cols]
+    assert at.shape == (2, 7, 5)
+    np.testing.assert_allclose(at, reference, atol=1e-4, equal_nan=True)
+    rc_um, _, diameter_um = sample_geometry(result.spots)
+    y = np.asarray(result.spots.X)
+    assert map_spot_consistency(maps, rc_um, y, diameter_um) == pytest.approx(
+        map_spot_consistency(direct, rc_um, y, diameter_um), abs=1e-5)
+
+
+def test_store_on_disk_round_trip_and_export(blended, tmp_path):
+    _, _, result, direct = blended
+    path = tmp_path / map_store.STORE_NAME
+    opened = map_store.write_map_store(result.maps, path)
+    assert opened.path == path and map_store.is_map_store(path)
+    reopened = map_store.open_map_store(path)
+    np.testing.assert_allclose(np.asarray(reopened.values), np.asarray(direct.values),
+                               atol=1e-4, equal_nan=True)
+    out = tmp_path / "export" / "maps.ome.zarr"
+    genes = reopened.gene_names[:3]
+    written = map_store.materialise_ome_zarr(reopened, out, genes=genes)
+    assert [p.name for p in written] == ["maps.ome.zarr", "maps_std.ome.zarr"]
+    from napari_trihrge.io import read_map
+
+    arr, um, names, origin = read_map(out, with_origin=True)
+    assert names == genes and um == pytest.approx(STRIDE_UM)
+    np.testing.assert_allclose(origin, reopened.origin_rc_um)
+    np.testing.assert_allclose(np.asarray(arr), np.asarray(direct.values[:3]), atol=1e-4,
+                               equal_nan=True)
+    # an existing export is refused without overwrite, and left as it was
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(TrihrgeInputError, match="exists"):
+        map_store.materialise_ome_zarr(reopened, out, genes=genes[:1])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    map_store.materialise_ome_zarr(reopened, out, genes=genes[:1], overwrite=True)
+    assert read_map(out)[2] == genes[:1]
+
+
+def test_float16_factors_stay_close(blended, tmp_path):
+    _, _, result, direct = blended
+    half = map_store.write_map_store(result.maps, tmp_path / "half.zarr",
+                                     factor_dtype=np.float16)
+    inside = half.mask
+    err = np.abs(np.asarray(half.values)[:, inside] - np.asarray(direct.values)[:, inside])
+    assert 0 < err.max() < 0.05
+
+
+def test_unknown_gene_lists_near_names(blended):
+    maps = blended[2].maps
+    gene = maps.gene_names[0]
+    with pytest.raises(TrihrgeInputError, match="not in the model") as info:
+        maps[gene + "X"]
+    assert gene in info.value.args[1] if len(info.value.args) > 1 else gene in str(info.value)
+    with pytest.raises(TrihrgeInputError, match="not in the model"):
+        map_store.resolve_genes(maps, [gene, "NO_SUCH_GENE"])
+
+
+def _write(maps, path):
+    return map_store.write_map_store(maps, path)
+
+
+def test_store_of_another_version_is_refused(blended, tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(blended[2].maps, path)
+    attrs = json.loads((path / ".zattrs").read_text())
+    for version, words in ((map_store.STORE_VERSION + 1, "update napari-trihrge"),
+                           (0, "older format version 0")):
+        (path / ".zattrs").write_text(json.dumps({**attrs, "version": version}))
+        with pytest.raises(TrihrgeInputError, match="version") as info:
+            map_store.open_map_store(path)
+        assert words in str(info.value)
+
+
+def test_truncated_store_is_refused(blended, tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(blended[2].maps, path)
+    chunk = next(p for p in sorted((path / "locations" / "network_hidden").rglob("*"))
+                 if p.is_file() and not p.name.startswith("."))
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        map_store.open_map_store(path)
+    chunk.unlink()
+    with pytest.raises(TrihrgeInputError, match="missing"):
+        map_store.open_map_store(path)
+    # cut short after it was opened: refused on the first map asked for, not shown with holes
+    opened = _write(blended[2].maps, tmp_path / "t.zarr")
+    next(p for p in sorted((tmp_path / "t.zarr" / "locations").rglob("*"))
+         if p.is_file() and not p.name.startswith(".")).unlink()
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        opened[opened.gene_names[0]]
+    (path / ".zattrs").unlink()  # an interrupted write: no attributes at all
+    with pytest.raises(TrihrgeInputError, match="not a finished map store"):
+        map_store.open_map_store(path)
+
+
+def test_existing_store_is_not_replaced(blended, tmp_path):
+    path = tmp_path / "s.zarr"
+    path.mkdir()
+    (path / "keep.txt").write_text("mine")
+    with pytest.raises(TrihrgeInputError, match="exists"):
+        _write(blended[2].maps, path)
+    assert (path / "keep.txt").read_text() == "mine"
+
+
+def test_networks_alone_equal_the_direct_prediction(_synthetic_cached):
+    adata = _synthetic_cached.copy()
+    cfg = _config(stacking=(), ensemble=2)
+    result = tasks.enhance(adata, factor=2, stride_um=STRIDE_UM, config=cfg, trust=False,
+                           map_store=True)
+    direct = _direct_maps(adata, result, cfg)
+    maps = result.maps
+    assert maps.weights.blend_weights is None and maps.std is not None
+    inside = maps.mask
+    assert np.abs(np.asarray(maps.values)[:, inside]
+                  - np.asarray(direct.values)[:, inside]).max() < 1e-4
+    assert np.abs(np.asarray(maps.std)[:, inside]
+                  - np.asarray(direct.std)[:, inside]).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def store_run(_synthetic_cached, tmp_path_factory):
+    from napari_trihrge.workflows.runs import run_enhance
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    run_enhance(_synthetic_cached.copy(), out, factor=2, stride_um=STRIDE_UM,
+                config=_config(), trust=False, map_store=True)
+    return out
+
+
+def test_enhance_run_writes_the_store_and_export_maps_materialises_it(store_run, tmp_path):
+    from napari_trihrge.io import read_map
+    from napari_trihrge.io.outputs import read_run
+    from napari_trihrge.napari._reader import read_run_layers
+
+    assert (store_run / map_store.STORE_NAME).is_dir()
+    assert not (store_run / "maps.ome.zarr").exists()
+    run = read_run(store_run)
+    maps = run["maps_store"]
+    summary_maps = run["summary"]["enhance"]
+    assert summary_maps["map_locations"] == int(maps.mask.sum())
+    layers = read_run_layers(str(store_run))
+    map_layer = next(t for t in layers
+                     if t[1].get("metadata", {}).get("trihrge", {}).get("kind") == "map")
+    assert map_layer[0].shape == maps.mask.shape
+    gene = maps.gene_names[2]
+    out = tmp_path / "export.ome.zarr"
+    written = map_store.export_maps(store_run, out, genes=[gene])
+    assert written[0] == out and read_map(out)[2] == [gene]
+    np.testing.assert_array_equal(np.asarray(read_map(out)[0][0]), maps[gene])
+    with pytest.raises(TrihrgeInputError, match="near names"):
+        map_store.export_maps(store_run, tmp_path / "other.ome.zarr", genes=[gene + "x"])
+    assert not (tmp_path / "other.ome.zarr").exists()
+    with pytest.raises(TrihrgeInputError, match="format"):
+        map_store.export_maps(store_run, tmp_path / "x", fmt="tiff")
+
+
+def test_truncated_store_in_a_run_shows_nothing(store_run, tmp_path):
+    import shutil
+
+    from napari_trihrge.napari._reader import _get_reader
+
+    copy = tmp_path / "run"
+    shutil.copytree(store_run, copy)
+    chunk = next(p for p in sorted((copy / map_store.STORE_NAME / "locations").rglob("*"))
+                 if p.is_file() and not p.name.startswith("."))
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    reader = _get_reader(str(copy))
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        reader(str(copy))
+    store_reader = _get_reader(str(copy / map_store.STORE_NAME))
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        store_reader(str(copy / map_store.STORE_NAME))
+
+
+def test_export_maps_command(store_run, tmp_path, capsys):
+    from napari_trihrge.io import read_map
+    from napari_trihrge.workflows import cli
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    genes = maps.gene_names[:2]
+    out = tmp_path / "sel.ome.zarr"
+    assert cli.main(["export-maps", str(store_run), "--genes", *genes, "--out", str(out),
+                     "--quiet"]) == 0
+    assert read_map(out)[2] == genes
+    assert (tmp_path / "sel_std.ome.zarr").is_dir()
+    before = sorted((p.as_posix(), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    assert cli.main(["export-maps", str(store_run), "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted((p.as_posix(), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    assert cli.main(["export-maps", str(store_run), "--genes", genes[0].lower() + "z",
+                     "--out", str(tmp_path / "x.ome.zarr"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the model" in err and genes[0] in err
+    assert not (tmp_path / "x.ome.zarr").exists()
+
+
+def test_export_maps_as_spatialdata(store_run, tmp_path):
+    sd = pytest.importorskip("spatialdata")
+    from napari_trihrge.io.spatialdata import MAPS, MAPS_STD
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    gene = maps.gene_names[1]
+    out = tmp_path / "maps.zarr"
+    assert map_store.export_maps(store_run, out, genes=[gene], fmt="spatialdata") == [out]
+    sdata = sd.read_zarr(out)
+    assert set(sdata.images) == {MAPS, MAPS_STD}
+    image = sdata.images[MAPS]["scale0"]["image"]
+    assert list(image.coords["c"].values) == [gene]
+    np.testing.assert_array_equal(np.asarray(image.values[0]), maps[gene])
+    assert not list(tmp_path.glob(".trihrge_maps_*"))  # the temporary OME-Zarr is gone
+    with pytest.raises(TrihrgeInputError, match="exists"):
+        map_store.export_maps(store_run, out, fmt="spatialdata")
