@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import TrihrgeInputError
 from .h5ad import read_h5ad
 from .image import TissueImage, image_size_px, open_image
-from .map_store import FactorMaps, export_maps, open_map_store, write_map_store
+from .map_store import FactorMaps, open_map_store, write_map_store
 from .sample import available_images, get_image, validate_sample
 from .spatialdata import is_spatialdata_store, read_spatialdata
 from .spot_table import is_her2st_folder, read_her2st, read_spot_table
@@ -103,7 +103,6 @@ __all__ = [
     "TissueImage",
     "ZarrMapWriter",
     "available_images",
-    "export_maps",
     "get_image",
     "image_size_px",
     "open_image",

@@ -736,64 +736,9 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
         raise
 
 
-#: formats :func:`export_maps` writes
-EXPORT_FORMATS = ("ome-zarr", "spatialdata")
-
-
-def open_run_maps(source: str | os.PathLike) -> FactorMaps:
-    """The factorised maps of a run folder (its :data:`STORE_NAME`) or of a store path."""
-    source = Path(source)
-    if (source / STORE_NAME).exists():
-        from .outputs import check_complete_run
-
-        return open_map_store(check_complete_run(source) / STORE_NAME)
-    if is_map_store(source) or source.name.endswith(STORE_NAME):
-        return open_map_store(source)
-    if (source / "maps.ome.zarr").exists():
-        raise TrihrgeInputError(
-            f"{source} holds materialised maps (maps.ome.zarr) but no map store",
-            "open maps.ome.zarr directly, or re-run enhance with --map-store")
-    raise TrihrgeInputError(f"no map store in {source}",
-                            f"pass a run folder written with --map-store, or its {STORE_NAME}")
-
-
-def default_export_path(source: str | os.PathLike, fmt: str) -> Path:
-    """Where :func:`export_maps` writes without an explicit output: beside the run folder."""
-    source = Path(source)
-    run = source.parent if source.name == STORE_NAME else source
-    suffix = "_maps.ome.zarr" if fmt == "ome-zarr" else "_maps.spatialdata.zarr"
-    return run.with_name(run.name + suffix)
-
-
-def export_maps(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                genes: Sequence[str] | None = None, fmt: str = "ome-zarr",
-                overwrite: bool = False, progress: Any = None) -> list[Path]:
-    """Materialise the maps of ``genes`` (all by default) from a run folder's map store (or a
-    store path) as a multiscale OME-Zarr map (and its spread, ``<name>_std.ome.zarr``) or as a
-    SpatialData store holding them as images (micrometre coordinates). Everything is checked
-    (store, genes, format, an existing output refused without ``overwrite``) before any map
-    is computed. Returns the paths written."""
-    if fmt not in EXPORT_FORMATS:
-        raise TrihrgeInputError(f"unknown map format {fmt!r}",
-                                f"use one of: {', '.join(EXPORT_FORMATS)}")
-    maps = open_run_maps(source)
-    names = resolve_genes(maps, genes)
-    out = Path(out) if out is not None else default_export_path(source, fmt)
-    if fmt == "ome-zarr":
-        if not out.name.endswith(".ome.zarr"):
-            out = out.with_name(out.name + ".ome.zarr")
-        return materialise_ome_zarr(maps, out, genes=names, overwrite=overwrite,
-                                    progress=progress)
-    from .spatialdata import require_spatialdata, write_maps_spatialdata
-
-    require_spatialdata()
-    refuse_overwrite(out, overwrite)
-    return [write_maps_spatialdata(out, maps, names, overwrite=overwrite)]
-
-
 __all__: Sequence[str] = [
     "STORE_FORMAT", "STORE_VERSION", "STORE_NAME", "GeneWeights", "LocationFactors",
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
-    "write_map_store", "export_maps", "open_run_maps", "EXPORT_FORMATS",
+    "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
 ]

@@ -140,7 +140,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
 
 
 def _export_maps_args(p: argparse.ArgumentParser) -> None:
-    from ..io.map_store import EXPORT_FORMATS
+    from .runs import EXPORT_FORMATS
 
     p.add_argument("run", type=Path, help="a run folder written with --map-store, or its "
                    "maps.store.zarr")
@@ -156,7 +156,7 @@ def _export_maps_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export_maps(args: argparse.Namespace, progress: TqdmProgress) -> int:
-    from ..io.map_store import export_maps
+    from .runs import export_maps
 
     written = export_maps(args.run, args.out, genes=args.genes, fmt=args.output_format,
                           overwrite=args.overwrite, progress=progress)
