@@ -168,6 +168,10 @@ def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
         summary["n_spots"]
     assert "Recovery (50% hidden" in text and "best kNN interpolation" in text
     assert "predicted as a constant" in text
+    assert "noise ceiling" in text and "of it reached" in text
+    assert 0 < rec["pcc_mean"] / rec["noise_ceiling_pcc_mean"] == \
+        pytest.approx(rec["fraction_of_ceiling"])
+    assert "noise_ceiling" in pd.read_csv(out / "recovery_genes.csv").columns
     assert rec["baseline_knn_pcc_mean"] == max(rec["baseline_knn6_pcc_mean"],
                                                rec["baseline_knn12_pcc_mean"])
     assert summary["trust"]["n_genes_beating_interpolation"] == \

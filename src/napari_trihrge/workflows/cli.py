@@ -396,6 +396,15 @@ def _config(args):
                      else str(default_cache_dir()), train=train)
 
 
+def _ceiling_text(scores: dict, fmt) -> str:
+    """The noise ceiling beside a score: the best mean PCC the measurement noise allows and
+    the fraction of it reached."""
+    frac = scores.get("fraction_of_ceiling")
+    reached = "n/a" if frac is None or frac != frac else f"{frac:.0%}"
+    return (f"{fmt(scores.get('noise_ceiling_pcc_mean'))} (the best mean PCC the counting "
+            f"noise allows; {reached} of it reached)")
+
+
 def _print_summary(summary: dict, out: Path) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
@@ -411,6 +420,8 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"  mean PCC {fmt(rec['pcc_mean'])} vs best kNN interpolation (k="
               f"{rec['baseline_knn_k']}) {fmt(rec['baseline_knn_pcc_mean'])}; 100 most expressed "
               f"genes {fmt(rec['pcc_top100'])} vs {fmt(rec['baseline_knn_pcc_top100'])}")
+        if rec.get("noise_ceiling_pcc_mean") is not None:
+            print(f"  noise ceiling {_ceiling_text(rec, fmt)}")
         line = (f"  {rec['fraction_genes_better_than_baseline']:.0%} of genes better than kNN, "
                 f"{rec['n_genes_constant_prediction']} predicted as a constant; "
                 f"MSE {fmt(rec['mse'])} (kNN {fmt(rec['baseline_knn_mse'])})")
