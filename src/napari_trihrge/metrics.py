@@ -38,7 +38,7 @@ def fair_pcc(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r
 
 
-def _scored_genes(true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def scored_genes(true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The genes the fair score averages (those that vary in ``true``, bool) and the indices of
     the :data:`TOP_GENES` of them with the highest mean measured expression."""
     varies = np.ptp(true, axis=0) > 0
@@ -67,7 +67,7 @@ def spot_scores(pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
     true = np.asarray(true, dtype=np.float64)
     if pred.shape != true.shape:
         raise ValueError(f"prediction {pred.shape} and truth {true.shape} differ in shape")
-    varies, top = _scored_genes(true)
+    varies, top = scored_genes(true)
     mean_measured = true.mean(axis=0)
 
     def score(p: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -191,7 +191,7 @@ def noise_ceiling(adata, genes: Sequence[str], *, spots=None, seed: int = NOISE_
         values = log_normalised(tmp, target_sum, genes)
         return np.asarray(values.toarray() if sp.issparse(values) else values)
 
-    varies, top = _scored_genes(log_norm(counts))
+    varies, top = scored_genes(log_norm(counts))
     r = per_gene_pcc(log_norm(halves[0]), log_norm(halves[1]))
     r = np.where(np.isfinite(r) & (r > 0), r, 0.0)
     ceiling = np.sqrt(2.0 * r / (1.0 + r))
@@ -278,6 +278,7 @@ __all__ = [
     "fair_pcc",
     "spot_scores",
     "best_baseline",
+    "scored_genes",
     "NOISE_CEILING_SEED",
     "noise_ceiling",
     "add_noise_ceiling",

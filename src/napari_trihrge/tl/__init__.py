@@ -5,7 +5,8 @@ AnnData returned by :func:`napari_trihrge.io.read` (raw counts, ``obsm['spatial'
 full-resolution pixels), return result objects holding AnnData and, in the scanpy manner, also
 record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
 :func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
-``_maps``), ``inference`` (train / predict), ``hd_validation``; ``_config`` holds
+``_maps``), ``inference`` (train / predict), ``hd_validation``,
+``coarse_validation`` (validate-coarse); ``_config`` holds
 :class:`RunConfig` and ``_shared`` the steps they share.
 """
 
@@ -25,6 +26,7 @@ from ._recovery import RecoveryResult, recovery
 from ._shared import StackedModel, sample_geometry, trust_summary
 from ._store import store_result
 from ._transfer import TransferResult, transfer, transfer_genes
+from .coarse_validation import CoarseValidationResult, coarse_sample, validate_coarse
 from .inference import predict, train
 
 __all__ = [
@@ -40,12 +42,15 @@ __all__ = [
     "RecoveryResult",
     "TransferResult",
     "EnhanceResult",
+    "CoarseValidationResult",
     "DenseMaps",
     "recovery",
     "transfer",
     "enhance",
     "train",
     "predict",
+    "validate_coarse",
+    "coarse_sample",
     "transfer_genes",
     "sample_geometry",
     "model_preset",
