@@ -199,3 +199,13 @@ def test_recovery_scores_show_the_noise_ceiling():
     assert "Noise ceiling" in html and "0.400" in html and "40%" in html
     assert "counting noise" in SCORE_HELP["noise_ceiling_pcc_mean"]
     assert "Noise ceiling" not in recovery_scores_html({"pcc_mean": 0.16})  # older summaries
+
+
+def test_density_choices_are_the_engine_rule(viewer):
+    from napari_trihrge.geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
+    from napari_trihrge.napari._qt import TrainWidget
+
+    tw = TrainWidget(viewer)
+    combo = tw.factor_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == list(DENSITY_FACTORS)
+    assert combo.currentData() == DEFAULT_DENSITY_FACTOR
