@@ -439,7 +439,12 @@ def _hex_distance(dq: np.ndarray, dr: np.ndarray) -> np.ndarray:
     return (np.abs(dq) + np.abs(dr) + np.abs(dq + dr)) // 2
 
 
-def lattice_blocks(indices: np.ndarray, kind: str, size: int = 2) -> tuple[np.ndarray, int]:
+#: the block size of coarse pseudo-spots (:func:`lattice_blocks`): 7-spot hexagons, 2 x 2 blocks
+DEFAULT_BLOCK_SIZE = 2
+
+
+def lattice_blocks(indices: np.ndarray, kind: str, size: int = DEFAULT_BLOCK_SIZE
+                   ) -> tuple[np.ndarray, int]:
     """Tile a spot lattice into blocks that cover it without gaps or overlaps.
 
     ``indices``: :func:`lattice_indices`. 'square': blocks of ``size`` x ``size`` spots;
@@ -556,6 +561,7 @@ __all__ = [
     "HEX_NEIGHBOURS",
     "lattice_indices",
     "lattice_blocks",
+    "DEFAULT_BLOCK_SIZE",
     "disk_offsets_um",
     "DenseGrid",
     "dense_grid",

@@ -24,6 +24,7 @@ from scipy.spatial import cKDTree
 
 from .. import geometry
 from ..errors import TrihrgeInputError
+from ..geometry import DEFAULT_BLOCK_SIZE
 from ..metrics import TOP_GENES, add_noise_ceiling, scored_genes, spot_scores
 from ..neighbours import idw_interpolate
 from ..pp import check_counts, normalize_log1p
@@ -41,8 +42,6 @@ from ._shared import (
 )
 from ._store import store_result
 
-#: the default block size: 7-spot hexagons on Visium, 2 x 2 blocks on legacy ST
-DEFAULT_BLOCK_SIZE = 2
 #: the map stride used when none is given (micrometres)
 DEFAULT_STRIDE_UM = 16.0
 #: the fewest pseudo-spots enhance is asked to learn from

@@ -1,5 +1,5 @@
-"""The ``trihrge`` command line: ``demo``, ``recovery``, ``enhance``, ``validate-hd``, ``cohort``,
-``train``, ``predict``, ``encoders``."""
+"""The ``trihrge`` command line: ``demo``, ``recovery``, ``enhance``, ``validate-hd``,
+``validate-coarse``, ``cohort``, ``train``, ``predict``, ``encoders``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Cancelled, TrihrgeError
-from ..geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
+from ..geometry import DEFAULT_BLOCK_SIZE, DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
 
 EPILOG = """\
 PATH is a Space Ranger outs/ folder (Visium, or Visium HD: one bin size, --bin-um), a SpatialData
@@ -229,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density of virtual spots relative to the pseudo-spot lattice")
     _add_run_args(p)
 
+    p = sub.add_parser("validate-coarse", help="check the map's detail on real tissue: enhance "
+                       "coarse pseudo-spots, score against the measured spots",
+                       description="Sum the measured spots into coarse pseudo-spots that tile "
+                       "the section (Visium: a spot and its six neighbours; legacy ST: 2 x 2 "
+                       "spots), enhance them as `trihrge enhance` would (same settings, the real "
+                       "image), average the map over each real spot and score it against the "
+                       "measured spots (per-gene PCC, a constant counting as 0) next to the "
+                       "pseudo-spot's own value, interpolation of the pseudo-spots and an "
+                       "image-only ridge, with the noise ceiling of the measured spots.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_input_args(p)
+    p.add_argument("--factor", type=_whole_number, default=DEFAULT_BLOCK_SIZE,
+                   help=f"block size of the pseudo-spots (default {DEFAULT_BLOCK_SIZE}: 7-spot "
+                   "hexagons on Visium, 2 x 2 spots on legacy ST; 3: 19-spot hexagons or 3 x 3)")
+    p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
+                   help="pixel size of enhance's map in micrometres (default 16)")
+    _add_run_args(p)
+
     p = sub.add_parser("cohort", help="process many samples on dask.distributed",
                        description="Run enhance (or recovery) on many samples, one sample per "
                        "dask worker; finished samples are skipped on rerun, failures retried "
@@ -406,6 +424,21 @@ def _ceiling_text(scores: dict, fmt) -> str:
             f"noise allows; {reached} of it reached)")
 
 
+def _print_coarse(c: dict, fmt) -> None:
+    """The validate-coarse scores: the map against what a user had without it."""
+    print(f"Coarse-to-fine check ({c['n_pseudo_spots']} pseudo-spots of up to "
+          f"{c['spots_per_pseudo_spot']} spots enhanced with a {c['stride_um']:g} um map; scored "
+          f"on the {c['n_spots_scored']} measured spots and the {c['n_genes_scored']} genes that "
+          "vary among them, a constant counting as PCC 0):")
+    print(f"  map averaged over each spot: mean PCC {fmt(c['pcc_mean'])}; nearest virtual spot "
+          f"{fmt(c['nearest_virtual_pcc_mean'])}")
+    print(f"  pseudo-spot value {fmt(c['baseline_pseudo_spot_pcc_mean'])}, interpolated "
+          f"pseudo-spots (k={c['baseline_knn_k']}) {fmt(c['baseline_knn_pcc_mean'])}, "
+          f"image-only ridge {fmt(c.get('baseline_ridge_image_pcc_mean'))}; the map is "
+          f"{c['x_better_simple']:.2f}x the better of pseudo-spot value and interpolation")
+    print(f"  noise ceiling {_ceiling_text(c, fmt)}")
+
+
 def _print_summary(summary: dict, out: Path) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
@@ -454,6 +487,9 @@ def _print_summary(summary: dict, out: Path) -> None:
               f"{fmt(hd['baseline_interp_pcc_mean'])}), SSIM {fmt(hd['ssim_mean'])} "
               f"({fmt(hd['baseline_interp_ssim_mean'])}), RMSE {fmt(hd['rmse'])} "
               f"({fmt(hd['baseline_interp_rmse'])})")
+    coarse = summary.get("validate_coarse")
+    if coarse:
+        _print_coarse(coarse, fmt)
     cons = summary.get("consistency")
     if cons:
         print(f"Map averaged over each spot vs the measured spot: PCC {fmt(cons['pcc_mean'])}")
@@ -512,7 +548,7 @@ def _add_threads_arg(p) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("demo", "recovery", "enhance"):
+    if args.command in ("demo", "recovery", "enhance", "validate-coarse"):
         # every stage of the run (not only training) with the pools sized to the free cores
         from ..threads import cpu_threads
 
@@ -599,6 +635,12 @@ def _run_command(args: argparse.Namespace) -> int:
             summary = run_recovery(adata, out, holdout_fraction=args.holdout, seed=args.seed,
                                    annotation=args.annotation, config=cfg, progress=progress,
                                    overwrite=args.overwrite)
+        elif args.command == "validate-coarse":
+            from .coarse_run import run_validate_coarse
+
+            stride = {"stride_um": args.stride_um} if args.stride_um is not None else {}
+            summary = run_validate_coarse(adata, out, factor=args.factor, config=cfg,
+                                          progress=progress, overwrite=args.overwrite, **stride)
         elif args.command == "validate-hd":
             from .runs import run_validate_hd
 

@@ -9,10 +9,11 @@ from typing import Any
 from anndata import AnnData
 
 from .._atomic import atomic_path
+from ..geometry import DEFAULT_BLOCK_SIZE
 from ..io.outputs import mark_complete, peak_rss_mb, run_folder, write_h5ad, write_json
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig
-from ..tl.coarse_validation import DEFAULT_BLOCK_SIZE, DEFAULT_STRIDE_UM, validate_coarse
+from ..tl.coarse_validation import DEFAULT_STRIDE_UM, validate_coarse
 from .runs import _base_summary, enhance_map_path, repoint_maps
 
 #: the files a validate-coarse run folder holds (besides enhance's map, ``maps.ome.zarr``)
