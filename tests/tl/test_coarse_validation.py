@@ -138,3 +138,28 @@ def test_validate_coarse_scores_the_map_at_the_real_spots(synthetic):
     assert np.ptp(inside, axis=0).max() > 0
     # recorded on the AnnData it was given
     assert synthetic.uns["trihrge_validate_coarse"]["metrics"]["pcc_mean"] == m["pcc_mean"]
+
+
+@pytest.mark.shared_data
+def test_pseudo_spots_tile_the_shared_sections(dlpfc_dir, her2st_dir):
+    """Real lattices: DLPFC's 7-spot hexagons from array_row / array_col, her2st's 2 x 2 blocks;
+    every kept pseudo-spot is the sum of its members' counts."""
+    for path, full, spacing_um in ((dlpfc_dir, 7, 100.0), (her2st_dir / "C2", 4, 200.0)):
+        adata = io.read(path)
+        coarse, membership = coarse_sample(adata)
+        assert coarse.uns["trihrge"]["coarse"]["spots_per_pseudo_spot"] == full
+        assert coarse.n_obs >= 10 and (coarse.obs["n_members"] == full).mean() > 0.5
+        assert coarse.layers["counts"].sum() == pytest.approx(
+            float(adata[membership.index].X.sum()), rel=1e-6)
+        rc, _, _ = tasks.sample_geometry(adata)
+        centres = tasks.sample_geometry(coarse)[0]
+        rows = adata.obs_names.get_indexer(membership.index)
+        reach = np.linalg.norm(rc[rows] - centres[coarse.obs_names.get_indexer(membership)],
+                               axis=1)
+        full_rows = coarse.obs["n_members"].reindex(membership).to_numpy() == full
+        # members lie one lattice step (hexagon) or half a block diagonal (2 x 2) from the
+        # centre; legacy ST positions stray from their lattice
+        limit = spacing_um * (1.0 if full == 7 else np.sqrt(2) / 2)
+        assert np.median(reach[full_rows & (reach > 0)]) == pytest.approx(limit, rel=0.05)
+        assert coarse.uns["trihrge"]["spot_diameter_um"] == pytest.approx(
+            2 * limit + adata.uns["trihrge"]["spot_diameter_um"], rel=0.1)

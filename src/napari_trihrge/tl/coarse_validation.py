@@ -84,7 +84,8 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
     hexagonal lattice for ``factor`` 2, 19 for 3; ``factor`` x ``factor`` blocks on a square
     one). A block at the tissue edge with half a full block's spots or fewer is left out, and
     so are its spots. The centre is the mean of the members' centres; the footprint
-    (``uns['trihrge']['spot_diameter_um']``) the disk around a full block's member spots.
+    (``uns['trihrge']['spot_diameter_um']``) the disk around a full block's member spots (the
+    median over full blocks).
 
     Returns the pseudo-spots as a sample (X and ``layers['counts']`` the summed counts,
     ``obs['n_members']``, ``obsm['spatial']`` in the input's full-resolution pixels) and each
@@ -115,10 +116,12 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
     counts_sum = sp.csr_matrix(weights @ sp.csr_matrix(adata.X, dtype=np.float32))
     n_members = counts[kept]
     centres = np.asarray(weights @ rc_um) / n_members[:, None]
-    full = n_members[block_of] == n_full
-    reach = np.linalg.norm(rc_um[spot_rows] - centres[block_of], axis=1)
-    reach_um = float(reach[full].max() if full.any() else reach.max())
-    footprint_um = 2.0 * reach_um + diameter_um
+    # the footprint: the disk around a full block's member spots (the typical block: real
+    # spot positions stray from the lattice)
+    reach = np.zeros(n_blocks)
+    np.maximum.at(reach, block_of, np.linalg.norm(rc_um[spot_rows] - centres[block_of], axis=1))
+    full = n_members == n_full
+    footprint_um = 2.0 * float(np.median(reach[full] if full.any() else reach)) + diameter_um
     ids = pd.Index([f"coarse_{a}_{b}" for a, b in labels[kept]])
     info = dict(adata.uns.get("trihrge", {}))
     out = AnnData(X=counts_sum, obs=pd.DataFrame({"n_members": n_members.astype(np.int64)},
