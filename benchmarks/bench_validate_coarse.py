@@ -59,6 +59,8 @@ def run(args) -> list[dict]:
                             "scores": summary["validate_coarse"], "out": str(out)})
             print(f"{name} seed {seed}: map {summary['validate_coarse']['pcc_mean']:.3f}, "
                   f"{m.wall_s:.0f} s", flush=True)
+            if args.json:  # after every run: a long benchmark keeps what it has measured
+                args.json.write_text(json.dumps(records, indent=1, default=str))
     return records
 
 
@@ -129,8 +131,6 @@ def main(argv=None) -> None:
     else:
         limit_threads(args.threads)
         records = run(args)
-        if args.json:
-            args.json.write_text(json.dumps(records, indent=1, default=str))
     tables(records)
 
 
