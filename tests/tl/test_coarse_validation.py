@@ -96,7 +96,7 @@ def test_bad_input_is_refused_before_any_work(synthetic, tmp_path, monkeypatch):
 
 
 def test_validate_coarse_scores_the_map_at_the_real_spots(synthetic):
-    res = validate_coarse(synthetic, stride_um=32.0, config=tiny())
+    res = validate_coarse(synthetic, stride_um=32.0, config=tiny(), annotation="domain")
     m, spots = res.metrics, res.spots
     genes = list(spots.var_names)
     assert genes == list(res.enhance.spots.var_names)  # enhance's genes, chosen on the coarse
@@ -132,6 +132,8 @@ def test_validate_coarse_scores_the_map_at_the_real_spots(synthetic):
     assert m["by_gene_class"]["all"]["map"] == pytest.approx(m["pcc_mean"])
     assert m["by_gene_class"]["all"]["n_genes"] == m["n_genes_scored"]
     assert "noise_ceiling" in res.per_gene and "pcc_nearest_virtual" in res.per_gene
+    markers = m["by_gene_class"]["markers"]  # each domain's marker genes (annotation)
+    assert 0 < markers["n_genes"] <= 5 * synthetic.obs["domain"].nunique()
     # the map is not the pseudo-spot value copied: it varies inside a pseudo-spot
     first = spots.obs["coarse_id"].iloc[0]
     inside = np.asarray(spots[spots.obs["coarse_id"] == first].X)
@@ -163,3 +165,22 @@ def test_pseudo_spots_tile_the_shared_sections(dlpfc_dir, her2st_dir):
         assert np.median(reach[full_rows & (reach > 0)]) == pytest.approx(limit, rel=0.05)
         assert coarse.uns["trihrge"]["spot_diameter_um"] == pytest.approx(
             2 * limit + adata.uns["trihrge"]["spot_diameter_um"], rel=0.1)
+
+
+def test_gene_classes_find_each_labels_markers():
+    from napari_trihrge.tl.coarse_validation import gene_classes
+
+    rng = np.random.default_rng(0)
+    truth = rng.poisson(0.05, (200, 30)).astype(float)  # sparse background genes
+    truth[:, :12] += rng.poisson(5.0, (200, 12))  # well expressed genes
+    labels = np.array(["a"] * 100 + ["b"] * 100, dtype=object)
+    truth[:100, 20] += 9.0  # a marker of 'a'
+    truth[100:, 21] += 9.0  # a marker of 'b'
+    truth[:, 29] = 0.0  # never detected: not scored
+    labels[:3] = None  # unlabelled spots are ignored
+    classes = gene_classes(truth, labels)
+    assert classes["all"].sum() == 29 and not classes["all"][29]
+    assert classes["markers"][[20, 21]].all() and classes["markers"].sum() <= 10
+    assert classes["sparse"][25] and not classes["sparse"][0]
+    assert classes["top100"].sum() == 29  # fewer scored genes than 100
+    assert "markers" not in gene_classes(truth)

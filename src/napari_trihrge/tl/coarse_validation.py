@@ -33,6 +33,7 @@ from ._config import BASELINE_KS, RunConfig, validate_config
 from ._enhance import EnhanceResult, enhance
 from ._maps import map_footprint_means
 from ._shared import (
+    _annotation_labels,
     _encoder_and_image,
     _features,
     _lattice_kind,
@@ -48,6 +49,8 @@ DEFAULT_STRIDE_UM = 16.0
 MIN_PSEUDO_SPOTS = 10
 #: genes detected in fewer than this share of the scored spots form the 'sparse' class
 SPARSE_DETECTION = 0.1
+#: marker genes per annotated label (the scored genes most above the rest of the section)
+MARKERS_PER_LABEL = 5
 #: what each prediction is called in the per-gene table (``pcc_<name>``) and in ``spots.h5ad``
 BASELINES = ("pseudo_spot", *(f"knn{k}" for k in BASELINE_KS), "ridge_image")
 
@@ -145,15 +148,32 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
     return out, membership
 
 
-def _gene_classes(truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean gene masks of the classes scored separately: every scored gene, the
-    :data:`~napari_trihrge.metrics.TOP_GENES` most expressed, the sparse ones."""
+def gene_classes(truth: np.ndarray, labels=None) -> dict[str, np.ndarray]:
+    """Boolean gene masks of the classes scored separately, from the measured expression
+    (spots x genes): every scored gene ('all'), the :data:`~napari_trihrge.metrics.TOP_GENES`
+    most expressed ('top100'), the sparse ones (detected in fewer than
+    :data:`SPARSE_DETECTION` of the spots) and, with ``labels`` (one per spot, e.g. layers or
+    tumour / stroma; missing ones ignored), the markers: for each label with at least 5 spots
+    the :data:`MARKERS_PER_LABEL` scored genes whose mean is most above the other spots'."""
     varies, top_idx = scored_genes(truth)
     top = np.zeros(len(varies), dtype=bool)
     top[top_idx] = True
     detection = (truth > 0).mean(axis=0)
-    return {"all": varies, f"top{TOP_GENES}": top,
-            "sparse": varies & (detection < SPARSE_DETECTION)}
+    classes = {"all": varies, f"top{TOP_GENES}": top,
+               "sparse": varies & (detection < SPARSE_DETECTION)}
+    if labels is not None:
+        labels = pd.Series(np.asarray(labels, dtype=object))
+        known = labels.notna().to_numpy() & (labels.astype(str) != "nan").to_numpy()
+        markers = np.zeros(len(varies), dtype=bool)
+        for label in pd.unique(labels[known]):
+            inside = known & (labels == label).to_numpy()
+            if inside.sum() < 5 or (known & ~inside).sum() < 5:
+                continue
+            lift = truth[inside].mean(axis=0) - truth[known & ~inside].mean(axis=0)
+            order = np.argsort(-np.where(varies, lift, -np.inf), kind="stable")
+            markers[order[:MARKERS_PER_LABEL]] = True
+        classes["markers"] = markers & varies
+    return classes
 
 
 def _class_scores(classes: dict[str, np.ndarray], per_gene: pd.DataFrame, genes: list[str]
@@ -175,7 +195,7 @@ def _class_scores(classes: dict[str, np.ndarray], per_gene: pd.DataFrame, genes:
 def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                     stride_um: float = DEFAULT_STRIDE_UM, config: RunConfig | None = None,
                     progress: Progress | None = None, map_path: str | None = None,
-                    key_added: str | None = None) -> CoarseValidationResult:
+                    annotation=None, key_added: str | None = None) -> CoarseValidationResult:
     """Coarse-to-fine validation: does enhance's map add correct detail on real tissue?
 
     Parameters
@@ -193,6 +213,9 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
         Progress events (enhance's stages, then 'scoring').
     map_path
         Where enhance streams its map (OME-Zarr); in memory when None.
+    annotation
+        Labels of the real spots (an obs column, a Series by spot name or a barcode -> label
+        file: tissue layers, tumour / stroma) for the marker genes class of ``by_gene_class``.
     key_added
         Where the result is recorded on ``adata`` (default ``trihrge_validate_coarse``;
         :func:`napari_trihrge.tl.store_result`): the scores in ``uns``, the per-gene PCC in
@@ -207,7 +230,8 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
         pseudo-spot value and interpolation (``baseline_simple_*``, ``x_better_simple``), the
         nearest virtual spot (``nearest_virtual_*``), the noise ceiling
         (``noise_ceiling_pcc_mean``, ``fraction_of_ceiling``) and the scores per gene class
-        (``by_gene_class``: all, top-100, sparse).
+        (``by_gene_class``: all, top-100, sparse and, with ``annotation``, markers;
+        :func:`gene_classes`).
     """
     cfg = config or RunConfig()
     validate_config(cfg)
@@ -215,6 +239,7 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
         raise TrihrgeInputError(f"the map stride must be positive, got {stride_um} um",
                                 "pass --stride-um, for example 16 or 32")
     coarse, membership = coarse_sample(adata, factor=factor)  # refused before any work
+    labels = _annotation_labels(adata, annotation)
     progress = ensure_progress(progress)
     timer = _Timer()
     with timer("enhance"):
@@ -222,7 +247,7 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                          map_path=map_path)
     progress.stage("scoring", 1)
     with timer("scoring"):
-        spots, metrics, per_gene = _score_real_spots(adata, coarse, membership, result, cfg,
+        spots, metrics, per_gene = _score_real_spots(adata, membership, result, cfg, labels,
                                                      progress)
     metrics.update({"factor": int(factor), "stride_um": float(stride_um),
                     "n_pseudo_spots": int(coarse.n_obs),
@@ -237,8 +262,8 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                                   timings_s={**result.timings_s, **timer.timings_s})
 
 
-def _score_real_spots(adata: AnnData, coarse: AnnData, membership: pd.Series,
-                      result: EnhanceResult, cfg: RunConfig, progress: Progress
+def _score_real_spots(adata: AnnData, membership: pd.Series, result: EnhanceResult,
+                      cfg: RunConfig, labels: pd.Series | None, progress: Progress
                       ) -> tuple[AnnData, dict[str, Any], pd.DataFrame]:
     """The map, the nearest virtual spot and the baselines at the real spots, scored."""
     genes = list(result.spots.var_names)
@@ -287,7 +312,9 @@ def _score_real_spots(adata: AnnData, coarse: AnnData, membership: pd.Series,
     per_gene["detection"] = pd.Series((truth > 0).mean(axis=0), index=genes).reindex(
         per_gene.index).to_numpy()
     add_noise_ceiling(metrics, per_gene, real)
-    metrics["by_gene_class"] = _class_scores(_gene_classes(truth), per_gene,
+    if labels is not None:
+        labels = labels.reindex(real.obs_names).to_numpy()
+    metrics["by_gene_class"] = _class_scores(gene_classes(truth, labels), per_gene,
                                              genes)
     metrics.update({"n_spots_scored": int(real.n_obs),
                     "n_spots_outside_map": int(outside.sum())})
@@ -309,4 +336,5 @@ def _score_real_spots(adata: AnnData, coarse: AnnData, membership: pd.Series,
 
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_STRIDE_UM", "MIN_PSEUDO_SPOTS", "SPARSE_DETECTION",
-           "BASELINES", "CoarseValidationResult", "coarse_sample", "validate_coarse"]
+           "MARKERS_PER_LABEL", "BASELINES", "CoarseValidationResult", "coarse_sample",
+           "gene_classes", "validate_coarse"]

@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "hexagons on Visium, 2 x 2 spots on legacy ST; 3: 19-spot hexagons or 3 x 3)")
     p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
                    help="pixel size of enhance's map in micrometres (default 16)")
+    p.add_argument("--annotation", default=None, metavar="FILE",
+                   help="barcode -> label file (or an obs column name: layers, tumour / "
+                   "stroma): the scores are also given for each label's marker genes")
     _add_run_args(p)
 
     p = sub.add_parser("cohort", help="process many samples on dask.distributed",
@@ -437,6 +440,12 @@ def _print_coarse(c: dict, fmt) -> None:
           f"image-only ridge {fmt(c.get('baseline_ridge_image_pcc_mean'))}; the map is "
           f"{c['x_better_simple']:.2f}x the better of pseudo-spot value and interpolation")
     print(f"  noise ceiling {_ceiling_text(c, fmt)}")
+    for cls, row in c.get("by_gene_class", {}).items():
+        if cls != "all" and row.get("n_genes"):
+            print(f"  {cls} ({row['n_genes']} genes): map {fmt(row.get('map'))}, pseudo-spot "
+                  f"{fmt(row.get('pseudo_spot'))}, kNN k={c['baseline_knn_k']} "
+                  f"{fmt(row.get(c['baseline_knn_method']))}, ceiling "
+                  f"{fmt(row.get('noise_ceiling'))}")
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -640,7 +649,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
             stride = {"stride_um": args.stride_um} if args.stride_um is not None else {}
             summary = run_validate_coarse(adata, out, factor=args.factor, config=cfg,
-                                          progress=progress, overwrite=args.overwrite, **stride)
+                                          progress=progress, overwrite=args.overwrite,
+                                          annotation=args.annotation, **stride)
         elif args.command == "validate-hd":
             from .runs import run_validate_hd
 

@@ -23,19 +23,21 @@ COARSE_OUTPUTS = {"coarse": "coarse.h5ad", "spots": "spots.h5ad",
 
 def run_validate_coarse(adata: AnnData, out_dir: str | Path, *, factor: int = DEFAULT_BLOCK_SIZE,
                         stride_um: float = DEFAULT_STRIDE_UM, config: RunConfig | None = None,
-                        progress: Progress | None = None, overwrite: bool = False
-                        ) -> dict[str, Any]:
+                        progress: Progress | None = None, overwrite: bool = False,
+                        annotation=None) -> dict[str, Any]:
     """Run :func:`napari_trihrge.tl.validate_coarse` and write its run folder: ``coarse.h5ad``
     (the pseudo-spots: summed raw counts of every gene), ``spots.h5ad`` (one row per real spot
     scored: the map averaged over its footprint, the measurement, every baseline),
     ``validate_coarse_genes.csv``, enhance's map of the coarse sample (``maps.ome.zarr``) and
-    ``summary.json`` (``validate_coarse``: the scores). Returns the summary."""
+    ``summary.json`` (``validate_coarse``: the scores). ``annotation``: labels of the spots for
+    the marker genes class. Returns the summary."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     with run_folder(out_dir, overwrite) as out:  # appears only when complete
         t0 = time.perf_counter()
         res = validate_coarse(adata, factor=factor, stride_um=stride_um, config=cfg,
-                              progress=progress, map_path=enhance_map_path(out, stride_um))
+                              progress=progress, map_path=enhance_map_path(out, stride_um),
+                              annotation=annotation)
         t1 = time.perf_counter()
         progress.stage("writing", 1)
         write_h5ad(res.coarse, out / COARSE_OUTPUTS["coarse"])
