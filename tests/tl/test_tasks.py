@@ -160,6 +160,10 @@ def test_enhance_measures_per_gene_trust_on_a_held_out_split(synthetic):
     assert "kNN" in trust["baseline"] and "model" in trust
     assert res.metrics["trust"]["n_genes_beating_interpolation"] == var["beats_interpolation"].sum()
     assert "trust" in res.timings_s
+    # the noise ceiling of the held-out spots sits beside the held-out score
+    t = res.metrics["trust"]
+    assert t["pcc_mean"] < t["noise_ceiling_pcc_mean"] <= 1.0 and "noise_ceiling" in res.trust
+    assert t["fraction_of_ceiling"] == pytest.approx(t["pcc_mean"] / t["noise_ceiling_pcc_mean"])
     # the trust model is not among the models the run saves (the final blend: one network per fold)
     assert len(res.fits) == res.config["stacking_folds"]
     # the trust columns describe the blend; its candidates were scored on the same genes

@@ -480,6 +480,8 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"  {trust['n_genes_beating_interpolation']} of {trust['n_genes_scored']} genes beat "
               f"kNN interpolation (var['beats_interpolation']), "
               f"{trust['n_genes_constant_prediction']} predicted as a constant")
+        if trust.get("noise_ceiling_pcc_mean") is not None:
+            print(f"  noise ceiling of the held-out spots {_ceiling_text(trust, fmt)}")
     elif "enhance" in summary:
         print("Per-gene trust: not measured (--no-trust); the outputs do not say which genes "
               "beat interpolation")
