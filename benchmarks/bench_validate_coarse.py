@@ -57,23 +57,39 @@ def section_labels(path: Path):
                      index=[f"{x}x{y}" for x, y in zip(table["x"], table["y"], strict=True)])
 
 
-def add_marker_class(record: dict, path: Path) -> None:
-    """The marker genes class of a run made without labels, from its ``spots.h5ad``."""
+def add_later_scores(record: dict, path: Path) -> None:
+    """For a run made before they existed, from its ``spots.h5ad`` / ``coarse.h5ad``: the marker
+    genes class (spot labels) and the pseudo-spot without the spot's own counts."""
     import anndata as ad
     import pandas as pd
 
+    from napari_trihrge.metrics import spot_scores
     from napari_trihrge.tl._shared import _annotation_labels
-    from napari_trihrge.tl.coarse_validation import _class_scores, gene_classes
+    from napari_trihrge.tl.coarse_validation import (
+        _class_scores,
+        gene_classes,
+        pseudo_spot_without_self,
+    )
 
+    scores, classes = record["scores"], record["scores"]["by_gene_class"]
     labels = section_labels(path)
-    classes = record["scores"]["by_gene_class"]
-    if labels is None or "markers" in classes:
+    if ("markers" in classes or labels is None) and \
+            "baseline_pseudo_spot_others_pcc_mean" in scores:
         return
-    spots = ad.read_h5ad(Path(record["out"]) / "spots.h5ad")
-    aligned = _annotation_labels(spots, labels).to_numpy()
-    markers = gene_classes(spots.layers["measured"], aligned)["markers"]
-    classes["markers"] = _class_scores({"markers": markers}, pd.DataFrame(spots.var),
-                                       list(spots.var_names))["markers"]
+    run = Path(record["out"])
+    spots = ad.read_h5ad(run / "spots.h5ad")
+    genes = list(spots.var_names)
+    measured = spots.layers["measured"]
+    per_gene = pd.DataFrame(spots.var)
+    if "baseline_pseudo_spot_others_pcc_mean" not in scores:
+        others = pseudo_spot_without_self(load_sample(path), ad.read_h5ad(run / "coarse.h5ad"),
+                                          spots.obs["coarse_id"], genes)
+        summary, table = spot_scores(others, measured, genes)
+        scores["baseline_pseudo_spot_others_pcc_mean"] = summary["pcc_mean"]
+        per_gene["pcc_pseudo_spot_others"] = table["pcc"].reindex(per_gene.index).to_numpy()
+    aligned = _annotation_labels(spots, labels).to_numpy() if labels is not None else None
+    for cls, row in _class_scores(gene_classes(measured, aligned), per_gene, genes).items():
+        classes[cls] = {**classes.get(cls, {}), **row}
 
 
 def run(args) -> list[dict]:
@@ -86,12 +102,15 @@ def run(args) -> list[dict]:
         adata = load_sample(path)
         for seed in args.seeds:
             cfg = RunConfig(seed=seed, cache_dir=str(args.cache_dir) if args.cache_dir else None)
-            out = work / f"{name.replace('/', '_')}_f{args.factor}_s{seed}"
+            split = "_split" if args.split_counts else ""
+            out = work / f"{name.replace('/', '_')}_f{args.factor}_s{seed}{split}"
             with measure() as m:
                 summary = run_validate_coarse(adata, out, factor=args.factor,
                                               stride_um=args.stride_um, config=cfg,
-                                              annotation=section_labels(path))
-            records.append({"section": name, "seed": seed, "factor": args.factor,
+                                              annotation=section_labels(path),
+                                              split_counts=args.split_counts)
+            records.append({"section": name + (" split" if args.split_counts else ""),
+                            "seed": seed, "factor": args.factor,
                             "stride_um": args.stride_um, "wall_s": m.wall_s,
                             "scores": summary["validate_coarse"], "out": str(out)})
             print(f"{name} seed {seed}: map {summary['validate_coarse']['pcc_mean']:.3f}, "
@@ -109,12 +128,13 @@ def tables(records: list[dict]) -> None:
     by_section: dict[str, list[dict]] = {}
     for r in records:
         by_section.setdefault(r["section"], []).append(r)
-    order = sorted(by_section, key=lambda s: (s in UNTOUCHED, s))
+    order = sorted(by_section, key=lambda s: (s.removesuffix(" split") in UNTOUCHED, s))
     rows, class_rows = [], []
     for section in order:
         runs = by_section[section]
         s = [r["scores"] for r in runs]
-        label = section + (" (untouched)" if section in UNTOUCHED else "")
+        label = section + (" (untouched)" if section.removesuffix(" split") in UNTOUCHED
+                           else "")
 
         def col(key, runs_scores=s):
             return mean_sd([x[key] for x in runs_scores])
@@ -129,6 +149,7 @@ def tables(records: list[dict]) -> None:
             "map (footprint mean)": col("pcc_mean"),
             "nearest virtual spot": col("nearest_virtual_pcc_mean"),
             "pseudo-spot value": col("baseline_pseudo_spot_pcc_mean"),
+            "pseudo-spot without the spot": col("baseline_pseudo_spot_others_pcc_mean"),
             "better kNN": col("baseline_knn_pcc_mean"),
             "image-only ridge": col("baseline_ridge_image_pcc_mean"),
             "x better of pseudo-spot / kNN": mean_sd([x["x_better_simple"] for x in s], 2),
@@ -141,8 +162,8 @@ def tables(records: list[dict]) -> None:
             class_rows.append({
                 "section": label, "genes": cls, "n": c[0]["n_genes"],
                 **{name: mean_sd([x.get(name, float("nan")) for x in c])
-                   for name in ("map", "nearest_virtual", "pseudo_spot", "knn6", "knn12",
-                                "ridge_image", "noise_ceiling")}})
+                   for name in ("map", "nearest_virtual", "pseudo_spot", "pseudo_spot_others",
+                                "knn6", "knn12", "ridge_image", "noise_ceiling")}})
     print_table(rows, title="coarse-to-fine validation: fair PCC at the real spots "
                             "(mean ± sd over seeds)")
     print_table(class_rows, title="per gene class (top100: most expressed; sparse: detected "
@@ -160,6 +181,8 @@ def main(argv=None) -> None:
     ap.add_argument("--factor", type=int, default=2)
     ap.add_argument("--stride-um", type=float, default=32.0)
     ap.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
+    ap.add_argument("--split-counts", action="store_true", help="pseudo-spots from one binomial "
+                    "half of the counts, scored against the other (rows named '<section> split')")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the records here")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
@@ -168,9 +191,10 @@ def main(argv=None) -> None:
     if args.merge:
         records = [r for p in args.merge for r in json.loads(p.read_text())]
         found = _sections(args.data, None)
-        for r in records:  # runs made before labels were passed: markers from spots.h5ad
-            if r["section"] in found and Path(r["out"]).is_dir():
-                add_marker_class(r, found[r["section"]])
+        for r in records:  # runs made before some scores existed: from their run folders
+            section = r["section"].removesuffix(" split")
+            if section in found and Path(r["out"]).is_dir():
+                add_later_scores(r, found[section])
     else:
         limit_threads(args.threads)
         records = run(args)

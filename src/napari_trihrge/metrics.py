@@ -141,6 +141,20 @@ def gene_trust(table: pd.DataFrame) -> pd.DataFrame:
                         index=table.index)
 
 
+def split_counts(counts, *, seed: int, fraction: float = 0.5):
+    """Binomial count splitting (data thinning): each count ``n`` of ``counts`` (whole numbers,
+    sparse or dense) becomes ``Binomial(n, fraction)`` and ``n`` minus that; with Poisson
+    counts the two parts are independent measurements of the same spots. Returns the two parts
+    as CSR float64 matrices (the draws follow the stored values row by row, ``seed`` fixed)."""
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    part = counts.copy()
+    part.data = np.random.default_rng(seed).binomial(
+        np.round(counts.data).astype(np.int64), fraction).astype(np.float64)
+    return part, counts - part
+
+
 #: seed of the binomial count split of :func:`noise_ceiling` (fixed: a sample has one ceiling)
 NOISE_CEILING_SEED = 0
 
@@ -181,10 +195,7 @@ def noise_ceiling(adata, genes: Sequence[str], *, spots=None, seed: int = NOISE_
                         "noise_ceiling_pcc_median": nan, "noise_ceiling_n_genes": 0,
                         "noise_ceiling_note": "X does not hold raw counts (whole numbers)"})
         return summary, pd.Series(nan, index=pd.Index(genes, name="gene"), name="noise_ceiling")
-    rng = np.random.default_rng(seed)
-    half = counts.copy()
-    half.data = rng.binomial(np.round(counts.data).astype(np.int64), 0.5).astype(np.float64)
-    halves = [half, counts - half]
+    halves = split_counts(counts, seed=seed)
 
     def log_norm(x) -> np.ndarray:
         tmp = AnnData(X=sp.csr_matrix(x), var=pd.DataFrame(index=sub.var_names))
@@ -280,6 +291,7 @@ __all__ = [
     "best_baseline",
     "scored_genes",
     "NOISE_CEILING_SEED",
+    "split_counts",
     "noise_ceiling",
     "add_noise_ceiling",
     "kmeans_ari",

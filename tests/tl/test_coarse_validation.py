@@ -111,12 +111,22 @@ def test_validate_coarse_scores_the_map_at_the_real_spots(synthetic):
     coarse_expr = res.enhance.spots
     rows = coarse_expr.obs_names.get_indexer(spots.obs["coarse_id"])
     np.testing.assert_allclose(spots.layers["pseudo_spot"], np.asarray(coarse_expr.X)[rows])
+    # ... and without the spot's own counts: the other members' sum, log-normalised
+    first = spots.obs_names[0]
+    cid = spots.obs.loc[first, "coarse_id"]
+    others = _dense(res.coarse[cid].layers["counts"]) - _dense(synthetic[first].X)
+    assert others.min() >= 0
+    expected_others = np.log1p(others / others.sum() * 1e4)[0, synthetic.var_names.get_indexer(
+        genes)]
+    np.testing.assert_allclose(spots.layers["pseudo_spot_others"][0], expected_others, rtol=1e-5)
+    assert not np.allclose(spots.layers["pseudo_spot_others"], spots.layers["pseudo_spot"])
     # every score is the fair score of its layer on the same genes and spots
     expected, _ = spot_scores(np.asarray(spots.X), measured, genes,
                               baselines={n: spots.layers[n] for n in
-                                         ("pseudo_spot", "knn6", "knn12", "ridge_image")})
+                                         ("pseudo_spot", "pseudo_spot_others", "knn6", "knn12",
+                                          "ridge_image")})
     for key in ("pcc_mean", "baseline_pseudo_spot_pcc_mean", "baseline_knn12_pcc_mean",
-                "baseline_ridge_image_pcc_mean"):
+                "baseline_ridge_image_pcc_mean", "baseline_pseudo_spot_others_pcc_mean"):
         assert m[key] == pytest.approx(expected[key]), key
     near, _ = spot_scores(spots.layers["nearest_virtual"], measured, genes)
     assert m["nearest_virtual_pcc_mean"] == pytest.approx(near["pcc_mean"])

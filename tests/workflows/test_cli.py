@@ -434,7 +434,8 @@ def test_validate_coarse_end_to_end(capsys, tmp_path):
     sample = write_h5ad(synthetic_sample(seed=4, n_genes=60), tmp_path / "section.h5ad")
     out = tmp_path / "coarse"
     code = cli.main(["validate-coarse", str(sample), "--genes", "30", "--max-epochs", "3",
-                     "--stride-um", "48", "--device", "cpu", "--out", str(out), "--quiet"])
+                     "--stride-um", "48", "--split-counts", "--device", "cpu", "--out", str(out),
+                     "--quiet"])
     text = capsys.readouterr().out
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -444,13 +445,20 @@ def test_validate_coarse_end_to_end(capsys, tmp_path):
     coarse = ad.read_h5ad(out / "coarse.h5ad")
     spots = ad.read_h5ad(out / "spots.h5ad")
     source = ad.read_h5ad(sample)
-    # the pseudo-spots hold the summed raw counts of every gene of the input
-    assert list(coarse.var_names) == list(source.var_names)
-    assert coarse.layers["counts"].sum() == pytest.approx(
-        source[spots.obs_names].X.sum(), rel=1e-6)
+    # the pseudo-spots hold the summed raw counts of every gene of the input: with
+    # --split-counts, of one binomial half (the other half is what they are scored against)
+    assert list(coarse.var_names) == list(source.var_names) and scores["split_counts"]
+    assert 0.45 < coarse.layers["counts"].sum() / source[spots.obs_names].X.sum() < 0.55
+    from napari_trihrge.metrics import split_counts
+    from napari_trihrge.pp import normalize_log1p
+
+    _, held = split_counts(source.X, seed=0)  # the other half (RunConfig's seed)
+    held = ad.AnnData(X=held, obs=source.obs[[]], var=source.var[[]])
+    np.testing.assert_allclose(spots.layers["measured"], normalize_log1p(
+        held[spots.obs_names], genes=list(spots.var_names)), rtol=1e-5)
     assert set(spots.obs["coarse_id"]) <= set(coarse.obs_names)
     assert set(spots.obs_names) <= set(source.obs_names)
-    assert {"measured", "pseudo_spot", "knn6", "knn12", "ridge_image",
+    assert {"measured", "pseudo_spot", "pseudo_spot_others", "knn6", "knn12", "ridge_image",
             "nearest_virtual"} <= set(spots.layers)
     assert scores["n_spots_scored"] == spots.n_obs and scores["n_pseudo_spots"] == coarse.n_obs
     assert 0 < scores["fraction_of_ceiling"] == pytest.approx(

@@ -9,6 +9,11 @@ scored against the real measured spots with the fair score, next to what a user 
 enhance: the pseudo-spot's own value, inverse-distance interpolation of the pseudo-spots at the
 real spot centres (the better of k = 6 / 12) and a ridge on the image alone; the nearest virtual
 spot is scored too, and the noise ceiling of the real spots sits beside every score.
+
+A pseudo-spot holds the real spot's own counts (one of its 7 or 4 members), and with them the
+counting noise of the measurement it is scored against: it can exceed the noise ceiling, which
+bounds predictions independent of that noise. The pseudo-spot without the spot itself
+(``pseudo_spot_others``) is scored too, to show how much of its score that is.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .. import geometry
 from ..errors import TrihrgeInputError
 from ..geometry import DEFAULT_BLOCK_SIZE
 from ..metrics import TOP_GENES, add_noise_ceiling, scored_genes, spot_scores
+from ..metrics import split_counts as metrics_split_counts
 from ..neighbours import idw_interpolate
 from ..pp import check_counts, normalize_log1p
 from ..progress import Progress, ensure_progress
@@ -52,7 +58,8 @@ SPARSE_DETECTION = 0.1
 #: marker genes per annotated label (the scored genes most above the rest of the section)
 MARKERS_PER_LABEL = 5
 #: what each prediction is called in the per-gene table (``pcc_<name>``) and in ``spots.h5ad``
-BASELINES = ("pseudo_spot", *(f"knn{k}" for k in BASELINE_KS), "ridge_image")
+BASELINES = ("pseudo_spot", "pseudo_spot_others", *(f"knn{k}" for k in BASELINE_KS),
+             "ridge_image")
 
 
 @dataclass
@@ -148,6 +155,19 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
     return out, membership
 
 
+def pseudo_spot_without_self(adata: AnnData, coarse: AnnData, membership: pd.Series,
+                             genes: list[str]) -> np.ndarray:
+    """Each real spot's pseudo-spot without the spot itself: the summed counts of the other
+    members (every gene), log-normalised as recovery does, for ``genes`` (spots x genes, in the
+    order of ``membership``). The pseudo-spot holds the spot's own counts, and with them the
+    counting noise of its measurement; this value does not."""
+    own = sp.csr_matrix(adata[membership.index].X, dtype=np.float64)
+    block = sp.csr_matrix(coarse.layers["counts"], dtype=np.float64)[
+        coarse.obs_names.get_indexer(membership.to_numpy())]
+    others = AnnData(X=block - own, var=pd.DataFrame(index=adata.var_names))
+    return normalize_log1p(others, genes=genes)
+
+
 def gene_classes(truth: np.ndarray, labels=None) -> dict[str, np.ndarray]:
     """Boolean gene masks of the classes scored separately, from the measured expression
     (spots x genes): every scored gene ('all'), the :data:`~napari_trihrge.metrics.TOP_GENES`
@@ -195,7 +215,8 @@ def _class_scores(classes: dict[str, np.ndarray], per_gene: pd.DataFrame, genes:
 def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                     stride_um: float = DEFAULT_STRIDE_UM, config: RunConfig | None = None,
                     progress: Progress | None = None, map_path: str | None = None,
-                    annotation=None, key_added: str | None = None) -> CoarseValidationResult:
+                    annotation=None, split_counts: bool = False,
+                    key_added: str | None = None) -> CoarseValidationResult:
     """Coarse-to-fine validation: does enhance's map add correct detail on real tissue?
 
     Parameters
@@ -216,6 +237,11 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
     annotation
         Labels of the real spots (an obs column, a Series by spot name or a barcode -> label
         file: tissue layers, tumour / stroma) for the marker genes class of ``by_gene_class``.
+    split_counts
+        Split every spot's counts binomially in two (:func:`napari_trihrge.metrics.split_counts`,
+        seed ``config.seed``): the pseudo-spots are summed from one half, the real spots are
+        scored against the other. The pseudo-spots then no longer share the counting noise of
+        what they are scored against (each half has half the depth, and so a lower ceiling).
     key_added
         Where the result is recorded on ``adata`` (default ``trihrge_validate_coarse``;
         :func:`napari_trihrge.tl.store_result`): the scores in ``uns``, the per-gene PCC in
@@ -225,7 +251,8 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
     -------
     CoarseValidationResult
         ``metrics``: the map's fair score at the real spots (``pcc_mean``, ``pcc_top100``, ...),
-        each baseline's on the same genes and spots (``baseline_pseudo_spot_*``,
+        each baseline's on the same genes and spots (``baseline_pseudo_spot_*``; the
+        pseudo-spot without the spot's own counts, ``baseline_pseudo_spot_others_*``;
         ``baseline_knn_*`` the better of k = 6 / 12, ``baseline_ridge_image_*``), the better of
         pseudo-spot value and interpolation (``baseline_simple_*``, ``x_better_simple``), the
         nearest virtual spot (``nearest_virtual_*``), the noise ceiling
@@ -238,7 +265,13 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
     if not np.isfinite(stride_um) or stride_um <= 0:
         raise TrihrgeInputError(f"the map stride must be positive, got {stride_um} um",
                                 "pass --stride-um, for example 16 or 32")
-    coarse, membership = coarse_sample(adata, factor=factor)  # refused before any work
+    source = target = adata
+    if split_counts:
+        check_counts(adata)
+        source, target = adata.copy(), adata.copy()
+        halves = metrics_split_counts(adata.X, seed=cfg.seed)
+        source.X, target.X = (h.astype(np.float32) for h in halves)
+    coarse, membership = coarse_sample(source, factor=factor)  # refused before any work
     labels = _annotation_labels(adata, annotation)
     progress = ensure_progress(progress)
     timer = _Timer()
@@ -247,9 +280,10 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                          map_path=map_path)
     progress.stage("scoring", 1)
     with timer("scoring"):
-        spots, metrics, per_gene = _score_real_spots(adata, membership, result, cfg, labels,
-                                                     progress)
+        spots, metrics, per_gene = _score_real_spots(target, source, coarse, membership,
+                                                     result, cfg, labels, progress)
     metrics.update({"factor": int(factor), "stride_um": float(stride_um),
+                    "split_counts": bool(split_counts),
                     "n_pseudo_spots": int(coarse.n_obs),
                     **{k: v for k, v in coarse.uns["trihrge"]["coarse"].items()
                        if k not in ("factor", "source_sample")},
@@ -262,10 +296,11 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                                   timings_s={**result.timings_s, **timer.timings_s})
 
 
-def _score_real_spots(adata: AnnData, membership: pd.Series, result: EnhanceResult,
-                      cfg: RunConfig, labels: pd.Series | None, progress: Progress
-                      ) -> tuple[AnnData, dict[str, Any], pd.DataFrame]:
-    """The map, the nearest virtual spot and the baselines at the real spots, scored."""
+def _score_real_spots(adata: AnnData, source: AnnData, coarse: AnnData, membership: pd.Series,
+                      result: EnhanceResult, cfg: RunConfig, labels: pd.Series | None,
+                      progress: Progress) -> tuple[AnnData, dict[str, Any], pd.DataFrame]:
+    """The map, the nearest virtual spot and the baselines at the real spots of ``adata``,
+    scored; ``source``: the counts the pseudo-spots were summed from."""
     genes = list(result.spots.var_names)
     coarse_names = result.spots.obs_names
     real = adata[membership.index]
@@ -285,7 +320,8 @@ def _score_real_spots(adata: AnnData, membership: pd.Series, result: EnhanceResu
     coarse_y = np.asarray(result.spots.X, dtype=np.float32)
     coarse_rc = sample_geometry(result.spots)[0]
     baselines: dict[str, np.ndarray] = {
-        "pseudo_spot": coarse_y[coarse_names.get_indexer(membership.to_numpy())]}
+        "pseudo_spot": coarse_y[coarse_names.get_indexer(membership.to_numpy())],
+        "pseudo_spot_others": pseudo_spot_without_self(source, coarse, membership, genes)}
     for k in BASELINE_KS:
         baselines[f"knn{k}"] = idw_interpolate(coarse_rc, coarse_y, rc_um, k)
     if cfg.image_input:
@@ -337,4 +373,4 @@ def _score_real_spots(adata: AnnData, membership: pd.Series, result: EnhanceResu
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_STRIDE_UM", "MIN_PSEUDO_SPOTS", "SPARSE_DETECTION",
            "MARKERS_PER_LABEL", "BASELINES", "CoarseValidationResult", "coarse_sample",
-           "gene_classes", "validate_coarse"]
+           "pseudo_spot_without_self", "gene_classes", "validate_coarse"]

@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotation", default=None, metavar="FILE",
                    help="barcode -> label file (or an obs column name: layers, tumour / "
                    "stroma): the scores are also given for each label's marker genes")
+    p.add_argument("--split-counts", action="store_true",
+                   help="split each spot's counts in two random halves: pseudo-spots from one, "
+                   "scored against the other (a pseudo-spot otherwise holds the counting noise "
+                   "of the spot it is scored against)")
     _add_run_args(p)
 
     p = sub.add_parser("cohort", help="process many samples on dask.distributed",
@@ -435,7 +439,8 @@ def _print_coarse(c: dict, fmt) -> None:
           "vary among them, a constant counting as PCC 0):")
     print(f"  map averaged over each spot: mean PCC {fmt(c['pcc_mean'])}; nearest virtual spot "
           f"{fmt(c['nearest_virtual_pcc_mean'])}")
-    print(f"  pseudo-spot value {fmt(c['baseline_pseudo_spot_pcc_mean'])}, interpolated "
+    print(f"  pseudo-spot value {fmt(c['baseline_pseudo_spot_pcc_mean'])} (without the spot's "
+          f"own counts {fmt(c.get('baseline_pseudo_spot_others_pcc_mean'))}), interpolated "
           f"pseudo-spots (k={c['baseline_knn_k']}) {fmt(c['baseline_knn_pcc_mean'])}, "
           f"image-only ridge {fmt(c.get('baseline_ridge_image_pcc_mean'))}; the map is "
           f"{c['x_better_simple']:.2f}x the better of pseudo-spot value and interpolation")
@@ -652,7 +657,8 @@ def _run_command(args: argparse.Namespace) -> int:
             stride = {"stride_um": args.stride_um} if args.stride_um is not None else {}
             summary = run_validate_coarse(adata, out, factor=args.factor, config=cfg,
                                           progress=progress, overwrite=args.overwrite,
-                                          annotation=args.annotation, **stride)
+                                          annotation=args.annotation,
+                                          split_counts=args.split_counts, **stride)
         elif args.command == "validate-hd":
             from .runs import run_validate_hd
 

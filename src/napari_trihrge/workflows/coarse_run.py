@@ -24,20 +24,21 @@ COARSE_OUTPUTS = {"coarse": "coarse.h5ad", "spots": "spots.h5ad",
 def run_validate_coarse(adata: AnnData, out_dir: str | Path, *, factor: int = DEFAULT_BLOCK_SIZE,
                         stride_um: float = DEFAULT_STRIDE_UM, config: RunConfig | None = None,
                         progress: Progress | None = None, overwrite: bool = False,
-                        annotation=None) -> dict[str, Any]:
+                        annotation=None, split_counts: bool = False) -> dict[str, Any]:
     """Run :func:`napari_trihrge.tl.validate_coarse` and write its run folder: ``coarse.h5ad``
     (the pseudo-spots: summed raw counts of every gene), ``spots.h5ad`` (one row per real spot
     scored: the map averaged over its footprint, the measurement, every baseline),
     ``validate_coarse_genes.csv``, enhance's map of the coarse sample (``maps.ome.zarr``) and
     ``summary.json`` (``validate_coarse``: the scores). ``annotation``: labels of the spots for
-    the marker genes class. Returns the summary."""
+    the marker genes class; ``split_counts``: pseudo-spots from one binomial half of the
+    counts, scored against the other. Returns the summary."""
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     with run_folder(out_dir, overwrite) as out:  # appears only when complete
         t0 = time.perf_counter()
         res = validate_coarse(adata, factor=factor, stride_um=stride_um, config=cfg,
                               progress=progress, map_path=enhance_map_path(out, stride_um),
-                              annotation=annotation)
+                              annotation=annotation, split_counts=split_counts)
         t1 = time.perf_counter()
         progress.stage("writing", 1)
         write_h5ad(res.coarse, out / COARSE_OUTPUTS["coarse"])
