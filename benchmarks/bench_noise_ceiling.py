@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     samples = shared_samples(args.data)
     for name in sorted(samples, key=lambda s: (s in UNTOUCHED, s)):
         adata = load_sample(samples[name])
-        expr = prepare_expression(adata, args.genes)
+        expr = prepare_expression(adata, n_top_genes=args.genes)
         genes = list(expr.var_names)
         hidden_scores = []
         for seed in args.seeds:

@@ -183,9 +183,7 @@ def test_square_st_lattice_fit():
 
 
 def _visium_lattice(extent_um=(1500.0, 1800.0)):
-    from napari_trihrge.datasets import _hex_spots
-
-    return _hex_spots(extent_um)
+    return geometry.hex_spot_lattice(extent_um)
 
 
 def test_lattice_indices_from_visium_array_indices_and_from_positions_agree():

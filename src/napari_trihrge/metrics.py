@@ -199,7 +199,7 @@ def noise_ceiling(adata, genes: Sequence[str], *, spots=None, seed: int = NOISE_
 
     def log_norm(x) -> np.ndarray:
         tmp = AnnData(X=sp.csr_matrix(x), var=pd.DataFrame(index=sub.var_names))
-        values = log_normalised(tmp, target_sum, genes)
+        values = log_normalised(tmp, target_sum=target_sum, genes=genes)
         return np.asarray(values.toarray() if sp.issparse(values) else values)
 
     varies, top = scored_genes(log_norm(counts))

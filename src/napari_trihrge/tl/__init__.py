@@ -5,8 +5,8 @@ AnnData returned by :func:`napari_trihrge.io.read` (raw counts, ``obsm['spatial'
 full-resolution pixels), return result objects holding AnnData and, in the scanpy manner, also
 record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
 :func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
-``_maps``), ``inference`` (train / predict), ``hd_validation``,
-``coarse_validation`` (validate-coarse); ``_config`` holds
+``_maps``), ``_train``, ``_predict`` (both also under ``inference``, with the model's description
+in ``_model_io``), ``hd_validation``, ``coarse_validation`` (validate-coarse); ``_config`` holds
 :class:`RunConfig` and ``_shared`` the steps they share.
 """
 
@@ -22,12 +22,13 @@ from ._config import (
 )
 from ._enhance import EnhanceResult, enhance
 from ._maps import DenseMaps, check_map_size, map_grid, map_spot_consistency, predict_maps
+from ._predict import predict
 from ._recovery import RecoveryResult, recovery
 from ._shared import StackedModel, sample_geometry, trust_summary
 from ._store import store_result
+from ._train import train
 from ._transfer import TransferResult, transfer, transfer_genes
 from .coarse_validation import CoarseValidationResult, coarse_sample, validate_coarse
-from .inference import predict, train
 
 __all__ = [
     "RunConfig",
