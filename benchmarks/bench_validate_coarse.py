@@ -7,6 +7,9 @@ averaged over each real spot's footprint is scored against the real spots (fair 
 the pseudo-spot's own value, kNN interpolation of the pseudo-spots (the better of k = 6 / 12),
 an image-only ridge and the nearest virtual spot; the noise ceiling of the real spots and the
 fraction of it each row reaches sit beside them. her2st C5 is reported on its own line.
+``--split-counts``: pseudo-spots from one binomial half of the counts, scored against the other
+(rows named '<section> split'); ``--merge`` adds scores introduced after a run from its saved
+``spots.h5ad`` / ``coarse.h5ad``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_validate_coarse.py --threads 1 --stride-um 32 \\
         --only her2st/C2 --seeds 1 --json c2_seed1.json
