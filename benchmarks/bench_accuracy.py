@@ -108,7 +108,7 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
 
     Every row is scored with ``metrics.spot_scores`` on the same hidden spots and genes as the
     better inverse-distance kNN (k=6/12) of the same split."""
-    from napari_trihrge.metrics import kmeans_ari
+    from napari_trihrge.metrics import kmeans_ari, noise_ceiling
     from napari_trihrge.model.stacking import RidgeHead
     from napari_trihrge.neighbours import idw_interpolate
     from napari_trihrge.pp import prepare_expression
@@ -133,9 +133,14 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
 
         labels = _annotation_labels(expr, str(annotation)).to_numpy()
 
+    split_ceiling: dict[str, float] = {}  # the noise ceiling of the current split's hidden spots
+
     def record(label: str, s: dict, m=None, ari=None, epochs=None) -> None:
         r = raw.setdefault(label, {})
         ratio = s["pcc_mean"] / s["baseline_knn_pcc_mean"]
+        if split_ceiling:
+            r.setdefault("ceiling", []).append(split_ceiling["pcc"])
+            r.setdefault("of_ceiling", []).append(s["pcc_mean"] / split_ceiling["pcc"])
         for key, v in (("pcc", s["pcc_mean"]), ("ratio", ratio),
                        ("diff", s["pcc_mean"] - s["baseline_knn_pcc_mean"]),
                        ("top100", s["pcc_top100"]), ("constant", s["n_genes_constant_prediction"]),
@@ -149,6 +154,8 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     for seed in seeds:
         hidden, visible = _holdout_split(len(y), 0.5, seed)
         yv, yh = y[visible], y[hidden]
+        split_ceiling["pcc"] = noise_ceiling(adata, genes, spots=expr.obs_names[hidden])[0][
+            "noise_ceiling_pcc_mean"]
         knn = {f"knn{k}": idw_interpolate(rc_um[visible], yv, rc_um[hidden], k)
                for k in BASELINE_KS}
         for k in BASELINE_KS:
@@ -196,6 +203,9 @@ def recovery_rows(name: str, raw: dict, paired_to: str | None = None) -> list[di
             row["constant genes"] = f"{np.mean(r['constant']):.0f}"
             row["genes > best kNN"] = f"{np.mean(r['better']):.0%}"
             row["MSE"] = f"{np.mean(r['mse']):.3f}"
+            if r.get("ceiling"):
+                row["noise ceiling"] = mean_sd(r["ceiling"])
+                row["of ceiling"] = mean_sd(r["of_ceiling"], 2)
             if ref is not None and len(ref) == len(r["pcc"]) and label != paired_to:
                 row[f"- {paired_to}"] = mean_sd(np.subtract(r["pcc"], ref), 4)
         if r.get("ari"):

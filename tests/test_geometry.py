@@ -180,3 +180,62 @@ def test_square_st_lattice_fit():
     ps = geometry.resolve_pixel_size(xy_px, "st", array_index=ij)
     assert ps.source == "lattice" and ps.um_per_px == pytest.approx(0.68)
     assert ps.spot_diameter_um == 100.0
+
+
+def _visium_lattice(extent_um=(1500.0, 1800.0)):
+    return geometry.hex_spot_lattice(extent_um)
+
+
+def test_lattice_indices_from_visium_array_indices_and_from_positions_agree():
+    from napari_trihrge.geometry import lattice_indices
+
+    rc, arr = _visium_lattice()
+    theta = np.radians(17.0)  # a rotated, shifted copy of the positions, no array indices
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    physical = np.linalg.norm(rc[:, None] - rc[None, :60], axis=2)
+    for idx in (lattice_indices(rc, "hex", array_index=arr),
+                lattice_indices(rc @ rot.T + 5000.0, "hex")):
+        assert len({tuple(v) for v in idx}) == len(rc)  # one lattice point per spot
+        d = idx[:, None] - idx[None, :60]
+        hex_steps = (np.abs(d[..., 0]) + np.abs(d[..., 1]) + np.abs(d.sum(axis=2))) // 2
+        # hex neighbours in index space are exactly the spots 100 um apart
+        np.testing.assert_array_equal(hex_steps == 1, np.isclose(physical, 100.0))
+        np.testing.assert_array_equal(hex_steps == 0, physical == 0)
+
+
+def test_hexagon_blocks_tile_the_visium_lattice():
+    from napari_trihrge.geometry import HEX_NEIGHBOURS, lattice_blocks, lattice_indices
+
+    rc, arr = _visium_lattice((3000.0, 3000.0))
+    idx = lattice_indices(rc, "hex", array_index=arr)
+    for size, full in ((2, 7), (3, 19)):
+        blocks, n_full = lattice_blocks(idx, "hex", size)
+        assert n_full == full
+        labels, counts = np.unique(blocks, axis=0, return_counts=True)
+        assert counts.max() == full and (counts == full).sum() >= 10  # interior blocks full
+        assert counts.sum() == len(rc)  # every spot in exactly one block
+    blocks, _ = lattice_blocks(idx, "hex", 2)
+    # a full 7-spot block is a spot and its six neighbours
+    labels, counts = np.unique(blocks, axis=0, return_counts=True)
+    members = np.flatnonzero((blocks == labels[np.argmax(counts)]).all(axis=1))
+    centre = members[np.argmin(np.linalg.norm(rc[members] - rc[members].mean(axis=0), axis=1))]
+    offsets = {tuple(v) for v in idx[members] - idx[centre]}
+    assert offsets == {(0, 0), *HEX_NEIGHBOURS}
+    assert np.linalg.norm(rc[members] - rc[centre], axis=1).max() == pytest.approx(100.0)
+
+
+def test_square_blocks_and_bad_sizes():
+    from napari_trihrge.geometry import lattice_blocks, lattice_indices
+
+    ij = np.array([(i, j) for i in range(10, 16) for j in range(3, 8)])
+    idx = lattice_indices(ij * 200.0, "square", array_index=ij)
+    np.testing.assert_array_equal(idx, ij)
+    blocks, n_full = lattice_blocks(idx, "square", 2)
+    assert n_full == 4
+    _, counts = np.unique(blocks, axis=0, return_counts=True)
+    assert counts.sum() == len(ij) and set(counts) == {2, 4}  # the odd column: half blocks
+    from_pos = lattice_indices(ij * 200.0 + 33.0, "square")  # no array indices
+    steps = np.abs(from_pos[:, None] - from_pos[None]).sum(axis=2)
+    np.testing.assert_array_equal(steps == 1, np.abs(ij[:, None] - ij[None]).sum(axis=2) == 1)
+    with pytest.raises(TrihrgeInputError, match="at least 2"):
+        lattice_blocks(idx, "square", 1)

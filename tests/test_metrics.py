@@ -118,3 +118,79 @@ def test_idw_exclude_index_leaves_out_the_given_source():
     np.testing.assert_allclose(out, [[2.0], [3.0]])  # nearest remaining source
     out2 = idw_interpolate(src, vals, dst, k=2, exclude_index=np.array([2, 0]))
     assert out2[0, 0] < 1.5 and out2[1, 0] > 2.0  # excluded source not among the nearest: ignored
+
+
+def _poisson_counts(n_spots: int = 400, seed: int = 0):
+    """Raw counts of four genes plus a large background: 'signal' follows a spatial factor at a
+    high depth, 'shallow' the same factor at a low depth, 'flat' has one rate everywhere (pure
+    counting noise), 'absent' is never detected."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    factor = np.exp(rng.normal(size=n_spots))
+    rates = np.stack([200 * factor, 0.5 * factor, np.full(n_spots, 20.0), np.zeros(n_spots),
+                      np.full(n_spots, 5000.0)], axis=1)
+    x = rng.poisson(rates).astype(np.float32)
+    return ad.AnnData(X=x, var=pd.DataFrame(index=["signal", "shallow", "flat", "absent",
+                                                   "background"]))
+
+
+def test_noise_ceiling_orders_genes_by_how_well_they_are_measured():
+    from napari_trihrge.metrics import noise_ceiling
+
+    adata = _poisson_counts()
+    genes = ["signal", "shallow", "flat", "absent"]
+    summary, ceiling = noise_ceiling(adata, genes)
+    assert ceiling["signal"] > 0.95  # deep and structured: nearly perfectly measured
+    assert 0.2 < ceiling["shallow"] < ceiling["signal"] - 0.2  # the same factor, few counts
+    assert ceiling["flat"] < 0.35  # counting noise only (a small r may stay above 0)
+    assert np.isnan(ceiling["absent"])  # does not vary: not scored, as in spot_scores
+    assert summary["noise_ceiling_n_genes"] == 3
+    expected = np.mean([ceiling["signal"], ceiling["shallow"], ceiling["flat"]])
+    assert summary["noise_ceiling_pcc_mean"] == pytest.approx(expected)
+    again, _ = noise_ceiling(adata, genes)  # fixed seed: one ceiling per sample
+    assert again == summary
+    other, _ = noise_ceiling(adata, genes, seed=5)
+    assert other["noise_ceiling_pcc_mean"] != summary["noise_ceiling_pcc_mean"]
+    sub, _ = noise_ceiling(adata, genes, spots=np.arange(100))
+    assert sub["noise_ceiling_pcc_mean"] != summary["noise_ceiling_pcc_mean"]
+
+
+def test_noise_ceiling_is_spearman_brown_of_the_split_halves():
+    """Against a direct computation: split with the same generator, log-normalise each half over
+    every gene, correlate, correct to full depth and take the root."""
+    from napari_trihrge.metrics import NOISE_CEILING_SEED, noise_ceiling
+
+    adata = _poisson_counts(seed=3)
+    x = adata.X.astype(np.int64)
+    # the same draw order as the function: the stored (non-zero) counts, row-major
+    rows, cols = np.nonzero(x)
+    half = np.zeros_like(x)
+    half[rows, cols] = np.random.default_rng(NOISE_CEILING_SEED).binomial(x[rows, cols], 0.5)
+
+    def log_norm(c):
+        return np.log1p(c / c.sum(axis=1, keepdims=True) * 1e4)
+
+    r = per_gene_pcc(log_norm(half)[:, :2], log_norm(x - half)[:, :2])
+    expected = np.sqrt(2 * r / (1 + r))
+    _, ceiling = noise_ceiling(adata, ["signal", "shallow"])
+    np.testing.assert_allclose(ceiling.to_numpy(), expected, rtol=1e-6)
+
+
+def test_noise_ceiling_needs_whole_counts_and_sits_beside_the_scores():
+    from napari_trihrge.metrics import add_noise_ceiling, noise_ceiling
+
+    adata = _poisson_counts()
+    logged = adata.copy()
+    logged.X = np.log1p(logged.X)
+    summary, ceiling = noise_ceiling(logged, ["signal"])
+    assert np.isnan(summary["noise_ceiling_pcc_mean"]) and "raw counts" in \
+        summary["noise_ceiling_note"]
+    truth = np.log1p(adata.X[:, :3] / adata.X.sum(axis=1, keepdims=True) * 1e4)
+    pred = truth + np.random.default_rng(1).normal(size=truth.shape)
+    scores, table = spot_scores(pred, truth, ["signal", "shallow", "flat"])
+    add_noise_ceiling(scores, table, adata)
+    assert scores["fraction_of_ceiling"] == pytest.approx(
+        scores["pcc_mean"] / scores["noise_ceiling_pcc_mean"])
+    assert table.loc["signal", "noise_ceiling"] > table.loc["flat", "noise_ceiling"]

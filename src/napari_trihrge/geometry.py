@@ -430,6 +430,89 @@ def virtual_spot_grid(rc_um: np.ndarray, factor: int, lattice: Lattice | None = 
     return points, parent
 
 
+#: the six neighbours of a hexagonal lattice point in axial coordinates (:func:`lattice_indices`)
+HEX_NEIGHBOURS = ((1, 0), (0, 1), (-1, 1), (-1, 0), (0, -1), (1, -1))
+
+
+def lattice_indices(rc_um: np.ndarray, kind: str, *, array_index: np.ndarray | None = None,
+                    lattice: Lattice | None = None) -> np.ndarray:
+    """Integer coordinates of every spot on its lattice, (n, 2).
+
+    'hex': axial coordinates (q, r), the six neighbours of a spot at :data:`HEX_NEIGHBOURS`;
+    'square': (i, j), neighbours one step apart. From the platform's array indices when given
+    (Visium ``array_row`` / ``array_col``, whose row neighbours are two columns apart: r = row,
+    q = (col - row) / 2; legacy ST ``x`` / ``y`` as they are), else from the positions: the
+    basis of :func:`detect_lattice` (or ``lattice``), refined by a least-squares fit of the
+    positions on the rounded coordinates so that it does not drift across a large section.
+    """
+    if kind not in ("hex", "square"):
+        raise TrihrgeInputError(f"unknown lattice kind {kind!r}", "use 'hex' or 'square'")
+    if array_index is not None:
+        idx = np.asarray(array_index, dtype=np.float64)
+        if np.all(np.isfinite(idx)) and np.allclose(idx, np.round(idx)):
+            idx = np.round(idx).astype(np.int64)
+            if kind == "square":
+                return idx
+            row, col = idx[:, 0], idx[:, 1]
+            if np.all((col - row) % 2 == 0):
+                return np.stack([(col - row) // 2, row], axis=1)
+    rc_um = np.asarray(rc_um, dtype=np.float64)
+    lattice = lattice or detect_lattice(rc_um, kind=kind)
+    basis, origin = np.asarray(lattice.basis_rc_um, dtype=np.float64), rc_um[0]
+    for _ in range(3):
+        idx = np.round((rc_um - origin) @ np.linalg.inv(basis)).astype(np.int64)
+        design = np.column_stack([idx, np.ones(len(idx))])
+        if np.linalg.matrix_rank(design) < 3:
+            break
+        coef, *_ = np.linalg.lstsq(design, rc_um, rcond=None)
+        basis, origin = coef[:2], coef[2]
+    return np.round((rc_um - origin) @ np.linalg.inv(basis)).astype(np.int64)
+
+
+def _hex_distance(dq: np.ndarray, dr: np.ndarray) -> np.ndarray:
+    return (np.abs(dq) + np.abs(dr) + np.abs(dq + dr)) // 2
+
+
+#: the block size of coarse pseudo-spots (:func:`lattice_blocks`): 7-spot hexagons, 2 x 2 blocks
+DEFAULT_BLOCK_SIZE = 2
+
+
+def lattice_blocks(indices: np.ndarray, kind: str, size: int = DEFAULT_BLOCK_SIZE
+                   ) -> tuple[np.ndarray, int]:
+    """Tile a spot lattice into blocks that cover it without gaps or overlaps.
+
+    ``indices``: :func:`lattice_indices`. 'square': blocks of ``size`` x ``size`` spots;
+    'hex': hexagons of ``size - 1`` rings around a centre spot (``size`` 2: a spot and its six
+    neighbours, 7 spots; 3: 19; 4: 37), which tile the hexagonal lattice. Returns each spot's
+    block as integer block coordinates (n, 2) and the number of spots in a full block.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    size = int(size)
+    if size < 2:
+        raise TrihrgeInputError(f"the block size must be at least 2, got {size}",
+                                "use --factor 2 (the default) or larger")
+    if kind == "square":
+        return np.floor_divide(idx, size), size * size
+    if kind != "hex":
+        raise TrihrgeInputError(f"unknown lattice kind {kind!r}", "use 'hex' or 'square'")
+    n = size - 1
+    # centres of the hexagons of radius n: the sublattice spanned by u and u turned by 60 deg
+    basis = np.array([[n + 1, n], [-n, 2 * n + 1]], dtype=np.float64)
+    ab = idx @ np.linalg.inv(basis)
+    best = np.full(len(idx), np.iinfo(np.int64).max)
+    block = np.zeros_like(idx)
+    for da in (-1, 0, 1):
+        for db in (-1, 0, 1):
+            cand = np.rint(ab).astype(np.int64) + np.array([da, db])
+            centre = cand @ basis.astype(np.int64)
+            dist = _hex_distance(idx[:, 0] - centre[:, 0], idx[:, 1] - centre[:, 1])
+            closer = dist < best
+            best[closer], block[closer] = dist[closer], cand[closer]
+    if np.any(best > n):  # cannot happen for a tiling; a guard against a wrong basis
+        raise RuntimeError("hexagon tiling failed")
+    return block, 3 * n * (n + 1) + 1
+
+
 def hex_spot_lattice(extent_rc_um: tuple[float, float], *,
                      spacing_um: float = DEFAULT_SPOT_SPACING_UM,
                      margin_um: float = DEFAULT_SPOT_DIAMETER_UM
@@ -529,6 +612,12 @@ __all__ = [
     "spot_spacing_um",
     "detect_lattice",
     "virtual_spot_grid",
+    "HEX_NEIGHBOURS",
+    "lattice_indices",
+    "lattice_blocks",
+    "DEFAULT_BLOCK_SIZE",
+
+
     "hex_spot_lattice",
     "disk_offsets_um",
     "DenseGrid",

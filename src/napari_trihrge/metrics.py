@@ -38,6 +38,14 @@ def fair_pcc(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r
 
 
+def scored_genes(true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The genes the fair score averages (those that vary in ``true``, bool) and the indices of
+    the :data:`TOP_GENES` of them with the highest mean measured expression."""
+    varies = np.ptp(true, axis=0) > 0
+    order = np.argsort(-np.where(varies, true.mean(axis=0), -np.inf), kind="stable")
+    return varies, order[:min(TOP_GENES, int(varies.sum()))]
+
+
 def spot_scores(pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
                 baselines: Mapping[str, np.ndarray] | None = None
                 ) -> tuple[dict, pd.DataFrame]:
@@ -59,10 +67,8 @@ def spot_scores(pred: np.ndarray, true: np.ndarray, genes: Sequence[str],
     true = np.asarray(true, dtype=np.float64)
     if pred.shape != true.shape:
         raise ValueError(f"prediction {pred.shape} and truth {true.shape} differ in shape")
-    varies = np.ptp(true, axis=0) > 0
+    varies, top = scored_genes(true)
     mean_measured = true.mean(axis=0)
-    order = np.argsort(-np.where(varies, mean_measured, -np.inf), kind="stable")
-    top = order[:min(TOP_GENES, int(varies.sum()))]
 
     def score(p: np.ndarray) -> tuple[np.ndarray, dict]:
         r = fair_pcc(p, true)
@@ -135,6 +141,95 @@ def gene_trust(table: pd.DataFrame) -> pd.DataFrame:
                         index=table.index)
 
 
+def split_counts(counts, *, seed: int, fraction: float = 0.5):
+    """Binomial count splitting (data thinning): each count ``n`` of ``counts`` (whole numbers,
+    sparse or dense) becomes ``Binomial(n, fraction)`` and ``n`` minus that; with Poisson
+    counts the two parts are independent measurements of the same spots. Returns the two parts
+    as CSR float64 matrices (the draws follow the stored values row by row, ``seed`` fixed)."""
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    part = counts.copy()
+    part.data = np.random.default_rng(seed).binomial(
+        np.round(counts.data).astype(np.int64), fraction).astype(np.float64)
+    return part, counts - part
+
+
+#: seed of the binomial count split of :func:`noise_ceiling` (fixed: a sample has one ceiling)
+NOISE_CEILING_SEED = 0
+
+
+def noise_ceiling(adata, genes: Sequence[str], *, spots=None, seed: int = NOISE_CEILING_SEED,
+                  target_sum: float = 1e4) -> tuple[dict, pd.Series]:
+    """The noise ceiling: the best fair per-gene PCC any predictor could reach against these
+    measured spots, given the counting noise of the measurement alone.
+
+    Each spot's raw counts (``adata.X``, every gene; ``spots`` selects rows) are split
+    binomially into two independent halves (count splitting / data thinning, p = 0.5, fixed
+    ``seed``); each half is log-normalised as recovery does (``normalize_total`` to
+    ``target_sum`` over all genes, ``log1p``; :func:`napari_trihrge.pp.log_normalised`). Per
+    gene, the PCC ``r`` of the two halves over the spots is corrected to full depth with
+    Spearman-Brown (``2r / (1 + r)``, the reliability of the measurement) and its square root is
+    the gene's ceiling (0 where ``r <= 0`` or a half is constant). The means are over the genes
+    :func:`spot_scores` averages (those that vary among the spots at full depth); other genes
+    get NaN.
+
+    Returns the summary (``noise_ceiling_pcc_mean``, ``noise_ceiling_pcc_top100``,
+    ``noise_ceiling_pcc_median``, ``noise_ceiling_n_genes``, ``noise_ceiling_seed``) and the
+    per-gene ceiling. Counts that are not whole numbers cannot be split: the values are then
+    NaN and ``noise_ceiling_note`` says why.
+    """
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    from .pp import log_normalised
+
+    genes = list(genes)
+    sub = adata if spots is None else adata[spots]
+    counts = sp.csr_matrix(sub.X, dtype=np.float64)
+    nan = float("nan")
+    summary: dict = {"noise_ceiling_seed": int(seed)}
+    if counts.nnz and (np.any(counts.data < 0) or not np.allclose(counts.data,
+                                                                  np.round(counts.data))):
+        summary.update({"noise_ceiling_pcc_mean": nan, "noise_ceiling_pcc_top100": nan,
+                        "noise_ceiling_pcc_median": nan, "noise_ceiling_n_genes": 0,
+                        "noise_ceiling_note": "X does not hold raw counts (whole numbers)"})
+        return summary, pd.Series(nan, index=pd.Index(genes, name="gene"), name="noise_ceiling")
+    halves = split_counts(counts, seed=seed)
+
+    def log_norm(x) -> np.ndarray:
+        tmp = AnnData(X=sp.csr_matrix(x), var=pd.DataFrame(index=sub.var_names))
+        values = log_normalised(tmp, target_sum=target_sum, genes=genes)
+        return np.asarray(values.toarray() if sp.issparse(values) else values)
+
+    varies, top = scored_genes(log_norm(counts))
+    r = per_gene_pcc(log_norm(halves[0]), log_norm(halves[1]))
+    r = np.where(np.isfinite(r) & (r > 0), r, 0.0)
+    ceiling = np.sqrt(2.0 * r / (1.0 + r))
+    ceiling[~varies] = np.nan
+    summary.update({
+        "noise_ceiling_pcc_mean": float(ceiling[varies].mean()) if varies.any() else nan,
+        "noise_ceiling_pcc_top100": float(ceiling[top].mean()) if len(top) else nan,
+        "noise_ceiling_pcc_median": float(np.median(ceiling[varies])) if varies.any() else nan,
+        "noise_ceiling_n_genes": int(varies.sum()),
+    })
+    return summary, pd.Series(ceiling, index=pd.Index(genes, name="gene"), name="noise_ceiling")
+
+
+def add_noise_ceiling(summary: dict, table: pd.DataFrame, adata, *, spots=None) -> None:
+    """Put the :func:`noise_ceiling` of the measured spots beside a :func:`spot_scores` result
+    (in place): its summary keys, ``fraction_of_ceiling`` (``pcc_mean`` over
+    ``noise_ceiling_pcc_mean``) in ``summary`` and the per-gene ``noise_ceiling`` column in
+    ``table``. ``adata`` holds the raw counts of every gene; ``spots`` the rows scored, in the
+    order of the scores."""
+    ceiling, per_gene = noise_ceiling(adata, list(table.index), spots=spots)
+    summary.update(ceiling)
+    top = ceiling["noise_ceiling_pcc_mean"]
+    summary["fraction_of_ceiling"] = (float(summary["pcc_mean"] / top)
+                                      if np.isfinite(top) and top > 0 else float("nan"))
+    table["noise_ceiling"] = per_gene.reindex(table.index).to_numpy()
+
+
 def kmeans_ari(expression: np.ndarray, labels: Sequence, *, n_pcs: int = 15, seed: int = 0) -> float:
     """ARI between k-means clusters of the expression (k = number of labels, fixed seed, on the
     first ``n_pcs`` principal components) and the labels. Spots with missing labels are ignored."""
@@ -194,6 +289,11 @@ __all__ = [
     "fair_pcc",
     "spot_scores",
     "best_baseline",
+    "scored_genes",
+    "NOISE_CEILING_SEED",
+    "split_counts",
+    "noise_ceiling",
+    "add_noise_ceiling",
     "kmeans_ari",
     "minmax_per_gene",
     "map_scores",

@@ -41,6 +41,17 @@ def test_recovery_scores_hidden_spots_only(synthetic):
     gene = res.per_gene["pcc"].dropna().index[0]
     assert synthetic.var.loc[gene, "trihrge_recovery_pcc"] == pytest.approx(
         res.per_gene.loc[gene, "pcc"])
+    # the noise ceiling of the hidden spots sits beside the score, on the same genes
+    from napari_trihrge.metrics import noise_ceiling
+
+    ceiling, per_gene = noise_ceiling(synthetic, list(res.predictions.var_names),
+                                      spots=synthetic.obs_names[hidden])
+    assert m["noise_ceiling_pcc_mean"] == pytest.approx(ceiling["noise_ceiling_pcc_mean"])
+    assert m["noise_ceiling_n_genes"] == m["n_genes_scored"]
+    assert m["fraction_of_ceiling"] == pytest.approx(m["pcc_mean"] / m["noise_ceiling_pcc_mean"])
+    assert m["pcc_mean"] < m["noise_ceiling_pcc_mean"]
+    np.testing.assert_allclose(res.per_gene["noise_ceiling"].to_numpy(),
+                               per_gene.reindex(res.per_gene.index).to_numpy())
 
 
 def test_recovery_never_sees_the_hidden_expression(synthetic):
@@ -149,6 +160,10 @@ def test_enhance_measures_per_gene_trust_on_a_held_out_split(synthetic):
     assert "kNN" in trust["baseline"] and "model" in trust
     assert res.metrics["trust"]["n_genes_beating_interpolation"] == var["beats_interpolation"].sum()
     assert "trust" in res.timings_s
+    # the noise ceiling of the held-out spots sits beside the held-out score
+    t = res.metrics["trust"]
+    assert t["pcc_mean"] < t["noise_ceiling_pcc_mean"] <= 1.0 and "noise_ceiling" in res.trust
+    assert t["fraction_of_ceiling"] == pytest.approx(t["pcc_mean"] / t["noise_ceiling_pcc_mean"])
     # the trust model is not among the models the run saves (the final blend: one network per fold)
     assert len(res.fits) == res.config["stacking_folds"]
     # the trust columns describe the blend; its candidates were scored on the same genes

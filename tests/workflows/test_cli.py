@@ -185,6 +185,10 @@ def test_recovery_end_to_end(capsys, sample_h5ad, tmp_path):
         summary["n_spots"]
     assert "Recovery (50% hidden" in text and "best kNN interpolation" in text
     assert "predicted as a constant" in text
+    assert "noise ceiling" in text and "of it reached" in text
+    assert 0 < rec["pcc_mean"] / rec["noise_ceiling_pcc_mean"] == \
+        pytest.approx(rec["fraction_of_ceiling"])
+    assert "noise_ceiling" in pd.read_csv(out / "recovery_genes.csv").columns
     assert rec["baseline_knn_pcc_mean"] == max(rec["baseline_knn6_pcc_mean"],
                                                rec["baseline_knn12_pcc_mean"])
     assert summary["trust"]["n_genes_beating_interpolation"] == \
@@ -477,3 +481,54 @@ def test_missing_annotation_is_refused_before_training(capsys, sample_h5ad, tmp_
                                    str(tmp_path / "labels.tsv"), "--out", str(tmp_path / "o"),
                                    "--quiet"])
     assert "labels.tsv: neither a file nor a column" in err and not (tmp_path / "o").exists()
+
+
+def test_validate_coarse_end_to_end(capsys, tmp_path):
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.outputs import write_h5ad
+
+    sample = write_h5ad(synthetic_sample(seed=4, n_genes=60), tmp_path / "section.h5ad")
+    out = tmp_path / "coarse"
+    code = cli.main(["validate-coarse", str(sample), "--genes", "30", "--max-epochs", "3",
+                     "--stride-um", "48", "--split-counts", "--device", "cpu", "--out", str(out),
+                     "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    scores = summary["validate_coarse"]
+    assert "Coarse-to-fine check" in text and "noise ceiling" in text
+    assert f"{scores['x_better_simple']:.2f}x the better" in text
+    coarse = ad.read_h5ad(out / "coarse.h5ad")
+    spots = ad.read_h5ad(out / "spots.h5ad")
+    source = ad.read_h5ad(sample)
+    # the pseudo-spots hold the summed raw counts of every gene of the input: with
+    # --split-counts, of one binomial half (the other half is what they are scored against)
+    assert list(coarse.var_names) == list(source.var_names) and scores["split_counts"]
+    assert 0.45 < coarse.layers["counts"].sum() / source[spots.obs_names].X.sum() < 0.55
+    from napari_trihrge.metrics import split_counts
+    from napari_trihrge.pp import normalize_log1p
+
+    _, held = split_counts(source.X, seed=0)  # the other half (RunConfig's seed)
+    held = ad.AnnData(X=held, obs=source.obs[[]], var=source.var[[]])
+    np.testing.assert_allclose(spots.layers["measured"], normalize_log1p(
+        held[spots.obs_names], genes=list(spots.var_names)), rtol=1e-5)
+    assert set(spots.obs["coarse_id"]) <= set(coarse.obs_names)
+    assert set(spots.obs_names) <= set(source.obs_names)
+    assert {"measured", "pseudo_spot", "pseudo_spot_others", "knn6", "knn12", "ridge_image",
+            "nearest_virtual"} <= set(spots.layers)
+    assert scores["n_spots_scored"] == spots.n_obs and scores["n_pseudo_spots"] == coarse.n_obs
+    assert 0 < scores["fraction_of_ceiling"] == pytest.approx(
+        scores["pcc_mean"] / scores["noise_ceiling_pcc_mean"])
+    genes = pd.read_csv(out / "validate_coarse_genes.csv", index_col=0)
+    assert {"pcc", "pcc_pseudo_spot", "pcc_nearest_virtual", "noise_ceiling"} <= set(genes)
+    assert (out / "maps.ome.zarr").is_dir()
+
+
+def test_validate_coarse_refuses_a_factor_leaving_too_few_pseudo_spots(capsys, tmp_path,
+                                                                        sample_h5ad):
+    out = tmp_path / "coarse"
+    code = cli.main(["validate-coarse", str(sample_h5ad), "--factor", "4", "--out", str(out),
+                     "--quiet"])
+    assert code == 2
+    assert "pseudo-spots" in capsys.readouterr().err
+    assert not out.exists()

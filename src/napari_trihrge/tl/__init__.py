@@ -6,8 +6,8 @@ full-resolution pixels), return result objects holding AnnData and, in the scanp
 record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
 :func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
 ``_maps``), ``_train``, ``_predict`` (both also under ``inference``, with the model's description
-in ``_model_io``), ``hd_validation``; ``_config`` holds :class:`RunConfig` and ``_shared`` the
-steps they share.
+in ``_model_io``), ``hd_validation``, ``coarse_validation`` (validate-coarse); ``_config`` holds
+:class:`RunConfig` and ``_shared`` the steps they share.
 """
 
 from ._config import (
@@ -28,6 +28,7 @@ from ._shared import StackedModel, sample_geometry, trust_summary
 from ._store import store_result
 from ._train import train
 from ._transfer import TransferResult, transfer, transfer_genes
+from .coarse_validation import CoarseValidationResult, coarse_sample, validate_coarse
 
 __all__ = [
     "RunConfig",
@@ -42,12 +43,15 @@ __all__ = [
     "RecoveryResult",
     "TransferResult",
     "EnhanceResult",
+    "CoarseValidationResult",
     "DenseMaps",
     "recovery",
     "transfer",
     "enhance",
     "train",
     "predict",
+    "validate_coarse",
+    "coarse_sample",
     "transfer_genes",
     "sample_geometry",
     "model_preset",

@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from .. import geometry
 from ..errors import TrihrgeInputError
-from ..metrics import TRUST_COLUMNS
+from ..metrics import TRUST_COLUMNS, add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import TRUST_HOLDOUT_FRACTION, RunConfig, validate_config
@@ -222,6 +222,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         with timer("trust"):
             trust_metrics, trust_table = _enhance_trust(cfg, feats, y, rc_um, nb is not None, sub,
                                                         offs, split, genes, progress)
+            add_noise_ceiling(trust_metrics, trust_table, adata, spots=expr.obs_names[split[0]])
     stacked = None
     with timer("training"):
         if cfg.stacking:

@@ -358,12 +358,11 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
 FACTOR_BLOCK_LOCATIONS = 16384
 
 
-def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
-                         spot_diameter_um: float) -> dict[str, float]:
-    """How well the dense map, averaged over each measured spot's disk, reproduces the measured
-    spots: mean per-gene PCC (and MSE) between the two, over the spots the map covers."""
-    from ..metrics import per_gene_pcc
-
+def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The dense map averaged over each spot's disk (``spot_diameter_um`` at ``rc_um``): the
+    means (spots, genes; NaN for a spot whose disk holds no map pixel inside the map's mask)
+    and, per spot, the share of its disk's pixels that lie inside the mask."""
     offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)
     idx = np.rint((rc_um[:, None, :] + offs[None] - maps.origin_rc_um) / maps.stride_um).astype(int)
     n_rows, n_cols = maps.mask.shape
@@ -371,11 +370,10 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
               & (idx[..., 1] < n_cols))
     idx = np.clip(idx, 0, [n_rows - 1, n_cols - 1])
     valid = inside & maps.mask[idx[..., 0], idx[..., 1]]
-    covered = valid.mean(axis=1) >= 0.5
-    if covered.sum() < 3:
-        return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
-    agg = np.zeros((int(covered.sum()), len(maps.gene_names)), dtype=np.float64)
-    rows, cols, ok = idx[covered, :, 0], idx[covered, :, 1], valid[covered]
+    n_valid = valid.sum(axis=1)
+    means = np.full((len(rc_um), len(maps.gene_names)), np.nan, dtype=np.float64)
+    some = n_valid > 0
+    rows, cols, ok = idx[some, :, 0], idx[some, :, 1], valid[some]
     values_at = getattr(maps, "values_at", None)  # factorised maps: only these pixels
     for g0 in range(0, len(maps.gene_names), 64):
         if values_at is not None:
@@ -383,7 +381,21 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
         else:
             vals = np.asarray(maps.values[g0:g0 + 64])[:, rows, cols]  # (g, spots, k)
         vals = np.where(ok[None], vals, 0.0)
-        agg[:, g0:g0 + 64] = (vals.sum(axis=2) / ok.sum(axis=1)[None]).T
+        means[some, g0:g0 + 64] = (vals.sum(axis=2) / n_valid[some][None]).T
+    return means, valid.mean(axis=1)
+
+
+def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
+                         spot_diameter_um: float) -> dict[str, float]:
+    """How well the dense map, averaged over each measured spot's disk, reproduces the measured
+    spots: mean per-gene PCC (and MSE) between the two, over the spots the map covers."""
+    from ..metrics import per_gene_pcc
+
+    means, coverage = map_footprint_means(maps, rc_um, spot_diameter_um)
+    covered = coverage >= 0.5
+    if covered.sum() < 3:
+        return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
+    agg = means[covered]
     pcc = per_gene_pcc(agg, y[covered])
     return {"pcc_mean": float(np.nanmean(pcc)), "mse": float(((agg - y[covered]) ** 2).mean()),
             "n_spots": int(covered.sum())}

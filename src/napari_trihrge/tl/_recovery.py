@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..metrics import add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import RunConfig, validate_config
@@ -46,7 +47,9 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
              config: RunConfig | None = None, progress: Progress | None = None,
              key_added: str | None = None) -> RecoveryResult:
     """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
-    hidden ones and score them (hidden spots only) next to the image-free kNN baseline.
+    hidden ones and score them (hidden spots only) next to the image-free kNN baseline and the
+    noise ceiling of the hidden spots (:func:`napari_trihrge.metrics.noise_ceiling`:
+    ``noise_ceiling_pcc_mean``, ``fraction_of_ceiling``; per gene ``noise_ceiling``).
 
     With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
     (:mod:`napari_trihrge.model.stacking`), weighted on out-of-fold predictions of the training spots;
@@ -96,6 +99,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     genes = list(expr.var_names)
     others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
     scores, per_gene, baseline = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
+    # the best score the measurement noise allows on these spots and genes, beside the score
+    add_noise_ceiling(scores, per_gene, adata, spots=expr.obs_names[hidden])
     metrics: dict[str, Any] = {
         "heldout_fraction": float(holdout_fraction), "seed": int(seed),
         "n_hidden": int(len(hidden)), "n_visible": int(len(visible)), **scores,

@@ -404,7 +404,8 @@ def trust_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     metrics (:func:`recovery`'s, or an enhance run's internal split)."""
     keys = ("heldout_fraction", "n_hidden", "n_visible", "n_genes_scored",
             "n_genes_beating_interpolation", "n_genes_constant_prediction", "pcc_mean",
-            "baseline_knn_pcc_mean", "baseline_knn_k")
+            "baseline_knn_pcc_mean", "baseline_knn_k", "noise_ceiling_pcc_mean",
+            "fraction_of_ceiling")
     return {k: metrics[k] for k in keys if k in metrics}
 
 

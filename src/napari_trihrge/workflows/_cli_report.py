@@ -10,8 +10,40 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def ceiling_text(scores: dict) -> str:
+    """The noise ceiling beside a score: the best mean PCC the measurement noise allows and
+    the fraction of it reached."""
+    frac = scores.get("fraction_of_ceiling")
+    reached = "n/a" if frac is None or frac != frac else f"{frac:.0%}"
+    return (f"{fmt(scores.get('noise_ceiling_pcc_mean'))} (the best mean PCC the counting "
+            f"noise allows; {reached} of it reached)")
+
+
+def _print_coarse(c: dict) -> None:
+    """The validate-coarse scores: the map against what a user had without it."""
+    print(f"Coarse-to-fine check ({c['n_pseudo_spots']} pseudo-spots of up to "
+          f"{c['spots_per_pseudo_spot']} spots enhanced with a {c['stride_um']:g} um map; scored "
+          f"on the {c['n_spots_scored']} measured spots and the {c['n_genes_scored']} genes that "
+          "vary among them, a constant counting as PCC 0):")
+    print(f"  map averaged over each spot: mean PCC {fmt(c['pcc_mean'])}; nearest virtual spot "
+          f"{fmt(c['nearest_virtual_pcc_mean'])}")
+    print(f"  pseudo-spot value {fmt(c['baseline_pseudo_spot_pcc_mean'])} (without the spot's "
+          f"own counts {fmt(c.get('baseline_pseudo_spot_others_pcc_mean'))}), interpolated "
+          f"pseudo-spots (k={c['baseline_knn_k']}) {fmt(c['baseline_knn_pcc_mean'])}, "
+          f"image-only ridge {fmt(c.get('baseline_ridge_image_pcc_mean'))}; the map is "
+          f"{c['x_better_simple']:.2f}x the better of pseudo-spot value and interpolation")
+    print(f"  noise ceiling {ceiling_text(c)}")
+    for cls, row in c.get("by_gene_class", {}).items():
+        if cls != "all" and row.get("n_genes"):
+            print(f"  {cls} ({row['n_genes']} genes): map {fmt(row.get('map'))}, pseudo-spot "
+                  f"{fmt(row.get('pseudo_spot'))}, kNN k={c['baseline_knn_k']} "
+                  f"{fmt(row.get(c['baseline_knn_method']))}, ceiling "
+                  f"{fmt(row.get('noise_ceiling'))}")
+
+
 def print_run_summary(summary: dict, out: Path) -> None:
-    """The summary of a demo, recovery, enhance or validate-hd run folder ``out``."""
+    """The summary of a demo, recovery, enhance, validate-hd or validate-coarse run folder
+    ``out``."""
     print(f"\nSample {summary.get('sample')}: {summary.get('n_spots')} spots, "
           f"{summary.get('n_genes')} genes, encoder {summary.get('encoder')}, "
           f"device {summary.get('device')}")
@@ -23,6 +55,8 @@ def print_run_summary(summary: dict, out: Path) -> None:
         print(f"  mean PCC {fmt(rec['pcc_mean'])} vs best kNN interpolation (k="
               f"{rec['baseline_knn_k']}) {fmt(rec['baseline_knn_pcc_mean'])}; 100 most expressed "
               f"genes {fmt(rec['pcc_top100'])} vs {fmt(rec['baseline_knn_pcc_top100'])}")
+        if rec.get("noise_ceiling_pcc_mean") is not None:
+            print(f"  noise ceiling {ceiling_text(rec)}")
         line = (f"  {rec['fraction_genes_better_than_baseline']:.0%} of genes better than kNN, "
                 f"{rec['n_genes_constant_prediction']} predicted as a constant; "
                 f"MSE {fmt(rec['mse'])} (kNN {fmt(rec['baseline_knn_mse'])})")
@@ -38,6 +72,8 @@ def print_run_summary(summary: dict, out: Path) -> None:
         print(f"  {trust['n_genes_beating_interpolation']} of {trust['n_genes_scored']} genes beat "
               f"kNN interpolation (var['beats_interpolation']), "
               f"{trust['n_genes_constant_prediction']} predicted as a constant")
+        if trust.get("noise_ceiling_pcc_mean") is not None:
+            print(f"  noise ceiling of the held-out spots {ceiling_text(trust)}")
     elif "enhance" in summary:
         print("Per-gene trust: not measured (--no-trust); the outputs do not say which genes "
               "beat interpolation")
@@ -54,6 +90,9 @@ def print_run_summary(summary: dict, out: Path) -> None:
               f"{fmt(hd['baseline_interp_pcc_mean'])}), SSIM {fmt(hd['ssim_mean'])} "
               f"({fmt(hd['baseline_interp_ssim_mean'])}), RMSE {fmt(hd['rmse'])} "
               f"({fmt(hd['baseline_interp_rmse'])})")
+    coarse = summary.get("validate_coarse")
+    if coarse:
+        _print_coarse(coarse)
     cons = summary.get("consistency")
     if cons:
         print(f"Map averaged over each spot vs the measured spot: PCC {fmt(cons['pcc_mean'])}")

@@ -189,6 +189,39 @@ def _run_validate_hd(args: argparse.Namespace, progress: TqdmProgress) -> int:
     return 0
 
 
+def _validate_coarse_args(p: argparse.ArgumentParser) -> None:
+    from ..tl.coarse_validation import DEFAULT_STRIDE_UM, validate_coarse
+
+    opt.add_input_args(p)
+    factor = opt.keyword_default(validate_coarse, "factor")
+    p.add_argument("--factor", type=opt.whole_number, default=factor,
+                   help=f"block size of the pseudo-spots (default {factor}: 7-spot hexagons on "
+                   "Visium, 2 x 2 spots on legacy ST; 3: 19-spot hexagons or 3 x 3)")
+    p.add_argument("--stride-um", type=opt.positive_number, default=DEFAULT_STRIDE_UM,
+                   metavar="UM", help="pixel size of enhance's map in micrometres (default "
+                   f"{DEFAULT_STRIDE_UM:g})")
+    p.add_argument("--annotation", default=None, metavar="FILE",
+                   help="barcode -> label file (or an obs column name: layers, tumour / "
+                   "stroma): the scores are also given for each label's marker genes")
+    p.add_argument("--split-counts", action="store_true",
+                   help="split each spot's counts in two random halves: pseudo-spots from one, "
+                   "scored against the other (a pseudo-spot otherwise holds the counting noise "
+                   "of the spot it is scored against)")
+    opt.add_run_args(p)
+
+
+def _run_validate_coarse(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from .coarse_run import run_validate_coarse
+
+    cfg, adata, out = opt.prepare_sample_run(args)
+    summary = run_validate_coarse(adata, out, factor=args.factor, stride_um=args.stride_um,
+                                  config=cfg, progress=progress, overwrite=args.overwrite,
+                                  annotation=args.annotation, split_counts=args.split_counts)
+    progress.close()
+    print_run_summary(summary, Path(out))
+    return 0
+
+
 def _cohort_args(p: argparse.ArgumentParser) -> None:
     from ..tl import recovery
 
@@ -357,6 +390,15 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "them into a map with the bin size as its stride, and score the map against the "
                "measured bins inside the tissue (per-gene PCC with a constant map counting as 0, "
                "SSIM, RMSE) next to interpolated spots."),
+    Subcommand("validate-coarse", "check the map's detail on real tissue: enhance coarse "
+               "pseudo-spots, score against the measured spots", _validate_coarse_args,
+               _run_validate_coarse, description="Sum the measured spots into coarse "
+               "pseudo-spots that tile the section (Visium: a spot and its six neighbours; "
+               "legacy ST: 2 x 2 spots), enhance them as `trihrge enhance` would (same settings, "
+               "the real image), average the map over each real spot and score it against the "
+               "measured spots (per-gene PCC, a constant counting as 0) next to the pseudo-spot's "
+               "own value, interpolation of the pseudo-spots and an image-only ridge, with the "
+               "noise ceiling of the measured spots.", sized_threads=True),
     Subcommand("cohort", "process many samples on dask.distributed", _cohort_args, _run_cohort,
                description="Run enhance (or recovery) on many samples, one sample per dask "
                "worker; finished samples are skipped on rerun, failures retried and reported."),

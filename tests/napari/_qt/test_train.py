@@ -190,6 +190,17 @@ def test_start_without_sample_is_a_notification(viewer, notes):
     assert any("Open a sample" in e for e in notes.errors())
 
 
+def test_recovery_scores_show_the_noise_ceiling():
+    from napari_trihrge.napari._qt._train_widget import SCORE_HELP, recovery_scores_html
+
+    html = recovery_scores_html({"pcc_mean": 0.16, "baseline_knn_pcc_mean": 0.125,
+                                 "noise_ceiling_pcc_mean": 0.4, "fraction_of_ceiling": 0.4,
+                                 "n_hidden": 10, "n_genes_scored": 5})
+    assert "Noise ceiling" in html and "0.400" in html and "40%" in html
+    assert "counting noise" in SCORE_HELP["noise_ceiling_pcc_mean"]
+    assert "Noise ceiling" not in recovery_scores_html({"pcc_mean": 0.16})  # older summaries
+
+
 def test_density_choices_are_the_engine_rule(viewer):
     from napari_trihrge.geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
     from napari_trihrge.napari._qt import TrainWidget

@@ -46,6 +46,11 @@ SCORE_HELP = {
                              "spot taking the distance-weighted mean of its k nearest measured "
                              "spots (the better of k = 6 and 12). It uses no image: the model "
                              "is only worth it where it beats this.",
+    "noise_ceiling_pcc_mean": "Noise ceiling: the best mean PCC any prediction could reach on "
+                              "these spots, given the counting noise of the measurement (each "
+                              "spot's counts split in two random halves, their agreement "
+                              "corrected to full depth); the fraction shows how much of it the "
+                              "model reaches.",
     "pcc_top100": "Mean PCC over the 100 most expressed scored genes (the genes a pathologist "
                   "usually looks at), model vs kNN.",
     "fraction_genes_better_than_baseline": "Share of the scored genes whose PCC is higher with "
@@ -447,6 +452,9 @@ def recovery_scores_html(m: dict) -> str:
     knn = f"kNN baseline (no image, k = {k})" if k else "kNN baseline (no image)"
     rows = [("Mean PCC, hidden spots", m.get("pcc_mean"), "{:.3f}"),
             (knn, m.get("baseline_knn_pcc_mean"), "{:.3f}"),
+            ("Noise ceiling (best possible mean PCC)", m.get("noise_ceiling_pcc_mean"),
+             "{:.3f}"),
+            ("Fraction of the ceiling reached", m.get("fraction_of_ceiling"), "{:.0%}"),
             ("Mean PCC, 100 most expressed genes", m.get("pcc_top100"), "{:.3f}"),
             ("kNN, 100 most expressed genes", m.get("baseline_knn_pcc_top100"), "{:.3f}"),
             ("Genes better than kNN", m.get("fraction_genes_better_than_baseline"), "{:.0%}"),
