@@ -348,7 +348,10 @@ def test_trust_of_a_prediction_on_a_slide_without_spots():
     assert L.trust_warns(trust) and "NOT better" in L.trust_text(trust)
     elsewhere = {**trust, "measured_here": False}  # nothing to interpolate on this slide
     text = L.trust_text(elsewhere)
-    assert "unknown on this slide" in text and "0.20" in text and "NOT" not in text
-    assert not L.trust_warns(elsewhere)
+    # below interpolation on the training sections: orange on a bare slide too
+    assert "unknown on this slide" in text and "0.20" in text and "NOT better" in text
+    assert L.trust_warns(elsewhere)
+    better = {**elsewhere, "pcc": 0.6, "pcc_gain": 0.1, "beats_interpolation": True}
+    assert not L.trust_warns(better) and "NOT" not in L.trust_text(better)
     assert L.trust_warns({**elsewhere, "pcc": -0.1})
     assert "no signal" in L.trust_text({**elsewhere, "pcc": -0.1})
