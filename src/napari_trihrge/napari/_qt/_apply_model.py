@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -24,6 +25,26 @@ from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
 
 SAMPLE = "__sample__"
+
+
+def predict_summary_html(scores: dict) -> str:
+    """A prediction's held-out summary: the model's trust from its training sections, and the
+    score at this slide's measured spots when it has some."""
+    from ._train_widget import heldout_summary_html
+
+    html = ""
+    if scores.get("pcc_mean") is not None:
+        html = heldout_summary_html(scores, "Model trust",
+                                    "spots held out in its training sections")
+    s = scores.get("spots")
+    if s:
+        html += (f"<br>At the {s['n_spots']} measured spots of this slide: mean PCC "
+                 f"{s['pcc_mean']:.3f} vs kNN of the other spots "
+                 f"{s['baseline_knn_pcc_mean']:.3f} ({s['n_genes_scored']} genes that vary; "
+                 "the model never saw this section)")
+    elif html:
+        html += "<br>Nothing was measured on this slide: its accuracy here is unknown."
+    return html
 
 
 def _layer_path(layer) -> str | None:
@@ -66,6 +87,7 @@ class ApplyModelWidget(QWidget):
         self.cancel_btn.setEnabled(False)
         self.status = note("Choose a model folder and a target, then press Start.")
         self.scores = note("")
+        self.scores.setTextFormat(Qt.RichText)
         self.bars = StageBars(self.status.setText)
 
         form = QFormLayout()
@@ -211,14 +233,9 @@ class ApplyModelWidget(QWidget):
             show_error(f"The prediction finished but its layers could not be shown: {exc}")
             return
         m = outcome.result.metrics
-        s = m.get("spots")
         self.status.setText(f"Done: {m['n_virtual_spots']} virtual spots"
                             + (" and a dense map." if outcome.result.maps is not None else "."))
-        if s:
-            self.scores.setText(
-                f"At the {s['n_spots']} measured spots: mean PCC {s['pcc_mean']:.3f} vs kNN of "
-                f"the other spots {s['baseline_knn_pcc_mean']:.3f} ({s['n_genes_scored']} genes "
-                "that vary; the model never saw this section)")
+        self.scores.setText(predict_summary_html(self.session.scores))
 
     def _show(self, result):
         """The same layers as enhance: virtual spots (hidden under a map) and the map."""

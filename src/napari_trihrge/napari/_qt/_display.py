@@ -8,6 +8,9 @@ from .. import layers as L
 
 #: gene columns kept in a points layer's features (the hover text lists them all)
 MAX_FEATURE_GENES = 12
+#: the colour of everything that warns, above all genes whose prediction does not beat
+#: interpolation (canvas label, gene lists, region table, panels)
+WARN_COLOUR = "#ffb74d"
 
 
 def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, float],
@@ -129,7 +132,7 @@ def show_canvas_label(viewer, text: str, *, warn: bool = False,
     overlay.font_size = 11
     overlay.box = True
     overlay.position = position
-    overlay.color = "#ffb74d" if warn else "white"
+    overlay.color = WARN_COLOUR if warn else "white"
 
 
 def show_colorbar(layers, keep) -> None:

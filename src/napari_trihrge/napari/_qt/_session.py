@@ -292,7 +292,7 @@ class LayerView:
         show_colorbar(list(viewer.layers), keep)
         map_layer = self.find_layer("map")
         if map_layer is not None and done.get("map"):
-            mark = trust is not None and trust["measured_here"] and L.trust_warns(trust)
+            mark = L.trust_warns(trust)  # orange on a bare slide too (trust from elsewhere)
             map_layer.metadata["trihrge"]["beats_interpolation"] = (
                 None if trust is None or not trust["measured_here"]
                 else trust["beats_interpolation"])

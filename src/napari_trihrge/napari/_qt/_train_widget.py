@@ -31,6 +31,7 @@ from superqt import QCollapsible
 
 from ._common import heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
+from ._display import WARN_COLOUR
 from ._session import get_session, unwrap_viewer
 from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
@@ -428,15 +429,17 @@ class TrainWidget(QWidget):
 
     def _on_scores(self, scores: dict):
         """The last run's scores (session event): recovery scores, or an enhance run's
-        held-out scores; an enhance run without them keeps the last recovery's, marked."""
-        if not scores:
+        held-out summary; an enhance run without one keeps the last recovery's, marked. A
+        prediction's scores belong to the Apply panel."""
+        if not scores or scores.get("task") == "predict":
             return
         if scores.get("task") == "recovery":
             self._scores_html = recovery_scores_html(scores)
             self.scores.setText(self._scores_html)
         elif scores.get("pcc_mean") is not None:  # scores of the run's internal held-out spots
-            self._scores_html = recovery_scores_html(scores).replace(
-                "<b>Recovery scores</b>", "<b>Enhance: held-out scores</b>")
+            self._scores_html = heldout_summary_html(
+                scores, "Enhance: held-out check",
+                "spots held out of a model trained like the final one")
             self.scores.setText(self._scores_html)
         elif self._scores_html:
             self.scores.setText(f"<i>From the last recovery run:</i><br>{self._scores_html}")
@@ -464,6 +467,29 @@ def recovery_scores_html(m: dict) -> str:
         txt = fmt.format(int(val)) if fmt == "{:d}" else fmt.format(float(val))
         html += f"<tr><td>{name}</td><td align='right'>&nbsp;{txt}</td></tr>"
     html += "</table>"
+    return html
+
+
+def heldout_summary_html(m: dict, title: str, where: str) -> str:
+    """A run's held-out summary (:func:`napari_trihrge.napari.session.run_scores`): the model
+    vs kNN interpolation on the same genes and spots (fair score) and the share of genes that
+    beat interpolation; ``where``: which spots were held out."""
+    n, beat = m.get("n_genes_scored"), m.get("n_genes_beating_interpolation")
+    html = f"<b>{title}</b> ({where}"
+    html += f", {m['n_hidden']} spots)" if m.get("n_hidden") else ")"
+    html += "<table>"
+    rows = [("Mean PCC, model", m.get("pcc_mean")),
+            ("Mean PCC, kNN interpolation", m.get("baseline_knn_pcc_mean"))]
+    for name, val in rows:
+        if val is not None and math.isfinite(float(val)):
+            html += f"<tr><td>{name}</td><td align='right'>&nbsp;{float(val):.3f}</td></tr>"
+    if n and beat is not None:
+        html += (f"<tr><td>Genes that beat interpolation</td><td align='right'>&nbsp;"
+                 f"{int(beat)} of {int(n)} ({int(beat) / int(n):.0%})</td></tr>")
+    html += "</table>"
+    if n and beat is not None and int(beat) < int(n):
+        html += (f"<span style='color:{WARN_COLOUR}'>Genes below interpolation are marked "
+                 "orange: use the measured spots for them.</span>")
     return html
 
 
