@@ -267,9 +267,17 @@ def image_layer(adata, *, name: str | None = None,
         "multiscale": multiscale,
         "units": "um",
         "metadata": {"trihrge": {"kind": "image", "sample": sample_name(adata),
-                                 "um_per_px": um0}},
+                                 "um_per_px": um0, "image_key": _image_key(img)}},
     }
     return data, kwargs, "image"
+
+
+def _image_key(image) -> str | None:
+    """The pixels' identity (:meth:`TissueImage.key`): the same H&E opened twice is one layer."""
+    try:
+        return image.key()
+    except Exception:  # noqa: BLE001 - an image without a key is never matched
+        return None
 
 
 def image_decoded_whole(adata, min_side_px: int = MULTISCALE_MIN_PX) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qt_support import add_sample, fake_recovery
+from qt_support import add_sample, fake_recovery, fake_run_with_trust
 
 pytestmark = pytest.mark.gui
 
@@ -50,3 +50,81 @@ def test_a_closed_dock_is_not_called_back(viewer, qtbot):
     gene = str(model.adata.var_names[0])
     assert model.show_gene(gene)["spots"]  # no call into the deleted widget
     assert np.isfinite(model.contrast_limits).all()
+
+
+def test_the_result_follows_the_run(viewer, qtbot):
+    """After enhance: the Train panel shows the held-out summary, Best predicted genes lists
+    the run's per-gene trust (orange below interpolation), the first map is the best-trusted
+    gene, the visible map layer is selected (not the hidden spread) and the scale bar is on."""
+    from napari_trihrge.napari._qt import GeneExplorer, TrainWidget
+    from napari_trihrge.napari._qt._display import WARN_COLOUR
+    from napari_trihrge.napari._qt._session import get_session, get_view
+
+    add_sample(viewer)
+    tw, ge = TrainWidget(viewer), GeneExplorer(viewer)
+    model, view = get_session(viewer), get_view(viewer)
+    assert "Run Enhance or Recovery" in ge.best_note.text()
+    result = fake_run_with_trust(model.adata)
+    genes = list(result.maps.gene_names)
+    model.set_result("enhance", result)
+    # the first map: the best gene that beats interpolation, not the top PCC that loses
+    assert model.gene == genes[2]
+    m = view.find_layer("map")
+    assert m.visible and m.metadata["trihrge"]["gene"] == genes[2]
+    assert viewer.layers.selection.active is m
+    text = tw.scores.text()
+    n_beat = result.metrics["trust"]["n_genes_beating_interpolation"]
+    assert "Enhance: held-out check" in text and f"{n_beat} of {len(genes)}" in text
+    assert "0.950" not in text and f"{result.metrics['trust']['pcc_mean']:.3f}" in text
+    first = ge.best_list.item(0)
+    assert first.data(0x0100) == genes[0] and "below interpolation" in first.text()
+    assert first.foreground().color().name() == WARN_COLOUR
+    assert ge.best_list.count() == min(50, len(genes))
+    assert f"{n_beat} of {len(genes)} genes beat" in ge.best_note.text()
+    bar = viewer.canvas.overlays.scale_bar
+    assert bar.visible and str(m.units[0]) == "micrometer"
+
+
+def test_a_gene_below_interpolation_is_orange_on_a_bare_slide(viewer, qtbot):
+    """A prediction on a slide where nothing was measured: a gene that lost to kNN on the
+    model's training sections is orange on the canvas, the map name and the panels."""
+    from napari_trihrge.napari._qt import ApplyModelWidget, GeneExplorer
+    from napari_trihrge.napari._qt._display import WARN_COLOUR, canvas_text_overlay
+    from napari_trihrge.napari._qt._session import get_session, get_view
+
+    aw, ge = ApplyModelWidget(viewer), GeneExplorer(viewer)
+    model, view = get_session(viewer), get_view(viewer)
+    result = fake_run_with_trust(task="predict")
+    genes = list(result.maps.gene_names)
+    model.set_result("predict", result)
+    assert model.gene == genes[2]
+    assert "Model trust" in aw.scores.text() or model.scores["n_genes_scored"] == len(genes)
+    model.show_gene(genes[0])  # held-out PCC 0.90 vs kNN 0.95 on the training sections
+    label = canvas_text_overlay(viewer)
+    assert "NOT better than interpolation" in label.text
+    assert np.allclose(label.color, np.array([0xFF, 0xB7, 0x4D, 0xFF]) / 255)
+    assert view.find_layer("map").name.endswith("(not better than interpolation)")
+    assert WARN_COLOUR in ge.trust_label.styleSheet()
+    model.show_gene(genes[2])
+    assert not view.find_layer("map").name.endswith("(not better than interpolation)")
+
+
+def test_an_he_opened_again_or_later_stays_under_the_maps(viewer, qtbot):
+    """The same H&E opened a second time (say from the run folder) reuses the open layer; an
+    H&E opened after the results goes under them."""
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt._session import get_session, get_view
+
+    img, _ = add_sample(viewer)
+    model, view = get_session(viewer), get_view(viewer)
+    model.set_result("enhance", fake_run_with_trust(model.adata))
+    n = len(viewer.layers)
+    data, kwargs, _ = L.image_layer(model.adata)
+    kwargs["metadata"]["trihrge"]["source"] = "/somewhere/run"
+    viewer.add_image(data, **kwargs)
+    qtbot.waitUntil(lambda: len(viewer.layers) == n, timeout=5000)
+    assert img in viewer.layers
+    viewer.layers.remove(img)
+    again = viewer.add_image(data, **kwargs)  # no copy open now: added, under the map
+    qtbot.waitUntil(lambda: list(viewer.layers).index(again) == 0, timeout=5000)
+    assert view.find_layer("image") is again

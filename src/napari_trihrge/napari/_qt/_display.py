@@ -123,6 +123,18 @@ def canvas_text_overlay(viewer):
     return text if text is not None else viewer.text_overlay
 
 
+def show_scale_bar(viewer) -> None:
+    """The scale bar on, bottom centre (the colour bar is bottom right), in the layers' unit
+    (micrometres for every TriHRGE layer)."""
+    canvas = getattr(viewer, "canvas", None)
+    bar = getattr(getattr(canvas, "overlays", None), "scale_bar", None)
+    bar = bar if bar is not None else viewer.scale_bar
+    if not bar.visible:
+        bar.visible = True
+        bar.box = True
+        bar.position = "bottom_center"
+
+
 def show_canvas_label(viewer, text: str, *, warn: bool = False,
                       position: str = "top_left") -> None:
     """The canvas's text overlay (top left): which gene is shown, its units and how sure."""

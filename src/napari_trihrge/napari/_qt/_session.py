@@ -95,6 +95,7 @@ class LayerView:
         #: where the gene label sits (bottom left while side-by-side panels carry their labels)
         self.canvas_label_position = "top_left"
         self._raise_spots = False  # after an enhance run: the measured spots above the map
+        self._select_result = False  # after a run: select the visible result layer once drawn
         model.result_added.connect(self._on_result)
         model.display_requested.connect(self._draw)
         viewer.layers.events.inserted.connect(self._on_inserted)
@@ -123,7 +124,15 @@ class LayerView:
             from ._display import hide_values_outside_tissue
 
             hide_values_outside_tissue(layer)
+        if kind == "image" and self._reuse_open_image(layer):
+            return
         self._replace_earlier_copy(layer)
+        if kind in ("image", "spots", "map"):
+            from ._display import show_scale_bar
+
+            show_scale_bar(self.viewer)
+        if kind == "image":
+            self._put_under_results(layer)
         model = self.model
         if kind == "spots" and "adata" in meta:
             model.set_sample(meta["adata"])
@@ -136,6 +145,53 @@ class LayerView:
             model.add_source(kind, meta["adata"])
         elif kind == "map" and meta.get("maps") is not None:
             model.add_source("map", meta["maps"])
+
+    def _reuse_open_image(self, layer) -> bool:
+        """The same H&E (same pixels) open already from another source (the sample and its
+        run folder): the open layer is kept and the new one is removed; True then."""
+        meta = (layer.metadata or {}).get("trihrge", {})
+        key, source = meta.get("image_key"), meta.get("source")
+        viewer = self.viewer
+        if not key or viewer is None:
+            return False
+        same = [lay for lay in viewer.layers if lay is not layer and layer_kind(lay) == "image"
+                and (lay.metadata or {}).get("trihrge", {}).get("image_key") == key
+                and not (source and (lay.metadata or {}).get("trihrge", {}).get("source")
+                         == source)]  # the same source again: replaced, see below
+        if not same:
+            return False
+        from napari.utils.notifications import show_info
+        from qtpy.QtCore import QTimer
+
+        def remove():
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+
+        QTimer.singleShot(0, remove)  # not while napari is still inserting
+        show_info(f"This H&E is open already ({same[0].name}): that layer is used")
+        return True
+
+    def _put_under_results(self, image) -> None:
+        """An H&E opened after maps or spots goes under them (never hides a result)."""
+        viewer = self.viewer
+        if viewer is None:
+            return
+        layers = list(viewer.layers)
+        above = [i for i, lay in enumerate(layers) if lay is not image and layer_kind(lay) in
+                 ("map", "spread", "spots", "virtual", "recovered", "regions")]
+        if above and layers.index(image) > above[0]:
+            from qtpy.QtCore import QTimer
+
+            def move():
+                if image in viewer.layers:
+                    now = list(viewer.layers)
+                    first = min((now.index(lay) for lay in now if lay is not image and
+                                 layer_kind(lay) in ("map", "spread", "spots", "virtual",
+                                                     "recovered", "regions")), default=None)
+                    if first is not None and now.index(image) > first:
+                        viewer.layers.move(now.index(image), first)
+
+            QTimer.singleShot(0, move)  # not while napari is still inserting
 
     def _on_removed(self, event) -> None:
         layer = event.value
@@ -215,6 +271,7 @@ class LayerView:
         if old is not None:
             self.viewer.layers.remove(old)
         layer = self.viewer.add_points(data, **kwargs)
+        self._select_result = True
         if task == "recovery":
             return
         has_maps = getattr(result, "maps", None) is not None
@@ -263,6 +320,18 @@ class LayerView:
             if spots is not None:  # the measured spots on top of the map
                 viewer.layers.move(viewer.layers.index(spots), len(viewer.layers))
         self.describe_on_canvas(gene, shown)
+        if self._select_result:
+            self._select_result = False
+            self.select_shown_result(shown)
+
+    def select_shown_result(self, shown: dict[str, Any]) -> None:
+        """Select the visible result layer (the map, else the predicted spots), never the
+        hidden spread layer, so the layer controls act on what is seen."""
+        for kind in ("map", "virtual", "recovered"):
+            lay = self.find_layer(kind)
+            if shown.get(kind) and lay is not None and lay.visible:
+                self.viewer.layers.selection.active = lay
+                return
 
     def describe_on_canvas(self, gene: str, done: dict[str, Any]) -> None:
         """Name the shown gene, its units and its trust on the canvas, with one colour bar."""

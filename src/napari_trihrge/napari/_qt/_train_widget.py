@@ -187,6 +187,10 @@ class TrainWidget(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.status = note("Open a sample, then press Start.")
+        self.asked_note = note("")
+        self.asked_note.setToolTip("Every gene you showed by name since the sample was opened "
+                                   "is added to the run's genes, so it gets a map.")
+        self.asked_note.setVisible(False)
         self.loss = LossCanvas(self)
         self.scores = QLabel("")
         self.scores.setTextFormat(Qt.RichText)
@@ -233,6 +237,7 @@ class TrainWidget(QWidget):
         lay.addWidget(heading("Train and enhance"))
         lay.addLayout(form)
         lay.addWidget(self.advanced)
+        lay.addWidget(self.asked_note)
         lay.addLayout(oform)
         lay.addLayout(brow)
         lay.addWidget(self.status)
@@ -249,6 +254,8 @@ class TrainWidget(QWidget):
         self.out_btn.clicked.connect(self._choose_out)
         self.save_model_btn.clicked.connect(lambda: self.save_model())
         listen(self, self.session.scores_changed, self._on_scores)
+        listen(self, self.session.genes_asked, self._on_genes_asked)
+        listen(self, self.session.sample_changed, self._on_genes_asked)
         self._update_enabled()
 
     # -- parameters -----------------------------------------------------------------------
@@ -287,7 +294,24 @@ class TrainWidget(QWidget):
             **{k: v for k, v in self.extra_config.items() if k != "train"},
             "train": train,
         }
+        typed = tuple(kwargs.get("extra_genes") or ())
+        kwargs["extra_genes"] = typed + tuple(g for g in self.asked_genes() if g not in typed)
         return RunConfig(hf_token=self.session.token(), **kwargs)
+
+    def asked_genes(self) -> list[str]:
+        """The sample's genes the user asked for in the viewer since it was opened: a run
+        maps them too (added to Extra genes), whether or not they are variable."""
+        adata = self.session.adata
+        if adata is None:
+            return []
+        names = set(map(str, adata.var_names))
+        return [g for g in self.session.asked_genes if g in names]
+
+    def _on_genes_asked(self, *_):
+        genes = self.asked_genes()
+        self.asked_note.setVisible(bool(genes))
+        shown = ", ".join(genes[:8]) + (f" and {len(genes) - 8} more" if len(genes) > 8 else "")
+        self.asked_note.setText(f"Also mapped (asked in the viewer): {shown}")
 
     def task_arguments(self, config) -> dict[str, Any]:
         """The task's own arguments (those that are not RunConfig fields), as
