@@ -77,7 +77,7 @@ def test_the_result_follows_the_run(viewer, qtbot):
     assert "Enhance: held-out check" in text and f"{n_beat} of {len(genes)}" in text
     assert "0.950" not in text and f"{result.metrics['trust']['pcc_mean']:.3f}" in text
     first = ge.best_list.item(0)
-    assert first.data(0x0100) == genes[0] and "below interpolation" in first.text()
+    assert first.data(0x0100) == genes[0] and "not better than interpolation" in first.text()
     assert first.foreground().color().name() == WARN_COLOUR
     assert ge.best_list.count() == min(50, len(genes))
     assert f"{n_beat} of {len(genes)} genes beat" in ge.best_note.text()

@@ -188,3 +188,40 @@ def test_start_without_sample_is_a_notification(viewer, notes):
     _, tw, _ = _widgets(viewer)
     assert tw.start() is None
     assert any("Open a sample" in e for e in notes.errors())
+
+
+def test_save_to_a_used_folder_asks_in_the_panels_words(viewer, qtbot, notes, tmp_path):
+    """A used folder under Save to: refused before any work, in the panel's words (no CLI
+    --overwrite); ticking the panel's overwrite box lets the run start."""
+    add_sample(viewer)
+    _, tw, _ = _widgets(viewer)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("keep me")
+    tw.out_edit.setText(str(used))
+    assert tw.start() is None and not tw.running
+    said = tw.status.text() + " ".join(notes.errors())
+    assert "replace what the folder holds" in said and "--overwrite" not in said
+    assert (used / "notes.txt").read_text() == "keep me"
+    tw.overwrite_check.setChecked(True)
+    assert tw.start() is not None
+    tw.cancel()
+    qtbot.waitUntil(lambda: not tw.running, timeout=120_000)
+    assert tw.last_outcome.status == "cancelled"
+    assert (used / "notes.txt").read_text() == "keep me"  # a cancelled run changes nothing
+
+
+def test_genes_asked_in_the_viewer_are_mapped_by_the_next_run(viewer, qtbot):
+    """A gene shown by name before Start joins the run's genes (RunConfig.extra_genes), even
+    when it is not variable enough to be picked; the panel says so."""
+    from napari_trihrge.napari import layers as L
+
+    add_sample(viewer)
+    _, tw, ge = _widgets(viewer)
+    ad = tw.session.adata
+    quiet = L.most_variable_genes(ad, ad.n_vars)[-1]  # the least variable gene
+    assert ge.show_gene(quiet)
+    assert quiet in tw.asked_note.text() and tw.asked_note.isVisibleTo(tw)
+    assert quiet in tw.make_config().extra_genes
+    tw.config_form["extra_genes"].value = "ERBB2"
+    assert tw.make_config().extra_genes[:2] == ("ERBB2", quiet)

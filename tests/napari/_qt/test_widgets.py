@@ -112,12 +112,17 @@ def test_sample_widget_opens_dlpfc_folder(dlpfc_dir, viewer, qtbot):  # skip bef
     assert 0 < spots.data[:, 0].min() and spots.data[:, 0].max() < h_um
 
 
-def test_plugin_menu_widgets_share_one_session(viewer):
-    """napari hands each plugin widget its own viewer proxy: they must still share state."""
-    _, ge = viewer.window.add_plugin_dock_widget("napari-trihrge", "Gene explorer")
-    _, tw = viewer.window.add_plugin_dock_widget("napari-trihrge", "Train and enhance")
-    _, rx = viewer.window.add_plugin_dock_widget("napari-trihrge", "Region explorer")
+def test_plugin_menu_widgets_share_one_session(viewer, qtbot):
+    """napari hands each plugin widget its own viewer proxy: they must still share state.
+    Opened from the Plugins menu (no tabify), the panels join one tab group."""
+    docks = {}
+    docks["ge"], ge = viewer.window.add_plugin_dock_widget("napari-trihrge", "Gene explorer")
+    docks["tw"], tw = viewer.window.add_plugin_dock_widget("napari-trihrge", "Train and enhance")
+    docks["rx"], rx = viewer.window.add_plugin_dock_widget("napari-trihrge", "Region explorer")
     assert ge.session is tw.session is rx.session
+    main = viewer.window._qt_window
+    qtbot.waitUntil(lambda: set(main.tabifiedDockWidgets(docks["ge"])) ==
+                    {docks["tw"], docks["rx"]}, timeout=5000)
     add_sample(viewer)
     tw.session.enhance = fake_enhance()
     assert ge.show_gene("ERBB2")

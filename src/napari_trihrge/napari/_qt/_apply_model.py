@@ -16,10 +16,9 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from ._common import heading, note, report_outcome
+from ._common import Panel, heading, note, report_outcome
 from ._session import get_session, layer_kind, unwrap_viewer
 from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
@@ -52,7 +51,7 @@ def _layer_path(layer) -> str | None:
     return str(path) if path else None
 
 
-class ApplyModelWidget(QWidget):
+class ApplyModelWidget(Panel):
     """Model folder, target (the open sample or an H&E image layer, with its pixel size),
     density and map stride; Start / Cancel; one progress bar per stage."""
 
@@ -73,6 +72,8 @@ class ApplyModelWidget(QWidget):
         self.um_spin.setRange(0.0, 30.0)
         self.um_spin.setSpecialValueText("unknown: enter it")
         self.um_spin.setSuffix(" um/px")
+        #: the pixel size entered per target image (kept across runs and layer changes)
+        self._um_per_target: dict[str, float] = {}
         self.factor_combo = QComboBox()
         for f in (1, 2, 4, 8):
             self.factor_combo.addItem(f"{f}x denser spots", f)
@@ -114,6 +115,7 @@ class ApplyModelWidget(QWidget):
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.target_combo.currentIndexChanged.connect(self._target_changed)
+        self.um_spin.valueChanged.connect(self._remember_um)
         self.viewer.layers.events.inserted.connect(self.refresh_targets)
         self.viewer.layers.events.removed.connect(self.refresh_targets)
         self.refresh_targets()
@@ -145,10 +147,19 @@ class ApplyModelWidget(QWidget):
         image = data not in (None, SAMPLE)
         self.um_spin.setEnabled(image)
         if image:
-            from ...io.image import pixel_size_from_metadata
+            um = self._um_per_target.get(data)
+            if um is None:
+                from ...io.image import pixel_size_from_metadata
 
-            um = pixel_size_from_metadata(_layer_path(self.viewer.layers[data]))
-            self.um_spin.setValue(um or 0.0)
+                um = pixel_size_from_metadata(_layer_path(self.viewer.layers[data])) or 0.0
+            self.um_spin.blockSignals(True)
+            self.um_spin.setValue(um)
+            self.um_spin.blockSignals(False)
+
+    def _remember_um(self, value: float) -> None:
+        data = self.target_combo.currentData()
+        if data not in (None, SAMPLE) and value > 0:
+            self._um_per_target[data] = float(value)
 
     # -- running --------------------------------------------------------------------------
     def start(self):

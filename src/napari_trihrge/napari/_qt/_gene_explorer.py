@@ -19,11 +19,10 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import layers as L
-from ._common import heading, hline, listen, note, notify_error
+from ._common import Panel, heading, hline, listen, note, notify_error
 from ._display import WARN_COLOUR
 from ._session import get_session, get_view, layer_kind, unwrap_viewer
 
@@ -61,7 +60,7 @@ def _colorbar_pixmap(name: str, width: int = 220, height: int = 12) -> QPixmap:
     return QPixmap.fromImage(qimg)
 
 
-class GeneExplorer(QWidget):
+class GeneExplorer(Panel):
     """Choose a gene (search with completion over every gene); spots, predicted spots and the
     enhanced map are recoloured on ONE colour scale."""
 
@@ -209,7 +208,7 @@ class GeneExplorer(QWidget):
             item.setData(Qt.UserRole, str(gene))
             if L.trust_warns(trust):
                 n_worse += 1
-                item.setText(text + "  below interpolation")
+                item.setText(text + "  not better than interpolation")
                 item.setForeground(QColor(WARN_COLOUR))
             item.setToolTip(f"{gene}: {L.trust_text(trust)}")
             self.best_list.addItem(item)

@@ -18,12 +18,11 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from ... import regions as R
 from .. import layers as L
-from ._common import heading, listen, note, notify_error
+from ._common import Panel, heading, listen, note, notify_error
 from ._display import WARN_COLOUR
 from ._session import get_session, get_view, layer_kind, unwrap_viewer
 
@@ -63,7 +62,7 @@ COLUMN_HELP = {
 }
 
 
-class RegionExplorer(QWidget):
+class RegionExplorer(Panel):
     """Draw polygons / rectangles / ellipses (for example around a tumour) on a Shapes layer;
     the table lists, per region, the genes whose mean expression differs most inside vs
     outside, for the enhanced and the measured expression."""

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ._common import heading, hline, listen, note, notify_error, report_outcome
+from ._common import Panel, heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._display import WARN_COLOUR
 from ._session import get_session, unwrap_viewer
@@ -74,6 +74,8 @@ SETTING_HELP = {
     "advanced": "More RunConfig settings: which inputs the model uses, neighbours, the local "
                 "window of the dense maps.",
     "out": "Optional folder where the run is saved (the same files as the command line).",
+    "overwrite": "The folder chosen under Save to already holds files: tick to replace them "
+                 "with this run (the old folder is swapped out only when the run completes).",
     "start": "Run the chosen task in the background; the viewer stays usable.",
     "cancel": "Stop the run at its next step; nothing is changed.",
 }
@@ -133,7 +135,7 @@ class LossCanvas(QWidget):
         self.canvas.draw_idle()
 
 
-class TrainWidget(QWidget):
+class TrainWidget(Panel):
     """Task, main parameters (with units), Start / Cancel, a progress bar per stage, the live
     loss curve and the recovery scores. The engine runs in a napari thread worker."""
 
@@ -177,6 +179,7 @@ class TrainWidget(QWidget):
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("optional: folder to save the run in")
         self.out_btn = QPushButton("…")
+        self.overwrite_check = QCheckBox("replace what the folder holds")
 
         self.save_model_btn = QPushButton("Save the trained model…")
         self.save_model_btn.setToolTip("a model folder that `trihrge predict` and 'Apply a "
@@ -201,7 +204,7 @@ class TrainWidget(QWidget):
         for widget, key in ((self.task_combo, "task"), (self.holdout_spin, "holdout"),
                             (self.factor_combo, "factor"), (self.maps_check, "maps"),
                             (self.stride_spin, "maps"), (self.epochs_spin, "epochs"),
-                            (self.out_edit, "out"),
+                            (self.out_edit, "out"), (self.overwrite_check, "overwrite"),
                             (self.out_btn, "out"), (self.start_btn, "start"),
                             (self.cancel_btn, "cancel")):
             widget.setToolTip(SETTING_HELP[key])
@@ -229,6 +232,7 @@ class TrainWidget(QWidget):
         orow.addWidget(self.out_btn)
         oform = QFormLayout()
         oform.addRow("Save to", orow)
+        oform.addRow("", self.overwrite_check)
         brow = QHBoxLayout()
         brow.addWidget(self.start_btn)
         brow.addWidget(self.cancel_btn)
@@ -344,10 +348,14 @@ class TrainWidget(QWidget):
             notify_error(exc, "Invalid parameters")
             return None
         out_dir = self.out_edit.text().strip() or None
+        overwrite = self.overwrite_check.isChecked()
+        if out_dir is not None and not self._out_dir_usable(out_dir, overwrite):
+            return None
         task = self.task
         self.progress = QueueProgress()
         worker = engine_worker(run_task, task, adata, out_dir, config=config,
-                               progress=self.progress, **self.task_arguments(config))
+                               progress=self.progress, overwrite=overwrite,
+                               **self.task_arguments(config))
         self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)
@@ -362,6 +370,23 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         worker.start()
         return worker
+
+    def _out_dir_usable(self, out_dir: str, overwrite: bool) -> bool:
+        """Whether the run may be saved in ``out_dir``; if not, say so in the panel's words
+        (checked before any work)."""
+        from pathlib import Path
+
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            problem = f"{out} is a file, not a folder: choose a folder under Save to."
+        elif out.is_dir() and any(out.iterdir()) and not overwrite:
+            problem = (f"The folder {out} already holds files: tick 'replace what the folder "
+                       "holds' under Save to, or choose another folder.")
+        else:
+            return True
+        self.status.setText(f"<span style='color:{WARN_COLOUR}'>{problem}</span>")
+        show_error(problem)
+        return False
 
     def _mark_scores_previous(self) -> None:
         """The last scores stay visible, greyed and marked, until a new run finishes."""
