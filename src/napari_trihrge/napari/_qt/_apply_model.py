@@ -87,9 +87,13 @@ class ApplyModelWidget(Panel):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.status = note("Choose a model folder and a target, then press Start.")
+        self.horizon = note("")
+        self.horizon.setToolTip("The whole run: which phase, which network, and an estimate "
+                                "of the time left from the pace so far.")
+        self.bars = StageBars(self.status.setText, self.horizon.setText)
         self.scores = note("")
         self.scores.setTextFormat(Qt.RichText)
-        self.bars = StageBars(self.status.setText)
+
 
         form = QFormLayout()
         mrow = QHBoxLayout()
@@ -108,6 +112,7 @@ class ApplyModelWidget(Panel):
         lay.addLayout(form)
         lay.addLayout(brow)
         lay.addWidget(self.status)
+        lay.addWidget(self.horizon)
         lay.addWidget(self.scores)
         lay.addStretch(1)
 
@@ -226,6 +231,7 @@ class ApplyModelWidget(Panel):
 
     def _on_finished(self):
         self.bars.close()
+        self.horizon.setText("")
         self.worker = None
         self.progress = None
         self.start_btn.setEnabled(True)

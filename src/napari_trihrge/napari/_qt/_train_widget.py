@@ -146,7 +146,7 @@ class TrainWidget(Panel):
         self.worker = None
         self.progress: QueueProgress | None = None
         self.last_outcome = None
-        self.bars = StageBars(lambda text: self.status.setText(text))
+
         #: extra RunConfig fields (tests use it for tiny models: {'model': {...}, 'train': {...}})
         self.extra_config: dict[str, Any] = {}
 
@@ -190,6 +190,10 @@ class TrainWidget(Panel):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.status = note("Open a sample, then press Start.")
+        self.horizon = note("")
+        self.horizon.setToolTip("The whole run: which phase, which network, and an estimate "
+                                "of the time left from the pace so far.")
+        self.bars = StageBars(self.status.setText, self.horizon.setText)
         self.asked_note = note("")
         self.asked_note.setToolTip("Every gene you showed by name since the sample was opened "
                                    "is added to the run's genes, so it gets a map.")
@@ -245,6 +249,7 @@ class TrainWidget(Panel):
         lay.addLayout(oform)
         lay.addLayout(brow)
         lay.addWidget(self.status)
+        lay.addWidget(self.horizon)
         lay.addWidget(self.loss)
         lay.addWidget(hline())
         lay.addWidget(self.scores)
@@ -423,6 +428,7 @@ class TrainWidget(Panel):
 
     def _on_finished(self):
         self.bars.close()
+        self.horizon.setText("")
         self.worker = None
         self.progress = None
         self.start_btn.setEnabled(True)
