@@ -81,8 +81,13 @@ class SessionModel:
         self._sample = None
         self._recovery = None
         self._enhance = None
-        #: the current source of each kind (the latest added wins), see SOURCE_KINDS
+        #: the sources of each kind, oldest first (the latest of the current sample wins), see
+        #: SOURCE_KINDS; the sample name each belongs to is kept in _source_sample
         self._sources: dict[str, list[Any]] = {k: [] for k in SOURCE_KINDS}
+        self._source_sample: dict[int, str | None] = {}
+        #: run results of the other samples open in the viewer (id(adata) -> (adata,
+        #: recovery, enhance)), restored when their sample becomes current again
+        self._other_runs: dict[int, tuple[Any, Any, Any]] = {}
         self.gene: str | None = None
         self.contrast_limits: tuple[float, float] | None = None
         #: what the last shown gene updated (GeneDisplay.shown)
@@ -104,13 +109,22 @@ class SessionModel:
         """The current sample (AnnData) or None."""
         return self._sample
 
+    @property
+    def sample_name(self) -> str | None:
+        """The current sample's name (``uns['trihrge']['sample']``), None without a sample."""
+        return None if self._sample is None else L.sample_name(self._sample)
+
     def set_sample(self, adata) -> None:
-        """Make ``adata`` the current sample; the previous sample's run results are dropped."""
+        """Make ``adata`` the current sample. The previous sample's run results are kept aside
+        (they come back when it is current again); results and sources of other samples are
+        never shown or used for this one."""
         if adata is self._sample:
             return
+        if self._sample is not None and (self._recovery is not None or
+                                         self._enhance is not None):
+            self._other_runs[id(self._sample)] = (self._sample, self._recovery, self._enhance)
+        _, self._recovery, self._enhance = self._other_runs.pop(id(adata), (None, None, None))
         self._sample = adata
-        self._recovery = None
-        self._enhance = None
         self._values.clear()
         self.asked_genes = []
         self.sample_changed.emit(adata)
@@ -153,14 +167,16 @@ class SessionModel:
             raise ValueError(f"unknown task {task!r}")
         if adata is not None and adata is not self._sample:
             self.set_sample(adata)
+        pred = result.predictions if task == "recovery" else getattr(result, "virtual", None)
+        owner = self.result_sample(pred) or ""
         if task == "recovery":
             self._recovery = result
-            self.add_source("recovered", result.predictions, notify=False)
+            self.add_source("recovered", result.predictions, notify=False, sample=owner)
         else:
             self._enhance = result
             if getattr(result, "virtual", None) is not None:
-                self.add_source("virtual", result.virtual, notify=False)
-            self.add_source("map", getattr(result, "maps", None), notify=False)
+                self.add_source("virtual", result.virtual, notify=False, sample=owner)
+            self.add_source("map", getattr(result, "maps", None), notify=False, sample=owner)
         self.result_added.emit(task, result)
         if task == "recovery":
             self.recovery_changed.emit(result)
@@ -170,6 +186,14 @@ class SessionModel:
         self.scores_changed.emit(self.scores)
         self.trust_changed.emit(self.trust_table())
         return self.show_gene(self.default_gene(task, result), asked=False)
+
+    def result_sample(self, predictions) -> str | None:
+        """The sample a run's predictions belong to: the current sample's name when they were
+        made on it; None for a model applied to an H&E opened alone (no sample open here), whose
+        results are shown whichever sample is current."""
+        made_on = (predictions.uns.get("trihrge", {}).get("sample")
+                   if predictions is not None else None)
+        return self.sample_name if made_on in (None, self.sample_name) else None
 
     def default_gene(self, task: str, result) -> str:
         """The gene to show after a run: the last gene the user asked for when the result has
@@ -197,13 +221,19 @@ class SessionModel:
         return genes[0]
 
     # -- results opened from run folders ---------------------------------------------------
-    def add_source(self, kind: str, obj, *, notify: bool = True) -> None:
+    def add_source(self, kind: str, obj, *, notify: bool = True,
+                   sample: str | None = None) -> None:
         """``obj`` (predicted spots AnnData for 'recovered'/'virtual', DenseMaps for 'map')
-        becomes the current source of ``kind``; ``notify`` emits ``outputs_opened``."""
+        becomes the current source of ``kind`` for its sample (``sample``, else the name an
+        AnnData records, else the current sample); ``notify`` emits ``outputs_opened``."""
         if kind not in SOURCE_KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         if obj is None:
             return
+        if sample is None:
+            info = getattr(obj, "uns", {}).get("trihrge", {}) if hasattr(obj, "uns") else {}
+            sample = info.get("sample") or self.sample_name
+        self._source_sample[id(obj)] = sample or None  # '' or None: any sample
         lst = self._sources[kind]
         if lst and lst[-1] is obj:
             return
@@ -219,9 +249,14 @@ class SessionModel:
             self._values.clear()  # cached by id(): a freed object's id can be reused
 
     def source(self, kind: str):
-        """The current source of ``kind`` (see :data:`SOURCE_KINDS`) or None."""
-        lst = self._sources.get(kind) or []
-        return lst[-1] if lst else None
+        """The current source of ``kind`` (see :data:`SOURCE_KINDS`): the latest of the current
+        sample (or of no known sample), else None."""
+        name = self.sample_name
+        for obj in reversed(self._sources.get(kind) or []):
+            owner = self._source_sample.get(id(obj))
+            if name is None or owner is None or owner == name:
+                return obj
+        return None
 
     def maps(self):
         """The dense maps shown: of the last run, else of a reopened run folder."""

@@ -128,3 +128,67 @@ def test_an_he_opened_again_or_later_stays_under_the_maps(viewer, qtbot):
     again = viewer.add_image(data, **kwargs)  # no copy open now: added, under the map
     qtbot.waitUntil(lambda: list(viewer.layers).index(again) == 0, timeout=5000)
     assert view.find_layer("image") is again
+
+
+def _open_second_sample(viewer, name="second"):
+    """Another section (the synthetic sample under another name), opened as the reader would."""
+    from napari_trihrge.napari import layers as L
+    from qt_support import sample_adata
+
+    other = sample_adata().copy()
+    other.uns["trihrge"] = {**other.uns["trihrge"], "sample": name}
+    added = [getattr(viewer, f"add_{kind}")(data, **kw)
+             for data, kw, kind in L.sample_layers(other, source=f"/data/{name}")]
+    return other, added
+
+
+def test_a_second_sample_opens_beside_the_first_with_its_own_scale_and_trust(viewer, qtbot):
+    """Each sample in its own place: the second section opens to the right of the first,
+    never on top; showing a gene on it leaves the first sample's layers, scale and trust as
+    they were; selecting the first sample's layer brings its run back; regions are measured
+    in the current sample's own coordinates."""
+    from napari_trihrge.napari._qt import RegionExplorer
+    from napari_trihrge.napari._qt._session import get_session, get_view
+
+    img, spots = add_sample(viewer)
+    model, view = get_session(viewer), get_view(viewer)
+    first = model.adata
+    result = fake_run_with_trust(first)
+    model.set_result("enhance", result)
+    first_gene, first_limits = model.gene, tuple(spots.face_contrast_limits)
+    first_map = view.find_layer("map")
+    assert model.trust(first_gene) is not None
+
+    other, (img2, spots2) = _open_second_sample(viewer)
+    assert model.adata is other and model.sample_name == "second"
+    right_of_first = max(lay.extent.world[1][-1] for lay in (img, spots, first_map))
+    assert img2.extent.world[0][-1] > right_of_first
+    assert spots2.extent.world[0][-1] > right_of_first
+    np.testing.assert_allclose(img2.translate[-1] - img.translate[-1],
+                               spots2.translate[-1] - spots.translate[-1])
+    # the second sample has no run: nothing of the first sample's run is borrowed
+    assert model.enhance is None and model.maps() is None
+    assert model.trust(first_gene) is None and model.trust_table() is None
+    gene = next(g for g in other.var_names if g != first_gene)
+    shown = model.show_gene(gene)
+    assert shown["spots"] and not shown["map"]
+    assert spots.metadata["trihrge"]["gene"] == first_gene
+    assert tuple(spots.face_contrast_limits) == pytest.approx(first_limits)
+    assert first_map.visible and first_map.metadata["trihrge"]["gene"] == first_gene
+    assert spots2.metadata["trihrge"]["gene"] == gene
+
+    # regions over the second section: its own spots, in its own coordinates
+    rx = RegionExplorer(viewer)
+    layer = rx.regions_layer(create=True)
+    world = spots2.data + np.asarray(spots2.translate)
+    lo, hi = world.min(axis=0), world.max(axis=0)
+    mid = (lo + hi) / 2
+    box = np.array([lo, [lo[0], mid[1]], [hi[0], mid[1]], [hi[0], lo[1]]])
+    layer.add_rectangles([box])
+    stats = rx.compute()
+    assert stats.summary.loc[0, "measured_spots_inside"] > 0.3 * other.n_obs
+
+    # selecting the first sample's layer makes it current again, with its run
+    viewer.layers.selection.active = spots
+    assert model.adata is first and model.enhance is result
+    assert model.trust(first_gene) is not None

@@ -227,9 +227,10 @@ class RegionExplorer(Panel):
         if layer is None:
             return [], []
         polys, names = [], []
+        offset = self.view.offset_rc_um()  # the current sample's place in the viewer
         for i, (verts, kind) in enumerate(zip(layer.data, layer.shape_type, strict=False)):
             world = np.asarray([layer.data_to_world(v) for v in verts])
-            poly = R.shape_polygon_rc_um(world, kind)
+            poly = R.shape_polygon_rc_um(world[:, -2:] - offset, kind)
             if poly is not None:
                 polys.append(poly)
                 names.append(f"region {i + 1}")

@@ -80,6 +80,12 @@ def layer_kind(layer) -> str | None:
     return (layer.metadata or {}).get("trihrge", {}).get("kind")
 
 
+#: layers placed with their sample (each sample in its own place, side by side)
+PLACED_KINDS = ("image", "spots", "virtual", "recovered", "map", "spread")
+#: gap between two samples, as a share of the wider one's width
+SAMPLE_GAP_FRACTION = 0.08
+
+
 #: how each task's predicted spots are drawn: (kind, layer name)
 RESULT_LAYERS = {"recovery": ("recovered", "recovery: predicted hidden spots"),
                  "enhance": ("virtual", "enhanced: {factor}x virtual spots"),
@@ -96,10 +102,14 @@ class LayerView:
         self.canvas_label_position = "top_left"
         self._raise_spots = False  # after an enhance run: the measured spots above the map
         self._select_result = False  # after a run: select the visible result layer once drawn
+        #: where each sample sits (sample name -> row/col um added to its layers' translate)
+        self._places: dict[str, np.ndarray] = {}
+        self._sample_of_source: dict[str, str] = {}
         model.result_added.connect(self._on_result)
         model.display_requested.connect(self._draw)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
+        viewer.layers.selection.events.active.connect(self._on_active)
         self._adopt_existing_layers(viewer)
 
     @property
@@ -120,6 +130,8 @@ class LayerView:
         layer = event.value
         kind = layer_kind(layer)
         meta = layer.metadata or {}
+        if kind in PLACED_KINDS:
+            self.place(layer)
         if kind in ("map", "spread"):
             from ._display import hide_values_outside_tissue
 
@@ -142,9 +154,77 @@ class LayerView:
                 self.describe_on_canvas(gene, shown)
                 model.adopt_gene(gene, layer.face_contrast_limits, shown)
         elif kind in ("virtual", "recovered") and meta.get("adata") is not None:
-            model.add_source(kind, meta["adata"])
+            model.add_source(kind, meta["adata"], sample=meta.get("trihrge", {}).get("sample"))
         elif kind == "map" and meta.get("maps") is not None:
-            model.add_source("map", meta["maps"])
+            model.add_source("map", meta["maps"], sample=meta.get("trihrge", {}).get("sample"))
+
+    # -- each sample in its own place -----------------------------------------------------
+    def layer_sample(self, layer) -> str | None:
+        """The sample a layer shows: recorded on it, else that of the layers opened from the
+        same source (a run folder's map), else None."""
+        meta = (layer.metadata or {}).get("trihrge", {})
+        name, source = meta.get("sample"), meta.get("source")
+        if name:
+            if source:
+                self._sample_of_source.setdefault(str(source), str(name))
+            return str(name)
+        return self._sample_of_source.get(str(source)) if source else None
+
+    def offset_rc_um(self, sample: str | None = None) -> np.ndarray:
+        """Where ``sample`` (default: the current one) sits in the viewer: world row/col um =
+        the engine's row/col um + this offset ((0, 0) for the first sample opened)."""
+        name = sample if sample is not None else self.model.sample_name
+        return np.array(self._places.get(name, (0.0, 0.0)), dtype=float)
+
+    def place(self, layer, sample: str | None = None) -> None:
+        """Move ``layer`` to its sample's place: the first sample at the origin, each further
+        sample to the right of everything open, never on top of another section."""
+        name = sample or self.layer_sample(layer)
+        if name is None and layer_kind(layer) in ("map", "spread", "virtual", "recovered"):
+            name = self.model.sample_name  # a result drawn by this view: the current sample
+        if name is None:
+            return
+        meta = layer.metadata.setdefault("trihrge", {})
+        meta["sample"] = name
+        if name not in self._places:
+            self._places[name] = self._free_place(layer)
+        offset = self._places[name]
+        applied = np.asarray(meta.get("offset_rc_um", (0.0, 0.0)), dtype=float)
+        if np.allclose(applied, offset):
+            return
+        translate = np.asarray(layer.translate, dtype=float).copy()
+        translate[-2:] += offset - applied
+        layer.translate = translate
+        meta["offset_rc_um"] = tuple(float(v) for v in offset)
+
+    def _free_place(self, layer) -> np.ndarray:
+        viewer = self.viewer
+        placed = [lay for lay in (viewer.layers if viewer is not None else [])
+                  if lay is not layer and layer_kind(lay) in PLACED_KINDS
+                  and (lay.metadata or {}).get("trihrge", {}).get("sample") in self._places]
+        if not placed:
+            return np.zeros(2)
+        right = max(float(lay.extent.world[1][-1]) for lay in placed)
+        left = min(float(lay.extent.world[0][-1]) for lay in placed)
+        own = np.asarray(layer.extent.world, dtype=float)
+        gap = SAMPLE_GAP_FRACTION * max(right - left, own[1][-1] - own[0][-1])
+        return np.array([0.0, right + gap - own[0][-1]])
+
+    def _on_active(self, event=None) -> None:
+        """Selecting a layer of another open sample makes that sample current (its results,
+        colour scale and trust come with it)."""
+        viewer = self.viewer
+        layer = viewer.layers.selection.active if viewer is not None else None
+        if layer is None or layer_kind(layer) not in PLACED_KINDS:
+            return
+        name = self.layer_sample(layer)
+        if name is None or name == self.model.sample_name:
+            return
+        spots = next((lay for lay in viewer.layers if layer_kind(lay) == "spots"
+                      and (lay.metadata or {}).get("adata") is not None
+                      and self.layer_sample(lay) == name), None)
+        if spots is not None:
+            self.model.set_sample(spots.metadata["adata"])
 
     def _reuse_open_image(self, layer) -> bool:
         """The same H&E (same pixels) open already from another source (the sample and its
@@ -234,12 +314,16 @@ class LayerView:
         if viewer is None:
             return None
         sample = self.model.adata
+        name = self.model.sample_name
         for layer in reversed(list(viewer.layers)):
             if layer_kind(layer) != kind:
                 continue
             if kind == "spots" and sample is not None and \
                     layer.metadata.get("adata") is not sample:
                 continue
+            owner = layer.metadata.get("trihrge", {}).get("sample")
+            if name is not None and owner is not None and owner != name:
+                continue  # another sample's layer
             return layer
         return None
 
@@ -267,6 +351,7 @@ class LayerView:
                            / np.sqrt(factor))
         data, kwargs, _ = L.spots_layer(pred, [gene], color_by=gene, kind=kind, name=name,
                                         **({} if size_um is None else {"size_um": size_um}))
+        kwargs["metadata"]["trihrge"]["sample"] = self.model.result_sample(pred)
         old = self.find_layer(kind)
         if old is not None:
             self.viewer.layers.remove(old)
@@ -302,9 +387,11 @@ class LayerView:
                 # other genes only (predictions): never leave them on the previous gene
                 lay.visible = False
         if plan.map_values is not None:
-            layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap)
+            name = self.model.sample_name
+            layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap, sample=name)
+            self.place(layer)
             set_map_gene(layer, plan.maps, gene, plan.map_values, limits)
-            shown["spread"] = show_spread(viewer, plan.maps, gene)
+            shown["spread"] = show_spread(viewer, plan.maps, gene, sample=name)
             layer.visible = True
         else:
             for kind in ("map", "spread"):
