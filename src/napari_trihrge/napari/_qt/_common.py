@@ -69,13 +69,17 @@ def _tabify(widget) -> None:
     if not isinstance(main, QMainWindow) or dock.isFloating():
         return
     area = main.dockWidgetArea(dock)
-    others = [d for d in main.findChildren(QDockWidget) if d is not dock and d.isVisible()
-              and main.dockWidgetArea(d) == area and not d.isFloating()
-              and any(getattr(w, "trihrge_panel", False) for w in d.findChildren(QWidget))]
-    if others and dock not in main.tabifiedDockWidgets(others[0]):
-        main.tabifyDockWidget(others[0], dock)
-        dock.show()
-        dock.raise_()
+    group = [d for d in main.findChildren(QDockWidget) if not d.isHidden()
+             and main.dockWidgetArea(d) == area and not d.isFloating()
+             and any(getattr(w, "trihrge_panel", False) for w in d.findChildren(QWidget))]
+    if dock not in group or len(group) < 2:
+        return
+    anchor = group[0]  # one tab group: every panel joins the first one's
+    for other in group[1:]:
+        if other not in main.tabifiedDockWidgets(anchor):
+            main.tabifyDockWidget(anchor, other)
+    dock.show()
+    dock.raise_()
 
 
 def report_outcome(outcome: Outcome, what: str) -> bool:
