@@ -102,6 +102,7 @@ def test_a_gene_below_interpolation_is_orange_on_a_bare_slide(viewer, qtbot):
     model.show_gene(genes[0])  # held-out PCC 0.90 vs kNN 0.95 on the training sections
     label = canvas_text_overlay(viewer)
     assert "NOT better than interpolation" in label.text
+    assert max(map(len, label.text.splitlines())) <= 56  # fits a narrow canvas
     assert np.allclose(label.color, np.array([0xFF, 0xB7, 0x4D, 0xFF]) / 255)
     assert view.find_layer("map").name.endswith("(not better than interpolation)")
     assert WARN_COLOUR in ge.trust_label.styleSheet()

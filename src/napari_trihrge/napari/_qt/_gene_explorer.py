@@ -296,7 +296,7 @@ class GeneExplorer(Panel):
         what = {"map": "enhanced map", "recovered": "predicted spots",
                 "virtual": "enhanced spots"}.get(kind, "enhanced")
         if kind == "map" and right.name.endswith("(not better than interpolation)"):
-            what += " (not better than interpolation)"
+            what += " (below kNN)"  # short: the panel label must fit its half of the canvas
         left.name = f"measured spots: {gene}"
         right.name = f"{what}: {gene}"
         for lay in (left, right):

@@ -82,6 +82,8 @@ def layer_kind(layer) -> str | None:
 
 #: layers placed with their sample (each sample in its own place, side by side)
 PLACED_KINDS = ("image", "spots", "virtual", "recovered", "map", "spread")
+#: the canvas label's lines are wrapped at this many characters (they fit a narrow canvas)
+CANVAS_LABEL_WIDTH_CHARS = 56
 #: gap between two samples, as a share of the wider one's width
 SAMPLE_GAP_FRACTION = 0.08
 
@@ -437,6 +439,10 @@ class LayerView:
             lines.append(f"no enhanced map for {gene} (map hidden):")
             lines.append("add it to Extra genes and run Enhance again")
             warn = True
+        import textwrap
+
+        lines = [part for line in lines for text in line.split("\n")
+                 for part in textwrap.wrap(text, CANVAS_LABEL_WIDTH_CHARS) or [""]]
         show_canvas_label(viewer, "\n".join(lines), warn=warn,
                           position=self.canvas_label_position)
         keep = None
