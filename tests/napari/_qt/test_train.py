@@ -225,3 +225,13 @@ def test_genes_asked_in_the_viewer_are_mapped_by_the_next_run(viewer, qtbot):
     assert quiet in tw.make_config().extra_genes
     tw.config_form["extra_genes"].value = "ERBB2"
     assert tw.make_config().extra_genes[:2] == ("ERBB2", quiet)
+
+
+def test_density_choices_are_the_engine_rule(viewer):
+    from napari_trihrge.geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
+    from napari_trihrge.napari._qt import TrainWidget
+
+    tw = TrainWidget(viewer)
+    combo = tw.factor_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == list(DENSITY_FACTORS)
+    assert combo.currentData() == DEFAULT_DENSITY_FACTOR

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ...geometry import DEFAULT_SPOT_DIAMETER_UM, DEFAULT_SPOT_SPACING_UM
 from .. import layers as L
 from ..session import GeneDisplay, SessionModel
 
@@ -86,12 +85,6 @@ PLACED_KINDS = ("image", "spots", "virtual", "recovered", "map", "spread")
 CANVAS_LABEL_WIDTH_CHARS = 56
 #: gap between two samples, as a share of the wider one's width
 SAMPLE_GAP_FRACTION = 0.08
-
-
-#: how each task's predicted spots are drawn: (kind, layer name)
-RESULT_LAYERS = {"recovery": ("recovered", "recovery: predicted hidden spots"),
-                 "enhance": ("virtual", "enhanced: {factor}x virtual spots"),
-                 "predict": ("virtual", "predicted: {factor}x virtual spots")}
 
 
 class LayerView:
@@ -333,26 +326,10 @@ class LayerView:
     def _on_result(self, task: str, result) -> None:
         """A run finished: its predicted spots as their own layer (replacing the earlier one),
         hidden under a dense map when there is one."""
-        kind, name = RESULT_LAYERS[task]
+        kind = L.RESULT_LAYERS[task][0]
         pred = result.predictions if task == "recovery" else result.virtual
         gene = self.model.default_gene(task, result)
-        size_um = None
-        if task != "recovery":
-            info = pred.uns.get("trihrge", {})
-            factor = int(info.get("factor", 4))
-            name = name.format(factor=factor)
-            if task == "enhance":
-                sample = self.model.adata
-                diameter = float((sample.uns.get("trihrge", {}) if sample is not None else {})
-                                 .get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM))
-                size_um = diameter / np.sqrt(factor)
-            else:
-                # a virtual spot drawn as a measured one: the default diameter-to-spacing ratio
-                spacing = float(info.get("lattice_spacing_um", DEFAULT_SPOT_SPACING_UM))
-                size_um = (DEFAULT_SPOT_DIAMETER_UM / DEFAULT_SPOT_SPACING_UM * spacing
-                           / np.sqrt(factor))
-        data, kwargs, _ = L.spots_layer(pred, [gene], color_by=gene, kind=kind, name=name,
-                                        **({} if size_um is None else {"size_um": size_um}))
+        data, kwargs, _ = L.result_spots_layer(pred, task, [gene], color_by=gene)
         kwargs["metadata"]["trihrge"]["sample"] = self.model.result_sample(pred)
         old = self.find_layer(kind)
         if old is not None:
