@@ -35,9 +35,9 @@ def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, f
 
 def _of_sample(layer, kind: str, sample: str | None) -> bool:
     """Whether ``layer`` is of ``kind`` and may show ``sample``'s data (a layer of another
-    sample never does; one without a recorded sample may)."""
+    sample never does; one without a recorded sample may; with no sample open, any)."""
     meta = (layer.metadata or {}).get("trihrge", {})
-    return meta.get("kind") == kind and meta.get("sample") in (None, sample)
+    return meta.get("kind") == kind and (sample is None or meta.get("sample") in (None, sample))
 
 
 def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
