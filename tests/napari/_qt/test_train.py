@@ -69,6 +69,9 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     tw.set_task("enhance")
     tw.stride_spin.setValue(48.0)  # a coarse map keeps the test fast
     tw.out_edit.setText(str(tmp_path / "run"))
+    overall = []  # the horizon line during the run
+    show = tw.bars._show_horizon
+    tw.bars._show_horizon = lambda text: (overall.append(text), show(text))
     tw.start()
     qtbot.waitUntil(lambda: not tw.running, timeout=300_000)
     assert tw.last_outcome.status == "ok", tw.last_outcome.message
@@ -79,6 +82,18 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     m = view.find_layer("map")
     v = view.find_layer("virtual")
     assert m is not None and v is not None
+    # the result follows the run: held-out summary, the run's per-gene trust, the best gene
+    assert "Enhance: held-out check" in tw.scores.text()
+    assert "Genes that beat interpolation" in tw.scores.text()
+    table = s.trust_table()
+    assert ge.best_list.count() == min(50, len(table))
+    assert ge.best_list.item(0).data(0x0100) == table.index[0]
+    beats = [g for g, b in table["beats_interpolation"].items() if b is True]
+    assert s.gene == (beats[0] if beats else table.index[0])
+    assert viewer.layers.selection.active is m  # the visible map, not the spread layer
+    assert any("trust check 1 of 2" in t for t in overall)
+    assert any("final model 2 of 2" in t and "left" in t for t in overall), overall[-5:]
+    assert tw.horizon.text() == ""  # cleared when the run ends
     assert tuple(m.scale) == (48.0, 48.0)
     assert m.metadata["trihrge"]["gene"] == s.gene
     # the measured spots are drawn above the map
