@@ -222,7 +222,7 @@ def trust_text(trust: dict[str, Any] | None) -> str:
     """One plain line (two for a slide where nothing was measured) on how far a gene's
     prediction can be trusted."""
     if trust is None:
-        return "not scored on held-out spots (run a recovery to score it)"
+        return "not scored on held-out spots (Enhance or Recovery scores it)"
     pcc, base = trust["pcc"], trust["pcc_baseline_knn"]
     if trust.get("measured_here", True) is False:
         knn = f" (kNN {base:.2f})" if np.isfinite(base) else ""

@@ -379,7 +379,8 @@ def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
     ge.session.enhance = fake_enhance()
     assert ge.show_gene("ERBB2")
     text = canvas_text_overlay(viewer).text
-    assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in text
+    assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in " ".join(text.split())
+    assert max(map(len, text.splitlines())) <= 56  # wrapped to fit a narrow canvas
     m = ge.view.find_layer("map")
     assert m.colorbar.visible and not spots.face_colorbar.visible  # exactly one colour bar
     assert "log-normalised" in ge.scale_label.text()

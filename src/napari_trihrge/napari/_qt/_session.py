@@ -408,6 +408,9 @@ class LayerView:
             return
         trust = self.model.trust(gene)
         lines = [f"{gene}: {L.EXPRESSION_UNITS}"]
+        if len(lines[0]) > CANVAS_LABEL_WIDTH_CHARS:  # the units on a line of their own
+            head, _, tail = L.EXPRESSION_UNITS.partition(", ")
+            lines = [f"{gene}: {head},", tail]
         warn = False
         if done.get("map") or done.get("recovered") or done.get("virtual"):
             lines.append(f"prediction {L.trust_text(trust)}")
@@ -418,8 +421,10 @@ class LayerView:
             warn = True
         import textwrap
 
-        lines = [part for line in lines for text in line.split("\n")
-                 for part in textwrap.wrap(text, CANVAS_LABEL_WIDTH_CHARS) or [""]]
+        nbsp = "\u00a0"  # never break a number such as '10 000'
+        lines = [part.replace(nbsp, " ") for line in lines for text in line.split("\n")
+                 for part in textwrap.wrap(re.sub(r"(\d) (\d)", rf"\1{nbsp}\2", text),
+                                           CANVAS_LABEL_WIDTH_CHARS) or [""]]
         show_canvas_label(viewer, "\n".join(lines), warn=warn,
                           position=self.canvas_label_position)
         keep = None
