@@ -95,8 +95,8 @@ class SessionModel:
         self.last_shown: dict[str, Any] = {}
         self.colormap = L.DEFAULT_COLORMAP
         self.scores: dict[str, Any] = {}
-        #: genes the user asked for (shown by name) since the sample was opened, in order: a run
-        #: started now maps them too (RunConfig.extra_genes)
+        #: genes the user asked for (shown by name) in this viewer, in order: a run started now
+        #: maps those its sample has too (RunConfig.extra_genes), on every section alike
         self.asked_genes: list[str] = []
         self._values: dict[tuple[int, str], np.ndarray] = {}
         # set by the Sample widget; read when a run starts, never stored
@@ -127,7 +127,6 @@ class SessionModel:
         _, self._recovery, self._enhance = self._other_runs.pop(id(adata), (None, None, None))
         self._sample = adata
         self._values.clear()
-        self.asked_genes = []
         self.sample_changed.emit(adata)
         self.trust_changed.emit(self.trust_table())
 

@@ -196,8 +196,8 @@ class TrainWidget(Panel):
                                 "of the time left from the pace so far.")
         self.bars = StageBars(self.status.setText, self.horizon.setText)
         self.asked_note = note("")
-        self.asked_note.setToolTip("Every gene you showed by name since the sample was opened "
-                                   "is added to the run's genes, so it gets a map.")
+        self.asked_note.setToolTip("Every gene of the sample you showed by name in the Gene "
+                                   "explorer is added to the run's genes, so it gets a map.")
         self.asked_note.setVisible(False)
         self.loss = LossCanvas(self)
         self.scores = QLabel("")
@@ -309,8 +309,8 @@ class TrainWidget(Panel):
         return RunConfig(hf_token=self.session.token(), **kwargs)
 
     def asked_genes(self) -> list[str]:
-        """The sample's genes the user asked for in the viewer since it was opened: a run
-        maps them too (added to Extra genes), whether or not they are variable."""
+        """The sample's genes the user asked for in the viewer: a run maps them too (added to
+        Extra genes), whether or not they are variable."""
         adata = self.session.adata
         if adata is None:
             return []
