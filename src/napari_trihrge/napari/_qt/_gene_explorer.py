@@ -171,8 +171,10 @@ class GeneExplorer(Panel):
         if self.search.text() != gene:
             self.search.setText(gene)
         lo, hi = self.session.contrast_limits or (0.0, 1.0)
+        here = (None, self.session.sample_name)  # the current sample's layers only
         shown = [lay.name for lay in self.viewer.layers
-                 if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene]
+                 if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene
+                 and self.view.layer_sample(lay) in here]
         self.current.setText(f"<b>{gene}</b> on: {', '.join(shown) or 'no layer'}")
         done = self.session.last_shown or {}
         clipped = L.clipped_text(done.get("clipped") or {})
