@@ -301,7 +301,7 @@ class SessionModel:
         enhance run behind the map, else of the last recovery, else of reopened outputs; None
         when it was not scored."""
         for table, ad in self._trust_sources():
-            t = L.gene_trust(table, gene)
+            t = L.trust_of_gene(table, gene)
             if t is not None:
                 # a prediction on a slide where nothing was measured: trust from elsewhere
                 t["measured_here"] = ad is None or L.measured_here(ad)

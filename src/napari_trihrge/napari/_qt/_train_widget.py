@@ -479,10 +479,6 @@ class TrainWidget(Panel):
         """Hand a recovery result to the session (its view adds the layers)."""
         self.session.set_result("recovery", result, adata)
 
-    def _show_enhance(self, result, adata):
-        """Hand an enhance result to the session (its view adds the layers)."""
-        self.session.set_result("enhance", result, adata)
-
     def _on_scores(self, scores: dict):
         """The last run's scores (session event): recovery scores, or an enhance run's
         held-out summary; an enhance run without one keeps the last recovery's, marked. A
