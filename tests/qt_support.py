@@ -67,12 +67,45 @@ def fake_recovery(adata=None, genes=("ERBB2", "TUMOR_3", "STROMA_4")):
                       var=pd.DataFrame(index=list(genes)))
     pred.obsm["spatial"] = np.asarray(adata.obsm["spatial"])[hidden]
     pred.uns["trihrge"] = {**adata.uns["trihrge"], "task": "recovery"}
-    per_gene = pd.DataFrame({"pcc": [0.9, 0.8, 0.1], "pcc_baseline": [0.5, 0.4, 0.2]},
+    n = len(genes)
+    per_gene = pd.DataFrame({"pcc": np.resize([0.9, 0.8, 0.1], n),
+                             "pcc_baseline": np.resize([0.5, 0.4, 0.2], n)},
                             index=pd.Index(list(genes), name="gene"))
     return SimpleNamespace(predictions=pred, per_gene=per_gene,
                            metrics={"pcc_mean": 0.6, "baseline_knn_pcc_mean": 0.37,
                                     "n_hidden": len(hidden), "n_genes_scored": 3},
                            history=[], timings_s={})
+
+
+def fake_run_with_trust(adata=None, task="enhance", best=2):
+    """An enhance (or, with ``task='predict'``, a prediction on a slide where nothing was
+    measured) result with maps, stand-in virtual spots and per-gene trust: the first map gene
+    has the highest held-out PCC but loses to kNN; gene ``best`` is the best that beats it."""
+    adata = adata if adata is not None else sample_adata()
+    res = fake_enhance(adata)
+    genes = list(res.maps.gene_names)
+    virtual = fake_recovery(adata, genes=tuple(genes)).predictions
+    pcc = np.linspace(0.5, 0.1, len(genes))
+    pcc[0], pcc[best] = 0.9, 0.8
+    base = np.full(len(genes), 0.3)
+    base[0] = 0.95
+    trust = pd.DataFrame({"pcc": pcc, "pcc_baseline_knn": base, "pcc_gain": pcc - base,
+                          "beats_interpolation": pcc > base}, index=pd.Index(genes, name="gene"))
+    for col in trust.columns:
+        virtual.var[col] = trust[col].to_numpy()
+    virtual.uns["trihrge"] = {**virtual.uns["trihrge"], "task": task}
+    if task == "predict":  # a bare slide: the trust comes from the training sections
+        virtual.obs["is_measured"] = False
+        res.trust = None
+        res.metrics = {"n_virtual_spots": virtual.n_obs}
+    else:
+        res.trust = trust
+        res.metrics = {"trust": {"pcc_mean": float(pcc.mean()),
+                                 "baseline_knn_pcc_mean": float(base.mean()),
+                                 "n_genes_scored": len(genes), "n_hidden": 100,
+                                 "n_genes_beating_interpolation": int((pcc > base).sum())}}
+    res.virtual = virtual
+    return res
 
 
 class Notifications:

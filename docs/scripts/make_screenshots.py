@@ -2,7 +2,7 @@
 
 Steps (docs/user-guide.md): open the synthetic sample, run a recovery (scores, best genes), run
 Enhance (dense map), pick a gene, pick a gene that has no map, compare side by side, draw two
-regions and read their statistics.
+regions and read their statistics, open a second section beside the first.
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python docs/scripts/make_screenshots.py
 
@@ -161,6 +161,20 @@ def main(argv=None) -> None:
     layer.mode = "pan_zoom"
     rx.compute()
     shot("07_region_table.png", "Region explorer")
+
+    # 7. a second section opens beside the first, with its own scale and trust --------------
+    from napari_trihrge.napari._sample_data import synthetic_adata
+
+    second = synthetic_adata(1).copy()
+    second.uns["trihrge"] = {**second.uns["trihrge"], "sample": "synthetic section 2"}
+    for data, kwargs, kind in L.sample_layers(second, source="synthetic-section-2"):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    wait_until(app, lambda: ge.session.adata is second, 60, "the second section")
+    ge.search.setText("ERBB2")
+    ge._on_enter()
+    layer.visible = False
+    viewer.reset_view()
+    shot("08_two_sections.png", "Gene explorer")
     viewer.close()
 
 

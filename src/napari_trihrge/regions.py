@@ -165,7 +165,7 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
 
 def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | None = None,
-                      enhanced: ExpressionSet | None = None, *, top_n: int = 20,
+                      enhanced: ExpressionSet | None = None, *, top_n: int | None = 20,
                       region_names: Sequence[str] | None = None,
                       min_spots: int = MIN_SPOTS_FOR_TEST) -> RegionStats:
     """Each region against the rest of the tissue, per gene: mean measured and enhanced
@@ -174,7 +174,9 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
     number of spots behind each test. A region with fewer than ``min_spots`` measured spots
     inside (or outside) gets means but no test, and a message saying so. Without measured spots
     (a bare H&E) the table holds the enhanced columns only, and a message says why there is no
-    test."""
+    test. Every measured gene is tested, the enhanced ones and the others alike; with both
+    sets, the ``mapped`` column says which genes the enhanced expression has. ``top_n=None``
+    keeps every gene."""
     if measured is None and enhanced is None:
         raise TrihrgeInputError("no expression to summarise",
                                 "open a sample (and run Enhance for enhanced expression)")
@@ -185,8 +187,9 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
         f"region {i + 1}" for i in range(len(polygons))]
     genes = list(enhanced.genes) if enhanced is not None else list(measured.genes)
     if enhanced is not None and measured is not None:
-        common = set(measured.genes)
-        genes_m = [g for g in genes if g in common]
+        mapped = set(genes)
+        genes += [g for g in measured.genes if g not in mapped]  # tested, without a map
+        genes_m = list(measured.genes)
     else:
         genes_m = genes if measured is not None else []
     pos_m = pd.Index(genes).get_indexer(genes_m)
@@ -201,7 +204,7 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
         inside = points_in_regions(polygons, es.points_rc_um)
         inside_sets[key] = inside
         counts[key] = inside.sum(axis=1)
-        use = genes if key == "enhanced" else genes_m
+        use = list(es.genes) if key == "enhanced" else genes_m
         cols = pd.Index(es.genes).get_indexer(use)
         vals = es.values[:, cols]
         m_in, m_out = _region_means(inside, vals)
@@ -213,6 +216,9 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
 
     primary = "enhanced" if enhanced is not None else "measured"
     diff = res[f"{primary}_inside"] - res[f"{primary}_outside"]
+    if primary == "enhanced" and measured is not None:  # genes without a map: measured
+        diff = np.where(np.isfinite(diff), diff,
+                        res["measured_inside"] - res["measured_outside"])
     n_points = len(measured.points_rc_um) if measured is not None else 0
     measured_vals = None
     if measured is not None:
@@ -222,6 +228,7 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
         messages.append("No measured spots on this slide: the Wilcoxon rank-sum test needs "
                         "them and cannot be run (no p-values or FDR); only the enhanced means "
                         "inside and outside are compared.")
+    n_mapped = len(enhanced.genes) if enhanced is not None else 0
     rows = []
     summary = []
     for r in range(n_reg):
@@ -267,7 +274,7 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
         order = [g for g in order if np.isfinite(d[g])][:top_n]
         for g in order:
             lfc = lfc_m if lfc_m is not None and np.isfinite(lfc_m[g]) else lfc_e
-            row = {"region": names[r], "gene": genes[g],
+            row = {"region": names[r], "gene": genes[g], "mapped": g < n_mapped,
                    "log2_fold_change": float(lfc[g]) if lfc is not None else np.nan,
                    "fdr": float(fdr[g]),
                    "measured_inside": float(res["measured_inside"][r, g])
@@ -285,6 +292,8 @@ def region_statistics(polygons: Sequence[np.ndarray], measured: ExpressionSet | 
             row["difference"] = float(d[g])
             rows.append(row)
     cols = list(KEY_COLUMNS) + ["p_value", "z_score"]
+    if measured is not None and enhanced is not None:
+        cols.insert(cols.index("gene") + 1, "mapped")
     if measured is None:  # nothing measured: no test, no spot counts, no measured fold change
         cols = [c for c in cols if c not in (
             "measured_inside", "measured_outside", "log2_fold_change", "fdr", "p_value",

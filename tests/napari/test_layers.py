@@ -293,6 +293,28 @@ def test_region_with_enhanced_maps_and_ellipse():
     assert R.shape_polygon_rc_um(np.zeros((2, 2)), "line") is None
 
 
+def test_region_tests_every_measured_gene_and_marks_the_mapped_ones():
+    """With an enhanced set of a few genes, the measured genes without a map are still tested
+    (the FDR counts every gene), and ``mapped`` says which genes have enhanced expression."""
+    a = small_sample()
+    measured = R.adata_expression_set(a)
+    mapped = [g for g in measured.genes if g != "LEFT"][:2]
+    cols = [measured.genes.index(g) for g in mapped]
+    x = measured.values.toarray() if hasattr(measured.values, "toarray") else measured.values
+    enhanced = R.ExpressionSet("enhanced", measured.points_rc_um, np.asarray(x)[:, cols], mapped)
+    left = np.array([[0, 0], [0, 640], [1400, 640], [1400, 0]], float)
+    alone = R.region_statistics([left], measured, top_n=None).table.set_index("gene")
+    stats = R.region_statistics([left], measured, enhanced, top_n=None)
+    t = stats.table.set_index("gene")
+    assert set(t.index) == set(measured.genes)
+    assert t["mapped"].to_dict() == {g: g in mapped for g in measured.genes}
+    assert list(stats.table.columns[:3]) == ["region", "gene", "mapped"]
+    # LEFT has no map: tested on the measured spots exactly as without the enhanced set
+    np.testing.assert_allclose(t.loc["LEFT", "fdr"], alone.loc["LEFT", "fdr"])
+    assert np.isnan(t.loc["LEFT", "enhanced_inside"])
+    np.testing.assert_allclose(t.loc["LEFT", "difference"], alone.loc["LEFT", "difference"])
+
+
 def test_region_subsampled_maps_stay_bounded():
     maps = col_maps(shape=(200, 200), stride_um=5.0)
     es = R.maps_expression_set(maps, max_values=10_000)
@@ -348,7 +370,10 @@ def test_trust_of_a_prediction_on_a_slide_without_spots():
     assert L.trust_warns(trust) and "NOT better" in L.trust_text(trust)
     elsewhere = {**trust, "measured_here": False}  # nothing to interpolate on this slide
     text = L.trust_text(elsewhere)
-    assert "unknown on this slide" in text and "0.20" in text and "NOT" not in text
-    assert not L.trust_warns(elsewhere)
+    # below interpolation on the training sections: orange on a bare slide too
+    assert "unknown on this slide" in text and "0.20" in text and "NOT better" in text
+    assert L.trust_warns(elsewhere)
+    better = {**elsewhere, "pcc": 0.6, "pcc_gain": 0.1, "beats_interpolation": True}
+    assert not L.trust_warns(better) and "NOT" not in L.trust_text(better)
     assert L.trust_warns({**elsewhere, "pcc": -0.1})
     assert "no signal" in L.trust_text({**elsewhere, "pcc": -0.1})

@@ -227,15 +227,53 @@ def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
 
 
 @pytest.mark.gui
-def test_viewer_open_and_sample_through_npe2(make_napari_viewer, tmp_path):
+def test_a_reopened_run_folder_is_ready_for_side_by_side(make_napari_viewer, tmp_path):
+    from napari_trihrge.napari._qt import GeneExplorer
+
+    viewer = make_napari_viewer()
+    test_a_reopened_run_folder_brings_its_measured_spots(tmp_path)
+    sample_adata().write_h5ad(tmp_path / "sample.h5ad")  # back in place
+    viewer.open(str(tmp_path / "run"), plugin="napari-trihrge")
+    ge = GeneExplorer(viewer)
+    assert ge.view.find_layer("spots") is not None and ge.session.adata is not None
+    assert ge.show_gene("STROMA_4")
+    assert ge.set_side_by_side(True)  # not "run Enhance first": the run is open
+    assert ge.set_side_by_side(False)
+
+
+@pytest.mark.gui
+def test_viewer_open_and_sample_through_npe2(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-trihrge", "synthetic")
     assert [lay._type_string for lay in viewer.layers] == ["image", "points"]
     path = tmp_path / "s.h5ad"
     sample_adata().write_h5ad(path)
     viewer.open(str(path), plugin="napari-trihrge")
-    assert len(viewer.layers) == 4
     assert viewer.layers[-1].metadata["trihrge"]["kind"] == "spots"
+    # the same H&E opened again: the open layer is used, not a second copy
+    qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=5000)
+    assert [lay._type_string for lay in viewer.layers] == ["image", "points", "points"]
+
+
+def test_a_reopened_run_folder_brings_its_measured_spots(tmp_path):
+    """A run folder whose summary records the sample path reopens with the measured spots,
+    coloured by the map's gene on the map's scale (side by side needs them)."""
+    test_run_folder_opens_as_layers(tmp_path)  # writes tmp_path / "run"
+    run = tmp_path / "run"
+    sample = tmp_path / "sample.h5ad"
+    a = sample_adata()
+    a.write_h5ad(sample)
+    (run / "summary.json").write_text(json.dumps({
+        "sample": "synthetic", "source": str(sample), "um_per_px": a.uns["trihrge"]["um_per_px"]}))
+    layers = get_reader(str(run))(str(run))
+    assert _kinds(layers) == ["image", "map", "virtual", "spots"]
+    (_, mkw, _), (data, skw, _) = layers[1], layers[3]
+    assert skw["metadata"]["trihrge"]["source"] == str(sample.resolve())
+    assert len(data) == a.n_obs and skw["metadata"]["trihrge"]["gene"] == \
+        mkw["metadata"]["trihrge"]["gene"]
+    assert skw["face_contrast_limits"] == mkw["contrast_limits"]
+    sample.unlink()  # moved since: the run opens all the same, without the spots
+    assert _kinds(get_reader(str(run))(str(run))) == ["image", "map", "virtual"]
 
 
 @pytest.mark.gui

@@ -63,8 +63,11 @@ def test_changing_the_gene_sends_what_to_draw_then_the_gene(model):
     assert plan.map_values is None and plan.map_missing == ""
     lo, hi = plan.limits
     assert lo < hi and lo >= expected.min() and hi <= expected.max()
+    beyond = float(np.mean((expected < lo) | (expected > hi)))
     assert shown == {"limits": plan.limits, "map_missing": "", "map": False, "spread": False,
-                     "spots": True, "recovered": False, "virtual": False}
+                     "spots": True, "recovered": False, "virtual": False,
+                     "clipped": {"spots": pytest.approx(beyond)}}
+    assert model.asked_genes == ["ERBB2"]  # a run started now maps it too
     assert rec.last("gene_changed") == ("gene_changed", "ERBB2")
     assert model.gene == "ERBB2" and model.contrast_limits == plan.limits
     other = [g for g in ad.var_names if g != "ERBB2"][0]
@@ -161,3 +164,57 @@ def test_a_run_through_the_cli_path_lands_in_the_model(model, tmp_path):
     assert shown["recovered"] and model.gene in out.result.predictions.var_names
     assert rec.last("scores_changed")[1]["pcc_mean"] == out.result.metrics["pcc_mean"]
     assert model.trust(model.gene) is not None
+
+
+def test_spots_and_a_narrow_map_share_a_scale_that_covers_both(model):
+    """A map that varies less than the spots (ERBB2 on her2st: map 3.9-4.8, spots 0-5.3) must
+    not narrow the scale until the spots look binary; what is beyond it is counted."""
+    from napari_trihrge.tl import DenseMaps
+
+    ad = sample_adata()
+    enh = fake_enhance(ad)
+    vals = np.asarray(enh.maps.values, dtype=np.float32).copy()
+    gene = enh.maps.gene_names[0]
+    spots = model._gene_values(ad, gene)
+    centre = float(np.median(spots[spots > 0]))
+    vals[0] = np.where(np.isfinite(vals[0]), centre, np.nan)  # a flat map at the spots' middle
+    vals[0, 0, 0] = centre + 0.1
+    enh.maps = DenseMaps(values=vals, stride_um=enh.maps.stride_um, mask=enh.maps.mask,
+                         origin_rc_um=enh.maps.origin_rc_um, gene_names=enh.maps.gene_names)
+    model.set_sample(ad)
+    model.enhance = enh
+    shown = model.show_gene(gene)
+    lo, hi = shown["limits"]
+    assert lo <= np.percentile(spots, 1) and hi >= np.percentile(spots, 99)
+    assert shown["clipped"]["spots"] < 0.02 and shown["clipped"]["map"] == 0.0
+
+
+def test_after_a_run_the_best_trusted_gene_or_the_asked_one_is_shown(model):
+    """The first map after a run is the gene the user asked for, else the run's best-trusted
+    gene (not the first gene, not one below interpolation); the run's summary is sent."""
+    import pandas as pd
+
+    from napari_trihrge.napari.session import run_scores
+
+    ad = sample_adata()
+    enh = fake_enhance(ad)
+    genes = list(enh.maps.gene_names)
+    # the first gene scores highest but loses to kNN; the third is the best that beats it
+    enh.trust = pd.DataFrame({"pcc": [0.9, 0.2, 0.7], "pcc_baseline_knn": [0.95, 0.1, 0.3],
+                              "pcc_gain": [-0.05, 0.1, 0.4],
+                              "beats_interpolation": [False, True, True]},
+                             index=pd.Index(genes[:3], name="gene"))
+    enh.metrics = {"trust": {"pcc_mean": 0.6, "baseline_knn_pcc_mean": 0.45,
+                             "n_genes_scored": 3, "n_genes_beating_interpolation": 2}}
+    rec = Recorder(model)
+    tables = []
+    model.trust_changed.connect(tables.append)
+    model.set_result("enhance", enh, ad)
+    assert model.gene == genes[2]
+    assert rec.last("scores_changed")[1] == {"task": "enhance", **enh.metrics["trust"]}
+    assert list(tables[-1].index[:3]) == [genes[0], genes[2], genes[1]]  # best PCC first
+    assert tables[-1]["beats_interpolation"].tolist()[:3] == [False, True, True]
+    model.show_gene(genes[1])  # asked by the user: the next run shows it first
+    model.set_result("enhance", enh, ad)
+    assert model.gene == genes[1] and model.asked_genes == [genes[1]]
+    assert run_scores("predict", enh)["n_genes_beating_interpolation"] == 2

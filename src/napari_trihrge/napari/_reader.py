@@ -414,4 +414,39 @@ def read_run_layers(path) -> list:
     if not out:
         raise TrihrgeInputError(f"{p} holds no enhanced.h5ad, recovery.h5ad or maps",
                                 "open the folder given to --out of a finished trihrge run")
-    return _tag_source(out, p)
+    out = _tag_source(out, p)
+    spots = measured_spots_layer(p, out)
+    return out + ([spots] if spots is not None else [])
+
+
+def measured_spots_layer(run_dir: Path, layers: list) -> tuple | None:
+    """The measured spots of a run folder's sample (read again from the sample path its
+    ``summary.json`` records), coloured by the gene and on the scale of the run's layers, so a
+    reopened run has everything side by side needs; None when the run records no readable
+    sample (a model applied to an H&E alone, a sample moved since)."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    source = summary.get("source")
+    path = Path(str(source)) if source else None
+    if path is None or not path.exists() or (path.is_file() and path.suffix != ".h5ad"):
+        return None  # no sample recorded, moved since, or an H&E alone
+    from .. import io
+
+    try:
+        um = summary.get("um_per_px")
+        adata = io.read(str(source), **({"um_per_px": float(um)} if um else {}))
+    except Exception:  # noqa: BLE001 - the run opens all the same, without the spots
+        return None
+    shown = next((kw for _, kw, kind in layers if kind == "image"
+                  and kw["metadata"]["trihrge"].get("kind") == "map"), None)
+    gene = shown["metadata"]["trihrge"]["gene"] if shown is not None else None
+    if gene is not None and gene not in adata.var_names:
+        gene = None
+    layer = L.sample_layers(adata, None if gene is None else [gene], source=os.path.abspath(
+        str(source)), with_image=False, color_by=gene,
+        **({"contrast_limits": shown["contrast_limits"]} if gene is not None else {}))[0]
+    return layer

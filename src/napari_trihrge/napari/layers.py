@@ -92,8 +92,10 @@ def most_variable_genes(adata, n: int = 8) -> list[str]:
 def shared_contrast_limits(*values: np.ndarray | None,
                            percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
                            max_samples: int = 200_000) -> tuple[float, float]:
-    """ONE colour scale for several value sets (spots and map): robust percentiles of all finite
-    values together; large arrays are subsampled with a fixed stride. Always ``hi > lo``."""
+    """ONE colour scale for several value sets (spots and map) that covers each of them: the
+    lowest lower and the highest upper robust percentile over the sets, so that a large set (a
+    map of many pixels) cannot narrow the scale of a small one (the measured spots). Large
+    arrays are subsampled with a fixed stride. Always ``hi > lo``."""
     parts = []
     for v in values:
         if v is None:
@@ -102,40 +104,83 @@ def shared_contrast_limits(*values: np.ndarray | None,
         v = v[np.isfinite(v)]
         if v.size > max_samples:
             v = v[:: int(np.ceil(v.size / max_samples))]
-        parts.append(v)
-    allv = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if allv.size == 0:
+        if v.size:
+            parts.append(v)
+    if not parts:
         return 0.0, 1.0
-    lo, hi = (float(p) for p in np.percentile(allv, percentiles))
+    ranges = np.asarray([np.percentile(v, percentiles) for v in parts], dtype=np.float64)
+    lo, hi = float(ranges[:, 0].min()), float(ranges[:, 1].max())
     if not hi > lo:
-        hi = float(allv.max())
-        lo = float(min(lo, allv.min()))
+        hi = max(float(v.max()) for v in parts)
+        lo = min(lo, min(float(v.min()) for v in parts))
     if not hi > lo:
         hi = lo + 1.0
     return lo, hi
 
 
-def trust_of_gene(table: pd.DataFrame | None, gene: str) -> dict[str, Any] | None:
-    """The per-gene trust of ``gene`` from a per-gene table (an output's ``var`` or a recovery's
-    ``per_gene``): the :data:`~napari_trihrge.metrics.TRUST_COLUMNS` that
-    :func:`~napari_trihrge.metrics.gene_trust` computed for every gene, read back for one. Older outputs without the trust
-    columns fall back on ``pcc_baseline`` (the better kNN); None when the gene was not scored."""
-    if table is None or gene not in table.index or "pcc" not in table.columns:
+def clipped_share(values: np.ndarray | None, limits: tuple[float, float]) -> float:
+    """Share of the finite ``values`` beyond ``limits`` (drawn in the end colours of the
+    scale); 0 for no values."""
+    if values is None:
+        return 0.0
+    v = np.asarray(values, dtype=np.float32).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0
+    lo, hi = (float(x) for x in limits)
+    return float(np.count_nonzero((v < lo) | (v > hi)) / v.size)
+
+
+def clipped_text(shares: dict[str, float]) -> str:
+    """'ERBB2 beyond the scale: 1.2 % of spots, 0.4 % of map pixels' style text from
+    ``{kind: share}`` (kinds with a share of 0 left out); '' when nothing is clipped."""
+    what = {"spots": "measured spots", "recovered": "predicted spots",
+            "virtual": "virtual spots", "map": "map pixels"}
+    parts = [f"{100 * s:.1f} % of {what.get(k, k)}" for k, s in shares.items() if s > 0]
+    return ("beyond the scale (drawn in its end colours): " + ", ".join(parts)) if parts else ""
+
+
+def trust_table(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The per-gene trust of every scored gene of a per-gene table (an output's ``var`` or a
+    recovery's ``per_gene``), the best predicted first: ``pcc`` (the model on held-out spots),
+    ``pcc_baseline_knn`` (the better kNN interpolation), ``pcc_gain`` and
+    ``beats_interpolation`` (True, False, or None when no baseline was recorded). Older outputs
+    without the trust columns fall back on ``pcc_baseline`` (the better kNN). None when the
+    table has no scores."""
+    if table is None or "pcc" not in getattr(table, "columns", ()):
         return None
-    row = table.loc[gene]
-    pcc = float(row["pcc"])
-    if not np.isfinite(pcc):
-        return None
+    pcc = pd.to_numeric(table["pcc"], errors="coerce").astype(float)
     base_col = next((c for c in ("pcc_baseline_knn", "pcc_baseline") if c in table.columns),
                     None)
-    base = float(row[base_col]) if base_col is not None else float("nan")
-    gain = float(row["pcc_gain"]) if "pcc_gain" in table.columns else pcc - base
-    if "beats_interpolation" in table.columns and pd.notna(row["beats_interpolation"]):
-        beats: bool | None = bool(row["beats_interpolation"])
-    else:
-        beats = bool(pcc > base) if np.isfinite(base) else None
-    return {"pcc": pcc, "pcc_baseline_knn": base, "pcc_gain": gain,
-            "beats_interpolation": beats}
+    base = (pd.to_numeric(table[base_col], errors="coerce").astype(float)
+            if base_col is not None else pd.Series(np.nan, index=table.index))
+    gain = (pd.to_numeric(table["pcc_gain"], errors="coerce").astype(float)
+            if "pcc_gain" in table.columns else pcc - base)
+    beats = pd.Series(np.where(np.isfinite(base), pcc > base, None), index=table.index,
+                      dtype=object)
+    if "beats_interpolation" in table.columns:
+        recorded = table["beats_interpolation"]
+        known = recorded.notna().to_numpy()
+        beats[known] = recorded[known].astype(bool).to_numpy()
+    out = pd.DataFrame({"pcc": pcc, "pcc_baseline_knn": base, "pcc_gain": gain,
+                        "beats_interpolation": beats}, index=table.index.astype(str))
+    out = out[np.isfinite(pcc.to_numpy())]
+    return out.sort_values("pcc", ascending=False, kind="stable")
+
+
+def trust_of_gene(table: pd.DataFrame | None, gene: str) -> dict[str, Any] | None:
+    """The trust of one gene (a row of :func:`trust_table` as a dict), None when the gene was
+    not scored."""
+    if table is None or gene not in table.index:
+        return None
+    scored = trust_table(table.loc[[gene]])
+    if scored is None or scored.empty:
+        return None
+    row = scored.iloc[0]
+    beats = row["beats_interpolation"]
+    return {"pcc": float(row["pcc"]), "pcc_baseline_knn": float(row["pcc_baseline_knn"]),
+            "pcc_gain": float(row["pcc_gain"]),
+            "beats_interpolation": None if beats is None else bool(beats)}
 
 
 def measured_here(adata) -> bool:
@@ -150,13 +195,13 @@ def measured_here(adata) -> bool:
 
 
 def trust_warns(trust: dict[str, Any] | None) -> bool:
-    """Whether a gene's prediction deserves a warning: it does not beat interpolation on this
-    slide's held-out spots, or (on a slide where nothing was measured, so interpolation is not
-    an option) it had no positive correlation on the training sections' held-out spots."""
+    """Whether a gene's prediction deserves a warning (orange): it does not beat interpolation
+    on the held-out spots - of this slide, or, on a slide where nothing was measured, of the
+    model's training sections - or it had no positive correlation there."""
     if trust is None:
         return False
-    if trust.get("measured_here", True) is False:
-        return not trust["pcc"] > 0
+    if trust.get("measured_here", True) is False and not trust["pcc"] > 0:
+        return True
     return trust["beats_interpolation"] is False
 
 
@@ -164,13 +209,15 @@ def trust_text(trust: dict[str, Any] | None) -> str:
     """One plain line (two for a slide where nothing was measured) on how far a gene's
     prediction can be trusted."""
     if trust is None:
-        return "not scored on held-out spots (run a recovery to score it)"
+        return "not scored on held-out spots (Enhance or Recovery scores it)"
     pcc, base = trust["pcc"], trust["pcc_baseline_knn"]
     if trust.get("measured_here", True) is False:
         knn = f" (kNN {base:.2f})" if np.isfinite(base) else ""
         return ("accuracy unknown on this slide (nothing measured here);\n"
                 f"held-out PCC on the training sections {pcc:.2f}{knn}"
-                + (" - no signal" if not pcc > 0 else ""))
+                + (" - no signal" if not pcc > 0 else
+                   " - NOT better than interpolation there"
+                   if trust["beats_interpolation"] is False else ""))
     if trust["beats_interpolation"] is None:
         return f"held-out PCC {pcc:.2f} (no interpolation baseline recorded)"
     if trust["beats_interpolation"]:
@@ -219,9 +266,17 @@ def image_layer(adata, *, name: str | None = None,
         "multiscale": multiscale,
         "units": "um",
         "metadata": {"trihrge": {"kind": "image", "sample": sample_name(adata),
-                                 "um_per_px": um0}},
+                                 "um_per_px": um0, "image_key": _image_key(img)}},
     }
     return data, kwargs, "image"
+
+
+def _image_key(image) -> str | None:
+    """The pixels' identity (:meth:`TissueImage.key`): the same H&E opened twice is one layer."""
+    try:
+        return image.key()
+    except Exception:  # noqa: BLE001 - an image without a key is never matched
+        return None
 
 
 def image_decoded_whole(adata, min_side_px: int = MULTISCALE_MIN_PX) -> str | None:

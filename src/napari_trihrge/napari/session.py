@@ -18,6 +18,8 @@ Events (psygnal signals; connect a callable, it receives the argument shown):
 ``display_requested``     a :class:`GeneDisplay` to draw (the view's job)
 ``gene_changed``          the shown gene, after it was drawn
 ``scores_changed``        the last run's scores (a dict with ``task``), or {}
+``trust_changed``         the per-gene trust of the shown results (:meth:`SessionModel.trust_table`)
+``genes_asked``           the genes the user asked for in the viewer (a list), see ``asked_genes``
 ========================  =====================================================================
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from psygnal import Signal
 
 from ..errors import TrihrgeInputError
@@ -72,19 +75,29 @@ class SessionModel:
     display_requested = Signal(object)
     gene_changed = Signal(str)
     scores_changed = Signal(dict)
+    trust_changed = Signal(object)
+    genes_asked = Signal(list)
 
     def __init__(self) -> None:
         self._sample = None
         self._recovery = None
         self._enhance = None
-        #: the current source of each kind (the latest added wins), see SOURCE_KINDS
+        #: the sources of each kind, oldest first (the latest of the current sample wins), see
+        #: SOURCE_KINDS; the sample name each belongs to is kept in _source_sample
         self._sources: dict[str, list[Any]] = {k: [] for k in SOURCE_KINDS}
+        self._source_sample: dict[int, str | None] = {}
+        #: run results of the other samples open in the viewer (id(adata) -> (adata,
+        #: recovery, enhance)), restored when their sample becomes current again
+        self._other_runs: dict[int, tuple[Any, Any, Any]] = {}
         self.gene: str | None = None
         self.contrast_limits: tuple[float, float] | None = None
         #: what the last shown gene updated (GeneDisplay.shown)
         self.last_shown: dict[str, Any] = {}
         self.colormap = L.DEFAULT_COLORMAP
         self.scores: dict[str, Any] = {}
+        #: genes the user asked for (shown by name) in this viewer, in order: a run started now
+        #: maps those its sample has too (RunConfig.extra_genes), on every section alike
+        self.asked_genes: list[str] = []
         self._values: dict[tuple[int, str], np.ndarray] = {}
         # set by the Sample widget; read when a run starts, never stored
         self.encoder = lambda: DEFAULT_ENCODER
@@ -97,15 +110,25 @@ class SessionModel:
         """The current sample (AnnData) or None."""
         return self._sample
 
+    @property
+    def sample_name(self) -> str | None:
+        """The current sample's name (``uns['trihrge']['sample']``), None without a sample."""
+        return None if self._sample is None else L.sample_name(self._sample)
+
     def set_sample(self, adata) -> None:
-        """Make ``adata`` the current sample; the previous sample's run results are dropped."""
+        """Make ``adata`` the current sample. The previous sample's run results are kept aside
+        (they come back when it is current again); results and sources of other samples are
+        never shown or used for this one."""
         if adata is self._sample:
             return
+        if self._sample is not None and (self._recovery is not None or
+                                         self._enhance is not None):
+            self._other_runs[id(self._sample)] = (self._sample, self._recovery, self._enhance)
+        _, self._recovery, self._enhance = self._other_runs.pop(id(adata), (None, None, None))
         self._sample = adata
-        self._recovery = None
-        self._enhance = None
         self._values.clear()
         self.sample_changed.emit(adata)
+        self.trust_changed.emit(self.trust_table())
 
     # -- results --------------------------------------------------------------------------
     @property
@@ -144,57 +167,80 @@ class SessionModel:
             raise ValueError(f"unknown task {task!r}")
         if adata is not None and adata is not self._sample:
             self.set_sample(adata)
+        pred = result.predictions if task == "recovery" else getattr(result, "virtual", None)
+        owner = self.result_sample(pred) or ""
         if task == "recovery":
             self._recovery = result
-            self.add_source("recovered", result.predictions, notify=False)
+            self.add_source("recovered", result.predictions, notify=False, sample=owner)
         else:
             self._enhance = result
             if getattr(result, "virtual", None) is not None:
-                self.add_source("virtual", result.virtual, notify=False)
-            self.add_source("map", getattr(result, "maps", None), notify=False)
+                self.add_source("virtual", result.virtual, notify=False, sample=owner)
+            self.add_source("map", getattr(result, "maps", None), notify=False, sample=owner)
         self.result_added.emit(task, result)
         if task == "recovery":
             self.recovery_changed.emit(result)
         else:
             self.enhance_changed.emit(result)
-        metrics = dict(getattr(result, "metrics", {}) or {})
-        if task != "predict":  # a prediction's scores are of another kind (measured spots)
-            self.scores = {"task": task, **metrics}
-            self.scores_changed.emit(self.scores)
-        return self.show_gene(self.default_gene(task, result))
+        self.scores = run_scores(task, result)
+        self.scores_changed.emit(self.scores)
+        self.trust_changed.emit(self.trust_table())
+        return self.show_gene(self.default_gene(task, result), asked=False)
+
+    def result_sample(self, predictions) -> str | None:
+        """The sample a run's predictions belong to: the current sample's name when they were
+        made on it; None for a model applied to an H&E opened alone (no sample open here), whose
+        results are shown whichever sample is current."""
+        made_on = (predictions.uns.get("trihrge", {}).get("sample")
+                   if predictions is not None else None)
+        return self.sample_name if made_on in (None, self.sample_name) else None
 
     def default_gene(self, task: str, result) -> str:
-        """The gene to show after a run: the shown gene when the result has it, else the best
-        recovered gene, else a marker gene of the synthetic sample, else the first."""
+        """The gene to show after a run: the last gene the user asked for when the result has
+        it, else the best-trusted gene of the run (the highest held-out PCC among the genes
+        that beat interpolation), else the first gene of the run."""
         if task == "recovery":
             genes = [str(g) for g in result.predictions.var_names]
-            if self.gene in genes:
-                return self.gene
-            return str(result.per_gene.index[0])
-        genes = [str(g) for g in result.virtual.var_names]
-        if self.gene in genes:
-            return self.gene
-        var = getattr(getattr(result, "spots", None), "var", None)
-        if task == "enhance" and var is not None and "gene_class" in var:
-            marker = [g for g in genes if var["gene_class"].get(g) == "marker"]
-            if marker:
-                return marker[0]
+            table = L.trust_table(getattr(result, "per_gene", None))
+        else:
+            ad = getattr(result, "virtual", None)
+            maps = getattr(result, "maps", None)
+            genes = ([str(g) for g in ad.var_names] if ad is not None
+                     else [str(g) for g in maps.gene_names])
+            table = L.trust_table(_run_trust_source(result))
+        for gene in reversed(self.asked_genes):
+            if gene in genes:
+                return gene
+        if table is not None:
+            table = table[table.index.isin(genes)]
+            best = table[table["beats_interpolation"].map(lambda b: b is True).to_numpy()]
+            if len(best):
+                return str(best.index[0])
+            if len(table):
+                return str(table.index[0])
         return genes[0]
 
     # -- results opened from run folders ---------------------------------------------------
-    def add_source(self, kind: str, obj, *, notify: bool = True) -> None:
+    def add_source(self, kind: str, obj, *, notify: bool = True,
+                   sample: str | None = None) -> None:
         """``obj`` (predicted spots AnnData for 'recovered'/'virtual', DenseMaps for 'map')
-        becomes the current source of ``kind``; ``notify`` emits ``outputs_opened``."""
+        becomes the current source of ``kind`` for its sample (``sample``, else the name an
+        AnnData records, else the current sample); ``notify`` emits ``outputs_opened``."""
         if kind not in SOURCE_KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         if obj is None:
             return
+        if sample is None:
+            info = getattr(obj, "uns", {}).get("trihrge", {}) if hasattr(obj, "uns") else {}
+            sample = info.get("sample") or self.sample_name
+        self._source_sample[id(obj)] = sample or None  # '' or None: any sample
         lst = self._sources[kind]
         if lst and lst[-1] is obj:
             return
         self._sources[kind] = [o for o in lst if o is not obj] + [obj]
         if notify:
             self.outputs_opened.emit()
+            self.trust_changed.emit(self.trust_table())
 
     def remove_source(self, kind: str, obj) -> None:
         """Forget ``obj`` (its layer was removed); the previous source of ``kind`` comes back."""
@@ -203,9 +249,14 @@ class SessionModel:
             self._values.clear()  # cached by id(): a freed object's id can be reused
 
     def source(self, kind: str):
-        """The current source of ``kind`` (see :data:`SOURCE_KINDS`) or None."""
-        lst = self._sources.get(kind) or []
-        return lst[-1] if lst else None
+        """The current source of ``kind`` (see :data:`SOURCE_KINDS`): the latest of the current
+        sample (or of no known sample), else None."""
+        name = self.sample_name
+        for obj in reversed(self._sources.get(kind) or []):
+            owner = self._source_sample.get(id(obj))
+            if name is None or owner is None or owner == name:
+                return obj
+        return None
 
     def maps(self):
         """The dense maps shown: of the last run, else of a reopened run folder."""
@@ -226,12 +277,13 @@ class SessionModel:
         return list(names)
 
     # -- trust ---------------------------------------------------------------------------
-    def trust(self, gene: str) -> dict | None:
-        """How far ``gene``'s prediction can be trusted: the per-gene trust columns of the
-        enhance run behind the map, else of the last recovery, else of reopened outputs; None
-        when it was not scored."""
-        tables = []  # (per-gene table, the predictions it belongs to, or None)
+    def _trust_sources(self) -> list[tuple[Any, Any]]:
+        """(per-gene table, the predictions it belongs to or None) in the order trust is
+        looked up: the enhance run behind the map, the last recovery, reopened outputs."""
+        tables = []
         if self._enhance is not None:  # the model behind the map first
+            tables.append((getattr(self._enhance, "trust", None),
+                           getattr(self._enhance, "virtual", None)))
             for name in ("virtual", "spots"):
                 ad = getattr(self._enhance, name, None)
                 tables.append((getattr(ad, "var", None), ad))
@@ -242,12 +294,28 @@ class SessionModel:
             ad = self.source(kind)
             tables.append((None if ad is None else ad.var, ad))
         tables.append((getattr(self.maps(), "trust", None), None))
-        for table, ad in tables:
-            t = L.trust_of_gene(table, gene) if table is not None else None
+        return [(t, ad) for t, ad in tables if t is not None]
+
+    def trust(self, gene: str) -> dict | None:
+        """How far ``gene``'s prediction can be trusted: the per-gene trust columns of the
+        enhance run behind the map, else of the last recovery, else of reopened outputs; None
+        when it was not scored."""
+        for table, ad in self._trust_sources():
+            t = L.trust_of_gene(table, gene)
             if t is not None:
                 # a prediction on a slide where nothing was measured: trust from elsewhere
                 t["measured_here"] = ad is None or L.measured_here(ad)
                 return t
+        return None
+
+    def trust_table(self) -> pd.DataFrame | None:
+        """The per-gene trust of the shown results (the first scored table of :meth:`trust`'s
+        order; :func:`~napari_trihrge.napari.layers.trust_table` columns, the best first, with
+        ``measured_here``), or None before any scored run."""
+        for table, ad in self._trust_sources():
+            t = L.trust_table(table)
+            if t is not None and len(t):
+                return t.assign(measured_here=ad is None or L.measured_here(ad))
         return None
 
     # -- the shown gene -------------------------------------------------------------------
@@ -267,25 +335,39 @@ class SessionModel:
             raise TrihrgeInputError(f"gene {gene!r} is not in the sample or the enhanced maps",
                                     "pick a gene from the completion list")
         limits = L.shared_contrast_limits(map_vals, *values.values())
+        clipped = {k: L.clipped_share(v, limits) for k, v in values.items()}
+        if map_vals is not None:
+            clipped["map"] = L.clipped_share(map_vals, limits)
         missing = ""
         if maps is not None and map_vals is None:
             missing = (f"No enhanced map for {gene}: it was not among the genes of the Enhance "
                        "run. Add it to Extra genes (Train and enhance) and run Enhance again.")
         shown = {"limits": limits, "map_missing": missing, "map": map_vals is not None,
-                 "spread": False, **{k: k in values for k in POINT_KINDS}}
+                 "spread": False, "clipped": clipped,
+                 **{k: k in values for k in POINT_KINDS}}
         return GeneDisplay(gene, values, map_vals, maps, limits, missing, shown)
 
-    def show_gene(self, gene: str) -> dict[str, Any]:
+    def show_gene(self, gene: str, *, asked: bool = True) -> dict[str, Any]:
         """Show ``gene`` everywhere on one colour scale; returns what was shown (``spots``,
         ``recovered``, ``virtual``, ``map``, ``spread``: bool, ``limits``, ``map_missing``:
-        why the map is hidden, or ''). Emits ``display_requested`` then ``gene_changed``."""
+        why the map is hidden, or '', ``clipped``: the share of each kind's values beyond the
+        scale). Emits ``display_requested`` then ``gene_changed``. ``asked``: the user chose
+        the gene (it joins :attr:`asked_genes`; a run started now maps it too)."""
         plan = self.display(gene)
+        if asked:
+            self.ask_gene(gene)
         self.display_requested.emit(plan)  # the view draws it and refines plan.shown
         self.gene = gene
         self.contrast_limits = plan.limits
         self.last_shown = plan.shown
         self.gene_changed.emit(gene)
         return plan.shown
+
+    def ask_gene(self, gene: str) -> None:
+        """Record that the user asked for ``gene`` (emits ``genes_asked``)."""
+        if self.asked_genes[-1:] != [gene]:
+            self.asked_genes = [g for g in self.asked_genes if g != gene] + [gene]
+            self.genes_asked.emit(list(self.asked_genes))
 
     def adopt_gene(self, gene: str, limits: tuple[float, float], shown: dict[str, Any]) -> None:
         """Record a gene that is already drawn (a layer opened coloured by it) and emit
@@ -306,4 +388,40 @@ class SessionModel:
         return vals
 
 
-__all__ = ["SessionModel", "GeneDisplay"]
+def _run_trust_source(result):
+    """The per-gene trust table of an enhance or predict result (its held-out table, else its
+    virtual spots' var), or None."""
+    table = getattr(result, "trust", None)
+    if isinstance(table, pd.DataFrame):
+        return table
+    ad = getattr(result, "virtual", None)
+    return None if ad is None else ad.var
+
+
+def run_scores(task: str, result) -> dict[str, Any]:
+    """The held-out summary of a finished run, with ``task``: a recovery's scores; an enhance
+    run's internal trust split (``metrics['trust']``); a prediction's model trust from its
+    training sections (``trust_source``: 'training sections') and, where the slide has measured
+    spots, ``spots`` (the model at them vs kNN of the other spots). Scores the run did not
+    measure are absent."""
+    metrics = dict(getattr(result, "metrics", {}) or {})
+    if task == "recovery":
+        return {"task": task, **metrics}
+    if task == "enhance":
+        trust = metrics.get("trust")
+        return {"task": task, **(trust if isinstance(trust, dict) else {})}
+    out: dict[str, Any] = {"task": task}
+    table = L.trust_table(_run_trust_source(result))
+    if table is not None and len(table):
+        beats = table["beats_interpolation"].map(lambda b: b is True)
+        out.update(trust_source="training sections", pcc_mean=float(table["pcc"].mean()),
+                   baseline_knn_pcc_mean=float(np.nanmean(table["pcc_baseline_knn"]))
+                   if np.isfinite(table["pcc_baseline_knn"]).any() else None,
+                   n_genes_scored=int(len(table)),
+                   n_genes_beating_interpolation=int(beats.sum()))
+    if isinstance(metrics.get("spots"), dict):
+        out["spots"] = dict(metrics["spots"])
+    return out
+
+
+__all__ = ["SessionModel", "GeneDisplay", "run_scores"]

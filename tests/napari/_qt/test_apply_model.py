@@ -26,6 +26,12 @@ def model_dir(tmp_path_factory):
     return path
 
 
+def L_warns(trust) -> bool:
+    from napari_trihrge.napari import layers as L
+
+    return L.trust_warns(trust)
+
+
 def _open_bare_png(viewer, png):
     """An H&E alone: a PNG (no pixel size recorded), opened with napari's own reader."""
     from napari_trihrge.datasets import synthetic_sample
@@ -120,6 +126,11 @@ def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_pat
     virt = get_view(viewer).find_layer("virtual").metadata["adata"]
     assert not virt.obs["is_measured"].any()
     assert np.isfinite(np.asarray(w.last_outcome.result.virtual.X)).all()
+    # the pixel size entered stays after the run added its layers (ready for the next run)
+    assert w.target_combo.currentData() == "slide" and w.um_spin.value() == 1.0
+    # the panel gives the model's held-out summary from its training sections
+    assert "Model trust" in w.scores.text() and "beat interpolation" in w.scores.text()
+    assert "accuracy here is unknown" in w.scores.text()
 
 
 def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
@@ -178,12 +189,15 @@ def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, t
     assert bars == [m]
     trust = ge.trust_label.text()
     assert "unknown on this slide" in trust and "training sections" in trust
-    assert "beats interpolation" not in trust and "NOT better" not in trust
+    assert "beats interpolation:" not in trust
+    recorded = s.trust(gene)
+    # below interpolation on the training sections: said and marked, bare slide or not
+    assert ("NOT better" in trust or "no signal" in trust) == L_warns(recorded)
     from napari_trihrge.napari._qt._display import canvas_text_overlay
 
     canvas = canvas_text_overlay(viewer).text
     assert "unknown on this slide" in canvas and max(map(len, canvas.splitlines())) <= 70
-    assert "(not better than interpolation)" not in m.name
+    assert ("(not better than interpolation)" in m.name) == L_warns(recorded)
     assert not notes.errors()
     assert not ge.show_gene("NO_SUCH_GENE")  # a notification, no crash
     assert ge.set_side_by_side(False) and not ge.set_side_by_side(True)  # no measured spots

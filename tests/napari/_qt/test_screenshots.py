@@ -72,6 +72,9 @@ def test_overlay_changes_canvas_where_expression_is_high(make_napari_viewer, tmp
     ge.session.enhance = fake_enhance()
     ge.show_gene("ERBB2")
     maps = ge.session.enhance.maps
+    # the canvas label and the scale bar (on since the view exists) are not the map's effect
+    canvas_text_overlay(viewer).visible = False
+    viewer.canvas.overlays.scale_bar.visible = False
     after = canvas_png(viewer, tmp_path / "2_erbb2_map.png")
     assert before.shape == after.shape
 

@@ -74,3 +74,60 @@ def test_outcome_inside_a_bar_update_stops_the_batch(bars):
                  {"event": "stage", "stage": "prediction", "total": 1}])
     assert list(bars.bars) == ["training"] and len(FakeBar.opened) == 1
     assert bars.lines == ["Training…"]  # no progress text after the outcome
+
+
+def _enhance_events(n_folds=5):
+    """The engine's events of an enhance run with per-gene trust (as recorded from
+    tl.enhance): features, then the fold networks twice (trust check, final model), maps."""
+    yield {"event": "stage", "stage": "genes", "total": 1}
+    yield {"event": "stage", "stage": "features", "total": 100}
+    yield {"event": "message", "text": "per-gene trust: training on 272 spots, scoring the 90"}
+    for _ in range(2):
+        for k in range(1, n_folds + 1):
+            yield {"event": "message", "text": f"stacking fold {k}/{n_folds}"}
+            yield {"event": "message", "text": f"training model 1/1 (seed {100 * (k - 1)})"}
+            yield {"event": "stage", "stage": "training", "total": 4}
+    yield {"event": "stage", "stage": "maps", "total": 10}
+
+
+def test_the_horizon_names_the_phase_and_the_time_left(bars):
+    """One overall line: 'trust check 1 of 2' for the first five networks, 'final model 2 of
+    2' for the next five, with the time left from the pace of the networks trained so far."""
+    from napari_trihrge.napari._qt._stage_bars import Horizon
+
+    now = [0.0]
+    horizon = Horizon(clock=lambda: now[0])
+    lines = []
+    for ev in _enhance_events():
+        if ev.get("text", "").startswith("stacking fold"):
+            now[0] += 60.0  # one minute per network
+        horizon.handle(ev)
+        lines.append(horizon.text())
+    trust_lines = [t for t in lines if "trust check 1 of 2" in t]
+    final_lines = [t for t in lines if "final model 2 of 2" in t]
+    assert trust_lines and final_lines
+    assert lines.index(trust_lines[-1]) < lines.index(final_lines[0])
+    assert "reading the H&E" in trust_lines[0]  # the trust phase starts with its features
+    networks = [t for t in trust_lines if "network" in t]
+    assert "network 1 of 5" in networks[0] and "network 5 of 5" in final_lines[-2]
+    # after the third network of the trust check: 8 networks to go at a minute each
+    third = next(t for t in trust_lines if "network 3 of 5" in t and "left" in t)
+    assert "about 8 min left of the networks" in third, third
+    assert "drawing the enhanced maps" in lines[-1]
+    horizon.handle({"event": "advance", "stage": "maps", "done": 5, "total": 10})
+    now[0] += 20.0
+    assert "about 20 s left of this step" in horizon.text()
+
+
+def test_the_bars_show_the_horizon_line(monkeypatch):
+    from napari_trihrge.napari._qt import _stage_bars
+
+    monkeypatch.setattr(_stage_bars, "napari_progress", FakeBar)
+    status, overall = [], []
+    b = _stage_bars.StageBars(status.append, overall.append)
+    b.start()
+    b.handle(list(_enhance_events()))
+    assert overall[-1].startswith("Overall: final model 2 of 2")
+    b.stop()
+    b.handle([{"event": "stage", "stage": "writing", "total": 3}])
+    assert "writing" not in overall[-1].lower()  # nothing after the outcome

@@ -69,6 +69,9 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     tw.set_task("enhance")
     tw.stride_spin.setValue(48.0)  # a coarse map keeps the test fast
     tw.out_edit.setText(str(tmp_path / "run"))
+    overall = []  # the horizon line during the run
+    show = tw.bars._show_horizon
+    tw.bars._show_horizon = lambda text: (overall.append(text), show(text))
     tw.start()
     qtbot.waitUntil(lambda: not tw.running, timeout=300_000)
     assert tw.last_outcome.status == "ok", tw.last_outcome.message
@@ -79,6 +82,18 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     m = view.find_layer("map")
     v = view.find_layer("virtual")
     assert m is not None and v is not None
+    # the result follows the run: held-out summary, the run's per-gene trust, the best gene
+    assert "Enhance: held-out check" in tw.scores.text()
+    assert "Genes that beat interpolation" in tw.scores.text()
+    table = s.trust_table()
+    assert ge.best_list.count() == min(50, len(table))
+    assert ge.best_list.item(0).data(0x0100) == table.index[0]
+    beats = [g for g, b in table["beats_interpolation"].items() if b is True]
+    assert s.gene == (beats[0] if beats else table.index[0])
+    assert viewer.layers.selection.active is m  # the visible map, not the spread layer
+    assert any("trust check 1 of 2" in t for t in overall)
+    assert any("final model 2 of 2" in t and "left" in t for t in overall), overall[-5:]
+    assert tw.horizon.text() == ""  # cleared when the run ends
     assert tuple(m.scale) == (48.0, 48.0)
     assert m.metadata["trihrge"]["gene"] == s.gene
     # the measured spots are drawn above the map
@@ -199,6 +214,43 @@ def test_recovery_scores_show_the_noise_ceiling():
     assert "Noise ceiling" in html and "0.400" in html and "40%" in html
     assert "counting noise" in SCORE_HELP["noise_ceiling_pcc_mean"]
     assert "Noise ceiling" not in recovery_scores_html({"pcc_mean": 0.16})  # older summaries
+
+
+def test_save_to_a_used_folder_asks_in_the_panels_words(viewer, qtbot, notes, tmp_path):
+    """A used folder under Save to: refused before any work, in the panel's words (no CLI
+    --overwrite); ticking the panel's overwrite box lets the run start."""
+    add_sample(viewer)
+    _, tw, _ = _widgets(viewer)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("keep me")
+    tw.out_edit.setText(str(used))
+    assert tw.start() is None and not tw.running
+    said = tw.status.text() + " ".join(notes.errors())
+    assert "replace what the folder holds" in said and "--overwrite" not in said
+    assert (used / "notes.txt").read_text() == "keep me"
+    tw.overwrite_check.setChecked(True)
+    assert tw.start() is not None
+    tw.cancel()
+    qtbot.waitUntil(lambda: not tw.running, timeout=120_000)
+    assert tw.last_outcome.status == "cancelled"
+    assert (used / "notes.txt").read_text() == "keep me"  # a cancelled run changes nothing
+
+
+def test_genes_asked_in_the_viewer_are_mapped_by_the_next_run(viewer, qtbot):
+    """A gene shown by name before Start joins the run's genes (RunConfig.extra_genes), even
+    when it is not variable enough to be picked; the panel says so."""
+    from napari_trihrge.napari import layers as L
+
+    add_sample(viewer)
+    _, tw, ge = _widgets(viewer)
+    ad = tw.session.adata
+    quiet = L.most_variable_genes(ad, ad.n_vars)[-1]  # the least variable gene
+    assert ge.show_gene(quiet)
+    assert quiet in tw.asked_note.text() and tw.asked_note.isVisibleTo(tw)
+    assert quiet in tw.make_config().extra_genes
+    tw.config_form["extra_genes"].value = "ERBB2"
+    assert tw.make_config().extra_genes[:2] == ("ERBB2", quiet)
 
 
 def test_density_choices_are_the_engine_rule(viewer):

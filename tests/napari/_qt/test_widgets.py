@@ -112,12 +112,17 @@ def test_sample_widget_opens_dlpfc_folder(dlpfc_dir, viewer, qtbot):  # skip bef
     assert 0 < spots.data[:, 0].min() and spots.data[:, 0].max() < h_um
 
 
-def test_plugin_menu_widgets_share_one_session(viewer):
-    """napari hands each plugin widget its own viewer proxy: they must still share state."""
-    _, ge = viewer.window.add_plugin_dock_widget("napari-trihrge", "Gene explorer")
-    _, tw = viewer.window.add_plugin_dock_widget("napari-trihrge", "Train and enhance")
-    _, rx = viewer.window.add_plugin_dock_widget("napari-trihrge", "Region explorer")
+def test_plugin_menu_widgets_share_one_session(viewer, qtbot):
+    """napari hands each plugin widget its own viewer proxy: they must still share state.
+    Opened from the Plugins menu (no tabify), the panels join one tab group."""
+    docks = {}
+    docks["ge"], ge = viewer.window.add_plugin_dock_widget("napari-trihrge", "Gene explorer")
+    docks["tw"], tw = viewer.window.add_plugin_dock_widget("napari-trihrge", "Train and enhance")
+    docks["rx"], rx = viewer.window.add_plugin_dock_widget("napari-trihrge", "Region explorer")
     assert ge.session is tw.session is rx.session
+    main = viewer.window._qt_window
+    qtbot.waitUntil(lambda: set(main.tabifiedDockWidgets(docks["ge"])) ==
+                    {docks["tw"], docks["rx"]}, timeout=5000)
     add_sample(viewer)
     tw.session.enhance = fake_enhance()
     assert ge.show_gene("ERBB2")
@@ -231,6 +236,7 @@ def _tumour_box(adata, half_um: float = 160.0):
 
 
 def test_region_table_known_layout_and_csv(viewer, qtbot, tmp_path):
+    from napari_trihrge.napari import layers as L
     from napari_trihrge.napari._qt import RegionExplorer
 
     add_sample(viewer)
@@ -255,11 +261,47 @@ def test_region_table_known_layout_and_csv(viewer, qtbot, tmp_path):
     rx.session.enhance_changed.emit(rx.session.enhance)
     stats2 = rx.compute()
     assert {"enhanced_inside", "enhanced_outside"} <= set(stats2.table.columns)
+    # every measured gene is tested, the run's genes marked
+    mapped = set(rx.session.enhance.maps.gene_names)
+    assert stats2.table["mapped"].tolist() == [g in mapped for g in stats2.table["gene"]]
     out = tmp_path / "regions.csv"
     rx.export_csv(str(out))
     back = pd.read_csv(out)
-    assert list(back.columns) == list(stats2.table.columns)
-    assert len(back) == len(stats2.table)
+    # the CSV holds every gene (not only the rows shown), the sample and where the region is
+    assert set(stats2.table.columns) <= set(back.columns)
+    assert back["gene"].nunique() == adata.n_vars > len(stats2.table)
+    assert (back["sample"] == L.sample_name(adata)).all()
+    box = _tumour_box(adata)
+    assert back["region_centre_row_um"].iloc[0] == pytest.approx(box[:, 0].mean(), abs=1.0)
+    assert back["region_centre_col_um"].iloc[0] == pytest.approx(box[:, 1].mean(), abs=1.0)
+    verts = [[float(v) for v in pair.split()] for pair in
+             back["region_vertices_rc_um"].iloc[0].split(";")]
+    np.testing.assert_allclose(sorted(map(tuple, verts)), sorted(map(tuple, box)), atol=0.1)
+    assert set(back.loc[back["mapped"], "gene"]) == mapped & set(adata.var_names)
+
+
+def test_region_table_refreshes_when_a_run_finishes_and_outlines_keep_their_width(viewer):
+    from napari_trihrge.napari._qt import RegionExplorer
+    from napari_trihrge.napari._qt._gene_explorer import _camera
+    from napari_trihrge.napari._qt._region_explorer import OUTLINE_WIDTH_PX
+
+    add_sample(viewer)
+    rx = RegionExplorer(viewer)
+    layer = rx.regions_layer(create=True)
+    adata = sample_adata()
+    layer.add_rectangles([_tumour_box(adata)])
+    assert "enhanced_inside" not in rx.compute().table.columns
+    enh = fake_enhance(adata)
+    enh.virtual = fake_recovery(adata).predictions  # stand-in virtual spots
+    rx.session.set_result("enhance", enh, adata)
+    # the table shown follows the run without a click
+    assert "enhanced_inside" in rx.stats.table.columns
+    headers = [rx.table.horizontalHeaderItem(i).text() for i in range(rx.table.columnCount())]
+    assert "Enh. in" in headers and "Mapped" in headers
+    # outlines: the same width on screen at every zoom
+    for zoom in (0.25, 4.0):
+        _camera(viewer).zoom = zoom
+        assert layer.edge_width[0] * zoom == pytest.approx(OUTLINE_WIDTH_PX)
 
 
 def test_region_without_spots_gives_a_clear_message(viewer, qtbot):
@@ -337,7 +379,8 @@ def test_canvas_names_the_gene_with_units_and_one_colour_bar(viewer, qtbot):
     ge.session.enhance = fake_enhance()
     assert ge.show_gene("ERBB2")
     text = canvas_text_overlay(viewer).text
-    assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in text
+    assert text.startswith("ERBB2") and L.EXPRESSION_UNITS in " ".join(text.split())
+    assert max(map(len, text.splitlines())) <= 56  # wrapped to fit a narrow canvas
     m = ge.view.find_layer("map")
     assert m.colorbar.visible and not spots.face_colorbar.visible  # exactly one colour bar
     assert "log-normalised" in ge.scale_label.text()

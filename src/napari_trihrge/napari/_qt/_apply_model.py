@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -15,10 +16,9 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from ._common import heading, note, report_outcome
+from ._common import Panel, heading, note, report_outcome
 from ._session import get_session, layer_kind, unwrap_viewer
 from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
@@ -26,12 +26,32 @@ from ._worker import QueueProgress, engine_worker
 SAMPLE = "__sample__"
 
 
+def predict_summary_html(scores: dict) -> str:
+    """A prediction's held-out summary: the model's trust from its training sections, and the
+    score at this slide's measured spots when it has some."""
+    from ._train_widget import heldout_summary_html
+
+    html = ""
+    if scores.get("pcc_mean") is not None:
+        html = heldout_summary_html(scores, "Model trust",
+                                    "spots held out in its training sections")
+    s = scores.get("spots")
+    if s:
+        html += (f"<br>At the {s['n_spots']} measured spots of this slide: mean PCC "
+                 f"{s['pcc_mean']:.3f} vs kNN of the other spots "
+                 f"{s['baseline_knn_pcc_mean']:.3f} ({s['n_genes_scored']} genes that vary; "
+                 "the model never saw this section)")
+    elif html:
+        html += "<br>Nothing was measured on this slide: its accuracy here is unknown."
+    return html
+
+
 def _layer_path(layer) -> str | None:
     path = getattr(getattr(layer, "source", None), "path", None)
     return str(path) if path else None
 
 
-class ApplyModelWidget(QWidget):
+class ApplyModelWidget(Panel):
     """Model folder, target (the open sample or an H&E image layer, with its pixel size),
     density and map stride; Start / Cancel; one progress bar per stage."""
 
@@ -52,6 +72,8 @@ class ApplyModelWidget(QWidget):
         self.um_spin.setRange(0.0, 30.0)
         self.um_spin.setSpecialValueText("unknown: enter it")
         self.um_spin.setSuffix(" um/px")
+        #: the pixel size entered per target image (kept across runs and layer changes)
+        self._um_per_target: dict[str, float] = {}
         self.factor_combo = QComboBox()
         for f in (1, 2, 4, 8):
             self.factor_combo.addItem(f"{f}x denser spots", f)
@@ -65,8 +87,13 @@ class ApplyModelWidget(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.status = note("Choose a model folder and a target, then press Start.")
+        self.horizon = note("")
+        self.horizon.setToolTip("The whole run: which phase, which network, and an estimate "
+                                "of the time left from the pace so far.")
+        self.bars = StageBars(self.status.setText, self.horizon.setText)
         self.scores = note("")
-        self.bars = StageBars(self.status.setText)
+        self.scores.setTextFormat(Qt.RichText)
+
 
         form = QFormLayout()
         mrow = QHBoxLayout()
@@ -85,6 +112,7 @@ class ApplyModelWidget(QWidget):
         lay.addLayout(form)
         lay.addLayout(brow)
         lay.addWidget(self.status)
+        lay.addWidget(self.horizon)
         lay.addWidget(self.scores)
         lay.addStretch(1)
 
@@ -92,6 +120,7 @@ class ApplyModelWidget(QWidget):
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.target_combo.currentIndexChanged.connect(self._target_changed)
+        self.um_spin.valueChanged.connect(self._remember_um)
         self.viewer.layers.events.inserted.connect(self.refresh_targets)
         self.viewer.layers.events.removed.connect(self.refresh_targets)
         self.refresh_targets()
@@ -123,10 +152,19 @@ class ApplyModelWidget(QWidget):
         image = data not in (None, SAMPLE)
         self.um_spin.setEnabled(image)
         if image:
-            from ...io.image import pixel_size_from_metadata
+            um = self._um_per_target.get(data)
+            if um is None:
+                from ...io.image import pixel_size_from_metadata
 
-            um = pixel_size_from_metadata(_layer_path(self.viewer.layers[data]))
-            self.um_spin.setValue(um or 0.0)
+                um = pixel_size_from_metadata(_layer_path(self.viewer.layers[data])) or 0.0
+            self.um_spin.blockSignals(True)
+            self.um_spin.setValue(um)
+            self.um_spin.blockSignals(False)
+
+    def _remember_um(self, value: float) -> None:
+        data = self.target_combo.currentData()
+        if data not in (None, SAMPLE) and value > 0:
+            self._um_per_target[data] = float(value)
 
     # -- running --------------------------------------------------------------------------
     def start(self):
@@ -193,6 +231,7 @@ class ApplyModelWidget(QWidget):
 
     def _on_finished(self):
         self.bars.close()
+        self.horizon.setText("")
         self.worker = None
         self.progress = None
         self.start_btn.setEnabled(True)
@@ -211,14 +250,9 @@ class ApplyModelWidget(QWidget):
             show_error(f"The prediction finished but its layers could not be shown: {exc}")
             return
         m = outcome.result.metrics
-        s = m.get("spots")
         self.status.setText(f"Done: {m['n_virtual_spots']} virtual spots"
                             + (" and a dense map." if outcome.result.maps is not None else "."))
-        if s:
-            self.scores.setText(
-                f"At the {s['n_spots']} measured spots: mean PCC {s['pcc_mean']:.3f} vs kNN of "
-                f"the other spots {s['baseline_knn_pcc_mean']:.3f} ({s['n_genes_scored']} genes "
-                "that vary; the model never saw this section)")
+        self.scores.setText(predict_summary_html(self.session.scores))
 
     def _show(self, result):
         """The same layers as enhance: virtual spots (hidden under a map) and the map."""

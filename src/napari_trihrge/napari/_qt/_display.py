@@ -8,6 +8,9 @@ from .. import layers as L
 
 #: gene columns kept in a points layer's features (the hover text lists them all)
 MAX_FEATURE_GENES = 12
+#: the colour of everything that warns, above all genes whose prediction does not beat
+#: interpolation (canvas label, gene lists, region table, panels)
+WARN_COLOUR = "#ffb74d"
 
 
 def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, float],
@@ -30,22 +33,31 @@ def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, f
     layer.metadata.setdefault("trihrge", {})["gene"] = gene
 
 
+def _of_sample(layer, kind: str, sample: str | None) -> bool:
+    """Whether ``layer`` is of ``kind`` and may show ``sample``'s data (a layer of another
+    sample never does; one without a recorded sample may; with no sample open, any)."""
+    meta = (layer.metadata or {}).get("trihrge", {})
+    return meta.get("kind") == kind and (sample is None or meta.get("sample") in (None, sample))
+
+
 def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
-                     colormap: str = L.DEFAULT_COLORMAP):
-    """The one enhanced-map Image layer of ``maps`` (created on first use, reused after)."""
+                     colormap: str = L.DEFAULT_COLORMAP, sample: str | None = None):
+    """The one enhanced-map Image layer of ``maps`` (created on first use, reused after) of
+    ``sample``; a new layer records ``sample`` (the view places it with its sample)."""
     for layer in viewer.layers:
-        meta = layer.metadata or {}
-        if meta.get("trihrge", {}).get("kind") == "map" and meta.get("maps") is maps:
+        if _of_sample(layer, "map", sample) and (layer.metadata or {}).get("maps") is maps:
             return layer
-    # a map layer of an earlier run is reused too (one map layer, data swapped per gene)
+    # a map layer of an earlier run of this sample is reused too (data swapped per gene)
     for layer in viewer.layers:
-        if (layer.metadata or {}).get("trihrge", {}).get("kind") == "map":
+        if _of_sample(layer, "map", sample):
             layer.metadata["maps"] = maps
             layer.scale = (float(maps.stride_um),) * 2
             layer.translate = tuple(float(v) for v in np.asarray(maps.origin_rc_um))
+            layer.metadata["trihrge"].pop("offset_rc_um", None)  # placed again by the view
             return layer
     data, kwargs, _ = L.map_layers(maps, [gene], contrast_limits=limits, colormap=colormap)[0]
     kwargs["name"] = "enhanced map"
+    kwargs["metadata"]["trihrge"]["sample"] = sample
     layer = viewer.add_image(data, **kwargs)
     return layer
 
@@ -67,20 +79,23 @@ def set_map_gene(layer, maps, gene: str, values: np.ndarray,
     layer.name = f"enhanced {gene}"
 
 
-def show_spread(viewer, maps, gene: str) -> bool:
-    """Show ``gene``'s ensemble spread in the one spread layer (added hidden on first use);
-    False when the maps have no spread (a single model)."""
+def show_spread(viewer, maps, gene: str, sample: str | None = None) -> bool:
+    """Show ``gene``'s ensemble spread in the one spread layer of ``sample`` (added hidden on
+    first use); False when the maps have no spread (a single model)."""
     layer_data = L.spread_layer(maps, gene)
     if layer_data is None:
         return False
     data, kwargs, _ = layer_data
+    kwargs["metadata"]["trihrge"]["sample"] = sample
     for layer in viewer.layers:
-        if (layer.metadata or {}).get("trihrge", {}).get("kind") == "spread":
+        if _of_sample(layer, "spread", sample):
             lo, hi = kwargs["contrast_limits"]
             layer.data = data
             layer.contrast_limits_range = (min(float(np.nanmin(data)), lo), max(hi, 1e-6))
             layer.contrast_limits = (lo, hi)
+            placed = {k: v for k, v in layer.metadata["trihrge"].items() if k == "offset_rc_um"}
             layer.metadata.update(kwargs["metadata"])
+            layer.metadata["trihrge"].update(placed)
             layer.name = kwargs["name"]
             return True
     viewer.add_image(data, **kwargs)
@@ -120,6 +135,18 @@ def canvas_text_overlay(viewer):
     return text if text is not None else viewer.text_overlay
 
 
+def show_scale_bar(viewer) -> None:
+    """The scale bar on, bottom centre (the colour bar is bottom right), in the layers' unit
+    (micrometres for every TriHRGE layer)."""
+    canvas = getattr(viewer, "canvas", None)
+    bar = getattr(getattr(canvas, "overlays", None), "scale_bar", None)
+    bar = bar if bar is not None else viewer.scale_bar
+    if not bar.visible:
+        bar.visible = True
+        bar.box = True
+        bar.position = "bottom_center"
+
+
 def show_canvas_label(viewer, text: str, *, warn: bool = False,
                       position: str = "top_left") -> None:
     """The canvas's text overlay (top left): which gene is shown, its units and how sure."""
@@ -129,7 +156,7 @@ def show_canvas_label(viewer, text: str, *, warn: bool = False,
     overlay.font_size = 11
     overlay.box = True
     overlay.position = position
-    overlay.color = "#ffb74d" if warn else "white"
+    overlay.color = WARN_COLOUR if warn else "white"
 
 
 def show_colorbar(layers, keep) -> None:

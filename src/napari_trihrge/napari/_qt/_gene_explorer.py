@@ -19,14 +19,16 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import layers as L
-from ._common import heading, hline, listen, note, notify_error
+from ._common import Panel, heading, hline, listen, note, notify_error
+from ._display import WARN_COLOUR
 from ._session import get_session, get_view, layer_kind, unwrap_viewer
 
 TWIN_NAME = "H&E (side by side)"
+#: genes listed under "Best predicted genes"
+BEST_LISTED = 50
 #: gap between the two side-by-side panels (canvas pixels)
 PANEL_GAP_PX = 24
 
@@ -40,10 +42,10 @@ TOOLTIPS = {
              "shown gene over spots and map together. Values are ln(1 + counts per 10 000).",
     "side": "Show the measured spots (left) and the enhanced map (right) next to each other, "
             "with one shared camera. Untick to go back to the single view as it was.",
-    "best": "Genes ordered by how well the model predicted the hidden spots of the last "
-            "recovery (PCC: Pearson correlation between predicted and measured expression, 1 is "
+    "best": "Genes ordered by how well the last run predicted spots held out of its training "
+            "(PCC: Pearson correlation between predicted and measured expression, 1 is "
             "perfect, 0 is no relation). 'kNN' is the same score for plain interpolation from "
-            "the neighbouring spots; a gene marked 'not better than interpolation' gains nothing "
+            "the neighbouring spots; a gene marked orange, 'below interpolation', gains nothing "
             "from the image. Click a gene to show it.",
     "png": "Save exactly what the canvas shows as a PNG image.",
 }
@@ -58,7 +60,7 @@ def _colorbar_pixmap(name: str, width: int = 220, height: int = 12) -> QPixmap:
     return QPixmap.fromImage(qimg)
 
 
-class GeneExplorer(QWidget):
+class GeneExplorer(Panel):
     """Choose a gene (search with completion over every gene); spots, predicted spots and the
     enhanced map are recoloured on ONE colour scale."""
 
@@ -85,11 +87,11 @@ class GeneExplorer(QWidget):
         self.side_check = QCheckBox("Side by side: measured spots | enhanced")
         self.best_list = QListWidget()
         self.best_list.setMinimumHeight(120)
-        self.best_note = note("Run a recovery to list the genes predicted best.")
+        self.best_note = note("Run Enhance or Recovery to list the genes predicted best.")
         self.png_btn = QPushButton("Save view as PNG…")
         self.trust_label = note("")
         self.missing_label = note("")
-        self.missing_label.setStyleSheet("color: #ffb74d")
+        self.missing_label.setStyleSheet(f"color: {WARN_COLOUR}")
         self.search.setToolTip(TOOLTIPS["search"])
         self.show_btn.setToolTip(TOOLTIPS["search"])
         self.colorbar.setToolTip(TOOLTIPS["colorbar"])
@@ -116,7 +118,7 @@ class GeneExplorer(QWidget):
         lay.addWidget(self.scale_label)
         lay.addWidget(self.side_check)
         lay.addWidget(hline())
-        lay.addWidget(heading("Best predicted genes (recovery)"))
+        lay.addWidget(heading("Best predicted genes"))
         lay.addWidget(self.best_note)
         lay.addWidget(self.best_list, 1)
         lay.addWidget(self.png_btn)
@@ -130,12 +132,12 @@ class GeneExplorer(QWidget):
         for event, slot in ((self.session.sample_changed, self.refresh_genes),
                             (self.session.enhance_changed, self.refresh_genes),
                             (self.session.outputs_opened, self.refresh_genes),
-                            (self.session.recovery_changed, self._on_recovery),
+                            (self.session.recovery_changed, self.refresh_genes),
+                            (self.session.trust_changed, self._on_trust),
                             (self.session.gene_changed, self._on_gene_changed)):
             listen(self, event, slot)
         self.refresh_genes()
-        if self.session.recovery is not None:
-            self._on_recovery(self.session.recovery)
+        self._on_trust(self.session.trust_table())
         if self.session.gene:
             self._on_gene_changed(self.session.gene)
 
@@ -169,49 +171,56 @@ class GeneExplorer(QWidget):
         if self.search.text() != gene:
             self.search.setText(gene)
         lo, hi = self.session.contrast_limits or (0.0, 1.0)
+        here = (None, self.session.sample_name)  # the current sample's layers only
         shown = [lay.name for lay in self.viewer.layers
-                 if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene]
+                 if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene
+                 and self.view.layer_sample(lay) in here]
         self.current.setText(f"<b>{gene}</b> on: {', '.join(shown) or 'no layer'}")
-        self.scale_label.setText(f"{lo:.2f} … {hi:.2f}  {L.EXPRESSION_UNITS}; one scale for "
-                                 "spots and map (robust 1-99.5 % range)")
         done = self.session.last_shown or {}
+        clipped = L.clipped_text(done.get("clipped") or {})
+        self.scale_label.setText(f"{lo:.2f} … {hi:.2f}  {L.EXPRESSION_UNITS}; one scale "
+                                 "covering spots and map (robust 1-99.5 % range of each)"
+                                 + (f"; {clipped}" if clipped else ""))
         self.missing_label.setText(done.get("map_missing", ""))
         self.missing_label.setVisible(bool(done.get("map_missing")))
         trust = self.session.trust(gene)
         self.trust_label.setText(f"Prediction of {gene}: {L.trust_text(trust)}")
         self.trust_label.setStyleSheet(
-            "color: #ffb74d" if L.trust_warns(trust) else "")
+            f"color: {WARN_COLOUR}" if L.trust_warns(trust) else "")
         if self._saved_view is not None:
             self._label_panels()
 
-    # -- recovery ranking -----------------------------------------------------------------
-    def _on_recovery(self, result):
+    # -- the run's per-gene trust ---------------------------------------------------------
+    def _on_trust(self, table):
+        """List the genes of the shown results by held-out PCC (session.trust_table): the
+        best first, those below interpolation in orange."""
         self.best_list.clear()
-        self.refresh_genes()
-        if result is None:
+        if table is None or not len(table):
+            self.best_note.setText("Run Enhance or Recovery to list the genes predicted best.")
             return
-        table = result.per_gene.sort_values("pcc", ascending=False)
-        table = table[np.isfinite(table["pcc"].to_numpy())]
+        here = bool(table["measured_here"].iloc[0]) if "measured_here" in table else True
+        n_listed = min(BEST_LISTED, len(table))
         n_worse = 0
-        for gene in table.index[:50]:
-            trust = L.trust_of_gene(table, gene)
-            text = f"{gene}   PCC {trust['pcc']:.2f}"
-            if np.isfinite(trust["pcc_baseline_knn"]):
-                text += f"  kNN {trust['pcc_baseline_knn']:.2f}  ({trust['pcc_gain']:+.2f})"
+        for gene, row in table.iloc[:n_listed].iterrows():
+            trust = {**row.to_dict(), "measured_here": here}
+            text = f"{gene}   PCC {row['pcc']:.2f}"
+            if np.isfinite(row["pcc_baseline_knn"]):
+                text += f"  kNN {row['pcc_baseline_knn']:.2f}  ({row['pcc_gain']:+.2f})"
             item = QListWidgetItem(text)
             item.setData(Qt.UserRole, str(gene))
-            if trust["beats_interpolation"] is False:
+            if L.trust_warns(trust):
                 n_worse += 1
                 item.setText(text + "  not better than interpolation")
-                item.setForeground(QColor("#ffb74d"))
+                item.setForeground(QColor(WARN_COLOUR))
             item.setToolTip(f"{gene}: {L.trust_text(trust)}")
             self.best_list.addItem(item)
-        m = getattr(result, "metrics", {}) or {}
-        k = m.get("baseline_knn_k")
+        beats = table["beats_interpolation"].map(lambda b: b is True)
+        where = ("spots held out of this run's training" if here else
+                 "spots held out in the model's training sections (nothing measured here)")
         self.best_note.setText(
-            "Held-out PCC of each gene (predicted vs measured on the hidden spots), next to "
-            f"kNN interpolation{f' (k = {k})' if k else ''} and the gain; click a gene to show "
-            f"it. {n_worse} of the {min(50, len(table))} listed do not beat interpolation.")
+            f"Held-out PCC of each gene ({where}), next to kNN interpolation and the gain; "
+            f"click a gene to show it. {int(beats.sum())} of {len(table)} genes beat "
+            f"interpolation; {n_worse} of the {n_listed} listed do not (orange).")
 
     def _on_best(self, item):
         self.show_gene(item.data(Qt.UserRole))
@@ -289,7 +298,7 @@ class GeneExplorer(QWidget):
         what = {"map": "enhanced map", "recovered": "predicted spots",
                 "virtual": "enhanced spots"}.get(kind, "enhanced")
         if kind == "map" and right.name.endswith("(not better than interpolation)"):
-            what += " (not better than interpolation)"
+            what += " (below kNN)"  # short: the panel label must fit its half of the canvas
         left.name = f"measured spots: {gene}"
         right.name = f"{what}: {gene}"
         for lay in (left, right):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from napari.layers import Shapes
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -16,16 +18,19 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from ... import regions as R
-from ._common import heading, listen, note, notify_error
+from .. import layers as L
+from ._common import Panel, heading, listen, note, notify_error
+from ._display import WARN_COLOUR
 from ._session import get_session, get_view, layer_kind, unwrap_viewer
 
 REGIONS_NAME = "regions"
+#: width of the region outlines on screen, whatever the zoom (canvas pixels)
+OUTLINE_WIDTH_PX = 3.0
 COLUMN_TITLES = {
-    "region": "Region", "gene": "Gene", "log2_fold_change": "log2 FC", "fdr": "FDR",
+    "region": "Region", "gene": "Gene", "mapped": "Mapped", "log2_fold_change": "log2 FC", "fdr": "FDR",
     "measured_inside": "Meas. in", "measured_outside": "Meas. out",
     "n_spots_inside": "Spots in", "n_spots_outside": "Spots out", "p_value": "p",
     "z_score": "z", "enhanced_inside": "Enh. in", "enhanced_outside": "Enh. out",
@@ -34,7 +39,10 @@ COLUMN_TITLES = {
 #: what each column means, in plain words (the header tooltips)
 COLUMN_HELP = {
     "region": "The region's number, as drawn on the canvas.",
-    "gene": "Gene symbol; double-click a row to show the gene on the canvas.",
+    "gene": "Gene symbol; double-click a row to show the gene on the canvas. Orange: the "
+            "run's prediction of this gene does not beat interpolation.",
+    "mapped": "Whether the last run predicted this gene (it has enhanced values). Every "
+              "measured gene is tested on the measured spots, mapped or not.",
     "log2_fold_change": "log2 of (mean expression inside / mean outside) on the normalised "
                         "count scale, measured spots: +1 = twice as high inside, -1 = half.",
     "fdr": "False discovery rate (Benjamini-Hochberg) of the rank-sum test: below 0.05, the "
@@ -54,7 +62,7 @@ COLUMN_HELP = {
 }
 
 
-class RegionExplorer(QWidget):
+class RegionExplorer(Panel):
     """Draw polygons / rectangles / ellipses (for example around a tumour) on a Shapes layer;
     the table lists, per region, the genes whose mean expression differs most inside vs
     outside, for the enhanced and the measured expression."""
@@ -92,7 +100,9 @@ class RegionExplorer(QWidget):
                                    "deleted.")
         self.top_spin.setToolTip("How many genes to list per region, the most different "
                                  "first (the CSV export has the same rows, all columns).")
-        self.export_btn.setToolTip("Save the table with all its columns as a CSV file.")
+        self.export_btn.setToolTip("Save every gene of every region (not only the rows shown) "
+                                   "with all columns, the sample name and the region's "
+                                   "coordinates in micrometres as a CSV file.")
 
         row = QHBoxLayout()
         row.addWidget(self.draw_btn)
@@ -118,6 +128,12 @@ class RegionExplorer(QWidget):
         self.table.cellDoubleClicked.connect(self._on_cell)
         listen(self, self.session.sample_changed, self._invalidate)
         listen(self, self.session.enhance_changed, self._invalidate)
+        listen(self, self.session.result_added, self._on_run_finished)
+        from ._gene_explorer import _camera
+
+        zoom = _camera(self.viewer).events.zoom
+        zoom.connect(self._fit_outline_width)
+        self.destroyed.connect(lambda *_: zoom.disconnect(self._fit_outline_width))
 
     # -- regions layer --------------------------------------------------------------------
     def regions_layer(self, create: bool = False):
@@ -130,6 +146,7 @@ class RegionExplorer(QWidget):
             layer.metadata.setdefault("trihrge", {})["kind"] = "regions"
             layer.events.data.connect(self._on_regions_changed)
             number_regions(layer)
+            self._fit_outline_width()
             return layer
         if not create:
             return None
@@ -139,7 +156,22 @@ class RegionExplorer(QWidget):
             metadata={"trihrge": {"kind": "regions"}})
         layer.events.data.connect(self._on_regions_changed)
         number_regions(layer)
+        self._fit_outline_width()
         return layer
+
+    def _fit_outline_width(self, *_):
+        """Keep the outlines OUTLINE_WIDTH_PX wide on screen at every zoom (napari draws
+        shape edges in data units)."""
+        from ._gene_explorer import _camera
+
+        layer = next((lay for lay in self.viewer.layers if layer_kind(lay) == "regions"), None)
+        zoom = float(_camera(self.viewer).zoom)
+        if layer is None or not zoom > 0:
+            return
+        width = OUTLINE_WIDTH_PX / zoom / float(np.mean(np.abs(layer.scale[-2:])))
+        layer.current_edge_width = width
+        if layer.nshapes:
+            layer.edge_width = width
 
     def start_drawing(self):
         layer = self.regions_layer(create=True)
@@ -158,19 +190,20 @@ class RegionExplorer(QWidget):
     def _invalidate(self, *_):
         self._cache.clear()
 
+    def _on_run_finished(self, *_):
+        """A run finished: the table shown is recomputed with the new expression."""
+        self._invalidate()
+        if self.stats is not None and self.polygons()[0]:
+            self.compute()
+
     # -- expression sources ---------------------------------------------------------------
     def _measured(self):
         ad = self.session.adata
         if ad is None:
             return None
-        enh = self._enhanced()
-        key = (id(ad), None if enh is None else id(enh))
         hit = self._cache.get("measured")
-        if hit is None or hit[0] != key:
-            genes = None
-            if enh is not None:  # the run's genes only (the table compares the two)
-                genes = [g for g in enh.genes if g in ad.var_names]
-            hit = (key, R.adata_expression_set(ad, "measured", genes))
+        if hit is None or hit[0] != id(ad):  # every measured gene is tested
+            hit = (id(ad), R.adata_expression_set(ad, "measured"))
             self._cache["measured"] = hit
         return hit[1]
 
@@ -194,16 +227,18 @@ class RegionExplorer(QWidget):
         if layer is None:
             return [], []
         polys, names = [], []
+        offset = self.view.offset_rc_um()  # the current sample's place in the viewer
         for i, (verts, kind) in enumerate(zip(layer.data, layer.shape_type, strict=False)):
             world = np.asarray([layer.data_to_world(v) for v in verts])
-            poly = R.shape_polygon_rc_um(world, kind)
+            poly = R.shape_polygon_rc_um(world[:, -2:] - offset, kind)
             if poly is not None:
                 polys.append(poly)
                 names.append(f"region {i + 1}")
         return polys, names
 
-    def compute(self) -> R.RegionStats | None:
-        """Fill the table; returns the statistics (None with a message when impossible)."""
+    def statistics(self, top_n: int | None) -> R.RegionStats | None:
+        """The statistics of the drawn regions (``top_n`` genes per region, None: every
+        gene); None with a message when impossible."""
         polys, names = self.polygons()
         if not polys:
             self._set_message("Draw a polygon, rectangle or ellipse first (lines and paths are "
@@ -214,11 +249,18 @@ class RegionExplorer(QWidget):
             if measured is None and enhanced is None:
                 self._set_message("Open a sample first.")
                 return None
-            stats = R.region_statistics(polys, measured, enhanced,
-                                        top_n=int(self.top_spin.value()), region_names=names)
+            return R.region_statistics(polys, measured, enhanced, top_n=top_n,
+                                       region_names=names)
         except Exception as exc:  # noqa: BLE001
             notify_error(exc, "Region statistics")
             return None
+
+    def compute(self) -> R.RegionStats | None:
+        """Fill the table; returns the statistics (None with a message when impossible)."""
+        stats = self.statistics(int(self.top_spin.value()))
+        if stats is None:
+            return None
+        measured, enhanced = self._measured(), self._enhanced()
         self.stats = stats
         self._fill_table(stats)
         msg = []
@@ -241,6 +283,10 @@ class RegionExplorer(QWidget):
 
     def _fill_table(self, stats: R.RegionStats):
         table = stats.table
+        trust = self.session.trust_table()
+        warn = set() if trust is None else {
+            str(g) for g, row in trust.iterrows()
+            if L.trust_warns({**row.to_dict(), "measured_here": row.get("measured_here", True)})}
         self.table.setSortingEnabled(False)
         self.table.clear()
         self.table.setRowCount(len(table))
@@ -263,8 +309,13 @@ class RegionExplorer(QWidget):
                         item.setData(0, int(val))
                     else:
                         item.setData(0, round(val, 3))
+                elif isinstance(val, bool | np.bool_):
+                    item = QTableWidgetItem("yes" if val else "no")
                 else:
                     item = QTableWidgetItem(str(val))
+                    if col == "gene" and str(val) in warn:
+                        item.setForeground(QColor(WARN_COLOUR))
+                        item.setToolTip(f"{val}: the prediction does not beat interpolation")
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
         self.table.setSortingEnabled(True)
@@ -287,15 +338,38 @@ class RegionExplorer(QWidget):
         if path:
             self.export_csv(path)
 
+    def export_table(self):
+        """Every gene of every region (not only the rows shown), with the sample name and each
+        region's centre and vertices (row/col micrometres); None without regions."""
+        stats = self.statistics(None)
+        if stats is None:
+            return None
+        polys, names = self.polygons()
+        ad = self.session.adata
+        sample = L.sample_name(ad) if ad is not None else ""
+        if not sample and self.session.enhance is not None:
+            sample = L.sample_name(self.session.enhance.virtual)
+        where = pd.DataFrame({
+            "region": names,
+            "region_centre_row_um": [float(p[:, 0].mean()) for p in polys],
+            "region_centre_col_um": [float(p[:, 1].mean()) for p in polys],
+            "region_vertices_rc_um": [";".join(f"{r:.1f} {c:.1f}" for r, c in p)
+                                      for p in polys]})
+        table = stats.table.merge(where, on="region", how="left")
+        table.insert(0, "sample", sample)
+        return table
+
     def export_csv(self, path: str) -> None:
-        if self.stats is None:
-            show_info("Compute the region table first")
+        """Write :meth:`export_table` as CSV (through ``_atomic``)."""
+        table = self.export_table()
+        if table is None:
+            show_info("Draw a region first")
             return
         from ..._atomic import atomic_path
 
         with atomic_path(path, overwrite=True) as tmp:  # the file dialog asked about replacing
-            self.stats.table.to_csv(tmp, index=False)
-        show_info(f"Saved {path}")
+            table.to_csv(tmp, index=False)
+        show_info(f"Saved {path}: {table['gene'].nunique()} genes, {len(table)} rows")
 
 
 def number_regions(layer) -> None:

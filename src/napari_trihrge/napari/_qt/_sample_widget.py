@@ -10,11 +10,10 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from ...features.registry import DEFAULT_ENCODER
-from ._common import heading, hline, listen, note, report_outcome
+from ._common import Panel, heading, hline, listen, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import simple_worker
 
@@ -23,7 +22,7 @@ from ._worker import simple_worker
 ENCODER_CHOICES = (DEFAULT_ENCODER, "uni", "uni2-h")
 
 
-class SampleWidget(QWidget):
+class SampleWidget(Panel):
     """Open a Space Ranger folder, an .h5ad, or a spot table plus its H&E image; pick the
     image encoder, an optional Hugging Face token (this session only) and the device."""
 

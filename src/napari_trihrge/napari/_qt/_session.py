@@ -16,6 +16,8 @@ import re
 import weakref
 from typing import Any
 
+import numpy as np
+
 from .. import layers as L
 from ..session import GeneDisplay, SessionModel
 
@@ -77,6 +79,14 @@ def layer_kind(layer) -> str | None:
     return (layer.metadata or {}).get("trihrge", {}).get("kind")
 
 
+#: layers placed with their sample (each sample in its own place, side by side)
+PLACED_KINDS = ("image", "spots", "virtual", "recovered", "map", "spread")
+#: the canvas label's lines are wrapped at this many characters (they fit a narrow canvas)
+CANVAS_LABEL_WIDTH_CHARS = 56
+#: gap between two samples, as a share of the wider one's width
+SAMPLE_GAP_FRACTION = 0.08
+
+
 class LayerView:
     """Draws one viewer's :class:`SessionModel` on napari layers (see the module docstring)."""
 
@@ -86,10 +96,15 @@ class LayerView:
         #: where the gene label sits (bottom left while side-by-side panels carry their labels)
         self.canvas_label_position = "top_left"
         self._raise_spots = False  # after an enhance run: the measured spots above the map
+        self._select_result = False  # after a run: select the visible result layer once drawn
+        #: where each sample sits (sample name -> row/col um added to its layers' translate)
+        self._places: dict[str, np.ndarray] = {}
+        self._sample_of_source: dict[str, str] = {}
         model.result_added.connect(self._on_result)
         model.display_requested.connect(self._draw)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
+        viewer.layers.selection.events.active.connect(self._on_active)
         self._adopt_existing_layers(viewer)
 
     @property
@@ -110,11 +125,21 @@ class LayerView:
         layer = event.value
         kind = layer_kind(layer)
         meta = layer.metadata or {}
+        if kind in PLACED_KINDS:
+            self.place(layer)
         if kind in ("map", "spread"):
             from ._display import hide_values_outside_tissue
 
             hide_values_outside_tissue(layer)
+        if kind == "image" and self._reuse_open_image(layer):
+            return
         self._replace_earlier_copy(layer)
+        if kind in ("image", "spots", "map"):
+            from ._display import show_scale_bar
+
+            show_scale_bar(self.viewer)
+        if kind == "image":
+            self._put_under_results(layer)
         model = self.model
         if kind == "spots" and "adata" in meta:
             model.set_sample(meta["adata"])
@@ -124,9 +149,124 @@ class LayerView:
                 self.describe_on_canvas(gene, shown)
                 model.adopt_gene(gene, layer.face_contrast_limits, shown)
         elif kind in ("virtual", "recovered") and meta.get("adata") is not None:
-            model.add_source(kind, meta["adata"])
+            model.add_source(kind, meta["adata"], sample=meta.get("trihrge", {}).get("sample"))
         elif kind == "map" and meta.get("maps") is not None:
-            model.add_source("map", meta["maps"])
+            model.add_source("map", meta["maps"], sample=meta.get("trihrge", {}).get("sample"))
+
+    # -- each sample in its own place -----------------------------------------------------
+    def layer_sample(self, layer) -> str | None:
+        """The sample a layer shows: recorded on it, else that of the layers opened from the
+        same source (a run folder's map), else None."""
+        meta = (layer.metadata or {}).get("trihrge", {})
+        name, source = meta.get("sample"), meta.get("source")
+        if name:
+            if source:
+                self._sample_of_source.setdefault(str(source), str(name))
+            return str(name)
+        return self._sample_of_source.get(str(source)) if source else None
+
+    def offset_rc_um(self, sample: str | None = None) -> np.ndarray:
+        """Where ``sample`` (default: the current one) sits in the viewer: world row/col um =
+        the engine's row/col um + this offset ((0, 0) for the first sample opened)."""
+        name = sample if sample is not None else self.model.sample_name
+        return np.array(self._places.get(name, (0.0, 0.0)), dtype=float)
+
+    def place(self, layer, sample: str | None = None) -> None:
+        """Move ``layer`` to its sample's place: the first sample at the origin, each further
+        sample to the right of everything open, never on top of another section."""
+        name = sample or self.layer_sample(layer)
+        if name is None and layer_kind(layer) in ("map", "spread", "virtual", "recovered"):
+            name = self.model.sample_name  # a result drawn by this view: the current sample
+        if name is None:
+            return
+        meta = layer.metadata.setdefault("trihrge", {})
+        meta["sample"] = name
+        if name not in self._places:
+            self._places[name] = self._free_place(layer)
+        offset = self._places[name]
+        applied = np.asarray(meta.get("offset_rc_um", (0.0, 0.0)), dtype=float)
+        if np.allclose(applied, offset):
+            return
+        translate = np.asarray(layer.translate, dtype=float).copy()
+        translate[-2:] += offset - applied
+        layer.translate = translate
+        meta["offset_rc_um"] = tuple(float(v) for v in offset)
+
+    def _free_place(self, layer) -> np.ndarray:
+        viewer = self.viewer
+        placed = [lay for lay in (viewer.layers if viewer is not None else [])
+                  if lay is not layer and layer_kind(lay) in PLACED_KINDS
+                  and (lay.metadata or {}).get("trihrge", {}).get("sample") in self._places]
+        if not placed:
+            return np.zeros(2)
+        right = max(float(lay.extent.world[1][-1]) for lay in placed)
+        left = min(float(lay.extent.world[0][-1]) for lay in placed)
+        own = np.asarray(layer.extent.world, dtype=float)
+        gap = SAMPLE_GAP_FRACTION * max(right - left, own[1][-1] - own[0][-1])
+        return np.array([0.0, right + gap - own[0][-1]])
+
+    def _on_active(self, event=None) -> None:
+        """Selecting a layer of another open sample makes that sample current (its results,
+        colour scale and trust come with it)."""
+        viewer = self.viewer
+        layer = viewer.layers.selection.active if viewer is not None else None
+        if layer is None or layer_kind(layer) not in PLACED_KINDS:
+            return
+        name = self.layer_sample(layer)
+        if name is None or name == self.model.sample_name:
+            return
+        spots = next((lay for lay in viewer.layers if layer_kind(lay) == "spots"
+                      and (lay.metadata or {}).get("adata") is not None
+                      and self.layer_sample(lay) == name), None)
+        if spots is not None:
+            self.model.set_sample(spots.metadata["adata"])
+
+    def _reuse_open_image(self, layer) -> bool:
+        """The same H&E (same pixels) open already from another source (the sample and its
+        run folder): the open layer is kept and the new one is removed; True then."""
+        meta = (layer.metadata or {}).get("trihrge", {})
+        key, source = meta.get("image_key"), meta.get("source")
+        viewer = self.viewer
+        if not key or viewer is None:
+            return False
+        same = [lay for lay in viewer.layers if lay is not layer and layer_kind(lay) == "image"
+                and (lay.metadata or {}).get("trihrge", {}).get("image_key") == key
+                and not (source and (lay.metadata or {}).get("trihrge", {}).get("source")
+                         == source)]  # the same source again: replaced, see below
+        if not same:
+            return False
+        from napari.utils.notifications import show_info
+        from qtpy.QtCore import QTimer
+
+        def remove():
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+
+        QTimer.singleShot(0, remove)  # not while napari is still inserting
+        show_info(f"This H&E is open already ({same[0].name}): that layer is used")
+        return True
+
+    def _put_under_results(self, image) -> None:
+        """An H&E opened after maps or spots goes under them (never hides a result)."""
+        viewer = self.viewer
+        if viewer is None:
+            return
+        layers = list(viewer.layers)
+        above = [i for i, lay in enumerate(layers) if lay is not image and layer_kind(lay) in
+                 ("map", "spread", "spots", "virtual", "recovered", "regions")]
+        if above and layers.index(image) > above[0]:
+            from qtpy.QtCore import QTimer
+
+            def move():
+                if image in viewer.layers:
+                    now = list(viewer.layers)
+                    first = min((now.index(lay) for lay in now if lay is not image and
+                                 layer_kind(lay) in ("map", "spread", "spots", "virtual",
+                                                     "recovered", "regions")), default=None)
+                    if first is not None and now.index(image) > first:
+                        viewer.layers.move(now.index(image), first)
+
+            QTimer.singleShot(0, move)  # not while napari is still inserting
 
     def _on_removed(self, event) -> None:
         layer = event.value
@@ -169,12 +309,16 @@ class LayerView:
         if viewer is None:
             return None
         sample = self.model.adata
+        name = self.model.sample_name
         for layer in reversed(list(viewer.layers)):
             if layer_kind(layer) != kind:
                 continue
             if kind == "spots" and sample is not None and \
                     layer.metadata.get("adata") is not sample:
                 continue
+            owner = layer.metadata.get("trihrge", {}).get("sample")
+            if name is not None and owner is not None and owner != name:
+                continue  # another sample's layer
             return layer
         return None
 
@@ -186,10 +330,12 @@ class LayerView:
         pred = result.predictions if task == "recovery" else result.virtual
         gene = self.model.default_gene(task, result)
         data, kwargs, _ = L.result_spots_layer(pred, task, [gene], color_by=gene)
+        kwargs["metadata"]["trihrge"]["sample"] = self.model.result_sample(pred)
         old = self.find_layer(kind)
         if old is not None:
             self.viewer.layers.remove(old)
         layer = self.viewer.add_points(data, **kwargs)
+        self._select_result = True
         if task == "recovery":
             return
         has_maps = getattr(result, "maps", None) is not None
@@ -220,9 +366,11 @@ class LayerView:
                 # other genes only (predictions): never leave them on the previous gene
                 lay.visible = False
         if plan.map_values is not None:
-            layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap)
+            name = self.model.sample_name
+            layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap, sample=name)
+            self.place(layer)
             set_map_gene(layer, plan.maps, gene, plan.map_values, limits)
-            shown["spread"] = show_spread(viewer, plan.maps, gene)
+            shown["spread"] = show_spread(viewer, plan.maps, gene, sample=name)
             layer.visible = True
         else:
             for kind in ("map", "spread"):
@@ -238,6 +386,18 @@ class LayerView:
             if spots is not None:  # the measured spots on top of the map
                 viewer.layers.move(viewer.layers.index(spots), len(viewer.layers))
         self.describe_on_canvas(gene, shown)
+        if self._select_result:
+            self._select_result = False
+            self.select_shown_result(shown)
+
+    def select_shown_result(self, shown: dict[str, Any]) -> None:
+        """Select the visible result layer (the map, else the predicted spots), never the
+        hidden spread layer, so the layer controls act on what is seen."""
+        for kind in ("map", "virtual", "recovered"):
+            lay = self.find_layer(kind)
+            if shown.get(kind) and lay is not None and lay.visible:
+                self.viewer.layers.selection.active = lay
+                return
 
     def describe_on_canvas(self, gene: str, done: dict[str, Any]) -> None:
         """Name the shown gene, its units and its trust on the canvas, with one colour bar."""
@@ -248,6 +408,9 @@ class LayerView:
             return
         trust = self.model.trust(gene)
         lines = [f"{gene}: {L.EXPRESSION_UNITS}"]
+        if len(lines[0]) > CANVAS_LABEL_WIDTH_CHARS:  # the units on a line of their own
+            head, _, tail = L.EXPRESSION_UNITS.partition(", ")
+            lines = [f"{gene}: {head},", tail]
         warn = False
         if done.get("map") or done.get("recovered") or done.get("virtual"):
             lines.append(f"prediction {L.trust_text(trust)}")
@@ -256,6 +419,12 @@ class LayerView:
             lines.append(f"no enhanced map for {gene} (map hidden):")
             lines.append("add it to Extra genes and run Enhance again")
             warn = True
+        import textwrap
+
+        nbsp = "\u00a0"  # never break a number such as '10 000'
+        lines = [part.replace(nbsp, " ") for line in lines for text in line.split("\n")
+                 for part in textwrap.wrap(re.sub(r"(\d) (\d)", rf"\1{nbsp}\2", text),
+                                           CANVAS_LABEL_WIDTH_CHARS) or [""]]
         show_canvas_label(viewer, "\n".join(lines), warn=warn,
                           position=self.canvas_label_position)
         keep = None
@@ -267,7 +436,7 @@ class LayerView:
         show_colorbar(list(viewer.layers), keep)
         map_layer = self.find_layer("map")
         if map_layer is not None and done.get("map"):
-            mark = trust is not None and trust["measured_here"] and L.trust_warns(trust)
+            mark = L.trust_warns(trust)  # orange on a bare slide too (trust from elsewhere)
             map_layer.metadata["trihrge"]["beats_interpolation"] = (
                 None if trust is None or not trust["measured_here"]
                 else trust["beats_interpolation"])

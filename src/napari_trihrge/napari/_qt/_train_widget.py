@@ -30,8 +30,9 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ...geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
-from ._common import heading, hline, listen, note, notify_error, report_outcome
+from ._common import Panel, heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
+from ._display import WARN_COLOUR
 from ._session import get_session, unwrap_viewer
 from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
@@ -79,6 +80,8 @@ SETTING_HELP = {
     "advanced": "More RunConfig settings: which inputs the model uses, neighbours, the local "
                 "window of the dense maps.",
     "out": "Optional folder where the run is saved (the same files as the command line).",
+    "overwrite": "The folder chosen under Save to already holds files: tick to replace them "
+                 "with this run (the old folder is swapped out only when the run completes).",
     "start": "Run the chosen task in the background; the viewer stays usable.",
     "cancel": "Stop the run at its next step; nothing is changed.",
 }
@@ -138,7 +141,7 @@ class LossCanvas(QWidget):
         self.canvas.draw_idle()
 
 
-class TrainWidget(QWidget):
+class TrainWidget(Panel):
     """Task, main parameters (with units), Start / Cancel, a progress bar per stage, the live
     loss curve and the recovery scores. The engine runs in a napari thread worker."""
 
@@ -149,7 +152,7 @@ class TrainWidget(QWidget):
         self.worker = None
         self.progress: QueueProgress | None = None
         self.last_outcome = None
-        self.bars = StageBars(lambda text: self.status.setText(text))
+
         #: extra RunConfig fields (tests use it for tiny models: {'model': {...}, 'train': {...}})
         self.extra_config: dict[str, Any] = {}
 
@@ -182,6 +185,7 @@ class TrainWidget(QWidget):
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("optional: folder to save the run in")
         self.out_btn = QPushButton("…")
+        self.overwrite_check = QCheckBox("replace what the folder holds")
 
         self.save_model_btn = QPushButton("Save the trained model…")
         self.save_model_btn.setToolTip("a model folder that `trihrge predict` and 'Apply a "
@@ -192,6 +196,14 @@ class TrainWidget(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.status = note("Open a sample, then press Start.")
+        self.horizon = note("")
+        self.horizon.setToolTip("The whole run: which phase, which network, and an estimate "
+                                "of the time left from the pace so far.")
+        self.bars = StageBars(self.status.setText, self.horizon.setText)
+        self.asked_note = note("")
+        self.asked_note.setToolTip("Every gene of the sample you showed by name in the Gene "
+                                   "explorer is added to the run's genes, so it gets a map.")
+        self.asked_note.setVisible(False)
         self.loss = LossCanvas(self)
         self.scores = QLabel("")
         self.scores.setTextFormat(Qt.RichText)
@@ -202,7 +214,7 @@ class TrainWidget(QWidget):
         for widget, key in ((self.task_combo, "task"), (self.holdout_spin, "holdout"),
                             (self.factor_combo, "factor"), (self.maps_check, "maps"),
                             (self.stride_spin, "maps"), (self.epochs_spin, "epochs"),
-                            (self.out_edit, "out"),
+                            (self.out_edit, "out"), (self.overwrite_check, "overwrite"),
                             (self.out_btn, "out"), (self.start_btn, "start"),
                             (self.cancel_btn, "cancel")):
             widget.setToolTip(SETTING_HELP[key])
@@ -230,6 +242,7 @@ class TrainWidget(QWidget):
         orow.addWidget(self.out_btn)
         oform = QFormLayout()
         oform.addRow("Save to", orow)
+        oform.addRow("", self.overwrite_check)
         brow = QHBoxLayout()
         brow.addWidget(self.start_btn)
         brow.addWidget(self.cancel_btn)
@@ -238,9 +251,11 @@ class TrainWidget(QWidget):
         lay.addWidget(heading("Train and enhance"))
         lay.addLayout(form)
         lay.addWidget(self.advanced)
+        lay.addWidget(self.asked_note)
         lay.addLayout(oform)
         lay.addLayout(brow)
         lay.addWidget(self.status)
+        lay.addWidget(self.horizon)
         lay.addWidget(self.loss)
         lay.addWidget(hline())
         lay.addWidget(self.scores)
@@ -254,6 +269,8 @@ class TrainWidget(QWidget):
         self.out_btn.clicked.connect(self._choose_out)
         self.save_model_btn.clicked.connect(lambda: self.save_model())
         listen(self, self.session.scores_changed, self._on_scores)
+        listen(self, self.session.genes_asked, self._on_genes_asked)
+        listen(self, self.session.sample_changed, self._on_genes_asked)
         self._update_enabled()
 
     # -- parameters -----------------------------------------------------------------------
@@ -292,7 +309,24 @@ class TrainWidget(QWidget):
             **{k: v for k, v in self.extra_config.items() if k != "train"},
             "train": train,
         }
+        typed = tuple(kwargs.get("extra_genes") or ())
+        kwargs["extra_genes"] = typed + tuple(g for g in self.asked_genes() if g not in typed)
         return RunConfig(hf_token=self.session.token(), **kwargs)
+
+    def asked_genes(self) -> list[str]:
+        """The sample's genes the user asked for in the viewer: a run maps them too (added to
+        Extra genes), whether or not they are variable."""
+        adata = self.session.adata
+        if adata is None:
+            return []
+        names = set(map(str, adata.var_names))
+        return [g for g in self.session.asked_genes if g in names]
+
+    def _on_genes_asked(self, *_):
+        genes = self.asked_genes()
+        self.asked_note.setVisible(bool(genes))
+        shown = ", ".join(genes[:8]) + (f" and {len(genes) - 8} more" if len(genes) > 8 else "")
+        self.asked_note.setText(f"Also mapped (asked in the viewer): {shown}")
 
     def task_arguments(self, config) -> dict[str, Any]:
         """The task's own arguments (those that are not RunConfig fields), as
@@ -325,10 +359,14 @@ class TrainWidget(QWidget):
             notify_error(exc, "Invalid parameters")
             return None
         out_dir = self.out_edit.text().strip() or None
+        overwrite = self.overwrite_check.isChecked()
+        if out_dir is not None and not self._out_dir_usable(out_dir, overwrite):
+            return None
         task = self.task
         self.progress = QueueProgress()
         worker = engine_worker(run_task, task, adata, out_dir, config=config,
-                               progress=self.progress, **self.task_arguments(config))
+                               progress=self.progress, overwrite=overwrite,
+                               **self.task_arguments(config))
         self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)
@@ -343,6 +381,23 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         worker.start()
         return worker
+
+    def _out_dir_usable(self, out_dir: str, overwrite: bool) -> bool:
+        """Whether the run may be saved in ``out_dir``; if not, say so in the panel's words
+        (checked before any work)."""
+        from pathlib import Path
+
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            problem = f"{out} is a file, not a folder: choose a folder under Save to."
+        elif out.is_dir() and any(out.iterdir()) and not overwrite:
+            problem = (f"The folder {out} already holds files: tick 'replace what the folder "
+                       "holds' under Save to, or choose another folder.")
+        else:
+            return True
+        self.status.setText(f"<span style='color:{WARN_COLOUR}'>{problem}</span>")
+        show_error(problem)
+        return False
 
     def _mark_scores_previous(self) -> None:
         """The last scores stay visible, greyed and marked, until a new run finishes."""
@@ -379,6 +434,7 @@ class TrainWidget(QWidget):
 
     def _on_finished(self):
         self.bars.close()
+        self.horizon.setText("")
         self.worker = None
         self.progress = None
         self.start_btn.setEnabled(True)
@@ -430,15 +486,17 @@ class TrainWidget(QWidget):
 
     def _on_scores(self, scores: dict):
         """The last run's scores (session event): recovery scores, or an enhance run's
-        held-out scores; an enhance run without them keeps the last recovery's, marked."""
-        if not scores:
+        held-out summary; an enhance run without one keeps the last recovery's, marked. A
+        prediction's scores belong to the Apply panel."""
+        if not scores or scores.get("task") == "predict":
             return
         if scores.get("task") == "recovery":
             self._scores_html = recovery_scores_html(scores)
             self.scores.setText(self._scores_html)
         elif scores.get("pcc_mean") is not None:  # scores of the run's internal held-out spots
-            self._scores_html = recovery_scores_html(scores).replace(
-                "<b>Recovery scores</b>", "<b>Enhance: held-out scores</b>")
+            self._scores_html = heldout_summary_html(
+                scores, "Enhance: held-out check",
+                "spots held out of a model trained like the final one")
             self.scores.setText(self._scores_html)
         elif self._scores_html:
             self.scores.setText(f"<i>From the last recovery run:</i><br>{self._scores_html}")
@@ -469,6 +527,29 @@ def recovery_scores_html(m: dict) -> str:
         txt = fmt.format(int(val)) if fmt == "{:d}" else fmt.format(float(val))
         html += f"<tr><td>{name}</td><td align='right'>&nbsp;{txt}</td></tr>"
     html += "</table>"
+    return html
+
+
+def heldout_summary_html(m: dict, title: str, where: str) -> str:
+    """A run's held-out summary (:func:`napari_trihrge.napari.session.run_scores`): the model
+    vs kNN interpolation on the same genes and spots (fair score) and the share of genes that
+    beat interpolation; ``where``: which spots were held out."""
+    n, beat = m.get("n_genes_scored"), m.get("n_genes_beating_interpolation")
+    html = f"<b>{title}</b> ({where}"
+    html += f", {m['n_hidden']} spots)" if m.get("n_hidden") else ")"
+    html += "<table>"
+    rows = [("Mean PCC, model", m.get("pcc_mean")),
+            ("Mean PCC, kNN interpolation", m.get("baseline_knn_pcc_mean"))]
+    for name, val in rows:
+        if val is not None and math.isfinite(float(val)):
+            html += f"<tr><td>{name}</td><td align='right'>&nbsp;{float(val):.3f}</td></tr>"
+    if n and beat is not None:
+        html += (f"<tr><td>Genes that beat interpolation</td><td align='right'>&nbsp;"
+                 f"{int(beat)} of {int(n)} ({int(beat) / int(n):.0%})</td></tr>")
+    html += "</table>"
+    if n and beat is not None and int(beat) < int(n):
+        html += (f"<span style='color:{WARN_COLOUR}'>Genes below interpolation are marked "
+                 "orange: use the measured spots for them.</span>")
     return html
 
 
