@@ -215,3 +215,25 @@ def test_enhance_trust_is_written_with_the_outputs(tmp_path):
     assert "per_gene" not in write_enhance(other, SimpleNamespace(virtual=virtual, maps=None,
                                                                    trust=None))
     assert not (other / "enhance_genes.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# an output is never an input, inside one, or around one
+# ------------------------------------------------------------------------------------------
+def test_outputs_never_inside_inputs(tmp_path):
+    from napari_trihrge.io.outputs import check_outside_inputs, run_folder
+
+    sample = tmp_path / "sample"
+    (sample / "outs").mkdir(parents=True)
+    (sample / "outs" / "counts.h5").write_text("x")
+    a = ad.AnnData(np.zeros((2, 2), np.float32))
+    a.uns["trihrge"] = {"source": str(sample / "outs")}
+    for out, word in ((sample / "outs", "is the input"), (sample / "outs" / "run", "inside"),
+                      (sample, "holds the input")):
+        with pytest.raises(TrihrgeInputError, match=word):
+            with run_folder(out, overwrite=True, inputs=a):
+                raise AssertionError("nothing may be written")
+    assert sorted(p.name for p in sample.rglob("*")) == ["counts.h5", "outs"]
+    assert check_outside_inputs(tmp_path / "elsewhere", [a, None, str(tmp_path / "model")])
+    with pytest.raises(TrihrgeInputError, match="inside the input"):  # a model folder
+        check_outside_inputs(tmp_path / "model" / "x", type("M", (), {"path": tmp_path / "model"})())

@@ -72,7 +72,7 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
     into = _recovery_into if task == "recovery" else _enhance_into
     if task == "enhance":
         task_kwargs["overwrite"] = overwrite
-    with run_folder(out_dir, overwrite) as out:
+    with run_folder(out_dir, overwrite, inputs=adata) as out:
         output = into(out, adata, config=cfg, progress=progress, **task_kwargs)
     if task == "enhance":
         repoint_maps(output.result, out_dir)
@@ -323,10 +323,11 @@ def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: boo
     """Train and write the model folder ``out_dir`` (plus ``summary.json`` in it); returns the
     summary."""
     from .._atomic import refuse_overwrite
-    from ..io.outputs import peak_rss_mb, write_json
+    from ..io.outputs import check_outside_inputs, peak_rss_mb, write_json
     from ..tl.inference import train
 
     out = Path(out_dir)
+    check_outside_inputs(out, adatas)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         refuse_overwrite(out, overwrite)
     t0 = time.perf_counter()
@@ -365,8 +366,8 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     bare = adata.n_obs == 0
     if bare and stride_um is None:
         stride_um = DEFAULT_IMAGE_STRIDE_UM
-    with run_folder(out_dir, overwrite) as out:  # appears only when complete
-        t0 = time.perf_counter()
+    with run_folder(out_dir, overwrite, inputs=(model, adata, target)) as out:
+        t0 = time.perf_counter()  # the folder appears only when complete
         result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
                          map_path=enhance_map_path(out, stride_um), **kwargs)
         t1 = time.perf_counter()
@@ -413,7 +414,7 @@ def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, conf
     progress = ensure_progress(progress)
     bin_um = _bin_size_um(bins)
     pseudo = pseudo_visium(bins, min_coverage=min_coverage)
-    with run_folder(out_dir, overwrite) as out:  # appears only when complete
+    with run_folder(out_dir, overwrite, inputs=bins) as out:  # appears only when complete
         t0 = time.perf_counter()
         result = enhance(pseudo, factor=factor, stride_um=bin_um, config=cfg, progress=progress,
                          map_path=enhance_map_path(out, bin_um))
