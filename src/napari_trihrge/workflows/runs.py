@@ -231,6 +231,10 @@ def check_spatialdata_output(adata: AnnData, into_input: bool) -> None:
         raise TrihrgeInputError("--into-input needs a sample read from a SpatialData store",
                                 "pass a SpatialData .zarr store as PATH, or use "
                                 "--format spatialdata alone for a new store")
+    if into_input:
+        from ..io.spatialdata import check_store_writable
+
+        check_store_writable(adata.uns["trihrge"]["spatialdata"]["store"])
 
 
 def write_spatialdata_outputs(out: Path, adata: AnnData, result, *, new_store: bool = True,
