@@ -55,7 +55,9 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
 
     Keyword arguments go to the chosen reader.
     """
-    p = Path(path)
+    from .._checks import check_path
+
+    p = Path(check_path(path))
     name = p.name.lower()
     if not p.exists():
         raise TrihrgeInputError(f"input not found: {p}", READ_HINT)

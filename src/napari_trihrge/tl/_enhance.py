@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
+from .._checks import MIN_TRAINING_SPOTS, check_adata
 from ..errors import TrihrgeInputError
 from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
@@ -145,6 +146,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     the summary in ``uns``, the per-gene trust in ``var``
     (:func:`napari_trihrge.tl.store_result`).
     """
+    check_adata(adata, min_spots=MIN_TRAINING_SPOTS)
     cfg = config or RunConfig()
     validate_config(cfg)
     if factor < 1 or int(factor) & (int(factor) - 1):

@@ -1,0 +1,65 @@
+"""The checks at the door of the public API: a wrong type or a missing field ends with what was
+expected and how to get it, before any work."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from napari_trihrge import io, pp, tl
+from napari_trihrge._checks import MIN_TRAINING_SPOTS, check_adata, check_adatas
+from napari_trihrge.errors import TrihrgeInputError
+
+
+@pytest.mark.parametrize("task", [tl.enhance, tl.recovery])
+def test_a_path_instead_of_an_anndata_points_to_io_read(task, tmp_path):
+    with pytest.raises(TypeError, match=r"adata must be an AnnData with obsm\['spatial'\]; got "
+                       r"str: did you mean napari_trihrge.io.read\('sample.h5ad'\)"):
+        task("sample.h5ad")
+    with pytest.raises(TypeError, match="got PosixPath"):
+        task(tmp_path)
+
+
+def test_none_and_other_types_are_named():
+    with pytest.raises(TypeError, match="got None"):
+        tl.enhance(None)
+    with pytest.raises(TypeError, match="got ndarray"):
+        tl.recovery(np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="got str"):
+        pp.select_genes("sample.h5ad")
+
+
+def test_a_list_names_the_wrong_entry(synthetic):
+    with pytest.raises(TypeError, match=r"train_adatas\[0\] must be an AnnData.*io.read"):
+        tl.transfer(["a.h5ad", synthetic], synthetic)
+    with pytest.raises(TrihrgeInputError, match="empty"):
+        check_adatas([])
+    assert check_adatas(synthetic) == [synthetic]
+
+
+def test_io_read_takes_a_path_not_an_anndata(synthetic):
+    with pytest.raises(TypeError, match="must be a path.*got AnnData: it is already read"):
+        io.read(synthetic)
+
+
+def test_missing_or_broken_positions_are_input_errors(synthetic):
+    a = ad.AnnData(np.ones((30, 4), np.float32))
+    with pytest.raises(TrihrgeInputError, match=r"no obsm\['spatial'\]") as err:
+        tl.enhance(a)
+    assert "io.read" in err.value.hint
+    a.obsm["spatial"] = np.zeros((30, 3))
+    with pytest.raises(TrihrgeInputError, match=r"shape \(30, 3\)"):
+        check_adata(a)
+    a.obsm["spatial"] = np.full((30, 2), np.nan)
+    with pytest.raises(TrihrgeInputError, match="NaN"):
+        check_adata(a)
+
+
+def test_too_few_spots_are_refused_before_training(synthetic):
+    three = synthetic[:3].copy()
+    with pytest.raises(TrihrgeInputError, match=f"3 spots; training needs at least "
+                       f"{MIN_TRAINING_SPOTS}"):
+        tl.enhance(three)
+    with pytest.raises(TrihrgeInputError, match="3 spots"):
+        tl.recovery(three)
