@@ -640,6 +640,8 @@ def repair_store(store: str | os.PathLike) -> bool:
     import json
     import shutil
 
+    from .._atomic import replace_folder
+
     store = Path(store)
     repaired = False
     for journal_path in sorted(store.parent.glob(f".{store.name}.{_JOURNAL}")):
@@ -654,7 +656,7 @@ def repair_store(store: str | os.PathLike) -> bool:
                 shutil.rmtree(store / rel, ignore_errors=True)
             for rel in old:  # old elements: back in place
                 if (aside / rel).exists():
-                    os.replace(aside / rel, store / rel)
+                    replace_folder(aside / rel, store / rel)
             _write_root_meta(store, journal["root_meta"])
         journal_path.unlink()
         repaired = True
@@ -687,7 +689,7 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
     import json
     import shutil
 
-    from .._atomic import atomic_path
+    from .._atomic import atomic_path, replace_folder
 
     sd = require_spatialdata()
     info = adata.uns.get("trihrge", {}) or {}
@@ -747,7 +749,7 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
             _write_root_meta(store, _with_listing(root, listed))
         for rel in old_rels:
             (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(store / rel, aside / rel)
+            replace_folder(store / rel, aside / rel)
         for rel in moved:  # 4. the new elements moved in, still unlisted
             kind = rel.split("/")[0]
             if not (store / kind).is_dir():
@@ -755,7 +757,7 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
                 shutil.copy2(staged / kind / "zarr.json", store / kind / "zarr.json")
             listed.setdefault(kind, new_meta.get(kind, {"zarr_format": 3, "node_type": "group",
                                                         "attributes": {}}))
-            os.replace(staged / rel, store / rel)
+            replace_folder(staged / rel, store / rel)
             listed.update(_element_keys(new_meta, rel))
         _write_root_meta(store, _with_listing(root, listed))  # 5. they appear, in one rename
         journal_path.unlink()
