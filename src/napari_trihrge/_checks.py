@@ -80,3 +80,84 @@ def check_path(path: Any, *, what: str = "path") -> Any:
     hint = (": it is already read, pass it to the napari_trihrge.tl functions directly"
             if type(path).__name__ == "AnnData" else "")
     raise TypeError(f"{what} must be a path (str or pathlib.Path); got {_kind(path)}{hint}")
+
+
+#: how far (as a ratio) a declared pixel size may be from an independent estimate before a
+#: run is refused: the estimates agree within a few percent on real slides, a wrong objective
+#: (20x given for 40x) is 2-fold
+PIXEL_SIZE_MISMATCH = 1.5
+_ESTIMATE_LABELS = {"lattice": "the spot lattice", "spot_diameter": "the spot diameter",
+                    "spot_spacing": "the spot spacing", "metadata": "the image file's metadata"}
+
+
+def check_declared_pixel_size(adata: Any, what: str = "the sample") -> None:
+    """Refuse a declared pixel size (``um_per_px_source == 'given'``: ``--um-per-px``) that an
+    independent estimate (the spot lattice, the spot spacing, the image metadata; in
+    ``uns['trihrge']['um_per_px_estimates']``) puts more than :data:`PIXEL_SIZE_MISMATCH`-fold
+    away, naming both."""
+    info = adata.uns.get("trihrge", {}) or {}
+    if info.get("um_per_px_source") != "given" or not info.get("um_per_px"):
+        return
+    declared = float(info["um_per_px"])
+    for source, estimate in dict(info.get("um_per_px_estimates") or {}).items():
+        if source == "given" or estimate is None or not float(estimate) > 0:
+            continue
+        ratio = max(declared / float(estimate), float(estimate) / declared)
+        if ratio > PIXEL_SIZE_MISMATCH:
+            label = _ESTIMATE_LABELS.get(source, source)
+            raise TrihrgeInputError(
+                f"{what}: the declared pixel size {declared:.4g} um/px (--um-per-px) and "
+                f"{float(estimate):.4g} um/px from {label} differ {ratio:.1f}-fold",
+                f"check --um-per-px (about 0.25 um/px at 40x, 0.5 at 20x), or leave it out to "
+                f"use {label}")
+
+
+def _fingerprint(adata: Any) -> str:
+    """A hash of a section's spots (positions) and counts: equal for the same section given
+    twice or an exact copy of it."""
+    import hashlib
+
+    import scipy.sparse as sp
+
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(np.asarray(adata.obsm["spatial"], np.float64)).tobytes())
+    x = adata.X
+    totals = np.asarray(x.sum(axis=1)).ravel() if sp.issparse(x) else np.asarray(x).sum(axis=1)
+    digest.update(np.ascontiguousarray(totals, dtype=np.float64).tobytes())
+    digest.update("\n".join(map(str, adata.var_names)).encode())
+    return digest.hexdigest()
+
+
+#: spot diameters of two sections that one model cannot serve (legacy ST 100 um vs Visium 55)
+SPOT_DIAMETER_MISMATCH = 1.5
+
+
+def check_training_sections(adatas: Sequence[Any], names: Sequence[str] | None = None) -> None:
+    """Refuse training sections that cannot make one honest model: the same section twice (or
+    an exact copy: its held-out spots would be seen in training), and sections whose spots
+    differ in size (legacy ST with Visium: the model's windows and the spot lattice differ, and
+    the held-out score collapses)."""
+    names = list(names) if names is not None else [f"section {i + 1}" for i in range(len(adatas))]
+    seen: dict[str, int] = {}
+    for i, a in enumerate(adatas):
+        key = _fingerprint(a)
+        if key in seen:
+            raise TrihrgeInputError(
+                f"{names[i]} and {names[seen[key]]} are the same section (the same spots and "
+                "counts)", "pass each section once: a copy would put its held-out spots in "
+                "training")
+        seen[key] = i
+    diameters = []
+    for a, name in zip(adatas, names, strict=True):
+        info = a.uns.get("trihrge", {}) or {}
+        if info.get("spot_diameter_um"):
+            diameters.append((float(info["spot_diameter_um"]), str(info.get("platform")), name))
+    if len(diameters) > 1:
+        small, large = min(diameters), max(diameters)
+        if large[0] / small[0] > SPOT_DIAMETER_MISMATCH:
+            raise TrihrgeInputError(
+                f"{large[2]} ({large[1]}, {large[0]:g} um spots) and {small[2]} ({small[1]}, "
+                f"{small[0]:g} um spots) cannot train one model: their spots measure different "
+                "areas on different lattices, so one model fits neither",
+                "train one model per platform (e.g. Visium sections together, legacy ST "
+                "sections together)")

@@ -11,12 +11,18 @@ from anndata import AnnData
 
 from .. import geometry
 from .._checks import MIN_TRAINING_SPOTS, check_adata
-from ..errors import TrihrgeInputError
 from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import TRUST_HOLDOUT_FRACTION, RunConfig, validate_config
-from ._maps import DenseMaps, check_map_size, map_grid, map_spot_consistency, predict_maps
+from ._maps import (
+    DenseMaps,
+    check_map_grid,
+    check_map_size,
+    map_grid,
+    map_spot_consistency,
+    predict_maps,
+)
 from ._shared import (
     _encoder_and_image,
     _features,
@@ -180,12 +186,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             margin = map_margin_um if map_margin_um is not None else \
                 geometry.spot_spacing_um(rc_um)
             grid = map_grid(grid_image, rc_um, stride_um, margin)  # used again for the maps
-            if not grid.mask.any():
-                h_um, w_um = grid_image.shape_rc_um
-                raise TrihrgeInputError(
-                    f"a map with a {stride_um:g} um stride has no pixel inside the tissue near "
-                    f"the spots (image {h_um:.0f} x {w_um:.0f} um)",
-                    "use a smaller --stride-um (for example 8 or 16)")
+            check_map_grid(grid, grid_image, stride_um)
         feats = _features(image, encoder, rc_um, windows, cfg, progress,
                           dense=stride_um is not None)
     nb = None
