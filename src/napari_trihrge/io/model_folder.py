@@ -299,11 +299,9 @@ def _mismatch(what: str, model_value: Any, asked: Any, fix: str) -> TrihrgeInput
                              f"this run asks for {asked!r}", fix)
 
 
-def check_description(desc: dict[str, Any], where: str = "the model", *,
-                      encoder: str | None = None, windows_um: tuple[float, ...] | None = None,
-                      local_window_um: float | None = None) -> None:
-    """Raise when the description cannot be used by this package or does not fit the requested
-    encoder / windows (None = take the model's)."""
+def check_version(desc: dict[str, Any], where: str = "the model") -> None:
+    """Raise when the description is not one this package reads: none at all (an older
+    folder), or written by a newer napari-trihrge."""
     if desc.get("kind") != DESCRIPTION_KIND:
         raise TrihrgeInputError(
             f"{where} has no model description (written by an older napari-trihrge, before "
@@ -320,6 +318,14 @@ def check_description(desc: dict[str, Any], where: str = "the model", *,
         raise TrihrgeInputError(
             f"{where} was written by napari-trihrge {desc.get('package_version')}, newer than "
             f"this {package_version()}", "update napari-trihrge (pip install -U napari-trihrge)")
+
+
+def check_description(desc: dict[str, Any], where: str = "the model", *,
+                      encoder: str | None = None, windows_um: tuple[float, ...] | None = None,
+                      local_window_um: float | None = None) -> None:
+    """Raise when the description cannot be used by this package or does not fit the requested
+    encoder / windows (None = take the model's)."""
+    check_version(desc, where)
     check_required(desc, where)
     enc = desc["encoder"]["name"]
     if encoder is not None and str(encoder) != str(enc):
@@ -370,8 +376,8 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
                                 "pass the folder written by `trihrge train --out` (or the model/ "
                                 "folder of a run)")
     net, _, desc = load_model(path, map_location=map_location)
-    if desc.get("kind") == DESCRIPTION_KIND:
-        check_integrity(path, desc)
+    check_version(desc, f"the model in {path}")  # a newer version may write another record
+    check_integrity(path, desc)
     check_description(desc, f"the model in {path}", encoder=encoder, windows_um=windows_um,
                       local_window_um=local_window_um)
     nets = [net]
@@ -403,5 +409,5 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
 
 
 __all__ = ["TrainedModel", "save_model_folder", "load_model_folder", "check_description",
-           "check_encoder", "check_integrity", "write_integrity_record", "encoder_identity",
+           "check_encoder", "check_integrity", "check_version", "write_integrity_record", "encoder_identity",
            "DESCRIPTION_VERSION", "FOLDER_FORMAT_VERSION", "TRUST_COLUMNS", "NORMALISATION"]

@@ -20,6 +20,8 @@ folder as ``enhance``.
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
+from .._checks import (
+    MIN_TRAINING_SPOTS,
+    check_adata,
+    check_adatas,
+    check_declared_pixel_size,
+    check_training_sections,
+)
 from ..errors import TrihrgeInputError
 from ..io.model_folder import (
     DESCRIPTION_KIND,
@@ -49,13 +58,14 @@ from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import BASELINE_KS, RunConfig
 from ._enhance import EnhanceResult, _sub_spot_offsets
-from ._maps import map_spot_consistency, predict_maps
+from ._maps import check_map_grid, check_map_size, map_grid, map_spot_consistency, predict_maps
 from ._shared import (
     _create_encoder,
     _features,
     _fit,
     _lattice_kind,
     _predict,
+    _score_sections,
     _score_with_knn,
     _standardise,
     _Timer,
@@ -171,15 +181,15 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     if not 0.0 <= trust_fraction < 0.9:
         raise TrihrgeInputError(f"trust_fraction must be in [0, 0.9), got {trust_fraction}",
                                 "use for example 0.1")
-    adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
-    if not adatas:
-        raise TrihrgeInputError("no training section given", "pass at least one section")
+    adatas = check_adatas(adatas, what="adatas", min_spots=MIN_TRAINING_SPOTS)
     for a in adatas:
         sample_geometry(a)  # pixel size present: fail before any heavy work
+        check_declared_pixel_size(a)
     progress = ensure_progress(progress)
     timer = _Timer()
     sections = [_nonzero_spots(a) for a in adatas]
     names = _section_names(sections)
+    check_training_sections(sections, names)
     with timer("genes"):
         progress.stage("genes", 1)
         genes = transfer_genes(sections, sections, cfg.n_top_genes, cfg.extra_genes)
@@ -240,9 +250,9 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     del sub
     train_mean = y_train.mean(axis=0)
 
-    # held-out trust: per section and pooled per gene
+    # held-out trust: scored within each section, then averaged over the sections
     sections_out: list[dict[str, Any]] = []
-    pooled: dict[str, list] = {"pred": [], "y": [], "knn6": [], "knn12": []}
+    scored: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
     with timer("prediction"):
         for h in held:
             entry: dict[str, Any] = {"name": h["name"], "n_spots": int(len(h["y"])),
@@ -255,21 +265,18 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
                 pred, _ = _predict(fits, h["x"][hid], nb, cfg)
                 base = _knn_baselines(rc[vis], y[vis], rc[hid])
                 base["train_mean"] = np.broadcast_to(train_mean, pred.shape)
-                summary, _ = _score_with_knn(pred, y[hid], genes, base)
-                entry["scores"] = summary
-                pooled["pred"].append(pred)
-                pooled["y"].append(y[hid])
-                for k in BASELINE_KS:
-                    pooled[f"knn{k}"].append(base[f"knn{k}"])
+                scored.append((pred, y[hid], base))
+                entry["scores"] = len(scored) - 1
             sections_out.append(entry)
     gene_table = pd.DataFrame({"train_mean": train_mean}, index=pd.Index(genes, name="gene"))
     metrics: dict[str, Any] = {"sections": sections_out, "n_train_spots": int(len(y_train)),
                                "trust_fraction": float(trust_fraction)}
     per_gene = pd.DataFrame(index=pd.Index(genes, name="gene"))
-    if pooled["pred"]:
-        base = {f"knn{k}": np.concatenate(pooled[f"knn{k}"]) for k in BASELINE_KS}
-        summary, per_gene = _score_with_knn(np.concatenate(pooled["pred"]),
-                                        np.concatenate(pooled["y"]), genes, base)
+    if scored:
+        summary, per_gene, by_section = _score_sections(scored, genes)
+        for entry in sections_out:
+            if entry["scores"] is not None:
+                entry["scores"] = by_section[entry["scores"]]
         metrics["heldout"] = summary
         gene_table = gene_table.join(_trust_columns(per_gene, genes))
     description = describe(
@@ -281,7 +288,9 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
                "heldout_fraction": float(trust_fraction),
                "n_spots": int(sum(e["n_heldout_spots"] for e in sections_out)),
                "baseline": "inverse-distance kNN from the section's training spots, better of "
-                           "k=6/12"} if pooled["pred"] else None)
+                           "k=6/12",
+               "pooling": "per-gene scores within each section, averaged over the sections"}
+        if scored else None)
     model = TrainedModel(nets=[f.model for f in fits], description=description,
                          gene_table=gene_table)
     return TrainResult(model=model, metrics=metrics, per_gene=per_gene,
@@ -383,8 +392,10 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
 
     path = Path(path)
     image_size_px(path)  # exists and readable
+    from_metadata = pixel_size_from_metadata(path)
+    source = "given" if um_per_px is not None else "metadata"
     if um_per_px is None:
-        um_per_px = pixel_size_from_metadata(path)
+        um_per_px = from_metadata
         if um_per_px is None:
             raise TrihrgeInputError(f"the pixel size of {path.name} is not in the file",
                                     "pass it with --um-per-px (micrometres per pixel; about "
@@ -394,7 +405,9 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
     ad.obsm["spatial"] = np.zeros((0, 2))
     ad.uns["trihrge"] = {"sample": path.name.split(".")[0], "platform": "image",
                          "um_per_px": um_per_px, "source": str(path),
-                         "fullres_image_path": str(path.resolve())}
+                         "fullres_image_path": str(path.resolve()), "um_per_px_source": source,
+                         "um_per_px_estimates": {} if from_metadata is None else
+                         {"metadata": float(from_metadata)}}
     return ad
 
 
@@ -444,11 +457,39 @@ class PredictResult(EnhanceResult):
     per_gene: pd.DataFrame | None = None
 
 
+def _warn_about_bins(adata: AnnData, model: TrainedModel) -> None:
+    """A word when the target is Visium HD bins: each bin is taken as a spot of the bin's
+    size, much smaller than the spots the model was trained on."""
+    bin_um = (adata.uns.get("trihrge", {}) or {}).get("bin_size_um")
+    if not bin_um:
+        return
+    trained_um = (model.description.get("lattice") or {}).get("spot_diameter_um")
+    warnings.warn(
+        f"the target is Visium HD bins of {float(bin_um):g} um: each bin is predicted as a spot "
+        f"of that size" + (f" (the model was trained on {float(trained_um):g} um spots)"
+                           if trained_um else "") + "; the scores at the bins measure few "
+        "transcripts each. For spot-sized scores read coarser bins (bin_size_um=16 or "
+        "more) or use `trihrge validate-hd`", UserWarning, stacklevel=3)
+
+
+def check_model_argument(model: Any) -> None:
+    """A ``TypeError`` unless ``model`` is a :class:`TrainedModel` or a model folder's path
+    (an AnnData there is most likely the target given first)."""
+    if isinstance(model, (TrainedModel, str, os.PathLike)):
+        return
+    swapped = (": did you swap model and target? predict(model, target)"
+               if isinstance(model, AnnData) else "")
+    raise TypeError("model must be a trained model (tl.train(...).model) or the path of a "
+                    f"model folder; got {type(model).__name__}{swapped}")
+
+
 def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData:
     """A prediction target as AnnData: a sample as is, a bare H&E image as a sample without
     spots (:func:`image_target`), a path of any supported layout read with ``io.read``."""
     if isinstance(target, AnnData):
         return target
+    if not isinstance(target, (str, Path)):
+        check_adata(target, what="target")  # raises the TypeError
     if is_image_path(target):
         return image_target(target, um_per_px)
     from ..io import read
@@ -479,6 +520,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
     factor = geometry.validate_density_factor(factor)  # before loading anything
     progress = ensure_progress(progress)
     timer = _Timer()
+    check_model_argument(model)
     if not isinstance(model, TrainedModel):
         model = load_model_folder(model, encoder=encoder,
                                   windows_um=tuple(windows_um) if windows_um else None)
@@ -486,6 +528,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         check_description(model.description, encoder=encoder,
                           windows_um=tuple(windows_um) if windows_um else None)
     adata = _as_target(target, um_per_px)
+    check_declared_pixel_size(adata, "the target")
     bare = adata.n_obs == 0
     if bare and not model.image_only:
         raise TrihrgeInputError(
@@ -503,6 +546,14 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         raise TrihrgeInputError(f"unknown reference {reference!r}", "use 'auto' or 'tissue'")
     genes = model.genes
     cfg = _predict_config(model, device=device, cache_dir=cache_dir, hf_token=hf_token)
+    if stride_um is not None:  # a NaN, tiny or too large stride: refused before any work
+        check_map_size(adata, stride_um, n_genes=len(genes), ensemble=len(model.nets),
+                       in_memory=map_path is None)
+    _warn_about_bins(adata, model)
+    if bare and not model.gene_table.reindex(genes).notna().any().any():
+        warnings.warn("the model folder's genes.csv has no held-out trust figures for the "
+                      "model's genes: the trust columns of the prediction stay empty",
+                      UserWarning, stacklevel=2)
 
     rc_um = y = None
     if not bare:
@@ -542,6 +593,11 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         else:
             ref_rc = rc_um
             lattice = geometry.detect_lattice(rc_um, kind=_lattice_kind(adata))
+        grid = None
+        if stride_um is not None:  # an empty map is refused before the features
+            grid = map_grid(image, ref_rc, float(stride_um), float("inf") if bare else
+                            geometry.spot_spacing_um(ref_rc))
+            check_map_grid(grid, image, float(stride_um))
         pts_rc, parent = geometry.virtual_spot_grid(ref_rc, factor, lattice)
         v_feats = _features(image, enc, pts_rc, windows, cfg, progress, dense=dense)
         n_off = len(pts_rc) // len(ref_rc)
@@ -633,8 +689,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
     if stride_um is not None:
         with timer("maps"):
             maps = predict_maps(fits, image, enc, ref_rc, y, windows, float(stride_um), cfg,
-                                genes=genes, progress=progress, map_path=map_path,
-                                margin_um=float("inf") if bare else None)
+                                genes=genes, progress=progress, map_path=map_path, grid=grid)
         if not bare and not np.isnan(y).any():
             with timer("consistency"):
                 metrics["consistency"] = map_spot_consistency(maps, rc_um, y, diameter_um)
