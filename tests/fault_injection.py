@@ -14,24 +14,25 @@ from pathlib import Path
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)
 
-#: put ``KILL_AT`` before a call of ``module.function`` (``after=True``: once it returned) to cut
-#: the write off there; the nth call is the one killed
+#: ``kill_at(module, function)`` cuts the process off at the nth call of ``module.function``
+#: (``after=True``: once it returned; ``when``: count only the calls it accepts)
 _PRELUDE = '''
 import os, signal, importlib, functools, warnings
 warnings.simplefilter("ignore")
 
-def kill_at(module, name, nth=1, after=False):
+def kill_at(module, name, nth=1, after=False, when=None):
     mod = importlib.import_module(module)
     original = getattr(mod, name)
     calls = [0]
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == nth and not after:
+        hit = when is None or when(*args, **kwargs)
+        calls[0] += hit
+        if hit and calls[0] == nth and not after:
             os.kill(os.getpid(), signal.SIGKILL)
         out = original(*args, **kwargs)
-        if calls[0] == nth and after:
+        if hit and calls[0] == nth and after:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
 

@@ -123,3 +123,34 @@ def test_an_older_folder_is_read_with_a_warning_and_resaved_with_a_record(folder
     again = model.save(tmp_path / "resaved")
     assert (again / INTEGRITY_RECORD).is_file()
     load_model_folder(again)
+
+
+_RESAVE = '''
+from napari_trihrge.io.model_folder import load_model_folder
+model = load_model_folder({folder!r})
+model.gene_table["train_mean"] += 100.0
+model.save({folder!r}, overwrite=True)
+'''
+MODEL_KILLS = {
+    "writing": "kill_at('napari_trihrge.model.network', 'save_model', 2)\n",  # the 2nd member
+    "swapping": "kill_at('os', 'replace', after=True, when=lambda a, b: '.old-' in str(b))\n",
+}
+
+
+@pytest.mark.parametrize("kill", sorted(MODEL_KILLS))
+def test_a_save_killed_midway_keeps_the_earlier_model(folder, kill):
+    from fault_injection import run_killed
+
+    run_killed(MODEL_KILLS[kill] + _RESAVE.format(folder=str(folder)))
+    if kill == "writing":
+        kept = load_model_folder(folder)
+    else:  # killed between the two renames: the earlier folder, whole, waits beside it
+        assert not folder.exists()
+        (old,) = folder.parent.glob(".model.old-*")
+        kept = load_model_folder(old)
+    assert kept.gene_table["train_mean"].tolist() == list(range(len(GENES)))
+    kept.gene_table["train_mean"] += 1.0
+    kept.save(folder, overwrite=True)  # the next save works and leaves nothing beside
+    assert load_model_folder(folder).gene_table["train_mean"].tolist() == [
+        v + 1.0 for v in range(len(GENES))]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]

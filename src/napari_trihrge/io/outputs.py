@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path, replace_folder
+from .._atomic import atomic_path, recover_interrupted_swap, replace_folder
 from ..errors import TrihrgeInputError
 
 
@@ -245,9 +245,9 @@ def run_folder(out_dir: str | Path, overwrite: bool = False, *, inputs: Any = ()
     out = check_out_dir(out_dir, overwrite)
     _make_folder(out.parent)
     with RunLock(out):
-        for pattern in (f".{out.name}.{_PARTIAL_TAG}-*", f".{out.name}.old-*"):
-            for stale in out.parent.glob(pattern):  # left by runs killed earlier
-                shutil.rmtree(stale, ignore_errors=True)
+        recover_interrupted_swap(out)  # a run killed while swapping its folder in
+        for stale in out.parent.glob(f".{out.name}.{_PARTIAL_TAG}-*"):  # runs killed earlier
+            shutil.rmtree(stale, ignore_errors=True)
         staging = out.parent / f".{out.name}.{_PARTIAL_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _make_folder(staging)
         try:
