@@ -154,3 +154,15 @@ def test_a_save_killed_midway_keeps_the_earlier_model(folder, kill):
     assert load_model_folder(folder).gene_table["train_mean"].tolist() == [
         v + 1.0 for v in range(len(GENES))]
     assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]
+
+
+def test_a_gene_table_of_other_genes_is_refused(folder):
+    """Without a record (an older folder) the table is still checked against the model's genes:
+    trust figures of other genes would leave the prediction's trust columns empty."""
+    (folder / INTEGRITY_RECORD).unlink()
+    table = pd.read_csv(folder / "genes.csv", index_col=0)
+    table.index = [f"OTHER{i}" for i in range(len(table))]
+    table.to_csv(folder / "genes.csv")
+    with pytest.warns(UserWarning), pytest.raises(
+            TrihrgeInputError, match="does not list the model's 6 genes once each"):
+        load_model_folder(folder)

@@ -365,3 +365,17 @@ def test_predict_never_writes_into_its_inputs(trained, tmp_path):
         with pytest.raises(TrihrgeInputError, match="the output .* (is the|inside the) input"):
             run_predict(folder, target, out, overwrite=True, factor=2)
     assert digest(folder) == before
+
+
+def test_predict_on_a_bare_image_says_when_the_trust_figures_are_missing(trained, tmp_path):
+    import pandas as pd
+
+    _, folder, target = trained
+    model = load_model_folder(folder)
+    model.gene_table = pd.DataFrame(index=pd.Index(["OTHER"], name="gene"),
+                                    data={"pcc": [0.5]})
+    png = tmp_path / "section3.png"
+    Image.fromarray(target.uns["spatial"]["synthetic"]["images"]["hires"]).save(png)
+    with pytest.warns(UserWarning, match="no held-out trust figures"):
+        res = tasks.predict(model, png, um_per_px=1.0, factor=2, stride_um=64.0)
+    assert res.virtual.var["pcc"].isna().all()
