@@ -63,3 +63,19 @@ def test_too_few_spots_are_refused_before_training(synthetic):
         tl.enhance(three)
     with pytest.raises(TrihrgeInputError, match="3 spots"):
         tl.recovery(three)
+
+
+def test_a_declared_pixel_size_far_from_the_lattice_is_refused(synthetic):
+    from napari_trihrge._checks import check_declared_pixel_size
+
+    info = synthetic.uns["trihrge"]
+    um = float(info["um_per_px"])
+    synthetic.uns["trihrge"] = {**info, "um_per_px": um * 4, "um_per_px_source": "given",
+                                "um_per_px_estimates": {"lattice": um, "spot_diameter": um}}
+    with pytest.raises(TrihrgeInputError, match="differ 4.0-fold") as err:
+        tl.enhance(synthetic)
+    assert "--um-per-px" in err.value.hint
+    synthetic.uns["trihrge"]["um_per_px"] = um * 1.2  # within the tolerance: runs on
+    check_declared_pixel_size(synthetic)
+    synthetic.uns["trihrge"].update(um_per_px=um * 4, um_per_px_source="lattice")
+    check_declared_pixel_size(synthetic)  # only a declared size is checked

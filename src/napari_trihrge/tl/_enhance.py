@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
-from .._checks import MIN_TRAINING_SPOTS, check_adata
+from .._checks import MIN_TRAINING_SPOTS, check_adata, check_declared_pixel_size
 from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
@@ -154,6 +154,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     (:func:`napari_trihrge.tl.store_result`).
     """
     check_adata(adata, min_spots=MIN_TRAINING_SPOTS)
+    check_declared_pixel_size(adata)
     cfg = config or RunConfig()
     validate_config(cfg)
     factor = geometry.validate_density_factor(factor)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._checks import MIN_TRAINING_SPOTS, check_adata
+from .._checks import MIN_TRAINING_SPOTS, check_adata, check_declared_pixel_size
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import RunConfig, validate_config
@@ -57,6 +57,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     the summary in ``uns``, the per-gene trust in ``var``, the hidden spots' predictions in
     ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`)."""
     check_adata(adata, min_spots=MIN_TRAINING_SPOTS)
+    check_declared_pixel_size(adata)
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
