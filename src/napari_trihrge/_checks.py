@@ -143,7 +143,7 @@ def check_training_sections(adatas: Sequence[Any], names: Sequence[str] | None =
         key = _fingerprint(a)
         if key in seen:
             raise TrihrgeInputError(
-                f"{names[i]} and {names[seen[key]]} are the same section (the same spots and "
+                f"{names[seen[key]]} and {names[i]} are the same section (the same spots and "
                 "counts)", "pass each section once: a copy would put its held-out spots in "
                 "training")
         seen[key] = i
