@@ -79,3 +79,20 @@ def test_a_declared_pixel_size_far_from_the_lattice_is_refused(synthetic):
     check_declared_pixel_size(synthetic)
     synthetic.uns["trihrge"].update(um_per_px=um * 4, um_per_px_source="lattice")
     check_declared_pixel_size(synthetic)  # only a declared size is checked
+
+
+def test_a_declared_pixel_size_is_checked_by_the_spot_spacing_without_array_indices():
+    """A spot table without array indices: the spacing of the spots (legacy ST: 200 um) is
+    the estimate a declared pixel size is checked by."""
+    from napari_trihrge import geometry
+    from napari_trihrge._checks import check_declared_pixel_size
+
+    ij = np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2)
+    xy_px = ij * 400.0  # 200 um apart at 0.5 um/px
+    size = geometry.resolve_pixel_size(xy_px, "st", um_per_px=1.0)
+    assert size.estimates["spot_spacing"] == pytest.approx(0.5)
+    a = ad.AnnData(np.ones((len(xy_px), 2), np.float32))
+    a.obsm["spatial"] = xy_px
+    a.uns["trihrge"] = size.record()
+    with pytest.raises(TrihrgeInputError, match="from the spot spacing differ 2.0-fold"):
+        check_declared_pixel_size(a)
