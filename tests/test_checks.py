@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_trihrge import io, pp, tl
-from napari_trihrge._checks import MIN_TRAINING_SPOTS, check_adata, check_adatas
+from napari_trihrge._checks import MIN_SECTION_SPOTS, check_adata, check_adatas
 from napari_trihrge.errors import TrihrgeInputError
 
 
@@ -59,7 +59,7 @@ def test_missing_or_broken_positions_are_input_errors(synthetic):
 def test_too_few_spots_are_refused_before_training(synthetic):
     three = synthetic[:3].copy()
     with pytest.raises(TrihrgeInputError, match=f"3 spots; training needs at least "
-                       f"{MIN_TRAINING_SPOTS}"):
+                       f"{MIN_SECTION_SPOTS}"):
         tl.enhance(three)
     with pytest.raises(TrihrgeInputError, match="3 spots"):
         tl.recovery(three)

@@ -14,7 +14,7 @@ from .errors import TrihrgeInputError
 
 #: fewest spots a section must have to train on (the held-out splits and the stacking folds
 #: each need spots to learn from and to score)
-MIN_TRAINING_SPOTS = 20
+MIN_SECTION_SPOTS = 20
 
 
 def _kind(value: Any) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.metrics import TRUST_COLUMNS, spot_scores
+from napari_trihrge.workflows import _cli_options as cli_options
 from napari_trihrge.workflows import cli
 
 
@@ -262,7 +263,7 @@ def test_input_options_reach_every_reader(tmp_path):
     parser = cli.build_parser()
 
     def read(*argv):
-        return cli._read(parser.parse_args(["enhance", *map(str, argv)]))
+        return cli_options.read_sample(parser.parse_args(["enhance", *map(str, argv)]))
 
     adata = read(folder, "--image", slide, "--platform", "visium", "--spot-diameter-px", "100")
     info = adata.uns["trihrge"]
@@ -337,7 +338,7 @@ def test_run_options_default_to_the_api():
     assert parser.parse_args(["train", "x"]).trust_fraction == \
         inspect.signature(tl.train).parameters["trust_fraction"].default
     assert parser.parse_args(["train", "x", "--trust-fraction", "0"]).trust_fraction == 0.0
-    cfg = cli._config(args)
+    cfg = cli_options.run_config(args)
     assert (cfg.encoder, cfg.n_top_genes, cfg.windows_um) == (run.encoder, run.n_top_genes,
                                                               run.windows_um)
 

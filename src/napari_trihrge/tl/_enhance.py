@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
-from .._checks import MIN_TRAINING_SPOTS, check_adata, check_declared_pixel_size
+from .._checks import MIN_SECTION_SPOTS, check_adata, check_declared_pixel_size
 from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
@@ -36,6 +36,7 @@ from ._shared import (
     _stacked_predict,
     _Timer,
     _trust_record,
+    _virtual_spots,
     sample_geometry,
     trust_summary,
 )
@@ -153,7 +154,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     the summary in ``uns``, the per-gene trust in ``var``
     (:func:`napari_trihrge.tl.store_result`).
     """
-    check_adata(adata, min_spots=MIN_TRAINING_SPOTS)
+    check_adata(adata, min_spots=MIN_SECTION_SPOTS)
     check_declared_pixel_size(adata)
     cfg = config or RunConfig()
     validate_config(cfg)
@@ -236,22 +237,12 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             v_pred, v_std, _ = _stacked_predict(stacked, v_feats, v_nb, pts_rc, cfg, progress)
         else:
             v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
-    n_offsets = len(pts_rc) // len(rc_um)
-    obs = pd.DataFrame({
-        "parent": expr.obs_names[parent].to_numpy(),
-        "offset": np.tile(np.arange(n_offsets), len(rc_um)),
-        "is_measured": np.tile(np.arange(n_offsets) == 0, len(rc_um)),
-    }, index=pd.Index([f"v{i:07d}" for i in range(len(pts_rc))]))
-    virtual = AnnData(X=v_pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
-    virtual.obsm["spatial"] = geometry.rc_um_to_xy_px(pts_rc, um_per_px)
-    if v_std is not None:
-        virtual.layers["std"] = v_std
+    virtual = _virtual_spots(pts_rc, parent, v_pred, v_std, genes, um_per_px,
+                             spot_names=expr.obs_names, spatial_uns=adata.uns.get("spatial"))
     virtual.uns["trihrge"] = {**expr.uns.get("trihrge", {}), "task": "enhance",
                               "factor": int(factor), "lattice": lattice.kind,
                               "lattice_spacing_um": lattice.spacing_um,
                               "config": cfg.public_dict()}
-    if "spatial" in adata.uns:
-        virtual.uns["spatial"] = adata.uns["spatial"]
 
     metrics: dict[str, Any] = {"n_virtual_spots": int(len(pts_rc)), "factor": int(factor),
                                "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}
