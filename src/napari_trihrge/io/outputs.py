@@ -62,8 +62,9 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 
 def input_paths(*items: Any) -> list[Path]:
-    """The files and folders a run reads: paths as given, a sample's source, its full-resolution
-    image and its SpatialData store (``uns['trihrge']``), a model's folder (``.path``);
+    """The files and folders a run reads: paths as given, a sample's source and the path it was
+    read from, its full-resolution image and its SpatialData store (``uns['trihrge']``), a
+    model's folder (``.path``);
     sequences are walked, None is skipped."""
     out: list[Path] = []
     for item in items:
@@ -76,7 +77,8 @@ def input_paths(*items: Any) -> list[Path]:
         elif hasattr(item, "uns"):  # an AnnData
             info = item.uns.get("trihrge", {}) or {}
             store = info.get("spatialdata") or {}
-            out += input_paths(info.get("source"), info.get("fullres_image_path"),
+            out += input_paths(info.get("source"), info.get("read_from"),
+                               info.get("fullres_image_path"),
                                store.get("store") if isinstance(store, dict) else None)
         elif getattr(item, "path", None) is not None:  # a TrainedModel read from a folder
             out.append(Path(item.path))
