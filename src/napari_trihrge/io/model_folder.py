@@ -61,7 +61,6 @@ FOLDER_FORMAT_VERSION = 2
 REQUIRED_DESCRIPTION = {"encoder": ("name",), "features": ("mode", "windows_um",
                                                             "bag_windows_um", "standardisation"),
                         "genes": (), "neighbour_input": ()}
-TRUST_COLUMNS = ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation")
 NORMALISATION = {"method": "normalize_total + log1p", "target_sum": 1e4,
                  "over": "all genes of the section"}
 
@@ -409,5 +408,5 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
 
 
 __all__ = ["TrainedModel", "save_model_folder", "load_model_folder", "check_description",
-           "check_encoder", "check_integrity", "check_version", "write_integrity_record", "encoder_identity",
-           "DESCRIPTION_VERSION", "FOLDER_FORMAT_VERSION", "TRUST_COLUMNS", "NORMALISATION"]
+           "check_encoder", "check_integrity", "check_version", "write_integrity_record",
+           "encoder_identity", "DESCRIPTION_VERSION", "FOLDER_FORMAT_VERSION", "NORMALISATION"]

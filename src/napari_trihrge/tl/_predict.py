@@ -25,7 +25,8 @@ from anndata import AnnData
 from .. import geometry
 from .._checks import check_adata, check_declared_pixel_size
 from ..errors import TrihrgeInputError
-from ..io.model_folder import TRUST_COLUMNS, TrainedModel, check_encoder
+from ..io.model_folder import TrainedModel, check_encoder
+from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._enhance import EnhanceResult
