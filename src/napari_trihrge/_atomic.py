@@ -40,6 +40,37 @@ def replace_folder(new: Path, dst: Path) -> None:
         old.unlink(missing_ok=True)
 
 
+def recover_interrupted_swap(dst: str | Path) -> bool:
+    """Undo a :func:`replace_folder` that was killed between its two renames: ``dst`` is gone
+    and the previous folder waits beside it (``.<name>.old-*``): it is moved back. Older
+    leftovers beside an existing ``dst`` are deleted. Returns whether a folder was restored."""
+    dst = Path(dst)
+    olds = sorted(dst.parent.glob(f".{dst.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    restored = False
+    if olds and not dst.exists():
+        os.replace(olds.pop(), dst)
+        restored = True
+    partials = [p for p in dst.parent.glob(f".{dst.name}.p*.partial")
+                if not _process_alive(p.name[len(dst.name) + 3:].split(".", 1)[0])]
+    for left in olds + partials:  # left by writers that were killed
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
+    return restored
+
+
+def _process_alive(pid_text: str) -> bool:
+    """Whether the process ``pid_text`` (this machine) still runs; True when unsure."""
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError, OSError):
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it into place atomically.
@@ -47,9 +78,12 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     Works for files and folders (a folder replaces the old one only once fully written).
     """
     path = Path(path)
+    if path.parent.is_dir():
+        recover_interrupted_swap(path)
     refuse_overwrite(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.p{os.getpid()}.", suffix=".partial",
+                                    dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()

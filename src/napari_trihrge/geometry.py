@@ -215,6 +215,10 @@ def resolve_pixel_size(xy_px: np.ndarray, platform: str, *,
     if um_per_px is not None:
         um_per_px = _positive_number(um_per_px, "the given pixel size", "pass --um-per-px > 0")
         source, um = "given", validate_um_per_px(um_per_px, what="given")
+        if not estimates and plat is not None and len(xy_px) >= 3:  # an estimate to check it by
+            spacing_px = spot_spacing_um(np.asarray(xy_px, dtype=np.float64))  # in pixels
+            if np.isfinite(spacing_px) and spacing_px > 0:
+                estimates["spot_spacing"] = float(plat["spot_spacing_um"]) / spacing_px
     elif "lattice" in estimates:
         source = "lattice"
         um = validate_um_per_px(estimates["lattice"], what=(

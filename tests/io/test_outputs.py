@@ -215,3 +215,68 @@ def test_enhance_trust_is_written_with_the_outputs(tmp_path):
     assert "per_gene" not in write_enhance(other, SimpleNamespace(virtual=virtual, maps=None,
                                                                    trust=None))
     assert not (other / "enhance_genes.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# an output is never an input, inside one, or around one
+# ------------------------------------------------------------------------------------------
+def test_outputs_never_inside_inputs(tmp_path):
+    from napari_trihrge.io.outputs import check_outside_inputs, run_folder
+
+    sample = tmp_path / "sample"
+    (sample / "outs").mkdir(parents=True)
+    (sample / "outs" / "counts.h5").write_text("x")
+    a = ad.AnnData(np.zeros((2, 2), np.float32))
+    a.uns["trihrge"] = {"source": str(sample / "outs")}
+    for out, word in ((sample / "outs", "is the input"), (sample / "outs" / "run", "inside"),
+                      (sample, "holds the input")):
+        with pytest.raises(TrihrgeInputError, match=word):
+            with run_folder(out, overwrite=True, inputs=a):
+                raise AssertionError("nothing may be written")
+    assert sorted(p.name for p in sample.rglob("*")) == ["counts.h5", "outs"]
+    assert check_outside_inputs(tmp_path / "elsewhere", [a, None, str(tmp_path / "model")])
+    with pytest.raises(TrihrgeInputError, match="inside the input"):  # a model folder
+        check_outside_inputs(tmp_path / "model" / "x", type("M", (), {"path": tmp_path / "model"})())
+
+
+# ------------------------------------------------------------------------------------------
+# fault injection: a run killed (SIGKILL) while it writes leaves the earlier run whole
+# ------------------------------------------------------------------------------------------
+_RUN = '''
+from pathlib import Path
+from napari_trihrge.io import outputs
+with outputs.run_folder(Path({out!r}), overwrite=True) as tmp:
+    outputs.write_json(tmp / "summary.json", {{"run": 2}})
+    (tmp / "big.bin").write_bytes(bytes(1000))
+    outputs.mark_complete(tmp)
+'''
+
+RUN_KILLS = {
+    "writing": "kill_at('napari_trihrge.io.outputs', 'mark_complete')\n",
+    # between the two renames of the swap: the old folder moved aside, the new not yet in
+    "swapping": "kill_at('os', 'replace', after=True, when=lambda a, b: '.old-' in str(b))\n",
+}
+
+
+@pytest.mark.parametrize("kill", sorted(RUN_KILLS))
+def test_run_killed_while_writing_keeps_the_earlier_run(tmp_path, kill):
+    from fault_injection import run_killed
+    from napari_trihrge.io.outputs import is_complete_run, mark_complete, run_folder
+
+    out = tmp_path / "run"
+    with run_folder(out) as tmp:
+        write_json(tmp / "summary.json", {"run": 1})
+        mark_complete(tmp)
+    run_killed(RUN_KILLS[kill] + _RUN.format(out=str(out)))
+    if kill == "writing":  # the earlier run is untouched
+        assert json.loads((out / "summary.json").read_text()) == {"run": 1}
+    else:  # the earlier run waits beside the output; the next run puts it back first
+        assert not out.exists() and list(tmp_path.glob(".run.old-*"))
+    with pytest.raises(RuntimeError), run_folder(out, overwrite=True):
+        raise RuntimeError("a run that fails")
+    assert is_complete_run(out) and json.loads((out / "summary.json").read_text()) == {"run": 1}
+    with run_folder(out, overwrite=True) as tmp:  # the stale lock of the killed run is taken
+        write_json(tmp / "summary.json", {"run": 3})
+        mark_complete(tmp)
+    assert json.loads((out / "summary.json").read_text()) == {"run": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left beside it

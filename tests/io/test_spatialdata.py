@@ -326,3 +326,107 @@ def test_napari_reader_opens_store(small_sample, enhanced, written_store):
     np.testing.assert_allclose(map_kw["translate"][-2:], maps.origin_rc_um)
     _, he_kw, _ = layers[0]
     np.testing.assert_allclose(he_kw["scale"], [0.5, 0.5])
+
+
+# ------------------------------------------------------------------------------------------
+# --into-input survives a kill: the store stays readable, the next run repairs or replaces
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def input_store(small_sample, tmp_path):
+    """A store with a first set of results already added into it (values 1)."""
+    pytest.importorskip("spatialdata")
+    from fault_injection import small_enhance_result
+    from napari_trihrge.io.spatialdata import write_into_input, write_spatialdata
+
+    store = write_spatialdata(tmp_path / "input.zarr", small_sample,
+                              small_enhance_result(small_sample))
+    write_into_input(io.read(store), small_enhance_result(small_sample, 1.0))
+    return store
+
+
+def _map_value(store) -> float:
+    import spatialdata as sd
+
+    maps = sd.read_zarr(store).images["trihrge_enhanced_maps"]
+    if hasattr(maps, "children"):  # a multiscale image
+        maps = maps["scale0"]["image"]
+    return float(np.asarray(maps.values).mean())
+
+
+_REPLACE = '''
+from fault_injection import small_enhance_result
+from napari_trihrge import io
+from napari_trihrge.io.spatialdata import write_into_input
+adata = io.read({store!r})
+write_into_input(adata, small_enhance_result(adata, 2.0), overwrite=True)
+'''
+
+
+#: where the write is cut off: staging the new elements (half a store written beside the input),
+#: just after the old results were unlisted, just before the new ones are listed
+KILLS = {
+    "staging": "import spatialdata\n"
+               "def _half(self, path, *a, **k):\n"
+               "    os.makedirs(os.path.join(path, 'images'))\n"
+               "    os.kill(os.getpid(), signal.SIGKILL)\n"
+               "spatialdata.SpatialData.write = _half\n",
+    "old-unlisted": "kill_at('napari_trihrge.io.spatialdata', '_write_root_meta', 1, True)\n",
+    "before-commit": "kill_at('napari_trihrge.io.spatialdata', '_write_root_meta', 2)\n",
+}
+
+
+@pytest.mark.parametrize("kill", sorted(KILLS))
+def test_into_input_killed_leaves_a_readable_store_that_the_next_run_repairs(
+        input_store, kill, small_sample):
+    import spatialdata as sd
+
+    from fault_injection import run_killed, small_enhance_result
+    from napari_trihrge.io.spatialdata import write_into_input
+
+    setup = KILLS[kill]
+    run_killed(setup + _REPLACE.format(store=str(input_store)))
+    sdata = sd.read_zarr(input_store)  # readable after the kill
+    assert {"he_image", "spots", "spots_table"} <= set(sdata.images) | set(sdata.shapes) | set(
+        sdata.tables)
+    if "trihrge_enhanced_maps" in sdata.images:
+        assert _map_value(input_store) == 1.0  # the old results, whole, never a mix
+    adata = io.read(input_store)
+    with pytest.warns(UserWarning, match="interrupted earlier write"):
+        write_into_input(adata, small_enhance_result(small_sample, 3.0), overwrite=True)
+    assert _map_value(input_store) == 3.0
+    assert "trihrge_virtual_spots_table" in sd.read_zarr(input_store).tables
+    assert not list(input_store.parent.glob(".input.zarr.*"))  # nothing left beside it
+
+
+def test_a_damaged_element_from_an_older_write_is_replaced(input_store, small_sample):
+    import json
+
+    from fault_injection import small_enhance_result
+    from napari_trihrge.io.spatialdata import write_into_input
+
+    stray = input_store / "images" / "trihrge_enhanced_maps_std"  # unlisted, half written
+    (stray / "s0").mkdir(parents=True)
+    (stray / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
+    with pytest.warns(UserWarning):
+        write_into_input(io.read(input_store), small_enhance_result(small_sample, 4.0),
+                         overwrite=True)
+    assert _map_value(input_store) == 4.0 and not stray.exists()
+
+
+def test_into_input_on_a_read_only_store_is_refused_before_training(small_sample, input_store,
+                                                                     tmp_path, monkeypatch):
+    import os
+
+    from napari_trihrge.workflows import runs
+
+    adata = io.read(input_store)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(
+        input_store) else access(path, mode))  # as chmod 555 does for a user (not for root)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(runs, "enhance", no_training)
+    with pytest.raises(TrihrgeInputError, match="cannot write into the store"):
+        runs.run_enhance(adata, tmp_path / "run", into_input=True)

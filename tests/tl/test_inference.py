@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import TINY_TRAIN
 from napari_trihrge import tl as tasks
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.io.model_folder import load_model_folder
+from napari_trihrge.io.model_folder import load_model_folder, write_integrity_record
 from napari_trihrge.tl import inference
 from napari_trihrge.workflows.runs import run_predict
 
@@ -151,6 +151,7 @@ def test_refuses_a_mismatched_encoder_windows_or_version(trained, tmp_path):
     meta["extra"]["description_version"] = 1
     meta["extra"]["encoder"]["config_key"] = "stain-texture-v0|other"
     (newer / "model.json").write_text(json.dumps(meta))
+    write_integrity_record(newer)  # as if saved so: the record matches, the encoder does not
     with pytest.raises(TrihrgeInputError, match="encoder version mismatch"):
         inference.predict(newer, target)
     old = tmp_path / "old"
@@ -263,3 +264,136 @@ def test_predict_keeps_factorised_maps_equal_to_the_direct_ones(trained, tmp_pat
     run_predict(folder, target, tmp_path / "run", stride_um=32.0, map_store=True)
     assert (tmp_path / "run" / "maps.store.zarr").is_dir()
     assert not (tmp_path / "run" / "maps.ome.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# reliability: held-out scores within each section, refusals before any work
+# ------------------------------------------------------------------------------------------
+def test_held_out_scores_are_averaged_within_sections_not_pooled():
+    """Two sections whose genes sit at different mean levels: a prediction that knows only
+    each section's level (no skill within a section) looks good pooled, and scores about 0
+    section by section, which is what train reports."""
+    from napari_trihrge.tl._shared import _score_sections, _score_with_knn
+
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(12)]
+    parts = []
+    for level in (1.0, 4.0):
+        truth = level + rng.normal(0.0, 0.3, (80, len(genes)))
+        pred = level + rng.normal(0.0, 0.3, (80, len(genes)))  # unrelated within the section
+        knn = {f"knn{k}": level + rng.normal(0.0, 0.3, (80, len(genes))) for k in (6, 12)}
+        parts.append((pred, truth, knn))
+    pooled, _ = _score_with_knn(*(np.concatenate([p[i] for p in parts]) for i in (0, 1)), genes,
+                                {k: np.concatenate([p[2][k] for p in parts]) for k in parts[0][2]})
+    summary, per_gene, by_section = _score_sections(parts, genes)
+    assert pooled["pcc_mean"] > 0.8  # pooling counts the two levels as skill
+    assert abs(summary["pcc_mean"]) < 0.15 and summary["n_sections"] == 2
+    assert summary["pcc_mean"] == pytest.approx(np.mean([s["pcc_mean"] for s in by_section]))
+    import pandas as pd
+
+    each = pd.concat([_score_with_knn(*p[:2], genes, p[2])[1]["pcc"] for p in parts], axis=1)
+    assert per_gene["pcc"].to_numpy() == pytest.approx(
+        each.mean(axis=1).reindex(per_gene.index).to_numpy())
+
+
+def test_train_reports_the_mean_of_the_sections(trained):
+    res, folder, _ = trained
+    held, sections = res.metrics["heldout"], res.metrics["sections"]
+    assert held["n_sections"] == 2
+    assert held["pcc_mean"] == pytest.approx(np.mean([s["scores"]["pcc_mean"]
+                                                      for s in sections]))
+    assert "within each section" in res.model.description["trust"]["pooling"]
+
+
+def test_train_refuses_repeated_mixed_or_tiny_sections():
+    one, two = _sample(1), _sample(2)
+    with pytest.raises(TrihrgeInputError, match="are the same section"):
+        tasks.train([one, one.copy()])
+    st = two.copy()
+    st.uns["trihrge"] = {**st.uns["trihrge"], "platform": "st", "spot_diameter_um": 100.0}
+    with pytest.raises(TrihrgeInputError, match="100 um spots.*cannot train one model") as err:
+        tasks.train([one, st])
+    assert "one model per platform" in err.value.hint
+    with pytest.raises(TrihrgeInputError, match="3 spots; training needs at least 20"):
+        tasks.train([one, two[:3].copy()])
+    with pytest.raises(TypeError, match=r"adatas\[0\] must be an AnnData.*io.read\('a.h5ad'\)"):
+        tasks.train(["a.h5ad", one])
+
+
+def test_predict_checks_its_arguments_before_any_work(trained, monkeypatch):
+    _, folder, target = trained
+    with pytest.raises(TypeError, match="got AnnData: did you swap model and target"):
+        tasks.predict(target, folder)
+    with pytest.raises(TypeError, match="target must be an AnnData.*got None"):
+        tasks.predict(folder, None)
+    with pytest.raises(TrihrgeInputError, match="stride must be a positive number.*nan"):
+        tasks.predict(folder, target, stride_um=float("nan"))
+    with pytest.raises(TrihrgeInputError, match="larger than half the image"):
+        tasks.predict(folder, target, stride_um=5000.0)
+    from napari_trihrge.tl import _maps
+
+    monkeypatch.setattr(_maps, "_available_memory_bytes", lambda: 1e6)  # a tiny stride
+    with pytest.raises(TrihrgeInputError, match="would need"):
+        tasks.predict(folder, target, stride_um=2.0)
+
+
+def test_predict_refuses_a_declared_pixel_size_far_from_the_lattice(trained):
+    _, folder, target = trained
+    wrong = target.copy()
+    info = wrong.uns["trihrge"]
+    wrong.uns["trihrge"] = {**info, "um_per_px": info["um_per_px"] * 2, "um_per_px_source":
+                            "given", "um_per_px_estimates": {"lattice": info["um_per_px"]}}
+    with pytest.raises(TrihrgeInputError, match="differ 2.0-fold") as err:
+        tasks.predict(folder, wrong)
+    assert "the spot lattice" in str(err.value)
+
+
+def test_predict_refuses_a_declared_pixel_size_far_from_the_image_metadata(trained, tmp_path):
+    import tifffile
+
+    _, folder, target = trained
+    tif = tmp_path / "section3.ome.tif"
+    tifffile.imwrite(tif, target.uns["spatial"]["synthetic"]["images"]["hires"],
+                     photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": 1.0,
+                                                  "PhysicalSizeY": 1.0})
+    with pytest.raises(TrihrgeInputError, match=r"0\.25 um/px \(--um-per-px\) and 1 um/px from "
+                       "the image file's metadata differ 4.0-fold"):
+        tasks.predict(folder, tif, um_per_px=0.25)
+
+
+def test_predict_says_the_bin_size_of_visium_hd_bins(trained):
+    _, folder, target = trained
+    bins = target.copy()
+    bins.uns["trihrge"] = {**bins.uns["trihrge"], "bin_size_um": 8.0}
+    with pytest.warns(UserWarning, match="Visium HD bins of 8 um"):
+        tasks.predict(folder, bins, factor=2)
+
+
+def test_predict_never_writes_into_its_inputs(trained, tmp_path):
+    import hashlib
+
+    _, folder, target = trained
+
+    def digest(path):
+        return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(path.rglob("*")) if p.is_file()}
+
+    before = digest(folder)
+    for out in (folder, folder / "inside"):
+        with pytest.raises(TrihrgeInputError, match="the output .* (is the|inside the) input"):
+            run_predict(folder, target, out, overwrite=True, factor=2)
+    assert digest(folder) == before
+
+
+def test_predict_on_a_bare_image_says_when_the_trust_figures_are_missing(trained, tmp_path):
+    import pandas as pd
+
+    _, folder, target = trained
+    model = load_model_folder(folder)
+    model.gene_table = pd.DataFrame(index=pd.Index(["OTHER"], name="gene"),
+                                    data={"pcc": [0.5]})
+    png = tmp_path / "section3.png"
+    Image.fromarray(target.uns["spatial"]["synthetic"]["images"]["hires"]).save(png)
+    with pytest.warns(UserWarning, match="no held-out trust figures"):
+        res = tasks.predict(model, png, um_per_px=1.0, factor=2, stride_um=64.0)
+    assert res.virtual.var["pcc"].isna().all()

@@ -209,8 +209,10 @@ def test_enhance_without_trust(synthetic):
 
 
 def test_enhance_trust_needs_enough_spots(synthetic):
-    with pytest.raises(TrihrgeInputError, match="--no-trust"):
-        tasks.enhance(synthetic[:12].copy(), factor=2, config=tiny())
+    with pytest.raises(TrihrgeInputError, match="--no-trust"):  # 9 spots left to train on
+        tasks.enhance(synthetic[:22].copy(), factor=2, config=tiny(), trust_holdout_fraction=0.6)
+    with pytest.raises(TrihrgeInputError, match="12 spots; training needs at least 20"):
+        tasks.enhance(synthetic[:12].copy(), factor=2, config=tiny(), trust=False)
 
 
 def test_recovery_blend_scores_its_candidates_on_the_same_genes(synthetic):

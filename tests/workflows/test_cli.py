@@ -165,8 +165,8 @@ def test_error_after_reading_leaves_no_output_folder(capsys, sample_h5ad, tmp_pa
 
     err = _one_line_error(capsys, ["enhance", str(sample_h5ad), "--stride-um", "5000",
                                    "--out", str(tmp_path / "o"), "--quiet"])
-    assert "no pixel inside the tissue" in err
-    with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
+    assert "larger than half the image" in err
+    with pytest.raises(TrihrgeInputError, match="larger than half the image"):
         run_enhance(io.read(sample_h5ad), tmp_path / "api", stride_um=5000.0,
                     config=RunConfig(n_top_genes=10, device="cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -224,6 +224,15 @@ def test_cohort_with_finished_samples_needs_no_cluster(capsys, sample_h5ad, tmp_
     assert cli.main(["cohort", str(sample_h5ad), "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
     assert (out / "cohort_report.csv").exists()
+
+
+@pytest.mark.parametrize("option", [["--workers", "0"], ["--workers", "-1"],
+                                    ["--scheduler", "not an address"]])
+def test_cohort_cluster_options_are_refused_at_once(capsys, sample_h5ad, tmp_path, option):
+    err = _one_line_error(capsys, ["cohort", str(sample_h5ad), "--out", str(tmp_path / "c"),
+                                   *option])
+    assert ("--workers must be 1 or more" in err) or ("not a dask scheduler address" in err)
+    assert not (tmp_path / "c").exists()
 
 
 def test_local_checkpoint_with_encoder_arch(capsys, sample_h5ad, tmp_path):
@@ -405,7 +414,7 @@ def test_map_stride_larger_than_the_tissue_is_refused_before_training(sample_h5a
     from napari_trihrge import tl as tasks
 
     adata = io.read(sample_h5ad)
-    with pytest.raises(TrihrgeInputError, match="no pixel inside the tissue"):
+    with pytest.raises(TrihrgeInputError, match="larger than half the image"):
         tasks.enhance(adata, stride_um=5000.0, config=tasks.RunConfig(
             n_top_genes=10, device="cpu", train={"max_epochs": 1}))
 
@@ -474,6 +483,15 @@ def test_train_then_predict_an_image_alone(capsys, sample_h5ad, tmp_path):
     err = _one_line_error(capsys, ["predict", str(model), str(sample_h5ad), "--encoder", "uni",
                                    "--out", str(tmp_path / "o4"), "--quiet"])
     assert "encoder mismatch" in err and "stain-texture" in err
+    # an output is never an input: not the model folder, not around the sample (--overwrite or not)
+    before = {f.name: f.read_bytes() for f in model.iterdir() if f.is_file()}
+    err = _one_line_error(capsys, ["predict", str(model), str(sample_h5ad), "--out", str(model),
+                                   "--overwrite", "--quiet"])
+    assert "is the input" in err and str(model) in err
+    err = _one_line_error(capsys, ["predict", str(model), str(sample_h5ad), "--out",
+                                   str(sample_h5ad.parent), "--overwrite", "--quiet"])
+    assert "holds the input" in err
+    assert {f.name: f.read_bytes() for f in model.iterdir() if f.is_file()} == before
 
 
 def test_missing_annotation_is_refused_before_training(capsys, sample_h5ad, tmp_path):

@@ -145,3 +145,47 @@ def test_worker_device_follows_the_gpus_it_sees(monkeypatch):
 
     monkeypatch.setattr(distributed, "get_worker", lambda: Worker())
     assert _worker_device() == "cuda:1"
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_worker_counts_below_one_are_refused_before_any_work(samples, tmp_path, workers):
+    good, _ = samples
+    with pytest.raises(TrihrgeInputError, match="--workers must be 1 or more"):
+        run_cohort([good[0]], tmp_path / "c", n_workers=workers)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_scheduler_that_is_no_address_is_refused(samples, tmp_path):
+    good, _ = samples
+    with pytest.raises(TrihrgeInputError, match="not a dask scheduler address") as err:
+        run_cohort([good[0]], tmp_path / "c", scheduler="not an address")
+    assert "tcp://" in err.value.hint
+
+
+def test_an_unreachable_scheduler_says_so(samples, tmp_path, monkeypatch):
+    import socket
+
+    from napari_trihrge.workflows import cohort
+
+    good, _ = samples
+    monkeypatch.setattr(cohort, "SCHEDULER_TIMEOUT_S", 2)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TrihrgeInputError, match="no dask scheduler answered") as err:
+        run_cohort([good[0]], tmp_path / "c", scheduler=f"tcp://127.0.0.1:{port}")
+    assert "written" not in str(err.value)
+
+
+def test_a_missing_sample_is_reported_without_a_worker(tmp_path):
+    report = run_cohort([str(tmp_path / "nowhere.h5ad")], tmp_path / "c")
+    row = report.iloc[0]
+    assert row["status"] == "failed" and row["error"].startswith("sample not found")
+    assert row["attempts"] == 0
+
+
+def test_the_cohort_folder_is_never_inside_a_sample(tmp_path):
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    with pytest.raises(TrihrgeInputError, match="inside the input"):
+        run_cohort([str(sample)], sample / "cohort")

@@ -56,7 +56,17 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
 
     Keyword arguments go to the chosen reader.
     """
-    p = Path(path)
+    from .._checks import check_path
+
+    p = Path(check_path(path))
+    adata = _read(p, kwargs)
+    if hasattr(adata, "uns"):  # the path this read came from (``source`` keeps an h5ad's origin)
+        adata.uns.setdefault("trihrge", {})["read_from"] = str(p.resolve())
+    return adata
+
+
+def _read(p: Path, kwargs: dict[str, Any]) -> Any:
+    """:func:`read` without the record of the path read."""
     name = p.name.lower()
     if not p.exists():
         raise TrihrgeInputError(f"input not found: {p}", READ_HINT)

@@ -7,6 +7,9 @@ MODEL_DIR/
   member_<k>/             further ensemble members, same format (k = 1, 2, ...)
   genes.csv               per gene: mean training expression and the held-out trust columns
                           (pcc, pcc_baseline_knn, pcc_gain, beats_interpolation)
+  integrity.json          written last: the folder format version, the SHA-256 of every file
+                          above, of the gene list and of each part of the description, and one
+                          hash of them all together
 ```
 
 The description (``model.json`` -> ``extra``) holds the encoder (name, architecture, the
@@ -19,12 +22,22 @@ lattice of the training sections, the training sections with their fair held-out
 known, and the package version. :func:`load_model_folder` refuses a folder whose encoder, windows
 or version do not fit, naming the mismatch and the fix. The folder is written whole or not at all
 (:func:`napari_trihrge._atomic.atomic_path`).
+
+Integrity: :func:`load_model_folder` checks every file against ``integrity.json`` and refuses a
+folder whose files, gene list or description differ from what was saved (an edited
+``model.json``, reordered rows of ``genes.csv``, a missing member), naming what differs. Files
+added later (``summary.json`` of ``trihrge train``) are not part of the record. A folder written
+before the record existed (folder format 1) is read with a warning; saving it again
+(``load_model_folder(old).save(new)``) adds the record.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +53,14 @@ DESCRIPTION_KIND = "napari-trihrge-trained-model"
 #: version of the description schema this package reads and writes
 DESCRIPTION_VERSION = 1
 GENE_TABLE = "genes.csv"
+#: the integrity record, written last into a model folder
+INTEGRITY_RECORD = "integrity.json"
+#: version of the folder layout: 2 = with the integrity record (1: without)
+FOLDER_FORMAT_VERSION = 2
+#: what a description must hold for this package to use it (key -> keys it must hold)
+REQUIRED_DESCRIPTION = {"encoder": ("name",), "features": ("mode", "windows_um",
+                                                            "bag_windows_um", "standardisation"),
+                        "genes": (), "neighbour_input": ()}
 NORMALISATION = {"method": "normalize_total + log1p", "target_sum": 1e4,
                  "over": "all genes of the section"}
 
@@ -154,7 +175,122 @@ def save_model_folder(path: str | os.PathLike, nets: list, description: dict[str
             save_model(tmp / f"member_{k}", net, None, {**desc, "ensemble_member": k})
         if gene_table is not None:
             gene_table.to_csv(tmp / GENE_TABLE, index_label="gene")
+        write_integrity_record(tmp)
     return path
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True,
+                      default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _integrity(path: Path, desc: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """The record of ``files`` (relative to ``path``) and ``desc``: per-file, gene-list and
+    per-key description hashes, and one hash of them all together."""
+    record = {"files": {f: _sha256_file(path / f) for f in files},
+              "genes": _sha256_json(list(desc.get("genes") or [])),
+              "description": {str(k): _sha256_json(v) for k, v in desc.items()}}
+    return {"folder_format_version": FOLDER_FORMAT_VERSION, "algorithm": "sha256", **record,
+            "all": _sha256_json(record)}
+
+
+def write_integrity_record(path: str | os.PathLike) -> Path:
+    """Write ``integrity.json`` for every file now in the model folder ``path`` and the
+    description its ``model.json`` holds (call it last, on the temporary folder before it is
+    moved into place)."""
+    path = Path(path)
+    desc = json.loads((path / "model.json").read_text(encoding="utf-8")).get("extra") or {}
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                   if p.is_file() and p.name != INTEGRITY_RECORD)
+    out = path / INTEGRITY_RECORD
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(_integrity(path, desc, files), indent=1) + "\n")
+    return out
+
+
+def _damaged(path: Path, what: str) -> TrihrgeInputError:
+    return TrihrgeInputError(
+        f"the model folder {path} was changed after it was saved: {what}",
+        "restore the folder from a copy, or retrain the model (trihrge train); a model "
+        "folder must not be edited by hand")
+
+
+def check_integrity(path: str | os.PathLike, desc: dict[str, Any]) -> bool:
+    """Check the model folder ``path`` (whose ``model.json`` holds ``desc``) against its
+    integrity record. Returns False (with a warning) for a folder written before the record
+    existed; raises :class:`TrihrgeInputError` naming what differs."""
+    path = Path(path)
+    record_path = path / INTEGRITY_RECORD
+    if not record_path.is_file():
+        warnings.warn(
+            f"the model folder {path} has no integrity record (written by napari-trihrge "
+            "before folder format 2): its files cannot be checked. Re-save it to add one: "
+            "napari_trihrge.io.model_folder.load_model_folder(old).save(new)", UserWarning,
+            stacklevel=3)
+        return False
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        files, keys = dict(record["files"]), dict(record["description"])
+        version = int(record.get("folder_format_version", 0))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise _damaged(path, f"{INTEGRITY_RECORD} is not readable ({type(err).__name__})"
+                       ) from err
+    if version > FOLDER_FORMAT_VERSION:
+        raise TrihrgeInputError(
+            f"the model folder {path} has folder format {version}; this napari-trihrge reads "
+            f"up to {FOLDER_FORMAT_VERSION}", "update napari-trihrge (pip install -U "
+            "napari-trihrge)")
+    missing = sorted(f for f in files if not (path / f).is_file())
+    if missing:
+        raise _damaged(path, f"{', '.join(missing)} missing")
+    changed = sorted(f for f, digest in files.items() if _sha256_file(path / f) != digest)
+    if changed:
+        what = [f"{f} differs from what was saved" for f in changed]
+        if "model.json" in changed:
+            keys_now = {str(k): _sha256_json(v) for k, v in desc.items()}
+            parts = sorted(k for k in set(keys) | set(keys_now) if keys.get(k) != keys_now.get(k))
+            if parts:
+                what.append(f"model.json's {', '.join(repr(p) for p in parts)} changed")
+        if GENE_TABLE in changed:
+            what.append(f"{GENE_TABLE}: its rows are edited or reordered")
+        raise _damaged(path, "; ".join(what))
+    if record.get("genes") != _sha256_json(list(desc.get("genes") or [])):
+        raise _damaged(path, "the gene list differs from the record")
+    body = {k: record[k] for k in ("files", "genes", "description")}
+    if record.get("all") != _sha256_json(body):
+        raise _damaged(path, f"{INTEGRITY_RECORD} itself was edited")
+    return True
+
+
+def check_required(desc: dict[str, Any], where: str) -> None:
+    """Raise when the description lacks a part this package needs (a damaged model.json)."""
+    for key, inner in REQUIRED_DESCRIPTION.items():
+        if key not in desc or desc[key] is None:
+            raise TrihrgeInputError(f"{where} lacks {key!r} in model.json",
+                                    "the folder is damaged; restore it or retrain the model")
+        if inner and not isinstance(desc[key], dict):
+            raise TrihrgeInputError(f"{where}: model.json's {key!r} is not a mapping",
+                                    "the folder is damaged; restore it or retrain the model")
+        lacking = [k for k in inner if k not in desc[key]]
+        if lacking:
+            raise TrihrgeInputError(f"{where} lacks {key}.{lacking[0]} in model.json",
+                                    "the folder is damaged; restore it or retrain the model")
+    genes = desc["genes"]
+    if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
+        raise TrihrgeInputError(f"{where}: model.json's gene list is empty or not a list of "
+                                "names", "the folder is damaged; restore it or retrain the model")
+    if len(set(genes)) != len(genes):
+        raise TrihrgeInputError(f"{where}: model.json lists a gene twice",
+                                "the folder is damaged; restore it or retrain the model")
 
 
 def _mismatch(what: str, model_value: Any, asked: Any, fix: str) -> TrihrgeInputError:
@@ -162,11 +298,9 @@ def _mismatch(what: str, model_value: Any, asked: Any, fix: str) -> TrihrgeInput
                              f"this run asks for {asked!r}", fix)
 
 
-def check_description(desc: dict[str, Any], where: str = "the model", *,
-                      encoder: str | None = None, windows_um: tuple[float, ...] | None = None,
-                      local_window_um: float | None = None) -> None:
-    """Raise when the description cannot be used by this package or does not fit the requested
-    encoder / windows (None = take the model's)."""
+def check_version(desc: dict[str, Any], where: str = "the model") -> None:
+    """Raise when the description is not one this package reads: none at all (an older
+    folder), or written by a newer napari-trihrge."""
     if desc.get("kind") != DESCRIPTION_KIND:
         raise TrihrgeInputError(
             f"{where} has no model description (written by an older napari-trihrge, before "
@@ -183,6 +317,15 @@ def check_description(desc: dict[str, Any], where: str = "the model", *,
         raise TrihrgeInputError(
             f"{where} was written by napari-trihrge {desc.get('package_version')}, newer than "
             f"this {package_version()}", "update napari-trihrge (pip install -U napari-trihrge)")
+
+
+def check_description(desc: dict[str, Any], where: str = "the model", *,
+                      encoder: str | None = None, windows_um: tuple[float, ...] | None = None,
+                      local_window_um: float | None = None) -> None:
+    """Raise when the description cannot be used by this package or does not fit the requested
+    encoder / windows (None = take the model's)."""
+    check_version(desc, where)
+    check_required(desc, where)
     enc = desc["encoder"]["name"]
     if encoder is not None and str(encoder) != str(enc):
         raise _mismatch("encoder", enc, encoder,
@@ -232,6 +375,8 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
                                 "pass the folder written by `trihrge train --out` (or the model/ "
                                 "folder of a run)")
     net, _, desc = load_model(path, map_location=map_location)
+    check_version(desc, f"the model in {path}")  # a newer version may write another record
+    check_integrity(path, desc)
     check_description(desc, f"the model in {path}", encoder=encoder, windows_um=windows_um,
                       local_window_um=local_window_um)
     nets = [net]
@@ -244,8 +389,18 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
                                 "the folder is damaged; retrain or restore it")
     table_path = path / GENE_TABLE
     if table_path.is_file():
-        table = pd.read_csv(table_path, index_col=0)
+        try:
+            table = pd.read_csv(table_path, index_col=0)
+        except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+            raise TrihrgeInputError(f"{table_path} is not a readable gene table "
+                                    f"({type(err).__name__})",
+                                    "the folder is damaged; restore it or retrain the model"
+                                    ) from err
         table.index = table.index.astype(str)
+        if set(table.index) != set(genes) or not table.index.is_unique:
+            raise TrihrgeInputError(
+                f"{table_path} does not list the model's {len(genes)} genes once each",
+                "the folder is damaged; restore it or retrain the model")
         table = table.reindex(genes)
     else:
         table = pd.DataFrame(index=pd.Index(genes, name="gene"))
@@ -253,5 +408,5 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
 
 
 __all__ = ["TrainedModel", "save_model_folder", "load_model_folder", "check_description",
-           "check_encoder", "encoder_identity", "DESCRIPTION_VERSION",
-           "NORMALISATION"]
+           "check_encoder", "check_integrity", "check_version", "write_integrity_record",
+           "encoder_identity", "DESCRIPTION_VERSION", "FOLDER_FORMAT_VERSION", "NORMALISATION"]

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path, replace_folder
+from .._atomic import atomic_path, recover_interrupted_swap, replace_folder
 from ..errors import TrihrgeInputError
 
 
@@ -59,6 +59,49 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise TrihrgeInputError(f"the output folder {out} already has files in it",
                                 "choose another --out folder or pass --overwrite")
+    return out
+
+
+def input_paths(*items: Any) -> list[Path]:
+    """The files and folders a run reads: paths as given, a sample's source and the path it was
+    read from, its full-resolution image and its SpatialData store (``uns['trihrge']``), a
+    model's folder (``.path``);
+    sequences are walked, None is skipped."""
+    out: list[Path] = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, (str, Path)):
+            out.append(Path(item))
+        elif isinstance(item, (list, tuple)):
+            out += input_paths(*item)
+        elif hasattr(item, "uns"):  # an AnnData
+            info = item.uns.get("trihrge", {}) or {}
+            store = info.get("spatialdata") or {}
+            out += input_paths(info.get("source"), info.get("read_from"),
+                               info.get("fullres_image_path"),
+                               store.get("store") if isinstance(store, dict) else None)
+        elif getattr(item, "path", None) is not None:  # a TrainedModel read from a folder
+            out.append(Path(item.path))
+    return out
+
+
+def check_outside_inputs(out_dir: str | Path, inputs: Any, flag: str = "--out") -> Path:
+    """Refuse an output that is one of the run's inputs, lies inside one, or holds one (an
+    ``--overwrite`` would replace it): an output must never change what the run reads.
+    ``inputs`` is anything :func:`input_paths` takes."""
+    out = Path(out_dir).resolve()
+    for src in input_paths(inputs):
+        src = src.resolve()
+        if out == src or src in out.parents:
+            raise TrihrgeInputError(
+                f"the output {out} is {'the input' if out == src else 'inside the input'} "
+                f"{src}: writing there would change what the run reads",
+                f"choose an output folder outside the inputs ({flag})")
+        if out in src.parents:
+            raise TrihrgeInputError(
+                f"the output {out} holds the input {src}: writing the run there would "
+                "replace it", f"choose an output folder that does not contain the inputs ({flag})")
     return out
 
 
@@ -187,24 +230,27 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def run_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def run_folder(out_dir: str | Path, overwrite: bool = False, *, inputs: Any = ()
+               ) -> Iterator[Path]:
     """Write a run into a new temporary folder beside ``out_dir`` and swap it in at the end.
 
     Yields the temporary folder. On success the caller has written the run (the savers of
     :mod:`napari_trihrge.workflows.runs` end with the completion marker) and the folder replaces
     ``out_dir`` (only with ``overwrite`` when ``out_dir`` has files); on any error the
     temporary folder is deleted and ``out_dir`` is left as it was (nothing is created). A lock
-    refuses a second run into the same folder while this one is active."""
+    refuses a second run into the same folder while this one is active. ``inputs`` (samples,
+    models, paths: :func:`input_paths`) are refused as the output or around it."""
     import os
     import shutil
     import uuid
 
+    check_outside_inputs(out_dir, inputs)
     out = check_out_dir(out_dir, overwrite)
     _make_folder(out.parent)
     with RunLock(out):
-        for pattern in (f".{out.name}.{_PARTIAL_TAG}-*", f".{out.name}.old-*"):
-            for stale in out.parent.glob(pattern):  # left by runs killed earlier
-                shutil.rmtree(stale, ignore_errors=True)
+        recover_interrupted_swap(out)  # a run killed while swapping its folder in
+        for stale in out.parent.glob(f".{out.name}.{_PARTIAL_TAG}-*"):  # runs killed earlier
+            shutil.rmtree(stale, ignore_errors=True)
         staging = out.parent / f".{out.name}.{_PARTIAL_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _make_folder(staging)
         try:

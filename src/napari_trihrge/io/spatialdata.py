@@ -537,10 +537,114 @@ def write_maps_spatialdata(path: str | os.PathLike, maps: Any, genes: list[str],
     return path
 
 
+#: beside an input store while results are swapped in: the new elements, the old ones set aside,
+#: the journal that lets the next run roll an interrupted swap back
+_PARTIAL, _ASIDE, _JOURNAL = "trihrge-partial", "trihrge-old", "trihrge-journal.json"
+_KINDS = ("images", "labels", "points", "shapes", "tables")
+
+
+def _sibling(store: Path, tag: str) -> Path:
+    import uuid
+
+    return store.parent / f".{store.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _root_meta(store: Path) -> dict | None:
+    """The root ``zarr.json`` of a zarr v3 store with inline consolidated metadata, else None."""
+    import json
+
+    try:
+        meta = json.loads((store / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cons = meta.get("consolidated_metadata") if isinstance(meta, dict) else None
+    return meta if isinstance(cons, dict) and isinstance(cons.get("metadata"), dict) else None
+
+
+def _write_root_meta(store: Path, meta: dict) -> None:
+    import json
+
+    from .._atomic import atomic_path
+
+    with atomic_path(store / "zarr.json") as tmp:  # renamed into place: never half written
+        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def _element_keys(metadata: dict, path: str) -> dict:
+    return {k: v for k, v in metadata.items() if k == path or k.startswith(path + "/")}
+
+
+def check_store_writable(store: str | os.PathLike) -> None:
+    """Refuse a store this process cannot write results into (``--into-input``), before any
+    work: the store, its element groups and the folder beside it (where results are staged)."""
+    store = Path(store)
+    folders = [store, store.parent, *(store / k for k in _KINDS if (store / k).is_dir())]
+    blocked = [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)]
+    if blocked:
+        raise TrihrgeInputError(
+            f"--into-input cannot write into the store {store}: no write permission in "
+            f"{', '.join(blocked)}", "make the store writable, or write a new store with "
+            "--format spatialdata (without --into-input)")
+
+
+def repair_store(store: str | os.PathLike) -> bool:
+    """Undo a results swap into ``store`` that was interrupted (killed): elements set aside go
+    back, the root metadata is restored from the journal, staged and leftover files beside the
+    store are removed. Returns whether anything was repaired."""
+    import json
+    import shutil
+
+    from .._atomic import replace_folder
+
+    store = Path(store)
+    repaired = False
+    for journal_path in sorted(store.parent.glob(f".{store.name}.{_JOURNAL}")):
+        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        aside, old = Path(journal["aside"]), set(journal["set_aside"])
+        now = (_root_meta(store) or {}).get("consolidated_metadata", {}).get("metadata", {})
+        committed = all(_listed_as(now, journal["new_meta"], rel) for rel in journal["moved_in"])
+        if not committed:
+            for rel in journal["moved_in"]:  # new elements that reached the store: out again
+                if rel in old and not (aside / rel).exists():
+                    continue  # the old element was never set aside: it is still in place
+                shutil.rmtree(store / rel, ignore_errors=True)
+            for rel in old:  # old elements: back in place
+                if (aside / rel).exists():
+                    replace_folder(aside / rel, store / rel)
+            _write_root_meta(store, journal["root_meta"])
+        journal_path.unlink()
+        repaired = True
+    for tag in (_PARTIAL, _ASIDE):
+        for leftover in store.parent.glob(f".{store.name}.{tag}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            repaired = True
+    meta = _root_meta(store)
+    if meta is not None:  # element folders a killed write of an older version left unlisted
+        listed = meta["consolidated_metadata"]["metadata"]
+        for kind in _KINDS:
+            for folder in (store / kind).glob(f"{INPUT_PREFIX}*"):
+                if folder.is_dir() and f"{kind}/{folder.name}" not in listed:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    repaired = True
+    return repaired
+
+
 def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Path:
     """Add an enhance result to the SpatialData store ``adata`` was read from, as
-    ``trihrge_virtual_spots`` (shapes + ``trihrge_virtual_spots_table``) and ``trihrge_enhanced_maps`` (image), in the
-    store's coordinate system. Refuses to replace existing elements unless ``overwrite``."""
+    ``trihrge_virtual_spots`` (shapes + ``trihrge_virtual_spots_table``) and
+    ``trihrge_enhanced_maps`` (image), in the store's coordinate system. Refuses to replace
+    existing elements unless ``overwrite``.
+
+    The store is never half written: the elements are written into a store beside it, moved in
+    under their names while unlisted, and appear when the root metadata (listing the store's
+    elements) is replaced in one rename; a journal beside the store lets the next run roll an
+    interrupted swap back (:func:`repair_store`). A killed write leaves the store readable
+    (results being replaced are hidden until the next run restores or replaces them)."""
+    import json
+    import shutil
+
+    from .._atomic import atomic_path, replace_folder
+
     sd = require_spatialdata()
     info = adata.uns.get("trihrge", {}) or {}
     ref = info.get("spatialdata")
@@ -549,6 +653,10 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
                                 "--into-input works only when PATH is a SpatialData .zarr "
                                 "store; use --format spatialdata for a new store")
     store = Path(ref["store"])
+    check_store_writable(store)
+    if repair_store(store):
+        warnings.warn(f"an interrupted earlier write into {store} was rolled back",
+                      UserWarning, stacklevel=2)
     um_per_unit = float(info["um_per_px"])
     elements, tables = _result_elements(result, 1.0 / um_per_unit, ref["coordinate_system"],
                                         INPUT_PREFIX)
@@ -558,11 +666,69 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
     if clash and not overwrite:
         raise TrihrgeInputError(f"the input store {store.name} already holds {clash}",
                                 "pass --overwrite to replace them")
-    for name in clash:  # the in-memory element is backed by these files: drop it first
-        del sdata[name]
-        sdata.delete_element_from_disk(name)
-    with table_write_settings():
-        for name, el in {**elements, **tables}.items():
-            sdata[name] = el
-            sdata.write_element(name)
+    root = _root_meta(store)
+    if root is None:  # not a zarr v3 store with consolidated metadata: element by element
+        for name in clash:  # the in-memory element is backed by these files: drop it first
+            del sdata[name]
+            sdata.delete_element_from_disk(name)
+        with table_write_settings():
+            for name, el in {**elements, **tables}.items():
+                sdata[name] = el
+                sdata.write_element(name)
+        return store
+    kind_of = {name: ("images" if name.endswith((MAPS, MAPS_STD)) else "shapes")
+               for name in elements}
+    kind_of.update({name: "tables" for name in tables})
+    kind_of.update({name: k for k in _KINDS for name in getattr(sdata, k, {}) if name in clash})
+    staged = _sibling(store, _PARTIAL)
+    try:
+        with table_write_settings():  # 1. the new elements, whole, beside the store
+            sd.SpatialData(images={n: e for n, e in elements.items() if kind_of[n] == "images"},
+                           shapes={n: e for n, e in elements.items() if kind_of[n] == "shapes"},
+                           tables=tables).write(staged)
+        new_meta = _root_meta(staged)["consolidated_metadata"]["metadata"]
+        aside = _sibling(store, _ASIDE)
+        journal_path = store.parent / f".{store.name}.{_JOURNAL}"
+        moved = [f"{kind_of[n]}/{n}" for n in (*elements, *tables)]
+        old_rels = [f"{kind_of[n]}/{n}" for n in clash]
+        with atomic_path(journal_path) as tmp:  # 2. how to roll back
+            tmp.write_text(json.dumps({
+                "aside": str(aside), "moved_in": moved, "set_aside": old_rels,
+                "root_meta": root, "new_meta": {rel: new_meta.get(rel) for rel in moved}}))
+        listed = dict(root["consolidated_metadata"]["metadata"])
+        for rel in old_rels:  # 3. the old elements unlisted, then set aside
+            for key in _element_keys(listed, rel):
+                listed.pop(key)
+        if old_rels:
+            _write_root_meta(store, _with_listing(root, listed))
+        for rel in old_rels:
+            (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+            replace_folder(store / rel, aside / rel)
+        for rel in moved:  # 4. the new elements moved in, still unlisted
+            kind = rel.split("/")[0]
+            if not (store / kind).is_dir():
+                (store / kind).mkdir()
+                shutil.copy2(staged / kind / "zarr.json", store / kind / "zarr.json")
+            listed.setdefault(kind, new_meta.get(kind, {"zarr_format": 3, "node_type": "group",
+                                                        "attributes": {}}))
+            replace_folder(staged / rel, store / rel)
+            listed.update(_element_keys(new_meta, rel))
+        _write_root_meta(store, _with_listing(root, listed))  # 5. they appear, in one rename
+        journal_path.unlink()
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return store
+
+
+def _with_listing(root: dict, listed: dict) -> dict:
+    """``root`` listing ``listed``, ordered as zarr writes it (by depth, then path: zarr groups
+    the children of one parent only when they are adjacent)."""
+    ordered = dict(sorted(listed.items(), key=lambda kv: (kv[0].count("/"), kv[0])))
+    return {**root, "consolidated_metadata": {**root["consolidated_metadata"],
+                                              "metadata": ordered}}
+
+
+def _listed_as(listed: dict, new_meta: dict, rel: str) -> bool:
+    """Whether the root listing holds ``rel`` with the metadata the swap wrote for it."""
+    return rel in listed and listed[rel] == new_meta.get(rel)

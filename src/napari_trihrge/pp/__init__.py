@@ -9,6 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._checks import check_adata
 from ..errors import TrihrgeInputError
 
 #: how many highly variable genes a model learns unless told otherwise (RunConfig.n_top_genes)
@@ -24,6 +25,7 @@ def check_counts(adata: AnnData) -> None:
     all zero): the same check every reader runs."""
     from ..io.sample import check_counts as check_count_matrix
 
+    check_adata(adata, need_spatial=False)
     check_count_matrix(adata.X)
 
 
@@ -83,6 +85,7 @@ def log_normalised(adata: AnnData, *, target_sum: float = 1e4,
     scanpy's ``log1p``; only the columns of ``genes`` when given."""
     import scanpy as sc
 
+    check_adata(adata, need_spatial=False)
     x = adata.X.tocsr() if sp.issparse(adata.X) else np.asarray(adata.X)
     tmp = AnnData(X=x.astype(np.float64))
     sc.pp.normalize_total(tmp, target_sum=target_sum)
@@ -104,6 +107,7 @@ def is_log_normalised(adata: AnnData) -> bool:
     Engine outputs are marked (``uns['trihrge_preprocessing']`` or ``uns['trihrge']['x_kind']``);
     otherwise integer-valued ``X`` is taken as raw counts.
     """
+    check_adata(adata, need_spatial=False)
     if "trihrge_preprocessing" in adata.uns:
         return True
     meta = adata.uns.get("trihrge", {})
@@ -124,6 +128,7 @@ def gene_expression(adata: AnnData, genes: Sequence[str], *, target_sum: float =
                     ) -> pd.DataFrame:
     """Log-normalised expression of ``genes`` per spot (rows = ``obs_names``): raw counts go
     through :func:`normalize_log1p`, log-normalised ``X`` is returned as is."""
+    check_adata(adata, need_spatial=False)
     genes = list(genes)
     missing = [g for g in genes if g not in adata.var_names]
     if missing:

@@ -10,12 +10,19 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
-from ..errors import TrihrgeInputError
+from .._checks import MIN_SECTION_SPOTS, check_adata, check_declared_pixel_size
 from ..metrics import TRUST_COLUMNS, add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import TRUST_HOLDOUT_FRACTION, RunConfig, validate_config
-from ._maps import DenseMaps, check_map_size, map_grid, map_spot_consistency, predict_maps
+from ._maps import (
+    DenseMaps,
+    check_map_grid,
+    check_map_size,
+    map_grid,
+    map_spot_consistency,
+    predict_maps,
+)
 from ._shared import (
     _encoder_and_image,
     _features,
@@ -154,6 +161,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     the summary in ``uns``, the per-gene trust in ``var``
     (:func:`napari_trihrge.tl.store_result`).
     """
+    check_adata(adata, min_spots=MIN_SECTION_SPOTS)
+    check_declared_pixel_size(adata)
     cfg = config or RunConfig()
     validate_config(cfg)
     factor = geometry.validate_density_factor(factor)
@@ -187,12 +196,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             margin = map_margin_um if map_margin_um is not None else \
                 geometry.spot_spacing_um(rc_um)
             grid = map_grid(grid_image, rc_um, stride_um, margin)  # used again for the maps
-            if not grid.mask.any():
-                h_um, w_um = grid_image.shape_rc_um
-                raise TrihrgeInputError(
-                    f"a map with a {stride_um:g} um stride has no pixel inside the tissue near "
-                    f"the spots (image {h_um:.0f} x {w_um:.0f} um)",
-                    "use a smaller --stride-um (for example 8 or 16)")
+            check_map_grid(grid, grid_image, stride_um)
         feats = _features(image, encoder, rc_um, windows, cfg, progress,
                           dense=stride_um is not None)
     nb = None

@@ -72,6 +72,12 @@ def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: in
     if extent is None or not um_per_px:
         return
     (h_px, w_px), _, _ = extent
+    h_um, w_um = h_px * um_per_px, w_px * um_per_px
+    if stride_um > max(h_um, w_um) / 2.0:
+        raise TrihrgeInputError(
+            f"the map stride {stride_um:g} um is larger than half the image ({h_um:.0f} x "
+            f"{w_um:.0f} um): the map would have at most one location per side",
+            "use --stride-um 8 or 16 (micrometres per map pixel)")
     n_px = float(np.ceil(h_px * um_per_px / stride_um)) * float(np.ceil(w_px * um_per_px
                                                                         / stride_um))
     need = n_px * GRID_BYTES_PER_PX
@@ -123,6 +129,17 @@ def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float, *,
     m = grid.mask.copy()
     m[grid.mask] = near
     return geometry.DenseGrid(grid.origin_rc_um, grid.stride_um, m)
+
+
+def check_map_grid(grid: geometry.DenseGrid, image, stride_um: float) -> None:
+    """Refuse a map grid without a location (inside the tissue, near the spots), before the
+    features are computed."""
+    if not grid.mask.any():
+        h_um, w_um = image.shape_rc_um
+        raise TrihrgeInputError(
+            f"a map with a {stride_um:g} um stride has no pixel inside the tissue near "
+            f"the spots (image {h_um:.0f} x {w_um:.0f} um)",
+            "use a smaller --stride-um (for example 8 or 16)")
 
 
 def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y: np.ndarray,

@@ -5,6 +5,7 @@ recovery or enhance run (:func:`save_run_model`), and a saved model made ready t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,13 @@ def save_run_model(path: str | Path, result, cfg: RunConfig, task: str, *,
 def ready_model(model: TrainedModel | str | Path, *, encoder: str | None = None,
                 windows_um: Sequence[float] | None = None) -> TrainedModel:
     """``model`` loaded from its folder (or taken as it is), checked against the ``encoder`` and
-    ``windows_um`` the caller expects (None: not checked)."""
+    ``windows_um`` the caller expects (None: not checked). Anything but a model or a path is
+    a ``TypeError`` (an AnnData there is most likely the target given first)."""
+    if not isinstance(model, (TrainedModel, str, os.PathLike)):
+        swapped = (": did you swap model and target? predict(model, target)"
+                   if type(model).__name__ == "AnnData" else "")
+        raise TypeError("model must be a trained model (tl.train(...).model) or the path of a "
+                        f"model folder; got {type(model).__name__}{swapped}")
     windows = tuple(windows_um) if windows_um else None
     if not isinstance(model, TrainedModel):
         return load_model_folder(model, encoder=encoder, windows_um=windows)

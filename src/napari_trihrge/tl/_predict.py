@@ -11,6 +11,7 @@ written by :func:`napari_trihrge.workflows.runs.run_predict` as the same run fol
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
+from .._checks import check_adata, check_declared_pixel_size
 from ..errors import TrihrgeInputError
 from ..io.model_folder import TrainedModel, check_encoder
 from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._enhance import EnhanceResult
-from ._maps import map_spot_consistency, predict_maps
+from ._maps import check_map_grid, check_map_size, map_grid, map_spot_consistency, predict_maps
 from ._model_io import prediction_config, ready_model
 from ._shared import (
     _create_encoder,
@@ -67,8 +69,10 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
 
     path = Path(path)
     image_size_px(path)  # exists and readable
+    from_metadata = pixel_size_from_metadata(path)
+    source = "given" if um_per_px is not None else "metadata"
     if um_per_px is None:
-        um_per_px = pixel_size_from_metadata(path)
+        um_per_px = from_metadata
         if um_per_px is None:
             raise TrihrgeInputError(f"the pixel size of {path.name} is not in the file",
                                     "pass it with --um-per-px (micrometres per pixel; about "
@@ -78,7 +82,9 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
     ad.obsm["spatial"] = np.zeros((0, 2))
     ad.uns["trihrge"] = {"sample": path.name.split(".")[0], "platform": "image",
                          "um_per_px": um_per_px, "source": str(path),
-                         "fullres_image_path": str(path.resolve())}
+                         "fullres_image_path": str(path.resolve()), "um_per_px_source": source,
+                         "um_per_px_estimates": {} if from_metadata is None else
+                         {"metadata": float(from_metadata)}}
     return ad
 
 
@@ -114,11 +120,28 @@ class PredictResult(EnhanceResult):
     per_gene: pd.DataFrame | None = None
 
 
+def _warn_about_bins(adata: AnnData, model: TrainedModel) -> None:
+    """A word when the target is Visium HD bins: each bin is taken as a spot of the bin's
+    size, much smaller than the spots the model was trained on."""
+    bin_um = (adata.uns.get("trihrge", {}) or {}).get("bin_size_um")
+    if not bin_um:
+        return
+    trained_um = (model.description.get("lattice") or {}).get("spot_diameter_um")
+    warnings.warn(
+        f"the target is Visium HD bins of {float(bin_um):g} um: each bin is predicted as a spot "
+        f"of that size" + (f" (the model was trained on {float(trained_um):g} um spots)"
+                           if trained_um else "") + "; the scores at the bins measure few "
+        "transcripts each. For spot-sized scores read coarser bins (bin_size_um=16 or "
+        "more) or use `trihrge validate-hd`", UserWarning, stacklevel=3)
+
+
 def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData:
     """A prediction target as AnnData: a sample as is, a bare H&E image as a sample without
     spots (:func:`image_target`), a path of any supported layout read with ``io.read``."""
     if isinstance(target, AnnData):
         return target
+    if not isinstance(target, (str, Path)):
+        check_adata(target, what="target")  # raises the TypeError
     if is_image_path(target):
         return image_target(target, um_per_px)
     from ..io import read
@@ -135,6 +158,7 @@ def prediction_inputs(model: TrainedModel | str | Path, target: AnnData | str | 
     gets a map, :data:`DEFAULT_IMAGE_STRIDE_UM` unless given)."""
     model = ready_model(model, encoder=encoder, windows_um=windows_um)
     adata = _as_target(target, um_per_px)
+    check_declared_pixel_size(adata, "the target")
     if adata.n_obs == 0 and stride_um is None:
         stride_um = DEFAULT_IMAGE_STRIDE_UM
     return model, adata, stride_um
@@ -182,6 +206,14 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         raise TrihrgeInputError(f"unknown reference {reference!r}", "use 'auto' or 'tissue'")
     genes = model.genes
     cfg = prediction_config(model, device=device, cache_dir=cache_dir, hf_token=hf_token)
+    if stride_um is not None:  # a NaN, tiny or too large stride: refused before any work
+        check_map_size(adata, stride_um, n_genes=len(genes), ensemble=len(model.nets),
+                       in_memory=map_path is None)
+    _warn_about_bins(adata, model)
+    if bare and not model.gene_table.reindex(genes).notna().any().any():
+        warnings.warn("the model folder's genes.csv has no held-out trust figures for the "
+                      "model's genes: the trust columns of the prediction stay empty",
+                      UserWarning, stacklevel=2)
 
     rc_um = y = None
     if not bare:
@@ -221,6 +253,11 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         else:
             ref_rc = rc_um
             lattice = geometry.detect_lattice(rc_um, kind=_lattice_kind(adata))
+        grid = None
+        if stride_um is not None:  # an empty map is refused before the features
+            grid = map_grid(image, ref_rc, float(stride_um), float("inf") if bare else
+                            geometry.spot_spacing_um(ref_rc))
+            check_map_grid(grid, image, float(stride_um))
         pts_rc, parent = geometry.virtual_spot_grid(ref_rc, factor, lattice)
         v_feats = _features(image, enc, pts_rc, windows, cfg, progress, dense=dense)
         n_off = len(pts_rc) // len(ref_rc)
@@ -298,8 +335,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
     if stride_um is not None:
         with timer("maps"):
             maps = predict_maps(fits, image, enc, ref_rc, y, windows, float(stride_um), cfg,
-                                genes=genes, progress=progress, map_path=map_path,
-                                margin_um=float("inf") if bare else None,
+                                genes=genes, progress=progress, map_path=map_path, grid=grid,
                                 factorised=bool(map_store),
                                 store_path=map_store if isinstance(map_store, str) else None)
         if not bare and not np.isnan(y).any():

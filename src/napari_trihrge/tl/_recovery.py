@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import MIN_SECTION_SPOTS, check_adata, check_declared_pixel_size
 from ..metrics import add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
@@ -58,6 +59,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_recovery``):
     the summary in ``uns``, the per-gene trust in ``var``, the hidden spots' predictions in
     ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`)."""
+    check_adata(adata, min_spots=MIN_SECTION_SPOTS)
+    check_declared_pixel_size(adata)
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work

@@ -381,6 +381,40 @@ def _score_with_knn(pred: np.ndarray, truth: np.ndarray, genes: list[str],
     return summary, per_gene
 
 
+def _score_sections(parts: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]],
+                    genes: list[str]) -> tuple[dict[str, Any], pd.DataFrame, list[dict]]:
+    """Held-out scores of several sections (``parts``: predictions, measurements and
+    baselines of each): every section scored on its own (:func:`_score_with_knn`), then the
+    per-gene scores and the summary figures averaged over the sections. Scores pooled over the
+    sections would count the differences between sections (their mean levels) as skill.
+    Returns the averaged summary (``n_sections``, ``pooling``), the averaged per-gene table and
+    each section's summary."""
+    summaries, tables = [], []
+    for pred, truth, baselines in parts:
+        summary, table = _score_with_knn(pred, truth, genes, baselines)
+        summaries.append(summary)
+        tables.append(table)
+    if len(tables) == 1:
+        return {**summaries[0], "n_sections": 1}, tables[0], summaries
+    numeric = [c for c in tables[0].columns if pd.api.types.is_numeric_dtype(tables[0][c])
+               and not pd.api.types.is_bool_dtype(tables[0][c])]
+    per_gene = pd.concat([t[numeric] for t in tables]).groupby(level=0, sort=False).mean()
+    per_gene = per_gene.reindex(tables[0].index)
+    summary: dict[str, Any] = {}
+    for key in summaries[0]:
+        values = [s.get(key) for s in summaries]
+        if all(v == values[0] for v in values):  # the same in every section (k, method)
+            summary[key] = values[0]
+        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                 for v in values):
+            summary[key] = float(np.nanmean(np.asarray(values, dtype=float)))
+        else:
+            summary[key] = "differs between sections"
+    summary.update(n_sections=len(parts), pooling="mean over sections of the scores within "
+                   "each section")
+    return summary, per_gene, summaries
+
+
 def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: np.ndarray,
                     visible: np.ndarray, genes: list[str],
                     others: dict[str, np.ndarray] | None = None

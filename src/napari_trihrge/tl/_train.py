@@ -6,7 +6,8 @@ features come from the encoder's dense path with a local window (so the same mod
 predictions and dense maps), each section's features are standardised over its own spots, and the
 sub-spot aggregation loss of ``enhance`` keeps a dense map consistent with the spots. A fraction of
 each section's spots (``trust_fraction``) is held out of training and scored with the fair score
-against inverse-distance kNN: these are the model's per-section and per-gene trust figures.
+against inverse-distance kNN: these are the model's per-section and per-gene trust figures
+(with several sections, scored within each section and then averaged, never pooled).
 The model is written and read by :mod:`napari_trihrge.io.model_folder` and described by
 :func:`._model_io.describe`; :func:`napari_trihrge.tl.predict` (:mod:`._predict`) applies it.
 """
@@ -24,11 +25,17 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import geometry
+from .._checks import (
+    MIN_SECTION_SPOTS,
+    check_adatas,
+    check_declared_pixel_size,
+    check_training_sections,
+)
 from ..errors import TrihrgeInputError
 from ..io.model_folder import TrainedModel
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
-from ._config import BASELINE_KS, RunConfig
+from ._config import RunConfig
 from ._enhance import _sub_spot_offsets
 from ._model_io import describe
 from ._shared import (
@@ -41,7 +48,7 @@ from ._shared import (
     _log_expression,
     _nonzero_spots,
     _predict,
-    _score_with_knn,
+    _score_sections,
     _section_name,
     _standardise,
     _Timer,
@@ -99,15 +106,15 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     if not 0.0 <= trust_fraction < 0.9:
         raise TrihrgeInputError(f"trust_fraction must be in [0, 0.9), got {trust_fraction}",
                                 "use for example 0.1")
-    adatas = [adatas] if isinstance(adatas, AnnData) else list(adatas)
-    if not adatas:
-        raise TrihrgeInputError("no training section given", "pass at least one section")
+    adatas = check_adatas(adatas, what="adatas", min_spots=MIN_SECTION_SPOTS)
     for a in adatas:
         sample_geometry(a)  # pixel size present: fail before any heavy work
+        check_declared_pixel_size(a)
     progress = ensure_progress(progress)
     timer = _Timer()
     sections = [_nonzero_spots(a) for a in adatas]
     names = _section_names(sections)
+    check_training_sections(sections, names)
     with timer("genes"):
         progress.stage("genes", 1)
         genes = transfer_genes(sections, sections, cfg.n_top_genes, extra_genes=cfg.extra_genes)
@@ -168,9 +175,9 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     del sub
     train_mean = y_train.mean(axis=0)
 
-    # held-out trust: per section and pooled per gene
+    # held-out trust: scored within each section, then averaged over the sections
     sections_out: list[dict[str, Any]] = []
-    pooled: dict[str, list] = {"pred": [], "y": [], "knn6": [], "knn12": []}
+    scored: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
     with timer("prediction"):
         for h in held:
             entry: dict[str, Any] = {"name": h["name"], "n_spots": int(len(h["y"])),
@@ -183,21 +190,18 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
                 pred, _ = _predict(fits, h["x"][hid], nb, cfg)
                 base = _knn_baselines(rc[vis], y[vis], rc[hid])
                 base["train_mean"] = np.broadcast_to(train_mean, pred.shape)
-                summary, _ = _score_with_knn(pred, y[hid], genes, base)
-                entry["scores"] = summary
-                pooled["pred"].append(pred)
-                pooled["y"].append(y[hid])
-                for k in BASELINE_KS:
-                    pooled[f"knn{k}"].append(base[f"knn{k}"])
+                scored.append((pred, y[hid], base))
+                entry["scores"] = len(scored) - 1
             sections_out.append(entry)
     gene_table = pd.DataFrame({"train_mean": train_mean}, index=pd.Index(genes, name="gene"))
     metrics: dict[str, Any] = {"sections": sections_out, "n_train_spots": int(len(y_train)),
                                "trust_fraction": float(trust_fraction)}
     per_gene = pd.DataFrame(index=pd.Index(genes, name="gene"))
-    if pooled["pred"]:
-        base = {f"knn{k}": np.concatenate(pooled[f"knn{k}"]) for k in BASELINE_KS}
-        summary, per_gene = _score_with_knn(np.concatenate(pooled["pred"]),
-                                        np.concatenate(pooled["y"]), genes, base)
+    if scored:
+        summary, per_gene, by_section = _score_sections(scored, genes)
+        for entry in sections_out:
+            if entry["scores"] is not None:
+                entry["scores"] = by_section[entry["scores"]]
         metrics["heldout"] = summary
         gene_table = gene_table.join(_trust_columns(per_gene, genes))
     description = describe(
@@ -209,7 +213,9 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
                "heldout_fraction": float(trust_fraction),
                "n_spots": int(sum(e["n_heldout_spots"] for e in sections_out)),
                "baseline": "inverse-distance kNN from the section's training spots, better of "
-                           "k=6/12"} if pooled["pred"] else None)
+                           "k=6/12",
+               "pooling": "per-gene scores within each section, averaged over the sections"}
+        if scored else None)
     model = TrainedModel(nets=[f.model for f in fits], description=description,
                          gene_table=gene_table)
     return TrainResult(model=model, metrics=metrics, per_gene=per_gene,

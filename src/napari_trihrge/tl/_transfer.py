@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import MIN_SECTION_SPOTS, check_adata, check_adatas
 from ..errors import TrihrgeInputError
 from ..metrics import spot_scores
 from ..progress import Progress, ensure_progress
@@ -90,9 +91,8 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
     from dataclasses import replace
 
     cfg = replace(cfg, neighbour_input=False)
-    train_adatas = list(train_adatas)
-    if not train_adatas:
-        raise TrihrgeInputError("no training section given", "pass at least one section")
+    train_adatas = check_adatas(train_adatas, what="train_adatas", min_spots=MIN_SECTION_SPOTS)
+    check_adata(target, what="target")
     progress = ensure_progress(progress)
     timer = _Timer()
     with timer("genes"):

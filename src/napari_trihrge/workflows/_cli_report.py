@@ -114,6 +114,10 @@ def print_model_summary(summary: dict) -> None:
                 print(f"  {sec['name']}: {sec['n_heldout_spots']} held-out spots, mean PCC "
                       f"{fmt(s['pcc_mean'])} vs kNN (k={s['baseline_knn_k']}) "
                       f"{fmt(s['baseline_knn_pcc_mean'])}")
+        held = summary.get("heldout")
+        if held and held.get("n_sections", 1) > 1:
+            print(f"  mean over the {held['n_sections']} sections (each scored on its own): mean "
+                  f"PCC {fmt(held['pcc_mean'])} vs kNN {fmt(held['baseline_knn_pcc_mean'])}")
         return
     pred = summary.get("predict", {})
     spots = pred.get("spots")

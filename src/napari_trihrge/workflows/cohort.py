@@ -93,14 +93,57 @@ def report_scores(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: scores[k] for k in REPORT_SCORES if k in scores}
 
 
+#: how long to wait for an external scheduler to answer (s)
+SCHEDULER_TIMEOUT_S = 10
+
+
+def check_cluster_options(scheduler: str | None, n_workers: int | None) -> None:
+    """Refuse a worker count below 1 and a scheduler address dask cannot parse, before any
+    work (a LocalCluster of 0 or -1 workers waits for ever)."""
+    if n_workers is not None and (isinstance(n_workers, bool) or int(n_workers) < 1):
+        raise TrihrgeInputError(f"--workers must be 1 or more, got {n_workers}",
+                                "pass the number of worker processes, e.g. --workers 2, or "
+                                "leave it out (one per GPU, else 2)")
+    if scheduler is None:
+        return
+    if n_workers is not None:
+        raise TrihrgeInputError("--workers applies to the local cluster, not to --scheduler",
+                                "start the workers with the scheduler (dask worker ADDRESS), "
+                                "or drop --scheduler")
+    from distributed.comm import parse_address
+
+    text = str(scheduler).strip()
+    try:
+        _, location = parse_address(text if "://" in text else f"tcp://{text}")
+    except ValueError as err:
+        location = ""
+        reason = str(err)
+    else:
+        reason = "no host:port"
+    host, _, port = location.rpartition(":")
+    if not host or not port.isdigit() or any(ch.isspace() for ch in text):
+        raise TrihrgeInputError(f"--scheduler {scheduler!r} is not a dask scheduler address "
+                                f"({reason})", "pass the address `dask scheduler` printed, "
+                                "e.g. tcp://10.0.0.5:8786, or drop --scheduler for a local "
+                                "cluster")
+
+
 def _client(scheduler: str | None, n_workers: int | None):
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:  # pragma: no cover - depends on the install
         raise TrihrgeInputError("dask.distributed is not installed",
                                 "pip install 'napari-trihrge[cohort]'") from err
+    check_cluster_options(scheduler, n_workers)
     if scheduler:
-        return Client(scheduler), None
+        try:
+            return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S), None
+        except (OSError, TimeoutError, ValueError) as err:
+            raise TrihrgeInputError(
+                f"no dask scheduler answered at {scheduler} within {SCHEDULER_TIMEOUT_S} s "
+                f"({type(err).__name__})", "start it (dask scheduler) and its workers, check "
+                "the address and that this machine can reach it, or drop --scheduler for a "
+                "local cluster") from None
     import torch
 
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -122,17 +165,24 @@ def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = 
         raise TrihrgeInputError(f"unknown cohort task {task!r}", "use 'enhance' or 'recovery'")
     if retries < 0:
         raise TrihrgeInputError(f"retries must be >= 0, got {retries}", "use for example 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if client is None:
+        check_cluster_options(scheduler, n_workers)
+    from ..io.outputs import check_outside_inputs
+
+    out = check_outside_inputs(out_dir, list(paths))
     names = [sample_folder_name(p) for p in paths]
     if len(set(names)) != len(names):
         raise TrihrgeInputError("two samples map to the same output folder name",
                                 "give the samples distinct folder or file names")
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     for path, name in zip(paths, names, strict=True):
         target = out / name
-        if (target / DONE_MARKER).exists():
+        if not Path(path).exists():  # reported at once: no worker, no retry, no dask trace
+            rows[name] = {"sample": name, "path": str(path), "status": "failed",
+                          "error": f"sample not found: {path}. Check the path", "attempts": 0}
+        elif (target / DONE_MARKER).exists():
             rows[name] = {"sample": name, "path": str(path), "status": "skipped", "error": ""}
         else:
             if target.exists():  # an interrupted earlier attempt: start it again cleanly

@@ -82,7 +82,7 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
     into = _recovery_into if task == "recovery" else _enhance_into
     if task == "enhance":
         task_kwargs["overwrite"] = overwrite
-    with run_folder(out_dir, overwrite) as out:
+    with run_folder(out_dir, overwrite, inputs=adata) as out:
         output = into(out, adata, config=cfg, progress=progress, **task_kwargs)
     if task == "enhance":
         repoint_maps(output.result, out_dir)
@@ -250,6 +250,10 @@ def check_spatialdata_output(adata: AnnData, into_input: bool) -> None:
         raise TrihrgeInputError("--into-input needs a sample read from a SpatialData store",
                                 "pass a SpatialData .zarr store as PATH, or use "
                                 "--format spatialdata alone for a new store")
+    if into_input:
+        from ..io.spatialdata import check_store_writable
+
+        check_store_writable(adata.uns["trihrge"]["spatialdata"]["store"])
 
 
 def write_spatialdata_outputs(out: Path, adata: AnnData, result, *, new_store: bool = True,
@@ -345,10 +349,11 @@ def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: boo
     """Train and write the model folder ``out_dir`` (plus ``summary.json`` in it); returns the
     summary."""
     from .._atomic import refuse_overwrite
-    from ..io.outputs import peak_rss_mb, write_json
+    from ..io.outputs import check_outside_inputs, peak_rss_mb, write_json
     from ..tl.inference import train
 
     out = Path(out_dir)
+    check_outside_inputs(out, adatas)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         refuse_overwrite(out, overwrite)
     t0 = time.perf_counter()
@@ -387,8 +392,8 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                                                 encoder=kwargs.pop("encoder", None),
                                                 windows_um=kwargs.pop("windows_um", None))
     bare = adata.n_obs == 0
-    with run_folder(out_dir, overwrite) as out:  # appears only when complete
-        t0 = time.perf_counter()
+    with run_folder(out_dir, overwrite, inputs=(model, adata, target)) as out:
+        t0 = time.perf_counter()  # the folder appears only when complete
         store = map_store and stride_um is not None
         result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
                          map_path=None if store else enhance_map_path(out, stride_um),
@@ -438,7 +443,7 @@ def run_validate_hd(bins: AnnData, out_dir: str | Path, *,
     progress = ensure_progress(progress)
     bin_um = _bin_size_um(bins)
     pseudo = pseudo_visium(bins, min_coverage=min_coverage)
-    with run_folder(out_dir, overwrite) as out:  # appears only when complete
+    with run_folder(out_dir, overwrite, inputs=bins) as out:  # appears only when complete
         t0 = time.perf_counter()
         result = enhance(pseudo, factor=factor, stride_um=bin_um, config=cfg, progress=progress,
                          map_path=enhance_map_path(out, bin_um))
