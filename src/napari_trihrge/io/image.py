@@ -398,7 +398,7 @@ def _big_chunk_as_memmap(path: Path, level: int, z: Any, limit_bytes: int = 64 <
         return None
     try:
         mm = tifffile.memmap(path, series=0, level=level, mode="r")
-    except Exception:  # compressed or not contiguous: keep the zarr chunks
+    except Exception:  # noqa: BLE001 - compressed or not contiguous: keep the zarr chunks
         return None
     if tuple(mm.shape) != tuple(z.shape):
         return None
@@ -556,7 +556,7 @@ def pixel_size_from_metadata(path: str | os.PathLike) -> float | None:
                 unit = int(tags["ResolutionUnit"].value)
                 if num > 0 and den > 0 and unit in (2, 3):
                     candidates.append((25400.0 if unit == 2 else 1e4) * den / num)
-    except Exception:  # unreadable metadata: the caller asks for the pixel size
+    except Exception:  # noqa: BLE001 - unreadable metadata: the caller asks for the pixel size
         return None
     lo, hi = PLAUSIBLE_UM_PER_PX
     for c in candidates:
