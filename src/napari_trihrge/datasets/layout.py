@@ -1,5 +1,8 @@
-"""The synthetic sample's tissue layout: smooth random fields and the random structure (domains,
-glands, collagen fibres, adipocytes) shared by the image and the truth."""
+"""The synthetic sample's tissue layout, shared by the image and the truth.
+
+Smooth random fields and the random structure drawn from them: domains, glands, collagen
+fibres and adipocytes.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ _WARP_UM = 22.0
 # Smooth random fields
 # -------------------------------------------------------------------------------------------
 def _interp_1d(pos: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear-interpolation nodes and weights from a grid of ``n_in`` nodes to positions ``pos``
-    (in node units): ``value = (1 - t) * f[i0] + t * f[i1]``."""
+    """Linear-interpolation nodes and weights from a grid of ``n_in`` nodes to positions ``pos``.
+
+    Positions are in node units: ``value = (1 - t) * f[i0] + t * f[i1]``.
+    """
     pos = np.clip(np.asarray(pos, dtype=np.float64), 0, n_in - 1)
     i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)

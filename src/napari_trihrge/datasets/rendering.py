@@ -1,5 +1,8 @@
-"""The synthetic sample's H&E-like image: collagen fibres, adipocytes, gland lumen and nuclei as
-hematoxylin and eosin optical densities, mixed by Beer-Lambert."""
+"""The synthetic sample's H&E-like image.
+
+Collagen fibres, adipocytes, gland lumen and nuclei as hematoxylin and eosin optical densities,
+mixed by Beer-Lambert.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ _FIBRE_PERIOD_UM = 9.0
 
 def _render_nuclei(rng: np.random.Generator, nuc: _Nuclei, shape_px: tuple[int, int],
                    um_per_px: float, chunk: int = 4000) -> np.ndarray:
-    """Hematoxylin optical density of all nuclei (float32 image): soft ellipses with a darker
-    rim and a nucleolus for vesicular (tumour) nuclei."""
+    """Render the hematoxylin optical density of all nuclei (float32 image).
+
+    Soft ellipses with a darker rim and a nucleolus for vesicular (tumour) nuclei.
+    """
     h_px, w_px = shape_px
     half = int(np.ceil(7.5 / um_per_px))
     off = np.arange(-half, half + 1)

@@ -30,7 +30,7 @@ LIBRARY_ID = "synthetic"
 def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2400.0),
                      n_genes: int = 300, um_per_px: float = 1.0, depth: float = 3000.0,
                      sparse_fraction: float = SPARSE_FRACTION):
-    """A synthetic Visium-like sample with known truth (deterministic for a given ``seed``).
+    """Generate a synthetic Visium-like sample with known truth (deterministic for a ``seed``).
 
     Parameters
     ----------

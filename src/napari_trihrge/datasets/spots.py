@@ -1,5 +1,7 @@
-"""The synthetic sample's Visium-like spots: the hexagonal lattice, disk weights over the truth grid
-and barcodes."""
+"""The synthetic sample's Visium-like spots.
+
+The hexagonal lattice, disk weights over the truth grid and barcodes.
+"""
 
 from __future__ import annotations
 

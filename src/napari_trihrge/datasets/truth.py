@@ -1,5 +1,8 @@
-"""The synthetic sample's genes and known truth: gene classes and targets, and the readers of
-``uns['truth']`` (:func:`truth_map`, :func:`truth_at`, :func:`truth_in_spots`)."""
+"""The synthetic sample's genes and known truth.
+
+Gene classes and targets, and the readers of ``uns['truth']`` (:func:`truth_map`,
+:func:`truth_at`, :func:`truth_in_spots`).
+"""
 
 from __future__ import annotations
 
@@ -117,7 +120,7 @@ def truth_map(adata) -> tuple[np.ndarray, float, np.ndarray]:
 
 
 def truth_at(adata, rc_um: np.ndarray, method: str = "linear") -> np.ndarray:
-    """True expression (counts per 8 um pixel) at points ``rc_um`` (n, 2): (n, genes) float32.
+    """Return the true expression (counts per 8 um pixel) at points ``rc_um`` (n, 2).
 
     ``method`` 'linear' interpolates bilinearly between truth pixel centres, 'nearest' takes the
     pixel the point falls in; points outside the grid take the nearest edge pixel.
@@ -149,8 +152,10 @@ def truth_at(adata, rc_um: np.ndarray, method: str = "linear") -> np.ndarray:
 
 def truth_in_spots(adata, rc_um: np.ndarray, diameter_um: float = SPOT_DIAMETER_UM
                    ) -> np.ndarray:
-    """Expected counts (n, genes) of disks of ``diameter_um`` centred at ``rc_um``: the truth
-    integrated exactly as the synthetic spots were measured (before Poisson noise)."""
+    """Return the expected counts (n, genes) of disks of ``diameter_um`` centred at ``rc_um``.
+
+    The truth integrated exactly as the synthetic spots were measured (before Poisson noise).
+    """
     expr, stride, origin = truth_map(adata)
     w = _spot_weights(rc_um, expr.shape[1:], stride, origin, float(diameter_um))
     return np.asarray(w @ expr.reshape(expr.shape[0], -1).T, dtype=np.float32)

@@ -15,12 +15,13 @@ from .truth import _truth
 def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
                     dataset_id: str = LIBRARY_ID, spatialdata_store: bool = False,
                     overwrite: bool = False):
-    """Write the truth of a :func:`synthetic_sample` as a Visium HD-like Space Ranger ``outs/``
-    folder: ``binned_outputs/square_XXXum/`` per bin size (multiples of 8 um) with Poisson counts
-    of the truth in each bin, ``tissue_positions.parquet``, ``scalefactors_json.json`` (with
-    ``bin_size_um`` and ``microns_per_pixel``) and the H&E as hires/lowres PNGs, plus
-    ``spatial/`` and a ``<dataset_id>_feature_slice.h5`` holding only the layout metadata that
-    ``spatialdata_io.visium_hd`` reads.
+    """Write the truth of a :func:`synthetic_sample` as a Visium HD-like Space Ranger folder.
+
+    The ``outs/`` folder holds ``binned_outputs/square_XXXum/`` per bin size (multiples of 8 um)
+    with Poisson counts of the truth in each bin, ``tissue_positions.parquet``,
+    ``scalefactors_json.json`` (with ``bin_size_um`` and ``microns_per_pixel``) and the H&E as
+    hires/lowres PNGs, plus ``spatial/`` and a ``<dataset_id>_feature_slice.h5`` holding only the
+    layout metadata that ``spatialdata_io.visium_hd`` reads.
 
     With ``spatialdata_store=True`` (needs the ``spatialdata`` extra) the folder is also read with
     ``spatialdata_io.visium_hd`` and written next to it as ``<path>.zarr``. Returns the folder.
@@ -60,7 +61,7 @@ def write_visium_hd(adata, path, *, bin_sizes_um=(8, 16), seed: int = 0,
 
 def _write_visium_hd_folder(outs, adata, truth: dict, expr: np.ndarray, tissue: np.ndarray,
                             sizes: list[int], seed: int, dataset_id: str) -> None:
-    """The Visium HD-like ``outs`` folder of :func:`write_visium_hd` (written into ``outs``)."""
+    """Write the Visium HD-like ``outs`` folder of :func:`write_visium_hd` into ``outs``."""
     import json
 
     import h5py
