@@ -122,8 +122,9 @@ def truth_map(adata) -> tuple[np.ndarray, float, np.ndarray]:
 def truth_at(adata, rc_um: np.ndarray, method: str = "linear") -> np.ndarray:
     """Return the true expression (counts per 8 um pixel) at points ``rc_um`` (n, 2).
 
-    ``method`` 'linear' interpolates bilinearly between truth pixel centres, 'nearest' takes the
-    pixel the point falls in; points outside the grid take the nearest edge pixel.
+    The result is (n, genes) float32. ``method`` 'linear' interpolates bilinearly between truth
+    pixel centres, 'nearest' takes the pixel the point falls in; points outside the grid take the
+    nearest edge pixel.
     """
     truth = _truth(adata)
     expr = np.asarray(truth["expression_8um"])
