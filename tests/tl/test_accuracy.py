@@ -5,11 +5,9 @@ errors, noise genes are not turned into tissue structure, and the cross-section 
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN
+from conftest import SMALL_MODEL, TINY_TRAIN
 from napari_trihrge import evaluation
 from napari_trihrge import tl as tasks
-
-SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
 
 
 def _subset(adata, per_class=8):
