@@ -112,7 +112,7 @@ def test_transfer_predicts_an_unseen_region_from_the_image(synthetic):
     assert m["n_genes_scored"] == adata.n_vars and m["n_genes_constant_prediction"] == 0
     assert m["baseline_train_mean_pcc_mean"] == 0.0
     assert m["mse"] < 0.8 * m["baseline_train_mean_mse"], (m["mse"], m["baseline_train_mean_mse"])
-    assert -1.0 <= m["baseline_ridge_pcc_mean"] <= 1.0
+    assert m["baseline_ridge_pcc_mean"] > 0.3  # the ridge head sees the domains too (measured 0.55)
     markers = res.per_gene.index.isin(adata.var_names[adata.var["gene_class"] == "marker"])
     assert res.per_gene.loc[markers, "pcc"].mean() > 0.3  # domains are visible in the image
 
