@@ -11,11 +11,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from conftest import TINY_RUN
-
-#: tiny settings so a background run finishes in seconds on 2 CPU cores
-TINY = TINY_RUN
-
 
 def sample_adata():
     from napari_trihrge.napari._sample_data import synthetic_adata
