@@ -1,5 +1,8 @@
-"""Steps every task shares: geometry, features, fitting, the per-gene blend, held-out splits and
-scoring, per-gene trust, and the AnnData of predicted and virtual spots."""
+"""Steps every task shares.
+
+Geometry, features, fitting, the per-gene blend, held-out splits and scoring, per-gene trust,
+and the AnnData of predicted and virtual spots.
+"""
 
 from __future__ import annotations
 
@@ -230,8 +233,9 @@ MIN_TRAINING_SPOTS = 10
 
 def _holdout_split(n_spots: int, fraction: float, seed: int, how_to_fix: str | None = None, *,
                    optional: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Hide ``round(fraction * n_spots)`` spots chosen at random (``seed``); returns
-    ``(hidden, visible)``, both sorted.
+    """Hide ``round(fraction * n_spots)`` spots chosen at random (``seed``).
+
+    Returns ``(hidden, visible)``, both sorted.
 
     The one edge rule: a split hides at least one spot and leaves :data:`MIN_TRAINING_SPOTS` to
     train on. Where it cannot, it raises :class:`TrihrgeInputError` (recovery, enhance's trust
@@ -319,10 +323,11 @@ def _virtual_spots(points_rc_um: np.ndarray, parent: np.ndarray, pred: np.ndarra
                    std: np.ndarray | None, genes: Sequence[str], um_per_px: float, *,
                    spot_names: Sequence[str] | None, keep_barcodes: bool = False,
                    spatial_uns: Any = None) -> AnnData:
-    """The AnnData of virtual spots (enhance, predict) from
-    :func:`~napari_trihrge.geometry.virtual_spot_grid`'s points and parents: X the prediction,
-    ``layers['std']`` its spread, ``obs`` parent (the measured spot's name), offset and
-    is_measured (offset 0 of a measured spot), ``obsm['spatial']`` in full-resolution pixels.
+    """Build the AnnData of virtual spots (enhance, predict).
+
+    From :func:`~napari_trihrge.geometry.virtual_spot_grid`'s points and parents: X the prediction,
+    ``layers['std']`` its spread, ``obs`` parent (the measured spot's name), offset and is_measured
+    (offset 0 of a measured spot), ``obsm['spatial']`` in full-resolution pixels.
 
     ``spot_names``: the measured spots' names (None on a bare image: no parent, nothing
     measured); ``keep_barcodes``: the measured spots keep their names instead of ``v0000001``.
@@ -362,8 +367,10 @@ def _nonzero_spots(adata: AnnData) -> AnnData:
 
 
 def _log_expression(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
-    """Log-normalised expression (normalised over all of the section's genes) of ``genes``;
-    genes the section lacks are NaN columns."""
+    """Return the log-normalised expression of ``genes``; genes the section lacks are NaN columns.
+
+    Normalised over all of the section's genes.
+    """
     from ..pp import normalize_log1p
 
     logn = normalize_log1p(adata, NORMALISATION["target_sum"])
@@ -380,8 +387,11 @@ def _knn_baselines(rc_src: np.ndarray, y_src: np.ndarray, rc_dst: np.ndarray, *,
 
 
 def _trust_columns(per_gene: pd.DataFrame, genes: Sequence[str]) -> pd.DataFrame:
-    """The per-gene trust contract (:func:`~napari_trihrge.metrics.gene_trust`) for ``genes``;
-    a gene that was not scored does not beat interpolation."""
+    """Return the per-gene trust contract for ``genes``.
+
+    See :func:`~napari_trihrge.metrics.gene_trust`; a gene that was not scored does not beat
+    interpolation.
+    """
     t = gene_trust(per_gene).reindex(pd.Index(list(genes), name="gene"))
     beats = t["beats_interpolation"]
     t["beats_interpolation"] = beats.where(beats.notna(), False).astype(bool)
