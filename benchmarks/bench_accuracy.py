@@ -121,7 +121,7 @@ def recovery_suite(name: str, path, seeds, cache_dir: str, variants: dict | None
     variants = MODEL_VARIANTS if variants is None else variants
     raw: dict[str, dict[str, list]] = {}
     cfg0 = _config(cache_dir)
-    expr = prepare_expression(adata, cfg0.n_top_genes)
+    expr = prepare_expression(adata, n_top_genes=cfg0.n_top_genes)
     genes = list(expr.var_names)
     rc_um, _, _ = sample_geometry(expr)
     y = np.asarray(expr.X, dtype=np.float32)

@@ -143,16 +143,19 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _import_time_imports(name: str, path: Path) -> set[str]:
+def _import_time_imports(name: str, path: Path, lazy: bool = False) -> set[str]:
     """The package modules that importing ``name`` runs: its module-level imports (class bodies,
-    if/try/with blocks included; function bodies and ``if TYPE_CHECKING:`` left out), each with
-    the packages above it that are not above ``name`` too (Python runs those first)."""
+    if/try/with blocks included; ``if TYPE_CHECKING:`` left out), each with the packages above
+    it that are not above ``name`` too (Python runs those first). ``lazy``: imports inside
+    function bodies count too (they run as soon as the function is called)."""
     base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     imported: list[str] = []
 
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if lazy:
+                    visit(node.body)
                 continue
             if isinstance(node, ast.If) and _is_type_checking(node.test):
                 visit(node.orelse)
@@ -228,6 +231,20 @@ def test_the_package_has_no_import_circle():
     assert not _import_cycles(graph), _import_cycles(graph)
 
 
+def test_no_import_circle_even_through_lazy_imports():
+    """An import inside a function is an import too: deferring it hides a circle from Python's
+    import machinery, not from the reader."""
+    graph = {name: _import_time_imports(name, path, lazy=True)
+             for name, path in ALL_MODULES.items()}
+    reader = f"{th.__name__}.napari._reader"
+    assert f"{th.__name__}.io" in graph[reader]  # the graph is read, function bodies too
+    assert not _import_cycles(graph), _import_cycles(graph)
+    qt = f"{th.__name__}.napari._qt"
+    qt_users = sorted(n for n, deps in graph.items() if not (n == qt or n.startswith(qt + "."))
+                      and any(d == qt or d.startswith(qt + ".") for d in deps))
+    assert not qt_users, f"Qt-free modules that import napari/_qt: {qt_users}"
+
+
 def test_the_cycle_check_finds_a_circle():
     assert _import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _import_cycles({"a": {"b"}, "b": set()}) == []
@@ -249,6 +266,12 @@ ONE_PLACE = [
     ("block means by reshaping",
      r"reshape\([^()]*\)\s*\\?\s*\.(mean|sum|any|max)\(\s*axis=\(", set()),
     ("the device resolver", r"def resolve_device\(", {"device.py"}),
+    ("the per-gene trust columns", r"TRUST_COLUMNS\s*=", {"metrics.py"}),
+    ("the per-gene trust table", r"def gene_trust\(", {"metrics.py"}),
+    ("the 'pixel sizes disagree' warning", r"\.0%\}\s*apart", {"geometry.py"}),
+    ("the density factor rule", r"DENSITY_FACTORS\s*=|\(2, 4, 8(, 16)?\)", {"geometry.py"}),
+    ("the sample's uns['trihrge'] check", r"no uns\['trihrge'\]", {"io/sample.py"}),
+    ("the virtual-spot AnnData", r'f"v\{i:07d\}"', {"tl/_shared.py"}),
 ]
 
 
@@ -266,3 +289,50 @@ def test_one_device_resolver():
     definitions = [p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py")
                    if "def resolve_device(" in p.read_text()]
     assert definitions == ["device.py"]
+
+
+#: public functions of tl/pp/pl whose first argument is not one AnnData ``adata``, and what it is
+FIRST_ARGUMENT_EXCEPTIONS = {
+    "tl.transfer": "train_adatas",  # several training sections, then the target
+    "tl.train": "adatas",  # one or several training sections
+    "tl.transfer_genes": "adatas",  # the sections a cross-section model sees
+    "tl.predict": "model",  # a saved model, applied to a target
+    "tl.validate_config": "cfg",  # checks a RunConfig before any data is read
+    "tl.model_preset": "cfg",
+    "tl.trust_summary": "metrics",  # a run's metrics dict
+    "tl.check_writable_folder": "path",
+    "tl.map_grid": "image",  # steps of the dense maps, on arrays and images
+    "tl.predict_maps": "fits",
+    "tl.map_spot_consistency": "maps",
+    "pl.overview_figure": "image",  # the run overview from arrays
+}
+
+
+def _public_functions():
+    for ns in ("tl", "pp", "pl"):
+        module = getattr(th, ns)
+        for attr in module.__all__:
+            obj = getattr(module, attr)
+            if inspect.isfunction(obj):
+                yield f"{ns}.{attr}", obj
+
+
+@pytest.mark.parametrize("name, func", list(_public_functions()), ids=lambda v: v
+                         if isinstance(v, str) else "")
+def test_public_function_signature_convention(name, func):
+    """scanpy style: the data first (``adata``, or a documented exception), every option
+    (a parameter with a default) keyword-only."""
+    params = list(inspect.signature(func).parameters.values())
+    assert params[0].name == FIRST_ARGUMENT_EXCEPTIONS.get(name, "adata"), (
+        f"{name}: first argument {params[0].name!r}")
+    positional_options = [p.name for p in params if p.default is not p.empty
+                          and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert not positional_options, f"{name}: options not keyword-only: {positional_options}"
+
+
+def test_signature_exceptions_are_still_needed():
+    names = dict(_public_functions())
+    stale = sorted(set(FIRST_ARGUMENT_EXCEPTIONS) - set(names))
+    assert not stale, f"exceptions for functions that no longer exist: {stale}"
+    assert all(list(inspect.signature(names[n]).parameters)[0] != "adata"
+               for n in FIRST_ARGUMENT_EXCEPTIONS)

@@ -40,7 +40,7 @@ def export(image_um_per_px: float = 1.0) -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     adata = synthetic_sample(seed=0)
-    expr = prepare_expression(adata, RunConfig().n_top_genes)
+    expr = prepare_expression(adata, n_top_genes=RunConfig().n_top_genes)
     rc_um, _, spot_diameter_um = sample_geometry(expr)
     image = get_image(adata)
     arr, exact = image.at_resolution(image_um_per_px, return_um_per_px=True)

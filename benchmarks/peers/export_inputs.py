@@ -58,7 +58,7 @@ def export_section(name: str, path: Path, seeds: list[int], image_um_per_px: flo
     out.mkdir(parents=True, exist_ok=True)
     adata = io.read(path)
     cfg = RunConfig(cache_dir=str(cache_dir))
-    expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
+    expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes, extra_genes=cfg.extra_genes)
     rc_um, um_per_px_full, spot_diameter_um = sample_geometry(expr)
     y = np.asarray(expr.X, dtype=np.float32)
     image, encoder = _encoder_and_image(adata, cfg)

@@ -239,20 +239,54 @@ def resolve_pixel_size(xy_px: np.ndarray, platform: str, *,
     if "lattice" in estimates:
         for other in ("given", "spot_diameter"):
             value = um if other == "given" else estimates.get(other)
-            if value is not None and _disagreement(value, estimates["lattice"]) > \
-                    PIXEL_SIZE_DISAGREEMENT:
-                label = ("the given pixel size" if other == "given" else
-                         f"the spot diameter ({spot_diameter_px:.1f} px taken as "
-                         f"{diam_um:g} um)")
-                apart = _disagreement(value, estimates["lattice"])
-                warnings.warn(
-                    f"{what}: {label} gives {value:.4g} um/px but the spot lattice gives "
-                    f"{estimates['lattice']:.4g} um/px ({apart:.0%} apart); using {um:.4g} "
-                    f"um/px ({source})"
-                    + ("" if source == "given" else "; pass --um-per-px to override"),
-                    stacklevel=3)
+            if value is None:
+                continue
+            label = ("the given pixel size" if other == "given" else
+                     f"the spot diameter ({spot_diameter_px:.1f} px taken as {diam_um:g} um)")
+            warn_if_pixel_sizes_disagree(
+                value, estimates["lattice"], what, label=label,
+                advice=f"using {um:.4g} um/px ({source})"
+                + ("" if source == "given" else "; pass --um-per-px to override"))
     return PixelSize(um_per_px=float(um), source=source, spot_diameter_um=float(diam_um),
                      estimates=estimates)
+
+
+def warn_if_pixel_sizes_disagree(value_um_per_px: float, lattice_um_per_px: float | None,
+                                 what: str, *, label: str, lattice: str = "the spot lattice",
+                                 unit: str = "um/px", advice: str | None = None) -> bool:
+    """The one "pixel sizes disagree" warning: when ``value_um_per_px`` (``label``) and the
+    pixel size measured on ``lattice`` are more than :data:`PIXEL_SIZE_DISAGREEMENT` apart.
+    ``advice`` ends the message (default: how to pass the right one). Returns whether it warned.
+    """
+    if lattice_um_per_px is None:
+        return False
+    apart = _disagreement(value_um_per_px, lattice_um_per_px)
+    if apart <= PIXEL_SIZE_DISAGREEMENT:
+        return False
+    warnings.warn(f"{what}: {label} gives {value_um_per_px:.4g} {unit} but {lattice} gives "
+                  f"{lattice_um_per_px:.4g} {unit} ({apart:.0%} apart); "
+                  + (advice or "pass --um-per-px (um_per_px=...) if you know the right one"),
+                  stacklevel=4)
+    return True
+
+
+def lattice_um_per_px(array_index: np.ndarray, xy_px: np.ndarray, step_um: float,
+                      max_points: int = 20000) -> float | None:
+    """Pixel size measured on a square bin lattice (one array step = ``step_um``), on a
+    contiguous block of at most ``max_points`` bins; None when the indices do not fit a lattice.
+
+    Uses :func:`fit_array_lattice` (least squares of pixel positions on array indices).
+    """
+    idx = np.asarray(array_index, dtype=np.float64)
+    xy = np.asarray(xy_px, dtype=np.float64)
+    if len(idx) > max_points:  # a square block of indices around the median bin
+        centre = np.median(idx, axis=0)
+        half = int(np.sqrt(max_points)) // 2
+        near = np.all(np.abs(idx - centre) <= half, axis=1)
+        if near.sum() >= 3:
+            idx, xy = idx[near], xy[near]
+    result = fit_array_lattice(idx, xy, (float(step_um), float(step_um)))
+    return None if result is None else float(result.um_per_px)
 
 
 def _positive_number(value: Any, what: str, hint: str) -> float:
@@ -396,6 +430,24 @@ def virtual_spot_grid(rc_um: np.ndarray, factor: int, lattice: Lattice | None = 
     return points, parent
 
 
+def hex_spot_lattice(extent_rc_um: tuple[float, float], *,
+                     spacing_um: float = DEFAULT_SPOT_SPACING_UM,
+                     margin_um: float = DEFAULT_SPOT_DIAMETER_UM
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A Visium-style hexagonal spot lattice over ``extent_rc_um`` (height, width), at least
+    ``margin_um`` from the edges: centres (row/col um) and their ``(array_row, array_col)``
+    (neighbours in a row two ``array_col`` apart, odd rows shifted by half a spacing)."""
+    dy = spacing_um * np.sqrt(3) / 2
+    rows = np.arange(margin_um, extent_rc_um[0] - margin_um + 1e-9, dy)
+    rc, arr = [], []
+    for i, r in enumerate(rows):
+        cols = np.arange(margin_um + (i % 2) * spacing_um / 2, extent_rc_um[1] - margin_um + 1e-9,
+                         spacing_um)
+        rc.append(np.stack([np.full(len(cols), r), cols], axis=1))
+        arr.append(np.stack([np.full(len(cols), i), 2 * np.arange(len(cols)) + i % 2], axis=1))
+    return np.concatenate(rc), np.concatenate(arr).astype(np.int64)
+
+
 def disk_offsets_um(diameter_um: float, stride_um: float) -> np.ndarray:
     """Offsets (row/col micrometres) of a square grid of ``stride_um`` inside a disk of
     ``diameter_um`` centred on 0; always contains the centre."""
@@ -467,6 +519,8 @@ __all__ = [
     "rc_um_to_xy_px",
     "um_per_px_from_spot_diameter",
     "validate_um_per_px",
+    "lattice_um_per_px",
+    "warn_if_pixel_sizes_disagree",
     "DENSITY_FACTORS",
     "DEFAULT_DENSITY_FACTOR",
     "validate_density_factor",
@@ -475,6 +529,7 @@ __all__ = [
     "spot_spacing_um",
     "detect_lattice",
     "virtual_spot_grid",
+    "hex_spot_lattice",
     "disk_offsets_um",
     "DenseGrid",
     "dense_grid",

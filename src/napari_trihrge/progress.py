@@ -71,23 +71,61 @@ class Progress:
 
 
 class TqdmProgress(Progress):
-    """Progress drawn as one tqdm bar per stage (used by the CLI)."""
+    """Progress for people at a terminal or reading a log (used by the CLI).
 
-    def __init__(self, disable: bool = False):
+    Each stage name (genes, features, training, prediction, maps, writing...) is one tqdm bar
+    in a terminal: a stage the engine starts again (every fold's and every model's training, the
+    features of the virtual spots) adds its steps to the same bar, and messages ("stacking fold
+    2/5") show beside the bar instead of as new lines. When the output is not a terminal (a
+    log, a pipe), no bars are drawn: :meth:`close` writes one line per stage with the time it
+    took. ``stream`` (default ``sys.stderr``) receives both.
+    """
+
+    def __init__(self, disable: bool = False, stream: Any = None):
         super().__init__()
-        self._bar = None
+        import sys
+
         self._disable = disable
+        self._stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self._stream, "isatty", None)
+        self._terminal = bool(isatty()) if callable(isatty) else False
+        self._bars: dict[str, Any] = {}
+        self._bar = None
+        #: per stage name, in the order first seen: [seconds, steps, starts]
+        self._stages: dict[str, list[float]] = {}
+        self._since: float | None = None
+
+    def _leave_stage(self) -> None:
+        import time
+
+        if self.stage_name is not None and self._since is not None:
+            self._stages[self.stage_name][0] += time.perf_counter() - self._since
+        self._since = None
 
     def stage(self, name: str, total: int | None = None) -> None:
-        from tqdm.auto import tqdm
+        import time
 
-        if self._bar is not None:
-            self._bar.close()
-        self._bar = tqdm(total=total, desc=name, unit="step", disable=self._disable,
-                         dynamic_ncols=True, leave=True)
+        self._leave_stage()
+        record = self._stages.setdefault(name, [0.0, 0, 0])
+        record[2] += 1
+        self._since = time.perf_counter()
+        if self._terminal and not self._disable:
+            bar = self._bars.get(name)
+            if bar is None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, desc=name, unit="step", file=self._stream,
+                           dynamic_ncols=True, leave=True, position=len(self._bars))
+                self._bars[name] = bar
+            elif total is not None:
+                bar.total = (bar.total or 0) + total
+                bar.refresh()
+            self._bar = bar
         super().stage(name, total)
 
     def advance(self, n: int = 1) -> None:
+        if self.stage_name in self._stages:
+            self._stages[self.stage_name][1] += n
         if self._bar is not None:
             self._bar.update(n)
         super().advance(n)
@@ -99,15 +137,27 @@ class TqdmProgress(Progress):
         super().metric(**values)
 
     def message(self, text: str) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(text)
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
         super().message(text)
 
+    def summary_lines(self) -> list[str]:
+        """One line per stage: its name, the time it took, its steps and how often it ran."""
+        lines = []
+        for name, (seconds, steps, starts) in self._stages.items():
+            runs = f", {starts:.0f} runs" if starts > 1 else ""
+            lines.append(f"{name:<12s} {seconds:8.1f} s  ({steps:.0f} steps{runs})")
+        return lines
+
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._leave_stage()
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+        self._bar = None
+        if not self._terminal and not self._disable and self._stages:
+            print("\n".join(self.summary_lines()), file=self._stream, flush=True)
+        self._stages.clear()
         super().close()
 
 

@@ -20,7 +20,7 @@ def counts(n_spots=200, n_genes=60, seed=0):
 
 def test_select_genes_count_and_extras():
     a = counts()
-    genes = select_genes(a, 20, extra_genes=("G0",))
+    genes = select_genes(a, n_top_genes=20, extra_genes=("G0",))
     assert len(genes) in (20, 21) and "G0" in genes
     assert len(set(genes)) == len(genes)
 
@@ -28,9 +28,9 @@ def test_select_genes_count_and_extras():
 def test_extra_genes_missing_are_actionable():
     a = counts()
     with pytest.raises(TrihrgeInputError, match="none of the requested genes"):
-        select_genes(a, 20, extra_genes=("ERBB2", "ESR1"))
+        select_genes(a, n_top_genes=20, extra_genes=("ERBB2", "ESR1"))
     with pytest.raises(TrihrgeInputError, match="not in the data: ERBB2"):
-        select_genes(a, 20, extra_genes=("G1", "ERBB2"))
+        select_genes(a, n_top_genes=20, extra_genes=("G1", "ERBB2"))
 
 
 def test_normalize_matches_scanpy():
@@ -46,7 +46,7 @@ def test_normalize_matches_scanpy():
 
 def test_prepare_expression_keeps_spatial_and_counts():
     a = counts()
-    out = prepare_expression(a, 10)
+    out = prepare_expression(a, n_top_genes=10)
     assert out.n_vars == 10
     assert out.obsm["spatial"].shape == (a.n_obs, 2)
     assert out.layers["counts"].shape == out.X.shape
@@ -61,7 +61,7 @@ def test_prepare_expression_leaves_recorded_results_behind():
     a = counts()
     a.obsm["trihrge_recovery"] = pd.DataFrame(np.ones((a.n_obs, 3)), index=a.obs_names,
                                               columns=["G0", "G1", "G2"])
-    out = prepare_expression(a, 10)
+    out = prepare_expression(a, n_top_genes=10)
     assert set(out.obsm) == {"spatial"}
 
 
@@ -75,7 +75,7 @@ def test_bad_counts(bad):
     else:
         a = a[:0].copy()
     with pytest.raises(TrihrgeInputError):
-        prepare_expression(a, 10)
+        prepare_expression(a, n_top_genes=10)
 
 
 def test_select_genes_on_a_small_sample_with_many_sparse_genes():
@@ -84,5 +84,5 @@ def test_select_genes_on_a_small_sample_with_many_sparse_genes():
     from napari_trihrge.datasets import synthetic_sample
 
     adata = synthetic_sample(seed=1, size_um=(800.0, 800.0), n_genes=80)
-    genes = select_genes(adata, 30)
+    genes = select_genes(adata, n_top_genes=30)
     assert len(genes) == 30 and len(set(genes)) == 30

@@ -28,19 +28,15 @@ AnnData's current genes.
 
 from __future__ import annotations
 
-# the domain labels of ``uns['truth']['domain_8um']``, the sample's library id and its Visium
-# lattice builder stay importable from here as before the package was split (not public API)
+# the domain labels of ``uns['truth']['domain_8um']`` and the sample's library id stay importable
+# from here as before the package was split (not public API)
 from .layout import ADIPOSE, BACKGROUND, DOMAIN_NAMES, GLAND, IMMUNE, STROMA, TUMOR  # noqa: F401
 from .sample import (
     LIBRARY_ID,  # noqa: F401
     load_sample,
     synthetic_sample,
 )
-from .spots import (
-    SPOT_DIAMETER_UM,
-    SPOT_SPACING_UM,
-    _hex_spots,  # noqa: F401 - tl.hd_validation builds the Visium lattice with it
-)
+from .spots import SPOT_DIAMETER_UM, SPOT_SPACING_UM
 from .truth import SPARSE_FRACTION, TRUTH_STRIDE_UM, truth_at, truth_in_spots, truth_map
 from .writers import write_visium_hd
 

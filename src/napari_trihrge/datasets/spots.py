@@ -9,6 +9,7 @@ import numpy as np
 from scipy import sparse
 
 from ..geometry import PLATFORMS
+from ..geometry import hex_spot_lattice as _hex_spots  # noqa: F401 - the sample's lattice
 
 SPOT_DIAMETER_UM = float(PLATFORMS["visium"]["spot_diameter_um"])  # Visium-like spots
 SPOT_SPACING_UM = float(PLATFORMS["visium"]["spot_spacing_um"])
@@ -36,20 +37,6 @@ def _spot_weights(rc_um: np.ndarray, grid_shape: tuple[int, int], stride_um: flo
     spot = np.broadcast_to(np.arange(len(rc_um))[:, None, None], w.shape)
     return sparse.csr_matrix((w[ok], (spot[ok], pi[ok] * grid_shape[1] + pj[ok])),
                              shape=(len(rc_um), grid_shape[0] * grid_shape[1]))
-
-
-def _hex_spots(extent_um: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Visium lattice: centres (row/col um) and (array_row, array_col)."""
-    dy = SPOT_SPACING_UM * np.sqrt(3) / 2
-    margin = SPOT_DIAMETER_UM
-    rows = np.arange(margin, extent_um[0] - margin + 1e-9, dy)
-    rc, arr = [], []
-    for i, r in enumerate(rows):
-        cols = np.arange(margin + (i % 2) * SPOT_SPACING_UM / 2, extent_um[1] - margin + 1e-9,
-                         SPOT_SPACING_UM)
-        rc.append(np.stack([np.full(len(cols), r), cols], axis=1))
-        arr.append(np.stack([np.full(len(cols), i), 2 * np.arange(len(cols)) + i % 2], axis=1))
-    return np.concatenate(rc), np.concatenate(arr).astype(np.int64)
 
 
 def _barcodes(rng: np.random.Generator, n: int) -> list[str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .base import Encoder, dense_window_sizes
 from .extract import DEFAULT_WINDOWS_UM, cache_key, extract_features
+from .factory import create_encoder
 from .handcrafted import StainTextureEncoder
-from .registry import DEFAULT_ENCODER, create_encoder, list_encoders, register_encoder
+from .registry import DEFAULT_ENCODER, list_encoders, register_encoder
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -20,7 +20,8 @@ from .._atomic import atomic_path
 from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from .base import Encoder, as_centres_rc_um, check_window_um, dense_window_sizes
-from .registry import create_encoder
+from .factory import create_encoder
+from .registry import DEFAULT_ENCODER
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..io.image import TissueImage
@@ -56,7 +57,7 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
 
 
 def extract_features(image: TissueImage, centres_rc_um: np.ndarray,
-                     encoder: Encoder | str = "stain-texture",
+                     encoder: Encoder | str = DEFAULT_ENCODER,
                      windows_um: Sequence[float] = DEFAULT_WINDOWS_UM, *,
                      cache_dir: str | os.PathLike | None = None,
                      progress: Progress | None = None, dense: bool = False,

@@ -40,7 +40,6 @@ DESCRIPTION_KIND = "napari-trihrge-trained-model"
 #: version of the description schema this package reads and writes
 DESCRIPTION_VERSION = 1
 GENE_TABLE = "genes.csv"
-TRUST_COLUMNS = ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation")
 NORMALISATION = {"method": "normalize_total + log1p", "target_sum": 1e4,
                  "over": "all genes of the section"}
 
@@ -279,5 +278,5 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
 
 
 __all__ = ["TrainedModel", "save_model_folder", "load_model_folder", "check_description",
-           "check_encoder", "encoder_identity", "DESCRIPTION_VERSION", "TRUST_COLUMNS",
+           "check_encoder", "encoder_identity", "DESCRIPTION_VERSION",
            "NORMALISATION"]

@@ -29,10 +29,10 @@ def _library(adata: Any) -> tuple[str | None, dict]:
 
 def trihrge_info(adata: Any) -> dict:
     """``uns['trihrge']`` or an actionable error when the sample was not read by napari-trihrge."""
-    info = adata.uns.get("trihrge")
+    info = adata.uns.get("trihrge") if hasattr(adata, "uns") else None
     if not info or "um_per_px" not in info:
         raise TrihrgeInputError(
-            "the sample has no uns['trihrge'] with its pixel size",
+            "the sample has no uns['trihrge'] with its pixel size (um_per_px)",
             "read it with napari_trihrge.io.read(...) (or io.read_h5ad) so that the pixel size "
             "and platform are set")
     return info
@@ -118,7 +118,7 @@ def _open_resolution(adata: Any, res: str, info: dict, lib: dict, um_full: float
     ``res`` is one of 'spatialdata', 'fullres', 'hires' or 'lowres'.
     """
     if res == "spatialdata":
-        from .spatialdata import open_store_image
+        from ._store_image import open_store_image
 
         return open_store_image(info)
     if res == "fullres":
@@ -138,7 +138,7 @@ def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None
     _, lib = _library(adata)
     for res in available_images(adata):
         if res == "spatialdata":
-            from .spatialdata import store_image_extent
+            from ._store_image import store_image_extent
 
             scale = float(info["spatialdata"]["image_scale"])
             return store_image_extent(info), scale, f"image {info['spatialdata']['image']!r}"

@@ -39,8 +39,8 @@ import pandas as pd
 
 from .. import geometry
 from ..errors import TrihrgeInputError
+from ._store_image import image_levels, require_spatialdata
 
-EXTRA_HINT = 'install the SpatialData extra: pip install "napari-trihrge[spatialdata]"'
 STORE_HINT = ("pass a SpatialData .zarr store with a table annotating spot shapes (circles or "
               "squares) and an RGB H&E image in the same coordinate system")
 #: the coordinate system of a new store; its unit is the micrometre
@@ -55,16 +55,6 @@ INPUT_PREFIX = "trihrge_"
 _HD_TABLE_RE = re.compile(r"square_(\d{3})um")
 #: Relative disagreement between two pixel-size estimates that warns (as geometry does).
 PIXEL_SIZE_TOLERANCE = geometry.PIXEL_SIZE_DISAGREEMENT
-
-
-def require_spatialdata():
-    """Import ``spatialdata`` or raise an error naming the extra to install."""
-    try:
-        import spatialdata
-    except ImportError as exc:
-        raise TrihrgeInputError("SpatialData stores need the spatialdata package, which is not "
-                                "installed", EXTRA_HINT) from exc
-    return spatialdata
 
 
 def table_write_settings():
@@ -146,21 +136,8 @@ def _scale_of(affine: np.ndarray, what: str) -> tuple[float, np.ndarray]:
     return sx, affine[:2, 2].copy()
 
 
-def _image_levels(element: Any) -> list[Any]:
-    """DataArrays (c, y, x) of an image element, finest first."""
-    if hasattr(element, "children") and len(getattr(element, "children", {})):
-        levels = []
-        for name in sorted(element.children, key=lambda n: int(re.sub(r"\D", "", n) or 0)):
-            node = element[name]
-            ds = node.ds if hasattr(node, "ds") else node
-            var = "image" if "image" in ds else next(iter(ds.data_vars))
-            levels.append(ds[var])
-        return levels
-    return [element]
-
-
 def _is_rgb(element: Any) -> bool:
-    level = _image_levels(element)[0]
+    level = image_levels(element)[0]
     return "c" in level.dims and level.sizes["c"] in (3, 4)
 
 
@@ -187,11 +164,9 @@ def _spot_geometry(gdf: Any) -> tuple[np.ndarray, np.ndarray, str]:
 def _lattice_check(um: float, xy_units: np.ndarray, array_index: np.ndarray | None,
                    platform: str | None, bin_um: float | None, what: str) -> float | None:
     """Pixel size measured on the spot lattice; warns when it and ``um`` disagree."""
-    from .visium_hd import lattice_um_per_px
-
     measured = None
     if bin_um is not None and array_index is not None:
-        measured = lattice_um_per_px(array_index, xy_units, bin_um)
+        measured = geometry.lattice_um_per_px(array_index, xy_units, bin_um)
     elif platform in geometry.PLATFORMS:
         plat = geometry.PLATFORMS[platform]
         if array_index is not None and "array_step_um" in plat:
@@ -200,10 +175,8 @@ def _lattice_check(um: float, xy_units: np.ndarray, array_index: np.ndarray | No
         if measured is None and len(xy_units) >= 3:
             lat = geometry.detect_lattice(np.asarray(xy_units)[:, ::-1], kind=str(plat["lattice"]))
             measured = float(plat["spot_spacing_um"]) / lat.spacing_um
-    if measured is not None and abs(um - measured) / min(um, measured) > PIXEL_SIZE_TOLERANCE:
-        warnings.warn(f"{what}: {um:.4g} um per unit, but the spot lattice gives "
-                      f"{measured:.4g} um per unit; pass um_per_px=... (--um-per-px) if you "
-                      "know the right one", stacklevel=3)
+    geometry.warn_if_pixel_sizes_disagree(um, measured, what, label="the scale in use",
+                                          unit="um per unit")
     return measured
 
 
@@ -226,9 +199,7 @@ def _resolve_units(xy: np.ndarray, diameter: float, array_index: np.ndarray | No
     elif recorded is not None:
         um, source = float(recorded), "store"
     elif bin_um is not None:
-        from .visium_hd import lattice_um_per_px
-
-        measured = lattice_um_per_px(array_index, xy, bin_um) if array_index is not None else None
+        measured = geometry.lattice_um_per_px(array_index, xy, bin_um) if array_index is not None else None
         um, source = (measured, "lattice") if measured is not None else (
             bin_um / diameter, "bin_size")
         if measured is not None and abs(measured - bin_um / diameter) / measured > \
@@ -380,55 +351,6 @@ def read_spatialdata(path: str | os.PathLike, *, table: str | None = None,
     return validate_sample(adata)
 
 
-def store_image_extent(info: dict) -> tuple[float, float]:
-    """(height, width) of the store's image in coordinate units, from its level-0 shape."""
-    level = _store_image_levels(info)[0]
-    scale = float(info["spatialdata"]["image_scale"])
-    return level.sizes["y"] * scale, level.sizes["x"] * scale
-
-
-def _store_image_levels(info: dict) -> list[Any]:
-    sd = require_spatialdata()
-    ref = info["spatialdata"]
-    store = Path(ref["store"])
-    if not store.exists():
-        raise TrihrgeInputError(f"the SpatialData store {store} is gone",
-                                "read the sample again from where the store now is")
-    element = sd.read_zarr(store, selection=("images",)).images[ref["image"]]
-    return _image_levels(element)
-
-
-def open_store_image(info: dict):
-    """Return the sample's H&E from its SpatialData store, lazily, as a TissueImage.
-
-    Every pyramid level comes with its pixel size.
-    """
-    import dask.array as da
-
-    from .image import TissueImage
-
-    ref = info["spatialdata"]
-    levels = _store_image_levels(info)
-    um0 = float(ref["image_scale"]) * float(info["um_per_px"])
-    h0 = levels[0].sizes["y"]
-    out = []
-    for level in levels:
-        arr = level.transpose("y", "x", "c").data
-        if not isinstance(arr, da.Array):
-            arr = da.from_array(np.asarray(arr))
-        arr = arr[..., :3]
-        if arr.dtype != np.uint8:
-            if arr.dtype == np.uint16:
-                arr = (arr // 257).astype(np.uint8)
-            else:
-                top = float(arr.max().compute())
-                arr = da.clip(arr * (255.0 if top <= 1.0 else 1.0) + 0.5, 0, 255).astype(
-                    np.uint8)
-        out.append((arr, um0 * h0 / level.sizes["y"]))
-    return TissueImage(out, source=f"{ref['store']} [{ref['image']}]",
-                       path=Path(ref["store"]) / "images" / ref["image"])
-
-
 def read_store_maps(adata: Any, name: str | None = None) -> dict[str, Any] | None:
     """Return the enhanced maps stored next to the sample's spots, None when there are none.
 
@@ -452,7 +374,7 @@ def read_store_maps(adata: Any, name: str | None = None) -> dict[str, Any] | Non
         element = sdata.images[el_name]
         aff = _affine_xy(_transforms(element)[ref["coordinate_system"]])
         scale, shift = _scale_of(aff, f"map {el_name!r}")
-        level = _image_levels(element)[0]
+        level = image_levels(element)[0]
         out[key] = level.data
         if key == "values":
             centre0 = np.asarray(shift[::-1], dtype=np.float64) + 0.5 * scale

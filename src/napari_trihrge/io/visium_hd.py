@@ -32,8 +32,6 @@ HD_HINT = (
     "filtered_feature_bc_matrix.h5 and spatial/tissue_positions.parquet + "
     "scalefactors_json.json")
 
-#: Relative disagreement between Space Ranger's pixel size and the bin lattice that warns.
-PIXEL_SIZE_TOLERANCE = geometry.PIXEL_SIZE_DISAGREEMENT
 
 
 def bin_folder_size_um(path: str | os.PathLike) -> int | None:
@@ -119,39 +117,18 @@ def _find_image(bin_folder: Path, res: str) -> Path | None:
     return None
 
 
-def lattice_um_per_px(array_index: np.ndarray, xy_px: np.ndarray, step_um: float,
-                      max_points: int = 20000) -> float | None:
-    """Measure the pixel size on a square bin lattice (one array step = ``step_um``).
-
-    Measured on a contiguous block of at most ``max_points`` bins; None when the indices do not fit
-    a lattice.
-
-    Uses :func:`napari_trihrge.geometry.fit_array_lattice` (least squares of pixel positions on
-    array indices).
-    """
-    idx = np.asarray(array_index, dtype=np.float64)
-    xy = np.asarray(xy_px, dtype=np.float64)
-    if len(idx) > max_points:  # a square block of indices around the median bin
-        centre = np.median(idx, axis=0)
-        half = int(np.sqrt(max_points)) // 2
-        near = np.all(np.abs(idx - centre) <= half, axis=1)
-        if near.sum() >= 3:
-            idx, xy = idx[near], xy[near]
-    result = geometry.fit_array_lattice(idx, xy, (float(step_um), float(step_um)))
-    return None if result is None else float(result.um_per_px)
-
-
 def check_pixel_size(um_per_px: float, measured_um_per_px: float | None, what: str) -> None:
-    """Warn when a recorded pixel size and the one measured on the lattice disagree."""
+    """Warn when a recorded and a measured pixel size disagree, or none could be measured.
+
+    The measured one comes from the lattice; ``None`` means the lattice could not be measured.
+    """
     if measured_um_per_px is None:
         warnings.warn(f"{what}: the array indices do not fit a regular lattice; the recorded "
                       f"pixel size {um_per_px:.4g} um/px could not be checked", stacklevel=3)
         return
-    gap = abs(um_per_px - measured_um_per_px) / min(um_per_px, measured_um_per_px)
-    if gap > PIXEL_SIZE_TOLERANCE:
-        warnings.warn(f"{what}: the recorded pixel size {um_per_px:.4g} um/px and the bin lattice "
-                      f"({measured_um_per_px:.4g} um/px) are {gap:.0%} apart; pass --um-per-px "
-                      "if you know the right one", stacklevel=3)
+    geometry.warn_if_pixel_sizes_disagree(um_per_px, measured_um_per_px, what,
+                                          label="the recorded pixel size",
+                                          lattice="the bin lattice")
 
 
 def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
@@ -191,7 +168,7 @@ def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
         raise TrihrgeInputError(
             f"{folder.name} says {recorded:g} um bins in scalefactors_json.json",
             "the folder name and its scalefactors must agree; use the folder Space Ranger wrote")
-    measured = lattice_um_per_px(adata.obs[["array_row", "array_col"]].to_numpy(), xy, size_um)
+    measured = geometry.lattice_um_per_px(adata.obs[["array_row", "array_col"]].to_numpy(), xy, size_um)
     if um_per_px is not None:
         um, source = geometry.validate_um_per_px(float(um_per_px), what="given"), "given"
     elif scalefactors.get("microns_per_pixel"):

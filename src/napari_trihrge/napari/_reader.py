@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,12 @@ from ..errors import TrihrgeInputError
 from . import layers as L
 
 _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
+
+#: how to decode a large JPEG/PNG in the background while a preview shows, lent for one call by
+#: the viewer's reader hook (:mod:`napari_trihrge.napari._qt._open`), so that this module stays
+#: Qt-free; without one (scripts, tests, workers) the image is decoded in the calling thread
+LARGE_IMAGE_LOADER: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
+    "trihrge_large_image_loader", default=None)
 
 
 @dataclass
@@ -108,13 +116,13 @@ def _is_sample_folder(p: Path) -> bool:
 
 
 def get_reader(path: str | list[str]):
-    """napari reader hook: a reader function for paths we understand, else ``None``. A folder
-    opened with it makes napari pick this reader for the folders next to it (see
-    :func:`remember_sibling_folders`)."""
+    """A reader function for paths we understand, else ``None`` (Qt-free; the hook napari calls,
+    :func:`napari_trihrge.napari._qt._open.get_reader`, adds the viewer's session and the
+    background decoding of large images). A folder opened with it makes napari pick this reader
+    for the folders next to it (see :func:`remember_sibling_folders`)."""
     reader = _get_reader(path)
     if reader is None:
         return None
-    _attach_session()
     if Path(_one(path)).is_dir():
         return functools.partial(_read_folder, reader)
     return reader
@@ -166,21 +174,6 @@ def remember_sibling_folders(folder: str | os.PathLike) -> str | None:
     pattern = glob.escape(str(parent)) + os.sep + "*" + os.sep
     settings.extension2reader = {**prefs, pattern: PLUGIN_NAME}
     return pattern
-
-
-def _attach_session() -> None:
-    """Make sure the viewer that opens our layers has a TriHRGE session: it names the shown
-    gene on the canvas and replaces a sample opened a second time instead of duplicating it."""
-    try:
-        from napari import current_viewer
-
-        viewer = current_viewer()
-        if viewer is not None:
-            from ._qt._session import get_session
-
-            get_session(viewer)
-    except Exception:  # noqa: BLE001 - no Qt or no viewer: plain layers still open
-        pass
 
 
 def _get_reader(path: str | list[str]):
@@ -245,14 +238,14 @@ def _image_layers(adata, source: str | None = None) -> list:
     """The sample's H&E layer, never freezing the viewer and never failing silently.
 
     A large JPEG or PNG read in the viewer's thread (a drop, File > Open, ``viewer.open``) is
-    decoded in a background thread with napari progress shown: its in-memory preview (hires or
-    lowres) is shown at once and replaced by the full image when it is ready. An image that
+    decoded in a background thread with napari progress shown, by the loader the viewer's reader
+    hook lends (:data:`LARGE_IMAGE_LOADER`): its in-memory preview (hires or lowres) is shown at
+    once and replaced by the full image when it is ready. An image that
     cannot be shown (blank, unreadable) becomes a warning notification that says why and what
     to do, and the spots open all the same."""
     out: list = []
-    if L.image_decoded_whole(adata) and _viewer_thread_with_qt():
-        from ._qt._image_loader import load_full_image_later
-
+    load_later = LARGE_IMAGE_LOADER.get()
+    if load_later is not None and L.image_decoded_whole(adata) and _viewer_thread_with_qt():
         preview = None
         res = L.preview_resolution(adata)
         if res is not None:
@@ -260,7 +253,7 @@ def _image_layers(adata, source: str | None = None) -> list:
                 preview = L.image_layer(adata, resolution=res)
             except TrihrgeInputError:
                 preview = None  # the full image may still be fine: the loader says if not
-        if load_full_image_later(adata, preview, source=source) is not None:
+        if load_later(adata, preview, source=source) is not None:
             return [preview] if preview is not None else []
     try:  # small, lazy (TIFF) or read in a worker already: decoded here
         img = L.image_layer(adata)

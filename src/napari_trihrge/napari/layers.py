@@ -28,6 +28,7 @@ from ..geometry import (
     DEFAULT_SPOT_SPACING_UM,
     xy_px_to_rc_um,
 )
+from ..io.sample import trihrge_info
 from ..pp import gene_expression, is_log_normalised, log_normalised
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -47,8 +48,6 @@ _TRANSPARENT_BAND = 1.0 / 512.0
 #: what the colour of spots and maps measures (one scale for all of them)
 EXPRESSION_UNITS = "log-normalised expression, ln(1 + counts per 10 000)"
 
-#: the per-gene trust columns of every run's outputs (held-out spots, fair score)
-TRUST_COLUMNS = ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation")
 
 
 #: the tasks whose output AnnData (``uns['trihrge']['task']``) holds predicted spots, each with
@@ -61,18 +60,6 @@ RESULT_LAYERS = {"recovery": ("recovered", "recovery: predicted hidden spots"),
 # ------------------------------------------------------------------------------------------
 # Sample metadata
 # ------------------------------------------------------------------------------------------
-def sample_info(adata) -> dict[str, Any]:
-    """``adata.uns['trihrge']`` with a clear error when it is missing."""
-    info = adata.uns.get("trihrge") if hasattr(adata, "uns") else None
-    if not info or "um_per_px" not in info:
-        raise TrihrgeInputError(
-            "the AnnData has no uns['trihrge'] with the pixel size (um_per_px)",
-            "open the sample with napari_trihrge.io.read(...) so the pixel size and spot "
-            "diameter are recorded",
-        )
-    return info
-
-
 def sample_name(adata) -> str:
     info = adata.uns.get("trihrge", {}) if hasattr(adata, "uns") else {}
     return str(info.get("sample") or info.get("library_id") or "sample")
@@ -83,7 +70,7 @@ def spots_rc_um(adata) -> np.ndarray:
     if "spatial" not in adata.obsm:
         raise TrihrgeInputError("the AnnData has no obsm['spatial'] spot positions",
                                 "open the sample with napari_trihrge.io.read(...)")
-    return xy_px_to_rc_um(np.asarray(adata.obsm["spatial"]), float(sample_info(adata)["um_per_px"]))
+    return xy_px_to_rc_um(np.asarray(adata.obsm["spatial"]), float(trihrge_info(adata)["um_per_px"]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,10 +115,10 @@ def shared_contrast_limits(*values: np.ndarray | None,
     return lo, hi
 
 
-def gene_trust(table: pd.DataFrame | None, gene: str) -> dict[str, Any] | None:
+def trust_of_gene(table: pd.DataFrame | None, gene: str) -> dict[str, Any] | None:
     """The per-gene trust of ``gene`` from a per-gene table (an output's ``var`` or a recovery's
-    ``per_gene``): ``pcc`` (the model on held-out spots), ``pcc_baseline_knn`` (the better kNN
-    interpolation), ``pcc_gain`` and ``beats_interpolation``. Older outputs without the trust
+    ``per_gene``): the :data:`~napari_trihrge.metrics.TRUST_COLUMNS` that
+    :func:`~napari_trihrge.metrics.gene_trust` computed for every gene, read back for one. Older outputs without the trust
     columns fall back on ``pcc_baseline`` (the better kNN); None when the gene was not scored."""
     if table is None or gene not in table.index or "pcc" not in table.columns:
         return None
@@ -297,7 +284,7 @@ def spots_layer(adata, genes: Sequence[str] | None = None, *, color_by: str | No
     the first loaded gene) sets the face colour through ``colormap`` and ``contrast_limits``
     (default robust percentiles). ``metadata['adata']`` holds the AnnData.
     """
-    info = sample_info(adata)
+    info = trihrge_info(adata)
     rc_um = spots_rc_um(adata)
     if genes is None:
         genes = most_variable_genes(adata, n_default_genes)

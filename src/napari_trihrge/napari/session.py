@@ -243,7 +243,7 @@ class SessionModel:
             tables.append((None if ad is None else ad.var, ad))
         tables.append((getattr(self.maps(), "trust", None), None))
         for table, ad in tables:
-            t = L.gene_trust(table, gene) if table is not None else None
+            t = L.trust_of_gene(table, gene) if table is not None else None
             if t is not None:
                 # a prediction on a slide where nothing was measured: trust from elsewhere
                 t["measured_here"] = ad is None or L.measured_here(ad)

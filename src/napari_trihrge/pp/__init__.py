@@ -11,6 +11,9 @@ from anndata import AnnData
 
 from ..errors import TrihrgeInputError
 
+#: how many highly variable genes a model learns unless told otherwise (RunConfig.n_top_genes)
+DEFAULT_N_TOP_GENES = 1000
+
 
 def _dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x)
@@ -26,8 +29,8 @@ def check_counts(adata: AnnData) -> None:
     check_count_matrix(adata.X)
 
 
-def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[str] = (),
-                 *, min_spots: int = 3) -> list[str]:
+def select_genes(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES,
+                 extra_genes: Sequence[str] = (), min_spots: int = 3) -> list[str]:
     """Highly variable genes (scanpy ``seurat_v3`` on raw counts) plus ``extra_genes``.
 
     Genes detected in fewer than ``min_spots`` spots are not candidates. Extra genes that are
@@ -75,7 +78,8 @@ def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[
     return genes
 
 
-def log_normalised(adata: AnnData, target_sum: float = 1e4, genes: Sequence[str] | None = None):
+def log_normalised(adata: AnnData, *, target_sum: float = 1e4,
+                   genes: Sequence[str] | None = None):
     """Log-normalise expression, keeping sparsity (CSR stays CSR, float64).
 
     Library size normalised to ``target_sum`` per spot over ALL genes (scanpy's
@@ -92,10 +96,10 @@ def log_normalised(adata: AnnData, target_sum: float = 1e4, genes: Sequence[str]
     return tmp.X
 
 
-def normalize_log1p(adata: AnnData, target_sum: float = 1e4,
+def normalize_log1p(adata: AnnData, *, target_sum: float = 1e4,
                     genes: Sequence[str] | None = None) -> np.ndarray:
     """:func:`log_normalised` as a dense float32 array."""
-    return _dense(log_normalised(adata, target_sum, genes)).astype(np.float32)
+    return _dense(log_normalised(adata, target_sum=target_sum, genes=genes)).astype(np.float32)
 
 
 def is_log_normalised(adata: AnnData) -> bool:
@@ -134,12 +138,12 @@ def gene_expression(adata: AnnData, genes: Sequence[str], *, target_sum: float =
     if is_log_normalised(adata):
         cols = _dense(adata.X[:, adata.var_names.get_indexer(genes)]).astype(np.float32)
     else:
-        cols = normalize_log1p(adata, target_sum, genes)
+        cols = normalize_log1p(adata, target_sum=target_sum, genes=genes)
     return pd.DataFrame(cols, index=adata.obs_names.copy(), columns=genes)
 
 
-def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[str] = (),
-                       target_sum: float = 1e4) -> AnnData:
+def prepare_expression(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES,
+                       extra_genes: Sequence[str] = (), target_sum: float = 1e4) -> AnnData:
     """Select genes and return a new AnnData whose ``X`` is log-normalised expression (dense).
 
     Normalisation uses every gene's counts (as scanpy's ``normalize_total`` before subsetting);
@@ -150,9 +154,9 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
     check_counts(adata)
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
     adata = adata[totals > 0].copy() if (totals <= 0).any() else adata
-    genes = select_genes(adata, n_top_genes, extra_genes)
+    genes = select_genes(adata, n_top_genes=n_top_genes, extra_genes=extra_genes)
     idx = adata.var_names.get_indexer(genes)
-    out = AnnData(X=normalize_log1p(adata, target_sum, genes), obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
+    out = AnnData(X=normalize_log1p(adata, target_sum=target_sum, genes=genes), obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
                   obsm={k: np.asarray(v) for k, v in adata.obsm.items()
                         if not isinstance(v, pd.DataFrame)}, uns=dict(adata.uns))
     out.layers["counts"] = _dense(adata.X[:, idx]).astype(np.float32)
@@ -163,6 +167,7 @@ def prepare_expression(adata: AnnData, n_top_genes: int = 1000, extra_genes: Seq
 
 
 __all__ = [
+    "DEFAULT_N_TOP_GENES",
     "check_counts",
     "select_genes",
     "log_normalised",

@@ -11,6 +11,7 @@ from ..errors import TrihrgeInputError
 from ..features.extract import DEFAULT_WINDOWS_UM
 from ..features.registry import DEFAULT_ENCODER
 from ..io.sample import is_positive_number
+from ..pp import DEFAULT_N_TOP_GENES
 from ..threads import parse_threads
 
 #: k of the image-free inverse-distance kNN baselines scored next to every model; "the baseline"
@@ -98,7 +99,7 @@ class RunConfig:
     hf_token: str | None = field(default=None, repr=False)  # this call only; never stored
     windows_um: tuple[float, ...] = DEFAULT_WINDOWS_UM
     local_window_um: float = 24.0
-    n_top_genes: int = 1000
+    n_top_genes: int = DEFAULT_N_TOP_GENES
     extra_genes: tuple[str, ...] = ()
     neighbour_input: bool = True
     # a learned per-gene shortcut from the interpolated neighbour expression to the output, for

@@ -101,7 +101,7 @@ def _bytes(n: float) -> str:
     return f"{n:.3g} PiB"
 
 
-def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
+def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float, *,
              mask_um_per_px: float = 8.0) -> geometry.DenseGrid:
     """Return the dense-map grid: tissue (from the image) within ``margin_um`` of a spot."""
     from scipy.spatial import cKDTree

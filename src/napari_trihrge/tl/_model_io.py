@@ -19,13 +19,13 @@ from ..io.model_folder import (
     DESCRIPTION_KIND,
     DESCRIPTION_VERSION,
     NORMALISATION,
-    TRUST_COLUMNS,
     TrainedModel,
     check_description,
     load_model_folder,
     package_version,
 )
 from ..io.outputs import _jsonable
+from ..metrics import TRUST_COLUMNS
 from ._config import RunConfig
 from ._shared import _lattice_kind, _section_name, _trust_columns, sample_geometry
 

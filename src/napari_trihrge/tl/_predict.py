@@ -23,7 +23,8 @@ from anndata import AnnData
 
 from .. import geometry
 from ..errors import TrihrgeInputError
-from ..io.model_folder import TRUST_COLUMNS, TrainedModel, check_encoder
+from ..io.model_folder import TrainedModel, check_encoder
+from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._enhance import EnhanceResult

@@ -222,7 +222,7 @@ def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progre
     """Run the 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
     with timer("genes"):
         progress.stage("genes", 1)
-        expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
+        expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes, extra_genes=cfg.extra_genes)
         progress.advance()
     return expr
 
@@ -373,7 +373,7 @@ def _log_expression(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     """
     from ..pp import normalize_log1p
 
-    logn = normalize_log1p(adata, NORMALISATION["target_sum"])
+    logn = normalize_log1p(adata, target_sum=NORMALISATION["target_sum"])
     idx = adata.var_names.get_indexer(list(genes))
     out = np.full((adata.n_obs, len(idx)), np.nan, dtype=np.float32)
     out[:, idx >= 0] = logn[:, idx[idx >= 0]]

@@ -115,7 +115,7 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     names = _section_names(sections)
     with timer("genes"):
         progress.stage("genes", 1)
-        genes = transfer_genes(sections, sections, cfg.n_top_genes, cfg.extra_genes)
+        genes = transfer_genes(sections, sections, cfg.n_top_genes, extra_genes=cfg.extra_genes)
         ys = [_log_expression(a, genes) for a in sections]
         progress.advance()
     windows = (float(cfg.local_window_um), *(float(w) for w in cfg.windows_um))

@@ -36,7 +36,7 @@ class TransferResult(RecoveryResult):
     """
 
 
-def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int,
+def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int, *,
                    extra_genes: Sequence[str] = ()) -> list[str]:
     """Select genes for a cross-section model.
 
@@ -59,7 +59,8 @@ def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top
         blocks.append(sp.csr_matrix(x, dtype=np.float32))
     pooled = AnnData(X=sp.vstack(blocks).tocsr())
     pooled.var_names = common
-    return select_genes(pooled, n_top_genes, [g for g in extra_genes if g in common])
+    return select_genes(pooled, n_top_genes=n_top_genes,
+                        extra_genes=[g for g in extra_genes if g in common])
 
 
 def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
@@ -104,7 +105,7 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
     with timer("genes"):
         progress.stage("genes", 1)
         genes = transfer_genes([*train_adatas, target], train_adatas, cfg.n_top_genes,
-                               cfg.extra_genes)
+                               extra_genes=cfg.extra_genes)
         ys = [_section_expression(a, genes) for a in [*train_adatas, target]]
         progress.advance()
     feats = []

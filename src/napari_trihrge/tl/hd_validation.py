@@ -44,14 +44,12 @@ def pseudo_visium(bins: AnnData, *, min_coverage: float = 0.5) -> AnnData:
     disk would hold are dropped. ``obs['n_bins']`` counts the bins per spot; the result follows the
     sample data model (platform 'visium') and shares the bins' images and pixel size.
     """
-    from ..datasets import _hex_spots  # the Visium lattice with its array indices
-
     bin_um = _bin_size_um(bins)
     info = dict(bins.uns["trihrge"])
     um_per_px = float(info["um_per_px"])
     rc_bins = geometry.xy_px_to_rc_um(bins.obsm["spatial"], um_per_px)
     extent = tuple(float(v) for v in rc_bins.max(axis=0) + bin_um)
-    spots_rc, arr = _hex_spots(extent)
+    spots_rc, arr = geometry.hex_spot_lattice(extent)
     radius = PSEUDO_SPOT_DIAMETER_UM / 2.0
     members = cKDTree(rc_bins).query_ball_point(spots_rc, r=radius)
     expected = np.pi * radius**2 / bin_um**2

@@ -311,7 +311,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "only) next to the image-free kNN baseline.", sized_threads=True),
     Subcommand("enhance", "predict a denser grid of virtual spots and dense maps",
                _enhance_args, _run_enhance, description="Train on all spots, then predict (a) "
-               "a 2x/4x/8x denser lattice of virtual spots and (b) with --stride-um a dense map "
+               "a 2x/4x/8x/16x denser lattice of virtual spots and (b) with --stride-um a dense map "
                "inside the tissue.", sized_threads=True),
     Subcommand("validate-hd", "score enhancement against measured Visium HD bins",
                _validate_hd_args, _run_validate_hd, description="From Visium HD bins (8 um by "

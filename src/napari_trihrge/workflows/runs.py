@@ -436,7 +436,7 @@ def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
     ``out/`` itself. Returns the combined summary."""
     from ..datasets import synthetic_sample
 
-    cfg = config or RunConfig(n_top_genes=1000)
+    cfg = config or RunConfig()
     progress = ensure_progress(progress)
     with run_folder(out_dir, overwrite) as out:
         adata = synthetic_sample(seed=seed)

@@ -194,7 +194,7 @@ class GeneExplorer(QWidget):
         table = table[np.isfinite(table["pcc"].to_numpy())]
         n_worse = 0
         for gene in table.index[:50]:
-            trust = L.gene_trust(table, gene)
+            trust = L.trust_of_gene(table, gene)
             text = f"{gene}   PCC {trust['pcc']:.2f}"
             if np.isfinite(trust["pcc_baseline_knn"]):
                 text += f"  kNN {trust['pcc_baseline_knn']:.2f}  ({trust['pcc_gain']:+.2f})"

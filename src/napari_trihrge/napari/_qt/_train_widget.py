@@ -423,10 +423,6 @@ class TrainWidget(QWidget):
         """Hand a recovery result to the session (its view adds the layers)."""
         self.session.set_result("recovery", result, adata)
 
-    def _show_enhance(self, result, adata):
-        """Hand an enhance result to the session (its view adds the layers)."""
-        self.session.set_result("enhance", result, adata)
-
     def _on_scores(self, scores: dict):
         """The last run's scores (session event): recovery scores, or an enhance run's
         held-out scores; an enhance run without them keeps the last recovery's, marked."""
