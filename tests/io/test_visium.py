@@ -145,7 +145,7 @@ def test_all_zero_counts_and_implausible_pixel_size(tmp_path):
 
 
 def test_dlpfc_shared(dlpfc_dir):
-    with pytest.warns(UserWarning, match="dlpfc_151673: the spot diameter .* 27% apart"):
+    with pytest.warns(UserWarning, match=r"dlpfc_151673: the spot diameter .* \(27% apart\)"):
         adata = io.read(dlpfc_dir)
     assert adata.shape == (3639, 5000)
     info = adata.uns["trihrge"]
