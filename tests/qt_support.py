@@ -1,4 +1,4 @@
-"""Helpers shared by the GUI tests (test_qt_*.py); imported as ``from qt_support import``.
+"""Helpers shared by the GUI tests (tests/napari/_qt/); imported as ``from qt_support import``.
 
 The synthetic sample is generated once (and cached on disk by the sample-data module); its known
 8 um truth stands in for enhanced maps where a test only needs maps, not a trained model.
@@ -10,11 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-
-#: tiny settings so a background run finishes in seconds on 2 CPU cores
-TINY = {"n_top_genes": 30, "model": {"hidden_dim": 32, "attention_dim": 16,
-                                     "decoder_dims": [64, 64, 64]},
-        "train": {"max_epochs": 4, "patience": 4, "batch_size": 64}, "device": "cpu"}
 
 
 def sample_adata():

@@ -100,3 +100,16 @@ def test_error_ratio_by_spread_on_known_values():
     ratio = _error_ratio_by_spread(std, err, fraction=0.1)
     np.testing.assert_allclose(ratio[:2], [3.0, 0.5])
     assert np.isnan(ratio[2])
+
+
+def test_nan_stat_is_nanmean_and_nanmedian_without_the_all_nan_warning():
+    import warnings
+
+    from napari_trihrge.evaluation import _nan_stat
+
+    values = [0.2, np.nan, 0.6, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _nan_stat(values, np.mean) == pytest.approx(np.nanmean(values))
+        assert _nan_stat(values, np.median) == pytest.approx(np.nanmedian(values))
+        assert np.isnan(_nan_stat([np.nan, np.nan], np.median))

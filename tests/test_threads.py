@@ -8,13 +8,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from conftest import NET_TINY
 from napari_trihrge import threads
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.model.predict import predict
 from napari_trihrge.model.training import TrainConfig, fit
 from napari_trihrge.progress import Progress
-
-SMALL = {"hidden_dim": 16, "attention_dim": 8, "decoder_dims": (32,)}
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +56,7 @@ def test_every_pool_is_sized_inside_training_and_restored_after(monkeypatch):
                         else None)
     _widen_pools()
     before = _pools()
-    fit(x, y, train_config=TrainConfig(max_epochs=2, batch_size=16), progress=progress, **SMALL)
+    fit(x, y, train_config=TrainConfig(max_epochs=2, batch_size=16), progress=progress, **NET_TINY)
     assert len(seen) == 2  # one metric event per epoch, sampled inside the training loop
     for pools in seen:
         assert len(pools) >= 2  # torch and at least torch's own OpenMP runtime
@@ -67,7 +66,7 @@ def test_every_pool_is_sized_inside_training_and_restored_after(monkeypatch):
 
 def test_pools_are_sized_inside_prediction(monkeypatch):
     x, y = _data()
-    res = fit(x, y, train_config=TrainConfig(max_epochs=1, batch_size=16), **SMALL)
+    res = fit(x, y, train_config=TrainConfig(max_epochs=1, batch_size=16), **NET_TINY)
     seen: list[dict[str, int]] = []
     res.model.register_forward_hook(lambda *a: seen.append(_pools()))
     _widen_pools()

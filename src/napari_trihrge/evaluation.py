@@ -66,9 +66,9 @@ def superres_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: n
         table["spread_error_pcc"] = per_gene_pcc(std[:, mask].T, err[:, mask].T)
         table["error_ratio_high_vs_low_spread"] = _error_ratio_by_spread(std[:, mask],
                                                                          err[:, mask])
-        summary["spread_error_pcc_mean"] = float(np.nanmean(table["spread_error_pcc"]))
-        summary["error_ratio_high_vs_low_spread"] = float(
-            np.nanmedian(table["error_ratio_high_vs_low_spread"]))
+        summary["spread_error_pcc_mean"] = _nan_stat(table["spread_error_pcc"], np.mean)
+        summary["error_ratio_high_vs_low_spread"] = _nan_stat(
+            table["error_ratio_high_vs_low_spread"], np.median)
     if "gene_class" in adata.var:
         classes = adata.var["gene_class"].reindex(genes)
         table["gene_class"] = classes.to_numpy()
@@ -81,12 +81,20 @@ def superres_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: n
                 "baseline_interp_ssim_mean": float(sub["ssim_baseline_interp"].mean()),
             }
             if "spread_error_pcc" in sub:
-                by_class[str(name)]["spread_error_pcc_mean"] = float(
-                    np.nanmean(sub["spread_error_pcc"]))
-                by_class[str(name)]["error_ratio_high_vs_low_spread"] = float(
-                    np.nanmedian(sub["error_ratio_high_vs_low_spread"]))
+                by_class[str(name)]["spread_error_pcc_mean"] = _nan_stat(
+                    sub["spread_error_pcc"], np.mean)
+                by_class[str(name)]["error_ratio_high_vs_low_spread"] = _nan_stat(
+                    sub["error_ratio_high_vs_low_spread"], np.median)
         summary["by_gene_class"] = by_class
     return summary, table
+
+
+def _nan_stat(values, stat) -> float:
+    """``stat`` (np.mean, np.median) over the values that are not NaN, as np.nanmean and
+    np.nanmedian, but NaN without a warning when every value is NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(stat(v)) if len(v) else float("nan")
 
 
 def _error_ratio_by_spread(std: np.ndarray, err: np.ndarray, fraction: float = 0.1

@@ -55,7 +55,8 @@ def test_own_output_is_trusted_and_overrides_apply(tmp_path, visium):
     adata = io.read_h5ad(path)
     assert adata.uns["trihrge"]["um_per_px"] == 0.6  # not recomputed from the spot diameter
     assert adata.uns["trihrge"]["source"] == visium.uns["trihrge"]["source"]
-    again = io.read_h5ad(path, um_per_px=0.7)
+    with pytest.warns(UserWarning, match="the given pixel size gives 0.7 um/px but the spot lattice"):
+        again = io.read_h5ad(path, um_per_px=0.7)
     assert again.uns["trihrge"]["um_per_px"] == 0.7
     assert again.uns["trihrge"]["um_per_px_source"] == "given"
     st = io.read_h5ad(path, platform="st", um_per_px=0.7)
@@ -105,7 +106,8 @@ def test_bad_inputs(tmp_path, visium):
     far = _scanpy_style(visium)
     far.obsm["spatial"] = far.obsm["spatial"] * 5
     far.write_h5ad(tmp_path / "far.h5ad")
-    with pytest.raises(TrihrgeInputError, match="outside the hires image"):
+    with (pytest.raises(TrihrgeInputError, match="outside the hires image"),
+          pytest.warns(UserWarning, match="far.h5ad: the spot diameter .* spot lattice")):
         io.read_h5ad(tmp_path / "far.h5ad")
     with pytest.raises(TrihrgeInputError, match="implausible"):
         io.read_h5ad(tmp_path / "far.h5ad", um_per_px=0.001)

@@ -246,7 +246,10 @@ def test_into_input_in_pixel_coordinates(tmp_path, enhanced, small_sample):
     tab = sdata.tables["spots_table"]
     tab.uns["trihrge"]["um_per_unit"] = {}
     sdata.delete_element_from_disk("spots_table")
-    sdata.write_element("spots_table")
+    from napari_trihrge.io.spatialdata import table_write_settings
+
+    with table_write_settings():  # as the package writes tables (no anndata sharding warning)
+        sdata.write_element("spots_table")
     adata = io.read(store)
     assert adata.uns["trihrge"]["spatialdata"]["coordinate_system"] == "px"
     assert adata.uns["trihrge"]["um_per_px"] == pytest.approx(0.5, rel=0.02)

@@ -180,5 +180,6 @@ def test_normalised_counts_are_rejected(tmp_path, kind):
     if kind == "cpm_rounded":  # make every total exactly 1e6 after rounding
         bad.iloc[:, 0] += 1e6 - bad.sum(axis=1)
     bad.to_csv(section / "S1.tsv.gz", sep="\t")
-    with pytest.raises(TrihrgeInputError, match="not raw counts"):
+    with (pytest.raises(TrihrgeInputError, match="not raw counts"),
+          pytest.warns(UserWarning, match="spot.s. of S1.tsv.gz are not selected")):
         io.read(section)

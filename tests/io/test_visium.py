@@ -120,10 +120,12 @@ def test_mismatched_barcodes_say_how_many_matched(tmp_path):
 
 def test_spots_outside_image(tmp_path):
     folder = make_visium_folder(tmp_path, xy_scale=3.0)  # hires-pixel-like mistake, reversed
-    with pytest.raises(TrihrgeInputError, match=r"spots lie outside the hires image"):
+    with (pytest.raises(TrihrgeInputError, match=r"spots lie outside the hires image"),
+          pytest.warns(UserWarning, match="spot diameter .* but the spot lattice")):
         io.read_visium(folder)
     folder = make_visium_folder(tmp_path / "b", xy_scale=3.0)
-    with pytest.raises(TrihrgeInputError, match="outside the hires image"):
+    with (pytest.raises(TrihrgeInputError, match="outside the hires image"),
+          pytest.warns(UserWarning, match="spot diameter .* but the spot lattice")):
         io.read_visium(folder, load_images=False)
 
 
@@ -143,7 +145,8 @@ def test_all_zero_counts_and_implausible_pixel_size(tmp_path):
 
 
 def test_dlpfc_shared(dlpfc_dir):
-    adata = io.read(dlpfc_dir)
+    with pytest.warns(UserWarning, match=r"dlpfc_151673: the spot diameter .* \(27% apart\)"):
+        adata = io.read(dlpfc_dir)
     assert adata.shape == (3639, 5000)
     info = adata.uns["trihrge"]
     # pixel size from the lattice (100 um pitch), not from spot_diameter_fullres taken as 55 um

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import NET_TINY
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.model.network import (
     MODEL_META,
@@ -18,13 +19,11 @@ from napari_trihrge.model.network import (
     save_model,
 )
 
-SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (32, 48)}
-
 
 def _model(n_scales=2, neighbour=False, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = ModelConfig(in_dim=12 if n_scales else 0, n_genes=7, n_scales=n_scales,
-                      neighbour_input=neighbour, **{**SMALL, **kw})
+                      neighbour_input=neighbour, **{**NET_TINY, **kw})
     return TriHRGENet(cfg)
 
 
@@ -179,7 +178,7 @@ def test_save_rejects_unserialisable_extra_and_wrong_config(tmp_path):
     model = _model()
     with pytest.raises(TrihrgeInputError, match="JSON"):
         save_model(tmp_path, model, extra={"x": object()})
-    other = ModelConfig(in_dim=12, n_genes=8, n_scales=2, **SMALL)
+    other = ModelConfig(in_dim=12, n_genes=8, n_scales=2, **NET_TINY)
     with pytest.raises(TrihrgeInputError, match="does not match"):
         save_model(tmp_path, model, other)
     assert not (tmp_path / MODEL_WEIGHTS).exists()

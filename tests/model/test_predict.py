@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import NET_TINY
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.model.network import ModelConfig, TriHRGENet
 from napari_trihrge.model.predict import (
@@ -14,7 +15,6 @@ from napari_trihrge.model.predict import (
     predict_in_chunks,
 )
 
-SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (32, 48)}
 G = 6
 
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _model(seed=0, n_scales=2, neighbour=False):
     torch.manual_seed(seed)
     m = TriHRGENet(ModelConfig(in_dim=5 if n_scales else 0, n_genes=G, n_scales=n_scales,
-                               neighbour_input=neighbour, **SMALL))
+                               neighbour_input=neighbour, **NET_TINY))
     # non-trivial BatchNorm running statistics, as after training
     m.train()
     with torch.no_grad():

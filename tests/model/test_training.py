@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import NET_TINY
 from napari_trihrge.errors import Cancelled, TrihrgeInputError
 from napari_trihrge.model.predict import predict
 from napari_trihrge.model.training import TrainConfig, _batches, _lr_lambda, fit, fit_ensemble
 from napari_trihrge.progress import Progress
-
-SMALL = {"hidden_dim": 32, "attention_dim": 16, "decoder_dims": (64, 64)}
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +29,7 @@ def regression(n=500, s=2, d=8, g=10, noise=0.1, seed=0):
 def test_training_learns_a_nonlinear_map_and_beats_the_mean():
     x, y = regression()
     res = fit(x, y, train_config=TrainConfig(max_epochs=40, batch_size=32, val_fraction=0.2,
-                                             patience=40), **SMALL)
+                                             patience=40), **NET_TINY)
     v, t = res.val_indices, res.train_indices
     assert len(v) == 100 and len(np.intersect1d(v, t)) == 0 and len(v) + len(t) == 500
     mean_mse = float(((y[v] - y[t].mean(0)) ** 2).mean())
@@ -49,7 +47,7 @@ def test_early_stopping_on_pure_noise():
     x = rng.normal(size=(200, 2, 8)).astype(np.float32)
     y = rng.random((200, 5)).astype(np.float32)
     cfg = TrainConfig(max_epochs=200, batch_size=32, patience=5, warmup_epochs=2)
-    res = fit(x, y, train_config=cfg, **SMALL)
+    res = fit(x, y, train_config=cfg, **NET_TINY)
     assert len(res.history) < 60
     assert len(res.history) == max(res.best_epoch + cfg.patience, cfg.warmup_epochs + 1)
     best = min(h["val_loss"] for h in res.history)
@@ -66,11 +64,11 @@ def test_same_seed_gives_identical_weights_and_other_seed_differs():
     nb = rng.random((150, 10)).astype(np.float32)
     cfg = TrainConfig(max_epochs=4, batch_size=16, seed=7)
     before = torch.random.get_rng_state()
-    a = _state(fit(x, y, neighbour=nb, train_config=cfg, **SMALL).model)
+    a = _state(fit(x, y, neighbour=nb, train_config=cfg, **NET_TINY).model)
     assert torch.equal(torch.random.get_rng_state(), before)  # caller's RNG left alone
-    b = _state(fit(x, y, neighbour=nb, train_config=cfg, **SMALL).model)
+    b = _state(fit(x, y, neighbour=nb, train_config=cfg, **NET_TINY).model)
     c = _state(fit(x, y, neighbour=nb, train_config=TrainConfig(max_epochs=4, batch_size=16,
-                                                                seed=8), **SMALL).model)
+                                                                seed=8), **NET_TINY).model)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -104,12 +102,12 @@ def _aggregation_error(model, z, mask, y):
 def test_aggregation_loss_reduces_the_aggregation_error():
     x, y, z, mask = _aggregation_problem()
     cfg = TrainConfig(max_epochs=40, batch_size=32, lr=3e-3, patience=40, val_fraction=0.1)
-    with_agg = fit(x, y, sub_features=z, sub_mask=mask, train_config=cfg, **SMALL)
+    with_agg = fit(x, y, sub_features=z, sub_mask=mask, train_config=cfg, **NET_TINY)
     without = fit(x, y, sub_features=z, sub_mask=mask,
                   train_config=TrainConfig(**{**cfg.to_dict(), "aggregation_weight": 0.0}),
-                  **SMALL)
+                  **NET_TINY)
     untrained = fit(x, y, sub_features=z, sub_mask=mask,
-                    train_config=TrainConfig(max_epochs=1, batch_size=32, lr=1e-9), **SMALL)
+                    train_config=TrainConfig(max_epochs=1, batch_size=32, lr=1e-9), **NET_TINY)
     e_with = _aggregation_error(with_agg.model, z, mask, y)
     e_without = _aggregation_error(without.model, z, mask, y)
     e_untrained = _aggregation_error(untrained.model, z, mask, y)
@@ -123,14 +121,14 @@ def test_aggregation_with_neighbour_input_runs():
     nb = rng.random((60, 5)).astype(np.float32)
     sub_nb = rng.random((60, 7, 5)).astype(np.float32)
     res = fit(x, y, neighbour=nb, sub_features=z, sub_neighbour=sub_nb, sub_mask=mask,
-              train_config=TrainConfig(max_epochs=2, batch_size=16), **SMALL)
+              train_config=TrainConfig(max_epochs=2, batch_size=16), **NET_TINY)
     assert res.model.config.neighbour_input and len(res.history) == 2
     with pytest.raises(TrihrgeInputError, match="sub_neighbour"):
         fit(x, y, neighbour=nb, sub_features=z, sub_mask=mask,
-            train_config=TrainConfig(max_epochs=1), **SMALL)
+            train_config=TrainConfig(max_epochs=1), **NET_TINY)
     with pytest.raises(TrihrgeInputError, match="sub_mask"):
         fit(x, y, sub_features=z, sub_mask=mask[:, :3], train_config=TrainConfig(max_epochs=1),
-            **SMALL)
+            **NET_TINY)
 
 
 def test_neighbour_skip_learns_how_far_to_trust_the_neighbours():
@@ -141,7 +139,7 @@ def test_neighbour_skip_learns_how_far_to_trust_the_neighbours():
     nb = rng.gamma(2.0, 1.0, size=(n, g)).astype(np.float32)
     y = np.where(np.arange(g) < 3, nb, 1.0 + 0.3 * rng.normal(size=(n, g))).astype(np.float32)
     res = fit(x, y.clip(0), neighbour=nb, neighbour_skip=True,
-              train_config=TrainConfig(max_epochs=15, batch_size=32), **SMALL)
+              train_config=TrainConfig(max_epochs=15, batch_size=32), **NET_TINY)
     w = res.model.skip_weight.detach().numpy()
     assert res.config.neighbour_skip
     assert w[:3].min() > 0.6 and np.abs(w[3:]).max() < 0.3, w
@@ -153,7 +151,7 @@ def test_neighbour_only_model_including_empty_feature_array():
     y = (nb * 2).astype(np.float32)
     for feats in (None, np.zeros((80, 0, 1), dtype=np.float32)):
         res = fit(feats, y, neighbour=nb, train_config=TrainConfig(max_epochs=2, batch_size=16),
-                  **SMALL)
+                  **NET_TINY)
         assert res.config.n_scales == 0 and res.config.neighbour_input
         assert predict(res.model, feats, nb).shape == (80, 6)
 
@@ -163,7 +161,7 @@ def test_progress_events_and_cancel_propagates():
     events = []
     progress = Progress(on_event=events.append)
     fit(x, y, train_config=TrainConfig(max_epochs=3, batch_size=16, val_fraction=0.2),
-        progress=progress, **SMALL)
+        progress=progress, **NET_TINY)
     assert events[0] == {"event": "stage", "stage": "training", "total": 3}
     metrics = [e for e in events if e["event"] == "metric"]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
@@ -176,7 +174,7 @@ def test_progress_events_and_cancel_propagates():
     progress2 = Progress(on_event=cancel_at_epoch_2)
     with pytest.raises(Cancelled):
         fit(x, y, train_config=TrainConfig(max_epochs=50, batch_size=16), progress=progress2,
-            **SMALL)
+            **NET_TINY)
     assert progress2.done == 2
     assert not torch.are_deterministic_algorithms_enabled()
 
@@ -185,7 +183,7 @@ def test_no_validation_split_runs_all_epochs_and_schedule_ends_at_min_lr():
     x, y = regression(n=100)
     cfg = TrainConfig(max_epochs=6, batch_size=16, val_fraction=0.0, warmup_epochs=2,
                       lr=1e-3, min_lr=1e-6)
-    res = fit(x, y, train_config=cfg, **SMALL)
+    res = fit(x, y, train_config=cfg, **NET_TINY)
     assert len(res.history) == 6 and res.best_epoch == 6 and len(res.val_indices) == 0
     lrs = [h["lr"] for h in res.history]
     assert lrs[1] == pytest.approx(1e-3, rel=0.01)  # end of warm-up
@@ -206,7 +204,7 @@ def test_batches_never_leave_a_single_sample():
 def test_fit_ensemble_uses_each_seed():
     x, y = regression(n=80)
     results = fit_ensemble(x, y, seeds=(3, 4), train_config=TrainConfig(max_epochs=2,
-                                                                         batch_size=16), **SMALL)
+                                                                         batch_size=16), **NET_TINY)
     assert [r.train_config.seed for r in results] == [3, 4]
     w = [r.model.decoder[-1].weight for r in results]
     assert not torch.equal(w[0], w[1])
@@ -218,9 +216,9 @@ def test_bad_inputs_are_reported():
     bad = y.copy()
     bad[0, 0] = np.nan
     with pytest.raises(TrihrgeInputError, match="NaN"):
-        fit(x, bad, train_config=cfg, **SMALL)
+        fit(x, bad, train_config=cfg, **NET_TINY)
     with pytest.raises(TrihrgeInputError, match="rows"):
-        fit(x[:40], y, train_config=cfg, **SMALL)
+        fit(x[:40], y, train_config=cfg, **NET_TINY)
     with pytest.raises(TrihrgeInputError, match="unknown model settings"):
         fit(x, y, train_config=cfg, hidden=3)
     with pytest.raises(TrihrgeInputError, match="batch_size"):
@@ -237,7 +235,7 @@ def test_bf16_autocast_path_runs_on_cpu():
     x, y, z, mask = _aggregation_problem(n=20)
     nb = np.random.default_rng(0).random((20, 5)).astype(np.float32)
     model = TriHRGENet(ModelConfig(in_dim=4, n_genes=5, n_scales=1, neighbour_input=True,
-                                   **SMALL))
+                                   **NET_TINY))
     data = _Data(x=torch.from_numpy(x), nb=torch.from_numpy(nb), y=torch.from_numpy(y),
                  sub_x=z, sub_nb=np.repeat(nb[:, None], 7, axis=1), sub_mask=mask)
     loss, n = _batch_loss(model, data, np.arange(10), torch.device("cpu"), 1.0, True)

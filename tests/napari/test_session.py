@@ -1,5 +1,5 @@
 """The napari session model without Qt or a display: load a sample and results, change the
-gene, and check the events it sends (the layer view is tested in test_qt_widgets.py)."""
+gene, and check the events it sends (the layer view is tested in _qt/test_layer_view.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from qt_support import TINY, fake_enhance, fake_recovery, sample_adata
+from conftest import TINY_RUN
+from qt_support import fake_enhance, fake_recovery, sample_adata
 
 
 class Recorder:
@@ -155,7 +156,7 @@ def test_a_run_through_the_cli_path_lands_in_the_model(model, tmp_path):
     from napari_trihrge.workflows.runs import run_task
 
     ad = sample_adata()
-    out = run_task("recovery", ad, tmp_path / "run", config=RunConfig(**TINY),
+    out = run_task("recovery", ad, tmp_path / "run", config=RunConfig(**TINY_RUN),
                    holdout_fraction=0.5)
     assert out.out_dir == tmp_path / "run" and (out.out_dir / "run_complete.json").is_file()
     assert out.summary["recovery"]["pcc_mean"] == pytest.approx(out.result.metrics["pcc_mean"])

@@ -5,11 +5,9 @@ errors, noise genes are not turned into tissue structure, and the cross-section 
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN
+from conftest import SMALL_MODEL, TINY_TRAIN
 from napari_trihrge import evaluation
 from napari_trihrge import tl as tasks
-
-SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
 
 
 def _subset(adata, per_class=8):
@@ -114,7 +112,7 @@ def test_transfer_predicts_an_unseen_region_from_the_image(synthetic):
     assert m["n_genes_scored"] == adata.n_vars and m["n_genes_constant_prediction"] == 0
     assert m["baseline_train_mean_pcc_mean"] == 0.0
     assert m["mse"] < 0.8 * m["baseline_train_mean_mse"], (m["mse"], m["baseline_train_mean_mse"])
-    assert -1.0 <= m["baseline_ridge_pcc_mean"] <= 1.0
+    assert m["baseline_ridge_pcc_mean"] > 0.3  # the ridge head sees the domains too (measured 0.55)
     markers = res.per_gene.index.isin(adata.var_names[adata.var["gene_class"] == "marker"])
     assert res.per_gene.loc[markers, "pcc"].mean() > 0.3  # domains are visible in the image
 

@@ -134,11 +134,15 @@ def test_validate_hd_cli(hd_outs, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     hd = summary["validate_hd"]
     assert hd["bin_size_um"] == 8 and hd["n_pixels_scored"] > 1000
-    for key in ("pcc_mean", "ssim_mean", "baseline_interp_pcc_mean", "baseline_interp_ssim_mean"):
-        assert -1.0 <= hd[key] <= 1.0, key
     assert hd["rmse"] > 0 and hd["baseline_interp_rmse"] > 0
     table = pd.read_csv(out / "validate_hd_genes.csv", index_col=0)
     assert {"pcc", "ssim", "rmse", "pcc_baseline_interp"} <= set(table.columns)
+    # the summary is the mean of the per-gene table; map and interpolated spots both follow the
+    # measured bins (measured: PCC 0.23 and 0.23, SSIM 0.43 and 0.50)
+    for key, col in (("pcc_mean", "pcc"), ("ssim_mean", "ssim"),
+                     ("baseline_interp_pcc_mean", "pcc_baseline_interp")):
+        assert hd[key] == pytest.approx(table[col].mean(), rel=1e-6), key
+        assert hd[key] > 0.1, key
     assert len(table) == summary["n_genes"]
     assert "Visium HD check" in capsys.readouterr().out
 
@@ -157,5 +161,10 @@ def test_validate_hd_api_scores(hd_outs, tmp_path):
     on_bins = measured_on_map(truth, result.maps)
     assert scores["n_pixels_scored"] == int((result.maps.mask & on_bins).sum())
     assert scores["n_pixels_scored"] <= bins.n_obs
-    assert -1 <= scores["pcc_mean"] <= 1 and 0 <= scores["rmse"] <= 1
+    # the scores are the means of the per-gene table, and the map follows the measured bins
+    # (measured: PCC 0.30, interpolated spots 0.33)
+    for key, col in (("pcc_mean", "pcc"), ("rmse", "rmse"),
+                     ("baseline_interp_pcc_mean", "pcc_baseline_interp")):
+        assert scores[key] == pytest.approx(table[col].mean(), rel=1e-9), key
+    assert scores["pcc_mean"] > 0.1 and scores["baseline_interp_pcc_mean"] > 0.1
     assert set(table.index) == set(result.maps.gene_names)

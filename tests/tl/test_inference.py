@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_TRAIN
+from conftest import SMALL_MODEL, TINY_TRAIN
 from napari_trihrge import tl as tasks
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.io.model_folder import load_model_folder, write_integrity_record
 from napari_trihrge.tl import inference
 from napari_trihrge.workflows.runs import run_predict
 
-SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": (128, 128)}
 CLASSES = ("marker", "density", "gradient", "noise")
 
 
@@ -58,7 +57,11 @@ def test_model_folder_describes_itself(trained):
     names = [s["name"] for s in desc["training_sections"]]  # both samples are 'synthetic'
     assert "seed=1" in names[0] and "seed=2" in names[1]
     for sec in desc["training_sections"]:  # fair held-out scores of every training section
-        assert sec["n_heldout_spots"] > 0 and -1.0 <= sec["scores"]["pcc_mean"] <= 1.0
+        # the image-only model sees the domains: most genes beat the training mean, a constant
+        # (measured: PCC 0.43-0.50, about the kNN baseline's 0.47-0.48)
+        scores = sec["scores"]
+        assert sec["n_heldout_spots"] > 0 and scores["pcc_mean"] > 0.25
+        assert scores["fraction_genes_better_than_train_mean"] > 0.5
     assert desc["package_version"]
     loaded = load_model_folder(folder)
     table = loaded.gene_table
@@ -217,7 +220,8 @@ def test_run_model_folder_is_usable_by_predict(tmp_path):
     assert model.description["task"] == "recovery" and not model.image_only
     assert model.description["training_sections"][0]["scores"]["pcc_mean"] is not None
     res = inference.predict(tmp_path / "rec" / "model", _sample(6), factor=2)
-    assert -1.0 <= res.metrics["spots"]["pcc_mean"] <= 1.0
+    # the model carries over to an unseen section (measured: PCC 0.43, kNN 0.44)
+    assert res.metrics["spots"]["pcc_mean"] > 0.25
     with pytest.raises(TrihrgeInputError, match="dense"):
         inference.predict(model, _sample(6), stride_um=32.0)
 

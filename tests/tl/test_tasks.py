@@ -12,14 +12,29 @@ def tiny(**kw):
     return tasks.RunConfig(n_top_genes=40, model=dict(TINY_MODEL), train=dict(TINY_TRAIN), **kw)
 
 
+def _mean_fair_pcc(pred, measured) -> float:
+    """Mean per-gene PCC over the genes that vary among the measured spots (numpy only); a gene
+    predicted as a constant counts as 0."""
+    pred, measured = np.asarray(pred, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    pccs = [0.0 if np.ptp(p) == 0 else np.corrcoef(p, t)[0, 1]
+            for p, t in zip(pred.T, measured.T, strict=True) if np.ptp(t) > 0]
+    return float(np.mean(pccs))
+
+
 def test_recovery_scores_hidden_spots_only(synthetic):
     res = tasks.recovery(synthetic, holdout_fraction=0.5, seed=3, annotation="domain",
                          config=tiny())
     n = synthetic.n_obs
     assert res.predictions.n_obs == round(n * 0.5)
     m = res.metrics
-    for key in ("pcc_mean", "pcc_top100", "baseline_knn_pcc_mean", "ari"):
-        assert -1.0 <= m[key] <= 1.0, key
+    # the score is the mean per-gene PCC of the hidden spots (recomputed here by hand), with
+    # fewer than 100 genes the top-100 score is the same; the image-informed model beats
+    # interpolating the visible spots, and its clusters follow the tissue domains more closely
+    assert m["pcc_mean"] == pytest.approx(
+        _mean_fair_pcc(res.predictions.X, res.predictions.layers["measured"]), rel=1e-6)
+    assert m["pcc_top100"] == m["pcc_mean"]
+    assert m["pcc_mean"] > m["baseline_knn_pcc_mean"]
+    assert m["ari"] > m["ari_baseline_knn"]
     assert m["mse"] > 0 and m["mae"] > 0
     assert m["n_genes_scored"] == 40 - m["n_genes_constant_truth"]
     # the predictions are exactly the hidden spots, and none of them was a training spot
@@ -88,8 +103,8 @@ def test_enhance_virtual_spots_and_dense_map(synthetic):
     assert np.isfinite(inside).all() and (inside >= 0).all()
     assert np.isnan(np.asarray(maps.values)[:, ~maps.mask]).all()
     assert maps.std is not None
-    # the map averaged over each measured spot follows the measured values
-    assert 0.0 < res.metrics["consistency"]["pcc_mean"] <= 1.0
+    # the map averaged over each measured spot follows the measured values (measured: 0.75)
+    assert res.metrics["consistency"]["pcc_mean"] > 0.5
 
 
 def test_cancel_stops_the_run(synthetic):
@@ -220,10 +235,15 @@ def test_recovery_blend_scores_its_candidates_on_the_same_genes(synthetic):
     m = res.metrics
     for name in ("knn6", "knn12", "ridge", "network"):
         assert m[f"blend_weight_{name}_mean"] >= 0
-    for key in ("baseline_ridge_pcc_mean", "baseline_network_pcc_mean", "pcc_top100",
-                "baseline_knn_pcc_mean"):
-        assert -1.0 <= m[key] <= 1.0, key
-    assert 0 <= m["n_genes_constant_prediction"] <= m["n_genes_scored"]
+    # weighted on out-of-fold predictions, the blend is about as good as its best candidate
+    # (measured: blend 0.63, ridge 0.62, kNN 0.37, network 0.37); 40 genes: top 100 = all
+    best = max(m[f"baseline_{name}_pcc_mean"] for name in ("knn", "ridge", "network"))
+    assert m["pcc_mean"] > best - 0.05
+    assert m["pcc_top100"] == m["pcc_mean"]
+    pred = res.predictions
+    varies = np.ptp(np.asarray(pred.layers["measured"]), axis=0) > 0
+    assert m["n_genes_constant_prediction"] == int(
+        (np.ptp(np.asarray(pred.X), axis=0)[varies] == 0).sum())
     # the blend is scored on the very spots and genes its candidates are
     assert m["baseline_knn_pcc_mean"] == max(m["baseline_knn6_pcc_mean"],
                                              m["baseline_knn12_pcc_mean"])

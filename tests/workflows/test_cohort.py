@@ -10,6 +10,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from conftest import TINY_RUN  # noqa: E402
 from napari_trihrge.errors import TrihrgeInputError  # noqa: E402
 from napari_trihrge.workflows.cohort import (  # noqa: E402
     DONE_MARKER,
@@ -17,12 +18,6 @@ from napari_trihrge.workflows.cohort import (  # noqa: E402
     run_cohort,
     sample_folder_name,
 )
-
-# decoder_dims as a list: RunConfig.public_dict() keeps tuples inside `model`, which anndata cannot
-# write into enhanced.h5ad's uns (reported to the owner of tasks.py)
-TINY = {"n_top_genes": 30, "model": {"hidden_dim": 32, "attention_dim": 16,
-                                     "decoder_dims": [32, 32, 32]},
-        "train": {"max_epochs": 3}, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def test_cohort_runs_retries_reports_and_skips(samples, cluster, tmp_path):
     good, broken = samples
     cl, client = cluster
     out = tmp_path / "cohort"
-    report = run_cohort([*good, broken], out, task="enhance", retries=1, config_kwargs=TINY,
+    report = run_cohort([*good, broken], out, task="enhance", retries=1, config_kwargs=TINY_RUN,
                         task_kwargs={"factor": 2}, client=client)
     assert list(report["sample"]) == ["sample_1", "sample_2", "sample_3", "broken"]
     status = dict(zip(report["sample"], report["status"], strict=True))
@@ -89,10 +84,10 @@ def test_cohort_runs_retries_reports_and_skips(samples, cluster, tmp_path):
 
     # rerun: finished samples are skipped without a cluster, the broken one is tried again
     mtimes = {n: (out / n / DONE_MARKER).stat().st_mtime_ns for n in ("sample_1", "sample_2")}
-    again = run_cohort(good[:2], out, config_kwargs=TINY, client=None)
+    again = run_cohort(good[:2], out, config_kwargs=TINY_RUN, client=None)
     assert list(again["status"]) == ["skipped", "skipped"]
     assert {n: (out / n / DONE_MARKER).stat().st_mtime_ns for n in mtimes} == mtimes
-    retried = run_cohort([good[0], broken], out, retries=0, config_kwargs=TINY, client=client)
+    retried = run_cohort([good[0], broken], out, retries=0, config_kwargs=TINY_RUN, client=client)
     assert list(retried["status"]) == ["skipped", "failed"]
 
 
@@ -104,7 +99,7 @@ def test_interrupted_sample_folder_is_redone(samples, cluster, tmp_path):
     partial = out / "sample_1"
     partial.mkdir(parents=True)
     (partial / "leftover.txt").write_text("from an interrupted run")
-    report = run_cohort([good[0]], out, task="recovery", config_kwargs=TINY, client=client)
+    report = run_cohort([good[0]], out, task="recovery", config_kwargs=TINY_RUN, client=client)
     assert list(report["status"]) == ["done"]
     assert not (partial / "leftover.txt").exists() and (partial / DONE_MARKER).exists()
     for col in ("pcc_mean", "baseline_knn_pcc_mean", "pcc_top100", "baseline_knn_pcc_top100",

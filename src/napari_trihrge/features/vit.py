@@ -99,7 +99,7 @@ def _hub_offline() -> bool:
         from huggingface_hub import constants
 
         return env or bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 - huggingface_hub missing or changed: the env decides
         return env
 
 
@@ -189,7 +189,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         raise TrihrgeInputError(f"encoder checkpoint not found: {path}", "check the path")
     try:
         sd = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any unreadable file: an actionable error
         raise TrihrgeInputError(
             f"cannot read the encoder checkpoint {path.name} ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:200] if str(err) else ''})",
@@ -230,7 +230,7 @@ def _build(timm_name: str, model_args: dict[str, Any], sd: dict[str, Any] | None
     def create() -> torch.nn.Module:
         try:
             return timm.create_model(timm_name, pretrained=False, **model_args)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - timm's errors vary: an actionable error
             raise TrihrgeInputError(f"cannot build the timm model {timm_name!r} "
                                     f"({type(err).__name__}: {err})",
                                     "check the architecture name and model_args") from None
@@ -248,7 +248,7 @@ def _build(timm_name: str, model_args: dict[str, Any], sd: dict[str, Any] | None
     try:
         skeleton.load_state_dict(sd, strict=True, assign=True)
         on_meta = any(t.is_meta for t in (*skeleton.parameters(), *skeleton.buffers()))
-    except Exception:
+    except Exception:  # noqa: BLE001 - assign-loading unsupported: the slower path below
         on_meta = True
     if not on_meta:
         return skeleton.float().eval()
@@ -410,7 +410,7 @@ def _from_config_dir(folder: Path, cfg_file: Path, weights: Path, model_args: di
     try:
         cfg = json.loads(cfg_file.read_text())
         timm_name = cfg["architecture"]
-    except Exception:
+    except Exception:  # noqa: BLE001 - unreadable or not a timm config: an actionable error
         raise TrihrgeInputError(f"{cfg_file} is not a timm config.json (no 'architecture')",
                                 "pass architecture='uni' (or a timm name) explicitly") from None
     sd = load_checkpoint_file(weights)
@@ -458,7 +458,7 @@ def from_timm(name: str, *, device: str = "auto", pretrained: bool = True,
     args = {"num_classes": 0, **(model_args or {}), **rest}
     try:
         model = timm.create_model(name, pretrained=pretrained, **args).eval()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - hub and timm errors vary: an actionable error
         if pretrained:
             raise EncoderAccessError(
                 f"cannot load pretrained weights for the timm model {name!r} "

@@ -1,6 +1,9 @@
-"""A SpatialData store's H&E, opened lazily: the one part of a store the sample model
-(:func:`napari_trihrge.io.get_image`) needs, kept apart from reading and writing whole stores
-(:mod:`.spatialdata`) so that neither imports the other's callers."""
+"""A SpatialData store's H&E, opened lazily.
+
+The one part of a store the sample model (:func:`napari_trihrge.io.get_image`) needs, kept apart
+from reading and writing whole stores (:mod:`.spatialdata`) so that neither imports the other's
+callers.
+"""
 
 from __future__ import annotations
 
@@ -57,8 +60,10 @@ def _store_image_levels(info: dict) -> list[Any]:
 
 
 def open_store_image(info: dict):
-    """The sample's H&E from its SpatialData store, lazily, as a TissueImage (every pyramid
-    level with its pixel size)."""
+    """Return the sample's H&E from its SpatialData store, lazily, as a TissueImage.
+
+    Every pyramid level comes with its pixel size.
+    """
     import dask.array as da
 
     from .image import TissueImage

@@ -51,8 +51,10 @@ _PARTIAL_TAG = "trihrge-partial"
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``
-    (nothing is created or deleted)."""
+    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``.
+
+    Nothing is created or deleted.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TrihrgeInputError(f"{out} is a file, not a folder", "pass a folder with --out")
@@ -149,9 +151,11 @@ def check_complete_run(out_dir: str | Path) -> Path:
 
 
 class RunLock:
-    """A lock beside a run folder (``.<name>.lock``): a second run into the same folder is
-    refused while one is active. A lock left by a process that no longer runs (killed) is
-    taken over."""
+    """A lock beside a run folder (``.<name>.lock``).
+
+    A second run into the same folder is refused while one is active. A lock left by a process that
+    no longer runs (killed) is taken over.
+    """
 
     def __init__(self, out_dir: str | Path):
         out = Path(out_dir)
@@ -160,6 +164,7 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> RunLock:
+        """Take the lock, or raise when another live run holds it."""
         import os
         import socket
         import time
@@ -196,8 +201,10 @@ class RunLock:
             return {}
 
     def _stale(self, host: str) -> bool:
-        """Whether the lock's process is gone (same machine only; an unreadable lock written
-        more than a minute ago counts as stale too)."""
+        """Tell whether the lock's process is gone (same machine only).
+
+        An unreadable lock written more than a minute ago counts as stale too.
+        """
         import os
         import time
 
@@ -218,6 +225,7 @@ class RunLock:
         return False
 
     def release(self) -> None:
+        """Give the lock back (remove its file) when this run holds it."""
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
@@ -239,7 +247,8 @@ def run_folder(out_dir: str | Path, overwrite: bool = False, *, inputs: Any = ()
     ``out_dir`` (only with ``overwrite`` when ``out_dir`` has files); on any error the
     temporary folder is deleted and ``out_dir`` is left as it was (nothing is created). A lock
     refuses a second run into the same folder while this one is active. ``inputs`` (samples,
-    models, paths: :func:`input_paths`) are refused as the output or around it."""
+    models, paths: :func:`input_paths`) are refused as the output or around it.
+    """
     import os
     import shutil
     import uuid
@@ -279,6 +288,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (numpy values as plain numbers)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
     return Path(path)

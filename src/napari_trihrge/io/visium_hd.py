@@ -35,7 +35,7 @@ HD_HINT = (
 
 
 def bin_folder_size_um(path: str | os.PathLike) -> int | None:
-    """The bin size of a ``square_XXXum`` folder name, None for other names."""
+    """Return the bin size of a ``square_XXXum`` folder name, None for other names."""
     m = BIN_FOLDER_RE.match(Path(path).name)
     return int(m.group(1)) if m else None
 
@@ -50,8 +50,10 @@ def _binned_outputs(path: Path) -> Path | None:
 
 
 def available_bin_sizes_um(path: str | os.PathLike) -> list[int]:
-    """Bin sizes (micrometres) with a folder under ``path`` (an outs/ or binned_outputs/ folder,
-    or one bin folder)."""
+    """Return the bin sizes (micrometres) with a folder under ``path``.
+
+    ``path`` is an outs/ or binned_outputs/ folder, or one bin folder.
+    """
     path = Path(path)
     size = bin_folder_size_um(path)
     if size is not None:
@@ -74,8 +76,10 @@ def is_visium_hd_folder(path: str | os.PathLike) -> bool:
 
 
 def find_bin_folder(path: str | os.PathLike, bin_size_um: int | None = None) -> Path:
-    """The ``square_XXXum`` folder for ``path`` and ``bin_size_um`` (default: 8 um when there,
-    else the only one)."""
+    """Return the ``square_XXXum`` folder for ``path`` and ``bin_size_um``.
+
+    The default is 8 um when there, else the only one.
+    """
     path = Path(path)
     if not path.is_dir():
         raise TrihrgeInputError(f"Visium HD folder not found: {path}", HD_HINT)
@@ -114,8 +118,10 @@ def _find_image(bin_folder: Path, res: str) -> Path | None:
 
 
 def check_pixel_size(um_per_px: float, measured_um_per_px: float | None, what: str) -> None:
-    """Warn when a recorded pixel size and the one measured on the lattice disagree, or when
-    the lattice could not be measured."""
+    """Warn when a recorded and a measured pixel size disagree, or none could be measured.
+
+    The measured one comes from the lattice; ``None`` means the lattice could not be measured.
+    """
     if measured_um_per_px is None:
         warnings.warn(f"{what}: the array indices do not fit a regular lattice; the recorded "
                       f"pixel size {um_per_px:.4g} um/px could not be checked", stacklevel=3)
@@ -128,8 +134,10 @@ def check_pixel_size(um_per_px: float, measured_um_per_px: float | None, what: s
 def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
                    fullres_image: str | os.PathLike | None = None, um_per_px: float | None = None,
                    library_id: str | None = None, load_images: bool = True) -> Any:
-    """Read one bin size of a Visium HD Space Ranger output into an AnnData (one observation per
-    in-tissue bin; ``obs`` keeps ``array_row``/``array_col``; ``uns['trihrge']['bin_size_um']``).
+    """Read one bin size of a Visium HD Space Ranger output into an AnnData.
+
+    One observation per in-tissue bin; ``obs`` keeps ``array_row``/``array_col``;
+    ``uns['trihrge']['bin_size_um']`` records the bin size.
 
     ``path`` is the outs/ folder (``bin_size_um`` picks the bins, default 8 um) or a
     ``square_XXXum`` folder.
@@ -200,8 +208,10 @@ def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
 # -------------------------------------------------------------------------------------------
 def write_10x_h5(path: str | os.PathLike, counts: Any, barcodes: list[str], genes: list[str],
                  gene_ids: list[str] | None = None) -> Path:
-    """Write spots x genes ``counts`` (dense or sparse) as a Cell Ranger v3 HDF5 matrix, the
-    layout ``scanpy.read_10x_h5`` reads."""
+    """Write spots x genes ``counts`` (dense or sparse) as a Cell Ranger v3 HDF5 matrix.
+
+    This is the layout ``scanpy.read_10x_h5`` reads.
+    """
     import h5py
     import scipy.sparse as sp
 
@@ -229,9 +239,12 @@ def write_visium_hd_bins(outs: str | os.PathLike, bin_size_um: int, counts: Any,
                          barcodes: list[str], genes: list[str], positions: Any,
                          scalefactors: dict[str, float], images: dict[str, np.ndarray], *,
                          gene_ids: list[str] | None = None) -> Path:
-    """Write one ``binned_outputs/square_XXXum/`` folder under ``outs`` (Space Ranger layout):
-    the matrix of the in-tissue bins, ``positions`` (a DataFrame with the six Space Ranger
-    columns for every bin), the scalefactors and the hires/lowres PNGs. Returns the folder."""
+    """Write one ``binned_outputs/square_XXXum/`` folder under ``outs`` (Space Ranger layout).
+
+    The folder holds the matrix of the in-tissue bins, ``positions`` (a DataFrame with the six
+    Space Ranger columns for every bin), the scalefactors and the hires/lowres PNGs. Returns the
+    folder.
+    """
     from PIL import Image
 
     folder = Path(outs) / "binned_outputs" / f"square_{int(bin_size_um):03d}um"

@@ -61,8 +61,11 @@ class EnhanceResult:
 
 
 def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarray:
-    """Sub-locations of a spot disk for the aggregation loss (row/col um offsets): the centre and
-    rings of 6 (at half the radius) and 12 (at 0.85 radius) points, roughly equal areas each."""
+    """Return the sub-locations of a spot disk for the aggregation loss (row/col um offsets).
+
+    The centre and rings of 6 (at half the radius) and 12 (at 0.85 radius) points, roughly equal
+    areas each.
+    """
     radius_um = spot_diameter_um / 2.0
     pts = [np.zeros(2)]
     for n, frac in ((6, 0.5), (12, 0.85)):
@@ -75,9 +78,12 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
                    nb_input: bool, sub: dict[str, Any], sub_offsets_um: np.ndarray | None,
                    split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress
                    ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Per-gene trust for an enhance run: one model trained like the final one (same inputs,
-    same losses; the per-gene blend when ``cfg.stacking``) on the spots of ``split[1]`` only,
-    scored on the held-out ``split[0]`` (the blend's candidates too, on the same genes)."""
+    """Measure the per-gene trust of an enhance run on held-out spots.
+
+    One model trained like the final one (same inputs, same losses; the per-gene blend when
+    ``cfg.stacking``) on the spots of ``split[1]`` only, scored on the held-out ``split[0]`` (the
+    blend's candidates too, on the same genes).
+    """
     hidden, visible = split
     nb_train = nb_hidden = None
     if nb_input:
@@ -127,9 +133,10 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             map_path: str | None = None, map_margin_um: float | None = None,
             trust: bool = True, trust_holdout_fraction: float = TRUST_HOLDOUT_FRACTION,
             map_store: bool | str = False) -> EnhanceResult:
-    """Predict expression on a ``factor``x denser lattice of virtual spots and, with
-    ``stride_um``, as dense sub-spot maps over the tissue (streamed to ``map_path`` as OME-Zarr
-    when given, else kept in memory).
+    """Predict expression on a ``factor``x denser lattice of virtual spots, and dense maps.
+
+    With ``stride_um`` the maps are dense sub-spot maps over the tissue (streamed to ``map_path`` as
+    OME-Zarr when given, else kept in memory).
 
     With a dense map the model gets a third, local window (``config.local_window_um``) and is
     trained with the aggregation constraint: the map averaged over each measured spot's disk

@@ -1,7 +1,9 @@
-"""A model's description and its model folder from a run: what :func:`describe` records with a
-model (:mod:`napari_trihrge.io.model_folder` writes and reads the folder), the folder of a
-recovery or enhance run (:func:`save_run_model`), and a saved model made ready to predict
-(:func:`ready_model`, :func:`prediction_config`)."""
+"""A model's description and its model folder from a run.
+
+What :func:`describe` records with a model (:mod:`napari_trihrge.io.model_folder` writes and
+reads the folder), the folder of a recovery or enhance run (:func:`save_run_model`), and a saved
+model made ready to predict (:func:`ready_model`, :func:`prediction_config`).
+"""
 
 from __future__ import annotations
 
@@ -34,8 +36,11 @@ def describe(cfg: RunConfig, *, task: str, encoder=None, genes: Sequence[str],
              lattice: geometry.Lattice | None = None, spot_diameter_um: float | None = None,
              training_sections: list[dict[str, Any]] | None = None,
              trust: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The description stored with a model folder (see :mod:`napari_trihrge.io.model_folder`).
-    ``encoder`` (the instance used) adds its ``config_key`` and width."""
+    """Return the description stored with a model folder.
+
+    See :mod:`napari_trihrge.io.model_folder`. ``encoder`` (the instance used) adds its
+    ``config_key`` and width.
+    """
     windows = [float(w) for w in cfg.windows_um]
     bag = ([float(local_window_um)] if feature_mode == "dense" and local_window_um is not None
            else []) + windows
@@ -67,9 +72,11 @@ def describe(cfg: RunConfig, *, task: str, encoder=None, genes: Sequence[str],
 
 def save_run_model(path: str | Path, result, cfg: RunConfig, task: str, *,
                    overwrite: bool = True) -> Path:
-    """Write the model of a recovery or enhance run as a described model folder: raw features
-    ('none' standardisation; whole windows, or the dense path with the local window when the
-    enhance run made maps), the run's held-out scores where it has them."""
+    """Write the model of a recovery or enhance run as a described model folder.
+
+    Raw features ('none' standardisation; whole windows, or the dense path with the local window
+    when the enhance run made maps), the run's held-out scores where it has them.
+    """
     spots = result.predictions if task == "recovery" else result.spots
     rc_um, _, diameter_um = sample_geometry(spots)
     lattice = geometry.detect_lattice(rc_um, kind=_lattice_kind(spots))
@@ -108,9 +115,12 @@ def save_run_model(path: str | Path, result, cfg: RunConfig, task: str, *,
 
 def ready_model(model: TrainedModel | str | Path, *, encoder: str | None = None,
                 windows_um: Sequence[float] | None = None) -> TrainedModel:
-    """``model`` loaded from its folder (or taken as it is), checked against the ``encoder`` and
-    ``windows_um`` the caller expects (None: not checked). Anything but a model or a path is
-    a ``TypeError`` (an AnnData there is most likely the target given first)."""
+    """Return ``model`` loaded from its folder (or taken as it is), checked.
+
+    It is checked against the ``encoder`` and ``windows_um`` the caller expects (None: not
+    checked). Anything but a model or a path is a ``TypeError`` (an AnnData there is most likely
+    the target given first).
+    """
     if not isinstance(model, (TrainedModel, str, os.PathLike)):
         swapped = (": did you swap model and target? predict(model, target)"
                    if type(model).__name__ == "AnnData" else "")
@@ -125,8 +135,10 @@ def ready_model(model: TrainedModel | str | Path, *, encoder: str | None = None,
 
 def prediction_config(model: TrainedModel, *, device: str, cache_dir: str | None,
                       hf_token: str | None) -> RunConfig:
-    """The :class:`RunConfig` that reproduces ``model``'s features and inputs (older
-    descriptions without a field get RunConfig's default)."""
+    """Return the :class:`RunConfig` that reproduces ``model``'s features and inputs.
+
+    Older descriptions without a field get RunConfig's default.
+    """
     d = model.description
     feats = d["features"]
     return RunConfig(encoder=d["encoder"]["name"],

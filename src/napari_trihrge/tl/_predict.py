@@ -62,9 +62,11 @@ def is_image_path(path: Any) -> bool:
 
 
 def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
-    """A bare H&E image as a sample without spots (``n_obs == 0``), so that the readers'
-    contract (``uns['trihrge']``, :func:`napari_trihrge.io.get_image`) holds. The pixel size comes
-    from ``um_per_px`` or the file's OME/TIFF/SVS metadata."""
+    """Read a bare H&E image as a sample without spots (``n_obs == 0``).
+
+    The readers' contract (``uns['trihrge']``, :func:`napari_trihrge.io.get_image`) holds. The pixel
+    size comes from ``um_per_px`` or the file's OME/TIFF/SVS metadata.
+    """
     from ..io.image import image_size_px, pixel_size_from_metadata
 
     path = Path(path)
@@ -89,8 +91,11 @@ def image_target(path: str | Path, um_per_px: float | None = None) -> AnnData:
 
 
 def _tissue_lattice(image, lattice: dict[str, Any]) -> np.ndarray:
-    """Points of the training lattice (spacing and orientation) inside the tissue mask of
-    ``image``: where a spot would be if the slide had been sequenced."""
+    """Return the points of the training lattice inside the tissue mask of ``image``.
+
+    The lattice has the training spacing and orientation: where a spot would be if the slide had
+    been sequenced.
+    """
     from ..tissue import tissue_mask_for
 
     basis = np.asarray(lattice["basis_rc_um"], dtype=np.float64)
@@ -114,8 +119,10 @@ def _tissue_lattice(image, lattice: dict[str, Any]) -> np.ndarray:
 
 @dataclass
 class PredictResult(EnhanceResult):
-    """As :class:`~napari_trihrge.tl.EnhanceResult`; ``per_gene``: the fair per-gene scores at
-    the target's measured spots (None for a bare image)."""
+    """As :class:`~napari_trihrge.tl.EnhanceResult`, for a trained model applied to a target.
+
+    ``per_gene``: the fair per-gene scores at the target's measured spots (None for a bare image).
+    """
 
     per_gene: pd.DataFrame | None = None
 
@@ -136,8 +143,11 @@ def _warn_about_bins(adata: AnnData, model: TrainedModel) -> None:
 
 
 def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData:
-    """A prediction target as AnnData: a sample as is, a bare H&E image as a sample without
-    spots (:func:`image_target`), a path of any supported layout read with ``io.read``."""
+    """Return a prediction target as AnnData.
+
+    A sample as is, a bare H&E image as a sample without spots (:func:`image_target`), a path of any
+    supported layout read with ``io.read``.
+    """
     if isinstance(target, AnnData):
         return target
     if not isinstance(target, (str, Path)):
@@ -153,9 +163,11 @@ def prediction_inputs(model: TrainedModel | str | Path, target: AnnData | str | 
                       stride_um: float | None = None, um_per_px: float | None = None,
                       encoder: str | None = None, windows_um: Sequence[float] | None = None
                       ) -> tuple[TrainedModel, AnnData, float | None]:
-    """What :func:`predict` works on: the model ready (loaded and checked,
-    :func:`._model_io.ready_model`), the target as AnnData and the map stride (a bare image always
-    gets a map, :data:`DEFAULT_IMAGE_STRIDE_UM` unless given)."""
+    """Return what :func:`predict` works on: the model ready, the target and the map stride.
+
+    The model is loaded and checked (:func:`._model_io.ready_model`), the target is an AnnData, and
+    a bare image always gets a map (:data:`DEFAULT_IMAGE_STRIDE_UM` unless given).
+    """
     model = ready_model(model, encoder=encoder, windows_um=windows_um)
     adata = _as_target(target, um_per_px)
     check_declared_pixel_size(adata, "the target")
@@ -171,8 +183,10 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
             device: str = "auto", cache_dir: str | None = None, hf_token: str | None = None,
             progress: Progress | None = None, map_path: str | None = None,
             reference: str = "auto", map_store: bool | str = False) -> PredictResult:
-    """Apply a trained model to ``target``: a sample (AnnData or any path :func:`io.read`
-    takes) or a bare H&E image file (``um_per_px`` or read from the file's metadata).
+    """Apply a trained model to ``target``, a sample or a bare H&E image file.
+
+    A sample is an AnnData or any path :func:`io.read` takes; for a bare image the pixel size is
+    ``um_per_px`` or read from the file's metadata.
 
     Returns an :class:`~napari_trihrge.tl.EnhanceResult`: ``virtual`` holds the
     ``factor``-x denser virtual spots (with spots: measured spots keep their barcodes as
@@ -348,8 +362,10 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
 
 
 def _spots_adata(adata: AnnData, genes: list[str], y: np.ndarray | None) -> AnnData:
-    """The target's measured spots (X log-normalised, the model's genes; NaN for genes it lacks)
-    or an empty AnnData for a bare image, with the spatial metadata."""
+    """Return the target's measured spots, or an empty AnnData for a bare image.
+
+    X log-normalised, the model's genes (NaN for genes it lacks), with the spatial metadata.
+    """
     n = adata.n_obs
     out = AnnData(X=(y if y is not None else np.zeros((0, len(genes)), np.float32)),
                   obs=adata.obs.copy() if n else None, var=pd.DataFrame(index=pd.Index(genes)))

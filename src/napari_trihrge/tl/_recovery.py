@@ -47,10 +47,12 @@ class RecoveryResult:
 def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
              config: RunConfig | None = None, progress: Progress | None = None,
              key_added: str | None = None) -> RecoveryResult:
-    """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
-    hidden ones and score them (hidden spots only) next to the image-free kNN baseline and the
-    noise ceiling of the hidden spots (:func:`napari_trihrge.metrics.noise_ceiling`:
-    ``noise_ceiling_pcc_mean``, ``fraction_of_ceiling``; per gene ``noise_ceiling``).
+    """Recover hidden spots: train on the rest and score them next to the image-free kNN baseline.
+
+    ``holdout_fraction`` of the spots are hidden at random (``seed``); the model trains on the rest,
+    predicts the hidden ones and scores them (hidden spots only), next to the noise ceiling of the
+    hidden spots (:func:`napari_trihrge.metrics.noise_ceiling`: ``noise_ceiling_pcc_mean``,
+    ``fraction_of_ceiling``; per gene ``noise_ceiling``).
 
     With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
     (:mod:`napari_trihrge.model.stacking`), weighted on out-of-fold predictions of the training spots;
@@ -58,7 +60,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
 
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_recovery``):
     the summary in ``uns``, the per-gene trust in ``var``, the hidden spots' predictions in
-    ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`)."""
+    ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`).
+    """
     check_adata(adata, min_spots=MIN_SECTION_SPOTS)
     check_declared_pixel_size(adata)
     cfg = config or RunConfig()

@@ -59,9 +59,11 @@ from ._transfer import transfer_genes
 
 
 def _section_names(adatas: Sequence[AnnData]) -> list[str]:
-    """One distinct name per training section: its sample name, or where sections share one
-    (two synthetic samples, two files of one slide), the file or folder each was read from,
-    else the name with the section's number."""
+    """Return one distinct name per training section.
+
+    Its sample name, or where sections share one (two synthetic samples, two files of one slide),
+    the file or folder each was read from, else the name with the section's number.
+    """
     names = [_section_name(a, i) for i, a in enumerate(adatas)]
     out = []
     for i, (a, name) in enumerate(zip(adatas, names, strict=True)):
@@ -74,8 +76,11 @@ def _section_names(adatas: Sequence[AnnData]) -> list[str]:
 
 @dataclass
 class TrainResult:
-    """``model`` (a :class:`TrainedModel`, ``model.save(path)``), per-section held-out scores in
-    ``metrics['sections']``, the per-gene trust table, the training record."""
+    """The result of :func:`train`.
+
+    ``model`` (a :class:`TrainedModel`, ``model.save(path)``), per-section held-out scores in
+    ``metrics['sections']``, the per-gene trust table, the training record.
+    """
 
     model: TrainedModel
     metrics: dict[str, Any]

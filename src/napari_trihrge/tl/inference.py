@@ -1,7 +1,7 @@
-"""Train once, apply anywhere: ``tl.train`` (:mod:`._train`) and ``tl.predict``
-(:mod:`._predict`), with the model's description and run models in :mod:`._model_io`; the run
-folders of ``trihrge train`` / ``trihrge predict`` are written by
-:mod:`napari_trihrge.workflows.runs`. This module gathers them under one name."""
+"""Train once, apply anywhere: ``tl.train`` and ``tl.predict``.
+
+Also the run folders of ``trihrge train`` / ``trihrge predict``.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qt_support import TINY, add_sample
+from conftest import TINY_MODEL, TINY_RUN, TINY_TRAIN
+from qt_support import add_sample
 
 pytestmark = pytest.mark.gui
 
@@ -17,7 +18,7 @@ def model_dir(tmp_path_factory):
     from napari_trihrge import tl as tasks
     from napari_trihrge.datasets import synthetic_sample
 
-    cfg = tasks.RunConfig(n_top_genes=20, model=dict(TINY["model"]), train=dict(TINY["train"]),
+    cfg = tasks.RunConfig(n_top_genes=20, model=dict(TINY_MODEL), train=dict(TINY_TRAIN),
                           device="cpu")
     res = tasks.train([synthetic_sample(seed=7, size_um=(900.0, 900.0), n_genes=40)],
                       image_only=True, config=cfg)
@@ -140,8 +141,8 @@ def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
     add_sample(viewer)
     sw, tw = SampleWidget(viewer), TrainWidget(viewer)
     sw.device_combo.setCurrentText("cpu")
-    tw.extra_config = {k: v for k, v in TINY.items() if k != "n_top_genes"}
-    tw.genes_spin.setValue(TINY["n_top_genes"])
+    tw.extra_config = {k: v for k, v in TINY_RUN.items() if k != "n_top_genes"}
+    tw.genes_spin.setValue(TINY_RUN["n_top_genes"])
     tw.set_task("recovery")
     assert not tw.save_model_btn.isEnabled()
     tw.start()
@@ -150,7 +151,7 @@ def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
     assert tw.save_model_btn.isEnabled()
     out = tw.save_model(str(tmp_path / "saved"))
     model = load_model_folder(out)
-    assert model.description["task"] == "recovery" and len(model.genes) == TINY["n_top_genes"]
+    assert model.description["task"] == "recovery" and len(model.genes) == TINY_RUN["n_top_genes"]
 
 
 def test_explorers_on_a_bare_image_prediction(viewer, qtbot, notes, model_dir, tmp_path):

@@ -251,7 +251,7 @@ class RegionExplorer(Panel):
                 return None
             return R.region_statistics(polys, measured, enhanced, top_n=top_n,
                                        region_names=names)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a notification, never a crash
             notify_error(exc, "Region statistics")
             return None
 
@@ -328,7 +328,7 @@ class RegionExplorer(Panel):
             if item is not None:
                 try:
                     self.session.show_gene(item.text())
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a notification, never a crash
                     notify_error(exc, "Show gene")
 
     # -- export ---------------------------------------------------------------------------
