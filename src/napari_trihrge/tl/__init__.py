@@ -5,10 +5,11 @@ AnnData returned by :func:`napari_trihrge.io.read` (raw counts, ``obsm['spatial'
 full-resolution pixels), return result objects holding AnnData and, in the scanpy manner, also
 record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
 :func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
-``_maps``), ``inference`` (train / predict), ``hd_validation``; ``_config`` holds
-:class:`RunConfig` and ``_shared`` the steps they share.
+``_maps``), ``inference`` (train / predict), ``hd_validation``, ``_cells`` (cells from
+nuclei); ``_config`` holds :class:`RunConfig` and ``_shared`` the steps they share.
 """
 
+from ._cells import CellsResult, average_maps_over_cells, cell_map_weights, cells, read_labels
 from ._config import (
     BASELINE_KS,
     MODEL_PRESETS,
@@ -41,6 +42,11 @@ __all__ = [
     "TransferResult",
     "EnhanceResult",
     "DenseMaps",
+    "CellsResult",
+    "cells",
+    "cell_map_weights",
+    "average_maps_over_cells",
+    "read_labels",
     "recovery",
     "transfer",
     "enhance",
