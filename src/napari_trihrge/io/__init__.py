@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrihrgeInputError
+from .geojson import (
+    GeoRegion,
+    QuPathObject,
+    cells_to_features,
+    labels_from_geojson,
+    read_geojson,
+    read_regions,
+    regions_to_features,
+    write_geojson,
+)
 from .h5ad import read_h5ad
 from .image import TissueImage, image_size_px, open_image
 from .sample import available_images, get_image, validate_sample
@@ -98,6 +108,14 @@ def _accepted(reader: Any, kwargs: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "GeoRegion",
+    "QuPathObject",
+    "cells_to_features",
+    "labels_from_geojson",
+    "read_geojson",
+    "read_regions",
+    "regions_to_features",
+    "write_geojson",
     "TissueImage",
     "ZarrMapWriter",
     "available_images",
