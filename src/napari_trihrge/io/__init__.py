@@ -51,7 +51,7 @@ READ_HINT = (
 
 
 def read(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Read a sample, choosing the reader from what ``path`` is:
+    """Read a sample, choosing the reader from what ``path`` is.
 
     * a SpatialData ``.zarr`` store: :func:`read_spatialdata` (``table=``, ``image_element=``,
       ``coordinate_system=`` pick one when there are several; needs the ``spatialdata`` extra)

@@ -20,8 +20,10 @@ def platform_info(platform: str) -> dict[str, Any] | None:
 
 
 def array_index_of(obs: pd.DataFrame, platform: str | None) -> np.ndarray | None:
-    """The platform's array indices per spot from ``obs`` (Visium ``array_row``/``array_col``,
-    ST ``array_x``/``array_y``), or None when absent or not numeric."""
+    """Return the platform's array indices per spot from ``obs``, or None.
+
+    Visium ``array_row``/``array_col``, ST ``array_x``/``array_y``; None when absent or not numeric.
+    """
     plat = PLATFORMS.get(platform or "")
     if plat is None:
         return None
@@ -64,7 +66,7 @@ def read_table(path: str | os.PathLike, *, header: Any = "infer", index_col: Any
 
 def match_ids(counts_ids: pd.Index, position_ids: pd.Index, what_counts: str,
               what_positions: str, hint: str) -> pd.Index:
-    """Counts ids found in the positions table; errors when fewer than half match."""
+    """Count the ids found in the positions table; raise when fewer than half match."""
     counts_ids = pd.Index(counts_ids).astype(str)
     position_ids = pd.Index(position_ids).astype(str)
     found = counts_ids.isin(position_ids)

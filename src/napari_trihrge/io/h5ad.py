@@ -19,8 +19,9 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
               platform: str | None = None, fullres_image: str | os.PathLike | None = None,
               image: str | os.PathLike | None = None, spot_diameter_px: float | None = None
               ) -> Any:
-    """Read an ``.h5ad`` with ``obsm['spatial']`` (x/y full-resolution pixels) and optionally
-    ``uns['spatial'][library]['images'|'scalefactors']``.
+    """Read an ``.h5ad`` with ``obsm['spatial']`` (x/y full-resolution pixels).
+
+    ``uns['spatial'][library]['images'|'scalefactors']`` is read when present.
 
     An existing ``uns['trihrge']`` (our own outputs) is trusted; the keyword arguments override
     it. Otherwise the platform is 'visium' when ``spot_diameter_fullres`` is present (unless
@@ -113,7 +114,7 @@ def read_h5ad(path: str | os.PathLike, *, library_id: str | None = None,
 
 
 def _number_or_none(value: Any) -> float | None:
-    """A stored scale factor as a positive float, or None when it is not one."""
+    """Return a stored scale factor as a positive float, or None when it is not one."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -122,8 +123,11 @@ def _number_or_none(value: Any) -> float | None:
 
 
 def _use_raw_counts(adata: Any, what: str) -> None:
-    """When ``X`` is normalised but ``layers['counts']`` or ``.raw`` holds raw counts (the
-    scanpy habit), put those in ``X`` with a warning; otherwise leave ``X`` for the checks."""
+    """Put raw counts in ``X`` when ``X`` is normalised and raw counts are kept beside it.
+
+    When ``layers['counts']`` or ``.raw`` holds the raw counts (the scanpy habit) they go to ``X``
+    with a warning; otherwise ``X`` is left for the checks.
+    """
     from .sample import raw_counts_problem
 
     problem = raw_counts_problem(adata.X)

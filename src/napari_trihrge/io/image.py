@@ -66,8 +66,11 @@ def to_rgb_uint8(arr: Any, what: str = "the image") -> np.ndarray:
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:
-    """RGBA -> RGB: fully transparent pixels become white (background, as outside the image);
-    the colour of every other pixel is kept as it is (the alpha channel is dropped)."""
+    """Convert RGBA to RGB: fully transparent pixels become white.
+
+    Transparent pixels are background, as outside the image; the colour of every other pixel is kept
+    as it is (the alpha channel is dropped).
+    """
     clear = rgba[..., 3] == 0
     if not clear.any():
         return rgba[..., :3]
@@ -92,8 +95,11 @@ def is_blank(pixels: np.ndarray) -> bool:
 
 def blank_at_spots(img: TissueImage, rc_um: np.ndarray, window_um: float = 30.0,
                    max_spots: int = 64) -> bool:
-    """Whether ``img`` is blank where the spots are: small windows around (at most
-    ``max_spots``) spot centres that lie wholly inside the image, read at a coarse size."""
+    """Tell whether ``img`` is blank where the spots are.
+
+    Small windows around (at most ``max_spots``) spot centres that lie wholly inside the image are
+    read at a coarse size.
+    """
     rc_um = np.asarray(rc_um, dtype=np.float64)
     h_um, w_um = img.shape_rc_um
     half = window_um / 2.0
@@ -144,6 +150,7 @@ class TissueImage:
 
     @property
     def shape_px(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
         return int(self.array.shape[0]), int(self.array.shape[1])
 
     @property
@@ -154,6 +161,7 @@ class TissueImage:
 
     @property
     def is_lazy(self) -> bool:
+        """True when the image is read on demand (dask or zarr), not held in memory."""
         return not isinstance(self.array, np.ndarray)
 
     def __repr__(self) -> str:
@@ -197,8 +205,10 @@ class TissueImage:
 
     # -- region reads ----------------------------------------------------------------------
     def read_um(self, top_left_rc_um: Any, size_rc_um: Any, out_shape_px: Any) -> np.ndarray:
-        """Region of ``size_rc_um`` (height, width, micrometres) whose top-left *corner* is at
-        ``top_left_rc_um``, resampled to ``out_shape_px`` (rows, cols) -> HxWx3 uint8.
+        """Read a region resampled to ``out_shape_px`` (rows, cols) as HxWx3 uint8.
+
+        The region is ``size_rc_um`` (height, width, micrometres) with its top-left *corner* at
+        ``top_left_rc_um``.
 
         Output pixel ``(i, j)`` is centred at ``top_left + ((i, j) + 0.5) * size / out_shape``, so
         a crop ``top_left = centre - size / 2`` is centred on ``centre``. Reads from the coarsest
@@ -253,7 +263,7 @@ class TissueImage:
 
     # -- whole image -----------------------------------------------------------------------
     def at_resolution(self, um_per_px: float, *, return_um_per_px: bool = False) -> Any:
-        """The whole image resampled to about ``um_per_px`` (HxWx3 uint8 numpy).
+        """Return the whole image resampled to about ``um_per_px`` (HxWx3 uint8 numpy).
 
         Uses the coarsest pyramid level that is fine enough, block-averages it by the largest
         integer factor, then resizes the rest of the way with anti-aliasing. The exact pixel size
@@ -281,9 +291,12 @@ class TissueImage:
 
 
 def _resample_taps(pos: np.ndarray, sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """One axis of "Gaussian low-pass (``sigma`` px, truncated at 4 sigma like
-    ``scipy.ndimage.gaussian_filter``) then linear interpolation at ``pos``", both with
-    nearest-edge extension on ``n`` samples: source indices and float32 weights ``(m, taps)``."""
+    """Return the source indices and float32 weights ``(m, taps)`` of one resampling axis.
+
+    The axis is a Gaussian low-pass (``sigma`` px, truncated at 4 sigma like
+    ``scipy.ndimage.gaussian_filter``) then linear interpolation at ``pos``, both with nearest-edge
+    extension on ``n`` samples.
+    """
     radius = int(4.0 * sigma + 0.5) if sigma >= 1e-3 else 0
     if radius:
         x = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -388,8 +401,11 @@ def _open_tiff(path: Path, um_per_px: float) -> TissueImage:
 
 
 def _big_chunk_as_memmap(path: Path, level: int, z: Any, limit_bytes: int = 64 << 20) -> Any:
-    """Uncompressed TIFFs written as one strip form a single huge zarr chunk, so every small
-    read would decode the whole level; memory-map such levels instead (lazy through the OS)."""
+    """Memory-map a TIFF level stored as one huge chunk (lazy through the OS), else None.
+
+    Uncompressed TIFFs written as one strip form a single huge zarr chunk, so every small read would
+    decode the whole level.
+    """
     import dask.array as da
     import tifffile
 
@@ -398,7 +414,7 @@ def _big_chunk_as_memmap(path: Path, level: int, z: Any, limit_bytes: int = 64 <
         return None
     try:
         mm = tifffile.memmap(path, series=0, level=level, mode="r")
-    except Exception:  # compressed or not contiguous: keep the zarr chunks
+    except Exception:  # noqa: BLE001 - compressed or not contiguous: keep the zarr chunks
         return None
     if tuple(mm.shape) != tuple(z.shape):
         return None
@@ -427,11 +443,12 @@ def _open_pil(path: Path, um_per_px: float) -> TissueImage:
 
 
 def _decode_with_imagecodecs(path: Path, fmt: str | None, mode: str) -> np.ndarray | None:
-    """An 8-bit RGB(A) JPEG or PNG decoded by imagecodecs straight into numpy, else None.
+    """Decode an 8-bit RGB(A) JPEG or PNG by imagecodecs straight into numpy, else None.
 
     The same pixels as Pillow (libjpeg-turbo, libpng) without Pillow's second full-size copy, and
     Python's GIL is released while decoding, so a viewer decoding a large H&E in a worker thread
-    stays responsive."""
+    stays responsive.
+    """
     if (fmt, mode) not in (("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA")):
         return None
     try:
@@ -482,12 +499,14 @@ def image_size_px(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def read_preview(path: str | os.PathLike, max_side_px: int) -> tuple[np.ndarray, float]:
-    """The whole image at most ``max_side_px`` per side (HxWx3 uint8) and its scale factor
-    (preview pixels per full-resolution pixel, the mean over both axes).
+    """Return the whole image at most ``max_side_px`` per side (HxWx3 uint8) and its scale factor.
+
+    The scale factor is preview pixels per full-resolution pixel, the mean over both axes.
 
     A JPEG is decoded at a reduced DCT scale (1/2 to 1/8, libjpeg's draft mode), so a preview of
     a 20 000 px H&E never decodes the full image; TIFFs read their coarsest fine-enough pyramid
-    level lazily; other formats (PNG) are decoded whole, then reduced (antialiased)."""
+    level lazily; other formats (PNG) are decoded whole, then reduced (antialiased).
+    """
     path = Path(path)
     h, w = image_size_px(path)
     scale = min(1.0, max_side_px / max(h, w))
@@ -523,10 +542,12 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def pixel_size_from_metadata(path: str | os.PathLike) -> float | None:
-    """The pixel size (um/px) an image file records, or None: OME-XML ``PhysicalSizeX`` (in
-    its unit), an Aperio SVS ``MPP = ...`` description, or a TIFF resolution in centimetres or
-    inches when it gives a plausible H&E pixel size (screen 72/96 dpi values do not). JPEG and PNG
-    carry none that can be trusted."""
+    """Return the pixel size (um/px) an image file records, or None.
+
+    Read from OME-XML ``PhysicalSizeX`` (in its unit), an Aperio SVS ``MPP = ...`` description, or a
+    TIFF resolution in centimetres or inches when it gives a plausible H&E pixel size (screen 72/96
+    dpi values do not). JPEG and PNG carry none that can be trusted.
+    """
     path = Path(path)
     if not _is_tiff(path):
         return None
@@ -556,7 +577,7 @@ def pixel_size_from_metadata(path: str | os.PathLike) -> float | None:
                 unit = int(tags["ResolutionUnit"].value)
                 if num > 0 and den > 0 and unit in (2, 3):
                     candidates.append((25400.0 if unit == 2 else 1e4) * den / num)
-    except Exception:  # unreadable metadata: the caller asks for the pixel size
+    except Exception:  # noqa: BLE001 - unreadable metadata: the caller asks for the pixel size
         return None
     lo, hi = PLAUSIBLE_UM_PER_PX
     for c in candidates:

@@ -60,8 +60,10 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def encoder_identity(config_key: str | None) -> str | None:
-    """The part of :meth:`Encoder.config_key` that decides the embeddings' meaning: a ViT's
-    inference precision (last field) may differ between a GPU and a CPU run."""
+    """Return the part of :meth:`Encoder.config_key` that decides the embeddings' meaning.
+
+    A ViT's inference precision (last field) may differ between a GPU and a CPU run.
+    """
     if config_key is None:
         return None
     key = str(config_key)
@@ -70,8 +72,11 @@ def encoder_identity(config_key: str | None) -> str | None:
 
 @dataclass
 class TrainedModel:
-    """A trained model with its description: ``nets`` (one per ensemble member, eval mode),
-    ``description`` (the dict stored in ``model.json``) and ``gene_table`` (index = genes)."""
+    """A trained model with its description.
+
+    ``nets`` (one per ensemble member, eval mode), ``description`` (the dict stored in
+    ``model.json``) and ``gene_table`` (index = genes).
+    """
 
     nets: list
     description: dict[str, Any]
@@ -80,31 +85,40 @@ class TrainedModel:
 
     @property
     def genes(self) -> list[str]:
+        """The genes the model predicts, in its output order."""
         return list(self.description["genes"])
 
     @property
     def image_only(self) -> bool:
+        """True when the model predicts from the image alone (no neighbour input)."""
         return not self.description.get("neighbour_input", False)
 
     @property
     def bag_windows_um(self) -> tuple[float, ...]:
-        """Window sizes (um) in the order of the network's bag (the local window first in the
-        dense mode)."""
+        """Window sizes (um) in the order of the network's bag.
+
+        The local window comes first in the dense mode.
+        """
         return tuple(float(w) for w in self.description["features"]["bag_windows_um"])
 
     @property
     def dense(self) -> bool:
+        """True when the features come from the encoder's dense path."""
         return self.description["features"]["mode"] == "dense"
 
     @property
     def per_section(self) -> bool:
+        """True when the features are standardised per section."""
         return self.description["features"]["standardisation"] == "per-section"
 
     def for_section(self, feature_mean: np.ndarray | None, feature_std: np.ndarray | None
                     ) -> list:
-        """Copies of the nets that take one section's raw features: the section's mean and std
-        (S, D) are folded into each net's input standardisation, so raw features z-scored per
-        section then standardised by the net become one affine step inside the net."""
+        """Return copies of the nets that take one section's raw features.
+
+        The section's mean and std (S, D) are folded into each net's input standardisation, so raw
+        features z-scored per section then standardised by the net become one affine step inside the
+        net.
+        """
         if feature_mean is None or not self.per_section:
             return list(self.nets)
         import torch
@@ -127,6 +141,7 @@ class TrainedModel:
         return out
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write this model as a model folder (see :func:`save_model_folder`)."""
         return save_model_folder(path, self.nets, self.description, self.gene_table,
                                  overwrite=overwrite)
 
@@ -134,8 +149,10 @@ class TrainedModel:
 def save_model_folder(path: str | os.PathLike, nets: list, description: dict[str, Any],
                       gene_table: pd.DataFrame | None = None, *, overwrite: bool = False
                       ) -> Path:
-    """Write a model folder (see the module docstring) atomically; refuses an existing folder
-    unless ``overwrite``."""
+    """Write a model folder (see the module docstring) atomically.
+
+    An existing folder is refused unless ``overwrite``.
+    """
     from ..model.network import save_model
 
     path = Path(path)
@@ -166,8 +183,10 @@ def _mismatch(what: str, model_value: Any, asked: Any, fix: str) -> TrihrgeInput
 def check_description(desc: dict[str, Any], where: str = "the model", *,
                       encoder: str | None = None, windows_um: tuple[float, ...] | None = None,
                       local_window_um: float | None = None) -> None:
-    """Raise when the description cannot be used by this package or does not fit the requested
-    encoder / windows (None = take the model's)."""
+    """Raise when the description cannot be used by this package or does not fit.
+
+    It must fit the requested encoder / windows (None = take the model's).
+    """
     if desc.get("kind") != DESCRIPTION_KIND:
         raise TrihrgeInputError(
             f"{where} has no model description (written by an older napari-trihrge, before "
@@ -202,8 +221,11 @@ def check_description(desc: dict[str, Any], where: str = "the model", *,
 
 
 def check_encoder(desc: dict[str, Any], encoder) -> None:
-    """Raise when ``encoder`` (created from the description's name) would give embeddings other
-    than the ones the model was trained on (other weights, other feature definition)."""
+    """Raise when ``encoder`` would give embeddings other than the model's.
+
+    ``encoder`` is created from the description's name; other weights or another feature definition
+    give other embeddings than the ones the model was trained on.
+    """
     want = desc["encoder"]
     dim = want.get("embed_dim")
     if dim is not None and int(encoder.embed_dim) != int(dim):
@@ -223,8 +245,11 @@ def load_model_folder(path: str | os.PathLike, *, encoder: str | None = None,
                       windows_um: tuple[float, ...] | None = None,
                       local_window_um: float | None = None,
                       map_location: str = "cpu") -> TrainedModel:
-    """Read a model folder (all ensemble members, weights with ``weights_only=True``) and check
-    that it fits this package and the requested encoder / windows (None: the model's own)."""
+    """Read a model folder and check that it fits this package and the requested encoder / windows.
+
+    All ensemble members are read, weights with ``weights_only=True``; encoder / windows None take
+    the model's own.
+    """
     from ..model.network import load_model
 
     path = Path(path)

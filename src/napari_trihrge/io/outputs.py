@@ -50,8 +50,10 @@ _PARTIAL_TAG = "trihrge-partial"
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``
-    (nothing is created or deleted)."""
+    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite``.
+
+    Nothing is created or deleted.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TrihrgeInputError(f"{out} is a file, not a folder", "pass a folder with --out")
@@ -105,9 +107,11 @@ def check_complete_run(out_dir: str | Path) -> Path:
 
 
 class RunLock:
-    """A lock beside a run folder (``.<name>.lock``): a second run into the same folder is
-    refused while one is active. A lock left by a process that no longer runs (killed) is
-    taken over."""
+    """A lock beside a run folder (``.<name>.lock``).
+
+    A second run into the same folder is refused while one is active. A lock left by a process that
+    no longer runs (killed) is taken over.
+    """
 
     def __init__(self, out_dir: str | Path):
         out = Path(out_dir)
@@ -116,6 +120,7 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> RunLock:
+        """Take the lock, or raise when another live run holds it."""
         import os
         import socket
         import time
@@ -152,8 +157,10 @@ class RunLock:
             return {}
 
     def _stale(self, host: str) -> bool:
-        """Whether the lock's process is gone (same machine only; an unreadable lock written
-        more than a minute ago counts as stale too)."""
+        """Tell whether the lock's process is gone (same machine only).
+
+        An unreadable lock written more than a minute ago counts as stale too.
+        """
         import os
         import time
 
@@ -174,6 +181,7 @@ class RunLock:
         return False
 
     def release(self) -> None:
+        """Give the lock back (remove its file) when this run holds it."""
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
@@ -193,7 +201,8 @@ def run_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     :mod:`napari_trihrge.workflows.runs` end with the completion marker) and the folder replaces
     ``out_dir`` (only with ``overwrite`` when ``out_dir`` has files); on any error the
     temporary folder is deleted and ``out_dir`` is left as it was (nothing is created). A lock
-    refuses a second run into the same folder while this one is active."""
+    refuses a second run into the same folder while this one is active.
+    """
     import os
     import shutil
     import uuid
@@ -232,6 +241,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (numpy values as plain numbers)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
     return Path(path)

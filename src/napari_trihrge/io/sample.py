@@ -64,10 +64,12 @@ def is_positive_number(value: Any) -> bool:
 
 
 def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
-    """The best image of the sample: the full-resolution file (lazy), else hires, else lowres,
-    each with its own pixel size (``fullres_um_per_px / scalef``); for a sample read from a
-    SpatialData store, its image there (lazy). ``resolution`` forces one of 'spatialdata',
-    'fullres', 'hires', 'lowres'."""
+    """Return the best image of the sample.
+
+    The full-resolution file (lazy), else hires, else lowres, each with its own pixel size
+    (``fullres_um_per_px / scalef``); for a sample read from a SpatialData store, its image there
+    (lazy). ``resolution`` forces one of 'spatialdata', 'fullres', 'hires', 'lowres'.
+    """
     info = trihrge_info(adata)
     um_full = float(info["um_per_px"])
     _, lib = _library(adata)
@@ -111,7 +113,10 @@ def get_image(adata: Any, resolution: str | None = None) -> TissueImage:
 
 
 def _open_resolution(adata: Any, res: str, info: dict, lib: dict, um_full: float) -> TissueImage:
-    """The sample's image at one resolution ('spatialdata', 'fullres', 'hires' or 'lowres')."""
+    """Return the sample's image at one resolution.
+
+    ``res`` is one of 'spatialdata', 'fullres', 'hires' or 'lowres'.
+    """
     if res == "spatialdata":
         from .spatialdata import open_store_image
 
@@ -125,8 +130,10 @@ def _open_resolution(adata: Any, res: str, info: dict, lib: dict, um_full: float
 
 
 def image_extent_px(adata: Any) -> tuple[tuple[float, float], float, str] | None:
-    """Extent of the best image in full-resolution pixels without decoding it:
-    ``((height, width), one_image_px_in_fullres_px, description)``; None when no image."""
+    """Extent of the best image in full-resolution pixels without decoding it.
+
+    ``((height, width), one_image_px_in_fullres_px, description)``; None when no image.
+    """
     info = adata.uns.get("trihrge", {})
     _, lib = _library(adata)
     for res in available_images(adata):
@@ -197,8 +204,11 @@ def raw_counts_problem(X: Any) -> str | None:
 
 
 def validate_sample(adata: Any) -> Any:
-    """Check a sample against the data model: plausible pixel size, spot coordinates present and
-    inside the image, counts non-empty. Returns ``adata``; raises TrihrgeInputError."""
+    """Check a sample against the data model.
+
+    Plausible pixel size, spot coordinates present and inside the image, counts non-empty. Returns
+    ``adata``; raises TrihrgeInputError.
+    """
     info = trihrge_info(adata)
     validate_um_per_px(float(info["um_per_px"]), what="of the sample")
     if "spatial" not in adata.obsm:

@@ -68,9 +68,11 @@ def require_spatialdata():
 
 
 def table_write_settings():
-    """A context for writing a store: its tables are written unsharded, as they are today, said
-    explicitly so that anndata does not warn, once per array, that zarr v3 autosharding will
-    become its default."""
+    """Write a store's tables unsharded, as they are today.
+
+    Said explicitly so that anndata does not warn, once per array, that zarr v3 autosharding will
+    become its default.
+    """
     import contextlib
 
     import anndata
@@ -81,8 +83,10 @@ def table_write_settings():
 
 
 def is_spatialdata_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` looks like a SpatialData Zarr store (a zarr group with at least one of
-    images/, shapes/, tables/, points/, labels/). Needs no extra."""
+    """Tell whether ``path`` looks like a SpatialData Zarr store. Needs no extra.
+
+    A store is a zarr group with at least one of images/, shapes/, tables/, points/, labels/.
+    """
     p = Path(path)
     if not p.is_dir():
         return False
@@ -161,8 +165,11 @@ def _is_rgb(element: Any) -> bool:
 
 
 def _spot_geometry(gdf: Any) -> tuple[np.ndarray, np.ndarray, str]:
-    """(centres x/y, diameters, kind) in the shapes' own units: circles give their radius,
-    polygons (Visium HD squares) their centroid and the side of a square of the same area."""
+    """Return (centres x/y, diameters, kind) of shapes in the shapes' own units.
+
+    Circles give their radius, polygons (Visium HD squares) their centroid and the side of a square
+    of the same area.
+    """
     geom = gdf.geometry
     kinds = set(geom.geom_type.unique())
     if kinds == {"Point"}:
@@ -392,8 +399,10 @@ def _store_image_levels(info: dict) -> list[Any]:
 
 
 def open_store_image(info: dict):
-    """The sample's H&E from its SpatialData store, lazily, as a TissueImage (every pyramid
-    level with its pixel size)."""
+    """Return the sample's H&E from its SpatialData store, lazily, as a TissueImage.
+
+    Every pyramid level comes with its pixel size.
+    """
     import dask.array as da
 
     from .image import TissueImage
@@ -421,10 +430,12 @@ def open_store_image(info: dict):
 
 
 def read_store_maps(adata: Any, name: str | None = None) -> dict[str, Any] | None:
-    """The enhanced maps stored next to the sample's spots (``enhanced_maps`` in a new store,
-    ``trihrge_enhanced_maps`` in an input store), in micrometres: ``values`` (dask, genes x
-    rows x cols), ``stride_um``, ``origin_rc_um``, ``gene_names`` and ``std`` (or None).
-    None when the store holds no maps."""
+    """Return the enhanced maps stored next to the sample's spots, None when there are none.
+
+    ``enhanced_maps`` in a new store, ``trihrge_enhanced_maps`` in an input store, in micrometres:
+    ``values`` (dask, genes x rows x cols), ``stride_um``, ``origin_rc_um``, ``gene_names`` and
+    ``std`` (or None).
+    """
     sd = require_spatialdata()
     info = adata.uns["trihrge"]
     ref = info["spatialdata"]
@@ -493,8 +504,11 @@ def _multiscale(data: Any, dims: tuple[str, ...], transformations: dict,
 
 
 def _scale_translate(scale: float, origin_rc: Any, cs: str) -> dict:
-    """Transformation of an image whose pixel ``(i, j)`` is centred at
-    ``origin_rc + (i, j) * scale`` (see the pixel convention in the module docstring)."""
+    """Return the transformation of an image whose pixel ``(i, j)`` is centred at a lattice point.
+
+    The centre is ``origin_rc + (i, j) * scale`` (see the pixel convention in the module
+    docstring).
+    """
     from spatialdata.transformations import Scale, Sequence, Translation
 
     corner = [float(v) - scale / 2.0 for v in np.asarray(origin_rc, dtype=np.float64).reshape(2)]
@@ -515,8 +529,10 @@ def _map_array(values: Any) -> Any:
 
 
 def _result_elements(result: Any, scale_to_cs: float, cs: str, prefix: str) -> tuple[dict, dict]:
-    """(shapes + images, tables) of an enhance result, in a coordinate system whose unit is
-    ``1 / scale_to_cs`` micrometres... i.e. cs = um * scale_to_cs."""
+    """Return (shapes + images, tables) of an enhance result in a coordinate system.
+
+    The coordinate system's unit is ``1 / scale_to_cs`` micrometres, i.e. cs = um * scale_to_cs.
+    """
     from spatialdata.transformations import Scale
 
     to_cs = {cs: Scale([scale_to_cs, scale_to_cs], axes=("x", "y"))}
@@ -542,9 +558,11 @@ def _result_elements(result: Any, scale_to_cs: float, cs: str, prefix: str) -> t
 
 def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
                       overwrite: bool = False) -> Path:
-    """Write the sample and an enhance result into a new, self-contained SpatialData store at
-    ``path`` (micrometres; see the module docstring). Written to a temporary store beside
-    ``path`` and moved into place; refuses to replace ``path`` unless ``overwrite``."""
+    """Write the sample and an enhance result into a new, self-contained SpatialData store.
+
+    The store at ``path`` is in micrometres (see the module docstring); it is written to a temporary
+    store beside ``path`` and moved into place; ``path`` is not replaced unless ``overwrite``.
+    """
     require_spatialdata()
     from spatialdata import SpatialData
     from spatialdata.transformations import Identity
@@ -584,9 +602,12 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
 
 
 def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Path:
-    """Add an enhance result to the SpatialData store ``adata`` was read from, as
-    ``trihrge_virtual_spots`` (shapes + ``trihrge_virtual_spots_table``) and ``trihrge_enhanced_maps`` (image), in the
-    store's coordinate system. Refuses to replace existing elements unless ``overwrite``."""
+    """Add an enhance result to the SpatialData store ``adata`` was read from.
+
+    It is added as ``trihrge_virtual_spots`` (shapes + ``trihrge_virtual_spots_table``) and
+    ``trihrge_enhanced_maps`` (image), in the store's coordinate system. Existing elements are not
+    replaced unless ``overwrite``.
+    """
     sd = require_spatialdata()
     info = adata.uns.get("trihrge", {}) or {}
     ref = info.get("spatialdata")

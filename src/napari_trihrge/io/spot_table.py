@@ -24,7 +24,10 @@ HIRES_MAX_PX = 2000
 
 
 def _read_counts(counts: Any) -> Any:
-    """Counts (path to tsv/csv[.gz] or .h5ad, DataFrame or AnnData) -> AnnData (float32 CSR)."""
+    """Read counts as AnnData (float32 CSR).
+
+    ``counts`` is a path to tsv/csv[.gz] or .h5ad, a DataFrame or an AnnData.
+    """
     import anndata as ad
 
     if isinstance(counts, ad.AnnData):
@@ -123,9 +126,11 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
                     spot_diameter_px: float | None = None, um_per_px: float | None = None,
                     platform: str = "st", library_id: str | None = None,
                     sample: str | None = None, load_images: bool = True) -> Any:
-    """Read counts (spots x genes: tsv/csv[.gz], .h5ad, DataFrame or AnnData), a positions
-    table with x/y full-resolution pixel columns (also the her2st ``<id>_selection.tsv``
-    layout) and the full-resolution H&E ``image``.
+    """Read counts, spot positions and the H&E into a sample.
+
+    Counts are spots x genes (tsv/csv[.gz], .h5ad, DataFrame or AnnData), positions a table with x/y
+    full-resolution pixel columns (also the her2st ``<id>_selection.tsv`` layout) and ``image`` the
+    full-resolution H&E.
 
     Pixel size (:func:`napari_trihrge.geometry.resolve_pixel_size`), in order: ``um_per_px``;
     the spot lattice fitted on the array indices (her2st ``x``/``y``, Visium
@@ -209,8 +214,10 @@ def read_spot_table(counts: Any, positions: Any = None, image: str | os.PathLike
 
 def find_her2st_files(section_dir: str | os.PathLike, need_image: bool = True
                       ) -> dict[str, Path | None]:
-    """``{'id', 'counts', 'positions', 'image'}`` for a her2st-like section folder (``image``
-    None when absent and not ``need_image``)."""
+    """Return ``{'id', 'counts', 'positions', 'image'}`` for a her2st-like section folder.
+
+    ``image`` is None when absent and not ``need_image``.
+    """
     d = Path(section_dir)
     hint = ("a her2st section folder holds <id>.tsv.gz (counts), <id>_selection.tsv "
             "(positions) and <id>_HE.jpg (full-resolution H&E)")
@@ -240,8 +247,11 @@ def is_her2st_folder(path: str | os.PathLike) -> bool:
 
 
 def read_her2st(section_dir: str | os.PathLike, **kwargs: Any) -> Any:
-    """Read a her2st-like legacy ST section folder (``<id>.tsv.gz``, ``<id>_selection.tsv``,
-    ``<id>_HE.jpg``); keyword arguments go to :func:`read_spot_table`."""
+    """Read a her2st-like legacy ST section folder.
+
+    The folder holds ``<id>.tsv.gz``, ``<id>_selection.tsv`` and ``<id>_HE.jpg``; keyword arguments
+    go to :func:`read_spot_table`.
+    """
     given = kwargs.get("image") or kwargs.get("fullres_image")
     f = find_her2st_files(section_dir, need_image=given is None)
     kwargs.setdefault("platform", "st")

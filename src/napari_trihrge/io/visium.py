@@ -29,8 +29,10 @@ POSITION_FILES = ("tissue_positions.csv", "tissue_positions.parquet",
 
 
 def find_outs(path: str | os.PathLike) -> Path:
-    """The Space Ranger ``outs/`` folder for ``path`` (the folder itself, its parent, or the
-    matrix file inside it)."""
+    """Return the Space Ranger ``outs/`` folder for ``path``.
+
+    ``path`` is the folder itself, its parent, or the matrix file inside it.
+    """
     path = Path(path)
     if path.is_file() and path.name.endswith(".h5"):
         return path.parent
@@ -58,6 +60,7 @@ def is_visium_folder(path: str | os.PathLike) -> bool:
 
 
 def find_matrix(outs: Path) -> Path:
+    """Return the one ``filtered_feature_bc_matrix.h5`` in ``outs``; raise when none or several."""
     cands = _matrix_candidates(outs)
     if len(cands) == 1:
         return cands[0]
@@ -112,9 +115,11 @@ def read_positions(spatial: Path) -> pd.DataFrame:
 
 
 def read_scalefactors(spatial: Path) -> dict[str, float]:
-    """``scalefactors_json.json`` as numbers (numeric strings accepted); a scale factor or spot
-    diameter that is not a positive number is dropped with a warning (the reader then ignores
-    that image, or measures the pixel size without the spot diameter)."""
+    """Read ``scalefactors_json.json`` as numbers (numeric strings accepted).
+
+    A scale factor or spot diameter that is not a positive number is dropped with a warning (the
+    reader then ignores that image, or measures the pixel size without the spot diameter).
+    """
     path = spatial / "scalefactors_json.json"
     if not path.is_file():
         raise TrihrgeInputError(f"scalefactors_json.json not found in {spatial}", OUTS_HINT)
@@ -165,8 +170,10 @@ def read_counts_h5(path: Path) -> Any:
 
 
 def place_in_tissue(adata, positions: pd.DataFrame, what: str, pos_name: str):
-    """Keep the observations marked ``in_tissue`` in Space Ranger's positions table and give
-    them ``obs`` array_row / array_col and ``obsm['spatial']`` (x/y full-resolution pixels)."""
+    """Keep the observations marked ``in_tissue`` in Space Ranger's positions table.
+
+    They get ``obs`` array_row / array_col and ``obsm['spatial']`` (x/y full-resolution pixels).
+    """
     in_tissue = positions.index[positions["in_tissue"].astype(int) == 1]
     keep = adata.obs_names[adata.obs_names.isin(in_tissue)]
     if len(keep) == 0:

@@ -37,7 +37,7 @@ PIXEL_SIZE_TOLERANCE = geometry.PIXEL_SIZE_DISAGREEMENT
 
 
 def bin_folder_size_um(path: str | os.PathLike) -> int | None:
-    """The bin size of a ``square_XXXum`` folder name, None for other names."""
+    """Return the bin size of a ``square_XXXum`` folder name, None for other names."""
     m = BIN_FOLDER_RE.match(Path(path).name)
     return int(m.group(1)) if m else None
 
@@ -52,8 +52,10 @@ def _binned_outputs(path: Path) -> Path | None:
 
 
 def available_bin_sizes_um(path: str | os.PathLike) -> list[int]:
-    """Bin sizes (micrometres) with a folder under ``path`` (an outs/ or binned_outputs/ folder,
-    or one bin folder)."""
+    """Return the bin sizes (micrometres) with a folder under ``path``.
+
+    ``path`` is an outs/ or binned_outputs/ folder, or one bin folder.
+    """
     path = Path(path)
     size = bin_folder_size_um(path)
     if size is not None:
@@ -76,8 +78,10 @@ def is_visium_hd_folder(path: str | os.PathLike) -> bool:
 
 
 def find_bin_folder(path: str | os.PathLike, bin_size_um: int | None = None) -> Path:
-    """The ``square_XXXum`` folder for ``path`` and ``bin_size_um`` (default: 8 um when there,
-    else the only one)."""
+    """Return the ``square_XXXum`` folder for ``path`` and ``bin_size_um``.
+
+    The default is 8 um when there, else the only one.
+    """
     path = Path(path)
     if not path.is_dir():
         raise TrihrgeInputError(f"Visium HD folder not found: {path}", HD_HINT)
@@ -117,8 +121,10 @@ def _find_image(bin_folder: Path, res: str) -> Path | None:
 
 def lattice_um_per_px(array_index: np.ndarray, xy_px: np.ndarray, step_um: float,
                       max_points: int = 20000) -> float | None:
-    """Pixel size measured on a square bin lattice (one array step = ``step_um``), on a
-    contiguous block of at most ``max_points`` bins; None when the indices do not fit a lattice.
+    """Measure the pixel size on a square bin lattice (one array step = ``step_um``).
+
+    Measured on a contiguous block of at most ``max_points`` bins; None when the indices do not fit
+    a lattice.
 
     Uses :func:`napari_trihrge.geometry.fit_array_lattice` (least squares of pixel positions on
     array indices).
@@ -151,8 +157,10 @@ def check_pixel_size(um_per_px: float, measured_um_per_px: float | None, what: s
 def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
                    fullres_image: str | os.PathLike | None = None, um_per_px: float | None = None,
                    library_id: str | None = None, load_images: bool = True) -> Any:
-    """Read one bin size of a Visium HD Space Ranger output into an AnnData (one observation per
-    in-tissue bin; ``obs`` keeps ``array_row``/``array_col``; ``uns['trihrge']['bin_size_um']``).
+    """Read one bin size of a Visium HD Space Ranger output into an AnnData.
+
+    One observation per in-tissue bin; ``obs`` keeps ``array_row``/``array_col``;
+    ``uns['trihrge']['bin_size_um']`` records the bin size.
 
     ``path`` is the outs/ folder (``bin_size_um`` picks the bins, default 8 um) or a
     ``square_XXXum`` folder.
@@ -223,8 +231,10 @@ def read_visium_hd(path: str | os.PathLike, *, bin_size_um: int | None = None,
 # -------------------------------------------------------------------------------------------
 def write_10x_h5(path: str | os.PathLike, counts: Any, barcodes: list[str], genes: list[str],
                  gene_ids: list[str] | None = None) -> Path:
-    """Write spots x genes ``counts`` (dense or sparse) as a Cell Ranger v3 HDF5 matrix, the
-    layout ``scanpy.read_10x_h5`` reads."""
+    """Write spots x genes ``counts`` (dense or sparse) as a Cell Ranger v3 HDF5 matrix.
+
+    This is the layout ``scanpy.read_10x_h5`` reads.
+    """
     import h5py
     import scipy.sparse as sp
 
@@ -252,9 +262,12 @@ def write_visium_hd_bins(outs: str | os.PathLike, bin_size_um: int, counts: Any,
                          barcodes: list[str], genes: list[str], positions: Any,
                          scalefactors: dict[str, float], images: dict[str, np.ndarray], *,
                          gene_ids: list[str] | None = None) -> Path:
-    """Write one ``binned_outputs/square_XXXum/`` folder under ``outs`` (Space Ranger layout):
-    the matrix of the in-tissue bins, ``positions`` (a DataFrame with the six Space Ranger
-    columns for every bin), the scalefactors and the hires/lowres PNGs. Returns the folder."""
+    """Write one ``binned_outputs/square_XXXum/`` folder under ``outs`` (Space Ranger layout).
+
+    The folder holds the matrix of the in-tissue bins, ``positions`` (a DataFrame with the six
+    Space Ranger columns for every bin), the scalefactors and the hires/lowres PNGs. Returns the
+    folder.
+    """
     from PIL import Image
 
     folder = Path(outs) / "binned_outputs" / f"square_{int(bin_size_um):03d}um"

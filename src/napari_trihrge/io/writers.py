@@ -1,5 +1,6 @@
-"""Writers: AnnData (atomic), dense gene maps as OME-TIFF (tifffile) or multiscale OME-Zarr
-(NGFF 0.4 through ome-zarr-py), and reading maps back.
+"""Writers: AnnData (atomic), dense gene maps, and reading maps back.
+
+Maps are written as OME-TIFF (tifffile) or multiscale OME-Zarr (NGFF 0.4 through ome-zarr-py).
 
 Map arrays are ``(genes, rows, cols)``; map pixel ``(i, j)`` is centred at
 ``origin_rc_um + (i, j) * um_per_px`` (``origin_rc_um`` defaults to 0, the full-resolution image's
@@ -33,9 +34,11 @@ def _remove(path: Path) -> None:
 # AnnData
 # -----------------------------------------------------------------------------------------
 def write_h5ad_atomic(adata: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``adata`` to ``path`` through a temporary file in the same folder moved into place
-    (``_atomic.atomic_path``), so a crash never leaves a half-written file. Refuses to overwrite
-    unless asked."""
+    """Write ``adata`` to ``path`` atomically; refuses to overwrite unless asked.
+
+    Written through a temporary file in the same folder moved into place
+    (``_atomic.atomic_path``), so a crash never leaves a half-written file.
+    """
     path = Path(path)
     with atomic_path(path, overwrite) as tmp:
         adata.write_h5ad(tmp)
@@ -66,9 +69,12 @@ def _channel_names(names: Any, n: int) -> list[str]:
 def write_ome_tiff(path: str | os.PathLike, array: Any, um_per_px: float,
                    channel_names: Any = None, overwrite: bool = False, *,
                    origin_rc_um: Any = (0.0, 0.0)) -> Path:
-    """Write a map ``(genes, rows, cols)`` or ``(rows, cols)`` as an OME-TIFF (axes CYX) with
-    PhysicalSizeX/Y in micrometres and channel names. ``array`` may be numpy, dask or zarr (it is
-    written one gene plane at a time). Temporary file moved into place (``_atomic.atomic_path``)."""
+    """Write a map ``(genes, rows, cols)`` or ``(rows, cols)`` as an OME-TIFF (axes CYX).
+
+    PhysicalSizeX/Y are in micrometres, channels carry the gene names. ``array`` may be numpy, dask
+    or zarr (it is written one gene plane at a time). Temporary file moved into place
+    (``_atomic.atomic_path``).
+    """
     import tifffile
 
     path = Path(path)
@@ -104,9 +110,12 @@ MAP_AXES = [{"name": "c", "type": "channel"},
 
 
 def pyramid_factors(rows_px: int, cols_px: int) -> list[int]:
-    """Downsampling factors (2 per level) of a map pyramid: halve while the larger side exceeds
-    512 px and the smaller stays at least 64 px (at most 5 times), and at least once when both
-    sides are 8 px or more, so a map is always multiscale unless it is tiny."""
+    """Return the downsampling factors (2 per level) of a map pyramid.
+
+    Halve while the larger side exceeds 512 px and the smaller stays at least 64 px (at most 5
+    times), and at least once when both sides are 8 px or more, so a map is always multiscale
+    unless it is tiny.
+    """
     h, w = int(rows_px), int(cols_px)
     factors: list[int] = []
     while max(h, w) > 512 and min(h, w) >= 64 and len(factors) < 5:
@@ -118,9 +127,11 @@ def pyramid_factors(rows_px: int, cols_px: int) -> list[int]:
 
 
 def level_transformations(um_per_px: float, origin_rc_um: Any, factor: int) -> list[dict]:
-    """NGFF ``coordinateTransformations`` of a pyramid level ``factor`` times coarser than the
-    map (blocks of ``factor x factor`` pixels averaged): pixel ``(i, j)`` of that level is centred
-    on the centre of its block, ``origin + (factor * (i, j) + (factor - 1) / 2) * um_per_px``."""
+    """Return the NGFF ``coordinateTransformations`` of a pyramid level ``factor`` times coarser.
+
+    Blocks of ``factor x factor`` map pixels are averaged: pixel ``(i, j)`` of that level is centred
+    on the centre of its block, ``origin + (factor * (i, j) + (factor - 1) / 2) * um_per_px``.
+    """
     scale = float(um_per_px) * factor
     shift = [float(v) + (factor - 1) / 2.0 * float(um_per_px)
              for v in np.asarray(origin_rc_um, dtype=np.float64).reshape(2)]
@@ -140,9 +151,11 @@ def _nanmean_blocks(block: np.ndarray, axis: Any = None) -> np.ndarray:
 
 def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
                                 origin: list[float], name: str) -> None:
-    """Add the coarser levels of the map in ``group['0']`` (each the mean of 2 x 2 blocks of the
-    level above, NaN outside the tissue ignored) and write the NGFF multiscales and omero
-    metadata through ome-zarr-py."""
+    """Add the coarser levels of the map in ``group['0']`` and write the NGFF metadata.
+
+    Each level is the mean of 2 x 2 blocks of the level above (NaN outside the tissue ignored); the
+    multiscales and omero metadata are written through ome-zarr-py.
+    """
     import dask.array as da
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_multiscales_metadata
@@ -174,9 +187,12 @@ def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
 
 
 class ZarrMapWriter:
-    """An OME-Zarr map being written: assign gene chunks with ``writer[g0:g1] = block``, then
-    :meth:`finalize` (moves ``<name>.partial`` to its final name). Used as a context manager it
-    finalizes on success and deletes the partial folder on error."""
+    """An OME-Zarr map being written.
+
+    Assign gene chunks with ``writer[g0:g1] = block``, then :meth:`finalize` (moves
+    ``<name>.partial`` to its final name). Used as a context manager it finalizes on success and
+    deletes the partial folder on error.
+    """
 
     def __init__(self, path: Path, partial: Path, array: Any, overwrite: bool, *,
                  group: Any = None, um_per_px: float = 1.0, names: Any = (),
@@ -202,6 +218,7 @@ class ZarrMapWriter:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions of the map (3: genes, rows, cols)."""
         return len(self.array.shape)
 
     def __len__(self) -> int:
@@ -212,9 +229,11 @@ class ZarrMapWriter:
         return arr.astype(dtype) if dtype is not None else arr
 
     def finalize(self) -> Path:
-        """Write the coarser pyramid levels and the NGFF metadata, then move the finished map
-        into place (``_atomic.replace_folder``: an existing map is replaced only once this one is
-        whole); returns the final path."""
+        """Write the coarser pyramid levels and the NGFF metadata, then move the map into place.
+
+        ``_atomic.replace_folder``: an existing map is replaced only once this one is whole. Returns
+        the final path.
+        """
         import zarr
 
         if self.finalized:
@@ -247,11 +266,13 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
                       um_per_px: float = 1.0, gene_names: Any = None, overwrite: bool = False,
                       *, dtype: Any = "float32", fill_value: float = 0.0,
                       origin_rc_um: Any = (0.0, 0.0)) -> ZarrMapWriter:
-    """Create a multiscale OME-Zarr map (NGFF 0.4, zarr format 2) of ``shape`` (genes, rows, cols)
-    in ``<path>.partial``: write the full-resolution level gene chunk by gene chunk, then call
-    ``finalize()`` (or use ``with``), which adds the coarser levels and writes, through
-    ome-zarr-py, axes c/y/x, micrometre ``scale`` (and ``translation``) per level and omero
-    channel labels = gene names. ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px."""
+    """Create a multiscale OME-Zarr map (NGFF 0.4, zarr format 2) of ``shape`` (genes, rows, cols).
+
+    The map is made in ``<path>.partial``: write the full-resolution level gene chunk by gene chunk,
+    then call ``finalize()`` (or use ``with``), which adds the coarser levels and writes, through
+    ome-zarr-py, axes c/y/x, micrometre ``scale`` (and ``translation``) per level and omero channel
+    labels = gene names. ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px.
+    """
     import ome_zarr.writer  # noqa: F401  (needed by finalize(): fail here, before any work)
     import zarr
 
@@ -274,9 +295,11 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
 
 
 def _read_ome_zarr_levels(path: Path) -> list[tuple]:
-    """The levels of an OME-Zarr image read through ome-zarr-py, full resolution first:
-    ``(array (dask), um_per_px, origin_rc_um, channel names)`` each, the origin being the centre
-    of the level's first pixel."""
+    """Read the levels of an OME-Zarr image through ome-zarr-py, full resolution first.
+
+    Each level is ``(array (dask), um_per_px, origin_rc_um, channel names)``, the origin being the
+    centre of the level's first pixel.
+    """
     import zarr
     from ome_zarr.format import CurrentFormat, FormatV04, detect_format
     from ome_zarr.io import parse_url
@@ -308,8 +331,10 @@ def _read_ome_zarr_levels(path: Path) -> list[tuple]:
 
 
 def read_map_levels(path: str | os.PathLike) -> list[tuple]:
-    """Every level of an OME-Zarr map (full resolution first) as ``(array (dask, genes x rows x
-    cols), um_per_px, origin_rc_um)``."""
+    """Read every level of an OME-Zarr map, full resolution first.
+
+    Each level is ``(array (dask, genes x rows x cols), um_per_px, origin_rc_um)``.
+    """
     path = Path(path)
     try:
         levels = _read_ome_zarr_levels(path)
@@ -320,9 +345,11 @@ def read_map_levels(path: str | os.PathLike) -> list[tuple]:
 
 
 def read_map(path: str | os.PathLike, *, with_origin: bool = False) -> tuple:
-    """Read a map written by :func:`write_ome_tiff` or :func:`open_ome_zarr_map`:
-    ``(array (dask, genes x rows x cols), um_per_px, gene_names)`` and, with
-    ``with_origin=True``, a fourth item ``origin_rc_um``."""
+    """Read a map written by :func:`write_ome_tiff` or :func:`open_ome_zarr_map`.
+
+    Returns ``(array (dask, genes x rows x cols), um_per_px, gene_names)`` and, with
+    ``with_origin=True``, a fourth item ``origin_rc_um``.
+    """
     import dask.array as da
 
     path = Path(path)

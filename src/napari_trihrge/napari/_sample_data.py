@@ -44,14 +44,16 @@ def _synthetic_adata(seed: int):
 
 
 def _cache_path(seed: int) -> Path | None:
-    """``<cache>/napari-trihrge/synthetic-<hash of datasets.py>-seed<seed>.h5ad``; None when the
-    cache is disabled (``TRIHRGE_NO_SAMPLE_CACHE=1``)."""
+    """``<cache>/napari-trihrge/synthetic-<hash of the datasets package>-seed<seed>.h5ad``; None
+    when the cache is disabled (``TRIHRGE_NO_SAMPLE_CACHE=1``)."""
     if os.environ.get("TRIHRGE_NO_SAMPLE_CACHE"):
         return None
     from .. import datasets
 
-    src = Path(datasets.__file__).read_bytes()
-    digest = hashlib.sha1(src).hexdigest()[:12]
+    sha = hashlib.sha1()
+    for module in sorted(Path(datasets.__file__).parent.glob("*.py")):  # the generator's source
+        sha.update(module.read_bytes())
+    digest = sha.hexdigest()[:12]
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "napari-trihrge" / f"synthetic-{digest}-seed{int(seed)}.h5ad"
 

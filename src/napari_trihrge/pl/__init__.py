@@ -1,5 +1,7 @@
-"""Plots (``napari_trihrge.pl``): AnnData-first spot plots over the H&E and the run overview
-figure, readable without the viewer."""
+"""Plots (``napari_trihrge.pl``), readable without the viewer.
+
+AnnData-first spot plots over the H&E and the run overview figure.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
                     show_genes: Sequence[str], *, spot_diameter_um: float, maps=None,
                     virtual_rc_um: np.ndarray | None = None, virtual_expr: np.ndarray | None = None,
                     truth_maps: np.ndarray | None = None, title: str = "", path: str | Path | None = None):
-    """One row per gene: H&E, measured spots, the enhanced result (dense map or virtual spots)
-    and, when known, the truth; one colour scale (with a colour bar) per gene shared by all
-    panels of that row, so measured and enhanced can be compared honestly."""
+    """Plot one row per gene: H&E, measured spots, the enhanced result and, when known, the truth.
+
+    The enhanced result is a dense map or virtual spots. One colour scale (with a colour bar) per
+    gene is shared by all panels of that row, so measured and enhanced can be compared honestly.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -160,7 +164,7 @@ def spots(adata, genes: str | Sequence[str], *, layer: str | None = None, image:
 
 
 def _thumbnail(image, max_px: int = 700):
-    """A small copy of a TissueImage and its imshow extent in micrometres (x0, x1, y1, y0)."""
+    """Return a small copy of a TissueImage and its imshow extent in um (x0, x1, y1, y0)."""
     thumb_um = max(image.shape_rc_um) / float(max_px)
     thumb = image.at_resolution(max(thumb_um, image.um_per_px))
     th_um = image.shape_rc_um[0] / thumb.shape[0]

@@ -17,8 +17,10 @@ def _dense(x) -> np.ndarray:
 
 
 def check_counts(adata: AnnData) -> None:
-    """Raise an actionable error when the counts cannot be used (empty, not finite, negative,
-    all zero): the same check every reader runs."""
+    """Raise an actionable error when the counts cannot be used.
+
+    Empty, not finite, negative or all zero counts are refused: the same check every reader runs.
+    """
     from ..io.sample import check_counts as check_count_matrix
 
     check_count_matrix(adata.X)
@@ -74,9 +76,11 @@ def select_genes(adata: AnnData, n_top_genes: int = 1000, extra_genes: Sequence[
 
 
 def log_normalised(adata: AnnData, target_sum: float = 1e4, genes: Sequence[str] | None = None):
-    """Log-normalised expression, keeping sparsity (CSR stays CSR, float64): library size
-    normalised to ``target_sum`` per spot over ALL genes (scanpy's ``normalize_total``), then
-    scanpy's ``log1p``; only the columns of ``genes`` when given."""
+    """Log-normalise expression, keeping sparsity (CSR stays CSR, float64).
+
+    Library size normalised to ``target_sum`` per spot over ALL genes (scanpy's
+    ``normalize_total``), then scanpy's ``log1p``; only the columns of ``genes`` when given.
+    """
     import scanpy as sc
 
     x = adata.X.tocsr() if sp.issparse(adata.X) else np.asarray(adata.X)
@@ -95,7 +99,7 @@ def normalize_log1p(adata: AnnData, target_sum: float = 1e4,
 
 
 def is_log_normalised(adata: AnnData) -> bool:
-    """True when ``X`` already holds log-normalised expression (engine outputs), False for counts.
+    """Tell whether ``X`` already holds log-normalised expression (engine outputs), not counts.
 
     Engine outputs are marked (``uns['trihrge_preprocessing']`` or ``uns['trihrge']['x_kind']``);
     otherwise integer-valued ``X`` is taken as raw counts.
@@ -118,8 +122,10 @@ def is_log_normalised(adata: AnnData) -> bool:
 
 def gene_expression(adata: AnnData, genes: Sequence[str], *, target_sum: float = 1e4
                     ) -> pd.DataFrame:
-    """Log-normalised expression of ``genes`` per spot (rows = ``obs_names``): raw counts go
-    through :func:`normalize_log1p`, log-normalised ``X`` is returned as is."""
+    """Return the log-normalised expression of ``genes`` per spot (rows = ``obs_names``).
+
+    Raw counts go through :func:`normalize_log1p`, log-normalised ``X`` is returned as is.
+    """
     genes = list(genes)
     missing = [g for g in genes if g not in adata.var_names]
     if missing:

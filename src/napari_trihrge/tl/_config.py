@@ -36,8 +36,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class RunConfig:
-    """Parameters of a run; every length in micrometres. The napari Train widget builds its form
-    from these fields and takes its tooltips from this list.
+    """Parameters of a run; every length in micrometres.
+
+    The napari Train widget builds its form from these fields and takes its tooltips from this
+    list.
 
     Parameters
     ----------
@@ -134,8 +136,10 @@ class RunConfig:
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Raise :class:`TrihrgeInputError` for run parameters that cannot work (checked before any
-    heavy work by every task and by the CLI)."""
+    """Raise :class:`TrihrgeInputError` for run parameters that cannot work.
+
+    Checked before any heavy work by every task and by the CLI.
+    """
     from ..model.training import TrainConfig
 
     problems = []
@@ -184,7 +188,7 @@ def check_writable_folder(path: Any, what: str, flag: str) -> None:
 
 
 def model_preset(cfg: RunConfig) -> dict[str, Any]:
-    """The network widths for this run (``cfg.model`` entries override them)."""
+    """Return the network widths for this run (``cfg.model`` entries override them)."""
     name = cfg.model_preset
     if name == "auto":
         from ..device import resolve_device

@@ -21,8 +21,11 @@ from ._shared import StackedModel, _features, _stacked_predict
 
 @dataclass
 class DenseMaps:
-    """Per-gene maps on a regular grid: ``values[g, i, j]`` is gene ``g`` at the map pixel centred
-    at ``origin_rc_um + (i, j) * stride_um``; NaN outside ``mask`` (no tissue)."""
+    """Per-gene maps on a regular grid; NaN outside ``mask`` (no tissue).
+
+    ``values[g, i, j]`` is gene ``g`` at the map pixel centred at
+    ``origin_rc_um + (i, j) * stride_um``.
+    """
 
     values: Any  # (genes, rows, cols) numpy or zarr array
     stride_um: float
@@ -41,9 +44,12 @@ GRID_BYTES_PER_PX = 40
 
 def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: int = 1,
                    in_memory: bool = False) -> None:
-    """Refuse a dense-map stride that cannot work, before any heavy work: not a positive number,
-    finer than the full-resolution pixel, or a grid whose working memory (plus the maps
-    themselves when kept in memory) exceeds the memory available, with the size it would need."""
+    """Refuse a dense-map stride that cannot work, before any heavy work.
+
+    Refused: not a positive number, finer than the full-resolution pixel, or a grid whose working
+    memory (plus the maps themselves when kept in memory) exceeds the memory available, with the
+    size it would need.
+    """
     from ..io.sample import image_extent_px
 
     if not is_positive_number(stride_um):
@@ -97,7 +103,7 @@ def _bytes(n: float) -> str:
 
 def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float,
              mask_um_per_px: float = 8.0) -> geometry.DenseGrid:
-    """The dense-map grid: tissue (from the image) within ``margin_um`` of a measured spot."""
+    """Return the dense-map grid: tissue (from the image) within ``margin_um`` of a spot."""
     from scipy.spatial import cKDTree
 
     from ..tissue import tissue_mask_for
@@ -117,13 +123,15 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
                  genes: list[str], progress: Progress | None = None, map_path: str | None = None,
                  margin_um: float | None = None, band_rows: int = 32,
                  grid: geometry.DenseGrid | None = None) -> DenseMaps:
-    """Dense maps, streamed band of map rows by band: each band's locations are embedded and
-    predicted for all genes, then written into a (genes, rows, cols) array chunked by genes, so
-    memory holds one band at a time, never genes x all map pixels. ``fits``: the network fits,
-    or a :class:`StackedModel` (every map pixel then gets the per-gene blend of kNN of the
-    measured spots ``rc_um``/``y``, the ridge head and the networks, as recovery's hidden spots
-    do). ``grid``: the map grid when the caller already has it (:func:`map_grid`), else it is
-    made here."""
+    """Predict dense maps, streamed band of map rows by band.
+
+    Each band's locations are embedded and predicted for all genes, then written into a (genes,
+    rows, cols) array chunked by genes, so memory holds one band at a time, never genes x all map
+    pixels. ``fits``: the network fits, or a :class:`StackedModel` (every map pixel then gets the
+    per-gene blend of kNN of the measured spots ``rc_um``/``y``, the ridge head and the networks, as
+    recovery's hidden spots do). ``grid``: the map grid when the caller already has it
+    (:func:`map_grid`), else it is made here.
+    """
     progress = ensure_progress(progress)
     if grid is None:
         margin_um = margin_um if margin_um is not None else geometry.spot_spacing_um(rc_um)
@@ -175,9 +183,11 @@ BLEND_BLOCK_LOCATIONS = 4096
 
 def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
                        band_rows, progress) -> None:
-    """Embed blocks of many map rows at once, then predict and write them 32 rows at a time
-    (all genes), so features cost one encoder pass per block and predictions stay bounded
-    (a blend: :data:`BLEND_BLOCK_LOCATIONS` locations at a time)."""
+    """Embed blocks of many map rows at once, then predict and write them 32 rows at a time.
+
+    All genes at once, so features cost one encoder pass per block and predictions stay bounded (a
+    blend: :data:`BLEND_BLOCK_LOCATIONS` locations at a time).
+    """
     from ..model.predict import predict_ensemble
 
     n_genes = values.shape[0]
@@ -223,8 +233,10 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
 
 def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
                          spot_diameter_um: float) -> dict[str, float]:
-    """How well the dense map, averaged over each measured spot's disk, reproduces the measured
-    spots: mean per-gene PCC (and MSE) between the two, over the spots the map covers."""
+    """Score how well the dense map, averaged over each measured spot's disk, reproduces the spots.
+
+    Mean per-gene PCC (and MSE) between the two, over the spots the map covers.
+    """
     from ..metrics import per_gene_pcc
 
     offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)

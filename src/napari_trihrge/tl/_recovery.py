@@ -45,8 +45,10 @@ class RecoveryResult:
 def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
              config: RunConfig | None = None, progress: Progress | None = None,
              key_added: str | None = None) -> RecoveryResult:
-    """Hide ``holdout_fraction`` of the spots at random (``seed``), train on the rest, predict the
-    hidden ones and score them (hidden spots only) next to the image-free kNN baseline.
+    """Recover hidden spots: train on the rest and score them next to the image-free kNN baseline.
+
+    ``holdout_fraction`` of the spots are hidden at random (``seed``); the model trains on the rest,
+    predicts the hidden ones and scores them (hidden spots only).
 
     With ``config.stacking`` (the default) the prediction is the per-gene blend of the candidates
     (:mod:`napari_trihrge.model.stacking`), weighted on out-of-fold predictions of the training spots;
@@ -54,7 +56,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
 
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_recovery``):
     the summary in ``uns``, the per-gene trust in ``var``, the hidden spots' predictions in
-    ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`)."""
+    ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`).
+    """
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work

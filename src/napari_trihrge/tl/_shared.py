@@ -61,7 +61,7 @@ def _create_encoder(cfg: RunConfig):
 
 
 def _lattice_kind(adata: AnnData) -> str | None:
-    """The spot lattice ('hex', 'square') of the sample's platform, None when unknown."""
+    """Return the spot lattice ('hex', 'square') of the sample's platform, None when unknown."""
     platform = adata.uns.get("trihrge", {}).get("platform")
     return geometry.PLATFORMS.get(platform, {}).get("lattice")
 
@@ -73,8 +73,10 @@ def _encoder_and_image(adata: AnnData, cfg: RunConfig):
 
 
 def _standardise(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-section z-score over the first axis (stain and scanner differ between sections):
-    z, mean, std (a std below 1e-6 taken as 1)."""
+    """Z-score per section over the first axis: return z, mean, std (a std below 1e-6 taken as 1).
+
+    Stain and scanner differ between sections.
+    """
     mu = feats.mean(axis=0)
     sd = feats.std(axis=0)
     sd = np.where(sd > 1e-6, sd, 1.0)
@@ -83,9 +85,12 @@ def _standardise(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cfg: RunConfig,
               progress: Progress, *, dense: bool = False, cache: bool = True) -> np.ndarray:
-    """Image bags (N, S, D). ``dense``: the first window is the local one and every window comes
-    from the encoder's dense path (for ViTs, patch tokens from one forward pass per tile: the
-    same features for spots, sub-locations, virtual spots and map pixels)."""
+    """Embed image bags (N, S, D).
+
+    ``dense``: the first window is the local one and every window comes from the encoder's dense
+    path (for ViTs, patch tokens from one forward pass per tile: the same features for spots,
+    sub-locations, virtual spots and map pixels).
+    """
     from ..features import extract_features
 
     if not cfg.image_input:
@@ -124,8 +129,11 @@ def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress
 
 @dataclass
 class StackedModel:
-    """What :func:`_fit_stacked` learns: the network of every fold (averaged when predicting),
-    the ridge head on all training spots and the per-gene blend of the candidates."""
+    """What :func:`_fit_stacked` learns.
+
+    The network of every fold (averaged when predicting), the ridge head on all training spots and
+    the per-gene blend of the candidates.
+    """
 
     fits: list
     ridge: Any  # stacking.RidgeHead or None
@@ -136,11 +144,14 @@ class StackedModel:
 
 def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                  nb: np.ndarray | None, progress: Progress, **sub) -> StackedModel:
-    """Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds``
-    folds; kNN leave-one-out over all training spots, as dense as for the hidden spots), the
-    per-gene blend fitted on them, and the ridge head refitted on every training spot.
-    ``sub``: the sub-spot arrays of the aggregation loss (enhance with a dense map), one row per
-    training spot; each fold's network gets the rows of its training spots."""
+    """Fit the stacked model: out-of-fold candidates, the per-gene blend and the ridge head.
+
+    Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds`` folds;
+    kNN leave-one-out over all training spots, as dense as for the hidden spots), the per-gene blend
+    fitted on them, and the ridge head refitted on every training spot. ``sub``: the sub-spot arrays
+    of the aggregation loss (enhance with a dense map), one row per training spot; each fold's
+    network gets the rows of its training spots.
+    """
     from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
     # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
@@ -188,10 +199,12 @@ def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray |
 def _stacked_predict(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
                      rc_um: np.ndarray, cfg: RunConfig, progress: Progress | None = None
                      ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """The blend's prediction at ``rc_um`` (clipped at 0, as the network's output), its spread
-    over the fold networks (the networks' spread times each gene's network weight: the blend is
-    linear in the network; None without a network or with one), and every candidate's
-    prediction (name -> (M, G))."""
+    """Return the blend's prediction at ``rc_um``, its spread and every candidate's prediction.
+
+    The prediction is clipped at 0, as the network's output; the spread over the fold networks is
+    the networks' spread times each gene's network weight (the blend is linear in the network; None
+    without a network or with one); candidates are name -> (M, G).
+    """
     parts, std = _stacked_candidates(model, feats, nb, rc_um, cfg, progress)
     pred = np.maximum(model.blend.predict(parts), 0.0)
     if std is not None:
@@ -201,7 +214,7 @@ def _stacked_predict(model: StackedModel, feats: np.ndarray, nb: np.ndarray | No
 
 
 def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
-    """The 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
+    """Run the 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
     with timer("genes"):
         progress.stage("genes", 1)
         expr = prepare_expression(adata, cfg.n_top_genes, cfg.extra_genes)
@@ -224,8 +237,10 @@ def _holdout_split(n_spots: int, fraction: float, seed: int,
 
 
 def _annotation_labels(adata: AnnData, annotation) -> pd.Series | None:
-    """Labels per spot (aligned to ``adata.obs_names``) from an obs column name, a Series or a
-    file (tab/comma separated: barcode, label)."""
+    """Return labels per spot, aligned to ``adata.obs_names``.
+
+    From an obs column name, a Series or a file (tab/comma separated: barcode, label).
+    """
     if annotation is None:
         return None
     if isinstance(annotation, str) and annotation in adata.obs.columns:
@@ -257,8 +272,11 @@ def _annotation_labels(adata: AnnData, annotation) -> pd.Series | None:
 def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
                       std: np.ndarray | None, per_gene: pd.DataFrame, cfg: RunConfig, *,
                       baseline: tuple[str, np.ndarray], uns_extra: dict[str, Any]) -> AnnData:
-    """Predictions for scored spots as AnnData: X predicted, layers 'measured', the baseline's
-    name and 'std' (ensemble spread), per-gene PCC in ``var``, spatial metadata carried over."""
+    """Return predictions for scored spots as AnnData.
+
+    X predicted, layers 'measured', the baseline's name and 'std' (ensemble spread), per-gene PCC in
+    ``var``, spatial metadata carried over.
+    """
     name, values = baseline
     out = AnnData(X=pred.astype(np.float32), obs=spots.obs.copy(),
                   var=pd.DataFrame(index=pd.Index(spots.var_names)))
@@ -280,8 +298,11 @@ def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
 
 def _score_with_knn(pred: np.ndarray, truth: np.ndarray, genes: list[str],
                     baselines: dict[str, np.ndarray]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """:func:`~napari_trihrge.metrics.spot_scores` with every baseline, the better of the
-    ``knn<k>`` baselines as "the baseline" (``baseline_knn_*``) and its ``baseline_knn_k``."""
+    """Score with :func:`~napari_trihrge.metrics.spot_scores` and every baseline.
+
+    The better of the ``knn<k>`` baselines is "the baseline" (``baseline_knn_*``) with its
+    ``baseline_knn_k``.
+    """
     summary, per_gene = spot_scores(pred, truth, genes, baselines=baselines)
     knn = [name for name in baselines if name.startswith("knn")]
     summary.update(best_baseline(summary, per_gene, knn, "knn"))
@@ -293,10 +314,13 @@ def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: 
                     visible: np.ndarray, genes: list[str],
                     others: dict[str, np.ndarray] | None = None
                     ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
-    """Score predictions of the ``hidden`` spots with the fair score next to inverse-distance kNN
-    of the ``visible`` spots (k in :data:`BASELINE_KS`, the better k as the baseline) and any
-    ``others`` (name -> prediction, scored on the same genes and spots). Returns the metrics, the
-    per-gene table (with the trust columns) and the better kNN's prediction."""
+    """Score predictions of the ``hidden`` spots next to kNN of the ``visible`` spots.
+
+    The fair score, next to inverse-distance kNN of the ``visible`` spots (k in
+    :data:`BASELINE_KS`, the better k as the baseline) and any ``others`` (name -> prediction,
+    scored on the same genes and spots). Returns the metrics, the per-gene table (with the trust
+    columns) and the better kNN's prediction.
+    """
     knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
            for k in BASELINE_KS}
     metrics, per_gene = _score_with_knn(pred, y[hidden], genes, {**knn, **(others or {})})
@@ -308,8 +332,10 @@ def _heldout_scores(pred: np.ndarray, y: np.ndarray, rc_um: np.ndarray, hidden: 
 
 
 def trust_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The short per-gene trust summary of a run (``summary.json['trust']``) from held-out
-    metrics (:func:`recovery`'s, or an enhance run's internal split)."""
+    """Return the short per-gene trust summary of a run (``summary.json['trust']``).
+
+    From held-out metrics (:func:`recovery`'s, or an enhance run's internal split).
+    """
     keys = ("heldout_fraction", "n_hidden", "n_visible", "n_genes_scored",
             "n_genes_beating_interpolation", "n_genes_constant_prediction", "pcc_mean",
             "baseline_knn_pcc_mean", "baseline_knn_k")

@@ -25,7 +25,7 @@ from ..metrics import TRUST_COLUMNS
 
 
 def result_key(task: str, key_added: str | None) -> str:
-    """The key a task's results are stored under."""
+    """Return the key a task's results are stored under."""
     return key_added or f"trihrge_{task}"
 
 

@@ -30,14 +30,19 @@ from ._store import store_result
 
 @dataclass
 class TransferResult(RecoveryResult):
-    """As :class:`RecoveryResult`; ``predictions`` holds the target section's spots with
-    layers 'measured', 'ridge' (and 'std')."""
+    """As :class:`RecoveryResult`, for the target section.
+
+    ``predictions`` holds the target section's spots with layers 'measured', 'ridge' (and 'std').
+    """
 
 
 def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int,
                    extra_genes: Sequence[str] = ()) -> list[str]:
-    """Genes for a cross-section model: highly variable (seurat_v3) over the pooled raw counts
-    of the ``training`` sections, among the genes every section in ``adatas`` has."""
+    """Select genes for a cross-section model.
+
+    Highly variable (seurat_v3) over the pooled raw counts of the ``training`` sections, among the
+    genes every section in ``adatas`` has.
+    """
     import scipy.sparse as sp
 
     from ..pp import select_genes
@@ -67,8 +72,10 @@ def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:
 def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunConfig | None = None,
              progress: Progress | None = None,
              key_added: str | None = None) -> TransferResult:
-    """Train on whole sections (``train_adatas``) and predict every spot of another section
-    (``target``) from its image alone; score per-gene PCC / MSE on the target's measured spots.
+    """Train on whole sections and predict every spot of another section from its image alone.
+
+    The model trains on ``train_adatas`` and predicts ``target``; per-gene PCC / MSE are scored on
+    the target's measured spots.
 
     The model is image-only (the target's spots are not used as input). Genes: highly variable
     over the pooled training sections among the genes all sections share. Image features are

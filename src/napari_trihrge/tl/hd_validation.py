@@ -37,11 +37,13 @@ def _bin_size_um(bins: AnnData) -> float:
 
 
 def pseudo_visium(bins: AnnData, *, min_coverage: float = 0.5) -> AnnData:
-    """Pseudo-Visium spots from Visium HD bins: 55 um disks on a 100 um hexagonal lattice over
-    the bins' extent, each the sum of the bins whose centres lie in the disk. Spots whose disk
-    holds fewer than ``min_coverage`` of the bins a full disk would hold are dropped.
-    ``obs['n_bins']`` counts the bins per spot; the result follows the sample data model
-    (platform 'visium') and shares the bins' images and pixel size."""
+    """Build pseudo-Visium spots from Visium HD bins.
+
+    55 um disks on a 100 um hexagonal lattice over the bins' extent, each the sum of the bins whose
+    centres lie in the disk. Spots whose disk holds fewer than ``min_coverage`` of the bins a full
+    disk would hold are dropped. ``obs['n_bins']`` counts the bins per spot; the result follows the
+    sample data model (platform 'visium') and shares the bins' images and pixel size.
+    """
     from ..datasets import _hex_spots  # the Visium lattice with its array indices
 
     bin_um = _bin_size_um(bins)
@@ -84,10 +86,13 @@ def pseudo_visium(bins: AnnData, *, min_coverage: float = 0.5) -> AnnData:
 
 
 def measured_truth(bins: AnnData, genes: list[str]) -> dict[str, Any]:
-    """The measured bins of ``genes`` on a regular grid of the bin size (origin at the first
-    bin centre; a grid cell takes the mean of the bins whose centres round to it), in the
-    ``uns['truth']`` layout that :func:`napari_trihrge.evaluation.truth_on_grid` reads, with
-    ``tissue_8um`` marking the cells that hold a measured in-tissue bin."""
+    """Put the measured bins of ``genes`` on a regular grid of the bin size.
+
+    The origin is at the first bin centre; a grid cell takes the mean of the bins whose centres
+    round to it. The layout is that of ``uns['truth']``, which
+    :func:`napari_trihrge.evaluation.truth_on_grid` reads, with ``tissue_8um`` marking the cells
+    that hold a measured in-tissue bin.
+    """
     bin_um = _bin_size_um(bins)
     um_per_px = float(bins.uns["trihrge"]["um_per_px"])
     rc = geometry.xy_px_to_rc_um(bins.obsm["spatial"], um_per_px)
@@ -131,9 +136,11 @@ def measured_on_map(truth: dict[str, Any], maps) -> np.ndarray:
 
 def score_against_bins(bins: AnnData, result, n_neighbours: int = 6
                        ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Score an enhance result's dense map against the measured bins inside the tissue (map
-    pixels inside the map's tissue mask that fall on a measured bin), next to the measured
-    pseudo-spots interpolated onto the same pixels."""
+    """Score an enhance result's dense map against the measured bins inside the tissue.
+
+    Scored on the map pixels inside the map's tissue mask that fall on a measured bin, next to the
+    measured pseudo-spots interpolated onto the same pixels.
+    """
     from ..evaluation import superres_scores
     from ._shared import sample_geometry
 

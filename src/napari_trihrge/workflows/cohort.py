@@ -162,7 +162,7 @@ def run_cohort(paths: Sequence[str | Path], out_dir: str | Path, *, task: str = 
                     info = fut.result()
                     rows[name] = {"sample": name, "path": path, "status": "done", "error": "",
                                   **info}
-                except Exception as err:  # reported, never silently dropped
+                except Exception as err:  # noqa: BLE001 - any task error is reported in its row
                     msg = str(err) if isinstance(err, TrihrgeError) else "".join(
                         traceback.format_exception_only(type(err), err)).strip()
                     msg = " ".join(msg.split())  # one line in the report

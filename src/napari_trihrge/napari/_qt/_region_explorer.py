@@ -216,7 +216,7 @@ class RegionExplorer(QWidget):
                 return None
             stats = R.region_statistics(polys, measured, enhanced,
                                         top_n=int(self.top_spin.value()), region_names=names)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a notification, never a crash
             notify_error(exc, "Region statistics")
             return None
         self.stats = stats
@@ -277,7 +277,7 @@ class RegionExplorer(QWidget):
             if item is not None:
                 try:
                     self.session.show_gene(item.text())
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a notification, never a crash
                     notify_error(exc, "Show gene")
 
     # -- export ---------------------------------------------------------------------------

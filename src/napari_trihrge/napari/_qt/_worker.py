@@ -149,7 +149,7 @@ def simple_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any):
             return Outcome("ok", result=fn(*args, **kwargs))
         except Cancelled as exc:
             return Outcome("cancelled", error=exc)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - handed to the GUI as an Outcome
             tb = traceback.format_exc()
             if not isinstance(exc, TrihrgeInputError | EncoderAccessError):
                 log.error("TriHRGE error:\n%s", tb)
