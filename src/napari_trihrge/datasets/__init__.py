@@ -41,7 +41,14 @@ from .spots import (
     SPOT_SPACING_UM,
     _hex_spots,  # noqa: F401 - tl.hd_validation builds the Visium lattice with it
 )
-from .truth import SPARSE_FRACTION, TRUTH_STRIDE_UM, truth_at, truth_in_spots, truth_map
+from .truth import (
+    SPARSE_FRACTION,
+    TRUTH_STRIDE_UM,
+    truth_at,
+    truth_in_spots,
+    truth_map,
+    truth_nuclei,
+)
 from .writers import write_visium_hd
 
 __all__ = [
@@ -55,6 +62,7 @@ __all__ = [
     "truth_map",
     "truth_at",
     "truth_in_spots",
+    "truth_nuclei",
     "write_visium_hd",
 ]
 

@@ -39,9 +39,12 @@ HINT_EXPORT = ("export the objects from QuPath with File > Export objects as Geo
 
 @dataclass
 class QuPathObject:
-    """One QuPath object: ``parts`` of the outline in full-resolution px (x, y; the project's
-    pixel-centre convention), each part ``[exterior, hole, ...]``; ``nucleus`` the same for a
-    cell's nucleus, or None."""
+    """One QuPath object with its outline in full-resolution px.
+
+    ``parts`` of the outline are x/y in full-resolution px (the project's pixel-centre
+    convention), each part ``[exterior, hole, ...]``; ``nucleus`` the same for a cell's
+    nucleus, or None.
+    """
 
     object_type: str
     name: str
@@ -53,9 +56,11 @@ class QuPathObject:
 
 @dataclass
 class GeoRegion:
-    """A region (QuPath annotations of one class) in row/col micrometres: ``parts``, each
-    ``[exterior, hole, ...]`` as (k, 2) arrays. ``regions.points_in_regions`` and
-    ``regions.region_statistics`` accept it where they accept a polygon."""
+    """A region (QuPath annotations of one class) in row/col micrometres.
+
+    ``parts``: each ``[exterior, hole, ...]`` as (k, 2) arrays. ``regions.points_in_regions``
+    and ``regions.region_statistics`` accept it where they accept a polygon.
+    """
 
     name: str
     parts: list[list[np.ndarray]]
@@ -66,6 +71,7 @@ class GeoRegion:
 
     @property
     def area_um2(self) -> float:
+        """Area in square micrometres (holes left out)."""
         return float(sum(_area(p[0]) - sum(_area(h) for h in p[1:]) for p in self.parts))
 
 
@@ -150,13 +156,14 @@ def _name(props: dict) -> str:
 
 def read_geojson(path: str | os.PathLike, *, image_shape_px: tuple[int, int] | None = None,
                  object_types: Sequence[str] | None = None) -> list[QuPathObject]:
-    """The polygon objects of a QuPath GeoJSON file (full-resolution px, x/y).
+    """Read the polygon objects of a QuPath GeoJSON file (full-resolution px, x/y).
 
     Features that are not polygons (points, lines) or have no coordinates are skipped with a
     warning; a file with no polygon at all, duplicate object ids, or (with ``image_shape_px``,
     height x width in full-resolution px) more than :data:`MAX_OUTSIDE_SHARE` of the vertices
     outside the image is refused with what was found. ``object_types``: keep only these
-    (``objectType``; a feature without one counts as an annotation)."""
+    (``objectType``; a feature without one counts as an annotation).
+    """
     path = Path(path)
     what = f"the GeoJSON {path.name}"
     if not path.is_file():
@@ -208,8 +215,10 @@ def read_geojson(path: str | os.PathLike, *, image_shape_px: tuple[int, int] | N
 
 def check_inside_image(objects: Sequence[QuPathObject], image_shape_px: tuple[int, int],
                        what: str = "the GeoJSON") -> float:
-    """Share of the objects' vertices outside the image (height x width px); refused above
-    :data:`MAX_OUTSIDE_SHARE` (another coordinate system), a warning above 0."""
+    """Return the share of the objects' vertices outside the image (height x width px).
+
+    Refused above :data:`MAX_OUTSIDE_SHARE` (another coordinate system), a warning above 0.
+    """
     h, w = float(image_shape_px[0]), float(image_shape_px[1])
     pts = np.concatenate([r for o in objects for p in o.parts for r in p])
     lo = -QUPATH_PIXEL_CENTRE_PX
@@ -230,9 +239,12 @@ def check_inside_image(objects: Sequence[QuPathObject], image_shape_px: tuple[in
 
 def read_regions(path: str | os.PathLike, um_per_px: float, *,
                  image_shape_px: tuple[int, int] | None = None) -> list[GeoRegion]:
-    """QuPath annotations as regions in row/col um (``um_per_px``: full-resolution pixel size):
-    annotations of one class become one region named after the class (unclassified ones keep
-    their own name, else ``annotation <k>``); holes and MultiPolygons are kept."""
+    """Read QuPath annotations as regions in row/col um.
+
+    ``um_per_px``: the full-resolution pixel size. Annotations of one class become one region
+    named after the class (unclassified ones keep their own name, else ``annotation <k>``);
+    holes and MultiPolygons are kept.
+    """
     objects = read_geojson(path, image_shape_px=image_shape_px, object_types=("annotation",))
     regions: dict[str, GeoRegion] = {}
     for k, obj in enumerate(objects):
@@ -247,10 +259,12 @@ def read_regions(path: str | os.PathLike, um_per_px: float, *,
 
 def rasterize(objects: Sequence[QuPathObject], shape_px: tuple[int, int], *,
               px_per_fullres_px: float = 1.0, nucleus: bool = False) -> np.ndarray:
-    """int32 labels (object ``k`` -> label ``k + 1``) of the objects' outlines (or their
-    nuclei, where they have one) on an image grid of ``shape_px``; ``px_per_fullres_px`` scales
-    full-resolution px to that grid. A pixel belongs to the polygon its centre lies in; where
-    objects overlap the later one wins."""
+    """Fill the objects' outlines (or their nuclei) into int32 labels on a grid of ``shape_px``.
+
+    Object ``k`` becomes label ``k + 1``; ``px_per_fullres_px`` scales full-resolution px to
+    the grid. A pixel belongs to the polygon its centre lies in; where objects overlap the
+    later one wins. With ``nucleus`` only objects that have a nucleus are filled.
+    """
     from skimage.draw import polygon as fill
 
     out = np.zeros(shape_px, dtype=np.int32)
@@ -274,9 +288,11 @@ def rasterize(objects: Sequence[QuPathObject], shape_px: tuple[int, int], *,
 
 def labels_from_geojson(path: str | os.PathLike, shape_px: tuple[int, int], *,
                         px_per_fullres_px: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """A QuPath GeoJSON of cells or detections as label images on an image grid of
-    ``shape_px``: ``(cells, nuclei)``; nuclei is None when no object has a
-    ``nucleusGeometry`` (the outlines are then taken as nuclei by the caller)."""
+    """Read a QuPath GeoJSON of cells or detections as label images on a grid of ``shape_px``.
+
+    Returns ``(cells, nuclei)``; nuclei is None when no object has a ``nucleusGeometry`` (the
+    outlines are then taken as nuclei by the caller).
+    """
     full = (shape_px[0] / px_per_fullres_px, shape_px[1] / px_per_fullres_px)
     objects = read_geojson(path, image_shape_px=full, object_types=("cell", "detection"))
     cells = rasterize(objects, shape_px, px_per_fullres_px=px_per_fullres_px)
@@ -329,7 +345,7 @@ def _colour(name: str) -> list[int]:
 
 
 def regions_to_features(regions: Sequence[GeoRegion], um_per_px: float) -> list[dict]:
-    """GeoRegions (row/col um) -> QuPath annotation Features (full-resolution px)."""
+    """Turn GeoRegions (row/col um) into QuPath annotation Features (full-resolution px)."""
     return [_feature("annotation", [[geometry.rc_um_to_xy_px(r, um_per_px) for r in part]
                                     for part in reg.parts], reg.name, fid=_uuid(reg.name, k))
             for k, reg in enumerate(regions)]
@@ -342,9 +358,11 @@ def _uuid(text: str, k: int) -> str:
 
 
 def label_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Outline of every label (its largest piece) as an x/y ring in the label image's pixels
-    (pixel-centre convention), running along the pixel edges, so filling it again gives the
-    same pixels."""
+    """Trace every label's outline (its largest piece) as an x/y ring in the image's pixels.
+
+    The ring runs along the pixel edges (pixel-centre convention), so filling it again gives
+    the same pixels.
+    """
     from scipy import ndimage as ndi
     from skimage.measure import find_contours
 
@@ -379,9 +397,12 @@ def cells_to_features(cells: Any, cell_labels: np.ndarray, label_um_per_px: floa
                       fullres_um_per_px: float, *, nuclei: np.ndarray | None = None,
                       genes: Sequence[str] = (), object_type: str = "cell",
                       classification: str = "") -> list[dict]:
-    """Cells (the AnnData of :func:`napari_trihrge.tl.cells` and its label images) -> QuPath
-    cell Features in full-resolution px, with the chosen ``genes``' predicted values, the cell
-    area and the nucleus area as ``measurements`` and the nucleus as ``nucleusGeometry``."""
+    """Turn cells into QuPath cell Features in full-resolution px.
+
+    ``cells``: the AnnData of :func:`napari_trihrge.tl.cells`, with its label images. The
+    chosen ``genes``' predicted values, the cell area and the nucleus area become
+    ``measurements``, the nucleus ``nucleusGeometry``.
+    """
     if object_type not in OBJECT_TYPES:
         raise TrihrgeInputError(f"unknown object type {object_type!r}",
                                 f"use one of {', '.join(OBJECT_TYPES)}")
@@ -416,8 +437,10 @@ def cells_to_features(cells: Any, cell_labels: np.ndarray, label_um_per_px: floa
 
 def write_geojson(path: str | os.PathLike, features: Sequence[dict], *,
                   overwrite: bool = False) -> Path:
-    """Write Features as a GeoJSON FeatureCollection QuPath opens (written whole or not at all;
-    an existing file is kept unless ``overwrite``)."""
+    """Write Features as a GeoJSON FeatureCollection that QuPath opens.
+
+    Written whole or not at all; an existing file is kept unless ``overwrite``.
+    """
     from .._atomic import atomic_path
 
     path = Path(path)

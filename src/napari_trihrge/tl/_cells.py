@@ -1,5 +1,7 @@
-"""Cells: nuclei segmented from the H&E (or brought by the user), grown into cells, and each
-cell's expression averaged from the enhanced maps over its area."""
+"""Cells: nuclei from the H&E (or the user's), grown into cells, with per-cell expression.
+
+Each cell's expression is the enhanced maps averaged over its area.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ from ._store import store_result
 
 @dataclass
 class CellsResult:
-    """``cells``: one row per cell (obs: ``cell_id``, centroid ``row_um``/``col_um`` and
+    """Cells of a sample: the cells AnnData and the label images.
+
+    ``cells``: one row per cell (obs: ``cell_id``, centroid ``row_um``/``col_um`` and
     ``x_px``/``y_px`` in full-resolution pixels, ``area_um2``, ``nucleus_area_um2``, nuclear
     shape and ``hematoxylin_od``, ``spot`` (the measured spot whose disk holds the centroid, ''
     if none); ``obsm['spatial']`` x/y full-resolution px; X the predicted log-normalised
     expression averaged over the cell, var the per-gene trust columns). ``nuclei`` and
     ``cell_labels``: int32 label images on the H&E's pixel grid (``um_per_px``); cell ``k`` is
-    label ``k`` in both."""
+    label ``k`` in both.
+    """
 
     cells: AnnData
     nuclei: np.ndarray
@@ -37,9 +42,11 @@ class CellsResult:
 
 def cell_map_weights(cell_labels: np.ndarray, um_per_px: float, maps: Any, *,
                      tile_um: float = nuclei.TILE_UM) -> sparse.csr_matrix:
-    """Sparse (cells, map pixels) matrix: the share of each cell's area that falls in each map
-    pixel (nearest map pixel centre of every image pixel), over the map pixels with a value
-    (``maps.mask``); a cell that covers none has an empty row."""
+    """Build the sparse (cells, map pixels) matrix of each cell's area share per map pixel.
+
+    Every image pixel goes to its nearest map pixel centre; only map pixels with a value
+    (``maps.mask``) count, and a cell that covers none has an empty row.
+    """
     px = float(um_per_px)
     n_rows, n_cols = maps.mask.shape
     n_cells = int(cell_labels.max()) if cell_labels.size else 0
@@ -75,9 +82,11 @@ def cell_map_weights(cell_labels: np.ndarray, um_per_px: float, maps: Any, *,
 
 def average_maps_over_cells(weights: sparse.csr_matrix, maps: Any, *,
                             genes_per_block: int = 64) -> np.ndarray:
-    """(cells, genes) float32: every gene's map averaged over each cell (rows of ``weights``
-    from :func:`cell_map_weights`); NaN for a cell the map does not cover. Reads the maps a
-    block of genes at a time, only the map pixels some cell touches."""
+    """Average every gene's map over each cell: (cells, genes) float32.
+
+    ``weights``: from :func:`cell_map_weights`. NaN for a cell the map does not cover. Reads
+    the maps a block of genes at a time, only the map pixels some cell touches.
+    """
     weights = weights.tocsc()
     used = np.flatnonzero(np.diff(weights.indptr))
     w_used = weights[:, used].tocsr()
@@ -97,9 +106,11 @@ def average_maps_over_cells(weights: sparse.csr_matrix, maps: Any, *,
 
 def read_labels(source: Any, shape_px: tuple[int, int], *, what: str = "the label image"
                 ) -> np.ndarray:
-    """A user's segmentation as int32 labels on the H&E's pixel grid ``shape_px``: an array, a
-    ``.npy`` file, a TIFF or an OME-Zarr labels image (path). A shape that differs from the
-    H&E is refused with both shapes named."""
+    """Read a user's segmentation as int32 labels on the H&E's pixel grid ``shape_px``.
+
+    ``source``: an array, a ``.npy`` file, a TIFF or an OME-Zarr labels image (path). A shape
+    that differs from the H&E is refused with both shapes named; labels are renumbered 1..n.
+    """
     from pathlib import Path
 
     if isinstance(source, (str, Path)):
@@ -173,8 +184,10 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
           expand_um: float = nuclei.EXPAND_UM, options: nuclei.NucleusOptions | None = None,
           tile_um: float = nuclei.TILE_UM, progress: Progress | None = None,
           key_added: str | None = None) -> CellsResult:
-    """Cells of a sample: nuclei segmented from its H&E tile by tile (or given), grown into
-    cells, measured, and (with ``maps``) given the enhanced expression averaged over each cell.
+    """Find the cells of a sample and give each the enhanced expression over its area.
+
+    Nuclei are segmented from its H&E tile by tile (or given), grown into cells, measured, and
+    (with ``maps``) given the enhanced expression averaged over each cell.
 
     Parameters
     ----------
@@ -295,7 +308,7 @@ def _tissue_area_mm2(image: Any) -> float:
 
 def _cell_obs(adata: AnnData, cell_tab: pd.DataFrame, nuc_tab: pd.DataFrame,
               fullres_um_per_px: float) -> pd.DataFrame:
-    """obs of the cells AnnData (one row per label, ids ``cell_<k>``)."""
+    """Build the cells' obs (one row per label, ids ``cell_<k>``)."""
     rc_um = cell_tab[["row_um", "col_um"]].to_numpy()
     xy_px = geometry.rc_um_to_xy_px(rc_um, fullres_um_per_px)
     obs = pd.DataFrame({
@@ -313,7 +326,7 @@ def _cell_obs(adata: AnnData, cell_tab: pd.DataFrame, nuc_tab: pd.DataFrame,
 
 
 def _spot_of(adata: AnnData, rc_um: np.ndarray, fullres_um_per_px: float) -> np.ndarray:
-    """The measured spot whose disk holds each point ('' when none)."""
+    """Name the measured spot whose disk holds each point ('' when none)."""
     from scipy.spatial import cKDTree
 
     out = np.full(len(rc_um), "", dtype=object)
