@@ -100,3 +100,26 @@ def test_error_ratio_by_spread_on_known_values():
     ratio = _error_ratio_by_spread(std, err, fraction=0.1)
     np.testing.assert_allclose(ratio[:2], [3.0, 0.5])
     assert np.isnan(ratio[2])
+
+
+def test_cell_scores_truth_as_prediction_beats_interpolated_spots():
+    import napari_trihrge as th
+    from napari_trihrge.geometry import xy_px_to_rc_um
+
+    adata = th.datasets.synthetic_sample(seed=4, size_um=(600.0, 600.0), n_genes=8,
+                                         sparse_fraction=0.0)
+    expr, stride, origin = th.datasets.truth_map(adata)
+    grid = DenseMaps(values=None, stride_um=stride, origin_rc_um=origin,
+                     gene_names=list(adata.var_names), mask=np.ones(expr.shape[1:], bool))
+    grid.values = evaluation.truth_on_grid(adata, grid, grid.gene_names)
+    res = th.tl.cells(adata, maps=grid)  # the truth itself as the map
+    truth = evaluation.truth_in_cells(adata, res.cell_labels, res.um_per_px, grid.gene_names)
+    np.testing.assert_allclose(res.cells.X, truth, rtol=1e-5)
+    rc = xy_px_to_rc_um(adata.obsm["spatial"], adata.uns["trihrge"]["um_per_px"])
+    spots = th.datasets.truth_in_spots(adata, rc)
+    summary, table = evaluation.cell_scores(adata, res.cells, res.cell_labels, res.um_per_px, rc,
+                                 np.log1p(spots))
+    assert summary["pcc_mean"] == pytest.approx(1.0)
+    assert summary["baseline_knn6_pcc_mean"] < 0.95
+    assert summary["n_cells_scored"] == res.cells.n_obs
+    assert "gene_class" in table
