@@ -81,8 +81,20 @@ def test_virtual_grid_density_no_duplicates(make, factor):
 
 def test_virtual_grid_rejects_non_power_of_two():
     lat = geometry.detect_lattice(hex_lattice())
-    with pytest.raises(TrihrgeInputError, match="power of two"):
+    with pytest.raises(TrihrgeInputError, match="density factor must be one of 2, 4, 8, 16"):
         lat.offsets_rc_um(3)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 3, 32, 4.5, "4", True, None])
+def test_density_factor_rule_refuses(bad):
+    with pytest.raises(TrihrgeInputError, match="density factor"):
+        geometry.validate_density_factor(bad)
+
+
+def test_density_factor_rule_accepts_its_own_list():
+    assert [geometry.validate_density_factor(f) for f in geometry.DENSITY_FACTORS] == [2, 4, 8, 16]
+    assert geometry.validate_density_factor(np.int64(16)) == 16
+    assert geometry.DEFAULT_DENSITY_FACTOR in geometry.DENSITY_FACTORS
 
 
 def test_disk_offsets():

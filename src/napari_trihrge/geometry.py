@@ -269,6 +269,37 @@ def _positive_number(value: Any, what: str, hint: str) -> float:
 # -------------------------------------------------------------------------------------------
 # Spot lattice
 # -------------------------------------------------------------------------------------------
+#: how many times denser than the measured lattice virtual spots may be (enhance, predict, the
+#: CLI's --factor and the Train panel offer exactly these); :meth:`Lattice.offsets_rc_um` builds
+#: any power of two, these are the ones whose virtual spots stay larger than a cell or two
+DENSITY_FACTORS = (2, 4, 8, 16)
+#: the density factor used when none is given
+DEFAULT_DENSITY_FACTOR = 4
+
+
+def validate_density_factor(factor: Any) -> int:
+    """``factor`` as an int if it is one of :data:`DENSITY_FACTORS`, else an actionable error.
+
+    Parameters
+    ----------
+    factor
+        Virtual spots per measured spot.
+
+    Returns
+    -------
+    The factor as an ``int``.
+    """
+    allowed = ", ".join(str(f) for f in DENSITY_FACTORS)
+    try:
+        value = int(factor)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(factor, bool) or value is None or value != factor or value not in DENSITY_FACTORS:
+        raise TrihrgeInputError(f"the density factor must be one of {allowed}, got {factor!r}",
+                                f"use --factor (factor=) {allowed}")
+    return value
+
+
 @dataclass(frozen=True)
 class Lattice:
     """A regular spot lattice measured from spot centres (row/col micrometres).
@@ -283,17 +314,13 @@ class Lattice:
 
     def offsets_rc_um(self, factor: int) -> np.ndarray:
         """Offsets that turn each lattice point into ``factor`` points of a lattice ``factor``x
-        denser (factor 1, 2, 4, 8, 16...). Offset 0 (the measured spot) is always first.
+        denser (one of :data:`DENSITY_FACTORS`). Offset 0 (the measured spot) is always first.
 
         Even powers of two subdivide the basis (4x: half the spacing); odd powers add the centre of
         each cell ((a1 + a2) / 2m), which is itself a lattice of twice the density. Every offset
         set is one full set of coset representatives, so points never repeat.
         """
-        if factor < 1 or factor & (factor - 1):
-            raise TrihrgeInputError(
-                f"the density factor must be a power of two (1, 2, 4, 8, 16), got {factor}",
-                "use --factor 2, 4 or 8",
-            )
+        factor = validate_density_factor(factor)
         k = int(np.log2(factor))
         m = 2 ** (k // 2)
         a1, a2 = self.basis_rc_um
@@ -440,6 +467,9 @@ __all__ = [
     "rc_um_to_xy_px",
     "um_per_px_from_spot_diameter",
     "validate_um_per_px",
+    "DENSITY_FACTORS",
+    "DEFAULT_DENSITY_FACTOR",
+    "validate_density_factor",
     "Lattice",
     "nearest_neighbour_distance_um",
     "spot_spacing_um",

@@ -181,6 +181,33 @@ def test_run_folder_opens_as_layers(tmp_path):
         "virtual"
 
 
+def test_predicted_h5ad_opens_as_a_result(tmp_path):
+    """``enhanced.h5ad`` written by ``trihrge predict`` (task 'predict') opens as predicted
+    virtual spots, alone and in its run folder, not as a new sample."""
+    import anndata as ad
+
+    from napari_trihrge.io.outputs import mark_complete
+
+    a = sample_adata()
+    run = tmp_path / "run"
+    run.mkdir()
+    virt = ad.AnnData(X=L.gene_expression(a, ["ERBB2", "STROMA_4"]).to_numpy())
+    virt.var_names = ["ERBB2", "STROMA_4"]
+    virt.obs_names = [f"v{i}" for i in range(a.n_obs)]
+    virt.obsm["spatial"] = np.asarray(a.obsm["spatial"])
+    virt.uns["trihrge"] = {**a.uns["trihrge"], "task": "predict", "factor": 16,
+                           "lattice_spacing_um": 100.0}
+    virt.write_h5ad(run / "enhanced.h5ad")
+    (run / "summary.json").write_text(json.dumps({"sample": "synthetic"}))
+    mark_complete(run)
+    for path in (run / "enhanced.h5ad", run):
+        layers = get_reader(str(path))(str(path))
+        assert _kinds(layers)[-1] == "virtual"
+        _, kwargs, _ = layers[-1]
+        assert kwargs["name"] == "predicted: 16x virtual spots"
+        assert kwargs["size"] == pytest.approx(55.0 / 4)  # spacing 100 um, 16x denser
+
+
 @pytest.mark.gui
 def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
     from napari_trihrge.napari._qt import GeneExplorer

@@ -235,3 +235,13 @@ def test_training_sections_get_distinct_names():
     assert _section_names([section("synthetic", "/d/s1.h5ad"),
                            section("synthetic", "/d/s2.h5ad")]) == ["s1.h5ad", "s2.h5ad"]
     assert _section_names([section("x"), section("x")]) == ["x #1", "x #2"]
+
+
+@pytest.mark.parametrize("factor", [1, 3, 32])
+def test_predict_and_enhance_share_the_density_rule(trained, factor):
+    """predict and enhance accept and refuse the same factors, before any work."""
+    _, folder, target = trained
+    with pytest.raises(TrihrgeInputError, match="density factor must be one of 2, 4, 8, 16"):
+        tasks.predict(folder, target, factor=factor)
+    with pytest.raises(TrihrgeInputError, match="density factor must be one of 2, 4, 8, 16"):
+        tasks.enhance(target, factor=factor)

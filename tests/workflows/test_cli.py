@@ -3,6 +3,7 @@ exit code 2 with a one-line reason, the encoder list."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import anndata as ad
@@ -83,6 +84,20 @@ def test_bad_option_value_is_exit_2(capsys, tmp_path):
         cli.main(["enhance", str(tmp_path), "--factor", "3"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["enhance", "validate-hd", "cohort", "predict"])
+def test_factor_choices_are_the_engine_rule(command):
+    """--factor offers exactly what the engine accepts (16x included), on every subcommand."""
+    from napari_trihrge.geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    factor = next(a for a in sub.choices[command]._actions if a.dest == "factor")
+    assert list(factor.choices) == list(DENSITY_FACTORS)
+    assert factor.default == DEFAULT_DENSITY_FACTOR
+    args = ["model"] if command == "predict" else []
+    assert parser.parse_args([command, *args, "x", "--factor", "16"]).factor == 16
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import TrihrgeInputError
-from ..geometry import DEFAULT_SPOT_DIAMETER_UM
 from . import layers as L
 
 _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
@@ -226,8 +225,8 @@ def read_sample_layers(path, image_path: str | None = None, **read_kwargs) -> li
         peek = ad.read_h5ad(p, backed="r")
         task = (peek.uns.get("trihrge", {}) or {}).get("task")
         peek.file.close()
-        if task in ("enhance", "recovery"):
-            return _tag_source(_result_h5ad_layers(ad.read_h5ad(p), task, source=p), p)
+        if task in L.RESULT_LAYERS:
+            return _tag_source(_result_h5ad_layers(ad.read_h5ad(p), source=p), p)
     with _ViewerProgress(f"Opening {p.name}", total=2) as bar:
         bar.step("reading the spots, counts and H&E preview")
         try:
@@ -343,22 +342,19 @@ def _tag_source(layers: list, source) -> list:
     return layers
 
 
-def _result_h5ad_layers(adata, task: str, source: Path | None = None) -> list:
-    """Layers of an engine output AnnData (virtual spots or recovered hidden spots)."""
+def _result_h5ad_layers(adata, file_task: str | None = None, source: Path | None = None
+                        ) -> list:
+    """Layers of an engine output AnnData (virtual spots or recovered hidden spots), drawn as
+    its task (``uns['trihrge']['task']``, one of :data:`layers.RESULT_LAYERS`; else
+    ``file_task``, the task its file name in a run folder stands for) says."""
+    task = adata.uns.get("trihrge", {}).get("task")
+    task = task if task in L.RESULT_LAYERS else file_task
     out = _image_layers(adata, source=None if source is None else str(source))
-    if task == "enhance":
-        factor = int(adata.uns.get("trihrge", {}).get("factor", 4))
-        diameter = float(adata.uns.get("trihrge", {}).get("spot_diameter_um",
-                                                          DEFAULT_SPOT_DIAMETER_UM))
-        out.append(L.spots_layer(adata, kind="virtual", size_um=diameter / np.sqrt(factor),
-                                 name=f"enhanced: {factor}x virtual spots"))
-    else:
-        genes = None
-        if "pcc" in adata.var:
-            order = np.argsort(-np.nan_to_num(adata.var["pcc"].to_numpy(float), nan=-9))
-            genes = [str(adata.var_names[i]) for i in order[:8]]
-        out.append(L.spots_layer(adata, genes, kind="recovered",
-                                 name="recovery: predicted hidden spots"))
+    genes = None
+    if task == "recovery" and "pcc" in adata.var:
+        order = np.argsort(-np.nan_to_num(adata.var["pcc"].to_numpy(float), nan=-9))
+        genes = [str(adata.var_names[i]) for i in order[:8]]
+    out.append(L.result_spots_layer(adata, task, genes))
     return out
 
 
@@ -376,7 +372,7 @@ def read_run_layers(path) -> list:
 
     p = check_complete_run(_one(path))
     out: list = []
-    if (p / "enhanced.h5ad").exists():
+    if (p / "enhanced.h5ad").exists():  # enhance and predict
         out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")
     elif (p / "recovery.h5ad").exists():
         out += _result_h5ad_layers(ad.read_h5ad(p / "recovery.h5ad"), "recovery")

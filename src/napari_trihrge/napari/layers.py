@@ -22,7 +22,12 @@ import scipy.sparse as sp
 
 from ..blocks import block_mean, lazy_block_mean
 from ..errors import TrihrgeInputError
-from ..geometry import DEFAULT_SPOT_DIAMETER_UM, xy_px_to_rc_um
+from ..geometry import (
+    DEFAULT_DENSITY_FACTOR,
+    DEFAULT_SPOT_DIAMETER_UM,
+    DEFAULT_SPOT_SPACING_UM,
+    xy_px_to_rc_um,
+)
 from ..pp import gene_expression, is_log_normalised, log_normalised
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -44,6 +49,13 @@ EXPRESSION_UNITS = "log-normalised expression, ln(1 + counts per 10 000)"
 
 #: the per-gene trust columns of every run's outputs (held-out spots, fair score)
 TRUST_COLUMNS = ("pcc", "pcc_baseline_knn", "pcc_gain", "beats_interpolation")
+
+
+#: the tasks whose output AnnData (``uns['trihrge']['task']``) holds predicted spots, each with
+#: the kind and the name of its layer: the reader and the layer view both draw from this table
+RESULT_LAYERS = {"recovery": ("recovered", "recovery: predicted hidden spots"),
+                 "enhance": ("virtual", "enhanced: {factor}x virtual spots"),
+                 "predict": ("virtual", "predicted: {factor}x virtual spots")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -321,9 +333,32 @@ def spots_layer(adata, genes: Sequence[str] | None = None, *, color_by: str | No
     return rc_um, kwargs, "points"
 
 
+def result_spots_layer(predictions, task: str, genes: Sequence[str] | None = None,
+                       **kwargs: Any) -> LayerDataTuple:
+    """The predicted spots of a ``task`` of :data:`RESULT_LAYERS` as a Points layer.
+
+    Virtual spots are drawn ``sqrt(factor)`` times smaller than a measured spot: enhance from
+    the sample's spot diameter, predict (no measured diameter on a bare image) with the
+    platform's diameter-to-spacing ratio on the lattice it predicted on.
+    """
+    kind, name = RESULT_LAYERS[task]
+    info = predictions.uns.get("trihrge", {})
+    if task != "recovery":
+        factor = int(info.get("factor", DEFAULT_DENSITY_FACTOR))
+        name = name.format(factor=factor)
+        if task == "enhance":
+            diameter_um = float(info.get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM))
+        else:
+            spacing_um = float(info.get("lattice_spacing_um", DEFAULT_SPOT_SPACING_UM))
+            diameter_um = DEFAULT_SPOT_DIAMETER_UM / DEFAULT_SPOT_SPACING_UM * spacing_um
+        kwargs.setdefault("size_um", diameter_um / np.sqrt(factor))
+    return spots_layer(predictions, genes, kind=kind, name=name, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------
 # Enhanced maps
 # ------------------------------------------------------------------------------------------
+
 def map_colormap(name: str = DEFAULT_COLORMAP) -> dict[str, Any]:
     """``name`` (a matplotlib colormap) whose lowest end is fully transparent: pixels at or
     below the lower contrast limit - and everything outside the tissue - show the H&E."""

@@ -110,7 +110,8 @@ def _blend_weight_columns(blend, genes: list[str]) -> pd.DataFrame:
                          for c, n in enumerate(blend.names)}, index=pd.Index(genes))
 
 
-def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
+def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
+            stride_um: float | None = None,
             config: RunConfig | None = None, progress: Progress | None = None,
             key_added: str | None = None,
             map_path: str | None = None, map_margin_um: float | None = None,
@@ -147,9 +148,7 @@ def enhance(adata: AnnData, *, factor: int = 4, stride_um: float | None = None,
     """
     cfg = config or RunConfig()
     validate_config(cfg)
-    if factor < 1 or int(factor) & (int(factor) - 1):
-        raise TrihrgeInputError(f"the density factor must be a power of two, got {factor}",
-                                "use --factor 2, 4 or 8")
+    factor = geometry.validate_density_factor(factor)
     if stride_um is not None:
         # networks whose spread is mapped next to the values: with the blend, one per fold
         n_networks = cfg.ensemble * (cfg.stacking_folds if "network" in cfg.stacking else 1)

@@ -456,7 +456,8 @@ def _as_target(target: AnnData | str | Path, um_per_px: float | None) -> AnnData
     return read(target, **({"um_per_px": um_per_px} if um_per_px else {}))
 
 
-def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, factor: int = 4,
+def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
+            factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             stride_um: float | None = None, um_per_px: float | None = None,
             encoder: str | None = None, windows_um: Sequence[float] | None = None,
             device: str = "auto", cache_dir: str | None = None, hf_token: str | None = None,
@@ -475,6 +476,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
     statistics come from: 'auto' (the measured spots, or a spot-spaced lattice inside the tissue
     for a bare image) or 'tissue' (the lattice even when there are spots, as for a bare slide).
     """
+    factor = geometry.validate_density_factor(factor)  # before loading anything
     progress = ensure_progress(progress)
     timer = _Timer()
     if not isinstance(model, TrainedModel):
@@ -499,9 +501,6 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *, f
             "leave --stride-um out, or use a model from `trihrge train` or enhance --stride-um")
     if reference not in ("auto", "tissue"):
         raise TrihrgeInputError(f"unknown reference {reference!r}", "use 'auto' or 'tissue'")
-    if factor not in (1, 2, 4, 8, 16):
-        raise TrihrgeInputError(f"the density factor must be 1, 2, 4, 8 or 16, got {factor}",
-                                "use --factor 2, 4 or 8")
     genes = model.genes
     cfg = _predict_config(model, device=device, cache_dir=cache_dir, hf_token=hf_token)
 

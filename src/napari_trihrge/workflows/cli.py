@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Cancelled, TrihrgeError
+from ..geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
 
 EPILOG = """\
 PATH is a Space Ranger outs/ folder (Visium, or Visium HD: one bin size, --bin-um), a SpatialData
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "lattice of virtual spots and (b) with --stride-um a dense map inside the "
                        "tissue.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_input_args(p)
-    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+    p.add_argument("--factor", type=int, default=DEFAULT_DENSITY_FACTOR, choices=DENSITY_FACTORS,
                    help="density of virtual spots relative to the measured lattice (default 4)")
     p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
                    help="also write dense per-gene maps at this pixel size in micrometres "
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--um-per-px", type=float, help="full-resolution pixel size in micrometres "
                    "per pixel (default: Space Ranger's microns_per_pixel, checked on the lattice)")
     _add_store_args(g)
-    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+    p.add_argument("--factor", type=int, default=DEFAULT_DENSITY_FACTOR, choices=DENSITY_FACTORS,
                    help="density of virtual spots relative to the pseudo-spot lattice")
     _add_run_args(p)
 
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: "
                    "one per GPU, else 2)")
     p.add_argument("--retries", type=int, default=1, help="retries per failed sample (default 1)")
-    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+    p.add_argument("--factor", type=int, default=DEFAULT_DENSITY_FACTOR, choices=DENSITY_FACTORS,
                    help="enhance: density of virtual spots relative to the measured lattice")
     p.add_argument("--stride-um", type=_positive, default=None, metavar="UM",
                    help="enhance: also write dense maps at this pixel size in micrometres")
@@ -290,7 +291,7 @@ def _add_inference_parsers(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", type=Path, help="the model folder")
     _add_input_args(p)
-    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8],
+    p.add_argument("--factor", type=int, default=DEFAULT_DENSITY_FACTOR, choices=DENSITY_FACTORS,
                    help="density of virtual spots relative to the spot lattice (default 4)")
     p.add_argument("--stride-um", type=float, default=None, metavar="UM",
                    help="dense map pixel size in micrometres (default: none for a sample, 16 "

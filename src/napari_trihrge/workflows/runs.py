@@ -180,7 +180,8 @@ def save_recovery_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
     return summary
 
 
-def run_enhance(adata: AnnData, out_dir: str | Path, *, factor: int = 4,
+def run_enhance(adata: AnnData, out_dir: str | Path, *,
+                factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                 stride_um: float | None = None, config: RunConfig | None = None,
                 progress: Progress | None = None, overwrite: bool = False,
                 summary_extra: dict[str, Any] | None = None, trust: bool = True,
@@ -347,7 +348,8 @@ def run_train(adatas: Sequence[AnnData], out_dir: str | Path, *, image_only: boo
 
 
 def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
-                out_dir: str | Path, *, factor: int = 4, stride_um: float | None = None,
+                out_dir: str | Path, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
+                stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
                 overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
@@ -400,7 +402,8 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
         return summary
 
 
-def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, config=None,
+def run_validate_hd(bins: AnnData, out_dir: str | Path, *,
+                    factor: int = geometry.DEFAULT_DENSITY_FACTOR, config=None,
                     progress=None, overwrite: bool = False, min_coverage: float = 0.5
                     ) -> dict[str, Any]:
     """``trihrge validate-hd``: pseudo-Visium spots from the bins, enhance them with a map at
@@ -429,7 +432,8 @@ def run_validate_hd(bins: AnnData, out_dir: str | Path, *, factor: int = 4, conf
 
 def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
              config: RunConfig | None = None, progress: Progress | None = None,
-             overwrite: bool = False, stride_um: float = 8.0, factor: int = 4) -> dict[str, Any]:
+             overwrite: bool = False, stride_um: float = 8.0,
+             factor: int = geometry.DEFAULT_DENSITY_FACTOR) -> dict[str, Any]:
     """The whole pipeline on the embedded synthetic sample: recovery (50 % hidden) in
     ``out/recovery/`` and enhancement with a dense 8 um map scored against the known truth in
     ``out/`` itself. Returns the combined summary."""

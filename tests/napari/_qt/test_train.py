@@ -188,3 +188,13 @@ def test_start_without_sample_is_a_notification(viewer, notes):
     _, tw, _ = _widgets(viewer)
     assert tw.start() is None
     assert any("Open a sample" in e for e in notes.errors())
+
+
+def test_density_choices_are_the_engine_rule(viewer):
+    from napari_trihrge.geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
+    from napari_trihrge.napari._qt import TrainWidget
+
+    tw = TrainWidget(viewer)
+    combo = tw.factor_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == list(DENSITY_FACTORS)
+    assert combo.currentData() == DEFAULT_DENSITY_FACTOR

@@ -16,9 +16,6 @@ import re
 import weakref
 from typing import Any
 
-import numpy as np
-
-from ...geometry import DEFAULT_SPOT_DIAMETER_UM, DEFAULT_SPOT_SPACING_UM
 from .. import layers as L
 from ..session import GeneDisplay, SessionModel
 
@@ -78,12 +75,6 @@ def prefer_this_reader(patterns=READER_PATTERNS) -> list[str]:
 
 def layer_kind(layer) -> str | None:
     return (layer.metadata or {}).get("trihrge", {}).get("kind")
-
-
-#: how each task's predicted spots are drawn: (kind, layer name)
-RESULT_LAYERS = {"recovery": ("recovered", "recovery: predicted hidden spots"),
-                 "enhance": ("virtual", "enhanced: {factor}x virtual spots"),
-                 "predict": ("virtual", "predicted: {factor}x virtual spots")}
 
 
 class LayerView:
@@ -191,26 +182,10 @@ class LayerView:
     def _on_result(self, task: str, result) -> None:
         """A run finished: its predicted spots as their own layer (replacing the earlier one),
         hidden under a dense map when there is one."""
-        kind, name = RESULT_LAYERS[task]
+        kind = L.RESULT_LAYERS[task][0]
         pred = result.predictions if task == "recovery" else result.virtual
         gene = self.model.default_gene(task, result)
-        size_um = None
-        if task != "recovery":
-            info = pred.uns.get("trihrge", {})
-            factor = int(info.get("factor", 4))
-            name = name.format(factor=factor)
-            if task == "enhance":
-                sample = self.model.adata
-                diameter = float((sample.uns.get("trihrge", {}) if sample is not None else {})
-                                 .get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM))
-                size_um = diameter / np.sqrt(factor)
-            else:
-                # a virtual spot drawn as a measured one: the default diameter-to-spacing ratio
-                spacing = float(info.get("lattice_spacing_um", DEFAULT_SPOT_SPACING_UM))
-                size_um = (DEFAULT_SPOT_DIAMETER_UM / DEFAULT_SPOT_SPACING_UM * spacing
-                           / np.sqrt(factor))
-        data, kwargs, _ = L.spots_layer(pred, [gene], color_by=gene, kind=kind, name=name,
-                                        **({} if size_um is None else {"size_um": size_um}))
+        data, kwargs, _ = L.result_spots_layer(pred, task, [gene], color_by=gene)
         old = self.find_layer(kind)
         if old is not None:
             self.viewer.layers.remove(old)

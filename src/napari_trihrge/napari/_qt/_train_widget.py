@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from ...geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
 from ._common import heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._session import get_session, unwrap_viewer
@@ -155,9 +156,9 @@ class TrainWidget(QWidget):
         self.holdout_spin.setValue(50)
         self.holdout_spin.setSuffix(" % of spots hidden")
         self.factor_combo = QComboBox()
-        for f in (2, 4, 8, 16):
+        for f in DENSITY_FACTORS:
             self.factor_combo.addItem(f"{f}x denser spots", f)
-        self.factor_combo.setCurrentIndex(1)
+        self.factor_combo.setCurrentIndex(self.factor_combo.findData(DEFAULT_DENSITY_FACTOR))
         self.maps_check = QCheckBox("dense maps, pixel")
         self.maps_check.setChecked(True)
         self.stride_spin = QDoubleSpinBox()
