@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "usable cores shared among the LocalCluster's workers)")
 
     _add_inference_parsers(sub)
+    _add_cells_parser(sub)
     sub.add_parser("encoders", help="list the image encoders that can be named with --encoder")
     return parser
 
@@ -305,6 +306,130 @@ def _add_inference_parsers(sub) -> None:
                    help="output folder (default trihrge_out/predict-<target>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_cells_parser(sub) -> None:
+    """`trihrge cells SAMPLE_OR_RUN`: nuclei, cells and per-cell expression."""
+    from ..nuclei import (
+        EXPAND_UM,
+        MAX_AREA_UM2,
+        MIN_AREA_UM2,
+        MIN_DISTANCE_UM,
+        SMOOTH_UM,
+    )
+
+    p = sub.add_parser("cells", help="segment nuclei, grow them into cells and give each cell "
+                       "the enhanced expression",
+                       description="Segment the nuclei of the H&E (classical: hematoxylin, "
+                       "threshold, distance watershed; no downloaded weights), or take your "
+                       "own segmentation, grow nuclei into cells and, given an enhance/predict "
+                       "run with dense maps, average the predicted expression over each cell. "
+                       "PATH is such a run folder (its sample is read again from where it "
+                       "came from, or from --sample) or a sample (then --run names the run). "
+                       "Writes cells.h5ad, nuclei.tif, cells.tif and optionally cells.geojson "
+                       "for QuPath.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_input_args(p)
+    p.add_argument("--sample", type=Path, default=None,
+                   help="the sample of the run given as PATH (default: the one it was run on)")
+    p.add_argument("--run", type=Path, default=None,
+                   help="an enhance or predict run folder with dense maps (--stride-um) whose "
+                   "expression the cells get")
+    g = p.add_argument_group("segmentation (lengths in micrometres)")
+    g.add_argument("--nuclei", type=Path, default=None, metavar="FILE",
+                   help="your own nuclei: labels on the H&E's pixel grid (.npy, .tif, "
+                   ".ome.zarr) or a QuPath GeoJSON of detections")
+    g.add_argument("--cells", type=Path, default=None, metavar="FILE", dest="cell_file",
+                   help="your own cells: labels or a QuPath GeoJSON of cells (their "
+                   "nucleusGeometry gives the nuclei)")
+    g.add_argument("--expand-um", type=float, default=EXPAND_UM, metavar="UM",
+                   help=f"grow nuclei into cells by this much (default {EXPAND_UM:g})")
+    g.add_argument("--threshold", default="otsu", metavar="otsu|local|OD",
+                   help="hematoxylin threshold: 'otsu' (default), 'local' or an optical density")
+    g.add_argument("--smooth-um", type=_positive, default=SMOOTH_UM, metavar="UM",
+                   help=f"smoothing of the hematoxylin channel (default {SMOOTH_UM:g})")
+    g.add_argument("--min-distance-um", type=_positive, default=MIN_DISTANCE_UM, metavar="UM",
+                   help=f"closest two nucleus centres (default {MIN_DISTANCE_UM:g})")
+    g.add_argument("--min-area-um2", type=float, default=MIN_AREA_UM2, metavar="UM2",
+                   help=f"smallest nucleus kept (default {MIN_AREA_UM2:g})")
+    g.add_argument("--max-area-um2", type=_positive, default=MAX_AREA_UM2, metavar="UM2",
+                   help=f"largest nucleus kept (default {MAX_AREA_UM2:g})")
+    o = p.add_argument_group("output")
+    o.add_argument("--regions", type=Path, default=None, metavar="FILE.geojson",
+                   help="QuPath annotations (GeoJSON): each cell gets the region it lies in")
+    o.add_argument("--geojson", default=None, metavar="G1,G2", nargs="?", const="",
+                   help="also write cells.geojson for QuPath, with these genes' predicted "
+                   "values as measurements (none: outlines and areas only)")
+    o.add_argument("--out", type=Path, default=None,
+                   help="output folder (default <run>/cells, or trihrge_out/cells-<sample>)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_cells(args, progress) -> tuple[dict, Path]:
+    """`trihrge cells`; returns the summary and the output folder."""
+    from ..errors import TrihrgeInputError
+    from ..io.outputs import is_complete_run
+    from ..nuclei import NucleusOptions
+    from . import runs
+
+    run_dir = args.run
+    if is_complete_run(args.path):
+        if run_dir is not None:
+            raise TrihrgeInputError("PATH is already a run folder; --run names another",
+                                    "pass either a run folder, or a sample with --run")
+        run_dir = args.path
+        args.path = args.sample or _run_sample_path(run_dir)
+    elif args.sample is not None:
+        raise TrihrgeInputError("--sample only goes with a run folder as PATH",
+                                "pass the sample as PATH (and the run with --run)")
+    threshold = args.threshold
+    if threshold not in ("otsu", "local"):
+        threshold = _positive(threshold)
+    options = NucleusOptions(smooth_um=args.smooth_um, threshold=threshold,
+                             min_distance_um=args.min_distance_um,
+                             min_area_um2=args.min_area_um2, max_area_um2=args.max_area_um2)
+    genes = None if args.geojson is None else [g for g in args.geojson.split(",") if g]
+    if args.out is not None:
+        from ..io.outputs import check_out_dir
+
+        check_out_dir(args.out, args.overwrite)
+    adata = _synthetic_or_read(args)
+    sample = adata.uns.get("trihrge", {}).get("sample", Path(args.path).stem)
+    out = args.out or (Path(run_dir) / "cells" if run_dir is not None
+                       else Path("trihrge_out") / f"cells-{sample}")
+    summary = runs.run_cells(adata, out, run_dir=run_dir, nuclei_labels=args.nuclei,
+                             cell_labels=args.cell_file, expand_um=args.expand_um,
+                             options=options, regions=args.regions, geojson_genes=genes,
+                             progress=progress, overwrite=args.overwrite)
+    return summary, out
+
+
+def _run_sample_path(run_dir: Path) -> Path | str:
+    """Where a run's sample came from (its summary's ``source``)."""
+    import json
+
+    from ..errors import TrihrgeInputError
+
+    source = json.loads((Path(run_dir) / "summary.json").read_text()).get("source")
+    if source and str(source).startswith("napari_trihrge.datasets.synthetic_sample"):
+        return str(source)
+    if not source or not Path(str(source)).exists():
+        raise TrihrgeInputError(f"the sample of the run {run_dir} is not found ({source})",
+                                "pass it with --sample PATH")
+    return Path(str(source))
+
+
+def _synthetic_or_read(args):
+    import re
+
+    match = re.fullmatch(r"napari_trihrge\.datasets\.synthetic_sample\(seed=(\d+)\)",
+                         str(args.path))
+    if match:
+        from ..datasets import synthetic_sample
+
+        return synthetic_sample(seed=int(match.group(1)))
+    return _read(args)
 
 
 def _run_inference(args, progress) -> dict:
@@ -544,6 +669,16 @@ def _run_command(args: argparse.Namespace) -> int:
                                                "threads": args.threads})
             print(report.to_string(index=False))
             return 0 if (report["status"] != "failed").all() else 1
+        if args.command == "cells":
+            summary, out = _run_cells(args, progress)
+            progress.close()
+            m = summary["metrics"]
+            genes = (f"the expression of {len(summary['genes'])} genes" if summary["genes"]
+                     else "no expression (pass an enhance run with --run)")
+            print(f"{m['n_cells']} cells ({m['segmentation']} segmentation, "
+                  f"{m['cells_per_mm2_tissue']:.0f} per mm2 of tissue), {genes}")
+            print(f"outputs in {out}: {', '.join(summary['outputs'].values())}")
+            return 0
         if args.command in ("train", "predict"):
             summary = _run_inference(args, progress)
             progress.close()
