@@ -125,3 +125,12 @@ def test_label_measurements_centroid_area_shape():
     assert table.loc[3, "eccentricity"] == pytest.approx(0.0, abs=1e-6)
     assert table.loc[2, "area_um2"] == 0 and np.isnan(table.loc[2, "row_um"])
     assert np.isfinite(table.loc[1, "hematoxylin_od"])
+
+
+def test_hematoxylin_is_rgb2hed():
+    from skimage.color import rgb2hed
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(40, 50, 3)).astype(np.uint8)
+    np.testing.assert_allclose(nuclei.hematoxylin(rgb), rgb2hed(rgb)[..., 0], atol=1e-6)
+    as_float = rgb / 255.0
+    np.testing.assert_allclose(nuclei.hematoxylin(as_float), rgb2hed(as_float)[..., 0], atol=1e-6)

@@ -52,11 +52,35 @@ THRESHOLDS = ("otsu", "local")
 
 
 def hematoxylin(image: np.ndarray) -> np.ndarray:
-    """Hematoxylin optical density (float32, HxW) of an RGB H&E array (``rgb2hed``)."""
-    from skimage.color import rgb2hed
+    """Hematoxylin optical density (float32, HxW) of an RGB H&E array.
 
+    The hematoxylin channel of ``skimage.color.rgb2hed`` (the same numbers), computed for uint8
+    images through one lookup table per colour channel.
+    """
     rgb = _rgb(image)
-    return rgb2hed(rgb)[..., 0].astype(np.float32)
+    if rgb.dtype != np.uint8:
+        from skimage.color import rgb2hed
+
+        return rgb2hed(rgb)[..., 0].astype(np.float32)
+    lut = _hematoxylin_lut()
+    od = lut[0][rgb[..., 0]]
+    od += lut[1][rgb[..., 1]]
+    od += lut[2][rgb[..., 2]]
+    return np.maximum(od, 0, out=od)
+
+
+_LUT: list[np.ndarray] = []
+
+
+def _hematoxylin_lut() -> np.ndarray:
+    """(3, 256) float32: each channel's contribution to rgb2hed's hematoxylin."""
+    if not _LUT:
+        from skimage.color.colorconv import hed_from_rgb
+
+        level = np.maximum(np.arange(256) / 255.0, 1e-6)
+        log = np.log(level) / np.log(1e-6)
+        _LUT.append((log[None, :] * hed_from_rgb[:, 0][:, None]).astype(np.float32))
+    return _LUT[0]
 
 
 def _rgb(image: Any) -> np.ndarray:
@@ -155,7 +179,6 @@ def _segment_od(od: np.ndarray, px: float, opts: NucleusOptions, level: float | 
                 ) -> np.ndarray:
     """Threshold, split and size-filter a smoothed hematoxylin image (see the module text).
     ``level``: the global cut (Otsu of this image when None and the threshold is by name)."""
-    from skimage.feature import peak_local_max
     from skimage.filters import threshold_local
     from skimage.segmentation import watershed
 
@@ -176,17 +199,7 @@ def _segment_od(od: np.ndarray, px: float, opts: NucleusOptions, level: float | 
         return np.zeros(od.shape, dtype=np.int32)
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     dist = ndi.gaussian_filter(dist, max(0.5, 0.5 / px))
-    blobs, _ = ndi.label(mask)
-    min_dist_px = max(1, int(round(opts.min_distance_um / px)))
-    peaks = peak_local_max(dist, min_distance=min_dist_px, labels=blobs, exclude_border=False)
-    markers = np.zeros(od.shape, dtype=np.int32)
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    # a blob without a maximum (flat, tiny) keeps one marker
-    missing = np.setdiff1d(np.unique(blobs[mask]), np.unique(blobs[markers > 0]))
-    if missing.size:
-        centres = ndi.maximum_position(dist, blobs, missing)
-        for k, (r, c) in enumerate(centres):
-            markers[r, c] = len(peaks) + 1 + k
+    markers = _maxima_markers(dist, mask, max(1, int(round(opts.min_distance_um / px))))
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
     labels = _split_clumps(labels, od, px, opts)
     return _size_filter(labels, opts.min_area_um2 / px**2, opts.max_area_um2 / px**2)
@@ -197,7 +210,6 @@ def _split_clumps(labels: np.ndarray, od: np.ndarray, px: float, opts: NucleusOp
     """Objects larger than ``max_area_um2`` after the distance watershed (packed clusters of
     nuclei whose outline has no waist) are split once more on the stain itself: a watershed of
     the hematoxylin, smoothed at about a nucleus radius, from its local maxima."""
-    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     sizes = np.bincount(labels.ravel())
@@ -207,18 +219,37 @@ def _split_clumps(labels: np.ndarray, od: np.ndarray, px: float, opts: NucleusOp
         return labels
     region = np.isin(labels, big)
     smooth = ndi.gaussian_filter(od, 0.5 * opts.min_distance_um / px)
-    blobs, _ = ndi.label(region)
-    peaks = peak_local_max(np.where(region, smooth, 0), labels=blobs, exclude_border=False,
-                           min_distance=max(1, int(round(opts.min_distance_um / px))))
-    if len(peaks) == 0:
-        return labels
-    markers = np.zeros(labels.shape, dtype=np.int32)
-    start = int(labels.max()) + 1
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(start, start + len(peaks), dtype=np.int32)
+    markers = _maxima_markers(np.where(region, smooth, 0), region,
+                              max(1, int(round(opts.min_distance_um / px))))
+    markers[markers > 0] += int(labels.max())
     pieces = watershed(-smooth, markers, mask=region)
     out = labels.copy()
     out[region] = pieces[region]
     return out
+
+
+def _maxima_markers(values: np.ndarray, mask: np.ndarray, min_distance_px: int) -> np.ndarray:
+    """Watershed markers (int32, 1..n): the local maxima of ``values`` in ``mask`` (a pixel
+    that is the largest within ``min_distance_px``; a plateau is one marker), and every blob of
+    ``mask`` without one gets a marker at its highest pixel. Whole-image filters, so the cost
+    does not grow with the number of blobs."""
+    size = 2 * int(min_distance_px) + 1
+    peak = (values == ndi.maximum_filter(values, size=size)) & mask & (values > 0)
+    markers, n = ndi.label(peak, structure=np.ones((3, 3)))
+    blobs, n_blobs = ndi.label(mask)
+    if n_blobs:
+        has = np.zeros(n_blobs + 1, dtype=bool)
+        has[blobs[markers > 0]] = True
+        lacking = ~has
+        lacking[0] = False
+        where = np.flatnonzero(lacking[blobs.ravel()])
+        if where.size:  # the highest pixel of each such blob
+            blob = blobs.ravel()[where]
+            order = np.lexsort((-values.ravel()[where], blob))
+            _, first = np.unique(blob[order], return_index=True)
+            top = where[order[first]]
+            markers.ravel()[top] = n + 1 + np.arange(len(top))
+    return markers.astype(np.int32)
 
 
 def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:

@@ -81,7 +81,7 @@ def cell_map_weights(cell_labels: np.ndarray, um_per_px: float, maps: Any, *,
 
 
 def average_maps_over_cells(weights: sparse.csr_matrix, maps: Any, *,
-                            genes_per_block: int = 64) -> np.ndarray:
+                            genes_per_block: int = 16) -> np.ndarray:
     """Average every gene's map over each cell: (cells, genes) float32.
 
     ``weights``: from :func:`cell_map_weights`. NaN for a cell the map does not cover. Reads
