@@ -372,6 +372,8 @@ def read_run_layers(path) -> list:
 
     p = check_complete_run(_one(path))
     out: list = []
+    if (p / "cells.h5ad").exists():  # `trihrge cells`
+        return _tag_source(read_cells_layers(p), p)
     if (p / "enhanced.h5ad").exists():  # enhance and predict
         out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")
     elif (p / "recovery.h5ad").exists():
@@ -399,3 +401,18 @@ def read_run_layers(path) -> list:
         raise TrihrgeInputError(f"{p} holds no enhanced.h5ad, recovery.h5ad or maps",
                                 "open the folder given to --out of a finished trihrge run")
     return _tag_source(out, p)
+
+
+def read_cells_layers(folder) -> list:
+    """A cells folder (``trihrge cells``): the cells as a Labels layer in micrometres,
+    coloured by the first gene when they have expression."""
+    import anndata as ad
+    import tifffile
+
+    p = Path(folder)
+    cells = ad.read_h5ad(p / "cells.h5ad")
+    labels = tifffile.imread(p / "cells.tif")
+    um_per_px = float(cells.uns.get("trihrge", {}).get("cells", {}).get("label_um_per_px", 0)
+                      or cells.uns.get("trihrge", {}).get("um_per_px", 1.0))
+    gene = str(cells.var_names[0]) if cells.n_vars else None
+    return [L.cells_layer(labels, um_per_px, cells, gene=gene)]
