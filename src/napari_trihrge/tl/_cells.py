@@ -231,8 +231,8 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
     given_cells = (read_labels(cell_labels, shape, what="the cell labels")
                    if cell_labels is not None else None)
     threshold = float("nan")
+    tissue, tissue_px = tissue_mask_for(image)
     if given_nuclei is None and given_cells is None:
-        tissue, _ = tissue_mask_for(image)
         seg = nuclei.segment_image(image.array, px, options=options, tissue=tissue,
                                    tile_um=tile_um, progress=progress)
         given_nuclei, threshold = seg.nuclei, seg.threshold_od
@@ -288,7 +288,7 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
     out.uns["trihrge"] = {**{k: v for k, v in adata.uns.get("trihrge", {}).items()
                              if isinstance(v, (str, int, float))},
                           "cells": {"expand_um": float(expand_um), "label_um_per_px": px}}
-    tissue_mm2 = _tissue_area_mm2(image)
+    tissue_mm2 = float(tissue.sum()) * (tissue_px / 1000.0) ** 2
     if tissue_mm2:
         metrics["cells_per_mm2_tissue"] = n_cells / tissue_mm2
     metrics["timings_s"] = dict(timings)
@@ -297,13 +297,6 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
                  key_added=key_added)
     return CellsResult(cells=out, nuclei=given_nuclei, cell_labels=cell_lab, um_per_px=px,
                        metrics=metrics, timings_s=timings)
-
-
-def _tissue_area_mm2(image: Any) -> float:
-    from ..tissue import tissue_mask_for
-
-    mask, mask_px = tissue_mask_for(image)
-    return float(mask.sum()) * (mask_px / 1000.0) ** 2
 
 
 def _cell_obs(adata: AnnData, cell_tab: pd.DataFrame, nuc_tab: pd.DataFrame,
