@@ -373,8 +373,11 @@ def test_cells_open_as_labels_in_micrometres_coloured_by_gene(tmp_path):
     status = layer.get_status((305.0, 155.0), world=True)["value"]  # row/col um of cell 2
     assert "cell_id: 2" in status and "area_um2: 200" in status
     # colour by a gene: only the colours change
-    cells = ad.AnnData(X=np.array([[0.0], [5.0]], dtype=np.float32),
-                       obs=kwargs["metadata"]["cells"].obs, var=pd.DataFrame(index=["G"]))
+    cells = ad.AnnData(X=np.array([[0.0, 2.0, 1.0], [5.0, 1.0, 1.0]], dtype=np.float32),
+                       obs=kwargs["metadata"]["cells"].obs, var=pd.DataFrame(index=["G", "H", "K"]))
+    assert L.cell_top_genes(cells, n=1).tolist() == ["H", "G"]
+    assert "top_genes: G" in Labels(data, **L.cells_layer(data, 0.5, cells)[1]).get_status(
+        (305.0, 155.0), world=True)["value"]
     colors = L.cell_gene_colors(cells, "G", (0.0, 5.0))
     assert colors[1][:3].sum() < colors[2][:3].sum()  # magma: low dark, high bright
     assert colors[0][3] == 0 and colors[None][3] == 0

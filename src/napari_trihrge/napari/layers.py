@@ -531,15 +531,29 @@ def cell_gene_colors(cells, gene: str | None,
     return colors
 
 
+def cell_top_genes(cells, n: int = 3) -> np.ndarray:
+    """Each cell's ``n`` most distinctive genes ('A, B, C'): the highest expression relative to
+    all cells (per-gene z-score), so a cell shows what sets it apart, not housekeeping genes."""
+    x = np.asarray(cells.X, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (x - np.nanmean(x, axis=0)) / np.nanstd(x, axis=0)
+    z = np.nan_to_num(z, nan=-np.inf)
+    top = np.argsort(-z, axis=1)[:, :n]
+    names = np.asarray(cells.var_names, dtype=object)
+    return np.array([", ".join(names[row]) for row in top], dtype=object)
+
+
 def cells_layer(cell_labels: np.ndarray, um_per_px: float, cells, *, gene: str | None = None,
                 name: str = "cells") -> LayerDataTuple:
     """The cells as a napari Labels layer in micrometres (``scale`` = the label image's pixel
     size), coloured by ``gene`` (:func:`cell_gene_colors`); hovering a cell shows its id, area,
-    nucleus area, spot and region (``features``, one row per label, label 0 first)."""
+    nucleus area, spot, region and top genes (``features``, one row per label, label 0 first)."""
     ids = np.asarray(cells.obs["cell_id"], dtype=np.int64)
     cols = [c for c in CELL_FEATURES if c in cells.obs]
     table = cells.obs[cols].copy()
     table.index = pd.RangeIndex(len(table))
+    if cells.n_vars:
+        table["top_genes"] = cell_top_genes(cells)
     n = int(max(ids.max() if len(ids) else 0, np.max(cell_labels) if np.size(cell_labels) else 0))
     features = pd.DataFrame({"index": np.arange(n + 1)})
     features = features.merge(table.assign(index=ids), on="index", how="left")
