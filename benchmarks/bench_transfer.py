@@ -39,8 +39,7 @@ def _ridge(train_adatas, target, genes, cfg):
     from napari_trihrge.features import create_encoder
     from napari_trihrge.io import get_image
     from napari_trihrge.tl import sample_geometry
-    from napari_trihrge.tl._shared import _features
-    from napari_trihrge.tl.inference import _log_expression, _nonzero_spots, _standardise
+    from napari_trihrge.tl._shared import _features, _log_expression, _nonzero_spots, _standardise
 
     enc = create_encoder(cfg.encoder, device=cfg.device)
     windows = (cfg.local_window_um, *cfg.windows_um)

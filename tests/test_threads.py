@@ -131,11 +131,12 @@ def test_free_cores_measures_this_machine():
 
 
 def test_cli_threads_option():
-    from napari_trihrge.workflows.cli import _config, build_parser
+    from napari_trihrge.workflows._cli_options import run_config
+    from napari_trihrge.workflows.cli import build_parser
 
     args = build_parser().parse_args(["recovery", "x.h5ad", "--threads", "1"])
-    assert _config(args).threads == 1
+    assert run_config(args).threads == 1
     args = build_parser().parse_args(["recovery", "x.h5ad", "--threads", "auto"])
-    assert _config(args).threads is None
+    assert run_config(args).threads is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["recovery", "x.h5ad", "--threads", "0.5"])

@@ -224,7 +224,7 @@ def test_run_model_folder_is_usable_by_predict(tmp_path):
 def test_training_sections_get_distinct_names():
     import anndata as ad
 
-    from napari_trihrge.tl.inference import _section_names
+    from napari_trihrge.tl._train import _section_names
 
     def section(sample, source=None):
         a = ad.AnnData(np.zeros((1, 1), np.float32))

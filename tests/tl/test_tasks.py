@@ -218,3 +218,23 @@ def test_recovery_blend_scores_its_candidates_on_the_same_genes(synthetic):
 def test_unknown_stacking_candidate(synthetic):
     with pytest.raises(TrihrgeInputError, match="stacking"):
         tasks.recovery(synthetic, config=tiny(stacking=("knn6", "lasso")))
+
+
+def test_one_holdout_split_with_one_edge_rule():
+    """recovery, enhance's trust estimate and train's per-section hold-out share one split: at
+    least one spot hidden and MIN_TRAINING_SPOTS left; train's optional hold-out hides nothing
+    where that cannot be (or with fraction 0), the others refuse."""
+    split = tasks._shared._holdout_split
+    least = tasks._shared.MIN_TRAINING_SPOTS
+    hidden, visible = split(100, 0.1, 7)
+    assert len(hidden) == 10 and len(visible) == 90
+    assert np.array_equal(np.sort(np.concatenate([hidden, visible])), np.arange(100))
+    assert np.array_equal(split(100, 0.1, 7, optional=True)[0], hidden)  # same draw
+    for n, fraction in ((least, 0.5), (100, 0.001)):
+        with pytest.raises(TrihrgeInputError, match="too few"):
+            split(n, fraction, 0)
+        none, every = split(n, fraction, 0, optional=True)
+        assert len(none) == 0 and np.array_equal(every, np.arange(n))
+    assert len(split(50, 0.0, 0, optional=True)[0]) == 0
+    with pytest.raises(TrihrgeInputError, match="between 0 and 1"):
+        split(50, 0.0, 0)

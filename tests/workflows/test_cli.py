@@ -4,6 +4,7 @@ exit code 2 with a one-line reason, the encoder list."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 
 import anndata as ad
@@ -13,6 +14,7 @@ import pytest
 
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.metrics import TRUST_COLUMNS, spot_scores
+from napari_trihrge.workflows import _cli_options as cli_options
 from napari_trihrge.workflows import cli
 
 
@@ -252,7 +254,7 @@ def test_input_options_reach_every_reader(tmp_path):
     parser = cli.build_parser()
 
     def read(*argv):
-        return cli._read(parser.parse_args(["enhance", *map(str, argv)]))
+        return cli_options.read_sample(parser.parse_args(["enhance", *map(str, argv)]))
 
     adata = read(folder, "--image", slide, "--platform", "visium", "--spot-diameter-px", "100")
     info = adata.uns["trihrge"]
@@ -294,6 +296,60 @@ def test_bad_numbers_are_refused_by_the_parser(capsys, tmp_path, option, value, 
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert option in err and reason in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command,option,value,reason", [
+    (["predict", "model"], "--windows-um", "112,-3", "positive"),
+    (["predict", "model"], "--stride-um", "-8", "positive"),
+    (["train"], "--trust-fraction", "1.5", "between 0 and 1"),
+    (["train"], "--trust-fraction", "-0.1", "between 0 and 1"),
+    (["validate-hd"], "--um-per-px", "0", "positive"),
+])
+def test_every_subcommand_uses_the_shared_validators(capsys, tmp_path, command, option, value,
+                                                     reason):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, str(tmp_path), option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and reason in err and "Traceback" not in err
+
+
+def test_run_options_default_to_the_api():
+    """The CLI repeats no default: run options come from RunConfig, the others from the task
+    functions' keywords."""
+    from napari_trihrge import tl
+
+    run = tl.RunConfig()
+    parser = cli.build_parser()
+    args = parser.parse_args(["enhance", "x"])
+    assert (args.encoder, args.genes, args.windows_um, args.ensemble, args.seed, args.device) == (
+        run.encoder, run.n_top_genes, tuple(run.windows_um), run.ensemble, run.seed, run.device)
+    assert parser.parse_args(["recovery", "x"]).holdout == \
+        inspect.signature(tl.recovery).parameters["holdout_fraction"].default
+    assert parser.parse_args(["train", "x"]).trust_fraction == \
+        inspect.signature(tl.train).parameters["trust_fraction"].default
+    assert parser.parse_args(["train", "x", "--trust-fraction", "0"]).trust_fraction == 0.0
+    cfg = cli_options.run_config(args)
+    assert (cfg.encoder, cfg.n_top_genes, cfg.windows_um) == (run.encoder, run.n_top_genes,
+                                                              run.windows_um)
+
+
+def test_a_subcommand_is_one_row_of_the_table(monkeypatch, capsys):
+    """Adding a subcommand is local: a row with its options and its run function."""
+    seen = {}
+
+    def add(p):
+        p.add_argument("--answer", type=int, default=42)
+
+    def run(args, progress):
+        seen["answer"] = args.answer
+        return 0
+
+    row = cli.Subcommand("hello", "say hello", add, run)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, row))
+    assert cli.main(["hello", "--answer", "7"]) == 0
+    assert seen == {"answer": 7}
+    assert "hello" in _help(capsys)
 
 
 def test_cache_dir_that_is_a_file_is_refused_before_reading(capsys, tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 from psygnal import Signal
 
 from ..errors import TrihrgeInputError
+from ..features.registry import DEFAULT_ENCODER
 from . import layers as L
 
 #: kinds of results the model keeps one current source of ('recovered' and 'virtual': AnnData of
@@ -86,7 +87,7 @@ class SessionModel:
         self.scores: dict[str, Any] = {}
         self._values: dict[tuple[int, str], np.ndarray] = {}
         # set by the Sample widget; read when a run starts, never stored
-        self.encoder = lambda: "stain-texture"
+        self.encoder = lambda: DEFAULT_ENCODER
         self.token = lambda: None
         self.device = lambda: "auto"
 

@@ -5,8 +5,9 @@ AnnData returned by :func:`napari_trihrge.io.read` (raw counts, ``obsm['spatial'
 full-resolution pixels), return result objects holding AnnData and, in the scanpy manner, also
 record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
 :func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
-``_maps``), ``inference`` (train / predict), ``hd_validation``, ``_cells`` (cells from
-nuclei); ``_config`` holds :class:`RunConfig` and ``_shared`` the steps they share.
+``_maps``), ``_train``, ``_predict`` (both also under ``inference``, with the model's description
+in ``_model_io``), ``hd_validation``, ``_cells`` (cells from nuclei); ``_config`` holds
+:class:`RunConfig` and ``_shared`` the steps they share.
 """
 
 from ._cells import CellsResult, average_maps_over_cells, cell_map_weights, cells, read_labels
@@ -22,11 +23,12 @@ from ._config import (
 )
 from ._enhance import EnhanceResult, enhance
 from ._maps import DenseMaps, check_map_size, map_grid, map_spot_consistency, predict_maps
+from ._predict import predict
 from ._recovery import RecoveryResult, recovery
 from ._shared import StackedModel, sample_geometry, trust_summary
 from ._store import store_result
+from ._train import train
 from ._transfer import TransferResult, transfer, transfer_genes
-from .inference import predict, train
 
 __all__ = [
     "RunConfig",

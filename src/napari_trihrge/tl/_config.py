@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import TrihrgeInputError
+from ..features.extract import DEFAULT_WINDOWS_UM
+from ..features.registry import DEFAULT_ENCODER
 from ..io.sample import is_positive_number
 from ..threads import parse_threads
 
@@ -91,10 +93,10 @@ class RunConfig:
         Training settings (TrainConfig fields, e.g. max_epochs).
     """
 
-    encoder: str = "stain-texture"
+    encoder: str = DEFAULT_ENCODER
     encoder_architecture: str | None = None  # for a local checkpoint: 'uni', 'uni2-h', a timm name
     hf_token: str | None = field(default=None, repr=False)  # this call only; never stored
-    windows_um: tuple[float, ...] = (112.0, 336.0)
+    windows_um: tuple[float, ...] = DEFAULT_WINDOWS_UM
     local_window_um: float = 24.0
     n_top_genes: int = 1000
     extra_genes: tuple[str, ...] = ()

@@ -29,6 +29,7 @@ from ._shared import (
     _stacked_predict,
     _Timer,
     _trust_record,
+    _virtual_spots,
     sample_geometry,
     trust_summary,
 )
@@ -232,22 +233,12 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             v_pred, v_std, _ = _stacked_predict(stacked, v_feats, v_nb, pts_rc, cfg, progress)
         else:
             v_pred, v_std = _predict(fits, v_feats, v_nb, cfg, progress)
-    n_offsets = len(pts_rc) // len(rc_um)
-    obs = pd.DataFrame({
-        "parent": expr.obs_names[parent].to_numpy(),
-        "offset": np.tile(np.arange(n_offsets), len(rc_um)),
-        "is_measured": np.tile(np.arange(n_offsets) == 0, len(rc_um)),
-    }, index=pd.Index([f"v{i:07d}" for i in range(len(pts_rc))]))
-    virtual = AnnData(X=v_pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
-    virtual.obsm["spatial"] = geometry.rc_um_to_xy_px(pts_rc, um_per_px)
-    if v_std is not None:
-        virtual.layers["std"] = v_std
+    virtual = _virtual_spots(pts_rc, parent, v_pred, v_std, genes, um_per_px,
+                             spot_names=expr.obs_names, spatial_uns=adata.uns.get("spatial"))
     virtual.uns["trihrge"] = {**expr.uns.get("trihrge", {}), "task": "enhance",
                               "factor": int(factor), "lattice": lattice.kind,
                               "lattice_spacing_um": lattice.spacing_um,
                               "config": cfg.public_dict()}
-    if "spatial" in adata.uns:
-        virtual.uns["spatial"] = adata.uns["spatial"]
 
     metrics: dict[str, Any] = {"n_virtual_spots": int(len(pts_rc)), "factor": int(factor),
                                "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}

@@ -1,4 +1,5 @@
-"""Steps every task shares: geometry, features, fitting, the per-gene blend, held-out scoring and per-gene trust."""
+"""Steps every task shares: geometry, features, fitting, the per-gene blend, held-out splits and
+scoring, per-gene trust, and the AnnData of predicted and virtual spots."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from anndata import AnnData
 
 from .. import geometry
 from ..errors import TrihrgeInputError
+from ..io.model_folder import NORMALISATION
 from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
 from ..neighbours import idw_interpolate
 from ..pp import prepare_expression
@@ -222,13 +224,30 @@ def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progre
     return expr
 
 
-def _holdout_split(n_spots: int, fraction: float, seed: int,
-                   how_to_fix: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+#: a held-out split must leave at least this many spots to train on
+MIN_TRAINING_SPOTS = 10
+
+
+def _holdout_split(n_spots: int, fraction: float, seed: int, how_to_fix: str | None = None, *,
+                   optional: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Hide ``round(fraction * n_spots)`` spots chosen at random (``seed``); returns
+    ``(hidden, visible)``, both sorted.
+
+    The one edge rule: a split hides at least one spot and leaves :data:`MIN_TRAINING_SPOTS` to
+    train on. Where it cannot, it raises :class:`TrihrgeInputError` (recovery, enhance's trust
+    estimate); with ``optional`` (train's per-section trust hold-out, where ``fraction`` 0 means
+    none) nothing is hidden instead and every spot trains.
+    """
+    everything = (np.zeros(0, dtype=np.int64), np.arange(n_spots))
+    if optional and fraction == 0:
+        return everything
     if not 0.0 < fraction < 1.0:
         raise TrihrgeInputError(f"the held-out fraction must be between 0 and 1, got {fraction}",
                                 how_to_fix or "use for example --holdout 0.5")
     n_hidden = int(round(n_spots * fraction))
-    if n_hidden < 1 or n_spots - n_hidden < 10:
+    if n_hidden < 1 or n_spots - n_hidden < MIN_TRAINING_SPOTS:
+        if optional:
+            return everything
         raise TrihrgeInputError(
             f"hiding {fraction:.0%} of {n_spots} spots leaves too few to train on or to score",
             how_to_fix or "use a sample with more spots or a held-out fraction nearer 0.5")
@@ -294,6 +313,79 @@ def _prediction_adata(spots: AnnData, pred: np.ndarray, measured: np.ndarray,
     if "spatial" in spots.uns:
         out.uns["spatial"] = spots.uns["spatial"]
     return out
+
+
+def _virtual_spots(points_rc_um: np.ndarray, parent: np.ndarray, pred: np.ndarray,
+                   std: np.ndarray | None, genes: Sequence[str], um_per_px: float, *,
+                   spot_names: Sequence[str] | None, keep_barcodes: bool = False,
+                   spatial_uns: Any = None) -> AnnData:
+    """The AnnData of virtual spots (enhance, predict) from
+    :func:`~napari_trihrge.geometry.virtual_spot_grid`'s points and parents: X the prediction,
+    ``layers['std']`` its spread, ``obs`` parent (the measured spot's name), offset and
+    is_measured (offset 0 of a measured spot), ``obsm['spatial']`` in full-resolution pixels.
+
+    ``spot_names``: the measured spots' names (None on a bare image: no parent, nothing
+    measured); ``keep_barcodes``: the measured spots keep their names instead of ``v0000001``.
+    """
+    n_offsets = len(points_rc_um) // (int(parent.max()) + 1) if len(parent) else 1
+    offset = np.tile(np.arange(n_offsets), len(points_rc_um) // n_offsets)
+    is_measured = (offset == 0) & (spot_names is not None)
+    names = np.array([f"v{i:07d}" for i in range(len(points_rc_um))], dtype=object)
+    if spot_names is None:
+        parent_names = np.full(len(points_rc_um), "", dtype=object)
+    else:
+        parent_names = np.asarray(spot_names, dtype=object)[parent]
+        if keep_barcodes:
+            names[is_measured] = np.asarray(spot_names, dtype=object)
+    obs = pd.DataFrame({"parent": parent_names, "offset": offset, "is_measured": is_measured},
+                       index=pd.Index(names.astype(str)))
+    virtual = AnnData(X=pred.astype(np.float32), obs=obs,
+                      var=pd.DataFrame(index=pd.Index(list(genes))))
+    virtual.obsm["spatial"] = geometry.rc_um_to_xy_px(points_rc_um, um_per_px)
+    if std is not None:
+        virtual.layers["std"] = std
+    if spatial_uns is not None:
+        virtual.uns["spatial"] = spatial_uns
+    return virtual
+
+
+def _section_name(adata: AnnData, i: int) -> str:
+    return str(adata.uns.get("trihrge", {}).get("sample", f"section{i}"))
+
+
+def _nonzero_spots(adata: AnnData) -> AnnData:
+    from ..pp import check_counts
+
+    check_counts(adata)
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    return adata[totals > 0].copy() if (totals <= 0).any() else adata
+
+
+def _log_expression(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
+    """Log-normalised expression (normalised over all of the section's genes) of ``genes``;
+    genes the section lacks are NaN columns."""
+    from ..pp import normalize_log1p
+
+    logn = normalize_log1p(adata, NORMALISATION["target_sum"])
+    idx = adata.var_names.get_indexer(list(genes))
+    out = np.full((adata.n_obs, len(idx)), np.nan, dtype=np.float32)
+    out[:, idx >= 0] = logn[:, idx[idx >= 0]]
+    return out
+
+
+def _knn_baselines(rc_src: np.ndarray, y_src: np.ndarray, rc_dst: np.ndarray, *,
+                   exclude_self: bool = False) -> dict[str, np.ndarray]:
+    return {f"knn{k}": idw_interpolate(rc_src, y_src, rc_dst, k, exclude_self=exclude_self)
+            for k in BASELINE_KS}
+
+
+def _trust_columns(per_gene: pd.DataFrame, genes: Sequence[str]) -> pd.DataFrame:
+    """The per-gene trust contract (:func:`~napari_trihrge.metrics.gene_trust`) for ``genes``;
+    a gene that was not scored does not beat interpolation."""
+    t = gene_trust(per_gene).reindex(pd.Index(list(genes), name="gene"))
+    beats = t["beats_interpolation"]
+    t["beats_interpolation"] = beats.where(beats.notna(), False).astype(bool)
+    return t
 
 
 def _score_with_knn(pred: np.ndarray, truth: np.ndarray, genes: list[str],

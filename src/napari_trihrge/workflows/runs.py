@@ -355,18 +355,15 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
     ``maps.ome.zarr``, ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
     from .._atomic import atomic_path
-    from ..io.model_folder import load_model_folder
     from ..io.outputs import mark_complete, run_folder, write_enhance
-    from ..tl.inference import DEFAULT_IMAGE_STRIDE_UM, TrainedModel, _as_target, predict
+    from ..tl.inference import predict, prediction_inputs
 
     progress = ensure_progress(progress)
-    if not isinstance(model, TrainedModel):
-        model = load_model_folder(model, encoder=kwargs.pop("encoder", None),
-                                  windows_um=kwargs.pop("windows_um", None))
-    adata = _as_target(target, um_per_px)
+    model, adata, stride_um = prediction_inputs(model, target, stride_um=stride_um,
+                                                um_per_px=um_per_px,
+                                                encoder=kwargs.pop("encoder", None),
+                                                windows_um=kwargs.pop("windows_um", None))
     bare = adata.n_obs == 0
-    if bare and stride_um is None:
-        stride_um = DEFAULT_IMAGE_STRIDE_UM
     with run_folder(out_dir, overwrite) as out:  # appears only when complete
         t0 = time.perf_counter()
         result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,

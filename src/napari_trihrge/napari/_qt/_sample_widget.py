@@ -13,13 +13,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...features.registry import DEFAULT_ENCODER
 from ._common import heading, hline, listen, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import simple_worker
 
 #: Encoders offered in the list (the field is editable: any registry name, 'hf-hub:org/name',
 #: a timm name or a local checkpoint path works).
-ENCODER_CHOICES = ("stain-texture", "uni", "uni2-h")
+ENCODER_CHOICES = (DEFAULT_ENCODER, "uni", "uni2-h")
 
 
 class SampleWidget(QWidget):
@@ -97,7 +98,7 @@ class SampleWidget(QWidget):
         listen(self, self.session.sample_changed, self._on_sample)
 
         # the run reads these when it starts; the token is never copied anywhere else
-        self.session.encoder = lambda: self.encoder_combo.currentText().strip() or "stain-texture"
+        self.session.encoder = lambda: self.encoder_combo.currentText().strip() or DEFAULT_ENCODER
         self.session.token = lambda: self.token_edit.text().strip() or None
         self.session.device = lambda: self.device_combo.currentText()
 
