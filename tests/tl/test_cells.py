@@ -44,6 +44,9 @@ def test_cells_of_the_synthetic_sample(small_sample):
     assert 0.1 < inside.mean() < 0.9
     assert set(cells.obs.loc[inside, "spot"]) <= set(adata.obs_names)
     assert adata.uns["trihrge_cells"]["metrics"]["n_cells"] == n
+    # the cells of a measured spot agree with it on average (the truth map vs noisy spots)
+    assert res.metrics["cells_vs_spot_n_spots"] >= 3
+    assert res.metrics["cells_vs_spot_pcc_mean"] > 0.2
     assert res.metrics["cells_per_mm2_tissue"] > 0
 
 
@@ -90,3 +93,27 @@ def test_tissue_without_nuclei_says_so(small_sample):
     with pytest.raises(TrihrgeInputError, match="no nuclei"):
         th.tl.cells(adata)
     assert "trihrge_cells" not in adata.uns  # nothing half-done recorded
+
+
+def test_cell_spot_consistency_is_one_when_cells_average_to_their_spot(small_sample):
+    import anndata as ad
+    import pandas as pd
+
+    from napari_trihrge.pp import gene_expression
+
+    adata = small_sample
+    genes = list(adata.var_names[:3])
+    measured = gene_expression(adata, genes)
+    spots = list(adata.obs_names[:6])
+    rows, names = [], []
+    for spot in spots:  # three cells per spot, spread around the spot's value
+        for d in (-0.5, 0.0, 0.5):
+            rows.append(measured.loc[spot].to_numpy() + d)
+            names.append(spot)
+    cells = ad.AnnData(X=np.asarray(rows, dtype=np.float32),
+                       obs=pd.DataFrame({"spot": names}, index=[f"c{i}" for i in range(len(names))]),
+                       var=pd.DataFrame(index=genes))
+    agree = th.tl.cell_spot_consistency(cells, adata)
+    assert agree["n_spots"] == 6 and agree["pcc_mean"] == pytest.approx(1.0)
+    cells.obs["spot"] = ""  # no cell in a spot: nothing to compare
+    assert np.isnan(th.tl.cell_spot_consistency(cells, adata)["pcc_mean"])

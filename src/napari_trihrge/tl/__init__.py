@@ -10,7 +10,14 @@ in ``_model_io``), ``hd_validation``, ``_cells`` (cells from nuclei); ``_config`
 :class:`RunConfig` and ``_shared`` the steps they share.
 """
 
-from ._cells import CellsResult, average_maps_over_cells, cell_map_weights, cells, read_labels
+from ._cells import (
+    CellsResult,
+    average_maps_over_cells,
+    cell_map_weights,
+    cell_spot_consistency,
+    cells,
+    read_labels,
+)
 from ._config import (
     BASELINE_KS,
     MODEL_PRESETS,
@@ -47,6 +54,7 @@ __all__ = [
     "CellsResult",
     "cells",
     "cell_map_weights",
+    "cell_spot_consistency",
     "average_maps_over_cells",
     "read_labels",
     "recovery",

@@ -104,6 +104,35 @@ def average_maps_over_cells(weights: sparse.csr_matrix, maps: Any, *,
     return out
 
 
+def cell_spot_consistency(cells: AnnData, adata: AnnData, *, min_cells: int = 3
+                          ) -> dict[str, float]:
+    """How well the cells of each measured spot agree with it on average.
+
+    For every spot holding at least ``min_cells`` cells (``cells.obs['spot']``), the mean of
+    its cells' predicted expression against the spot's measured log-normalised expression:
+    mean per-gene PCC over those spots (``pcc_mean``, a constant gene counting as 0), with the
+    number of spots. The same check the maps get (``tl.map_spot_consistency``), for cells.
+    """
+    from ..metrics import fair_pcc
+    from ..pp import gene_expression
+
+    genes = [g for g in cells.var_names if g in adata.var_names]
+    spot = cells.obs["spot"].astype(str).to_numpy()
+    names, counts = np.unique(spot[spot != ""], return_counts=True)
+    names = names[counts >= min_cells]
+    if len(names) < 3 or not genes:
+        return {"pcc_mean": float("nan"), "n_spots": int(len(names))}
+    x = np.asarray(cells[:, genes].X, dtype=np.float64)
+    pos = pd.Index(names).get_indexer(spot)
+    inside = pos >= 0
+    sums = np.zeros((len(names), len(genes)))
+    np.add.at(sums, pos[inside], np.nan_to_num(x[inside]))
+    mean = sums / np.bincount(pos[inside], minlength=len(names))[:, None]
+    measured = gene_expression(adata, genes).loc[names].to_numpy(dtype=np.float64)
+    pcc = fair_pcc(mean, measured)
+    return {"pcc_mean": float(np.nanmean(pcc)), "n_spots": int(len(names))}
+
+
 def read_labels(source: Any, shape_px: tuple[int, int], *, what: str = "the label image"
                 ) -> np.ndarray:
     """Read a user's segmentation as int32 labels on the H&E's pixel grid ``shape_px``.
@@ -275,6 +304,11 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
         genes = list(maps.gene_names)
         progress.advance()
         metrics["n_cells_without_map"] = int(np.isnan(x[:, 0]).sum()) if x.shape[1] else 0
+        if adata.n_obs:
+            agree = cell_spot_consistency(AnnData(X=x, obs=obs, var=pd.DataFrame(
+                index=pd.Index(genes, dtype=str))), adata)
+            metrics["cells_vs_spot_pcc_mean"] = agree["pcc_mean"]
+            metrics["cells_vs_spot_n_spots"] = agree["n_spots"]
     else:
         x = np.zeros((n_cells, 0), dtype=np.float32)
         genes = []
