@@ -486,10 +486,14 @@ def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
     sample = tmp_path / "small.h5ad"
     write_h5ad(synthetic_sample(seed=5, size_um=(600.0, 600.0), n_genes=40), sample)
     run = tmp_path / "run"
+    err = _one_line_error(capsys, ["enhance", str(sample), "--cells", "--out", str(run)])
+    assert "--stride-um" in err
     assert cli.main(["enhance", str(sample), "--genes", "20", "--max-epochs", "2",
                      "--factor", "2", "--stride-um", "16", "--no-trust", "--device", "cpu",
-                     "--out", str(run), "--quiet", "--cache-dir", str(tmp_path / "c")]) == 0
-    capsys.readouterr()
+                     "--out", str(run), "--quiet", "--cache-dir", str(tmp_path / "c"),
+                     "--cells"]) == 0
+    assert "Cells: " in capsys.readouterr().out
+    with_run = ad.read_h5ad(run / "cells" / "cells.h5ad")  # enhance --cells
     genes = list(ad.read_h5ad(run / "enhanced.h5ad").var_names)
     gene = genes[0]
     regions = tmp_path / "regions.geojson"
@@ -500,11 +504,12 @@ def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
     # the run's sample is read from where it came from: here another one, so it is refused
     err = _one_line_error(capsys, ["cells", str(run), "--quiet"])
     assert "another sample" in err and "--sample" in err
+    out = run / "cells2"
     assert cli.main(["cells", str(run), "--sample", str(sample), "--geojson", gene,
-                     "--regions", str(regions), "--quiet"]) == 0
+                     "--regions", str(regions), "--quiet", "--out", str(out)]) == 0
     assert "cells (built-in segmentation" in capsys.readouterr().out
-    out = run / "cells"
     cells = ad.read_h5ad(out / "cells.h5ad")
+    np.testing.assert_allclose(cells.X, with_run.X, rtol=1e-6)  # the same cells both ways
     assert list(cells.var_names) == genes and np.isfinite(cells.X).all() and cells.n_obs > 100
     assert set(cells.obs["region"].unique()) == {"Left", ""}
     left = cells.obs["region"] == "Left"

@@ -106,6 +106,9 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--into-input", action="store_true",
                    help="add the results (trihrge_* elements) to the SpatialData store given as "
                    "PATH; existing trihrge_* elements are replaced only with --overwrite")
+    p.add_argument("--cells", action="store_true",
+                   help="also segment the nuclei, grow them into cells and give each cell the "
+                   "map's expression (<out>/cells/, as `trihrge cells`; needs --stride-um)")
     opt.add_run_args(p)
 
 
@@ -116,6 +119,10 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
         from ..io.spatialdata import require_spatialdata
 
         require_spatialdata()  # before reading and training
+    if args.cells and args.stride_um is None:
+        from ..errors import TrihrgeInputError
+
+        raise TrihrgeInputError("--cells needs the dense maps", "add --stride-um, e.g. 8")
     cfg, adata, out = opt.prepare_sample_run(args)
     if args.stride_um is not None:
         from ..tl import check_map_size
@@ -127,8 +134,18 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           trust=not args.no_trust,
                           spatialdata_store=args.output_format == "spatialdata",
                           into_input=args.into_input)
+    if args.cells:
+        from .runs import run_cells
+
+        cells = run_cells(adata, Path(out) / "cells", run_dir=out, progress=progress)
+        summary.setdefault("outputs", {})["cells"] = "cells/"
+        summary["cells"] = cells["metrics"]
     progress.close()
     print_run_summary(summary, Path(out))
+    if args.cells:
+        m = summary["cells"]
+        print(f"Cells: {m['n_cells']} ({m['cells_per_mm2_tissue']:.0f} per mm2 of tissue), "
+              f"in {Path(out) / 'cells'}")
     return 0
 
 
