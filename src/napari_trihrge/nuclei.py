@@ -49,6 +49,8 @@ TILE_UM = 700.0
 #: would otherwise have Otsu split pale cytoplasm from glass)
 MIN_THRESHOLD_OD = 0.02
 THRESHOLDS = ("otsu", "local")
+#: coarsest pixel for the built-in segmentation: a nucleus must span a few pixels
+MAX_UM_PER_PX = 2.0
 
 
 def hematoxylin(image: np.ndarray) -> np.ndarray:

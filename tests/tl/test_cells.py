@@ -81,6 +81,10 @@ def test_bad_segmentations_are_refused(small_sample, tmp_path):
         th.tl.cells(adata, nuclei_labels=tmp_path / "missing.npy")
     with pytest.raises(TrihrgeInputError, match="expansion"):
         th.tl.cells(adata, expand_um=-2)
+    coarse = th.datasets.synthetic_sample(seed=1, size_um=(600.0, 600.0), n_genes=6,
+                                          um_per_px=3.0)
+    with pytest.raises(TrihrgeInputError, match="too coarse to see nuclei"):
+        th.tl.cells(coarse)
 
 
 def test_tissue_without_nuclei_says_so(small_sample):

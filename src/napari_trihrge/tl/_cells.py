@@ -254,6 +254,12 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
     image = get_image(adata)
     px = image.um_per_px
     shape = image.shape_px
+    if nuclei_labels is None and cell_labels is None and px > nuclei.MAX_UM_PER_PX:
+        raise TrihrgeInputError(
+            f"the sample's H&E ({image.source}) has {px:.2g} um pixels, too coarse to see nuclei "
+            f"(at most {nuclei.MAX_UM_PER_PX:g} um per pixel)",
+            "give the full-resolution H&E (--image / fullres_image=...), or bring your own "
+            "segmentation on this image's grid")
     t0 = time.perf_counter()
     given_nuclei = (read_labels(nuclei_labels, shape, what="the nuclei labels")
                     if nuclei_labels is not None else None)
