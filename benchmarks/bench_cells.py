@@ -18,7 +18,9 @@ with area (square crops of the tissue).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,7 @@ def synthetic(seeds, out_dir: Path) -> None:
     print(format_table(expr_rows))
 
 
-def section(path: str, out_dir: Path, crop_px: int) -> None:
+def section(path: str, out_dir: Path, crop_px: int, growth: bool = True) -> None:
     from PIL import Image
     from skimage.segmentation import find_boundaries
 
@@ -83,13 +85,15 @@ def section(path: str, out_dir: Path, crop_px: int) -> None:
     image = th.io.get_image(adata)
     px = image.um_per_px
     rows = []
+    cpu0 = time.process_time()
     with measure() as m:
         res = th.tl.cells(adata)
     rows.append({"what": "nuclei + cells + measurements, whole section",
                  "image_px": f"{image.shape_px[0]}x{image.shape_px[1]}", "um_per_px": px,
                  "cells": res.metrics["n_cells"],
                  "nuclei_per_mm2_tissue": res.metrics["cells_per_mm2_tissue"],
-                 "wall_s": m.wall_s, "peak_rss_mb": m.peak_rss_mb,
+                 "wall_s": m.wall_s, "cpu_s": time.process_time() - cpu0,
+                 "peak_rss_mb": m.peak_rss_mb,
                  **{f"{k}_s": v for k, v in res.timings_s.items() if k != "expression"}})
     # averaging maps over the cells: its cost, with random values on an 8 um grid
     h_um, w_um = image.shape_rc_um
@@ -98,12 +102,17 @@ def section(path: str, out_dir: Path, crop_px: int) -> None:
     maps = th.tl.DenseMaps(values=rng.random((300, *grid), dtype=np.float32), stride_um=8.0,
                            origin_rc_um=np.zeros(2), gene_names=[f"g{i}" for i in range(300)],
                            mask=np.ones(grid, dtype=bool))
+    cpu0 = time.process_time()
     with measure() as m:
         w = th.tl.cell_map_weights(res.cell_labels, px, maps)
         x = th.tl.average_maps_over_cells(w, maps)
     rows.append({"what": "300 gene maps (8 um) averaged over the cells", "cells": x.shape[0],
-                 "wall_s": m.wall_s, "peak_rss_mb": m.peak_rss_mb})
+                 "wall_s": m.wall_s, "cpu_s": time.process_time() - cpu0,
+                 "peak_rss_mb": m.peak_rss_mb})
     print(format_table(rows), flush=True)
+    print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if not growth:
+        return
     # overlay of a crop at the tissue's densest nuclei
     tissue, _ = tissue_mask_for(image)
     cen = res.cells.obs[["row_um", "col_um"]].to_numpy() / px
@@ -130,12 +139,14 @@ def section(path: str, out_dir: Path, crop_px: int) -> None:
         r0 = int(np.clip(centre[0] - side / 2, 0, image.shape_px[0] - side))
         c0 = int(np.clip(centre[1] - side / 2, 0, image.shape_px[1] - side))
         crop = arr[r0:r0 + side, c0:c0 + side]
+        cpu0 = time.process_time()
         with measure() as m:
             seg = nuclei.segment_image(crop, px)
             cells = nuclei.expand_to_cells(seg.nuclei, px)
             nuclei.label_measurements(cells, px)
         scale_rows.append({"side_px": side, "area_mm2": (side * px / 1000) ** 2,
                            "nuclei": seg.n_nuclei, "wall_s": m.wall_s,
+                           "cpu_s": time.process_time() - cpu0,
                            "s_per_mm2": m.wall_s / (side * px / 1000) ** 2,
                            "peak_rss_mb": m.peak_rss_mb})
         print(format_table(scale_rows[-1:]), flush=True)
@@ -151,6 +162,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("section")
     p.add_argument("path")
     p.add_argument("--crop-px", type=int, default=700)
+    p.add_argument("--no-growth", action="store_true", help="skip the growth-with-area crops")
     ap.add_argument("--out", default="bench-cells-out", help="folder for CSVs and PNGs")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -158,7 +170,7 @@ def main(argv=None) -> None:
     if args.mode == "synthetic":
         synthetic(args.seeds, out)
     else:
-        section(args.path, out, args.crop_px)
+        section(args.path, out, args.crop_px, growth=not args.no_growth)
 
 
 if __name__ == "__main__":
