@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, measure  # noqa: E402
 
 
-def synthetic(seeds, out_dir: Path) -> None:
+def synthetic(seeds, out_dir: Path, nuclei_only: bool = False) -> None:
     import napari_trihrge as th
     from napari_trihrge.evaluation import cell_scores
     from napari_trihrge.geometry import xy_px_to_rc_um
@@ -46,6 +46,8 @@ def synthetic(seeds, out_dir: Path) -> None:
                          "f1_iou50": s["f1"], "precision": s["precision"], "recall": s["recall"],
                          "sq": s["sq"], "pq": s["pq"], "aji": s["aji"], "cells_s": m.wall_s})
         print(format_table(nuc_rows[-1:]), flush=True)
+        if nuclei_only:
+            continue
         cfg = th.tl.RunConfig(seed=seed)
         with measure() as m:
             enh = th.tl.enhance(adata, factor=4, stride_um=8.0, config=cfg, trust=False)
@@ -159,6 +161,8 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("synthetic")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--nuclei-only", action="store_true", help="skip enhance and the cells' "
+                   "expression")
     p = sub.add_parser("section")
     p.add_argument("path")
     p.add_argument("--crop-px", type=int, default=700)
@@ -168,7 +172,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.mode == "synthetic":
-        synthetic(args.seeds, out)
+        synthetic(args.seeds, out, nuclei_only=args.nuclei_only)
     else:
         section(args.path, out, args.crop_px, growth=not args.no_growth)
 
