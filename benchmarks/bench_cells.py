@@ -61,6 +61,8 @@ def synthetic(seeds, out_dir: Path, nuclei_only: bool = False) -> None:
                "pcc_cells": summary["pcc_mean"],
                "pcc_knn6": summary["baseline_knn6_pcc_mean"],
                "pcc_knn12": summary["baseline_knn12_pcc_mean"],
+               "cells_vs_spot": cres.metrics.get("cells_vs_spot_pcc_mean"),
+               "map_vs_spot": enh.metrics.get("consistency", {}).get("pcc_mean"),
                "enhance_s": m.wall_s, "cells_s": mc.wall_s}
         if "gene_class" in table:
             for cls, sub in table.groupby("gene_class"):
