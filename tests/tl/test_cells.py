@@ -117,7 +117,7 @@ def test_cell_spot_consistency_is_one_when_cells_average_to_their_spot(small_sam
     cells = ad.AnnData(X=np.asarray(rows, dtype=np.float32),
                        obs=pd.DataFrame({"spot": names}, index=[f"c{i}" for i in range(len(names))]),
                        var=pd.DataFrame(index=genes))
-    agree = th.tl.cell_spot_consistency(cells, adata)
+    agree = th.tl.cell_spot_consistency(adata, cells)
     assert agree["n_spots"] == 6 and agree["pcc_mean"] == pytest.approx(1.0)
     cells.obs["spot"] = ""  # no cell in a spot: nothing to compare
-    assert np.isnan(th.tl.cell_spot_consistency(cells, adata)["pcc_mean"])
+    assert np.isnan(th.tl.cell_spot_consistency(adata, cells)["pcc_mean"])

@@ -10,14 +10,7 @@ in ``_model_io``), ``hd_validation``, ``_cells`` (cells from nuclei); ``_config`
 :class:`RunConfig` and ``_shared`` the steps they share.
 """
 
-from ._cells import (
-    CellsResult,
-    average_maps_over_cells,
-    cell_map_weights,
-    cell_spot_consistency,
-    cells,
-    read_labels,
-)
+from ._cells import CellsResult, cell_spot_consistency, cells
 from ._config import (
     BASELINE_KS,
     MODEL_PRESETS,
@@ -53,10 +46,7 @@ __all__ = [
     "DenseMaps",
     "CellsResult",
     "cells",
-    "cell_map_weights",
     "cell_spot_consistency",
-    "average_maps_over_cells",
-    "read_labels",
     "recovery",
     "transfer",
     "enhance",

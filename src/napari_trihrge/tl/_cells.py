@@ -104,7 +104,7 @@ def average_maps_over_cells(weights: sparse.csr_matrix, maps: Any, *,
     return out
 
 
-def cell_spot_consistency(cells: AnnData, adata: AnnData, *, min_cells: int = 3
+def cell_spot_consistency(adata: AnnData, cells: AnnData, *, min_cells: int = 3
                           ) -> dict[str, float]:
     """How well the cells of each measured spot agree with it on average.
 
@@ -311,8 +311,8 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
         progress.advance()
         metrics["n_cells_without_map"] = int(np.isnan(x[:, 0]).sum()) if x.shape[1] else 0
         if adata.n_obs:
-            agree = cell_spot_consistency(AnnData(X=x, obs=obs, var=pd.DataFrame(
-                index=pd.Index(genes, dtype=str))), adata)
+            agree = cell_spot_consistency(adata, AnnData(X=x, obs=obs, var=pd.DataFrame(
+                index=pd.Index(genes, dtype=str))))
             metrics["cells_vs_spot_pcc_mean"] = agree["pcc_mean"]
             metrics["cells_vs_spot_n_spots"] = agree["n_spots"]
     else:
