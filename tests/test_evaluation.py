@@ -113,3 +113,26 @@ def test_nan_stat_is_nanmean_and_nanmedian_without_the_all_nan_warning():
         assert _nan_stat(values, np.mean) == pytest.approx(np.nanmean(values))
         assert _nan_stat(values, np.median) == pytest.approx(np.nanmedian(values))
         assert np.isnan(_nan_stat([np.nan, np.nan], np.median))
+
+
+def test_cell_scores_truth_as_prediction_beats_interpolated_spots():
+    import napari_trihrge as th
+    from napari_trihrge.geometry import xy_px_to_rc_um
+
+    adata = th.datasets.synthetic_sample(seed=4, size_um=(600.0, 600.0), n_genes=8,
+                                         sparse_fraction=0.0)
+    expr, stride, origin = th.datasets.truth_map(adata)
+    grid = DenseMaps(values=None, stride_um=stride, origin_rc_um=origin,
+                     gene_names=list(adata.var_names), mask=np.ones(expr.shape[1:], bool))
+    grid.values = evaluation.truth_on_grid(adata, grid, grid.gene_names)
+    res = th.tl.cells(adata, maps=grid)  # the truth itself as the map
+    truth = evaluation.truth_in_cells(adata, res.cell_labels, res.um_per_px, grid.gene_names)
+    np.testing.assert_allclose(res.cells.X, truth, rtol=1e-5)
+    rc = xy_px_to_rc_um(adata.obsm["spatial"], adata.uns["trihrge"]["um_per_px"])
+    spots = th.datasets.truth_in_spots(adata, rc)
+    summary, table = evaluation.cell_scores(adata, res.cells, res.cell_labels, res.um_per_px, rc,
+                                 np.log1p(spots))
+    assert summary["pcc_mean"] == pytest.approx(1.0)
+    assert summary["baseline_knn6_pcc_mean"] < 0.95
+    assert summary["n_cells_scored"] == res.cells.n_obs
+    assert "gene_class" in table

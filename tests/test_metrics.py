@@ -194,3 +194,25 @@ def test_noise_ceiling_needs_whole_counts_and_sits_beside_the_scores():
     assert scores["fraction_of_ceiling"] == pytest.approx(
         scores["pcc_mean"] / scores["noise_ceiling_pcc_mean"])
     assert table.loc["signal", "noise_ceiling"] > table.loc["flat", "noise_ceiling"]
+
+
+def test_instance_scores_perfect_partial_and_split():
+    from napari_trihrge.metrics import instance_scores
+
+    truth = np.zeros((20, 20), dtype=int)
+    truth[2:6, 2:6] = 1  # 16 px
+    truth[10:14, 10:14] = 2
+    perfect = instance_scores(truth, truth * 7)
+    assert perfect["f1"] == perfect["pq"] == perfect["aji"] == 1.0
+    pred = np.zeros_like(truth)
+    pred[2:6, 2:5] = 1  # IoU 12/16 with truth 1
+    pred[10:14, 10:12] = 2  # IoU 8/16 = 0.5 with truth 2: a match at >= 0.5
+    pred[17:19, 17:19] = 3  # false positive, 4 px
+    s = instance_scores(truth, pred)
+    assert (s["n_matched"], s["n_true"], s["n_pred"]) == (2, 2, 3)
+    assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == 1.0
+    assert s["sq"] == pytest.approx((0.75 + 0.5) / 2)
+    assert s["pq"] == pytest.approx(s["f1"] * s["sq"])
+    assert s["aji"] == pytest.approx((12 + 8) / (16 + 16 + 4))
+    with pytest.raises(ValueError):
+        instance_scores(truth, pred[:10])

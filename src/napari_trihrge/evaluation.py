@@ -169,3 +169,46 @@ def structure_scores(adata: AnnData, maps, spots_rc_um: np.ndarray, spots_expr: 
             row[f"rel_sd_{k}"] = float(v[sel].mean() / ref) if ref > 0 else float("nan")
         out[str(cls)] = row
     return out
+
+
+def truth_in_cells(adata: AnnData, cell_labels: np.ndarray, um_per_px: float,
+                   genes: list[str]) -> np.ndarray:
+    """The synthetic truth averaged over each cell, log-scaled as :func:`truth_on_grid`:
+    (cells, genes); NaN for a cell off the truth grid. The truth is a field on an 8 um grid, so
+    a cell's truth is that field over the cell's area (what a perfect map would give it)."""
+    from types import SimpleNamespace
+
+    from .tl._cells import average_maps_over_cells, cell_map_weights
+
+    truth = adata.uns["truth"]
+    shape = np.shape(truth["expression_8um"])[1:]
+    grid = SimpleNamespace(mask=np.ones(shape, dtype=bool), stride_um=float(truth["stride_um"]),
+                           origin_rc_um=np.asarray(truth["origin_rc_um"], dtype=np.float64),
+                           gene_names=list(genes))
+    grid.values = truth_on_grid(adata, grid, list(genes))
+    return average_maps_over_cells(cell_map_weights(cell_labels, um_per_px, grid), grid)
+
+
+def cell_scores(adata: AnnData, cells: AnnData, cell_labels: np.ndarray, um_per_px: float,
+                spots_rc_um: np.ndarray, spots_expr: np.ndarray) -> tuple[dict[str, Any],
+                                                                       pd.DataFrame]:
+    """Per-cell expression (``cells.X``, from :func:`napari_trihrge.tl.cells`) against the
+    per-cell truth, next to the baseline "each cell gets its spot's interpolated value" (the
+    measured spots ``spots_expr`` interpolated at the cell centroid by inverse-distance kNN,
+    k=6 and k=12), with the project's one scoring (:func:`metrics.spot_scores`: fair per-gene
+    PCC over the cells, the same genes and cells for every candidate). Cells the map does not
+    cover are left out of every score (counted in ``n_cells_without_map``)."""
+    from .metrics import spot_scores
+
+    genes = [str(g) for g in cells.var_names]
+    truth = truth_in_cells(adata, cell_labels, um_per_px, genes)
+    pred = np.asarray(cells.X, dtype=np.float64)
+    ok = np.isfinite(pred).all(axis=1) & np.isfinite(truth).all(axis=1)
+    rc_um = cells.obs[["row_um", "col_um"]].to_numpy()[ok]
+    baselines = {f"knn{k}": idw_interpolate(spots_rc_um, spots_expr, rc_um, k) for k in (6, 12)}
+    summary, table = spot_scores(pred[ok], truth[ok], genes, baselines=baselines)
+    summary["n_cells_scored"] = int(ok.sum())
+    summary["n_cells_without_map"] = int((~ok).sum())
+    if "gene_class" in adata.var:
+        table["gene_class"] = adata.var["gene_class"].reindex(table.index).to_numpy()
+    return summary, table

@@ -281,6 +281,72 @@ def map_scores(pred_maps: np.ndarray, true_maps: np.ndarray, mask: np.ndarray,
     return summary, table
 
 
+#: the IoU at which a predicted nucleus counts as detecting a true one
+MATCH_IOU = 0.5
+
+
+def instance_scores(true_labels: np.ndarray, pred_labels: np.ndarray, *,
+                    iou: float = MATCH_IOU) -> dict[str, float]:
+    """Instance segmentation (nuclei) against the truth, two label images (0 = background):
+    detection ``f1`` / ``precision`` / ``recall`` with one-to-one matches at IoU >= ``iou``
+    (greedy, best IoU first), panoptic quality ``pq`` (= detection quality ``dq`` x
+    segmentation quality ``sq``, Kirillov et al.) and the aggregated Jaccard index ``aji``
+    (Kumar et al. 2017), with the object counts."""
+    t = np.asarray(true_labels).ravel().astype(np.int64)
+    p = np.asarray(pred_labels).ravel().astype(np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"label images differ in shape: {np.shape(true_labels)} vs "
+                         f"{np.shape(pred_labels)}")
+    area_t = np.bincount(t, minlength=1)
+    area_p = np.bincount(p, minlength=1)
+    ids_t = np.flatnonzero(area_t[1:]) + 1
+    ids_p = np.flatnonzero(area_p[1:]) + 1
+    both = (t > 0) & (p > 0)
+    key = t[both] * (len(area_p)) + p[both]
+    pairs, inter = np.unique(key, return_counts=True)
+    pt, pp = pairs // len(area_p), pairs % len(area_p)
+    union = area_t[pt] + area_p[pp] - inter
+    pair_iou = inter / union
+    # one-to-one matches at IoU >= iou, best first
+    order = np.argsort(-pair_iou, kind="stable")
+    used_t, used_p = set(), set()
+    matched_iou = []
+    for k in order:
+        if pair_iou[k] < iou:
+            break
+        if pt[k] in used_t or pp[k] in used_p:
+            continue
+        used_t.add(pt[k])
+        used_p.add(pp[k])
+        matched_iou.append(pair_iou[k])
+    tp = len(matched_iou)
+    fp, fn = len(ids_p) - tp, len(ids_t) - tp
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    sq = float(np.mean(matched_iou)) if tp else 0.0
+    # AJI: every true object with the predicted object of its best IoU
+    best = np.full(len(area_t), -1, dtype=np.int64)
+    best_iou = np.zeros(len(area_t))
+    for k in np.argsort(pair_iou, kind="stable"):
+        best[pt[k]], best_iou[pt[k]] = k, pair_iou[k]
+    inter_sum, union_sum = 0.0, 0.0
+    used = np.zeros(len(area_p), dtype=bool)
+    for i in ids_t:
+        k = best[i]
+        if k < 0:
+            union_sum += area_t[i]
+            continue
+        inter_sum += inter[k]
+        union_sum += union[k]
+        used[pp[k]] = True
+    union_sum += float(area_p[ids_p][~used[ids_p]].sum())
+    return {"f1": float(f1), "precision": float(precision), "recall": float(recall),
+            "dq": float(f1), "sq": sq, "pq": float(f1 * sq),
+            "aji": float(inter_sum / union_sum) if union_sum else 0.0,
+            "n_true": int(len(ids_t)), "n_pred": int(len(ids_p)), "n_matched": int(tp)}
+
+
 __all__ = [
     "TOP_GENES",
     "TRUST_COLUMNS",
@@ -297,6 +363,8 @@ __all__ = [
     "kmeans_ari",
     "minmax_per_gene",
     "map_scores",
+    "MATCH_IOU",
+    "instance_scores",
 ]
 
 

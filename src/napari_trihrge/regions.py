@@ -85,10 +85,15 @@ def shape_polygon_rc_um(vertices: np.ndarray, shape_type: str = "polygon",
 
 
 def points_in_regions(polygons: Sequence[np.ndarray], points_rc_um: np.ndarray) -> np.ndarray:
-    """Boolean (n_regions, n_points): which points lie inside each polygon."""
+    """Boolean (n_regions, n_points): which points lie inside each polygon (or region with
+    holes and several parts: anything with ``contains_rc_um``, such as QuPath annotations read by
+    ``io.geojson.read_regions``)."""
     pts = np.asarray(points_rc_um, dtype=np.float64).reshape(-1, 2)
     out = np.zeros((len(polygons), len(pts)), dtype=bool)
     for r, poly in enumerate(polygons):
+        if hasattr(poly, "contains_rc_um"):
+            out[r] = poly.contains_rc_um(pts)
+            continue
         poly = np.asarray(poly, dtype=np.float64)
         if len(poly) < 3 or len(pts) == 0:
             continue

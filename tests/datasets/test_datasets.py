@@ -16,6 +16,7 @@ from napari_trihrge.datasets import (
     truth_at,
     truth_in_spots,
     truth_map,
+    truth_nuclei,
 )
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.geometry import detect_lattice, xy_px_to_rc_um
@@ -225,3 +226,22 @@ def test_load_sample_small():
     a = load_sample("synthetic", seed=2, size_um=(600, 600), n_genes=4)
     assert list(a.var["gene_class"]) == ["marker", "density", "gradient", "noise"]
     assert a.n_obs > 5
+
+
+def test_truth_nuclei_lie_on_the_drawn_hematoxylin():
+    from napari_trihrge.nuclei import hematoxylin
+
+    sample = synthetic_sample(seed=2, size_um=(500.0, 500.0), n_genes=6)
+    labels = truth_nuclei(sample)
+    image = sample.uns["spatial"]["synthetic"]["images"]["hires"]
+    assert labels.shape == image.shape[:2] and labels.dtype == np.int32
+    n_drawn = len(sample.uns["truth"]["nuclei"]["rc_um"])
+    present = np.unique(labels[labels > 0])
+    assert 0.95 * n_drawn <= len(present) <= n_drawn  # a few hidden under their neighbours
+    od = hematoxylin(image)
+    assert np.median(od[labels > 0]) > 3 * np.median(od[labels == 0])
+    # label k + 1 is nucleus k: its pixels surround the drawn centre
+    k = int(present[len(present) // 2])
+    rr, cc = np.nonzero(labels == k)
+    centre = sample.uns["truth"]["nuclei"]["rc_um"][k - 1] / sample.uns["trihrge"]["um_per_px"]
+    assert np.hypot(rr.mean() - centre[0], cc.mean() - centre[1]) < 1.5

@@ -377,3 +377,34 @@ def test_trust_of_a_prediction_on_a_slide_without_spots():
     assert not L.trust_warns(better) and "NOT" not in L.trust_text(better)
     assert L.trust_warns({**elsewhere, "pcc": -0.1})
     assert "no signal" in L.trust_text({**elsewhere, "pcc": -0.1})
+
+
+def test_cells_open_as_labels_in_micrometres_coloured_by_gene(tmp_path):
+    from napari.layers import Labels
+
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.napari._reader import get_reader
+    from napari_trihrge.workflows.runs import run_cells
+
+    adata = synthetic_sample(seed=3, size_um=(500.0, 500.0), n_genes=6, um_per_px=0.5)
+    lab = np.zeros((1000, 1000), dtype=np.int32)
+    lab[100:120, 100:120] = 1
+    lab[600:640, 300:320] = 2
+    run_cells(adata, tmp_path / "cells", cell_labels=lab)
+    layers = get_reader(str(tmp_path / "cells"))(str(tmp_path / "cells"))
+    data, kwargs, kind = layers[0]
+    assert kind == "labels" and kwargs["scale"] == (0.5, 0.5)
+    layer = Labels(data, **kwargs)
+    status = layer.get_status((305.0, 155.0), world=True)["value"]  # row/col um of cell 2
+    assert "cell_id: 2" in status and "area_um2: 200" in status
+    # colour by a gene: only the colours change
+    cells = ad.AnnData(X=np.array([[0.0, 2.0, 1.0], [5.0, 1.0, 1.0]], dtype=np.float32),
+                       obs=kwargs["metadata"]["cells"].obs, var=pd.DataFrame(index=["G", "H", "K"]))
+    assert L.cell_top_genes(cells, n=1).tolist() == ["H", "G"]
+    assert "top_genes: G" in Labels(data, **L.cells_layer(data, 0.5, cells)[1]).get_status(
+        (305.0, 155.0), world=True)["value"]
+    colors = L.cell_gene_colors(cells, "G", (0.0, 5.0))
+    assert colors[1][:3].sum() < colors[2][:3].sum()  # magma: low dark, high bright
+    assert colors[0][3] == 0 and colors[None][3] == 0
+    with pytest.raises(TrihrgeInputError, match="not predicted"):
+        L.cell_gene_colors(cells, "NOPE")

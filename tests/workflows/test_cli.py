@@ -550,3 +550,65 @@ def test_validate_coarse_refuses_a_factor_leaving_too_few_pseudo_spots(capsys, t
     assert code == 2
     assert "pseudo-spots" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.outputs import write_h5ad
+
+    sample = tmp_path / "small.h5ad"
+    write_h5ad(synthetic_sample(seed=5, size_um=(600.0, 600.0), n_genes=40), sample)
+    run = tmp_path / "run"
+    err = _one_line_error(capsys, ["enhance", str(sample), "--cells", "--out", str(run)])
+    assert "--stride-um" in err
+    assert cli.main(["enhance", str(sample), "--genes", "20", "--max-epochs", "2",
+                     "--factor", "2", "--stride-um", "16", "--no-trust", "--device", "cpu",
+                     "--out", str(run), "--quiet", "--cache-dir", str(tmp_path / "c"),
+                     "--cells"]) == 0
+    assert "Cells: " in capsys.readouterr().out
+    with_run = ad.read_h5ad(run / "cells" / "cells.h5ad")  # enhance --cells
+    genes = list(ad.read_h5ad(run / "enhanced.h5ad").var_names)
+    gene = genes[0]
+    regions = tmp_path / "regions.geojson"
+    regions.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+            [[0, 0], [300, 0], [300, 600], [0, 600], [0, 0]]]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Left"}}}]}))
+    # the run's sample is read from where it came from: here another one, so it is refused
+    err = _one_line_error(capsys, ["cells", str(run), "--quiet"])
+    assert "another sample" in err and "--sample" in err
+    out = run / "cells2"
+    assert cli.main(["cells", str(run), "--sample", str(sample), "--geojson", gene,
+                     "--regions", str(regions), "--quiet", "--out", str(out)]) == 0
+    assert "cells (built-in segmentation" in capsys.readouterr().out
+    cells = ad.read_h5ad(out / "cells.h5ad")
+    np.testing.assert_allclose(cells.X, with_run.X, rtol=1e-6)  # the same cells both ways
+    assert list(cells.var_names) == genes and np.isfinite(cells.X).all() and cells.n_obs > 100
+    assert set(cells.obs["region"].unique()) == {"Left", ""}
+    left = cells.obs["region"] == "Left"
+    assert (cells.obs.loc[left, "x_px"] < 300).all() and (cells.obs.loc[~left, "x_px"] > 299).all()
+    feats = json.loads((out / "cells.geojson").read_text())["features"]
+    assert len(feats) == cells.n_obs and gene in feats[0]["properties"]["measurements"]
+    import tifffile
+
+    labels = tifffile.imread(out / "cells.tif")
+    assert labels.shape == (600, 600) and labels.max() == cells.n_obs
+    # the same labels brought back as one's own cells give the same cells
+    mine = tmp_path / "mine"
+    assert cli.main(["cells", str(sample), "--cells", str(out / "cells.tif"),
+                     "--out", str(mine), "--quiet"]) == 0
+    again = ad.read_h5ad(mine / "cells.h5ad")
+    assert again.n_obs == cells.n_obs and again.n_vars == 0
+    np.testing.assert_allclose(again.obs["area_um2"], cells.obs["area_um2"])
+    capsys.readouterr()
+    # refused before any work: genes without a run, an output that exists, a wrong shape
+    err = _one_line_error(capsys, ["cells", str(sample), "--geojson", gene, "--out",
+                                   str(tmp_path / "x"), "--quiet"])
+    assert "--run" in err
+    err = _one_line_error(capsys, ["cells", str(sample), "--out", str(mine), "--quiet"])
+    assert "--overwrite" in err
+    np.save(tmp_path / "bad.npy", np.zeros((10, 10), dtype=np.int32))
+    err = _one_line_error(capsys, ["cells", str(sample), "--nuclei", str(tmp_path / "bad.npy"),
+                                   "--out", str(tmp_path / "y"), "--quiet"])
+    assert "10 x 10 px but the H&E is 600 x 600 px" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

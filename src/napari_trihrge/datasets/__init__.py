@@ -37,7 +37,14 @@ from .sample import (
     synthetic_sample,
 )
 from .spots import SPOT_DIAMETER_UM, SPOT_SPACING_UM
-from .truth import SPARSE_FRACTION, TRUTH_STRIDE_UM, truth_at, truth_in_spots, truth_map
+from .truth import (
+    SPARSE_FRACTION,
+    TRUTH_STRIDE_UM,
+    truth_at,
+    truth_in_spots,
+    truth_map,
+    truth_nuclei,
+)
 from .writers import write_visium_hd
 
 __all__ = [
@@ -51,6 +58,7 @@ __all__ = [
     "truth_map",
     "truth_at",
     "truth_in_spots",
+    "truth_nuclei",
     "write_visium_hd",
 ]
 

@@ -200,6 +200,9 @@ def synthetic_sample(seed: int = 0, *, size_um: tuple[float, float] = (2400.0, 2
         "genes": np.asarray(var.index, dtype=object), "domain_8um": domain_8um,
         "domain_names": np.asarray(DOMAIN_NAMES, dtype=object), "tissue_8um": tissue_8um,
         "seed": int(seed),
+        # every nucleus drawn: centre, semi-axes, orientation (truth_nuclei fills them in)
+        "nuclei": {"rc_um": nuc.rc_um, "a_um": nuc.a_um, "b_um": nuc.b_um,
+                   "angle": nuc.angle, "domain": nuc.domain},
     }
     return adata
 

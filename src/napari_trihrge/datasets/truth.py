@@ -1,7 +1,7 @@
 """The synthetic sample's genes and known truth.
 
 Gene classes and targets, and the readers of ``uns['truth']`` (:func:`truth_map`,
-:func:`truth_at`, :func:`truth_in_spots`).
+:func:`truth_at`, :func:`truth_in_spots`, :func:`truth_nuclei`).
 """
 
 from __future__ import annotations
@@ -160,3 +160,41 @@ def truth_in_spots(adata, rc_um: np.ndarray, diameter_um: float = SPOT_DIAMETER_
     expr, stride, origin = truth_map(adata)
     w = _spot_weights(rc_um, expr.shape[1:], stride, origin, float(diameter_um))
     return np.asarray(w @ expr.reshape(expr.shape[0], -1).T, dtype=np.float32)
+
+
+def truth_nuclei(adata) -> np.ndarray:
+    """Return the true nuclei as an int32 label image on the sample's H&E grid (0 = background).
+
+    Nucleus ``k`` of ``uns['truth']['nuclei']`` is label ``k + 1``: the pixels inside its
+    ellipse, where the drawn stain is at half its strength or more; where two overlap, the
+    pixel goes to the nucleus it lies deeper in. Some labels can be absent (a nucleus hidden
+    under its neighbours or outside the image).
+    """
+    truth = _truth(adata)
+    if "nuclei" not in truth:
+        raise TrihrgeInputError("this synthetic sample has no nuclei truth",
+                                "generate it again with napari_trihrge.datasets.synthetic_sample()")
+    nuc = truth["nuclei"]
+    info = adata.uns["trihrge"]
+    um_per_px = float(info["um_per_px"])
+    h, w = np.shape(adata.uns["spatial"][info["library_id"]]["images"]["hires"])[:2]
+    rc_um = np.asarray(nuc["rc_um"], dtype=np.float64).reshape(-1, 2)
+    a_um, b_um = np.asarray(nuc["a_um"]), np.asarray(nuc["b_um"])
+    angle = np.asarray(nuc["angle"])
+    out = np.zeros((h, w), dtype=np.int32)
+    depth = np.full((h, w), np.inf, dtype=np.float32)
+    for k in range(len(rc_um)):
+        half = int(np.ceil(a_um[k] / um_per_px)) + 1
+        c_px = rc_um[k] / um_per_px
+        r0, c0 = int(np.rint(c_px[0])) - half, int(np.rint(c_px[1])) - half
+        rr, cc = np.mgrid[max(r0, 0):min(r0 + 2 * half + 1, h), max(c0, 0):min(c0 + 2 * half + 1, w)]
+        if rr.size == 0:
+            continue
+        dr, dc = (rr - c_px[0]) * um_per_px, (cc - c_px[1]) * um_per_px
+        sn, cs = np.sin(angle[k]), np.cos(angle[k])
+        q = np.sqrt(((dr * sn + dc * cs) / a_um[k]) ** 2 + ((dr * cs - dc * sn) / b_um[k]) ** 2)
+        win = (slice(rr[0, 0], rr[-1, 0] + 1), slice(cc[0, 0], cc[0, -1] + 1))
+        take = (q <= 1.0) & (q < depth[win])
+        out[win][take] = k + 1
+        depth[win][take] = q[take]
+    return out

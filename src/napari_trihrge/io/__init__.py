@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrihrgeInputError
+from .geojson import (
+    GeoRegion,
+    QuPathObject,
+    cells_to_features,
+    labels_from_geojson,
+    read_geojson,
+    read_regions,
+    regions_to_features,
+    write_geojson,
+)
 from .h5ad import read_h5ad
 from .image import TissueImage, image_size_px, open_image
 from .map_store import FactorMaps, open_map_store, write_map_store
@@ -110,6 +120,14 @@ def _accepted(reader: Any, kwargs: dict[str, Any], what: str) -> dict[str, Any]:
 
 __all__ = [
     "FactorMaps",
+    "GeoRegion",
+    "QuPathObject",
+    "cells_to_features",
+    "labels_from_geojson",
+    "read_geojson",
+    "read_regions",
+    "regions_to_features",
+    "write_geojson",
     "TissueImage",
     "ZarrMapWriter",
     "available_images",

@@ -381,6 +381,8 @@ def read_run_layers(path) -> list:
 
     p = check_complete_run(_one(path))
     out: list = []
+    if (p / "cells.h5ad").exists():  # `trihrge cells`
+        return _tag_source(read_cells_layers(p), p)
     if (p / "enhanced.h5ad").exists():  # enhance and predict
         out += _result_h5ad_layers(ad.read_h5ad(p / "enhanced.h5ad"), "enhance")
     elif (p / "recovery.h5ad").exists():
@@ -450,3 +452,18 @@ def measured_spots_layer(run_dir: Path, layers: list) -> tuple | None:
         str(source)), with_image=False, color_by=gene,
         **({"contrast_limits": shown["contrast_limits"]} if gene is not None else {}))[0]
     return layer
+
+
+def read_cells_layers(folder) -> list:
+    """A cells folder (``trihrge cells``): the cells as a Labels layer in micrometres,
+    coloured by the first gene when they have expression."""
+    import anndata as ad
+    import tifffile
+
+    p = Path(folder)
+    cells = ad.read_h5ad(p / "cells.h5ad")
+    labels = tifffile.imread(p / "cells.tif")
+    um_per_px = float(cells.uns.get("trihrge", {}).get("cells", {}).get("label_um_per_px", 0)
+                      or cells.uns.get("trihrge", {}).get("um_per_px", 1.0))
+    gene = str(cells.var_names[0]) if cells.n_vars else None
+    return [L.cells_layer(labels, um_per_px, cells, gene=gene)]

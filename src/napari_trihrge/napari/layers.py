@@ -536,3 +536,71 @@ def sample_layers(adata, genes: Sequence[str] | None = None, *, source: str | No
         for _, kwargs, _ in layers:
             kwargs["metadata"]["trihrge"]["source"] = str(source)
     return layers
+
+
+# ------------------------------------------------------------------------------------------
+# Cells (tl.cells / `trihrge cells`)
+# ------------------------------------------------------------------------------------------
+#: the cells' obs columns shown when hovering a cell (napari's status bar reads ``features``)
+CELL_FEATURES = ("cell_id", "area_um2", "nucleus_area_um2", "spot", "region")
+
+
+def cell_gene_colors(cells, gene: str | None,
+                     contrast_limits: tuple[float, float] | None = None) -> dict[Any, Any]:
+    """Label -> RGBA colour of every cell for ``gene`` (napari Labels ``colormap``), on the
+    colormap spots and maps use; without a gene, one translucent colour for all cells.
+
+    Only the colours change with the gene, so switching genes needs no recompute of labels.
+    """
+    from matplotlib import colormaps
+
+    ids = np.asarray(cells.obs["cell_id"], dtype=np.int64)
+    colors: dict[Any, Any] = {None: np.zeros(4, dtype=np.float32), 0: np.zeros(4, np.float32)}
+    if gene is None:
+        for k in ids:
+            colors[int(k)] = np.array([1.0, 0.85, 0.0, 0.5], dtype=np.float32)
+        return colors
+    if gene not in cells.var_names:
+        raise TrihrgeInputError(f"{gene!r} is not predicted for these cells",
+                                "choose one of the genes of the enhance run")
+    x = np.asarray(cells[:, gene].X, dtype=np.float64).ravel()
+    lo, hi = contrast_limits or shared_contrast_limits(x)
+    scaled = np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    rgba = colormaps[DEFAULT_COLORMAP](scaled).astype(np.float32)
+    rgba[~np.isfinite(x)] = 0.0
+    for k, c in zip(ids, rgba, strict=True):
+        colors[int(k)] = c
+    return colors
+
+
+def cell_top_genes(cells, n: int = 3) -> np.ndarray:
+    """Each cell's ``n`` most distinctive genes ('A, B, C'): the highest expression relative to
+    all cells (per-gene z-score), so a cell shows what sets it apart, not housekeeping genes."""
+    x = np.asarray(cells.X, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (x - np.nanmean(x, axis=0)) / np.nanstd(x, axis=0)
+    z = np.nan_to_num(z, nan=-np.inf)
+    top = np.argsort(-z, axis=1)[:, :n]
+    names = np.asarray(cells.var_names, dtype=object)
+    return np.array([", ".join(names[row]) for row in top], dtype=object)
+
+
+def cells_layer(cell_labels: np.ndarray, um_per_px: float, cells, *, gene: str | None = None,
+                name: str = "cells") -> LayerDataTuple:
+    """The cells as a napari Labels layer in micrometres (``scale`` = the label image's pixel
+    size), coloured by ``gene`` (:func:`cell_gene_colors`); hovering a cell shows its id, area,
+    nucleus area, spot, region and top genes (``features``, one row per label, label 0 first)."""
+    ids = np.asarray(cells.obs["cell_id"], dtype=np.int64)
+    cols = [c for c in CELL_FEATURES if c in cells.obs]
+    table = cells.obs[cols].copy()
+    table.index = pd.RangeIndex(len(table))
+    if cells.n_vars:
+        table["top_genes"] = cell_top_genes(cells)
+    n = int(max(ids.max() if len(ids) else 0, np.max(cell_labels) if np.size(cell_labels) else 0))
+    features = pd.DataFrame({"index": np.arange(n + 1)})
+    features = features.merge(table.assign(index=ids), on="index", how="left")
+    meta = {"trihrge": {"kind": "cells", "gene": gene, "n_cells": int(len(ids))},
+            "cells": cells}
+    return (cell_labels, {"name": name, "scale": (float(um_per_px), float(um_per_px)),
+                          "features": features, "colormap": cell_gene_colors(cells, gene),
+                          "opacity": 0.7, "metadata": meta}, "labels")

@@ -6,10 +6,12 @@ full-resolution pixels), return result objects holding AnnData and, in the scanp
 record the result on the AnnData they were given (``key_added``, default ``trihrge_<task>``; see
 :func:`store_result`). One module per task: ``_recovery``, ``_transfer``, ``_enhance`` (with
 ``_maps``), ``_train``, ``_predict`` (both also under ``inference``, with the model's description
-in ``_model_io``), ``hd_validation``, ``coarse_validation`` (validate-coarse); ``_config`` holds
+in ``_model_io``), ``hd_validation``, ``coarse_validation`` (validate-coarse), ``_cells`` (cells
+from nuclei); ``_config`` holds
 :class:`RunConfig` and ``_shared`` the steps they share.
 """
 
+from ._cells import CellsResult, cell_spot_consistency, cells
 from ._config import (
     BASELINE_KS,
     MODEL_PRESETS,
@@ -45,6 +47,9 @@ __all__ = [
     "EnhanceResult",
     "CoarseValidationResult",
     "DenseMaps",
+    "CellsResult",
+    "cells",
+    "cell_spot_consistency",
     "recovery",
     "transfer",
     "enhance",

@@ -110,6 +110,9 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
                    help="with --stride-um: write the factorised map store maps.store.zarr "
                    "(every gene's map computed on demand, exactly) instead of materialised "
                    "maps; `trihrge export-maps` materialises chosen genes later")
+    p.add_argument("--cells", action="store_true",
+                   help="also segment the nuclei, grow them into cells and give each cell the "
+                   "map's expression (<out>/cells/, as `trihrge cells`; needs --stride-um)")
     opt.add_run_args(p)
 
 
@@ -123,6 +126,8 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
     if args.map_store and args.stride_um is None:
         raise TrihrgeInputError("--map-store stores dense maps, which need --stride-um",
                                 "add --stride-um (for example 8 or 16) or leave out --map-store")
+    if args.cells and args.stride_um is None:
+        raise TrihrgeInputError("--cells needs the dense maps", "add --stride-um, e.g. 8")
     cfg, adata, out = opt.prepare_sample_run(args)
     if args.stride_um is not None:
         from ..tl import check_map_size
@@ -134,8 +139,18 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           trust=not args.no_trust,
                           spatialdata_store=args.output_format == "spatialdata",
                           into_input=args.into_input, map_store=args.map_store)
+    if args.cells:
+        from .runs import run_cells
+
+        cells = run_cells(adata, Path(out) / "cells", run_dir=out, progress=progress)
+        summary.setdefault("outputs", {})["cells"] = "cells/"
+        summary["cells"] = cells["metrics"]
     progress.close()
     print_run_summary(summary, Path(out))
+    if args.cells:
+        m = summary["cells"]
+        print(f"Cells: {m['n_cells']} ({m['cells_per_mm2_tissue']:.0f} per mm2 of tissue), "
+              f"in {Path(out) / 'cells'}")
     return 0
 
 
@@ -350,6 +365,118 @@ def _run_encoders(args: argparse.Namespace, progress: TqdmProgress) -> int:
     return 0
 
 
+def _cells_args(p: argparse.ArgumentParser) -> None:
+    from ..nuclei import EXPAND_UM, NucleusOptions
+
+    nuc = NucleusOptions()
+    opt.add_input_args(p)
+    p.add_argument("--sample", type=Path, default=None,
+                   help="the sample of the run given as PATH (default: the one it was run on)")
+    p.add_argument("--run", type=Path, default=None,
+                   help="an enhance or predict run folder with dense maps (--stride-um) whose "
+                   "expression the cells get")
+    g = p.add_argument_group("segmentation (lengths in micrometres)")
+    g.add_argument("--nuclei", type=Path, default=None, metavar="FILE",
+                   help="your own nuclei: labels on the H&E's pixel grid (.npy, .tif, "
+                   ".ome.zarr) or a QuPath GeoJSON of detections")
+    g.add_argument("--cells", type=Path, default=None, metavar="FILE", dest="cell_file",
+                   help="your own cells: labels or a QuPath GeoJSON of cells (their "
+                   "nucleusGeometry gives the nuclei)")
+    g.add_argument("--expand-um", type=float, default=EXPAND_UM, metavar="UM",
+                   help=f"grow nuclei into cells by this much (default {EXPAND_UM:g})")
+    g.add_argument("--threshold", default=nuc.threshold, metavar="otsu|local|OD",
+                   help="hematoxylin threshold: 'otsu' (default), 'local' or an optical density")
+    g.add_argument("--smooth-um", type=opt.positive_number, default=nuc.smooth_um, metavar="UM",
+                   help=f"smoothing of the hematoxylin channel (default {nuc.smooth_um:g})")
+    g.add_argument("--min-distance-um", type=opt.positive_number, default=nuc.min_distance_um,
+                   metavar="UM", help="closest two nucleus centres (default "
+                   f"{nuc.min_distance_um:g})")
+    g.add_argument("--min-area-um2", type=float, default=nuc.min_area_um2, metavar="UM2",
+                   help=f"smallest nucleus kept (default {nuc.min_area_um2:g})")
+    g.add_argument("--max-area-um2", type=opt.positive_number, default=nuc.max_area_um2,
+                   metavar="UM2", help=f"largest nucleus kept (default {nuc.max_area_um2:g})")
+    o = p.add_argument_group("output")
+    o.add_argument("--regions", type=Path, default=None, metavar="FILE.geojson",
+                   help="QuPath annotations (GeoJSON): each cell gets the region it lies in")
+    o.add_argument("--geojson", default=None, metavar="G1,G2", nargs="?", const="",
+                   help="also write cells.geojson for QuPath, with these genes' predicted "
+                   "values as measurements (none: outlines and areas only)")
+    o.add_argument("--out", type=Path, default=None,
+                   help="output folder (default <run>/cells, or trihrge_out/cells-<sample>)")
+    opt.add_overwrite_quiet(p)
+
+
+def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from ..errors import TrihrgeInputError
+    from ..io.outputs import check_out_dir, is_complete_run
+    from ..nuclei import NucleusOptions
+    from . import runs
+
+    run_dir = args.run
+    if is_complete_run(args.path):
+        if run_dir is not None:
+            raise TrihrgeInputError("PATH is already a run folder; --run names another",
+                                    "pass either a run folder, or a sample with --run")
+        run_dir = args.path
+        args.path = args.sample or _run_sample_path(run_dir)
+    elif args.sample is not None:
+        raise TrihrgeInputError("--sample only goes with a run folder as PATH",
+                                "pass the sample as PATH (and the run with --run)")
+    threshold = args.threshold
+    if threshold not in ("otsu", "local"):
+        threshold = opt.positive_number(threshold)
+    options = NucleusOptions(smooth_um=args.smooth_um, threshold=threshold,
+                             min_distance_um=args.min_distance_um,
+                             min_area_um2=args.min_area_um2, max_area_um2=args.max_area_um2)
+    genes = None if args.geojson is None else [g for g in args.geojson.split(",") if g]
+    if args.out is not None:
+        check_out_dir(args.out, args.overwrite)
+    adata = _synthetic_or_read(args)
+    sample = adata.uns.get("trihrge", {}).get("sample", Path(args.path).stem)
+    out = args.out or (Path(run_dir) / "cells" if run_dir is not None
+                       else Path("trihrge_out") / f"cells-{sample}")
+    summary = runs.run_cells(adata, out, run_dir=run_dir, nuclei_labels=args.nuclei,
+                             cell_labels=args.cell_file, expand_um=args.expand_um,
+                             options=options, regions=args.regions, geojson_genes=genes,
+                             progress=progress, overwrite=args.overwrite)
+    progress.close()
+    m = summary["metrics"]
+    expression = (f"the expression of {len(summary['genes'])} genes" if summary["genes"]
+                  else "no expression (pass an enhance run with --run)")
+    print(f"{m['n_cells']} cells ({m['segmentation']} segmentation, "
+          f"{m['cells_per_mm2_tissue']:.0f} per mm2 of tissue), {expression}")
+    print(f"outputs in {out}: {', '.join(summary['outputs'].values())}")
+    return 0
+
+
+def _run_sample_path(run_dir: Path) -> Path | str:
+    """Where a run's sample came from (its summary's ``source``)."""
+    import json
+
+    from ..errors import TrihrgeInputError
+
+    source = json.loads((Path(run_dir) / "summary.json").read_text()).get("source")
+    if source and str(source).startswith("napari_trihrge.datasets.synthetic_sample"):
+        return str(source)
+    if not source or not Path(str(source)).exists():
+        raise TrihrgeInputError(f"the sample of the run {run_dir} is not found ({source})",
+                                "pass it with --sample PATH")
+    return Path(str(source))
+
+
+def _synthetic_or_read(args: argparse.Namespace):
+    """The sample: the embedded synthetic one when the run names its generator, else read."""
+    import re
+
+    match = re.fullmatch(r"napari_trihrge\.datasets\.synthetic_sample\(seed=(\d+)\)",
+                         str(args.path))
+    if match:
+        from ..datasets import synthetic_sample
+
+        return synthetic_sample(seed=int(match.group(1)))
+    return opt.read_sample(args)
+
+
 # -------------------------------------------------------------------------------------------
 # The table
 # -------------------------------------------------------------------------------------------
@@ -418,6 +545,14 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "(--map-store) and write them as a multiscale OME-Zarr map or a SpatialData "
                "store, for other tools. An existing output is replaced only with --overwrite.",
                epilog=None),
+    Subcommand("cells", "segment nuclei, grow them into cells and give each cell the enhanced "
+               "expression", _cells_args, _run_cells, description="Segment the nuclei of the "
+               "H&E (classical: hematoxylin, threshold, distance watershed; no downloaded "
+               "weights), or take your own segmentation, grow nuclei into cells and, given an "
+               "enhance/predict run with dense maps, average the predicted expression over each "
+               "cell. PATH is such a run folder (its sample is read again from where it came "
+               "from, or from --sample) or a sample (then --run names the run). Writes "
+               "cells.h5ad, nuclei.tif, cells.tif and optionally cells.geojson for QuPath."),
     Subcommand("encoders", "list the image encoders that can be named with --encoder",
                _encoders_args, _run_encoders, epilog=None),
 )
