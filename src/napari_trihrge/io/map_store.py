@@ -54,7 +54,7 @@ GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expressi
 
 
 def compressor() -> Any:
-    """The Blosc compressor of :data:`COMPRESSOR` (numcodecs)."""
+    """Return the Blosc compressor of :data:`COMPRESSOR` (numcodecs)."""
     from numcodecs import Blosc
 
     shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
@@ -64,8 +64,10 @@ def compressor() -> Any:
 
 @dataclass
 class GeneWeights:
-    """Everything a gene's map needs besides the per-location factors. Arrays are indexed by
-    gene on their gene axis; None where the run has no such part."""
+    """Everything a gene's map needs besides the per-location factors.
+
+    Arrays are indexed by gene on their gene axis; None where the run has no such part.
+    """
 
     gene_names: list[str]
     candidates: list[str]  # blend candidates ('knn6', 'knn12', 'ridge', 'network'), in order
@@ -84,6 +86,7 @@ class GeneWeights:
 
     @property
     def n_networks(self) -> int:
+        """Number of networks whose weights are held (0 without any)."""
         return 0 if self.network_weight is None else int(self.network_weight.shape[0])
 
     @property
@@ -92,7 +95,7 @@ class GeneWeights:
         return self.n_networks > 1 and "network" in self.candidates
 
     def knn_ks(self) -> list[int]:
-        """The neighbour counts whose weights the locations need."""
+        """Return the neighbour counts whose weights the locations need."""
         ks = {int(c[3:]) for c in self.candidates if c.startswith("knn")}
         if self.skip_k is not None:
             ks.add(int(self.skip_k))
@@ -114,7 +117,7 @@ class LocationFactors:
         return 0 if self.hidden is None else int(self.hidden.shape[1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """name -> array, as stored under ``locations/``."""
+        """Return the factors as arrays by name (name -> array), as stored under ``locations/``."""
         out: dict[str, np.ndarray] = {}
         for k, (idx, w) in sorted(self.knn.items()):
             out[f"knn{k}_index"] = idx
@@ -127,7 +130,7 @@ class LocationFactors:
 
     @classmethod
     def concatenate(cls, parts: Sequence[LocationFactors]) -> LocationFactors:
-        """The factors of consecutive blocks of locations as one."""
+        """Join the factors of consecutive blocks of locations into one."""
         if not parts:
             return cls()
         first = parts[0]
@@ -153,9 +156,11 @@ def _activation(x: np.ndarray, name: str) -> np.ndarray:
 
 def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The maps of the genes with indices ``genes`` at every location of ``factors``:
-    values (M, g) float32 and the spread (M, g) float32 (None without one), computed as the
-    engine computes them (:func:`napari_trihrge.tl._shared._stacked_predict`)."""
+    """Compute the maps of the genes with indices ``genes`` at every location of ``factors``.
+
+    Returns values (M, g) float32 and the spread (M, g) float32 (None without one), computed
+    as the engine computes them (:func:`napari_trihrge.tl._shared._stacked_predict`).
+    """
     genes = np.asarray(genes, dtype=np.int64)
     y = weights.spots_expression
 
@@ -204,10 +209,12 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
 
 
 class FactorMaps:
-    """Per-gene maps computed on demand from a factorised store, used where a
-    :class:`~napari_trihrge.tl.DenseMaps` is: ``values`` and ``std`` are lazy (genes, rows,
-    cols) arrays (index them by gene, or :meth:`to_dask`); ``maps[gene]`` or
-    ``maps.sel(gene=...)`` gives one gene's map (rows, cols), NaN outside ``mask``."""
+    """Per-gene maps computed on demand from a factorised store.
+
+    Used where a :class:`~napari_trihrge.tl.DenseMaps` is: ``values`` and ``std`` are lazy
+    (genes, rows, cols) arrays (index them by gene, or :meth:`to_dask`); ``maps[gene]`` or
+    ``maps.sel(gene=...)`` gives one gene's map (rows, cols), NaN outside ``mask``.
+    """
 
     def __init__(self, weights: GeneWeights, factors: LocationFactors | None, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, path: Path | None = None,
@@ -242,6 +249,7 @@ class FactorMaps:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """Shape of the maps: (genes, rows, cols)."""
         return (len(self.gene_names), *self.mask.shape)
 
     def gene_index(self, gene: str) -> int:
@@ -250,8 +258,10 @@ class FactorMaps:
 
     def compute(self, genes: Iterable[int], *, with_std: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Maps of the genes with these indices: values (g, rows, cols) and, with
-        ``with_std``, the spread (None without one), NaN outside the mask."""
+        """Compute the maps of the genes with these indices, NaN outside the mask.
+
+        Returns values (g, rows, cols) and, with ``with_std``, the spread (None without one).
+        """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         n_rows, n_cols = self.mask.shape
         values = np.full((len(genes), n_rows, n_cols), np.nan, dtype=np.float32)
@@ -266,9 +276,11 @@ class FactorMaps:
 
     def values_at(self, genes: Iterable[int], rows: np.ndarray, cols: np.ndarray
                   ) -> np.ndarray:
-        """The maps of the genes with these indices at map pixels ``(rows, cols)`` only
-        (integer arrays of one shape): (g, *rows.shape), NaN outside the mask. Computes just
-        those locations, not the whole map."""
+        """Compute the maps of the genes with these indices at map pixels ``(rows, cols)`` only.
+
+        ``rows`` and ``cols`` are integer arrays of one shape; returns (g, *rows.shape), NaN
+        outside the mask. Computes just those locations, not the whole map.
+        """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         rows, cols = np.asarray(rows), np.asarray(cols)
         order = np.full(self.mask.shape, -1, dtype=np.int64)
@@ -283,11 +295,11 @@ class FactorMaps:
         return out
 
     def gene(self, name: str) -> np.ndarray:
-        """The map of ``name`` (rows, cols) float32."""
+        """Return the map of ``name`` (rows, cols) float32."""
         return self.compute([self.gene_index(name)])[0][0]
 
     def gene_std(self, name: str) -> np.ndarray | None:
-        """The spread of ``name``'s map (rows, cols), or None without a spread."""
+        """Return the spread of ``name``'s map (rows, cols), or None without a spread."""
         return self.compute([self.gene_index(name)], with_std=True)[1][0] \
             if self.std is not None else None
 
@@ -301,7 +313,7 @@ class FactorMaps:
         return self.compute([self.gene_index(g) for g in gene])[0]
 
     def to_dask(self, kind: str = "values") -> Any:
-        """A dask array (genes, rows, cols), one chunk per gene, computed when read."""
+        """Return a dask array (genes, rows, cols), one chunk per gene, computed when read."""
         import dask.array as da
 
         lazy = self.values if kind == "values" else self.std
@@ -323,6 +335,7 @@ class LazyMapArray:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """Shape of the array: (genes, rows, cols), that of its maps."""
         return self._maps.shape
 
     def __len__(self) -> int:
@@ -343,7 +356,7 @@ class LazyMapArray:
         return out[rest] if rest else out
 
     def to_dask(self) -> Any:
-        """A dask array of these maps, one chunk per gene (:meth:`FactorMaps.to_dask`)."""
+        """Return a dask array of these maps, one chunk per gene (:meth:`FactorMaps.to_dask`)."""
         return self._maps.to_dask(self._kind)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -352,8 +365,10 @@ class LazyMapArray:
 
 
 def gene_index(gene_names: Sequence[str], gene: str) -> int:
-    """Index of ``gene`` in ``gene_names``; an unknown gene raises :class:`TrihrgeInputError`
-    listing the nearest names (difflib)."""
+    """Return the index of ``gene`` in ``gene_names``.
+
+    An unknown gene raises :class:`TrihrgeInputError` listing the nearest names (difflib).
+    """
     names = list(gene_names)
     try:
         return names.index(str(gene))
@@ -373,10 +388,13 @@ def gene_index(gene_names: Sequence[str], gene: str) -> int:
 # Writing
 # -----------------------------------------------------------------------------------------
 class MapStoreWriter:
-    """Collects the per-location factors block by block (locations in the mask's row-major
-    order) and writes the store: in ``<path>.partial``, moved into place by :meth:`finalize`
-    once whole (``_atomic.replace_folder``); :meth:`abort` deletes it. Without ``path`` the
-    factors stay in memory and :meth:`finalize` returns in-memory :class:`FactorMaps`."""
+    """Collect the per-location factors block by block and write the store.
+
+    The locations come in the mask's row-major order. The store is written in
+    ``<path>.partial``, moved into place by :meth:`finalize` once whole
+    (``_atomic.replace_folder``); :meth:`abort` deletes it. Without ``path`` the factors stay
+    in memory and :meth:`finalize` returns in-memory :class:`FactorMaps`.
+    """
 
     def __init__(self, path: str | os.PathLike | None, weights: GeneWeights, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, overwrite: bool = False,
@@ -521,8 +539,10 @@ class MapStoreWriter:
 
 def write_map_store(maps: FactorMaps, path: str | os.PathLike, *, overwrite: bool = False,
                     factor_dtype: Any = np.float32) -> FactorMaps:
-    """Write factorised maps (in memory, or another store) as a store at ``path`` (refused when
-    it exists, unless ``overwrite``); returns the maps opened from it."""
+    """Write factorised maps (in memory, or another store) as a store at ``path``.
+
+    Refused when ``path`` exists, unless ``overwrite``; returns the maps opened from it.
+    """
     writer = MapStoreWriter(path, maps.weights, maps.mask, maps.stride_um, maps.origin_rc_um,
                             overwrite=overwrite, factor_dtype=factor_dtype)
     try:
@@ -588,9 +608,12 @@ def is_map_store(path: str | os.PathLike) -> bool:
 
 
 def open_map_store(path: str | os.PathLike) -> FactorMaps:
-    """Open a factorised map store: its format and version are checked and every file listed
-    in it must be there whole (a truncated store raises, nothing is computed from it). The
-    per-gene weights are read now, the per-location factors on the first map asked for."""
+    """Open a factorised map store.
+
+    Its format and version are checked and every file listed in it must be there whole (a
+    truncated store raises, nothing is computed from it). The per-gene weights are read now,
+    the per-location factors on the first map asked for.
+    """
     import json
 
     path = Path(path)
@@ -684,7 +707,7 @@ MATERIALISED_CHUNKS = (4, 128, 128)
 
 
 def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
-    """The genes asked for (all when None), each checked (near names on a typo)."""
+    """Return the genes asked for (all when None), each checked (near names on a typo)."""
     if genes is None:
         return list(maps.gene_names)
     out = [str(g) for g in genes]
@@ -698,10 +721,12 @@ def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
 def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
                          genes: Sequence[str] | None = None, overwrite: bool = False,
                          progress: Any = None) -> list[Path]:
-    """Write the maps of ``genes`` (all by default) as today's multiscale OME-Zarr map
-    ``path`` (and its spread beside it, ``<name>_std.ome.zarr``), chunked
+    """Write the maps of ``genes`` (all by default) as today's multiscale OME-Zarr map ``path``.
+
+    The map and its spread beside it (``<name>_std.ome.zarr``) are chunked
     :data:`MATERIALISED_CHUNKS`; refuses to replace an existing map unless ``overwrite``,
-    before any work. Returns the paths written."""
+    before any work. Returns the paths written.
+    """
     from ..progress import ensure_progress
     from .writers import open_ome_zarr_map
 

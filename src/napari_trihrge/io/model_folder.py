@@ -211,8 +211,11 @@ def _sha256_json(value: Any) -> str:
 
 
 def _integrity(path: Path, desc: dict[str, Any], files: list[str]) -> dict[str, Any]:
-    """The record of ``files`` (relative to ``path``) and ``desc``: per-file, gene-list and
-    per-key description hashes, and one hash of them all together."""
+    """Return the integrity record of ``files`` (relative to ``path``) and ``desc``.
+
+    It holds per-file, gene-list and per-key description hashes, and one hash of them all
+    together.
+    """
     record = {"files": {f: _sha256_file(path / f) for f in files},
               "genes": _sha256_json(list(desc.get("genes") or [])),
               "description": {str(k): _sha256_json(v) for k, v in desc.items()}}
@@ -221,9 +224,11 @@ def _integrity(path: Path, desc: dict[str, Any], files: list[str]) -> dict[str, 
 
 
 def write_integrity_record(path: str | os.PathLike) -> Path:
-    """Write ``integrity.json`` for every file now in the model folder ``path`` and the
-    description its ``model.json`` holds (call it last, on the temporary folder before it is
-    moved into place)."""
+    """Write ``integrity.json`` for the model folder ``path``.
+
+    It covers every file now in the folder and the description its ``model.json`` holds (call
+    it last, on the temporary folder before it is moved into place).
+    """
     path = Path(path)
     desc = json.loads((path / "model.json").read_text(encoding="utf-8")).get("extra") or {}
     files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
@@ -242,9 +247,11 @@ def _damaged(path: Path, what: str) -> TrihrgeInputError:
 
 
 def check_integrity(path: str | os.PathLike, desc: dict[str, Any]) -> bool:
-    """Check the model folder ``path`` (whose ``model.json`` holds ``desc``) against its
-    integrity record. Returns False (with a warning) for a folder written before the record
-    existed; raises :class:`TrihrgeInputError` naming what differs."""
+    """Check the model folder ``path`` against its integrity record.
+
+    ``desc`` is what its ``model.json`` holds. Returns False (with a warning) for a folder
+    written before the record existed; raises :class:`TrihrgeInputError` naming what differs.
+    """
     path = Path(path)
     record_path = path / INTEGRITY_RECORD
     if not record_path.is_file():

@@ -65,10 +65,12 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 
 def input_paths(*items: Any) -> list[Path]:
-    """The files and folders a run reads: paths as given, a sample's source and the path it was
-    read from, its full-resolution image and its SpatialData store (``uns['trihrge']``), a
-    model's folder (``.path``);
-    sequences are walked, None is skipped."""
+    """Return the files and folders a run reads.
+
+    These are paths as given, a sample's source and the path it was read from, its
+    full-resolution image and its SpatialData store (``uns['trihrge']``), a model's folder
+    (``.path``); sequences are walked, None is skipped.
+    """
     out: list[Path] = []
     for item in items:
         if item is None:
@@ -89,9 +91,11 @@ def input_paths(*items: Any) -> list[Path]:
 
 
 def check_outside_inputs(out_dir: str | Path, inputs: Any, flag: str = "--out") -> Path:
-    """Refuse an output that is one of the run's inputs, lies inside one, or holds one (an
-    ``--overwrite`` would replace it): an output must never change what the run reads.
-    ``inputs`` is anything :func:`input_paths` takes."""
+    """Refuse an output that is one of the run's inputs, lies inside one, or holds one.
+
+    An ``--overwrite`` would replace such an input: an output must never change what the run
+    reads. ``inputs`` is anything :func:`input_paths` takes.
+    """
     out = Path(out_dir).resolve()
     for src in input_paths(inputs):
         src = src.resolve()

@@ -527,11 +527,13 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
 
 def write_maps_spatialdata(path: str | os.PathLike, maps: Any, genes: list[str], *,
                            overwrite: bool = False) -> Path:
-    """Write the maps of ``genes`` (and their spread) of factorised ``maps``
-    (:class:`~napari_trihrge.io.map_store.FactorMaps`) as the images ``trihrge_enhanced_maps``
-    (and ``..._std``) of a new SpatialData store, in micrometres; each gene is computed once
-    (into a temporary OME-Zarr) and read back lazily. Refuses to replace ``path`` unless
-    ``overwrite``."""
+    """Write the maps of ``genes`` (and their spread) of ``maps`` to a new SpatialData store.
+
+    ``maps`` are factorised maps (:class:`~napari_trihrge.io.map_store.FactorMaps`), written
+    as the images ``trihrge_enhanced_maps`` (and ``..._std``) of the store, in micrometres;
+    each gene is computed once (into a temporary OME-Zarr) and read back lazily. Refuses to
+    replace ``path`` unless ``overwrite``.
+    """
     import tempfile
 
     from spatialdata import SpatialData
@@ -566,7 +568,10 @@ def _sibling(store: Path, tag: str) -> Path:
 
 
 def _root_meta(store: Path) -> dict | None:
-    """The root ``zarr.json`` of a zarr v3 store with inline consolidated metadata, else None."""
+    """Return the root ``zarr.json`` of a zarr v3 store with inline consolidated metadata.
+
+    Returns None for any other store.
+    """
     import json
 
     try:
@@ -591,8 +596,11 @@ def _element_keys(metadata: dict, path: str) -> dict:
 
 
 def check_store_writable(store: str | os.PathLike) -> None:
-    """Refuse a store this process cannot write results into (``--into-input``), before any
-    work: the store, its element groups and the folder beside it (where results are staged)."""
+    """Refuse a store this process cannot write results into (``--into-input``), before any work.
+
+    Checked are the store, its element groups and the folder beside it (where results are
+    staged).
+    """
     store = Path(store)
     folders = [store, store.parent, *(store / k for k in _KINDS if (store / k).is_dir())]
     blocked = [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)]
@@ -604,9 +612,11 @@ def check_store_writable(store: str | os.PathLike) -> None:
 
 
 def repair_store(store: str | os.PathLike) -> bool:
-    """Undo a results swap into ``store`` that was interrupted (killed): elements set aside go
-    back, the root metadata is restored from the journal, staged and leftover files beside the
-    store are removed. Returns whether anything was repaired."""
+    """Undo a results swap into ``store`` that was interrupted (killed).
+
+    Elements set aside go back, the root metadata is restored from the journal, staged and
+    leftover files beside the store are removed. Returns whether anything was repaired.
+    """
     import json
     import shutil
 
@@ -740,8 +750,11 @@ def write_into_input(adata: Any, result: Any, *, overwrite: bool = False) -> Pat
 
 
 def _with_listing(root: dict, listed: dict) -> dict:
-    """``root`` listing ``listed``, ordered as zarr writes it (by depth, then path: zarr groups
-    the children of one parent only when they are adjacent)."""
+    """Return ``root`` listing ``listed``, ordered as zarr writes it.
+
+    The order is by depth, then path: zarr groups the children of one parent only when they
+    are adjacent.
+    """
     ordered = dict(sorted(listed.items(), key=lambda kv: (kv[0].count("/"), kv[0])))
     return {**root, "consolidated_metadata": {**root["consolidated_metadata"],
                                               "metadata": ordered}}

@@ -36,7 +36,10 @@ class DenseMaps:
     std: Any = None  # ensemble spread, same shape, or None
 
     def gene(self, name: str) -> np.ndarray:
-        """The map of ``name`` (rows, cols); an unknown gene raises with the nearest names."""
+        """Return the map of ``name`` (rows, cols).
+
+        An unknown gene raises with the nearest names.
+        """
         from ..io.map_store import gene_index
 
         return np.asarray(self.values[gene_index(self.gene_names, name)])
@@ -138,8 +141,10 @@ def map_grid(image, rc_um: np.ndarray, stride_um: float, margin_um: float, *,
 
 
 def check_map_grid(grid: geometry.DenseGrid, image, stride_um: float) -> None:
-    """Refuse a map grid without a location (inside the tissue, near the spots), before the
-    features are computed."""
+    """Refuse a map grid without a location (inside the tissue, near the spots).
+
+    The check comes before the features are computed.
+    """
     if not grid.mask.any():
         h_um, w_um = image.shape_rc_um
         raise TrihrgeInputError(
@@ -277,9 +282,12 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
 
 def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
                      ) -> GeneWeights:
-    """The per-gene weights of the factorised maps of ``fits`` (the network fits, or a
-    :class:`StackedModel`): the networks' output layers and skip weights, and with the
-    blend, the ridge coefficients, the blend weights and the measured spots' expression."""
+    """Return the per-gene weights of the factorised maps of ``fits``.
+
+    ``fits`` are the network fits, or a :class:`StackedModel`. The weights are the networks'
+    output layers and skip weights, and with the blend, the ridge coefficients, the blend
+    weights and the measured spots' expression.
+    """
     stacked = fits if isinstance(fits, StackedModel) else None
     models = [f.model for f in (stacked.fits if stacked is not None else fits)]
     names = list(stacked.blend.names) if stacked is not None else ["network"]
@@ -319,8 +327,10 @@ def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
 def _location_factors(fits: list | StackedModel, weights: GeneWeights, feats, nb,
                       pts: np.ndarray, src_rc_um: np.ndarray, cfg: RunConfig
                       ) -> LocationFactors:
-    """The per-location factors of map locations ``pts`` (their features ``feats`` and
-    interpolated neighbour expression ``nb``)."""
+    """Return the per-location factors of map locations ``pts``.
+
+    ``feats`` are their features and ``nb`` their interpolated neighbour expression.
+    """
     from ..model.predict import predict_last_hidden
     from ..neighbours import idw_weights
 
@@ -387,9 +397,11 @@ FACTOR_BLOCK_LOCATIONS = 16384
 
 def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """The dense map averaged over each spot's disk (``spot_diameter_um`` at ``rc_um``): the
-    means (spots, genes; NaN for a spot whose disk holds no map pixel inside the map's mask)
-    and, per spot, the share of its disk's pixels that lie inside the mask."""
+    """Average the dense map over each spot's disk (``spot_diameter_um`` at ``rc_um``).
+
+    Returns the means (spots, genes; NaN for a spot whose disk holds no map pixel inside the
+    map's mask) and, per spot, the share of its disk's pixels that lie inside the mask.
+    """
     offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)
     idx = np.rint((rc_um[:, None, :] + offs[None] - maps.origin_rc_um) / maps.stride_um).astype(int)
     n_rows, n_cols = maps.mask.shape

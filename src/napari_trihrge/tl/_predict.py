@@ -128,8 +128,11 @@ class PredictResult(EnhanceResult):
 
 
 def _warn_about_bins(adata: AnnData, model: TrainedModel) -> None:
-    """A word when the target is Visium HD bins: each bin is taken as a spot of the bin's
-    size, much smaller than the spots the model was trained on."""
+    """Warn when the target is Visium HD bins.
+
+    Each bin is taken as a spot of the bin's size, much smaller than the spots the model was
+    trained on.
+    """
     bin_um = (adata.uns.get("trihrge", {}) or {}).get("bin_size_um")
     if not bin_um:
         return

@@ -414,12 +414,14 @@ def _score_with_knn(pred: np.ndarray, truth: np.ndarray, genes: list[str],
 
 def _score_sections(parts: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]],
                     genes: list[str]) -> tuple[dict[str, Any], pd.DataFrame, list[dict]]:
-    """Held-out scores of several sections (``parts``: predictions, measurements and
-    baselines of each): every section scored on its own (:func:`_score_with_knn`), then the
-    per-gene scores and the summary figures averaged over the sections. Scores pooled over the
-    sections would count the differences between sections (their mean levels) as skill.
-    Returns the averaged summary (``n_sections``, ``pooling``), the averaged per-gene table and
-    each section's summary."""
+    """Compute the held-out scores of several sections.
+
+    ``parts`` holds the predictions, measurements and baselines of each section. Every section
+    is scored on its own (:func:`_score_with_knn`), then the per-gene scores and the summary
+    figures are averaged over the sections. Scores pooled over the sections would count the
+    differences between sections (their mean levels) as skill. Returns the averaged summary
+    (``n_sections``, ``pooling``), the averaged per-gene table and each section's summary.
+    """
     summaries, tables = [], []
     for pred, truth, baselines in parts:
         summary, table = _score_with_knn(pred, truth, genes, baselines)

@@ -64,9 +64,12 @@ BASELINES = ("pseudo_spot", "pseudo_spot_others", *(f"knn{k}" for k in BASELINE_
 
 @dataclass
 class CoarseValidationResult:
-    """What :func:`validate_coarse` returns: the pseudo-spots (a sample of raw counts), the
-    real spots scored (X the map averaged over each footprint, layers ``measured``, one per
-    baseline and ``nearest_virtual``), the scores, the per-gene table and enhance's result."""
+    """What :func:`validate_coarse` returns.
+
+    The pseudo-spots (a sample of raw counts), the real spots scored (X the map averaged over
+    each footprint, layers ``measured``, one per baseline and ``nearest_virtual``), the scores,
+    the per-gene table and enhance's result.
+    """
 
     coarse: AnnData
     spots: AnnData
@@ -77,8 +80,10 @@ class CoarseValidationResult:
 
 
 def _lattice(adata: AnnData, rc_um: np.ndarray) -> tuple[str, np.ndarray]:
-    """The sample's lattice kind and every spot's lattice coordinates (from the platform's
-    array indices when the sample has them)."""
+    """Return the sample's lattice kind and every spot's lattice coordinates.
+
+    The coordinates come from the platform's array indices when the sample has them.
+    """
     kind = _lattice_kind(adata) or geometry.detect_lattice(rc_um).kind
     platform = adata.uns.get("trihrge", {}).get("platform")
     columns = geometry.PLATFORMS.get(platform, {}).get("array_columns", ())
@@ -89,8 +94,10 @@ def _lattice(adata: AnnData, rc_um: np.ndarray) -> tuple[str, np.ndarray]:
 
 def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
                   ) -> tuple[AnnData, pd.Series]:
-    """Pseudo-spots that tile the section, each the sum of the raw counts (every gene) of its
-    member spots (:func:`napari_trihrge.geometry.lattice_blocks`: 7-spot hexagons on a
+    """Sum the raw counts of member spots into pseudo-spots that tile the section.
+
+    Each pseudo-spot is the sum of the raw counts (every gene) of its member spots
+    (:func:`napari_trihrge.geometry.lattice_blocks`: 7-spot hexagons on a
     hexagonal lattice for ``factor`` 2, 19 for 3; ``factor`` x ``factor`` blocks on a square
     one). A block at the tissue edge with half a full block's spots or fewer is left out, and
     so are its spots. The centre is the mean of the members' centres; the footprint
@@ -99,7 +106,8 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
 
     Returns the pseudo-spots as a sample (X and ``layers['counts']`` the summed counts,
     ``obs['n_members']``, ``obsm['spatial']`` in the input's full-resolution pixels) and each
-    kept real spot's pseudo-spot id (indexed by the real spots' names)."""
+    kept real spot's pseudo-spot id (indexed by the real spots' names).
+    """
     check_counts(adata)
     rc_um, um_per_px, diameter_um = sample_geometry(adata)
     if adata.n_obs < 2 * MIN_PSEUDO_SPOTS:
@@ -157,10 +165,13 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
 
 def pseudo_spot_without_self(adata: AnnData, coarse: AnnData, membership: pd.Series,
                              genes: list[str]) -> np.ndarray:
-    """Each real spot's pseudo-spot without the spot itself: the summed counts of the other
-    members (every gene), log-normalised as recovery does, for ``genes`` (spots x genes, in the
-    order of ``membership``). The pseudo-spot holds the spot's own counts, and with them the
-    counting noise of its measurement; this value does not."""
+    """Compute each real spot's pseudo-spot without the spot itself.
+
+    That is the summed counts of the other members (every gene), log-normalised as recovery
+    does, for ``genes`` (spots x genes, in the order of ``membership``). The pseudo-spot holds
+    the spot's own counts, and with them the counting noise of its measurement; this value
+    does not.
+    """
     own = sp.csr_matrix(adata[membership.index].X, dtype=np.float64)
     block = sp.csr_matrix(coarse.layers["counts"], dtype=np.float64)[
         coarse.obs_names.get_indexer(membership.to_numpy())]
@@ -169,12 +180,15 @@ def pseudo_spot_without_self(adata: AnnData, coarse: AnnData, membership: pd.Ser
 
 
 def gene_classes(truth: np.ndarray, labels=None) -> dict[str, np.ndarray]:
-    """Boolean gene masks of the classes scored separately, from the measured expression
-    (spots x genes): every scored gene ('all'), the :data:`~napari_trihrge.metrics.TOP_GENES`
-    most expressed ('top100'), the sparse ones (detected in fewer than
-    :data:`SPARSE_DETECTION` of the spots) and, with ``labels`` (one per spot, e.g. layers or
-    tumour / stroma; missing ones ignored), the markers: for each label with at least 5 spots
-    the :data:`MARKERS_PER_LABEL` scored genes whose mean is most above the other spots'."""
+    """Return boolean gene masks of the classes scored separately.
+
+    They come from the measured expression (spots x genes): every scored gene ('all'), the
+    :data:`~napari_trihrge.metrics.TOP_GENES` most expressed ('top100'), the sparse ones
+    (detected in fewer than :data:`SPARSE_DETECTION` of the spots) and, with ``labels`` (one
+    per spot, e.g. layers or tumour / stroma; missing ones ignored), the markers: for each
+    label with at least 5 spots the :data:`MARKERS_PER_LABEL` scored genes whose mean is most
+    above the other spots'.
+    """
     varies, top_idx = scored_genes(truth)
     top = np.zeros(len(varies), dtype=bool)
     top[top_idx] = True
@@ -217,7 +231,7 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                     progress: Progress | None = None, map_path: str | None = None,
                     annotation=None, split_counts: bool = False,
                     key_added: str | None = None) -> CoarseValidationResult:
-    """Coarse-to-fine validation: does enhance's map add correct detail on real tissue?
+    """Validate coarse to fine whether enhance's map adds correct detail on real tissue.
 
     Parameters
     ----------
@@ -299,8 +313,10 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
 def _score_real_spots(adata: AnnData, source: AnnData, coarse: AnnData, membership: pd.Series,
                       result: EnhanceResult, cfg: RunConfig, labels: pd.Series | None,
                       progress: Progress) -> tuple[AnnData, dict[str, Any], pd.DataFrame]:
-    """The map, the nearest virtual spot and the baselines at the real spots of ``adata``,
-    scored; ``source``: the counts the pseudo-spots were summed from."""
+    """Score the map, the nearest virtual spot and the baselines at the real spots of ``adata``.
+
+    ``source``: the counts the pseudo-spots were summed from.
+    """
     genes = list(result.spots.var_names)
     coarse_names = result.spots.obs_names
     real = adata[membership.index]
