@@ -612,3 +612,24 @@ def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
                                    "--out", str(tmp_path / "y"), "--quiet"])
     assert "10 x 10 px but the H&E is 600 x 600 px" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cells_from_a_run_with_a_map_store_equal_the_cells_from_materialised_maps(tmp_path):
+    """enhance --map-store --cells: the cells read each gene from the factorised store and get
+    the same expression as from the run's materialised maps (the same model, seed and grid)."""
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.outputs import write_h5ad
+
+    sample = tmp_path / "small.h5ad"
+    write_h5ad(synthetic_sample(seed=5, size_um=(600.0, 600.0), n_genes=40), sample)
+    common = ["enhance", str(sample), "--genes", "20", "--max-epochs", "2", "--factor", "2",
+              "--stride-um", "16", "--no-trust", "--device", "cpu", "--quiet", "--cells",
+              "--cache-dir", str(tmp_path / "c")]
+    assert cli.main(common + ["--out", str(tmp_path / "dense")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "store"), "--map-store"]) == 0
+    assert (tmp_path / "store" / "maps.store.zarr").is_dir()
+    assert not (tmp_path / "store" / "maps.ome.zarr").exists()
+    dense = ad.read_h5ad(tmp_path / "dense" / "cells" / "cells.h5ad")
+    stored = ad.read_h5ad(tmp_path / "store" / "cells" / "cells.h5ad")
+    assert list(stored.var_names) == list(dense.var_names) and stored.n_obs == dense.n_obs > 100
+    np.testing.assert_allclose(stored.X, dense.X, rtol=1e-4, atol=1e-4)
