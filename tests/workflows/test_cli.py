@@ -633,3 +633,54 @@ def test_cells_from_a_run_with_a_map_store_equal_the_cells_from_materialised_map
     stored = ad.read_h5ad(tmp_path / "store" / "cells" / "cells.h5ad")
     assert list(stored.var_names) == list(dense.var_names) and stored.n_obs == dense.n_obs > 100
     np.testing.assert_allclose(stored.X, dense.X, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_cells_on_a_bare_image_and_cells_in_other_formats(capsys, tmp_path):
+    """predict --cells on a slide never sequenced: cells with the predicted expression, no spot
+    constraint (said in uns and on the console); cells --formats writes OME-Zarr labels and a
+    SpatialData table annotating the cell labels."""
+    from PIL import Image
+
+    from napari_trihrge import io
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.outputs import write_h5ad
+
+    sample = tmp_path / "small.h5ad"
+    write_h5ad(synthetic_sample(seed=5, size_um=(600.0, 600.0), n_genes=40), sample)
+    model = tmp_path / "model"
+    assert cli.main(["train", str(sample), "--image-only", "--genes", "20", "--max-epochs", "2",
+                     "--device", "cpu", "--out", str(model), "--quiet"]) == 0
+    png = tmp_path / "slide.png"
+    Image.fromarray(np.asarray(io.get_image(io.read(sample)).array)).save(png)
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["predict", str(model), str(sample), "--cells", "--out",
+                                   str(tmp_path / "no_maps"), "--quiet"])
+    assert "--stride-um" in err and not (tmp_path / "no_maps").exists()
+    out = tmp_path / "bare"
+    assert cli.main(["predict", str(model), str(png), "--um-per-px", "1", "--stride-um", "16",
+                     "--factor", "2", "--out", str(out), "--quiet", "--cells"]) == 0
+    assert "no spot constraint" in capsys.readouterr().out
+    cells = ad.read_h5ad(out / "cells" / "cells.h5ad")
+    genes = list(ad.read_h5ad(out / "enhanced.h5ad").var_names)
+    assert cells.n_obs > 100 and list(cells.var_names) == genes
+    assert np.isfinite(cells.X).all() and np.asarray(cells.X).std(axis=0).max() > 0
+    assert (cells.obs["spot"] == "").all()
+    info = cells.uns["trihrge"]["cells"]
+    assert not info["spot_constraint"] and "no measured spots" in info["note"]
+    # the same slide's cells written as OME-Zarr labels and a SpatialData store as well
+    pytest.importorskip("spatialdata")
+    fmt = tmp_path / "formats"
+    assert cli.main(["cells", str(sample), "--formats", "ome-zarr,spatialdata", "--out",
+                     str(fmt), "--quiet"]) == 0
+    import tifffile
+
+    from napari_trihrge.tl._cells import read_labels
+
+    labels = tifffile.imread(fmt / "cells.tif")
+    back = read_labels(fmt / "labels.ome.zarr" / "labels" / "cells", labels.shape)
+    np.testing.assert_array_equal(back, labels)
+    summary = json.loads((fmt / "summary.json").read_text())
+    assert summary["outputs"]["spatialdata"] == "cells.spatialdata.zarr"
+    err = _one_line_error(capsys, ["cells", str(sample), "--formats", "zarr", "--out",
+                                   str(tmp_path / "z"), "--quiet"])
+    assert "ome-zarr" in err

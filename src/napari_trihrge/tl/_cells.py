@@ -6,6 +6,7 @@ Each cell's expression is the enhanced maps averaged over its area.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,12 @@ from .. import geometry, nuclei
 from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from ._store import store_result
+
+
+#: what the cells of a slide without measured spots (a bare H&E) say about their expression
+NO_SPOTS_NOTE = ("no measured spots on this slide: each cell's expression is the model's "
+                 "prediction from the H&E alone, with no spot-aggregation constraint (nothing "
+                 "measured here for the cells to agree with); obs['spot'] is empty")
 
 
 @dataclass
@@ -140,8 +147,6 @@ def read_labels(source: Any, shape_px: tuple[int, int], *, what: str = "the labe
     ``source``: an array, a ``.npy`` file, a TIFF or an OME-Zarr labels image (path). A shape
     that differs from the H&E is refused with both shapes named; labels are renumbered 1..n.
     """
-    from pathlib import Path
-
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -180,6 +185,24 @@ def read_labels(source: Any, shape_px: tuple[int, int], *, what: str = "the labe
     return _relabel_sequential(arr.astype(np.int64))
 
 
+def _element_labels(adata: AnnData, source: Any, shape_px: tuple[int, int],
+                    label_um_per_px: float) -> Any:
+    """Read a SpatialData element reference (``STORE.zarr::ELEMENT``) as labels on the grid.
+
+    Any other source is returned as it is.
+    """
+    from ..io.cell_formats import is_element_reference, read_segmentation_element
+
+    if not is_element_reference(source):
+        return source
+    info = adata.uns.get("trihrge", {})
+    fullres_um_per_px = float(info.get("um_per_px", label_um_per_px))
+    store_info = info.get("spatialdata") or {}
+    return read_segmentation_element(source, shape_px,
+                                     px_per_fullres_px=fullres_um_per_px / label_um_per_px,
+                                     coordinate_system=store_info.get("coordinate_system"))
+
+
 def _read_zarr_labels(path: Any) -> np.ndarray:
     import zarr
 
@@ -192,8 +215,10 @@ def _read_zarr_labels(path: Any) -> np.ndarray:
         node = node["labels"]
         names = [k for k in node.group_keys()]
         node = node[names[0]] if names else node
-    if "0" in node:
-        return np.asarray(node["0"])
+    scales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    level = scales[0]["datasets"][0]["path"] if scales else "0"  # the finest level
+    if level in node:
+        return np.asarray(node[level])
     raise TrihrgeInputError(f"no label array found in {path}",
                             "pass an OME-Zarr labels image (with a level '0' array)")
 
@@ -208,11 +233,11 @@ def _relabel_sequential(arr: np.ndarray) -> np.ndarray:
     return lut[arr]
 
 
-def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None,
+def cells(adata: AnnData | str | Path, *, maps: Any = None, trust: pd.DataFrame | None = None,
           nuclei_labels: Any = None, cell_labels: Any = None,
           expand_um: float = nuclei.EXPAND_UM, options: nuclei.NucleusOptions | None = None,
-          tile_um: float = nuclei.TILE_UM, progress: Progress | None = None,
-          key_added: str | None = None) -> CellsResult:
+          tile_um: float = nuclei.TILE_UM, um_per_px: float | None = None,
+          progress: Progress | None = None, key_added: str | None = None) -> CellsResult:
     """Find the cells of a sample and give each the enhanced expression over its area.
 
     Nuclei are segmented from its H&E tile by tile (or given), grown into cells, measured, and
@@ -222,7 +247,10 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
     ----------
     adata
         A sample (:func:`napari_trihrge.io.read`); its H&E (:func:`napari_trihrge.io.get_image`)
-        is segmented at its own pixel size.
+        is segmented at its own pixel size. Or the path of a sample or of a bare H&E image
+        (a slide never sequenced, as :func:`predict` takes it): its cells have no measured
+        spot to agree with, which ``uns['trihrge']['cells']['spot_constraint']`` (False) and
+        its ``note`` say.
     maps
         :class:`DenseMaps` of :func:`enhance` / :func:`predict` (``result.maps``); without it
         the cells get no expression (X has no genes).
@@ -230,10 +258,14 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
         Per-gene trust table (``result.trust`` or the enhanced ``var``) for the cells' ``var``.
     nuclei_labels, cell_labels
         Bring your own segmentation: label images on the H&E's pixel grid (arrays or .npy,
-        TIFF, OME-Zarr paths). Nuclei alone are expanded by ``expand_um``; cells alone are used
+        TIFF, OME-Zarr paths), or a SpatialData labels or shapes element
+        (``'STORE.zarr::ELEMENT'``; shapes in the sample's full-resolution pixels). Nuclei
+        alone are expanded by ``expand_um``; cells alone are used
         as they are (the nucleus is then the cell).
     expand_um
         Distance nuclei are grown into cells, in micrometres.
+    um_per_px
+        Pixel size of a bare H&E image given as a path (when its file does not say).
     options
         :class:`napari_trihrge.nuclei.NucleusOptions` of the built-in segmentation.
     """
@@ -242,6 +274,10 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
     from ..io.sample import get_image
     from ..tissue import tissue_mask_for
 
+    if not isinstance(adata, AnnData):
+        from ._predict import _as_target
+
+        adata = _as_target(adata, um_per_px)
     progress = ensure_progress(progress)
     timings: dict[str, float] = {}
     fullres_um_per_px = float(adata.uns.get("trihrge", {}).get("um_per_px", 0) or 0)
@@ -261,6 +297,8 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
             "give the full-resolution H&E (--image / fullres_image=...), or bring your own "
             "segmentation on this image's grid")
     t0 = time.perf_counter()
+    nuclei_labels, cell_labels = (
+        _element_labels(adata, src, shape, px) for src in (nuclei_labels, cell_labels))
     given_nuclei = (read_labels(nuclei_labels, shape, what="the nuclei labels")
                     if nuclei_labels is not None else None)
     given_cells = (read_labels(cell_labels, shape, what="the cell labels")
@@ -325,9 +363,13 @@ def cells(adata: AnnData, *, maps: Any = None, trust: pd.DataFrame | None = None
             var[col] = trust[col].reindex(var.index).to_numpy()
     out = AnnData(X=x, obs=obs, var=var)
     out.obsm["spatial"] = obs[["x_px", "y_px"]].to_numpy(dtype=np.float64)
+    cells_info: dict[str, Any] = {"expand_um": float(expand_um), "label_um_per_px": px,
+                                  "spot_constraint": bool(adata.n_obs)}
+    if not adata.n_obs:
+        cells_info["note"] = NO_SPOTS_NOTE
+    metrics["spot_constraint"] = bool(adata.n_obs)
     out.uns["trihrge"] = {**{k: v for k, v in adata.uns.get("trihrge", {}).items()
-                             if isinstance(v, (str, int, float))},
-                          "cells": {"expand_um": float(expand_um), "label_um_per_px": px}}
+                             if isinstance(v, (str, int, float))}, "cells": cells_info}
     tissue_mm2 = float(tissue.sum()) * (tissue_px / 1000.0) ** 2
     if tissue_mm2:
         metrics["cells_per_mm2_tissue"] = n_cells / tissue_mm2

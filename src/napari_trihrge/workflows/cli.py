@@ -148,9 +148,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
     progress.close()
     print_run_summary(summary, Path(out))
     if args.cells:
-        m = summary["cells"]
-        print(f"Cells: {m['n_cells']} ({m['cells_per_mm2_tissue']:.0f} per mm2 of tissue), "
-              f"in {Path(out) / 'cells'}")
+        _print_cells_line(summary["cells"], Path(out) / "cells")
     return 0
 
 
@@ -333,6 +331,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map-store", action="store_true",
                    help="write the factorised map store maps.store.zarr instead of "
                    "materialised maps (see `trihrge export-maps`)")
+    p.add_argument("--cells", action="store_true",
+                   help="also segment the nuclei, grow them into cells and give each cell the "
+                   "predicted map's expression (<out>/cells/, as `trihrge cells`; a sample "
+                   "needs --stride-um; on a bare H&E there is no spot to agree with)")
     opt.add_overwrite_quiet(p)
 
 
@@ -347,10 +349,21 @@ def _run_predict(args: argparse.Namespace, progress: TqdmProgress) -> int:
                                stride_um=args.stride_um, um_per_px=args.um_per_px,
                                encoder=args.encoder, windows_um=args.windows_um,
                                device=args.device, cache_dir=cache, progress=progress,
-                               overwrite=args.overwrite, map_store=args.map_store)
+                               overwrite=args.overwrite, map_store=args.map_store,
+                               cells=args.cells)
     progress.close()
     print_model_summary(summary)
+    if args.cells:
+        _print_cells_line(summary["cells"], Path(out) / "cells")
     return 0
+
+
+def _print_cells_line(metrics: dict, folder: Path) -> None:
+    """Print the one line that says how many cells a run found, and where."""
+    spots = ("" if metrics.get("spot_constraint", True)
+             else "; no measured spots: predicted from the H&E alone, no spot constraint")
+    print(f"Cells: {metrics['n_cells']} ({metrics['cells_per_mm2_tissue']:.0f} per mm2 of "
+          f"tissue), in {folder}{spots}")
 
 
 def _encoders_args(p: argparse.ArgumentParser) -> None:
@@ -401,6 +414,10 @@ def _cells_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--geojson", default=None, metavar="G1,G2", nargs="?", const="",
                    help="also write cells.geojson for QuPath, with these genes' predicted "
                    "values as measurements (none: outlines and areas only)")
+    o.add_argument("--formats", default="", metavar="ome-zarr,spatialdata",
+                   help="also write the labels as OME-Zarr (labels.ome.zarr) and/or a "
+                   "SpatialData store of both labels and the cells table annotating them "
+                   "(cells.spatialdata.zarr)")
     o.add_argument("--out", type=Path, default=None,
                    help="output folder (default <run>/cells, or trihrge_out/cells-<sample>)")
     opt.add_overwrite_quiet(p)
@@ -429,6 +446,11 @@ def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
                              min_distance_um=args.min_distance_um,
                              min_area_um2=args.min_area_um2, max_area_um2=args.max_area_um2)
     genes = None if args.geojson is None else [g for g in args.geojson.split(",") if g]
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in runs.CELL_FORMATS]
+    if unknown:
+        raise TrihrgeInputError(f"unknown --formats entry {unknown[0]!r}",
+                                f"choose from {', '.join(runs.CELL_FORMATS)}")
     if args.out is not None:
         check_out_dir(args.out, args.overwrite)
     adata = _synthetic_or_read(args)
@@ -438,7 +460,7 @@ def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
     summary = runs.run_cells(adata, out, run_dir=run_dir, nuclei_labels=args.nuclei,
                              cell_labels=args.cell_file, expand_um=args.expand_um,
                              options=options, regions=args.regions, geojson_genes=genes,
-                             progress=progress, overwrite=args.overwrite)
+                             formats=formats, progress=progress, overwrite=args.overwrite)
     progress.close()
     m = summary["metrics"]
     expression = (f"the expression of {len(summary['genes'])} genes" if summary["genes"]

@@ -377,11 +377,14 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 out_dir: str | Path, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                 stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
-                overwrite: bool = False, map_store: bool = False, **kwargs: Any
-                ) -> dict[str, Any]:
+                overwrite: bool = False, map_store: bool = False, cells: bool = False,
+                **kwargs: Any) -> dict[str, Any]:
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
     ``maps.ome.zarr`` or with ``map_store`` the factorised ``maps.store.zarr``,
-    ``predict_genes.csv``, ``overview.png``, ``summary.json``)."""
+    ``predict_genes.csv``, ``overview.png``, ``summary.json``). With ``cells`` the nuclei of
+    the target's H&E are segmented and grown into cells that get the predicted maps
+    (``<out>/cells/``, as :func:`run_cells`; on a bare H&E without any spot constraint), and
+    the returned summary has their metrics under ``'cells'``."""
     from .._atomic import atomic_path
     from ..io.outputs import mark_complete, run_folder, write_enhance
     from ..tl.inference import predict, prediction_inputs
@@ -392,6 +395,8 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                                                 encoder=kwargs.pop("encoder", None),
                                                 windows_um=kwargs.pop("windows_um", None))
     bare = adata.n_obs == 0
+    if cells and stride_um is None:
+        raise TrihrgeInputError("cells need the dense maps", "add --stride-um, e.g. 8")
     with run_folder(out_dir, overwrite, inputs=(model, adata, target)) as out:
         t0 = time.perf_counter()  # the folder appears only when complete
         store = map_store and stride_um is not None
@@ -426,7 +431,11 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
         progress.advance()
         _finish_summary(out, summary, result, files, t0, t1)
         mark_complete(out)
-        return summary
+    if cells:  # the prediction run is complete: its maps go to the cells
+        found = run_cells(adata, Path(out_dir) / "cells", run_dir=out_dir, progress=progress)
+        summary.setdefault("outputs", {})["cells"] = "cells/"
+        summary["cells"] = found["metrics"]
+    return summary
 
 
 def run_validate_hd(bins: AnnData, out_dir: str | Path, *,
@@ -538,11 +547,15 @@ def export_maps(source: str | Path, out: str | Path | None = None, *,
     return [write_maps_spatialdata(out, maps, names, overwrite=overwrite)]
 
 
+#: what ``run_cells`` can write besides cells.h5ad and the label TIFFs
+CELL_FORMATS = ("ome-zarr", "spatialdata")
+
+
 def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None = None,
               nuclei_labels: Any = None, cell_labels: Any = None, expand_um: float | None = None,
               options: Any = None, regions: str | Path | None = None,
-              geojson_genes: Sequence[str] | None = None, progress: Progress | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
+              geojson_genes: Sequence[str] | None = None, formats: Sequence[str] = (),
+              progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the cells of a sample as a run folder ``out_dir``.
 
     Nuclei are segmented from the sample's H&E (or given: label images, or a QuPath GeoJSON of
@@ -551,6 +564,9 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
     ``nuclei.tif`` / ``cells.tif`` (int32 labels on the H&E's pixel grid), with
     ``geojson_genes`` (possibly empty) ``cells.geojson`` for QuPath, and ``summary.json``.
     ``regions``: a QuPath GeoJSON of annotations; each cell gets ``obs['region']``.
+    ``formats``: also ``'ome-zarr'`` (``labels.ome.zarr``: OME-Zarr labels ``nuclei`` and
+    ``cells``) and/or ``'spatialdata'`` (``cells.spatialdata.zarr``: both labels and the cells
+    table annotating the ``cells`` labels).
     """
     import json
 
@@ -563,6 +579,14 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
     from ..tl import DenseMaps, cells
 
     progress = ensure_progress(progress)
+    unknown = sorted(set(formats) - set(CELL_FORMATS))
+    if unknown:
+        raise TrihrgeInputError(f"unknown cell output format {unknown[0]!r}",
+                                f"choose from {', '.join(CELL_FORMATS)}")
+    if "spatialdata" in formats:
+        from ..io.spatialdata import require_spatialdata
+
+        require_spatialdata()
     um_per_px = float(adata.uns.get("trihrge", {}).get("um_per_px", 0) or 0)
     image = get_image(adata)
     shape = image.shape_px
@@ -635,6 +659,19 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
                                               genes=list(geojson_genes))
             geojson.write_geojson(out / "cells.geojson", feats)
             files["geojson"] = "cells.geojson"
+        if "ome-zarr" in formats:
+            from ..io.cell_formats import write_labels_ome_zarr
+
+            write_labels_ome_zarr(out / "labels.ome.zarr", {"nuclei": result.nuclei,
+                                                            "cells": result.cell_labels},
+                                  result.um_per_px)
+            files["ome_zarr_labels"] = "labels.ome.zarr"
+        if "spatialdata" in formats:
+            from ..io.cell_formats import write_cells_spatialdata
+
+            write_cells_spatialdata(out / "cells.spatialdata.zarr", table, result.nuclei,
+                                    result.cell_labels, result.um_per_px)
+            files["spatialdata"] = "cells.spatialdata.zarr"
         progress.advance()
         summary = {"task": "cells", "sample": adata.uns.get("trihrge", {}).get("sample"),
                    "source": adata.uns.get("trihrge", {}).get("source"),
