@@ -19,7 +19,6 @@ from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from ._store import store_result
 
-
 #: what the cells of a slide without measured spots (a bare H&E) say about their expression
 NO_SPOTS_NOTE = ("no measured spots on this slide: each cell's expression is the model's "
                  "prediction from the H&E alone, with no spot-aggregation constraint (nothing "
