@@ -604,3 +604,32 @@ def cells_layer(cell_labels: np.ndarray, um_per_px: float, cells, *, gene: str |
     return (cell_labels, {"name": name, "scale": (float(um_per_px), float(um_per_px)),
                           "features": features, "colormap": cell_gene_colors(cells, gene),
                           "opacity": 0.7, "metadata": meta}, "labels")
+
+
+def cells_of_layer(layer) -> Any:
+    """The cells AnnData a cells Labels layer carries (``metadata['cells']``), or None."""
+    meta = getattr(layer, "metadata", None) or {}
+    if meta.get("trihrge", {}).get("kind") != "cells":
+        return None
+    return meta.get("cells")
+
+
+def cell_description(features: pd.DataFrame, label: int) -> str:
+    """One line about cell ``label`` from a cells layer's ``features`` (one row per label):
+    its id, area, nucleus area, spot, region and top genes; '' for the background."""
+    label = int(label)
+    if label <= 0 or label >= len(features) or pd.isna(features.iloc[label].get("cell_id")):
+        return ""
+    row = features.iloc[label]
+    text = f"cell {int(row['cell_id'])}: {float(row['area_um2']):.0f} um²"
+    if "nucleus_area_um2" in row:
+        text += f", nucleus {float(row['nucleus_area_um2']):.0f} um²"
+    spot = str(row.get("spot", "") or "")
+    text += f", spot {spot}" if spot else ", outside the measured spots"
+    region = row.get("region")
+    if isinstance(region, str) and region:
+        text += f", region {region}"
+    top = row.get("top_genes")
+    if isinstance(top, str) and top:
+        text += f"; top genes {top}"
+    return text

@@ -3,7 +3,8 @@
 The widgets load on first use: importing this package (as the reader hook :mod:`._open` does)
 imports no Qt."""
 
-__all__ = ["SampleWidget", "TrainWidget", "ApplyModelWidget", "GeneExplorer", "RegionExplorer"]
+__all__ = ["SampleWidget", "TrainWidget", "ApplyModelWidget", "GeneExplorer", "RegionExplorer",
+           "CellsWidget"]
 
 
 def __getattr__(name: str):
@@ -27,6 +28,10 @@ def __getattr__(name: str):
         from ._region_explorer import RegionExplorer
 
         return RegionExplorer
+    if name == "CellsWidget":
+        from ._cells_widget import CellsWidget
+
+        return CellsWidget
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

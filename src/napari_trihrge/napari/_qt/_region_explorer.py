@@ -1,4 +1,5 @@
-"""Dock widget 4 - Region explorer: draw regions, compare expression inside vs outside."""
+"""Dock widget 4 - Region explorer: draw regions, compare expression inside vs outside, on the
+measured spots (and the enhanced maps) or on the cells (Cells panel, or a cells folder)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QPushButton,
@@ -35,7 +37,17 @@ COLUMN_TITLES = {
     "n_spots_inside": "Spots in", "n_spots_outside": "Spots out", "p_value": "p",
     "z_score": "z", "enhanced_inside": "Enh. in", "enhanced_outside": "Enh. out",
     "log2_fold_change_enhanced": "log2 FC enh.", "difference": "In − out",
+    "cells_inside": "Cells in (mean)", "cells_outside": "Cells out (mean)",
+    "n_cells_inside": "Cells in", "n_cells_outside": "Cells out",
 }
+#: the columns of the spot table and what they are called when the cells are compared
+CELL_COLUMNS = {"measured_inside": "cells_inside", "measured_outside": "cells_outside",
+                "n_spots_inside": "n_cells_inside", "n_spots_outside": "n_cells_outside"}
+#: what the comparison on cells says about its test (cells are not independent measurements)
+CELLS_TEST_NOTE = ("On cells: each cell's value is the enhanced map averaged over it, so "
+                   "neighbouring cells share the information of the same spots; the rank-sum "
+                   "test counts every cell as one sample, so its p-values and FDR are "
+                   "optimistic: read them as a ranking, and the spot table for the evidence.")
 #: what each column means, in plain words (the header tooltips)
 COLUMN_HELP = {
     "region": "The region's number, as drawn on the canvas.",
@@ -59,6 +71,11 @@ COLUMN_HELP = {
     "log2_fold_change_enhanced": "log2 fold change of the enhanced expression.",
     "difference": "Mean inside minus mean outside (enhanced when available, else measured), "
                   "log-normalised expression.",
+    "cells_inside": "Mean predicted log-normalised expression of the cells whose centre lies "
+                    "inside (per-cell means).",
+    "cells_outside": "Mean predicted expression of the cells in the rest of the tissue.",
+    "n_cells_inside": "Cells whose centre lies inside the region (behind the test).",
+    "n_cells_outside": "Cells in the rest of the tissue (behind the test).",
 }
 
 
@@ -84,6 +101,12 @@ class RegionExplorer(Panel):
         self.top_spin.setValue(15)
         self.top_spin.setPrefix("top ")
         self.top_spin.setSuffix(" genes per region")
+        self.unit_combo = QComboBox()
+        self.unit_combo.addItem("on spots", "spots")
+        self.unit_combo.addItem("on cells", "cells")
+        self.unit_combo.setToolTip("Compare the measured spots (and enhanced maps), or the "
+                                   "cells (Cells panel or an opened cells folder): cell counts, "
+                                   "per-cell means, the same test and FDR.")
         self.message = note("Draw a region around the tissue of interest, then compare.")
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -109,6 +132,7 @@ class RegionExplorer(Panel):
         row.addWidget(self.compute_btn)
         row2 = QHBoxLayout()
         row2.addWidget(self.top_spin)
+        row2.addWidget(self.unit_combo)
         row2.addWidget(self.auto_check)
         lay = QVBoxLayout(self)
         lay.addWidget(heading("Region explorer"))
@@ -124,6 +148,8 @@ class RegionExplorer(Panel):
         self._timer.timeout.connect(self.compute)
         self.draw_btn.clicked.connect(self.start_drawing)
         self.compute_btn.clicked.connect(self.compute)
+        self.unit_combo.currentIndexChanged.connect(lambda *_: self.stats is not None and
+                                                    self.compute())
         self.export_btn.clicked.connect(self._export)
         self.table.cellDoubleClicked.connect(self._on_cell)
         listen(self, self.session.sample_changed, self._invalidate)
@@ -221,6 +247,27 @@ class RegionExplorer(Panel):
             self._cache["enhanced"] = hit
         return hit[1]
 
+    def _cells(self):
+        """The cells of the current sample (the last cells layer placed with it) as points."""
+        sample = self.session.sample_name
+        layers = [lay for lay in self.viewer.layers if L.cells_of_layer(lay) is not None]
+        mine = [lay for lay in layers if lay.metadata["trihrge"].get("sample") in (None, sample)]
+        if not mine:
+            return None
+        cells = L.cells_of_layer(mine[-1])
+        hit = self._cache.get("cells")
+        if hit is None or hit[0] is not cells:
+            rc = cells.obs[["row_um", "col_um"]].to_numpy(dtype=np.float64)
+            values = np.nan_to_num(np.asarray(cells.X, dtype=np.float32))
+            hit = (cells, R.ExpressionSet("cells", rc, values, list(cells.var_names)))
+            self._cache["cells"] = hit
+        return hit[1]
+
+    @property
+    def on_cells(self) -> bool:
+        """Whether the regions are compared on cells (else on spots and maps)."""
+        return self.unit_combo.currentData() == "cells"
+
     # -- statistics -----------------------------------------------------------------------
     def polygons(self) -> tuple[list[np.ndarray], list[str]]:
         layer = self.regions_layer()
@@ -244,6 +291,8 @@ class RegionExplorer(Panel):
             self._set_message("Draw a polygon, rectangle or ellipse first (lines and paths are "
                               "not regions).")
             return None
+        if self.on_cells:
+            return self._cell_statistics(polys, names, top_n)
         try:
             measured, enhanced = self._measured(), self._enhanced()
             if measured is None and enhanced is None:
@@ -255,11 +304,42 @@ class RegionExplorer(Panel):
             notify_error(exc, "Region statistics")
             return None
 
+    def _cell_statistics(self, polys, names, top_n) -> R.RegionStats | None:
+        """The regions compared on cells: the spot statistics with the cells as the points
+        (counts, per-cell means, rank-sum test and FDR), their columns and notes renamed."""
+        cells = self._cells()
+        if cells is None:
+            self._set_message("No cells: find them in the Cells panel, or open a cells folder "
+                              "(trihrge cells).")
+            return None
+        if not cells.genes:
+            self._set_message("These cells have no expression: run Enhance, then find the "
+                              "cells again.")
+            return None
+        try:
+            stats = R.region_statistics(polys, cells, None, top_n=top_n, region_names=names)
+        except Exception as exc:  # noqa: BLE001 - a notification, never a crash
+            notify_error(exc, "Region statistics on cells")
+            return None
+        stats.table = stats.table.rename(columns=CELL_COLUMNS)
+        stats.summary = stats.summary.rename(columns={
+            "measured_spots_inside": "cells_inside", "measured_spots_outside": "cells_outside"})
+        stats.messages = [_on_cells(m) for m in stats.messages] + [CELLS_TEST_NOTE]
+        return stats
+
     def compute(self) -> R.RegionStats | None:
         """Fill the table; returns the statistics (None with a message when impossible)."""
         stats = self.statistics(int(self.top_spin.value()))
         if stats is None:
             return None
+        if self.on_cells:
+            self.stats = stats
+            self._fill_table(stats)
+            counts = "; ".join(f"{r.region}: {r.cells_inside} cells"
+                               for r in stats.summary.itertuples())
+            self._set_message("\n".join([*stats.messages, counts]))
+            self.export_btn.setEnabled(not stats.table.empty)
+            return stats
         measured, enhanced = self._measured(), self._enhanced()
         self.stats = stats
         self._fill_table(stats)
@@ -305,7 +385,7 @@ class RegionExplorer(Panel):
                         item.setData(0, "–")
                     elif col in ("fdr", "p_value"):
                         item.setData(0, float(f"{val:.2g}"))  # DisplayRole: sorts numerically
-                    elif col.startswith("n_spots"):
+                    elif col.startswith(("n_spots", "n_cells")):
                         item.setData(0, int(val))
                     else:
                         item.setData(0, round(val, 3))
@@ -370,6 +450,14 @@ class RegionExplorer(Panel):
         with atomic_path(path, overwrite=True) as tmp:  # the file dialog asked about replacing
             table.to_csv(tmp, index=False)
         show_info(f"Saved {path}: {table['gene'].nunique()} genes, {len(table)} rows")
+
+
+def _on_cells(message: str) -> str:
+    """A note of the spot statistics, said of cells."""
+    for spots, cells in (("measured spot centre", "cell centre"), ("measured spots", "cells"),
+                         ("spots", "cells")):
+        message = message.replace(spots, cells)
+    return message
 
 
 def number_regions(layer) -> None:
