@@ -77,7 +77,8 @@ def synthetic(seeds, out_dir: Path, nuclei_only: bool = False) -> None:
     print(format_table(expr_rows))
 
 
-def section(path: str, out_dir: Path, crop_px: int, growth: bool = True) -> None:
+def section(path: str, out_dir: Path, crop_px: int, growth: bool = True,
+            labels_on_disk: bool = False) -> None:
     from PIL import Image
     from skimage.segmentation import find_boundaries
 
@@ -91,9 +92,15 @@ def section(path: str, out_dir: Path, crop_px: int, growth: bool = True) -> None
     px = image.um_per_px
     rows = []
     cpu0 = time.process_time()
+    store = None
+    if labels_on_disk:
+        import tempfile
+
+        store = Path(tempfile.mkdtemp(dir=out_dir)) / "labels.zarr"
     with measure() as m:
-        res = th.tl.cells(adata)
-    rows.append({"what": "nuclei + cells + measurements, whole section",
+        res = th.tl.cells(adata, labels_store=store)
+    where = "labels on disk (zarr)" if store else "labels in memory"
+    rows.append({"what": f"nuclei + cells + measurements, whole section, {where}",
                  "image_px": f"{image.shape_px[0]}x{image.shape_px[1]}", "um_per_px": px,
                  "cells": res.metrics["n_cells"],
                  "nuclei_per_mm2_tissue": res.metrics["cells_per_mm2_tissue"],
@@ -116,6 +123,10 @@ def section(path: str, out_dir: Path, crop_px: int, growth: bool = True) -> None
                  "peak_rss_mb": m.peak_rss_mb})
     print(format_table(rows), flush=True)
     print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if store is not None:
+        import shutil
+
+        shutil.rmtree(store.parent, ignore_errors=True)
     if not growth:
         return
     # overlay of a crop at the tissue's densest nuclei
@@ -173,6 +184,8 @@ def main(argv=None) -> None:
     p.add_argument("path")
     p.add_argument("--crop-px", type=int, default=700)
     p.add_argument("--no-growth", action="store_true", help="skip the growth-with-area crops")
+    p.add_argument("--labels-on-disk", action="store_true", help="write the whole-slide label "
+                   "images to a zarr folder as they are made (tl.cells labels_store)")
     ap.add_argument("--out", default="bench-cells-out", help="folder for CSVs and PNGs")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -180,7 +193,8 @@ def main(argv=None) -> None:
     if args.mode == "synthetic":
         synthetic(args.seeds, out, nuclei_only=args.nuclei_only)
     else:
-        section(args.path, out, args.crop_px, growth=not args.no_growth)
+        section(args.path, out, args.crop_px, growth=not args.no_growth,
+                labels_on_disk=args.labels_on_disk)
 
 
 if __name__ == "__main__":

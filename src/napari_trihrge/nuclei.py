@@ -334,13 +334,15 @@ class Segmentation:
 
 def segment_image(array: Any, um_per_px: float, *, options: NucleusOptions | None = None,
                   tissue: np.ndarray | None = None, tile_um: float = TILE_UM,
-                  progress: Progress | None = None) -> Segmentation:
+                  progress: Progress | None = None, out: Any = None) -> Segmentation:
     """Nuclei of a whole (possibly lazy, dask/zarr) HxWx3 image, tile by tile.
 
     Every tile is read with a margin of at least the largest nucleus' diameter; a nucleus is
     kept by the tile whose core holds its centroid, so none is cut or counted twice.
     ``tissue``: a boolean mask at any coarser resolution over the same extent; tiles without
-    tissue are skipped and nuclei whose centroid is off the tissue dropped.
+    tissue are skipped and nuclei whose centroid is off the tissue dropped. ``out``: a
+    zero-filled int32 array of the image's height x width to write the labels into (a zarr
+    array on disk keeps a whole slide's labels out of memory); a new one in memory by default.
     """
     px = _check_px(um_per_px)
     opts = options or NucleusOptions()
@@ -350,7 +352,7 @@ def segment_image(array: Any, um_per_px: float, *, options: NucleusOptions | Non
     margin_px = int(np.ceil(1.25 * opts.max_diameter_um / px)) + 2
     level = (image_threshold(array, px, opts, tissue) if isinstance(opts.threshold, str)
              else float(opts.threshold))
-    out = np.zeros((h, w), dtype=np.int32)
+    out = np.zeros((h, w), dtype=np.int32) if out is None else out
     all_tiles = list(tiles((h, w), tile_px, margin_px))
     progress.stage("nuclei", total=len(all_tiles))
     next_id = 1
@@ -378,9 +380,11 @@ def segment_image(array: Any, um_per_px: float, *, options: NucleusOptions | Non
         new[1:][own] = np.arange(next_id, next_id + n_own, dtype=np.int32)
         next_id += n_own
         relabelled = new[lab]
-        dst = out[window]
+        dst = np.asarray(out[window])  # a view in memory, a copy from zarr
         put = (relabelled > 0) & (dst == 0)
         dst[put] = relabelled[put]
+        if not isinstance(out, np.ndarray):
+            out[window] = dst
         progress.advance()
     return Segmentation(nuclei=out, um_per_px=px, threshold_od=float(level), n_tiles=n_done)
 
@@ -401,9 +405,13 @@ def _on_tissue(tissue: np.ndarray, rc_px: np.ndarray, shape: tuple[int, int]) ->
 
 
 def expand_to_cells(nuclei: np.ndarray, um_per_px: float, expand_um: float = EXPAND_UM, *,
-                    tile_um: float = TILE_UM) -> np.ndarray:
+                    tile_um: float = TILE_UM, out: Any = None) -> np.ndarray:
     """Cells: every nucleus grown by ``expand_um`` without overlapping its neighbours
-    (``skimage.segmentation.expand_labels``), tile by tile with a margin of the distance."""
+    (``skimage.segmentation.expand_labels``), tile by tile with a margin of the distance.
+
+    ``nuclei`` may be a zarr array; ``out`` an array of the same shape to write into (as for
+    :func:`segment_image`).
+    """
     from skimage.segmentation import expand_labels
 
     px = _check_px(um_per_px)
@@ -411,13 +419,15 @@ def expand_to_cells(nuclei: np.ndarray, um_per_px: float, expand_um: float = EXP
         raise TrihrgeInputError(f"the cell expansion must be >= 0 um, got {expand_um}",
                                 f"use for example {EXPAND_UM}")
     dist_px = float(expand_um) / px
-    if dist_px <= 0:
-        return nuclei.copy()
+    if dist_px <= 0 and out is None:
+        return np.array(nuclei, dtype=np.int32)
     margin = int(np.ceil(dist_px)) + 2
     tile_px = max(64, int(round(tile_um / px)))
-    out = np.zeros_like(nuclei)
+    out = np.zeros(nuclei.shape, dtype=np.int32) if out is None else out
     for core, window in tiles(nuclei.shape, tile_px, margin):
-        grown = expand_labels(nuclei[window], distance=dist_px)
+        grown = np.asarray(nuclei[window])
+        if dist_px > 0:
+            grown = expand_labels(grown, distance=dist_px)
         inner = (slice(core[0].start - window[0].start, core[0].stop - window[0].start),
                  slice(core[1].start - window[1].start, core[1].stop - window[1].start))
         out[core] = grown[inner]
@@ -427,6 +437,16 @@ def expand_to_cells(nuclei: np.ndarray, um_per_px: float, expand_um: float = EXP
 # -----------------------------------------------------------------------------------------
 # Per-label measurements
 # -----------------------------------------------------------------------------------------
+def labels_max(labels: Any, *, tile_px: int = 4096) -> int:
+    """Return the largest label of an image in memory or on disk (read a tile at a time)."""
+    if isinstance(labels, np.ndarray):
+        return int(labels.max()) if labels.size else 0
+    best = 0
+    for core, _ in tiles(tuple(labels.shape), tile_px, 0):
+        best = max(best, int(np.asarray(labels[core]).max()))
+    return best
+
+
 def label_measurements(labels: np.ndarray, um_per_px: float, *, image: Any = None,
                        tile_um: float = TILE_UM) -> pd.DataFrame:
     """One row per label 1..max (index = label id): centroid (``row_um``, ``col_um``, ``x_px``,
@@ -434,16 +454,17 @@ def label_measurements(labels: np.ndarray, um_per_px: float, *, image: Any = Non
     second moments) and, with the RGB ``image`` on the same grid, ``hematoxylin_od`` (mean
     hematoxylin optical density). Labels absent from the image get area 0 and NaN elsewhere."""
     px = _check_px(um_per_px)
-    n = int(labels.max()) if labels.size else 0
-    sums = np.zeros((7, n + 1), dtype=np.float64)  # count, r, c, rr, cc, rc, hematoxylin
     tile_px = max(64, int(round(tile_um / px)))
+    n = labels_max(labels, tile_px=tile_px)
+    sums = np.zeros((7, n + 1), dtype=np.float64)  # count, r, c, rr, cc, rc, hematoxylin
     for core, _ in tiles(labels.shape, tile_px, 0):
-        lab = np.asarray(labels[core]).ravel()
+        block = np.asarray(labels[core])
+        lab = block.ravel()
         sel = lab > 0
         if not sel.any():
             continue
         lab = lab[sel]
-        rr, cc = np.nonzero(np.ones(labels[core].shape, dtype=bool))
+        rr, cc = np.nonzero(np.ones(block.shape, dtype=bool))
         rr = (rr[sel] + core[0].start).astype(np.float64)
         cc = (cc[sel] + core[1].start).astype(np.float64)
         vals = [None, rr, cc, rr * rr, cc * cc, rr * cc]

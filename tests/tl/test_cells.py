@@ -121,3 +121,22 @@ def test_cell_spot_consistency_is_one_when_cells_average_to_their_spot(small_sam
     assert agree["n_spots"] == 6 and agree["pcc_mean"] == pytest.approx(1.0)
     cells.obs["spot"] = ""  # no cell in a spot: nothing to compare
     assert np.isnan(th.tl.cell_spot_consistency(adata, cells)["pcc_mean"])
+
+
+def test_labels_written_to_disk_give_the_same_cells(small_sample, tmp_path):
+    """labels_store: whole-slide labels made tile by tile in a zarr folder, not in memory;
+    the same labels and cells as in memory (tiles smaller than the image, so stitched)."""
+    import zarr
+
+    maps = _truth_maps(small_sample)
+    in_memory = th.tl.cells(small_sample.copy(), tile_um=200.0, maps=maps)
+    on_disk = th.tl.cells(small_sample.copy(), tile_um=200.0, maps=maps,
+                          labels_store=tmp_path / "lab.zarr")
+    assert isinstance(on_disk.cell_labels, zarr.Array) and isinstance(on_disk.nuclei, zarr.Array)
+    np.testing.assert_array_equal(np.asarray(on_disk.nuclei[:]), in_memory.nuclei)
+    np.testing.assert_array_equal(np.asarray(on_disk.cell_labels[:]), in_memory.cell_labels)
+    np.testing.assert_allclose(on_disk.cells.obs["area_um2"], in_memory.cells.obs["area_um2"])
+    np.testing.assert_allclose(on_disk.cells.X, in_memory.cells.X, rtol=1e-6)
+    assert in_memory.cells.n_vars == len(maps.gene_names)
+    with pytest.raises(TrihrgeInputError, match="already exists"):
+        th.tl.cells(small_sample.copy(), labels_store=tmp_path / "lab.zarr")

@@ -55,8 +55,8 @@ def cell_map_weights(cell_labels: np.ndarray, um_per_px: float, maps: Any, *,
     """
     px = float(um_per_px)
     n_rows, n_cols = maps.mask.shape
-    n_cells = int(cell_labels.max()) if cell_labels.size else 0
     tile_px = max(64, int(round(tile_um / px)))
+    n_cells = nuclei.labels_max(cell_labels, tile_px=tile_px)
     parts = []
     for core, _ in nuclei.tiles(cell_labels.shape, tile_px, 0):
         lab = np.asarray(cell_labels[core])
@@ -202,6 +202,20 @@ def _element_labels(adata: AnnData, source: Any, shape_px: tuple[int, int],
                                      coordinate_system=store_info.get("coordinate_system"))
 
 
+def _label_stores(path: str | Path, shape_px: tuple[int, int]) -> dict[str, Any]:
+    """Create zero-filled on-disk int32 arrays ``nuclei`` and ``cells`` (a new zarr folder)."""
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        raise TrihrgeInputError(f"{path} already exists",
+                                "give a new folder for the label images (labels_store)")
+    root = zarr.open_group(str(path), mode="w")
+    chunks = (min(2048, shape_px[0]), min(2048, shape_px[1]))
+    return {name: root.create_array(name, shape=tuple(shape_px), chunks=chunks, dtype="int32",
+                                    fill_value=0) for name in ("nuclei", "cells")}
+
+
 def _read_zarr_labels(path: Any) -> np.ndarray:
     import zarr
 
@@ -236,7 +250,8 @@ def cells(adata: AnnData | str | Path, *, maps: Any = None, trust: pd.DataFrame 
           nuclei_labels: Any = None, cell_labels: Any = None,
           expand_um: float = nuclei.EXPAND_UM, options: nuclei.NucleusOptions | None = None,
           tile_um: float = nuclei.TILE_UM, um_per_px: float | None = None,
-          progress: Progress | None = None, key_added: str | None = None) -> CellsResult:
+          labels_store: str | Path | None = None, progress: Progress | None = None,
+          key_added: str | None = None) -> CellsResult:
     """Find the cells of a sample and give each the enhanced expression over its area.
 
     Nuclei are segmented from its H&E tile by tile (or given), grown into cells, measured, and
@@ -265,6 +280,11 @@ def cells(adata: AnnData | str | Path, *, maps: Any = None, trust: pd.DataFrame 
         Distance nuclei are grown into cells, in micrometres.
     um_per_px
         Pixel size of a bare H&E image given as a path (when its file does not say).
+    labels_store
+        A new zarr folder: the built-in segmentation writes the whole-slide nuclei and cell
+        labels there tile by tile instead of into memory (``result.nuclei`` and
+        ``result.cell_labels`` are then zarr arrays read on demand), so memory is bounded by
+        the tile and the H&E.
     options
         :class:`napari_trihrge.nuclei.NucleusOptions` of the built-in segmentation.
     """
@@ -304,21 +324,29 @@ def cells(adata: AnnData | str | Path, *, maps: Any = None, trust: pd.DataFrame 
                    if cell_labels is not None else None)
     threshold = float("nan")
     tissue, tissue_px = tissue_mask_for(image)
+    stores = {}
     if given_nuclei is None and given_cells is None:
+        if labels_store is not None:
+            stores = _label_stores(labels_store, shape)
         seg = nuclei.segment_image(image.array, px, options=options, tissue=tissue,
-                                   tile_um=tile_um, progress=progress)
+                                   tile_um=tile_um, progress=progress, out=stores.get("nuclei"))
         given_nuclei, threshold = seg.nuclei, seg.threshold_od
     timings["nuclei"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if given_cells is None:
-        cell_lab = nuclei.expand_to_cells(given_nuclei, px, expand_um, tile_um=tile_um)
+        cell_lab = nuclei.expand_to_cells(given_nuclei, px, expand_um, tile_um=tile_um,
+                                          out=stores.get("cells"))
     else:
         cell_lab = given_cells
         if given_nuclei is None:
             given_nuclei = cell_lab
         else:
             given_nuclei = np.where(given_nuclei > 0, cell_lab, 0).astype(np.int32)
-    n_cells = int(cell_lab.max()) if cell_lab.size else 0
+    n_cells = nuclei.labels_max(cell_lab)
+    if n_cells == 0 and stores:  # nothing found: no half-done label store left behind
+        import shutil
+
+        shutil.rmtree(labels_store, ignore_errors=True)
     if n_cells == 0:
         raise TrihrgeInputError(
             "no nuclei found in the H&E" if nuclei_labels is None and cell_labels is None
