@@ -18,10 +18,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ._common import Panel, heading, note, report_outcome
+from ._common import Panel, heading, note
+from ._engine_run import EngineRun
 from ._session import get_session, layer_kind, unwrap_viewer
 from ._stage_bars import StageBars
-from ._worker import QueueProgress, engine_worker
 
 SAMPLE = "__sample__"
 
@@ -51,7 +51,7 @@ def _layer_path(layer) -> str | None:
     return str(path) if path else None
 
 
-class ApplyModelWidget(Panel):
+class ApplyModelWidget(EngineRun, Panel):
     """Model folder, target (the open sample or an H&E image layer, with its pixel size),
     density and map stride; Start / Cancel; one progress bar per stage."""
 
@@ -59,9 +59,6 @@ class ApplyModelWidget(Panel):
         super().__init__()
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
-        self.worker = None
-        self.progress: QueueProgress | None = None
-        self.last_outcome = None
 
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("model folder (trihrge train --out, or a run's model/)")
@@ -200,58 +197,15 @@ class ApplyModelWidget(Panel):
             layer.units = ("um", "um")
         from ...tl.inference import predict
 
-        self.progress = QueueProgress()
-        worker = engine_worker(predict, model_dir, target, progress=self.progress, **kwargs)
-        kwargs.pop("hf_token", None)
-        worker.yielded.connect(self._on_events)
-        worker.returned.connect(self._on_done)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.status.setText("Starting…")
         self.scores.setText("")
-        self.bars.start()
-        self.start_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        worker.start()
-        return worker
+        return self.launch(predict, model_dir, target, **kwargs)
 
-    def cancel(self):
-        if self.progress is not None:
-            self.progress.cancel()
-            self.bars.stop()  # late progress events must not hide this
-            self.status.setText("Cancelling…")
-            self.cancel_btn.setEnabled(False)
+    run_title = "Applying the model"
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _on_events(self, events: list[dict]):
-        self.bars.handle(events)
-
-    def _on_finished(self):
-        self.bars.close()
-        self.horizon.setText("")
-        self.worker = None
-        self.progress = None
-        self.start_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-
-    def _on_done(self, outcome):
-        self.bars.stop()
-        self.last_outcome = outcome
-        if not report_outcome(outcome, "Applying the model"):
-            self.status.setText("Cancelled: nothing was changed." if outcome.status ==
-                                "cancelled" else f"Failed: {outcome.message}")
-            return
-        try:
-            self._show(outcome.result)
-        except Exception as exc:  # noqa: BLE001 - never crash the viewer
-            show_error(f"The prediction finished but its layers could not be shown: {exc}")
-            return
-        m = outcome.result.metrics
+    def _report(self, result):
+        m = result.metrics
         self.status.setText(f"Done: {m['n_virtual_spots']} virtual spots"
-                            + (" and a dense map." if outcome.result.maps is not None else "."))
+                            + (" and a dense map." if result.maps is not None else "."))
         self.scores.setText(predict_summary_html(self.session.scores))
 
     def _show(self, result):

@@ -13,10 +13,10 @@ from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QHBoxLayout, QPushButton
 
 from ...nuclei import EXPAND_UM
 from .. import layers as L
-from ._common import Panel, heading, listen, note, report_outcome
+from ._common import Panel, heading, listen, note
+from ._engine_run import EngineRun
 from ._session import get_session, get_view, unwrap_viewer
 from ._stage_bars import StageBars
-from ._worker import QueueProgress, engine_worker
 
 
 def cell_colormap(cells, gene: str | None, limits=None):
@@ -37,7 +37,7 @@ def recolour_cells(layer, gene: str | None, limits=None) -> bool:
     return True
 
 
-class CellsWidget(Panel):
+class CellsWidget(EngineRun, Panel):
     """Expansion distance; Find cells / Cancel; one progress bar per stage; the clicked cell."""
 
     def __init__(self, napari_viewer):
@@ -45,9 +45,6 @@ class CellsWidget(Panel):
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
         self.view = get_view(napari_viewer)
-        self.worker = None
-        self.progress: QueueProgress | None = None
-        self.last_outcome = None
 
         self.expand_spin = QDoubleSpinBox()
         self.expand_spin.setRange(0.0, 30.0)
@@ -132,60 +129,23 @@ class CellsWidget(Panel):
         from ...tl import cells
 
         run = self.session.enhance
-        maps = getattr(run, "maps", None)
-        trust = getattr(run, "trust", None)
-        self.progress = QueueProgress()
-        worker = engine_worker(cells, adata, maps=maps, trust=trust,
-                               expand_um=float(self.expand_spin.value()), progress=self.progress)
-        worker.yielded.connect(self.bars.handle)
-        worker.returned.connect(self._on_done)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.status.setText("Starting…")
-        self.bars.start()
-        self.start_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
         self._sample = self.session.sample_name
-        worker.start()
-        return worker
+        return self.launch(cells, adata, maps=getattr(run, "maps", None),
+                           trust=getattr(run, "trust", None),
+                           expand_um=float(self.expand_spin.value()))
 
-    def cancel(self):
-        if self.progress is not None:
-            self.progress.cancel()
-            self.bars.stop()
-            self.status.setText("Cancelling…")
-            self.cancel_btn.setEnabled(False)
+    run_title = "Finding cells"
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _on_finished(self):
-        self.bars.close()
-        self.horizon.setText("")
-        self.worker = None
-        self.progress = None
-        self.start_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-
-    def _on_done(self, outcome):
-        self.bars.stop()
-        self.last_outcome = outcome
-        if not report_outcome(outcome, "Finding cells"):
-            self.status.setText("Cancelled: nothing was changed." if outcome.status ==
-                                "cancelled" else f"Failed: {outcome.message}")
-            return
-        try:
-            self.show_cells(outcome.result)
-        except Exception as exc:  # noqa: BLE001 - never crash the viewer
-            show_error(f"The cells were found but could not be shown: {exc}")
-            return
-        m = outcome.result.metrics
-        genes = outcome.result.cells.n_vars
+    def _report(self, result):
+        m = result.metrics
+        genes = result.cells.n_vars
         self.status.setText(
             f"{m['n_cells']} cells ({m['cells_per_mm2_tissue']:.0f} per mm² of tissue), "
             + (f"each with the enhanced expression of {genes} genes." if genes else
                "no expression (run Enhance first for per-cell expression)."))
+
+    def _show(self, result):
+        self.show_cells(result)
 
     def show_cells(self, result):
         """Add the cells of a :class:`~napari_trihrge.tl.CellsResult` as a Labels layer in
