@@ -140,3 +140,21 @@ def test_labels_written_to_disk_give_the_same_cells(small_sample, tmp_path):
     assert in_memory.cells.n_vars == len(maps.gene_names)
     with pytest.raises(TrihrgeInputError, match="already exists"):
         th.tl.cells(small_sample.copy(), labels_store=tmp_path / "lab.zarr")
+
+
+def test_cells_of_a_bare_image_say_there_is_no_spot_constraint(small_sample, tmp_path):
+    """A slide never sequenced, given as its image path (as tl.predict takes it)."""
+    from PIL import Image
+
+    png = tmp_path / "slide.png"
+    Image.fromarray(np.asarray(th.io.get_image(small_sample).array)).save(png)
+    with pytest.raises(TrihrgeInputError, match="pixel size"):
+        th.tl.cells(png)
+    res = th.tl.cells(png, um_per_px=1.0, maps=_truth_maps(small_sample))
+    with_spots = th.tl.cells(small_sample.copy())
+    assert res.metrics["n_cells"] == with_spots.metrics["n_cells"]
+    assert (res.cells.obs["spot"] == "").all() and not res.metrics["spot_constraint"]
+    info = res.cells.uns["trihrge"]["cells"]
+    assert info["spot_constraint"] is False and "no measured spots" in info["note"]
+    assert "cells_vs_spot_pcc_mean" not in res.metrics
+    assert with_spots.cells.uns["trihrge"]["cells"]["spot_constraint"] is True
