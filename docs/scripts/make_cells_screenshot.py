@@ -78,17 +78,20 @@ def main(argv=None) -> None:
     for layer in viewer.layers:  # the H&E under the cells: the other results hidden
         kind = (layer.metadata or {}).get("trihrge", {}).get("kind")
         layer.visible = kind in ("image", "cells") or bool(getattr(layer, "rgb", False))
-    cells_layer.opacity = 0.6
+    cells_layer.opacity = 0.75
     # the view: centred on the cell with the highest value, args.view_um wide
     cells = cells_layer.metadata["cells"]
     x = np.asarray(cells[:, args.gene].X).ravel()
     k = int(np.nanargmax(x))
     centre = cells.obs.iloc[k][["row_um", "col_um"]].to_numpy(dtype=float)
     centre = centre + np.asarray(cells_layer.translate, dtype=float)[-2:]
+    from napari_trihrge.napari._qt._gene_explorer import _camera
+
     viewer.reset_view()  # the whole section fills the canvas: zoom in from there
+    camera = _camera(viewer)
     extent_um = max(cells_layer.data.shape) * float(cells_layer.scale[-1])
-    viewer.camera.zoom = viewer.camera.zoom * extent_um / args.view_um
-    viewer.camera.center = tuple(centre)
+    camera.zoom = camera.zoom * extent_um / args.view_um
+    camera.center = tuple(centre)
     viewer.layers.selection.active = cells_layer
     cw._describe(cells_layer, SimpleNamespace(position=tuple(centre)))
     shot(args.out / "cells_napari_gene.png", "Cells")
