@@ -246,6 +246,16 @@ def _relabel_sequential(arr: np.ndarray) -> np.ndarray:
     return lut[arr]
 
 
+def check_segmentable(image: Any) -> None:
+    """Refuse an H&E whose pixels are too coarse for the built-in nuclei segmentation."""
+    if image.um_per_px > nuclei.MAX_UM_PER_PX:
+        raise TrihrgeInputError(
+            f"the sample's H&E ({image.source}) has {image.um_per_px:.2g} um pixels, too coarse "
+            f"to see nuclei (at most {nuclei.MAX_UM_PER_PX:g} um per pixel)",
+            "give the full-resolution H&E (--image / fullres_image=...), or bring your own "
+            "segmentation on this image's grid")
+
+
 def cells(adata: AnnData | str | Path, *, maps: Any = None, trust: pd.DataFrame | None = None,
           nuclei_labels: Any = None, cell_labels: Any = None,
           expand_um: float = nuclei.EXPAND_UM, options: nuclei.NucleusOptions | None = None,
@@ -309,12 +319,8 @@ def cells(adata: AnnData | str | Path, *, maps: Any = None, trust: pd.DataFrame 
     image = get_image(adata)
     px = image.um_per_px
     shape = image.shape_px
-    if nuclei_labels is None and cell_labels is None and px > nuclei.MAX_UM_PER_PX:
-        raise TrihrgeInputError(
-            f"the sample's H&E ({image.source}) has {px:.2g} um pixels, too coarse to see nuclei "
-            f"(at most {nuclei.MAX_UM_PER_PX:g} um per pixel)",
-            "give the full-resolution H&E (--image / fullres_image=...), or bring your own "
-            "segmentation on this image's grid")
+    if nuclei_labels is None and cell_labels is None:
+        check_segmentable(image)
     t0 = time.perf_counter()
     nuclei_labels, cell_labels = (
         _element_labels(adata, src, shape, px) for src in (nuclei_labels, cell_labels))

@@ -395,8 +395,13 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                                                 encoder=kwargs.pop("encoder", None),
                                                 windows_um=kwargs.pop("windows_um", None))
     bare = adata.n_obs == 0
-    if cells and stride_um is None:
-        raise TrihrgeInputError("cells need the dense maps", "add --stride-um, e.g. 8")
+    if cells:  # checked before the prediction
+        from ..io.sample import get_image
+        from ..tl._cells import check_segmentable
+
+        if stride_um is None:
+            raise TrihrgeInputError("cells need the dense maps", "add --stride-um, e.g. 8")
+        check_segmentable(get_image(adata))
     with run_folder(out_dir, overwrite, inputs=(model, adata, target)) as out:
         t0 = time.perf_counter()  # the folder appears only when complete
         store = map_store and stride_um is not None
