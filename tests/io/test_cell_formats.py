@@ -58,7 +58,7 @@ def test_spatialdata_table_annotates_the_cell_labels(cells_result, tmp_path):
     assert set(sdata.labels) == {"nuclei", "cells"}
     table = sdata.tables[cell_formats.CELLS_TABLE]
     region, region_key, instance_key = get_table_keys(table)
-    assert (region, region_key, instance_key) == ("cells", "region", "cell_id")
+    assert (region, region_key, instance_key) == ("cells", "labels_element", "cell_id")
     ids = table.obs["cell_id"].to_numpy()
     labels = np.asarray(sdata.labels["cells"]["scale0"]["image"])
     np.testing.assert_array_equal(labels, res.cell_labels)

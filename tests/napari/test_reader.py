@@ -468,3 +468,40 @@ def test_large_blank_jpeg_decoded_in_the_background_is_reported(make_napari_view
     assert [lay.metadata["trihrge"]["kind"] for lay in viewer.layers] == ["spots"]
     warned = [m for s, m in notes.items if "warn" in s]
     assert any("H&E of WHITE" in m and "blank" in m for m in warned), notes.items
+
+
+def test_cells_formats_open_as_labels_in_micrometres(tmp_path):
+    """labels.ome.zarr opens as Labels layers (lazy, um); a cells SpatialData store opens as
+    the cells layer with its table (hover features, gene colours)."""
+    pytest.importorskip("spatialdata")
+    import anndata as ad
+    import pandas as pd
+
+    from napari_trihrge.io import cell_formats
+
+    lab = np.zeros((300, 200), dtype=np.int32)
+    lab[10:30, 20:40], lab[100:120, 50:90] = 1, 2
+    nuc = np.where(np.isin(lab, [1, 2]) & (np.arange(200)[None, :] % 2 == 0), lab, 0)
+    cells = ad.AnnData(X=np.array([[1.0, 0.0], [0.0, 3.0]], dtype=np.float32),
+                       obs=pd.DataFrame({"cell_id": [1, 2], "area_um2": [100.0, 200.0],
+                                         "spot": ["a", ""], "region": ["Tumor", ""]},
+                                        index=["cell_1", "cell_2"]),
+                       var=pd.DataFrame(index=["G", "H"]))
+    cells.obsm["spatial"] = np.array([[30.0, 20.0], [70.0, 110.0]])
+    zarr_path = cell_formats.write_labels_ome_zarr(tmp_path / "labels.ome.zarr",
+                                                   {"nuclei": nuc, "cells": lab}, 0.5)
+    layers = get_reader(str(zarr_path))(str(zarr_path))
+    assert sorted(kw["name"] for _, kw, _ in layers) == ["cells", "nuclei"]
+    data, kw, kind = next(t for t in layers if t[1]["name"] == "cells")
+    assert kind == "labels" and kw["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(data[0]), lab)
+    store = cell_formats.write_cells_spatialdata(tmp_path / "cells.zarr", cells, nuc, lab, 0.5)
+    (data, kw, kind), = get_reader(str(store))(str(store))
+    assert kind == "labels" and kw["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(data[0]), lab)
+    assert kw["metadata"]["trihrge"]["kind"] == "cells"
+    feats = kw["features"]
+    assert feats.loc[2, "area_um2"] == 200.0 and feats.loc[1, "region"] == "Tumor"
+    assert L.cell_description(feats, 1).startswith("cell 1: 100 um²")
+    colours = kw["colormap"]
+    assert not np.allclose(colours[1], colours[2])  # coloured by G: 1 vs 0

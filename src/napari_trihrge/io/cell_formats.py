@@ -2,7 +2,7 @@
 
 Out: the nuclei and cell label images as OME-Zarr labels (NGFF 0.4 through ome-zarr-py, lengths
 in micrometres), and a SpatialData store holding both labels elements and the cells table
-annotating the ``cells`` labels (``region`` / ``cell_id``: the SpatialData table model).
+annotating the ``cells`` labels (``labels_element`` / ``cell_id``: the table model).
 
 In: a SpatialData labels element (on the H&E's pixel grid) or shapes element (polygons or
 circles, rasterised onto that grid) as the user's own segmentation, named
@@ -23,9 +23,10 @@ from ..errors import TrihrgeInputError
 
 #: the label elements written (nuclei and cells: cell k is label k in both)
 LABEL_NAMES = ("nuclei", "cells")
-#: the SpatialData cells table, its region and instance columns
+#: the SpatialData cells table, its region and instance columns (not "region": that column
+#: holds the QuPath region of each cell, from ``trihrge cells --regions``)
 CELLS_TABLE = "cells_table"
-REGION_KEY = "region"
+REGION_KEY = "labels_element"
 INSTANCE_KEY = "cell_id"
 #: what separates a SpatialData store from the element named in it
 ELEMENT_SEPARATOR = "::"
@@ -91,8 +92,9 @@ def write_cells_spatialdata(path: str | os.PathLike, cells: Any, nuclei: Any, ce
     """Write the cells as a SpatialData store: ``nuclei`` and ``cells`` labels and the table.
 
     The coordinate system ``global`` is in micrometres (the labels are scaled by their pixel
-    size). The table ``cells_table`` annotates the ``cells`` labels: ``obs['region']`` is
-    ``'cells'`` and ``obs['cell_id']`` the label of each row (the SpatialData table model).
+    size). The table ``cells_table`` annotates the ``cells`` labels: ``obs['labels_element']``
+    is ``'cells'`` and ``obs['cell_id']`` the label of each row (the SpatialData table model's
+    region and instance keys).
 
     Parameters
     ----------
@@ -228,3 +230,55 @@ def _rasterize_shapes(gdf: Any, name: str, shape_px: tuple[int, int], px_per_ful
 
     check_inside_image(objects, full, what=f"shapes {name!r}")
     return rasterize(objects, shape_px, px_per_fullres_px=px_per_fullres_px)
+
+
+def is_labels_ome_zarr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an OME-Zarr of label images only (as :func:`write_labels_ome_zarr`)."""
+    import json
+
+    p = Path(path)
+    attrs = p / ".zattrs"
+    if not (p.is_dir() and (p / "labels" / ".zattrs").is_file() and attrs.is_file()):
+        return False
+    return "multiscales" not in json.loads(attrs.read_text() or "{}")
+
+
+def read_labels_ome_zarr(path: str | os.PathLike) -> dict[str, tuple[list[Any], float]]:
+    """Read the label images of an OME-Zarr lazily: ``{name: (levels finest first, um_per_px)}``."""
+    import dask.array as da
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for name in root["labels"].attrs.get("labels", []):
+        group = root["labels"][name]
+        datasets = group.attrs["multiscales"][0]["datasets"]
+        levels = [da.from_zarr(group[d["path"]]) for d in datasets]
+        scale = next(t["scale"] for t in datasets[0]["coordinateTransformations"]
+                     if t["type"] == "scale")
+        out[str(name)] = (levels, float(scale[-1]))
+    return out
+
+
+def is_cells_spatialdata(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a cells store written by :func:`write_cells_spatialdata`."""
+    p = Path(path)
+    return (p / "tables" / CELLS_TABLE).is_dir() and (p / "labels" / "cells").is_dir()
+
+
+def read_cells_spatialdata(path: str | os.PathLike) -> tuple[Any, list[Any], float]:
+    """Read a cells store: ``(cells AnnData, cell label levels finest first, um_per_px)``."""
+    from ._store_image import image_levels, require_spatialdata
+
+    require_spatialdata()
+    import spatialdata as sd
+    from spatialdata.transformations import get_transformation
+
+    from .spatialdata import COORDINATE_SYSTEM
+
+    sdata = sd.read_zarr(path)
+    element = sdata.labels["cells"]
+    affine = get_transformation(element, COORDINATE_SYSTEM).to_affine_matrix(("y", "x"),
+                                                                              ("y", "x"))
+    levels = [level.data for level in image_levels(element)]
+    return sdata.tables[CELLS_TABLE], levels, float(affine[0, 0])

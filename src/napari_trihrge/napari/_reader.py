@@ -186,6 +186,12 @@ def _get_reader(path: str | list[str]):
     if p.is_dir():
         if _is_run_folder(p):
             return read_run_layers
+        from ..io.cell_formats import is_cells_spatialdata, is_labels_ome_zarr
+
+        if is_cells_spatialdata(p):
+            return read_cells_store_layers
+        if is_labels_ome_zarr(p):
+            return read_labels_zarr_layers
         if _is_spatialdata_store(p):
             return read_spatialdata_layers
         if _is_map_store(p):
@@ -467,3 +473,24 @@ def read_cells_layers(folder) -> list:
                       or cells.uns.get("trihrge", {}).get("um_per_px", 1.0))
     gene = str(cells.var_names[0]) if cells.n_vars else None
     return [L.cells_layer(labels, um_per_px, cells, gene=gene)]
+
+
+def read_cells_store_layers(path) -> list:
+    """A cells SpatialData store (``trihrge cells --formats spatialdata``): the cells as a
+    Labels layer in micrometres (read lazily, multiscale), coloured by the first gene."""
+    from ..io.cell_formats import read_cells_spatialdata
+
+    cells, levels, um_per_px = read_cells_spatialdata(_one(path))
+    gene = str(cells.var_names[0]) if cells.n_vars else None
+    return _tag_source([L.cells_layer(levels, um_per_px, cells, gene=gene)], _one(path))
+
+
+def read_labels_zarr_layers(path) -> list:
+    """An OME-Zarr of label images (``labels.ome.zarr``): one Labels layer each, in
+    micrometres, read lazily."""
+    from ..io.cell_formats import read_labels_ome_zarr
+
+    return _tag_source([(levels, {"name": name, "scale": (um, um), "units": ("um", "um"),
+                                  "metadata": {"trihrge": {"kind": "labels"}}}, "labels")
+                        for name, (levels, um) in read_labels_ome_zarr(_one(path)).items()],
+                       _one(path))

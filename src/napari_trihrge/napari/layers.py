@@ -585,18 +585,21 @@ def cell_top_genes(cells, n: int = 3) -> np.ndarray:
     return np.array([", ".join(names[row]) for row in top], dtype=object)
 
 
-def cells_layer(cell_labels: np.ndarray, um_per_px: float, cells, *, gene: str | None = None,
+def cells_layer(cell_labels: Any, um_per_px: float, cells, *, gene: str | None = None,
                 name: str = "cells") -> LayerDataTuple:
     """The cells as a napari Labels layer in micrometres (``scale`` = the label image's pixel
     size), coloured by ``gene`` (:func:`cell_gene_colors`); hovering a cell shows its id, area,
-    nucleus area, spot, region and top genes (``features``, one row per label, label 0 first)."""
+    nucleus area, spot, region and top genes (``features``, one row per label, label 0 first).
+    ``cell_labels``: an array, or a list of lazy levels finest first (multiscale)."""
     ids = np.asarray(cells.obs["cell_id"], dtype=np.int64)
     cols = [c for c in CELL_FEATURES if c in cells.obs]
     table = cells.obs[cols].copy()
     table.index = pd.RangeIndex(len(table))
     if cells.n_vars:
         table["top_genes"] = cell_top_genes(cells)
-    n = int(max(ids.max() if len(ids) else 0, np.max(cell_labels) if np.size(cell_labels) else 0))
+    n = int(ids.max()) if len(ids) else 0
+    if isinstance(cell_labels, np.ndarray) and cell_labels.size:  # lazy labels: their ids
+        n = max(n, int(cell_labels.max()))
     features = pd.DataFrame({"index": np.arange(n + 1)})
     features = features.merge(table.assign(index=ids), on="index", how="left")
     meta = {"trihrge": {"kind": "cells", "gene": gene, "n_cells": int(len(ids))},
