@@ -39,7 +39,7 @@ def test_manifest_is_valid():
     assert c.readers[0].accepts_directories
     assert {w.display_name for w in c.widgets} == {"Sample", "Train and enhance",
                                                    "Apply a trained model", "Gene explorer",
-                                                   "Region explorer"}
+                                                   "Region explorer", "Cells"}
     assert c.sample_data[0].key == "synthetic"
     assert {tuple(w.layer_types) for w in c.writers} == {("points",), ("image",)}
 

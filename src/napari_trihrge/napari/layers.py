@@ -568,8 +568,7 @@ def cell_gene_colors(cells, gene: str | None,
     scaled = np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     rgba = colormaps[DEFAULT_COLORMAP](scaled).astype(np.float32)
     rgba[~np.isfinite(x)] = 0.0
-    for k, c in zip(ids, rgba, strict=True):
-        colors[int(k)] = c
+    colors.update(zip(ids.tolist(), rgba, strict=True))
     return colors
 
 
