@@ -135,7 +135,7 @@ class RunConfig:
         self.threads = parse_threads(self.threads, "threads")
 
     def most_genes(self, n_vars: int) -> int:
-        """The most genes a run of a sample with ``n_vars`` genes can learn (for size checks)."""
+        """Return the most genes a run of a sample with ``n_vars`` genes can learn (size checks)."""
         from ..pp import marker_panel_genes
 
         return (min(self.n_top_genes, n_vars) + len(self.extra_genes)

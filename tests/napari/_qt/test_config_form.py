@@ -61,9 +61,14 @@ def test_invalid_settings_are_refused_before_any_work(viewer, notes, monkeypatch
     add_sample(viewer)
     tw = TrainWidget(viewer)
     monkeypatch.setattr(runs, "run_task", lambda *a, **k: pytest.fail("work was started"))
-    tw.extra_config = {"windows_um": ()}
+    # the form's ranges and lists refuse most wrong values as they are typed; whatever the
+    # run's own check (validate_config) refuses is named before any work starts
+    from napari_trihrge.tl import _config
+
+    monkeypatch.setattr(_config, "check_marker_panel", lambda panel: (_ for _ in ()).throw(
+        _config.TrihrgeInputError("unknown marker panel 'x'", "choose one")))
     assert tw.start() is None and not tw.running
-    assert any("window sizes" in m for m in notes.errors()), notes.errors()
+    assert any("unknown marker panel" in m for m in notes.errors()), notes.errors()
 
 
 def test_the_widget_runs_the_cli_run_function_and_hands_the_result_to_the_session(
