@@ -109,3 +109,18 @@ def test_a_terminal_shows_one_overall_line_with_the_phase_above_the_bars():
     assert "Overall: trust check 1 of 2 · network 3 of 5" in shown
     progress.close()
     assert progress._overall is None
+
+
+def test_a_note_is_kept_in_a_log_and_above_the_bars_in_a_terminal():
+    log = io.StringIO()
+    progress = TqdmProgress(stream=log)
+    progress.stage("genes", 1)
+    progress.note("marker panel 'all': 3 genes mapped")
+    progress.message("stacking fold 1/5")
+    assert log.getvalue().splitlines() == ["marker panel 'all': 3 genes mapped"]
+    term = _Terminal()
+    progress = TqdmProgress(stream=term)
+    progress.stage("genes", 1)
+    progress.note("marker panel 'all': 3 genes mapped")
+    assert "marker panel 'all': 3 genes mapped\n" in term.getvalue()
+    progress.close()

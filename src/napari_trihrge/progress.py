@@ -49,7 +49,12 @@ class Progress:
         self._emit({"event": "metric", "stage": self.stage_name, **values})
 
     def message(self, text: str) -> None:
+        """A passing word on the work under way ('stacking fold 2/5'), shown beside the bar."""
         self._emit({"event": "message", "stage": self.stage_name, "text": text})
+
+    def note(self, text: str) -> None:
+        """A message worth keeping in a log (which marker genes were skipped...)."""
+        self._emit({"event": "message", "stage": self.stage_name, "text": text, "keep": True})
 
     def close(self) -> None:
         self._emit({"event": "close", "stage": self.stage_name})
@@ -258,6 +263,16 @@ class TqdmProgress(Progress):
         if self._bar is not None:
             self._bar.set_postfix_str(text)
         super().message(text)
+
+    def note(self, text: str) -> None:
+        if not self._disable:
+            if self._terminal:
+                from tqdm.auto import tqdm
+
+                tqdm.write(text, file=self._stream)
+            else:
+                print(text, file=self._stream, flush=True)
+        super().note(text)
 
     def _emit(self, event: dict[str, Any]) -> None:
         self.horizon.handle(event)

@@ -231,8 +231,8 @@ def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progre
                                   marker_panel=marker_panel)
         if marker_panel is not None:
             record = expr.uns["trihrge_preprocessing"]
-            progress.message(marker_note(marker_panel, list(record["marker_genes"]),
-                                         list(record["marker_genes_skipped"])))
+            progress.note(marker_note(marker_panel, list(record["marker_genes"]),
+                                      list(record["marker_genes_skipped"])))
         progress.advance()
     return expr
 
