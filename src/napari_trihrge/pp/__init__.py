@@ -16,8 +16,6 @@ from .markers import (
     MARKER_PANEL_CHOICES,
     MARKER_PANELS,
     marker_genes_detected,
-    marker_note,
-    marker_panel_genes,
 )
 
 #: how many highly variable genes a model learns unless told otherwise (RunConfig.n_top_genes)
@@ -194,8 +192,6 @@ __all__ = [
     "MARKER_PANELS",
     "MARKER_PANEL_CHOICES",
     "marker_genes_detected",
-    "marker_note",
-    "marker_panel_genes",
     "check_counts",
     "select_genes",
     "log_normalised",

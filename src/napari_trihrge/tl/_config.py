@@ -136,7 +136,7 @@ class RunConfig:
 
     def most_genes(self, n_vars: int) -> int:
         """Return the most genes a run of a sample with ``n_vars`` genes can learn (size checks)."""
-        from ..pp import marker_panel_genes
+        from ..pp.markers import marker_panel_genes
 
         return (min(self.n_top_genes, n_vars) + len(self.extra_genes)
                 + len(marker_panel_genes(self.marker_panel)))

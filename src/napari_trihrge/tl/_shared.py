@@ -20,7 +20,8 @@ from ..errors import TrihrgeInputError
 from ..io.model_folder import NORMALISATION
 from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
 from ..neighbours import idw_interpolate
-from ..pp import marker_note, prepare_expression
+from ..pp import prepare_expression
+from ..pp.markers import marker_note
 from ..progress import Progress
 from ..threads import cpu_threads
 from ._config import BASELINE_KS, RunConfig, model_preset
