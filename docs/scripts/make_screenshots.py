@@ -16,6 +16,8 @@ widgets are opened through the plugin's npe2 manifest, exactly as from the Plugi
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -233,6 +235,9 @@ def her2st_session(args) -> None:
     tw.set_task("enhance")
     tw.stride_spin.setValue(16.0)
     tw.epochs_spin.setValue(args.her2st_epochs)
+    run_dir = tempfile.mkdtemp(prefix="trihrge-her2st-")  # the maps on disk, not in memory
+    tw.out_edit.setText(run_dir)
+    tw.overwrite_check.setChecked(True)
     if args.cache_dir is not None:  # the panel's settings, with a feature cache
         panel_config = tw.make_config
         tw.make_config = lambda: dataclasses.replace(panel_config(),
@@ -248,11 +253,12 @@ def her2st_session(args) -> None:
 
     adata = ge.session.adata
     e = L.gene_expression(adata, ["ERBB2"])["ERBB2"].to_numpy()
-    layer = draw_high_region(rx, L.spots_rc_um(adata), e, radius_um=1500, margin_um=150)
+    layer = draw_high_region(rx, L.spots_rc_um(adata), e, radius_um=700, margin_um=100)
     layer.mode = "pan_zoom"
     rx.compute()
     shot("her2st_04_region_table.png", "Region explorer")
     viewer.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
