@@ -642,7 +642,7 @@ def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot
     rec.metrics.update({"baseline_knn_k": 12, "pcc_top100": 0.5, "baseline_knn_pcc_top100": 0.3,
                         "n_genes_constant_prediction": 1,
                         "fraction_genes_better_than_baseline": 0.66})
-    tw._show_recovery(rec, tw.session.adata)
+    tw.session.set_result("recovery", rec, tw.session.adata)
     text = tw.scores.text()
     for label in ("Mean PCC", "k = 12", "100 most expressed", "Genes better than kNN",
                   "predicted as a constant"):
