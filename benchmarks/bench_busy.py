@@ -18,6 +18,7 @@ script starts ``Xvfb`` itself when it is installed, else skips that path.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -54,7 +55,9 @@ def _child_napari(args) -> None:
     if args.max_epochs:
         tw.epochs_spin.setValue(args.max_epochs)
     tw.out_edit.setText(str(args.out))
-    tw.extra_config = {"cache_dir": str(args.cache_dir), "device": "cpu"}
+    tw.session.device = lambda: "cpu"
+    panel_config = tw.make_config  # the panel's settings, with this benchmark's feature cache
+    tw.make_config = lambda: dataclasses.replace(panel_config(), cache_dir=str(args.cache_dir))
     ticks = [0]
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.__setitem__(0, ticks[0] + 1))

@@ -26,6 +26,24 @@ def add_sample(viewer):
     return added[0], added[1]
 
 
+def tiny_run_form(tw, monkeypatch, sw=None, *, max_epochs=None):
+    """Set the Train panel as a user would for a fast run: the CPU, 30 variable genes, the
+    'compact' model, few epochs. The test makes 'compact' tiny (the engine's preset, not the
+    panel) so a run takes seconds."""
+    from conftest import TINY_MODEL, TINY_RUN, TINY_TRAIN
+    from napari_trihrge.tl import _config
+
+    monkeypatch.setitem(_config.MODEL_PRESETS, "compact",
+                        {**TINY_MODEL, "decoder_dims": tuple(TINY_MODEL["decoder_dims"])})
+    if sw is not None:
+        sw.device_combo.setCurrentText("cpu")
+    else:
+        monkeypatch.setattr(tw.session, "device", lambda: "cpu", raising=False)
+    tw.genes_spin.setValue(TINY_RUN["n_top_genes"])
+    tw.config_form["model_preset"].value = "compact"
+    tw.epochs_spin.setValue(max_epochs or TINY_TRAIN["max_epochs"])
+
+
 def truth_maps(adata=None):
     """The sample's 8 um truth, log-normalised per pixel like spots (counts / total x 1e4, log1p),
     as DenseMaps (NaN outside the tissue): a stand-in for enhanced maps on the spots' scale."""

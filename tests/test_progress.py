@@ -66,3 +66,61 @@ def test_quiet_writes_nothing_and_cancel_still_works():
         progress.advance()
     progress.close()
     assert log.getvalue() == ""
+
+
+def _enhance_with_trust(progress: TqdmProgress) -> None:
+    """An enhance run as the engine reports it: the trust check's networks, then the final's."""
+    progress.message("per-gene trust: training on 135 spots, scoring the other 45")
+    for _phase in range(2):
+        progress.stage("features", 4)
+        progress.advance(4)
+        for fold in range(5):
+            progress.message(f"stacking fold {fold + 1}/5")
+            progress.stage("training", 2)
+            progress.advance(2)
+    progress.stage("maps", 3)
+    progress.advance(3)
+
+
+def test_a_log_names_each_phase_as_it_begins_and_its_time():
+    log = io.StringIO()
+    progress = TqdmProgress(stream=log)
+    _enhance_with_trust(progress)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "phase: trust check 1 of 2"
+    assert lines[1].startswith("phase: final model 2 of 2 (trust check 1 of 2 took ")
+    assert len(lines) == 2  # one line per phase while it runs, not one per network
+    progress.close()
+    lines = log.getvalue().splitlines()
+    assert lines[2].startswith("final model 2 of 2 took ") and lines[2].endswith(" s")
+    assert [line.split()[0] for line in lines[3:]] == ["features", "training", "maps"]
+
+
+def test_a_terminal_shows_one_overall_line_with_the_phase_above_the_bars():
+    term = _Terminal()
+    progress = TqdmProgress(stream=term)
+    _enhance_with_trust(progress)
+    overall = progress._overall
+    assert overall is not None and overall.pos == 0
+    assert [abs(bar.pos) for bar in progress._bars.values()] == [1, 2, 3]  # below it
+    progress.message("stacking fold 5/5")
+    assert "final model 2 of 2" in overall.desc
+    shown = term.getvalue().replace("\r", "\n")
+    assert "Overall: trust check 1 of 2 · network 3 of 5" in shown
+    progress.close()
+    assert progress._overall is None
+
+
+def test_a_note_is_kept_in_a_log_and_above_the_bars_in_a_terminal():
+    log = io.StringIO()
+    progress = TqdmProgress(stream=log)
+    progress.stage("genes", 1)
+    progress.note("marker panel 'all': 3 genes mapped")
+    progress.message("stacking fold 1/5")
+    assert log.getvalue().splitlines() == ["marker panel 'all': 3 genes mapped"]
+    term = _Terminal()
+    progress = TqdmProgress(stream=term)
+    progress.stage("genes", 1)
+    progress.note("marker panel 'all': 3 genes mapped")
+    assert "marker panel 'all': 3 genes mapped\n" in term.getvalue()
+    progress.close()

@@ -19,6 +19,9 @@ from napari_trihrge.workflows.cohort import (  # noqa: E402
     sample_folder_name,
 )
 
+#: the tiny run on its 30 variable genes alone (no marker panel), so the summaries count 30
+TINY_VARIABLE_GENES = {**TINY_RUN, "marker_panel": None}
+
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
@@ -59,7 +62,7 @@ def test_cohort_runs_retries_reports_and_skips(samples, cluster, tmp_path):
     good, broken = samples
     cl, client = cluster
     out = tmp_path / "cohort"
-    report = run_cohort([*good, broken], out, task="enhance", retries=1, config_kwargs=TINY_RUN,
+    report = run_cohort([*good, broken], out, task="enhance", retries=1, config_kwargs=TINY_VARIABLE_GENES,
                         task_kwargs={"factor": 2}, client=client)
     assert list(report["sample"]) == ["sample_1", "sample_2", "sample_3", "broken"]
     status = dict(zip(report["sample"], report["status"], strict=True))
@@ -84,10 +87,10 @@ def test_cohort_runs_retries_reports_and_skips(samples, cluster, tmp_path):
 
     # rerun: finished samples are skipped without a cluster, the broken one is tried again
     mtimes = {n: (out / n / DONE_MARKER).stat().st_mtime_ns for n in ("sample_1", "sample_2")}
-    again = run_cohort(good[:2], out, config_kwargs=TINY_RUN, client=None)
+    again = run_cohort(good[:2], out, config_kwargs=TINY_VARIABLE_GENES, client=None)
     assert list(again["status"]) == ["skipped", "skipped"]
     assert {n: (out / n / DONE_MARKER).stat().st_mtime_ns for n in mtimes} == mtimes
-    retried = run_cohort([good[0], broken], out, retries=0, config_kwargs=TINY_RUN, client=client)
+    retried = run_cohort([good[0], broken], out, retries=0, config_kwargs=TINY_VARIABLE_GENES, client=client)
     assert list(retried["status"]) == ["skipped", "failed"]
 
 
@@ -99,7 +102,7 @@ def test_interrupted_sample_folder_is_redone(samples, cluster, tmp_path):
     partial = out / "sample_1"
     partial.mkdir(parents=True)
     (partial / "leftover.txt").write_text("from an interrupted run")
-    report = run_cohort([good[0]], out, task="recovery", config_kwargs=TINY_RUN, client=client)
+    report = run_cohort([good[0]], out, task="recovery", config_kwargs=TINY_VARIABLE_GENES, client=client)
     assert list(report["status"]) == ["done"]
     assert not (partial / "leftover.txt").exists() and (partial / DONE_MARKER).exists()
     for col in ("pcc_mean", "baseline_knn_pcc_mean", "pcc_top100", "baseline_knn_pcc_top100",

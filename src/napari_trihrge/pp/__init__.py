@@ -11,6 +11,12 @@ from anndata import AnnData
 
 from .._checks import check_adata
 from ..errors import TrihrgeInputError
+from .markers import (
+    DEFAULT_MARKER_PANEL,
+    MARKER_PANEL_CHOICES,
+    MARKER_PANELS,
+    marker_genes_detected,
+)
 
 #: how many highly variable genes a model learns unless told otherwise (RunConfig.n_top_genes)
 DEFAULT_N_TOP_GENES = 1000
@@ -32,12 +38,14 @@ def check_counts(adata: AnnData) -> None:
 
 
 def select_genes(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES,
-                 extra_genes: Sequence[str] = (), min_spots: int = 3) -> list[str]:
-    """Highly variable genes (scanpy ``seurat_v3`` on raw counts) plus ``extra_genes``.
+                 extra_genes: Sequence[str] = (), marker_panel: str | None = None,
+                 min_spots: int = 3) -> list[str]:
+    """Highly variable genes (scanpy ``seurat_v3`` on raw counts) plus extra and marker genes.
 
     Genes detected in fewer than ``min_spots`` spots are not candidates. Extra genes that are
     absent from the data are an error naming them; all requested extra genes are kept even when
-    they are not highly variable.
+    they are not highly variable. The genes of ``marker_panel`` (:mod:`.markers`) that the sample
+    detects in enough spots are added after them; the others are skipped, not an error.
     """
     import scanpy as sc
 
@@ -77,7 +85,8 @@ def select_genes(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES,
         order = np.argsort(np.where(np.isnan(ranks), np.inf, ranks), kind="stable")[:n_top]
         hvg = list(tmp.var_names[order])
     genes = hvg + [g for g in extra_genes if g not in hvg]
-    return genes
+    markers, _ = marker_genes_detected(adata, panel=marker_panel, min_spots=min_spots)
+    return genes + [g for g in markers if g not in set(genes)]
 
 
 def log_normalised(adata: AnnData, *, target_sum: float = 1e4,
@@ -148,18 +157,22 @@ def gene_expression(adata: AnnData, genes: Sequence[str], *, target_sum: float =
 
 
 def prepare_expression(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES,
-                       extra_genes: Sequence[str] = (), target_sum: float = 1e4) -> AnnData:
+                       extra_genes: Sequence[str] = (), marker_panel: str | None = None,
+                       target_sum: float = 1e4) -> AnnData:
     """Select genes and return a new AnnData whose ``X`` is log-normalised expression (dense).
 
     Normalisation uses every gene's counts (as scanpy's ``normalize_total`` before subsetting);
     raw counts of the selected genes are kept in ``layers['counts']``. Spots with zero counts are
-    dropped. Spatial metadata (``obsm`` arrays, ``uns``, ``obs``) is carried over; per-gene tables
+    dropped. ``marker_panel`` adds that panel's detected genes (:func:`select_genes`); which were
+    added and which skipped is recorded in ``uns['trihrge_preprocessing']``. Spatial metadata (``obsm`` arrays, ``uns``, ``obs``) is carried over; per-gene tables
     in ``obsm`` (a task's recorded predictions, see :func:`napari_trihrge.tl.store_result`) are not.
     """
     check_counts(adata)
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
     adata = adata[totals > 0].copy() if (totals <= 0).any() else adata
-    genes = select_genes(adata, n_top_genes=n_top_genes, extra_genes=extra_genes)
+    genes = select_genes(adata, n_top_genes=n_top_genes, extra_genes=extra_genes,
+                         marker_panel=marker_panel)
+    markers, skipped = marker_genes_detected(adata, panel=marker_panel)
     idx = adata.var_names.get_indexer(genes)
     out = AnnData(X=normalize_log1p(adata, target_sum=target_sum, genes=genes), obs=adata.obs.copy(), var=adata.var.iloc[idx].copy(),
                   obsm={k: np.asarray(v) for k, v in adata.obsm.items()
@@ -167,12 +180,18 @@ def prepare_expression(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES
     out.layers["counts"] = _dense(adata.X[:, idx]).astype(np.float32)
     out.uns["trihrge_preprocessing"] = {"n_top_genes": int(n_top_genes), "flavor": "seurat_v3",
                                         "target_sum": float(target_sum),
-                                        "extra_genes": list(extra_genes)}
+                                        "extra_genes": list(extra_genes),
+                                        "marker_panel": marker_panel or "none",
+                                        "marker_genes": markers, "marker_genes_skipped": skipped}
     return out
 
 
 __all__ = [
+    "DEFAULT_MARKER_PANEL",
     "DEFAULT_N_TOP_GENES",
+    "MARKER_PANELS",
+    "MARKER_PANEL_CHOICES",
+    "marker_genes_detected",
     "check_counts",
     "select_genes",
     "log_normalised",

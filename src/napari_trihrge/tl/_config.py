@@ -12,6 +12,7 @@ from ..features.extract import DEFAULT_WINDOWS_UM
 from ..features.registry import DEFAULT_ENCODER
 from ..io.sample import is_positive_number
 from ..pp import DEFAULT_N_TOP_GENES
+from ..pp.markers import DEFAULT_MARKER_PANEL, check_marker_panel
 from ..threads import parse_threads
 
 #: k of the image-free inverse-distance kNN baselines scored next to every model; "the baseline"
@@ -62,6 +63,12 @@ class RunConfig:
     extra_genes
         Genes to learn in any case. A gene you want to see as an enhanced map must be among
         the learned genes: add it here and run again.
+    marker_panel
+        Marker genes of a tissue learned and mapped as well as the variable genes: 'all' (the
+        default: breast/tumour, brain, immune and stroma together), 'breast', 'brain', 'immune',
+        'stroma', or None for the variable genes alone. Panel genes the sample lacks or detects
+        in under 1 % of its spots are skipped. Enhance and train (for predict) use it; recovery
+        scores the variable genes only.
     neighbour_input
         Give the model the interpolated expression of the measured neighbours as input.
     neighbour_skip
@@ -101,6 +108,7 @@ class RunConfig:
     local_window_um: float = 24.0
     n_top_genes: int = DEFAULT_N_TOP_GENES
     extra_genes: tuple[str, ...] = ()
+    marker_panel: str | None = DEFAULT_MARKER_PANEL  # see napari_trihrge.pp.markers
     neighbour_input: bool = True
     # a learned per-gene shortcut from the interpolated neighbour expression to the output, for
     # genes that follow their neighbours more than the image (docs/benchmarks.md)
@@ -125,6 +133,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.threads = parse_threads(self.threads, "threads")
+
+    def most_genes(self, n_vars: int) -> int:
+        """Return the most genes a run of a sample with ``n_vars`` genes can learn (size checks)."""
+        from ..pp.markers import marker_panel_genes
+
+        return (min(self.n_top_genes, n_vars) + len(self.extra_genes)
+                + len(marker_panel_genes(self.marker_panel)))
 
     def public_dict(self) -> dict[str, Any]:
         """Parameters to record with outputs (the token is never included)."""
@@ -163,6 +178,7 @@ def validate_config(cfg: RunConfig) -> None:
                         f"{cfg.local_window_um!r}")
     if problems:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
+    check_marker_panel(cfg.marker_panel)
     _check_stacking(cfg)
     try:
         TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train}).validate()

@@ -176,12 +176,11 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     if stride_um is not None:
         # networks whose spread is mapped next to the values: with the blend, one per fold
         n_networks = cfg.ensemble * (cfg.stacking_folds if "network" in cfg.stacking else 1)
-        check_map_size(adata, stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
-                       + len(cfg.extra_genes), ensemble=n_networks,
+        check_map_size(adata, stride_um, n_genes=cfg.most_genes(adata.n_vars), ensemble=n_networks,
                        in_memory=map_path is None and not map_store)
     progress = ensure_progress(progress)
     timer = _Timer()
-    expr = _genes_stage(adata, cfg, timer, progress)
+    expr = _genes_stage(adata, cfg, timer, progress, marker_panel=cfg.marker_panel)
     rc_um, um_per_px, spot_diameter_um = sample_geometry(expr)
     split = None
     if trust:

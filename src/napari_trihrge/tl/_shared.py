@@ -21,6 +21,7 @@ from ..io.model_folder import NORMALISATION
 from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
 from ..neighbours import idw_interpolate
 from ..pp import prepare_expression
+from ..pp.markers import marker_note
 from ..progress import Progress
 from ..threads import cpu_threads
 from ._config import BASELINE_KS, RunConfig, model_preset
@@ -218,11 +219,21 @@ def _stacked_predict(model: StackedModel, feats: np.ndarray, nb: np.ndarray | No
     return pred, std, parts
 
 
-def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress) -> AnnData:
-    """Run the 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData)."""
+def _genes_stage(adata: AnnData, cfg: RunConfig, timer: _Timer, progress: Progress, *,
+                 marker_panel: str | None = None) -> AnnData:
+    """Run the 'genes' stage: select genes and log-normalise (``X`` of the returned AnnData).
+
+    ``marker_panel`` (enhance: ``cfg.marker_panel``) adds a panel's detected genes; which were
+    added and which skipped goes to the progress messages (the CLI and panel show it).
+    """
     with timer("genes"):
         progress.stage("genes", 1)
-        expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes, extra_genes=cfg.extra_genes)
+        expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes, extra_genes=cfg.extra_genes,
+                                  marker_panel=marker_panel)
+        if marker_panel is not None:
+            record = expr.uns["trihrge_preprocessing"]
+            progress.note(marker_note(marker_panel, list(record["marker_genes"]),
+                                      list(record["marker_genes_skipped"])))
         progress.advance()
     return expr
 

@@ -122,7 +122,8 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     check_training_sections(sections, names)
     with timer("genes"):
         progress.stage("genes", 1)
-        genes = transfer_genes(sections, sections, cfg.n_top_genes, extra_genes=cfg.extra_genes)
+        genes = transfer_genes(sections, sections, cfg.n_top_genes, extra_genes=cfg.extra_genes,
+                               marker_panel=cfg.marker_panel)
         ys = [_log_expression(a, genes) for a in sections]
         progress.advance()
     windows = (float(cfg.local_window_um), *(float(w) for w in cfg.windows_um))

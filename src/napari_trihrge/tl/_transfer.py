@@ -38,11 +38,11 @@ class TransferResult(RecoveryResult):
 
 
 def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top_genes: int, *,
-                   extra_genes: Sequence[str] = ()) -> list[str]:
+                   extra_genes: Sequence[str] = (), marker_panel: str | None = None) -> list[str]:
     """Select genes for a cross-section model.
 
     Highly variable (seurat_v3) over the pooled raw counts of the ``training`` sections, among the
-    genes every section in ``adatas`` has.
+    genes every section in ``adatas`` has, plus the ``marker_panel`` genes detected there.
     """
     import scipy.sparse as sp
 
@@ -61,7 +61,8 @@ def transfer_genes(adatas: Sequence[AnnData], training: Sequence[AnnData], n_top
     pooled = AnnData(X=sp.vstack(blocks).tocsr())
     pooled.var_names = common
     return select_genes(pooled, n_top_genes=n_top_genes,
-                        extra_genes=[g for g in extra_genes if g in common])
+                        extra_genes=[g for g in extra_genes if g in common],
+                        marker_panel=marker_panel)
 
 
 def _section_expression(adata: AnnData, genes: list[str]) -> np.ndarray:

@@ -194,6 +194,30 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_overwrite_quiet(o)
 
 
+def marker_panel_name(text: str) -> str | None:
+    """argparse type: a marker panel name, or 'none' (the variable genes alone)."""
+    from ..pp.markers import MARKER_PANEL_CHOICES
+
+    if text == "none":
+        return None
+    if text not in MARKER_PANEL_CHOICES:
+        raise argparse.ArgumentTypeError(f"unknown marker panel {text!r} (choose from "
+                                         f"{', '.join(MARKER_PANEL_CHOICES)}, none)")
+    return text
+
+
+def add_marker_panel_arg(p) -> None:
+    """``--marker-panel`` of the tasks that make maps (enhance, train for predict)."""
+    from ..pp.markers import MARKER_PANEL_CHOICES
+
+    default = run_defaults().marker_panel
+    p.add_argument("--marker-panel", type=marker_panel_name, default=default, metavar="NAME",
+                   help="marker genes mapped as well as the variable genes: "
+                   f"{', '.join(MARKER_PANEL_CHOICES)} or none (default {default or 'none'}; "
+                   "panel genes the sample lacks or detects in under 1 %% of its spots are "
+                   "skipped with a note; the panels are listed in docs/user-guide.md)")
+
+
 def add_overwrite_quiet(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -226,6 +250,7 @@ def run_config(args):
     return RunConfig(encoder=args.encoder,
                      encoder_architecture=getattr(args, "encoder_arch", run.encoder_architecture),
                      n_top_genes=getattr(args, "genes", run.n_top_genes), extra_genes=extra,
+                     marker_panel=getattr(args, "marker_panel", run.marker_panel),
                      windows_um=tuple(getattr(args, "windows_um", run.windows_um)),
                      ensemble=getattr(args, "ensemble", run.ensemble), seed=args.seed,
                      device=args.device,

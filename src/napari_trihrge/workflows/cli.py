@@ -113,6 +113,7 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", action="store_true",
                    help="also segment the nuclei, grow them into cells and give each cell the "
                    "map's expression (<out>/cells/, as `trihrge cells`; needs --stride-um)")
+    opt.add_marker_panel_arg(p)
     opt.add_run_args(p)
 
 
@@ -132,8 +133,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
     if args.stride_um is not None:
         from ..tl import check_map_size
 
-        check_map_size(adata, args.stride_um, n_genes=min(cfg.n_top_genes, adata.n_vars)
-                       + len(cfg.extra_genes), ensemble=cfg.ensemble)
+        check_map_size(adata, args.stride_um, n_genes=cfg.most_genes(adata.n_vars), ensemble=cfg.ensemble)
     summary = run_enhance(adata, out, factor=args.factor, stride_um=args.stride_um,
                           config=cfg, progress=progress, overwrite=args.overwrite,
                           trust=not args.no_trust,
@@ -290,6 +290,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-fraction", type=opt.fraction_or_zero, default=trust, metavar="FRACTION",
                    help="fraction of each section's spots held out of training and scored "
                    f"against kNN interpolation (default {trust:g}; 0 trains on every spot)")
+    opt.add_marker_panel_arg(p)
     opt.add_run_args(p)
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_MODEL, TINY_RUN, TINY_TRAIN
-from qt_support import add_sample
+from qt_support import add_sample, tiny_run_form
 
 pytestmark = pytest.mark.gui
 
@@ -134,15 +134,13 @@ def test_apply_to_an_image_opened_alone(viewer, qtbot, notes, model_dir, tmp_pat
     assert "accuracy here is unknown" in w.scores.text()
 
 
-def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path):
+def test_train_panel_saves_its_model(viewer, qtbot, notes, tmp_path, monkeypatch):
     from napari_trihrge.io.model_folder import load_model_folder
     from napari_trihrge.napari._qt import SampleWidget, TrainWidget
 
     add_sample(viewer)
     sw, tw = SampleWidget(viewer), TrainWidget(viewer)
-    sw.device_combo.setCurrentText("cpu")
-    tw.extra_config = {k: v for k, v in TINY_RUN.items() if k != "n_top_genes"}
-    tw.genes_spin.setValue(TINY_RUN["n_top_genes"])
+    tiny_run_form(tw, monkeypatch, sw)
     tw.set_task("recovery")
     assert not tw.save_model_btn.isEnabled()
     tw.start()

@@ -61,9 +61,14 @@ def test_invalid_settings_are_refused_before_any_work(viewer, notes, monkeypatch
     add_sample(viewer)
     tw = TrainWidget(viewer)
     monkeypatch.setattr(runs, "run_task", lambda *a, **k: pytest.fail("work was started"))
-    tw.extra_config = {"windows_um": ()}
+    # the form's ranges and lists refuse most wrong values as they are typed; whatever the
+    # run's own check (validate_config) refuses is named before any work starts
+    from napari_trihrge.tl import _config
+
+    monkeypatch.setattr(_config, "check_marker_panel", lambda panel: (_ for _ in ()).throw(
+        _config.TrihrgeInputError("unknown marker panel 'x'", "choose one")))
     assert tw.start() is None and not tw.running
-    assert any("window sizes" in m for m in notes.errors()), notes.errors()
+    assert any("unknown marker panel" in m for m in notes.errors()), notes.errors()
 
 
 def test_the_widget_runs_the_cli_run_function_and_hands_the_result_to_the_session(
@@ -97,3 +102,21 @@ def test_the_widget_runs_the_cli_run_function_and_hands_the_result_to_the_sessio
     kinds = [lay.metadata.get("trihrge", {}).get("kind") for lay in viewer.layers]
     assert "recovered" in kinds
     assert not notes.errors()
+
+
+def test_the_marker_panel_is_chosen_in_the_form_and_is_enhance_only(viewer):
+    from napari_trihrge.napari._qt import TrainWidget
+    from napari_trihrge.pp.markers import MARKER_PANEL_CHOICES
+
+    tw = TrainWidget(viewer)
+    box = tw.config_form["marker_panel"]
+    assert [value for value in box.choices] == [*MARKER_PANEL_CHOICES, "none"]
+    assert tw.make_config().marker_panel == "all"  # RunConfig's default
+    box.value = "breast"
+    assert tw.make_config().marker_panel == "breast"
+    box.value = "none"
+    assert tw.make_config().marker_panel is None
+    tw.set_task("recovery")
+    assert not box.enabled  # recovery scores the variable genes only
+    tw.set_task("enhance")
+    assert box.enabled

@@ -9,20 +9,17 @@ import pandas as pd
 import pytest
 from qtpy.QtCore import QTimer
 
-from conftest import TINY_RUN
-from qt_support import add_sample, fake_recovery
+from qt_support import add_sample, fake_recovery, tiny_run_form
 
 pytestmark = pytest.mark.gui
 
 
 
-def _widgets(viewer):
+def _widgets(viewer, monkeypatch, **form):
     from napari_trihrge.napari._qt import GeneExplorer, SampleWidget, TrainWidget
 
     sw, tw, ge = SampleWidget(viewer), TrainWidget(viewer), GeneExplorer(viewer)
-    tw.extra_config = {k: v for k, v in TINY_RUN.items() if k != "n_top_genes"}
-    tw.genes_spin.setValue(TINY_RUN["n_top_genes"])
-    sw.device_combo.setCurrentText("cpu")
+    tiny_run_form(tw, monkeypatch, sw, **form)
     return sw, tw, ge
 
 
@@ -42,9 +39,9 @@ class Ticker:
         self.timer.stop()
 
 
-def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes):
+def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes, monkeypatch):
     add_sample(viewer)
-    _, tw, ge = _widgets(viewer)
+    _, tw, ge = _widgets(viewer, monkeypatch)
     tw.set_task("recovery")
     ticker = Ticker()
     worker = tw.start()
@@ -65,9 +62,9 @@ def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes):
     assert tw.start_btn.isEnabled() and not tw.cancel_btn.isEnabled()
 
 
-def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
+def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path, monkeypatch):
     add_sample(viewer)
-    _, tw, ge = _widgets(viewer)
+    _, tw, ge = _widgets(viewer, monkeypatch)
     tw.set_task("enhance")
     tw.stride_spin.setValue(48.0)  # a coarse map keeps the test fast
     tw.out_edit.setText(str(tmp_path / "run"))
@@ -124,13 +121,12 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path):
     assert kinds == ["image", "map", "virtual"]
 
 
-def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, notes):
+def test_cancel_stops_within_seconds_and_leaves_widget_usable(viewer, qtbot, notes, monkeypatch):
     add_sample(viewer)
-    _, tw, _ = _widgets(viewer)
+    _, tw, _ = _widgets(viewer, monkeypatch, max_epochs=5000)
     tw.set_task("recovery")
-    tw.extra_config["train"] = {**TINY_RUN["train"], "max_epochs": 5000, "patience": 5000}
     rec = fake_recovery()
-    tw._show_recovery(rec, tw.session.adata)  # scores of an earlier run
+    tw.session.set_result("recovery", rec, tw.session.adata)  # scores of an earlier run
     n_layers = len(viewer.layers)
     tw.start()
     # while the new run works, the earlier scores stay, marked as from the previous run
@@ -163,7 +159,7 @@ def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
     from napari_trihrge.napari._qt import _stage_bars
     from napari_trihrge.napari._qt._worker import Outcome
 
-    _, tw, _ = _widgets(viewer)
+    _, tw, _ = _widgets(viewer, monkeypatch)
     inside_update = []
 
     class NestedLoopBar:  # stands in for napari.utils.progress
@@ -191,8 +187,8 @@ def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
     assert tw.bars.bars == {}
 
 
-def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path):
-    sw, tw, _ = _widgets(viewer)
+def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path, monkeypatch):
+    sw, tw, _ = _widgets(viewer, monkeypatch)
     add_sample(viewer)
     sw.encoder_combo.setEditText(str(tmp_path / "missing-encoder.pt"))
     tw.set_task("recovery")
@@ -204,8 +200,8 @@ def test_engine_error_becomes_a_notification(viewer, qtbot, notes, tmp_path):
     assert tw.start_btn.isEnabled()
 
 
-def test_start_without_sample_is_a_notification(viewer, notes):
-    _, tw, _ = _widgets(viewer)
+def test_start_without_sample_is_a_notification(viewer, notes, monkeypatch):
+    _, tw, _ = _widgets(viewer, monkeypatch)
     assert tw.start() is None
     assert any("Open a sample" in e for e in notes.errors())
 
@@ -221,11 +217,11 @@ def test_recovery_scores_show_the_noise_ceiling():
     assert "Noise ceiling" not in recovery_scores_html({"pcc_mean": 0.16})  # older summaries
 
 
-def test_save_to_a_used_folder_asks_in_the_panels_words(viewer, qtbot, notes, tmp_path):
+def test_save_to_a_used_folder_asks_in_the_panels_words(viewer, qtbot, notes, tmp_path, monkeypatch):
     """A used folder under Save to: refused before any work, in the panel's words (no CLI
     --overwrite); ticking the panel's overwrite box lets the run start."""
     add_sample(viewer)
-    _, tw, _ = _widgets(viewer)
+    _, tw, _ = _widgets(viewer, monkeypatch)
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("keep me")
@@ -242,13 +238,13 @@ def test_save_to_a_used_folder_asks_in_the_panels_words(viewer, qtbot, notes, tm
     assert (used / "notes.txt").read_text() == "keep me"  # a cancelled run changes nothing
 
 
-def test_genes_asked_in_the_viewer_are_mapped_by_the_next_run(viewer, qtbot):
+def test_genes_asked_in_the_viewer_are_mapped_by_the_next_run(viewer, qtbot, monkeypatch):
     """A gene shown by name before Start joins the run's genes (RunConfig.extra_genes), even
     when it is not variable enough to be picked; the panel says so."""
     from napari_trihrge.napari import layers as L
 
     add_sample(viewer)
-    _, tw, ge = _widgets(viewer)
+    _, tw, ge = _widgets(viewer, monkeypatch)
     ad = tw.session.adata
     quiet = L.most_variable_genes(ad, ad.n_vars)[-1]  # the least variable gene
     assert ge.show_gene(quiet)

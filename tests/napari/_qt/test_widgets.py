@@ -42,6 +42,94 @@ def test_sample_widget_opens_synthetic_in_background(viewer, qtbot):
     assert f"{sample_adata().n_obs} spots" in w.status.text(), w.status.text()
 
 
+def _slow_second_sample(seconds=0.0, name="second"):
+    """A reader stand-in: another section (the synthetic sample renamed), read in ``seconds``."""
+    import threading
+    import time
+
+    from napari_trihrge.napari import layers as L
+
+    calls = []
+
+    def read(path, image_path=None, **kw):
+        calls.append(threading.current_thread())
+        time.sleep(seconds)
+        other = sample_adata().copy()
+        other.uns["trihrge"] = {**other.uns["trihrge"], "sample": name}
+        return L.sample_layers(other, source=f"/data/{name}")
+
+    return read, calls
+
+
+def test_a_sample_opens_in_the_background_without_blocking_the_viewer(viewer, qtbot,
+                                                                       monkeypatch):
+    """Reading (and building napari's unit registry, seconds on first use) happens in a worker
+    thread; the event loop keeps turning meanwhile."""
+    import threading
+
+    from qtpy.QtCore import QTimer
+
+    from napari_trihrge.napari import _reader
+    from napari_trihrge.napari._qt import SampleWidget, _sample_widget
+
+    read, calls = _slow_second_sample(seconds=1.0)
+    monkeypatch.setattr(_reader, "read_sample_layers", read)
+    warmed = []
+    monkeypatch.setattr(_sample_widget, "warm_units",
+                        lambda: warmed.append(threading.current_thread()))
+    w = SampleWidget(viewer)
+    ticks = [0]
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.__setitem__(0, ticks[0] + 1))
+    timer.start(20)
+    assert w.open_sample("/data/second") is not None
+    assert len(viewer.layers) == 0 and "Reading" in w.status.text()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
+    timer.stop()
+    assert ticks[0] > 10  # the viewer stayed live while the sample was read
+    main = threading.main_thread()
+    assert calls and calls[0] is not main and warmed and warmed[0] is not main
+    assert w.session.sample_name == "second" and w.open_btn.isEnabled()
+
+
+def test_a_second_sample_opens_in_a_new_viewer_when_chosen(viewer, qtbot, monkeypatch):
+    """The Sample panel's choice: another sample opens beside the first (default) or in a new
+    viewer with its own panels and session; the first viewer's sample, run and trust stay."""
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_trihrge.napari import _reader
+    from napari_trihrge.napari._qt import SampleWidget
+    from napari_trihrge.napari._qt._session import get_session
+    from qt_support import fake_run_with_trust
+
+    w = SampleWidget(viewer)
+    assert w.placement == "beside"
+    w.open_synthetic()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
+    first = w.session.adata
+    run = fake_run_with_trust(first)
+    w.session.set_result("enhance", run)
+    gene, n_layers = w.session.gene, len(viewer.layers)
+    monkeypatch.setattr(_reader, "read_sample_layers", _slow_second_sample()[0])
+    w.set_placement("new_viewer")
+    w.open_sample("/data/second")
+    qtbot.waitUntil(lambda: bool(w.other_viewers) and len(w.other_viewers[0].layers) == 2,
+                    timeout=60_000)
+    new = w.other_viewers[0]
+    try:
+        assert len(viewer.layers) == n_layers  # nothing added to the first viewer
+        assert w.session.adata is first and w.session.enhance is run
+        assert w.session.trust(gene) is not None
+        other = get_session(new)
+        assert other is not w.session and other.sample_name == "second"
+        assert other.enhance is None and other.trust_table() is None
+        titles = [d.windowTitle() for d in new.window._qt_window.findChildren(QDockWidget)]
+        assert any("Train and enhance" in t for t in titles), titles
+        assert new.layers[0].translate[-1] == 0  # alone in its viewer: not shifted aside
+    finally:
+        new.close()
+
+
 def test_sample_widget_bad_path_is_a_notification(viewer, qtbot, notes, tmp_path):
     from napari_trihrge.napari._qt import SampleWidget
 
@@ -554,7 +642,7 @@ def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot
     rec.metrics.update({"baseline_knn_k": 12, "pcc_top100": 0.5, "baseline_knn_pcc_top100": 0.3,
                         "n_genes_constant_prediction": 1,
                         "fraction_genes_better_than_baseline": 0.66})
-    tw._show_recovery(rec, tw.session.adata)
+    tw.session.set_result("recovery", rec, tw.session.adata)
     text = tw.scores.text()
     for label in ("Mean PCC", "k = 12", "100 most expressed", "Genes better than kNN",
                   "predicted as a constant"):

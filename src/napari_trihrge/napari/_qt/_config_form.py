@@ -16,13 +16,27 @@ from typing import Any
 
 from magicgui.widgets import Container, Widget, create_widget
 
+from ...pp.markers import MARKER_PANEL_CHOICES, MARKER_PANELS
 from ...tl import RunConfig
+
+#: how a field whose value may be None shows that choice in a list ('none' <-> None)
+NONE_CHOICE = "none"
+
+
+def _panel_choices() -> list[tuple[str, str]]:
+    shown = {name: f"{name} ({len(genes)} genes)" for name, genes in MARKER_PANELS.items()}
+    shown["all"] = f"all ({', '.join(MARKER_PANELS)})"
+    return [(shown[name], name) for name in MARKER_PANEL_CHOICES] + [
+        ("none (variable genes only)", NONE_CHOICE)]
+
 
 #: field -> label and magicgui options (ranges, choices); everything else comes from RunConfig
 MAIN_FIELDS: dict[str, dict[str, Any]] = {
     "n_top_genes": {"label": "Variable genes", "options": {"min": 5, "max": 20000}},
     "extra_genes": {"label": "Extra genes", "annotation": str,
                     "placeholder": "genes to always include, e.g. ERBB2, MBP"},
+    "marker_panel": {"label": "Marker panel", "annotation": str,
+                     "options": {"choices": _panel_choices()}},
     "model_preset": {"label": "Model", "options": {"choices": [
         ("auto (compact on CPU, full on GPU)", "auto"),
         ("compact (fast on a laptop CPU)", "compact"),
@@ -56,6 +70,8 @@ def field_widget(name: str, spec: dict[str, Any]) -> Widget:
     value = fld.default
     if name == "extra_genes":  # typed as a comma-separated line, parsed by values()
         value = ", ".join(value)
+    if value is None and "choices" in spec.get("options", {}):
+        value = NONE_CHOICE
     widget = create_widget(value=value, annotation=annotation, name=name,
                            label=spec.get("label", name), options=spec.get("options", {}))
     widget.tooltip = field_docs().get(name, "")
@@ -88,7 +104,8 @@ class RunConfigForm:
 
     def values(self) -> dict[str, Any]:
         """The fields' current values, as RunConfig takes them."""
-        out = {name: w.value for name, w in self.widgets.items()}
+        out = {name: None if w.value == NONE_CHOICE else w.value
+               for name, w in self.widgets.items()}
         if "extra_genes" in out:
             out["extra_genes"] = parse_gene_list(out["extra_genes"])
         return out

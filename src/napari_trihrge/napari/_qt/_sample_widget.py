@@ -17,6 +17,26 @@ from ._common import Panel, heading, hline, listen, note, report_outcome
 from ._session import get_session, unwrap_viewer
 from ._worker import simple_worker
 
+#: where a second sample opens: the Sample panel's choice (data -> shown text)
+PLACEMENTS = {"beside": "beside the open sample", "new_viewer": "in a new viewer"}
+#: the panels a new viewer opens with (their napari.yaml display names)
+NEW_VIEWER_PANELS = ("Sample", "Train and enhance", "Gene explorer")
+
+
+def warm_units() -> None:
+    """Build napari's unit registry (pint) now: it is built on first use, which otherwise is the
+    GUI thread adding the first layer in micrometres (seconds on a busy machine)."""
+    import pint
+
+    pint.get_application_registry().pixel  # noqa: B018 - the attribute read builds it
+
+
+def read_in_background(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` after :func:`warm_units`: what a reading worker runs."""
+    warm_units()
+    return fn(*args, **kwargs)
+
+
 #: Encoders offered in the list (the field is editable: any registry name, 'hf-hub:org/name',
 #: a timm name or a local checkpoint path works).
 ENCODER_CHOICES = (DEFAULT_ENCODER, "uni", "uni2-h")
@@ -42,7 +62,16 @@ class SampleWidget(Panel):
         self.image_btn = QPushButton("Image…")
         self.open_btn = QPushButton("Open sample")
         self.synthetic_btn = QPushButton("Open the synthetic sample")
+        self.place_combo = QComboBox()
+        for key, text in PLACEMENTS.items():
+            self.place_combo.addItem(text, key)
+        self.place_combo.setToolTip(
+            "Where another sample opens once one is open: beside it in this viewer (each "
+            "sample keeps its own layers, colour scales and trust labels), or in a new viewer "
+            "window with its own panels.")
         self.status = note("No sample open.")
+        #: viewers this panel opened for other samples (kept so they stay alive)
+        self.other_viewers: list = []
 
         self.encoder_combo = QComboBox()
         self.encoder_combo.setEditable(True)
@@ -82,6 +111,9 @@ class SampleWidget(Panel):
         lay.addLayout(irow)
         lay.addWidget(self.open_btn)
         lay.addWidget(self.synthetic_btn)
+        place = QFormLayout()
+        place.addRow("Another sample opens", self.place_combo)
+        lay.addLayout(place)
         lay.addWidget(self.status)
         lay.addWidget(hline())
         lay.addWidget(heading("Image features"))
@@ -148,7 +180,7 @@ class SampleWidget(Panel):
         self.status.setText("Reading…")
         self.open_btn.setEnabled(False)
         self.synthetic_btn.setEnabled(False)
-        worker = simple_worker(fn, *args, **kwargs)
+        worker = simple_worker(read_in_background, fn, *args, **kwargs)
         worker.returned.connect(self._on_read)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -164,18 +196,47 @@ class SampleWidget(Panel):
         if not report_outcome(outcome, "Opening the sample"):
             self.status.setText("Could not open the sample (see the notification).")
             return
-        self.add_layers(outcome.result)
+        viewer = self.viewer
+        if self.placement == "new_viewer" and self.session.adata is not None:
+            viewer = self.new_viewer()
+        self.add_layers(outcome.result, viewer)
 
-    def add_layers(self, layer_tuples):
-        """Add reader layer tuples to the viewer (H&E first, spots on top)."""
+    @property
+    def placement(self) -> str:
+        """Where another sample opens: 'beside' (this viewer) or 'new_viewer'."""
+        return self.place_combo.currentData()
+
+    def set_placement(self, placement: str) -> None:
+        self.place_combo.setCurrentIndex(self.place_combo.findData(placement))
+
+    def new_viewer(self):
+        """A new napari viewer with the TriHRGE panels docked (it has its own session)."""
+        import napari
+
+        viewer = napari.Viewer(title="napari-trihrge: another sample")
+        for name in NEW_VIEWER_PANELS:
+            try:
+                viewer.window.add_plugin_dock_widget("napari-trihrge", name)
+            except Exception as exc:  # noqa: BLE001 - a missing panel never loses the sample
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"The '{name}' panel could not be opened in the new viewer "
+                             f"({exc}); open it from the Plugins menu.")
+        self.other_viewers.append(viewer)
+        return viewer
+
+    def add_layers(self, layer_tuples, viewer=None):
+        """Add reader layer tuples to ``viewer`` (default this panel's; H&E first, spots on
+        top) and make the spots that viewer's sample."""
+        viewer = unwrap_viewer(viewer) if viewer is not None else self.viewer
         added = []
         for data, kwargs, kind in layer_tuples:
-            added.append(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
+            added.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
         spots = [lay for lay in added if (lay.metadata or {}).get("adata") is not None]
         if spots:
-            self.session.set_sample(spots[-1].metadata["adata"])
+            get_session(viewer).set_sample(spots[-1].metadata["adata"])
         if added:
-            self.viewer.reset_view()
+            viewer.reset_view()
         return added
 
     def _on_sample(self, adata):

@@ -30,6 +30,9 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ...geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
+from ...model.training import TrainConfig
+from ...tl import recovery
+from ...workflows._cli_options import keyword_default
 from ._common import Panel, heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._display import WARN_COLOUR
@@ -85,6 +88,11 @@ SETTING_HELP = {
     "start": "Run the chosen task in the background; the viewer stays usable.",
     "cancel": "Stop the run at its next step; nothing is changed.",
 }
+
+
+#: the panel draws dense maps at this pixel size unless told otherwise (the CLI draws none
+#: unless given --stride-um)
+PANEL_MAP_STRIDE_UM = 16.0
 
 
 def _score_tooltip(keys) -> str:
@@ -153,15 +161,12 @@ class TrainWidget(Panel):
         self.progress: QueueProgress | None = None
         self.last_outcome = None
 
-        #: extra RunConfig fields (tests use it for tiny models: {'model': {...}, 'train': {...}})
-        self.extra_config: dict[str, Any] = {}
-
         self.task_combo = QComboBox()
         self.task_combo.addItem("Enhance: denser spots and sub-spot maps", "enhance")
         self.task_combo.addItem("Recovery: hide spots and score their prediction", "recovery")
         self.holdout_spin = QDoubleSpinBox()
         self.holdout_spin.setRange(5, 95)
-        self.holdout_spin.setValue(50)
+        self.holdout_spin.setValue(100 * keyword_default(recovery, "holdout_fraction"))
         self.holdout_spin.setSuffix(" % of spots hidden")
         self.factor_combo = QComboBox()
         for f in DENSITY_FACTORS:
@@ -171,7 +176,7 @@ class TrainWidget(Panel):
         self.maps_check.setChecked(True)
         self.stride_spin = QDoubleSpinBox()
         self.stride_spin.setRange(2, 200)
-        self.stride_spin.setValue(16)
+        self.stride_spin.setValue(PANEL_MAP_STRIDE_UM)
         self.stride_spin.setSuffix(" um")
         # the RunConfig fields: magicgui widgets generated from the dataclass
         self.config_form = RunConfigForm(MAIN_FIELDS)
@@ -180,7 +185,8 @@ class TrainWidget(Panel):
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 100000)
         self.epochs_spin.setValue(0)
-        self.epochs_spin.setSpecialValueText("default (early stopping)")
+        self.epochs_spin.setSpecialValueText(
+            f"default ({TrainConfig().max_epochs}, early stopping)")
         self.epochs_spin.setSuffix(" epochs at most")
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("optional: folder to save the run in")
@@ -287,6 +293,7 @@ class TrainWidget(Panel):
         self.factor_combo.setEnabled(not rec)
         self.maps_check.setEnabled(not rec)
         self.stride_spin.setEnabled(not rec and self.maps_check.isChecked())
+        self.config_form["marker_panel"].enabled = not rec  # recovery scores the variable genes
 
     def _choose_out(self):
         path = QFileDialog.getExistingDirectory(self, "Folder for the run")
@@ -298,7 +305,7 @@ class TrainWidget(Panel):
         now and goes into this object only)."""
         from ...tl import RunConfig
 
-        train = dict(self.extra_config.get("train", {}))
+        train = {}
         if self.epochs_spin.value() > 0:
             train["max_epochs"] = int(self.epochs_spin.value())
         kwargs = {
@@ -306,7 +313,6 @@ class TrainWidget(Panel):
             "device": self.session.device(),
             **self.config_form.values(),
             **self.advanced_form.values(),
-            **{k: v for k, v in self.extra_config.items() if k != "train"},
             "train": train,
         }
         typed = tuple(kwargs.get("extra_genes") or ())
@@ -480,10 +486,6 @@ class TrainWidget(Panel):
         return out
 
     # -- results --------------------------------------------------------------------------
-    def _show_recovery(self, result, adata):
-        """Hand a recovery result to the session (its view adds the layers)."""
-        self.session.set_result("recovery", result, adata)
-
     def _on_scores(self, scores: dict):
         """The last run's scores (session event): recovery scores, or an enhance run's
         held-out summary; an enhance run without one keeps the last recovery's, marked. A
