@@ -159,6 +159,19 @@ def _activation(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _networks_linear(hidden: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Every network's output layer at once: (N, M, H) hidden x (N, g, H) -> (N, M, g) float32.
+
+    One batched product in torch (faster than numpy's for a few genes: bound by reading the
+    hidden layers from memory). Also the ridge head's product (N = 1).
+    """
+    import torch
+
+    w = torch.from_numpy(np.ascontiguousarray(weight.transpose(0, 2, 1), dtype=np.float32))
+    with torch.no_grad():
+        return torch.bmm(torch.from_numpy(np.asarray(hidden, dtype=np.float32)), w).numpy()
+
+
 def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Compute the maps of the genes with indices ``genes`` at every location of ``factors``.
@@ -175,8 +188,7 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
 
     net_mean = net_std = None
     if "network" in weights.candidates:
-        # every network at once: (N, M, H) @ (N, H, g) -> (N, M, g), float32 throughout
-        lin = np.matmul(factors.hidden, weights.network_weight[:, genes].transpose(0, 2, 1))
+        lin = _networks_linear(factors.hidden, weights.network_weight[:, genes])
         lin += weights.network_bias[:, None, genes]
         if weights.skip_k is not None:
             nb = knn(weights.skip_k)
@@ -197,7 +209,7 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         elif name == "ridge":
             # float32 product (the inputs are stored in float32): no float64 copy of the
             # locations x inputs matrix per gene
-            part = (factors.ridge @ weights.ridge_coef[genes].T.astype(np.float32)
+            part = (_networks_linear(factors.ridge[None], weights.ridge_coef[None, genes])[0]
                     + weights.ridge_intercept[genes].astype(np.float32))
         else:
             part = net_mean
