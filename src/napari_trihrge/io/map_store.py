@@ -47,6 +47,9 @@ GENE_BLOCK = 32
 #: it every further gene is computed without reading the store again; beyond it the location
 #: chunks are read again when needed, so memory does not grow with the map's area
 FACTOR_CACHE_BYTES = 2 * 2**30
+#: single genes whose map and spread are kept once computed (the viewer shows a gene's map,
+#: then its spread layer, from one pass)
+RECENT_GENES = 4
 #: the compressor of the store and of materialised maps (Blosc zstd, byte shuffle), chosen by
 #: ``benchmarks/bench_map_store.py`` (docs/map-store.md, "Disk")
 COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
@@ -253,6 +256,7 @@ class FactorMaps:
         self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
         self._cached_bytes = 0
         self._checked = False
+        self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self.chunk_locations = _store_chunk_locations(group) if factors is None \
             else LOCATION_CHUNK
         self.values = LazyMapArray(self, "values")
@@ -317,6 +321,22 @@ class FactorMaps:
         Each location chunk is read once per call, whatever the number of genes.
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
+        if len(genes) == 1:  # one gene (the viewer): its map and spread in one pass, kept
+            return self._one_gene(int(genes[0]), with_std)
+        return self._compute(genes, with_std)
+
+    def _one_gene(self, gene: int, with_std: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if gene not in self._recent:
+            values, std = self._compute(np.array([gene]), True)
+            self._recent[gene] = (values, std)
+            while len(self._recent) > RECENT_GENES:
+                self._recent.popitem(last=False)
+        self._recent.move_to_end(gene)
+        values, std = self._recent[gene]
+        return values.copy(), (std.copy() if with_std and std is not None else None)
+
+    def _compute(self, genes: np.ndarray, with_std: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
         n_rows, n_cols = self.mask.shape
         values = np.full((len(genes), n_rows, n_cols), np.nan, dtype=np.float32)
         std = values.copy() if with_std and self.std is not None else None
@@ -569,9 +589,9 @@ class MapStoreWriter:
             for name, arr in arrays.items():
                 target = self._arrays[name]
                 if name == "network_hidden":
-                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype)
+                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype, copy=False)
                 else:
-                    target[s:e] = arr[c0:c1].astype(target.dtype)
+                    target[s:e] = arr[c0:c1].astype(target.dtype, copy=False)
         self._written += take
         rest = _slice_factors(block, take, n)
         self._parts = [rest] if len(rest) else []
