@@ -61,16 +61,16 @@ def random_factor_store(genes: list[str], mask: np.ndarray, stride_um: float,
         network_skip=rng.uniform(0, 0.5, (N_NETWORKS, n_genes)).astype(f32),
         network_neighbour_mean=rng.uniform(0, 1, (N_NETWORKS, n_genes)).astype(f32))
     writer = map_store.MapStoreWriter(path, weights, mask, stride_um, origin_rc_um)
-    block = map_store.LOCATION_CHUNK
+    block = map_store.LOCATION_CHUNK // 4  # bounded temporaries (float32 throughout)
     for s in range(0, n_loc, block):
         m = min(block, n_loc - s)
         knn = {}
         for k in (6, 12):
             w = rng.uniform(0, 1, (m, k)).astype(f32)
             knn[k] = (rng.integers(0, SPOTS, (m, k)).astype(np.int32), w / w.sum(1, keepdims=True))
-        hidden = np.maximum(rng.normal(0, 1, (N_NETWORKS, m, HIDDEN)).astype(f32), 0)
+        hidden = np.maximum(rng.standard_normal((N_NETWORKS, m, HIDDEN), dtype=f32), 0)
         writer.append(map_store.LocationFactors(
-            knn=knn, ridge=rng.normal(0, 1, (m, RIDGE_INPUTS)).astype(f32), hidden=hidden))
+            knn=knn, ridge=rng.standard_normal((m, RIDGE_INPUTS), dtype=f32), hidden=hidden))
     return writer.finalize()
 
 
