@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import os
 import shutil
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -257,6 +258,7 @@ class FactorMaps:
         self._cached_bytes = 0
         self._checked = False
         self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
         self.chunk_locations = _store_chunk_locations(group) if factors is None \
             else LOCATION_CHUNK
         self.values = LazyMapArray(self, "values")
@@ -287,21 +289,23 @@ class FactorMaps:
         e = min(self.n_locations, s + self.chunk_locations)
         if self._factors is not None:
             return _slice_factors(self._factors, s, e)
-        if c in self._cache:
-            self._cache.move_to_end(c)
-            return self._cache[c]
-        if not self._checked:  # still whole? (files may go between open and first use)
-            _check_files(self.path, dict(self._group.attrs).get("files"),
-                         "re-run enhance to write the maps again")
-            self._checked = True
+        with self._lock:  # dask may ask from several threads
+            if c in self._cache:
+                self._cache.move_to_end(c)
+                return self._cache[c]
+            if not self._checked:  # still whole? (files may go between open and first use)
+                _check_files(self.path, dict(self._group.attrs).get("files"),
+                             "re-run enhance to write the maps again")
+                self._checked = True
         chunk = _read_factors(self._group, self.weights, s, e)
         size = sum(a.nbytes for a in chunk.arrays().values())
-        if size <= self.cache_bytes:
-            self._cache[c] = chunk
-            self._cached_bytes += size
-            while self._cached_bytes > self.cache_bytes:
-                _, old = self._cache.popitem(last=False)
-                self._cached_bytes -= sum(a.nbytes for a in old.arrays().values())
+        with self._lock:
+            if size <= self.cache_bytes and c not in self._cache:
+                self._cache[c] = chunk
+                self._cached_bytes += size
+                while self._cached_bytes > self.cache_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= sum(a.nbytes for a in old.arrays().values())
         return chunk
 
     @property
@@ -326,13 +330,17 @@ class FactorMaps:
         return self._compute(genes, with_std)
 
     def _one_gene(self, gene: int, with_std: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if gene not in self._recent:
-            values, std = self._compute(np.array([gene]), True)
-            self._recent[gene] = (values, std)
-            while len(self._recent) > RECENT_GENES:
-                self._recent.popitem(last=False)
-        self._recent.move_to_end(gene)
-        values, std = self._recent[gene]
+        with self._lock:
+            kept = self._recent.get(gene)
+            if kept is not None:
+                self._recent.move_to_end(gene)
+        if kept is None:
+            kept = self._compute(np.array([gene]), True)
+            with self._lock:
+                self._recent[gene] = kept
+                while len(self._recent) > RECENT_GENES:
+                    self._recent.popitem(last=False)
+        values, std = kept
         return values.copy(), (std.copy() if with_std and std is not None else None)
 
     def _compute(self, genes: np.ndarray, with_std: bool
