@@ -216,3 +216,15 @@ def test_instance_scores_perfect_partial_and_split():
     assert s["aji"] == pytest.approx((12 + 8) / (16 + 16 + 4))
     with pytest.raises(ValueError):
         instance_scores(truth, pred[:10])
+
+
+def test_idw_interpolate_in_blocks_is_the_weighted_mean_of_the_neighbours():
+    from napari_trihrge.neighbours import idw_weights
+
+    rng = np.random.default_rng(3)
+    src, dst = rng.uniform(0, 100, (40, 2)), rng.uniform(0, 100, (25, 2))
+    vals = rng.gamma(1.0, 1.0, (40, 7))
+    idx, w = idw_weights(src, dst, 6)
+    expected = (w[:, :, None] * vals[idx]).sum(axis=1)
+    np.testing.assert_allclose(idw_interpolate(src, vals, dst, 6, block=4), expected,
+                               rtol=1e-5)

@@ -48,13 +48,20 @@ def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np
     """Inverse-distance weighted mean of the ``k`` nearest sources' values at each destination.
 
     ``src_values`` is (n_src, n_genes); the result is (n_dst, n_genes) float32, computed in
-    blocks of destinations so memory stays bounded for dense maps.
+    blocks of destinations as a sparse (destinations x sources) product, so no (block, k,
+    genes) gather is ever held.
     """
+    from scipy.sparse import csr_matrix
+
     src_values = np.asarray(src_values, dtype=np.float32)
     idx, w = idw_weights(src_rc_um, dst_rc_um, k, exclude_self=exclude_self,
                          exclude_index=exclude_index, power=power)
     out = np.empty((len(idx), src_values.shape[1]), dtype=np.float32)
+    n_k = idx.shape[1]
     for start in range(0, len(idx), block):
         sl = slice(start, start + block)
-        out[sl] = np.einsum("mk,mkg->mg", w[sl], src_values[idx[sl]])
+        m = len(idx[sl])
+        weights = csr_matrix((w[sl].ravel(), idx[sl].ravel(), np.arange(0, m * n_k + 1, n_k)),
+                             shape=(m, len(src_values)))
+        out[sl] = weights @ src_values
     return out

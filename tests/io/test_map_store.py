@@ -126,6 +126,47 @@ def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     assert read_map(out)[2] == genes[:1]
 
 
+def test_store_is_read_chunk_by_chunk_within_its_cache(blended, tmp_path, monkeypatch):
+    """A store's factors are read in location chunks when a map needs them, kept only up to
+    the cache budget; the maps equal the direct ones whatever the chunking."""
+    _, _, result, direct = blended
+    monkeypatch.setattr(map_store, "LOCATION_CHUNK", 64)
+    path = map_store.write_map_store(result.maps, tmp_path / map_store.STORE_NAME).path
+    opened = map_store.open_map_store(path)
+    assert opened.chunk_locations == 64 and opened.n_chunks == -(-opened.n_locations // 64)
+    reads = []
+    real = map_store._read_factors
+    monkeypatch.setattr(map_store, "_read_factors",
+                        lambda *a: reads.append(a[2]) or real(*a))
+    # a few pixels read only the chunks holding them
+    rows, cols = np.nonzero(opened.mask)
+    at = opened.values_at([2], rows[:3], cols[:3])
+    np.testing.assert_allclose(at[0], np.asarray(direct.values[2])[rows[:3], cols[:3]],
+                               atol=1e-4)
+    assert reads == [0]
+    # a whole gene reads every other chunk once; a second gene none (all within the cache)
+    np.testing.assert_allclose(opened[opened.gene_names[2]], np.asarray(direct.values[2]),
+                               atol=1e-4, equal_nan=True)
+    assert reads == list(range(0, opened.n_chunks * 64, 64))
+    reads.clear()
+    opened.gene(opened.gene_names[3])
+    assert reads == []
+    # a cache of one chunk: memory stays at one chunk, each map reads the store again
+    small = map_store.open_map_store(path)
+    one_chunk = sum(a.nbytes for a in small.location_chunk(0).arrays().values())
+    small.cache_bytes = one_chunk
+    reads.clear()
+    for g in (1, 2):
+        np.testing.assert_allclose(np.asarray(small.values[g]), np.asarray(direct.values[g]),
+                                   atol=1e-4, equal_nan=True)
+    assert len(reads) == 2 * small.n_chunks - 1 and small._cached_bytes <= one_chunk
+    # a gene's spread after its map (the viewer's spread layer) comes from the same pass
+    reads.clear()
+    spread = small.gene_std(small.gene_names[1])
+    np.testing.assert_allclose(spread, np.asarray(direct.std[1]), atol=1e-4, equal_nan=True)
+    assert reads == []
+
+
 def test_float16_factors_stay_close(blended, tmp_path):
     _, _, result, direct = blended
     half = map_store.write_map_store(result.maps, tmp_path / "half.zarr",

@@ -86,10 +86,10 @@ def test_predicts_an_unseen_section_from_its_image_alone(trained, tmp_path):
     png = tmp_path / "section3.png"
     Image.fromarray(target.uns["spatial"]["synthetic"]["images"]["hires"]).save(png)
     summary = run_predict(folder, png, tmp_path / "out", um_per_px=1.0, factor=2,
-                                    stride_um=32.0)
+                          stride_um=32.0, materialise_maps=True)
     out = tmp_path / "out"
-    for name in ("enhanced.h5ad", "maps.ome.zarr", "overview.png", "summary.json",
-                 "predict_genes.csv"):
+    for name in ("enhanced.h5ad", "maps.store.zarr", "maps.ome.zarr", "overview.png",
+                 "summary.json", "predict_genes.csv"):
         assert (out / name).exists(), name
     assert summary["predict"]["target"] == "image"
     from napari_trihrge.io.outputs import read_run
@@ -265,9 +265,15 @@ def test_predict_keeps_factorised_maps_equal_to_the_direct_ones(trained, tmp_pat
     diff = np.abs(np.asarray(stored.maps.values)[:, inside]
                   - np.asarray(direct.maps.values)[:, inside])
     assert diff.max() < 1e-4
-    run_predict(folder, target, tmp_path / "run", stride_um=32.0, map_store=True)
+    run_predict(folder, target, tmp_path / "run", stride_um=32.0)  # the store: the default
     assert (tmp_path / "run" / "maps.store.zarr").is_dir()
     assert not (tmp_path / "run" / "maps.ome.zarr").exists()
+    run_predict(folder, target, tmp_path / "both", stride_um=32.0, materialise_maps=True)
+    from napari_trihrge.io.writers import read_map
+
+    np.testing.assert_allclose(np.asarray(read_map(tmp_path / "both" / "maps.ome.zarr")[0]),
+                               np.asarray(direct.maps.values), atol=1e-4, equal_nan=True)
+    assert (tmp_path / "both" / "maps.store.zarr").is_dir()
 
 
 # ------------------------------------------------------------------------------------------

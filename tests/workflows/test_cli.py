@@ -149,11 +149,13 @@ def test_overwrite_replaces_a_run_with_maps(capsys, sample_h5ad, tmp_path):
     base = ["enhance", str(sample_h5ad), "--genes", "20", "--max-epochs", "2", "--factor", "2",
             "--device", "cpu", "--out", str(out), "--quiet"]
     assert cli.main([*base, "--stride-um", "40"]) == 0
-    assert (out / "maps.ome.zarr").exists()
-    assert cli.main([*base, "--stride-um", "40", "--overwrite"]) == 0  # maps replaced
-    assert (out / "maps.ome.zarr").exists()
+    # the default: the factorised map store alone
+    assert (out / "maps.store.zarr").exists() and not (out / "maps.ome.zarr").exists()
+    assert cli.main([*base, "--stride-um", "40", "--overwrite", "--materialise-maps"]) == 0
+    assert (out / "maps.ome.zarr").exists() and (out / "maps.store.zarr").exists()
     assert cli.main([*base, "--overwrite"]) == 0  # no stale maps from the earlier run
-    assert not (out / "maps.ome.zarr").exists() and (out / "run_complete.json").exists()
+    assert not (out / "maps.ome.zarr").exists() and not (out / "maps.store.zarr").exists()
+    assert (out / "run_complete.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".enh")) == []
     capsys.readouterr()
 
@@ -459,7 +461,7 @@ def test_train_then_predict_an_image_alone(capsys, sample_h5ad, tmp_path):
     code = cli.main(["predict", str(model), str(png), "--um-per-px", "1", "--stride-um", "48",
                      "--factor", "2", "--out", str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
-    for name in ("enhanced.h5ad", "maps.ome.zarr", "overview.png", "summary.json"):
+    for name in ("enhanced.h5ad", "maps.store.zarr", "overview.png", "summary.json"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["predict"]["target"] == "image" and summary["predict"]["map_locations"] > 0
@@ -615,8 +617,9 @@ def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
 
 
 def test_cells_from_a_run_with_a_map_store_equal_the_cells_from_materialised_maps(tmp_path):
-    """enhance --map-store --cells: the cells read each gene from the factorised store and get
-    the same expression as from the run's materialised maps (the same model, seed and grid)."""
+    """enhance --cells: the cells read each gene from the factorised store (the default) and
+    get the same expression as from a run's materialised maps (--materialise-maps; the same
+    model, seed and grid)."""
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.io.outputs import write_h5ad
 
@@ -625,8 +628,8 @@ def test_cells_from_a_run_with_a_map_store_equal_the_cells_from_materialised_map
     common = ["enhance", str(sample), "--genes", "20", "--max-epochs", "2", "--factor", "2",
               "--stride-um", "16", "--no-trust", "--device", "cpu", "--quiet", "--cells",
               "--cache-dir", str(tmp_path / "c")]
-    assert cli.main(common + ["--out", str(tmp_path / "dense")]) == 0
-    assert cli.main(common + ["--out", str(tmp_path / "store"), "--map-store"]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "dense"), "--materialise-maps"]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "store")]) == 0
     assert (tmp_path / "store" / "maps.store.zarr").is_dir()
     assert not (tmp_path / "store" / "maps.ome.zarr").exists()
     dense = ad.read_h5ad(tmp_path / "dense" / "cells" / "cells.h5ad")

@@ -24,6 +24,8 @@ from __future__ import annotations
 import difflib
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,13 @@ STORE_NAME = "maps.store.zarr"
 LOCATION_CHUNK = 32768
 #: genes computed together when many are asked for (bounded memory: locations x this)
 GENE_BLOCK = 32
+#: bytes of per-location factors (as float32) a store's maps keep in memory once read: within
+#: it every further gene is computed without reading the store again; beyond it the location
+#: chunks are read again when needed, so memory does not grow with the map's area
+FACTOR_CACHE_BYTES = 2 * 2**30
+#: single genes whose map and spread are kept once computed (the viewer shows a gene's map,
+#: then its spread layer, from one pass)
+RECENT_GENES = 4
 #: the compressor of the store and of materialised maps (Blosc zstd, byte shuffle), chosen by
 #: ``benchmarks/bench_map_store.py`` (docs/map-store.md, "Disk")
 COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
@@ -154,6 +163,19 @@ def _activation(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _networks_linear(hidden: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Every network's output layer at once: (N, M, H) hidden x (N, g, H) -> (N, M, g) float32.
+
+    One batched product in torch (faster than numpy's for a few genes: bound by reading the
+    hidden layers from memory). Also the ridge head's product (N = 1).
+    """
+    import torch
+
+    w = torch.from_numpy(np.ascontiguousarray(weight.transpose(0, 2, 1), dtype=np.float32))
+    with torch.no_grad():
+        return torch.bmm(torch.from_numpy(np.asarray(hidden, dtype=np.float32)), w).numpy()
+
+
 def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Compute the maps of the genes with indices ``genes`` at every location of ``factors``.
@@ -170,18 +192,15 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
 
     net_mean = net_std = None
     if "network" in weights.candidates:
-        nb = knn(weights.skip_k) if weights.skip_k is not None else None
-        outs = []
-        for f in range(weights.n_networks):
-            lin = factors.hidden[f] @ weights.network_weight[f, genes].T
-            lin += weights.network_bias[f, genes]
-            if nb is not None:
-                lin += weights.network_skip[f, genes] * (nb - weights.network_neighbour_mean[
-                    f, genes])
-            outs.append(_activation(lin, weights.activation))
-        stacked = np.stack(outs)
+        lin = _networks_linear(factors.hidden, weights.network_weight[:, genes])
+        lin += weights.network_bias[:, None, genes]
+        if weights.skip_k is not None:
+            nb = knn(weights.skip_k)
+            lin += weights.network_skip[:, None, genes] * (
+                nb[None] - weights.network_neighbour_mean[:, None, genes])
+        stacked = _activation(lin, weights.activation)
         net_mean = stacked.mean(axis=0, dtype=np.float32)
-        if len(outs) > 1:
+        if len(stacked) > 1:
             net_std = stacked.std(axis=0, dtype=np.float32)
     if weights.blend_weights is None:  # the networks alone
         return net_mean, net_std
@@ -194,7 +213,7 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         elif name == "ridge":
             # float32 product (the inputs are stored in float32): no float64 copy of the
             # locations x inputs matrix per gene
-            part = (factors.ridge @ weights.ridge_coef[genes].T.astype(np.float32)
+            part = (_networks_linear(factors.ridge[None], weights.ridge_coef[None, genes])[0]
                     + weights.ridge_intercept[genes].astype(np.float32))
         else:
             part = net_mean
@@ -214,11 +233,16 @@ class FactorMaps:
     Used where a :class:`~napari_trihrge.tl.DenseMaps` is: ``values`` and ``std`` are lazy
     (genes, rows, cols) arrays (index them by gene, or :meth:`to_dask`); ``maps[gene]`` or
     ``maps.sel(gene=...)`` gives one gene's map (rows, cols), NaN outside ``mask``.
+
+    A store's per-location factors are read chunk by chunk (:data:`LOCATION_CHUNK`
+    locations) when a map needs them, and kept up to ``cache_bytes``
+    (:data:`FACTOR_CACHE_BYTES`); a map at a few pixels (:meth:`values_at`) reads only their
+    chunks.
     """
 
     def __init__(self, weights: GeneWeights, factors: LocationFactors | None, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, path: Path | None = None,
-                 group: Any = None):
+                 group: Any = None, cache_bytes: int = FACTOR_CACHE_BYTES):
         self.weights = weights
         self._factors = factors
         self.mask = np.asarray(mask, dtype=bool)
@@ -228,6 +252,15 @@ class FactorMaps:
         self.path = path
         self._group = group
         self._rows, self._cols = np.nonzero(self.mask)
+        self.n_locations = len(self._rows)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
+        self._cached_bytes = 0
+        self._checked = False
+        self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.chunk_locations = _store_chunk_locations(group) if factors is None \
+            else LOCATION_CHUNK
         self.values = LazyMapArray(self, "values")
         self.std = LazyMapArray(self, "std") if weights.with_std else None
 
@@ -235,17 +268,45 @@ class FactorMaps:
         where = f" at {self.path}" if self.path is not None else ""
         return (f"FactorMaps({len(self.gene_names)} genes, {self.mask.shape[0]} x "
                 f"{self.mask.shape[1]} px at {self.stride_um:g} um, "
-                f"{int(self.mask.sum())} locations{where})")
+                f"{self.n_locations} locations{where})")
 
     @property
     def factors(self) -> LocationFactors:
-        """The per-location factors (read from the store into memory on first use)."""
+        """All per-location factors in memory (a store's are read whole: prefer the maps)."""
         if self._factors is None:
-            if self.path is not None:  # still whole? (files may go between open and first use)
+            return LocationFactors.concatenate([self.location_chunk(c)
+                                                for c in range(self.n_chunks)])
+        return self._factors
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of location chunks the factors are read in."""
+        return -(-self.n_locations // self.chunk_locations)
+
+    def location_chunk(self, c: int) -> LocationFactors:
+        """Return the factors (float32) of location chunk ``c`` (read from the store once)."""
+        s = c * self.chunk_locations
+        e = min(self.n_locations, s + self.chunk_locations)
+        if self._factors is not None:
+            return _slice_factors(self._factors, s, e)
+        with self._lock:  # dask may ask from several threads
+            if c in self._cache:
+                self._cache.move_to_end(c)
+                return self._cache[c]
+            if not self._checked:  # still whole? (files may go between open and first use)
                 _check_files(self.path, dict(self._group.attrs).get("files"),
                              "re-run enhance to write the maps again")
-            self._factors = _read_factors(self._group, self.weights)
-        return self._factors
+                self._checked = True
+        chunk = _read_factors(self._group, self.weights, s, e)
+        size = sum(a.nbytes for a in chunk.arrays().values())
+        with self._lock:
+            if size <= self.cache_bytes and c not in self._cache:
+                self._cache[c] = chunk
+                self._cached_bytes += size
+                while self._cached_bytes > self.cache_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= sum(a.nbytes for a in old.arrays().values())
+        return chunk
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -261,17 +322,45 @@ class FactorMaps:
         """Compute the maps of the genes with these indices, NaN outside the mask.
 
         Returns values (g, rows, cols) and, with ``with_std``, the spread (None without one).
+        Each location chunk is read once per call, whatever the number of genes.
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
+        if len(genes) == 1:  # one gene (the viewer): its map and spread in one pass, kept
+            return self._one_gene(int(genes[0]), with_std)
+        return self._compute(genes, with_std)
+
+    def _one_gene(self, gene: int, with_std: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            kept = self._recent.get(gene)
+            if kept is not None:
+                self._recent.move_to_end(gene)
+        if kept is None:
+            kept = self._compute(np.array([gene]), True)
+            with self._lock:
+                self._recent[gene] = kept
+                while len(self._recent) > RECENT_GENES:
+                    self._recent.popitem(last=False)
+        values, std = kept
+        return values.copy(), (std.copy() if with_std and std is not None else None)
+
+    def _compute(self, genes: np.ndarray, with_std: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
         n_rows, n_cols = self.mask.shape
         values = np.full((len(genes), n_rows, n_cols), np.nan, dtype=np.float32)
         std = values.copy() if with_std and self.std is not None else None
-        for g0 in range(0, len(genes), GENE_BLOCK):
-            block = genes[g0:g0 + GENE_BLOCK]
-            vals, sd = gene_block_values(self.weights, self.factors, block)
-            values[g0:g0 + len(block), self._rows, self._cols] = vals.T
-            if std is not None:
-                std[g0:g0 + len(block), self._rows, self._cols] = sd.T
+        flat_values = values.reshape(len(genes), -1)
+        flat_std = None if std is None else std.reshape(len(genes), -1)
+        flat_index = self._rows * n_cols + self._cols
+        for c in range(self.n_chunks):
+            chunk = self.location_chunk(c)
+            s = c * self.chunk_locations
+            where = flat_index[s:s + len(chunk)]
+            for g0 in range(0, len(genes), GENE_BLOCK):
+                block = genes[g0:g0 + GENE_BLOCK]
+                vals, sd = gene_block_values(self.weights, chunk, block)
+                flat_values[g0:g0 + len(block), where] = vals.T
+                if flat_std is not None:
+                    flat_std[g0:g0 + len(block), where] = sd.T
         return values, std
 
     def values_at(self, genes: Iterable[int], rows: np.ndarray, cols: np.ndarray
@@ -279,19 +368,26 @@ class FactorMaps:
         """Compute the maps of the genes with these indices at map pixels ``(rows, cols)`` only.
 
         ``rows`` and ``cols`` are integer arrays of one shape; returns (g, *rows.shape), NaN
-        outside the mask. Computes just those locations, not the whole map.
+        outside the mask. Computes just those locations, and reads only their chunks.
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         rows, cols = np.asarray(rows), np.asarray(cols)
         order = np.full(self.mask.shape, -1, dtype=np.int64)
-        order[self._rows, self._cols] = np.arange(len(self._rows))
+        order[self._rows, self._cols] = np.arange(self.n_locations)
         where = order[rows, cols]
-        wanted, inverse = np.unique(where[where >= 0], return_inverse=True)
-        sub = _take_factors(self.factors, wanted)
+        inside = where >= 0
+        wanted, inverse = np.unique(where[inside], return_inverse=True)
+        picked = np.empty((len(genes), len(wanted)), dtype=np.float32)
+        chunk_of = wanted // self.chunk_locations
+        for c in np.unique(chunk_of):
+            sel = np.flatnonzero(chunk_of == c)
+            sub = _take_factors(self.location_chunk(int(c)),
+                                wanted[sel] - int(c) * self.chunk_locations)
+            for g0 in range(0, len(genes), GENE_BLOCK):
+                vals, _ = gene_block_values(self.weights, sub, genes[g0:g0 + GENE_BLOCK])
+                picked[g0:g0 + GENE_BLOCK, sel] = vals.T
         out = np.full((len(genes), *rows.shape), np.nan, dtype=np.float32)
-        for g0 in range(0, len(genes), GENE_BLOCK):
-            vals, _ = gene_block_values(self.weights, sub, genes[g0:g0 + GENE_BLOCK])
-            out[g0:g0 + GENE_BLOCK][:, where >= 0] = vals[inverse].T
+        out[:, inside] = picked[:, inverse.reshape(-1)]
         return out
 
     def gene(self, name: str) -> np.ndarray:
@@ -501,9 +597,9 @@ class MapStoreWriter:
             for name, arr in arrays.items():
                 target = self._arrays[name]
                 if name == "network_hidden":
-                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype)
+                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype, copy=False)
                 else:
-                    target[s:e] = arr[c0:c1].astype(target.dtype)
+                    target[s:e] = arr[c0:c1].astype(target.dtype, copy=False)
         self._written += take
         rest = _slice_factors(block, take, n)
         self._parts = [rest] if len(rest) else []
@@ -546,7 +642,8 @@ def write_map_store(maps: FactorMaps, path: str | os.PathLike, *, overwrite: boo
     writer = MapStoreWriter(path, maps.weights, maps.mask, maps.stride_um, maps.origin_rc_um,
                             overwrite=overwrite, factor_dtype=factor_dtype)
     try:
-        writer.append(maps.factors)
+        for c in range(maps.n_chunks):  # chunk by chunk: a store is never read whole
+            writer.append(maps.location_chunk(c))
         return writer.finalize()
     except BaseException:
         writer.abort()
@@ -686,16 +783,39 @@ def _check_files(path: Path, files: Any, how: str) -> None:
             f"copy the whole folder again or {how}")
 
 
-def _read_factors(group: Any, weights: GeneWeights) -> LocationFactors:
+def _read_factors(group: Any, weights: GeneWeights, start: int, stop: int
+                  ) -> LocationFactors:
+    """Read locations ``start:stop`` of a store's factors, as float32 (indices int32)."""
     locs = group["locations"]
 
     def read(name: str, dtype: Any = np.float32) -> np.ndarray | None:
-        return np.asarray(locs[name][...], dtype=dtype) if name in locs else None
+        if name not in locs:
+            return None
+        arr = locs[name]
+        part = arr[:, start:stop] if name == "network_hidden" else arr[start:stop]
+        return np.asarray(part, dtype=dtype)
 
     return LocationFactors(
         knn={k: (read(f"knn{k}_index", np.int32), read(f"knn{k}_weight"))
              for k in weights.knn_ks()},
         ridge=read("ridge_inputs"), hidden=read("network_hidden"))
+
+
+def _store_chunk_locations(group: Any) -> int:
+    """Return the locations per chunk of a store's per-location arrays.
+
+    :data:`LOCATION_CHUNK` for a store written by this version.
+    """
+    if group is None:
+        return LOCATION_CHUNK
+    try:
+        locs = group["locations"]
+        for name in locs.array_keys():
+            chunks = locs[name].chunks
+            return int(chunks[1] if name == "network_hidden" else chunks[0])
+    except (KeyError, AttributeError, IndexError, TypeError):
+        pass
+    return LOCATION_CHUNK
 
 
 # -----------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@
   summary.json        sample, encoder, n_spots, n_genes, device, timings_s, peak_rss_mb, scores
   enhanced.h5ad       virtual spots (enhance): predictions, obsm['spatial'] in full-res pixels,
                       per-gene trust in var and uns['trihrge']['trust']
-  maps.ome.zarr       dense per-gene maps (genes, rows, cols) with physical pixel size (enhance
-                      with --stride-um); maps_std.ome.zarr the ensemble spread when --ensemble > 1
-  maps.store.zarr     instead, with --map-store: the factorised map store (docs/map-store.md)
+  maps.store.zarr     the dense maps (enhance with --stride-um) as the factorised map store,
+                      every gene computed on demand (docs/map-store.md)
+  maps.ome.zarr       with --materialise-maps: every gene's map (genes, rows, cols) with physical
+                      pixel size; maps_std.ome.zarr the ensemble spread when --ensemble > 1
   recovery.h5ad       hidden spots (recovery): predicted X, layers 'measured' and 'knn'
   recovery_genes.csv  per-gene scores on the hidden spots, next to the kNN baseline, with the
                       trust columns (pcc, pcc_baseline_knn, pcc_gain, beats_interpolation)
@@ -336,12 +337,13 @@ def write_enhance(out_dir: Path, result) -> dict[str, str]:
         with atomic_path(out_dir / "enhance_genes.csv") as tmp:
             result.trust.to_csv(tmp)
         files["per_gene"] = "enhance_genes.csv"
-    if getattr(result.maps, "path", None) is not None:  # a factorised map store
+    store = getattr(result.maps, "path", None) is not None  # a factorised map store
+    if store:
         from .map_store import STORE_NAME
 
         files["maps_store"] = STORE_NAME
-    elif result.maps is not None:
-        files["maps"] = "maps.ome.zarr"
+    if result.maps is not None and (not store or (out_dir / "maps.ome.zarr").exists()):
+        files["maps"] = "maps.ome.zarr"  # materialised (with the store: --materialise-maps)
         if result.maps.std is not None:
             files["maps_std"] = "maps_std.ome.zarr"
     return files

@@ -11,7 +11,13 @@ from anndata import AnnData
 
 from .. import geometry
 from ..errors import TrihrgeInputError
-from ..io.map_store import FactorMaps, GeneWeights, LocationFactors, MapStoreWriter
+from ..io.map_store import (
+    LOCATION_CHUNK,
+    FactorMaps,
+    GeneWeights,
+    LocationFactors,
+    MapStoreWriter,
+)
 from ..io.sample import is_positive_number
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
@@ -391,8 +397,8 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
 
 
 #: map locations whose per-location factors are computed at once (each network's last hidden
-#: layer: locations x its width)
-FACTOR_BLOCK_LOCATIONS = 16384
+#: layer: locations x its width): one chunk of the store, so the writer copies nothing
+FACTOR_BLOCK_LOCATIONS = LOCATION_CHUNK
 
 
 def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float

@@ -106,15 +106,23 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--into-input", action="store_true",
                    help="add the results (trihrge_* elements) to the SpatialData store given as "
                    "PATH; existing trihrge_* elements are replaced only with --overwrite")
-    p.add_argument("--map-store", action="store_true",
-                   help="with --stride-um: write the factorised map store maps.store.zarr "
-                   "(every gene's map computed on demand, exactly) instead of materialised "
-                   "maps; `trihrge export-maps` materialises chosen genes later")
+    _map_output_args(p)
     p.add_argument("--cells", action="store_true",
                    help="also segment the nuclei, grow them into cells and give each cell the "
                    "map's expression (<out>/cells/, as `trihrge cells`; needs --stride-um)")
     opt.add_marker_panel_arg(p)
     opt.add_run_args(p)
+
+
+def _map_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--materialise-maps", action="store_true",
+                   help="with --stride-um: also write every gene's map as maps.ome.zarr (the "
+                   "run writes the factorised map store maps.store.zarr, every gene's map "
+                   "computed on demand, exactly; `trihrge export-maps` materialises chosen "
+                   "genes later)")
+    p.add_argument("--map-store", action="store_true",
+                   help="the factorised map store maps.store.zarr (the default; kept for older "
+                   "scripts)")
 
 
 def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
@@ -124,9 +132,10 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
         from ..io.spatialdata import require_spatialdata
 
         require_spatialdata()  # before reading and training
-    if args.map_store and args.stride_um is None:
-        raise TrihrgeInputError("--map-store stores dense maps, which need --stride-um",
-                                "add --stride-um (for example 8 or 16) or leave out --map-store")
+    if (args.map_store or args.materialise_maps) and args.stride_um is None:
+        flag = "--materialise-maps" if args.materialise_maps else "--map-store"
+        raise TrihrgeInputError(f"{flag} is about dense maps, which need --stride-um",
+                                f"add --stride-um (for example 8 or 16) or leave out {flag}")
     if args.cells and args.stride_um is None:
         raise TrihrgeInputError("--cells needs the dense maps", "add --stride-um, e.g. 8")
     cfg, adata, out = opt.prepare_sample_run(args)
@@ -138,7 +147,8 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           config=cfg, progress=progress, overwrite=args.overwrite,
                           trust=not args.no_trust,
                           spatialdata_store=args.output_format == "spatialdata",
-                          into_input=args.into_input, map_store=args.map_store)
+                          into_input=args.into_input,
+                          materialise_maps=args.materialise_maps)
     if args.cells:
         from .runs import run_cells
 
@@ -155,7 +165,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
 def _export_maps_args(p: argparse.ArgumentParser) -> None:
     from .runs import EXPORT_FORMATS
 
-    p.add_argument("run", type=Path, help="a run folder written with --map-store, or its "
+    p.add_argument("run", type=Path, help="a run folder written by enhance or predict, or its "
                    "maps.store.zarr")
     p.add_argument("--genes", nargs="+", default=None, metavar="GENE",
                    help="the genes to write (default: every gene of the model)")
@@ -329,9 +339,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="folder for the feature cache")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default trihrge_out/predict-<target>)")
-    p.add_argument("--map-store", action="store_true",
-                   help="write the factorised map store maps.store.zarr instead of "
-                   "materialised maps (see `trihrge export-maps`)")
+    _map_output_args(p)
     p.add_argument("--cells", action="store_true",
                    help="also segment the nuclei, grow them into cells and give each cell the "
                    "predicted map's expression (<out>/cells/, as `trihrge cells`; a sample "
@@ -350,8 +358,8 @@ def _run_predict(args: argparse.Namespace, progress: TqdmProgress) -> int:
                                stride_um=args.stride_um, um_per_px=args.um_per_px,
                                encoder=args.encoder, windows_um=args.windows_um,
                                device=args.device, cache_dir=cache, progress=progress,
-                               overwrite=args.overwrite, map_store=args.map_store,
-                               cells=args.cells)
+                               overwrite=args.overwrite,
+                               materialise_maps=args.materialise_maps, cells=args.cells)
     progress.close()
     print_model_summary(summary)
     if args.cells:
@@ -565,7 +573,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("export-maps", "materialise maps of chosen genes from a run's map store",
                _export_maps_args, _run_export_maps, description="Compute the maps of the "
                "given genes (all by default) from the factorised map store of an enhance run "
-               "(--map-store) and write them as a multiscale OME-Zarr map or a SpatialData "
+               "and write them as a multiscale OME-Zarr map or a SpatialData "
                "store, for other tools. An existing output is replaced only with --overwrite.",
                epilog=None),
     Subcommand("cells", "segment nuclei, grow them into cells and give each cell the enhanced "

@@ -196,12 +196,13 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *,
                 progress: Progress | None = None, overwrite: bool = False,
                 summary_extra: dict[str, Any] | None = None, trust: bool = True,
                 spatialdata_store: bool = False, into_input: bool = False,
-                map_store: bool = False) -> dict[str, Any]:
-    """Enhance end to end (virtual spots, dense maps streamed to ``maps.ome.zarr``); ``trust``:
-    measure per gene whether the model beats interpolation (:func:`napari_trihrge.tl.enhance`).
-    ``map_store=True`` writes the factorised map store ``maps.store.zarr`` instead of the
-    materialised maps (:mod:`napari_trihrge.io.map_store`; ``trihrge export-maps`` materialises
-    them later).
+                map_store: bool = True, materialise_maps: bool = False) -> dict[str, Any]:
+    """Enhance end to end (virtual spots, dense maps); ``trust``: measure per gene whether the
+    model beats interpolation (:func:`napari_trihrge.tl.enhance`).
+    The dense maps are written as the factorised map store ``maps.store.zarr``
+    (:mod:`napari_trihrge.io.map_store`; ``trihrge export-maps`` materialises genes later);
+    ``materialise_maps=True`` also writes every gene's map as ``maps.ome.zarr``, and
+    ``map_store=False`` writes only that (every gene predicted directly, the older layout).
     The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`).
 
     ``spatialdata_store=True`` also writes the sample and the results as a self-contained
@@ -211,19 +212,20 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *,
                     config=config, progress=progress, overwrite=overwrite,
                     summary_extra=summary_extra, trust=trust,
                     spatialdata_store=spatialdata_store, into_input=into_input,
-                    map_store=map_store).summary
+                    map_store=map_store, materialise_maps=materialise_maps).summary
 
 
 def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
                   config: RunConfig, progress: Progress,
                   summary_extra: dict[str, Any] | None = None, trust: bool = True,
                   spatialdata_store: bool = False, into_input: bool = False,
-                  overwrite: bool = False, map_store: bool = False) -> RunOutput:
+                  overwrite: bool = False, map_store: bool = True,
+                  materialise_maps: bool = False) -> RunOutput:
     t0 = time.perf_counter()
     store = map_store and stride_um is not None
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
                      progress=progress, trust=trust,
-                     map_path=None if store else enhance_map_path(out, stride_um),
+                     map_path=run_map_path(out, stride_um, store, materialise_maps),
                      map_store=str(Path(out) / STORE_NAME) if store else False)
     summary = save_enhance_run(out, adata, result, config, progress=progress, started=t0,
                                summary_extra=summary_extra)
@@ -275,6 +277,12 @@ def write_spatialdata_outputs(out: Path, adata: AnnData, result, *, new_store: b
 def enhance_map_path(out: Path, stride_um: float | None) -> str | None:
     """Where an enhance run into ``out`` streams its dense maps (None without maps)."""
     return str(Path(out) / "maps.ome.zarr") if stride_um is not None else None
+
+
+def run_map_path(out: Path, stride_um: float | None, store: bool, materialise: bool
+                 ) -> str | None:
+    """Where a run writes materialised maps: without the store, or with it when asked."""
+    return enhance_map_path(out, stride_um) if materialise or not store else None
 
 
 def add_map_summary(out: Path, summary: dict[str, Any], key: str, files: dict[str, str],
@@ -377,14 +385,14 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 out_dir: str | Path, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                 stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
-                overwrite: bool = False, map_store: bool = False, cells: bool = False,
-                **kwargs: Any) -> dict[str, Any]:
-    """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``,
-    ``maps.ome.zarr`` or with ``map_store`` the factorised ``maps.store.zarr``,
-    ``predict_genes.csv``, ``overview.png``, ``summary.json``). With ``cells`` the nuclei of
-    the target's H&E are segmented and grown into cells that get the predicted maps
-    (``<out>/cells/``, as :func:`run_cells`; on a bare H&E without any spot constraint), and
-    the returned summary has their metrics under ``'cells'``."""
+                overwrite: bool = False, map_store: bool = True, materialise_maps: bool = False,
+                cells: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``, the
+    factorised ``maps.store.zarr``, with ``materialise_maps`` also ``maps.ome.zarr`` (only that
+    without ``map_store``), ``predict_genes.csv``, ``overview.png``, ``summary.json``). With
+    ``cells`` the nuclei of the target's H&E are segmented and grown into cells that get the
+    predicted maps (``<out>/cells/``, as :func:`run_cells`; on a bare H&E without any spot
+    constraint), and the returned summary has their metrics under ``'cells'``."""
     from .._atomic import atomic_path
     from ..io.outputs import mark_complete, run_folder, write_enhance
     from ..tl.inference import predict, prediction_inputs
@@ -406,7 +414,7 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
         t0 = time.perf_counter()  # the folder appears only when complete
         store = map_store and stride_um is not None
         result = predict(model, adata, factor=factor, stride_um=stride_um, progress=progress,
-                         map_path=None if store else enhance_map_path(out, stride_um),
+                         map_path=run_map_path(out, stride_um, store, materialise_maps),
                          map_store=str(Path(out) / STORE_NAME) if store else False, **kwargs)
         t1 = time.perf_counter()
         progress.stage("writing", 3)
@@ -513,7 +521,7 @@ def open_run_maps(source: str | Path) -> FactorMaps:
     if (source / "maps.ome.zarr").exists():
         raise TrihrgeInputError(
             f"{source} holds materialised maps (maps.ome.zarr) but no map store",
-            "open maps.ome.zarr directly, or re-run enhance with --map-store")
+            "open maps.ome.zarr directly, or re-run enhance (it writes the store)")
     raise TrihrgeInputError(f"no map store in {source}",
                             f"pass a run folder written with --map-store, or its {STORE_NAME}")
 
@@ -614,9 +622,9 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
         if "maps" not in run and "maps_store" not in run:
             raise TrihrgeInputError(f"the run {run_dir} has no dense maps",
                                     "run enhance or predict with --stride-um (e.g. 8) first")
-        if "maps_store" in run:  # factorised maps: each gene computed when the cells ask
+        if "maps" not in run:  # factorised maps: each gene computed when the cells ask
             maps = run["maps_store"]
-        else:
+        else:  # materialised maps (--materialise-maps, or an older run): read, not computed
             arr, stride_um, genes, origin = run["maps"]
             first = np.asarray(arr[0])
             maps = DenseMaps(values=arr, stride_um=float(stride_um),

@@ -107,7 +107,7 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path, monk
     from napari_trihrge.napari._reader import get_reader
 
     run = tmp_path / "run"
-    assert (run / "summary.json").is_file() and (run / "maps.ome.zarr").is_dir()
+    assert (run / "summary.json").is_file() and (run / "maps.store.zarr").is_dir()
     assert (run / "run_complete.json").is_file()  # written aside and swapped in when complete
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.")] == []
     # the same run folder as the CLI: overview figure, memory, and the truth scores here
