@@ -33,12 +33,16 @@ def negative_binomial_nll(log_mu: torch.Tensor, counts: torch.Tensor,
     """Mean over elements of the negative binomial negative log-likelihood.
 
     ``log_mu``, ``counts`` (N, G); ``log_theta`` (G,), the log inverse dispersion per gene.
+    Computed in float64: ``lgamma(c + theta) - lgamma(theta)`` cancels badly in float32 once
+    theta is large.
     """
+    dtype = log_mu.dtype
+    log_mu, counts, log_theta = log_mu.double(), counts.double(), log_theta.double()
     theta = torch.exp(log_theta)
     log_theta_mu = torch.logaddexp(log_theta.expand_as(log_mu), log_mu)  # log(theta + mu)
     ll = (torch.lgamma(counts + theta) - torch.lgamma(theta) - torch.lgamma(counts + 1.0)
           + theta * (log_theta - log_theta_mu) + counts * (log_mu - log_theta_mu))
-    return -ll.mean()
+    return -ll.mean().to(dtype)
 
 
 def count_nll(kind: str, log_mu: torch.Tensor, counts: torch.Tensor,

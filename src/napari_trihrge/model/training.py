@@ -136,11 +136,11 @@ class _Data:
     x: torch.Tensor | None  # (N, S, D) on device
     nb: torch.Tensor | None  # (N, G_nb) on device
     y: torch.Tensor  # (N, G) on device
-    counts: torch.Tensor | None  # (N, G) raw counts (count losses)
-    offset: torch.Tensor | None  # (N, 1) log(library size / target_sum) (count losses)
     sub_x: np.ndarray | None  # (N, K, S, D), gathered per batch
     sub_nb: np.ndarray | None  # (N, K, G_nb)
     sub_mask: np.ndarray | None  # (N, K) bool
+    counts: torch.Tensor | None = None  # (N, G) raw counts (count losses)
+    offset: torch.Tensor | None = None  # (N, 1) log(library size / target_sum) (count losses)
 
 
 def _check_sub_inputs(n: int, mc: ModelConfig, sub_features, sub_neighbour, sub_mask

@@ -1,0 +1,70 @@
+"""The model levers of RunConfig (count loss, gene programs, denoised targets) through recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, TINY_TRAIN
+from napari_trihrge import tl
+from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.tl._shared import _count_targets, _fit_stacked
+
+
+def tiny(**kw):
+    return tl.RunConfig(n_top_genes=40, model=dict(TINY_MODEL), train=dict(TINY_TRAIN), **kw)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"loss": "huber"}, "loss"),
+    ({"output_rank": -2}, "output_rank"),
+    ({"target_smoothing": 1.0}, "target_smoothing"),
+    ({"target_smoothing": 0.3, "loss": "poisson"}, "cannot be combined"),
+    ({"target_smoothing_k": 0}, "target_smoothing_k"),
+])
+def test_bad_lever_settings_are_refused_before_any_work(synthetic, kw, match):
+    with pytest.raises(TrihrgeInputError, match=match):
+        tl.recovery(synthetic, config=tiny(**kw))
+
+
+@pytest.mark.parametrize("kw", [{"loss": "poisson"}, {"loss": "negative_binomial"},
+                                {"output_rank": 4}, {"target_smoothing": 0.5}])
+def test_recovery_runs_with_each_lever_and_records_it(synthetic, kw):
+    res = tl.recovery(synthetic, seed=1, config=tiny(stacking=(), **kw))
+    model = res.fits[0].model
+    for key, value in kw.items():
+        assert res.config[key] == value
+        if key in ("loss", "output_rank"):
+            assert getattr(model.config, key) == value
+    if kw.get("loss", "mse") != "mse":
+        assert model.config.output_activation == "softplus"
+    pred = np.asarray(res.predictions.X)
+    assert np.isfinite(pred).all() and (pred >= 0).all()
+    assert res.metrics["n_genes_constant_prediction"] < pred.shape[1] // 2
+
+
+def test_count_targets_are_the_raw_counts_and_whole_library(synthetic):
+    from napari_trihrge.pp import prepare_expression
+
+    expr = prepare_expression(synthetic, n_top_genes=40)
+    assert _count_targets(tiny(), synthetic, expr) == {}
+    counts = _count_targets(tiny(loss="poisson"), synthetic, expr)
+    library = np.asarray(synthetic[expr.obs_names].X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(counts["library_size"], library, rtol=1e-6)
+    assert (counts["library_size"] > counts["counts"].sum(axis=1)).all()  # every gene, not 40
+    # the log-normalised targets are the counts over the library, as the count loss reads them
+    np.testing.assert_allclose(np.log1p(counts["counts"] / library[:, None] * 1e4),
+                               np.asarray(expr.X), rtol=1e-4, atol=1e-4)
+
+
+def test_denoised_targets_train_the_learners_but_the_blend_is_weighted_on_the_measurement():
+    rng = np.random.default_rng(0)
+    rc_um = np.stack(np.meshgrid(np.arange(8) * 100.0, np.arange(8) * 100.0), -1).reshape(-1, 2)
+    y = rng.gamma(2.0, size=(64, 5)).astype(np.float32)
+    feats = rng.normal(size=(64, 1, 3)).astype(np.float32)
+    cfg = tiny(stacking=("knn6", "ridge"), target_smoothing=0.5, neighbour_input=False)
+    raw = _fit_stacked(tiny(stacking=("knn6", "ridge"), neighbour_input=False), feats, y, rc_um,
+                       None, None)
+    smoothed = _fit_stacked(cfg, feats, y, rc_um, None, None)
+    assert np.array_equal(smoothed.src_y, y)  # kNN and the blend see the measurement
+    assert not np.allclose(smoothed.ridge.predict(feats, None), raw.ridge.predict(feats, None))
