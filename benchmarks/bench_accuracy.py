@@ -19,6 +19,8 @@ recovery   50 % of the spots hidden (seeded permutation), scored on the hidden s
            the better kNN of the same split; top-100 PCC (most expressed genes), genes predicted
            as a constant, share of genes better than the best kNN. ARI of k-means clusters
            against the layer annotation when the sample folder has a ``*_truth.txt``.
+           ``--levers``: the levers of issue 21 item 4 instead (count losses, gene programs,
+           denoised targets; LEVER_VARIANTS), each with the blend and with the network alone.
 transfer   every her2st section predicted from its image alone after training on the others
            (tasks.transfer); baselines: ridge on the same features, mean training expression (MSE).
 synthetic  the embedded sample with truth: enhance at 16 um with a 3-model ensemble; dense map vs
