@@ -64,7 +64,7 @@ class ModelConfig:
     ``loss``: 'mse' on log-normalised expression (the default), or 'poisson' /
     'negative_binomial' on raw counts: the output is then the log of the expected normalised
     count (per ``target_sum`` counts of the spot's library), trained as it is, and
-    ``log1p(exp(output)) = softplus(output)`` in eval mode, the log-normalised expression the
+    ``log(1 + exp(output)) = softplus(output)`` in eval mode, the log-normalised expression the
     other losses predict (so a count loss needs ``output_activation='softplus'``).
     ``output_rank``: 0 = a full output layer; k > 0 = gene programs: the decoder's last hidden
     layer goes to k programs and every gene is a linear mix of them (rank k).
