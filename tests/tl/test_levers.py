@@ -68,3 +68,21 @@ def test_denoised_targets_train_the_learners_but_the_blend_is_weighted_on_the_me
     smoothed = _fit_stacked(cfg, feats, y, rc_um, None, None)
     assert np.array_equal(smoothed.src_y, y)  # kNN and the blend see the measurement
     assert not np.allclose(smoothed.ridge.predict(feats, None), raw.ridge.predict(feats, None))
+
+
+@pytest.mark.parametrize("kw", [{"loss": "poisson"}, {"target_smoothing": 0.25}])
+def test_train_and_transfer_refuse_the_levers_they_do_not_implement(synthetic, kw):
+    with pytest.raises(TrihrgeInputError, match="train does not support"):
+        tl.train(synthetic, config=tiny(**kw))
+    with pytest.raises(TrihrgeInputError, match="transfer does not support"):
+        tl.transfer([synthetic], synthetic.copy(), config=tiny(**kw))
+
+
+def test_enhance_dense_map_with_a_count_loss_and_gene_programs(synthetic):
+    res = tl.enhance(synthetic, factor=2, stride_um=64.0, trust=False,
+                     config=tiny(loss="poisson", output_rank=4))
+    inside = np.asarray(res.maps.values)[:, res.maps.mask]
+    assert np.isfinite(inside).all() and (inside >= 0).all()
+    assert res.metrics["consistency"]["pcc_mean"] > 0.3  # the map follows the measured spots
+    model = res.fits[0].model
+    assert model.config.loss == "poisson" and model.config.output_rank == 4

@@ -241,6 +241,20 @@ def _check_levers(cfg: RunConfig) -> None:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
 
 
+def check_levers_supported(cfg: RunConfig, task: str) -> None:
+    """Refuse the levers ``task`` does not implement (count losses, denoised targets).
+
+    Recovery and enhance implement them; train and transfer (several sections pooled) do not.
+    """
+    unsupported = [f"loss={cfg.loss!r}"] if cfg.loss != "mse" else []
+    if cfg.target_smoothing:
+        unsupported.append(f"target_smoothing={cfg.target_smoothing}")
+    if unsupported:
+        raise TrihrgeInputError(f"{task} does not support {' and '.join(unsupported)}",
+                                "use them with recovery or enhance, or leave the defaults "
+                                "(loss='mse', target_smoothing=0)")
+
+
 def _check_stacking(cfg: RunConfig) -> None:
     unknown = sorted(set(cfg.stacking) - set(STACKING_CANDIDATES))
     if unknown:
