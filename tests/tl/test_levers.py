@@ -86,3 +86,26 @@ def test_enhance_dense_map_with_a_count_loss_and_gene_programs(synthetic):
     assert res.metrics["consistency"]["pcc_mean"] > 0.3  # the map follows the measured spots
     model = res.fits[0].model
     assert model.config.loss == "poisson" and model.config.output_rank == 4
+
+
+def test_map_store_of_a_count_loss_gene_program_model_equals_the_direct_prediction(synthetic):
+    from napari_trihrge import geometry
+    from napari_trihrge.io import map_store
+    from napari_trihrge.tl._maps import predict_maps
+    from napari_trihrge.tl._shared import _encoder_and_image, sample_geometry
+
+    cfg = tiny(loss="poisson", output_rank=4, stacking_folds=3)
+    res = tl.enhance(synthetic, factor=2, stride_um=64.0, trust=False, map_store=True,
+                     config=cfg)
+    assert isinstance(res.maps, map_store.FactorMaps)
+    assert res.maps.weights.activation == "softplus"
+    image, encoder = _encoder_and_image(synthetic, cfg)
+    rc_um, _, _ = sample_geometry(res.spots)
+    grid = geometry.DenseGrid(res.maps.origin_rc_um, res.maps.stride_um, res.maps.mask)
+    direct = predict_maps(res.model if res.model is not None else res.fits, image, encoder, rc_um, np.asarray(res.spots.X),
+                          (float(cfg.local_window_um), *cfg.windows_um), 64.0, cfg,
+                          genes=list(res.spots.var_names), grid=grid)
+    inside = res.maps.mask
+    stored = np.asarray(res.maps.values)[:, inside]
+    assert np.abs(stored - np.asarray(direct.values)[:, inside]).max() < 1e-4
+    assert stored.std() > 0.05
