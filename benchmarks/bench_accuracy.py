@@ -19,6 +19,8 @@ recovery   50 % of the spots hidden (seeded permutation), scored on the hidden s
            the better kNN of the same split; top-100 PCC (most expressed genes), genes predicted
            as a constant, share of genes better than the best kNN. ARI of k-means clusters
            against the layer annotation when the sample folder has a ``*_truth.txt``.
+           ``--levers``: the levers of issue 21 item 4 instead (count losses, gene programs,
+           denoised targets; LEVER_VARIANTS), each with the blend and with the network alone.
 transfer   every her2st section predicted from its image alone after training on the others
            (tasks.transfer); baselines: ridge on the same features, mean training expression (MSE).
 synthetic  the embedded sample with truth: enhance at 16 um with a 3-model ensemble; dense map vs
@@ -88,6 +90,24 @@ SWEEP_VARIANTS: dict[str, dict] = {
     "network alone, neighbour input k=6": {"stacking": (), "n_neighbours": 6},
     "network alone, 10 epochs": {"stacking": (), "train": {"max_epochs": 10}},
     "network alone, 40 epochs": {"stacking": (), "train": {"max_epochs": 40}},
+}
+#: ``--levers``: the levers of issue 21 item 4 (RunConfig fields), each with the blend (the
+#: default model) and with the network alone, next to the defaults of the same mode
+LEVER_VARIANTS: dict[str, dict] = {
+    "blend (default)": {},
+    "blend, Poisson loss": {"loss": "poisson"},
+    "blend, negative binomial loss": {"loss": "negative_binomial"},
+    "blend, 32 gene programs": {"output_rank": 32},
+    "blend, 64 gene programs": {"output_rank": 64},
+    "blend, targets denoised w=0.25": {"target_smoothing": 0.25},
+    "blend, targets denoised w=0.5": {"target_smoothing": 0.5},
+    "network alone": {"stacking": ()},
+    "network alone, Poisson loss": {"stacking": (), "loss": "poisson"},
+    "network alone, negative binomial loss": {"stacking": (), "loss": "negative_binomial"},
+    "network alone, 32 gene programs": {"stacking": (), "output_rank": 32},
+    "network alone, 64 gene programs": {"stacking": (), "output_rank": 64},
+    "network alone, targets denoised w=0.25": {"stacking": (), "target_smoothing": 0.25},
+    "network alone, targets denoised w=0.5": {"stacking": (), "target_smoothing": 0.5},
 }
 #: with ``--with-relu``: the network alone with the earlier ReLU output (dead outputs)
 RELU_VARIANT = {"ablation: network alone, ReLU output (before)": {
@@ -321,9 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true",
                     help="recovery: the sweep rows (SWEEP_VARIANTS) instead of the model and its "
                          "ablations")
+    ap.add_argument("--levers", action="store_true",
+                    help="recovery: the lever rows (LEVER_VARIANTS: count losses, gene programs, "
+                         "denoised targets) instead of the model and its ablations")
     ap.add_argument("--variants", default=None,
                     help="recovery: only these model rows (comma-separated labels, or their "
-                         "1-based positions in the list --sweep / the default list uses)")
+                         "1-based positions in the list --sweep / --levers / the default list "
+                         "uses)")
     ap.add_argument("--no-linear", action="store_true",
                     help="recovery: skip the ridge rows (the kNN rows are always there)")
     ap.add_argument("--with-relu", action="store_true",
@@ -348,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
     if args.with_relu:
         MODEL_VARIANTS.update(RELU_VARIANT)
-    variants = dict(SWEEP_VARIANTS if args.sweep else MODEL_VARIANTS)
+    variants = dict(SWEEP_VARIANTS if args.sweep else LEVER_VARIANTS if args.levers
+                    else MODEL_VARIANTS)
     if args.variants:
         labels = list(variants)
         wanted = [labels[int(v) - 1] if v.strip().isdigit() else v.strip()

@@ -104,7 +104,8 @@ def run(args) -> list[dict]:
     for name, path in _sections(args.data, args.only).items():
         adata = load_sample(path)
         for seed in args.seeds:
-            cfg = RunConfig(seed=seed, cache_dir=str(args.cache_dir) if args.cache_dir else None)
+            cfg = RunConfig(seed=seed, cache_dir=str(args.cache_dir) if args.cache_dir else None,
+                            **args.set)
             split = "_split" if args.split_counts else ""
             out = work / f"{name.replace('/', '_')}_f{args.factor}_s{seed}{split}"
             with measure() as m:
@@ -112,7 +113,8 @@ def run(args) -> list[dict]:
                                               stride_um=args.stride_um, config=cfg,
                                               annotation=section_labels(path),
                                               split_counts=args.split_counts)
-            records.append({"section": name + (" split" if args.split_counts else ""),
+            records.append({"section": name + (" split" if args.split_counts else "")
+                            + "".join(f" {k}={v}" for k, v in args.set.items()),
                             "seed": seed, "factor": args.factor,
                             "stride_um": args.stride_um, "wall_s": m.wall_s,
                             "scores": summary["validate_coarse"], "out": str(out)})
@@ -123,6 +125,19 @@ def run(args) -> list[dict]:
     return records
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """'field=value' -> (field, value); the value read as a Python literal when it is one."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -131,12 +146,12 @@ def tables(records: list[dict]) -> None:
     by_section: dict[str, list[dict]] = {}
     for r in records:
         by_section.setdefault(r["section"], []).append(r)
-    order = sorted(by_section, key=lambda s: (s.removesuffix(" split") in UNTOUCHED, s))
+    order = sorted(by_section, key=lambda s: (s.split(" ")[0] in UNTOUCHED, s))
     rows, class_rows = [], []
     for section in order:
         runs = by_section[section]
         s = [r["scores"] for r in runs]
-        label = section + (" (untouched)" if section.removesuffix(" split") in UNTOUCHED
+        label = section + (" (untouched)" if section.split(" ")[0] in UNTOUCHED
                            else "")
 
         def col(key, runs_scores=s):
@@ -186,11 +201,15 @@ def main(argv=None) -> None:
     ap.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
     ap.add_argument("--split-counts", action="store_true", help="pseudo-spots from one binomial "
                     "half of the counts, scored against the other (rows named '<section> split')")
+    ap.add_argument("--set", type=_setting, nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="RunConfig fields for enhance, e.g. target_smoothing=0.25 loss=poisson "
+                         "(the levers of docs/benchmarks.md; rows named after them)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the records here")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="print the tables of earlier --json files")
     args = ap.parse_args(argv)
+    args.set = dict(args.set)
     if args.merge:
         records = [r for p in args.merge for r in json.loads(p.read_text())]
         found = _sections(args.data, None)

@@ -250,3 +250,66 @@ def test_clip_output_has_no_dead_zone_while_training():
     assert model.decoder[-1].bias.grad.abs().min() > 0
     with torch.no_grad():
         assert (model.eval()(x) == 0).all()  # predictions are clipped at 0
+
+
+@pytest.mark.parametrize("rank", [3, 5])
+def test_gene_program_output_has_rank_k(rank):
+    model = _model(n_scales=2, output_rank=rank)
+    assert model.config.last_hidden_dim == rank
+    model.eval()
+    bag, _ = _inputs(n=40)
+    with torch.no_grad():
+        out = model.output_before_activation(bag)[0]
+        hidden = model.last_hidden(bag)
+    assert hidden.shape == (40, rank)
+    centred = (out - out.mean(dim=0)).numpy()  # 7 genes, but only `rank` programs
+    assert np.linalg.matrix_rank(centred, tol=1e-4) == rank
+    full = _model(n_scales=2)
+    with torch.no_grad():
+        full.eval()
+        centred_full = (full.output_before_activation(bag)[0]
+                        - full.output_before_activation(bag)[0].mean(dim=0)).numpy()
+    assert np.linalg.matrix_rank(centred_full, tol=1e-4) == 7
+
+
+def test_count_loss_model_predicts_softplus_of_its_log_rate():
+    model = _model(n_scales=2, loss="poisson", output_activation="softplus")
+    model.eval()
+    bag, _ = _inputs()
+    with torch.no_grad():
+        eta = model.output_before_activation(bag)[0]
+        pred = model(bag)
+    torch.testing.assert_close(pred, torch.log1p(torch.exp(eta)))
+    assert model.log_theta is None
+    assert _model(loss="negative_binomial", output_activation="softplus").log_theta.shape == (7,)
+
+
+def test_count_loss_bias_starts_at_the_log_mean_normalised_count():
+    model = _model(loss="poisson", output_activation="softplus")
+    model.init_output_bias(np.array([[2.0, 0.0, 1.0, 4.0, 1.0, 1.0, 1.0],
+                                     [4.0, 0.0, 1.0, 4.0, 1.0, 1.0, 1.0]]))
+    bias = model.decoder[-1].bias.detach().numpy()
+    assert bias[0] == pytest.approx(np.log(3.0)) and bias[3] == pytest.approx(np.log(4.0))
+    assert bias[1] == pytest.approx(np.log(1e-3))  # a gene never seen is floored, not -inf
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"loss": "poisson"}, "softplus"),
+    ({"loss": "huber"}, "loss must be"),
+    ({"output_rank": -1}, "output_rank"),
+])
+def test_lever_settings_are_validated(kw, match):
+    with pytest.raises(TrihrgeInputError, match=match):
+        _model(**kw)
+
+
+def test_save_load_round_trip_with_levers(tmp_path):
+    model = _model(n_scales=2, loss="negative_binomial", output_activation="softplus",
+                   output_rank=3)
+    save_model(tmp_path / "m", model)
+    loaded, cfg, _ = load_model(tmp_path / "m")
+    assert cfg.loss == "negative_binomial" and cfg.output_rank == 3
+    bag, _ = _inputs()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(bag), model(bag))

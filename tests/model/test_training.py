@@ -242,3 +242,49 @@ def test_bf16_autocast_path_runs_on_cpu():
     loss.backward()
     assert n == 10 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert model.decoder[0].weight.grad is not None
+
+
+def _counts_problem(n=400, g=6, seed=0):
+    """Counts whose rate depends on the features, with library sizes that vary 4-fold."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2, 8)).astype(np.float32)
+    w = rng.normal(size=(16, g)) / 4
+    eta = np.log(20.0) + np.tanh(x.reshape(n, -1) @ w) * 1.5  # log normalised count per 1e4
+    library = rng.uniform(2e3, 8e3, size=n)
+    counts = rng.poisson(np.exp(eta) * library[:, None] / 1e4).astype(np.float32)
+    y = np.log1p(counts / library[:, None] * 1e4).astype(np.float32)
+    return x, y, counts, library.astype(np.float32), eta
+
+
+@pytest.mark.parametrize("loss", ["poisson", "negative_binomial"])
+def test_count_loss_learns_the_rate_from_counts_and_library_sizes(loss):
+    x, y, counts, library, eta = _counts_problem()
+    res = fit(x, y, counts=counts, library_size=library, loss=loss,
+              output_activation="softplus",
+              train_config=TrainConfig(max_epochs=30, batch_size=32, val_fraction=0.2,
+                                       patience=30), **NET_TINY)
+    v = res.val_indices
+    pred = predict(res.model, x[v])
+    truth = np.log1p(np.exp(eta[v]))  # the expected log-normalised expression
+    pcc = [np.corrcoef(pred[:, j], truth[:, j])[0, 1] for j in range(y.shape[1])]
+    assert np.mean(pcc) > 0.6
+    assert abs(float(pred.mean()) - float(truth.mean())) < 0.5  # the level, through softplus
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+
+
+def test_count_loss_without_counts_is_refused_before_training():
+    x, y, counts, library, _ = _counts_problem(n=40)
+    with pytest.raises(TrihrgeInputError, match="raw counts"):
+        fit(x, y, loss="poisson", output_activation="softplus", **NET_TINY)
+    with pytest.raises(TrihrgeInputError, match="library"):
+        fit(x, y, counts=counts, library_size=np.ones(40, dtype=np.float32), loss="poisson",
+            output_activation="softplus", **NET_TINY)
+
+
+def test_count_loss_with_the_aggregation_term_runs():
+    x, y, counts, library, _ = _counts_problem(n=60)
+    sub = np.repeat(x[:, None], 3, axis=1)
+    res = fit(x, y, counts=counts, library_size=library, loss="poisson",
+              output_activation="softplus", sub_features=sub,
+              train_config=TrainConfig(max_epochs=2, batch_size=16), **NET_TINY)
+    assert np.isfinite([h["train_loss"] for h in res.history]).all()

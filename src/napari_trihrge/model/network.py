@@ -27,6 +27,7 @@ metadata); :func:`load_model` reads them back with ``torch.load(weights_only=Tru
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -44,6 +45,10 @@ MODEL_META = "model.json"
 FORMAT_NAME = "napari-trihrge-model"
 FORMAT_VERSION = 1
 OUTPUT_ACTIVATIONS = ("clip", "softplus", "relu", "none")
+#: training losses: 'mse' on log-normalised expression; 'poisson' and 'negative_binomial' on raw
+#: counts with the spot's library size as offset (the network outputs a log-rate)
+LOSSES = ("mse", "poisson", "negative_binomial")
+COUNT_LOSSES = ("poisson", "negative_binomial")
 
 
 @dataclass
@@ -56,6 +61,13 @@ class ModelConfig:
     as it is (identity, no dead zone) and clips predictions at 0 in eval mode; 'relu' (the
     reference's choice), 'softplus' or 'none' (identity always). ReLU outputs die for many sparse
     genes on real sections, which then get a constant prediction (docs/benchmarks-accuracy.md).
+    ``loss``: 'mse' on log-normalised expression (the default), or 'poisson' /
+    'negative_binomial' on raw counts: the output is then the log of the expected normalised
+    count (per ``target_sum`` counts of the spot's library), trained as it is, and
+    ``log(1 + exp(output)) = softplus(output)`` in eval mode, the log-normalised expression the
+    other losses predict (so a count loss needs ``output_activation='softplus'``).
+    ``output_rank``: 0 = a full output layer; k > 0 = gene programs: the decoder's last hidden
+    layer goes to k programs and every gene is a linear mix of them (rank k).
     """
 
     in_dim: int
@@ -70,6 +82,8 @@ class ModelConfig:
     neighbour_dim: int | None = None
     neighbour_skip: bool = False
     output_activation: str = "clip"
+    loss: str = "mse"
+    output_rank: int = 0
 
     def __post_init__(self) -> None:
         self.decoder_dims = tuple(int(d) for d in self.decoder_dims)
@@ -81,6 +95,11 @@ class ModelConfig:
     def n_tokens(self) -> int:
         """Bag size: image scales plus one neighbour element when enabled."""
         return self.n_scales + int(self.neighbour_input)
+
+    @property
+    def last_hidden_dim(self) -> int:
+        """Width of the layer the output layer reads: the gene programs or the decoder's last."""
+        return self.output_rank if self.output_rank > 0 else self.decoder_dims[-1]
 
     def validate(self) -> None:
         problems = []
@@ -105,6 +124,14 @@ class ModelConfig:
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             problems.append(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                             f"got {self.output_activation!r}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        elif self.loss in COUNT_LOSSES and self.output_activation != "softplus":
+            problems.append(f"the {self.loss} loss predicts a log-rate, read as log-normalised "
+                            "expression through softplus: it needs output_activation='softplus'")
+        if isinstance(self.output_rank, bool) or not isinstance(self.output_rank, int) \
+                or self.output_rank < 0:
+            problems.append(f"output_rank must be a whole number >= 0 (got {self.output_rank!r})")
         if problems:
             raise TrihrgeInputError("invalid model configuration: " + "; ".join(problems),
                                     "fix the listed settings")
@@ -172,8 +199,14 @@ class TriHRGENet(nn.Module):
         for width in c.decoder_dims:
             layers += [nn.Linear(prev, width), nn.BatchNorm1d(width), nn.ReLU()]
             prev = width
+        if c.output_rank > 0:  # gene programs: hidden -> k programs -> genes (rank k)
+            layers.append(nn.Linear(prev, c.output_rank))
+            prev = c.output_rank
         layers.append(nn.Linear(prev, c.n_genes))
         self.decoder = nn.Sequential(*layers)
+        # negative binomial: per-gene log inverse dispersion (theta = 10 at the start)
+        self.log_theta = (nn.Parameter(torch.full((c.n_genes,), math.log(10.0)))
+                          if c.loss == "negative_binomial" else None)
         # per-gene weight of the skip path (0 at the start: the network learns how far to trust
         # the interpolated neighbour expression of each gene)
         self.skip_weight = nn.Parameter(torch.zeros(c.n_genes)) if c.neighbour_skip else None
@@ -188,9 +221,13 @@ class TriHRGENet(nn.Module):
     def init_output_bias(self, targets: np.ndarray) -> None:
         """Start the network at each gene's mean training expression (the output layer's bias),
         so the first steps learn structure instead of the per-gene level. Softplus outputs get
-        the inverse softplus of the mean."""
+        the inverse softplus of the mean; count losses the log of the mean normalised count
+        (``targets`` are then the normalised counts, see
+        :func:`napari_trihrge.model.training.fit`)."""
         mean = torch.as_tensor(np.asarray(targets, dtype=np.float64).mean(axis=0))
-        if self.config.output_activation == "softplus":
+        if self.config.loss in COUNT_LOSSES:
+            mean = torch.log(mean.clamp_min(1e-3))
+        elif self.config.output_activation == "softplus":
             mean = torch.where(mean > 20, mean, torch.log(torch.expm1(mean.clamp_min(1e-4))))
         last = self.decoder[-1]
         last.bias.copy_(mean.to(last.bias.dtype))
@@ -254,7 +291,7 @@ class TriHRGENet(nn.Module):
 
     def last_hidden(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None = None
                     ) -> torch.Tensor:
-        """The decoder's last hidden layer (N, ``decoder_dims[-1]``): the output is this times
+        """The decoder's last hidden layer (N, ``config.last_hidden_dim``): the output is this times
         the output layer (``decoder[-1]``), plus the skip path, then the output activation
         (the factorised map store keeps it per location, :mod:`napari_trihrge.io.map_store`)."""
         return self.decoder[:-1](self._pool(bag, neighbour)[0])
@@ -273,15 +310,24 @@ class TriHRGENet(nn.Module):
         h = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)
         return self.attention(h)
 
-    def forward(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None = None,
-                return_attention: bool = False):
-        """``bag`` (N, S, D) raw features (None for a neighbour-only model), ``neighbour``
-        (N, G_nb) -> predictions (N, G) [, attention (N, S[+1]); the neighbour is last]."""
+    def output_before_activation(self, bag: torch.Tensor | None,
+                                 neighbour: torch.Tensor | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer plus the skip path (N, G), before the output activation (a count
+        loss reads it as the log-rate), and the attention weights (N, S[+1])."""
         c = self.config
         pooled, weights = self._pool(bag, neighbour)
         out = self.decoder(pooled)
         if c.neighbour_skip:
             out = out + self.skip_weight.to(out.dtype) * (neighbour - self.neighbour_mean)
+        return out, weights
+
+    def forward(self, bag: torch.Tensor | None, neighbour: torch.Tensor | None = None,
+                return_attention: bool = False):
+        """``bag`` (N, S, D) raw features (None for a neighbour-only model), ``neighbour``
+        (N, G_nb) -> predictions (N, G) [, attention (N, S[+1]); the neighbour is last]."""
+        c = self.config
+        out, weights = self.output_before_activation(bag, neighbour)
         if c.output_activation == "softplus":
             out = nn.functional.softplus(out)
         elif c.output_activation == "relu" or (c.output_activation == "clip"
@@ -389,4 +435,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["ModelConfig", "TriHRGENet", "GatedAttentionPool", "save_model", "load_model",
-           "count_parameters", "MODEL_WEIGHTS", "MODEL_META"]
+           "count_parameters", "MODEL_WEIGHTS", "MODEL_META", "LOSSES", "COUNT_LOSSES"]

@@ -138,7 +138,7 @@ def predict_last_hidden(models: Sequence[TriHRGENet], features: Any = None,
     n = _n_locations(features, neighbour)
     _check(models, features, neighbour)
     dev = resolve_device(device)
-    out = np.empty((len(models), n, models[0].config.decoder_dims[-1]), dtype=np.float32)
+    out = np.empty((len(models), n, models[0].config.last_hidden_dim), dtype=np.float32)
     with _eval_on(models, dev):
         for s in range(0, n, batch_size):
             e = min(s + batch_size, n)

@@ -1,6 +1,9 @@
 """Training of :class:`~napari_trihrge.model.network.TriHRGENet`: :func:`fit` and :func:`fit_ensemble`.
 
-Loss: MSE between the prediction for a spot's bag and the spot's (log-normalised) expression.
+Loss: MSE between the prediction for a spot's bag and the spot's (log-normalised) expression,
+or, with ``ModelConfig.loss`` 'poisson' / 'negative_binomial', the count likelihood of the spot's
+raw counts with its library size as offset (:mod:`napari_trihrge.model.losses`; the aggregation
+term then compares the mean rate over the sub-locations with the spot's counts).
 With sub-locations (``sub_features`` (N, K, S, D) and ``sub_mask`` (N, K)), an iStar-style
 aggregation term is added: ``aggregation_weight * MSE(mean over valid k of the prediction at
 sub-location k, spot target)``, so the dense map averaged over a spot disk reproduces the
@@ -40,7 +43,8 @@ from ..device import resolve_device
 from ..errors import TrihrgeInputError
 from ..progress import Progress, ensure_progress
 from ..threads import cpu_threads
-from .network import ModelConfig, TriHRGENet
+from .losses import count_nll, library_offset
+from .network import COUNT_LOSSES, ModelConfig, TriHRGENet
 
 
 @dataclass
@@ -135,6 +139,8 @@ class _Data:
     sub_x: np.ndarray | None  # (N, K, S, D), gathered per batch
     sub_nb: np.ndarray | None  # (N, K, G_nb)
     sub_mask: np.ndarray | None  # (N, K) bool
+    counts: torch.Tensor | None = None  # (N, G) raw counts (count losses)
+    offset: torch.Tensor | None = None  # (N, 1) log(library size / target_sum) (count losses)
 
 
 def _check_sub_inputs(n: int, mc: ModelConfig, sub_features, sub_neighbour, sub_mask
@@ -177,6 +183,28 @@ def _check_sub_inputs(n: int, mc: ModelConfig, sub_features, sub_neighbour, sub_
         raise TrihrgeInputError("sub_mask marks no valid sub-location",
                                 "check the sub-location grid (are they inside the tissue?)")
     return sx, snb, mask
+
+
+def _check_count_inputs(n: int, mc: ModelConfig, counts: Any, library_size: Any
+                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Raw counts (N, G) and library sizes (N,) for a count loss (None, None for MSE)."""
+    if mc.loss not in COUNT_LOSSES:
+        return None, None
+    if counts is None or library_size is None:
+        raise TrihrgeInputError(f"the {mc.loss} loss needs the raw counts and library sizes",
+                                "pass counts=(N, G) raw counts and library_size=(N,) totals, "
+                                "or use loss='mse'")
+    c = _as_float_array(counts, "counts", 2)
+    lib = _as_float_array(library_size, "library_size", 1)
+    if c.shape != (n, mc.n_genes) or lib.shape != (n,):
+        raise TrihrgeInputError(f"counts {c.shape} / library_size {lib.shape} do not match "
+                                f"{n} spots x {mc.n_genes} genes",
+                                "pass one row of counts and one library size per spot")
+    if (c < 0).any() or not (lib > 0).all() or (c.sum(axis=1) > lib * (1 + 1e-6)).any():
+        raise TrihrgeInputError("counts must be >= 0 and library sizes > 0 and at least the "
+                                "spot's counts of the target genes",
+                                "pass raw counts and each spot's total over every gene")
+    return c, lib
 
 
 def derive_model_config(features: np.ndarray | None, targets: np.ndarray,
@@ -274,19 +302,31 @@ def _batch_loss(model: TriHRGENet, data: _Data, idx: np.ndarray, device: torch.d
         if data.nb is not None:
             snb = torch.from_numpy(np.asarray(data.sub_nb[src, ks], dtype=np.float32)).to(device)
             nb = torch.cat([nb, snb], dim=0)
+    count_loss = model.config.loss in COUNT_LOSSES
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = model(bag, nb)
+        out = model.output_before_activation(bag, nb)[0] if count_loss else model(bag, nb)
     out = out.float()
-    loss = torch.nn.functional.mse_loss(out[:n], y)
+    if count_loss:
+        counts, offset = data.counts[idx_t], data.offset[idx_t]
+        loss = count_nll(model.config.loss, out[:n] + offset, counts, model.log_theta)
+    else:
+        loss = torch.nn.functional.mse_loss(out[:n], y)
     if use_sub and len(rows):
         b, k = mask.shape
         flat = torch.from_numpy(rows * k + ks).to(device)
+        # the mean over the sub-locations: of the rate for a count loss, else of the prediction
+        sub = torch.exp(out[n:]) if count_loss else out[n:]
         dense = torch.zeros(b * k, out.shape[1], device=device, dtype=out.dtype)
-        dense = dense.index_put((flat,), out[n:])  # unique indices: deterministic
-        counts = torch.from_numpy(mask.sum(axis=1)).to(device)
-        valid = counts > 0
-        mean = dense.view(b, k, -1).sum(dim=1)[valid] / counts[valid, None].to(out.dtype)
-        loss = loss + agg_weight * torch.nn.functional.mse_loss(mean, y[valid])
+        dense = dense.index_put((flat,), sub)  # unique indices: deterministic
+        n_sub = torch.from_numpy(mask.sum(axis=1)).to(device)
+        valid = n_sub > 0
+        mean = dense.view(b, k, -1).sum(dim=1)[valid] / n_sub[valid, None].to(out.dtype)
+        if count_loss:
+            agg = count_nll(model.config.loss, torch.log(mean.clamp_min(1e-30)) + offset[valid],
+                            counts[valid], model.log_theta)
+        else:
+            agg = torch.nn.functional.mse_loss(mean, y[valid])
+        loss = loss + agg_weight * agg
     return loss, n
 
 
@@ -307,15 +347,19 @@ def _eval_loss(model: TriHRGENet, data: _Data, idx: np.ndarray, device: torch.de
 # ------------------------------------------------------------------------------------------
 def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarray | None = None,
         sub_features: np.ndarray | None = None, sub_neighbour: np.ndarray | None = None,
-        sub_mask: np.ndarray | None = None, model_config: ModelConfig | None = None,
-        train_config: TrainConfig | None = None, progress: Progress | None = None,
-        **model_overrides: Any) -> FitResult:
+        sub_mask: np.ndarray | None = None, counts: np.ndarray | None = None,
+        library_size: np.ndarray | None = None, target_sum: float = 1e4,
+        model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+        progress: Progress | None = None, **model_overrides: Any) -> FitResult:
     """Train a TriHRGENet on spots.
 
     features (N, S, D) image embeddings (None or S = 0 for a neighbour-only model); targets (N, G)
     log-normalised expression; neighbour (N, G_nb) interpolated neighbour expression (it must not
     contain the spot's own measurement); sub_features (N, K, S, D), sub_neighbour (N, K, G_nb) and
-    sub_mask (N, K) for the aggregation loss. ``model_config`` defaults to one derived from the
+    sub_mask (N, K) for the aggregation loss. A count loss (``loss='poisson'`` or
+    ``'negative_binomial'``) also needs ``counts`` (N, G), the raw counts of the target genes, and
+    ``library_size`` (N,), each spot's total counts over every gene, with the ``target_sum`` the
+    targets were normalised to. ``model_config`` defaults to one derived from the
     shapes; keyword overrides (``hidden_dim=256``, ``decoder_dims=(512, 512)``, ...) apply on top.
     Progress: stage 'training' with one step per epoch and a metric (epoch, train_loss, val_loss,
     lr) per epoch; Cancelled propagates.
@@ -348,6 +392,7 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
                                 "pass features for image models and neighbour for neighbour "
                                 "models, or let fit derive the configuration")
     sx, snb, smask = _check_sub_inputs(n, mc, sub_features, sub_neighbour, sub_mask)
+    raw_counts, library = _check_count_inputs(n, mc, counts, library_size)
 
     rng = np.random.default_rng(tc.seed)
     perm = rng.permutation(n)
@@ -369,12 +414,17 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
         model.check_inputs(x, nb)
         model.set_standardization(x[train_idx] if x is not None else None,
                                   nb[train_idx] if nb is not None else None)
-        model.init_output_bias(y[train_idx])
+        model.init_output_bias(y[train_idx] if raw_counts is None else
+                               raw_counts[train_idx] / library[train_idx, None] * target_sum)
         model.to(device)
         data = _Data(
             x=torch.from_numpy(x).to(device) if x is not None else None,
             nb=torch.from_numpy(nb).to(device) if nb is not None else None,
-            y=torch.from_numpy(y).to(device), sub_x=sx, sub_nb=snb, sub_mask=smask)
+            y=torch.from_numpy(y).to(device),
+            counts=torch.from_numpy(raw_counts).to(device) if raw_counts is not None else None,
+            offset=(library_offset(torch.from_numpy(library).to(device), target_sum)
+                    if library is not None else None),
+            sub_x=sx, sub_nb=snb, sub_mask=smask)
         opt = _adam(model, tc, device)
         steps_per_epoch = len(_batches(train_idx, tc.batch_size))
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -81,6 +81,16 @@ class RunConfig:
         Recovery: candidates of the per-gene blend; () = the network alone.
     stacking_folds
         Recovery: folds of the out-of-fold predictions that weight the blend.
+    loss
+        What the network is trained on: 'mse' on log-normalised expression, or 'poisson' /
+        'negative_binomial' on the raw counts with each spot's library size.
+    output_rank
+        0: every gene has its own output; k > 0: genes are mixes of k shared gene programs.
+    target_smoothing
+        Share (0 to below 1) of the nearest measured spots' interpolated expression mixed into
+        each training spot's target, to denoise it; 0 = the measured expression.
+    target_smoothing_k
+        Measured spots used for that interpolation.
     ensemble
         Models trained with different seeds; their mean is the prediction and their spread
         shows where they disagree (less sure).
@@ -122,6 +132,11 @@ class RunConfig:
     # models. () = the network alone, trained on every training spot
     stacking: tuple[str, ...] = STACKING_CANDIDATES
     stacking_folds: int = 5
+    # levers of the network (issue 21 item 4; measured in docs/benchmarks.md, "levers tried")
+    loss: str = "mse"  # 'mse' | 'poisson' | 'negative_binomial' (raw counts, library offset)
+    output_rank: int = 0  # 0 = full output layer; k = k gene programs shared by all genes
+    target_smoothing: float = 0.0  # weight of the neighbours in the denoised training targets
+    target_smoothing_k: int = 6
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
@@ -180,6 +195,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
     check_marker_panel(cfg.marker_panel)
     _check_stacking(cfg)
+    _check_levers(cfg)
     try:
         TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train}).validate()
     except TypeError as exc:
@@ -217,6 +233,42 @@ def model_preset(cfg: RunConfig) -> dict[str, Any]:
         raise TrihrgeInputError(f"unknown model preset {name!r}",
                                 f"use one of: auto, {', '.join(MODEL_PRESETS)}")
     return dict(MODEL_PRESETS[name])
+
+
+def _check_levers(cfg: RunConfig) -> None:
+    from ..model.network import LOSSES
+
+    problems = []
+    if cfg.loss not in LOSSES:
+        problems.append(f"loss must be one of {', '.join(LOSSES)} (got {cfg.loss!r})")
+    if isinstance(cfg.output_rank, bool) or not isinstance(cfg.output_rank, int | np.integer) \
+            or cfg.output_rank < 0:
+        problems.append(f"output_rank must be a whole number >= 0 (got {cfg.output_rank!r})")
+    if not (isinstance(cfg.target_smoothing, int | float) and 0 <= cfg.target_smoothing < 1):
+        problems.append(f"target_smoothing must be in [0, 1) (got {cfg.target_smoothing!r})")
+    elif cfg.target_smoothing > 0 and cfg.loss != "mse":
+        problems.append("target_smoothing denoises the log-normalised targets of the 'mse' "
+                        f"loss; it cannot be combined with loss={cfg.loss!r}")
+    if isinstance(cfg.target_smoothing_k, bool) or \
+            not isinstance(cfg.target_smoothing_k, int | np.integer) or cfg.target_smoothing_k < 1:
+        problems.append(f"target_smoothing_k must be a whole number >= 1 "
+                        f"(got {cfg.target_smoothing_k!r})")
+    if problems:
+        raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
+
+
+def check_levers_supported(cfg: RunConfig, task: str) -> None:
+    """Refuse the levers ``task`` does not implement (count losses, denoised targets).
+
+    Recovery and enhance implement them; train and transfer (several sections pooled) do not.
+    """
+    unsupported = [f"loss={cfg.loss!r}"] if cfg.loss != "mse" else []
+    if cfg.target_smoothing:
+        unsupported.append(f"target_smoothing={cfg.target_smoothing}")
+    if unsupported:
+        raise TrihrgeInputError(f"{task} does not support {' and '.join(unsupported)}",
+                                "use them with recovery or enhance, or leave the defaults "
+                                "(loss='mse', target_smoothing=0)")
 
 
 def _check_stacking(cfg: RunConfig) -> None:

@@ -24,6 +24,7 @@ from ._maps import (
     predict_maps,
 )
 from ._shared import (
+    _count_targets,
     _encoder_and_image,
     _features,
     _fit,
@@ -34,7 +35,9 @@ from ._shared import (
     _lattice_kind,
     _predict,
     _stacked_predict,
+    _subset_rows,
     _Timer,
+    _training_targets,
     _trust_record,
     _virtual_spots,
     sample_geometry,
@@ -76,13 +79,14 @@ def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarra
 
 def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                    nb_input: bool, sub: dict[str, Any], sub_offsets_um: np.ndarray | None,
-                   split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress
-                   ) -> tuple[dict[str, Any], pd.DataFrame]:
+                   split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress,
+                   counts: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure the per-gene trust of an enhance run on held-out spots.
 
     One model trained like the final one (same inputs, same losses; the per-gene blend when
     ``cfg.stacking``) on the spots of ``split[1]`` only, scored on the held-out ``split[0]`` (the
-    blend's candidates too, on the same genes).
+    blend's candidates too, on the same genes). ``counts``: the count loss's inputs, one row
+    per spot ({} for MSE).
     """
     hidden, visible = split
     nb_train = nb_hidden = None
@@ -100,6 +104,7 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
             sub_nb = idw_interpolate(rc_um[visible], y[visible], sub_rc, cfg.n_neighbours,
                                      exclude_index=np.repeat(np.arange(len(visible)), n_offsets))
             sub_train["sub_neighbour"] = sub_nb.reshape(len(visible), n_offsets, -1)
+    sub_train.update(_subset_rows(counts, visible))
     progress.message(f"per-gene trust: training on {len(visible)} spots, scoring the "
                      f"{len(hidden)} held out")
     from dataclasses import replace
@@ -112,7 +117,8 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
         pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
         others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
     else:
-        fits = _fit(one, feats[visible], y[visible], nb_train, progress, **sub_train)
+        fits = _fit(one, feats[visible], _training_targets(one, rc_um[visible], y[visible]),
+                    nb_train, progress, **sub_train)
         pred, _ = _predict(fits, feats[hidden], nb_hidden, cfg)
     metrics, per_gene, _ = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
     metrics = {"heldout_fraction": float(len(hidden) / len(y)), "n_hidden": int(len(hidden)),
@@ -227,19 +233,21 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             sub["sub_neighbour"] = sub_nb.reshape(len(rc_um), len(offs), -1)
 
     genes = list(expr.var_names)
+    counts = _count_targets(cfg, adata, expr)  # {} unless a count loss
     trust_metrics = trust_table = None
     if split is not None:
         with timer("trust"):
             trust_metrics, trust_table = _enhance_trust(cfg, feats, y, rc_um, nb is not None, sub,
-                                                        offs, split, genes, progress)
+                                                        offs, split, genes, progress, counts)
             add_noise_ceiling(trust_metrics, trust_table, adata, spots=expr.obs_names[split[0]])
     stacked = None
     with timer("training"):
         if cfg.stacking:
-            stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, **sub)
+            stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, **sub, **counts)
             fits = stacked.fits
         else:
-            fits = _fit(cfg, feats, y, nb, progress, **sub)
+            fits = _fit(cfg, feats, _training_targets(cfg, rc_um, y), nb, progress, **sub,
+                        **counts)
     del sub
 
     # virtual spots (measured spots included: there kNN returns the measurement itself)

@@ -16,6 +16,7 @@ from ..progress import Progress, ensure_progress
 from ._config import RunConfig, validate_config
 from ._shared import (
     _annotation_labels,
+    _count_targets,
     _encoder_and_image,
     _features,
     _fit,
@@ -26,7 +27,9 @@ from ._shared import (
     _predict,
     _prediction_adata,
     _stacked_predict,
+    _subset_rows,
     _Timer,
+    _training_targets,
     _trust_record,
     sample_geometry,
 )
@@ -84,13 +87,15 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
                                    exclude_self=True)
         nb_hidden = idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], cfg.n_neighbours)
     stacked = None
+    counts = _subset_rows(_count_targets(cfg, adata, expr), visible)  # {} unless a count loss
     with timer("training"):
         if cfg.stacking:
             stacked = _fit_stacked(cfg, feats[visible], y[visible], rc_um[visible], nb_train,
-                                   progress)
+                                   progress, **counts)
             fits = stacked.fits
         else:
-            fits = _fit(cfg, feats[visible], y[visible], nb_train, progress)
+            fits = _fit(cfg, feats[visible], _training_targets(cfg, rc_um[visible], y[visible]),
+                        nb_train, progress, **counts)
     with timer("prediction"):
         # the candidates of the blend are scored on the same genes and spots as the model
         parts: dict[str, np.ndarray] = {}

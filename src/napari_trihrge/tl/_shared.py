@@ -116,11 +116,57 @@ def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:
     train_cfg = TrainConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.train})
     seeds = [cfg.seed + i for i in range(max(1, int(cfg.ensemble)))]
     model_kw = {"neighbour_skip": cfg.neighbour_skip and neighbour is not None,
-                **model_preset(cfg), **cfg.model}
+                **model_preset(cfg), **_lever_settings(cfg), **cfg.model}
     model_kw["neighbour_input"] = neighbour is not None
     with cpu_threads(cfg.threads):
         return fit_ensemble(features, targets, neighbour=neighbour, seeds=seeds,
                             train_config=train_cfg, progress=progress, **sub, **model_kw)
+
+
+def _lever_settings(cfg: RunConfig) -> dict[str, Any]:
+    """Return the ModelConfig fields of the run's levers (a count loss predicts via softplus)."""
+    from ..model.network import COUNT_LOSSES
+
+    out: dict[str, Any] = {"loss": cfg.loss, "output_rank": int(cfg.output_rank)}
+    if cfg.loss in COUNT_LOSSES:
+        out["output_activation"] = "softplus"
+    return out
+
+
+def _count_targets(cfg: RunConfig, adata: AnnData, expr: AnnData) -> dict[str, Any]:
+    """Return fit's count-loss inputs for a count loss, else {}.
+
+    The raw counts of ``expr``'s genes and each spot's library size over every gene of ``adata``
+    (fit's ``counts``, ``library_size``, ``target_sum``).
+    """
+    from ..model.network import COUNT_LOSSES
+
+    if cfg.loss not in COUNT_LOSSES:
+        return {}
+    rows = adata.obs_names.get_indexer(expr.obs_names)
+    library = np.asarray(adata.X[rows].sum(axis=1), dtype=np.float64).ravel()
+    target_sum = float(expr.uns.get("trihrge_preprocessing", {}).get("target_sum", 1e4))
+    return {"counts": np.asarray(expr.layers["counts"], dtype=np.float32),
+            "library_size": library.astype(np.float32), "target_sum": target_sum}
+
+
+def _subset_rows(arrays: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """Return the per-spot arrays of fit's keyword inputs at ``rows`` (scalars kept)."""
+    return {k: v[rows] if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+
+
+def _training_targets(cfg: RunConfig, rc_um: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Return the targets the models are fitted to.
+
+    ``y``, denoised by the neighbours when ``cfg.target_smoothing`` > 0
+    (:func:`napari_trihrge.model.targets.denoise_by_neighbours`).
+    """
+    if not cfg.target_smoothing:
+        return y
+    from ..model.targets import denoise_by_neighbours
+
+    return denoise_by_neighbours(rc_um, y, weight=float(cfg.target_smoothing),
+                                 n_neighbours=int(cfg.target_smoothing_k))
 
 
 def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress | None = None
@@ -173,16 +219,20 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     for i, test in enumerate(folds):
         train = np.setdiff1d(np.arange(len(y)), test)
         nb_tr, nb_te = (nb[train], nb[test]) if nb is not None else (None, None)
+        # denoised within the fold's training spots only (the test spots stay unseen)
+        y_fit = _training_targets(cfg, rc_um[train], y[train])
         if "ridge" in oof:
-            head = RidgeHead.fit(img[train] if img is not None else None, nb_tr, y[train])
+            head = RidgeHead.fit(img[train] if img is not None else None, nb_tr, y_fit)
             oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
         if "network" in oof:
             progress.message(f"stacking fold {i + 1}/{len(folds)}")
-            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y[train],
-                             nb_tr, progress, **{k: v[train] for k, v in sub.items()})
+            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y_fit,
+                             nb_tr, progress, **_subset_rows(sub, train))
             oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
             fits += fold_fits
-    ridge = RidgeHead.fit(img, nb, y) if "ridge" in oof else None
+    # the blend is weighted against the measured (not denoised) expression
+    ridge = (RidgeHead.fit(img, nb, _training_targets(cfg, rc_um, y)) if "ridge" in oof
+             else None)
     return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
                         src_y=y)
 

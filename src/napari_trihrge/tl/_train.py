@@ -35,7 +35,7 @@ from ..errors import TrihrgeInputError
 from ..io.model_folder import TrainedModel
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
-from ._config import RunConfig
+from ._config import RunConfig, check_levers_supported
 from ._enhance import _sub_spot_offsets
 from ._model_io import describe
 from ._shared import (
@@ -102,6 +102,7 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
     leaves the trust figures unknown.
     """
     cfg = config or RunConfig()
+    check_levers_supported(cfg, "train")
     if image_only:
         cfg = dataclasses.replace(cfg, neighbour_input=False)
     if not cfg.image_input:

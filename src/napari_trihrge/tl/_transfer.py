@@ -14,7 +14,7 @@ from .._checks import MIN_SECTION_SPOTS, check_adata, check_adatas
 from ..errors import TrihrgeInputError
 from ..metrics import spot_scores
 from ..progress import Progress, ensure_progress
-from ._config import RunConfig, validate_config
+from ._config import RunConfig, check_levers_supported, validate_config
 from ._recovery import RecoveryResult
 from ._shared import (
     _encoder_and_image,
@@ -93,6 +93,7 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
     """
     cfg = config or RunConfig()
     validate_config(cfg)
+    check_levers_supported(cfg, "transfer")
     if not cfg.image_input:
         raise TrihrgeInputError("transfer predicts from the image alone; image_input=False "
                                 "leaves it nothing to learn from", "use image_input=True")
