@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -230,11 +231,38 @@ def derive_model_config(features: np.ndarray | None, targets: np.ndarray,
 # ------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------
+def avoid_triton_llvm_clash() -> bool:
+    """Keep torch from importing triton when the GL driver's LLVM is already loaded.
+
+    With software OpenGL (Mesa llvmpipe: remote desktops, VMs, Xvfb) the process already maps
+    the system ``libLLVM``; importing triton afterwards (torch does so lazily, e.g. inside
+    ``torch.use_deterministic_algorithms``) loads a second LLVM and segfaults the process (a
+    viewer, a notebook holding napari, tests run after GUI tests). The engine never needs triton (no ``torch.compile``), so in that case it is marked unavailable.
+    Set ``TRIHRGE_ALLOW_TRITON=1`` to opt out. Returns True when triton was blocked.
+    """
+    import os
+    import sys
+
+    if "triton" in sys.modules or os.environ.get("TRIHRGE_ALLOW_TRITON"):
+        return False
+    try:
+        with open("/proc/self/maps") as fh:
+            llvm_loaded = any("libLLVM" in line for line in fh)
+    except OSError:  # not Linux: no Mesa llvmpipe clash known
+        return False
+    if llvm_loaded:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
+        logging.getLogger(__name__).info(
+            "software OpenGL (Mesa LLVM) detected: triton disabled for this session")
+    return llvm_loaded
+
+
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+    avoid_triton_llvm_clash()
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)

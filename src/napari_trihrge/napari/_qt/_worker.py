@@ -55,31 +55,6 @@ class QueueProgress(Progress):
         super().__init__(on_event=self.queue.put)
 
 
-def avoid_triton_llvm_clash() -> bool:
-    """Keep torch from importing triton when the GL driver's LLVM is already loaded.
-
-    With software OpenGL (Mesa llvmpipe: remote desktops, VMs, Xvfb) the process already maps
-    the system ``libLLVM``; importing triton afterwards (torch does so lazily, e.g. inside
-    ``torch.use_deterministic_algorithms``) loads a second LLVM and segfaults the viewer. The
-    engine never needs triton (no ``torch.compile``), so in that case it is marked unavailable.
-    Set ``TRIHRGE_ALLOW_TRITON=1`` to opt out. Returns True when triton was blocked.
-    """
-    import os
-    import sys
-
-    if "triton" in sys.modules or os.environ.get("TRIHRGE_ALLOW_TRITON"):
-        return False
-    try:
-        with open("/proc/self/maps") as fh:
-            llvm_loaded = any("libLLVM" in line for line in fh)
-    except OSError:  # not Linux: no Mesa llvmpipe clash known
-        return False
-    if llvm_loaded:
-        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
-        log.info("software OpenGL (Mesa LLVM) detected: triton disabled for this session")
-    return llvm_loaded
-
-
 def engine_worker(fn: Callable[..., Any], *args: Any, progress: QueueProgress | None = None,
                   **kwargs: Any):
     """A (not yet started) napari worker running ``fn(*args, progress=progress, **kwargs)``.
@@ -87,6 +62,8 @@ def engine_worker(fn: Callable[..., Any], *args: Any, progress: QueueProgress | 
     Connect ``worker.yielded`` (list of event dicts) and ``worker.returned`` (:class:`Outcome`),
     then ``worker.start()``.
     """
+    from ...model.training import avoid_triton_llvm_clash
+
     progress = progress or QueueProgress()
     avoid_triton_llvm_clash()
 
