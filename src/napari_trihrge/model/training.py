@@ -238,7 +238,8 @@ def avoid_triton_llvm_clash() -> bool:
     the system ``libLLVM``; importing triton afterwards (torch does so lazily, e.g. inside
     ``torch.use_deterministic_algorithms``) loads a second LLVM and segfaults the process (a
     viewer, a notebook holding napari, tests run after GUI tests). The engine never needs
-    triton (no ``torch.compile``), so in that case it is marked unavailable. Set ``TRIHRGE_ALLOW_TRITON=1`` to opt out. Returns True when triton was blocked.
+    triton (no ``torch.compile``), so in that case it is marked unavailable. Set
+    ``TRIHRGE_ALLOW_TRITON=1`` to opt out. Returns True when triton was blocked.
     """
     import os
     import sys
