@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .errors import TrihrgeInputError
 
@@ -375,6 +374,8 @@ def nearest_neighbour_distance_um(rc_um: np.ndarray) -> np.ndarray:
     if len(rc_um) < 2:
         raise TrihrgeInputError("at least two spots are needed to measure the spot spacing",
                                 "check that the counts and the positions describe the same spots")
+    from scipy.spatial import cKDTree  # here: importing geometry stays light (trihrge --help)
+
     dist, _ = cKDTree(rc_um).query(rc_um, k=2)
     return dist[:, 1]
 
@@ -392,6 +393,8 @@ def detect_lattice(rc_um: np.ndarray, kind: str | None = None) -> Lattice:
     """
     rc_um = np.asarray(rc_um, dtype=np.float64)
     spacing = spot_spacing_um(rc_um)
+    from scipy.spatial import cKDTree
+
     tree = cKDTree(rc_um)
     k = min(7, len(rc_um))
     dist, idx = tree.query(rc_um, k=k)
