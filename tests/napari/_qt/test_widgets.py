@@ -486,15 +486,15 @@ def test_trust_is_shown_next_to_the_gene(viewer, qtbot):
 
 def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtbot):
     from napari_trihrge.napari._qt import GeneExplorer
-    from napari_trihrge.napari._qt._gene_explorer import PANEL_GAP_PX, _grid
+    from napari_trihrge.napari._qt._gene_explorer import PANEL_GAP_PX, _camera, _grid
 
     add_sample(viewer)
     ge = GeneExplorer(viewer)
     ge.session.enhance = fake_enhance()
     ge.show_gene("ERBB2")
     # a user order: the map above the spots would be wrong after leaving; keep theirs
-    viewer.camera.zoom = 3.0
-    viewer.camera.center = (0, 500.0, 700.0)
+    _camera(viewer).zoom = 3.0
+    _camera(viewer).center = (0, 500.0, 700.0)
     before = [lay.name for lay in viewer.layers]
     visible = [lay.visible for lay in viewer.layers]
     assert ge.set_side_by_side(True)
@@ -514,8 +514,8 @@ def test_side_by_side_panels_are_labelled_and_everything_is_restored(viewer, qtb
     assert [lay.visible for lay in viewer.layers] == visible
     assert not any(lay.name_overlay.visible for lay in viewer.layers)
     assert canvas_text_overlay(viewer).position == "top_left"
-    assert viewer.camera.zoom == pytest.approx(3.0)
-    assert tuple(viewer.camera.center[-2:]) == pytest.approx((500.0, 700.0))
+    assert _camera(viewer).zoom == pytest.approx(3.0)
+    assert tuple(_camera(viewer).center[-2:]) == pytest.approx((500.0, 700.0))
 
 
 def test_region_numbers_are_drawn_and_table_has_statistics(viewer, qtbot):
