@@ -367,9 +367,13 @@ def read_map(path: str | os.PathLike, *, with_origin: bool = False) -> tuple:
             with tifffile.TiffFile(path) as tf:
                 meta = tifffile.xml2dict(tf.ome_metadata) if tf.is_ome else {}
             store = tifffile.imread(path, aszarr=True)
+            import weakref
+
             import zarr
 
             arr = da.from_zarr(zarr.open(store, mode="r"))
+            # the file is closed when the map is collected, not left open to the collector
+            weakref.finalize(arr, store.close)
             pixels = meta.get("OME", {}).get("Image", {}).get("Pixels", {})
             if isinstance(pixels, list):
                 pixels = pixels[0]
