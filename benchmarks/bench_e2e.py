@@ -278,10 +278,10 @@ def save_random_uni(path: Path, depth: int | None) -> None:
     import timm
     import torch
 
-    from napari_trihrge.features.vit import _uni_args
+    from napari_trihrge.features._architectures import uni_args
 
     torch.manual_seed(0)
-    args = _uni_args()
+    args = uni_args()
     if depth:
         args["depth"] = depth
     model = timm.create_model("vit_large_patch16_224", pretrained=False, **args)

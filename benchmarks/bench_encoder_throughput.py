@@ -77,10 +77,10 @@ def build_vit(depth: int | None = None, seed: int = 0):
     import timm
     import torch
 
-    from napari_trihrge.features.vit import _uni_args
+    from napari_trihrge.features._architectures import uni_args
 
     torch.manual_seed(seed)
-    args = _uni_args()
+    args = uni_args()
     if depth is not None:
         args["depth"] = depth
     return timm.create_model("vit_large_patch16_224", pretrained=False, **args).eval()
@@ -141,7 +141,8 @@ def window_centres(image, n: int, seed: int = 1) -> np.ndarray:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from napari_trihrge.features.vit import ARCHITECTURES, TimmEncoder
+    from napari_trihrge.features._architectures import ARCHITECTURES
+    from napari_trihrge.features.vit import TimmEncoder
 
     device = args.device
     if device == "auto":

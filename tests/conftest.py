@@ -56,6 +56,38 @@ SMALL_MODEL = {"hidden_dim": 64, "attention_dim": 32, "decoder_dims": [128, 128]
 TINY_RUN = {"n_top_genes": 30, "model": TINY_MODEL, "train": TINY_TRAIN, "device": "cpu"}
 
 
+#: a tiny ViT with UNI's architecture arguments (the encoder tests; no download)
+TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def tiny_uni(seed: int = 0, **over):
+    """A random tiny ViT built with UNI's timm arguments, its LayerScale set so the blocks matter."""
+    import timm
+    import torch
+
+    from napari_trihrge.features._architectures import uni_args
+
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_large_patch16_224", pretrained=False,
+                              **{**uni_args(), **TINY_VIT, **over})
+    with torch.no_grad():  # LayerScale starts at 1e-5: make the blocks matter for the test
+        for name, p in model.named_parameters():
+            if name.endswith(".gamma"):
+                p.fill_(0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def uni_checkpoint(tmp_path_factory):
+    """(path of a tiny UNI-architecture ``pytorch_model.bin``, the model it holds)."""
+    import torch
+
+    path = tmp_path_factory.mktemp("uni") / "pytorch_model.bin"
+    model = tiny_uni()
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
 def _x_server_available() -> bool:
     import shutil
 

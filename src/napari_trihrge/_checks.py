@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TrihrgeInputError
+from .geometry import PIXEL_SIZE_REFUSED, pixel_size_disagreement, pixel_sizes_disagree_text
 
 #: fewest spots a section must have to train on (the held-out splits and the stacking folds
 #: each need spots to learn from and to score)
@@ -82,10 +83,6 @@ def check_path(path: Any, *, what: str = "path") -> Any:
     raise TypeError(f"{what} must be a path (str or pathlib.Path); got {_kind(path)}{hint}")
 
 
-#: how far (as a ratio) a declared pixel size may be from an independent estimate before a
-#: run is refused: the estimates agree within a few percent on real slides, a wrong objective
-#: (20x given for 40x) is 2-fold
-PIXEL_SIZE_MISMATCH = 1.5
 _ESTIMATE_LABELS = {"lattice": "the spot lattice", "spot_diameter": "the spot diameter",
                     "spot_spacing": "the spot spacing", "metadata": "the image file's metadata"}
 
@@ -93,8 +90,8 @@ _ESTIMATE_LABELS = {"lattice": "the spot lattice", "spot_diameter": "the spot di
 def check_declared_pixel_size(adata: Any, what: str = "the sample") -> None:
     """Refuse a declared pixel size (``um_per_px_source == 'given'``: ``--um-per-px``) that an
     independent estimate (the spot lattice, the spot spacing, the image metadata; in
-    ``uns['trihrge']['um_per_px_estimates']``) puts more than :data:`PIXEL_SIZE_MISMATCH`-fold
-    away, naming both."""
+    ``uns['trihrge']['um_per_px_estimates']``) puts more than
+    :data:`~napari_trihrge.geometry.PIXEL_SIZE_REFUSED` away, naming both."""
     info = adata.uns.get("trihrge", {}) or {}
     if info.get("um_per_px_source") != "given" or not info.get("um_per_px"):
         return
@@ -102,12 +99,11 @@ def check_declared_pixel_size(adata: Any, what: str = "the sample") -> None:
     for source, estimate in dict(info.get("um_per_px_estimates") or {}).items():
         if source == "given" or estimate is None or not float(estimate) > 0:
             continue
-        ratio = max(declared / float(estimate), float(estimate) / declared)
-        if ratio > PIXEL_SIZE_MISMATCH:
+        if pixel_size_disagreement(declared, float(estimate)) > PIXEL_SIZE_REFUSED:
             label = _ESTIMATE_LABELS.get(source, source)
             raise TrihrgeInputError(
-                f"{what}: the declared pixel size {declared:.4g} um/px (--um-per-px) and "
-                f"{float(estimate):.4g} um/px from {label} differ {ratio:.1f}-fold",
+                pixel_sizes_disagree_text(what, "the declared pixel size (--um-per-px)",
+                                          declared, label, float(estimate)),
                 f"check --um-per-px (about 0.25 um/px at 40x, 0.5 at 20x), or leave it out to "
                 f"use {label}")
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .errors import TrihrgeInputError
 
@@ -45,6 +44,10 @@ DEFAULT_SPOT_SPACING_UM = float(PLATFORMS["visium"]["spot_spacing_um"])
 
 #: Relative disagreement between two pixel-size estimates above which the reader warns.
 PIXEL_SIZE_DISAGREEMENT = 0.05
+#: Relative disagreement between a declared pixel size (``--um-per-px``) and an independent
+#: estimate above which a run is refused: the estimates agree within a few percent on real
+#: slides, a wrong objective (20x given for 40x) is 2-fold (100 % apart).
+PIXEL_SIZE_REFUSED = 0.5
 
 #: A lattice fit whose RMS residual exceeds this fraction of the smaller array step is not trusted
 #: (array indices that do not describe the pixel positions).
@@ -255,6 +258,21 @@ def resolve_pixel_size(xy_px: np.ndarray, platform: str, *,
                      estimates=estimates)
 
 
+def pixel_size_disagreement(a_um_per_px: float, b_um_per_px: float) -> float:
+    """How far apart two pixel sizes are, relative to the smaller (0.05: 5 %; 1.0: 2-fold)."""
+    return _disagreement(float(a_um_per_px), float(b_um_per_px))
+
+
+def pixel_sizes_disagree_text(what: str, label: str, value: float, other_label: str,
+                              other_value: float, *, unit: str = "um/px") -> str:
+    """The one "pixel sizes disagree" text, for the reader's warning and the door's refusal:
+    ``what: label gives value but other_label gives other_value (how far apart)``."""
+    apart = _disagreement(value, other_value)
+    how_far = f"{apart:.0%} apart" if apart < 1 else f"{1 + apart:.1f}-fold apart"
+    return (f"{what}: {label} gives {value:.4g} {unit} but {other_label} gives "
+            f"{other_value:.4g} {unit} ({how_far})")
+
+
 def warn_if_pixel_sizes_disagree(value_um_per_px: float, lattice_um_per_px: float | None,
                                  what: str, *, label: str, lattice: str = "the spot lattice",
                                  unit: str = "um/px", advice: str | None = None) -> bool:
@@ -264,11 +282,11 @@ def warn_if_pixel_sizes_disagree(value_um_per_px: float, lattice_um_per_px: floa
     """
     if lattice_um_per_px is None:
         return False
-    apart = _disagreement(value_um_per_px, lattice_um_per_px)
-    if apart <= PIXEL_SIZE_DISAGREEMENT:
+    if _disagreement(value_um_per_px, lattice_um_per_px) <= PIXEL_SIZE_DISAGREEMENT:
         return False
-    warnings.warn(f"{what}: {label} gives {value_um_per_px:.4g} {unit} but {lattice} gives "
-                  f"{lattice_um_per_px:.4g} {unit} ({apart:.0%} apart); "
+    text = pixel_sizes_disagree_text(what, label, value_um_per_px, lattice, lattice_um_per_px,
+                                     unit=unit)
+    warnings.warn(f"{text}; "
                   + (advice or "pass --um-per-px (um_per_px=...) if you know the right one"),
                   stacklevel=4)
     return True
@@ -375,6 +393,8 @@ def nearest_neighbour_distance_um(rc_um: np.ndarray) -> np.ndarray:
     if len(rc_um) < 2:
         raise TrihrgeInputError("at least two spots are needed to measure the spot spacing",
                                 "check that the counts and the positions describe the same spots")
+    from scipy.spatial import cKDTree  # here: importing geometry stays light (trihrge --help)
+
     dist, _ = cKDTree(rc_um).query(rc_um, k=2)
     return dist[:, 1]
 
@@ -392,6 +412,8 @@ def detect_lattice(rc_um: np.ndarray, kind: str | None = None) -> Lattice:
     """
     rc_um = np.asarray(rc_um, dtype=np.float64)
     spacing = spot_spacing_um(rc_um)
+    from scipy.spatial import cKDTree
+
     tree = cKDTree(rc_um)
     k = min(7, len(rc_um))
     dist, idx = tree.query(rc_um, k=k)
@@ -597,6 +619,7 @@ __all__ = [
     "DEFAULT_SPOT_DIAMETER_UM",
     "DEFAULT_SPOT_SPACING_UM",
     "PIXEL_SIZE_DISAGREEMENT",
+    "PIXEL_SIZE_REFUSED",
     "LatticeFit",
     "PixelSize",
     "fit_array_lattice",
@@ -607,6 +630,8 @@ __all__ = [
     "um_per_px_from_spot_diameter",
     "validate_um_per_px",
     "lattice_um_per_px",
+    "pixel_size_disagreement",
+    "pixel_sizes_disagree_text",
     "warn_if_pixel_sizes_disagree",
     "DENSITY_FACTORS",
     "DEFAULT_DENSITY_FACTOR",

@@ -331,3 +331,17 @@ class TqdmProgress(Progress):
 def ensure_progress(progress: Progress | None) -> Progress:
     """Return ``progress`` or a silent one, so engine code can call it unconditionally."""
     return progress if progress is not None else Progress()
+
+
+class CancelOnlyProgress(Progress):
+    """Forwards cancellation to ``parent`` but not step counts (inner loops of a counted stage)."""
+
+    def __init__(self, parent: Progress):
+        super().__init__()
+        self._parent = parent
+
+    def advance(self, n: int = 1) -> None:
+        self._parent.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        self._parent.check_cancelled()

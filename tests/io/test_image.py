@@ -118,10 +118,28 @@ def test_jpeg_png_and_rgba(tmp_path):
 def test_plain_bigtiff_and_planar_rgb(tmp_path):
     arr = _rgb(30, 40, seed=2)
     tifffile.imwrite(tmp_path / "big.tif", arr, bigtiff=True, photometric="rgb")
-    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "big.tif", 1).array), arr)
+    with open_image(tmp_path / "big.tif", 1) as img:  # a lazy TIFF: closed when done
+        np.testing.assert_array_equal(np.asarray(img.array), arr)
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(arr, 2, 0), photometric="rgb",
                      planarconfig="separate")
-    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "planar.tif", 1).array), arr)
+    with open_image(tmp_path / "planar.tif", 1) as img:
+        np.testing.assert_array_equal(np.asarray(img.array), arr)
+
+
+def test_a_lazy_tiff_leaves_no_open_file_behind(tmp_path):
+    """Closed by the with block, and by the collector when an image is dropped unclosed (a
+    ResourceWarning there is an error in the tests)."""
+    import gc
+
+    arr = _rgb(300, 260, seed=6)
+    tifffile.imwrite(tmp_path / "t.tif", arr, photometric="rgb", tile=(128, 128))
+    with open_image(tmp_path / "t.tif", 1.0) as img:
+        assert img.is_lazy
+        np.testing.assert_array_equal(np.asarray(img.array[:5, :5]), arr[:5, :5])
+    dropped = open_image(tmp_path / "t.tif", 1.0)
+    np.testing.assert_array_equal(np.asarray(dropped.array[-5:, -5:]), arr[-5:, -5:])
+    del dropped
+    gc.collect()
 
 
 def test_float_and_uint16_arrays_become_uint8():
@@ -187,15 +205,17 @@ def test_single_strip_uncompressed_tiff_is_memory_mapped(tmp_path):
     arr = _rgb(300, 200, seed=5)
     path = tmp_path / "strip.tif"
     tifffile.imwrite(path, arr, photometric="rgb")  # one strip = one zarr chunk
-    z = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    assert _big_chunk_as_memmap(path, 0, z) is None  # small: keep zarr
-    mm = _big_chunk_as_memmap(path, 0, z, limit_bytes=1000)
-    assert isinstance(mm, da.Array)
-    np.testing.assert_array_equal(np.asarray(mm[10:20, 5:9]), arr[10:20, 5:9])
+    with tifffile.imread(path, aszarr=True) as store:
+        z = zarr.open(store, mode="r")
+        assert _big_chunk_as_memmap(path, 0, z) is None  # small: keep zarr
+        mm = _big_chunk_as_memmap(path, 0, z, limit_bytes=1000)
+        assert isinstance(mm, da.Array)
+        np.testing.assert_array_equal(np.asarray(mm[10:20, 5:9]), arr[10:20, 5:9])
     tifffile.imwrite(tmp_path / "z.tif", arr, photometric="rgb", compression="zlib",
                      rowsperstrip=300)
-    zz = zarr.open(tifffile.imread(tmp_path / "z.tif", aszarr=True), mode="r")
-    assert _big_chunk_as_memmap(tmp_path / "z.tif", 0, zz, limit_bytes=1000) is None
+    with tifffile.imread(tmp_path / "z.tif", aszarr=True) as store:
+        zz = zarr.open(store, mode="r")
+        assert _big_chunk_as_memmap(tmp_path / "z.tif", 0, zz, limit_bytes=1000) is None
 
 
 def test_blank_images_are_recognised():

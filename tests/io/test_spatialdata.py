@@ -13,6 +13,7 @@ import pytest
 from conftest import TINY_MODEL, TINY_TRAIN
 from napari_trihrge import geometry, io
 from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.io.spatialdata import table_write_settings
 from sample_folders import make_visium_folder
 
 
@@ -51,7 +52,8 @@ def test_visium_store_from_spatialdata_io(tmp_path):
     ours = io.read_visium(folder)
     sdata = sdio.visium(folder, dataset_id="s1")
     store = tmp_path / "s1.zarr"
-    sdata.write(store)
+    with table_write_settings():  # as the package writes tables (no anndata sharding warning)
+        sdata.write(store)
     assert io.is_spatialdata_store(store)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # spot diameter and lattice agree in this folder
@@ -76,7 +78,8 @@ def test_store_choices_and_errors(tmp_path):
     sdio = _sdio()
     folder = make_visium_folder(tmp_path)
     store = tmp_path / "s1.zarr"
-    sdio.visium(folder, dataset_id="s1").write(store)
+    with table_write_settings():
+        sdio.visium(folder, dataset_id="s1").write(store)
     lowres = io.read(store, image_element="s1_lowres_image")
     assert lowres.uns["trihrge"]["spatialdata"]["image"] == "s1_lowres_image"
     assert io.get_image(lowres).um_per_px > io.get_image(io.read(store)).um_per_px
@@ -246,9 +249,7 @@ def test_into_input_in_pixel_coordinates(tmp_path, enhanced, small_sample):
     tab = sdata.tables["spots_table"]
     tab.uns["trihrge"]["um_per_unit"] = {}
     sdata.delete_element_from_disk("spots_table")
-    from napari_trihrge.io.spatialdata import table_write_settings
-
-    with table_write_settings():  # as the package writes tables (no anndata sharding warning)
+    with table_write_settings():
         sdata.write_element("spots_table")
     adata = io.read(store)
     assert adata.uns["trihrge"]["spatialdata"]["coordinate_system"] == "px"

@@ -174,7 +174,8 @@ def test_dlpfc_shared(dlpfc_dir):
 
 def _overwrite_png(folder, res, pixels):
     path = folder / "spatial" / f"tissue_{res}_image.png"
-    h, w = Image.open(path).size[::-1]
+    with Image.open(path) as im:
+        h, w = im.size[::-1]
     Image.fromarray(np.broadcast_to(np.asarray(pixels, np.uint8), (h, w, len(pixels))).copy()
                     ).save(path)
 

@@ -14,6 +14,10 @@ from napari_trihrge.napari._writer import write_image_ome_tiff, write_points_h5a
 from qt_support import sample_adata, truth_maps
 from sample_folders import make_large_jpeg_section
 
+# the legacy ST folders of sample_folders leave 4 spots off the tissue, which the reader says in
+# a warning (tests/io/test_spot_table.py checks it); here they are read by napari or a worker
+pytestmark = pytest.mark.filterwarnings("ignore:.*are not selected .not under tissue.")
+
 
 def _kinds(tuples):
     return [kw.get("metadata", {}).get("trihrge", {}).get("kind") for _, kw, _ in tuples]
@@ -67,7 +71,8 @@ def test_h5ad_round_trip(tmp_path):
 
 
 def test_spaceranger_folder(dlpfc_dir):
-    layers = get_reader(str(dlpfc_dir))(str(dlpfc_dir))
+    with pytest.warns(UserWarning, match=r"dlpfc_151673: the spot diameter .* \(27% apart\)"):
+        layers = get_reader(str(dlpfc_dir))(str(dlpfc_dir))
     assert _kinds(layers) == ["image", "spots"]
     assert len(layers[1][0]) == 3639
     assert layers[1][1]["size"] == pytest.approx(55.0)
@@ -277,6 +282,8 @@ def test_a_reopened_run_folder_brings_its_measured_spots(tmp_path):
 
 
 @pytest.mark.gui
+# Space Ranger's spot diameter reads 27 % small on DLPFC (the lattice is used; test_visium checks it)
+@pytest.mark.filterwarnings("ignore:sample .*. the spot diameter")
 def test_spaceranger_outs_folder_opens_with_no_reader_chooser(make_napari_viewer, dlpfc_dir,
                                                               tmp_path):
     """napari's builtins also claim every folder; the plugin records itself as the reader of

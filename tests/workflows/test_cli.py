@@ -39,6 +39,31 @@ def test_top_level_help_lists_commands_and_units(capsys):
     assert "HF_TOKEN" in flat and "never accepted on the command line" in flat
 
 
+def _modules_loaded_by(*argv: str) -> dict[str, bool]:
+    """Run ``trihrge argv`` in a fresh interpreter; which heavy modules it imported."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "anndata", "napari_trihrge.tl")
+    code = ("import sys\nfrom napari_trihrge.workflows.cli import main\n"
+            f"try:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass\n"
+            f"print(*[m in sys.modules for m in {heavy!r}], file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    return dict(zip(heavy, (w == "True" for w in done.stderr.split()[-3:]), strict=True))
+
+
+def test_top_level_help_and_a_mistyped_subcommand_import_no_engine():
+    for argv in (["--help"], ["recovr", "x"], []):
+        assert not any(_modules_loaded_by(*argv).values()), argv
+
+
+def test_subcommand_help_and_argument_errors_do_not_import_torch():
+    for argv in (["recovery", "--help"], ["enhance", "x", "--factor", "3"]):
+        loaded = _modules_loaded_by(*argv)
+        assert loaded["napari_trihrge.tl"] and not loaded["torch"], argv  # defaults from tl
+
+
 @pytest.mark.parametrize("command", ["demo", "recovery", "enhance", "cohort"])
 def test_subcommand_help_mentions_units(capsys, command):
     text = _help(capsys, command)

@@ -48,7 +48,11 @@ def cluster():
     client = Client(cl)
     yield cl, client
     client.close()
-    cl.close()
+    # a worker's own close gives its process 5 s to end, too short on a busy machine (then a
+    # TimeoutError from tornado at teardown): close the workers with more time, then the cluster
+    for nanny in list(cl.workers.values()):
+        cl.sync(nanny.close, timeout=120)
+    cl.close(timeout=120)
 
 
 def _attempts(scheduler, name: str) -> int:

@@ -1,5 +1,5 @@
 """Encoder registry (timm style): names -> factories. A leaf: encoders register themselves
-(:func:`register_encoder` in :mod:`.handcrafted` and :mod:`.vit`, imported by the package),
+(:func:`register_encoder` in :mod:`.handcrafted` and :mod:`.factory`, imported by the package),
 :func:`~napari_trihrge.features.factory.create_encoder` looks names up here."""
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,9 @@ class TissueImage:
     ----------
     levels : list of ``(array, um_per_px)`` from finest to coarsest (HxWx3 uint8, numpy or dask).
     source : where the pixels came from (a path or a short description).
+
+    A lazy TIFF keeps its file open until :meth:`close` (``with open_image(...) as img:``
+    closes it; an image that is garbage-collected is closed then).
     """
 
     def __init__(self, levels: list[tuple[Any, float]], *, source: str = "",
@@ -128,7 +132,9 @@ class TissueImage:
         self.levels = [(a, float(p)) for a, p in levels]
         self.source = str(source or path or "in-memory image")
         self.path = Path(path) if path is not None else None
-        self._closer = closer
+        # closed by close() / the with block, else when the image is garbage-collected: a
+        # lazy TIFF never leaves its file handle to the collector (whose ResourceWarning says so)
+        self._finalizer = weakref.finalize(self, closer.close) if closer is not None else None
         self._key: str | None = None
 
     @classmethod
@@ -170,12 +176,15 @@ class TissueImage:
                 f"{'lazy' if self.is_lazy else 'in memory'}, source={self.source!r})")
 
     def close(self) -> None:
-        """Close the underlying file handle (lazy TIFF images)."""
-        if self._closer is not None:
-            try:
-                self._closer.close()
-            finally:
-                self._closer = None
+        """Close the underlying file handle (lazy TIFF images); a later read opens it again."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs once: later calls, and the collector, do nothing
+
+    def __enter__(self) -> TissueImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- cache key -------------------------------------------------------------------------
     def key(self) -> str:
@@ -362,6 +371,7 @@ def _open_tiff(path: Path, um_per_px: float) -> TissueImage:
     import zarr
 
     what = f"the image {path.name}"
+    store = None
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
@@ -377,9 +387,12 @@ def _open_tiff(path: Path, um_per_px: float) -> TissueImage:
             zarrs = [root]
         else:
             zarrs = [root[k] for k in sorted(root.array_keys(), key=lambda k: int(k))]
-    except TrihrgeInputError:
-        raise
-    except Exception as exc:  # tifffile/zarr errors on corrupt or exotic files
+    except Exception as exc:
+        if store is not None:  # opened, then refused: no handle left to the garbage collector
+            store.close()
+        if isinstance(exc, TrihrgeInputError):
+            raise
+        # tifffile/zarr errors on corrupt or exotic files
         raise TrihrgeInputError(f"cannot read {what}: {exc}",
                                 "check that it is a valid (OME-/Big-)TIFF or SVS file") from exc
     levels = []

@@ -347,6 +347,10 @@ def read_map_levels(path: str | os.PathLike) -> list[tuple]:
     return [(arr if arr.ndim == 3 else arr[None], um, origin) for arr, um, origin, _ in levels]
 
 
+#: OME-TIFF maps up to this size are read into memory (larger ones lazily, file kept open)
+_EAGER_MAP_BYTES = 256 << 20
+
+
 def read_map(path: str | os.PathLike, *, with_origin: bool = False) -> tuple:
     """Read a map written by :func:`write_ome_tiff` or :func:`open_ome_zarr_map`.
 
@@ -366,10 +370,19 @@ def read_map(path: str | os.PathLike, *, with_origin: bool = False) -> tuple:
 
             with tifffile.TiffFile(path) as tf:
                 meta = tifffile.xml2dict(tf.ome_metadata) if tf.is_ome else {}
-            store = tifffile.imread(path, aszarr=True)
-            import zarr
+                series = tf.series[0]
+                n_bytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+                # a map that fits in memory is read now: no file handle is left open
+                arr = da.from_array(series.asarray()) if n_bytes <= _EAGER_MAP_BYTES else None
+            if arr is None:
+                import weakref
 
-            arr = da.from_zarr(zarr.open(store, mode="r"))
+                import zarr
+
+                store = tifffile.imread(path, aszarr=True)
+                arr = da.from_zarr(zarr.open(store, mode="r"))
+                # the file is closed when the map is collected, not left to the collector
+                weakref.finalize(arr, store.close)
             pixels = meta.get("OME", {}).get("Image", {}).get("Pixels", {})
             if isinstance(pixels, list):
                 pixels = pixels[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -589,8 +589,14 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``trihrge`` parser: one subparser per row of :data:`SUBCOMMANDS`."""
+def build_parser(options_of: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``trihrge`` parser: one subparser per row of :data:`SUBCOMMANDS`.
+
+    ``options_of`` names the subcommands whose options are added (default: all). The options
+    read their defaults from the API (which imports ``tl``): :func:`main` adds only those of the
+    subcommand named on the command line, so ``trihrge --help`` and a mistyped subcommand
+    import nothing heavy.
+    """
     parser = argparse.ArgumentParser(
         prog="trihrge", description="TriHRGE: high-resolution gene expression from H&E and "
         "spatial transcriptomics spots.", epilog=EPILOG,
@@ -600,13 +606,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help, description=command.description,
                            epilog=command.epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        command.add_arguments(p)
+        if options_of is None or command.name in options_of:
+            command.add_arguments(p)
     return parser
+
+
+def _named_subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), or None."""
+    names = {c.name for c in SUBCOMMANDS}
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in names else None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``trihrge`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = _named_subcommand(argv)
+    args = build_parser(options_of=() if named is None else (named,)).parse_args(argv)
     command = next(c for c in SUBCOMMANDS if c.name == args.command)
     if command.sized_threads:
         # every stage of the run (not only training) with the pools sized to the free cores

@@ -36,7 +36,7 @@ from ..io.outputs import (
     write_recovery,
 )
 from ..progress import Progress, ensure_progress
-from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
+from ..tl import DenseMaps, RunConfig, enhance, recovery, sample_geometry, trust_summary
 
 if TYPE_CHECKING:
     from ..tl.inference import TrainedModel
@@ -511,9 +511,23 @@ def run_demo(out_dir: str | Path = "trihrge-demo", *, seed: int = 0,
 EXPORT_FORMATS = ("ome-zarr", "spatialdata")
 
 
-def open_run_maps(source: str | Path) -> FactorMaps:
-    """The factorised maps of a run folder (its :data:`STORE_NAME`) or of a store path."""
+def read_run_maps(source: str | Path, *, materialised: bool = True) -> FactorMaps | DenseMaps:
+    """The dense maps of a finished run folder, or of a map store path.
+
+    With ``materialised``, a run's ``maps.ome.zarr`` (``--materialise-maps``, or an older run) is
+    preferred and read lazily as :class:`~napari_trihrge.tl.DenseMaps`: its genes are read, not
+    computed. Otherwise, or without one, the factorised map store (:data:`STORE_NAME`: any
+    gene's map computed when asked). Raises :class:`TrihrgeInputError` saying what is missing.
+    """
     source = Path(source)
+    if materialised and (source / "maps.ome.zarr").exists():
+        from ..io import read_map
+
+        arr, stride_um, genes, origin = read_map(
+            check_complete_run(source) / "maps.ome.zarr", with_origin=True)
+        return DenseMaps(values=arr, stride_um=float(stride_um),
+                         origin_rc_um=np.asarray(origin), gene_names=list(genes),
+                         mask=np.isfinite(np.asarray(arr[0])))
     if (source / STORE_NAME).exists():
         return open_map_store(check_complete_run(source) / STORE_NAME)
     if is_map_store(source) or source.name.endswith(STORE_NAME):
@@ -522,8 +536,16 @@ def open_run_maps(source: str | Path) -> FactorMaps:
         raise TrihrgeInputError(
             f"{source} holds materialised maps (maps.ome.zarr) but no map store",
             "open maps.ome.zarr directly, or re-run enhance (it writes the store)")
+    if materialised:
+        raise TrihrgeInputError(f"the run {source} has no dense maps",
+                                "run enhance or predict with --stride-um (e.g. 8) first")
     raise TrihrgeInputError(f"no map store in {source}",
                             f"pass a run folder written with --map-store, or its {STORE_NAME}")
+
+
+def open_run_maps(source: str | Path) -> FactorMaps:
+    """The factorised maps of a run folder (its :data:`STORE_NAME`) or of a store path."""
+    return read_run_maps(source, materialised=False)
 
 
 def default_export_path(source: str | Path, fmt: str) -> Path:
@@ -589,7 +611,7 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
     from ..io import geojson
     from ..io.outputs import read_run
     from ..io.sample import get_image
-    from ..tl import DenseMaps, cells
+    from ..tl import cells
 
     progress = ensure_progress(progress)
     unknown = sorted(set(formats) - set(CELL_FORMATS))
@@ -619,17 +641,7 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
     if run_dir is not None:
         run = read_run(run_dir)
         _check_run_matches_sample(run["summary"], adata, run_dir)
-        if "maps" not in run and "maps_store" not in run:
-            raise TrihrgeInputError(f"the run {run_dir} has no dense maps",
-                                    "run enhance or predict with --stride-um (e.g. 8) first")
-        if "maps" not in run:  # factorised maps: each gene computed when the cells ask
-            maps = run["maps_store"]
-        else:  # materialised maps (--materialise-maps, or an older run): read, not computed
-            arr, stride_um, genes, origin = run["maps"]
-            first = np.asarray(arr[0])
-            maps = DenseMaps(values=arr, stride_um=float(stride_um),
-                             origin_rc_um=np.asarray(origin), gene_names=list(genes),
-                             mask=np.isfinite(first))
+        maps = read_run_maps(run_dir)  # materialised maps are read, store genes computed
         enhanced = run.get("enhanced")
         if enhanced is not None:
             from ..metrics import TRUST_COLUMNS

@@ -18,9 +18,12 @@ def canvas_text_overlay(viewer):
 
 def _world_of_pixels(viewer, shape):
     """Row/col world coordinates (um) of every screenshot pixel centre."""
+    from napari_trihrge.napari._qt._gene_explorer import _camera
+
     h, w = shape[:2]
-    zoom = viewer.camera.zoom * (w / viewer.canvas.size[1])  # canvas px -> screenshot px
-    cr, cc = viewer.camera.center[-2:]
+    camera = _camera(viewer)  # viewer.camera is deprecated since napari 0.9
+    zoom = camera.zoom * (w / viewer.canvas.size[1])  # canvas px -> screenshot px
+    cr, cc = camera.center[-2:]
     rows = cr + (np.arange(h) + 0.5 - h / 2) / zoom
     cols = cc + (np.arange(w) + 0.5 - w / 2) / zoom
     return rows, cols
