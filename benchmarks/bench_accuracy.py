@@ -220,18 +220,18 @@ def recovery_rows(name: str, raw: dict, paired_to: str | None = None) -> list[di
     return rows
 
 
-def references_of(name: str, samples: dict[str, Path]) -> list[str]:
+def references_of(name: str, samples: dict[str, Path], untouched_too: bool = False) -> list[str]:
     """Return the reference sections of a her2st section.
 
-    The other her2st sections; C5 is never one for the others (it is held out of every tuning
-    decision).
+    The other her2st sections; C5 is not one for the others (it is held out of every tuning
+    decision) unless ``untouched_too`` (an extra row, never used to decide anything).
     """
     return [n for n in samples if n.startswith("her2st/") and n != name
-            and (n not in UNTOUCHED or name in UNTOUCHED)]
+            and (n not in UNTOUCHED or name in UNTOUCHED or untouched_too)]
 
 
 def references_suite(name: str, samples: dict[str, Path], seeds, cache_dir: str,
-                     weight: float | None = None) -> dict:
+                     weight: float | None = None, untouched_too: bool = False) -> dict:
     """Per-seed numbers of recovery of ``name`` alone and with its references.
 
     Both runs are scored again on the genes of the run with references (the section's genes
@@ -245,8 +245,9 @@ def references_suite(name: str, samples: dict[str, Path], seeds, cache_dir: str,
     from napari_trihrge.tl._shared import _holdout_split
 
     adata = load_sample(samples[name])
-    refs = [load_sample(samples[n]) for n in references_of(name, samples)]
-    raw: dict = {"references": references_of(name, samples), "weight": weight}
+    names = references_of(name, samples, untouched_too)
+    refs = [load_sample(samples[n]) for n in names]
+    raw: dict = {"references": names, "weight": weight}
     cfg = _config(cache_dir)
     expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes)
     rc_um, _, _ = sample_geometry(expr)
@@ -442,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with-references", action="store_true",
                     help="the references part: her2st recovery alone and with the study's other "
                          "sections as references (use --only to pick the sections recovered)")
+    ap.add_argument("--untouched-as-reference", action="store_true",
+                    help="with --with-references: C5 is a reference of C2-C4 too (an extra row "
+                         "labelled '+ C5'; C5 stays out of every tuning decision)")
     ap.add_argument("--reference-weight", type=float, default=None,
                     help="with --with-references: tl.recovery's reference_weight (default: "
                          "every reference spot)")
@@ -508,8 +512,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in samples:
                 if name.startswith("her2st/"):
                     print(f"references: {name}", flush=True)
-                    out["references"][name] = references_suite(name, every_sample, seeds, cache,
-                                                               args.reference_weight)
+                    label = name + (" + C5" if args.untouched_as_reference
+                                    and name not in UNTOUCHED else "")
+                    out["references"][label] = references_suite(
+                        name, every_sample, seeds, cache, args.reference_weight,
+                        untouched_too=args.untouched_as_reference)
                     if args.json:  # what is measured survives a later failure
                         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
             print_table(references_rows(out["references"]),
