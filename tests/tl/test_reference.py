@@ -42,6 +42,21 @@ def test_references_teach_the_image_parts_and_kNN_stays_within_the_section(study
     assert b["reference_weight"] is None
 
 
+def test_the_hidden_spots_never_reach_training_with_references(study):
+    """Shuffling the counts among the section's hidden spots leaves every prediction of a run
+    with references as it was."""
+    section, *refs = study
+    hidden, _ = tl._shared._holdout_split(section.n_obs, 0.5, 1)
+    shuffled = section.copy()
+    x = np.asarray(shuffled.X.todense() if hasattr(shuffled.X, "todense") else shuffled.X)
+    x[hidden] = x[np.random.default_rng(0).permutation(hidden)]
+    shuffled.X = type(section.X)(x) if hasattr(section.X, "todense") else x
+    a = tl.recovery(section, seed=1, config=tiny(), reference=refs)
+    b = tl.recovery(shuffled, seed=1, config=tiny(), reference=refs)
+    assert not np.allclose(a.predictions.layers["measured"], b.predictions.layers["measured"])
+    np.testing.assert_allclose(a.predictions.X, b.predictions.X, rtol=1e-5, atol=1e-6)
+
+
 def test_blend_weights_are_fit_on_the_sections_own_spots(study):
     """The per-gene blend is fit on the section's own out-of-fold spots only: its target mean
     is the mean of the section's training spots, not of the pooled spots."""

@@ -29,7 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
-from .._checks import MIN_SECTION_SPOTS, check_adatas, check_training_sections
+from .._checks import (
+    MIN_SECTION_SPOTS,
+    check_adatas,
+    check_declared_pixel_size,
+    check_training_sections,
+)
 from ..errors import TrihrgeInputError
 from ..neighbours import idw_interpolate
 from ..progress import Progress
@@ -110,12 +115,14 @@ def check_references(adata: AnnData, references) -> list[AnnData]:
     """Return the references as a list after refusing what cannot serve as one.
 
     The section itself (or a copy or subset of it: the same spot names read from the same
-    source) is refused, as are spots of another size (:func:`check_training_sections`); a
-    reference of another platform gets a warning.
+    source) is refused, as are spots of another size (:func:`check_training_sections`) and a
+    declared pixel size that the reference's lattice contradicts; a reference of another
+    platform gets a warning.
     """
     refs = check_adatas(references, what="reference", min_spots=MIN_SECTION_SPOTS)
     for i, ref in enumerate(refs):
         sample_geometry(ref)  # a pixel size, before any work
+        check_declared_pixel_size(ref, f"reference[{i}]")
         if ref is adata or _same_section(adata, ref):
             raise TrihrgeInputError(
                 f"reference[{i}] is the section itself (the same spots read from the same "
