@@ -56,8 +56,8 @@ MIN_SHARED_GENES = 10
 class ReferenceData:
     """The references' training spots on the run's genes.
 
-    ``features`` (N, S, D) standardised per section onto the section's scale, ``targets`` (N, G) log-normalised per
-    section, ``neighbour`` (N, G) interpolated from each reference's other spots (None without
+    ``features`` (N, S, D) standardised per section onto the section's scale, ``targets``
+    (N, G) log-normalised per section, ``neighbour`` (N, G) interpolated from each reference's other spots (None without
     the neighbour input), ``names`` and ``n_spots`` per reference.
     """
 
