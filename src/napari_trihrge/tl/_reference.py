@@ -57,8 +57,9 @@ class ReferenceData:
     """The references' training spots on the run's genes.
 
     ``features`` (N, S, D) standardised per section onto the section's scale, ``targets``
-    (N, G) log-normalised per section, ``neighbour`` (N, G) interpolated from each reference's other spots (None without
-    the neighbour input), ``names`` and ``n_spots`` per reference.
+    (N, G) log-normalised per section, ``neighbour`` (N, G) interpolated from each reference's
+    other spots (None without the neighbour input), ``names`` and ``n_spots`` per reference,
+    ``weight`` the cap of :meth:`take`.
     """
 
     features: np.ndarray
