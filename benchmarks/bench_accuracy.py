@@ -27,6 +27,10 @@ synthetic  the embedded sample with truth: enhance at 16 um with a 3-model ensem
            truth per gene class (PCC, SSIM) next to interpolated spot values; map/spot
            consistency; spread-vs-error correlation; structure of the noise-gene maps.
 maps       DLPFC enhance at 16 um stride: consistency of the map with the measured spots.
+references (``--with-references``) her2st recovery with the other sections of the study as
+           references (``tl.recovery(reference=...)``): C5 with C2-C4, each of C2-C4 with the
+           other two (C5 is never a reference of C2-C4); the model alone and with references on
+           the same split, genes and spots, next to the better kNN and the noise ceiling.
 
 Wall time and peak resident memory (whole process) are recorded for every run. her2st C5 was kept
 out of every tuning decision: it is reported in its own rows ('untouched').
@@ -236,6 +240,116 @@ def recovery_rows(name: str, raw: dict, paired_to: str | None = None) -> list[di
     return rows
 
 
+def references_of(name: str, samples: dict[str, Path], untouched_too: bool = False) -> list[str]:
+    """Return the reference sections of a her2st section.
+
+    The other her2st sections; C5 is not one for the others (it is held out of every tuning
+    decision) unless ``untouched_too`` (an extra row, never used to decide anything).
+    """
+    return [n for n in samples if n.startswith("her2st/") and n != name
+            and (n not in UNTOUCHED or name in UNTOUCHED or untouched_too)]
+
+
+def references_suite(name: str, samples: dict[str, Path], seeds, cache_dir: str,
+                     weight: float | None = None, untouched_too: bool = False) -> dict:
+    """Per-seed numbers of recovery of ``name`` alone and with its references.
+
+    Both runs are scored again on the genes of the run with references (the section's genes
+    that every reference measures) and the same hidden spots, next to the better kNN of the
+    same split on those genes: ``pcc_mean`` and ``baseline_knn_pcc_mean`` are these scores.
+    The network and ridge candidates' scores are each run's own (on its own genes).
+    """
+    from napari_trihrge.neighbours import idw_interpolate
+    from napari_trihrge.pp import prepare_expression
+    from napari_trihrge.tl import BASELINE_KS, recovery, sample_geometry
+    from napari_trihrge.tl._shared import _holdout_split
+
+    adata = load_sample(samples[name])
+    names = references_of(name, samples, untouched_too)
+    refs = [load_sample(samples[n]) for n in names]
+    raw: dict = {"references": names, "weight": weight}
+    cfg = _config(cache_dir)
+    expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes)
+    rc_um, _, _ = sample_geometry(expr)
+    for seed in seeds:
+        results = {}
+        for label, kw in (("alone", {}), ("with references",
+                                          {"reference": refs, "reference_weight": weight})):
+            with measure() as m:
+                res = recovery(adata, holdout_fraction=0.5, seed=seed, config=_config(cache_dir),
+                               **kw)
+            results[label] = (res, m.wall_s)
+        common = list(results["with references"][0].predictions.var_names)
+        y = np.asarray(expr[:, common].X, dtype=np.float32)
+        hidden, visible = _holdout_split(len(y), 0.5, seed)
+        knn = {f"knn{k}": idw_interpolate(rc_um[visible], y[visible], rc_um[hidden], k)
+               for k in BASELINE_KS}
+        for label, (res, wall_s) in results.items():
+            met = res.metrics
+            pos = res.predictions.var_names.get_indexer(common)
+            score = _scores(np.asarray(res.predictions.X)[:, pos], y[hidden], common, knn)
+            r = raw.setdefault(label, {})
+            for key, value in (("pcc_mean", score["pcc_mean"]),
+                               ("baseline_knn_pcc_mean", score["baseline_knn_pcc_mean"]),
+                               ("pcc_top100", score["pcc_top100"]),
+                               ("n_genes", len(common)), ("seed", seed), ("wall_s", wall_s),
+                               *((k, met.get(k)) for k in (
+                                   "noise_ceiling_pcc_mean", "baseline_network_pcc_mean",
+                                   "baseline_ridge_pcc_mean", "blend_weight_network_mean",
+                                   "blend_weight_ridge_mean"))):
+                if value is not None:
+                    r.setdefault(key, []).append(float(value))
+            print(f"  {name} seed {seed} {label}: PCC {score['pcc_mean']:.4f} on {len(common)} "
+                  f"genes (network {met.get('baseline_network_pcc_mean', float('nan')):.4f}, "
+                  f"ridge {met.get('baseline_ridge_pcc_mean', float('nan')):.4f}) vs kNN "
+                  f"{score['baseline_knn_pcc_mean']:.4f}, ceiling "
+                  f"{met['noise_ceiling_pcc_mean']:.4f}; {wall_s:.0f} s", flush=True)
+    return raw
+
+
+def references_rows(merged: dict[str, dict]) -> list[dict]:
+    """Table rows of :func:`references_suite` outputs (per section, mean ± sd over seeds)."""
+    rows = []
+    for name, raw in merged.items():
+        alone, withr = raw.get("alone", {}), raw.get("with references", {})
+        n = min(len(alone.get("pcc_mean", [])), len(withr.get("pcc_mean", [])))
+        if n == 0:
+            continue
+        knn = np.asarray(withr["baseline_knn_pcc_mean"][:n])
+        ceiling = np.asarray(withr["noise_ceiling_pcc_mean"][:n])
+        a, w = np.asarray(alone["pcc_mean"][:n]), np.asarray(withr["pcc_mean"][:n])
+
+        def pair(key: str, alone=alone, withr=withr, n=n) -> str:
+            return f"{np.mean(alone[key][:n]):.3f} / {np.mean(withr[key][:n]):.3f}"
+
+        rows.append({
+            "section": name + (" (untouched)" if name in UNTOUCHED else ""),
+            "references": ", ".join(r.removeprefix("her2st/") for r in raw["references"]),
+            "seeds": n, "better kNN": mean_sd(knn), "model alone": mean_sd(a),
+            "model with references": mean_sd(w), "- model alone": mean_sd(w - a, 4),
+            "x best kNN alone": mean_sd(a / knn, 2),
+            "x best kNN with references": mean_sd(w / knn, 2),
+            "network alone / with refs": pair("baseline_network_pcc_mean"),
+            "ridge alone / with refs": pair("baseline_ridge_pcc_mean"),
+            "ceiling": mean_sd(ceiling), "fraction alone": f"{np.mean(a / ceiling):.0%}",
+            "fraction with references": f"{np.mean(w / ceiling):.0%}",
+            "wall s alone / with refs": (f"{np.mean(alone['wall_s'][:n]):.0f} / "
+                                         f"{np.mean(withr['wall_s'][:n]):.0f}")})
+    return rows
+
+
+def merge_references(paths: list[str]) -> dict[str, dict]:
+    """Join the per-section numbers of several ``--json`` outputs of the references part."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for name, raw in json.loads(Path(path).read_text()).get("references", {}).items():
+            dst = merged.setdefault(name, {"references": raw["references"]})
+            for label in ("alone", "with references"):
+                for key, values in raw.get(label, {}).items():
+                    dst.setdefault(label, {}).setdefault(key, []).extend(values)
+    return merged
+
+
 def merge_recovery(paths: list[str]) -> dict[str, dict]:
     """Per-sample raw numbers of several ``--json`` outputs (e.g. one process per seed) joined."""
     merged: dict[str, dict] = {}
@@ -350,6 +464,15 @@ def main(argv: list[str] | None = None) -> int:
                          "uses)")
     ap.add_argument("--no-linear", action="store_true",
                     help="recovery: skip the ridge rows (the kNN rows are always there)")
+    ap.add_argument("--with-references", action="store_true",
+                    help="the references part: her2st recovery alone and with the study's other "
+                         "sections as references (use --only to pick the sections recovered)")
+    ap.add_argument("--untouched-as-reference", action="store_true",
+                    help="with --with-references: C5 is a reference of C2-C4 too (an extra row "
+                         "labelled '+ C5'; C5 stays out of every tuning decision)")
+    ap.add_argument("--reference-weight", type=float, default=None,
+                    help="with --with-references: tl.recovery's reference_weight (default: "
+                         "every reference spot)")
     ap.add_argument("--with-relu", action="store_true",
                     help="add the network-alone row with the earlier ReLU output layer")
     ap.add_argument("--max-epochs", type=int, default=None,
@@ -366,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge_recovery(args.merge)
         rows = [row for name, raw in merged.items()
                 for row in recovery_rows(name, raw, args.paired_to)]
-        print_table(rows, title="Held-out recovery, 50 % hidden (joined runs)")
+        if rows:
+            print_table(rows, title="Held-out recovery, 50 % hidden (joined runs)")
+        rows = references_rows(merge_references(args.merge))
+        if rows:
+            print_table(rows, title="Recovery with the study's other sections as references "
+                                    "(joined runs)")
         return 0
     if args.max_epochs:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
@@ -387,12 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     parts = set(args.parts.split(","))
+    if args.with_references:
+        parts = {"references"}
     if args.quick:
         seeds = seeds[:2]
         parts.discard("maps")
     cache = args.cache_dir or tempfile.mkdtemp(prefix="trihrge_bench_")
     samples = ({Path(p).name: Path(p) for p in args.sample} if args.sample
                else shared_samples(args.data))
+    every_sample = dict(samples)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         missing = sorted(set(wanted) - set(samples))
@@ -401,6 +532,21 @@ def main(argv: list[str] | None = None) -> int:
         samples = {n: samples[n] for n in wanted}
     out: dict = {"seeds": seeds, "parts": sorted(parts)}
     with measure() as total:
+        if "references" in parts:
+            out["references"] = {}
+            for name in samples:
+                if name.startswith("her2st/"):
+                    print(f"references: {name}", flush=True)
+                    label = name + (" + C5" if args.untouched_as_reference
+                                    and name not in UNTOUCHED else "")
+                    out["references"][label] = references_suite(
+                        name, every_sample, seeds, cache, args.reference_weight,
+                        untouched_too=args.untouched_as_reference)
+                    if args.json:  # what is measured survives a later failure
+                        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+            print_table(references_rows(out["references"]),
+                        title=f"Recovery with the study's other sections as references, "
+                              f"seeds {seeds}")
         if "recovery" in parts:
             rows = []
             out["recovery"] = {}

@@ -712,3 +712,29 @@ def test_predict_cells_on_a_bare_image_and_cells_in_other_formats(capsys, tmp_pa
     err = _one_line_error(capsys, ["cells", str(sample), "--formats", "zarr", "--out",
                                    str(tmp_path / "z"), "--quiet"])
     assert "ome-zarr" in err
+
+
+def test_recovery_with_other_sections(capsys, sample_h5ad, tmp_path):
+    """``--with OTHER``: the other section's spots join training; the section itself, or a
+    model folder, is refused before any work."""
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.outputs import write_h5ad
+
+    other = tmp_path / "other.h5ad"
+    write_h5ad(synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=80), other)
+    base = ["recovery", str(sample_h5ad), "--genes", "30", "--max-epochs", "2", "--device",
+            "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "rec"
+    assert cli.main([*base, "--out", str(out), "--with", str(other),
+                     "--reference-weight", "2"]) == 0
+    rec = json.loads((out / "summary.json").read_text())["recovery"]
+    assert rec["reference_weight"] == 2.0 and len(rec["reference_spots"]) == 1
+    assert "learned also from 1 other section" in capsys.readouterr().out
+    assert cli.main([*base, "--out", str(tmp_path / "x"), "--with", str(sample_h5ad)]) != 0
+    assert "is the sample itself" in capsys.readouterr().err
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "genes.csv").write_text("gene\n")
+    assert cli.main([*base, "--out", str(tmp_path / "y"), "--with", str(model)]) != 0
+    assert "model folder cannot be a reference" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

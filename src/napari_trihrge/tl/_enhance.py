@@ -23,6 +23,13 @@ from ._maps import (
     map_spot_consistency,
     predict_maps,
 )
+from ._reference import (
+    check_reference_levers,
+    check_reference_weight,
+    check_references,
+    reference_data,
+    shared_genes,
+)
 from ._shared import (
     _count_targets,
     _encoder_and_image,
@@ -32,6 +39,7 @@ from ._shared import (
     _genes_stage,
     _heldout_scores,
     _holdout_split,
+    _joined,
     _lattice_kind,
     _predict,
     _stacked_predict,
@@ -80,13 +88,14 @@ def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarra
 def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                    nb_input: bool, sub: dict[str, Any], sub_offsets_um: np.ndarray | None,
                    split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress,
-                   counts: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+                   counts: dict[str, Any], reference=None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure the per-gene trust of an enhance run on held-out spots.
 
     One model trained like the final one (same inputs, same losses; the per-gene blend when
     ``cfg.stacking``) on the spots of ``split[1]`` only, scored on the held-out ``split[0]`` (the
     blend's candidates too, on the same genes). ``counts``: the count loss's inputs, one row
-    per spot ({} for MSE).
+    per spot ({} for MSE); ``reference``: the other sections' spots, which join the training
+    as in the final model.
     """
     hidden, visible = split
     nb_train = nb_hidden = None
@@ -113,12 +122,14 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
     others: dict[str, np.ndarray] = {}
     if cfg.stacking:
         stacked = _fit_stacked(one, feats[visible], y[visible], rc_um[visible], nb_train,
-                               progress, **sub_train)
+                               progress, reference=reference, **sub_train)
         pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
         others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
     else:
-        fits = _fit(one, feats[visible], _training_targets(one, rc_um[visible], y[visible]),
-                    nb_train, progress, **sub_train)
+        x_fit, y_fit, nb_fit, sub_fit = _joined(
+            reference, feats[visible], _training_targets(one, rc_um[visible], y[visible]),
+            nb_train, sub_train, one.seed)
+        fits = _fit(one, x_fit, y_fit, nb_fit, progress, **sub_fit)
         pred, _ = _predict(fits, feats[hidden], nb_hidden, cfg)
     metrics, per_gene, _ = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
     metrics = {"heldout_fraction": float(len(hidden) / len(y)), "n_hidden": int(len(hidden)),
@@ -138,7 +149,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             key_added: str | None = None,
             map_path: str | None = None, map_margin_um: float | None = None,
             trust: bool = True, trust_holdout_fraction: float = TRUST_HOLDOUT_FRACTION,
-            map_store: bool | str = False) -> EnhanceResult:
+            map_store: bool | str = False, reference=None,
+            reference_weight: float | None = None) -> EnhanceResult:
     """Predict expression on a ``factor``x denser lattice of virtual spots, and dense maps.
 
     With ``stride_um`` the maps are dense sub-spot maps over the tissue (streamed to ``map_path`` as
@@ -170,6 +182,10 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     spread) on demand, exactly; a path writes the store there (with ``map_path`` too, every
     gene is also materialised there).
 
+    ``reference`` / ``reference_weight``: other sections of the study as extra training data
+    of the network and the ridge head, as in :func:`recovery` (their spots join the spot-level
+    loss; the aggregation loss and the kNN candidates use the section's own spots only).
+
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_enhance``):
     the summary in ``uns``, the per-gene trust in ``var``
     (:func:`napari_trihrge.tl.store_result`).
@@ -179,6 +195,10 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     cfg = config or RunConfig()
     validate_config(cfg)
     factor = geometry.validate_density_factor(factor)
+    check_reference_weight(reference_weight)
+    if reference is not None:
+        check_reference_levers(cfg)
+    refs = check_references(adata, reference) if reference is not None else None
     if stride_um is not None:
         # networks whose spread is mapped next to the values: with the blend, one per fold
         n_networks = cfg.ensemble * (cfg.stacking_folds if "network" in cfg.stacking else 1)
@@ -187,6 +207,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress, marker_panel=cfg.marker_panel)
+    if refs is not None:
+        expr = expr[:, shared_genes(list(expr.var_names), refs)].copy()
     rc_um, um_per_px, spot_diameter_um = sample_geometry(expr)
     split = None
     if trust:
@@ -211,6 +233,11 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             check_map_grid(grid, grid_image, stride_um)
         feats = _features(image, encoder, rc_um, windows, cfg, progress,
                           dense=stride_um is not None)
+        ref_data = None
+        if refs is not None:
+            ref_data = reference_data(refs, list(expr.var_names), cfg, encoder, windows, feats,
+                                      progress, dense=stride_um is not None,
+                                      weight=reference_weight)
     nb = None
     if cfg.neighbour_input:
         nb = idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours, exclude_self=True)
@@ -238,16 +265,21 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     if split is not None:
         with timer("trust"):
             trust_metrics, trust_table = _enhance_trust(cfg, feats, y, rc_um, nb is not None, sub,
-                                                        offs, split, genes, progress, counts)
+                                                        offs, split, genes, progress, counts,
+                                                        reference=ref_data)
             add_noise_ceiling(trust_metrics, trust_table, adata, spots=expr.obs_names[split[0]])
     stacked = None
     with timer("training"):
         if cfg.stacking:
-            stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, **sub, **counts)
+            stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, reference=ref_data,
+                                   **sub, **counts)
             fits = stacked.fits
         else:
-            fits = _fit(cfg, feats, _training_targets(cfg, rc_um, y), nb, progress, **sub,
-                        **counts)
+            x_fit, y_fit, nb_fit, sub_fit = _joined(ref_data, feats,
+                                                    _training_targets(cfg, rc_um, y), nb,
+                                                    {**sub, **counts}, cfg.seed)
+            fits = _fit(cfg, x_fit, y_fit, nb_fit, progress, **sub_fit)
+            del sub_fit
     del sub
 
     # virtual spots (measured spots included: there kNN returns the measurement itself)
@@ -269,6 +301,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
 
     metrics: dict[str, Any] = {"n_virtual_spots": int(len(pts_rc)), "factor": int(factor),
                                "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}
+    if ref_data is not None:
+        metrics.update(ref_data.summary())
     if stacked is not None:
         metrics.update(stacked.blend.summary())
         virtual.var = virtual.var.join(_blend_weight_columns(stacked.blend, genes))

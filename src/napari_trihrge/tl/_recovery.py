@@ -14,6 +14,13 @@ from ..metrics import add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import RunConfig, validate_config
+from ._reference import (
+    check_reference_levers,
+    check_reference_weight,
+    check_references,
+    reference_data,
+    shared_genes,
+)
 from ._shared import (
     _annotation_labels,
     _count_targets,
@@ -24,6 +31,7 @@ from ._shared import (
     _genes_stage,
     _heldout_scores,
     _holdout_split,
+    _joined,
     _predict,
     _prediction_adata,
     _stacked_predict,
@@ -49,7 +57,8 @@ class RecoveryResult:
 
 def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, annotation=None,
              config: RunConfig | None = None, progress: Progress | None = None,
-             key_added: str | None = None) -> RecoveryResult:
+             key_added: str | None = None, reference=None,
+             reference_weight: float | None = None) -> RecoveryResult:
     """Recover hidden spots: train on the rest and score them next to the image-free kNN baseline.
 
     ``holdout_fraction`` of the spots are hidden at random (``seed``); the model trains on the rest,
@@ -64,15 +73,28 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_recovery``):
     the summary in ``uns``, the per-gene trust in ``var``, the hidden spots' predictions in
     ``obsm`` and ``obs`` (:func:`napari_trihrge.tl.store_result`).
+
+    ``reference``: other sections of the study (AnnData, or a list of them) whose spots join the
+    training of the network and the ridge head (:mod:`napari_trihrge.tl._reference`: the
+    section's genes that every reference measures, features standardised per section); the kNN
+    candidates and the blend weights use the section's own visible spots only.
+    ``reference_weight``: the references count at most this many times the section's training
+    spots (None: every reference spot).
     """
     check_adata(adata, min_spots=MIN_SECTION_SPOTS)
     check_declared_pixel_size(adata)
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
+    check_reference_weight(reference_weight)
+    if reference is not None:
+        check_reference_levers(cfg)
+    refs = check_references(adata, reference) if reference is not None else None
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
+    if refs is not None:
+        expr = expr[:, shared_genes(list(expr.var_names), refs)].copy()
     labels = _annotation_labels(expr, annotation)
     rc_um, _, _ = sample_geometry(expr)
     y = np.asarray(expr.X, dtype=np.float32)
@@ -81,6 +103,10 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     with timer("features"):
         image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
         feats = _features(image, encoder, rc_um, cfg.windows_um, cfg, progress)
+        ref_data = None
+        if refs is not None:
+            ref_data = reference_data(refs, list(expr.var_names), cfg, encoder, cfg.windows_um,
+                                      feats, progress, weight=reference_weight)
     nb_train = nb_hidden = None
     if cfg.neighbour_input:
         nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
@@ -91,11 +117,13 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     with timer("training"):
         if cfg.stacking:
             stacked = _fit_stacked(cfg, feats[visible], y[visible], rc_um[visible], nb_train,
-                                   progress, **counts)
+                                   progress, reference=ref_data, **counts)
             fits = stacked.fits
         else:
-            fits = _fit(cfg, feats[visible], _training_targets(cfg, rc_um[visible], y[visible]),
-                        nb_train, progress, **counts)
+            x_fit, y_fit, nb_fit, fit_kw = _joined(
+                ref_data, feats[visible], _training_targets(cfg, rc_um[visible], y[visible]),
+                nb_train, counts, cfg.seed)
+            fits = _fit(cfg, x_fit, y_fit, nb_fit, progress, **fit_kw)
     with timer("prediction"):
         # the candidates of the blend are scored on the same genes and spots as the model
         parts: dict[str, np.ndarray] = {}
@@ -116,6 +144,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         "heldout_fraction": float(holdout_fraction), "seed": int(seed),
         "n_hidden": int(len(hidden)), "n_visible": int(len(visible)), **scores,
     }
+    if ref_data is not None:
+        metrics.update(ref_data.summary())
     if stacked is not None:
         metrics.update(stacked.blend.summary())
         if stacked.ridge is not None:

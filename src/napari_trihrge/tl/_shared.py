@@ -195,14 +195,17 @@ class StackedModel:
 
 
 def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
-                 nb: np.ndarray | None, progress: Progress, **sub) -> StackedModel:
+                 nb: np.ndarray | None, progress: Progress, *, reference=None,
+                 **sub) -> StackedModel:
     """Fit the stacked model: out-of-fold candidates, the per-gene blend and the ridge head.
 
     Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds`` folds;
     kNN leave-one-out over all training spots, as dense as for the hidden spots), the per-gene blend
     fitted on them, and the ridge head refitted on every training spot. ``sub``: the sub-spot arrays
     of the aggregation loss (enhance with a dense map), one row per training spot; each fold's
-    network gets the rows of its training spots.
+    network gets the rows of its training spots. ``reference`` (a ``_reference.ReferenceData``
+    of other sections): its spots join every fit of the network and the ridge head
+    (``reference.join``); the kNN candidates and the blend weights see the section's spots only.
     """
     from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
@@ -221,20 +224,33 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
         nb_tr, nb_te = (nb[train], nb[test]) if nb is not None else (None, None)
         # denoised within the fold's training spots only (the test spots stay unseen)
         y_fit = _training_targets(cfg, rc_um[train], y[train])
+        x_tr, y_tr, nb_tr, sub_tr = _joined(reference, feats[train], y_fit, nb_tr,
+                                            _subset_rows(sub, train), cfg.seed + 100 * i)
         if "ridge" in oof:
-            head = RidgeHead.fit(img[train] if img is not None else None, nb_tr, y_fit)
+            head = RidgeHead.fit(x_tr if img is not None else None, nb_tr, y_tr)
             oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
         if "network" in oof:
             progress.message(f"stacking fold {i + 1}/{len(folds)}")
-            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), feats[train], y_fit,
-                             nb_tr, progress, **_subset_rows(sub, train))
+            fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), x_tr, y_tr, nb_tr,
+                             progress, **sub_tr)
             oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
             fits += fold_fits
     # the blend is weighted against the measured (not denoised) expression
-    ridge = (RidgeHead.fit(img, nb, _training_targets(cfg, rc_um, y)) if "ridge" in oof
-             else None)
+    ridge = None
+    if "ridge" in oof:
+        x_all, y_all, nb_all, _ = _joined(reference, feats, _training_targets(cfg, rc_um, y), nb,
+                                          {}, cfg.seed)
+        ridge = RidgeHead.fit(x_all if img is not None else None, nb_all, y_all)
     return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
                         src_y=y)
+
+
+def _joined(reference, feats: np.ndarray, y: np.ndarray, nb: np.ndarray | None, sub: dict,
+            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
+    """Return the training spots and, with a reference, its spots (``reference.join``)."""
+    if reference is None:
+        return feats, y, nb, sub
+    return reference.join(feats, y, nb, sub, seed)
 
 
 def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,

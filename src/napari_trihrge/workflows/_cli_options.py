@@ -153,6 +153,39 @@ def add_store_args(g) -> None:
                    help="Visium HD: the bin size in micrometres to read (2, 8 or 16; default 8)")
 
 
+def add_reference_args(p: argparse.ArgumentParser) -> None:
+    """``--with OTHER [OTHER ...]`` and ``--reference-weight`` (recovery and enhance)."""
+    g = p.add_argument_group("learning from other sections of the study")
+    g.add_argument("--with", nargs="+", type=Path, default=None, dest="references",
+                   metavar="OTHER", help="other sections of the same study (same platform and "
+                   "tissue; sample folders as for PATH) whose spots join the training of the "
+                   "image parts (network, ridge head); kNN and the blend weights stay within "
+                   "PATH's own spots")
+    g.add_argument("--reference-weight", type=positive_number, default=None, metavar="W",
+                   help="with --with: the other sections' spots count at most W times the "
+                   "section's own training spots (drawn at random; default: every spot)")
+
+
+def read_references(args) -> list | None:
+    """Read the sections given with ``--with`` (None without); a model folder is refused."""
+    from ..errors import TrihrgeInputError
+    from ..io import read
+
+    if not getattr(args, "references", None):
+        return None
+    refs = []
+    for path in args.references:
+        if (Path(path) / "integrity.json").is_file() or (Path(path) / "genes.csv").is_file():
+            raise TrihrgeInputError(
+                f"--with {path}: a trained model folder cannot be a reference yet",
+                "pass the sample folders the model was trained on instead")
+        if Path(path).resolve() == Path(args.path).resolve():
+            raise TrihrgeInputError(f"--with {path} is the sample itself",
+                                    "pass other sections of the study")
+        refs.append(read(path))
+    return refs
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     run = run_defaults()
     g = p.add_argument_group("model and run")

@@ -47,6 +47,14 @@ def print_run_summary(summary: dict, out: Path) -> None:
     print(f"\nSample {summary.get('sample')}: {summary.get('n_spots')} spots, "
           f"{summary.get('n_genes')} genes, encoder {summary.get('encoder')}, "
           f"device {summary.get('device')}")
+    task = summary.get("recovery") or summary.get("enhance") or {}
+    if isinstance(task, dict) and task.get("reference_sections"):
+        weight = task.get("reference_weight")
+        print(f"  learned also from {len(task['reference_sections'])} other section(s) of the "
+              f"study: {', '.join(map(str, task['reference_sections']))} "
+              f"({sum(task['reference_spots'])} spots"
+              + (f", at most {weight:g} x the section's training spots" if weight else "")
+              + "; kNN and the blend weights from this section's own spots)")
     rec = summary.get("recovery")
     if rec:
         print(f"Recovery ({rec['heldout_fraction']:.0%} hidden; scored on the "

@@ -77,6 +77,7 @@ def _recovery_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotation", default=None, metavar="FILE",
                    help="barcode -> label file (or an obs column name) for the ARI of k-means "
                    "clusters against it")
+    opt.add_reference_args(p)
     opt.add_run_args(p)
 
 
@@ -86,7 +87,8 @@ def _run_recovery(args: argparse.Namespace, progress: TqdmProgress) -> int:
     cfg, adata, out = opt.prepare_sample_run(args)
     summary = run_recovery(adata, out, holdout_fraction=args.holdout, seed=args.seed,
                            annotation=args.annotation, config=cfg, progress=progress,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, reference=opt.read_references(args),
+                           reference_weight=args.reference_weight)
     progress.close()
     print_run_summary(summary, Path(out))
     return 0
@@ -111,6 +113,7 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
                    help="also segment the nuclei, grow them into cells and give each cell the "
                    "map's expression (<out>/cells/, as `trihrge cells`; needs --stride-um)")
     opt.add_marker_panel_arg(p)
+    opt.add_reference_args(p)
     opt.add_run_args(p)
 
 
@@ -148,7 +151,9 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           trust=not args.no_trust,
                           spatialdata_store=args.output_format == "spatialdata",
                           into_input=args.into_input,
-                          materialise_maps=args.materialise_maps)
+                          materialise_maps=args.materialise_maps,
+                          reference=opt.read_references(args),
+                          reference_weight=args.reference_weight)
     if args.cells:
         from .runs import run_cells
 

@@ -152,12 +152,16 @@ def _finish_summary(out: Path, summary: dict[str, Any], result, files: dict[str,
 
 def run_recovery(adata: AnnData, out_dir: str | Path, *, holdout_fraction: float = 0.5,
                  seed: int = 0, annotation=None, config: RunConfig | None = None,
-                 progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
+                 progress: Progress | None = None, overwrite: bool = False,
+                 reference=None, reference_weight: float | None = None) -> dict[str, Any]:
     """Recovery end to end; returns the summary (also written to ``out_dir/summary.json``).
-    The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`)."""
+    The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`).
+    ``reference`` / ``reference_weight``: other sections as extra training data
+    (:func:`napari_trihrge.tl.recovery`)."""
     return run_task("recovery", adata, out_dir, holdout_fraction=holdout_fraction, seed=seed,
                     annotation=annotation, config=config, progress=progress,
-                    overwrite=overwrite).summary
+                    overwrite=overwrite, reference=reference,
+                    reference_weight=reference_weight).summary
 
 
 def _recovery_into(out: Path, adata: AnnData, *, config: RunConfig, progress: Progress,
@@ -196,23 +200,29 @@ def run_enhance(adata: AnnData, out_dir: str | Path, *,
                 progress: Progress | None = None, overwrite: bool = False,
                 summary_extra: dict[str, Any] | None = None, trust: bool = True,
                 spatialdata_store: bool = False, into_input: bool = False,
-                map_store: bool = True, materialise_maps: bool = False) -> dict[str, Any]:
+                map_store: bool = True, materialise_maps: bool = False, reference=None,
+                reference_weight: float | None = None) -> dict[str, Any]:
     """Enhance end to end (virtual spots, dense maps); ``trust``: measure per gene whether the
     model beats interpolation (:func:`napari_trihrge.tl.enhance`).
     The dense maps are written as the factorised map store ``maps.store.zarr``
     (:mod:`napari_trihrge.io.map_store`; ``trihrge export-maps`` materialises genes later);
     ``materialise_maps=True`` also writes every gene's map as ``maps.ome.zarr``, and
     ``map_store=False`` writes only that (every gene predicted directly, the older layout).
+    ``reference``/``reference_weight``: other sections that join the training (as in
+    :func:`napari_trihrge.tl.enhance`).
     The run folder appears only when complete (:func:`napari_trihrge.io.outputs.run_folder`).
 
     ``spatialdata_store=True`` also writes the sample and the results as a self-contained
     SpatialData store ``<out>/spatialdata.zarr``; ``into_input=True`` adds the results to the
-    SpatialData store the sample was read from (needs the ``spatialdata`` extra)."""
+    SpatialData store the sample was read from (needs the ``spatialdata`` extra).
+    ``reference`` / ``reference_weight``: other sections as extra training data
+    (:func:`napari_trihrge.tl.enhance`)."""
     return run_task("enhance", adata, out_dir, factor=factor, stride_um=stride_um,
                     config=config, progress=progress, overwrite=overwrite,
                     summary_extra=summary_extra, trust=trust,
                     spatialdata_store=spatialdata_store, into_input=into_input,
-                    map_store=map_store, materialise_maps=materialise_maps).summary
+                    map_store=map_store, materialise_maps=materialise_maps,
+                    reference=reference, reference_weight=reference_weight).summary
 
 
 def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | None,
@@ -220,11 +230,13 @@ def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | 
                   summary_extra: dict[str, Any] | None = None, trust: bool = True,
                   spatialdata_store: bool = False, into_input: bool = False,
                   overwrite: bool = False, map_store: bool = True,
-                  materialise_maps: bool = False) -> RunOutput:
+                  materialise_maps: bool = False, reference=None,
+                  reference_weight: float | None = None) -> RunOutput:
     t0 = time.perf_counter()
     store = map_store and stride_um is not None
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
-                     progress=progress, trust=trust,
+                     progress=progress, trust=trust, reference=reference,
+                     reference_weight=reference_weight,
                      map_path=run_map_path(out, stride_um, store, materialise_maps),
                      map_store=str(Path(out) / STORE_NAME) if store else False)
     summary = save_enhance_run(out, adata, result, config, progress=progress, started=t0,

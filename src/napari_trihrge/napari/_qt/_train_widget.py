@@ -36,6 +36,7 @@ from ...workflows._cli_options import keyword_default
 from ._common import Panel, heading, hline, listen, note, notify_error, report_outcome
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._display import WARN_COLOUR
+from ._reference_list import ReferenceList
 from ._session import get_session, unwrap_viewer
 from ._stage_bars import StageBars
 from ._worker import QueueProgress, engine_worker
@@ -235,6 +236,7 @@ class TrainWidget(Panel):
         srow.addWidget(self.maps_check)
         srow.addWidget(self.stride_spin)
         form.addRow("Maps", srow)
+        form.addRow("Learn also from", ReferenceList(napari_viewer, self))
         for name, widget in self.config_form.widgets.items():  # one aligned form
             form.addRow(widget.label, widget.native)
             if name == "extra_genes":
@@ -372,7 +374,8 @@ class TrainWidget(Panel):
         self.progress = QueueProgress()
         worker = engine_worker(run_task, task, adata, out_dir, config=config,
                                progress=self.progress, overwrite=overwrite,
-                               **self.task_arguments(config))
+                               **self.task_arguments(config),
+                               reference=self.findChild(ReferenceList).references())
         self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
         del config  # the token lives on only inside the worker's call
         worker.yielded.connect(self._on_events)

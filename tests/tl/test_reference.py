@@ -1,0 +1,142 @@
+"""Other sections of a study as extra training data of recovery and enhance (``reference=``)."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, TINY_TRAIN
+from napari_trihrge import tl
+from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.tl import _reference
+
+
+def tiny(**kw):
+    return tl.RunConfig(n_top_genes=40, model=dict(TINY_MODEL), train=dict(TINY_TRAIN), **kw)
+
+
+@pytest.fixture(scope="module")
+def _study():
+    from napari_trihrge.datasets import synthetic_sample
+
+    # three sections of one "study": the same genes, the same image-to-expression rules
+    return [synthetic_sample(seed=s, size_um=(1200.0, 1200.0), n_genes=80) for s in (5, 6, 7)]
+
+
+@pytest.fixture
+def study(_study):
+    return [a.copy() for a in _study]
+
+
+def test_references_teach_the_image_parts_and_kNN_stays_within_the_section(study):
+    section, *refs = study
+    alone = tl.recovery(section, seed=1, config=tiny())
+    both = tl.recovery(section, seed=1, config=tiny(), reference=refs)
+    a, b = alone.metrics, both.metrics
+    # the same hidden spots and genes; kNN, the section's own interpolation, is unchanged
+    assert list(alone.predictions.obs_names) == list(both.predictions.obs_names)
+    assert list(alone.predictions.var_names) == list(both.predictions.var_names)
+    assert b["baseline_knn_pcc_mean"] == a["baseline_knn_pcc_mean"]
+    np.testing.assert_array_equal(alone.predictions.layers["knn"], both.predictions.layers["knn"])
+    # the image ridge head learns from three times the spots: it predicts the hidden spots better
+    assert b["baseline_ridge_pcc_mean"] > a["baseline_ridge_pcc_mean"]
+    assert b["reference_spots"] == [r.n_obs for r in refs]
+    assert b["reference_weight"] is None
+
+
+def test_the_hidden_spots_never_reach_training_with_references(study):
+    """Shuffling the counts among the section's hidden spots leaves every prediction of a run
+    with references as it was."""
+    section, *refs = study
+    hidden, _ = tl._shared._holdout_split(section.n_obs, 0.5, 1)
+    shuffled = section.copy()
+    x = np.asarray(shuffled.X.todense() if hasattr(shuffled.X, "todense") else shuffled.X)
+    x[hidden] = x[np.random.default_rng(0).permutation(hidden)]
+    shuffled.X = type(section.X)(x) if hasattr(section.X, "todense") else x
+    a = tl.recovery(section, seed=1, config=tiny(), reference=refs)
+    b = tl.recovery(shuffled, seed=1, config=tiny(), reference=refs)
+    assert not np.allclose(a.predictions.layers["measured"], b.predictions.layers["measured"])
+    np.testing.assert_allclose(a.predictions.X, b.predictions.X, rtol=1e-5, atol=1e-6)
+
+
+def test_blend_weights_are_fit_on_the_sections_own_spots(study):
+    """The per-gene blend is fit on the section's own out-of-fold spots only: its target mean
+    is the mean of the section's training spots, not of the pooled spots."""
+    from napari_trihrge.progress import Progress
+    from napari_trihrge.tl._shared import _fit_stacked
+
+    rng = np.random.default_rng(0)
+    n, genes = 40, 5
+    feats = rng.normal(size=(n, 2, 3)).astype(np.float32)
+    y = rng.random((n, genes)).astype(np.float32)
+    rc_um = rng.random((n, 2)) * 1000
+    ref = _reference.ReferenceData(features=rng.normal(size=(60, 2, 3)).astype(np.float32),
+                                   targets=(5 + rng.random((60, genes))).astype(np.float32),
+                                   neighbour=None, names=["other"], n_spots=[60])
+    cfg = tiny(stacking=("knn6", "ridge"), neighbour_input=False)
+    model = _fit_stacked(cfg, feats, y, rc_um, None, Progress(), reference=ref)
+    np.testing.assert_allclose(model.blend.target_mean, y.mean(axis=0), rtol=1e-6)
+    # ... while the ridge head was fit on both: its intercept sits between the two means
+    assert np.all(model.ridge.model.intercept_ > y.mean(axis=0) + 1)
+
+
+def test_reference_weight_caps_the_reference_spots():
+    ref = _reference.ReferenceData(features=np.zeros((100, 1, 1), np.float32),
+                                   targets=np.zeros((100, 2), np.float32), neighbour=None,
+                                   names=["a"], n_spots=[100])
+    assert len(ref.take(30, seed=0)) == 100  # no weight: every spot
+    ref.weight = 2.0
+    idx = ref.take(30, seed=0)
+    assert len(idx) == 60 and len(np.unique(idx)) == 60
+    ref.weight = 10.0
+    assert len(ref.take(30, seed=0)) == 100
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(TrihrgeInputError, match="reference weight"):
+            _reference.check_reference_weight(bad)
+
+
+def test_the_section_itself_is_refused_as_its_own_reference(study):
+    section = study[0]
+    section.uns["trihrge"]["source"] = "/data/section_a"
+    with pytest.raises(TrihrgeInputError, match="the section itself"):
+        tl.recovery(section, config=tiny(), reference=[section])
+    # a subset of it, read from the same source, would hold its hidden spots too
+    part = section[: int(section.n_obs * 0.8)].copy()
+    with pytest.raises(TrihrgeInputError, match="the section itself"):
+        tl.enhance(section, config=tiny(), reference=part)
+
+
+def test_spots_of_another_size_are_refused_and_another_platform_warned(study):
+    section, ref, _ = study
+    big = ref.copy()
+    big.uns["trihrge"]["spot_diameter_um"] = 100.0
+    with pytest.raises(TrihrgeInputError, match="cannot train one model"):
+        tl.recovery(section, config=tiny(), reference=[big])
+    other = ref.copy()
+    other.uns["trihrge"]["platform"] = "generic"
+    with pytest.warns(UserWarning, match="is generic, the section is visium"):
+        _reference.check_references(section, [other])
+
+
+def test_genes_a_reference_lacks_are_left_out_with_a_warning(study):
+    section, ref, _ = study
+    expr_genes = list(tl.recovery(section, seed=1, config=tiny(stacking=()),
+                                  ).predictions.var_names)
+    missing = expr_genes[:3]
+    ref = ref[:, [g for g in ref.var_names if g not in missing]].copy()
+    with pytest.warns(UserWarning, match="3 of the section's 40 selected genes"):
+        res = tl.recovery(section, seed=1, config=tiny(stacking=()), reference=ref)
+    assert list(res.predictions.var_names) == expr_genes[3:]
+    with pytest.raises(TrihrgeInputError, match="measure only"):
+        _reference.shared_genes(expr_genes, [ref[:, :5].copy()])
+
+
+def test_enhance_learns_from_references(study):
+    """With a dense map the reference spots join the spot-level loss (their sub-locations
+    masked out of the aggregation loss)."""
+    section, *refs = study
+    res = tl.enhance(section, factor=2, stride_um=64.0, config=tiny(), reference=refs,
+                     reference_weight=1.0, trust=False)
+    assert res.metrics["reference_sections"] == [r.uns["trihrge"]["sample"] for r in refs]
+    assert res.metrics["reference_weight"] == 1.0
+    assert res.virtual.n_vars == 40 and np.isfinite(res.virtual.X).all()
+    inside = np.asarray(res.maps.values)[:, np.asarray(res.maps.mask)]
+    assert inside.size and np.isfinite(inside).all()  # the map inside the tissue
