@@ -133,10 +133,18 @@ def test_enhance_learns_from_references(study):
     """With a dense map the reference spots join the spot-level loss (their sub-locations
     masked out of the aggregation loss)."""
     section, *refs = study
-    res = tl.enhance(section, factor=2, stride_um=64.0, config=tiny(), reference=refs,
-                     reference_weight=1.0, trust=False)
+    res = tl.enhance(section, factor=2, stride_um=64.0, config=tiny(marker_panel=None),
+                     reference=refs, reference_weight=1.0, trust=False)
     assert res.metrics["reference_sections"] == [r.uns["trihrge"]["sample"] for r in refs]
     assert res.metrics["reference_weight"] == 1.0
     assert res.virtual.n_vars == 40 and np.isfinite(res.virtual.X).all()
     inside = np.asarray(res.maps.values)[:, np.asarray(res.maps.mask)]
     assert inside.size and np.isfinite(inside).all()  # the map inside the tissue
+
+
+@pytest.mark.parametrize("lever", [{"loss": "poisson"}, {"target_smoothing": 0.25}])
+def test_references_with_a_count_loss_or_denoised_targets_are_refused(study, lever):
+    """Their reference spots would lack raw counts / neighbours: refused before any work."""
+    section, *refs = study
+    with pytest.raises(TrihrgeInputError, match="cannot be combined yet"):
+        tl.recovery(section, seed=1, config=tiny(**lever), reference=refs)
