@@ -176,8 +176,7 @@ def test_outcome_handled_inside_a_progress_bar_update_keeps_the_final_status(
 
     monkeypatch.setattr(_stage_bars, "napari_progress", NestedLoopBar)
     tw.bars.start()
-    inside_update.append(lambda: tw._on_done(Outcome("cancelled", error=Cancelled("stop")),
-                                             "recovery", None))
+    inside_update.append(lambda: tw._on_done(Outcome("cancelled", error=Cancelled("stop"))))
     tw._on_events([{"event": "stage", "stage": "training", "total": 40},
                    {"event": "advance", "stage": "training", "done": 19, "total": 40},
                    {"event": "stage", "stage": "prediction", "total": 1}])

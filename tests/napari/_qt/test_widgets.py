@@ -89,7 +89,9 @@ def test_a_sample_opens_in_the_background_without_blocking_the_viewer(viewer, qt
     assert ticks[0] > 10  # the viewer stayed live while the sample was read
     main = threading.main_thread()
     assert calls and calls[0] is not main and warmed and warmed[0] is not main
-    assert w.session.sample_name == "second" and w.open_btn.isEnabled()
+    assert w.session.sample_name == "second"
+    # the worker's 'finished' (buttons back) follows its 'returned' (layers added)
+    qtbot.waitUntil(w.open_btn.isEnabled, timeout=10_000)
 
 
 def test_a_second_sample_opens_in_a_new_viewer_when_chosen(viewer, qtbot, monkeypatch):
@@ -661,7 +663,7 @@ def test_every_setting_and_score_has_a_tooltip_and_old_scores_stay(viewer, qtbot
     from napari_trihrge.errors import Cancelled
     from napari_trihrge.napari._qt._worker import Outcome
 
-    tw._on_done(Outcome("cancelled", error=Cancelled("stop")), "recovery", tw.session.adata)
+    tw._on_done(Outcome("cancelled", error=Cancelled("stop")))
     assert "Previous run" in tw.scores.text() and "Mean PCC" in tw.scores.text()
     assert tw.status.text().startswith("Cancelled")
 

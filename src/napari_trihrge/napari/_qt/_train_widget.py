@@ -33,13 +33,13 @@ from ...geometry import DEFAULT_DENSITY_FACTOR, DENSITY_FACTORS
 from ...model.training import TrainConfig
 from ...tl import recovery
 from ...workflows._cli_options import keyword_default
-from ._common import Panel, heading, hline, listen, note, notify_error, report_outcome
+from ._common import Panel, heading, hline, listen, note, notify_error
 from ._config_form import ADVANCED_FIELDS, MAIN_FIELDS, RunConfigForm
 from ._display import WARN_COLOUR
+from ._engine_run import EngineRun
 from ._reference_list import ReferenceList
 from ._session import get_session, unwrap_viewer
 from ._stage_bars import StageBars
-from ._worker import QueueProgress, engine_worker
 
 #: plain-words explanation of every score the widget shows (also the scores' tooltip)
 SCORE_HELP = {
@@ -150,17 +150,16 @@ class LossCanvas(QWidget):
         self.canvas.draw_idle()
 
 
-class TrainWidget(Panel):
+class TrainWidget(EngineRun, Panel):
     """Task, main parameters (with units), Start / Cancel, a progress bar per stage, the live
     loss curve and the recovery scores. The engine runs in a napari thread worker."""
+
+    run_title = "The run"
 
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(napari_viewer)
-        self.worker = None
-        self.progress: QueueProgress | None = None
-        self.last_outcome = None
 
         self.task_combo = QComboBox()
         self.task_combo.addItem("Enhance: denser spots and sub-spot maps", "enhance")
@@ -370,25 +369,14 @@ class TrainWidget(Panel):
         overwrite = self.overwrite_check.isChecked()
         if out_dir is not None and not self._out_dir_usable(out_dir, overwrite):
             return None
-        task = self.task
-        self.progress = QueueProgress()
-        worker = engine_worker(run_task, task, adata, out_dir, config=config,
-                               progress=self.progress, overwrite=overwrite,
-                               **self.task_arguments(config),
-                               reference=self.findChild(ReferenceList).references())
-        self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
-        del config  # the token lives on only inside the worker's call
-        worker.yielded.connect(self._on_events)
-        worker.returned.connect(lambda outcome, t=task, a=adata: self._on_done(outcome, t, a))
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
         self.loss.clear()
         self._mark_scores_previous()
-        self.status.setText("Starting…")
-        self.bars.start()
-        self.start_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        worker.start()
+        self._run_task, self._run_adata = self.task, adata
+        worker = self.launch(run_task, self.task, adata, out_dir, config=config,
+                             overwrite=overwrite, **self.task_arguments(config),
+                             reference=self.findChild(ReferenceList).references())
+        self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
+        del config  # the token lives on only inside the worker's call
         return worker
 
     def _out_dir_usable(self, out_dir: str, overwrite: bool) -> bool:
@@ -414,18 +402,6 @@ class TrainWidget(Panel):
             self.scores.setText("<span style='color:#9e9e9e'><i>Previous run (kept until the "
                                 f"new one finishes):</i><br>{self._scores_html}</span>")
 
-    def cancel(self):
-        """Ask the run to stop; the engine stops at its next step (within a few seconds)."""
-        if self.progress is not None:
-            self.progress.cancel()
-            self.bars.stop()  # late progress events must not hide this
-            self.status.setText("Cancelling…")
-            self.cancel_btn.setEnabled(False)
-
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
     def _on_events(self, events: list[dict]):
         need_redraw = False
         for ev in self.bars.handle(events):
@@ -441,31 +417,15 @@ class TrainWidget(Panel):
         if need_redraw:
             self.loss.redraw()
 
-    def _on_finished(self):
-        self.bars.close()
-        self.horizon.setText("")
-        self.worker = None
-        self.progress = None
-        self.start_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
+    def _show(self, run_result) -> None:
+        """The run's layers, through the session (EngineRun calls this when it succeeded)."""
+        self.session.set_result(self._run_task, run_result.result, self._run_adata)
 
-    def _on_done(self, outcome, task: str, adata):
-        self.bars.stop()
-        self.last_outcome = outcome
-        if not report_outcome(outcome, "The run"):
-            self.status.setText("Cancelled: nothing was changed." if outcome.status ==
-                                "cancelled" else f"Failed: {outcome.message}")
-            return
-        result, out_dir = outcome.result.result, outcome.result.out_dir
-        try:
-            self.session.set_result(task, result, adata)
-        except Exception as exc:  # noqa: BLE001 - never crash the viewer
-            show_error(f"The run finished but its layers could not be shown: {exc}")
-            return
-        self._last_run = (task, self._run_config, result)
+    def _report(self, run_result) -> None:
+        self._last_run = (self._run_task, self._run_config, run_result.result)
         self.save_model_btn.setEnabled(True)
-        where = f" Saved in {out_dir}." if out_dir else ""
-        self.status.setText(f"Done ({_fmt_timings(result)}).{where}")
+        where = f" Saved in {run_result.out_dir}." if run_result.out_dir else ""
+        self.status.setText(f"Done ({_fmt_timings(run_result.result)}).{where}")
 
     def save_model(self, path: str | None = None):
         """Write the last run's model as a model folder (asks where when ``path`` is None)."""
