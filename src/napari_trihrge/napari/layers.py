@@ -229,6 +229,10 @@ def trust_text(trust: dict[str, Any] | None) -> str:
 # ------------------------------------------------------------------------------------------
 # Image
 # ------------------------------------------------------------------------------------------
+#: layer metadata key holding the :class:`~napari_trihrge.io.TissueImage` an image layer reads
+IMAGE_OWNER_KEY = "_trihrge_tissue_image"
+
+
 def image_layer(adata, *, name: str | None = None,
                 multiscale_min_px: int = MULTISCALE_MIN_PX, resolution: str | None = None,
                 image=None) -> LayerDataTuple | None:
@@ -266,7 +270,10 @@ def image_layer(adata, *, name: str | None = None,
         "multiscale": multiscale,
         "units": "um",
         "metadata": {"trihrge": {"kind": "image", "sample": sample_name(adata),
-                                 "um_per_px": um0, "image_key": _image_key(img)}},
+                                 "um_per_px": um0, "image_key": _image_key(img)},
+                     # the layer owns the opened image: a lazy TIFF stays open while the layer
+                     # reads it and is closed when the layer is gone
+                     IMAGE_OWNER_KEY: img},
     }
     return data, kwargs, "image"
 

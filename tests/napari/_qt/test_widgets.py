@@ -143,11 +143,6 @@ def test_sample_widget_bad_path_is_a_notification(viewer, qtbot, notes, tmp_path
     qtbot.waitUntil(lambda: w.open_btn.isEnabled(), timeout=5000)
 
 
-# not yet closed by us: the image layer reads the lazy TIFF after the TissueImage that opened it
-# is gone, so the file is opened again and left to the collector (the layer should own and close
-# the image; napari/layers.py)
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in.*slide.tif:pytest.PytestUnraisableExceptionWarning")
 def test_image_button_adds_a_full_resolution_image_to_a_space_ranger_folder(
         viewer, qtbot, tmp_path, monkeypatch):
     import tifffile
