@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +47,7 @@ def open_and_time(widget, viewer, app, source: str) -> tuple[float, float]:
         time.sleep(0.01)
     timer.stop()
     ticks.append(time.perf_counter())
-    stall = max(b - a for a, b in zip(ticks, ticks[1:]))
+    stall = max(b - a for a, b in pairwise(ticks))
     return shown, stall
 
 

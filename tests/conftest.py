@@ -60,6 +60,18 @@ TINY_RUN = {"n_top_genes": 30, "model": TINY_MODEL, "train": TINY_TRAIN, "device
 TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
+def truth_dense_maps(adata):
+    """The synthetic sample's log truth expression as DenseMaps (a stand-in for Enhance's maps)."""
+    import numpy as np
+
+    from napari_trihrge.datasets import truth_map
+    from napari_trihrge.tl import DenseMaps
+
+    expr, stride, origin = truth_map(adata)
+    return DenseMaps(values=np.log1p(expr), stride_um=stride, origin_rc_um=origin,
+                     gene_names=list(adata.var_names), mask=np.ones(expr.shape[1:], dtype=bool))
+
+
 def tiny_uni(seed: int = 0, **over):
     """A random tiny ViT built with UNI's timm arguments, its LayerScale set so the blocks matter."""
     import timm

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 import napari_trihrge as th
+from conftest import truth_dense_maps
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.io import cell_formats
-from napari_trihrge.tl import DenseMaps
 
 pytest.importorskip("spatialdata")
 
@@ -15,10 +15,7 @@ pytest.importorskip("spatialdata")
 @pytest.fixture(scope="module")
 def cells_result():
     adata = th.datasets.synthetic_sample(seed=1, size_um=(600.0, 600.0), n_genes=4)
-    expr, stride, origin = th.datasets.truth_map(adata)
-    maps = DenseMaps(values=np.log1p(expr), stride_um=stride, origin_rc_um=origin,
-                     gene_names=list(adata.var_names), mask=np.ones(expr.shape[1:], bool))
-    return adata, th.tl.cells(adata.copy(), maps=maps)
+    return adata, th.tl.cells(adata.copy(), maps=truth_dense_maps(adata))
 
 
 def test_ome_zarr_labels_round_trip(cells_result, tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import napari_trihrge as th
+from conftest import truth_dense_maps
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.tl import DenseMaps
 
 
 @pytest.fixture(scope="module")
@@ -13,15 +13,9 @@ def small_sample():
     return th.datasets.synthetic_sample(seed=1, size_um=(600.0, 600.0), n_genes=6)
 
 
-def _truth_maps(adata):
-    expr, stride, origin = th.datasets.truth_map(adata)
-    return DenseMaps(values=np.log1p(expr), stride_um=stride, origin_rc_um=origin,
-                     gene_names=list(adata.var_names), mask=np.ones(expr.shape[1:], dtype=bool))
-
-
 def test_cells_of_the_synthetic_sample(small_sample):
     adata = small_sample.copy()
-    maps = _truth_maps(adata)
+    maps = truth_dense_maps(adata)
     res = th.tl.cells(adata, maps=maps, expand_um=3.0)
     cells = res.cells
     n = res.metrics["n_cells"]
@@ -128,7 +122,7 @@ def test_labels_written_to_disk_give_the_same_cells(small_sample, tmp_path):
     the same labels and cells as in memory (tiles smaller than the image, so stitched)."""
     import zarr
 
-    maps = _truth_maps(small_sample)
+    maps = truth_dense_maps(small_sample)
     in_memory = th.tl.cells(small_sample.copy(), tile_um=200.0, maps=maps)
     on_disk = th.tl.cells(small_sample.copy(), tile_um=200.0, maps=maps,
                           labels_store=tmp_path / "lab.zarr")
@@ -150,7 +144,7 @@ def test_cells_of_a_bare_image_say_there_is_no_spot_constraint(small_sample, tmp
     Image.fromarray(np.asarray(th.io.get_image(small_sample).array)).save(png)
     with pytest.raises(TrihrgeInputError, match="pixel size"):
         th.tl.cells(png)
-    res = th.tl.cells(png, um_per_px=1.0, maps=_truth_maps(small_sample))
+    res = th.tl.cells(png, um_per_px=1.0, maps=truth_dense_maps(small_sample))
     with_spots = th.tl.cells(small_sample.copy())
     assert res.metrics["n_cells"] == with_spots.metrics["n_cells"]
     assert (res.cells.obs["spot"] == "").all() and not res.metrics["spot_constraint"]

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import truth_dense_maps
+
 pytestmark = pytest.mark.gui
 
 
@@ -16,13 +18,9 @@ pytestmark = pytest.mark.gui
 def small():
     """A 600 x 600 um synthetic section and its truth as maps (a stand-in for Enhance)."""
     import napari_trihrge as th
-    from napari_trihrge.tl import DenseMaps
 
     adata = th.datasets.synthetic_sample(seed=2, size_um=(600.0, 600.0), n_genes=8)
-    expr, stride, origin = th.datasets.truth_map(adata)
-    maps = DenseMaps(values=np.log1p(expr), stride_um=stride, origin_rc_um=origin,
-                     gene_names=list(adata.var_names), mask=np.ones(expr.shape[1:], bool))
-    return adata, maps
+    return adata, truth_dense_maps(adata)
 
 
 def _open(viewer, small):
