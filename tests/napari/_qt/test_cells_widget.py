@@ -122,3 +122,27 @@ def test_region_explorer_compares_regions_on_cells(viewer, qtbot, small):
     # back on spots: the spot table
     rx.unit_combo.setCurrentIndex(rx.unit_combo.findData("spots"))
     assert "n_spots_inside" in rx.stats.table.columns
+
+
+def test_cells_opened_without_the_cells_panel_follow_the_gene(viewer, small):
+    """A cells layer added by the reader or a script (no Cells panel open) is coloured by the
+    gene shown, on the session's scale, through the layer view."""
+    import napari_trihrge as th
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt._session import get_session, get_view
+
+    adata, maps = small
+    result = th.tl.cells(adata.copy(), maps=maps)
+    session = get_session(viewer)
+    get_view(viewer)
+    session.set_sample(adata)
+    session.enhance = SimpleNamespace(maps=maps, virtual=None, trust=None)
+    data, kwargs, _ = L.cells_layer(result.cell_labels, result.um_per_px, result.cells)
+    layer = viewer.add_labels(data, **kwargs)
+    gene = list(maps.gene_names)[1]
+    session.show_gene(gene)
+    assert layer.metadata["trihrge"]["gene"] == gene
+    expected = L.cell_gene_colors(result.cells, gene, session.contrast_limits)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(np.asarray(layer.colormap.color_dict[k]), expected[k],
+                                   atol=1e-6)

@@ -13,28 +13,10 @@ from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QHBoxLayout, QPushButton
 
 from ...nuclei import EXPAND_UM
 from .. import layers as L
-from ._common import Panel, heading, listen, note
+from ._common import Panel, heading, note
 from ._engine_run import EngineRun
 from ._session import get_session, get_view, unwrap_viewer
 from ._stage_bars import StageBars
-
-
-def cell_colormap(cells, gene: str | None, limits=None):
-    """The napari label colormap of ``cells`` for ``gene`` (one colour per cell label)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict=L.cell_gene_colors(cells, gene, limits))
-
-
-def recolour_cells(layer, gene: str | None, limits=None) -> bool:
-    """Colour a cells layer by ``gene`` (on ``limits``, the shared colour scale); the labels
-    stay as they are. False (nothing changed) when the cells have no value for the gene."""
-    cells = L.cells_of_layer(layer)
-    if cells is None or gene is None or gene not in cells.var_names:
-        return False
-    layer.colormap = cell_colormap(cells, gene, limits)
-    layer.metadata["trihrge"]["gene"] = gene
-    return True
 
 
 class CellsWidget(EngineRun, Panel):
@@ -83,7 +65,6 @@ class CellsWidget(EngineRun, Panel):
 
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
-        listen(self, self.session.gene_changed, self.recolour)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.destroyed.connect(
             lambda *_: self.viewer.layers.events.inserted.disconnect(self._on_inserted))
@@ -99,16 +80,10 @@ class CellsWidget(EngineRun, Panel):
         self._adopt(event.value)
 
     def _adopt(self, layer) -> None:
-        """Describe clicked cells of a cells layer and colour it by the gene shown."""
+        """Describe clicked cells of a cells layer (the layer view colours it by the gene)."""
         if L.cells_of_layer(layer) is None or self._describe in layer.mouse_drag_callbacks:
             return
         layer.mouse_drag_callbacks.append(self._describe)
-        recolour_cells(layer, self.session.gene, self.session.contrast_limits)
-
-    def recolour(self, gene: str) -> None:
-        """Colour every cells layer by ``gene`` on the session's colour scale."""
-        for layer in self.cells_layers():
-            recolour_cells(layer, gene, self.session.contrast_limits)
 
     def _describe(self, layer, event):
         label = layer.get_value(event.position, world=True)

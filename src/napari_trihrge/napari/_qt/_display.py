@@ -170,3 +170,21 @@ def show_colorbar(layers, keep) -> None:
         if on:
             bar.position = "bottom_right"
         bar.visible = on
+
+
+def cell_colormap(cells, gene: str | None, limits=None):
+    """The napari label colormap of ``cells`` for ``gene`` (one colour per cell label)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict=L.cell_gene_colors(cells, gene, limits))
+
+
+def recolour_cells(layer, gene: str | None, limits=None) -> bool:
+    """Colour a cells layer by ``gene`` (on ``limits``, the shared colour scale); the labels
+    stay as they are. False (nothing changed) when the cells have no value for the gene."""
+    cells = L.cells_of_layer(layer)
+    if cells is None or gene is None or gene not in cells.var_names:
+        return False
+    layer.colormap = cell_colormap(cells, gene, limits)
+    layer.metadata["trihrge"]["gene"] = gene
+    return True

@@ -141,6 +141,10 @@ class LayerView:
         if kind == "image":
             self._put_under_results(layer)
         model = self.model
+        if model.gene is not None and L.cells_of_layer(layer) is not None:
+            from ._display import recolour_cells
+
+            recolour_cells(layer, model.gene, model.contrast_limits)
         if kind == "spots" and "adata" in meta:
             model.set_sample(meta["adata"])
             gene = meta.get("trihrge", {}).get("gene")
@@ -380,6 +384,10 @@ class LayerView:
                     lay.metadata.setdefault("trihrge", {})["gene"] = None
                     lay.name = f"{'enhanced' if kind == 'map' else 'ensemble spread'}: " \
                                f"no map for {gene}"
+        from ._display import recolour_cells
+
+        for lay in list(viewer.layers):  # cells layers: one colour per cell, never recomputed
+            recolour_cells(lay, gene, limits)
         if self._raise_spots:
             self._raise_spots = False
             spots = self.find_layer("spots")
