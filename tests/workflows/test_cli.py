@@ -686,8 +686,10 @@ def test_predict_cells_on_a_bare_image_and_cells_in_other_formats(capsys, tmp_pa
     assert "--stride-um" in err and not (tmp_path / "no_maps").exists()
     out = tmp_path / "bare"
     assert cli.main(["predict", str(model), str(png), "--um-per-px", "1", "--stride-um", "16",
-                     "--factor", "2", "--out", str(out), "--quiet", "--cells"]) == 0
+                     "--factor", "2", "--out", str(out), "--quiet", "--cells",
+                     "--cell-formats", "ome-zarr"]) == 0
     assert "no spot constraint" in capsys.readouterr().out
+    assert (out / "cells" / "labels.ome.zarr" / "labels" / "cells").is_dir()
     cells = ad.read_h5ad(out / "cells" / "cells.h5ad")
     genes = list(ad.read_h5ad(out / "enhanced.h5ad").var_names)
     assert cells.n_obs > 100 and list(cells.var_names) == genes

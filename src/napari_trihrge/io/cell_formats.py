@@ -22,7 +22,24 @@ from .._atomic import atomic_path
 from ..errors import TrihrgeInputError
 
 #: the label elements written (nuclei and cells: cell k is label k in both)
+#: the optional outputs of a cells run beside cells.h5ad and the label TIFFs
+CELL_FORMATS = ("ome-zarr", "spatialdata")
 LABEL_NAMES = ("nuclei", "cells")
+
+
+def check_cell_formats(formats) -> None:
+    """Refuse unknown cell output formats, and SpatialData without its extra (before work).
+
+    The formats are the names in :data:`CELL_FORMATS`.
+    """
+    unknown = sorted(set(formats) - set(CELL_FORMATS))
+    if unknown:
+        raise TrihrgeInputError(f"unknown cell output format {unknown[0]!r}",
+                                f"choose from {', '.join(CELL_FORMATS)}")
+    if "spatialdata" in formats:
+        from .spatialdata import require_spatialdata
+
+        require_spatialdata()
 #: the SpatialData cells table, its region and instance columns (not "region": that column
 #: holds the QuPath region of each cell, from ``trihrge cells --regions``)
 CELLS_TABLE = "cells_table"

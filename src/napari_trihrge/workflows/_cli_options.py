@@ -251,6 +251,28 @@ def add_marker_panel_arg(p) -> None:
                    "skipped with a note; the panels are listed in docs/user-guide.md)")
 
 
+def cell_formats(text: str) -> tuple[str, ...]:
+    """``'ome-zarr,spatialdata'`` -> the cells' extra output formats (checked by the run,
+    before any work: :func:`napari_trihrge.io.cell_formats.check_cell_formats`)."""
+    return tuple(f.strip() for f in text.split(",") if f.strip())
+
+
+def add_cell_formats_arg(p, option: str = "--formats") -> None:
+    """The cells' extra outputs (OME-Zarr labels, a SpatialData store)."""
+    p.add_argument(option, type=cell_formats, default=(), metavar="ome-zarr,spatialdata",
+                   help="also write the cell labels as OME-Zarr (labels.ome.zarr) and/or a "
+                   "SpatialData store of both labels and the cells table annotating them "
+                   "(cells.spatialdata.zarr)")
+
+
+def add_cells_arg(p, what: str) -> None:
+    """``--cells`` (and ``--cell-formats``) of a run that writes maps: enhance, predict."""
+    p.add_argument("--cells", action="store_true",
+                   help="also segment the nuclei, grow them into cells and give each cell the "
+                   f"{what} (<out>/cells/, as `trihrge cells`; needs --stride-um)")
+    add_cell_formats_arg(p, "--cell-formats")
+
+
 def add_overwrite_quiet(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -109,9 +109,7 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
                    help="add the results (trihrge_* elements) to the SpatialData store given as "
                    "PATH; existing trihrge_* elements are replaced only with --overwrite")
     _map_output_args(p)
-    p.add_argument("--cells", action="store_true",
-                   help="also segment the nuclei, grow them into cells and give each cell the "
-                   "map's expression (<out>/cells/, as `trihrge cells`; needs --stride-um)")
+    opt.add_cells_arg(p, "map's expression")
     opt.add_marker_panel_arg(p)
     opt.add_reference_args(p)
     opt.add_run_args(p)
@@ -141,6 +139,10 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                                 f"add --stride-um (for example 8 or 16) or leave out {flag}")
     if args.cells and args.stride_um is None:
         raise TrihrgeInputError("--cells needs the dense maps", "add --stride-um, e.g. 8")
+    if args.cells:
+        from ..io.cell_formats import check_cell_formats
+
+        check_cell_formats(args.cell_formats)
     cfg, adata, out = opt.prepare_sample_run(args)
     if args.stride_um is not None:
         from ..tl import check_map_size
@@ -157,7 +159,8 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
     if args.cells:
         from .runs import run_cells
 
-        cells = run_cells(adata, Path(out) / "cells", run_dir=out, progress=progress)
+        cells = run_cells(adata, Path(out) / "cells", run_dir=out, progress=progress,
+                          formats=args.cell_formats)
         summary.setdefault("outputs", {})["cells"] = "cells/"
         summary["cells"] = cells["metrics"]
     progress.close()
@@ -345,10 +348,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default trihrge_out/predict-<target>)")
     _map_output_args(p)
-    p.add_argument("--cells", action="store_true",
-                   help="also segment the nuclei, grow them into cells and give each cell the "
-                   "predicted map's expression (<out>/cells/, as `trihrge cells`; a sample "
-                   "needs --stride-um; on a bare H&E there is no spot to agree with)")
+    opt.add_cells_arg(p, "predicted map's expression; on a bare H&E there is no spot to agree "
+                      "with")
     opt.add_overwrite_quiet(p)
 
 
@@ -364,7 +365,8 @@ def _run_predict(args: argparse.Namespace, progress: TqdmProgress) -> int:
                                encoder=args.encoder, windows_um=args.windows_um,
                                device=args.device, cache_dir=cache, progress=progress,
                                overwrite=args.overwrite,
-                               materialise_maps=args.materialise_maps, cells=args.cells)
+                               materialise_maps=args.materialise_maps, cells=args.cells,
+                               cell_formats=args.cell_formats)
     progress.close()
     print_model_summary(summary)
     if args.cells:
@@ -428,10 +430,7 @@ def _cells_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--geojson", default=None, metavar="G1,G2", nargs="?", const="",
                    help="also write cells.geojson for QuPath, with these genes' predicted "
                    "values as measurements (none: outlines and areas only)")
-    o.add_argument("--formats", default="", metavar="ome-zarr,spatialdata",
-                   help="also write the labels as OME-Zarr (labels.ome.zarr) and/or a "
-                   "SpatialData store of both labels and the cells table annotating them "
-                   "(cells.spatialdata.zarr)")
+    opt.add_cell_formats_arg(o)
     o.add_argument("--out", type=Path, default=None,
                    help="output folder (default <run>/cells, or trihrge_out/cells-<sample>)")
     opt.add_overwrite_quiet(p)
@@ -460,11 +459,10 @@ def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
                              min_distance_um=args.min_distance_um,
                              min_area_um2=args.min_area_um2, max_area_um2=args.max_area_um2)
     genes = None if args.geojson is None else [g for g in args.geojson.split(",") if g]
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in runs.CELL_FORMATS]
-    if unknown:
-        raise TrihrgeInputError(f"unknown --formats entry {unknown[0]!r}",
-                                f"choose from {', '.join(runs.CELL_FORMATS)}")
+    formats = list(args.formats)
+    from ..io.cell_formats import check_cell_formats
+
+    check_cell_formats(formats)
     if args.out is not None:
         check_out_dir(args.out, args.overwrite)
     adata = _synthetic_or_read(args)

@@ -18,6 +18,7 @@ from .. import geometry
 from .._atomic import refuse_overwrite
 from ..device import resolve_device
 from ..errors import TrihrgeInputError
+from ..io.cell_formats import check_cell_formats
 from ..io.map_store import (
     STORE_NAME,
     FactorMaps,
@@ -398,13 +399,15 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                 stride_um: float | None = None,
                 um_per_px: float | None = None, progress: Progress | None = None,
                 overwrite: bool = False, map_store: bool = True, materialise_maps: bool = False,
-                cells: bool = False, **kwargs: Any) -> dict[str, Any]:
+                cells: bool = False, cell_formats: Sequence[str] = (),
+                **kwargs: Any) -> dict[str, Any]:
     """Predict and write the run folder as ``enhance`` does (``enhanced.h5ad``, the
     factorised ``maps.store.zarr``, with ``materialise_maps`` also ``maps.ome.zarr`` (only that
     without ``map_store``), ``predict_genes.csv``, ``overview.png``, ``summary.json``). With
     ``cells`` the nuclei of the target's H&E are segmented and grown into cells that get the
     predicted maps (``<out>/cells/``, as :func:`run_cells`; on a bare H&E without any spot
-    constraint), and the returned summary has their metrics under ``'cells'``."""
+    constraint; ``cell_formats`` as :func:`run_cells`' ``formats``), and the returned summary
+    has their metrics under ``'cells'``."""
     from .._atomic import atomic_path
     from ..io.outputs import mark_complete, run_folder, write_enhance
     from ..tl.inference import predict, prediction_inputs
@@ -416,6 +419,7 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
                                                 windows_um=kwargs.pop("windows_um", None))
     bare = adata.n_obs == 0
     if cells:  # checked before the prediction
+        check_cell_formats(cell_formats)
         from ..io.sample import get_image
         from ..tl._cells import check_segmentable
 
@@ -457,7 +461,8 @@ def run_predict(model: TrainedModel | str | Path, target: AnnData | str | Path,
         _finish_summary(out, summary, result, files, t0, t1)
         mark_complete(out)
     if cells:  # the prediction run is complete: its maps go to the cells
-        found = run_cells(adata, Path(out_dir) / "cells", run_dir=out_dir, progress=progress)
+        found = run_cells(adata, Path(out_dir) / "cells", run_dir=out_dir, progress=progress,
+                          formats=cell_formats)
         summary.setdefault("outputs", {})["cells"] = "cells/"
         summary["cells"] = found["metrics"]
     return summary
@@ -594,10 +599,6 @@ def export_maps(source: str | Path, out: str | Path | None = None, *,
     return [write_maps_spatialdata(out, maps, names, overwrite=overwrite)]
 
 
-#: what ``run_cells`` can write besides cells.h5ad and the label TIFFs
-CELL_FORMATS = ("ome-zarr", "spatialdata")
-
-
 def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None = None,
               nuclei_labels: Any = None, cell_labels: Any = None, expand_um: float | None = None,
               options: Any = None, regions: str | Path | None = None,
@@ -626,14 +627,7 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
     from ..tl import cells
 
     progress = ensure_progress(progress)
-    unknown = sorted(set(formats) - set(CELL_FORMATS))
-    if unknown:
-        raise TrihrgeInputError(f"unknown cell output format {unknown[0]!r}",
-                                f"choose from {', '.join(CELL_FORMATS)}")
-    if "spatialdata" in formats:
-        from ..io.spatialdata import require_spatialdata
-
-        require_spatialdata()
+    check_cell_formats(formats)
     um_per_px = float(adata.uns.get("trihrge", {}).get("um_per_px", 0) or 0)
     image = get_image(adata)
     shape = image.shape_px
