@@ -198,3 +198,18 @@ def test_gene_classes_find_each_labels_markers():
     assert classes["sparse"][25] and not classes["sparse"][0]
     assert classes["top100"].sum() == 29  # fewer scored genes than 100
     assert "markers" not in gene_classes(truth)
+
+
+def test_references_are_coarsened_like_the_section(synthetic):
+    """Other sections join enhance's training as pseudo-spots of the same factor (no finer
+    than the section itself); the section itself is refused as its own reference."""
+    from napari_trihrge.datasets import synthetic_sample
+
+    other = synthetic_sample(seed=9, n_genes=synthetic.n_vars)
+    res = validate_coarse(synthetic, stride_um=64.0, config=tiny(marker_panel=None),
+                          reference=[other])
+    n_other_pseudo = coarse_sample(other, factor=2)[0].n_obs
+    assert res.enhance.metrics["reference_spots"] == [n_other_pseudo] < [other.n_obs]
+    assert res.metrics["n_spots_scored"] == res.spots.n_obs > 0
+    with pytest.raises(TrihrgeInputError, match="section itself"):
+        validate_coarse(synthetic, stride_um=64.0, config=tiny(), reference=[synthetic])

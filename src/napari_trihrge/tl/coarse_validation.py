@@ -38,6 +38,7 @@ from ..progress import Progress, ensure_progress
 from ._config import BASELINE_KS, RunConfig, validate_config
 from ._enhance import EnhanceResult, enhance
 from ._maps import map_footprint_means
+from ._reference import check_references
 from ._shared import (
     _annotation_labels,
     _encoder_and_image,
@@ -229,7 +230,8 @@ def _class_scores(classes: dict[str, np.ndarray], per_gene: pd.DataFrame, genes:
 def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
                     stride_um: float = DEFAULT_STRIDE_UM, config: RunConfig | None = None,
                     progress: Progress | None = None, map_path: str | None = None,
-                    annotation=None, split_counts: bool = False,
+                    annotation=None, split_counts: bool = False, reference=None,
+                    reference_weight: float | None = None,
                     key_added: str | None = None) -> CoarseValidationResult:
     """Validate coarse to fine whether enhance's map adds correct detail on real tissue.
 
@@ -256,6 +258,12 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
         seed ``config.seed``): the pseudo-spots are summed from one half, the real spots are
         scored against the other. The pseudo-spots then no longer share the counting noise of
         what they are scored against (each half has half the depth, and so a lower ceiling).
+    reference
+        Other sections of the study (as :func:`napari_trihrge.tl.enhance`'s ``reference``),
+        coarsened with the same ``factor`` before they join the training: they are measured at
+        the same coarse resolution as the section, so they teach nothing finer than it has.
+    reference_weight
+        As :func:`napari_trihrge.tl.enhance`'s (None: every reference pseudo-spot).
     key_added
         Where the result is recorded on ``adata`` (default ``trihrge_validate_coarse``;
         :func:`napari_trihrge.tl.store_result`): the scores in ``uns``, the per-gene PCC in
@@ -286,12 +294,17 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
         halves = metrics_split_counts(adata.X, seed=cfg.seed)
         source.X, target.X = (h.astype(np.float32) for h in halves)
     coarse, membership = coarse_sample(source, factor=factor)  # refused before any work
+    coarse_refs = None
+    if reference is not None:
+        coarse_refs = [coarse_sample(ref, factor=factor)[0]
+                       for ref in check_references(adata, reference)]
     labels = _annotation_labels(adata, annotation)
     progress = ensure_progress(progress)
     timer = _Timer()
     with timer("enhance"):
         result = enhance(coarse, stride_um=stride_um, config=cfg, progress=progress,
-                         map_path=map_path)
+                         map_path=map_path, reference=coarse_refs,
+                         reference_weight=reference_weight)
     progress.stage("scoring", 1)
     with timer("scoring"):
         spots, metrics, per_gene = _score_real_spots(target, source, coarse, membership,

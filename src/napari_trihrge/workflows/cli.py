@@ -238,6 +238,7 @@ def _validate_coarse_args(p: argparse.ArgumentParser) -> None:
                    help="split each spot's counts in two random halves: pseudo-spots from one, "
                    "scored against the other (a pseudo-spot otherwise holds the counting noise "
                    "of the spot it is scored against)")
+    opt.add_reference_args(p)
     opt.add_run_args(p)
 
 
@@ -247,7 +248,9 @@ def _run_validate_coarse(args: argparse.Namespace, progress: TqdmProgress) -> in
     cfg, adata, out = opt.prepare_sample_run(args)
     summary = run_validate_coarse(adata, out, factor=args.factor, stride_um=args.stride_um,
                                   config=cfg, progress=progress, overwrite=args.overwrite,
-                                  annotation=args.annotation, split_counts=args.split_counts)
+                                  annotation=args.annotation, split_counts=args.split_counts,
+                                  reference=opt.read_references(args),
+                                  reference_weight=args.reference_weight)
     progress.close()
     print_run_summary(summary, Path(out))
     return 0

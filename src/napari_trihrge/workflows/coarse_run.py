@@ -24,7 +24,9 @@ COARSE_OUTPUTS = {"coarse": "coarse.h5ad", "spots": "spots.h5ad",
 def run_validate_coarse(adata: AnnData, out_dir: str | Path, *, factor: int = DEFAULT_BLOCK_SIZE,
                         stride_um: float = DEFAULT_STRIDE_UM, config: RunConfig | None = None,
                         progress: Progress | None = None, overwrite: bool = False,
-                        annotation=None, split_counts: bool = False) -> dict[str, Any]:
+                        annotation=None, split_counts: bool = False,
+                        reference=None, reference_weight: float | None = None
+                        ) -> dict[str, Any]:
     """Run :func:`napari_trihrge.tl.validate_coarse` and write its run folder: ``coarse.h5ad``
     (the pseudo-spots: summed raw counts of every gene), ``spots.h5ad`` (one row per real spot
     scored: the map averaged over its footprint, the measurement, every baseline),
@@ -38,7 +40,8 @@ def run_validate_coarse(adata: AnnData, out_dir: str | Path, *, factor: int = DE
         t0 = time.perf_counter()
         res = validate_coarse(adata, factor=factor, stride_um=stride_um, config=cfg,
                               progress=progress, map_path=enhance_map_path(out, stride_um),
-                              annotation=annotation, split_counts=split_counts)
+                              annotation=annotation, split_counts=split_counts,
+                              reference=reference, reference_weight=reference_weight)
         t1 = time.perf_counter()
         progress.stage("writing", 1)
         write_h5ad(res.coarse, out / COARSE_OUTPUTS["coarse"])
