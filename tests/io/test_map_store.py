@@ -12,7 +12,7 @@ from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.io import map_store
 from napari_trihrge.tl._maps import predict_maps
 from napari_trihrge.tl._shared import _encoder_and_image, sample_geometry
-from napari_trihrge.workflows import runs
+from napari_trihrge.workflows import map_export
 
 STRIDE_UM = 32.0
 
@@ -275,14 +275,14 @@ def test_enhance_run_writes_the_store_and_export_maps_materialises_it(store_run,
     assert map_layer[0].shape == maps.mask.shape
     gene = maps.gene_names[2]
     out = tmp_path / "export.ome.zarr"
-    written = runs.export_maps(store_run, out, genes=[gene])
+    written = map_export.export_maps(store_run, out, genes=[gene])
     assert written[0] == out and read_map(out)[2] == [gene]
     np.testing.assert_array_equal(np.asarray(read_map(out)[0][0]), maps[gene])
     with pytest.raises(TrihrgeInputError, match="near names"):
-        runs.export_maps(store_run, tmp_path / "other.ome.zarr", genes=[gene + "x"])
+        map_export.export_maps(store_run, tmp_path / "other.ome.zarr", genes=[gene + "x"])
     assert not (tmp_path / "other.ome.zarr").exists()
     with pytest.raises(TrihrgeInputError, match="format"):
-        runs.export_maps(store_run, tmp_path / "x", fmt="tiff")
+        map_export.export_maps(store_run, tmp_path / "x", fmt="tiff")
 
 
 def test_truncated_store_in_a_run_shows_nothing(store_run, tmp_path):
@@ -332,7 +332,7 @@ def test_export_maps_as_spatialdata(store_run, tmp_path):
     maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
     gene = maps.gene_names[1]
     out = tmp_path / "maps.zarr"
-    assert runs.export_maps(store_run, out, genes=[gene], fmt="spatialdata") == [out]
+    assert map_export.export_maps(store_run, out, genes=[gene], fmt="spatialdata") == [out]
     sdata = sd.read_zarr(out)
     assert set(sdata.images) == {MAPS, MAPS_STD}
     image = sdata.images[MAPS]["scale0"]["image"]
@@ -340,4 +340,4 @@ def test_export_maps_as_spatialdata(store_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(image.values[0]), maps[gene])
     assert not list(tmp_path.glob(".trihrge_maps_*"))  # the temporary OME-Zarr is gone
     with pytest.raises(TrihrgeInputError, match="exists"):
-        runs.export_maps(store_run, out, fmt="spatialdata")
+        map_export.export_maps(store_run, out, fmt="spatialdata")

@@ -384,7 +384,7 @@ def test_cells_open_as_labels_in_micrometres_coloured_by_gene(tmp_path):
 
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.napari._reader import get_reader
-    from napari_trihrge.workflows.runs import run_cells
+    from napari_trihrge.workflows.cells_run import run_cells
 
     adata = synthetic_sample(seed=3, size_um=(500.0, 500.0), n_genes=6, um_per_px=0.5)
     lab = np.zeros((1000, 1000), dtype=np.int32)

@@ -157,7 +157,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           reference=opt.read_references(args),
                           reference_weight=args.reference_weight)
     if args.cells:
-        from .runs import run_cells
+        from .cells_run import run_cells
 
         cells = run_cells(adata, Path(out) / "cells", run_dir=out, progress=progress,
                           formats=args.cell_formats)
@@ -171,7 +171,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
 
 
 def _export_maps_args(p: argparse.ArgumentParser) -> None:
-    from .runs import EXPORT_FORMATS
+    from .map_export import EXPORT_FORMATS
 
     p.add_argument("run", type=Path, help="a run folder written by enhance or predict, or its "
                    "maps.store.zarr")
@@ -187,7 +187,7 @@ def _export_maps_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export_maps(args: argparse.Namespace, progress: TqdmProgress) -> int:
-    from .runs import export_maps
+    from .map_export import export_maps
 
     written = export_maps(args.run, args.out, genes=args.genes, fmt=args.output_format,
                           overwrite=args.overwrite, progress=progress)
@@ -443,7 +443,7 @@ def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
     from ..errors import TrihrgeInputError
     from ..io.outputs import check_out_dir, is_complete_run
     from ..nuclei import NucleusOptions
-    from . import runs
+    from .cells_run import run_cells
 
     run_dir = args.run
     if is_complete_run(args.path):
@@ -472,7 +472,7 @@ def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
     sample = adata.uns.get("trihrge", {}).get("sample", Path(args.path).stem)
     out = args.out or (Path(run_dir) / "cells" if run_dir is not None
                        else Path("trihrge_out") / f"cells-{sample}")
-    summary = runs.run_cells(adata, out, run_dir=run_dir, nuclei_labels=args.nuclei,
+    summary = run_cells(adata, out, run_dir=run_dir, nuclei_labels=args.nuclei,
                              cell_labels=args.cell_file, expand_um=args.expand_um,
                              options=options, regions=args.regions, geojson_genes=genes,
                              formats=formats, progress=progress, overwrite=args.overwrite)
