@@ -32,7 +32,8 @@ def test_recovery_scores_hidden_spots_only(synthetic):
     # interpolating the visible spots, and its clusters follow the tissue domains more closely
     assert m["pcc_mean"] == pytest.approx(
         _mean_fair_pcc(res.predictions.X, res.predictions.layers["measured"]), rel=1e-6)
-    assert m["pcc_top100"] == m["pcc_mean"]
+    # (the same genes' PCCs, summed in another order: equal up to the last bits)
+    assert m["pcc_top100"] == pytest.approx(m["pcc_mean"], rel=1e-12)
     assert m["pcc_mean"] > m["baseline_knn_pcc_mean"]
     assert m["ari"] > m["ari_baseline_knn"]
     assert m["mse"] > 0 and m["mae"] > 0
