@@ -166,6 +166,11 @@ def add_reference_args(p: argparse.ArgumentParser) -> None:
                    "section's own training spots (drawn at random; default: every spot)")
 
 
+def reference_kwargs(args) -> dict:
+    """``reference`` and ``reference_weight`` of a run from ``--with`` / ``--reference-weight``."""
+    return {"reference": read_references(args), "reference_weight": args.reference_weight}
+
+
 def read_references(args) -> list | None:
     """Read the sections given with ``--with`` (None without); a model folder is refused."""
     from ..errors import TrihrgeInputError

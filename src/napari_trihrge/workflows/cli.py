@@ -87,8 +87,7 @@ def _run_recovery(args: argparse.Namespace, progress: TqdmProgress) -> int:
     cfg, adata, out = opt.prepare_sample_run(args)
     summary = run_recovery(adata, out, holdout_fraction=args.holdout, seed=args.seed,
                            annotation=args.annotation, config=cfg, progress=progress,
-                           overwrite=args.overwrite, reference=opt.read_references(args),
-                           reference_weight=args.reference_weight)
+                           overwrite=args.overwrite, **opt.reference_kwargs(args))
     progress.close()
     print_run_summary(summary, Path(out))
     return 0
@@ -154,8 +153,7 @@ def _run_enhance(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           spatialdata_store=args.output_format == "spatialdata",
                           into_input=args.into_input,
                           materialise_maps=args.materialise_maps,
-                          reference=opt.read_references(args),
-                          reference_weight=args.reference_weight)
+                          **opt.reference_kwargs(args))
     if args.cells:
         from .cells_run import run_cells
 
@@ -249,8 +247,7 @@ def _run_validate_coarse(args: argparse.Namespace, progress: TqdmProgress) -> in
     summary = run_validate_coarse(adata, out, factor=args.factor, stride_um=args.stride_um,
                                   config=cfg, progress=progress, overwrite=args.overwrite,
                                   annotation=args.annotation, split_counts=args.split_counts,
-                                  reference=opt.read_references(args),
-                                  reference_weight=args.reference_weight)
+                                  **opt.reference_kwargs(args))
     progress.close()
     print_run_summary(summary, Path(out))
     return 0
