@@ -251,8 +251,13 @@ def references_of(name: str, samples: dict[str, Path], untouched_too: bool = Fal
 
 
 def references_suite(name: str, samples: dict[str, Path], seeds, cache_dir: str,
-                     weight: float | None = None, untouched_too: bool = False) -> dict:
+                     weight: float | None = None, untouched_too: bool = False,
+                     as_model: bool = False) -> dict:
     """Per-seed numbers of recovery of ``name`` alone and with its references.
+
+    ``as_model``: the references are not passed as sections but as one image-only model trained
+    on them (``tl.train(..., image_only=True)``, the model folder a user would pass to
+    ``--with``), which joins the blend as a candidate.
 
     Both runs are scored again on the genes of the run with references (the section's genes
     that every reference measures) and the same hidden spots, next to the better kNN of the
@@ -267,14 +272,22 @@ def references_suite(name: str, samples: dict[str, Path], seeds, cache_dir: str,
     adata = load_sample(samples[name])
     names = references_of(name, samples, untouched_too)
     refs = [load_sample(samples[n]) for n in names]
-    raw: dict = {"references": names, "weight": weight}
+    raw: dict = {"references": names, "weight": weight, "as_model": as_model}
     cfg = _config(cache_dir)
+    given: dict = {"reference": refs, "reference_weight": weight}
+    if as_model:
+        from napari_trihrge.tl import train
+
+        with measure() as m:
+            given = {"reference": [train(refs, image_only=True, config=cfg).model]}
+        raw["model_train_wall_s"] = m.wall_s
+        print(f"  image-only model of {', '.join(names)} trained in {m.wall_s:.0f} s",
+              flush=True)
     expr = prepare_expression(adata, n_top_genes=cfg.n_top_genes)
     rc_um, _, _ = sample_geometry(expr)
     for seed in seeds:
         results = {}
-        for label, kw in (("alone", {}), ("with references",
-                                          {"reference": refs, "reference_weight": weight})):
+        for label, kw in (("alone", {}), ("with references", given)):
             with measure() as m:
                 res = recovery(adata, holdout_fraction=0.5, seed=seed, config=_config(cache_dir),
                                **kw)
@@ -296,7 +309,8 @@ def references_suite(name: str, samples: dict[str, Path], seeds, cache_dir: str,
                                *((k, met.get(k)) for k in (
                                    "noise_ceiling_pcc_mean", "baseline_network_pcc_mean",
                                    "baseline_ridge_pcc_mean", "blend_weight_network_mean",
-                                   "blend_weight_ridge_mean"))):
+                                   "blend_weight_ridge_mean", "baseline_model_pcc_mean",
+                                   "blend_weight_model_mean"))):
                 if value is not None:
                     r.setdefault(key, []).append(float(value))
             print(f"  {name} seed {seed} {label}: PCC {score['pcc_mean']:.4f} on {len(common)} "
@@ -323,14 +337,17 @@ def references_rows(merged: dict[str, dict]) -> list[dict]:
             return f"{np.mean(alone[key][:n]):.3f} / {np.mean(withr[key][:n]):.3f}"
 
         rows.append({
-            "section": name + (" (untouched)" if name in UNTOUCHED else ""),
-            "references": ", ".join(r.removeprefix("her2st/") for r in raw["references"]),
+            "section": name + (" (untouched)" if name.split(" ")[0] in UNTOUCHED else ""),
+            "references": ("a model of " if raw.get("as_model") else "") + ", ".join(
+                r.removeprefix("her2st/") for r in raw["references"]),
             "seeds": n, "better kNN": mean_sd(knn), "model alone": mean_sd(a),
             "model with references": mean_sd(w), "- model alone": mean_sd(w - a, 4),
             "x best kNN alone": mean_sd(a / knn, 2),
             "x best kNN with references": mean_sd(w / knn, 2),
             "network alone / with refs": pair("baseline_network_pcc_mean"),
             "ridge alone / with refs": pair("baseline_ridge_pcc_mean"),
+            "the model reference alone": (mean_sd(np.asarray(
+                withr["baseline_model_pcc_mean"][:n])) if raw.get("as_model") else ""),
             "ceiling": mean_sd(ceiling), "fraction alone": f"{np.mean(a / ceiling):.0%}",
             "fraction with references": f"{np.mean(w / ceiling):.0%}",
             "wall s alone / with refs": (f"{np.mean(alone['wall_s'][:n]):.0f} / "
@@ -343,7 +360,8 @@ def merge_references(paths: list[str]) -> dict[str, dict]:
     merged: dict[str, dict] = {}
     for path in paths:
         for name, raw in json.loads(Path(path).read_text()).get("references", {}).items():
-            dst = merged.setdefault(name, {"references": raw["references"]})
+            dst = merged.setdefault(name, {"references": raw["references"],
+                                           "as_model": raw.get("as_model", False)})
             for label in ("alone", "with references"):
                 for key, values in raw.get(label, {}).items():
                     dst.setdefault(label, {}).setdefault(key, []).extend(values)
@@ -467,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with-references", action="store_true",
                     help="the references part: her2st recovery alone and with the study's other "
                          "sections as references (use --only to pick the sections recovered)")
+    ap.add_argument("--model-reference", action="store_true",
+                    help="with --with-references: pass the references as one image-only model "
+                         "trained on them (a model folder given to --with) instead of sections")
     ap.add_argument("--untouched-as-reference", action="store_true",
                     help="with --with-references: C5 is a reference of C2-C4 too (an extra row "
                          "labelled '+ C5'; C5 stays out of every tuning decision)")
@@ -538,10 +559,12 @@ def main(argv: list[str] | None = None) -> int:
                 if name.startswith("her2st/"):
                     print(f"references: {name}", flush=True)
                     label = name + (" + C5" if args.untouched_as_reference
-                                    and name not in UNTOUCHED else "")
+                                    and name not in UNTOUCHED else "") + (
+                        " [model]" if args.model_reference else "")
                     out["references"][label] = references_suite(
                         name, every_sample, seeds, cache, args.reference_weight,
-                        untouched_too=args.untouched_as_reference)
+                        untouched_too=args.untouched_as_reference,
+                        as_model=args.model_reference)
                     if args.json:  # what is measured survives a later failure
                         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
             print_table(references_rows(out["references"]),

@@ -148,3 +148,95 @@ def test_references_with_a_count_loss_or_denoised_targets_are_refused(study, lev
     section, *refs = study
     with pytest.raises(TrihrgeInputError, match="cannot be combined yet"):
         tl.recovery(section, seed=1, config=tiny(**lever), reference=refs)
+
+
+# --- a trained model folder as a reference ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study_model(_study, tmp_path_factory):
+    """An image-only model of the study's other two sections, saved as `trihrge train` does."""
+    model = tl.train([a.copy() for a in _study[1:]], image_only=True, config=tiny()).model
+    return model.save(tmp_path_factory.mktemp("models") / "others")
+
+
+def test_a_trained_model_joins_the_blend_as_a_candidate(study, study_model):
+    section = study[0]
+    alone = tl.recovery(section.copy(), seed=1, config=tiny())
+    res = tl.recovery(section, seed=1, config=tiny(), reference=[str(study_model)])
+    m, a = res.metrics, alone.metrics
+    # the run's own genes, spots and candidates are untouched: the model is one more candidate
+    assert list(res.predictions.var_names) == list(alone.predictions.var_names)
+    for key in ("baseline_knn_pcc_mean", "baseline_ridge_pcc_mean",
+                "baseline_network_pcc_mean"):
+        assert m[key] == a[key]
+    genes = list(res.predictions.var_names)
+    model_genes = set(tl.inference.load_model_folder(study_model).genes)
+    shared = [g for g in genes if g in model_genes]
+    assert m["reference_models"] == ["model"]
+    assert m["reference_model_genes"] == [len(shared)] and 10 <= len(shared) < len(genes)
+    assert np.isfinite(m["baseline_model_pcc_mean"]) and m["blend_weight_model_mean"] > 0
+    assert m["pcc_mean"] != a["pcc_mean"]
+
+
+def test_the_model_candidate_is_the_models_own_prediction(study, study_model):
+    """At the section's spots the candidate equals `predict` of the same model (one engine);
+    a run gene the model lacks gets no part from it."""
+    from napari_trihrge.progress import Progress
+    from napari_trihrge.tl._shared import _genes_stage, _Timer, sample_geometry
+
+    section = study[0]
+    cfg = tiny()
+    expr = _genes_stage(section, cfg, _Timer(), Progress())
+    genes = list(expr.var_names)
+    model = tl.inference.load_model_folder(study_model)
+    [ref] = _reference.model_references([model], section[expr.obs_names], genes, cfg,
+                                        Progress())
+    rc_um, _, _ = sample_geometry(expr)
+    got = ref.predict(rc_um)
+    direct = tl.predict(str(study_model), section.copy())
+    spots = direct.virtual[direct.virtual.obs["is_measured"].to_numpy()]
+    spots = spots[list(expr.obs_names)]
+    for j, gene in enumerate(genes):
+        if gene in model.genes:
+            np.testing.assert_allclose(got[:, j], np.asarray(spots[:, gene].X).ravel(),
+                                       rtol=1e-4, atol=1e-5)
+        else:
+            assert not got[:, j].any()
+
+
+def test_a_constant_candidate_gets_no_blend_weight():
+    from napari_trihrge.model.stacking import fit_gene_blend
+
+    rng = np.random.default_rng(0)
+    y = rng.random((50, 3))
+    model = y + rng.normal(scale=0.1, size=y.shape)
+    model[:, 1] = 0.0  # the model lacks gene 1
+    blend = fit_gene_blend({"knn6": y + rng.normal(scale=0.5, size=y.shape), "model": model}, y)
+    assert blend.weights[1, 1] == 0.0
+    assert blend.weights[0, 1] > 0.5 and blend.weights[2, 1] > 0.5
+
+
+def test_enhance_with_a_model_reference_materialises_its_maps(study, study_model):
+    section = study[0]
+    with pytest.warns(UserWarning, match="maps are materialised"):
+        res = tl.enhance(section, factor=2, stride_um=64.0, config=tiny(marker_panel=None),
+                         reference=[str(study_model)], trust=False, map_store=True)
+    assert res.metrics["reference_models"] == ["model"]
+    assert type(res.maps).__name__ == "DenseMaps"
+    inside = np.asarray(res.maps.values)[:, np.asarray(res.maps.mask)]
+    assert inside.size and np.isfinite(inside).all()
+    assert "blend_weight_model" in res.virtual.var
+
+
+def test_a_model_reference_is_refused_where_it_cannot_serve(study, study_model, tmp_path):
+    section = study[0]
+    with pytest.raises(TrihrgeInputError, match="stacking is off"):
+        tl.recovery(section, config=tiny(stacking=()), reference=[str(study_model)])
+    with pytest.raises(TrihrgeInputError, match="cannot use a trained model"):
+        tl.validate_coarse(section, reference=[str(study_model)], config=tiny())
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.json").write_text("{not json")
+    with pytest.raises(TrihrgeInputError):
+        tl.recovery(section, config=tiny(), reference=[str(damaged)])

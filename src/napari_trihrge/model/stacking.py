@@ -150,6 +150,9 @@ def fit_gene_blend(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
     # a gene that no candidate predicted out of fold keeps the shared weights rather than a
     # constant prediction (which carries no information at all)
     weights[weights.sum(axis=1) <= 1e-12] = shared
+    # a candidate constant for a gene (e.g. a model reference without the gene) adds nothing
+    # to its prediction: its weight there is 0, not the shared weight the penalty pulls to
+    weights[(np.abs(pc).max(axis=1) <= 1e-12).T] = 0.0
     return GeneBlend(names, weights, shared, cand_mean, y_mean)
 
 

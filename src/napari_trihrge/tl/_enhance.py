@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,12 @@ from ._maps import (
     predict_maps,
 )
 from ._reference import (
-    check_reference_levers,
+    check_all_references,
     check_reference_weight,
-    check_references,
+    feature_key,
+    model_references,
+    model_summary,
+    models_on,
     reference_data,
     shared_genes,
 )
@@ -88,14 +92,15 @@ def _sub_spot_offsets(spot_diameter_um: float, max_points: int = 7) -> np.ndarra
 def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                    nb_input: bool, sub: dict[str, Any], sub_offsets_um: np.ndarray | None,
                    split: tuple[np.ndarray, np.ndarray], genes: list[str], progress: Progress,
-                   counts: dict[str, Any], reference=None) -> tuple[dict[str, Any], pd.DataFrame]:
+                   counts: dict[str, Any], reference=None, models=(), feature_key=None
+                   ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure the per-gene trust of an enhance run on held-out spots.
 
     One model trained like the final one (same inputs, same losses; the per-gene blend when
     ``cfg.stacking``) on the spots of ``split[1]`` only, scored on the held-out ``split[0]`` (the
     blend's candidates too, on the same genes). ``counts``: the count loss's inputs, one row
     per spot ({} for MSE); ``reference``: the other sections' spots, which join the training
-    as in the final model.
+    as in the final model; ``models``: the trained models of the blend (``_reference``).
     """
     hidden, visible = split
     nb_train = nb_hidden = None
@@ -122,9 +127,12 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
     others: dict[str, np.ndarray] = {}
     if cfg.stacking:
         stacked = _fit_stacked(one, feats[visible], y[visible], rc_um[visible], nb_train,
-                               progress, reference=reference, **sub_train)
+                               progress, reference=reference,
+                               models=models_on(models, visible), feature_key=feature_key,
+                               **sub_train)
         pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
-        others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
+        others = {n: v for n, v in parts.items() if n in ("ridge", "network")
+                  or n.startswith("model")}
     else:
         x_fit, y_fit, nb_fit, sub_fit = _joined(
             reference, feats[visible], _training_targets(one, rc_um[visible], y[visible]),
@@ -184,7 +192,10 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
 
     ``reference`` / ``reference_weight``: other sections of the study as extra training data
     of the network and the ridge head, as in :func:`recovery` (their spots join the spot-level
-    loss; the aggregation loss and the kNN candidates use the section's own spots only).
+    loss; the aggregation loss and the kNN candidates use the section's own spots only). A
+    trained model among ``reference`` joins the blend as a candidate (as in :func:`recovery`);
+    its maps are then materialised, not factorised (a warning says so when ``map_store`` asked
+    for the store).
 
     The result is also recorded on ``adata`` under ``key_added`` (default ``trihrge_enhance``):
     the summary in ``uns``, the per-gene trust in ``var``
@@ -196,9 +207,12 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     validate_config(cfg)
     factor = geometry.validate_density_factor(factor)
     check_reference_weight(reference_weight)
-    if reference is not None:
-        check_reference_levers(cfg)
-    refs = check_references(adata, reference) if reference is not None else None
+    refs, loaded_models = check_all_references(adata, reference, cfg)
+    if loaded_models and map_store:
+        warnings.warn("with a trained model as a reference the maps are materialised (every "
+                      "gene's map computed now), not kept as a factorised map store",
+                      UserWarning, stacklevel=2)
+        map_store = False
     if stride_um is not None:
         # networks whose spread is mapped next to the values: with the blend, one per fold
         n_networks = cfg.ensemble * (cfg.stacking_folds if "network" in cfg.stacking else 1)
@@ -238,6 +252,9 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             ref_data = reference_data(refs, list(expr.var_names), cfg, encoder, windows, feats,
                                       progress, dense=stride_um is not None,
                                       weight=reference_weight)
+        models = model_references(loaded_models, adata[expr.obs_names], list(expr.var_names),
+                                  cfg, progress)
+        run_key = feature_key(cfg, encoder, windows, stride_um is not None)
     nb = None
     if cfg.neighbour_input:
         nb = idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours, exclude_self=True)
@@ -266,13 +283,15 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         with timer("trust"):
             trust_metrics, trust_table = _enhance_trust(cfg, feats, y, rc_um, nb is not None, sub,
                                                         offs, split, genes, progress, counts,
-                                                        reference=ref_data)
+                                                        reference=ref_data, models=models,
+                                                        feature_key=run_key)
             add_noise_ceiling(trust_metrics, trust_table, adata, spots=expr.obs_names[split[0]])
     stacked = None
     with timer("training"):
         if cfg.stacking:
             stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, reference=ref_data,
-                                   **sub, **counts)
+                                   models=models_on(models, np.arange(len(y))),
+                                   feature_key=run_key, **sub, **counts)
             fits = stacked.fits
         else:
             x_fit, y_fit, nb_fit, sub_fit = _joined(ref_data, feats,
@@ -303,6 +322,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                                "lattice": lattice.kind, "lattice_spacing_um": lattice.spacing_um}
     if ref_data is not None:
         metrics.update(ref_data.summary())
+    metrics.update(model_summary(models))
     if stacked is not None:
         metrics.update(stacked.blend.summary())
         virtual.var = virtual.var.join(_blend_weight_columns(stacked.blend, genes))
@@ -327,7 +347,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
             maps = predict_maps(stacked if stacked is not None else fits, image, encoder,
                                 rc_um, y, windows, stride_um, cfg, progress=progress,
                                 map_path=map_path, genes=genes, grid=grid,
-                                factorised=bool(map_store),
+                                factorised=bool(map_store) and (
+                                    stacked is None or stacked.factorisable),
                                 store_path=map_store if isinstance(map_store, str) else None)
         with timer("consistency"):
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)

@@ -15,9 +15,12 @@ from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ._config import RunConfig, validate_config
 from ._reference import (
-    check_reference_levers,
+    check_all_references,
     check_reference_weight,
-    check_references,
+    feature_key,
+    model_references,
+    model_summary,
+    models_on,
     reference_data,
     shared_genes,
 )
@@ -79,7 +82,9 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     section's genes that every reference measures, features standardised per section); the kNN
     candidates and the blend weights use the section's own visible spots only.
     ``reference_weight``: the references count at most this many times the section's training
-    spots (None: every reference spot).
+    spots (None: every reference spot). A trained model (a model folder's path, or
+    ``tl.train(...).model``) among ``reference`` joins the blend as a candidate instead
+    (``model``; scored as ``baseline_model_*``).
     """
     check_adata(adata, min_spots=MIN_SECTION_SPOTS)
     check_declared_pixel_size(adata)
@@ -87,9 +92,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
     check_reference_weight(reference_weight)
-    if reference is not None:
-        check_reference_levers(cfg)
-    refs = check_references(adata, reference) if reference is not None else None
+    refs, loaded_models = check_all_references(adata, reference, cfg)
     progress = ensure_progress(progress)
     timer = _Timer()
     expr = _genes_stage(adata, cfg, timer, progress)
@@ -107,6 +110,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
         if refs is not None:
             ref_data = reference_data(refs, list(expr.var_names), cfg, encoder, cfg.windows_um,
                                       feats, progress, weight=reference_weight)
+        models = model_references(loaded_models, adata[expr.obs_names], list(expr.var_names),
+                                  cfg, progress)
     nb_train = nb_hidden = None
     if cfg.neighbour_input:
         nb_train = idw_interpolate(rc_um[visible], y[visible], rc_um[visible], cfg.n_neighbours,
@@ -117,7 +122,10 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     with timer("training"):
         if cfg.stacking:
             stacked = _fit_stacked(cfg, feats[visible], y[visible], rc_um[visible], nb_train,
-                                   progress, reference=ref_data, **counts)
+                                   progress, reference=ref_data,
+                                   models=models_on(models, visible),
+                                   feature_key=feature_key(cfg, encoder, cfg.windows_um, False),
+                                   **counts)
             fits = stacked.fits
         else:
             x_fit, y_fit, nb_fit, fit_kw = _joined(
@@ -136,7 +144,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     from ..metrics import kmeans_ari
 
     genes = list(expr.var_names)
-    others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
+    others = {n: v for n, v in parts.items() if n in ("ridge", "network")
+              or n.startswith("model")}
     scores, per_gene, baseline = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
     # the best score the measurement noise allows on these spots and genes, beside the score
     add_noise_ceiling(scores, per_gene, adata, spots=expr.obs_names[hidden])
@@ -146,6 +155,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     }
     if ref_data is not None:
         metrics.update(ref_data.summary())
+    metrics.update(model_summary(models))
     if stacked is not None:
         metrics.update(stacked.blend.summary())
         if stacked.ridge is not None:

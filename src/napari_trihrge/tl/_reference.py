@@ -18,13 +18,24 @@ Choices (docs/cli-and-api.md, "Learning from other sections"):
 * neighbour input of a reference spot: interpolated from the reference's other spots;
 * weight: every spot, the section's or a reference's, counts once; ``reference_weight`` caps the
   references' spots at that many times the section's training spots (drawn at random, seeded).
+
+A reference can also be a trained model folder (``trihrge train``, or a run's model): it joins the
+blend as one more candidate (:class:`ModelReference`, named ``model``, ``model_2``, ...), its
+prediction at the section's spots from the image (and, for a model with the neighbour input, the
+interpolated expression of the section's own training spots). It never saw the section, so its
+prediction at a training spot is already out of fold; the per-gene blend weights, fit on the
+section's spots, decide how much it counts. A run gene the model does not predict gets no part
+from it (a constant candidate carries no weight).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from anndata import AnnData
@@ -40,9 +51,11 @@ from ..neighbours import idw_interpolate
 from ..progress import Progress
 from ._config import RunConfig
 from ._shared import (
+    _create_encoder,
     _features,
     _log_expression,
     _nonzero_spots,
+    _predict,
     _section_name,
     _standardise,
     sample_geometry,
@@ -211,3 +224,208 @@ def reference_data(references: Sequence[AnnData], genes: Sequence[str], cfg: Run
     return ReferenceData(features=np.concatenate(feats), targets=np.concatenate(targets),
                          neighbour=np.concatenate(neighbour) if neighbour else None,
                          names=names, n_spots=n_spots, weight=weight)
+
+
+# --- trained model folders as candidates of the blend -------------------------------------------
+
+
+def is_model_reference(item: Any) -> bool:
+    """Whether ``item`` is a trained model (``TrainedModel``) or the path of a model folder."""
+    from ..io.model_folder import INTEGRITY_RECORD, TrainedModel
+
+    if isinstance(item, TrainedModel):
+        return True
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        return (path / INTEGRITY_RECORD).is_file() or (path / "model.json").is_file()
+    return False
+
+
+def split_references(reference: Any) -> tuple[list | None, list]:
+    """Return the sections (None without any) and the trained models among ``reference``."""
+    if reference is None:
+        return None, []
+    items = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    models = [r for r in items if is_model_reference(r)]
+    sections = [r for r in items if not is_model_reference(r)]
+    return (sections or None), models
+
+
+@dataclass
+class ModelReference:
+    """A trained model as a candidate of the section's blend (see the module docstring).
+
+    ``nets`` take the section's raw features (its feature statistics folded in), ``columns`` is
+    each run gene's output of the model (-1: the model lacks it); ``spot_rc_um`` / ``spot_y`` /
+    ``spot_features`` are the section's spots with the model genes' expression and the model's
+    features; ``source_rows`` the spots whose expression the neighbour input interpolates (the
+    fit's training spots, :meth:`on`); ``own_feature_key`` (:func:`feature_key`) says when a
+    run's features are the model's (then they are reused).
+    """
+
+    name: str
+    nets: list
+    columns: np.ndarray
+    config: RunConfig
+    encoder: Any
+    image: Any
+    windows_um: tuple[float, ...]
+    dense: bool
+    spot_rc_um: np.ndarray
+    spot_y: np.ndarray | None
+    spot_features: np.ndarray
+    own_feature_key: tuple | None
+    source_rows: np.ndarray | None = None
+
+    @property
+    def n_shared_genes(self) -> int:
+        return int((self.columns >= 0).sum())
+
+    def on(self, rows: np.ndarray) -> ModelReference:
+        """Return this model with the neighbour input from the section's spots ``rows``."""
+        return replace(self, source_rows=np.asarray(rows))
+
+    def _neighbour(self, rc_um: np.ndarray, exclude_self: bool) -> np.ndarray | None:
+        if self.spot_y is None:
+            return None
+        rows = self.source_rows if self.source_rows is not None else slice(None)
+        return idw_interpolate(self.spot_rc_um[rows], self.spot_y[rows], rc_um,
+                               self.config.n_neighbours, exclude_self=exclude_self)
+
+    def _run_genes(self, pred: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(pred), len(self.columns)), dtype=np.float32)
+        has = self.columns >= 0
+        out[:, has] = pred[:, self.columns[has]]
+        return out
+
+    def predict_sources(self) -> np.ndarray:
+        """Return the prediction at the source spots, each spot's own measurement left out."""
+        rows = self.source_rows if self.source_rows is not None else slice(None)
+        nb = self._neighbour(self.spot_rc_um[rows], exclude_self=True)
+        return self._run_genes(_predict(self._fits(), self.spot_features[rows], nb,
+                                        self.config)[0])
+
+    def predict(self, rc_um: np.ndarray, run_features: np.ndarray | None = None,
+                run_feature_key: tuple | None = None) -> np.ndarray:
+        """Return the prediction (M, run genes) at ``rc_um``.
+
+        ``run_features`` are reused when they are the model's features (``run_feature_key``
+        equal to the model's).
+        """
+        if (run_features is not None and run_feature_key is not None
+                and run_feature_key == self.own_feature_key):
+            feats = run_features
+        else:
+            feats = _features(self.image, self.encoder, rc_um, self.windows_um, self.config,
+                              Progress(), dense=self.dense, cache=False)
+        nb = self._neighbour(rc_um, exclude_self=False)
+        return self._run_genes(_predict(self._fits(), feats, nb, self.config)[0])
+
+    def _fits(self) -> list:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(model=n) for n in self.nets]
+
+
+def feature_key(cfg: RunConfig, encoder, windows_um: Sequence[float], dense: bool
+                ) -> tuple | None:
+    """Return what makes two runs' features the same (None without image input)."""
+    if not cfg.image_input or encoder is None:
+        return None
+    return (encoder.config_key(), tuple(float(w) for w in windows_um), bool(dense))
+
+
+def load_model_references(models: Sequence[Any], cfg: RunConfig) -> list:
+    """Load and check the trained models given as references, before any heavy work.
+
+    The run must blend (``cfg.stacking``): a model joins as a candidate of the blend.
+    """
+    from ._model_io import ready_model
+
+    if not models:
+        return []
+    if not cfg.stacking:
+        raise TrihrgeInputError(
+            "a trained model as a reference joins the per-gene blend, and this run has none "
+            "(stacking is off)", "use the default stacking, or pass the sections the model "
+            "was trained on instead of the model folder")
+    return [ready_model(m) for m in models]
+
+
+def model_references(models: Sequence[Any], adata: AnnData, genes: Sequence[str],
+                     cfg: RunConfig, progress: Progress) -> list:
+    """Make each loaded model a candidate of the section's blend on the run's ``genes``.
+
+    ``adata`` is the section (spots with counts, in the run's spot order); the model's features
+    are computed at its spots with the model's own encoder and windows, and its networks take
+    the section's feature statistics when it standardises per section.
+    """
+    from ..io import get_image
+    from ..io.model_folder import check_encoder
+    from ._model_io import prediction_config
+
+    out = []
+    rc_um, _, _ = sample_geometry(adata)
+    for i, model in enumerate(models):
+        name = "model" if i == 0 else f"model_{i + 1}"
+        where = f"the model reference {name}"
+        index = {g: j for j, g in enumerate(model.genes)}
+        columns = np.array([index.get(g, -1) for g in genes], dtype=np.int64)
+        if int((columns >= 0).sum()) < MIN_SHARED_GENES:
+            raise TrihrgeInputError(
+                f"{where} predicts only {int((columns >= 0).sum())} of the run's "
+                f"{len(genes)} genes", "use a model trained on the same kind of tissue and "
+                "gene panel")
+        spot_y = None
+        if not model.image_only:
+            spot_y = _log_expression(adata, model.genes)
+            missing = [g for g, ok in zip(model.genes, ~np.isnan(spot_y).any(axis=0),
+                                          strict=True) if not ok]
+            if missing:
+                raise TrihrgeInputError(
+                    f"the section lacks {len(missing)} of {where}'s {len(model.genes)} genes "
+                    f"(e.g. {', '.join(missing[:5])}), which its neighbour input needs",
+                    "use an image-only model (trihrge train --image-only) or one trained on "
+                    "the same gene panel")
+        mcfg = replace(prediction_config(model, device=cfg.device, cache_dir=cfg.cache_dir,
+                                         hf_token=cfg.hf_token), threads=cfg.threads)
+        encoder = _create_encoder(mcfg)
+        check_encoder(model.description, encoder)
+        image = get_image(adata)
+        windows = model.bag_windows_um
+        feats = _features(image, encoder, rc_um, windows, mcfg, progress, dense=model.dense)
+        mu = sd = None
+        if model.per_section:
+            _, mu, sd = _standardise(feats)
+        out.append(ModelReference(
+            name=name, nets=model.for_section(mu, sd), columns=columns, config=mcfg,
+            encoder=encoder, image=image, windows_um=windows, dense=model.dense,
+            spot_rc_um=rc_um, spot_y=spot_y, spot_features=feats,
+            own_feature_key=feature_key(mcfg, encoder, windows, model.dense)))
+    return out
+
+
+def check_all_references(adata: AnnData, reference: Any, cfg: RunConfig
+                         ) -> tuple[list[AnnData] | None, list]:
+    """Return the sections (None without any) and the loaded trained models of ``reference``.
+
+    Everything is checked before any heavy work.
+    """
+    sections, models = split_references(reference)
+    if sections is not None:
+        check_reference_levers(cfg)
+    refs = check_references(adata, sections) if sections is not None else None
+    return refs, load_model_references(models, cfg)
+
+
+def model_summary(models: Sequence[ModelReference]) -> dict:
+    """Return what a run records about its trained-model references ({} without any)."""
+    if not models:
+        return {}
+    return {"reference_models": [m.name for m in models],
+            "reference_model_genes": [m.n_shared_genes for m in models]}
+
+
+def models_on(models: Sequence[ModelReference], rows: np.ndarray) -> list:
+    """Return the model references with their neighbour input from the spots ``rows``."""
+    return [m.on(rows) for m in models]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -183,8 +183,10 @@ def _predict(fits: list, features, neighbour, cfg: RunConfig, progress: Progress
 class StackedModel:
     """What :func:`_fit_stacked` learns.
 
-    The network of every fold (averaged when predicting), the ridge head on all training spots and
-    the per-gene blend of the candidates.
+    The network of every fold (averaged when predicting), the ridge head on all training spots,
+    the trained models given as references (``_reference.ModelReference``, on the training
+    spots) and the per-gene blend of the candidates. ``feature_key``: what the run's features
+    are (``_reference.feature_key``), so a model reference with the same features reuses them.
     """
 
     fits: list
@@ -192,10 +194,18 @@ class StackedModel:
     blend: Any  # stacking.GeneBlend
     src_rc_um: np.ndarray  # training spots (interpolation sources)
     src_y: np.ndarray
+    models: list = field(default_factory=list)
+    feature_key: tuple | None = None
+
+    @property
+    def factorisable(self) -> bool:
+        """Whether the maps can be kept factorised (``io.map_store``: no model reference)."""
+        return not self.models
 
 
 def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                  nb: np.ndarray | None, progress: Progress, *, reference=None,
+                 models: Sequence[Any] = (), feature_key: tuple | None = None,
                  **sub) -> StackedModel:
     """Fit the stacked model: out-of-fold candidates, the per-gene blend and the ridge head.
 
@@ -206,6 +216,8 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     network gets the rows of its training spots. ``reference`` (a ``_reference.ReferenceData``
     of other sections): its spots join every fit of the network and the ridge head
     (``reference.join``); the kNN candidates and the blend weights see the section's spots only.
+    ``models``: trained models as further candidates (``_reference.ModelReference`` on these
+    training spots; they never saw the section, so their prediction is out of fold as it is).
     """
     from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
@@ -235,6 +247,9 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
                              progress, **sub_tr)
             oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
             fits += fold_fits
+    for model in models:
+        progress.message(f"the reference {model.name} at the training spots")
+        oof[model.name] = model.predict_sources()
     # the blend is weighted against the measured (not denoised) expression
     ridge = None
     if "ridge" in oof:
@@ -242,7 +257,7 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
                                           {}, cfg.seed)
         ridge = RidgeHead.fit(x_all if img is not None else None, nb_all, y_all)
     return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
-                        src_y=y)
+                        src_y=y, models=list(models), feature_key=feature_key)
 
 
 def _joined(reference, feats: np.ndarray, y: np.ndarray, nb: np.ndarray | None, sub: dict,
@@ -258,8 +273,11 @@ def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray |
                         progress: Progress | None = None) -> tuple[dict, np.ndarray | None]:
     """Every candidate's prediction at ``rc_um`` (name -> (M, G)) and the networks' spread."""
     out, std = {}, None
+    references = {m.name: m for m in model.models}
     for name in model.blend.names:
-        if name.startswith("knn"):
+        if name in references:
+            out[name] = references[name].predict(rc_um, feats, model.feature_key)
+        elif name.startswith("knn"):
             out[name] = idw_interpolate(model.src_rc_um, model.src_y, rc_um, int(name[3:]))
         elif name == "ridge":
             out[name] = model.ridge.predict(feats if cfg.image_input else None, nb)

@@ -38,7 +38,7 @@ from ..progress import Progress, ensure_progress
 from ._config import BASELINE_KS, RunConfig, validate_config
 from ._enhance import EnhanceResult, enhance
 from ._maps import map_footprint_means
-from ._reference import check_references
+from ._reference import check_references, split_references
 from ._shared import (
     _annotation_labels,
     _encoder_and_image,
@@ -296,6 +296,12 @@ def validate_coarse(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE,
     coarse, membership = coarse_sample(source, factor=factor)  # refused before any work
     coarse_refs = None
     if reference is not None:
+        if split_references(reference)[1]:
+            raise TrihrgeInputError(
+                "validate-coarse cannot use a trained model as a reference: it learned from "
+                "spots at the measured resolution, finer than the pseudo-spots the check "
+                "gives the run", "pass the sections the model was trained on (--with "
+                "SECTION...): they are coarsened like the section")
         coarse_refs = [coarse_sample(ref, factor=factor)[0]
                        for ref in check_references(adata, reference)]
     labels = _annotation_labels(adata, annotation)

@@ -160,7 +160,8 @@ def add_reference_args(p: argparse.ArgumentParser) -> None:
                    metavar="OTHER", help="other sections of the same study (same platform and "
                    "tissue; sample folders as for PATH) whose spots join the training of the "
                    "image parts (network, ridge head); kNN and the blend weights stay within "
-                   "PATH's own spots")
+                   "PATH's own spots. A trained model folder (trihrge train) joins the blend "
+                   "as one more candidate instead")
     g.add_argument("--reference-weight", type=positive_number, default=None, metavar="W",
                    help="with --with: the other sections' spots count at most W times the "
                    "section's own training spots (drawn at random; default: every spot)")
@@ -172,22 +173,19 @@ def reference_kwargs(args) -> dict:
 
 
 def read_references(args) -> list | None:
-    """Read the sections given with ``--with`` (None without); a model folder is refused."""
+    """Read the sections given with ``--with`` (None without); a model folder stays a path."""
     from ..errors import TrihrgeInputError
     from ..io import read
+    from ..tl._reference import is_model_reference
 
     if not getattr(args, "references", None):
         return None
     refs = []
     for path in args.references:
-        if (Path(path) / "integrity.json").is_file() or (Path(path) / "genes.csv").is_file():
-            raise TrihrgeInputError(
-                f"--with {path}: a trained model folder cannot be a reference yet",
-                "pass the sample folders the model was trained on instead")
         if Path(path).resolve() == Path(args.path).resolve():
             raise TrihrgeInputError(f"--with {path} is the sample itself",
                                     "pass other sections of the study")
-        refs.append(read(path))
+        refs.append(path if is_model_reference(path) else read(path))
     return refs
 
 

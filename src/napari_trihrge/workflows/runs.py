@@ -33,6 +33,7 @@ from ..io.outputs import (
 )
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
+from ..tl._reference import split_references
 
 if TYPE_CHECKING:
     from ..tl.inference import TrainedModel
@@ -229,7 +230,8 @@ def _enhance_into(out: Path, adata: AnnData, *, factor: int, stride_um: float | 
                   materialise_maps: bool = False, reference=None,
                   reference_weight: float | None = None) -> RunOutput:
     t0 = time.perf_counter()
-    store = map_store and stride_um is not None
+    # a trained model as a reference: its maps are materialised (tl.enhance)
+    store = map_store and stride_um is not None and not split_references(reference)[1]
     result = enhance(adata, factor=factor, stride_um=stride_um, config=config,
                      progress=progress, trust=trust, reference=reference,
                      reference_weight=reference_weight,
