@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY_MODEL, TINY_TRAIN
 from napari_trihrge import tl
 from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.io.model_folder import load_model_folder
 from napari_trihrge.tl import _reference
 
 
@@ -171,7 +172,7 @@ def test_a_trained_model_joins_the_blend_as_a_candidate(study, study_model):
                 "baseline_network_pcc_mean"):
         assert m[key] == a[key]
     genes = list(res.predictions.var_names)
-    model_genes = set(tl.inference.load_model_folder(study_model).genes)
+    model_genes = set(load_model_folder(study_model).genes)
     shared = [g for g in genes if g in model_genes]
     assert m["reference_models"] == ["model"]
     assert m["reference_model_genes"] == [len(shared)] and 10 <= len(shared) < len(genes)
@@ -189,7 +190,7 @@ def test_the_model_candidate_is_the_models_own_prediction(study, study_model):
     cfg = tiny()
     expr = _genes_stage(section, cfg, _Timer(), Progress())
     genes = list(expr.var_names)
-    model = tl.inference.load_model_folder(study_model)
+    model = load_model_folder(study_model)
     [ref] = _reference.model_references([model], section[expr.obs_names], genes, cfg,
                                         Progress())
     rc_um, _, _ = sample_geometry(expr)

@@ -734,9 +734,31 @@ def test_recovery_with_other_sections(capsys, sample_h5ad, tmp_path):
     assert "learned also from 1 other section" in capsys.readouterr().out
     assert cli.main([*base, "--out", str(tmp_path / "x"), "--with", str(sample_h5ad)]) != 0
     assert "is the sample itself" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_recovery_with_a_trained_model(capsys, sample_h5ad, tmp_path):
+    """``--with MODEL``: a model trained on another section joins the blend as a candidate and
+    is scored; a damaged model folder is refused before any work."""
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.outputs import write_h5ad
+
+    other = tmp_path / "other.h5ad"
+    write_h5ad(synthetic_sample(seed=8, size_um=(900.0, 900.0), n_genes=80), other)
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "genes.csv").write_text("gene\n")
+    assert cli.main(["train", str(other), "--image-only", "--genes", "30", "--max-epochs", "2",
+                     "--device", "cpu", "--out", str(model), "--quiet",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    base = ["recovery", str(sample_h5ad), "--genes", "30", "--max-epochs", "2", "--device",
+            "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    capsys.readouterr()
+    out = tmp_path / "rec"
+    assert cli.main([*base, "--out", str(out), "--with", str(model)]) == 0, capsys.readouterr().err
+    rec = json.loads((out / "summary.json").read_text())["recovery"]
+    assert rec["reference_models"] == ["model"] and rec["reference_model_genes"][0] >= 10
+    assert rec["blend_weight_model_mean"] >= 0.0
+    assert f"(alone: mean PCC {rec['baseline_model_pcc_mean']:.3f})" in capsys.readouterr().out
+    (model / "model.json").write_text("{ not json")
     assert cli.main([*base, "--out", str(tmp_path / "y"), "--with", str(model)]) != 0
-    assert "model folder cannot be a reference" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert "the model folder is damaged" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

@@ -55,6 +55,13 @@ def print_run_summary(summary: dict, out: Path) -> None:
               f"({sum(task['reference_spots'])} spots"
               + (f", at most {weight:g} x the section's training spots" if weight else "")
               + "; kNN and the blend weights from this section's own spots)")
+    models = task if isinstance(task, dict) else {}
+    for name, n_genes in zip(models.get("reference_models", []),
+                             models.get("reference_model_genes", []), strict=True):
+        alone = models.get(f"baseline_{name}_pcc_mean")
+        print(f"  a trained model joined the per-gene blend as candidate '{name}' on its "
+              f"{n_genes} genes shared with this run"
+              + (f" (alone: mean PCC {fmt(alone)})" if alone is not None else ""))
     rec = summary.get("recovery")
     if rec:
         print(f"Recovery ({rec['heldout_fraction']:.0%} hidden; scored on the "
