@@ -116,6 +116,34 @@ def compressors(arrays: dict[str, np.ndarray], repeats: int = 3) -> list[dict]:
     return rows
 
 
+def chunk_reads(path: Path, work: Path, repeats: int = 5) -> list[dict]:
+    """Seconds (median of ``repeats``) to read one gene for the whole section and one
+    256 x 256 tile of every gene, for the export's chunks and for enhance's direct maps'
+    chunks (32 genes x 32 rows x every column), on the same values."""
+    import zarr
+
+    from bench_map_store import read_timings
+
+    from napari_trihrge.io.map_store import compressor
+
+    src = zarr.open_group(str(path), mode="r")["0"]
+    g, n_rows, n_cols = src.shape
+    other = work / "direct_chunks.zarr"
+    dst = zarr.open_group(str(other), mode="w", zarr_format=2).create_array(
+        "0", shape=src.shape, chunks=(min(32, g), min(32, n_rows), n_cols), dtype=src.dtype,
+        compressors=compressor(), chunk_key_encoding={"name": "v2", "separator": "/"})
+    for g0 in range(0, g, 32):
+        dst[g0:g0 + 32] = src[g0:g0 + 32]
+    rows = []
+    for where in (path, other):
+        runs = [read_timings(where) for _ in range(repeats)]
+        rows.append({"chunks": runs[0]["chunks"],
+                     "one_gene_s": float(np.median([r["one_gene_s"] for r in runs])),
+                     "one_tile_all_genes_s": float(np.median([r["one_tile_all_genes_s"]
+                                                              for r in runs]))})
+    return rows
+
+
 def main(argv=None) -> int:
     from _common import print_table
 
@@ -161,7 +189,10 @@ def main(argv=None) -> int:
                          "write_s": time.perf_counter() - t0})
             for r in rows[:-1]:
                 r["of_materialised"] = r["MB"] / mb
-        print_table(rows)
+            print_table(rows)
+            print_table(chunk_reads(work / "maps.ome.zarr", work))
+        else:
+            print_table(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -4,8 +4,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.pp import (gene_expression, normalize_log1p, prepare_expression,
-                               select_genes)
+from napari_trihrge.pp import gene_expression, normalize_log1p, prepare_expression, select_genes
 
 
 def counts(n_spots=200, n_genes=60, seed=0):
