@@ -121,7 +121,6 @@ def chunk_reads(path: Path, work: Path, repeats: int = 5) -> list[dict]:
     256 x 256 tile of every gene, for the export's chunks and for enhance's direct maps'
     chunks (32 genes x 32 rows x every column), on the same values."""
     import zarr
-
     from bench_map_store import read_timings
 
     from napari_trihrge.io.map_store import compressor
