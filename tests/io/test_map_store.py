@@ -367,3 +367,26 @@ def test_export_maps_as_spatialdata(store_run, tmp_path):
     assert not list(tmp_path.glob(".trihrge_maps_*"))  # the temporary OME-Zarr is gone
     with pytest.raises(TrihrgeInputError, match="exists"):
         map_export.export_maps(store_run, out, fmt="spatialdata")
+
+
+@pytest.mark.shared_data
+def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
+    """A real section: the default store (float16 factors, on disk) within the documented
+    tolerance of the direct maps, values and spread."""
+    from conftest import shared_path
+    from napari_trihrge import io
+
+    adata = io.read(shared_path("her2st", "C3"))
+    adata.uns.pop("truth", None)
+    cfg = _config()
+    result = tasks.enhance(adata, factor=2, stride_um=STRIDE_UM, config=cfg, trust=False,
+                           map_store=str(tmp_path / map_store.STORE_NAME))
+    maps = result.maps
+    assert maps._group.attrs["factor_dtype"] == "float16"
+    direct = _direct_maps(adata, result, cfg)
+    inside = maps.mask
+    values = np.asarray(maps.values)[:, inside]
+    assert values.std() > 0.05  # real maps, not constants
+    assert np.abs(values - np.asarray(direct.values)[:, inside]).max() < DISK_TOL
+    assert np.abs(np.asarray(maps.std)[:, inside]
+                  - np.asarray(direct.std)[:, inside]).max() < DISK_TOL
