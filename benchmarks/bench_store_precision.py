@@ -116,10 +116,14 @@ def compressors(arrays: dict[str, np.ndarray], repeats: int = 3) -> list[dict]:
     return rows
 
 
+#: chunkings (genes x rows x cols; cols None: every column) compared with the export's own
+CHUNKINGS = ((32, 32, None), (8, 128, 128), (16, 128, 128), (8, 256, 256))
+
+
 def chunk_reads(path: Path, work: Path, repeats: int = 5) -> list[dict]:
     """Seconds (median of ``repeats``) to read one gene for the whole section and one
-    256 x 256 tile of every gene, for the export's chunks and for enhance's direct maps'
-    chunks (32 genes x 32 rows x every column), on the same values."""
+    256 x 256 tile of every gene, for the export's chunks and for :data:`CHUNKINGS` (the first:
+    enhance's direct maps), on the same values."""
     import zarr
     from bench_map_store import read_timings
 
@@ -127,19 +131,24 @@ def chunk_reads(path: Path, work: Path, repeats: int = 5) -> list[dict]:
 
     src = zarr.open_group(str(path), mode="r")["0"]
     g, n_rows, n_cols = src.shape
-    other = work / "direct_chunks.zarr"
-    dst = zarr.open_group(str(other), mode="w", zarr_format=2).create_array(
-        "0", shape=src.shape, chunks=(min(32, g), min(32, n_rows), n_cols), dtype=src.dtype,
-        compressors=compressor(), chunk_key_encoding={"name": "v2", "separator": "/"})
-    for g0 in range(0, g, 32):
-        dst[g0:g0 + 32] = src[g0:g0 + 32]
+    targets = [path]
+    for i, (cg, cr, cc) in enumerate(CHUNKINGS):
+        other = work / f"chunks_{i}.zarr"
+        dst = zarr.open_group(str(other), mode="w", zarr_format=2).create_array(
+            "0", shape=src.shape, chunks=(min(cg, g), min(cr, n_rows), cc or n_cols),
+            dtype=src.dtype, compressors=compressor(),
+            chunk_key_encoding={"name": "v2", "separator": "/"})
+        for g0 in range(0, g, 32):
+            dst[g0:g0 + 32] = src[g0:g0 + 32]
+        targets.append(other)
     rows = []
-    for where in (path, other):
+    for where in targets:
         runs = [read_timings(where) for _ in range(repeats)]
         rows.append({"chunks": runs[0]["chunks"],
                      "one_gene_s": float(np.median([r["one_gene_s"] for r in runs])),
                      "one_tile_all_genes_s": float(np.median([r["one_tile_all_genes_s"]
-                                                              for r in runs]))})
+                                                              for r in runs])),
+                     "MB": folder_mb(where)})
     return rows
 
 
@@ -153,8 +162,18 @@ def main(argv=None) -> int:
     ap.add_argument("--materialise", action="store_true",
                     help="also materialise every gene (export-maps) for its bytes")
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--export", default=None,
+                    help="an export of the store's maps (export-maps) to time chunkings on, "
+                    "instead of the rest")
     args = ap.parse_args(argv)
 
+    if args.export:
+        work = Path(tempfile.mkdtemp(prefix="bench_store_chunks_", dir=args.tmp))
+        try:
+            print_table(chunk_reads(Path(args.export), work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     maps = map_store.open_map_store(args.store)
     dtype = dict(maps._group.attrs).get("factor_dtype")
     if dtype != "float32":

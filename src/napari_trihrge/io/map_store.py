@@ -1,4 +1,4 @@
-"""The factorised map store: every gene's dense map, exact, computed on demand.
+"""The factorised map store: every gene's dense map, computed on demand.
 
 A dense map pixel's value is the per-gene blend (:mod:`napari_trihrge.model.stacking`) of
 candidates that are each linear in something per location, times something per gene:
@@ -13,8 +13,9 @@ candidates that are each linear in something per location, times something per g
 The blend adds the candidates with per-gene weights and clips at 0; the spread is the
 networks' spread times the gene's network weight. So the store keeps the per-location factors
 (``locations/``) and the per-gene weights (``genes/``), and :class:`FactorMaps` computes any
-gene's map (and spread) from them, equal to the maps the engine predicts directly to float
-tolerance. The layout is versioned (:data:`STORE_VERSION`) and documented in
+gene's map (and spread) from them: equal to the maps the engine predicts directly to float
+rounding with float32 factors (in memory), within :data:`FLOAT16_TOLERANCE` with the float16
+factors a store on disk holds by default. The layout is versioned (:data:`STORE_VERSION`) and documented in
 ``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
 attributes, so a truncated copy is refused instead of shown with holes.
 """
