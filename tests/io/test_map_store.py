@@ -116,6 +116,11 @@ def test_store_on_disk_round_trip_and_export(blended, tmp_path):
 
     arr, um, names, origin = read_map(out, with_origin=True)
     assert names == genes and um == pytest.approx(STRIDE_UM)
+    import zarr
+
+    n_rows, n_cols = reopened.mask.shape
+    assert zarr.open_group(str(out), mode="r")["0"].chunks == (
+        3, min(128, n_rows), min(128, n_cols))  # MATERIALISED_CHUNKS, capped at the shape
     np.testing.assert_allclose(origin, reopened.origin_rc_um)
     np.testing.assert_allclose(np.asarray(arr), np.asarray(direct.values[:3]), atol=DISK_TOL,
                                equal_nan=True)

@@ -863,8 +863,8 @@ def _store_chunk_locations(group: Any) -> int:
 # Materialising
 # -----------------------------------------------------------------------------------------
 #: chunks of materialised maps: genes x rows x cols (one gene of a whole section and one
-#: tile of all genes both read few chunks; docs/map-store.md, "Disk")
-MATERIALISED_CHUNKS = (4, 128, 128)
+#: tile of all genes both read few chunks; measured on C3: docs/map-store.md, "Disk")
+MATERIALISED_CHUNKS = (16, 128, 128)
 
 
 def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
