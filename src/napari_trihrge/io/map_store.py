@@ -15,8 +15,8 @@ networks' spread times the gene's network weight. So the store keeps the per-loc
 (``locations/``) and the per-gene weights (``genes/``), and :class:`FactorMaps` computes any
 gene's map (and spread) from them: equal to the maps the engine predicts directly to float
 rounding with float32 factors (in memory), within :data:`FLOAT16_TOLERANCE` with the float16
-factors a store on disk holds by default. The layout is versioned (:data:`STORE_VERSION`) and documented in
-``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
+factors a store on disk holds by default. The layout is versioned (:data:`STORE_VERSION`)
+and documented in ``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
 attributes, so a truncated copy is refused instead of shown with holes.
 """
 
@@ -66,7 +66,7 @@ STORE_FACTOR_DTYPE = np.dtype(np.float16)
 #: and the maps predicted directly (tests/io/test_map_store.py); float32 factors: float rounding
 FLOAT16_TOLERANCE = 1e-3
 #: the compressor of the store and of materialised maps (Blosc zstd, byte shuffle), chosen by
-#: ``benchmarks/bench_map_store.py`` (docs/map-store.md, "Disk")
+#: ``benchmarks/bench_map_store.py`` and ``bench_store_precision.py`` (docs/map-store.md, "Disk")
 COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 #: the activations a network output can have in eval mode (model.network.OUTPUT_ACTIVATIONS)
 ACTIVATIONS = ("clip", "relu", "softplus", "none")
