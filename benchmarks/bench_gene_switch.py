@@ -65,6 +65,36 @@ def make_maps(genes: list[str], size: int, extent_um: float, store: str, tmp: Pa
                      mask=mask)
 
 
+def factor_floor(maps) -> dict:
+    """What bounds a gene of a map store, each a step timed like the switch: reading every
+    cached hidden value once (memory bandwidth), the networks' output layer alone (one
+    gene, every location) and everything else of the gene's map and spread."""
+    import torch
+
+    from napari_trihrge.io import map_store
+
+    chunks = [maps.location_chunk(c) for c in range(maps.n_chunks)]  # cached: no disk
+    hidden = [torch.from_numpy(c.hidden) for c in chunks]
+    weights = maps.weights
+
+    def stream(i):
+        for h in hidden:
+            h.sum()
+
+    def output_layer(i):
+        for c in chunks:
+            map_store._networks_linear(c.hidden, weights.network_weight[:, [i]])
+
+    def whole_gene(i):
+        for c in chunks:
+            map_store.gene_block_values(weights, c, np.array([i]))
+
+    n_bytes = sum(h.numel() * h.element_size() for h in hidden)
+    return {f"stream the factors once ({n_bytes / 2**30:.2f} GiB)": stream,
+            "networks' output layer, 1 gene": output_layer,
+            "gene's map + spread (engine)": whole_gene}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--genes", type=int, default=200)
@@ -107,7 +137,11 @@ def main(argv=None) -> None:
         t_first = time.perf_counter() - t
 
         rows = {"read + scale (engine)": [], "show_gene (layers updated)": [],
-                "show_gene + redraw": [], "screenshot after it": []}
+                "show_gene + redraw": [], "screenshot after it": [],
+                "redraw, nothing changed": []}
+        floor = factor_floor(maps) if args.store == "factorised" else {}
+        rows.update({k: [] for k in floor})
+        canvas = viewer.window._qt_viewer.canvas
         # the engine's read and the switch on different genes: a map store keeps a gene it
         # computed, so showing a gene just read would not compute it again
         engine_order, shown_order = genes[1::2], genes[2::2] + genes[:1]
@@ -123,6 +157,14 @@ def main(argv=None) -> None:
             t2 = time.perf_counter()
             rows["show_gene (layers updated)"].append(t1 - t)
             rows["show_gene + redraw"].append(t2 - t)
+            t = time.perf_counter()
+            canvas.native.update()  # the same canvas drawn again: what any redraw costs
+            QApplication.processEvents()
+            rows["redraw, nothing changed"].append(time.perf_counter() - t)
+            for name, step in floor.items():
+                t = time.perf_counter()
+                step(i)
+                rows[name].append(time.perf_counter() - t)
             if i % 5 == 0:  # a screenshot renders the canvas for sure (slower: GPU readback)
                 t = time.perf_counter()
                 viewer.screenshot(canvas_only=True, flash=False)

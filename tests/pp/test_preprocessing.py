@@ -4,7 +4,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.pp import normalize_log1p, prepare_expression, select_genes
+from napari_trihrge.pp import gene_expression, normalize_log1p, prepare_expression, select_genes
 
 
 def counts(n_spots=200, n_genes=60, seed=0):
@@ -42,6 +42,17 @@ def test_normalize_matches_scanpy():
     sc.pp.normalize_total(b, target_sum=1e4)
     sc.pp.log1p(b)
     np.testing.assert_allclose(ours, b.X.toarray(), rtol=1e-5, atol=1e-5)
+
+
+def test_gene_expression_of_a_few_genes_equals_normalising_everything():
+    """The viewer's per-gene path normalises only the genes asked for: the same numbers."""
+    a = counts()
+    genes = ["G5", "G0", "G42"]
+    for x in (a.X, a.X.toarray()):
+        b = AnnData(X=x, obs=a.obs, var=a.var)
+        got = gene_expression(b, genes)
+        np.testing.assert_array_equal(got.to_numpy(), normalize_log1p(b, genes=genes))
+        assert list(got.columns) == genes and got.to_numpy().std() > 0.1
 
 
 def test_prepare_expression_keeps_spatial_and_counts():

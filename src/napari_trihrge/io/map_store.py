@@ -1,4 +1,4 @@
-"""The factorised map store: every gene's dense map, exact, computed on demand.
+"""The factorised map store: every gene's dense map, computed on demand.
 
 A dense map pixel's value is the per-gene blend (:mod:`napari_trihrge.model.stacking`) of
 candidates that are each linear in something per location, times something per gene:
@@ -13,9 +13,10 @@ candidates that are each linear in something per location, times something per g
 The blend adds the candidates with per-gene weights and clips at 0; the spread is the
 networks' spread times the gene's network weight. So the store keeps the per-location factors
 (``locations/``) and the per-gene weights (``genes/``), and :class:`FactorMaps` computes any
-gene's map (and spread) from them, equal to the maps the engine predicts directly to float
-tolerance. The layout is versioned (:data:`STORE_VERSION`) and documented in
-``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
+gene's map (and spread) from them: equal to the maps the engine predicts directly to float
+rounding with float32 factors (in memory), within :data:`FLOAT16_TOLERANCE` with the float16
+factors a store on disk holds by default. The layout is versioned (:data:`STORE_VERSION`)
+and documented in ``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
 attributes, so a truncated copy is refused instead of shown with holes.
 """
 
@@ -37,13 +38,18 @@ from .._atomic import refuse_overwrite, replace_folder
 from ..errors import TrihrgeInputError
 
 STORE_FORMAT = "napari-trihrge-map-store"
-STORE_VERSION = 1
+STORE_VERSION = 2
+#: format versions this version reads (1: float32 factors by default, one chunk per network)
+READABLE_VERSIONS = (1, 2)
 #: the store's name in a run folder
 STORE_NAME = "maps.store.zarr"
 #: map locations per chunk of a per-location factor
 LOCATION_CHUNK = 32768
 #: genes computed together when many are asked for (bounded memory: locations x this)
 GENE_BLOCK = 32
+#: up to this many genes, the ridge head's product is numpy's einsum (torch's batched
+#: product is 10x slower for one gene, the gene switch's case; faster for many)
+FEW_GENES = 2
 #: bytes of per-location factors (as float32) a store's maps keep in memory once read: within
 #: it every further gene is computed without reading the store again; beyond it the location
 #: chunks are read again when needed, so memory does not grow with the map's area
@@ -51,8 +57,16 @@ FACTOR_CACHE_BYTES = 2 * 2**30
 #: single genes whose map and spread are kept once computed (the viewer shows a gene's map,
 #: then its spread layer, from one pass)
 RECENT_GENES = 4
+#: the dtype of the dense per-location factors (hidden layers, ridge inputs) of a store on
+#: disk: float16 halves the store; maps from it differ from the direct ones by at most
+#: :data:`FLOAT16_TOLERANCE` (measured: docs/map-store.md, "Exactness, measured"). Factors kept
+#: in memory (no path) stay float32.
+STORE_FACTOR_DTYPE = np.dtype(np.float16)
+#: largest difference (log-normalised expression) allowed between maps from float16 factors
+#: and the maps predicted directly (tests/io/test_map_store.py); float32 factors: float rounding
+FLOAT16_TOLERANCE = 1e-3
 #: the compressor of the store and of materialised maps (Blosc zstd, byte shuffle), chosen by
-#: ``benchmarks/bench_map_store.py`` (docs/map-store.md, "Disk")
+#: ``benchmarks/bench_map_store.py`` and ``bench_store_precision.py`` (docs/map-store.md, "Disk")
 COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 #: the activations a network output can have in eval mode (model.network.OUTPUT_ACTIVATIONS)
 ACTIVATIONS = ("clip", "relu", "softplus", "none")
@@ -69,6 +83,24 @@ def compressor() -> Any:
     shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
                "bitshuffle": Blosc.BITSHUFFLE}[COMPRESSOR["shuffle"]]
     return Blosc(cname=COMPRESSOR["cname"], clevel=COMPRESSOR["clevel"], shuffle=shuffle)
+
+
+def as_dtype(arr: np.ndarray, dtype: Any) -> np.ndarray:
+    """``arr`` as ``dtype``; float16 <-> float32 through torch's vectorised cast.
+
+    numpy's float16 casts are scalar code: 10-20x slower on a store's factors
+    (docs/map-store.md, "Gene switch"); the values are the same (round to nearest even).
+    """
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype:
+        return arr
+    if {arr.dtype, dtype} != {np.dtype(np.float16), np.dtype(np.float32)}:
+        return arr.astype(dtype)
+    import torch
+
+    out = np.empty(arr.shape, dtype=dtype)
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+    return out
 
 
 @dataclass
@@ -185,10 +217,13 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
     """
     genes = np.asarray(genes, dtype=np.int64)
     y = weights.spots_expression
+    knn_done: dict[int, np.ndarray] = {}
 
-    def knn(k: int) -> np.ndarray:
-        idx, w = factors.knn[k]
-        return np.einsum("mk,mkg->mg", w, y[:, genes][idx])
+    def knn(k: int) -> np.ndarray:  # the skip path and the kNN candidate share k=12: once
+        if k not in knn_done:
+            idx, w = factors.knn[k]
+            knn_done[k] = np.einsum("mk,mkg->mg", w, y[:, genes][idx])
+        return knn_done[k]
 
     net_mean = net_std = None
     if "network" in weights.candidates:
@@ -213,8 +248,12 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         elif name == "ridge":
             # float32 product (the inputs are stored in float32): no float64 copy of the
             # locations x inputs matrix per gene
-            part = (_networks_linear(factors.ridge[None], weights.ridge_coef[None, genes])[0]
-                    + weights.ridge_intercept[genes].astype(np.float32))
+            coef = weights.ridge_coef[genes].astype(np.float32)
+            if len(genes) <= FEW_GENES:  # a gene or two (the viewer): 10x faster than bmm
+                product = np.einsum("mf,gf->mg", factors.ridge, coef)
+            else:
+                product = _networks_linear(factors.ridge[None], coef[None])[0]
+            part = product + weights.ridge_intercept[genes].astype(np.float32)
         else:
             part = net_mean
         out += ((np.asarray(part, dtype=np.float64) - weights.candidate_mean[c, genes])
@@ -494,14 +533,15 @@ class MapStoreWriter:
 
     def __init__(self, path: str | os.PathLike | None, weights: GeneWeights, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, overwrite: bool = False,
-                 factor_dtype: Any = np.float32):
+                 factor_dtype: Any = None):
         self.path = None if path is None else Path(path)
         self.weights = weights
         self.mask = np.asarray(mask, dtype=bool)
         self.stride_um = float(stride_um)
         self.origin_rc_um = np.asarray(origin_rc_um, dtype=np.float64).reshape(2)
         self.overwrite = overwrite
-        self.factor_dtype = np.dtype(factor_dtype)
+        self.factor_dtype = np.dtype(factor_dtype if factor_dtype is not None
+                                     else np.float32 if path is None else STORE_FACTOR_DTYPE)
         self.n_locations = int(self.mask.sum())
         self._parts: list[LocationFactors] = []
         self._pending = 0
@@ -547,9 +587,9 @@ class MapStoreWriter:
             mem.knn[k][0][s:e] = idx
             mem.knn[k][1][s:e] = w
         if mem.ridge is not None:
-            mem.ridge[s:e] = factors.ridge.astype(self.factor_dtype)
+            mem.ridge[s:e] = as_dtype(factors.ridge, self.factor_dtype)
         if mem.hidden is not None:
-            mem.hidden[:, s:e] = factors.hidden.astype(self.factor_dtype)
+            mem.hidden[:, s:e] = as_dtype(factors.hidden, self.factor_dtype)
         self._written = e
 
     def _open(self, first: LocationFactors) -> None:
@@ -569,7 +609,7 @@ class MapStoreWriter:
             dtype = self._dtype(name, arr)
             if name == "network_hidden":
                 shape = (arr.shape[0], self.n_locations, arr.shape[2])
-                chunks = (1, LOCATION_CHUNK, arr.shape[2])
+                chunks = (arr.shape[0], LOCATION_CHUNK, arr.shape[2])  # every network at once
             else:
                 shape = (self.n_locations, *arr.shape[1:])
                 chunks = (LOCATION_CHUNK, *arr.shape[1:])
@@ -597,9 +637,9 @@ class MapStoreWriter:
             for name, arr in arrays.items():
                 target = self._arrays[name]
                 if name == "network_hidden":
-                    target[:, s:e] = arr[:, c0:c1].astype(target.dtype, copy=False)
+                    target[:, s:e] = as_dtype(arr[:, c0:c1], target.dtype)
                 else:
-                    target[s:e] = arr[c0:c1].astype(target.dtype, copy=False)
+                    target[s:e] = as_dtype(arr[c0:c1], target.dtype)
         self._written += take
         rest = _slice_factors(block, take, n)
         self._parts = [rest] if len(rest) else []
@@ -634,10 +674,11 @@ class MapStoreWriter:
 
 
 def write_map_store(maps: FactorMaps, path: str | os.PathLike, *, overwrite: bool = False,
-                    factor_dtype: Any = np.float32) -> FactorMaps:
+                    factor_dtype: Any = None) -> FactorMaps:
     """Write factorised maps (in memory, or another store) as a store at ``path``.
 
-    Refused when ``path`` exists, unless ``overwrite``; returns the maps opened from it.
+    Dense factors in ``factor_dtype`` (default :data:`STORE_FACTOR_DTYPE`). Refused when
+    ``path`` exists, unless ``overwrite``; returns the maps opened from it.
     """
     writer = MapStoreWriter(path, maps.weights, maps.mask, maps.stride_um, maps.origin_rc_um,
                             overwrite=overwrite, factor_dtype=factor_dtype)
@@ -731,14 +772,14 @@ def open_map_store(path: str | os.PathLike) -> FactorMaps:
         raise TrihrgeInputError(f"{path} is not a napari-trihrge map store",
                                 f"pass the {STORE_NAME} folder of a run")
     version = attrs.get("version")
-    if not isinstance(version, int) or version > STORE_VERSION:
+    if not isinstance(version, int) or version > max(READABLE_VERSIONS):
         raise TrihrgeInputError(
             f"{path} is a map store of format version {version}; this napari-trihrge reads "
-            f"version {STORE_VERSION}", "update napari-trihrge to read it")
-    if version < STORE_VERSION:
+            f"versions up to {max(READABLE_VERSIONS)}", "update napari-trihrge to read it")
+    if version not in READABLE_VERSIONS:
         raise TrihrgeInputError(
             f"{path} is a map store of the older format version {version}; this "
-            f"napari-trihrge reads version {STORE_VERSION} only", how)
+            f"napari-trihrge reads versions {', '.join(map(str, READABLE_VERSIONS))}", how)
     _check_files(path, attrs.get("files"), how)
     import zarr
 
@@ -793,7 +834,7 @@ def _read_factors(group: Any, weights: GeneWeights, start: int, stop: int
             return None
         arr = locs[name]
         part = arr[:, start:stop] if name == "network_hidden" else arr[start:stop]
-        return np.asarray(part, dtype=dtype)
+        return as_dtype(np.asarray(part), dtype)
 
     return LocationFactors(
         knn={k: (read(f"knn{k}_index", np.int32), read(f"knn{k}_weight"))
@@ -822,8 +863,8 @@ def _store_chunk_locations(group: Any) -> int:
 # Materialising
 # -----------------------------------------------------------------------------------------
 #: chunks of materialised maps: genes x rows x cols (one gene of a whole section and one
-#: tile of all genes both read few chunks; docs/map-store.md, "Disk")
-MATERIALISED_CHUNKS = (4, 128, 128)
+#: tile of all genes both read few chunks; measured on C3: docs/map-store.md, "Disk")
+MATERIALISED_CHUNKS = (16, 128, 128)
 
 
 def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
@@ -882,7 +923,8 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
 
 
 __all__: Sequence[str] = [
-    "STORE_FORMAT", "STORE_VERSION", "STORE_NAME", "GeneWeights", "LocationFactors",
+    "STORE_FORMAT", "STORE_VERSION", "READABLE_VERSIONS", "STORE_NAME", "STORE_FACTOR_DTYPE",
+    "FLOAT16_TOLERANCE", "GeneWeights", "LocationFactors",
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",

@@ -152,8 +152,24 @@ def gene_expression(adata: AnnData, genes: Sequence[str], *, target_sum: float =
     if is_log_normalised(adata):
         cols = _dense(adata.X[:, adata.var_names.get_indexer(genes)]).astype(np.float32)
     else:
-        cols = normalize_log1p(adata, target_sum=target_sum, genes=genes)
+        cols = _log_normalised_columns(adata, genes, target_sum)
     return pd.DataFrame(cols, index=adata.obs_names.copy(), columns=genes)
+
+
+def _log_normalised_columns(adata: AnnData, genes: Sequence[str], target_sum: float
+                            ) -> np.ndarray:
+    """:func:`normalize_log1p` of a few ``genes`` without normalising the other columns.
+
+    The same numbers as scanpy's ``normalize_total`` + ``log1p`` (library size over all genes,
+    in float64); the viewer calls it at every gene switch.
+    """
+    x = adata.X
+    totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+    scale = totals / target_sum
+    scale[scale == 0] = 1.0  # a spot without counts stays 0
+    sub = x[:, adata.var_names.get_indexer(list(genes))]
+    sub = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float64)
+    return np.log1p(sub / scale[:, None]).astype(np.float32)
 
 
 def prepare_expression(adata: AnnData, *, n_top_genes: int = DEFAULT_N_TOP_GENES,

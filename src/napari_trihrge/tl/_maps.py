@@ -164,7 +164,7 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
                  genes: list[str], progress: Progress | None = None, map_path: str | None = None,
                  margin_um: float | None = None, band_rows: int = 32,
                  grid: geometry.DenseGrid | None = None, factorised: bool = False,
-                 store_path: str | None = None, factor_dtype: Any = np.float32,
+                 store_path: str | None = None, factor_dtype: Any = None,
                  overwrite: bool = False) -> DenseMaps | FactorMaps:
     """Predict dense maps, streamed band of map rows by band.
 
@@ -177,7 +177,8 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
 
     ``factorised=True``: instead of every gene's map, the per-location factors are kept
     (:mod:`napari_trihrge.io.map_store`: the networks' last hidden layer, the ridge inputs, the
-    kNN weights; ``factor_dtype`` for the dense ones) and a :class:`FactorMaps` is returned
+    kNN weights; ``factor_dtype`` for the dense ones, by default float16 in a store and float32
+    in memory) and a :class:`FactorMaps` is returned
     that computes any gene's map, equal to the direct prediction, when asked; written to the
     store ``store_path`` when given (else in memory); with ``map_path`` every gene is also
     materialised there as an OME-Zarr map.

@@ -375,7 +375,8 @@ class LayerView:
             self.place(layer)
             set_map_gene(layer, plan.maps, gene, plan.map_values, limits)
             shown["spread"] = show_spread(viewer, plan.maps, gene, sample=name)
-            layer.visible = True
+            if not layer.visible:  # napari redraws a layer on every visible = True
+                layer.visible = True
         else:
             for kind in ("map", "spread"):
                 lay = self.find_layer(kind)
