@@ -128,3 +128,19 @@ def test_synthetic_sample_counts_its_true_nuclei(synthetic, enc):
     found = column(enc, feats, "nuclei_per_mm2@1")
     assert np.corrcoef(found, true_per_mm2)[0, 1] > 0.8
     assert found.std() > 0
+
+
+def test_features_are_cached_apart_from_the_default_encoders(enc, tmp_path):
+    from napari_trihrge.features import extract_features
+
+    image = nuclei_image(64)
+    centres = np.array([[150.0, 150.0], [60.0, 240.0]])
+    first = extract_features(image, centres, enc, (24.0, 112.0), cache_dir=tmp_path)
+    assert first.shape == (2, 2, enc.embed_dim)
+    default = extract_features(image, centres, StainTextureEncoder(), (24.0, 112.0),
+                               cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("features_*.npy"))) == 2
+    np.testing.assert_array_equal(first[..., :default.shape[-1]], default)
+    again = extract_features(image, centres, NucleiStainEncoder(), (24.0, 112.0),
+                             cache_dir=tmp_path)
+    np.testing.assert_array_equal(again, first)
