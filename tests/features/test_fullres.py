@@ -106,6 +106,13 @@ def test_outside_the_tissue_reads_as_white(enc):
     assert column(enc, far, "cytoplasm_fraction@1")[0] == 0
 
 
+def test_image_without_nuclei_gives_finite_features():
+    blank = TissueImage.from_array(np.full((400, 400, 3), CYTO_RGB, dtype=np.uint8), PX_UM)
+    feats = NucleiStainEncoder().embed_windows(blank, np.array([[100.0, 100.0]]), 112.0)
+    assert np.isfinite(feats).all()
+    assert feats[0, NucleiStainEncoder().feature_names.index("nuclei_per_mm2@1")] == 0
+
+
 def test_coarse_image_is_refused_before_work(enc):
     coarse = TissueImage.from_array(np.full((50, 50, 3), 200, dtype=np.uint8), 4.0)
     assert 4.0 > MAX_UM_PER_PX

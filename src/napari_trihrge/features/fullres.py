@@ -250,6 +250,7 @@ class NucleiStainEncoder(StainTextureEncoder):
         if len(centres) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         fm, typical = self.fullres(image, progress)
+        typical = np.nan_to_num(typical)  # an image without nuclei: per-nucleus means are 0
         out = np.empty((len(centres), self.embed_dim), dtype=np.float32)
         out[:, :self.stain_dim] = self.stain_features(image, centres, window_um, progress)
         means, _ = self.window_stats(fm, centres, window_um, self.nuclei_scales, 0, progress)
