@@ -64,13 +64,15 @@ UNTOUCHED = {"her2st/C5"}  # never used for tuning
 
 #: TrainConfig overrides for every model run (``--max-epochs`` for smoke tests); empty = defaults
 TRAIN_OVERRIDES: dict = {}
+#: RunConfig overrides for every run (``--encoder``); empty = defaults
+RUN_OVERRIDES: dict = {}
 
 
 def _config(cache_dir: str, **kw):
     from napari_trihrge.tl import RunConfig
 
     train = {**TRAIN_OVERRIDES, **kw.pop("train", {})}
-    return RunConfig(cache_dir=cache_dir, train=train, **kw)
+    return RunConfig(cache_dir=cache_dir, train=train, **{**RUN_OVERRIDES, **kw})
 
 
 #: recovery rows that train a model: label -> RunConfig overrides (default = the shipped model)
@@ -499,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="cap training epochs (smoke tests only; the numbers are then not the "
                          "benchmark's)")
+    ap.add_argument("--encoder", default=None,
+                    help="image encoder of every run (default: the engine's default, "
+                         "'stain-texture'); e.g. stain-texture-nuclei")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="print the recovery table of earlier --json outputs joined (one process "
                          "per seed or sample) and exit")
@@ -519,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.max_epochs:
         TRAIN_OVERRIDES["max_epochs"] = args.max_epochs
+    if args.encoder:
+        RUN_OVERRIDES["encoder"] = args.encoder
     if args.with_relu:
         MODEL_VARIANTS.update(RELU_VARIANT)
     variants = dict(SWEEP_VARIANTS if args.sweep else LEVER_VARIANTS if args.levers
@@ -551,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             ap.error(f"no such samples: {missing}; known: {sorted(samples)}")
         samples = {n: samples[n] for n in wanted}
-    out: dict = {"seeds": seeds, "parts": sorted(parts)}
+    out: dict = {"seeds": seeds, "parts": sorted(parts), "encoder": args.encoder or "default"}
     with measure() as total:
         if "references" in parts:
             out["references"] = {}

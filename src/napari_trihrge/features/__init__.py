@@ -11,6 +11,7 @@ from __future__ import annotations
 from .base import Encoder, dense_window_sizes
 from .extract import DEFAULT_WINDOWS_UM, cache_key, extract_features
 from .factory import create_encoder
+from .fullres import NucleiStainEncoder
 from .handcrafted import StainTextureEncoder
 from .registry import DEFAULT_ENCODER, list_encoders, register_encoder
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_ENCODER",
     "DEFAULT_WINDOWS_UM",
     "Encoder",
+    "NucleiStainEncoder",
     "StainTextureEncoder",
     "cache_key",
     "create_encoder",

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EncoderAccessError, TrihrgeInputError
-from . import handcrafted  # noqa: F401 - importing it registers the default encoder
+from . import (
+    fullres,  # noqa: F401 - importing it registers stain-texture-nuclei
+    handcrafted,  # noqa: F401 - importing it registers the default encoder
+)
 from ._architectures import (
     ARCHITECTURES,
     IMAGENET_MEAN,

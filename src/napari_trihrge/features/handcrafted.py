@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -80,17 +81,25 @@ class _FineMaps:
     white_sq: np.ndarray  # (C,) float64 squared map values of white background
 
 
+def _uint8_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)[..., :3]
+    return rgb if rgb.dtype == np.uint8 else np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def stain_od(rgb: np.ndarray) -> np.ndarray:
+    """Hematoxylin, eosin and DAB optical densities ``(H, W, 3)`` float32 (at least 0) of an RGB
+    image: ``skimage.color.rgb2hed``, with the per-channel log taken from a 256-entry table."""
+    return np.maximum(_OD_LUT[_uint8_rgb(rgb)] @ _HED_FROM_RGB, 0.0)
+
+
 def pixel_maps(rgb: np.ndarray, px_um: float) -> np.ndarray:
     """Per-pixel maps (``MAP_NAMES`` order) of an RGB uint8 image of pixel size ``px_um``.
 
     Returns ``(C, H, W)`` float32. Filters see white beyond the array's border.
     """
-    rgb = np.asarray(rgb)[..., :3]
-    if rgb.dtype != np.uint8:
-        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    rgb = _uint8_rgb(rgb)
     f = _UNIT_LUT[rgb]
-    # == skimage.color.rgb2hed(rgb), with the per-channel log taken from a 256-entry table
-    hed = np.maximum(_OD_LUT[rgb] @ _HED_FROM_RGB, 0.0)
+    hed = stain_od(rgb)
     hema_od, eos_od = hed[..., 0], hed[..., 1]
     lum = f @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
     mx, mn = f.max(-1), f.min(-1)
@@ -194,26 +203,33 @@ class StainTextureEncoder(Encoder):
         """Per-pixel maps of ``image`` at about ``fine_um_per_px`` (cached per image)."""
         # an integer multiple of the image's pixel size, so the image is only block-averaged
         res = float(image.um_per_px) * max(1, round(self.fine_um_per_px / image.um_per_px))
-        key = (image.key(), round(res, 4))
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        rgb = np.asarray(image.at_resolution(res))[..., :3]
-        if rgb.dtype != np.uint8:
-            rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+        return self.cached((image.key(), "stain", round(res, 4)),
+                           lambda: self._build_fine_maps(image, res))
+
+    def _build_fine_maps(self, image: TissueImage, res: float) -> _FineMaps:
+        rgb = _uint8_rgb(np.asarray(image.at_resolution(res)))
         h_um, w_um = image.shape_rc_um
         px_um = (float(h_um) / rgb.shape[0], float(w_um) / rgb.shape[1])
         maps = self._maps_in_strips(rgb, float(np.mean(px_um)))
         white, white_sq = self._white
         # pixel k of a resampled image is centred at k * px_um (pure scaling, see io.image)
-        fm = _FineMaps(maps=maps, px_um=px_um, origin_um=(-0.5 * px_um[0], -0.5 * px_um[1]),
-                       white=white, white_sq=white_sq)
+        return _FineMaps(maps=maps, px_um=px_um, origin_um=(-0.5 * px_um[0], -0.5 * px_um[1]),
+                         white=white, white_sq=white_sq)
+
+    def cached(self, key: tuple, build: Callable[[], _FineMaps]) -> _FineMaps:
+        """``build()``, kept for the ``cache_images`` most recently used ``key`` of each kind of
+        maps (``key``: the image's key, the kind, its settings)."""
         with self._lock:
-            self._cache[key] = fm
-            while len(self._cache) > max(self.cache_images, 1):
-                self._cache.popitem(last=False)
-        return fm
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        value = build()
+        with self._lock:
+            self._cache[key] = value
+            same_kind = [k for k in self._cache if k[1] == key[1]]
+            for old in same_kind[:max(0, len(same_kind) - max(self.cache_images, 1))]:
+                del self._cache[old]
+        return value
 
     def _maps_in_strips(self, rgb: np.ndarray, px_um: float) -> np.ndarray:
         margin = int(np.ceil(4 * 7.0 / px_um)) + 4  # > the widest filter's support (LoG 7 um)
@@ -233,10 +249,39 @@ class StainTextureEncoder(Encoder):
         progress = ensure_progress(progress)
         centres = as_centres_rc_um(centres_rc_um)
         window_um = check_window_um(window_um)
-        fm = self.fine_maps(image)
-        n = len(centres)
-        if n == 0:
+        if len(centres) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
+        out = self.stain_features(image, centres, window_um, progress)
+        progress.advance(len(centres))
+        return out
+
+    def stain_features(self, image: TissueImage, centres: np.ndarray, window_um: float,
+                       progress: Progress) -> np.ndarray:
+        """The stain colour and texture features ``(N, len(scales) * 21)`` float32 of windows of
+        ``window_um`` around ``centres`` (checked row/col um)."""
+        means, sqs = self.window_stats(self.fine_maps(image), centres, window_um, self.scales,
+                                       N_STD, progress)
+        out = np.empty((len(centres), len(self.scales) * (len(_MEAN_NAMES) + N_STD)),
+                       dtype=np.float32)
+        k = 0
+        for si in range(len(self.scales)):
+            m = means[si]
+            st_xx, st_yy, st_xy = m[12], m[13], m[14]
+            energy = st_xx + st_yy
+            coherence = np.sqrt((st_xx - st_yy) ** 2 + 4 * st_xy ** 2) / (energy + _COHERENCE_EPS)
+            feats = [*m[:12], energy, coherence,
+                     *np.sqrt(np.maximum(sqs[si] - m[:N_STD] ** 2, 0.0))]
+            for v in feats:
+                out[:, k] = v
+                k += 1
+        return out
+
+    def window_stats(self, fm: _FineMaps, centres: np.ndarray, window_um: float,
+                     scales: tuple[float, ...], n_std: int, progress: Progress
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Box means of every map of ``fm`` over the centred sub-windows of side
+        ``window_um * scale`` around each location: ``(S, C, N)`` float64, and of the squares of
+        the first ``n_std`` maps ``(S, n_std, N)``; white background outside the image."""
         # working resolution: integer block of fine pixels, about window / px_per_window
         fine = float(np.mean(fm.px_um))
         f = max(1, int(round(window_um / self.px_per_window / fine)))
@@ -250,20 +295,21 @@ class StainTextureEncoder(Encoder):
         order = np.lexsort((pos_c, np.floor(pos_r / 8.0)))
         pos_r, pos_c = pos_r[order], pos_c[order]
         boxes = []  # per scale: clipped edges (r0, r1, c0, c1), full area, area inside the image
-        for s in self.scales:
+        for s in scales:
             hr, hc = window_um * s / 2 / px_r, window_um * s / 2 / px_c
             r0, r1 = np.clip(pos_r - hr, 0, hb), np.clip(pos_r + hr, 0, hb)
             c0, c1 = np.clip(pos_c - hc, 0, wb), np.clip(pos_c + hc, 0, wb)
             boxes.append(((r0, r1, c0, c1), 4 * hr * hc, (r1 - r0) * (c1 - c0)))
-        means = np.empty((len(self.scales), c_maps, n), dtype=np.float64)
-        sqs = np.empty((len(self.scales), N_STD, n), dtype=np.float64)
+        n = len(centres)
+        means = np.empty((len(scales), c_maps, n), dtype=np.float64)
+        sqs = np.empty((len(scales), n_std, n), dtype=np.float64)
 
         def one_map(ch: int) -> None:
             progress.check_cancelled()
             # block means at the working resolution; outside the image is white (background)
             self._box_means(block_mean(fm.maps[ch], f, ragged=fm.white[ch]), boxes,
                             fm.white[ch], means[:, ch])
-            if ch < N_STD:
+            if ch < n_std:
                 self._box_means(block_mean(fm.maps[ch], f, ragged=fm.white_sq[ch], of=_square),
                                 boxes, fm.white_sq[ch], sqs[:, ch])
 
@@ -271,22 +317,9 @@ class StainTextureEncoder(Encoder):
         with ThreadPoolExecutor(max_workers=self.n_threads) as pool:
             for fut in [pool.submit(one_map, ch) for ch in range(c_maps)]:
                 fut.result()
-        sorted_out = np.empty((n, self.embed_dim), dtype=np.float32)
-        k = 0
-        for si in range(len(self.scales)):
-            m = means[si]
-            st_xx, st_yy, st_xy = m[12], m[13], m[14]
-            energy = st_xx + st_yy
-            coherence = np.sqrt((st_xx - st_yy) ** 2 + 4 * st_xy ** 2) / (energy + _COHERENCE_EPS)
-            feats = [*m[:12], energy, coherence,
-                     *np.sqrt(np.maximum(sqs[si] - m[:N_STD] ** 2, 0.0))]
-            for v in feats:
-                sorted_out[:, k] = v
-                k += 1
-        out = np.empty_like(sorted_out)
-        out[order] = sorted_out
-        progress.advance(n)
-        return out
+        unsorted = np.empty_like(order)
+        unsorted[order] = np.arange(n)
+        return means[:, :, unsorted], sqs[:, :, unsorted]
 
     @staticmethod
     def _box_means(x: np.ndarray, boxes, white: float, out: np.ndarray,
@@ -307,18 +340,26 @@ class StainTextureEncoder(Encoder):
 
 
 _VIT_ONLY_OPTS = ("batch_size", "num_workers", "precision")
+STAIN_TEXTURE_OPTIONS = ("fine_um_per_px, px_per_window, scales, cache_images, strip_px, "
+                         "n_threads")
 
 
 @register_encoder("stain-texture", description="hand-crafted stain colour + texture features "
                   "(84-d, default; no download, fast on CPU)")
 def _stain_texture(*, device: str = "auto", hf_token: str | None = None,
                    **kwargs) -> StainTextureEncoder:
-    # device / token / batching options do not apply: it runs on the CPU, without weights
+    return build_cpu_encoder(StainTextureEncoder, kwargs, STAIN_TEXTURE_OPTIONS)
+
+
+def build_cpu_encoder(cls: type[StainTextureEncoder], kwargs: dict, allowed: str
+                      ) -> StainTextureEncoder:
+    """``cls(**kwargs)`` without the options of encoders with weights (device, token and
+    batching do not apply: it runs on the CPU, without weights); an unknown option is an input
+    error listing the ``allowed`` ones."""
     for k in _VIT_ONLY_OPTS:
         kwargs.pop(k, None)
     try:
-        return StainTextureEncoder(**kwargs)
+        return cls(**kwargs)
     except TypeError as err:
-        raise TrihrgeInputError(f"unexpected option for stain-texture: {err}",
-                                "allowed: fine_um_per_px, px_per_window, scales, cache_images, "
-                                "strip_px, n_threads") from None
+        raise TrihrgeInputError(f"unexpected option for {cls.name}: {err}",
+                                f"allowed: {allowed}") from None

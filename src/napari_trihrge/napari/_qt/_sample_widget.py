@@ -39,7 +39,7 @@ def read_in_background(fn, *args, **kwargs):
 
 #: Encoders offered in the list (the field is editable: any registry name, 'hf-hub:org/name',
 #: a timm name or a local checkpoint path works).
-ENCODER_CHOICES = (DEFAULT_ENCODER, "uni", "uni2-h")
+ENCODER_CHOICES = (DEFAULT_ENCODER, "stain-texture-nuclei", "uni", "uni2-h")
 
 
 class SampleWidget(Panel):
