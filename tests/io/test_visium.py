@@ -132,6 +132,24 @@ def test_broken_matrix_folder_is_a_clear_error(tmp_path):
         io.read(folder)
 
 
+def test_square_grid_in_the_space_ranger_layout_is_not_fitted_as_visium(tmp_path):
+    """A folder of another platform written in the Space Ranger layout (a real one: a 50 x 50
+    square grid, array_row and array_col 1..50) is not on Visium's hexagonal lattice: a warning
+    says so, and the pixel size does not come from a Visium lattice fit."""
+    folder = make_visium_folder(tmp_path)
+    pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv")
+    pos["array_col"] = pos["array_col"] // 2  # square-grid indices: row + col often odd
+    pos.to_csv(folder / "spatial" / "tissue_positions.csv", index=False)
+    with pytest.warns(UserWarning, match=r"spots have an odd array_row \+ array_col.*"
+                                         "--um-per-px"):
+        adata = io.read(folder)
+    assert adata.uns["trihrge"]["um_per_px_source"] == "spot_diameter"
+    assert "lattice" not in adata.uns["trihrge"]["um_per_px_estimates"]
+    # given explicitly, the pixel size is used as it is
+    with pytest.warns(UserWarning, match="odd array_row"):
+        assert io.read(folder, um_per_px=0.5).uns["trihrge"]["um_per_px"] == 0.5
+
+
 def test_mismatched_barcodes_say_how_many_matched(tmp_path):
     folder = make_visium_folder(tmp_path)
     pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv")

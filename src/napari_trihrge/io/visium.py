@@ -226,6 +226,23 @@ def place_in_tissue(adata, positions: pd.DataFrame, what: str, pos_name: str):
     return adata
 
 
+def on_visium_lattice(array_index: np.ndarray, what: str) -> bool:
+    """Whether the spots' (array_row, array_col) lie on Visium's hexagonal lattice.
+
+    On a Visium slide array_row + array_col is even for every spot; a folder in the Space
+    Ranger layout from another platform (a square grid) is not, and gets a warning: the
+    lattice and the 55 um spot of Visium then do not apply.
+    """
+    odd = int(np.count_nonzero(np.round(array_index).astype(np.int64).sum(axis=1) % 2))
+    if odd:
+        warnings.warn(f"{what}: {odd} of {len(array_index)} spots have an odd array_row + "
+                      "array_col, which no Visium slide has: the spots are not on Visium's "
+                      "hexagonal lattice (another platform in the Space Ranger layout?), so the "
+                      "pixel size is not fitted on it; pass --um-per-px and "
+                      "--spot-diameter-um with the platform's values", stacklevel=4)
+    return odd == 0
+
+
 def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | None = None,
                 image: str | os.PathLike | None = None, library_id: str | None = None,
                 load_images: bool = True, um_per_px: float | None = None,
@@ -276,8 +293,11 @@ def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | N
     sample = outs.parent.name if outs.name == "outs" else outs.name
     lib = str(library_id) if library_id is not None else sample
     sample_what = f"sample {sample}"
+    array_index = array_index_of(adata.obs, "visium")
+    if array_index is not None and not on_visium_lattice(array_index, sample_what):
+        array_index = None  # a lattice fit would assume Visium's steps
     pixel_size = resolve_pixel_size(
-        adata.obsm["spatial"], "visium", array_index=array_index_of(adata.obs, "visium"),
+        adata.obsm["spatial"], "visium", array_index=array_index,
         um_per_px=um_per_px, spot_diameter_um=spot_diameter_um, what=sample_what,
         spot_diameter_px=spot_diameter_px if spot_diameter_px is not None
         else scalefactors.get("spot_diameter_fullres"))
