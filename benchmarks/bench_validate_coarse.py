@@ -54,6 +54,8 @@ the project:
     mkdir her2st_B4 && cp her2st/data/ST-cnts/B4.tsv.gz her2st/data/ST-spotfiles/B4_selection.tsv \\
         her2st/res/ST-cluster/lbl/B4-cluster-annotation.tsv.gz her2st_B4/ \\
         && cp her2st/data/ST-imgs/B/B4/BT10737_D2_HE.jpg her2st_B4/B4_HE.jpg
+  legacy ST, the same study, patient C section C6: likewise, with C6 for B4 and
+    her2st/data/ST-imgs/C/C6/5714_HE_BT_E2.jpg as C6_HE.jpg
 
 then: python benchmarks/bench_validate_coarse.py --sample coexpress_visium --sample her2st_B4
 """
