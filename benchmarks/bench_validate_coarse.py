@@ -14,6 +14,12 @@ fraction of it each row reaches sit beside them. her2st C5 is reported on its ow
     OMP_NUM_THREADS=1 python benchmarks/bench_validate_coarse.py --threads 1 --stride-um 32 \\
         --only her2st/C2 --seeds 1 --json c2_seed1.json
     python benchmarks/bench_validate_coarse.py --merge c2_seed1.json dlpfc_seed1.json ...
+
+Any other section (a folder ``trihrge`` reads; rows named 'unseen/<folder name>'), e.g. the
+sections no tuning has seen of docs/benchmarks.md; ``--download-hint`` prints where to get them
+(nothing is downloaded here):
+
+    python benchmarks/bench_validate_coarse.py --sample path/to/outs --sample her2st_B4 --seeds 1
 """
 
 from __future__ import annotations
@@ -31,9 +37,40 @@ from _common import SHARED_DATA, limit_threads, load_sample, mean_sd, measure, p
 UNTOUCHED = ("her2st/C5",)
 
 
-def _sections(data_dir: Path, only: list[str] | None) -> dict[str, Path]:
+#: where the sections never seen of docs/benchmarks.md come from (printed by --download-hint)
+DOWNLOAD_HINT = """\
+Sections no tuning has seen (docs/benchmarks.md, 'Sections never seen'); public GitHub
+repositories, nothing is downloaded by this script. Put each in a folder of its own, outside
+the project:
+
+  10x Visium CytAssist, mouse embryo (Space Ranger 3.0.0, MIT licence; commit 38b3bdd; the
+  runs used the lowres image only: copy it without tissue_hires_image.png to repeat them):
+    git clone https://github.com/Perik-Zavodskii/CoexpressDeconvolve && cd CoexpressDeconvolve
+    mkdir -p ../coexpress_visium/spatial && cp -r filtered_feature_bc_matrix ../coexpress_visium/
+    cp spatial/scalefactors_json.json spatial/tissue_positions.csv \\
+        spatial/tissue_lowres_image.png ../coexpress_visium/spatial/ && cd ..
+  legacy ST, HER2+ breast cancer patient B, section B4 (Andersson et al. 2021; commit 85df741):
+    git clone --depth 1 https://github.com/almaan/her2st
+    mkdir her2st_B4 && cp her2st/data/ST-cnts/B4.tsv.gz her2st/data/ST-spotfiles/B4_selection.tsv \\
+        her2st/res/ST-cluster/lbl/B4-cluster-annotation.tsv.gz her2st_B4/ \\
+        && cp her2st/data/ST-imgs/B/B4/BT10737_D2_HE.jpg her2st_B4/B4_HE.jpg
+  legacy ST, the same study, patient C section C6: likewise, with C6 for B4 and
+    her2st/data/ST-imgs/C/C6/5714_HE_BT_E2.jpg as C6_HE.jpg
+
+then: python benchmarks/bench_validate_coarse.py --sample coexpress_visium --sample her2st_B4
+"""
+
+
+def _sections(data_dir: Path, only: list[str] | None,
+              samples: list[Path] | None = None) -> dict[str, Path]:
     from _common import shared_samples
 
+    if samples:  # any folder: named after it
+        missing = [str(p) for p in samples if not Path(p).exists()]
+        if missing:
+            raise SystemExit(f"not found: {', '.join(missing)} (--download-hint says where "
+                             "to get the sections of docs/benchmarks.md)")
+        return {f"unseen/{Path(p).resolve().name}": Path(p) for p in samples}
     found = shared_samples(data_dir)
     if only:
         missing = [s for s in only if s not in found]
@@ -101,7 +138,7 @@ def run(args) -> list[dict]:
 
     records = []
     work = Path(tempfile.mkdtemp(prefix="bench-coarse-"))
-    for name, path in _sections(args.data, args.only).items():
+    for name, path in _sections(args.data, args.only, args.sample).items():
         adata = load_sample(path)
         for seed in args.seeds:
             cfg = RunConfig(seed=seed, cache_dir=str(args.cache_dir) if args.cache_dir else None,
@@ -195,6 +232,11 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None,
                     help="comma-separated sections, e.g. her2st/C2,dlpfc_151673")
+    ap.add_argument("--sample", type=Path, action="append", default=[], metavar="PATH",
+                    help="any section folder instead of the shared ones (repeat for several; "
+                         "rows named 'unseen/<folder name>')")
+    ap.add_argument("--download-hint", action="store_true",
+                    help="print where to get the sections never seen of docs/benchmarks.md")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--factor", type=int, default=2)
     ap.add_argument("--stride-um", type=float, default=32.0)
@@ -210,6 +252,9 @@ def main(argv=None) -> None:
                     help="print the tables of earlier --json files")
     args = ap.parse_args(argv)
     args.set = dict(args.set)
+    if args.download_hint:
+        print(DOWNLOAD_HINT)
+        return
     if args.merge:
         records = [r for p in args.merge for r in json.loads(p.read_text())]
         found = _sections(args.data, None)

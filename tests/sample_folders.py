@@ -38,11 +38,32 @@ def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: lis
         ft.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
 
 
+def write_10x_mex(folder: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> None:
+    """Write spots x genes ``counts`` as Space Ranger's ``filtered_feature_bc_matrix/`` folder
+    (``matrix.mtx.gz``, ``barcodes.tsv.gz``, ``features.tsv.gz``)."""
+    import gzip
+
+    import scipy.io
+    import scipy.sparse as sp
+
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, sp.coo_matrix(counts.T.astype(np.int32)), field="integer")
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
+        fh.writelines(f"{b}\n" for b in barcodes)
+    with gzip.open(folder / "features.tsv.gz", "wt") as fh:
+        fh.writelines(f"ENSG{i:011d}\t{g}\tGene Expression\n" for i, g in enumerate(genes))
+
+
 def make_visium_folder(root: Path, *, positions: str = "csv", images=("hires", "lowres"),
                        n_rows: int = 5, n_cols: int = 8, seed: int = 0,
                        barcode_suffix: str = "-1", xy_scale: float = 1.0,
-                       zero_counts: bool = False, in_outs: bool = False) -> Path:
-    """A tiny Space Ranger outs/ folder; returns the folder to pass to the reader."""
+                       zero_counts: bool = False, in_outs: bool = False,
+                       matrix: str = "h5") -> Path:
+    """A tiny Space Ranger outs/ folder; returns the folder to pass to the reader.
+
+    ``matrix``: the counts as ``filtered_feature_bc_matrix.h5`` ('h5') or only as the folder
+    ``filtered_feature_bc_matrix/`` ('mex')."""
     rng = np.random.default_rng(seed)
     outs = root / "sample1" / "outs" if in_outs else root / "sample1"
     spatial = outs / "spatial"
@@ -81,7 +102,10 @@ def make_visium_folder(root: Path, *, positions: str = "csv", images=("hires", "
     if zero_counts:
         counts[:] = 0
     genes = [f"G{i}" for i in range(N_GENES - 1)] + ["G0"]  # a duplicated symbol
-    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", counts, tissue, genes)
+    if matrix == "mex":
+        write_10x_mex(outs / "filtered_feature_bc_matrix", counts, tissue, genes)
+    else:
+        write_10x_h5(outs / "filtered_feature_bc_matrix.h5", counts, tissue, genes)
     return root / "sample1"
 UM_PER_PX = 0.7
 STEP_PX = 200.0 / UM_PER_PX  # ST: 200 um between spot centres

@@ -109,6 +109,47 @@ def test_missing_files_name_the_file(tmp_path):
         io.read_visium(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("in_outs", [False, True])
+def test_matrix_folder_without_h5(tmp_path, in_outs):
+    """A Space Ranger folder shared with the counts only as filtered_feature_bc_matrix/
+    (matrix.mtx.gz, barcodes.tsv.gz, features.tsv.gz; seen on a real CytAssist folder) reads
+    as the same sample as with the .h5."""
+    from_h5 = io.read(make_visium_folder(tmp_path / "h5", in_outs=in_outs))
+    from_mex = io.read(make_visium_folder(tmp_path / "mex", in_outs=in_outs, matrix="mex"))
+    assert list(from_mex.obs_names) == list(from_h5.obs_names)
+    assert list(from_mex.var_names) == list(from_h5.var_names)  # symbols made unique alike
+    assert list(from_mex.var["gene_ids"]) == list(from_h5.var["gene_ids"])
+    assert (abs(from_mex.X - from_h5.X)).sum() == 0
+    np.testing.assert_array_equal(from_mex.obsm["spatial"], from_h5.obsm["spatial"])
+    assert from_mex.uns["trihrge"]["um_per_px"] == from_h5.uns["trihrge"]["um_per_px"]
+
+
+def test_broken_matrix_folder_is_a_clear_error(tmp_path):
+    folder = make_visium_folder(tmp_path, matrix="mex")
+    (folder / "filtered_feature_bc_matrix" / "features.tsv.gz").unlink()
+    with pytest.raises(TrihrgeInputError, match="cannot read the count matrix folder.*"
+                                                "features.tsv.gz"):
+        io.read(folder)
+
+
+def test_square_grid_in_the_space_ranger_layout_is_not_fitted_as_visium(tmp_path):
+    """A folder of another platform written in the Space Ranger layout (a real one: a 50 x 50
+    square grid, array_row and array_col 1..50) is not on Visium's hexagonal lattice: a warning
+    says so, and the pixel size does not come from a Visium lattice fit."""
+    folder = make_visium_folder(tmp_path)
+    pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv")
+    pos["array_col"] = pos["array_col"] // 2  # square-grid indices: row + col often odd
+    pos.to_csv(folder / "spatial" / "tissue_positions.csv", index=False)
+    with pytest.warns(UserWarning, match=r"spots have an odd array_row \+ array_col.*"
+                                         "--um-per-px"):
+        adata = io.read(folder)
+    assert adata.uns["trihrge"]["um_per_px_source"] == "spot_diameter"
+    assert "lattice" not in adata.uns["trihrge"]["um_per_px_estimates"]
+    # given explicitly, the pixel size is used as it is
+    with pytest.warns(UserWarning, match="odd array_row"):
+        assert io.read(folder, um_per_px=0.5).uns["trihrge"]["um_per_px"] == 0.5
+
+
 def test_mismatched_barcodes_say_how_many_matched(tmp_path):
     folder = make_visium_folder(tmp_path)
     pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv")

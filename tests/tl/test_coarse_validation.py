@@ -8,7 +8,12 @@ from napari_trihrge import tl as tasks
 from napari_trihrge.errors import TrihrgeInputError
 from napari_trihrge.metrics import noise_ceiling, spot_scores
 from napari_trihrge.pp import normalize_log1p
-from napari_trihrge.tl.coarse_validation import coarse_sample, validate_coarse
+from napari_trihrge.tl.coarse_validation import (
+    _lattice,
+    coarse_sample,
+    spots_with_a_neighbour,
+    validate_coarse,
+)
 from sample_folders import make_st_section
 
 
@@ -94,6 +99,26 @@ def test_bad_input_is_refused_before_any_work(synthetic, tmp_path, monkeypatch):
         small = io.read(make_st_section(tmp_path / "S2"))  # 8 x 6 spots: 12 blocks of 2 x 2
     with pytest.raises(TrihrgeInputError, match="pseudo-spots"):
         validate_coarse(small, factor=3, config=tiny())
+
+
+def test_scattered_spots_say_the_section_is_subsampled(synthetic, monkeypatch):
+    """A random subsample of a section's spots (as scanpy's 100-spot Visium test folder) has
+    spots enough but few neighbours: the error says so, before any work."""
+    monkeypatch.setattr("napari_trihrge.tl.coarse_validation.enhance",
+                        lambda *a, **k: pytest.fail("enhance must not start"))
+    keep = np.sort(np.argsort(np.random.default_rng(0).random(synthetic.n_obs))[:60])
+    scattered = synthetic[keep].copy()
+    kind, indices = _lattice(scattered, tasks.sample_geometry(scattered)[0])
+    joined = spots_with_a_neighbour(indices, kind)
+    assert kind == "hex" and joined * 2 < scattered.n_obs
+    with pytest.raises(TrihrgeInputError, match=rf"scattered, only {joined} of the 60 .*"
+                                                "not a subsample"):
+        validate_coarse(scattered, config=tiny())
+    # a whole section with too large a factor is told to use a smaller one
+    with pytest.raises(TrihrgeInputError, match="smaller --factor"):
+        validate_coarse(synthetic, factor=6, config=tiny())
+    assert spots_with_a_neighbour(np.array([[0, 0], [1, 0], [5, 5]]), "hex") == 2
+    assert spots_with_a_neighbour(np.array([[0, 0], [1, 1], [3, 3]]), "square") == 0
 
 
 def test_validate_coarse_scores_the_map_at_the_real_spots(synthetic):

@@ -579,6 +579,32 @@ def test_validate_coarse_refuses_a_factor_leaving_too_few_pseudo_spots(capsys, t
     assert not out.exists()
 
 
+def test_validate_coarse_on_a_scattered_counts_folder_says_why(capsys, tmp_path):
+    """The layout of a real folder never seen (counts only as filtered_feature_bc_matrix/) with
+    spots scattered over the slide, as scanpy's 100-spot Visium test folder: read, then refused
+    before any work with the reason."""
+    from PIL import Image
+
+    from sample_folders import make_visium_folder
+
+    folder = make_visium_folder(tmp_path, n_rows=12, n_cols=12, matrix="mex")
+    for res, scalef in (("hires", 0.2), ("lowres", 0.05)):  # an image the 12 x 24 lattice fits
+        Image.new("RGB", (int(2500 * scalef), int(2100 * scalef)), (200, 120, 170)).save(
+            folder / "spatial" / f"tissue_{res}_image.png")
+    positions = folder / "spatial" / "tissue_positions.csv"
+    table = pd.read_csv(positions)
+    # every other row, every fourth column: 36 spots under the tissue, no two of them adjacent
+    scattered = (table["array_row"] % 2 == 0) & (table["array_col"] % 4 == 0)
+    table["in_tissue"] = scattered.astype(int)
+    table.to_csv(positions, index=False)
+    out = tmp_path / "coarse"
+    code = cli.main(["validate-coarse", str(folder), "--out", str(out), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the spots are scattered" in err and "not a subsample" in err
+    assert not out.exists()
+
+
 def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
     from napari_trihrge.datasets import synthetic_sample
     from napari_trihrge.io.outputs import write_h5ad

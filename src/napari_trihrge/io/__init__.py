@@ -58,7 +58,8 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
       ``coordinate_system=`` pick one when there are several; needs the ``spatialdata`` extra)
     * a Visium HD ``outs/`` folder or one of its ``binned_outputs/square_XXXum`` folders:
       :func:`read_visium_hd` (``bin_size_um=``, default 8)
-    * a folder with ``filtered_feature_bc_matrix.h5`` (or ``outs/`` holding one): :func:`read_visium`
+    * a folder with ``filtered_feature_bc_matrix.h5`` or the folder ``filtered_feature_bc_matrix/``
+      (or ``outs/`` holding one): :func:`read_visium`
     * an ``.h5ad`` file: :func:`read_h5ad`
     * a folder with one ``<id>_selection.tsv``: :func:`read_her2st`
     * a counts table (``.tsv``/``.csv``[.gz]): :func:`read_spot_table`, needs ``positions=`` and

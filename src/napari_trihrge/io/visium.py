@@ -17,7 +17,9 @@ from ._common import array_index_of, match_ids, read_table
 from .image import image_size_px, read_rgb
 
 OUTS_HINT = (
-    "a Space Ranger outs/ folder contains filtered_feature_bc_matrix.h5 and a spatial/ folder "
+    "a Space Ranger outs/ folder contains filtered_feature_bc_matrix.h5 (or the folder "
+    "filtered_feature_bc_matrix/ with matrix.mtx.gz, barcodes.tsv.gz and features.tsv.gz) and "
+    "a spatial/ folder "
     "with tissue_positions.csv (or tissue_positions_list.csv / tissue_positions.parquet), "
     "scalefactors_json.json and tissue_hires_image.png and/or tissue_lowres_image.png; pass "
     "that folder (or its parent)")
@@ -26,6 +28,8 @@ POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_i
                     "pxl_col_in_fullres"]
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions.parquet",
                   "tissue_positions_list.csv")
+#: Space Ranger's count matrix as a folder (Market Exchange format), read when the .h5 is absent
+MATRIX_FOLDER = "filtered_feature_bc_matrix"
 
 
 def find_outs(path: str | os.PathLike) -> Path:
@@ -47,7 +51,13 @@ def _matrix_candidates(outs: Path) -> list[Path]:
     exact = outs / "filtered_feature_bc_matrix.h5"
     if exact.is_file():
         return [exact]
-    return sorted(outs.glob("*filtered_feature_bc_matrix.h5"))
+    found = sorted(outs.glob("*filtered_feature_bc_matrix.h5"))
+    if found:
+        return found
+    folder = outs / MATRIX_FOLDER
+    if any((folder / name).is_file() for name in ("matrix.mtx.gz", "matrix.mtx")):
+        return [folder]
+    return []
 
 
 def is_visium_folder(path: str | os.PathLike) -> bool:
@@ -60,7 +70,10 @@ def is_visium_folder(path: str | os.PathLike) -> bool:
 
 
 def find_matrix(outs: Path) -> Path:
-    """Return the one ``filtered_feature_bc_matrix.h5`` in ``outs``; raise when none or several."""
+    """Return the one count matrix in ``outs``; raise when none or several.
+
+    That is ``filtered_feature_bc_matrix.h5``, else the folder ``filtered_feature_bc_matrix/``.
+    """
     cands = _matrix_candidates(outs)
     if len(cands) == 1:
         return cands[0]
@@ -169,6 +182,29 @@ def read_counts_h5(path: Path) -> Any:
     return adata
 
 
+def read_counts_mex(folder: Path) -> Any:
+    """Read Space Ranger's ``filtered_feature_bc_matrix/`` folder as :func:`read_counts_h5`.
+
+    The folder holds ``matrix.mtx.gz``, ``barcodes.tsv.gz`` and ``features.tsv.gz``.
+    """
+    import scanpy as sc
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = sc.read_10x_mtx(str(folder), var_names="gene_symbols", make_unique=True)
+    except Exception as exc:
+        raise TrihrgeInputError(f"cannot read the count matrix folder {folder.name}/: {exc}",
+                                "it must hold the matrix.mtx.gz, barcodes.tsv.gz and "
+                                "features.tsv.gz Space Ranger wrote") from exc
+    return adata
+
+
+def read_counts(matrix: Path) -> Any:
+    """Read the count matrix :func:`find_matrix` found (the 10x HDF5 file or the folder)."""
+    return read_counts_mex(matrix) if matrix.is_dir() else read_counts_h5(matrix)
+
+
 def place_in_tissue(adata, positions: pd.DataFrame, what: str, pos_name: str):
     """Keep the observations marked ``in_tissue`` in Space Ranger's positions table.
 
@@ -188,6 +224,23 @@ def place_in_tissue(adata, positions: pd.DataFrame, what: str, pos_name: str):
     adata.obsm["spatial"] = np.stack([pos["pxl_col_in_fullres"].to_numpy(np.float64),
                                       pos["pxl_row_in_fullres"].to_numpy(np.float64)], axis=1)
     return adata
+
+
+def on_visium_lattice(array_index: np.ndarray, what: str) -> bool:
+    """Whether the spots' (array_row, array_col) lie on Visium's hexagonal lattice.
+
+    On a Visium slide array_row + array_col is even for every spot; a folder in the Space
+    Ranger layout from another platform (a square grid) is not, and gets a warning: the
+    lattice and the 55 um spot of Visium then do not apply.
+    """
+    odd = int(np.count_nonzero(np.round(array_index).astype(np.int64).sum(axis=1) % 2))
+    if odd:
+        warnings.warn(f"{what}: {odd} of {len(array_index)} spots have an odd array_row + "
+                      "array_col, which no Visium slide has: the spots are not on Visium's "
+                      "hexagonal lattice (another platform in the Space Ranger layout?), so the "
+                      "pixel size is not fitted on it; pass --um-per-px and "
+                      "--spot-diameter-um with the platform's values", stacklevel=4)
+    return odd == 0
 
 
 def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | None = None,
@@ -220,7 +273,7 @@ def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | N
     spatial = outs / "spatial"
     if not spatial.is_dir():
         raise TrihrgeInputError(f"spatial/ folder not found in {outs}", OUTS_HINT)
-    adata = read_counts_h5(matrix)
+    adata = read_counts(matrix)
     positions = read_positions(spatial)
     pos_name = Path(positions.attrs["path"]).name
     match_ids(adata.obs_names, positions.index, matrix.name, pos_name,
@@ -240,8 +293,11 @@ def read_visium(path: str | os.PathLike, *, fullres_image: str | os.PathLike | N
     sample = outs.parent.name if outs.name == "outs" else outs.name
     lib = str(library_id) if library_id is not None else sample
     sample_what = f"sample {sample}"
+    array_index = array_index_of(adata.obs, "visium")
+    if array_index is not None and not on_visium_lattice(array_index, sample_what):
+        array_index = None  # a lattice fit would assume Visium's steps
     pixel_size = resolve_pixel_size(
-        adata.obsm["spatial"], "visium", array_index=array_index_of(adata.obs, "visium"),
+        adata.obsm["spatial"], "visium", array_index=array_index,
         um_per_px=um_per_px, spot_diameter_um=spot_diameter_um, what=sample_what,
         spot_diameter_px=spot_diameter_px if spot_diameter_px is not None
         else scalefactors.get("spot_diameter_fullres"))

@@ -121,10 +121,18 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
     inverse = inverse.ravel()
     kept = counts * 2 > n_full
     if kept.sum() < MIN_PSEUDO_SPOTS:
-        raise TrihrgeInputError(
-            f"blocks of {n_full} spots (factor {factor}) leave {int(kept.sum())} pseudo-spots "
-            f"from {adata.n_obs} spots; at least {MIN_PSEUDO_SPOTS} are needed",
-            "use a smaller --factor (2 is the smallest) or a section with more spots")
+        found = (f"blocks of {n_full} spots (factor {factor}) leave {int(kept.sum())} "
+                 f"pseudo-spots from {adata.n_obs} spots; at least {MIN_PSEUDO_SPOTS} are needed")
+        n_joined = spots_with_a_neighbour(indices, kind)
+        if n_joined * 2 < adata.n_obs:  # a subsample of a section, not the section
+            raise TrihrgeInputError(
+                f"{found}: the spots are scattered, only {n_joined} of the {adata.n_obs} have "
+                "a measured neighbour on the spot lattice, and a pseudo-spot sums neighbouring "
+                "spots", "pass the whole section (every spot under the tissue), not a subsample "
+                "of its spots")
+        raise TrihrgeInputError(found, "use a section with more spots" if factor <= 2 else
+                                "use a smaller --factor (2 is the smallest) or a section with "
+                                "more spots")
     new_index = np.cumsum(kept) - 1
     member = kept[inverse]
     spot_rows = np.flatnonzero(member)
@@ -162,6 +170,18 @@ def coarse_sample(adata: AnnData, *, factor: int = DEFAULT_BLOCK_SIZE
                    "footprint_diameter_um": footprint_um}}
     membership = pd.Series(ids[block_of], index=adata.obs_names[spot_rows], name="coarse_id")
     return out, membership
+
+
+def spots_with_a_neighbour(indices: np.ndarray, kind: str) -> int:
+    """Count the spots with at least one measured neighbour on their lattice.
+
+    ``indices``: :func:`napari_trihrge.geometry.lattice_indices` ('hex': six neighbours,
+    'square': four).
+    """
+    steps = geometry.HEX_NEIGHBOURS if kind == "hex" else ((1, 0), (0, 1), (-1, 0), (0, -1))
+    spots = [(int(a), int(b)) for a, b in np.asarray(indices)]
+    present = set(spots)
+    return sum(any((a + da, b + db) in present for da, db in steps) for a, b in spots)
 
 
 def pseudo_spot_without_self(adata: AnnData, coarse: AnnData, membership: pd.Series,
@@ -408,4 +428,4 @@ def _score_real_spots(adata: AnnData, source: AnnData, coarse: AnnData, membersh
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_STRIDE_UM", "MIN_PSEUDO_SPOTS", "SPARSE_DETECTION",
            "MARKERS_PER_LABEL", "BASELINES", "CoarseValidationResult", "coarse_sample",
-           "pseudo_spot_without_self", "gene_classes", "validate_coarse"]
+           "spots_with_a_neighbour", "pseudo_spot_without_self", "gene_classes", "validate_coarse"]
