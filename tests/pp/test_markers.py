@@ -53,6 +53,15 @@ def test_panel_genes_absent_or_rare_are_skipped_not_an_error():
     assert "1 genes mapped" in note and "KRT8" in note
 
 
+def test_a_mouse_sections_symbols_match_the_panel_regardless_of_case():
+    # mouse symbols (Erbb2, Krt8) stand for the panel's human ones; the sample's names are kept
+    a = sample_with({"Erbb2": 30, "Krt8": 2, "ESR1": 40})
+    kept, skipped = marker_genes_detected(a, panel="breast")
+    assert kept == ["Erbb2", "ESR1"]  # in the panel's order
+    assert "Krt8" in skipped and "Erbb2" not in skipped and "ERBB2" not in skipped
+    assert "Erbb2" in select_genes(a, n_top_genes=10, marker_panel="breast")
+
+
 def test_prepare_expression_records_the_panel():
     a = sample_with({"ERBB2": 30, "CD74": 40, "KRT8": 2})
     out = prepare_expression(a, n_top_genes=10, marker_panel="all")

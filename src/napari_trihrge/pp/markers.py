@@ -78,11 +78,18 @@ def marker_genes_detected(adata: AnnData, *, panel: str | None, min_spots: int =
     Returns ``(kept, skipped)``: a gene is kept when the sample has it and detects it (raw count
     above 0) in at least ``min_spots`` spots and :data:`MARKER_MIN_SPOT_FRACTION` of them;
     ``skipped`` are the others: first those detected in too few spots, then the absent ones.
+    A panel gene the sample lacks under its (human) symbol is matched regardless of case, so a
+    mouse section's ``Erbb2`` stands for ``ERBB2``; ``kept`` holds the sample's names.
     """
     genes = marker_panel_genes(panel)
     if not genes:
         return [], []
-    present = [g for g in genes if g in adata.var_names]
+    names = set(adata.var_names)
+    by_case = {}
+    for name in adata.var_names:
+        by_case.setdefault(str(name).upper(), name)
+    own = {g: g if g in names else by_case.get(g.upper()) for g in genes}
+    present = [own[g] for g in genes if own[g] is not None]
     need = max(int(min_spots), math.ceil(MARKER_MIN_SPOT_FRACTION * adata.n_obs))
     kept: list[str] = []
     if present:
@@ -90,7 +97,7 @@ def marker_genes_detected(adata: AnnData, *, panel: str | None, min_spots: int =
         n_detected = np.asarray((x > 0).sum(axis=0)).ravel()
         kept = [g for g, n in zip(present, n_detected, strict=True) if n >= need]
     rare = [g for g in present if g not in kept]
-    return kept, rare + [g for g in genes if g not in present]
+    return kept, rare + [g for g in genes if own[g] is None]
 
 
 def marker_note(panel: str | None, added: list[str], skipped: list[str]) -> str:
