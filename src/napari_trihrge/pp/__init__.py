@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -101,7 +102,10 @@ def log_normalised(adata: AnnData, *, target_sum: float = 1e4,
     check_adata(adata, need_spatial=False)
     x = adata.X.tocsr() if sp.issparse(adata.X) else np.asarray(adata.X)
     tmp = AnnData(X=x.astype(np.float64))
-    sc.pp.normalize_total(tmp, target_sum=target_sum)
+    with warnings.catch_warnings():
+        # a spot without counts (e.g. one half of a split spot) stays 0, as it should
+        warnings.filterwarnings("ignore", message="Some cells have zero counts")
+        sc.pp.normalize_total(tmp, target_sum=target_sum)
     if genes is not None:
         tmp = tmp[:, adata.var_names.get_indexer(list(genes))].copy()
     sc.pp.log1p(tmp)
