@@ -4,7 +4,9 @@ A dense map pixel's value is the per-gene blend (:mod:`napari_trihrge.model.stac
 candidates that are each linear in something per location, times something per gene:
 
 * ``knn<k>``: the inverse-distance weights of the location's ``k`` nearest measured spots
-  (per location: spot indices and weights) times the spots' measured expression (per gene);
+  (per location: spot indices and weights) times the spots' measured expression (per gene),
+  or with the detail transfer (enhance's ``map_method='residual'``) the spots' level: the
+  expression minus the weighted image candidates at the spots;
 * ``ridge``: the location's standardised ridge inputs times the ridge coefficients;
 * ``network``: each fold network's last hidden layer times its output layer, plus the skip
   path (the kNN interpolation times a per-gene weight), clipped at 0 per network, then the
@@ -37,7 +39,9 @@ from .._atomic import refuse_overwrite, replace_folder
 from ..errors import TrihrgeInputError
 
 STORE_FORMAT = "napari-trihrge-map-store"
-STORE_VERSION = 1
+STORE_VERSION = 2
+#: the oldest version read: version 1 is version 2 without ``genes/spots_level``
+STORE_MIN_VERSION = 1
 #: the store's name in a run folder
 STORE_NAME = "maps.store.zarr"
 #: map locations per chunk of a per-location factor
@@ -58,7 +62,7 @@ COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 ACTIVATIONS = ("clip", "relu", "softplus", "none")
 #: per-gene arrays (``genes/<name>``), None when the run did not use that part
 GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expression",
-               "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
+               "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
 
 
@@ -86,6 +90,7 @@ class GeneWeights:
     candidate_mean: np.ndarray | None = None  # (C, G)
     target_mean: np.ndarray | None = None  # (G,)
     spots_expression: np.ndarray | None = None  # (spots, G) measured, log-normalised
+    spots_level: np.ndarray | None = None  # (spots, G) what the blend's kNN interpolate, or None
     ridge_coef: np.ndarray | None = None  # (G, F)
     ridge_intercept: np.ndarray | None = None  # (G,)
     network_weight: np.ndarray | None = None  # (N, G, H)
@@ -186,9 +191,9 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
     genes = np.asarray(genes, dtype=np.int64)
     y = weights.spots_expression
 
-    def knn(k: int) -> np.ndarray:
+    def knn(k: int, values: np.ndarray = y) -> np.ndarray:
         idx, w = factors.knn[k]
-        return np.einsum("mk,mkg->mg", w, y[:, genes][idx])
+        return np.einsum("mk,mkg->mg", w, values[:, genes][idx])
 
     net_mean = net_std = None
     if "network" in weights.candidates:
@@ -209,7 +214,7 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         np.float64)
     for c, name in enumerate(weights.candidates):
         if name.startswith("knn"):
-            part = knn(int(name[3:]))
+            part = knn(int(name[3:]), y if weights.spots_level is None else weights.spots_level)
         elif name == "ridge":
             # float32 product (the inputs are stored in float32): no float64 copy of the
             # locations x inputs matrix per gene
@@ -735,10 +740,10 @@ def open_map_store(path: str | os.PathLike) -> FactorMaps:
         raise TrihrgeInputError(
             f"{path} is a map store of format version {version}; this napari-trihrge reads "
             f"version {STORE_VERSION}", "update napari-trihrge to read it")
-    if version < STORE_VERSION:
+    if version < STORE_MIN_VERSION:
         raise TrihrgeInputError(
             f"{path} is a map store of the older format version {version}; this "
-            f"napari-trihrge reads version {STORE_VERSION} only", how)
+            f"napari-trihrge reads versions {STORE_MIN_VERSION} to {STORE_VERSION}", how)
     _check_files(path, attrs.get("files"), how)
     import zarr
 

@@ -17,6 +17,11 @@ on a noisy validation estimate; a gene whose out-of-fold data favour interpolati
 it, and a gene that no candidate predicted out of fold keeps the shared weights instead of
 becoming a constant. The fit protects each gene on the training spots' out-of-fold predictions,
 not on unseen spots: there a gene can still come out below interpolation.
+
+:func:`fit_detail_transfer` learns the other form of enhance's maps (regression kriging): the
+interpolation of the measured spots plus, per gene, a weight times each image candidate's
+detail, i.e. the candidate minus its own interpolation from the measured spots. Such a map keeps
+every measured spot's level and takes from the image only what varies between the spots.
 """
 
 from __future__ import annotations
@@ -119,18 +124,21 @@ class GeneBlend:
 
 
 def fit_gene_blend(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
-                   shrinkage: float = 3.0) -> GeneBlend:
+                   shrinkage: float = 3.0, *, centre: bool = True) -> GeneBlend:
     """Per-gene non-negative least-squares weights of the candidates on out-of-fold predictions
     of the training spots, with a ridge penalty ``shrinkage * n_spots * |w_g - w_shared|^2``
-    toward the non-negative weights that fit all genes at once (each gene scaled by its sd)."""
+    toward the non-negative weights that fit all genes at once (each gene scaled by its sd).
+
+    ``centre=False``: no intercept (candidate and target means 0), for residuals whose
+    expected value is 0."""
     from scipy.optimize import nnls
 
     names = list(out_of_fold)
     p = np.stack([np.asarray(out_of_fold[n], dtype=np.float64) for n in names])  # (C, n, G)
     y = np.asarray(targets, dtype=np.float64)
     n_cand, n, n_genes = p.shape
-    cand_mean = p.mean(axis=1)
-    y_mean = y.mean(axis=0)
+    cand_mean = p.mean(axis=1) if centre else np.zeros((n_cand, n_genes))
+    y_mean = y.mean(axis=0) if centre else np.zeros(n_genes)
     pc = p - cand_mean[:, None, :]
     yc = y - y_mean
     y_sd = yc.std(axis=0)
@@ -153,11 +161,81 @@ def fit_gene_blend(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
     return GeneBlend(names, weights, shared, cand_mean, y_mean)
 
 
+@dataclass
+class DetailTransfer:
+    """What :func:`fit_detail_transfer` learns: the interpolation and the detail weights."""
+
+    base: str  # the kNN candidate that carries the measured spots' level ('knn6', ...)
+    detail: GeneBlend  # per-gene weights of each image candidate's detail (no intercept)
+
+    def as_blend(self, names: Sequence[str]) -> GeneBlend:
+        """The same map as a blend of ``names`` whose kNN candidates interpolate the spots'
+        level (:func:`spots_level`): weight 1 on the base, the detail weights on the image
+        candidates, no intercept."""
+        names = list(names)
+        n_genes = self.detail.weights.shape[0]
+        weights = np.zeros((n_genes, len(names)))
+        shared = np.zeros(len(names))
+        weights[:, names.index(self.base)] = 1.0
+        shared[names.index(self.base)] = 1.0
+        for c, name in enumerate(self.detail.names):
+            weights[:, names.index(name)] = self.detail.weights[:, c]
+            shared[names.index(name)] = self.detail.shared_weights[c]
+        return GeneBlend(names, weights, shared, np.zeros((len(names), n_genes)),
+                         np.zeros(n_genes))
+
+    def spots_level(self, targets: np.ndarray, at_spots: Mapping[str, np.ndarray]
+                    ) -> np.ndarray:
+        """What the kNN candidates interpolate: the spots' expression minus the weighted image
+        candidates at the spots (``at_spots``: name -> (spots, G), as the map computes them)."""
+        level = np.asarray(targets, dtype=np.float64).copy()
+        for c, name in enumerate(self.detail.names):
+            level -= self.detail.weights[:, c] * np.asarray(at_spots[name], dtype=np.float64)
+        return level.astype(np.float32)
+
+
+def fit_detail_transfer(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
+                        rc_um: np.ndarray, shrinkage: float = 3.0) -> DetailTransfer | None:
+    """Learn the detail-transfer form of a map from the out-of-fold predictions of the spots.
+
+    map_g(x) = kNN_y(x) + sum_c w_gc * (f_c(x) - kNN_{f_c}(x)): the base kNN candidate (the
+    one closest to the spots out of fold, pooled over genes scaled by their sd) interpolates the
+    measured spots, and each image candidate ``f_c`` (every candidate not named ``knn<k>``)
+    adds its difference from its own interpolation with the same weights. The weights ``w_gc``
+    are :func:`fit_gene_blend`'s (non-negative, shrunk toward weights shared by all genes, no
+    intercept) of the leave-one-out residuals: ``y_j - kNN_{-j} y`` on
+    ``f_c,oof_j - kNN_{-j} f_c,oof``. None without a kNN candidate.
+    """
+    from ..neighbours import idw_interpolate
+
+    y = np.asarray(targets, dtype=np.float64)
+    knn = [n for n in out_of_fold if n.startswith("knn")]
+    if not knn:
+        return None
+    sd = y.std(axis=0)
+    sd = np.where(sd < 1e-9, 1.0, sd)
+    base = min(knn, key=lambda n: float(((
+        (np.asarray(out_of_fold[n], dtype=np.float64) - y) / sd) ** 2).mean()))
+    k = int(base[3:])
+    image = [n for n in out_of_fold if not n.startswith("knn")]
+    residual = y - np.asarray(out_of_fold[base], dtype=np.float64)
+    if not image:
+        empty = np.zeros((y.shape[1], 0))
+        return DetailTransfer(base, GeneBlend([], empty, np.zeros(0), empty.T, np.zeros(
+            y.shape[1])))
+    details = {n: np.asarray(out_of_fold[n], dtype=np.float64)
+               - idw_interpolate(rc_um, np.asarray(out_of_fold[n], dtype=np.float64), rc_um, k,
+                                 exclude_self=True)
+               for n in image}
+    return DetailTransfer(base, fit_gene_blend(details, residual, shrinkage, centre=False))
+
+
 def fold_indices(n_spots: int, n_folds: int, seed: int) -> list[np.ndarray]:
     """``n_folds`` disjoint, shuffled index sets covering ``range(n_spots)``."""
     perm = np.random.default_rng(seed).permutation(n_spots)
     return [np.sort(part) for part in np.array_split(perm, n_folds)]
 
 
-__all__: Sequence[str] = ["RidgeHead", "GeneBlend", "fit_gene_blend", "fold_indices",
+__all__: Sequence[str] = ["RidgeHead", "GeneBlend", "fit_gene_blend", "DetailTransfer",
+                          "fit_detail_transfer", "fold_indices",
                           "RIDGE_ALPHAS", "NEIGHBOUR_PCS"]

@@ -122,7 +122,8 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
     others: dict[str, np.ndarray] = {}
     if cfg.stacking:
         stacked = _fit_stacked(one, feats[visible], y[visible], rc_um[visible], nb_train,
-                               progress, reference=reference, **sub_train)
+                               progress, reference=reference,
+                               detail=cfg.map_method == "residual", **sub_train)
         pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
         others = {n: v for n, v in parts.items() if n in ("ridge", "network")}
     else:
@@ -272,7 +273,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     with timer("training"):
         if cfg.stacking:
             stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, reference=ref_data,
-                                   **sub, **counts)
+                                   detail=cfg.map_method == "residual", **sub, **counts)
             fits = stacked.fits
         else:
             x_fit, y_fit, nb_fit, sub_fit = _joined(ref_data, feats,

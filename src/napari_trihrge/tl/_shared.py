@@ -184,7 +184,9 @@ class StackedModel:
     """What :func:`_fit_stacked` learns.
 
     The network of every fold (averaged when predicting), the ridge head on all training spots and
-    the per-gene blend of the candidates.
+    the per-gene blend of the candidates. With the detail transfer (enhance's
+    ``map_method='residual'``), the blend is :meth:`stacking.DetailTransfer.as_blend` and its kNN
+    candidates interpolate ``spots_level`` instead of ``src_y``.
     """
 
     fits: list
@@ -192,11 +194,13 @@ class StackedModel:
     blend: Any  # stacking.GeneBlend
     src_rc_um: np.ndarray  # training spots (interpolation sources)
     src_y: np.ndarray
+    spots_level: np.ndarray | None = None  # what the kNN candidates interpolate (None: src_y)
+    out_of_fold: dict | None = None  # name -> (spots, G): what the weights were fitted on
 
 
 def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                  nb: np.ndarray | None, progress: Progress, *, reference=None,
-                 **sub) -> StackedModel:
+                 detail: bool = False, **sub) -> StackedModel:
     """Fit the stacked model: out-of-fold candidates, the per-gene blend and the ridge head.
 
     Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds`` folds;
@@ -206,6 +210,7 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     network gets the rows of its training spots. ``reference`` (a ``_reference.ReferenceData``
     of other sections): its spots join every fit of the network and the ridge head
     (``reference.join``); the kNN candidates and the blend weights see the section's spots only.
+    ``detail``: the detail-transfer form instead of the blend (:func:`_with_detail_transfer`).
     """
     from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
 
@@ -241,8 +246,31 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
         x_all, y_all, nb_all, _ = _joined(reference, feats, _training_targets(cfg, rc_um, y), nb,
                                           {}, cfg.seed)
         ridge = RidgeHead.fit(x_all if img is not None else None, nb_all, y_all)
-    return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
-                        src_y=y)
+    model = StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
+                         src_y=y, out_of_fold=oof)
+    return _with_detail_transfer(model, cfg, feats, oof, progress) if detail else model
+
+
+def _with_detail_transfer(model: StackedModel, cfg: RunConfig, feats: np.ndarray,
+                          oof: dict[str, np.ndarray], progress: Progress) -> StackedModel:
+    """Return ``model`` predicting the detail-transfer form (regression kriging).
+
+    prediction = kNN of the spots + per gene, each image candidate minus its interpolation from
+    its own values at the spots (:func:`napari_trihrge.model.stacking.fit_detail_transfer`).
+    Those values are the fitted candidates at the spots computed as a map location's (the
+    neighbour input not leaving the spot out), so at a measured spot the prediction is its
+    measurement. Unchanged without a kNN candidate.
+    """
+    from ..model.stacking import fit_detail_transfer
+
+    transfer = fit_detail_transfer(oof, model.src_y, model.src_rc_um)
+    if transfer is None:
+        return model
+    nb_map = (idw_interpolate(model.src_rc_um, model.src_y, model.src_rc_um, cfg.n_neighbours)
+              if cfg.neighbour_input else None)
+    at_spots, _ = _stacked_candidates(model, feats, nb_map, model.src_rc_um, cfg, progress)
+    return replace(model, blend=transfer.as_blend(model.blend.names),
+                   spots_level=transfer.spots_level(model.src_y, at_spots))
 
 
 def _joined(reference, feats: np.ndarray, y: np.ndarray, nb: np.ndarray | None, sub: dict,
@@ -260,7 +288,8 @@ def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray |
     out, std = {}, None
     for name in model.blend.names:
         if name.startswith("knn"):
-            out[name] = idw_interpolate(model.src_rc_um, model.src_y, rc_um, int(name[3:]))
+            level = model.src_y if model.spots_level is None else model.spots_level
+            out[name] = idw_interpolate(model.src_rc_um, level, rc_um, int(name[3:]))
         elif name == "ridge":
             out[name] = model.ridge.predict(feats if cfg.image_input else None, nb)
         else:

@@ -1,0 +1,137 @@
+"""Why does the coarse map score as it does? Each candidate of enhance's model alone at the real spots.
+
+Runs validate-coarse on a section as ``bench_validate_coarse.py`` does (one seed, the given
+``--set`` settings), then from the same fitted model predicts at the real spot centres: every
+candidate alone (kNN k = 6 / 12 of the pseudo-spots, the ridge head, the networks), the per-gene
+blend (``map_method='blend'``, refitted on the model's out-of-fold predictions) and the detail
+transfer (``map_method='residual'``, the same), scored with the fair score against the real
+spots on the same genes. It prints the validate-coarse scores of the run's map, those
+predictions, and the mean weights of both forms. At 32 um a DLPFC spot holds one map pixel, so
+a prediction at its centre is what its map shows there.
+
+    OMP_NUM_THREADS=1 nice -n 15 python benchmarks/bench_map_candidates.py dlpfc_151673 \\
+        --threads 1 --stride-um 32 --set map_method=residual --json dlpfc_candidates.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED_DATA, limit_threads, load_sample, measure, print_table  # noqa: E402
+from bench_validate_coarse import _setting, section_labels  # noqa: E402
+
+
+def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
+    """Score each candidate and both forms at the real spots scored by ``result``."""
+    import numpy as np
+
+    from napari_trihrge.metrics import spot_scores
+    from napari_trihrge.model.stacking import fit_detail_transfer, fit_gene_blend
+    from napari_trihrge.neighbours import idw_interpolate
+    from napari_trihrge.progress import Progress
+    from napari_trihrge.tl._shared import (
+        _encoder_and_image,
+        _features,
+        _stacked_candidates,
+        _stacked_predict,
+        _with_detail_transfer,
+        sample_geometry,
+    )
+
+    model = result.enhance.model
+    spots = result.spots
+    genes = list(spots.var_names)
+    truth = np.asarray(spots.layers["measured"], dtype=np.float64)
+    rc_um = sample_geometry(adata[spots.obs_names])[0]
+    image, encoder = _encoder_and_image(adata, cfg)
+    windows = (float(cfg.local_window_um), *cfg.windows_um)
+    feats = _features(image, encoder, rc_um, windows, cfg, Progress(), dense=True, cache=False)
+    nb = (idw_interpolate(model.src_rc_um, model.src_y, rc_um, cfg.n_neighbours)
+          if cfg.neighbour_input else None)
+    measured = replace(model, spots_level=None)
+    parts, _ = _stacked_candidates(measured, feats, nb, rc_um, cfg)
+    oof = model.out_of_fold
+    blend = fit_gene_blend(oof, model.src_y)
+    predictions = {f"{name} alone": parts[name] for name in parts}
+    predictions["blend"] = np.maximum(blend.predict(parts), 0.0)
+    if model.spots_level is None:  # the run used the blend: fit the detail transfer too
+        src_feats = _features(image, encoder, model.src_rc_um, windows, cfg, Progress(),
+                              dense=True, cache=False)
+        detailed = _with_detail_transfer(measured, cfg, src_feats, oof, Progress())
+    else:
+        detailed = model
+    predictions["residual (detail transfer)"] = _stacked_predict(detailed, feats, nb, rc_um,
+                                                                 cfg)[0]
+    rows = [{"prediction at the real spot centres": name,
+             "fair PCC": spot_scores(np.asarray(pred, dtype=np.float64), truth,
+                                     genes)[0]["pcc_mean"]}
+            for name, pred in predictions.items()]
+    transfer = fit_detail_transfer(oof, model.src_y, model.src_rc_um)
+    weights = {**{f"blend_{n}": float(blend.weights[:, c].mean())
+                  for c, n in enumerate(blend.names)},
+               "residual_base": transfer.base,
+               **{f"residual_{n}": float(transfer.detail.weights[:, c].mean())
+                  for c, n in enumerate(transfer.detail.names)},
+               **{f"out_of_fold_{n}": spot_scores(np.asarray(v, dtype=np.float64),
+                                                  model.src_y, genes)[0]["pcc_mean"]
+                  for n, v in oof.items()}}
+    return rows, weights
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("section", help="e.g. dlpfc_151673 or her2st/C2")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--factor", type=int, default=2)
+    ap.add_argument("--stride-um", type=float, default=32.0)
+    ap.add_argument("--split-counts", action="store_true")
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--set", type=_setting, nargs="+", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    args.set = dict(args.set)
+    limit_threads(args.threads)
+    from _common import shared_samples
+
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.tl.coarse_validation import validate_coarse
+
+    path = shared_samples(args.data)[args.section]
+    adata = load_sample(path)
+    cfg = RunConfig(seed=args.seed, threads=args.threads,
+                    cache_dir=str(args.cache_dir) if args.cache_dir else None, **args.set)
+    with measure() as m:
+        result = validate_coarse(adata, factor=args.factor, stride_um=args.stride_um, config=cfg,
+                                 annotation=section_labels(path), split_counts=args.split_counts)
+    scores = result.metrics
+    run_rows = [{"section": args.section + (" split" if args.split_counts else ""),
+                 "settings": " ".join(f"{k}={v}" for k, v in args.set.items()) or "defaults",
+                 "map": scores["pcc_mean"], "nearest virtual": scores["nearest_virtual_pcc_mean"],
+                 "pseudo-spot": scores["baseline_pseudo_spot_pcc_mean"],
+                 "better kNN": scores["baseline_knn_pcc_mean"],
+                 "image-only ridge": scores["baseline_ridge_image_pcc_mean"],
+                 "x better simple": scores["x_better_simple"],
+                 "noise ceiling": scores["noise_ceiling_pcc_mean"], "wall s": round(m.wall_s)}]
+    print_table(run_rows, title="validate-coarse (fair PCC at the real spots)")
+    classes = [{"genes": cls, **{k: v for k, v in row.items()}}
+               for cls, row in scores["by_gene_class"].items()]
+    print_table(classes, title="per gene class")
+    rows, weights = candidate_scores(result, adata, cfg)
+    print_table(rows, title="the same model's candidates and forms at the real spot centres")
+    print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in weights.items()}],
+                title="mean weights; out-of-fold scores at the pseudo-spots")
+    if args.json:
+        args.json.write_text(json.dumps({"run": run_rows, "classes": classes,
+                                         "candidates": rows, "weights": weights}, indent=1,
+                                        default=str))
+
+
+if __name__ == "__main__":
+    main()
