@@ -3,8 +3,8 @@
 Runs validate-coarse on a section as ``bench_validate_coarse.py`` does (one seed, the given
 ``--set`` settings), then from the same fitted model predicts at the real spot centres: every
 candidate alone (kNN k = 6 / 12 of the pseudo-spots, the ridge head, the networks), the per-gene
-blend (``map_method='blend'``, refitted on the model's out-of-fold predictions) and the detail
-transfer (``map_method='residual'``, the same), scored with the fair score against the real
+blend (``map_method='blend'``, refitted on the model's out-of-fold predictions) and, in a run
+with ``--set map_method=residual``, the detail transfer, scored with the fair score against the real
 spots on the same genes. It prints the validate-coarse scores of the run's map, those
 predictions, and the mean weights of both forms. At 32 um a DLPFC spot holds one map pixel, so
 a prediction at its centre is what its map shows there.
@@ -31,7 +31,7 @@ def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
     import numpy as np
 
     from napari_trihrge.metrics import spot_scores
-    from napari_trihrge.model.stacking import fit_detail_transfer, fit_gene_blend
+    from napari_trihrge.model.stacking import fit_gene_blend
     from napari_trihrge.neighbours import idw_interpolate
     from napari_trihrge.progress import Progress
     from napari_trihrge.tl._shared import (
@@ -39,7 +39,6 @@ def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
         _features,
         _stacked_candidates,
         _stacked_predict,
-        _with_detail_transfer,
         sample_geometry,
     )
 
@@ -59,24 +58,18 @@ def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
     blend = fit_gene_blend(oof, model.src_y)
     predictions = {f"{name} alone": parts[name] for name in parts}
     predictions["blend"] = np.maximum(blend.predict(parts), 0.0)
-    if model.spots_level is None:  # the run used the blend: fit the detail transfer too
-        src_feats = _features(image, encoder, model.src_rc_um, windows, cfg, Progress(),
-                              dense=True, cache=False)
-        detailed = _with_detail_transfer(measured, cfg, src_feats, oof, Progress())
-    else:
-        detailed = model
-    predictions["residual (detail transfer)"] = _stacked_predict(detailed, feats, nb, rc_um,
-                                                                 cfg)[0]
+    if model.spots_level is not None:  # a run with map_method='residual'
+        predictions["residual (detail transfer)"] = _stacked_predict(model, feats, nb, rc_um,
+                                                                     cfg)[0]
     rows = [{"prediction at the real spot centres": name,
              "fair PCC": spot_scores(np.asarray(pred, dtype=np.float64), truth,
                                      genes)[0]["pcc_mean"]}
             for name, pred in predictions.items()]
-    transfer = fit_detail_transfer(oof, model.src_y, model.src_rc_um)
     weights = {**{f"blend_{n}": float(blend.weights[:, c].mean())
                   for c, n in enumerate(blend.names)},
-               "residual_base": transfer.base,
-               **{f"residual_{n}": float(transfer.detail.weights[:, c].mean())
-                  for c, n in enumerate(transfer.detail.names)},
+               **({f"residual_{n}": float(model.blend.weights[:, c].mean())
+                   for c, n in enumerate(model.blend.names)}
+                  if model.spots_level is not None else {}),
                **{f"out_of_fold_{n}": spot_scores(np.asarray(v, dtype=np.float64),
                                                   model.src_y, genes)[0]["pcc_mean"]
                   for n, v in oof.items()}}

@@ -4,6 +4,7 @@ import pytest
 from napari_trihrge.metrics import fair_pcc
 from napari_trihrge.model.stacking import (
     RidgeHead,
+    detail_base,
     fit_detail_transfer,
     fit_gene_blend,
     fold_indices,
@@ -78,9 +79,12 @@ def test_detail_transfer_keeps_the_spots_and_adds_the_image_detail():
     image = detail + 0.1 * rng.normal(size=trend.shape)  # an image model's fitted prediction
     noise = rng.normal(size=trend.shape)
     oof = {"knn6": idw_interpolate(spots, y, spots, 6, exclude_self=True),
-           "knn12": idw_interpolate(spots, y, spots, 12, exclude_self=True),
-           "image": image, "noise": noise}
-    transfer = fit_detail_transfer(oof, y, spots)
+           "knn12": idw_interpolate(spots, y, spots, 12, exclude_self=True)}
+    base = detail_base(oof, y)
+    k = int(base[3:])
+    details = {name: f - idw_interpolate(spots, f, spots, k, exclude_self=True)
+               for name, f in (("image", image), ("noise", noise))}
+    transfer = fit_detail_transfer(details, y, oof[base], base)
     assert transfer.base in ("knn6", "knn12")
     weights = transfer.detail.weights  # (genes, image candidates): image, noise
     assert transfer.detail.names == ["image", "noise"]
@@ -106,4 +110,4 @@ def test_detail_transfer_keeps_the_spots_and_adds_the_image_detail():
 
 def test_detail_transfer_needs_a_knn_candidate():
     truth, good, _ = _data()
-    assert fit_detail_transfer({"good": good}, truth, np.zeros((len(truth), 2))) is None
+    assert detail_base({"good": good}, truth) is None

@@ -20,7 +20,9 @@ not on unseen spots: there a gene can still come out below interpolation.
 
 :func:`fit_detail_transfer` learns the other form of enhance's maps (regression kriging): the
 interpolation of the measured spots plus, per gene, a weight times each image candidate's
-detail, i.e. the candidate minus its own interpolation from the measured spots. Such a map keeps
+detail, i.e. the candidate minus its own interpolation from the measured spots (the weights
+learned from each held-out spot's fold model: its prediction there minus its interpolation from
+its predictions at the other spots; the same function on both sides, as at a map location). Such a map keeps
 every measured spot's level and takes from the image only what varies between the spots.
 """
 
@@ -194,39 +196,39 @@ class DetailTransfer:
         return level.astype(np.float32)
 
 
-def fit_detail_transfer(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
-                        rc_um: np.ndarray, shrinkage: float = 3.0) -> DetailTransfer | None:
-    """Learn the detail-transfer form of a map from the out-of-fold predictions of the spots.
-
-    map_g(x) = kNN_y(x) + sum_c w_gc * (f_c(x) - kNN_{f_c}(x)): the base kNN candidate (the
-    one closest to the spots out of fold, pooled over genes scaled by their sd) interpolates the
-    measured spots, and each image candidate ``f_c`` (every candidate not named ``knn<k>``)
-    adds its difference from its own interpolation with the same weights. The weights ``w_gc``
-    are :func:`fit_gene_blend`'s (non-negative, shrunk toward weights shared by all genes, no
-    intercept) of the leave-one-out residuals: ``y_j - kNN_{-j} y`` on
-    ``f_c,oof_j - kNN_{-j} f_c,oof``. None without a kNN candidate.
-    """
-    from ..neighbours import idw_interpolate
-
+def detail_base(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray) -> str | None:
+    """The kNN candidate (``knn<k>``) closest to the spots out of fold, pooled over the genes
+    scaled by their sd; None without one."""
     y = np.asarray(targets, dtype=np.float64)
     knn = [n for n in out_of_fold if n.startswith("knn")]
     if not knn:
         return None
     sd = y.std(axis=0)
     sd = np.where(sd < 1e-9, 1.0, sd)
-    base = min(knn, key=lambda n: float(((
+    return min(knn, key=lambda n: float(((
         (np.asarray(out_of_fold[n], dtype=np.float64) - y) / sd) ** 2).mean()))
-    k = int(base[3:])
-    image = [n for n in out_of_fold if not n.startswith("knn")]
-    residual = y - np.asarray(out_of_fold[base], dtype=np.float64)
-    if not image:
+
+
+def fit_detail_transfer(details: Mapping[str, np.ndarray], targets: np.ndarray,
+                        base_out_of_fold: np.ndarray, base: str, shrinkage: float = 3.0
+                        ) -> DetailTransfer:
+    """Learn the detail-transfer form of a map from out-of-fold residuals of the spots.
+
+    map_g(x) = kNN_y(x) + sum_c w_gc * (f_c(x) - kNN_{f_c}(x)): the ``base`` kNN candidate
+    interpolates the measured spots, and each image candidate ``f_c`` adds its difference from
+    its own interpolation with the same weights. ``details[c]`` (spots, G) is, for each spot,
+    the held-out prediction of the fold model that did not see it minus the interpolation of
+    that same model's predictions at the other spots; ``base_out_of_fold`` the base candidate's
+    leave-one-out interpolation. The weights ``w_gc`` are :func:`fit_gene_blend`'s
+    (non-negative, shrunk toward weights shared by all genes, no intercept) of the residuals
+    ``y - base_out_of_fold`` on the details.
+    """
+    y = np.asarray(targets, dtype=np.float64)
+    residual = y - np.asarray(base_out_of_fold, dtype=np.float64)
+    if not details:
         empty = np.zeros((y.shape[1], 0))
-        return DetailTransfer(base, GeneBlend([], empty, np.zeros(0), empty.T, np.zeros(
-            y.shape[1])))
-    details = {n: np.asarray(out_of_fold[n], dtype=np.float64)
-               - idw_interpolate(rc_um, np.asarray(out_of_fold[n], dtype=np.float64), rc_um, k,
-                                 exclude_self=True)
-               for n in image}
+        return DetailTransfer(base, GeneBlend([], empty, np.zeros(0), empty.T,
+                                              np.zeros(y.shape[1])))
     return DetailTransfer(base, fit_gene_blend(details, residual, shrinkage, centre=False))
 
 
@@ -237,5 +239,5 @@ def fold_indices(n_spots: int, n_folds: int, seed: int) -> list[np.ndarray]:
 
 
 __all__: Sequence[str] = ["RidgeHead", "GeneBlend", "fit_gene_blend", "DetailTransfer",
-                          "fit_detail_transfer", "fold_indices",
+                          "detail_base", "fit_detail_transfer", "fold_indices",
                           "RIDGE_ALPHAS", "NEIGHBOUR_PCS"]

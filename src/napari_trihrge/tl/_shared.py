@@ -212,7 +212,13 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     (``reference.join``); the kNN candidates and the blend weights see the section's spots only.
     ``detail``: the detail-transfer form instead of the blend (:func:`_with_detail_transfer`).
     """
-    from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
+    from ..model.stacking import (
+        RidgeHead,
+        detail_base,
+        fit_detail_transfer,
+        fit_gene_blend,
+        fold_indices,
+    )
 
     # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
     folds = fold_indices(len(y), max(2, min(cfg.stacking_folds, len(y) // 5)), cfg.seed)
@@ -223,6 +229,17 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
             oof[name] = idw_interpolate(rc_um, y, rc_um, int(name[3:]), exclude_self=True)
         else:
             oof[name] = np.zeros_like(y)
+    # the detail transfer: each image candidate's held-out detail (fold model minus its
+    # interpolation from the same model's predictions at the other spots, as a map computes them)
+    base = detail_base(oof, y) if detail else None
+    details = {n: np.zeros_like(y) for n in oof if base is not None and not n.startswith("knn")}
+    nb_map = (idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours)
+              if details and nb is not None else None)
+
+    def held_out_detail(name: str, test: np.ndarray, at_spots: np.ndarray) -> None:
+        details[name][test] = oof[name][test] - idw_interpolate(
+            rc_um, at_spots, rc_um[test], int(base[3:]), exclude_index=test)
+
     fits: list = []
     for i, test in enumerate(folds):
         train = np.setdiff1d(np.arange(len(y)), test)
@@ -234,11 +251,15 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
         if "ridge" in oof:
             head = RidgeHead.fit(x_tr if img is not None else None, nb_tr, y_tr)
             oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
+            if "ridge" in details:
+                held_out_detail("ridge", test, head.predict(img, nb_map))
         if "network" in oof:
             progress.message(f"stacking fold {i + 1}/{len(folds)}")
             fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), x_tr, y_tr, nb_tr,
                              progress, **sub_tr)
             oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
+            if "network" in details:
+                held_out_detail("network", test, _predict(fold_fits, feats, nb_map, cfg)[0])
             fits += fold_fits
     # the blend is weighted against the measured (not denoised) expression
     ridge = None
@@ -248,24 +269,22 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
         ridge = RidgeHead.fit(x_all if img is not None else None, nb_all, y_all)
     model = StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
                          src_y=y, out_of_fold=oof)
-    return _with_detail_transfer(model, cfg, feats, oof, progress) if detail else model
+    if base is None:
+        return model
+    transfer = fit_detail_transfer(details, y, oof[base], base)
+    return _with_detail_transfer(model, cfg, feats, transfer, progress)
 
 
-def _with_detail_transfer(model: StackedModel, cfg: RunConfig, feats: np.ndarray,
-                          oof: dict[str, np.ndarray], progress: Progress) -> StackedModel:
+def _with_detail_transfer(model: StackedModel, cfg: RunConfig, feats: np.ndarray, transfer,
+                          progress: Progress) -> StackedModel:
     """Return ``model`` predicting the detail-transfer form (regression kriging).
 
     prediction = kNN of the spots + per gene, each image candidate minus its interpolation from
-    its own values at the spots (:func:`napari_trihrge.model.stacking.fit_detail_transfer`).
-    Those values are the fitted candidates at the spots computed as a map location's (the
-    neighbour input not leaving the spot out), so at a measured spot the prediction is its
-    measurement. Unchanged without a kNN candidate.
+    its own values at the spots (``transfer``: a
+    :class:`napari_trihrge.model.stacking.DetailTransfer`). Those values are the fitted
+    candidates at the spots computed as a map location's (the neighbour input not leaving the
+    spot out), so at a measured spot the prediction is its measurement.
     """
-    from ..model.stacking import fit_detail_transfer
-
-    transfer = fit_detail_transfer(oof, model.src_y, model.src_rc_um)
-    if transfer is None:
-        return model
     nb_map = (idw_interpolate(model.src_rc_um, model.src_y, model.src_rc_um, cfg.n_neighbours)
               if cfg.neighbour_input else None)
     at_spots, _ = _stacked_candidates(model, feats, nb_map, model.src_rc_um, cfg, progress)
