@@ -26,7 +26,7 @@ from _common import SHARED_DATA, limit_threads, load_sample, measure, print_tabl
 from bench_validate_coarse import _setting, section_labels  # noqa: E402
 
 
-def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
+def candidate_scores(result, adata, cfg, dump: Path | None = None) -> tuple[list[dict], dict]:
     """Score each candidate and both forms at the real spots scored by ``result``."""
     import numpy as np
 
@@ -54,6 +54,17 @@ def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
           if cfg.neighbour_input else None)
     measured = replace(model, spots_level=None)
     parts, _ = _stacked_candidates(measured, feats, nb, rc_um, cfg)
+    if dump is not None:  # what other forms need, to score them without training again
+        src_feats = _features(image, encoder, model.src_rc_um, windows, cfg, Progress(),
+                              dense=True, cache=False)
+        nb_src = (idw_interpolate(model.src_rc_um, model.src_y, model.src_rc_um,
+                                  cfg.n_neighbours) if cfg.neighbour_input else None)
+        at_src, _ = _stacked_candidates(measured, src_feats, nb_src, model.src_rc_um, cfg)
+        np.savez_compressed(dump, truth=truth, rc_real=rc_um, src_rc=model.src_rc_um,
+                            src_y=model.src_y, genes=np.array(genes),
+                            weights=model.blend.weights, names=np.array(model.blend.names),
+                            **{f"real_{n}": v for n, v in parts.items()},
+                            **{f"src_{n}": v for n, v in at_src.items()})
     oof = model.out_of_fold
     blend = fit_gene_blend(oof, model.src_y)
     predictions = {f"{name} alone": parts[name] for name in parts}
@@ -61,6 +72,8 @@ def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
     if model.spots_level is not None:  # a run with map_method='residual'
         predictions["residual (detail transfer)"] = _stacked_predict(model, feats, nb, rc_um,
                                                                      cfg)[0]
+        predictions.update(_fixed_weight_forms(model, measured, image, encoder, windows, feats,
+                                               nb, rc_um, cfg))
     rows = [{"prediction at the real spot centres": name,
              "fair PCC": spot_scores(np.asarray(pred, dtype=np.float64), truth,
                                      genes)[0]["pcc_mean"]}
@@ -74,6 +87,45 @@ def candidate_scores(result, adata, cfg) -> tuple[list[dict], dict]:
                                                   model.src_y, genes)[0]["pcc_mean"]
                   for n, v in oof.items()}}
     return rows, weights
+
+
+def _fixed_weight_forms(model, measured, image, encoder, windows, feats, nb, rc_um, cfg
+                        ) -> dict:
+    """The detail transfer with fixed weights instead of learned ones (every gene alike)."""
+    import numpy as np
+
+    from napari_trihrge.model.stacking import DetailTransfer, GeneBlend
+    from napari_trihrge.progress import Progress
+    from napari_trihrge.tl._shared import _features, _stacked_predict, _with_detail_transfer
+
+    src_feats = _features(image, encoder, model.src_rc_um, windows, cfg, Progress(), dense=True,
+                          cache=False)
+    base = next(n for c, n in enumerate(model.blend.names)
+                if n.startswith("knn") and model.blend.weights[0, c] == 1.0)
+    image_names = [n for n in model.blend.names if not n.startswith("knn")]
+    learned = model.blend.weights[:, [model.blend.names.index(n) for n in image_names]]
+    n_genes = learned.shape[0]
+    forms = {f"residual, base {base}, weight 1 on {n}": (base, {n: 1.0}) for n in image_names}
+    forms[f"residual, base {base}, weights 0.5 on {' and '.join(image_names)}"] = (
+        base, {n: 0.5 for n in image_names})
+    other = "knn6" if base != "knn6" else "knn12"
+    if "ridge" in image_names:
+        forms[f"residual, base {other}, weight 1 on ridge"] = (other, {"ridge": 1.0})
+    out = {}
+    for label, (knn, fixed) in forms.items():
+        weights = np.stack([np.full(n_genes, fixed.get(n, 0.0)) for n in image_names], axis=1)
+        transfer = DetailTransfer(knn, GeneBlend(image_names, weights, weights[0],
+                                                 np.zeros((len(image_names), n_genes)),
+                                                 np.zeros(n_genes)))
+        out[label] = _stacked_predict(_with_detail_transfer(measured, cfg, src_feats, transfer,
+                                                            Progress()), feats, nb, rc_um, cfg)[0]
+    doubled = DetailTransfer(base, GeneBlend(image_names, 2 * learned, 2 * learned[0],
+                                             np.zeros((len(image_names), n_genes)),
+                                             np.zeros(n_genes)))
+    out["residual, learned weights x 2"] = _stacked_predict(
+        _with_detail_transfer(measured, cfg, src_feats, doubled, Progress()), feats, nb, rc_um,
+        cfg)[0]
+    return out
 
 
 def main(argv=None) -> None:
@@ -116,7 +168,8 @@ def main(argv=None) -> None:
     classes = [{"genes": cls, **{k: v for k, v in row.items()}}
                for cls, row in scores["by_gene_class"].items()]
     print_table(classes, title="per gene class")
-    rows, weights = candidate_scores(result, adata, cfg)
+    rows, weights = candidate_scores(result, adata, cfg,
+                                     args.json.with_suffix(".npz") if args.json else None)
     print_table(rows, title="the same model's candidates and forms at the real spot centres")
     print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in weights.items()}],
                 title="mean weights; out-of-fold scores at the pseudo-spots")
