@@ -231,7 +231,7 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
             oof[name] = np.zeros_like(y)
     # the detail transfer: each image candidate's held-out detail (fold model minus its
     # interpolation from the same model's predictions at the other spots, as a map computes them)
-    base = detail_base(oof, y) if detail else None
+    base = detail_base(list(oof)) if detail else None
     details = {n: np.zeros_like(y) for n in oof if base is not None and not n.startswith("knn")}
     nb_map = (idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours)
               if details and nb is not None else None)
