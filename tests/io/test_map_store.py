@@ -37,7 +37,7 @@ def _direct_maps(adata, result, cfg):
 @pytest.fixture(scope="module")
 def blended(_synthetic_cached):
     adata = _synthetic_cached.copy()
-    cfg = _config()
+    cfg = _config(map_method="blend")
     result = tasks.enhance(adata, factor=2, stride_um=STRIDE_UM, config=cfg, trust=False,
                            map_store=True)
     return adata, cfg, result, _direct_maps(adata, result, cfg)

@@ -140,8 +140,9 @@ class RunConfig:
     # models. () = the network alone, trained on every training spot
     stacking: tuple[str, ...] = STACKING_CANDIDATES
     stacking_folds: int = 5
-    # enhance: 'blend' (as recovery) or 'residual' (detail transfer, model.stacking)
-    map_method: str = "blend"
+    # enhance: 'residual' (detail transfer, model.stacking; beats the blend in validate-coarse
+    # on real sections, docs/benchmarks.md) or 'blend' (as recovery)
+    map_method: str = "residual"
     # levers of the network (issue 21 item 4; measured in docs/benchmarks.md, "levers tried")
     loss: str = "mse"  # 'mse' | 'poisson' | 'negative_binomial' (raw counts, library offset)
     output_rank: int = 0  # 0 = full output layer; k = k gene programs shared by all genes
