@@ -315,10 +315,10 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         for col in TRUST_COLUMNS:
             virtual.var[col] = trust_table[col].reindex(virtual.var_names).to_numpy()
         if stacked is not None and stacked.spots_level is not None:
-            image = [n for n in stacked.blend.names if not n.startswith("knn")]
+            image_models = [n for n in stacked.blend.names if not n.startswith("knn")]
             model = (f"interpolation of the spots plus the per-gene weighted detail of "
-                     f"{', '.join(image) or 'no image candidate'} (seed {cfg.seed}) fitted like "
-                     "the final one on the other spots")
+                     f"{', '.join(image_models) or 'no image candidate'} (seed {cfg.seed}) "
+                     "fitted like the final one on the other spots")
         elif stacked is not None:
             model = (f"the per-gene blend of {', '.join(stacked.blend.names)} (seed {cfg.seed}) "
                      "fitted like the final one on the other spots")
