@@ -218,13 +218,13 @@ def test_enhance_blended_map_is_not_worse_than_interpolation_against_the_truth(s
 
 
 def test_enhance_residual_map_keeps_the_spots_and_adds_the_image_detail(synthetic):
-    """map_method='residual' (the default): interpolation of the measured spots plus the image candidates'
+    """map_method='residual': interpolation of the measured spots plus the image candidates'
     detail. At a measured spot the virtual spot is the measurement; between the spots the map
     is not interpolation alone, and against the synthetic truth it is no worse than it."""
     from napari_trihrge.evaluation import superres_scores
 
-    res = tasks.enhance(synthetic, factor=2, stride_um=32.0, config=tiny(stacking_folds=3),
-                        trust=False)  # the default map method
+    res = tasks.enhance(synthetic, factor=2, stride_um=32.0,
+                        config=tiny(stacking_folds=3, map_method="residual"), trust=False)
     v = res.virtual
     measured = v.obs["is_measured"].to_numpy()
     np.testing.assert_allclose(np.asarray(v.X)[measured], np.asarray(res.spots.X), atol=1e-4)

@@ -374,8 +374,8 @@ def test_run_options_default_to_the_api():
                                                               run.windows_um)
     assert cfg.map_method == run.map_method
     for command in ("enhance", "validate-coarse"):
-        chosen = parser.parse_args([command, "x", "--map-method", "blend"])
-        assert cli_options.run_config(chosen).map_method == "blend"
+        chosen = parser.parse_args([command, "x", "--map-method", "residual"])
+        assert cli_options.run_config(chosen).map_method == "residual"
 
 
 def test_a_subcommand_is_one_row_of_the_table(monkeypatch, capsys):

@@ -140,9 +140,9 @@ class RunConfig:
     # models. () = the network alone, trained on every training spot
     stacking: tuple[str, ...] = STACKING_CANDIDATES
     stacking_folds: int = 5
-    # enhance: 'residual' (detail transfer, model.stacking; beats the blend in validate-coarse
-    # on real sections, docs/benchmarks.md) or 'blend' (as recovery)
-    map_method: str = "residual"
+    # enhance: 'blend' (as recovery) or 'residual' (detail transfer, model.stacking; better on
+    # her2st coarse-to-fine, worse on DLPFC split counts and the synthetic demo: docs/benchmarks.md)
+    map_method: str = "blend"
     # levers of the network (issue 21 item 4; measured in docs/benchmarks.md, "levers tried")
     loss: str = "mse"  # 'mse' | 'poisson' | 'negative_binomial' (raw counts, library offset)
     output_rank: int = 0  # 0 = full output layer; k = k gene programs shared by all genes

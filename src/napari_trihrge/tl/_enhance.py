@@ -165,10 +165,10 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     candidates of :mod:`napari_trihrge.model.stacking`: inverse-distance kNN of the measured
     spots (k=6 / k=12), the ridge head on the location's image features (and its interpolated
     neighbour expression) and the networks (one per fold). ``config.map_method='residual'``
-    (the default): kNN (k=6) of the measured spots plus, per gene, a weight times each image
+    : kNN (k=6) of the measured spots plus, per gene, a weight times each image
     candidate's detail (the candidate minus its own interpolation from its values at the
-    spots), the weights fitted on held-out spots; ``'blend'``: the per-gene blend recovery
-    uses, weighted on out-of-fold predictions of the measured spots. ``virtual.var`` holds
+    spots), the weights fitted on held-out spots; ``'blend'`` (the default): the per-gene blend
+    recovery uses, weighted on out-of-fold predictions of the measured spots. ``virtual.var`` holds
     each gene's weights (``blend_weight_<candidate>``; with the residual form, 1 on the kNN
     base). At a measured spot both return the measurement itself. ``stacking=()``: the network
     alone.

@@ -52,8 +52,8 @@ ADVANCED_FIELDS: dict[str, dict[str, Any]] = {
     "local_window_um": {"label": "Local window", "options": {"min": 1.0, "max": 1000.0},
                         "suffix": " um"},
     "map_method": {"label": "Map method", "annotation": str, "options": {"choices": [
-        ("residual (interpolation + image detail)", "residual"),
-        ("blend (as recovery)", "blend")]}},
+        ("blend (as recovery)", "blend"),
+        ("residual (interpolation + image detail)", "residual")]}},
 }
 
 
