@@ -39,7 +39,7 @@ def _direct_maps(adata, result, cfg):
 @pytest.fixture(scope="module")
 def blended(_synthetic_cached):
     adata = _synthetic_cached.copy()
-    cfg = _config()
+    cfg = _config(map_method="blend")
     result = tasks.enhance(adata, factor=2, stride_um=STRIDE_UM, config=cfg, trust=False,
                            map_store=True)
     return adata, cfg, result, _direct_maps(adata, result, cfg)
@@ -62,6 +62,24 @@ def test_store_maps_equal_the_direct_prediction_with_the_blend(blended):
     spread = np.asarray(maps.std)
     assert np.abs(spread[:, inside] - np.asarray(direct.std)[:, inside]).max() < 1e-4
     assert spread[:, inside].max() > 0
+
+
+def test_store_maps_equal_the_direct_prediction_with_the_detail_transfer(_synthetic_cached,
+                                                                        tmp_path):
+    adata = _synthetic_cached.copy()
+    cfg = _config(map_method="residual")
+    result = tasks.enhance(adata, factor=2, stride_um=STRIDE_UM, config=cfg, trust=False,
+                           map_store=str(tmp_path / "s.zarr"))
+    direct = _direct_maps(adata, result, cfg)
+    maps = map_store.open_map_store(tmp_path / "s.zarr")
+    assert maps.weights.spots_level is not None
+    assert not np.allclose(maps.weights.spots_level, maps.weights.spots_expression)
+    values = np.asarray(maps.values)
+    inside = maps.mask
+    assert np.abs(values[:, inside] - np.asarray(direct.values)[:, inside]).max() < 1e-4
+    assert values[:, inside].std() > 0.1
+    spread = np.asarray(maps.std)
+    assert np.abs(spread[:, inside] - np.asarray(direct.std)[:, inside]).max() < 1e-4
 
 
 def test_one_gene_on_demand(blended):

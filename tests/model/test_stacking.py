@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from napari_trihrge.metrics import fair_pcc
-from napari_trihrge.model.stacking import RidgeHead, fit_gene_blend, fold_indices
+from napari_trihrge.model.stacking import (
+    RidgeHead,
+    detail_base,
+    fit_detail_transfer,
+    fit_gene_blend,
+    fold_indices,
+)
+from napari_trihrge.neighbours import idw_interpolate
 
 
 def _data(n=200, g=30, seed=0):
@@ -53,3 +60,53 @@ def test_folds_cover_every_spot_once():
     folds = fold_indices(23, 5, seed=3)
     assert len(folds) == 5
     assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(23))
+
+
+def _field(rc_um, n_genes):
+    """A smooth trend that interpolation follows plus a fine detail only an image sees."""
+    trend = np.sin(rc_um[:, :1] / 400.0) + np.cos(rc_um[:, 1:] / 500.0)
+    detail = np.sin(rc_um[:, :1] / 37.0) * np.cos(rc_um[:, 1:] / 23.0)
+    return np.tile(trend, n_genes), np.tile(detail, n_genes)
+
+
+def test_detail_transfer_keeps_the_spots_and_adds_the_image_detail():
+    rng = np.random.default_rng(0)
+    n_genes = 8
+    ii, jj = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    spots = np.stack([ii.ravel(), jj.ravel()], axis=1) * 100.0
+    trend, detail = _field(spots, n_genes)
+    y = trend + detail + 0.1 * rng.normal(size=trend.shape)
+    image = detail + 0.1 * rng.normal(size=trend.shape)  # an image model's fitted prediction
+    noise = rng.normal(size=trend.shape)
+    oof = {"knn6": idw_interpolate(spots, y, spots, 6, exclude_self=True),
+           "knn12": idw_interpolate(spots, y, spots, 12, exclude_self=True)}
+    base = detail_base(list(oof))
+    assert base == "knn6"
+    k = int(base[3:])
+    details = {name: f - idw_interpolate(spots, f, spots, k, exclude_self=True)
+               for name, f in (("image", image), ("noise", noise))}
+    transfer = fit_detail_transfer(details, y, oof[base], base)
+    weights = transfer.detail.weights  # (genes, image candidates): image, noise
+    assert transfer.detail.names == ["image", "noise"]
+    assert weights[:, 0].mean() > 0.5 and weights[:, 1].mean() < 0.1
+    blend = transfer.as_blend(["knn6", "knn12", "image", "noise"])
+    level = transfer.spots_level(y, {"image": image, "noise": noise})
+
+    def predict(at_um, image_at, noise_at):
+        return blend.predict({"knn6": idw_interpolate(spots, level, at_um, 6),
+                              "knn12": idw_interpolate(spots, level, at_um, 12),
+                              "image": image_at, "noise": noise_at})
+
+    # at a measured spot: its measurement
+    np.testing.assert_allclose(predict(spots, image, noise), y, atol=1e-4)
+    # between the spots: the detail interpolation misses
+    between = rng.uniform(0, 1100, size=(400, 2))
+    trend_b, detail_b = _field(between, n_genes)
+    pred = predict(between, detail_b, rng.normal(size=trend_b.shape))
+    truth = trend_b + detail_b
+    knn = max(np.nanmean(fair_pcc(idw_interpolate(spots, y, between, k), truth)) for k in (6, 12))
+    assert np.nanmean(fair_pcc(pred, truth)) > knn + 0.1
+
+
+def test_detail_transfer_needs_a_knn_candidate():
+    assert detail_base(["good"]) is None

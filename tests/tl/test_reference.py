@@ -230,6 +230,22 @@ def test_enhance_with_a_model_reference_materialises_its_maps(study, study_model
     assert "blend_weight_model" in res.virtual.var
 
 
+def test_a_model_reference_adds_its_detail_to_the_residual_map(study, study_model):
+    """map_method='residual' with a model reference: the model is one more image candidate whose
+    detail (its prediction minus its own interpolation) is weighted in; the spots are kept."""
+    section = study[0]
+    with pytest.warns(UserWarning, match="maps are materialised"):
+        res = tl.enhance(section, factor=2, stride_um=64.0,
+                         config=tiny(marker_panel=None, map_method="residual"),
+                         reference=[str(study_model)], trust=False, map_store=True)
+    names = res.model.blend.names
+    assert "model" in names and res.model.spots_level is not None
+    assert res.model.blend.weights[:, names.index("model")].max() > 0
+    v = res.virtual
+    measured = v.obs["is_measured"].to_numpy()
+    np.testing.assert_allclose(np.asarray(v.X)[measured], np.asarray(res.spots.X), atol=1e-4)
+
+
 def test_a_model_reference_is_refused_where_it_cannot_serve(study, study_model, tmp_path):
     section = study[0]
     with pytest.raises(TrihrgeInputError, match="stacking is off"):

@@ -198,8 +198,8 @@ def test_enhance_blended_map_is_not_worse_than_interpolation_against_the_truth(s
     fails this (its sparse and gradient genes fall below interpolation)."""
     from napari_trihrge.evaluation import superres_scores
 
-    res = tasks.enhance(synthetic, factor=2, stride_um=32.0, config=tiny(stacking_folds=3),
-                        trust=False)
+    res = tasks.enhance(synthetic, factor=2, stride_um=32.0,
+                        config=tiny(stacking_folds=3, map_method="blend"), trust=False)
     v = res.virtual
     # measured spots stay marked, and there kNN returns the measurement itself
     assert v.obs["is_measured"].sum() == synthetic.n_obs
@@ -215,6 +215,28 @@ def test_enhance_blended_map_is_not_worse_than_interpolation_against_the_truth(s
     assert res.maps.std is not None
     inside = np.asarray(res.maps.std)[:, res.maps.mask]
     assert np.isfinite(inside).all() and (inside >= 0).all()
+
+
+def test_enhance_residual_map_keeps_the_spots_and_adds_the_image_detail(synthetic):
+    """map_method='residual': interpolation of the measured spots plus the image candidates'
+    detail. At a measured spot the virtual spot is the measurement; between the spots the map
+    is not interpolation alone, and against the synthetic truth it is no worse than it."""
+    from napari_trihrge.evaluation import superres_scores
+
+    res = tasks.enhance(synthetic, factor=2, stride_um=32.0,
+                        config=tiny(stacking_folds=3, map_method="residual"), trust=False)
+    v = res.virtual
+    measured = v.obs["is_measured"].to_numpy()
+    np.testing.assert_allclose(np.asarray(v.X)[measured], np.asarray(res.spots.X), atol=1e-4)
+    weights = res.model.blend.weights  # weight 1 on the base kNN, the detail weights on the rest
+    detail = [c for c, n in enumerate(res.model.blend.names) if not n.startswith("knn")]
+    assert weights[:, detail].max() > 0
+    rc_um = np.asarray(res.spots.obsm["spatial"], dtype=float)[:, ::-1] * float(
+        res.spots.uns["trihrge"]["um_per_px"])
+    summary, _ = superres_scores(synthetic, res.maps, rc_um, np.asarray(res.spots.X))
+    assert summary["pcc_mean"] > summary["baseline_interp_pcc_mean"]
+    with pytest.raises(TrihrgeInputError, match="map method"):
+        tasks.enhance(synthetic, factor=2, config=tiny(map_method="kriging"), trust=False)
 
 
 def test_enhance_without_trust(synthetic):

@@ -372,6 +372,10 @@ def test_run_options_default_to_the_api():
     cfg = cli_options.run_config(args)
     assert (cfg.encoder, cfg.n_top_genes, cfg.windows_um) == (run.encoder, run.n_top_genes,
                                                               run.windows_um)
+    assert cfg.map_method == run.map_method
+    for command in ("enhance", "validate-coarse"):
+        chosen = parser.parse_args([command, "x", "--map-method", "residual"])
+        assert cli_options.run_config(chosen).map_method == "residual"
 
 
 def test_a_subcommand_is_one_row_of_the_table(monkeypatch, capsys):

@@ -4,7 +4,9 @@ A dense map pixel's value is the per-gene blend (:mod:`napari_trihrge.model.stac
 candidates that are each linear in something per location, times something per gene:
 
 * ``knn<k>``: the inverse-distance weights of the location's ``k`` nearest measured spots
-  (per location: spot indices and weights) times the spots' measured expression (per gene);
+  (per location: spot indices and weights) times the spots' measured expression (per gene),
+  or with the detail transfer (enhance's ``map_method='residual'``) the spots' level: the
+  expression minus the weighted image candidates at the spots;
 * ``ridge``: the location's standardised ridge inputs times the ridge coefficients;
 * ``network``: each fold network's last hidden layer times its output layer, plus the skip
   path (the kNN interpolation times a per-gene weight), clipped at 0 per network, then the
@@ -39,7 +41,8 @@ from ..errors import TrihrgeInputError
 
 STORE_FORMAT = "napari-trihrge-map-store"
 STORE_VERSION = 2
-#: format versions this version reads (1: float32 factors by default, one chunk per network)
+#: format versions this version reads (1: float32 factors by default, one chunk per network,
+#: no ``genes/spots_level``)
 READABLE_VERSIONS = (1, 2)
 #: the store's name in a run folder
 STORE_NAME = "maps.store.zarr"
@@ -72,7 +75,7 @@ COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 ACTIVATIONS = ("clip", "relu", "softplus", "none")
 #: per-gene arrays (``genes/<name>``), None when the run did not use that part
 GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expression",
-               "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
+               "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
 
 
@@ -118,6 +121,7 @@ class GeneWeights:
     candidate_mean: np.ndarray | None = None  # (C, G)
     target_mean: np.ndarray | None = None  # (G,)
     spots_expression: np.ndarray | None = None  # (spots, G) measured, log-normalised
+    spots_level: np.ndarray | None = None  # (spots, G) what the blend's kNN interpolate, or None
     ridge_coef: np.ndarray | None = None  # (G, F)
     ridge_intercept: np.ndarray | None = None  # (G,)
     network_weight: np.ndarray | None = None  # (N, G, H)
@@ -219,9 +223,13 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
     y = weights.spots_expression
     knn_done: dict[int, np.ndarray] = {}
 
-    def knn(k: int) -> np.ndarray:  # the skip path and the kNN candidate share k=12: once
+    def knn(k: int, values: np.ndarray | None = None) -> np.ndarray:
+        # the spots' expression (or ``values``: the residual form's levels) interpolated; the
+        # skip path and the kNN candidate share k=12 of the expression: computed once
+        idx, w = factors.knn[k]
+        if values is not None:
+            return np.einsum("mk,mkg->mg", w, values[:, genes][idx])
         if k not in knn_done:
-            idx, w = factors.knn[k]
             knn_done[k] = np.einsum("mk,mkg->mg", w, y[:, genes][idx])
         return knn_done[k]
 
@@ -244,7 +252,7 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         np.float64)
     for c, name in enumerate(weights.candidates):
         if name.startswith("knn"):
-            part = knn(int(name[3:]))
+            part = knn(int(name[3:]), weights.spots_level)
         elif name == "ridge":
             # float32 product (the inputs are stored in float32): no float64 copy of the
             # locations x inputs matrix per gene

@@ -17,6 +17,13 @@ on a noisy validation estimate; a gene whose out-of-fold data favour interpolati
 it, and a gene that no candidate predicted out of fold keeps the shared weights instead of
 becoming a constant. The fit protects each gene on the training spots' out-of-fold predictions,
 not on unseen spots: there a gene can still come out below interpolation.
+
+:func:`fit_detail_transfer` learns the other form of enhance's maps (regression kriging): the
+interpolation of the measured spots plus, per gene, a weight times each image candidate's
+detail, i.e. the candidate minus its own interpolation from the measured spots (the weights
+learned from each held-out spot's fold model: its prediction there minus its interpolation from
+its predictions at the other spots; the same function on both sides, as at a map location). Such a map keeps
+every measured spot's level and takes from the image only what varies between the spots.
 """
 
 from __future__ import annotations
@@ -119,18 +126,21 @@ class GeneBlend:
 
 
 def fit_gene_blend(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
-                   shrinkage: float = 3.0) -> GeneBlend:
+                   shrinkage: float = 3.0, *, centre: bool = True) -> GeneBlend:
     """Per-gene non-negative least-squares weights of the candidates on out-of-fold predictions
     of the training spots, with a ridge penalty ``shrinkage * n_spots * |w_g - w_shared|^2``
-    toward the non-negative weights that fit all genes at once (each gene scaled by its sd)."""
+    toward the non-negative weights that fit all genes at once (each gene scaled by its sd).
+
+    ``centre=False``: no intercept (candidate and target means 0), for residuals whose
+    expected value is 0."""
     from scipy.optimize import nnls
 
     names = list(out_of_fold)
     p = np.stack([np.asarray(out_of_fold[n], dtype=np.float64) for n in names])  # (C, n, G)
     y = np.asarray(targets, dtype=np.float64)
     n_cand, n, n_genes = p.shape
-    cand_mean = p.mean(axis=1)
-    y_mean = y.mean(axis=0)
+    cand_mean = p.mean(axis=1) if centre else np.zeros((n_cand, n_genes))
+    y_mean = y.mean(axis=0) if centre else np.zeros(n_genes)
     pc = p - cand_mean[:, None, :]
     yc = y - y_mean
     y_sd = yc.std(axis=0)
@@ -156,11 +166,81 @@ def fit_gene_blend(out_of_fold: Mapping[str, np.ndarray], targets: np.ndarray,
     return GeneBlend(names, weights, shared, cand_mean, y_mean)
 
 
+@dataclass
+class DetailTransfer:
+    """What :func:`fit_detail_transfer` learns: the interpolation and the detail weights."""
+
+    base: str  # the kNN candidate that carries the measured spots' level ('knn6', ...)
+    detail: GeneBlend  # per-gene weights of each image candidate's detail (no intercept)
+
+    def as_blend(self, names: Sequence[str]) -> GeneBlend:
+        """The same map as a blend of ``names`` whose kNN candidates interpolate the spots'
+        level (:func:`spots_level`): weight 1 on the base, the detail weights on the image
+        candidates, no intercept."""
+        names = list(names)
+        n_genes = self.detail.weights.shape[0]
+        weights = np.zeros((n_genes, len(names)))
+        shared = np.zeros(len(names))
+        weights[:, names.index(self.base)] = 1.0
+        shared[names.index(self.base)] = 1.0
+        for c, name in enumerate(self.detail.names):
+            weights[:, names.index(name)] = self.detail.weights[:, c]
+            shared[names.index(name)] = self.detail.shared_weights[c]
+        return GeneBlend(names, weights, shared, np.zeros((len(names), n_genes)),
+                         np.zeros(n_genes))
+
+    def spots_level(self, targets: np.ndarray, at_spots: Mapping[str, np.ndarray]
+                    ) -> np.ndarray:
+        """What the kNN candidates interpolate: the spots' expression minus the weighted image
+        candidates at the spots (``at_spots``: name -> (spots, G), as the map computes them)."""
+        level = np.asarray(targets, dtype=np.float64).copy()
+        for c, name in enumerate(self.detail.names):
+            level -= self.detail.weights[:, c] * np.asarray(at_spots[name], dtype=np.float64)
+        return level.astype(np.float32)
+
+
+def detail_base(candidates: Sequence[str]) -> str | None:
+    """The kNN candidate (``knn<k>``) with the fewest neighbours; None without one.
+
+    The most local interpolation: a map location lies between or inside the measured spots,
+    closer to the nearest one than a held-out spot is, so the nearest spots carry the most
+    there. Choosing k on the spots out of fold would choose it one lattice step from the
+    nearest spot, where a larger k does better (on DLPFC 151673 coarsened, k = 12 was chosen
+    so and scored 0.344 at the real spots against 0.364 for k = 6; docs/benchmarks.md).
+    """
+    knn = [n for n in candidates if n.startswith("knn")]
+    return min(knn, key=lambda n: int(n[3:])) if knn else None
+
+
+def fit_detail_transfer(details: Mapping[str, np.ndarray], targets: np.ndarray,
+                        base_out_of_fold: np.ndarray, base: str, shrinkage: float = 3.0
+                        ) -> DetailTransfer:
+    """Learn the detail-transfer form of a map from out-of-fold residuals of the spots.
+
+    map_g(x) = kNN_y(x) + sum_c w_gc * (f_c(x) - kNN_{f_c}(x)): the ``base`` kNN candidate
+    interpolates the measured spots, and each image candidate ``f_c`` adds its difference from
+    its own interpolation with the same weights. ``details[c]`` (spots, G) is, for each spot,
+    the held-out prediction of the fold model that did not see it minus the interpolation of
+    that same model's predictions at the other spots; ``base_out_of_fold`` the base candidate's
+    leave-one-out interpolation. The weights ``w_gc`` are :func:`fit_gene_blend`'s
+    (non-negative, shrunk toward weights shared by all genes, no intercept) of the residuals
+    ``y - base_out_of_fold`` on the details.
+    """
+    y = np.asarray(targets, dtype=np.float64)
+    residual = y - np.asarray(base_out_of_fold, dtype=np.float64)
+    if not details:
+        empty = np.zeros((y.shape[1], 0))
+        return DetailTransfer(base, GeneBlend([], empty, np.zeros(0), empty.T,
+                                              np.zeros(y.shape[1])))
+    return DetailTransfer(base, fit_gene_blend(details, residual, shrinkage, centre=False))
+
+
 def fold_indices(n_spots: int, n_folds: int, seed: int) -> list[np.ndarray]:
     """``n_folds`` disjoint, shuffled index sets covering ``range(n_spots)``."""
     perm = np.random.default_rng(seed).permutation(n_spots)
     return [np.sort(part) for part in np.array_split(perm, n_folds)]
 
 
-__all__: Sequence[str] = ["RidgeHead", "GeneBlend", "fit_gene_blend", "fold_indices",
+__all__: Sequence[str] = ["RidgeHead", "GeneBlend", "fit_gene_blend", "DetailTransfer",
+                          "detail_base", "fit_detail_transfer", "fold_indices",
                           "RIDGE_ALPHAS", "NEIGHBOUR_PCS"]

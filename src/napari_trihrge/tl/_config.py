@@ -28,6 +28,9 @@ TRUST_HOLDOUT_FRACTION = 0.25
 #: what the blend of recovery and enhance can combine (:mod:`napari_trihrge.model.stacking`)
 STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
 
+#: how enhance combines the candidates into virtual spots and maps (``RunConfig.map_method``)
+MAP_METHODS = ("blend", "residual")
+
 
 #: Network widths. 'paper' is TriHRGE's (1024 wide embedding MLP, 1024-2048-2048 decoder);
 #: 'compact' keeps the architecture with narrower layers so a whole slide trains in about a minute
@@ -81,6 +84,11 @@ class RunConfig:
         Recovery: candidates of the per-gene blend; () = the network alone.
     stacking_folds
         Recovery: folds of the out-of-fold predictions that weight the blend.
+    map_method
+        Enhance (virtual spots, maps, trust): 'blend', the per-gene blend of the candidates as
+        recovery's; 'residual', interpolation of the measured spots plus the image candidates'
+        detail between them (each minus its own interpolation, weighted per gene), which keeps
+        every measured spot's level.
     loss
         What the network is trained on: 'mse' on log-normalised expression, or 'poisson' /
         'negative_binomial' on the raw counts with each spot's library size.
@@ -132,6 +140,9 @@ class RunConfig:
     # models. () = the network alone, trained on every training spot
     stacking: tuple[str, ...] = STACKING_CANDIDATES
     stacking_folds: int = 5
+    # enhance: 'blend' (as recovery) or 'residual' (detail transfer, model.stacking; better on
+    # her2st coarse-to-fine, worse on DLPFC split counts and the synthetic demo: docs/benchmarks.md)
+    map_method: str = "blend"
     # levers of the network (issue 21 item 4; measured in docs/benchmarks.md, "levers tried")
     loss: str = "mse"  # 'mse' | 'poisson' | 'negative_binomial' (raw counts, library offset)
     output_rank: int = 0  # 0 = full output layer; k = k gene programs shared by all genes
@@ -277,6 +288,9 @@ def _check_stacking(cfg: RunConfig) -> None:
         raise TrihrgeInputError(f"unknown stacking candidates {unknown}",
                                 f"use any of {', '.join(STACKING_CANDIDATES)}, or () for the "
                                 "network alone")
+    if cfg.map_method not in MAP_METHODS:
+        raise TrihrgeInputError(f"unknown map method {cfg.map_method!r}",
+                                f"use one of: {', '.join(MAP_METHODS)}")
     if cfg.stacking and cfg.stacking_folds < 2:
         raise TrihrgeInputError(f"stacking_folds must be at least 2 (got {cfg.stacking_folds})",
                                 "use for example 5, or stacking=() for the network alone")

@@ -129,7 +129,7 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
         stacked = _fit_stacked(one, feats[visible], y[visible], rc_um[visible], nb_train,
                                progress, reference=reference,
                                models=models_on(models, visible), feature_key=feature_key,
-                               **sub_train)
+                               detail=cfg.map_method == "residual", **sub_train)
         pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
         others = {n: v for n, v in parts.items() if n in ("ridge", "network")
                   or n.startswith("model")}
@@ -168,13 +168,17 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     trained with the aggregation constraint: the map averaged over each measured spot's disk
     must reproduce that spot (as in iStar), besides the spot-level TriHRGE loss.
 
-    With ``config.stacking`` (the default) every virtual spot and map pixel gets the per-gene
-    blend recovery uses (:mod:`napari_trihrge.model.stacking`): inverse-distance kNN of the
-    measured spots (k=6 / k=12), the ridge head on the location's image features (and its
-    interpolated neighbour expression) and the networks (one per fold), weighted per gene on
-    out-of-fold predictions of the measured spots; ``virtual.var`` holds each gene's weights
-    (``blend_weight_<candidate>``). At a measured spot kNN returns the measurement itself.
-    ``stacking=()``: the network alone.
+    With ``config.stacking`` (the default) every virtual spot and map pixel combines the
+    candidates of :mod:`napari_trihrge.model.stacking`: inverse-distance kNN of the measured
+    spots (k=6 / k=12), the ridge head on the location's image features (and its interpolated
+    neighbour expression) and the networks (one per fold). ``config.map_method='residual'``
+    : kNN (k=6) of the measured spots plus, per gene, a weight times each image
+    candidate's detail (the candidate minus its own interpolation from its values at the
+    spots), the weights fitted on held-out spots; ``'blend'`` (the default): the per-gene blend
+    recovery uses, weighted on out-of-fold predictions of the measured spots. ``virtual.var`` holds
+    each gene's weights (``blend_weight_<candidate>``; with the residual form, 1 on the kNN
+    base). At a measured spot both return the measurement itself. ``stacking=()``: the network
+    alone.
 
     Per-gene trust (``trust=True``): before the final model is trained on all spots, one model
     (the blend, with its own out-of-fold weights) is trained the same way on the spots left
@@ -291,7 +295,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         if cfg.stacking:
             stacked = _fit_stacked(cfg, feats, y, rc_um, nb, progress, reference=ref_data,
                                    models=models_on(models, np.arange(len(y))),
-                                   feature_key=run_key, **sub, **counts)
+                                   feature_key=run_key, detail=cfg.map_method == "residual",
+                                   **sub, **counts)
             fits = stacked.fits
         else:
             x_fit, y_fit, nb_fit, sub_fit = _joined(ref_data, feats,
@@ -329,7 +334,12 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     if trust_table is not None:
         for col in TRUST_COLUMNS:
             virtual.var[col] = trust_table[col].reindex(virtual.var_names).to_numpy()
-        if stacked is not None:
+        if stacked is not None and stacked.spots_level is not None:
+            image_models = [n for n in stacked.blend.names if not n.startswith("knn")]
+            model = (f"interpolation of the spots plus the per-gene weighted detail of "
+                     f"{', '.join(image_models) or 'no image candidate'} (seed {cfg.seed}) "
+                     "fitted like the final one on the other spots")
+        elif stacked is not None:
             model = (f"the per-gene blend of {', '.join(stacked.blend.names)} (seed {cfg.seed}) "
                      "fitted like the final one on the other spots")
         else:

@@ -293,7 +293,7 @@ def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
 
     ``fits`` are the network fits, or a :class:`StackedModel`. The weights are the networks'
     output layers and skip weights, and with the blend, the ridge coefficients, the blend
-    weights and the measured spots' expression.
+    weights, the measured spots' expression and with the detail transfer the spots' level.
     """
     stacked = fits if isinstance(fits, StackedModel) else None
     models = [f.model for f in (stacked.fits if stacked is not None else fits)]
@@ -328,6 +328,8 @@ def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
                 stacked.ridge.model.intercept_, dtype=np.float64), (len(genes),)).copy()
     if weights.knn_ks() and stacked is not None:
         weights.spots_expression = np.asarray(stacked.src_y, dtype=np.float32)
+        if stacked.spots_level is not None:
+            weights.spots_level = np.asarray(stacked.spots_level, dtype=np.float32)
     return weights
 
 

@@ -187,6 +187,9 @@ class StackedModel:
     the trained models given as references (``_reference.ModelReference``, on the training
     spots) and the per-gene blend of the candidates. ``feature_key``: what the run's features
     are (``_reference.feature_key``), so a model reference with the same features reuses them.
+    With the detail transfer (enhance's ``map_method='residual'``), the blend is
+    :meth:`stacking.DetailTransfer.as_blend` and its kNN candidates interpolate
+    ``spots_level`` instead of ``src_y``.
     """
 
     fits: list
@@ -196,6 +199,8 @@ class StackedModel:
     src_y: np.ndarray
     models: list = field(default_factory=list)
     feature_key: tuple | None = None
+    spots_level: np.ndarray | None = None  # what the kNN candidates interpolate (None: src_y)
+    out_of_fold: dict | None = None  # name -> (spots, G): what the weights were fitted on
 
     @property
     def factorisable(self) -> bool:
@@ -206,7 +211,7 @@ class StackedModel:
 def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.ndarray,
                  nb: np.ndarray | None, progress: Progress, *, reference=None,
                  models: Sequence[Any] = (), feature_key: tuple | None = None,
-                 **sub) -> StackedModel:
+                 detail: bool = False, **sub) -> StackedModel:
     """Fit the stacked model: out-of-fold candidates, the per-gene blend and the ridge head.
 
     Out-of-fold predictions of every candidate on the training spots (``cfg.stacking_folds`` folds;
@@ -218,8 +223,15 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     (``reference.join``); the kNN candidates and the blend weights see the section's spots only.
     ``models``: trained models as further candidates (``_reference.ModelReference`` on these
     training spots; they never saw the section, so their prediction is out of fold as it is).
+    ``detail``: the detail-transfer form instead of the blend (:func:`_with_detail_transfer`).
     """
-    from ..model.stacking import RidgeHead, fit_gene_blend, fold_indices
+    from ..model.stacking import (
+        RidgeHead,
+        detail_base,
+        fit_detail_transfer,
+        fit_gene_blend,
+        fold_indices,
+    )
 
     # at least 5 spots per fold on small samples (the holdout split leaves at least 10)
     folds = fold_indices(len(y), max(2, min(cfg.stacking_folds, len(y) // 5)), cfg.seed)
@@ -230,6 +242,17 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
             oof[name] = idw_interpolate(rc_um, y, rc_um, int(name[3:]), exclude_self=True)
         else:
             oof[name] = np.zeros_like(y)
+    # the detail transfer: each image candidate's held-out detail (fold model minus its
+    # interpolation from the same model's predictions at the other spots, as a map computes them)
+    base = detail_base(list(oof)) if detail else None
+    details = {n: np.zeros_like(y) for n in oof if base is not None and not n.startswith("knn")}
+    nb_map = (idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours)
+              if details and nb is not None else None)
+
+    def held_out_detail(name: str, test: np.ndarray, at_spots: np.ndarray) -> None:
+        details[name][test] = oof[name][test] - idw_interpolate(
+            rc_um, at_spots, rc_um[test], int(base[3:]), exclude_index=test)
+
     fits: list = []
     for i, test in enumerate(folds):
         train = np.setdiff1d(np.arange(len(y)), test)
@@ -241,23 +264,51 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
         if "ridge" in oof:
             head = RidgeHead.fit(x_tr if img is not None else None, nb_tr, y_tr)
             oof["ridge"][test] = head.predict(img[test] if img is not None else None, nb_te)
+            if "ridge" in details:
+                held_out_detail("ridge", test, head.predict(img, nb_map))
         if "network" in oof:
             progress.message(f"stacking fold {i + 1}/{len(folds)}")
             fold_fits = _fit(replace(cfg, seed=cfg.seed + 100 * i), x_tr, y_tr, nb_tr,
                              progress, **sub_tr)
             oof["network"][test] = _predict(fold_fits, feats[test], nb_te, cfg)[0]
+            if "network" in details:
+                held_out_detail("network", test, _predict(fold_fits, feats, nb_map, cfg)[0])
             fits += fold_fits
     for model in models:
         progress.message(f"the reference {model.name} at the training spots")
         oof[model.name] = model.predict_sources()
+        if base is not None:  # never trained on the section: every spot is held out already
+            details[model.name] = oof[model.name] - idw_interpolate(
+                rc_um, oof[model.name], rc_um, int(base[3:]), exclude_self=True)
     # the blend is weighted against the measured (not denoised) expression
     ridge = None
     if "ridge" in oof:
         x_all, y_all, nb_all, _ = _joined(reference, feats, _training_targets(cfg, rc_um, y), nb,
                                           {}, cfg.seed)
         ridge = RidgeHead.fit(x_all if img is not None else None, nb_all, y_all)
-    return StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
-                        src_y=y, models=list(models), feature_key=feature_key)
+    model = StackedModel(fits=fits, ridge=ridge, blend=fit_gene_blend(oof, y), src_rc_um=rc_um,
+                         src_y=y, models=list(models), feature_key=feature_key, out_of_fold=oof)
+    if base is None:
+        return model
+    transfer = fit_detail_transfer(details, y, oof[base], base)
+    return _with_detail_transfer(model, cfg, feats, transfer, progress)
+
+
+def _with_detail_transfer(model: StackedModel, cfg: RunConfig, feats: np.ndarray, transfer,
+                          progress: Progress) -> StackedModel:
+    """Return ``model`` predicting the detail-transfer form (regression kriging).
+
+    prediction = kNN of the spots + per gene, each image candidate minus its interpolation from
+    its own values at the spots (``transfer``: a
+    :class:`napari_trihrge.model.stacking.DetailTransfer`). Those values are the fitted
+    candidates at the spots computed as a map location's (the neighbour input not leaving the
+    spot out), so at a measured spot the prediction is its measurement.
+    """
+    nb_map = (idw_interpolate(model.src_rc_um, model.src_y, model.src_rc_um, cfg.n_neighbours)
+              if cfg.neighbour_input else None)
+    at_spots, _ = _stacked_candidates(model, feats, nb_map, model.src_rc_um, cfg, progress)
+    return replace(model, blend=transfer.as_blend(model.blend.names),
+                   spots_level=transfer.spots_level(model.src_y, at_spots))
 
 
 def _joined(reference, feats: np.ndarray, y: np.ndarray, nb: np.ndarray | None, sub: dict,
@@ -278,7 +329,8 @@ def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray |
         if name in references:
             out[name] = references[name].predict(rc_um, feats, model.feature_key)
         elif name.startswith("knn"):
-            out[name] = idw_interpolate(model.src_rc_um, model.src_y, rc_um, int(name[3:]))
+            level = model.src_y if model.spots_level is None else model.spots_level
+            out[name] = idw_interpolate(model.src_rc_um, level, rc_um, int(name[3:]))
         elif name == "ridge":
             out[name] = model.ridge.predict(feats if cfg.image_input else None, nb)
         else:

@@ -254,6 +254,18 @@ def add_marker_panel_arg(p) -> None:
                    "skipped with a note; the panels are listed in docs/user-guide.md)")
 
 
+def add_map_method_arg(p) -> None:
+    """``--map-method`` of the tasks whose enhance makes maps (enhance, validate-coarse)."""
+    from ..tl._config import MAP_METHODS
+
+    default = run_defaults().map_method
+    p.add_argument("--map-method", choices=MAP_METHODS, default=default,
+                   help="how virtual spots and maps combine interpolation and the image "
+                   f"(default {default}): 'residual' = interpolation of the measured spots plus "
+                   "the image models' detail between them (keeps every measured spot's level); "
+                   "'blend' = the per-gene blend recovery uses")
+
+
 def cell_formats(text: str) -> tuple[str, ...]:
     """``'ome-zarr,spatialdata'`` -> the cells' extra output formats (checked by the run,
     before any work: :func:`napari_trihrge.io.cell_formats.check_cell_formats`)."""
@@ -309,6 +321,7 @@ def run_config(args):
                      encoder_architecture=getattr(args, "encoder_arch", run.encoder_architecture),
                      n_top_genes=getattr(args, "genes", run.n_top_genes), extra_genes=extra,
                      marker_panel=getattr(args, "marker_panel", run.marker_panel),
+                     map_method=getattr(args, "map_method", run.map_method),
                      windows_um=tuple(getattr(args, "windows_um", run.windows_um)),
                      ensemble=getattr(args, "ensemble", run.ensemble), seed=args.seed,
                      device=args.device,

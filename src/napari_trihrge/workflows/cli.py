@@ -110,6 +110,7 @@ def _enhance_args(p: argparse.ArgumentParser) -> None:
     _map_output_args(p)
     opt.add_cells_arg(p, "map's expression")
     opt.add_marker_panel_arg(p)
+    opt.add_map_method_arg(p)
     opt.add_reference_args(p)
     opt.add_run_args(p)
 
@@ -236,6 +237,7 @@ def _validate_coarse_args(p: argparse.ArgumentParser) -> None:
                    help="split each spot's counts in two random halves: pseudo-spots from one, "
                    "scored against the other (a pseudo-spot otherwise holds the counting noise "
                    "of the spot it is scored against)")
+    opt.add_map_method_arg(p)
     opt.add_reference_args(p)
     opt.add_run_args(p)
 

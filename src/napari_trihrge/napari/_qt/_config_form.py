@@ -51,6 +51,9 @@ ADVANCED_FIELDS: dict[str, dict[str, Any]] = {
     "n_neighbours": {"label": "Neighbours (spots)", "options": {"min": 1, "max": 100}},
     "local_window_um": {"label": "Local window", "options": {"min": 1.0, "max": 1000.0},
                         "suffix": " um"},
+    "map_method": {"label": "Map method", "annotation": str, "options": {"choices": [
+        ("blend (as recovery)", "blend"),
+        ("residual (interpolation + image detail)", "residual")]}},
 }
 
 
