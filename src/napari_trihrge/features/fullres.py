@@ -39,7 +39,6 @@ from ..blocks import block_mean
 from ..errors import TrihrgeInputError
 from ..progress import CancelOnlyProgress, Progress, ensure_progress
 from ..tissue import tissue_mask_for
-from .base import as_centres_rc_um, check_window_um
 from .handcrafted import (
     _EOSIN_OD,
     STAIN_TEXTURE_OPTIONS,
@@ -242,13 +241,8 @@ class NucleiStainEncoder(StainTextureEncoder):
 
         return self.cached((image.key(), "fullres", round(self.grid_um, 4)), build)
 
-    def embed_windows(self, image: TissueImage, centres_rc_um: np.ndarray, window_um: float,
-                      *, progress: Progress | None = None) -> np.ndarray:
-        progress = ensure_progress(progress)
-        centres = as_centres_rc_um(centres_rc_um)
-        window_um = check_window_um(window_um)
-        if len(centres) == 0:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
+    def window_features(self, image: TissueImage, centres: np.ndarray, window_um: float,
+                        progress: Progress) -> np.ndarray:
         fm, typical = self.fullres(image, progress)
         typical = np.nan_to_num(typical)  # an image without nuclei: per-nucleus means are 0
         out = np.empty((len(centres), self.embed_dim), dtype=np.float32)
@@ -278,7 +272,6 @@ class NucleiStainEncoder(StainTextureEncoder):
             for v in feats:
                 out[:, k] = v
                 k += 1
-        progress.advance(len(centres))
         return out
 
 

@@ -251,9 +251,15 @@ class StainTextureEncoder(Encoder):
         window_um = check_window_um(window_um)
         if len(centres) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        out = self.stain_features(image, centres, window_um, progress)
+        out = self.window_features(image, centres, window_um, progress)
         progress.advance(len(centres))
         return out
+
+    def window_features(self, image: TissueImage, centres: np.ndarray, window_um: float,
+                        progress: Progress) -> np.ndarray:
+        """The ``(N, embed_dim)`` features of windows of ``window_um`` around ``centres``
+        (checked row/col um, at least one): :meth:`stain_features` here."""
+        return self.stain_features(image, centres, window_um, progress)
 
     def stain_features(self, image: TissueImage, centres: np.ndarray, window_um: float,
                        progress: Progress) -> np.ndarray:
