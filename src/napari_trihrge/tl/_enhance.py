@@ -43,6 +43,7 @@ from ._shared import (
     _genes_stage,
     _heldout_scores,
     _holdout_split,
+    _image_candidates,
     _joined,
     _lattice_kind,
     _predict,
@@ -131,8 +132,7 @@ def _enhance_trust(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.n
                                models=models_on(models, visible), feature_key=feature_key,
                                detail=cfg.map_method == "residual", **sub_train)
         pred, _, parts = _stacked_predict(stacked, feats[hidden], nb_hidden, rc_um[hidden], one)
-        others = {n: v for n, v in parts.items() if n in ("ridge", "network")
-                  or n.startswith("model")}
+        others = _image_candidates(parts)
     else:
         x_fit, y_fit, nb_fit, sub_fit = _joined(
             reference, feats[visible], _training_targets(one, rc_um[visible], y[visible]),

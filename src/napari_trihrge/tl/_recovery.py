@@ -34,6 +34,7 @@ from ._shared import (
     _genes_stage,
     _heldout_scores,
     _holdout_split,
+    _image_candidates,
     _joined,
     _predict,
     _prediction_adata,
@@ -144,8 +145,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     from ..metrics import kmeans_ari
 
     genes = list(expr.var_names)
-    others = {n: v for n, v in parts.items() if n in ("ridge", "network")
-              or n.startswith("model")}
+    others = _image_candidates(parts)
     scores, per_gene, baseline = _heldout_scores(pred, y, rc_um, hidden, visible, genes, others)
     # the best score the measurement noise allows on these spots and genes, beside the score
     add_noise_ceiling(scores, per_gene, adata, spots=expr.obs_names[hidden])

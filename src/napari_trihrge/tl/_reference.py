@@ -245,9 +245,9 @@ def split_references(reference: Any) -> tuple[list | None, list]:
     """Return the sections (None without any) and the trained models among ``reference``."""
     if reference is None:
         return None, []
-    items = list(reference) if isinstance(reference, (list, tuple)) else [reference]
-    models = [r for r in items if is_model_reference(r)]
-    sections = [r for r in items if not is_model_reference(r)]
+    sections, models = [], []
+    for item in reference if isinstance(reference, (list, tuple)) else [reference]:
+        (models if is_model_reference(item) else sections).append(item)
     return (sections or None), models
 
 

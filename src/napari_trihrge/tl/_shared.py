@@ -246,8 +246,9 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     # interpolation from the same model's predictions at the other spots, as a map computes them)
     base = detail_base(list(oof)) if detail else None
     details = {n: np.zeros_like(y) for n in oof if base is not None and not n.startswith("knn")}
+    # the neighbour input at the spots as at a map location (the spot not left out)
     nb_map = (idw_interpolate(rc_um, y, rc_um, cfg.n_neighbours)
-              if details and nb is not None else None)
+              if base is not None and nb is not None else None)
 
     def held_out_detail(name: str, test: np.ndarray, at_spots: np.ndarray) -> None:
         details[name][test] = oof[name][test] - idw_interpolate(
@@ -291,21 +292,20 @@ def _fit_stacked(cfg: RunConfig, feats: np.ndarray, y: np.ndarray, rc_um: np.nda
     if base is None:
         return model
     transfer = fit_detail_transfer(details, y, oof[base], base)
-    return _with_detail_transfer(model, cfg, feats, transfer, progress)
+    return _with_detail_transfer(model, cfg, feats, nb_map, transfer, progress)
 
 
-def _with_detail_transfer(model: StackedModel, cfg: RunConfig, feats: np.ndarray, transfer,
-                          progress: Progress) -> StackedModel:
+def _with_detail_transfer(model: StackedModel, cfg: RunConfig, feats: np.ndarray,
+                          nb_map: np.ndarray | None, transfer, progress: Progress
+                          ) -> StackedModel:
     """Return ``model`` predicting the detail-transfer form (regression kriging).
 
     prediction = kNN of the spots + per gene, each image candidate minus its interpolation from
     its own values at the spots (``transfer``: a
     :class:`napari_trihrge.model.stacking.DetailTransfer`). Those values are the fitted
     candidates at the spots computed as a map location's (the neighbour input not leaving the
-    spot out), so at a measured spot the prediction is its measurement.
+    spot out: ``nb_map``), so at a measured spot the prediction is its measurement.
     """
-    nb_map = (idw_interpolate(model.src_rc_um, model.src_y, model.src_rc_um, cfg.n_neighbours)
-              if cfg.neighbour_input else None)
     at_spots, _ = _stacked_candidates(model, feats, nb_map, model.src_rc_um, cfg, progress)
     return replace(model, blend=transfer.as_blend(model.blend.names),
                    spots_level=transfer.spots_level(model.src_y, at_spots))
@@ -336,6 +336,14 @@ def _stacked_candidates(model: StackedModel, feats: np.ndarray, nb: np.ndarray |
         else:
             out[name], std = _predict(model.fits, feats, nb, cfg, progress)
     return out, std
+
+
+def _image_candidates(parts: dict) -> dict:
+    """Return the blend's candidates other than interpolation, scored beside the blend.
+
+    The ridge head, the network and trained models given as references.
+    """
+    return {n: v for n, v in parts.items() if not n.startswith("knn")}
 
 
 def _stacked_predict(model: StackedModel, feats: np.ndarray, nb: np.ndarray | None,
