@@ -39,6 +39,26 @@ class Ticker:
         self.timer.stop()
 
 
+def test_loss_plot_draws_each_network_over_the_same_epochs(qtbot):
+    from napari_trihrge.napari._qt._train_widget import LossCanvas
+
+    canvas = LossCanvas()
+    qtbot.addWidget(canvas)
+    for network in range(3):  # three networks of 2 epochs each, the last without validation
+        canvas.add(1, 1.0 + network, 2.0 if network < 2 else None)
+        canvas.add(2, 0.5 + network, 1.5 if network < 2 else None)
+    canvas.redraw()
+    assert canvas.n_networks == 3
+    assert canvas.epochs[:2] == [1, 2] and np.isnan(canvas.epochs[2])
+    assert [e for e in canvas.epochs if not np.isnan(e)] == [1, 2, 1, 2, 1, 2]
+    assert np.isnan(canvas.val[-1]) and canvas.val[1] == 1.5
+    assert canvas.ax.get_xlabel() == "epoch (each of 3 networks)"
+    canvas.clear()
+    canvas.add(1, 1.0, 1.0)
+    canvas.redraw()
+    assert canvas.n_networks == 1 and canvas.ax.get_xlabel() == "epoch"
+
+
 def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes, monkeypatch):
     add_sample(viewer)
     _, tw, ge = _widgets(viewer, monkeypatch)
@@ -58,7 +78,9 @@ def test_recovery_runs_in_background_and_adds_layers(viewer, qtbot, notes, monke
     assert len(rec.data) == tw.session.recovery.predictions.n_obs
     assert "Mean PCC" in tw.scores.text() and "kNN baseline" in tw.scores.text()
     assert ge.best_list.count() > 0
-    assert len(tw.loss.epochs) >= 1 and np.isfinite(tw.loss.train).all()
+    drawn = np.isfinite(tw.loss.epochs)  # NaN only between two networks' curves
+    assert drawn.sum() >= 1 and np.isfinite(np.asarray(tw.loss.train)[drawn]).all()
+    assert (~drawn).sum() == tw.loss.n_networks - 1
     assert tw.start_btn.isEnabled() and not tw.cancel_btn.isEnabled()
 
 

@@ -122,11 +122,11 @@ class LossCanvas(QWidget):
         self.epochs: list[float] = []
         self.train: list[float] = []
         self.val: list[float] = []
-        self._offset = 0
-        self._last_epoch = 0
+        self.n_networks = 0
+        self._last_epoch = math.inf
         self.ax.clear()
-        (self.train_line,) = self.ax.plot([], [], color="#1f77b4", label="training")
-        (self.val_line,) = self.ax.plot([], [], color="#ff7f0e", label="validation")
+        (self.train_line,) = self.ax.plot([], [], color="#1f77b4", label="training", lw=1)
+        (self.val_line,) = self.ax.plot([], [], color="#ff7f0e", label="validation", lw=1)
         self.ax.set_xlabel("epoch", fontsize=8)
         self.ax.set_ylabel("loss", fontsize=8)
         self.ax.tick_params(labelsize=7)
@@ -134,17 +134,24 @@ class LossCanvas(QWidget):
         self.canvas.draw_idle()
 
     def add(self, epoch: float, train_loss: float, val_loss: float | None) -> None:
-        # ensemble members restart at epoch 1: continue the x axis
+        # each network of a run (folds, ensemble members) restarts at epoch 1: its curve is
+        # drawn over the same epochs as the others', the lines broken between networks
         if epoch <= self._last_epoch:
-            self._offset = self.epochs[-1] if self.epochs else 0
+            if self.epochs:
+                self.epochs.append(math.nan)
+                self.train.append(math.nan)
+                self.val.append(math.nan)
+            self.n_networks += 1
         self._last_epoch = epoch
-        self.epochs.append(self._offset + epoch)
+        self.epochs.append(epoch)
         self.train.append(train_loss)
         self.val.append(val_loss if val_loss is not None else math.nan)
 
     def redraw(self) -> None:
         self.train_line.set_data(self.epochs, self.train)
         self.val_line.set_data(self.epochs, self.val)
+        self.ax.set_xlabel("epoch" if self.n_networks < 2 else
+                           f"epoch (each of {self.n_networks} networks)", fontsize=8)
         self.ax.relim()
         self.ax.autoscale_view()
         self.canvas.draw_idle()
@@ -224,7 +231,8 @@ class TrainWidget(EngineRun, Panel):
                             (self.out_btn, "out"), (self.start_btn, "start"),
                             (self.cancel_btn, "cancel")):
             widget.setToolTip(SETTING_HELP[key])
-        self.loss.setToolTip("Training (blue) and validation (orange) loss per epoch: the "
+        self.loss.setToolTip("Training (blue) and validation (orange) loss per epoch, one curve "
+                             "per network the run trains (its folds and ensemble members): the "
                              "validation loss stops falling when the model stops learning.")
 
         form = QFormLayout()
