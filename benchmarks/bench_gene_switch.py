@@ -103,6 +103,9 @@ def main(argv=None) -> None:
                     help="map pixels inside the tissue (default: a disk of 0.9 x the size)")
     ap.add_argument("--store", choices=("zarr", "memory", "factorised"), default="zarr",
                     help="factorised: a map store (random factors of a real store's sizes)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="print the N costliest functions (cProfile, cumulative) of the "
+                         "switches (show_gene + redraw) after the table")
     args = ap.parse_args(argv)
 
     import napari
@@ -142,6 +145,9 @@ def main(argv=None) -> None:
         floor = factor_floor(maps) if args.store == "factorised" else {}
         rows.update({k: [] for k in floor})
         canvas = viewer.window._qt_viewer.canvas
+        import cProfile
+
+        profiler = cProfile.Profile() if args.profile else None
         # the engine's read and the switch on different genes: a map store keeps a gene it
         # computed, so showing a gene just read would not compute it again
         engine_order, shown_order = genes[1::2], genes[2::2] + genes[:1]
@@ -150,11 +156,15 @@ def main(argv=None) -> None:
             vals = L.map_values(maps, ge_gene)
             L.map_display_data(vals, L.shared_contrast_limits(vals))
             rows["read + scale (engine)"].append(time.perf_counter() - t)
+            if profiler is not None:
+                profiler.enable()
             t = time.perf_counter()
             s.show_gene(g)
             t1 = time.perf_counter()
             QApplication.processEvents()
             t2 = time.perf_counter()
+            if profiler is not None:
+                profiler.disable()
             rows["show_gene (layers updated)"].append(t1 - t)
             rows["show_gene + redraw"].append(t2 - t)
             t = time.perf_counter()
@@ -179,6 +189,10 @@ def main(argv=None) -> None:
         ms = np.asarray(ts) * 1000
         print(f"{name:30s} {len(ms):4d} {ms.mean():8.1f} {np.median(ms):7.1f} "
               f"{np.percentile(ms, 95):7.1f} {ms.max():7.1f}")
+    if profiler is not None:
+        import pstats
+
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
 
 
 if __name__ == "__main__":

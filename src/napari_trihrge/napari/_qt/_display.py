@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 import numpy as np
 
 from .. import layers as L
@@ -62,43 +65,88 @@ def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
     return layer
 
 
+@contextmanager
+def coalesced_events(layer, *names: str) -> Iterator[None]:
+    """Inside the block, ``layer``'s events ``names`` are held back; after it, each that fired
+    is emitted once, so its listeners (the canvas, the colour bar, the layer controls) see the
+    final state once instead of every intermediate step."""
+    emitters = [getattr(layer.events, name) for name in names]
+    with ExitStack() as stack:
+        blockers = [stack.enter_context(emitter.blocker()) for emitter in emitters]
+        yield
+    for emitter, blocker in zip(emitters, blockers, strict=True):
+        if blocker.count:
+            emitter()
+
+
+#: the events of an Image layer that a new gene's data and contrast limits fire several times
+_IMAGE_SCALE_EVENTS = ("contrast_limits_range", "contrast_limits")
+
+
+def set_image_data(layer, data: np.ndarray, limits: tuple[float, float],
+                   limits_range: tuple[float, float]) -> None:
+    """Swap an Image layer's data, the range of its contrast slider and its contrast limits
+    (within that range); the colour bar and the canvas are told once."""
+    with coalesced_events(layer, *_IMAGE_SCALE_EVENTS):
+        layer.data = data
+        # the range first so that the new limits are always accepted
+        layer.contrast_limits_range = tuple(float(v) for v in limits_range)
+        layer.contrast_limits = tuple(float(v) for v in limits)
+
+
 def set_map_gene(layer, maps, gene: str, values: np.ndarray,
                  limits: tuple[float, float]) -> None:
     """Swap the map layer's data to ``gene`` (no new layer; a few ms for 1000 x 1000)."""
     data = L.map_display_data(values, limits)
     lo, hi = (float(v) for v in limits)
-    # widen the range first so the new limits are always accepted
-    rng = (float(data.min()) if data.size else lo, max(hi, float(np.nanmax(data)) if data.size
-                                                      else hi))
-    layer.data = data
-    layer.contrast_limits_range = (min(rng[0], lo), max(rng[1], hi))
-    layer.contrast_limits = (lo, hi)
+    # display data hold no NaN (map_display_data): min and max cover the data
+    rng = (float(data.min()), float(data.max())) if data.size else (lo, hi)
+    set_image_data(layer, data, (lo, hi), (min(rng[0], lo), max(rng[1], hi)))
     meta = layer.metadata.setdefault("trihrge", {})
     meta["gene"] = gene
-    meta["display_limits"] = (lo, hi)
+    meta["display_limits"] = tuple(float(v) for v in limits)
     layer.name = f"enhanced {gene}"
 
 
 def show_spread(viewer, maps, gene: str, sample: str | None = None) -> bool:
     """Show ``gene``'s ensemble spread in the one spread layer of ``sample`` (added hidden on
-    first use); False when the maps have no spread (a single model)."""
-    layer_data = L.spread_layer(maps, gene)
-    if layer_data is None:
+    first use); False when the maps have no spread (a single model). A hidden, unselected
+    spread layer is only renamed: its pixels are computed when it is switched on or selected
+    (:func:`fill_spread`), the same pixels as if computed now."""
+    if getattr(maps, "std", None) is None:
         return False
-    data, kwargs, _ = layer_data
-    kwargs["metadata"]["trihrge"]["sample"] = sample
-    for layer in viewer.layers:
-        if _of_sample(layer, "spread", sample):
-            lo, hi = kwargs["contrast_limits"]
-            layer.data = data
-            layer.contrast_limits_range = (min(float(np.nanmin(data)), lo), max(hi, 1e-6))
-            layer.contrast_limits = (lo, hi)
-            placed = {k: v for k, v in layer.metadata["trihrge"].items() if k == "offset_rc_um"}
-            layer.metadata.update(kwargs["metadata"])
-            layer.metadata["trihrge"].update(placed)
-            layer.name = kwargs["name"]
-            return True
-    viewer.add_image(data, **kwargs)
+    layer = next((lay for lay in viewer.layers if _of_sample(lay, "spread", sample)), None)
+    if layer is None:
+        data, kwargs, _ = L.spread_layer(maps, gene)
+        kwargs["metadata"]["trihrge"]["sample"] = sample
+        active = viewer.layers.selection.active
+        viewer.add_image(data, **kwargs)
+        if active is not None:  # the layer controls stay on what is seen, not a hidden layer
+            viewer.layers.selection.active = active
+        return True
+    layer.metadata["maps"] = maps
+    meta = layer.metadata["trihrge"]
+    meta.update(gene=gene, sample=sample, pending=True)
+    layer.name = L.spread_layer_name(gene)
+    if layer.visible or layer in viewer.layers.selection:  # seen, or its values read on hover
+        fill_spread(layer)
+    elif not getattr(layer, "_trihrge_fill_on_show", False):
+        layer.events.visible.connect(lambda event=None: fill_spread(layer)
+                                     if layer.visible else None)
+        layer._trihrge_fill_on_show = True
+    return True
+
+
+def fill_spread(layer) -> bool:
+    """Compute the pixels of the gene a spread layer is named after, when they are still
+    pending (:func:`show_spread` on a hidden layer); False when nothing was pending."""
+    meta = (layer.metadata or {}).get("trihrge", {})
+    if not meta.pop("pending", False) or meta.get("gene") is None:
+        return False
+    data, kwargs, _ = L.spread_layer(layer.metadata["maps"], meta["gene"])
+    lo, hi = kwargs["contrast_limits"]
+    set_image_data(layer, data, (lo, hi), (min(float(np.nanmin(data)), lo), max(hi, 1e-6)))
+    meta.update(kwargs["metadata"]["trihrge"])
     return True
 
 
