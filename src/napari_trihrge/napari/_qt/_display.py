@@ -18,22 +18,40 @@ WARN_COLOUR = "#ffb74d"
 
 def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, float],
                     colormap: str = L.DEFAULT_COLORMAP) -> None:
-    """Colour a Points layer by ``gene`` (added to ``features`` when missing)."""
+    """Colour a Points layer by ``gene`` (added to ``features`` when missing); the points are
+    redrawn and their colour bar told once."""
     feats = layer.features
     cols = list(feats.columns)
     lead = [c for c in cols[:1] if c == "barcode"]
-    if gene not in cols or cols[len(lead)] != gene:
-        # hovering shows the barcode then the displayed gene first; keep the few most recent
-        feats = feats.copy()
-        if gene not in cols:
-            feats[gene] = np.asarray(values, dtype=np.float32)
-        others = [c for c in cols if c not in lead and c != gene][: MAX_FEATURE_GENES - 1]
-        layer.features = feats[lead + [gene] + others]
-    layer.face_color = gene
-    if layer.face_colormap.name != colormap:
-        layer.face_colormap = colormap
-    layer.face_contrast_limits = tuple(float(v) for v in limits)
+    with _coalesced_colours(layer):
+        if gene not in cols or cols[len(lead)] != gene:
+            # hovering shows the barcode then the displayed gene first; keep the few most recent
+            feats = feats.copy()
+            if gene not in cols:
+                feats[gene] = np.asarray(values, dtype=np.float32)
+            others = [c for c in cols if c not in lead and c != gene][: MAX_FEATURE_GENES - 1]
+            layer.features = feats[lead + [gene] + others]
+        layer.face_color = gene
+        if layer.face_colormap.name != colormap:
+            layer.face_colormap = colormap
+        layer.face_contrast_limits = tuple(float(v) for v in limits)
     layer.metadata.setdefault("trihrge", {})["gene"] = gene
+
+
+@contextmanager
+def _coalesced_colours(layer) -> Iterator[None]:
+    """A Points layer's colour changes inside the block redraw it once: napari redraws the
+    points on each event of the layer's ``face_color`` and of its face colour manager's
+    ``colors`` and ``color_properties``; the last two are dropped (``face_color`` redraws),
+    the colour bar's (``contrast_limits``, ``continuous_colormap``) come once."""
+    face = getattr(layer, "_face", None)  # napari's colour manager of the faces
+    if face is None:  # another napari: no coalescing
+        yield
+        return
+    with (coalesced_events(layer.events, "features", "properties", "face_color"),
+          coalesced_events(face.events, "contrast_limits", "continuous_colormap"),
+          face.events.colors.blocker(), face.events.color_properties.blocker()):
+        yield
 
 
 def _of_sample(layer, kind: str, sample: str | None) -> bool:
@@ -66,11 +84,11 @@ def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
 
 
 @contextmanager
-def coalesced_events(layer, *names: str) -> Iterator[None]:
-    """Inside the block, ``layer``'s events ``names`` are held back; after it, each that fired
-    is emitted once, so its listeners (the canvas, the colour bar, the layer controls) see the
-    final state once instead of every intermediate step."""
-    emitters = [getattr(layer.events, name) for name in names]
+def coalesced_events(events, *names: str) -> Iterator[None]:
+    """Inside the block, the napari events ``names`` of ``events`` (a layer's ``events``) are
+    held back; after it, each that fired is emitted once, so its listeners (the canvas, the
+    colour bar, the layer controls) see the final state once instead of every step."""
+    emitters = [getattr(events, name) for name in names]
     with ExitStack() as stack:
         blockers = [stack.enter_context(emitter.blocker()) for emitter in emitters]
         yield
@@ -87,7 +105,7 @@ def set_image_data(layer, data: np.ndarray, limits: tuple[float, float],
                    limits_range: tuple[float, float]) -> None:
     """Swap an Image layer's data, the range of its contrast slider and its contrast limits
     (within that range); the colour bar and the canvas are told once."""
-    with coalesced_events(layer, *_IMAGE_SCALE_EVENTS):
+    with coalesced_events(layer.events, *_IMAGE_SCALE_EVENTS):
         layer.data = data
         # the range first so that the new limits are always accepted
         layer.contrast_limits_range = tuple(float(v) for v in limits_range)
