@@ -98,7 +98,8 @@ def coalesced_events(events, *names: str) -> Iterator[None]:
 
 
 #: the events of an Image layer that a new gene's data and contrast limits fire several times
-_IMAGE_SCALE_EVENTS = ("contrast_limits_range", "contrast_limits")
+#: (the thumbnail is redrawn in the layer list on each)
+_IMAGE_SCALE_EVENTS = ("contrast_limits_range", "contrast_limits", "thumbnail")
 
 
 def set_image_data(layer, data: np.ndarray, limits: tuple[float, float],
@@ -216,13 +217,17 @@ def show_scale_bar(viewer) -> None:
 def show_canvas_label(viewer, text: str, *, warn: bool = False,
                       position: str = "top_left") -> None:
     """The canvas's text overlay (top left): which gene is shown, its units and how sure."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
     overlay = canvas_text_overlay(viewer)
     overlay.text = text
     overlay.visible = bool(text)
     overlay.font_size = 11
     overlay.box = True
     overlay.position = position
-    overlay.color = WARN_COLOUR if warn else "white"
+    colour = WARN_COLOUR if warn else "white"
+    if not np.array_equal(np.asarray(overlay.color), transform_color(colour)[0]):
+        overlay.color = colour  # napari redraws the label on every assignment, even the same
 
 
 def show_colorbar(layers, keep) -> None:
