@@ -4,7 +4,10 @@ Builds a (genes, 1000, 1000) float32 map over the synthetic sample (stored as an
 one gene per chunk, as ``trihrge enhance`` writes it, or in memory), opens a real napari viewer
 with the H&E, the spots and the map, then switches through the genes the way the Gene explorer
 does (``Session.show_gene``: read the gene, one shared colour scale, swap the map layer's data,
-recolour the spots) and times each step. Needs a display (run under ``xvfb-run`` on a server).
+recolour the spots) and times each step: wall time, and the process's CPU time (all its
+threads, the software renderer's included), which other jobs on the machine disturb less.
+``--profile N`` prints the N costliest functions of the switches. Needs a display (run under
+``xvfb-run`` on a server).
 
     xvfb-run -a python benchmarks/bench_gene_switch.py --genes 200 --size 1000
     xvfb-run -a python benchmarks/bench_gene_switch.py --store factorised --genes 1000 \
