@@ -4,7 +4,10 @@ Builds a (genes, 1000, 1000) float32 map over the synthetic sample (stored as an
 one gene per chunk, as ``trihrge enhance`` writes it, or in memory), opens a real napari viewer
 with the H&E, the spots and the map, then switches through the genes the way the Gene explorer
 does (``Session.show_gene``: read the gene, one shared colour scale, swap the map layer's data,
-recolour the spots) and times each step. Needs a display (run under ``xvfb-run`` on a server).
+recolour the spots) and times each step: wall time, and the process's CPU time (all its
+threads, the software renderer's included), which other jobs on the machine disturb less.
+``--profile N`` prints the N costliest functions of the switches. Needs a display (run under
+``xvfb-run`` on a server).
 
     xvfb-run -a python benchmarks/bench_gene_switch.py --genes 200 --size 1000
     xvfb-run -a python benchmarks/bench_gene_switch.py --store factorised --genes 1000 \
@@ -14,6 +17,7 @@ recolour the spots) and times each step. Needs a display (run under ``xvfb-run``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -103,6 +107,9 @@ def main(argv=None) -> None:
                     help="map pixels inside the tissue (default: a disk of 0.9 x the size)")
     ap.add_argument("--store", choices=("zarr", "memory", "factorised"), default="zarr",
                     help="factorised: a map store (random factors of a real store's sizes)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="print the N costliest functions (cProfile, cumulative) of the "
+                         "switches (show_gene + redraw) after the table")
     args = ap.parse_args(argv)
 
     import napari
@@ -142,29 +149,42 @@ def main(argv=None) -> None:
         floor = factor_floor(maps) if args.store == "factorised" else {}
         rows.update({k: [] for k in floor})
         canvas = viewer.window._qt_viewer.canvas
+        import cProfile
+
+        profiler = cProfile.Profile() if args.profile else None
         # the engine's read and the switch on different genes: a map store keeps a gene it
         # computed, so showing a gene just read would not compute it again
         engine_order, shown_order = genes[1::2], genes[2::2] + genes[:1]
+        cpu = {k: [] for k in rows}  # CPU seconds of this process, all its threads
         for i, (ge_gene, g) in enumerate(zip(engine_order, shown_order, strict=False)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             vals = L.map_values(maps, ge_gene)
             L.map_display_data(vals, L.shared_contrast_limits(vals))
             rows["read + scale (engine)"].append(time.perf_counter() - t)
-            t = time.perf_counter()
+            cpu["read + scale (engine)"].append(time.process_time() - c)
+            if profiler is not None:
+                profiler.enable()
+            t, c = time.perf_counter(), time.process_time()
             s.show_gene(g)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             QApplication.processEvents()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
+            if profiler is not None:
+                profiler.disable()
             rows["show_gene (layers updated)"].append(t1 - t)
             rows["show_gene + redraw"].append(t2 - t)
-            t = time.perf_counter()
+            cpu["show_gene (layers updated)"].append(c1 - c)
+            cpu["show_gene + redraw"].append(c2 - c)
+            t, c = time.perf_counter(), time.process_time()
             canvas.native.update()  # the same canvas drawn again: what any redraw costs
             QApplication.processEvents()
             rows["redraw, nothing changed"].append(time.perf_counter() - t)
+            cpu["redraw, nothing changed"].append(time.process_time() - c)
             for name, step in floor.items():
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 step(i)
                 rows[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
             if i % 5 == 0:  # a screenshot renders the canvas for sure (slower: GPU readback)
                 t = time.perf_counter()
                 viewer.screenshot(canvas_only=True, flash=False)
@@ -174,11 +194,19 @@ def main(argv=None) -> None:
     print(f"gene switch on a {args.size} x {args.size} map ({int(maps.mask.sum())} inside the "
           f"tissue), {args.genes} genes, store={args.store} (maps built in {t_build:.1f} s; "
           f"first gene shown in {t_first:.2f} s)")
-    print(f"{'step':30s} {'n':>4s} {'mean ms':>8s} {'p50 ms':>7s} {'p95 ms':>7s} {'max ms':>7s}")
+    print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end (the "
+          "CPU column: this process's CPU time, all threads, p50: less sensitive to other jobs)")
+    print(f"{'step':30s} {'n':>4s} {'mean ms':>8s} {'p50 ms':>7s} {'p95 ms':>7s} {'max ms':>7s} "
+          f"{'CPU ms':>7s}")
     for name, ts in rows.items():
         ms = np.asarray(ts) * 1000
+        cpu_ms = np.median(cpu[name]) * 1000 if cpu.get(name) else np.nan
         print(f"{name:30s} {len(ms):4d} {ms.mean():8.1f} {np.median(ms):7.1f} "
-              f"{np.percentile(ms, 95):7.1f} {ms.max():7.1f}")
+              f"{np.percentile(ms, 95):7.1f} {ms.max():7.1f} {cpu_ms:7.1f}")
+    if profiler is not None:
+        import pstats
+
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
 
 
 if __name__ == "__main__":

@@ -482,6 +482,11 @@ def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,
 SPREAD_COLORMAP = "viridis"
 
 
+def spread_layer_name(gene: str) -> str:
+    """The name of the layer showing ``gene``'s ensemble spread."""
+    return f"ensemble spread {gene}"
+
+
 def spread_layer(maps, gene: str) -> LayerDataTuple | None:
     """The ensemble spread (std over models) of ``gene`` as an Image layer over the tissue, on its
     own scale from 0 to the 99th percentile; None when the maps carry no spread (one model).
@@ -497,7 +502,7 @@ def spread_layer(maps, gene: str) -> LayerDataTuple | None:
     hi = float(np.percentile(finite, 99)) if finite.size else 1.0
     limits = (0.0, hi if hi > 0 else 1.0)
     kwargs = map_layer_kwargs(maps, gene, limits, colormap=SPREAD_COLORMAP,
-                              name=f"ensemble spread {gene}")
+                              name=spread_layer_name(gene))
     kwargs["metadata"] = {"trihrge": {"kind": "spread", "gene": gene, "display_limits": limits},
                           "maps": maps}
     kwargs["visible"] = False  # switch it on to see where the prediction is uncertain

@@ -423,6 +423,7 @@ def test_region_updates_when_shapes_change(viewer, qtbot):
 
 def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
     """With an ensemble, the spread of the shown gene is one (hidden) layer, swapped per gene."""
+    from napari_trihrge.napari import layers as L
     from napari_trihrge.napari._qt import GeneExplorer
 
     add_sample(viewer)
@@ -437,13 +438,33 @@ def test_gene_switch_shows_the_ensemble_spread_layer(viewer, qtbot):
         return [lay for lay in viewer.layers
                 if lay.metadata.get("trihrge", {}).get("kind") == "spread"]
 
+    def assert_shows(gene):  # the pixels and scale spread_layer gives the gene
+        data, kwargs, _ = L.spread_layer(enhance.maps, gene)
+        np.testing.assert_array_equal(np.asarray(layer.data), data)
+        np.testing.assert_allclose(layer.contrast_limits, kwargs["contrast_limits"])
+        assert layer.metadata["trihrge"]["gene"] == gene == layer.name.rpartition(" ")[2]
+
     assert ge.show_gene("ERBB2")
     (layer,) = spread_layers()
     assert layer.name == "ensemble spread ERBB2" and not layer.visible
+    assert_shows("ERBB2")
+    assert viewer.layers.selection.active is ge.view.find_layer("map")  # not the hidden one
     first = np.asarray(layer.data).copy()
     assert ge.show_gene("STROMA_4")
     assert spread_layers() == [layer] and layer.name == "ensemble spread STROMA_4"
+    # hidden: its pixels are computed when it is switched on, as they would have been now
+    np.testing.assert_array_equal(np.asarray(layer.data), first)
+    layer.visible = True
+    assert_shows("STROMA_4")
     assert not np.allclose(np.asarray(layer.data), first)
+    # shown: each gene's spread at once
+    assert ge.show_gene("ERBB2")
+    assert_shows("ERBB2")
+    # hidden again, then selected (its values read on hover): filled first
+    layer.visible = False
+    assert ge.show_gene("STROMA_4")
+    viewer.layers.selection.active = layer
+    assert_shows("STROMA_4")
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 import numpy as np
 
 from .. import layers as L
@@ -15,22 +18,40 @@ WARN_COLOUR = "#ffb74d"
 
 def set_points_gene(layer, gene: str, values: np.ndarray, limits: tuple[float, float],
                     colormap: str = L.DEFAULT_COLORMAP) -> None:
-    """Colour a Points layer by ``gene`` (added to ``features`` when missing)."""
+    """Colour a Points layer by ``gene`` (added to ``features`` when missing); the points are
+    redrawn and their colour bar told once."""
     feats = layer.features
     cols = list(feats.columns)
     lead = [c for c in cols[:1] if c == "barcode"]
-    if gene not in cols or cols[len(lead)] != gene:
-        # hovering shows the barcode then the displayed gene first; keep the few most recent
-        feats = feats.copy()
-        if gene not in cols:
-            feats[gene] = np.asarray(values, dtype=np.float32)
-        others = [c for c in cols if c not in lead and c != gene][: MAX_FEATURE_GENES - 1]
-        layer.features = feats[lead + [gene] + others]
-    layer.face_color = gene
-    if layer.face_colormap.name != colormap:
-        layer.face_colormap = colormap
-    layer.face_contrast_limits = tuple(float(v) for v in limits)
+    with _coalesced_colours(layer):
+        if gene not in cols or cols[len(lead)] != gene:
+            # hovering shows the barcode then the displayed gene first; keep the few most recent
+            feats = feats.copy()
+            if gene not in cols:
+                feats[gene] = np.asarray(values, dtype=np.float32)
+            others = [c for c in cols if c not in lead and c != gene][: MAX_FEATURE_GENES - 1]
+            layer.features = feats[lead + [gene] + others]
+        layer.face_color = gene
+        if layer.face_colormap.name != colormap:
+            layer.face_colormap = colormap
+        layer.face_contrast_limits = tuple(float(v) for v in limits)
     layer.metadata.setdefault("trihrge", {})["gene"] = gene
+
+
+@contextmanager
+def _coalesced_colours(layer) -> Iterator[None]:
+    """A Points layer's colour changes inside the block redraw it once: napari redraws the
+    points on each event of the layer's ``face_color`` and of its face colour manager's
+    ``colors`` and ``color_properties``; the last two are dropped (``face_color`` redraws),
+    the colour bar's (``contrast_limits``, ``continuous_colormap``) come once."""
+    face = getattr(layer, "_face", None)  # napari's colour manager of the faces
+    if face is None:  # another napari: no coalescing
+        yield
+        return
+    with (coalesced_events(layer.events, "features", "properties", "face_color"),
+          coalesced_events(face.events, "contrast_limits", "continuous_colormap"),
+          face.events.colors.blocker(), face.events.color_properties.blocker()):
+        yield
 
 
 def _of_sample(layer, kind: str, sample: str | None) -> bool:
@@ -62,43 +83,89 @@ def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
     return layer
 
 
+@contextmanager
+def coalesced_events(events, *names: str) -> Iterator[None]:
+    """Inside the block, the napari events ``names`` of ``events`` (a layer's ``events``) are
+    held back; after it, each that fired is emitted once, so its listeners (the canvas, the
+    colour bar, the layer controls) see the final state once instead of every step."""
+    emitters = [getattr(events, name) for name in names]
+    with ExitStack() as stack:
+        blockers = [stack.enter_context(emitter.blocker()) for emitter in emitters]
+        yield
+    for emitter, blocker in zip(emitters, blockers, strict=True):
+        if blocker.count:
+            emitter()
+
+
+#: the events of an Image layer that a new gene's data and contrast limits fire several times
+#: (the thumbnail is redrawn in the layer list on each)
+_IMAGE_SCALE_EVENTS = ("contrast_limits_range", "contrast_limits", "thumbnail")
+
+
+def set_image_data(layer, data: np.ndarray, limits: tuple[float, float],
+                   limits_range: tuple[float, float]) -> None:
+    """Swap an Image layer's data, the range of its contrast slider and its contrast limits
+    (within that range); the colour bar and the canvas are told once."""
+    with coalesced_events(layer.events, *_IMAGE_SCALE_EVENTS):
+        layer.data = data
+        # the range first so that the new limits are always accepted
+        layer.contrast_limits_range = tuple(float(v) for v in limits_range)
+        layer.contrast_limits = tuple(float(v) for v in limits)
+
+
 def set_map_gene(layer, maps, gene: str, values: np.ndarray,
                  limits: tuple[float, float]) -> None:
     """Swap the map layer's data to ``gene`` (no new layer; a few ms for 1000 x 1000)."""
     data = L.map_display_data(values, limits)
     lo, hi = (float(v) for v in limits)
-    # widen the range first so the new limits are always accepted
-    rng = (float(data.min()) if data.size else lo, max(hi, float(np.nanmax(data)) if data.size
-                                                      else hi))
-    layer.data = data
-    layer.contrast_limits_range = (min(rng[0], lo), max(rng[1], hi))
-    layer.contrast_limits = (lo, hi)
+    # display data hold no NaN (map_display_data): min and max cover the data
+    rng = (float(data.min()), float(data.max())) if data.size else (lo, hi)
+    set_image_data(layer, data, (lo, hi), (min(rng[0], lo), max(rng[1], hi)))
     meta = layer.metadata.setdefault("trihrge", {})
     meta["gene"] = gene
-    meta["display_limits"] = (lo, hi)
+    meta["display_limits"] = tuple(float(v) for v in limits)
     layer.name = f"enhanced {gene}"
 
 
 def show_spread(viewer, maps, gene: str, sample: str | None = None) -> bool:
     """Show ``gene``'s ensemble spread in the one spread layer of ``sample`` (added hidden on
-    first use); False when the maps have no spread (a single model)."""
-    layer_data = L.spread_layer(maps, gene)
-    if layer_data is None:
+    first use); False when the maps have no spread (a single model). A hidden, unselected
+    spread layer is only renamed: its pixels are computed when it is switched on or selected
+    (:func:`fill_spread`), the same pixels as if computed now."""
+    if getattr(maps, "std", None) is None:
         return False
-    data, kwargs, _ = layer_data
-    kwargs["metadata"]["trihrge"]["sample"] = sample
-    for layer in viewer.layers:
-        if _of_sample(layer, "spread", sample):
-            lo, hi = kwargs["contrast_limits"]
-            layer.data = data
-            layer.contrast_limits_range = (min(float(np.nanmin(data)), lo), max(hi, 1e-6))
-            layer.contrast_limits = (lo, hi)
-            placed = {k: v for k, v in layer.metadata["trihrge"].items() if k == "offset_rc_um"}
-            layer.metadata.update(kwargs["metadata"])
-            layer.metadata["trihrge"].update(placed)
-            layer.name = kwargs["name"]
-            return True
-    viewer.add_image(data, **kwargs)
+    layer = next((lay for lay in viewer.layers if _of_sample(lay, "spread", sample)), None)
+    if layer is None:
+        data, kwargs, _ = L.spread_layer(maps, gene)
+        kwargs["metadata"]["trihrge"]["sample"] = sample
+        active = viewer.layers.selection.active
+        viewer.add_image(data, **kwargs)
+        if active is not None:  # the layer controls stay on what is seen, not a hidden layer
+            viewer.layers.selection.active = active
+        return True
+    layer.metadata["maps"] = maps
+    meta = layer.metadata["trihrge"]
+    meta.update(gene=gene, sample=sample, pending=True)
+    layer.name = L.spread_layer_name(gene)
+    if layer.visible or layer in viewer.layers.selection:  # seen, or its values read on hover
+        fill_spread(layer)
+    elif not getattr(layer, "_trihrge_fill_on_show", False):
+        layer.events.visible.connect(lambda event=None: fill_spread(layer)
+                                     if layer.visible else None)
+        layer._trihrge_fill_on_show = True
+    return True
+
+
+def fill_spread(layer) -> bool:
+    """Compute the pixels of the gene a spread layer is named after, when they are still
+    pending (:func:`show_spread` on a hidden layer); False when nothing was pending."""
+    meta = (layer.metadata or {}).get("trihrge", {})
+    if not meta.pop("pending", False) or meta.get("gene") is None:
+        return False
+    data, kwargs, _ = L.spread_layer(layer.metadata["maps"], meta["gene"])
+    lo, hi = kwargs["contrast_limits"]
+    set_image_data(layer, data, (lo, hi), (min(float(np.nanmin(data)), lo), max(hi, 1e-6)))
+    meta.update(kwargs["metadata"]["trihrge"])
     return True
 
 
@@ -150,13 +217,17 @@ def show_scale_bar(viewer) -> None:
 def show_canvas_label(viewer, text: str, *, warn: bool = False,
                       position: str = "top_left") -> None:
     """The canvas's text overlay (top left): which gene is shown, its units and how sure."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
     overlay = canvas_text_overlay(viewer)
     overlay.text = text
     overlay.visible = bool(text)
     overlay.font_size = 11
     overlay.box = True
     overlay.position = position
-    overlay.color = WARN_COLOUR if warn else "white"
+    colour = WARN_COLOUR if warn else "white"
+    if not np.array_equal(np.asarray(overlay.color), transform_color(colour)[0]):
+        overlay.color = colour  # napari redraws the label on every assignment, even the same
 
 
 def show_colorbar(layers, keep) -> None:

@@ -216,6 +216,10 @@ class LayerView:
         layer = viewer.layers.selection.active if viewer is not None else None
         if layer is None or layer_kind(layer) not in PLACED_KINDS:
             return
+        if layer_kind(layer) == "spread":  # its pixels, if pending, before it is read
+            from ._display import fill_spread
+
+            fill_spread(layer)
         name = self.layer_sample(layer)
         if name is None or name == self.model.sample_name:
             return
@@ -382,7 +386,9 @@ class LayerView:
                 lay = self.find_layer(kind)
                 if lay is not None:
                     lay.visible = False
-                    lay.metadata.setdefault("trihrge", {})["gene"] = None
+                    meta = lay.metadata.setdefault("trihrge", {})
+                    meta["gene"] = None
+                    meta.pop("pending", None)  # a hidden spread's pixels are not due any more
                     lay.name = f"{'enhanced' if kind == 'map' else 'ensemble spread'}: " \
                                f"no map for {gene}"
         from ._display import recolour_cells
