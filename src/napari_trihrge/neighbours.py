@@ -65,3 +65,26 @@ def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np
                              shape=(m, len(src_values)))
         out[sl] = weights @ src_values
     return out
+
+
+def mean_of_nearest_others(src_rc_um: np.ndarray, src_values: np.ndarray,
+                           dst_rc_um: np.ndarray, k: int) -> np.ndarray:
+    """Unweighted mean of the values of the ``k`` sources nearest each destination, its nearest
+    source left out.
+
+    ``src_values`` is (n_src, ...); the result is (n_dst, ...) float32. The source nearest a
+    destination is the one the destination belongs to: the spot itself at a spot, the spot
+    whose cell holds a sub-location, virtual spot or map pixel. Leaving it out gives every
+    location the ring of spots around its own, at the lattice's distances, wherever it lies.
+    """
+    src_values = np.asarray(src_values, dtype=np.float32)
+    k = int(k)
+    if not 1 <= k < len(src_rc_um):
+        raise ValueError(f"need more than k={k} source points, got {len(src_rc_um)}")
+    _, idx = cKDTree(np.asarray(src_rc_um, dtype=np.float64)).query(
+        np.asarray(dst_rc_um, dtype=np.float64), k=k + 1)
+    idx = np.asarray(idx).reshape(len(dst_rc_um), k + 1)[:, 1:]
+    out = np.zeros((len(idx), *src_values.shape[1:]), dtype=np.float32)
+    for j in range(k):  # no (n_dst, k, ...) gather held at once
+        out += src_values[idx[:, j]]
+    return out / np.float32(k)

@@ -99,6 +99,10 @@ class RunConfig:
         each training spot's target, to denoise it; 0 = the measured expression.
     target_smoothing_k
         Measured spots used for that interpolation.
+    neighbour_images
+        0: off. k > 0: one more image window, the mean of the spot-window features of the k
+        spots nearest each location (its own spot left out), so the model also sees the
+        tissue around the neighbouring spots.
     ensemble
         Models trained with different seeds; their mean is the prediction and their spread
         shows where they disagree (less sure).
@@ -148,6 +152,9 @@ class RunConfig:
     output_rank: int = 0  # 0 = full output layer; k = k gene programs shared by all genes
     target_smoothing: float = 0.0  # weight of the neighbours in the denoised training targets
     target_smoothing_k: int = 6
+    # k > 0: the mean image features of the k nearest spots as one more window
+    # (tl._shared.NeighbourImages; docs/benchmarks.md, "Levers tried")
+    neighbour_images: int = 0
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
@@ -264,8 +271,24 @@ def _check_levers(cfg: RunConfig) -> None:
             not isinstance(cfg.target_smoothing_k, int | np.integer) or cfg.target_smoothing_k < 1:
         problems.append(f"target_smoothing_k must be a whole number >= 1 "
                         f"(got {cfg.target_smoothing_k!r})")
+    if isinstance(cfg.neighbour_images, bool) or \
+            not isinstance(cfg.neighbour_images, int | np.integer) or cfg.neighbour_images < 0:
+        problems.append(f"neighbour_images must be a whole number >= 0 (got "
+                        f"{cfg.neighbour_images!r})")
+    elif cfg.neighbour_images > 0 and not cfg.image_input:
+        problems.append("neighbour_images averages the neighbouring spots' image features; "
+                        "it needs the image input (image_input=True)")
     if problems:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
+
+
+def check_neighbour_images(k: int, n_spots: int, what: str = "the sample") -> None:
+    """Refuse ``neighbour_images=k`` where ``what`` has too few spots (k others per spot)."""
+    if k and n_spots < int(k) + 2:
+        raise TrihrgeInputError(
+            f"neighbour_images={k} averages the {k} spots nearest each location besides its own, "
+            f"and {what} has {n_spots} spots", f"use neighbour_images={max(0, n_spots - 2)} or "
+            "less (for example 4 or 6), or 0 to switch it off")
 
 
 def check_levers_supported(cfg: RunConfig, task: str) -> None:
