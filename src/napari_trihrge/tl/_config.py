@@ -295,7 +295,9 @@ def check_levers_supported(cfg: RunConfig, task: str) -> None:
     """Refuse the levers ``task`` does not implement (count losses, denoised targets).
 
     Recovery and enhance implement them; train and transfer (several sections pooled) do not.
+    Every lever's value is checked first (:func:`validate_config` does it for the others).
     """
+    _check_levers(cfg)
     unsupported = [f"loss={cfg.loss!r}"] if cfg.loss != "mse" else []
     if cfg.target_smoothing:
         unsupported.append(f"target_smoothing={cfg.target_smoothing}")
