@@ -117,6 +117,10 @@ LEVER_VARIANTS: dict[str, dict] = {
     "network alone, targets denoised w=0.5": {"stacking": (), "target_smoothing": 0.5},
     "blend, neighbour images k=6": {"neighbour_images": 6},
     "network alone, neighbour images k=6": {"stacking": (), "neighbour_images": 6},
+    "blend, neighbour images k=6, all windows": {"neighbour_images": 6,
+                                                  "neighbour_images_windows": "all"},
+    "network alone, neighbour images k=6, all windows": {
+        "stacking": (), "neighbour_images": 6, "neighbour_images_windows": "all"},
 }
 #: with ``--with-relu``: the network alone with the earlier ReLU output (dead outputs)
 RELU_VARIANT = {"ablation: network alone, ReLU output (before)": {

@@ -122,6 +122,7 @@ def test_map_store_of_a_count_loss_gene_program_model_equals_the_direct_predicti
     ({"neighbour_images": True}, "neighbour_images must be a whole number"),
     ({"neighbour_images": 4, "image_input": False}, "needs the image input"),
     ({"neighbour_images": 100_000}, "neighbour_images=100000 averages"),
+    ({"neighbour_images": 4, "neighbour_images_windows": "largest"}, "must be one of spot, all"),
 ])
 def test_bad_neighbour_images_are_refused_before_any_work(synthetic, kw, match, monkeypatch):
     from napari_trihrge.tl import _shared
@@ -141,7 +142,12 @@ def test_neighbour_image_window_is_the_mean_of_the_nearest_other_spots(synthetic
 
     from napari_trihrge import geometry
     from napari_trihrge.progress import Progress
-    from napari_trihrge.tl._shared import _encoder_and_image, _features, _spot_features
+    from napari_trihrge.tl._shared import (
+        NeighbourImages,
+        _encoder_and_image,
+        _features,
+        _spot_features,
+    )
 
     # the spots moved by up to 3 um, so no two neighbours are at the same distance (no ties)
     rng = np.random.default_rng(0)
@@ -158,9 +164,9 @@ def test_neighbour_image_window_is_the_mean_of_the_nearest_other_spots(synthetic
     assert feats.shape == (own.shape[0], own.shape[1] + 1, own.shape[2])
     np.testing.assert_array_equal(feats[:, :-1], own)
 
-    def by_hand(at_rc_um):  # the 3 nearest spots after the nearest; the 112 um window (index 2)
+    def by_hand(at_rc_um, window=2):  # the 3 nearest spots after the nearest; 112 um: index 2
         order = np.argsort(cdist(at_rc_um, rc_um), axis=1)
-        return own[order[:, 1:4], 2].mean(axis=1)
+        return own[order[:, 1:4], window].mean(axis=1)
 
     np.testing.assert_allclose(feats[:, -1], by_hand(rc_um), rtol=1e-5, atol=1e-6)
     # locations between the spots: their nearest spot is left out, as a spot is at itself
@@ -170,6 +176,13 @@ def test_neighbour_image_window_is_the_mean_of_the_nearest_other_spots(synthetic
                       neighbour_images=images)[:, -1]
     np.testing.assert_allclose(extra, by_hand(at), rtol=1e-5, atol=1e-6)
     assert not np.allclose(extra, feats[:20, -1])  # not simply the nearest spot's own window
+    # 'all': every window of the neighbours, each one more window
+    every = NeighbourImages.from_spots(tiny(neighbour_images=3, neighbour_images_windows="all"),
+                                       own, rc_um, windows, dense=True).append_to(own[:20], at)
+    assert every.shape[1] == 2 * own.shape[1]
+    for w in range(own.shape[1]):
+        np.testing.assert_allclose(every[:, own.shape[1] + w], by_hand(at, w), rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_recovery_and_enhance_with_a_map_store_use_the_neighbour_images(synthetic):
@@ -211,19 +224,23 @@ def test_a_model_trained_with_neighbour_images_records_them_for_predict(syntheti
     from napari_trihrge.io.model_folder import load_model_folder
     from napari_trihrge.tl._model_io import prediction_config
 
-    trained = tl.train(synthetic, config=tiny(neighbour_images=4))
+    trained = tl.train(synthetic, config=tiny(neighbour_images=4,
+                                              neighbour_images_windows="all"))
     trained.model.save(tmp_path / "model")
     loaded = load_model_folder(tmp_path / "model")
     assert loaded.description["neighbour_images"] == 4
-    assert loaded.description["run_config"]["neighbour_images"] == 4
-    assert prediction_config(loaded, device="cpu", cache_dir=None,
-                             hf_token=None).neighbour_images == 4
+    assert loaded.description["neighbour_images_windows"] == "all"
+    assert loaded.nets[0].config.n_scales == 6  # local, 112, 336 um and the neighbours' three
+    again = prediction_config(loaded, device="cpu", cache_dir=None, hf_token=None)
+    assert (again.neighbour_images, again.neighbour_images_windows) == (4, "all")
     res = tl.predict(tmp_path / "model", synthetic, factor=2, stride_um=64.0)
     assert res.config["neighbour_images"] == 4
     assert res.metrics["spots"]["pcc_mean"] > res.metrics["spots"]["baseline_knn_pcc_mean"]
     inside = np.asarray(res.maps.values)[:, res.maps.mask]
     assert np.isfinite(inside).all()
     # a model without them predicts without them (older folders lack the field: 0)
-    description = {k: v for k, v in loaded.description.items() if k != "neighbour_images"}
-    assert prediction_config(dataclasses.replace(loaded, description=description), device="cpu",
-                             cache_dir=None, hf_token=None).neighbour_images == 0
+    description = {k: v for k, v in loaded.description.items()
+                   if not k.startswith("neighbour_images")}
+    old = prediction_config(dataclasses.replace(loaded, description=description), device="cpu",
+                            cache_dir=None, hf_token=None)
+    assert (old.neighbour_images, old.neighbour_images_windows) == (0, "spot")

@@ -28,6 +28,10 @@ TRUST_HOLDOUT_FRACTION = 0.25
 #: what the blend of recovery and enhance can combine (:mod:`napari_trihrge.model.stacking`)
 STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
 
+#: the neighbouring spots' windows averaged by ``RunConfig.neighbour_images``: the spot window
+#: (the smallest of ``windows_um``) as one more window, or every window of the bag
+NEIGHBOUR_IMAGE_WINDOWS = ("spot", "all")
+
 #: how enhance combines the candidates into virtual spots and maps (``RunConfig.map_method``)
 MAP_METHODS = ("blend", "residual")
 
@@ -103,6 +107,9 @@ class RunConfig:
         0: off. k > 0: one more image window, the mean of the spot-window features of the k
         spots nearest each location (its own spot left out), so the model also sees the
         tissue around the neighbouring spots.
+    neighbour_images_windows
+        Which of the neighbouring spots' windows are averaged: 'spot' (the smallest of the
+        windows, one more window) or 'all' (every window, as many more).
     ensemble
         Models trained with different seeds; their mean is the prediction and their spread
         shows where they disagree (less sure).
@@ -155,6 +162,7 @@ class RunConfig:
     # k > 0: the mean image features of the k nearest spots as one more window
     # (tl._shared.NeighbourImages; docs/benchmarks.md, "Levers tried")
     neighbour_images: int = 0
+    neighbour_images_windows: str = "spot"  # 'spot' | 'all' (NEIGHBOUR_IMAGE_WINDOWS)
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
@@ -278,6 +286,10 @@ def _check_levers(cfg: RunConfig) -> None:
     elif cfg.neighbour_images > 0 and not cfg.image_input:
         problems.append("neighbour_images averages the neighbouring spots' image features; "
                         "it needs the image input (image_input=True)")
+    if cfg.neighbour_images_windows not in NEIGHBOUR_IMAGE_WINDOWS:
+        problems.append(f"neighbour_images_windows must be one of "
+                        f"{', '.join(NEIGHBOUR_IMAGE_WINDOWS)} (got "
+                        f"{cfg.neighbour_images_windows!r})")
     if problems:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
 

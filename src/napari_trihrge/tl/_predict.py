@@ -283,8 +283,7 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
         v_feats = _features(image, enc, pts_rc, windows, cfg, progress, dense=dense)
         n_off = len(pts_rc) // len(ref_rc)
         # offset 0 of every cell: the spots / the tissue lattice, the neighbour images' sources
-        images = NeighbourImages.from_spots(cfg.neighbour_images, v_feats[::n_off], ref_rc,
-                                            windows, dense=dense)
+        images = NeighbourImages.from_spots(cfg, v_feats[::n_off], ref_rc, windows, dense=dense)
         if images is not None:
             v_feats = images.append_to(v_feats, pts_rc)
         ref_feats = v_feats[::n_off]

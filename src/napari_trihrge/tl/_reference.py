@@ -336,7 +336,7 @@ def feature_key(cfg: RunConfig, encoder, windows_um: Sequence[float], dense: boo
     if not cfg.image_input or encoder is None:
         return None
     return (encoder.config_key(), tuple(float(w) for w in windows_um), bool(dense),
-            int(cfg.neighbour_images))
+            int(cfg.neighbour_images), cfg.neighbour_images_windows)
 
 
 def load_model_references(models: Sequence[Any], cfg: RunConfig) -> list:

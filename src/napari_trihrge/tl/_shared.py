@@ -119,7 +119,8 @@ class NeighbourImages:
     """The neighbouring spots' images as one more window of the features (``neighbour_images``).
 
     The window at a location is the mean spot-window features (the smallest of the run's
-    ``windows_um``) of the ``k`` spots nearest it, its nearest spot left out
+    ``windows_um``; with ``neighbour_images_windows='all'`` every window, each one more
+    window) of the ``k`` spots nearest it, its nearest spot left out
     (:func:`napari_trihrge.neighbours.mean_of_nearest_others`): at a spot the spot itself, at a
     sub-location, virtual spot or map pixel the spot whose cell holds it, so every location sees
     the ring of spots around its own, at the distances the training spots see. The spots are
@@ -130,41 +131,43 @@ class NeighbourImages:
     """
 
     spot_rc_um: np.ndarray
-    spot_window: np.ndarray  # (spots, D): the spots' features of the spot window
+    spot_windows: np.ndarray  # (spots, W, D): the spots' features of the averaged windows
     k: int
 
     @classmethod
-    def from_spots(cls, k: int, spot_feats: np.ndarray, spot_rc_um: np.ndarray,
+    def from_spots(cls, cfg: RunConfig, spot_feats: np.ndarray, spot_rc_um: np.ndarray,
                    windows_um: Sequence[float], *, dense: bool) -> NeighbourImages | None:
-        """Return the window's sources from the spots' own features (N, S, D); None for k=0.
+        """Return the window's sources from the spots' own features (N, S, D).
 
-        ``windows_um`` / ``dense`` as given to :func:`_features` for ``spot_feats``.
+        None when ``cfg.neighbour_images`` is 0. ``windows_um`` / ``dense`` as given to
+        :func:`_features` for ``spot_feats``.
         """
-        if not k:
+        if not cfg.neighbour_images or not cfg.image_input:
             return None
-        first = int(dense)  # the dense path's first window is the local one
-        spot = first + int(np.argmin([float(w) for w in windows_um[first:]]))
+        if cfg.neighbour_images_windows == "all":
+            chosen = list(range(spot_feats.shape[1]))
+        else:
+            first = int(dense)  # the dense path's first window is the local one
+            chosen = [first + int(np.argmin([float(w) for w in windows_um[first:]]))]
         return cls(np.asarray(spot_rc_um, dtype=np.float64),
-                   np.asarray(spot_feats[:, spot], dtype=np.float32), int(k))
+                   np.asarray(spot_feats[:, chosen], dtype=np.float32), int(cfg.neighbour_images))
 
     def append_to(self, feats: np.ndarray, rc_um: np.ndarray) -> np.ndarray:
-        """Return ``feats`` (N, S, D) at ``rc_um`` with the window appended (N, S + 1, D)."""
-        extra = mean_of_nearest_others(self.spot_rc_um, self.spot_window, rc_um, self.k)
-        return np.concatenate([np.asarray(feats, dtype=np.float32), extra[:, None, :]], axis=1)
+        """Return ``feats`` (N, S, D) at ``rc_um`` with the windows appended (N, S + W, D)."""
+        extra = mean_of_nearest_others(self.spot_rc_um, self.spot_windows, rc_um, self.k)
+        return np.concatenate([np.asarray(feats, dtype=np.float32), extra], axis=1)
 
 
 def _spot_features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float],
-                   cfg: RunConfig, progress: Progress, *, dense: bool = False,
-                   k: int | None = None) -> tuple[np.ndarray, NeighbourImages | None]:
+                   cfg: RunConfig, progress: Progress, *, dense: bool = False
+                   ) -> tuple[np.ndarray, NeighbourImages | None]:
     """Embed the spots and make the run's :class:`NeighbourImages` from them.
 
-    Returns the spots' features (with the neighbour-image window when ``k``, by default
-    ``cfg.neighbour_images``, is > 0) and the window's sources for every other location.
+    Returns the spots' features (with the neighbour-image windows when
+    ``cfg.neighbour_images`` > 0) and the windows' sources for every other location.
     """
-    k = cfg.neighbour_images if k is None else k
     feats = _features(image, encoder, rc_um, windows_um, cfg, progress, dense=dense)
-    images = (NeighbourImages.from_spots(k, feats, rc_um, windows_um, dense=dense)
-              if cfg.image_input else None)
+    images = NeighbourImages.from_spots(cfg, feats, rc_um, windows_um, dense=dense)
     return (feats if images is None else images.append_to(feats, rc_um)), images
 
 
