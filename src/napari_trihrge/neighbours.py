@@ -2,6 +2,8 @@
 
 Used twice: as the image-free baseline every score is compared with, and as the neighbour input of
 the model (expression interpolated from nearby measured spots, learned jointly with the image).
+:func:`mean_of_nearest_others` averages what the spots around a location's own spot carry (their
+image features for ``RunConfig.neighbour_images``).
 """
 
 from __future__ import annotations
@@ -69,12 +71,11 @@ def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np
 
 def mean_of_nearest_others(src_rc_um: np.ndarray, src_values: np.ndarray,
                            dst_rc_um: np.ndarray, k: int) -> np.ndarray:
-    """Unweighted mean of the values of the ``k`` sources nearest each destination, its nearest
-    source left out.
+    """Mean of the values of the ``k`` sources nearest each destination after its nearest one.
 
-    ``src_values`` is (n_src, ...); the result is (n_dst, ...) float32. The source nearest a
-    destination is the one the destination belongs to: the spot itself at a spot, the spot
-    whose cell holds a sub-location, virtual spot or map pixel. Leaving it out gives every
+    Unweighted. ``src_values`` is (n_src, ...); the result is (n_dst, ...) float32. The source
+    nearest a destination is the one the destination belongs to: the spot itself at a spot, the
+    spot whose cell holds a sub-location, virtual spot or map pixel. Leaving it out gives every
     location the ring of spots around its own, at the lattice's distances, wherever it lies.
     """
     src_values = np.asarray(src_values, dtype=np.float32)
