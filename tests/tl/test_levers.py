@@ -244,3 +244,11 @@ def test_a_model_trained_with_neighbour_images_records_them_for_predict(syntheti
     old = prediction_config(dataclasses.replace(loaded, description=description), device="cpu",
                             cache_dir=None, hf_token=None)
     assert (old.neighbour_images, old.neighbour_images_windows) == (0, "spot")
+
+
+def test_transfer_adds_each_sections_neighbour_images(synthetic):
+    res = tl.transfer([synthetic], synthetic.copy(), config=tiny(neighbour_images=4))
+    plain = tl.transfer([synthetic], synthetic.copy(), config=tiny())
+    assert res.fits[0].model.config.n_scales == plain.fits[0].model.config.n_scales + 1
+    assert res.metrics["pcc_mean"] != plain.metrics["pcc_mean"]
+    assert np.isfinite(np.asarray(res.predictions.X)).all()

@@ -257,3 +257,33 @@ def test_a_model_reference_is_refused_where_it_cannot_serve(study, study_model, 
     (damaged / "model.json").write_text("{not json")
     with pytest.raises(TrihrgeInputError):
         tl.recovery(section, config=tiny(), reference=[str(damaged)])
+
+
+def test_references_and_a_model_reference_with_neighbour_images(study, tmp_path):
+    """Reference sections get the neighbour-image window from their own spots; a model folder
+    trained with it adds it where it predicts, exactly as `predict` does."""
+    from napari_trihrge.progress import Progress
+    from napari_trihrge.tl._shared import _genes_stage, _Timer, sample_geometry
+
+    section, *refs = study
+    res = tl.recovery(section, seed=1, config=tiny(neighbour_images=4), reference=refs)
+    alone = tl.recovery(section.copy(), seed=1, config=tiny())
+    assert res.fits[0].model.config.n_scales == alone.fits[0].model.config.n_scales + 1
+    assert res.metrics["reference_spots"] == [r.n_obs for r in refs]
+    assert res.metrics["pcc_mean"] > res.metrics["baseline_knn_pcc_mean"]
+
+    path = tl.train([r.copy() for r in refs], image_only=True,
+                    config=tiny(neighbour_images=4)).model.save(tmp_path / "model")
+    cfg = tiny()
+    expr = _genes_stage(section, cfg, _Timer(), Progress())
+    genes = list(expr.var_names)
+    model = load_model_folder(path)
+    [ref] = _reference.model_references([model], section[expr.obs_names], genes, cfg,
+                                        Progress())
+    rc_um, _, _ = sample_geometry(expr)
+    got = ref.predict(rc_um)
+    direct = tl.predict(str(path), section.copy())
+    spots = direct.virtual[direct.virtual.obs["is_measured"].to_numpy()][list(expr.obs_names)]
+    shared = [j for j, g in enumerate(genes) if g in model.genes]
+    np.testing.assert_allclose(got[:, shared], np.asarray(spots[:, [genes[j] for j in shared]].X),
+                               rtol=1e-4, atol=1e-5)
