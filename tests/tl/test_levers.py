@@ -1,4 +1,4 @@
-"""The model levers of RunConfig (count loss, gene programs, denoised targets) through recovery."""
+"""The model levers of RunConfig (count loss, gene programs, denoised targets, neighbour images)."""
 
 from __future__ import annotations
 
