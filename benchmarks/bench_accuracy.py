@@ -20,7 +20,8 @@ recovery   50 % of the spots hidden (seeded permutation), scored on the hidden s
            as a constant, share of genes better than the best kNN. ARI of k-means clusters
            against the layer annotation when the sample folder has a ``*_truth.txt``.
            ``--levers``: the levers of issue 21 item 4 instead (count losses, gene programs,
-           denoised targets; LEVER_VARIANTS), each with the blend and with the network alone.
+           denoised targets, neighbour images; LEVER_VARIANTS), each with the blend and with the
+           network alone.
 transfer   every her2st section predicted from its image alone after training on the others
            (tasks.transfer); baselines: ridge on the same features, mean training expression (MSE).
 synthetic  the embedded sample with truth: enhance at 16 um with a 3-model ensemble; dense map vs
@@ -114,6 +115,12 @@ LEVER_VARIANTS: dict[str, dict] = {
     "network alone, 64 gene programs": {"stacking": (), "output_rank": 64},
     "network alone, targets denoised w=0.25": {"stacking": (), "target_smoothing": 0.25},
     "network alone, targets denoised w=0.5": {"stacking": (), "target_smoothing": 0.5},
+    "blend, neighbour images k=6": {"neighbour_images": 6},
+    "network alone, neighbour images k=6": {"stacking": (), "neighbour_images": 6},
+    "blend, neighbour images k=6, all windows": {"neighbour_images": 6,
+                                                  "neighbour_images_windows": "all"},
+    "network alone, neighbour images k=6, all windows": {
+        "stacking": (), "neighbour_images": 6, "neighbour_images_windows": "all"},
 }
 #: with ``--with-relu``: the network alone with the earlier ReLU output (dead outputs)
 RELU_VARIANT = {"ablation: network alone, ReLU output (before)": {
@@ -477,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                          "ablations")
     ap.add_argument("--levers", action="store_true",
                     help="recovery: the lever rows (LEVER_VARIANTS: count losses, gene programs, "
-                         "denoised targets) instead of the model and its ablations")
+                         "denoised targets, neighbour images) instead of the model and its "
+                         "ablations")
     ap.add_argument("--variants", default=None,
                     help="recovery: only these model rows (comma-separated labels, or their "
                          "1-based positions in the list --sweep / --levers / the default list "

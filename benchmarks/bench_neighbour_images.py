@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     ap.add_argument("--k", type=int, default=4, help="nearest spots averaged (default 4)")
     ap.add_argument("--cache-dir", default=None, help="feature cache")
+    ap.add_argument("--neighbour-windows", choices=("all", "smallest"), default="all",
+                    help="the neighbours' windows added: all (one extra per window) or the "
+                         "smallest only (one extra window, as RunConfig.neighbour_images)")
     args = ap.parse_args(argv)
     from napari_trihrge.model.stacking import RidgeHead
     from napari_trihrge.neighbours import idw_interpolate
@@ -55,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             rc_um, _, _ = sample_geometry(expr)
             image, encoder = _encoder_and_image(adata, cfg)
             own = _features(image, encoder, rc_um, cfg.windows_um, cfg, Progress())
-            # the neighbours' mean features as extra windows: (N, 2S, D)
-            both = np.concatenate([own, neighbour_mean(own, rc_um, args.k)], axis=1)
+            # the neighbours' mean features as extra windows: (N, 2S, D), or (N, S + 1, D)
+            # with the smallest window only
+            added = own if args.neighbour_windows == "all" else own[:, :1]
+            both = np.concatenate([own, neighbour_mean(added, rc_um, args.k)], axis=1)
             pcc: dict[str, list[float]] = {"own": [], "both": []}
             for seed in seeds:
                 hidden, visible = _holdout_split(len(y), 0.5, seed)

@@ -2,6 +2,8 @@
 
 Used twice: as the image-free baseline every score is compared with, and as the neighbour input of
 the model (expression interpolated from nearby measured spots, learned jointly with the image).
+:func:`mean_of_nearest_others` averages what the spots around a location's own spot carry (their
+image features for ``RunConfig.neighbour_images``).
 """
 
 from __future__ import annotations
@@ -65,3 +67,25 @@ def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np
                              shape=(m, len(src_values)))
         out[sl] = weights @ src_values
     return out
+
+
+def mean_of_nearest_others(src_rc_um: np.ndarray, src_values: np.ndarray,
+                           dst_rc_um: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the values of the ``k`` sources nearest each destination after its nearest one.
+
+    Unweighted. ``src_values`` is (n_src, ...); the result is (n_dst, ...) float32. The source
+    nearest a destination is the one the destination belongs to: the spot itself at a spot, the
+    spot whose cell holds a sub-location, virtual spot or map pixel. Leaving it out gives every
+    location the ring of spots around its own, at the lattice's distances, wherever it lies.
+    """
+    src_values = np.asarray(src_values, dtype=np.float32)
+    k = int(k)
+    if not 1 <= k < len(src_rc_um):
+        raise ValueError(f"need more than k={k} source points, got {len(src_rc_um)}")
+    _, idx = cKDTree(np.asarray(src_rc_um, dtype=np.float64)).query(
+        np.asarray(dst_rc_um, dtype=np.float64), k=k + 1)
+    idx = np.asarray(idx).reshape(len(dst_rc_um), k + 1)[:, 1:]
+    out = np.zeros((len(idx), *src_values.shape[1:]), dtype=np.float32)
+    for j in range(k):  # no (n_dst, k, ...) gather held at once
+        out += src_values[idx[:, j]]
+    return out / np.float32(k)

@@ -180,24 +180,26 @@ def test_a_trained_model_joins_the_blend_as_a_candidate(study, study_model):
     assert m["pcc_mean"] != a["pcc_mean"]
 
 
-def test_the_model_candidate_is_the_models_own_prediction(study, study_model):
-    """At the section's spots the candidate equals `predict` of the same model (one engine);
-    a run gene the model lacks gets no part from it."""
+def _candidate_and_prediction(section, model_path):
+    """The model candidate at the section's spots and `predict` of the same model there."""
     from napari_trihrge.progress import Progress
     from napari_trihrge.tl._shared import _genes_stage, _Timer, sample_geometry
 
-    section = study[0]
-    cfg = tiny()
-    expr = _genes_stage(section, cfg, _Timer(), Progress())
+    expr = _genes_stage(section, tiny(), _Timer(), Progress())
     genes = list(expr.var_names)
-    model = load_model_folder(study_model)
-    [ref] = _reference.model_references([model], section[expr.obs_names], genes, cfg,
+    model = load_model_folder(model_path)
+    [ref] = _reference.model_references([model], section[expr.obs_names], genes, tiny(),
                                         Progress())
     rc_um, _, _ = sample_geometry(expr)
-    got = ref.predict(rc_um)
-    direct = tl.predict(str(study_model), section.copy())
+    direct = tl.predict(str(model_path), section.copy())
     spots = direct.virtual[direct.virtual.obs["is_measured"].to_numpy()]
-    spots = spots[list(expr.obs_names)]
+    return ref.predict(rc_um), spots[list(expr.obs_names)], genes, model
+
+
+def test_the_model_candidate_is_the_models_own_prediction(study, study_model):
+    """At the section's spots the candidate equals `predict` of the same model (one engine);
+    a run gene the model lacks gets no part from it."""
+    got, spots, genes, model = _candidate_and_prediction(study[0], study_model)
     for j, gene in enumerate(genes):
         if gene in model.genes:
             np.testing.assert_allclose(got[:, j], np.asarray(spots[:, gene].X).ravel(),
@@ -257,3 +259,22 @@ def test_a_model_reference_is_refused_where_it_cannot_serve(study, study_model, 
     (damaged / "model.json").write_text("{not json")
     with pytest.raises(TrihrgeInputError):
         tl.recovery(section, config=tiny(), reference=[str(damaged)])
+
+
+def test_references_and_a_model_reference_with_neighbour_images(study, tmp_path):
+    """Reference sections get the neighbour-image window from their own spots; a model folder
+    trained with it adds it where it predicts, exactly as `predict` does."""
+    section, *refs = study
+    res = tl.recovery(section, seed=1, config=tiny(neighbour_images=4), reference=refs)
+    alone = tl.recovery(section.copy(), seed=1, config=tiny())
+    assert res.fits[0].model.config.n_scales == alone.fits[0].model.config.n_scales + 1
+    assert res.metrics["reference_spots"] == [r.n_obs for r in refs]
+    assert res.metrics["pcc_mean"] > res.metrics["baseline_knn_pcc_mean"]
+
+    path = tl.train([r.copy() for r in refs], image_only=True,
+                    config=tiny(neighbour_images=4)).model.save(tmp_path / "model")
+    got, spots, genes, model = _candidate_and_prediction(section, path)
+    assert model.nets[0].config.n_scales == 4
+    shared = [j for j, g in enumerate(genes) if g in model.genes]
+    np.testing.assert_allclose(got[:, shared], np.asarray(spots[:, [genes[j] for j in shared]].X),
+                               rtol=1e-4, atol=1e-5)

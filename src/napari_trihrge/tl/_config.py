@@ -28,6 +28,10 @@ TRUST_HOLDOUT_FRACTION = 0.25
 #: what the blend of recovery and enhance can combine (:mod:`napari_trihrge.model.stacking`)
 STACKING_CANDIDATES = ("knn6", "knn12", "ridge", "network")
 
+#: the neighbouring spots' windows averaged by ``RunConfig.neighbour_images``: the spot window
+#: (the smallest of ``windows_um``) as one more window, or every window of the bag
+NEIGHBOUR_IMAGE_WINDOWS = ("spot", "all")
+
 #: how enhance combines the candidates into virtual spots and maps (``RunConfig.map_method``)
 MAP_METHODS = ("blend", "residual")
 
@@ -99,6 +103,13 @@ class RunConfig:
         each training spot's target, to denoise it; 0 = the measured expression.
     target_smoothing_k
         Measured spots used for that interpolation.
+    neighbour_images
+        0: off. k > 0: one more image window, the mean of the spot-window features of the k
+        spots nearest each location (its own spot left out), so the model also sees the
+        tissue around the neighbouring spots.
+    neighbour_images_windows
+        Which of the neighbouring spots' windows are averaged: 'spot' (the smallest of the
+        windows, one more window) or 'all' (every window, as many more).
     ensemble
         Models trained with different seeds; their mean is the prediction and their spread
         shows where they disagree (less sure).
@@ -148,6 +159,10 @@ class RunConfig:
     output_rank: int = 0  # 0 = full output layer; k = k gene programs shared by all genes
     target_smoothing: float = 0.0  # weight of the neighbours in the denoised training targets
     target_smoothing_k: int = 6
+    # k > 0: the mean image features of the k nearest spots as one more window
+    # (tl._shared.NeighbourImages; docs/benchmarks.md, "Levers tried")
+    neighbour_images: int = 0
+    neighbour_images_windows: str = "spot"  # 'spot' | 'all' (NEIGHBOUR_IMAGE_WINDOWS)
     ensemble: int = 1
     model_preset: str = "auto"  # 'auto' | 'paper' | 'compact' (see MODEL_PRESETS)
     seed: int = 0
@@ -264,15 +279,37 @@ def _check_levers(cfg: RunConfig) -> None:
             not isinstance(cfg.target_smoothing_k, int | np.integer) or cfg.target_smoothing_k < 1:
         problems.append(f"target_smoothing_k must be a whole number >= 1 "
                         f"(got {cfg.target_smoothing_k!r})")
+    if isinstance(cfg.neighbour_images, bool) or \
+            not isinstance(cfg.neighbour_images, int | np.integer) or cfg.neighbour_images < 0:
+        problems.append(f"neighbour_images must be a whole number >= 0 (got "
+                        f"{cfg.neighbour_images!r})")
+    elif cfg.neighbour_images > 0 and not cfg.image_input:
+        problems.append("neighbour_images averages the neighbouring spots' image features; "
+                        "it needs the image input (image_input=True)")
+    if cfg.neighbour_images_windows not in NEIGHBOUR_IMAGE_WINDOWS:
+        problems.append(f"neighbour_images_windows must be one of "
+                        f"{', '.join(NEIGHBOUR_IMAGE_WINDOWS)} (got "
+                        f"{cfg.neighbour_images_windows!r})")
     if problems:
         raise TrihrgeInputError("; ".join(problems), "fix the listed settings")
+
+
+def check_neighbour_images(k: int, n_spots: int, what: str = "the sample") -> None:
+    """Refuse ``neighbour_images=k`` where ``what`` has too few spots (k others per spot)."""
+    if k and n_spots < int(k) + 2:
+        raise TrihrgeInputError(
+            f"neighbour_images={k} averages the {k} spots nearest each location besides its own, "
+            f"and {what} has {n_spots} spots", f"use neighbour_images={max(0, n_spots - 2)} or "
+            "less (for example 4 or 6), or 0 to switch it off")
 
 
 def check_levers_supported(cfg: RunConfig, task: str) -> None:
     """Refuse the levers ``task`` does not implement (count losses, denoised targets).
 
     Recovery and enhance implement them; train and transfer (several sections pooled) do not.
+    Every lever's value is checked first (:func:`validate_config` does it for the others).
     """
+    _check_levers(cfg)
     unsupported = [f"loss={cfg.loss!r}"] if cfg.loss != "mse" else []
     if cfg.target_smoothing:
         unsupported.append(f"target_smoothing={cfg.target_smoothing}")

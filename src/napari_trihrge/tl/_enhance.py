@@ -15,7 +15,12 @@ from .._checks import MIN_SECTION_SPOTS, check_adata, check_declared_pixel_size
 from ..metrics import TRUST_COLUMNS, add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
-from ._config import TRUST_HOLDOUT_FRACTION, RunConfig, validate_config
+from ._config import (
+    TRUST_HOLDOUT_FRACTION,
+    RunConfig,
+    check_neighbour_images,
+    validate_config,
+)
 from ._maps import (
     DenseMaps,
     check_map_grid,
@@ -47,6 +52,7 @@ from ._shared import (
     _joined,
     _lattice_kind,
     _predict,
+    _spot_features,
     _stacked_predict,
     _subset_rows,
     _Timer,
@@ -210,6 +216,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     cfg = config or RunConfig()
     validate_config(cfg)
     factor = geometry.validate_density_factor(factor)
+    check_neighbour_images(cfg.neighbour_images, adata.n_obs)
     check_reference_weight(reference_weight)
     refs, loaded_models = check_all_references(adata, reference, cfg)
     if loaded_models and map_store:
@@ -249,8 +256,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                 geometry.spot_spacing_um(rc_um)
             grid = map_grid(grid_image, rc_um, stride_um, margin)  # used again for the maps
             check_map_grid(grid, grid_image, stride_um)
-        feats = _features(image, encoder, rc_um, windows, cfg, progress,
-                          dense=stride_um is not None)
+        feats, images = _spot_features(image, encoder, rc_um, windows, cfg, progress,
+                                       dense=stride_um is not None)
         ref_data = None
         if refs is not None:
             ref_data = reference_data(refs, list(expr.var_names), cfg, encoder, windows, feats,
@@ -270,7 +277,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
         sub_rc = (rc_um[:, None, :] + offs[None]).reshape(-1, 2)
         with timer("features"):
             sub_feats = _features(image, encoder, sub_rc, windows, cfg, progress,
-                                  dense=stride_um is not None)
+                                  dense=stride_um is not None, neighbour_images=images)
         sub["sub_features"] = sub_feats.reshape(len(rc_um), len(offs), *sub_feats.shape[1:])
         sub["sub_mask"] = np.ones((len(rc_um), len(offs)), dtype=bool)
         if cfg.neighbour_input:
@@ -310,7 +317,7 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
     with timer("prediction"):
         pts_rc, parent = geometry.virtual_spot_grid(rc_um, factor, lattice)
         v_feats = _features(image, encoder, pts_rc, windows, cfg, progress,
-                            dense=stride_um is not None)
+                            dense=stride_um is not None, neighbour_images=images)
         v_nb = idw_interpolate(rc_um, y, pts_rc, cfg.n_neighbours) if cfg.neighbour_input else None
         if stacked is not None:
             v_pred, v_std, _ = _stacked_predict(stacked, v_feats, v_nb, pts_rc, cfg, progress)
@@ -359,7 +366,8 @@ def enhance(adata: AnnData, *, factor: int = geometry.DEFAULT_DENSITY_FACTOR,
                                 map_path=map_path, genes=genes, grid=grid,
                                 factorised=bool(map_store) and (
                                     stacked is None or stacked.factorisable),
-                                store_path=map_store if isinstance(map_store, str) else None)
+                                store_path=map_store if isinstance(map_store, str) else None,
+                                neighbour_images=images)
         with timer("consistency"):
             metrics["consistency"] = map_spot_consistency(maps, rc_um, y, spot_diameter_um)
     store_result(adata, "enhance", metrics=metrics, config=cfg.public_dict(),

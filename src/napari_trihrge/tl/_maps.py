@@ -23,7 +23,7 @@ from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
 from ..threads import cpu_threads
 from ._config import RunConfig
-from ._shared import StackedModel, _features, _stacked_predict
+from ._shared import NeighbourImages, StackedModel, _features, _stacked_predict
 
 
 @dataclass
@@ -165,7 +165,8 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
                  margin_um: float | None = None, band_rows: int = 32,
                  grid: geometry.DenseGrid | None = None, factorised: bool = False,
                  store_path: str | None = None, factor_dtype: Any = None,
-                 overwrite: bool = False) -> DenseMaps | FactorMaps:
+                 overwrite: bool = False, neighbour_images: NeighbourImages | None = None
+                 ) -> DenseMaps | FactorMaps:
     """Predict dense maps, streamed band of map rows by band.
 
     Each band's locations are embedded and predicted for all genes, then written into a (genes,
@@ -181,7 +182,9 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
     in memory) and a :class:`FactorMaps` is returned
     that computes any gene's map, equal to the direct prediction, when asked; written to the
     store ``store_path`` when given (else in memory); with ``map_path`` every gene is also
-    materialised there as an OME-Zarr map.
+    materialised there as an OME-Zarr map. ``neighbour_images``: the run's neighbour-image
+    window (:class:`~napari_trihrge.tl._shared.NeighbourImages`), appended to every map
+    location's features as to the spots'.
     """
     progress = ensure_progress(progress)
     if grid is None:
@@ -191,7 +194,8 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
         return _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg,
                                     genes=genes, progress=progress, store_path=store_path,
                                     map_path=map_path, factor_dtype=factor_dtype,
-                                    overwrite=overwrite, band_rows=band_rows)
+                                    overwrite=overwrite, band_rows=band_rows,
+                                    neighbour_images=neighbour_images)
     n_rows, n_cols = grid.shape
     n_genes = len(genes)
     gene_chunk = min(32, n_genes)
@@ -214,7 +218,7 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
     progress.stage("maps", total=n_bands)
     try:
         _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
-                           band_rows, progress)
+                           band_rows, progress, neighbour_images)
     except BaseException:
         for store in (values, std):
             if hasattr(store, "abort"):
@@ -238,7 +242,7 @@ BLEND_BLOCK_LOCATIONS = 4096
 
 
 def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, values, std,
-                       band_rows, progress) -> None:
+                       band_rows, progress, neighbour_images=None) -> None:
     """Embed blocks of many map rows at once, then predict and write them 32 rows at a time.
 
     All genes at once, so features cost one encoder pass per block and predictions stay bounded (a
@@ -256,7 +260,8 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
         ii += b0
         pts = grid.origin_rc_um + np.stack([ii, jj], axis=1) * grid.stride_um
         feats = (_features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
-                           cache=False) if len(pts) else None)
+                           cache=False, neighbour_images=neighbour_images)
+                 if len(pts) else None)
         for r0 in range(b0, b1, band_rows):
             r1 = min(b1, r0 + band_rows)
             band_vals = np.full((n_genes, r1 - r0, n_cols), np.nan, dtype=np.float32)
@@ -359,8 +364,8 @@ def _location_factors(fits: list | StackedModel, weights: GeneWeights, feats, nb
 
 
 def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, *, genes,
-                         progress, store_path, map_path, factor_dtype, overwrite, band_rows
-                         ) -> FactorMaps:
+                         progress, store_path, map_path, factor_dtype, overwrite, band_rows,
+                         neighbour_images=None) -> FactorMaps:
     """:func:`predict_maps` with ``factorised=True``."""
     weights = map_gene_weights(fits, genes, cfg)
     if weights.knn_ks() and weights.spots_expression is None:
@@ -379,7 +384,7 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
             if len(ii):
                 pts = grid.origin_rc_um + np.stack([ii + b0, jj], axis=1) * grid.stride_um
                 feats = _features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
-                                  cache=False)
+                                  cache=False, neighbour_images=neighbour_images)
                 nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
                       if cfg.neighbour_input else None)
                 for c0 in range(0, len(pts), FACTOR_BLOCK_LOCATIONS):

@@ -60,6 +60,9 @@ def describe(cfg: RunConfig, *, task: str, encoder=None, genes: Sequence[str],
         "image_input": bool(cfg.image_input),
         "neighbour_input": bool(cfg.neighbour_input),
         "n_neighbours": int(cfg.n_neighbours),
+        # the neighbouring spots' images as one more window (0: none); predict adds it too
+        "neighbour_images": int(cfg.neighbour_images),
+        "neighbour_images_windows": str(cfg.neighbour_images_windows),
         "lattice": None if lattice is None else {
             "kind": lattice.kind, "spacing_um": float(lattice.spacing_um),
             "basis_rc_um": np.asarray(lattice.basis_rc_um).tolist(),
@@ -147,5 +150,8 @@ def prediction_config(model: TrainedModel, *, device: str, cache_dir: str | None
                      local_window_um=float(feats.get("local_window_um") or RunConfig.local_window_um),
                      neighbour_input=bool(d["neighbour_input"]),
                      image_input=bool(d.get("image_input", True)),
-                     n_neighbours=int(d.get("n_neighbours", RunConfig.n_neighbours)), ensemble=len(model.nets),
+                     n_neighbours=int(d.get("n_neighbours", RunConfig.n_neighbours)),
+                     neighbour_images=int(d.get("neighbour_images", 0)),
+                     neighbour_images_windows=str(d.get("neighbour_images_windows", "spot")),
+                     ensemble=len(model.nets),
                      device=device, cache_dir=cache_dir)

@@ -29,10 +29,12 @@ from ..io.model_folder import TrainedModel, check_encoder
 from ..metrics import TRUST_COLUMNS
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
+from ._config import check_neighbour_images
 from ._enhance import EnhanceResult
 from ._maps import check_map_grid, check_map_size, map_grid, map_spot_consistency, predict_maps
 from ._model_io import prediction_config, ready_model
 from ._shared import (
+    NeighbourImages,
     _create_encoder,
     _features,
     _knn_baselines,
@@ -275,17 +277,23 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
             grid = map_grid(image, ref_rc, float(stride_um), float("inf") if bare else
                             geometry.spot_spacing_um(ref_rc))
             check_map_grid(grid, image, float(stride_um))
+        check_neighbour_images(cfg.neighbour_images, len(ref_rc),
+                               "the tissue lattice of the image" if bare else "the target")
         pts_rc, parent = geometry.virtual_spot_grid(ref_rc, factor, lattice)
         v_feats = _features(image, enc, pts_rc, windows, cfg, progress, dense=dense)
         n_off = len(pts_rc) // len(ref_rc)
-        ref_feats = v_feats[::n_off]  # offset 0 of every cell: the spots / the tissue lattice
+        # offset 0 of every cell: the spots / the tissue lattice, the neighbour images' sources
+        images = NeighbourImages.from_spots(cfg, v_feats[::n_off], ref_rc, windows, dense=dense)
+        if images is not None:
+            v_feats = images.append_to(v_feats, pts_rc)
+        ref_feats = v_feats[::n_off]
         mu = sd = None
         if model.per_section:
             if reference == "tissue" and not bare:
                 ref_feats = _features(image, enc,
                                       _tissue_lattice(image, model.description["lattice"]),
-                                      windows, cfg,
-                                      progress, dense=dense)
+                                      windows, cfg, progress, dense=dense,
+                                      neighbour_images=images)
             _, mu, sd = _standardise(ref_feats)
     nets = model.for_section(mu, sd)
     fits = [SimpleNamespace(model=n) for n in nets]
@@ -354,7 +362,8 @@ def predict(model: TrainedModel | str | Path, target: AnnData | str | Path, *,
             maps = predict_maps(fits, image, enc, ref_rc, y, windows, float(stride_um), cfg,
                                 genes=genes, progress=progress, map_path=map_path, grid=grid,
                                 factorised=bool(map_store),
-                                store_path=map_store if isinstance(map_store, str) else None)
+                                store_path=map_store if isinstance(map_store, str) else None,
+                                neighbour_images=images)
         if not bare and not np.isnan(y).any():
             with timer("consistency"):
                 metrics["consistency"] = map_spot_consistency(maps, rc_um, y, diameter_um)

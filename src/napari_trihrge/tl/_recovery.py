@@ -13,7 +13,7 @@ from .._checks import MIN_SECTION_SPOTS, check_adata, check_declared_pixel_size
 from ..metrics import add_noise_ceiling
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
-from ._config import RunConfig, validate_config
+from ._config import RunConfig, check_neighbour_images, validate_config
 from ._reference import (
     check_all_references,
     check_reference_weight,
@@ -28,7 +28,6 @@ from ._shared import (
     _annotation_labels,
     _count_targets,
     _encoder_and_image,
-    _features,
     _fit,
     _fit_stacked,
     _genes_stage,
@@ -38,6 +37,7 @@ from ._shared import (
     _joined,
     _predict,
     _prediction_adata,
+    _spot_features,
     _stacked_predict,
     _subset_rows,
     _Timer,
@@ -92,6 +92,7 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
     cfg = config or RunConfig()
     validate_config(cfg)
     _holdout_split(adata.n_obs, holdout_fraction, seed)  # refused before any work
+    check_neighbour_images(cfg.neighbour_images, adata.n_obs)
     check_reference_weight(reference_weight)
     refs, loaded_models = check_all_references(adata, reference, cfg)
     progress = ensure_progress(progress)
@@ -106,7 +107,8 @@ def recovery(adata: AnnData, *, holdout_fraction: float = 0.5, seed: int = 0, an
 
     with timer("features"):
         image, encoder = _encoder_and_image(adata, cfg) if cfg.image_input else (None, None)
-        feats = _features(image, encoder, rc_um, cfg.windows_um, cfg, progress)
+        # every spot's image is known, hidden or not: all are neighbour-image sources
+        feats, _ = _spot_features(image, encoder, rc_um, cfg.windows_um, cfg, progress)
         ref_data = None
         if refs is not None:
             ref_data = reference_data(refs, list(expr.var_names), cfg, encoder, cfg.windows_um,

@@ -49,7 +49,7 @@ from .._checks import (
 from ..errors import TrihrgeInputError
 from ..neighbours import idw_interpolate
 from ..progress import Progress
-from ._config import RunConfig
+from ._config import RunConfig, check_neighbour_images
 from ._shared import (
     _create_encoder,
     _features,
@@ -57,6 +57,7 @@ from ._shared import (
     _nonzero_spots,
     _predict,
     _section_name,
+    _spot_features,
     _standardise,
     sample_geometry,
 )
@@ -211,7 +212,7 @@ def reference_data(references: Sequence[AnnData], genes: Sequence[str], cfg: Run
         rc_um, _, _ = sample_geometry(ref)
         y = _log_expression(ref, genes)
         image = get_image(ref) if cfg.image_input else None
-        x = _features(image, encoder, rc_um, windows_um, cfg, progress, dense=dense)
+        x, _ = _spot_features(image, encoder, rc_um, windows_um, cfg, progress, dense=dense)
         if cfg.image_input:
             x = (_standardise(x)[0] * section_sd + section_mean).astype(np.float32)
         feats.append(x)
@@ -276,6 +277,7 @@ class ModelReference:
     spot_features: np.ndarray
     own_feature_key: tuple | None
     source_rows: np.ndarray | None = None
+    neighbour_images: Any = None  # _shared.NeighbourImages of a model trained with them
 
     @property
     def n_shared_genes(self) -> int:
@@ -317,7 +319,8 @@ class ModelReference:
             feats = run_features
         else:
             feats = _features(self.image, self.encoder, rc_um, self.windows_um, self.config,
-                              Progress(), dense=self.dense, cache=False)
+                              Progress(), dense=self.dense, cache=False,
+                              neighbour_images=self.neighbour_images)
         nb = self._neighbour(rc_um, exclude_self=False)
         return self._run_genes(_predict(self._fits(), feats, nb, self.config)[0])
 
@@ -332,7 +335,8 @@ def feature_key(cfg: RunConfig, encoder, windows_um: Sequence[float], dense: boo
     """Return what makes two runs' features the same (None without image input)."""
     if not cfg.image_input or encoder is None:
         return None
-    return (encoder.config_key(), tuple(float(w) for w in windows_um), bool(dense))
+    return (encoder.config_key(), tuple(float(w) for w in windows_um), bool(dense),
+            int(cfg.neighbour_images), cfg.neighbour_images_windows)
 
 
 def load_model_references(models: Sequence[Any], cfg: RunConfig) -> list:
@@ -393,7 +397,9 @@ def model_references(models: Sequence[Any], adata: AnnData, genes: Sequence[str]
         check_encoder(model.description, encoder)
         image = get_image(adata)
         windows = model.bag_windows_um
-        feats = _features(image, encoder, rc_um, windows, mcfg, progress, dense=model.dense)
+        check_neighbour_images(mcfg.neighbour_images, len(rc_um), f"the section ({where})")
+        feats, images = _spot_features(image, encoder, rc_um, windows, mcfg, progress,
+                                       dense=model.dense)
         mu = sd = None
         if model.per_section:
             _, mu, sd = _standardise(feats)
@@ -401,7 +407,8 @@ def model_references(models: Sequence[Any], adata: AnnData, genes: Sequence[str]
             name=name, nets=model.for_section(mu, sd), columns=columns, config=mcfg,
             encoder=encoder, image=image, windows_um=windows, dense=model.dense,
             spot_rc_um=rc_um, spot_y=spot_y, spot_features=feats,
-            own_feature_key=feature_key(mcfg, encoder, windows, model.dense)))
+            own_feature_key=feature_key(mcfg, encoder, windows, model.dense),
+            neighbour_images=images))
     return out
 
 
@@ -415,6 +422,8 @@ def check_all_references(adata: AnnData, reference: Any, cfg: RunConfig
     if sections is not None:
         check_reference_levers(cfg)
     refs = check_references(adata, sections) if sections is not None else None
+    for i, ref in enumerate(refs or []):
+        check_neighbour_images(cfg.neighbour_images, ref.n_obs, f"reference[{i}]")
     return refs, load_model_references(models, cfg)
 
 

@@ -19,7 +19,7 @@ from .. import geometry
 from ..errors import TrihrgeInputError
 from ..io.model_folder import NORMALISATION
 from ..metrics import TRUST_COLUMNS, best_baseline, gene_trust, spot_scores
-from ..neighbours import idw_interpolate
+from ..neighbours import idw_interpolate, mean_of_nearest_others
 from ..pp import prepare_expression
 from ..pp.markers import marker_note
 from ..progress import Progress
@@ -90,12 +90,14 @@ def _standardise(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cfg: RunConfig,
-              progress: Progress, *, dense: bool = False, cache: bool = True) -> np.ndarray:
+              progress: Progress, *, dense: bool = False, cache: bool = True,
+              neighbour_images: NeighbourImages | None = None) -> np.ndarray:
     """Embed image bags (N, S, D).
 
     ``dense``: the first window is the local one and every window comes from the encoder's dense
     path (for ViTs, patch tokens from one forward pass per tile: the same features for spots,
-    sub-locations, virtual spots and map pixels).
+    sub-locations, virtual spots and map pixels). ``neighbour_images`` (the run's
+    :class:`NeighbourImages`, or None): its window is appended (N, S + 1, D).
     """
     from ..features import extract_features
 
@@ -103,11 +105,70 @@ def _features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float], cf
         return np.zeros((len(rc_um), 0, 1), dtype=np.float32)
     cache_dir = cfg.cache_dir if cache else None
     if dense:
-        return extract_features(image, rc_um, encoder, tuple(windows_um[1:]), dense=True,
-                                local_window_um=windows_um[0], cache_dir=cache_dir,
-                                progress=progress)
-    return extract_features(image, rc_um, encoder, tuple(windows_um), cache_dir=cache_dir,
-                            progress=progress)
+        feats = extract_features(image, rc_um, encoder, tuple(windows_um[1:]), dense=True,
+                                 local_window_um=windows_um[0], cache_dir=cache_dir,
+                                 progress=progress)
+    else:
+        feats = extract_features(image, rc_um, encoder, tuple(windows_um), cache_dir=cache_dir,
+                                 progress=progress)
+    return feats if neighbour_images is None else neighbour_images.append_to(feats, rc_um)
+
+
+@dataclass
+class NeighbourImages:
+    """The neighbouring spots' images as one more window of the features (``neighbour_images``).
+
+    The window at a location is the mean spot-window features (the smallest of the run's
+    ``windows_um``; with ``neighbour_images_windows='all'`` every window, each one more
+    window) of the ``k`` spots nearest it, its nearest spot left out
+    (:func:`napari_trihrge.neighbours.mean_of_nearest_others`): at a spot the spot itself, at a
+    sub-location, virtual spot or map pixel the spot whose cell holds it, so every location sees
+    the ring of spots around its own, at the distances the training spots see. The spots are
+    every measured-lattice spot (hidden ones too: their images are known), or the tissue
+    lattice of a bare image. Computed here only; every path appends it through
+    :func:`_features` or :meth:`append_to`, upstream of the ridge head, the networks and the
+    map store.
+    """
+
+    spot_rc_um: np.ndarray
+    spot_windows: np.ndarray  # (spots, W, D): the spots' features of the averaged windows
+    k: int
+
+    @classmethod
+    def from_spots(cls, cfg: RunConfig, spot_feats: np.ndarray, spot_rc_um: np.ndarray,
+                   windows_um: Sequence[float], *, dense: bool) -> NeighbourImages | None:
+        """Return the window's sources from the spots' own features (N, S, D).
+
+        None when ``cfg.neighbour_images`` is 0. ``windows_um`` / ``dense`` as given to
+        :func:`_features` for ``spot_feats``.
+        """
+        if not cfg.neighbour_images or not cfg.image_input:
+            return None
+        if cfg.neighbour_images_windows == "all":
+            chosen = list(range(spot_feats.shape[1]))
+        else:
+            first = int(dense)  # the dense path's first window is the local one
+            chosen = [first + int(np.argmin([float(w) for w in windows_um[first:]]))]
+        return cls(np.asarray(spot_rc_um, dtype=np.float64),
+                   np.asarray(spot_feats[:, chosen], dtype=np.float32), int(cfg.neighbour_images))
+
+    def append_to(self, feats: np.ndarray, rc_um: np.ndarray) -> np.ndarray:
+        """Return ``feats`` (N, S, D) at ``rc_um`` with the windows appended (N, S + W, D)."""
+        extra = mean_of_nearest_others(self.spot_rc_um, self.spot_windows, rc_um, self.k)
+        return np.concatenate([np.asarray(feats, dtype=np.float32), extra], axis=1)
+
+
+def _spot_features(image, encoder, rc_um: np.ndarray, windows_um: Sequence[float],
+                   cfg: RunConfig, progress: Progress, *, dense: bool = False
+                   ) -> tuple[np.ndarray, NeighbourImages | None]:
+    """Embed the spots and make the run's :class:`NeighbourImages` from them.
+
+    Returns the spots' features (with the neighbour-image windows when
+    ``cfg.neighbour_images`` > 0) and the windows' sources for every other location.
+    """
+    feats = _features(image, encoder, rc_um, windows_um, cfg, progress, dense=dense)
+    images = NeighbourImages.from_spots(cfg, feats, rc_um, windows_um, dense=dense)
+    return (feats if images is None else images.append_to(feats, rc_um)), images
 
 
 def _fit(cfg: RunConfig, features, targets, neighbour, progress, **sub) -> list:

@@ -35,7 +35,7 @@ from ..errors import TrihrgeInputError
 from ..io.model_folder import TrainedModel
 from ..neighbours import idw_interpolate
 from ..progress import Progress, ensure_progress
-from ._config import RunConfig, check_levers_supported
+from ._config import RunConfig, check_levers_supported, check_neighbour_images
 from ._enhance import _sub_spot_offsets
 from ._model_io import describe
 from ._shared import (
@@ -50,6 +50,7 @@ from ._shared import (
     _predict,
     _score_sections,
     _section_name,
+    _spot_features,
     _standardise,
     _Timer,
     _trust_columns,
@@ -113,9 +114,10 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
         raise TrihrgeInputError(f"trust_fraction must be in [0, 0.9), got {trust_fraction}",
                                 "use for example 0.1")
     adatas = check_adatas(adatas, what="adatas", min_spots=MIN_SECTION_SPOTS)
-    for a in adatas:
+    for i, a in enumerate(adatas):
         sample_geometry(a)  # pixel size present: fail before any heavy work
         check_declared_pixel_size(a)
+        check_neighbour_images(cfg.neighbour_images, a.n_obs, f"adatas[{i}]")
     progress = ensure_progress(progress)
     timer = _Timer()
     sections = [_nonzero_spots(a) for a in adatas]
@@ -143,12 +145,14 @@ def train(adatas: AnnData | Sequence[AnnData], *, image_only: bool = False,
             lattice_diameter_um = diameter_um
         with timer("features"):
             image = get_image(a)
-            z, mu, sd = _standardise(_features(image, encoder, rc_um, windows, cfg, progress,
-                                               dense=True))
+            spot_feats, images = _spot_features(image, encoder, rc_um, windows, cfg, progress,
+                                                dense=True)
+            z, mu, sd = _standardise(spot_feats)
             offs = _sub_spot_offsets(diameter_um)
             # every spot's sub-locations (one cache entry per section, whatever the split)
             sub_all = (rc_um[:, None, :] + offs[None]).reshape(-1, 2)
-            sub = _features(image, encoder, sub_all, windows, cfg, progress, dense=True)
+            sub = _features(image, encoder, sub_all, windows, cfg, progress, dense=True,
+                            neighbour_images=images)
             sub = ((sub.reshape(len(rc_um), len(offs), *sub.shape[1:])[visible] - mu) / sd
                    ).astype(np.float32)
             sub_rc = (rc_um[visible, None, :] + offs[None]).reshape(-1, 2)

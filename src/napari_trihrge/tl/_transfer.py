@@ -14,14 +14,19 @@ from .._checks import MIN_SECTION_SPOTS, check_adata, check_adatas
 from ..errors import TrihrgeInputError
 from ..metrics import spot_scores
 from ..progress import Progress, ensure_progress
-from ._config import RunConfig, check_levers_supported, validate_config
+from ._config import (
+    RunConfig,
+    check_levers_supported,
+    check_neighbour_images,
+    validate_config,
+)
 from ._recovery import RecoveryResult
 from ._shared import (
     _encoder_and_image,
-    _features,
     _fit,
     _predict,
     _prediction_adata,
+    _spot_features,
     _standardise,
     _Timer,
     sample_geometry,
@@ -102,6 +107,9 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
     cfg = replace(cfg, neighbour_input=False)
     train_adatas = check_adatas(train_adatas, what="train_adatas", min_spots=MIN_SECTION_SPOTS)
     check_adata(target, what="target")
+    for what, a in [*((f"train_adatas[{i}]", a) for i, a in enumerate(train_adatas)),
+                    ("the target", target)]:
+        check_neighbour_images(cfg.neighbour_images, a.n_obs, what)
     progress = ensure_progress(progress)
     timer = _Timer()
     with timer("genes"):
@@ -115,8 +123,8 @@ def transfer(train_adatas: Sequence[AnnData], target: AnnData, *, config: RunCon
         for a in [*train_adatas, target]:
             rc_um, _, _ = sample_geometry(a)
             image, encoder = _encoder_and_image(a, cfg)
-            feats.append(_standardise(_features(image, encoder, rc_um, cfg.windows_um, cfg,
-                                                progress))[0])
+            feats.append(_standardise(_spot_features(image, encoder, rc_um, cfg.windows_um, cfg,
+                                                     progress)[0])[0])
     x_train = np.concatenate(feats[:-1])
     y_train = np.concatenate(ys[:-1])
     y_target = ys[-1]

@@ -1,0 +1,36 @@
+"""The neighbouring spots' mean (``neighbours.mean_of_nearest_others``), against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_trihrge.neighbours import mean_of_nearest_others
+
+# four spots on a line at distinct distances (no ties), each with its own value
+SPOTS_RC_UM = np.array([[0.0, 0.0], [0.0, 100.0], [0.0, 300.0], [0.0, 700.0]])
+VALUES = np.array([[1.0], [2.0], [4.0], [8.0]], dtype=np.float32)
+
+
+def test_at_a_spot_the_spot_itself_is_left_out():
+    out = mean_of_nearest_others(SPOTS_RC_UM, VALUES, SPOTS_RC_UM, 2)
+    # spot 0: its two nearest others are spots 1 and 2 (not itself: that would give 1.5)
+    np.testing.assert_allclose(out[:, 0], [(2 + 4) / 2, (1 + 4) / 2, (2 + 1) / 2, (4 + 2) / 2])
+
+
+def test_between_spots_the_nearest_spot_is_left_out():
+    # 90 um lies in spot 1's cell: spot 1 is left out, the two nearest others are 0 and 2
+    out = mean_of_nearest_others(SPOTS_RC_UM, VALUES, np.array([[0.0, 90.0], [0.0, 520.0]]), 2)
+    np.testing.assert_allclose(out[:, 0], [(1 + 4) / 2, (4 + 2) / 2])
+
+
+def test_the_mean_is_unweighted_over_every_feature_axis():
+    values = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    out = mean_of_nearest_others(SPOTS_RC_UM, values, SPOTS_RC_UM[:1], 3)
+    assert out.shape == (1, 2, 3)
+    np.testing.assert_allclose(out[0], values[1:].mean(axis=0))
+
+
+def test_too_few_spots_for_k_is_an_error():
+    with pytest.raises(ValueError, match="more than k=4"):
+        mean_of_nearest_others(SPOTS_RC_UM, VALUES, SPOTS_RC_UM, 4)
