@@ -14,6 +14,7 @@ from ..errors import TrihrgeInputError
 from ..io.map_store import (
     LOCATION_CHUNK,
     FactorMaps,
+    FactorModel,
     GeneWeights,
     LocationFactors,
     MapStoreWriter,
@@ -175,13 +176,14 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
     recovery's hidden spots do). ``grid``: the map grid when the caller already has it
     (:func:`map_grid`), else it is made here.
 
-    ``factorised=True``: instead of every gene's map, the per-location factors are kept
-    (:mod:`napari_trihrge.io.map_store`: the networks' last hidden layer, the ridge inputs, the
-    kNN weights; ``factor_dtype`` for the dense ones, by default float16 in a store and float32
-    in memory) and a :class:`FactorMaps` is returned
-    that computes any gene's map, equal to the direct prediction, when asked; written to the
-    store ``store_path`` when given (else in memory); with ``map_path`` every gene is also
-    materialised there as an OME-Zarr map.
+    ``factorised=True``: instead of every gene's map, the per-location inputs are kept
+    (:mod:`napari_trihrge.io.map_store`: the image features and the kNN weights;
+    ``factor_dtype`` for the features, by default float16 in a store and float32 in memory)
+    with the networks and the ridge head's standardisation, and a :class:`FactorMaps` is
+    returned that computes any gene's map, equal to the direct prediction, when asked (the
+    networks' last hidden layers only then); written to the store ``store_path`` when given
+    (else in memory); with ``map_path`` every gene is also materialised there as an OME-Zarr
+    map.
     """
     progress = ensure_progress(progress)
     if grid is None:
@@ -333,28 +335,35 @@ def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
     return weights
 
 
-def _location_factors(fits: list | StackedModel, weights: GeneWeights, feats, nb,
-                      pts: np.ndarray, src_rc_um: np.ndarray, cfg: RunConfig
-                      ) -> LocationFactors:
-    """Return the per-location factors of map locations ``pts``.
+def map_factor_model(fits: list | StackedModel, weights: GeneWeights, cfg: RunConfig
+                     ) -> FactorModel:
+    """Return what computes the factors of a map location from its stored inputs.
 
-    ``feats`` are their features and ``nb`` their interpolated neighbour expression.
+    The networks of ``fits`` (up to their last hidden layer), the ridge head's
+    standardisation, and the neighbour input (kNN of the spots' expression,
+    ``cfg.n_neighbours`` neighbours) when the run uses one.
     """
-    from ..model.predict import predict_last_hidden
+    stacked = fits if isinstance(fits, StackedModel) else None
+    models = ([f.model for f in (stacked.fits if stacked is not None else fits)]
+              if "network" in weights.candidates else [])
+    return FactorModel(networks=models, ridge=None if stacked is None else stacked.ridge,
+                       neighbour_k=int(cfg.n_neighbours) if cfg.neighbour_input else None,
+                       image_input=bool(cfg.image_input), device=cfg.device)
+
+
+def _location_inputs(factor_model: FactorModel, weights: GeneWeights, feats,
+                     pts: np.ndarray, src_rc_um: np.ndarray) -> LocationFactors:
+    """Return what the store keeps of map locations ``pts`` (features ``feats``).
+
+    Their kNN weights over the spots ``src_rc_um`` and their image features.
+    """
     from ..neighbours import idw_weights
 
-    stacked = fits if isinstance(fits, StackedModel) else None
-    out = LocationFactors()
-    for k in weights.knn_ks():
+    out = LocationFactors(features=(np.asarray(feats, dtype=np.float32)
+                                    if factor_model.image_input else None))
+    for k in factor_model.knn_ks(weights):
         idx, w = idw_weights(src_rc_um, pts, k)
         out.knn[k] = (idx.astype(np.int32), w)
-    if stacked is not None and stacked.ridge is not None:
-        out.ridge = stacked.ridge.standardised_inputs(feats if cfg.image_input else None,
-                                                      nb).astype(np.float32)
-    if "network" in weights.candidates:
-        models = [f.model for f in (stacked.fits if stacked is not None else fits)]
-        with cpu_threads(cfg.threads):
-            out.hidden = predict_last_hidden(models, feats, nb, device=cfg.device)
     return out
 
 
@@ -363,11 +372,13 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
                          ) -> FactorMaps:
     """:func:`predict_maps` with ``factorised=True``."""
     weights = map_gene_weights(fits, genes, cfg)
-    if weights.knn_ks() and weights.spots_expression is None:
+    factor_model = map_factor_model(fits, weights, cfg)
+    if factor_model.knn_ks(weights) and weights.spots_expression is None:
         weights.spots_expression = np.asarray(y, dtype=np.float32)
     src_rc_um = fits.src_rc_um if isinstance(fits, StackedModel) else rc_um
     writer = MapStoreWriter(store_path, weights, grid.mask, grid.stride_um, grid.origin_rc_um,
-                            overwrite=overwrite, factor_dtype=factor_dtype)
+                            overwrite=overwrite, factor_dtype=factor_dtype,
+                            factor_model=factor_model)
     n_rows, n_cols = grid.shape
     # the same blocks of rows as the direct prediction (features are computed per block)
     rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
@@ -380,13 +391,10 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
                 pts = grid.origin_rc_um + np.stack([ii + b0, jj], axis=1) * grid.stride_um
                 feats = _features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
                                   cache=False)
-                nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
-                      if cfg.neighbour_input else None)
                 for c0 in range(0, len(pts), FACTOR_BLOCK_LOCATIONS):
                     sl = slice(c0, c0 + FACTOR_BLOCK_LOCATIONS)
-                    writer.append(_location_factors(fits, weights, feats[sl],
-                                                    None if nb is None else nb[sl], pts[sl],
-                                                    src_rc_um, cfg))
+                    writer.append(_location_inputs(factor_model, weights, feats[sl], pts[sl],
+                                                   src_rc_um))
             progress.advance()
         maps = writer.finalize()
     except BaseException:
@@ -399,8 +407,8 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
     return maps
 
 
-#: map locations whose per-location factors are computed at once (each network's last hidden
-#: layer: locations x its width): one chunk of the store, so the writer copies nothing
+#: map locations whose inputs (kNN weights) are computed at once: one chunk of the store, so
+#: the writer copies nothing
 FACTOR_BLOCK_LOCATIONS = LOCATION_CHUNK
 
 
