@@ -264,10 +264,19 @@ class FactorModel:
         """
         group.attrs.update({"neighbour_k": self.neighbour_k, "image_input": self.image_input,
                             "networks": [m.config.to_dict() for m in self.networks]})
-        for i, net in enumerate(self.networks):
-            sub = group.create_group(f"network{i}")
+        for i, net in enumerate(self.networks):  # one flat array each: few files to write
+            tensors, integers, flat = [], {}, []
             for key, value in _trunk_state(net).items():
-                sub.create_array(key, data=value.detach().cpu().numpy(), **kw)
+                value = value.detach().cpu()
+                if value.is_floating_point():
+                    tensors.append([key, list(value.shape)])
+                    flat.append(value.float().numpy().ravel())
+                else:  # BatchNorm's step counters
+                    integers[key] = value.tolist()
+            data = np.concatenate(flat) if flat else np.zeros(0, np.float32)
+            arr = group.create_array(f"network{i}", data=data, chunks=(max(1, len(data)),),
+                                     **kw)
+            arr.attrs.update({"tensors": tensors, "integers": integers})
         arrays = {"feature_mean": self.feature_mean, "feature_scale": self.feature_scale}
         if self.ridge is not None:
             arrays.update({f"ridge_{name}": getattr(self.ridge, name) for name in RIDGE_ARRAYS})
@@ -288,7 +297,16 @@ class FactorModel:
         for i, config in enumerate(attrs["networks"]):
             net = TriHRGENet(ModelConfig.from_dict(config))
             stored = group[f"network{i}"]
-            state = {k: torch.from_numpy(np.array(stored[k][...])) for k in stored.array_keys()}
+            flat, layout = np.asarray(stored[...]), dict(stored.attrs)
+            state, start = {}, 0
+            for key, shape in layout["tensors"]:
+                size = int(np.prod(shape, dtype=np.int64))
+                state[key] = torch.from_numpy(flat[start:start + size].reshape(shape).copy())
+                start += size
+            if start != len(flat):
+                raise ValueError(f"network {i}: {len(flat)} stored weights, its layout "
+                                 f"lists {start}")
+            state.update({k: torch.tensor(v) for k, v in layout["integers"].items()})
             missing, unexpected = net.load_state_dict(state, strict=False)
             if unexpected or set(missing) != set(_output_layer_keys(net)):
                 raise ValueError(f"network {i}: weights do not match its configuration "
