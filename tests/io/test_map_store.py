@@ -119,6 +119,23 @@ def test_values_at_some_pixels_and_the_consistency_score(blended):
         map_spot_consistency(direct, rc_um, y, diameter_um), abs=1e-5)
 
 
+def test_overview_panels_of_a_factorised_map_are_every_nth_pixel(blended):
+    """The run overview draws a map with more pixels than its panel from every n-th pixel
+    (what nearest-neighbour drawing shows), computing only those of a factorised map."""
+    from napari_trihrge.pl import PANEL_PX, _panel_maps
+
+    _, _, result, direct = blended
+    maps = result.maps
+    genes = maps.gene_names[:2]
+    panels, step = _panel_maps(maps, genes, 2 * PANEL_PX * maps.stride_um)
+    assert step == 2
+    for g, panel in enumerate(panels):
+        np.testing.assert_allclose(panel, np.asarray(direct.values[g])[::2, ::2], atol=1e-4,
+                                   equal_nan=True)
+    panels, step = _panel_maps(maps, genes, PANEL_PX * maps.stride_um)
+    assert step == 1 and panels[1].shape == maps.mask.shape
+
+
 def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     _, _, result, direct = blended
     path = tmp_path / map_store.STORE_NAME

@@ -412,6 +412,11 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
 FACTOR_BLOCK_LOCATIONS = LOCATION_CHUNK
 
 
+#: values (genes x spots x disk pixels) of the spots' footprints computed in one call of a
+#: factorised map's ``values_at`` (256 MB of float32), which runs the networks once per call
+FOOTPRINT_VALUES = 64 * 2**20
+
+
 def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Average the dense map over each spot's disk (``spot_diameter_um`` at ``rc_um``).
@@ -431,13 +436,16 @@ def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: fl
     some = n_valid > 0
     rows, cols, ok = idx[some, :, 0], idx[some, :, 1], valid[some]
     values_at = getattr(maps, "values_at", None)  # factorised maps: only these pixels
-    for g0 in range(0, len(maps.gene_names), 64):
+    # factorised maps compute the locations' factors (the networks) once per call: as many
+    # genes per call as FOOTPRINT_VALUES allows (all of a her2st section's)
+    step = 64 if values_at is None else max(64, FOOTPRINT_VALUES // max(1, rows.size))
+    for g0 in range(0, len(maps.gene_names), step):
         if values_at is not None:
-            vals = values_at(range(g0, min(len(maps.gene_names), g0 + 64)), rows, cols)
+            vals = values_at(range(g0, min(len(maps.gene_names), g0 + step)), rows, cols)
         else:
-            vals = np.asarray(maps.values[g0:g0 + 64])[:, rows, cols]  # (g, spots, k)
+            vals = np.asarray(maps.values[g0:g0 + step])[:, rows, cols]  # (g, spots, k)
         vals = np.where(ok[None], vals, 0.0)
-        means[some, g0:g0 + 64] = (vals.sum(axis=2) / n_valid[some][None]).T
+        means[some, g0:g0 + step] = (vals.sum(axis=2) / n_valid[some][None]).T
     return means, valid.mean(axis=1)
 
 
