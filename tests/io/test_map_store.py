@@ -144,6 +144,11 @@ def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     reopened = map_store.open_map_store(path)
     np.testing.assert_allclose(np.asarray(reopened.values), np.asarray(direct.values),
                                atol=DISK_TOL, equal_nan=True)
+    # a store written from a store: the same inputs and networks, the same maps
+    again = map_store.write_map_store(reopened, tmp_path / "again.zarr")
+    assert again.factor_model is not None and len(again.factor_model.networks) == 3
+    np.testing.assert_allclose(np.asarray(again.values), np.asarray(direct.values),
+                               atol=DISK_TOL, equal_nan=True)
     out = tmp_path / "export" / "maps.ome.zarr"
     genes = reopened.gene_names[:3]
     written = map_store.materialise_ome_zarr(reopened, out, genes=genes)

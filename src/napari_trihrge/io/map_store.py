@@ -958,8 +958,8 @@ def open_map_store(path: str | os.PathLike) -> FactorMaps:
     """Open a factorised map store.
 
     Its format and version are checked and every file listed in it must be there whole (a
-    truncated store raises, nothing is computed from it). The per-gene weights are read now,
-    the per-location factors on the first map asked for.
+    truncated store raises, nothing is computed from it). The per-gene weights (and in format
+    3 the networks) are read now, the per-location factors on the first map asked for.
     """
     import json
 
