@@ -461,8 +461,8 @@ def test_export_maps_as_spatialdata(store_run, tmp_path):
 
 @pytest.mark.shared_data
 def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
-    """A real section: the default store (float16 factors, on disk) within the documented
-    tolerance of the direct maps, values and spread."""
+    """A real section: the default store (format 3: float16 image features and the networks,
+    on disk) within the documented tolerance of the direct maps, values and spread."""
     from conftest import shared_path
     from napari_trihrge import io
 
@@ -473,6 +473,8 @@ def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
                            map_store=str(tmp_path / map_store.STORE_NAME))
     maps = result.maps
     assert maps._group.attrs["factor_dtype"] == "float16"
+    assert maps._group.attrs["version"] == 3 and maps.factor_model is not None
+    assert maps._group["locations/image_features"].dtype == np.float16
     direct = _direct_maps(adata, result, cfg)
     inside = maps.mask
     values = np.asarray(maps.values)[:, inside]

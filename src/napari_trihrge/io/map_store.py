@@ -217,6 +217,7 @@ class FactorModel:
     neighbour_k: int | None = None  # None: no neighbour input
     image_input: bool = True
     device: str = "auto"
+    threads: int | str | None = None  # CPU threads of the networks (threads.cpu_threads)
     #: a store holds the image features as ``(features - feature_mean) / feature_scale``
     #: (S, D), set from the first locations written: float16 keeps each one's variation
     feature_mean: np.ndarray | None = None
@@ -234,6 +235,7 @@ class FactorModel:
         """Return the factors (kNN weights, ridge inputs, hidden layers) of ``inputs``."""
         from ..model.predict import predict_last_hidden
         from ..neighbours import idw_apply
+        from ..threads import cpu_threads
 
         nb = None
         if self.neighbour_k is not None:
@@ -246,7 +248,8 @@ class FactorModel:
         if self.ridge is not None:
             out.ridge = self.ridge.standardised_inputs(feats, nb).astype(np.float32)
         if self.networks:
-            out.hidden = predict_last_hidden(self.networks, feats, nb, device=self.device)
+            with cpu_threads(self.threads):
+                out.hidden = predict_last_hidden(self.networks, feats, nb, device=self.device)
         return out
 
     def set_feature_scaling(self, features: np.ndarray) -> None:

@@ -348,7 +348,8 @@ def map_factor_model(fits: list | StackedModel, weights: GeneWeights, cfg: RunCo
               if "network" in weights.candidates else [])
     return FactorModel(networks=models, ridge=None if stacked is None else stacked.ridge,
                        neighbour_k=int(cfg.n_neighbours) if cfg.neighbour_input else None,
-                       image_input=bool(cfg.image_input), device=cfg.device)
+                       image_input=bool(cfg.image_input), device=cfg.device,
+                       threads=cfg.threads)
 
 
 def _location_inputs(factor_model: FactorModel, weights: GeneWeights, feats,
