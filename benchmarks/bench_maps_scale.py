@@ -15,7 +15,7 @@ size (the image is held in memory by the synthetic sample: use what fits the mac
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/bench_maps_scale.py --stride-um 8 \\
         --sizes-um 3250,4596,6500 --um-per-px 1
 
-:func:`random_factor_store` writes a store of given sizes with random factors (for timing
+:func:`random_factor_store` writes a store of given sizes with random inputs (for timing
 the viewer's gene switch on a whole-section map, ``bench_gene_switch.py --store factorised``).
 """
 
@@ -35,32 +35,52 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-#: the compact CPU network's last hidden width, the default blend's folds, ridge inputs and
-#: measured spots of a her2st section (C3: docs/map-store.md)
-HIDDEN, N_NETWORKS, RIDGE_INPUTS, SPOTS = 512, 5, 272, 600
+#: the compact CPU network's widths, the default blend's folds, the handcrafted encoder's
+#: features (3 windows x 84), the ridge head's neighbour PCs and the measured spots of a her2st
+#: section (C3: docs/map-store.md)
+N_NETWORKS, SCALES, FEATURES, PCS, SPOTS = 5, 3, 84, 20, 600
+COMPACT = {"hidden_dim": 256, "attention_dim": 128, "decoder_dims": (256, 512, 512)}
 
 
 def random_factor_store(genes: list[str], mask: np.ndarray, stride_um: float,
                         origin_rc_um: np.ndarray, path: Path, *, seed: int = 0):
-    """Write a map store with random factors of a real store's sizes; return it opened."""
+    """Write a map store (format 3) of a real store's sizes with random inputs and networks.
+
+    Five randomly initialised compact networks with the neighbour input and skip path, a ridge
+    head's standardisation, random image features and kNN weights; return it opened.
+    """
+    import torch
+
     from napari_trihrge.io import map_store
+    from napari_trihrge.model.network import ModelConfig, TriHRGENet
+    from napari_trihrge.model.stacking import RidgeHead
 
     rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
     n_genes, n_loc = len(genes), int(mask.sum())
     cands = ["knn6", "knn12", "ridge", "network"]
     f32 = np.float32
+    config = dict(in_dim=FEATURES, n_genes=n_genes, n_scales=SCALES, neighbour_input=True,
+                  neighbour_skip=True, **COMPACT)
+    networks = [TriHRGENet(ModelConfig(**config)).eval() for _ in range(N_NETWORKS)]
+    hidden = networks[0].config.last_hidden_dim
+    n_ridge = SCALES * FEATURES + PCS
     weights = map_store.GeneWeights(
         gene_names=list(genes), candidates=cands, activation="clip", skip_k=12,
         blend_weights=rng.dirichlet(np.ones(4), n_genes),
         candidate_mean=rng.uniform(0, 2, (4, n_genes)), target_mean=rng.uniform(0, 2, n_genes),
         spots_expression=rng.gamma(1.0, 1.0, (SPOTS, n_genes)).astype(f32),
-        ridge_coef=rng.normal(0, 0.05, (n_genes, RIDGE_INPUTS)),
+        ridge_coef=rng.normal(0, 0.05, (n_genes, n_ridge)),
         ridge_intercept=rng.uniform(0, 1, n_genes),
-        network_weight=rng.normal(0, 0.05, (N_NETWORKS, n_genes, HIDDEN)).astype(f32),
+        network_weight=rng.normal(0, 0.05, (N_NETWORKS, n_genes, hidden)).astype(f32),
         network_bias=rng.uniform(0, 1, (N_NETWORKS, n_genes)).astype(f32),
         network_skip=rng.uniform(0, 0.5, (N_NETWORKS, n_genes)).astype(f32),
         network_neighbour_mean=rng.uniform(0, 1, (N_NETWORKS, n_genes)).astype(f32))
-    writer = map_store.MapStoreWriter(path, weights, mask, stride_um, origin_rc_um)
+    ridge = RidgeHead(None, np.zeros(n_ridge), np.ones(n_ridge), np.zeros(n_genes),
+                      np.linalg.qr(rng.normal(size=(n_genes, PCS)))[0])
+    model = map_store.FactorModel(networks=networks, ridge=ridge, neighbour_k=12)
+    writer = map_store.MapStoreWriter(path, weights, mask, stride_um, origin_rc_um,
+                                      factor_model=model)
     block = map_store.LOCATION_CHUNK // 4  # bounded temporaries (float32 throughout)
     for s in range(0, n_loc, block):
         m = min(block, n_loc - s)
@@ -68,9 +88,8 @@ def random_factor_store(genes: list[str], mask: np.ndarray, stride_um: float,
         for k in (6, 12):
             w = rng.uniform(0, 1, (m, k)).astype(f32)
             knn[k] = (rng.integers(0, SPOTS, (m, k)).astype(np.int32), w / w.sum(1, keepdims=True))
-        hidden = np.maximum(rng.standard_normal((N_NETWORKS, m, HIDDEN), dtype=f32), 0)
         writer.append(map_store.LocationFactors(
-            knn=knn, ridge=rng.standard_normal((m, RIDGE_INPUTS), dtype=f32), hidden=hidden))
+            knn=knn, features=rng.standard_normal((m, SCALES, FEATURES), dtype=f32)))
     return writer.finalize()
 
 

@@ -53,11 +53,20 @@ def idw_interpolate(src_rc_um: np.ndarray, src_values: np.ndarray, dst_rc_um: np
     blocks of destinations as a sparse (destinations x sources) product, so no (block, k,
     genes) gather is ever held.
     """
+    idx, w = idw_weights(src_rc_um, dst_rc_um, k, exclude_self=exclude_self,
+                         exclude_index=exclude_index, power=power)
+    return idw_apply(idx, w, src_values, block=block)
+
+
+def idw_apply(idx: np.ndarray, w: np.ndarray, src_values: np.ndarray, *,
+              block: int = 65536) -> np.ndarray:
+    """The weighted mean ``sum_k w[:, k] * src_values[idx[:, k]]`` (:func:`idw_weights`' output).
+
+    (M, n_genes) float32, as a sparse (destinations x sources) product per block.
+    """
     from scipy.sparse import csr_matrix
 
     src_values = np.asarray(src_values, dtype=np.float32)
-    idx, w = idw_weights(src_rc_um, dst_rc_um, k, exclude_self=exclude_self,
-                         exclude_index=exclude_index, power=power)
     out = np.empty((len(idx), src_values.shape[1]), dtype=np.float32)
     n_k = idx.shape[1]
     for start in range(0, len(idx), block):

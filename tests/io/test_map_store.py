@@ -1,6 +1,7 @@
 """The factorised map store: maps computed from it equal the direct prediction; bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -118,6 +119,23 @@ def test_values_at_some_pixels_and_the_consistency_score(blended):
         map_spot_consistency(direct, rc_um, y, diameter_um), abs=1e-5)
 
 
+def test_overview_panels_of_a_factorised_map_are_every_nth_pixel(blended):
+    """The run overview draws a map with more pixels than its panel from every n-th pixel
+    (what nearest-neighbour drawing shows), computing only those of a factorised map."""
+    from napari_trihrge.pl import PANEL_PX, _panel_maps
+
+    _, _, result, direct = blended
+    maps = result.maps
+    genes = maps.gene_names[:2]
+    panels, step = _panel_maps(maps, genes, 2 * PANEL_PX * maps.stride_um)
+    assert step == 2
+    for g, panel in enumerate(panels):
+        np.testing.assert_allclose(panel, np.asarray(direct.values[g])[::2, ::2], atol=1e-4,
+                                   equal_nan=True)
+    panels, step = _panel_maps(maps, genes, PANEL_PX * maps.stride_um)
+    assert step == 1 and panels[1].shape == maps.mask.shape
+
+
 def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     _, _, result, direct = blended
     path = tmp_path / map_store.STORE_NAME
@@ -125,6 +143,11 @@ def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     assert opened.path == path and map_store.is_map_store(path)
     reopened = map_store.open_map_store(path)
     np.testing.assert_allclose(np.asarray(reopened.values), np.asarray(direct.values),
+                               atol=DISK_TOL, equal_nan=True)
+    # a store written from a store: the same inputs and networks, the same maps
+    again = map_store.write_map_store(reopened, tmp_path / "again.zarr")
+    assert again.factor_model is not None and len(again.factor_model.networks) == 3
+    np.testing.assert_allclose(np.asarray(again.values), np.asarray(direct.values),
                                atol=DISK_TOL, equal_nan=True)
     out = tmp_path / "export" / "maps.ome.zarr"
     genes = reopened.gene_names[:3]
@@ -169,10 +192,11 @@ def test_store_is_read_chunk_by_chunk_within_its_cache(blended, tmp_path, monkey
     np.testing.assert_allclose(at[0], np.asarray(direct.values[2])[rows[:3], cols[:3]],
                                atol=DISK_TOL)
     assert reads == [0]
-    # a whole gene reads every other chunk once; a second gene none (all within the cache)
+    # a whole gene reads every chunk once (a few pixels' factors are computed for them alone
+    # and not kept); a second gene none (all within the cache)
     np.testing.assert_allclose(opened[opened.gene_names[2]], np.asarray(direct.values[2]),
                                atol=DISK_TOL, equal_nan=True)
-    assert reads == list(range(0, opened.n_chunks * 64, 64))
+    assert reads == [0, *range(0, opened.n_chunks * 64, 64)]
     reads.clear()
     opened.gene(opened.gene_names[3])
     assert reads == []
@@ -193,14 +217,16 @@ def test_store_is_read_chunk_by_chunk_within_its_cache(blended, tmp_path, monkey
 
 
 def test_store_on_disk_has_float16_factors_within_the_documented_tolerance(blended, tmp_path):
-    """float16 factors by default: maps and spread within FLOAT16_TOLERANCE of the direct
-    prediction, far under the spread between the fold networks; float32 when asked: exact to
-    float rounding."""
+    """float16 image features by default: maps and spread within FLOAT16_TOLERANCE of the
+    direct prediction, far under the spread between the fold networks; float32 when asked:
+    exact to float rounding."""
     _, _, result, direct = blended
     inside = result.maps.mask
     half = map_store.write_map_store(result.maps, tmp_path / "half.zarr")
     assert half._group.attrs["factor_dtype"] == "float16"
-    assert half._group["locations/network_hidden"].dtype == np.float16
+    assert half._group.attrs["version"] == 3 == map_store.STORE_VERSION
+    assert half._group["locations/image_features"].dtype == np.float16
+    assert "network_hidden" not in half._group["locations"]  # computed when asked
     err = np.abs(np.asarray(half.values)[:, inside] - np.asarray(direct.values)[:, inside])
     assert 0 < err.max() < map_store.FLOAT16_TOLERANCE
     spread = np.asarray(direct.std)[:, inside]
@@ -211,11 +237,11 @@ def test_store_on_disk_has_float16_factors_within_the_documented_tolerance(blend
                                      factor_dtype=np.float32)
     assert np.abs(np.asarray(full.values)[:, inside]
                   - np.asarray(direct.values)[:, inside]).max() < 1e-4
-    # float16 halves the dense factors (the compressed bytes of the hidden layers)
-    def hidden_bytes(path):
-        return sum(f.stat().st_size for f in (path / "locations" / "network_hidden").rglob("*")
+    # float16 halves the dense inputs (the compressed bytes of the image features)
+    def feature_bytes(path):
+        return sum(f.stat().st_size for f in (path / "locations" / "image_features").rglob("*")
                    if f.is_file())
-    assert hidden_bytes(half.path) < 0.6 * hidden_bytes(full.path)
+    assert feature_bytes(half.path) < 0.6 * feature_bytes(full.path)
 
 
 def test_unknown_gene_lists_near_names(blended):
@@ -242,19 +268,28 @@ def test_store_of_another_version_is_refused(blended, tmp_path):
         with pytest.raises(TrihrgeInputError, match="version") as info:
             map_store.open_map_store(path)
         assert words in str(info.value)
-    # a store of format version 1 (float32 factors by default) is still read
-    old = map_store.write_map_store(blended[2].maps, tmp_path / "v1.zarr",
-                                    factor_dtype=np.float32)
+    # stores of format versions 1 (float32 factors by default) and 2 (float16), which hold
+    # the factors themselves, are still read
+    maps = blended[2].maps
+    factors = map_store.FactorMaps(maps.weights, maps.factors, maps.mask, maps.stride_um,
+                                   maps.origin_rc_um)
+    old = map_store.write_map_store(factors, tmp_path / "v1.zarr", factor_dtype=np.float32)
+    assert old._group.attrs["version"] == 2 and old.factor_model is None
     attrs = json.loads((old.path / ".zattrs").read_text())
     (old.path / ".zattrs").write_text(json.dumps({**attrs, "version": 1}))
     np.testing.assert_allclose(map_store.open_map_store(old.path)[old.gene_names[1]],
-                               old[old.gene_names[1]], equal_nan=True)
+                               np.asarray(blended[3].values[1]), atol=1e-4, equal_nan=True)
+    two = map_store.write_map_store(factors, tmp_path / "v2.zarr")
+    assert two._group["locations/network_hidden"].dtype == np.float16
+    inside = maps.mask
+    assert np.abs(np.asarray(two.values)[:, inside]
+                  - np.asarray(blended[3].values)[:, inside]).max() < DISK_TOL
 
 
 def test_truncated_store_is_refused(blended, tmp_path):
     path = tmp_path / "s.zarr"
     _write(blended[2].maps, path)
-    chunk = next(p for p in sorted((path / "locations" / "network_hidden").rglob("*"))
+    chunk = next(p for p in sorted((path / "locations" / "image_features").rglob("*"))
                  if p.is_file() and not p.name.startswith("."))
     chunk.write_bytes(chunk.read_bytes()[:10])
     with pytest.raises(TrihrgeInputError, match="incomplete"):
@@ -270,6 +305,38 @@ def test_truncated_store_is_refused(blended, tmp_path):
         opened[opened.gene_names[0]]
     (path / ".zattrs").unlink()  # an interrupted write: no attributes at all
     with pytest.raises(TrihrgeInputError, match="not a finished map store"):
+        map_store.open_map_store(path)
+
+
+def test_store_with_damaged_networks_is_refused(blended, tmp_path):
+    """Format 3 computes the factors with the networks in the store: a network's weights
+    missing, cut short or not matching its configuration refuse the store when opened."""
+    path = tmp_path / "s.zarr"
+    _write(blended[2].maps, path)
+    weights = path / "inputs" / "network1" / "0"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:20])
+    with pytest.raises(TrihrgeInputError, match="incomplete"):
+        map_store.open_map_store(path)
+    weights.unlink()
+    with pytest.raises(TrihrgeInputError, match="missing"):
+        map_store.open_map_store(path)
+    weights.write_bytes(good)
+    # a configuration that does not match the weights (same file sizes: not seen by the list)
+    inputs = json.loads((path / "inputs" / ".zattrs").read_text())
+    inputs["networks"][1]["hidden_dim"] = 2 * inputs["networks"][1]["hidden_dim"]
+    text = json.dumps(inputs)
+    attrs = json.loads((path / ".zattrs").read_text())
+    attrs["files"]["inputs/.zattrs"] = len(text.encode())
+    (path / "inputs" / ".zattrs").write_text(text)
+    (path / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(TrihrgeInputError, match="damaged"):
+        map_store.open_map_store(path)
+    # a format 3 store without its networks
+    shutil.rmtree(path / "inputs")
+    attrs["files"] = {k: v for k, v in attrs["files"].items() if not k.startswith("inputs/")}
+    (path / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(TrihrgeInputError, match="damaged"):
         map_store.open_map_store(path)
 
 
@@ -394,8 +461,8 @@ def test_export_maps_as_spatialdata(store_run, tmp_path):
 
 @pytest.mark.shared_data
 def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
-    """A real section: the default store (float16 factors, on disk) within the documented
-    tolerance of the direct maps, values and spread."""
+    """A real section: the default store (format 3: float16 image features and the networks,
+    on disk) within the documented tolerance of the direct maps, values and spread."""
     from conftest import shared_path
     from napari_trihrge import io
 
@@ -406,6 +473,8 @@ def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
                            map_store=str(tmp_path / map_store.STORE_NAME))
     maps = result.maps
     assert maps._group.attrs["factor_dtype"] == "float16"
+    assert maps._group.attrs["version"] == 3 and maps.factor_model is not None
+    assert maps._group["locations/image_features"].dtype == np.float16
     direct = _direct_maps(adata, result, cfg)
     inside = maps.mask
     values = np.asarray(maps.values)[:, inside]

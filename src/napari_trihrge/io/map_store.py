@@ -13,12 +13,16 @@ candidates that are each linear in something per location, times something per g
   mean (and the spread) over the networks.
 
 The blend adds the candidates with per-gene weights and clips at 0; the spread is the
-networks' spread times the gene's network weight. So the store keeps the per-location factors
-(``locations/``) and the per-gene weights (``genes/``), and :class:`FactorMaps` computes any
-gene's map (and spread) from them: equal to the maps the engine predicts directly to float
-rounding with float32 factors (in memory), within :data:`FLOAT16_TOLERANCE` with the float16
-factors a store on disk holds by default. The layout is versioned (:data:`STORE_VERSION`)
-and documented in ``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
+networks' spread times the gene's network weight. So the store keeps what the per-location
+factors are made of (``locations/``: the kNN weights and, since format 3, the image
+features; ``inputs/``: the fold networks up to their last hidden layer and the ridge head's
+standardisation, :class:`FactorModel`) and the per-gene weights (``genes/``), and
+:class:`FactorMaps` computes the factors of a chunk of locations when a map needs them (kept
+in memory), then any gene's map (and spread): equal to the maps the engine predicts directly
+to float rounding with float32 inputs (in memory), within :data:`FLOAT16_TOLERANCE` with the
+float16 ones a store on disk holds by default. Stores of format 1 and 2 hold the factors
+themselves (each network's last hidden layer, the ridge inputs) and are read as they are.
+The layout is versioned (:data:`STORE_VERSION`) and documented in ``docs/map-store.md``. Every file of a finished store is listed with its size in the store's
 attributes, so a truncated copy is refused instead of shown with holes.
 """
 
@@ -40,10 +44,12 @@ from .._atomic import refuse_overwrite, replace_folder
 from ..errors import TrihrgeInputError
 
 STORE_FORMAT = "napari-trihrge-map-store"
-STORE_VERSION = 2
+STORE_VERSION = 3
 #: format versions this version reads (1: float32 factors by default, one chunk per network,
-#: no ``genes/spots_level``)
-READABLE_VERSIONS = (1, 2)
+#: no ``genes/spots_level``; 1 and 2: the factors stored, not their inputs)
+READABLE_VERSIONS = (1, 2, 3)
+#: the version a store holding the factors themselves is written as (format 2's layout)
+FACTORS_VERSION = 2
 #: the store's name in a run folder
 STORE_NAME = "maps.store.zarr"
 #: map locations per chunk of a per-location factor
@@ -60,10 +66,10 @@ FACTOR_CACHE_BYTES = 2 * 2**30
 #: single genes whose map and spread are kept once computed (the viewer shows a gene's map,
 #: then its spread layer, from one pass)
 RECENT_GENES = 4
-#: the dtype of the dense per-location factors (hidden layers, ridge inputs) of a store on
-#: disk: float16 halves the store; maps from it differ from the direct ones by at most
-#: :data:`FLOAT16_TOLERANCE` (measured: docs/map-store.md, "Exactness, measured"). Factors kept
-#: in memory (no path) stay float32.
+#: the dtype of the dense per-location arrays of a store on disk (the image features, stored
+#: standardised; format 1-2: the hidden layers and ridge inputs): float16 halves them; maps
+#: from it differ from the direct ones by at most :data:`FLOAT16_TOLERANCE` (measured:
+#: docs/map-store.md, "Exactness, measured"). Kept in memory (no path) they stay float32.
 STORE_FACTOR_DTYPE = np.dtype(np.float16)
 #: largest difference (log-normalised expression) allowed between maps from float16 factors
 #: and the maps predicted directly (tests/io/test_map_store.py); float32 factors: float rounding
@@ -149,14 +155,19 @@ class GeneWeights:
 
 @dataclass
 class LocationFactors:
-    """Per-location factors of map locations (the mask's pixels in row-major order)."""
+    """Per-location factors of map locations (the mask's pixels in row-major order).
+
+    Or what they are made of (format 3): the kNN weights and the image ``features``, from which
+    a :class:`FactorModel` computes ``ridge`` and ``hidden``.
+    """
 
     knn: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # k -> idx, w
     ridge: np.ndarray | None = None  # (M, F) standardised ridge inputs
     hidden: np.ndarray | None = None  # (N, M, H) each network's last hidden layer
+    features: np.ndarray | None = None  # (M, S, D) image features (the networks' input)
 
     def __len__(self) -> int:
-        for arr in (self.ridge, *(w for _, w in self.knn.values())):
+        for arr in (self.ridge, self.features, *(w for _, w in self.knn.values())):
             if arr is not None:
                 return len(arr)
         return 0 if self.hidden is None else int(self.hidden.shape[1])
@@ -171,6 +182,8 @@ class LocationFactors:
             out["ridge_inputs"] = self.ridge
         if self.hidden is not None:
             out["network_hidden"] = self.hidden
+        if self.features is not None:
+            out["image_features"] = self.features
         return out
 
     @classmethod
@@ -185,7 +198,150 @@ class LocationFactors:
             ridge=(None if first.ridge is None
                    else np.concatenate([p.ridge for p in parts])),
             hidden=(None if first.hidden is None
-                    else np.concatenate([p.hidden for p in parts], axis=1)))
+                    else np.concatenate([p.hidden for p in parts], axis=1)),
+            features=(None if first.features is None
+                      else np.concatenate([p.features for p in parts])))
+
+
+@dataclass
+class FactorModel:
+    """What turns a location's stored inputs into its factors (format 3).
+
+    The fold networks up to their last hidden layer and the ridge head's standardisation,
+    applied to the location's image features and its neighbour input: the kNN interpolation
+    (``neighbour_k`` neighbours) of the spots' expression (``genes/spots_expression``).
+    """
+
+    networks: list[Any] = field(default_factory=list)  # model.network.TriHRGENet
+    ridge: Any = None  # model.stacking.RidgeHead: its standardisation (coefficients: genes/)
+    neighbour_k: int | None = None  # None: no neighbour input
+    image_input: bool = True
+    device: str = "auto"
+    threads: int | str | None = None  # CPU threads of the networks (threads.cpu_threads)
+    #: a store holds the image features as ``(features - feature_mean) / feature_scale``
+    #: (S, D), set from the first locations written: float16 keeps each one's variation
+    feature_mean: np.ndarray | None = None
+    feature_scale: np.ndarray | None = None
+
+    def knn_ks(self, weights: GeneWeights) -> list[int]:
+        """Return the neighbour counts whose kNN weights the locations need."""
+        ks = set(weights.knn_ks())
+        if self.neighbour_k is not None:
+            ks.add(int(self.neighbour_k))
+        return sorted(ks)
+
+    def factors(self, inputs: LocationFactors, spots_expression: np.ndarray | None
+                ) -> LocationFactors:
+        """Return the factors (kNN weights, ridge inputs, hidden layers) of ``inputs``."""
+        from ..model.predict import predict_last_hidden
+        from ..neighbours import idw_apply
+        from ..threads import cpu_threads
+
+        nb = None
+        if self.neighbour_k is not None:
+            idx, w = inputs.knn[int(self.neighbour_k)]
+            nb = idw_apply(idx, w, spots_expression)
+        feats = inputs.features if self.image_input else None
+        out = LocationFactors(knn=dict(inputs.knn))
+        if not len(inputs):
+            return out
+        if self.ridge is not None:
+            out.ridge = self.ridge.standardised_inputs(feats, nb).astype(np.float32)
+        if self.networks:
+            with cpu_threads(self.threads):
+                out.hidden = predict_last_hidden(self.networks, feats, nb, device=self.device)
+        return out
+
+    def set_feature_scaling(self, features: np.ndarray) -> None:
+        """Set the stored features' standardisation from these locations (if not set)."""
+        if self.feature_mean is None:
+            x = np.asarray(features, dtype=np.float64)
+            sd = x.std(axis=0)
+            self.feature_mean = x.mean(axis=0).astype(np.float32)
+            self.feature_scale = np.where(sd < 1e-6, 1.0, sd).astype(np.float32)
+
+    def write(self, group: Any, **kw: Any) -> None:
+        """Write the networks and the ridge head's standardisation into the zarr ``group``.
+
+        The networks' configuration and weights, but the output layer (``genes/`` holds it).
+        """
+        group.attrs.update({"neighbour_k": self.neighbour_k, "image_input": self.image_input,
+                            "networks": [m.config.to_dict() for m in self.networks]})
+        for i, net in enumerate(self.networks):  # one flat array each: few files to write
+            tensors, integers, flat = [], {}, []
+            for key, value in _trunk_state(net).items():
+                value = value.detach().cpu()
+                if value.is_floating_point():
+                    tensors.append([key, list(value.shape)])
+                    flat.append(value.float().numpy().ravel())
+                else:  # BatchNorm's step counters
+                    integers[key] = value.tolist()
+            data = np.concatenate(flat) if flat else np.zeros(0, np.float32)
+            arr = group.create_array(f"network{i}", data=data, chunks=(max(1, len(data)),),
+                                     **kw)
+            arr.attrs.update({"tensors": tensors, "integers": integers})
+        arrays = {"feature_mean": self.feature_mean, "feature_scale": self.feature_scale}
+        if self.ridge is not None:
+            arrays.update({f"ridge_{name}": getattr(self.ridge, name) for name in RIDGE_ARRAYS})
+        for name, value in arrays.items():
+            if value is not None:
+                group.create_array(name, data=np.asarray(value), **kw)
+
+    @classmethod
+    def read(cls, group: Any) -> FactorModel:
+        """Read what :meth:`write` wrote (raises on a damaged or inconsistent group)."""
+        import torch
+
+        from ..model.network import ModelConfig, TriHRGENet
+        from ..model.stacking import RidgeHead
+
+        attrs = dict(group.attrs)
+        networks = []
+        for i, config in enumerate(attrs["networks"]):
+            net = TriHRGENet(ModelConfig.from_dict(config))
+            stored = group[f"network{i}"]
+            flat, layout = np.asarray(stored[...]), dict(stored.attrs)
+            state, start = {}, 0
+            for key, shape in layout["tensors"]:
+                size = int(np.prod(shape, dtype=np.int64))
+                state[key] = torch.from_numpy(flat[start:start + size].reshape(shape).copy())
+                start += size
+            if start != len(flat):
+                raise ValueError(f"network {i}: {len(flat)} stored weights, its layout "
+                                 f"lists {start}")
+            state.update({k: torch.tensor(v) for k, v in layout["integers"].items()})
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if unexpected or set(missing) != set(_output_layer_keys(net)):
+                raise ValueError(f"network {i}: weights do not match its configuration "
+                                 f"(missing {sorted(missing)[:3]}, unexpected "
+                                 f"{sorted(unexpected)[:3]})")
+            networks.append(net.eval())
+        ridge = None
+        if "ridge_feature_mean" in group:
+            ridge = RidgeHead(None, **{name: (np.asarray(group[f"ridge_{name}"][...])
+                                              if f"ridge_{name}" in group else None)
+                                       for name in RIDGE_ARRAYS})
+        return cls(networks=networks, ridge=ridge,
+                   neighbour_k=None if attrs.get("neighbour_k") is None
+                   else int(attrs["neighbour_k"]),
+                   image_input=bool(attrs["image_input"]),
+                   **{name: (np.asarray(group[name][...]) if name in group else None)
+                      for name in ("feature_mean", "feature_scale")})
+
+
+#: the ridge head's standardisation (``inputs/ridge_<name>``)
+RIDGE_ARRAYS = ("feature_mean", "feature_sd", "neighbour_mean", "neighbour_axes")
+
+
+def _output_layer_keys(net: Any) -> list[str]:
+    """Return the state keys of a network's output layer (stored under ``genes/``)."""
+    last = f"decoder.{len(net.decoder) - 1}."
+    return [k for k in net.state_dict() if k.startswith(last)]
+
+
+def _trunk_state(net: Any) -> dict[str, Any]:
+    skip = set(_output_layer_keys(net))
+    return {k: v for k, v in net.state_dict().items() if k not in skip}
 
 
 # -----------------------------------------------------------------------------------------
@@ -284,13 +440,16 @@ class FactorMaps:
     A store's per-location factors are read chunk by chunk (:data:`LOCATION_CHUNK`
     locations) when a map needs them, and kept up to ``cache_bytes``
     (:data:`FACTOR_CACHE_BYTES`); a map at a few pixels (:meth:`values_at`) reads only their
-    chunks.
+    chunks. With a ``factor_model`` (format 3) ``factors`` (or the store) hold the locations'
+    inputs, and a chunk's factors are computed from them when first needed.
     """
 
     def __init__(self, weights: GeneWeights, factors: LocationFactors | None, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, path: Path | None = None,
-                 group: Any = None, cache_bytes: int = FACTOR_CACHE_BYTES):
+                 group: Any = None, cache_bytes: int = FACTOR_CACHE_BYTES,
+                 factor_model: FactorModel | None = None):
         self.weights = weights
+        self.factor_model = factor_model
         self._factors = factors
         self.mask = np.asarray(mask, dtype=bool)
         self.stride_um = float(stride_um)
@@ -320,7 +479,7 @@ class FactorMaps:
     @property
     def factors(self) -> LocationFactors:
         """All per-location factors in memory (a store's are read whole: prefer the maps)."""
-        if self._factors is None:
+        if self._factors is None or self.factor_model is not None:
             return LocationFactors.concatenate([self.location_chunk(c)
                                                 for c in range(self.n_chunks)])
         return self._factors
@@ -331,20 +490,14 @@ class FactorMaps:
         return -(-self.n_locations // self.chunk_locations)
 
     def location_chunk(self, c: int) -> LocationFactors:
-        """Return the factors (float32) of location chunk ``c`` (read from the store once)."""
-        s = c * self.chunk_locations
-        e = min(self.n_locations, s + self.chunk_locations)
-        if self._factors is not None:
-            return _slice_factors(self._factors, s, e)
+        """Return the factors (float32) of location chunk ``c`` (read or computed once)."""
+        if self._factors is not None and self.factor_model is None:
+            return self.input_chunk(c)
         with self._lock:  # dask may ask from several threads
             if c in self._cache:
                 self._cache.move_to_end(c)
                 return self._cache[c]
-            if not self._checked:  # still whole? (files may go between open and first use)
-                _check_files(self.path, dict(self._group.attrs).get("files"),
-                             "re-run enhance to write the maps again")
-                self._checked = True
-        chunk = _read_factors(self._group, self.weights, s, e)
+        chunk = self._expand(self.input_chunk(c))
         size = sum(a.nbytes for a in chunk.arrays().values())
         with self._lock:
             if size <= self.cache_bytes and c not in self._cache:
@@ -354,6 +507,30 @@ class FactorMaps:
                     _, old = self._cache.popitem(last=False)
                     self._cached_bytes -= sum(a.nbytes for a in old.arrays().values())
         return chunk
+
+    def input_chunk(self, c: int) -> LocationFactors:
+        """Return what the store holds for location chunk ``c`` (float32; not kept).
+
+        The factors themselves (format 1-2), or with a factor model their inputs (the kNN
+        weights and the image features).
+        """
+        s = c * self.chunk_locations
+        e = min(self.n_locations, s + self.chunk_locations)
+        if self._factors is not None:
+            return _slice_factors(self._factors, s, e)
+        with self._lock:
+            if not self._checked:  # still whole? (files may go between open and first use)
+                _check_files(self.path, dict(self._group.attrs).get("files"),
+                             "re-run enhance to write the maps again")
+                self._checked = True
+        ks = (self.weights.knn_ks() if self.factor_model is None
+              else self.factor_model.knn_ks(self.weights))
+        return _read_factors(self._group, ks, s, e, self.factor_model)
+
+    def _expand(self, inputs: LocationFactors) -> LocationFactors:
+        if self.factor_model is None:
+            return inputs
+        return self.factor_model.factors(inputs, self.weights.spots_expression)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -415,7 +592,8 @@ class FactorMaps:
         """Compute the maps of the genes with these indices at map pixels ``(rows, cols)`` only.
 
         ``rows`` and ``cols`` are integer arrays of one shape; returns (g, *rows.shape), NaN
-        outside the mask. Computes just those locations, and reads only their chunks.
+        outside the mask. Computes just those locations, and reads only their chunks (with a
+        factor model: computes the factors of those locations only, and keeps none).
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         rows, cols = np.asarray(rows), np.asarray(cols)
@@ -428,8 +606,14 @@ class FactorMaps:
         chunk_of = wanted // self.chunk_locations
         for c in np.unique(chunk_of):
             sel = np.flatnonzero(chunk_of == c)
-            sub = _take_factors(self.location_chunk(int(c)),
-                                wanted[sel] - int(c) * self.chunk_locations)
+            local = wanted[sel] - int(c) * self.chunk_locations
+            with self._lock:
+                cached = self._cache.get(int(c))
+            if cached is not None or self.factor_model is None:
+                sub = _take_factors(cached if cached is not None
+                                    else self.location_chunk(int(c)), local)
+            else:
+                sub = self._expand(_take_factors(self.input_chunk(int(c)), local))
             for g0 in range(0, len(genes), GENE_BLOCK):
                 vals, _ = gene_block_values(self.weights, sub, genes[g0:g0 + GENE_BLOCK])
                 picked[g0:g0 + GENE_BLOCK, sel] = vals.T
@@ -536,14 +720,18 @@ class MapStoreWriter:
     The locations come in the mask's row-major order. The store is written in
     ``<path>.partial``, moved into place by :meth:`finalize` once whole
     (``_atomic.replace_folder``); :meth:`abort` deletes it. Without ``path`` the factors stay
-    in memory and :meth:`finalize` returns in-memory :class:`FactorMaps`.
+    in memory and :meth:`finalize` returns in-memory :class:`FactorMaps`. With a
+    ``factor_model`` the appended blocks hold the locations' inputs (kNN weights, image
+    features) and the store is of format 3 (the model written in it); without, they hold the
+    factors and the store has format 2's layout.
     """
 
     def __init__(self, path: str | os.PathLike | None, weights: GeneWeights, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, overwrite: bool = False,
-                 factor_dtype: Any = None):
+                 factor_dtype: Any = None, factor_model: FactorModel | None = None):
         self.path = None if path is None else Path(path)
         self.weights = weights
+        self.factor_model = factor_model
         self.mask = np.asarray(mask, dtype=bool)
         self.stride_um = float(stride_um)
         self.origin_rc_um = np.asarray(origin_rc_um, dtype=np.float64).reshape(2)
@@ -586,7 +774,9 @@ class MapStoreWriter:
                 ridge=(None if factors.ridge is None
                        else np.empty((m, factors.ridge.shape[1]), np.float32)),
                 hidden=(None if factors.hidden is None else np.empty(
-                    (factors.hidden.shape[0], m, factors.hidden.shape[2]), np.float32)))
+                    (factors.hidden.shape[0], m, factors.hidden.shape[2]), np.float32)),
+                features=(None if factors.features is None
+                          else np.empty((m, *factors.features.shape[1:]), np.float32)))
         s, e = self._written, self._written + n
         if e > self.n_locations:
             raise RuntimeError(f"more than the mask's {self.n_locations} map locations")
@@ -598,6 +788,8 @@ class MapStoreWriter:
             mem.ridge[s:e] = as_dtype(factors.ridge, self.factor_dtype)
         if mem.hidden is not None:
             mem.hidden[:, s:e] = as_dtype(factors.hidden, self.factor_dtype)
+        if mem.features is not None:
+            mem.features[s:e] = as_dtype(factors.features, self.factor_dtype)
         self._written = e
 
     def _open(self, first: LocationFactors) -> None:
@@ -612,6 +804,10 @@ class MapStoreWriter:
             value = getattr(self.weights, name)
             if value is not None:
                 genes.create_array(name, data=np.asarray(value), **kw)
+        if self.factor_model is not None:
+            if first.features is not None:
+                self.factor_model.set_feature_scaling(first.features)
+            self.factor_model.write(group.create_group("inputs"), **kw)
         locs = group.create_group("locations")
         for name, arr in first.arrays().items():
             dtype = self._dtype(name, arr)
@@ -644,7 +840,11 @@ class MapStoreWriter:
             s, e = self._written + c0, self._written + c1
             for name, arr in arrays.items():
                 target = self._arrays[name]
-                if name == "network_hidden":
+                if name == "image_features":  # standardised: float16 keeps their variation
+                    model = self.factor_model
+                    target[s:e] = as_dtype((arr[c0:c1] - model.feature_mean)
+                                           / model.feature_scale, target.dtype)
+                elif name == "network_hidden":
                     target[:, s:e] = as_dtype(arr[:, c0:c1], target.dtype)
                 else:
                     target[s:e] = as_dtype(arr[c0:c1], target.dtype)
@@ -658,14 +858,16 @@ class MapStoreWriter:
         if self.path is None:
             self._check_count(self._written)
             return FactorMaps(self.weights, self._memory or LocationFactors(), self.mask,
-                              self.stride_um, self.origin_rc_um)
+                              self.stride_um, self.origin_rc_um,
+                              factor_model=self.factor_model)
         if self._parts or self._group is None:
             if not self._parts:
                 raise TrihrgeInputError("the map has no location", "nothing to store")
             self._flush(final=True)
         self._check_count(self._written)
-        self._group.attrs.update(_attributes(self.weights, self.mask, self.stride_um,
-                                             self.origin_rc_um, self.factor_dtype))
+        self._group.attrs.update(_attributes(
+            self.weights, self.mask, self.stride_um, self.origin_rc_um, self.factor_dtype,
+            STORE_VERSION if self.factor_model is not None else FACTORS_VERSION))
         self._group.attrs["files"] = _file_sizes(self.partial_path)
         refuse_overwrite(self.path, self.overwrite)
         replace_folder(self.partial_path, self.path)
@@ -685,35 +887,37 @@ def write_map_store(maps: FactorMaps, path: str | os.PathLike, *, overwrite: boo
                     factor_dtype: Any = None) -> FactorMaps:
     """Write factorised maps (in memory, or another store) as a store at ``path``.
 
-    Dense factors in ``factor_dtype`` (default :data:`STORE_FACTOR_DTYPE`). Refused when
-    ``path`` exists, unless ``overwrite``; returns the maps opened from it.
+    As they are held: their inputs and factor model (format 3), or the factors (format 2's
+    layout; maps without a factor model). Dense arrays in ``factor_dtype`` (default
+    :data:`STORE_FACTOR_DTYPE`). Refused when ``path`` exists, unless ``overwrite``; returns
+    the maps opened from it.
     """
     writer = MapStoreWriter(path, maps.weights, maps.mask, maps.stride_um, maps.origin_rc_um,
-                            overwrite=overwrite, factor_dtype=factor_dtype)
+                            overwrite=overwrite, factor_dtype=factor_dtype,
+                            factor_model=maps.factor_model)
     try:
         for c in range(maps.n_chunks):  # chunk by chunk: a store is never read whole
-            writer.append(maps.location_chunk(c))
+            writer.append(maps.input_chunk(c))
         return writer.finalize()
     except BaseException:
         writer.abort()
         raise
 
 
-def _take_factors(f: LocationFactors, index: np.ndarray) -> LocationFactors:
+def _take_factors(f: LocationFactors, index: np.ndarray | slice) -> LocationFactors:
     return LocationFactors(knn={k: (i[index], w[index]) for k, (i, w) in f.knn.items()},
                            ridge=None if f.ridge is None else f.ridge[index],
-                           hidden=None if f.hidden is None else f.hidden[:, index])
+                           hidden=None if f.hidden is None else f.hidden[:, index],
+                           features=None if f.features is None else f.features[index])
 
 
 def _slice_factors(f: LocationFactors, s: int, e: int) -> LocationFactors:
-    return LocationFactors(knn={k: (i[s:e], w[s:e]) for k, (i, w) in f.knn.items()},
-                           ridge=None if f.ridge is None else f.ridge[s:e],
-                           hidden=None if f.hidden is None else f.hidden[:, s:e])
+    return _take_factors(f, slice(s, e))
 
 
 def _attributes(weights: GeneWeights, mask: np.ndarray, stride_um: float, origin: np.ndarray,
-                factor_dtype: np.dtype) -> dict[str, Any]:
-    return {"format": STORE_FORMAT, "version": STORE_VERSION,
+                factor_dtype: np.dtype, version: int) -> dict[str, Any]:
+    return {"format": STORE_FORMAT, "version": int(version),
             "gene_names": list(weights.gene_names), "candidates": list(weights.candidates),
             "activation": weights.activation, "skip_k": weights.skip_k,
             "blend": weights.blend_weights is not None, "n_networks": weights.n_networks,
@@ -757,8 +961,8 @@ def open_map_store(path: str | os.PathLike) -> FactorMaps:
     """Open a factorised map store.
 
     Its format and version are checked and every file listed in it must be there whole (a
-    truncated store raises, nothing is computed from it). The per-gene weights are read now,
-    the per-location factors on the first map asked for.
+    truncated store raises, nothing is computed from it). The per-gene weights (and in format
+    3 the networks) are read now, the per-location factors on the first map asked for.
     """
     import json
 
@@ -802,6 +1006,8 @@ def open_map_store(path: str | os.PathLike) -> FactorMaps:
             **{name: (np.asarray(genes[name][...]) if name in genes else None)
                for name in GENE_ARRAYS})
         mask = np.asarray(group["mask"][...], dtype=bool)
+        # format 3: the networks and the ridge standardisation that make the factors
+        factor_model = FactorModel.read(group["inputs"]) if version >= 3 else None
     except TrihrgeInputError:
         raise
     except Exception as err:  # noqa: BLE001 - zarr/JSON errors of all kinds
@@ -811,7 +1017,7 @@ def open_map_store(path: str | os.PathLike) -> FactorMaps:
         raise TrihrgeInputError(f"the map store {path} is inconsistent",
                                 f"the store is damaged; {how}")
     return FactorMaps(weights, None, mask, float(attrs["stride_um"]), attrs["origin_rc_um"],
-                      path=path, group=group)
+                      path=path, group=group, factor_model=factor_model)
 
 
 def _check_files(path: Path, files: Any, how: str) -> None:
@@ -832,9 +1038,13 @@ def _check_files(path: Path, files: Any, how: str) -> None:
             f"copy the whole folder again or {how}")
 
 
-def _read_factors(group: Any, weights: GeneWeights, start: int, stop: int
-                  ) -> LocationFactors:
-    """Read locations ``start:stop`` of a store's factors, as float32 (indices int32)."""
+def _read_factors(group: Any, knn_ks: Sequence[int], start: int, stop: int,
+                  factor_model: FactorModel | None = None) -> LocationFactors:
+    """Read locations ``start:stop`` of a store's factors (format 3: their inputs).
+
+    As float32 (indices int32); the image features un-standardised with ``factor_model``'s
+    scaling.
+    """
     locs = group["locations"]
 
     def read(name: str, dtype: Any = np.float32) -> np.ndarray | None:
@@ -844,10 +1054,13 @@ def _read_factors(group: Any, weights: GeneWeights, start: int, stop: int
         part = arr[:, start:stop] if name == "network_hidden" else arr[start:stop]
         return as_dtype(np.asarray(part), dtype)
 
+    features = read("image_features")
+    if features is not None and factor_model is not None:
+        features *= factor_model.feature_scale
+        features += factor_model.feature_mean
     return LocationFactors(
-        knn={k: (read(f"knn{k}_index", np.int32), read(f"knn{k}_weight"))
-             for k in weights.knn_ks()},
-        ridge=read("ridge_inputs"), hidden=read("network_hidden"))
+        knn={k: (read(f"knn{k}_index", np.int32), read(f"knn{k}_weight")) for k in knn_ks},
+        ridge=read("ridge_inputs"), hidden=read("network_hidden"), features=features)
 
 
 def _store_chunk_locations(group: Any) -> int:
@@ -932,7 +1145,7 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
 
 __all__: Sequence[str] = [
     "STORE_FORMAT", "STORE_VERSION", "READABLE_VERSIONS", "STORE_NAME", "STORE_FACTOR_DTYPE",
-    "FLOAT16_TOLERANCE", "GeneWeights", "LocationFactors",
+    "FLOAT16_TOLERANCE", "GeneWeights", "LocationFactors", "FactorModel",
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",

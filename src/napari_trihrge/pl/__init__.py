@@ -46,11 +46,13 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
         shown = np.array([[0.0, 0.0], image.shape_rc_um])
     r0, c0 = np.asarray(shown).min(axis=0) - pad
     r1, c1 = np.asarray(shown).max(axis=0) + pad
+    if maps is not None:
+        panels, step = _panel_maps(maps, show_genes, c1 - c0)
     for row, gene in enumerate(show_genes):
         g = list(genes).index(gene)
         enhanced = None
         if maps is not None:
-            enhanced = np.asarray(maps.values[list(maps.gene_names).index(gene)], dtype=np.float32)
+            enhanced = panels[row]
         arrays = [spots_expr[:, g]] + ([enhanced] if enhanced is not None else []) + (
             [virtual_expr[:, g]] if virtual_expr is not None and enhanced is None else [])
         vmin, vmax = _robust_limits(*arrays)
@@ -66,10 +68,13 @@ def overview_figure(image, spots_rc_um: np.ndarray, spots_expr: np.ndarray, gene
         if enhanced is not None:
             s = maps.stride_um
             o = maps.origin_rc_um
-            ext = (o[1] - s / 2, o[1] + (enhanced.shape[1] - 0.5) * s,
-                   o[0] + (enhanced.shape[0] - 0.5) * s, o[0] - s / 2)
-            im = ax.imshow(np.ma.masked_invalid(enhanced), extent=ext, cmap="magma", vmin=vmin,
-                           vmax=vmax, interpolation="nearest")
+            drawn = s * step
+            im = ax.imshow(np.ma.masked_invalid(enhanced), cmap="magma", vmin=vmin, vmax=vmax,
+                           extent=(o[1] - drawn / 2, o[1] + (enhanced.shape[1] - 0.5) * drawn,
+                                   o[0] + (enhanced.shape[0] - 0.5) * drawn, o[0] - drawn / 2),
+                           interpolation="nearest")
+            ext = (o[1] - s / 2, o[1] + (maps.mask.shape[1] - 0.5) * s,
+                   o[0] + (maps.mask.shape[0] - 0.5) * s, o[0] - s / 2)
             ax.set_title(f"{gene}: enhanced map ({s:g} um)")
         else:
             im = ax.scatter(virtual_rc_um[:, 1], virtual_rc_um[:, 0], c=virtual_expr[:, g], s=4,
@@ -185,6 +190,29 @@ def _draw_spots(ax, rc_um: np.ndarray, values: np.ndarray, diameter_um: float, v
     coll.set_clim(vmin, vmax)
     ax.add_collection(coll)
     return coll
+
+
+#: map pixels across an overview panel (about its width at the figure's 110 dpi): a map with
+#: more is drawn from every n-th pixel, as nearest-neighbour drawing would show it anyway
+PANEL_PX = 420
+
+
+def _panel_maps(maps, genes: Sequence[str], width_um: float) -> tuple[list[np.ndarray], int]:
+    """Return the genes' maps for panels ``width_um`` wide and the map pixels per drawn pixel.
+
+    Every ``step``-th pixel when the map has over :data:`PANEL_PX` pixels across the panel;
+    a factorised map computes only those, for all the genes at once (its networks run once,
+    at those locations only).
+    """
+    index = [list(maps.gene_names).index(g) for g in genes]
+    step = max(1, int(round(width_um / maps.stride_um / PANEL_PX)))
+    values_at = getattr(maps, "values_at", None)
+    if step == 1 or values_at is None:
+        return [np.asarray(maps.values[g], dtype=np.float32) for g in index], 1
+    n_rows, n_cols = maps.mask.shape
+    rows, cols = np.meshgrid(np.arange(0, n_rows, step), np.arange(0, n_cols, step),
+                             indexing="ij")
+    return list(values_at(index, rows, cols)), step
 
 
 def _save(fig, path: str | Path) -> None:

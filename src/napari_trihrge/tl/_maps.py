@@ -14,6 +14,7 @@ from ..errors import TrihrgeInputError
 from ..io.map_store import (
     LOCATION_CHUNK,
     FactorMaps,
+    FactorModel,
     GeneWeights,
     LocationFactors,
     MapStoreWriter,
@@ -176,15 +177,16 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
     recovery's hidden spots do). ``grid``: the map grid when the caller already has it
     (:func:`map_grid`), else it is made here.
 
-    ``factorised=True``: instead of every gene's map, the per-location factors are kept
-    (:mod:`napari_trihrge.io.map_store`: the networks' last hidden layer, the ridge inputs, the
-    kNN weights; ``factor_dtype`` for the dense ones, by default float16 in a store and float32
-    in memory) and a :class:`FactorMaps` is returned
-    that computes any gene's map, equal to the direct prediction, when asked; written to the
-    store ``store_path`` when given (else in memory); with ``map_path`` every gene is also
-    materialised there as an OME-Zarr map. ``neighbour_images``: the run's neighbour-image
-    window (:class:`~napari_trihrge.tl._shared.NeighbourImages`), appended to every map
-    location's features as to the spots'.
+    ``factorised=True``: instead of every gene's map, the per-location inputs are kept
+    (:mod:`napari_trihrge.io.map_store`: the image features and the kNN weights;
+    ``factor_dtype`` for the features, by default float16 in a store and float32 in memory)
+    with the networks and the ridge head's standardisation, and a :class:`FactorMaps` is
+    returned that computes any gene's map, equal to the direct prediction, when asked (the
+    networks' last hidden layers only then); written to the store ``store_path`` when given
+    (else in memory); with ``map_path`` every gene is also materialised there as an OME-Zarr
+    map. ``neighbour_images``: the run's neighbour-image window
+    (:class:`~napari_trihrge.tl._shared.NeighbourImages`), appended to every map location's
+    features as to the spots'.
     """
     progress = ensure_progress(progress)
     if grid is None:
@@ -338,28 +340,36 @@ def map_gene_weights(fits: list | StackedModel, genes: list[str], cfg: RunConfig
     return weights
 
 
-def _location_factors(fits: list | StackedModel, weights: GeneWeights, feats, nb,
-                      pts: np.ndarray, src_rc_um: np.ndarray, cfg: RunConfig
-                      ) -> LocationFactors:
-    """Return the per-location factors of map locations ``pts``.
+def map_factor_model(fits: list | StackedModel, weights: GeneWeights, cfg: RunConfig
+                     ) -> FactorModel:
+    """Return what computes the factors of a map location from its stored inputs.
 
-    ``feats`` are their features and ``nb`` their interpolated neighbour expression.
+    The networks of ``fits`` (up to their last hidden layer), the ridge head's
+    standardisation, and the neighbour input (kNN of the spots' expression,
+    ``cfg.n_neighbours`` neighbours) when the run uses one.
     """
-    from ..model.predict import predict_last_hidden
+    stacked = fits if isinstance(fits, StackedModel) else None
+    models = ([f.model for f in (stacked.fits if stacked is not None else fits)]
+              if "network" in weights.candidates else [])
+    return FactorModel(networks=models, ridge=None if stacked is None else stacked.ridge,
+                       neighbour_k=int(cfg.n_neighbours) if cfg.neighbour_input else None,
+                       image_input=bool(cfg.image_input), device=cfg.device,
+                       threads=cfg.threads)
+
+
+def _location_inputs(factor_model: FactorModel, weights: GeneWeights, feats,
+                     pts: np.ndarray, src_rc_um: np.ndarray) -> LocationFactors:
+    """Return what the store keeps of map locations ``pts`` (features ``feats``).
+
+    Their kNN weights over the spots ``src_rc_um`` and their image features.
+    """
     from ..neighbours import idw_weights
 
-    stacked = fits if isinstance(fits, StackedModel) else None
-    out = LocationFactors()
-    for k in weights.knn_ks():
+    out = LocationFactors(features=(np.asarray(feats, dtype=np.float32)
+                                    if factor_model.image_input else None))
+    for k in factor_model.knn_ks(weights):
         idx, w = idw_weights(src_rc_um, pts, k)
         out.knn[k] = (idx.astype(np.int32), w)
-    if stacked is not None and stacked.ridge is not None:
-        out.ridge = stacked.ridge.standardised_inputs(feats if cfg.image_input else None,
-                                                      nb).astype(np.float32)
-    if "network" in weights.candidates:
-        models = [f.model for f in (stacked.fits if stacked is not None else fits)]
-        with cpu_threads(cfg.threads):
-            out.hidden = predict_last_hidden(models, feats, nb, device=cfg.device)
     return out
 
 
@@ -368,11 +378,13 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
                          neighbour_images=None) -> FactorMaps:
     """:func:`predict_maps` with ``factorised=True``."""
     weights = map_gene_weights(fits, genes, cfg)
-    if weights.knn_ks() and weights.spots_expression is None:
+    factor_model = map_factor_model(fits, weights, cfg)
+    if factor_model.knn_ks(weights) and weights.spots_expression is None:
         weights.spots_expression = np.asarray(y, dtype=np.float32)
     src_rc_um = fits.src_rc_um if isinstance(fits, StackedModel) else rc_um
     writer = MapStoreWriter(store_path, weights, grid.mask, grid.stride_um, grid.origin_rc_um,
-                            overwrite=overwrite, factor_dtype=factor_dtype)
+                            overwrite=overwrite, factor_dtype=factor_dtype,
+                            factor_model=factor_model)
     n_rows, n_cols = grid.shape
     # the same blocks of rows as the direct prediction (features are computed per block)
     rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
@@ -385,13 +397,10 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
                 pts = grid.origin_rc_um + np.stack([ii + b0, jj], axis=1) * grid.stride_um
                 feats = _features(image, encoder, pts, windows_um, cfg, Progress(), dense=True,
                                   cache=False, neighbour_images=neighbour_images)
-                nb = (idw_interpolate(rc_um, y, pts, cfg.n_neighbours)
-                      if cfg.neighbour_input else None)
                 for c0 in range(0, len(pts), FACTOR_BLOCK_LOCATIONS):
                     sl = slice(c0, c0 + FACTOR_BLOCK_LOCATIONS)
-                    writer.append(_location_factors(fits, weights, feats[sl],
-                                                    None if nb is None else nb[sl], pts[sl],
-                                                    src_rc_um, cfg))
+                    writer.append(_location_inputs(factor_model, weights, feats[sl], pts[sl],
+                                                   src_rc_um))
             progress.advance()
         maps = writer.finalize()
     except BaseException:
@@ -404,9 +413,14 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
     return maps
 
 
-#: map locations whose per-location factors are computed at once (each network's last hidden
-#: layer: locations x its width): one chunk of the store, so the writer copies nothing
+#: map locations whose inputs (kNN weights) are computed at once: one chunk of the store, so
+#: the writer copies nothing
 FACTOR_BLOCK_LOCATIONS = LOCATION_CHUNK
+
+
+#: values (genes x spots x disk pixels) of the spots' footprints computed in one call of a
+#: factorised map's ``values_at`` (256 MB of float32), which runs the networks once per call
+FOOTPRINT_VALUES = 64 * 2**20
 
 
 def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float
@@ -428,13 +442,16 @@ def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: fl
     some = n_valid > 0
     rows, cols, ok = idx[some, :, 0], idx[some, :, 1], valid[some]
     values_at = getattr(maps, "values_at", None)  # factorised maps: only these pixels
-    for g0 in range(0, len(maps.gene_names), 64):
+    # factorised maps compute the locations' factors (the networks) once per call: as many
+    # genes per call as FOOTPRINT_VALUES allows (all of a her2st section's)
+    step = 64 if values_at is None else max(64, FOOTPRINT_VALUES // max(1, rows.size))
+    for g0 in range(0, len(maps.gene_names), step):
         if values_at is not None:
-            vals = values_at(range(g0, min(len(maps.gene_names), g0 + 64)), rows, cols)
+            vals = values_at(range(g0, min(len(maps.gene_names), g0 + step)), rows, cols)
         else:
-            vals = np.asarray(maps.values[g0:g0 + 64])[:, rows, cols]  # (g, spots, k)
+            vals = np.asarray(maps.values[g0:g0 + step])[:, rows, cols]  # (g, spots, k)
         vals = np.where(ok[None], vals, 0.0)
-        means[some, g0:g0 + 64] = (vals.sum(axis=2) / n_valid[some][None]).T
+        means[some, g0:g0 + step] = (vals.sum(axis=2) / n_valid[some][None]).T
     return means, valid.mean(axis=1)
 
 
