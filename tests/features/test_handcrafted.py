@@ -179,6 +179,20 @@ def test_bands_of_maps_equal_the_whole_image_maps():
     np.testing.assert_array_equal(part.channel(6), whole[6, 37:70])
 
 
+def test_bands_of_an_image_resized_as_a_whole(tissue):
+    # 1202 rows at 0.5 um/px: 2 um/px is 300 rows, not the 301 blocks of 4: resized as a whole
+    img = TissueImage.from_array(np.concatenate([tissue, tissue[-2:]]), BASE_UM)
+    assert img.at_resolution_rows(2.0, 0, 10) is None
+    enc = StainTextureEncoder(strip_px=16, cache_mb=0.01)
+    fm = enc.fine_maps(img)
+    whole = whole_image_maps(img, 2.0)
+    np.testing.assert_array_equal(fm.rows(0, fm.shape[1]).channel(0), whole[0])
+    pts = np.random.default_rng(2).uniform([-10, -10], [610, 810], (200, 2))
+    np.testing.assert_allclose(enc.embed_windows(img, pts, 112.0),
+                               StainTextureEncoder().embed_windows(img, pts, 112.0),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_features_from_bands_equal_whole_image_features(monkeypatch):
     img = synthetic_image()
     h_um, w_um = img.shape_rc_um

@@ -131,7 +131,6 @@ class _StainBands:
         px = float(np.mean(self.px_um))
         self.margin = int(np.ceil(4 * 7.0 / px)) + 4  # > the widest filter's support (LoG 7 um)
         self.band_rows = max(16, min(encoder.strip_px, BAND_PX // max(1, w)))
-        self._whole_rgb: np.ndarray | None = None
 
     def max_rows(self) -> int:
         # half the cache for the rows one band of locations reads (the rest for the next band's)
@@ -160,9 +159,9 @@ class _StainBands:
         r0, r1 = max(0, y0 - m), min(h, y1 + m)
         rgb = self.image.at_resolution_rows(self.res, r0, r1)
         if rgb is None:  # the image is resized as a whole to this resolution: kept, 3 B/px
-            if self._whole_rgb is None:
-                self._whole_rgb = _uint8_rgb(np.asarray(self.image.at_resolution(self.res)))
-            rgb = self._whole_rgb[r0:r1]
+            rgb = self.encoder.cached(
+                (self.image.key(), "stain-rgb", round(self.res, 4)),
+                lambda: _uint8_rgb(np.asarray(self.image.at_resolution(self.res))))[r0:r1]
         padded = np.pad(_uint8_rgb(rgb), ((m - (y0 - r0), m - (r1 - y1)), (m, m), (0, 0)),
                         constant_values=255)
         maps = pixel_maps(padded, float(np.mean(self.px_um)))
@@ -296,8 +295,7 @@ class StainTextureEncoder(Encoder):
         read (:class:`_StainBands`)."""
         # an integer multiple of the image's pixel size, so the image is only block-averaged
         res = float(image.um_per_px) * max(1, round(self.fine_um_per_px / image.um_per_px))
-        return self.cached((image.key(), "stain", round(res, 4)),
-                           lambda: _StainBands(self, image, res))
+        return _StainBands(self, image, res)
 
     def cached(self, key: tuple, build: Callable[[], Any], *, nbytes: int | None = None) -> Any:
         """``build()``, kept for the ``cache_images`` most recently used ``key`` of each kind of
