@@ -204,7 +204,7 @@ def one_size(size_um: float, genes: int, stride_um: float, um_per_px: float,
         Path(json_path).write_text(json.dumps({
             "size_um": size_um, "locations": n_loc, "store_MiB": folder_bytes(store) / 2**20,
             "image_MiB": image_MiB, "image_write_s": write_s, "start_MiB": base,
-            "stages": {k: {"wall_s": v["wall_s"],
+            "stages": {k: {"wall_s": v["wall_s"], "cpu_s": v["cpu_s"],
                            "peak_above_MiB": max(0.0, v["peak_mb"] - base)}
                        for k, v in rec.stages.items()},
             "first_gene_s": first, "next_gene_s": second,
