@@ -110,6 +110,7 @@ class _MapRows:
         self.pieces = pieces
 
     def channel(self, ch: int) -> np.ndarray:
+        """Map ``ch`` over these rows (a view when they are one piece)."""
         parts = [p[ch] for p in self.pieces]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -129,11 +130,13 @@ class _StainBands:
         self.white, self.white_sq = encoder._white
         self.shape = (len(MAP_NAMES), h, w)
         px = float(np.mean(self.px_um))
-        self.margin = int(np.ceil(4 * 7.0 / px)) + 4  # > the widest filter's support (LoG 7 um)
+        # more than the widest filter's support (LoG at 7 um)
+        self.margin_px = int(np.ceil(4 * 7.0 / px)) + 4
         self.band_rows = max(16, min(encoder.strip_px, BAND_PX // max(1, w)))
 
     def max_rows(self) -> int:
-        # half the cache for the rows one band of locations reads (the rest for the next band's)
+        """How many rows one band of locations may read: half the cache (the rest keeps the
+        next band's rows)."""
         return max(self.band_rows, self.encoder.cache_bytes // 2 // self._bytes_per_row())
 
     def _bytes_per_row(self) -> int:
@@ -154,7 +157,7 @@ class _StainBands:
 
     def _compute_band(self, k: int) -> np.ndarray:
         _, h, w = self.shape
-        m, q = self.margin, self.band_rows
+        m, q = self.margin_px, self.band_rows
         y0, y1 = k * q, min(h, (k + 1) * q)
         r0, r1 = max(0, y0 - m), min(h, y1 + m)
         rgb = self.image.at_resolution_rows(self.res, r0, r1)
@@ -251,7 +254,8 @@ class StainTextureEncoder(Encoder):
 
     Parameters: ``fine_um_per_px`` pixel size of the per-pixel maps (never finer than the
     image), ``px_per_window`` working pixels across a window, ``scales`` sub-window fractions,
-    ``cache_images`` how many images' full-resolution maps to keep (the nuclei encoder's),
+    ``cache_images`` how many images' whole maps to keep (the nuclei encoder's full-resolution
+    maps; the 2 um RGB of an image resized as a whole),
     ``cache_mb`` the memory for bands of stain maps (kept across calls while they fit),
     ``strip_px`` the most rows of one band of maps, ``n_threads`` maps processed at once.
     """
@@ -454,8 +458,8 @@ class StainTextureEncoder(Encoder):
 
 
 _VIT_ONLY_OPTS = ("batch_size", "num_workers", "precision")
-STAIN_TEXTURE_OPTIONS = ("fine_um_per_px, px_per_window, scales, cache_images, strip_px, "
-                         "n_threads")
+STAIN_TEXTURE_OPTIONS = ("fine_um_per_px, px_per_window, scales, cache_images, cache_mb, "
+                         "strip_px, n_threads")
 
 
 @register_encoder("stain-texture", description="hand-crafted stain colour + texture features "
