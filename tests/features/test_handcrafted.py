@@ -137,14 +137,99 @@ def test_maps_cached_per_image(tissue, monkeypatch):
     enc = StainTextureEncoder()
     img = at(tissue, 1.0)
     calls = []
-    real = img.at_resolution
-    monkeypatch.setattr(img, "at_resolution", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = img.at_resolution_rows
+    monkeypatch.setattr(img, "at_resolution_rows",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     a = enc.embed_windows(img, [[300.0, 300.0]], 112.0)
     b = enc.embed_windows(img, [[300.0, 300.0]], 336.0)
+    n_read = len(calls)
     c = enc.embed_windows(img, [[300.0, 300.0]], 112.0)
-    assert len(calls) == 1
+    assert 0 < n_read == len(calls) == len(set(calls))  # each band of maps computed once
     np.testing.assert_array_equal(a, c)
     assert not np.allclose(a, b)
+
+
+def whole_image_maps(image: TissueImage, res: float) -> np.ndarray:
+    """The stain maps of the whole image, as the encoder made them before it worked in bands:
+    :func:`pixel_maps` of the image at ``res`` padded with white, stored as float16."""
+    rgb = image.at_resolution(res)
+    m = int(np.ceil(4 * 7.0 / res)) + 4
+    maps = pixel_maps(np.pad(rgb, ((m, m), (m, m), (0, 0)), constant_values=255), res)
+    return maps[:, m:m + rgb.shape[0], m:m + rgb.shape[1]].astype(np.float16)
+
+
+def synthetic_image() -> TissueImage:
+    from napari_trihrge.datasets import synthetic_sample
+    from napari_trihrge.io.sample import get_image
+
+    return get_image(synthetic_sample(seed=1, size_um=(700.0, 900.0), n_genes=4))
+
+
+def test_bands_of_maps_equal_the_whole_image_maps():
+    img = synthetic_image()
+    enc = StainTextureEncoder(strip_px=16)  # bands of 16 rows (and their filter margins)
+    fm = enc.fine_maps(img)
+    assert fm.band_rows == 16 and fm.shape[1] > 10 * fm.band_rows
+    whole = whole_image_maps(img, 2.0)
+    assert fm.shape == whole.shape
+    rows = fm.rows(0, fm.shape[1])
+    for ch in range(len(MAP_NAMES)):
+        np.testing.assert_array_equal(rows.channel(ch), whole[ch], err_msg=MAP_NAMES[ch])
+    part = fm.rows(37, 70)  # rows across band edges
+    np.testing.assert_array_equal(part.channel(6), whole[6, 37:70])
+
+
+def test_bands_of_an_image_resized_as_a_whole(tissue):
+    # 1202 rows at 0.5 um/px: 2 um/px is 300 rows, not the 301 blocks of 4: resized as a whole
+    img = TissueImage.from_array(np.concatenate([tissue, tissue[-2:]]), BASE_UM)
+    assert img.at_resolution_rows(2.0, 0, 10) is None
+    enc = StainTextureEncoder(strip_px=16, cache_mb=0.01)
+    fm = enc.fine_maps(img)
+    whole = whole_image_maps(img, 2.0)
+    np.testing.assert_array_equal(fm.rows(0, fm.shape[1]).channel(0), whole[0])
+    pts = np.random.default_rng(2).uniform([-10, -10], [610, 810], (200, 2))
+    np.testing.assert_allclose(enc.embed_windows(img, pts, 112.0),
+                               StainTextureEncoder().embed_windows(img, pts, 112.0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_features_from_bands_equal_whole_image_features(monkeypatch):
+    img = synthetic_image()
+    h_um, w_um = img.shape_rc_um
+    rng = np.random.default_rng(5)
+    edges = [[0.0, 0.0], [h_um, w_um], [-30.0, 450.0], [h_um + 20, 300.0], [350.0, -5.0],
+             [350.0, w_um], [h_um - 1.0, 1.0], [2.0, w_um - 2.0], [-400.0, -400.0]]
+    pts = np.concatenate([rng.uniform([-20, -20], [h_um + 20, w_um + 20], (400, 2)),
+                          np.array(edges),
+                          # a column of locations every 2 um: every band's edge is crossed
+                          np.stack([np.arange(0.0, h_um, 2.0), np.full(int(h_um / 2), 440.0)],
+                                   axis=1)])
+    whole = StainTextureEncoder(cache_mb=10_000)  # every location in one band: the whole image
+    banded = StainTextureEncoder(strip_px=16, cache_mb=0.01)  # bands of 16 rows, none kept
+    groups = []
+    real = StainTextureEncoder._group_stats
+    monkeypatch.setattr(StainTextureEncoder, "_group_stats",
+                        lambda self, fm, boxes, sel, *a: groups.append((self, sel))
+                        or real(self, fm, boxes, sel, *a))
+    for window in (24.0, 112.0, 336.0):
+        groups.clear()
+        ref = whole.embed_windows(img, pts, window)
+        got = banded.embed_windows(img, pts, window)
+        assert sum(e is whole for e, _ in groups) == 1
+        assert sum(e is banded for e, _ in groups) > 5, window
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(window))
+    # the whole-image path is the maps of the whole image
+    fm = whole.fine_maps(img)
+    from napari_trihrge.features.handcrafted import _FineMaps
+
+    direct = _FineMaps(maps=whole_image_maps(img, 2.0), px_um=fm.px_um, origin_um=fm.origin_um,
+                       white=fm.white, white_sq=fm.white_sq)
+    from napari_trihrge.progress import ensure_progress
+
+    for a, b in zip(whole.window_stats(fm, pts, 112.0, whole.scales, 7, ensure_progress(None)),
+                    whole.window_stats(direct, pts, 112.0, whole.scales, 7,
+                                       ensure_progress(None)), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_many_locations_one_pass(tissue, enc):

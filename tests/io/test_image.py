@@ -102,6 +102,25 @@ def test_at_resolution_block_mean_on_single_level():
     assert (out[:, :19] == 0).all() and (out[:, 21:] == 200).all()
 
 
+def test_at_resolution_rows_read_only_their_rows_and_equal_the_whole(pyramid):
+    img, base = pyramid
+    # 1 um/px: level 1 block-averaged by 2 (lazy), and the in-memory base by 2
+    for image in (img, TissueImage.from_array(base, 0.5)):
+        for res in (0.5, 1.0, 2.0):
+            whole = image.at_resolution(res)
+            assert image.at_resolution_shape(res) == whole.shape[:2]
+            for r0, r1 in ((0, 7), (5, 33), (whole.shape[0] - 3, whole.shape[0] + 9)):
+                np.testing.assert_array_equal(image.at_resolution_rows(res, r0, r1),
+                                              whole[r0:r1])
+    # a ragged last block row: 256 / 3 px is not whole, and at_resolution rounds 85.33 to 85
+    # while a block mean gives 86 rows: the whole image is resized, which rows cannot reproduce
+    assert TissueImage.from_array(base, 0.5).at_resolution_rows(1.5, 0, 10) is None
+    # 254 rows / 4 = 63.5 -> 64: the ragged last row averages the 2 rows that exist
+    odd = TissueImage.from_array(base[:254], 0.5)
+    np.testing.assert_array_equal(odd.at_resolution_rows(2.0, 60, 64),
+                                  odd.at_resolution(2.0)[60:64])
+
+
 def test_jpeg_png_and_rgba(tmp_path):
     arr = _rgb(40, 50, seed=1)
     Image.fromarray(arr).save(tmp_path / "a.png")

@@ -1,7 +1,8 @@
 """'stain-texture': the default encoder, built from stain colour and texture; needs no weights.
 
-Per-pixel maps (computed once per image at ``fine_um_per_px``, about 2 um/px so nuclei span a few
-pixels, in horizontal strips to bound memory, and cached in the encoder):
+Per-pixel maps (at ``fine_um_per_px``, about 2 um/px so nuclei span a few pixels; computed in
+bands of rows of the image, each from only the image rows it needs, and kept in the encoder up to
+``cache_mb``):
 
 ==================  ===========================================================================
 ``hema``            hematoxylin optical density (``skimage.color.rgb2hed``), x10
@@ -31,6 +32,12 @@ Speed: maps are box-averaged at a working resolution of about ``W / 32`` um/px w
 images, evaluated at fractional positions (bilinear), so a window costs 16 look-ups per map and
 sub-window whatever its size; 100k locations cost about the same as 1000. Outside the image the
 maps take the values of a white background, exactly as if the window were padded with white.
+
+Memory: locations are visited in bands of rows, and each band's box means read only the maps'
+rows its windows cover (about half ``cache_mb`` at most, whatever the image's size): an image
+whose maps exceed ``cache_mb`` (a capture area at 2 um/px is 300 MB of maps) is never held whole,
+and its bands are computed again when a later call needs them. The features equal those of
+whole-image maps to float rounding (the integral images start at the band, not the image's top).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -70,6 +77,8 @@ _UNIT_LUT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
 # skimage.color.separate_stains: log(max(rgb, 1e-6)) / log(1e-6), then @ hed_from_rgb
 _OD_LUT = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float32)
 _HED_FROM_RGB = hed_from_rgb.astype(np.float32)
+#: pixels of one band of stain maps (its filters' temporaries are about 250 bytes per pixel)
+BAND_PX = 1 << 20
 
 
 @dataclass
@@ -79,6 +88,87 @@ class _FineMaps:
     origin_um: tuple[float, float]  # position (um, row/col) of the top-left edge of pixel 0
     white: np.ndarray  # (C,) float64 map values of white background
     white_sq: np.ndarray  # (C,) float64 squared map values of white background
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(maps, rows, cols) of the whole image's maps."""
+        return tuple(self.maps.shape)
+
+    def rows(self, start: int, stop: int) -> _MapRows:
+        """Rows ``[start, stop)`` of every map."""
+        return _MapRows([self.maps[:, start:stop]])
+
+    def max_rows(self) -> int:
+        """How many rows one band of locations may read at once: all (held whole already)."""
+        return 2**62
+
+
+class _MapRows:
+    """Consecutive rows of the maps, held as pieces (bands) joined per map on demand."""
+
+    def __init__(self, pieces: list[np.ndarray]):
+        self.pieces = pieces
+
+    def channel(self, ch: int) -> np.ndarray:
+        """Map ``ch`` over these rows (a view when they are one piece)."""
+        parts = [p[ch] for p in self.pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _StainBands:
+    """The stain maps of an image at ``res`` um/px (:func:`pixel_maps`), computed per band of
+    ``band_rows`` rows from the image rows it needs (its own plus the filters' margin, white
+    beyond the image) and kept in the encoder's cache up to its budget."""
+
+    def __init__(self, encoder: StainTextureEncoder, image: TissueImage, res: float):
+        self.encoder, self.image, self.res = encoder, image, res
+        h, w = image.at_resolution_shape(res)
+        h_um, w_um = image.shape_rc_um
+        self.px_um = (float(h_um) / h, float(w_um) / w)
+        # pixel k of a resampled image is centred at k * px_um (pure scaling, see io.image)
+        self.origin_um = (-0.5 * self.px_um[0], -0.5 * self.px_um[1])
+        self.white, self.white_sq = encoder._white
+        self.shape = (len(MAP_NAMES), h, w)
+        px = float(np.mean(self.px_um))
+        # more than the widest filter's support (LoG at 7 um)
+        self.margin_px = int(np.ceil(4 * 7.0 / px)) + 4
+        self.band_rows = max(16, min(encoder.strip_px, BAND_PX // max(1, w)))
+
+    def max_rows(self) -> int:
+        """How many rows one band of locations may read: half the cache (the rest keeps the
+        next band's rows)."""
+        return max(self.band_rows, self.encoder.cache_bytes // 2 // self._bytes_per_row())
+
+    def _bytes_per_row(self) -> int:
+        return self.shape[0] * self.shape[2] * 2
+
+    def rows(self, start: int, stop: int) -> _MapRows:
+        q = self.band_rows
+        pieces = []
+        for k in range(start // q, -(-stop // q)):
+            band = self._band(k)
+            pieces.append(band[:, max(start, k * q) - k * q:min(stop, (k + 1) * q) - k * q])
+        return _MapRows(pieces)
+
+    def _band(self, k: int) -> np.ndarray:
+        key = (self.image.key(), "stain-band", round(self.res, 4), self.band_rows, k)
+        return self.encoder.cached(key, lambda: self._compute_band(k),
+                                   nbytes=self.band_rows * self._bytes_per_row())
+
+    def _compute_band(self, k: int) -> np.ndarray:
+        _, h, w = self.shape
+        m, q = self.margin_px, self.band_rows
+        y0, y1 = k * q, min(h, (k + 1) * q)
+        r0, r1 = max(0, y0 - m), min(h, y1 + m)
+        rgb = self.image.at_resolution_rows(self.res, r0, r1)
+        if rgb is None:  # the image is resized as a whole to this resolution: kept, 3 B/px
+            rgb = self.encoder.cached(
+                (self.image.key(), "stain-rgb", round(self.res, 4)),
+                lambda: _uint8_rgb(np.asarray(self.image.at_resolution(self.res))))[r0:r1]
+        padded = np.pad(_uint8_rgb(rgb), ((m - (y0 - r0), m - (r1 - y1)), (m, m), (0, 0)),
+                        constant_values=255)
+        maps = pixel_maps(padded, float(np.mean(self.px_um)))
+        return maps[:, m:m + (y1 - y0), m:m + w].astype(np.float16)
 
 
 def _uint8_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -164,22 +254,27 @@ class StainTextureEncoder(Encoder):
 
     Parameters: ``fine_um_per_px`` pixel size of the per-pixel maps (never finer than the
     image), ``px_per_window`` working pixels across a window, ``scales`` sub-window fractions,
-    ``cache_images`` how many images' maps to keep in memory.
+    ``cache_images`` how many images' whole maps to keep (the nuclei encoder's full-resolution
+    maps; the 2 um RGB of an image resized as a whole),
+    ``cache_mb`` the memory for bands of stain maps (kept across calls while they fit),
+    ``strip_px`` the most rows of one band of maps, ``n_threads`` maps processed at once.
     """
 
     name = "stain-texture"
 
     def __init__(self, fine_um_per_px: float = 2.0, px_per_window: int = 32,
                  scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125), cache_images: int = 2,
-                 strip_px: int = 1024, n_threads: int | None = None):
+                 strip_px: int = 1024, n_threads: int | None = None, cache_mb: float = 256.0):
         self.fine_um_per_px = float(fine_um_per_px)
         self.px_per_window = int(px_per_window)
         self.scales = tuple(float(s) for s in scales)
         self.cache_images = int(cache_images)
+        self.cache_bytes = int(float(cache_mb) * 2**20)
         self.strip_px = int(strip_px)
         self.n_threads = int(n_threads or min(4, os.cpu_count() or 1))
         self.embed_dim = len(self.scales) * (len(_MEAN_NAMES) + N_STD)
-        self._cache: OrderedDict[tuple, _FineMaps] = OrderedDict()
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._cache_nbytes: dict[tuple, int] = {}
         self._lock = threading.Lock()
         self._white = _white_values()
 
@@ -199,26 +294,17 @@ class StainTextureEncoder(Encoder):
                 f"scales{','.join(f'{s:g}' for s in self.scales)}")
 
     # ---------------------------------------------------------------------------------------
-    def fine_maps(self, image: TissueImage) -> _FineMaps:
-        """Per-pixel maps of ``image`` at about ``fine_um_per_px`` (cached per image)."""
+    def fine_maps(self, image: TissueImage) -> _StainBands:
+        """Per-pixel maps of ``image`` at about ``fine_um_per_px``, computed band by band when
+        read (:class:`_StainBands`)."""
         # an integer multiple of the image's pixel size, so the image is only block-averaged
         res = float(image.um_per_px) * max(1, round(self.fine_um_per_px / image.um_per_px))
-        return self.cached((image.key(), "stain", round(res, 4)),
-                           lambda: self._build_fine_maps(image, res))
+        return _StainBands(self, image, res)
 
-    def _build_fine_maps(self, image: TissueImage, res: float) -> _FineMaps:
-        rgb = _uint8_rgb(np.asarray(image.at_resolution(res)))
-        h_um, w_um = image.shape_rc_um
-        px_um = (float(h_um) / rgb.shape[0], float(w_um) / rgb.shape[1])
-        maps = self._maps_in_strips(rgb, float(np.mean(px_um)))
-        white, white_sq = self._white
-        # pixel k of a resampled image is centred at k * px_um (pure scaling, see io.image)
-        return _FineMaps(maps=maps, px_um=px_um, origin_um=(-0.5 * px_um[0], -0.5 * px_um[1]),
-                         white=white, white_sq=white_sq)
-
-    def cached(self, key: tuple, build: Callable[[], _FineMaps]) -> _FineMaps:
+    def cached(self, key: tuple, build: Callable[[], Any], *, nbytes: int | None = None) -> Any:
         """``build()``, kept for the ``cache_images`` most recently used ``key`` of each kind of
-        maps (``key``: the image's key, the kind, its settings)."""
+        maps (``key``: the image's key, the kind, its settings), or with ``nbytes`` (its size)
+        while the kind's most recently used entries fit ``cache_mb``."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -227,21 +313,21 @@ class StainTextureEncoder(Encoder):
         with self._lock:
             self._cache[key] = value
             same_kind = [k for k in self._cache if k[1] == key[1]]
-            for old in same_kind[:max(0, len(same_kind) - max(self.cache_images, 1))]:
-                del self._cache[old]
+            if nbytes is None:
+                old = same_kind[:max(0, len(same_kind) - max(self.cache_images, 1))]
+            else:
+                self._cache_nbytes[key] = int(nbytes)
+                total = sum(self._cache_nbytes[k] for k in same_kind)
+                old = []
+                for k in same_kind[:-1]:  # the oldest first; the new entry stays
+                    if total <= self.cache_bytes:
+                        break
+                    total -= self._cache_nbytes[k]
+                    old.append(k)
+            for k in old:
+                del self._cache[k]
+                self._cache_nbytes.pop(k, None)
         return value
-
-    def _maps_in_strips(self, rgb: np.ndarray, px_um: float) -> np.ndarray:
-        margin = int(np.ceil(4 * 7.0 / px_um)) + 4  # > the widest filter's support (LoG 7 um)
-        h, w = rgb.shape[:2]
-        padded = np.pad(rgb, ((margin, margin), (margin, margin), (0, 0)), constant_values=255)
-        out = np.empty((len(MAP_NAMES), h, w), dtype=np.float16)
-        step = max(self.strip_px, 64)
-        for y0 in range(0, h, step):
-            y1 = min(y0 + step, h)
-            block = pixel_maps(padded[y0:y1 + 2 * margin], px_um)
-            out[:, y0:y1] = block[:, margin:margin + (y1 - y0), margin:margin + w]
-        return out
 
     # ---------------------------------------------------------------------------------------
     def embed_windows(self, image: TissueImage, centres_rc_um: np.ndarray, window_um: float,
@@ -282,24 +368,28 @@ class StainTextureEncoder(Encoder):
                 k += 1
         return out
 
-    def window_stats(self, fm: _FineMaps, centres: np.ndarray, window_um: float,
+    def window_stats(self, fm: _FineMaps | _StainBands, centres: np.ndarray, window_um: float,
                      scales: tuple[float, ...], n_std: int, progress: Progress
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Box means of every map of ``fm`` over the centred sub-windows of side
         ``window_um * scale`` around each location: ``(S, C, N)`` float64, and of the squares of
-        the first ``n_std`` maps ``(S, n_std, N)``; white background outside the image."""
+        the first ``n_std`` maps ``(S, n_std, N)``; white background outside the image.
+
+        Locations are taken in bands of rows, each reading only the maps' rows its boxes cover
+        (at most ``fm.max_rows()`` plus a window)."""
         # working resolution: integer block of fine pixels, about window / px_per_window
         fine = float(np.mean(fm.px_um))
         f = max(1, int(round(window_um / self.px_per_window / fine)))
-        c_maps, h, w = fm.maps.shape
+        c_maps, h, w = fm.shape
         hb, wb = -(-h // f), -(-w // f)
         px_r, px_c = fm.px_um[0] * f, fm.px_um[1] * f
         # box corners of every sub-window, in working-pixel edge coordinates
         pos_r = (centres[:, 0] - fm.origin_um[0]) / px_r
         pos_c = (centres[:, 1] - fm.origin_um[1]) / px_c
         # visit locations in bands of rows, so look-ups hit the cache (5x faster when random)
-        order = np.lexsort((pos_c, np.floor(pos_r / 8.0)))
-        pos_r, pos_c = pos_r[order], pos_c[order]
+        row_band = np.floor(pos_r / 8.0)
+        order = np.lexsort((pos_c, row_band))
+        pos_r, pos_c, row_band = pos_r[order], pos_c[order], row_band[order]
         boxes = []  # per scale: clipped edges (r0, r1, c0, c1), full area, area inside the image
         for s in scales:
             hr, hc = window_um * s / 2 / px_r, window_um * s / 2 / px_c
@@ -309,23 +399,45 @@ class StainTextureEncoder(Encoder):
         n = len(centres)
         means = np.empty((len(scales), c_maps, n), dtype=np.float64)
         sqs = np.empty((len(scales), n_std, n), dtype=np.float64)
-
-        def one_map(ch: int) -> None:
-            progress.check_cancelled()
-            # block means at the working resolution; outside the image is white (background)
-            self._box_means(block_mean(fm.maps[ch], f, ragged=fm.white[ch]), boxes,
-                            fm.white[ch], means[:, ch])
-            if ch < n_std:
-                self._box_means(block_mean(fm.maps[ch], f, ragged=fm.white_sq[ch], of=_square),
-                                boxes, fm.white_sq[ch], sqs[:, ch])
-
-        # numpy releases the GIL in these loops: maps are processed in parallel threads
-        with ThreadPoolExecutor(max_workers=self.n_threads) as pool:
-            for fut in [pool.submit(one_map, ch) for ch in range(c_maps)]:
-                fut.result()
+        # groups of whole 8-row bands of locations, each reading at most max_rows fine rows
+        per_group = max(1, fm.max_rows() // f // 8)
+        cuts = np.flatnonzero(np.diff((row_band - row_band[0]) // per_group)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+            self._group_stats(fm, boxes, slice(int(a), int(b)), f, hb, n_std, means, sqs,
+                              progress)
         unsorted = np.empty_like(order)
         unsorted[order] = np.arange(n)
         return means[:, :, unsorted], sqs[:, :, unsorted]
+
+    def _group_stats(self, fm: _FineMaps | _StainBands, boxes: list, sel: slice, f: int,
+                     hb: int, n_std: int, means: np.ndarray, sqs: np.ndarray,
+                     progress: Progress) -> None:
+        """:meth:`window_stats` for the locations ``sel`` (sorted by rows): the maps' rows their
+        boxes cover, block-averaged by ``f``, with the boxes' rows counted from there."""
+        progress.check_cancelled()
+        top = min(float(bx[0][0][sel].min()) for bx in boxes)
+        bottom = max(float(bx[0][1][sel].max()) for bx in boxes)
+        # working rows [rb0, rb1): every bilinear tap of every box corner
+        rb0 = min(int(np.floor(top)), hb - 1)
+        rb1 = max(min(hb, int(np.floor(bottom)) + 1), rb0 + 1)
+        rows = fm.rows(rb0 * f, min(rb1 * f, fm.shape[1]))
+        local = [((r0[sel] - rb0, r1[sel] - rb0, c0[sel], c1[sel]), area, area_in[sel])
+                 for (r0, r1, c0, c1), area, area_in in boxes]
+
+        def one_map(ch: int) -> None:
+            progress.check_cancelled()
+            x = rows.channel(ch)
+            # block means at the working resolution; outside the image is white (background)
+            self._box_means(block_mean(x, f, ragged=fm.white[ch]), local, fm.white[ch],
+                            means[:, ch, sel])
+            if ch < n_std:
+                self._box_means(block_mean(x, f, ragged=fm.white_sq[ch], of=_square),
+                                local, fm.white_sq[ch], sqs[:, ch, sel])
+
+        # numpy releases the GIL in these loops: maps are processed in parallel threads
+        with ThreadPoolExecutor(max_workers=self.n_threads) as pool:
+            for fut in [pool.submit(one_map, ch) for ch in range(fm.shape[0])]:
+                fut.result()
 
     @staticmethod
     def _box_means(x: np.ndarray, boxes, white: float, out: np.ndarray,
@@ -346,8 +458,8 @@ class StainTextureEncoder(Encoder):
 
 
 _VIT_ONLY_OPTS = ("batch_size", "num_workers", "precision")
-STAIN_TEXTURE_OPTIONS = ("fine_um_per_px, px_per_window, scales, cache_images, strip_px, "
-                         "n_threads")
+STAIN_TEXTURE_OPTIONS = ("fine_um_per_px, px_per_window, scales, cache_images, cache_mb, "
+                         "strip_px, n_threads")
 
 
 @register_encoder("stain-texture", description="hand-crafted stain colour + texture features "

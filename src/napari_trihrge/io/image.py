@@ -271,6 +271,44 @@ class TissueImage:
         return out
 
     # -- whole image -----------------------------------------------------------------------
+    def _resolution_plan(self, um_per_px: float) -> tuple[tuple[int, int], Any, int]:
+        """Return how :meth:`at_resolution` makes ``um_per_px``.
+
+        Its output shape, the level it reads and the integer factor it block-averages it by.
+        """
+        if not np.isfinite(um_per_px) or um_per_px <= 0:
+            raise ValueError(f"um_per_px must be positive, got {um_per_px}")
+        h_um, w_um = self.shape_rc_um
+        out_shape = (max(1, int(round(h_um / um_per_px))), max(1, int(round(w_um / um_per_px))))
+        arr, p = self._level_for(um_per_px)
+        return out_shape, arr, max(1, int(np.floor(um_per_px / p * (1 + 1e-6))))
+
+    def at_resolution_shape(self, um_per_px: float) -> tuple[int, int]:
+        """(rows, cols) of :meth:`at_resolution` at ``um_per_px``, without reading a pixel."""
+        return self._resolution_plan(um_per_px)[0]
+
+    def at_resolution_rows(self, um_per_px: float, row_start: int, row_stop: int
+                           ) -> np.ndarray | None:
+        """Return rows ``[row_start, row_stop)`` of :meth:`at_resolution` at ``um_per_px``.
+
+        Only the level's rows they cover are read (a lazy image stays lazy elsewhere). The same pixels as the whole image's; None when :meth:`at_resolution` resizes the whole
+        image (a level's block mean that does not have the output's shape), which a band
+        cannot reproduce.
+        """
+        out_shape, arr, factor = self._resolution_plan(um_per_px)
+        if (-(-int(arr.shape[0]) // factor), -(-int(arr.shape[1]) // factor)) != out_shape:
+            return None
+        row_start, row_stop = max(0, int(row_start)), min(out_shape[0], int(row_stop))
+        if row_stop <= row_start:
+            return np.zeros((0, out_shape[1], 3), dtype=np.uint8)
+        return _as_uint8_image(self._block_mean_rows(arr, factor, row_start, row_stop))
+
+    @staticmethod
+    def _block_mean_rows(arr: Any, factor: int, row_start: int, row_stop: int) -> Any:
+        """Output rows ``[row_start, row_stop)`` of ``arr`` block-averaged by ``factor``."""
+        band = arr[row_start * factor:row_stop * factor]
+        return block_mean(band, factor) if factor >= 2 else np.asarray(band)
+
     def at_resolution(self, um_per_px: float, *, return_um_per_px: bool = False) -> Any:
         """Return the whole image resampled to about ``um_per_px`` (HxWx3 uint8 numpy).
 
@@ -281,22 +319,23 @@ class TissueImage:
         """
         from skimage.transform import resize
 
-        if not np.isfinite(um_per_px) or um_per_px <= 0:
-            raise ValueError(f"um_per_px must be positive, got {um_per_px}")
-        h_um, w_um = self.shape_rc_um
-        out_shape = (max(1, int(round(h_um / um_per_px))), max(1, int(round(w_um / um_per_px))))
-        arr, p = self._level_for(um_per_px)
-        factor = int(np.floor(um_per_px / p * (1 + 1e-6)))
-        img = block_mean(arr, factor) if factor >= 2 else np.asarray(arr)
+        out_shape, arr, factor = self._resolution_plan(um_per_px)
+        img = self._block_mean_rows(arr, factor, 0, -(-int(arr.shape[0]) // factor))
         if img.shape[:2] != out_shape:
             down = img.shape[0] > out_shape[0] or img.shape[1] > out_shape[1]
             img = resize(img, out_shape + (3,), order=1, anti_aliasing=down,
                          preserve_range=True)
-        img = np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8) \
-            if img.dtype != np.uint8 else np.ascontiguousarray(img)
+        img = _as_uint8_image(img)
         if return_um_per_px:
-            return img, h_um / img.shape[0]
+            return img, self.shape_rc_um[0] / img.shape[0]
         return img
+
+
+def _as_uint8_image(img: Any) -> np.ndarray:
+    """Return a resampled image (float or uint8) as contiguous uint8, rounding half up."""
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    return np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _resample_taps(pos: np.ndarray, sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -233,9 +233,24 @@ def predict_maps(fits: list | StackedModel, image, encoder, rc_um: np.ndarray, y
                      gene_names=list(genes), mask=grid.mask, std=std)
 
 
-#: map locations embedded in one pass: the encoder's per-call cost (e.g. filtering the image for
-#: the default encoder) is paid once per this many locations, not once per band of 32 rows
-FEATURE_BLOCK_LOCATIONS = 250_000
+#: working memory of one block of map locations embedded in one pass (their features, the
+#: encoder's statistics, their neighbour input): blocks are as many rows as fit, so memory does
+#: not grow with the map's area (the encoder bounds its own image reads: features/handcrafted.py)
+FEATURE_BLOCK_BYTES = 192 * 2**20
+#: bytes per location and window beyond its features (the default encoder's box statistics)
+WINDOW_WORK_BYTES = 1536
+
+
+def feature_block_rows(n_cols: int, *, n_windows: int, embed_dim: int, n_genes: int,
+                       multiple: int = 1) -> int:
+    """Return the map rows per block of embedded locations.
+
+    As many rows of ``n_cols`` locations as :data:`FEATURE_BLOCK_BYTES` holds, at least one, a
+    multiple of ``multiple``.
+    """
+    per_location = n_windows * (4 * embed_dim + WINDOW_WORK_BYTES) + 8 * n_genes
+    rows = FEATURE_BLOCK_BYTES // (per_location * max(1, n_cols))
+    return multiple * max(1, int(rows) // multiple)
 
 
 #: map locations whose blend candidates (kNN k=6/12, ridge, networks; each locations x genes) are
@@ -255,7 +270,9 @@ def _predict_map_bands(fits, image, encoder, rc_um, y, windows_um, grid, cfg, va
     n_genes = values.shape[0]
     n_rows, n_cols = grid.shape
     with_std = std is not None
-    rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
+    rows_per_block = feature_block_rows(n_cols, n_windows=len(windows_um), n_genes=n_genes,
+                                        embed_dim=getattr(encoder, "embed_dim", 1024),
+                                        multiple=band_rows)
     for b0 in range(0, n_rows, rows_per_block):
         b1 = min(n_rows, b0 + rows_per_block)
         ii, jj = np.nonzero(grid.mask[b0:b1])
@@ -386,8 +403,8 @@ def _predict_factor_maps(fits, image, encoder, rc_um, y, windows_um, grid, cfg, 
                             overwrite=overwrite, factor_dtype=factor_dtype,
                             factor_model=factor_model)
     n_rows, n_cols = grid.shape
-    # the same blocks of rows as the direct prediction (features are computed per block)
-    rows_per_block = band_rows * max(1, FEATURE_BLOCK_LOCATIONS // max(1, band_rows * n_cols))
+    rows_per_block = feature_block_rows(n_cols, n_windows=len(windows_um), n_genes=len(genes),
+                                        embed_dim=getattr(encoder, "embed_dim", 1024))
     progress.stage("maps", total=int(np.ceil(n_rows / rows_per_block)))
     try:
         for b0 in range(0, n_rows, rows_per_block):
