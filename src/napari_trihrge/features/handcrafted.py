@@ -264,7 +264,7 @@ class StainTextureEncoder(Encoder):
 
     def __init__(self, fine_um_per_px: float = 2.0, px_per_window: int = 32,
                  scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125), cache_images: int = 2,
-                 strip_px: int = 1024, n_threads: int | None = None, cache_mb: float = 256.0):
+                 strip_px: int = 1024, n_threads: int | None = None, cache_mb: float = 384.0):
         self.fine_um_per_px = float(fine_um_per_px)
         self.px_per_window = int(px_per_window)
         self.scales = tuple(float(s) for s in scales)
