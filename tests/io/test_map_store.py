@@ -134,6 +134,33 @@ def test_overview_panels_of_a_factorised_map_are_every_nth_pixel(blended):
                                    equal_nan=True)
     panels, step = _panel_maps(maps, genes, PANEL_PX * maps.stride_um)
     assert step == 1 and panels[1].shape == maps.mask.shape
+    # a little wider than the panel: every second pixel, never more pixels than the panel has
+    panels, step = _panel_maps(maps, genes, 1.2 * PANEL_PX * maps.stride_um)
+    assert step == 2
+
+
+def test_warm_computes_every_chunk_once_and_changes_no_map(blended, tmp_path):
+    """What the viewer's run does before showing a gene: every chunk's factors computed into
+    the cache (as far as it allows), the maps the same as without."""
+    from napari_trihrge.progress import Progress
+
+    _, _, result, direct = blended
+    path = tmp_path / map_store.STORE_NAME
+    map_store.write_map_store(result.maps, path)
+    opened = map_store.open_map_store(path)
+    opened.chunk_locations = max(1, opened.n_locations // 3)  # several chunks
+    calls = []
+    expand = opened._expand
+    opened._expand = lambda inputs: calls.append(len(inputs)) or expand(inputs)
+    progress = Progress()
+    assert opened.warm(progress=progress) == opened.n_chunks >= 3
+    assert sum(calls) == opened.n_locations  # each location's networks ran once
+    np.testing.assert_allclose(np.asarray(opened.values), np.asarray(direct.values),
+                               atol=DISK_TOL, equal_nan=True)
+    assert sum(calls) == opened.n_locations  # and not again for the maps
+    full = map_store.open_map_store(path)
+    full.cache_bytes = 1  # nothing fits: warming stops at the first chunk
+    assert full.warm() == 0
 
 
 def test_store_on_disk_round_trip_and_export(blended, tmp_path):

@@ -508,6 +508,28 @@ class FactorMaps:
                     self._cached_bytes -= sum(a.nbytes for a in old.arrays().values())
         return chunk
 
+    def warm(self, *, progress: Any = None) -> int:
+        """Compute (format 3) or read the location chunks' factors into the cache now.
+
+        As far as ``cache_bytes`` allows, so that each gene's map is then a product over cached
+        factors; returns the number of chunks cached. ``progress``: stage 'maps for display',
+        one step per chunk (cancellable).
+        """
+        from ..progress import ensure_progress
+
+        progress = ensure_progress(progress)
+        if self._factors is not None and self.factor_model is None:
+            return 0  # the factors are in memory already
+        progress.stage("maps for display", total=self.n_chunks)
+        for c in range(self.n_chunks):
+            self.location_chunk(c)
+            progress.advance()
+            with self._lock:
+                if c not in self._cache:  # the cache is full: later chunks are computed anew
+                    break
+        with self._lock:
+            return len(self._cache)
+
     def input_chunk(self, c: int) -> LocationFactors:
         """Return what the store holds for location chunk ``c`` (float32; not kept).
 

@@ -200,12 +200,13 @@ PANEL_PX = 420
 def _panel_maps(maps, genes: Sequence[str], width_um: float) -> tuple[list[np.ndarray], int]:
     """Return the genes' maps for panels ``width_um`` wide and the map pixels per drawn pixel.
 
-    Every ``step``-th pixel when the map has over :data:`PANEL_PX` pixels across the panel;
-    a factorised map computes only those, for all the genes at once (its networks run once,
-    at those locations only).
+    Every ``step``-th pixel when the map has more than :data:`PANEL_PX` pixels across the
+    panel (``step`` the smallest that leaves at most :data:`PANEL_PX`); a factorised map
+    computes only those, for all the genes at once (its networks run once, at those locations
+    only).
     """
     index = [list(maps.gene_names).index(g) for g in genes]
-    step = max(1, int(round(width_um / maps.stride_um / PANEL_PX)))
+    step = max(1, int(np.ceil(width_um / maps.stride_um / PANEL_PX - 1e-9)))
     values_at = getattr(maps, "values_at", None)
     if step == 1 or values_at is None:
         return [np.asarray(maps.values[g], dtype=np.float32) for g in index], 1

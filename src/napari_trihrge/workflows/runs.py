@@ -54,11 +54,14 @@ class RunOutput:
 
 def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
              config: RunConfig | None = None, progress: Progress | None = None,
-             overwrite: bool = False, **task_kwargs: Any) -> RunOutput:
+             overwrite: bool = False, prepare_maps: bool = False, **task_kwargs: Any
+             ) -> RunOutput:
     """Run ``task`` ('recovery' or 'enhance') on ``adata``. With ``out_dir`` the run folder is
     written as by ``trihrge recovery`` / ``trihrge enhance`` (aside, swapped in when complete;
-    enhance streams its maps there); without, nothing is written. ``task_kwargs`` are
-    :func:`run_recovery`'s or :func:`run_enhance`'s keyword arguments."""
+    enhance streams its maps there); without, nothing is written. ``prepare_maps``: compute
+    the dense maps' per-location factors before returning (:meth:`FactorMaps.warm`), so a
+    viewer then shows any gene at once. ``task_kwargs`` are :func:`run_recovery`'s or
+    :func:`run_enhance`'s keyword arguments."""
     if task not in TASKS:
         raise TrihrgeInputError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
     cfg = config or RunConfig()
@@ -75,15 +78,19 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
             return RunOutput(recovery(adata, config=cfg, progress=progress, **task_kwargs))
         for key in ("spatialdata_store", "into_input"):
             task_kwargs.pop(key, None)
-        return RunOutput(enhance(adata, config=cfg, progress=progress, **task_kwargs))
-    into = _recovery_into if task == "recovery" else _enhance_into
-    if task == "enhance":
-        task_kwargs["overwrite"] = overwrite
-    with run_folder(out_dir, overwrite, inputs=adata) as out:
-        output = into(out, adata, config=cfg, progress=progress, **task_kwargs)
-    if task == "enhance":
-        repoint_maps(output.result, out_dir)
-    output.out_dir = Path(out_dir)
+        output = RunOutput(enhance(adata, config=cfg, progress=progress, **task_kwargs))
+    else:
+        into = _recovery_into if task == "recovery" else _enhance_into
+        if task == "enhance":
+            task_kwargs["overwrite"] = overwrite
+        with run_folder(out_dir, overwrite, inputs=adata) as out:
+            output = into(out, adata, config=cfg, progress=progress, **task_kwargs)
+        if task == "enhance":
+            repoint_maps(output.result, out_dir)
+        output.out_dir = Path(out_dir)
+    maps = getattr(output.result, "maps", None)
+    if prepare_maps and hasattr(maps, "warm"):
+        maps.warm(progress=progress)
     return output
 
 

@@ -380,8 +380,10 @@ class TrainWidget(EngineRun, Panel):
         self.loss.clear()
         self._mark_scores_previous()
         self._run_task, self._run_adata = self.task, adata
+        # the maps' factors are computed in the worker, so showing a gene never waits for them
         worker = self.launch(run_task, self.task, adata, out_dir, config=config,
-                             overwrite=overwrite, **self.task_arguments(config),
+                             overwrite=overwrite, prepare_maps=True,
+                             **self.task_arguments(config),
                              reference=self.findChild(ReferenceList).references())
         self._run_config = dataclasses.replace(config, hf_token=None)  # for save_model
         del config  # the token lives on only inside the worker's call
