@@ -158,6 +158,11 @@ def test_warm_computes_every_chunk_once_and_changes_no_map(blended, tmp_path):
     np.testing.assert_allclose(np.asarray(opened.values), np.asarray(direct.values),
                                atol=DISK_TOL, equal_nan=True)
     assert sum(calls) == opened.n_locations  # and not again for the maps
+    chunk_bytes = sum(a.nbytes for a in opened.location_chunk(0).arrays().values())
+    two = map_store.open_map_store(path)
+    two.chunk_locations = opened.chunk_locations
+    two.cache_bytes = int(2.5 * chunk_bytes)  # room for two chunks: no third pushes one out
+    assert two.warm() == 2 and list(two._cache) == [0, 1]
     full = map_store.open_map_store(path)
     full.cache_bytes = 1  # nothing fits: warming stops at the first chunk
     assert full.warm() == 0

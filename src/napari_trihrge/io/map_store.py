@@ -522,10 +522,14 @@ class FactorMaps:
             return 0  # the factors are in memory already
         progress.stage("maps for display", total=self.n_chunks)
         for c in range(self.n_chunks):
+            with self._lock:  # stop before a chunk would push out an earlier one
+                n, used = len(self._cache), self._cached_bytes
+            if n and used + used / n > self.cache_bytes:
+                break
             self.location_chunk(c)
             progress.advance()
             with self._lock:
-                if c not in self._cache:  # the cache is full: later chunks are computed anew
+                if c not in self._cache:  # it does not fit: later chunks are computed anew
                     break
         with self._lock:
             return len(self._cache)
