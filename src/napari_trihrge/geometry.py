@@ -458,6 +458,8 @@ def virtual_spot_grid(rc_um: np.ndarray, factor: int, lattice: Lattice | None = 
 
 #: the six neighbours of a hexagonal lattice point in axial coordinates (:func:`lattice_indices`)
 HEX_NEIGHBOURS = ((1, 0), (0, 1), (-1, 1), (-1, 0), (0, -1), (1, -1))
+#: the four neighbours of a square lattice point (row, col indices of :func:`lattice_indices`)
+SQUARE_NEIGHBOURS = ((1, 0), (0, 1), (-1, 0), (0, -1))
 
 
 def lattice_indices(rc_um: np.ndarray, kind: str, *, array_index: np.ndarray | None = None,
@@ -642,6 +644,7 @@ __all__ = [
     "detect_lattice",
     "virtual_spot_grid",
     "HEX_NEIGHBOURS",
+    "SQUARE_NEIGHBOURS",
     "lattice_indices",
     "lattice_blocks",
     "DEFAULT_BLOCK_SIZE",

@@ -45,6 +45,7 @@ from .handcrafted import (
     StainTextureEncoder,
     _FineMaps,
     build_cpu_encoder,
+    scale_tag,
     stain_od,
 )
 from .registry import register_encoder
@@ -215,8 +216,7 @@ class NucleiStainEncoder(StainTextureEncoder):
         """Names of the ``embed_dim`` features, e.g. ``'nuclei_per_mm2@1'``."""
         names = super().feature_names
         for s in self.nuclei_scales:
-            tag = "1" if s == 1 else f"1/{round(1 / s)}" if round(1 / s) * s == 1 else f"{s:g}"
-            names += [f"{n}@{tag}" for n in FULLRES_NAMES]
+            names += [f"{n}@{scale_tag(s)}" for n in FULLRES_NAMES]
         return names
 
     def config_key(self) -> str:

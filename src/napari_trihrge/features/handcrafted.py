@@ -171,6 +171,13 @@ class _StainBands:
         return maps[:, m:m + (y1 - y0), m:m + w].astype(np.float16)
 
 
+def scale_tag(scale: float) -> str:
+    """How a feature name says its sub-window ``scale``: '1', '1/2', ... or '0.3'."""
+    if scale == 1:
+        return "1"
+    return f"1/{round(1 / scale)}" if round(1 / scale) * scale == 1 else f"{scale:g}"
+
+
 def _uint8_rgb(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)[..., :3]
     return rgb if rgb.dtype == np.uint8 else np.clip(rgb, 0, 255).astype(np.uint8)
@@ -283,7 +290,7 @@ class StainTextureEncoder(Encoder):
         """Names of the ``embed_dim`` features, e.g. ``'hema_mean@1/2'``."""
         names = []
         for s in self.scales:
-            tag = "1" if s == 1 else f"1/{round(1 / s)}" if round(1 / s) * s == 1 else f"{s:g}"
+            tag = scale_tag(s)
             names += [f"{n}@{tag}" if n.startswith("st_") else f"{n}_mean@{tag}"
                       for n in _MEAN_NAMES]
             names += [f"{n}_std@{tag}" for n in MAP_NAMES[:N_STD]]

@@ -291,7 +291,8 @@ class TissueImage:
                            ) -> np.ndarray | None:
         """Return rows ``[row_start, row_stop)`` of :meth:`at_resolution` at ``um_per_px``.
 
-        Only the level's rows they cover are read (a lazy image stays lazy elsewhere). The same pixels as the whole image's; None when :meth:`at_resolution` resizes the whole
+        Only the level's rows they cover are read (a lazy image stays lazy elsewhere); the
+        same pixels as the whole image's. None when :meth:`at_resolution` resizes the whole
         image (a level's block mean that does not have the output's shape), which a band
         cannot reproduce.
         """

@@ -205,8 +205,8 @@ def detail_base(candidates: Sequence[str]) -> str | None:
     The most local interpolation: a map location lies between or inside the measured spots,
     closer to the nearest one than a held-out spot is, so the nearest spots carry the most
     there. Choosing k on the spots out of fold would choose it one lattice step from the
-    nearest spot, where a larger k does better (on DLPFC 151673 coarsened, k = 12 was chosen
-    so and scored 0.344 at the real spots against 0.364 for k = 6; docs/benchmarks.md).
+    nearest spot, where a larger k does better (measured: docs/benchmarks.md, "The map
+    method").
     """
     knn = [n for n in candidates if n.startswith("knn")]
     return min(knn, key=lambda n: int(n[3:])) if knn else None

@@ -178,7 +178,7 @@ def spots_with_a_neighbour(indices: np.ndarray, kind: str) -> int:
     ``indices``: :func:`napari_trihrge.geometry.lattice_indices` ('hex': six neighbours,
     'square': four).
     """
-    steps = geometry.HEX_NEIGHBOURS if kind == "hex" else ((1, 0), (0, 1), (-1, 0), (0, -1))
+    steps = geometry.HEX_NEIGHBOURS if kind == "hex" else geometry.SQUARE_NEIGHBOURS
     spots = [(int(a), int(b)) for a, b in np.asarray(indices)]
     present = set(spots)
     return sum(any((a + da, b + db) in present for da, db in steps) for a, b in spots)
