@@ -177,6 +177,10 @@ def test_a_second_sample_opens_beside_the_first_with_its_own_scale_and_trust(vie
     assert tuple(spots.face_contrast_limits) == pytest.approx(first_limits)
     assert first_map.visible and first_map.metadata["trihrge"]["gene"] == first_gene
     assert spots2.metadata["trihrge"]["gene"] == gene
+    # the first section still shows its own gene: the canvas names the section of this one
+    from napari_trihrge.napari._qt._display import canvas_text_overlay
+
+    assert canvas_text_overlay(viewer).text.startswith(f"{gene} on second")
 
     # regions over the second section: its own spots, in its own coordinates
     rx = RegionExplorer(viewer)

@@ -422,10 +422,14 @@ class LayerView:
         if viewer is None:
             return
         trust = self.model.trust(gene)
-        lines = [f"{gene}: {L.EXPRESSION_UNITS}"]
+        # with several sections open, each keeps its own gene: say which section shows this one
+        sections = {self.layer_sample(lay) for lay in viewer.layers if layer_kind(lay) == "spots"}
+        named = (f"{gene} on {self.model.sample_name}"
+                 if len(sections) > 1 and self.model.sample_name else gene)
+        lines = [f"{named}: {L.EXPRESSION_UNITS}"]
         if len(lines[0]) > CANVAS_LABEL_WIDTH_CHARS:  # the units on a line of their own
             head, _, tail = L.EXPRESSION_UNITS.partition(", ")
-            lines = [f"{gene}: {head},", tail]
+            lines = [f"{named}: {head},", tail]
         warn = False
         if done.get("map") or done.get("recovered") or done.get("virtual"):
             lines.append(f"prediction {L.trust_text(trust)}")
