@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         gbps = memory_gbps()
         disk = disk_write_mbps(work)
         print(f"machine ({threads} torch threads): sgemm {gflops:.1f} GFLOP/s, memory copy "
-              f"{gbps:.1f} GB/s (1 thread), disk write + fsync {disk:.0f} MB/s", flush=True)
+              f"{gbps:.1f} GB/s (1 thread), disk write + fsync {disk:.0f} MB/s; load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
 
         adata = load_sample(args.sample)
         adata.uns.pop("truth", None)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
         timers.wrap(writers.ZarrMapWriter, "write_band", "writer thread (compress + write)")
         timers.wrap(writers, "coarsen_half", "pyramid levels",
-                    lambda block: block.nbytes)
+                    lambda block, valid=None: block.nbytes)
         opened = map_store.open_map_store(store_path)
         out = work / "export.ome.zarr"
         t0, c0 = time.perf_counter(), time.process_time()
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("export: whole", f"{n_genes} genes", export_wall, None, "", "", None))
         print_table(rows, title=f"What bounds each part ({threads} threads)")
         print(f"maps stage {maps_stage['wall_s']:.1f} s + export-maps {export_wall:.1f} s = "
-              f"{maps_stage['wall_s'] + export_wall:.1f} s")
+              f"{maps_stage['wall_s'] + export_wall:.1f} s; load average now "
+              f"{os.getloadavg()[0]:.1f} (wall seconds and fractions are of a shared machine)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

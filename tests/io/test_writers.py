@@ -142,21 +142,26 @@ def test_a_map_written_band_by_band_equals_the_map_written_whole(tmp_path):
     whole = tmp_path / "whole.ome.zarr"
     with io.open_ome_zarr_map(whole, maps.shape, **kw) as writer:
         writer[:] = maps
-    banded = tmp_path / "banded.ome.zarr"
-    writer = io.open_ome_zarr_map(banded, maps.shape, stream_levels=True, **kw)
-    assert writer.band_rows == 32 * 2  # one coarser level (530 rows)
-    for r0 in range(0, maps.shape[0 + 1], writer.band_rows):
-        for g0 in (0, 2):
-            writer.write_band(g0, r0, maps[g0:g0 + 2, r0:r0 + writer.band_rows])
-    assert writer.finalize() == banded
-    got, expected = io.read_map_levels(banded), io.read_map_levels(whole)
-    assert len(got) == len(expected) == 2
-    for (a, um_a, origin_a), (b, um_b, origin_b) in zip(got, expected, strict=True):
-        assert a.shape == b.shape and um_a == um_b
-        np.testing.assert_array_equal(origin_a, origin_b)
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, equal_nan=True)
-    assert zarr.open_group(str(banded), mode="r")["1"].chunks == (2, 32, 32)
-    assert io.read_map(banded)[2] == list("abcd")
+    expected = io.read_map_levels(whole)
+    for with_mask in (False, True):  # NaN found block by block, or where the mask says
+        banded = tmp_path / f"banded{with_mask}.ome.zarr"
+        writer = io.open_ome_zarr_map(banded, maps.shape, stream_levels=True, **kw)
+        assert writer.band_rows == 32 * 2  # one coarser level (530 rows)
+        for r0 in range(0, maps.shape[1], writer.band_rows):
+            band = maps[:, r0:r0 + writer.band_rows]
+            valid = ~np.isnan(band[0]) if with_mask else None
+            for g0 in (0, 2):
+                writer.write_band(g0, r0, band[g0:g0 + 2], valid)
+        assert writer.finalize() == banded
+        got = io.read_map_levels(banded)
+        assert len(got) == len(expected) == 2
+        for (a, um_a, origin_a), (b, um_b, origin_b) in zip(got, expected, strict=True):
+            assert a.shape == b.shape and um_a == um_b
+            np.testing.assert_array_equal(origin_a, origin_b)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                                       equal_nan=True)
+        assert zarr.open_group(str(banded), mode="r")["1"].chunks == (2, 32, 32)
+        assert io.read_map(banded)[2] == list("abcd")
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

@@ -1237,8 +1237,9 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
     held: dict[int, LocationFactors] = {}
 
     def write(g0: int, r0: int, blocks: Sequence[np.ndarray]) -> None:
+        valid = maps.mask[r0:r0 + blocks[0].shape[1]]  # the maps are numbers there, NaN elsewhere
         for writer, block in zip(writers, blocks, strict=False):
-            writer.write_band(g0, r0, as_dtype(block, dtype))
+            writer.write_band(g0, r0, block, valid)  # the levels averaged in float32
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trihrge-maps-writer") as pool:
