@@ -54,8 +54,10 @@ FACTORS_VERSION = 2
 STORE_NAME = "maps.store.zarr"
 #: map locations per chunk of a per-location factor
 LOCATION_CHUNK = 32768
-#: genes computed together when many are asked for (bounded memory: locations x this)
-GENE_BLOCK = 32
+#: genes computed together when many are asked for (bounded memory: networks x locations x
+#: this, 84 MB for five networks and a chunk): the networks' output product is 1.6x as fast
+#: per gene with 128 genes as with 32 (docs/map-store.md, "Materialising every gene")
+GENE_BLOCK = 128
 #: up to this many genes, the ridge head's product is numpy's einsum (torch's batched
 #: product is 10x slower for one gene, the gene switch's case; faster for many)
 FEW_GENES = 2
@@ -360,27 +362,25 @@ def _networks_linear(hidden: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return torch.bmm(torch.from_numpy(np.asarray(hidden, dtype=np.float32)), w).numpy()
 
 
-def _mean_and_spread(stacked: Any) -> tuple[Any, Any]:
-    """Mean and population standard deviation over the networks (axis 0) of a torch tensor.
+def _mean_and_spread(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and population standard deviation over the networks (axis 0), network by network.
 
-    Network by network, in place (a reduction over the short first axis is 10x slower in
-    torch); the spread is None for one network.
+    In place where it can (no (networks, locations, genes) temporaries); the spread is None
+    for one network.
     """
     n = len(stacked)
-    mean = stacked[0].clone()
-    for i in range(1, n):
-        mean.add_(stacked[i])
-    mean.div_(n)
+    mean = stacked.sum(axis=0, dtype=np.float32)
+    mean *= np.float32(1.0 / n)
     if n == 1:
         return mean, None
-    var = None
+    var = np.zeros_like(mean)
+    diff = np.empty_like(mean)
     for i in range(n):
-        diff = stacked[i].sub(mean)
-        if var is None:
-            var = diff.mul_(diff)
-        else:
-            var.addcmul_(diff, diff)
-    return mean, var.div_(n).sqrt_()
+        np.subtract(stacked[i], mean, out=diff)
+        diff *= diff
+        var += diff
+    var *= np.float32(1.0 / n)
+    return mean, np.sqrt(var, out=var)
 
 
 def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.ndarray
@@ -389,11 +389,9 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
 
     Returns values (M, g) float32 and the spread (M, g) float32 (None without one), computed
     as the engine computes them (:func:`napari_trihrge.tl._shared._stacked_predict`), to
-    float32 rounding: the products and the per-element work in torch (in place, on the CPU
-    threads), the kNN terms as sparse products.
+    float32 rounding: the products in torch, the per-element work in place in float32 (no
+    temporaries of every network), the kNN terms as sparse products.
     """
-    import torch
-
     from ..neighbours import idw_apply
 
     genes = np.asarray(genes, dtype=np.int64)
@@ -409,53 +407,55 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
             knn_done[k] = idw_apply(idx, w, weights.spots_expression[:, genes])
         return knn_done[k]
 
-    def per_gene(arr: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    def per_gene(arr: np.ndarray) -> np.ndarray:
+        return np.asarray(arr, dtype=np.float32)[None]  # (1, g): broadcast over locations
 
     net_mean = net_std = None
-    with torch.no_grad():
-        if "network" in weights.candidates:
-            lin = torch.from_numpy(_networks_linear(factors.hidden,
-                                                    weights.network_weight[:, genes]))
-            bias = weights.network_bias[:, genes].astype(np.float32)
-            if weights.skip_k is not None:  # skip * (kNN - neighbour mean): the mean in the bias
-                skip = weights.network_skip[:, genes].astype(np.float32)
-                bias = bias - skip * weights.network_neighbour_mean[:, genes]
-                nb, skip_t = torch.from_numpy(knn(weights.skip_k)), per_gene(skip)
-                for i in range(len(lin)):
-                    lin[i].addcmul_(nb, skip_t[i][None])
-            lin.add_(per_gene(bias)[:, None, :])
-            if weights.activation in ("clip", "relu"):
-                lin.clamp_(min=0.0)
-            elif weights.activation == "softplus":
-                lin = torch.nn.functional.softplus(lin)
-            net_mean, net_std = _mean_and_spread(lin)
-        if weights.blend_weights is None:  # the networks alone
-            return net_mean.numpy(), None if net_std is None else net_std.numpy()
-        blend = weights.blend_weights[genes].astype(np.float64)  # (g, C)
-        # target mean - sum of weight x candidate mean: one constant per gene
-        offset = weights.target_mean[genes] - np.einsum(
-            "gc,cg->g", blend, weights.candidate_mean[:, genes].astype(np.float64))
-        out = per_gene(offset)[None].repeat(len(factors), 1)
-        for c, name in enumerate(weights.candidates):
-            if name.startswith("knn"):
-                part = torch.from_numpy(knn(int(name[3:]), weights.spots_level))
-            elif name == "ridge":
-                coef = weights.ridge_coef[genes].astype(np.float32)
-                if len(genes) <= FEW_GENES:  # a gene or two (the viewer): 10x faster than bmm
-                    product = np.einsum("mf,gf->mg", factors.ridge, coef)
-                else:
-                    product = _networks_linear(factors.ridge[None], coef[None])[0]
-                part = torch.from_numpy(product)
-                part.add_(per_gene(weights.ridge_intercept[genes])[None])
+    if "network" in weights.candidates:
+        lin = _networks_linear(factors.hidden, weights.network_weight[:, genes])
+        bias = weights.network_bias[:, genes].astype(np.float32)
+        skip = nb = tmp = None
+        if weights.skip_k is not None:  # skip * (kNN - neighbour mean): the mean in the bias
+            skip = weights.network_skip[:, genes].astype(np.float32)
+            bias = bias - skip * weights.network_neighbour_mean[:, genes]
+            nb, tmp = knn(weights.skip_k), np.empty(lin.shape[1:], dtype=np.float32)
+        for i in range(len(lin)):
+            lin[i] += bias[i][None]
+            if skip is not None:
+                np.multiply(nb, skip[i][None], out=tmp)
+                lin[i] += tmp
+        if weights.activation in ("clip", "relu"):
+            np.maximum(lin, np.float32(0.0), out=lin)
+        elif weights.activation == "softplus":  # torch.nn.functional.softplus (threshold 20)
+            lin = np.where(lin > 20, lin, np.logaddexp(np.float32(0.0), lin)).astype(np.float32)
+        net_mean, net_std = _mean_and_spread(lin)
+    if weights.blend_weights is None:  # the networks alone
+        return net_mean, net_std
+    blend = weights.blend_weights[genes].astype(np.float64)  # (g, C)
+    # target mean - sum of weight x candidate mean: one constant per gene
+    offset = weights.target_mean[genes] - np.einsum(
+        "gc,cg->g", blend, weights.candidate_mean[:, genes].astype(np.float64))
+    out = np.empty((len(factors), len(genes)), dtype=np.float32)
+    out[:] = per_gene(offset)
+    scratch = np.empty_like(out)
+    for c, name in enumerate(weights.candidates):
+        if name.startswith("knn"):
+            part = knn(int(name[3:]), weights.spots_level)
+        elif name == "ridge":
+            coef = weights.ridge_coef[genes].astype(np.float32)
+            if len(genes) <= FEW_GENES:  # a gene or two (the viewer): 10x faster than bmm
+                part = np.einsum("mf,gf->mg", factors.ridge, coef)
             else:
-                part = net_mean
-            out.addcmul_(part, per_gene(blend[:, c])[None])
-        values = out.clamp_(min=0.0).numpy()
-        std = None
-        if net_std is not None:
-            w_net = blend[:, weights.candidates.index("network")]
-            std = net_std.mul_(per_gene(w_net)[None]).numpy()
+                part = _networks_linear(factors.ridge[None], coef[None])[0]
+            part += per_gene(weights.ridge_intercept[genes])
+        else:
+            part = net_mean
+        out += np.multiply(part, per_gene(blend[:, c]), out=scratch)
+    values = np.maximum(out, np.float32(0.0), out=out)
+    std = None
+    if net_std is not None:
+        net_std *= per_gene(blend[:, weights.candidates.index("network")])
+        std = net_std
     return values, std
 
 
