@@ -1253,7 +1253,7 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
                 for g0 in range(0, len(names), step):
                     values, std = maps._compute(index[g0:g0 + step], len(writers) > 1,
                                                 rows=(r0, r1), chunks=held, gene_block=step)
-                    while len(pending) >= 2:  # at most two blocks waiting to be written
+                    while pending:  # one block written while the next is computed
                         pending.pop(0).result()
                     pending.append(pool.submit(write, g0, r0, (values, std)))
                 progress.advance()
