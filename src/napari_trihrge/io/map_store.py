@@ -518,8 +518,11 @@ class FactorMaps:
         """Number of location chunks the factors are read in."""
         return -(-self.n_locations // self.chunk_locations)
 
-    def location_chunk(self, c: int) -> LocationFactors:
-        """Return the factors (float32) of location chunk ``c`` (read or computed once)."""
+    def location_chunk(self, c: int, *, keep: bool = True) -> LocationFactors:
+        """Return the factors (float32) of location chunk ``c`` (read or computed once).
+
+        ``keep=False``: not added to the cache (a caller that needs each chunk once).
+        """
         if self._factors is not None and self.factor_model is None:
             return self.input_chunk(c)
         with self._lock:  # dask may ask from several threads
@@ -529,7 +532,7 @@ class FactorMaps:
         chunk = self._expand(self.input_chunk(c))
         size = sum(a.nbytes for a in chunk.arrays().values())
         with self._lock:
-            if size <= self.cache_bytes and c not in self._cache:
+            if keep and size <= self.cache_bytes and c not in self._cache:
                 self._cache[c] = chunk
                 self._cached_bytes += size
                 while self._cached_bytes > self.cache_bytes:
@@ -1200,9 +1203,9 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
     :data:`MATERIALISED_CHUNKS`, in ``dtype`` (:data:`MATERIALISED_DTYPES`; float16 is within
     :data:`FLOAT16_TOLERANCE` only for values under 4, docs/map-store.md). The maps are made
     in bands of whole chunk rows: each band's location factors are computed (or read) once
-    for every gene, its pyramid levels are averaged in memory, and a thread compresses and
-    writes one band while the next is computed. Refuses to replace an existing map unless
-    ``overwrite``, before any work. Returns the paths written.
+    for every gene (not kept in the maps' cache), its pyramid levels are averaged in memory,
+    and a thread compresses and writes one band while the next is computed. Refuses to
+    replace an existing map unless ``overwrite``, before any work. Returns the paths written.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1247,9 +1250,11 @@ def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
                 r1 = min(n_rows, r0 + band_rows)
                 first, stop = maps.row_locations(r0, r1)
                 # the band's location chunks, computed once for every gene (a chunk reaching
-                # into the next band is kept for it, whatever the cache holds)
-                held = {c: held[c] if c in held else maps.location_chunk(c) for c in
-                        range(first // maps.chunk_locations, -(-stop // maps.chunk_locations))}
+                # into the next band is kept for it) and not cached: memory holds two chunks'
+                # factors, not the whole section's
+                held = {c: held[c] if c in held else maps.location_chunk(c, keep=False)
+                        for c in range(first // maps.chunk_locations,
+                                       -(-stop // maps.chunk_locations))}
                 for g0 in range(0, len(names), step):
                     values, std = maps._compute(index[g0:g0 + step], len(writers) > 1,
                                                 rows=(r0, r1), chunks=held, gene_block=step)
