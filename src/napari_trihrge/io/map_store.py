@@ -42,6 +42,7 @@ import numpy as np
 
 from .._atomic import refuse_overwrite, replace_folder
 from ..errors import TrihrgeInputError
+from .writers import as_dtype
 
 STORE_FORMAT = "napari-trihrge-map-store"
 STORE_VERSION = 3
@@ -94,24 +95,6 @@ def compressor() -> Any:
     shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
                "bitshuffle": Blosc.BITSHUFFLE}[COMPRESSOR["shuffle"]]
     return Blosc(cname=COMPRESSOR["cname"], clevel=COMPRESSOR["clevel"], shuffle=shuffle)
-
-
-def as_dtype(arr: np.ndarray, dtype: Any) -> np.ndarray:
-    """``arr`` as ``dtype``; float16 <-> float32 through torch's vectorised cast.
-
-    numpy's float16 casts are scalar code: 10-20x slower on a store's factors
-    (docs/map-store.md, "Gene switch"); the values are the same (round to nearest even).
-    """
-    dtype = np.dtype(dtype)
-    if arr.dtype == dtype:
-        return arr
-    if {arr.dtype, dtype} != {np.dtype(np.float16), np.dtype(np.float32)}:
-        return arr.astype(dtype)
-    import torch
-
-    out = np.empty(arr.shape, dtype=dtype)
-    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(arr)))
-    return out
 
 
 @dataclass

@@ -49,6 +49,25 @@ def write_h5ad_atomic(adata: Any, path: str | os.PathLike, overwrite: bool = Fal
 # -----------------------------------------------------------------------------------------
 # Maps
 # -----------------------------------------------------------------------------------------
+def as_dtype(arr: np.ndarray, dtype: Any) -> np.ndarray:
+    """``arr`` as ``dtype``; float16 <-> float32 through torch's vectorised cast.
+
+    For the map store's factors and materialised maps: numpy's float16 casts are scalar code,
+    10-20x slower on a store's factors (docs/map-store.md, "Gene switch"); the values are the
+    same (round to nearest even).
+    """
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype:
+        return arr
+    if {arr.dtype, dtype} != {np.dtype(np.float16), np.dtype(np.float32)}:
+        return arr.astype(dtype)
+    import torch
+
+    out = np.empty(arr.shape, dtype=dtype)
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+    return out
+
+
 def _map_shape(array: Any) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in array.shape)
     if len(shape) == 2:
@@ -171,7 +190,8 @@ def coarsen_half(block: np.ndarray, valid: np.ndarray | None = None
     total = x[:, 0:2 * rows2:2, 0:2 * cols2:2] + x[:, 0:2 * rows2:2, 1:2 * cols2:2]
     total.add_(x[:, 1:2 * rows2:2, 0:2 * cols2:2]).add_(x[:, 1:2 * rows2:2, 1:2 * cols2:2])
     out = total.mul_(0.25).numpy()  # NaN where any of the four is outside
-    count = valid[:2 * rows2, :2 * cols2].reshape(rows2, 2, cols2, 2).sum(axis=(1, 3))
+    v = valid[:2 * rows2, :2 * cols2].astype(np.uint8)
+    count = v[0::2, 0::2] + v[0::2, 1::2] + v[1::2, 0::2] + v[1::2, 1::2]
     edge_r, edge_c = np.nonzero((count > 0) & (count < 4))
     if len(edge_r):  # blocks on the mask's edge: the mean of their valid pixels
         r = 2 * edge_r[:, None] + np.array([0, 0, 1, 1])
@@ -279,8 +299,6 @@ class ZarrMapWriter:
         the levels are computed from ``block`` in memory, not read back from the disk.
         ``valid`` (rows, cols): where every gene is a number (NaN elsewhere), to average faster.
         """
-        from .map_store import as_dtype  # float16 through torch's vectorised cast
-
         self.array[g0:g0 + len(block), r0:r0 + block.shape[1]] = as_dtype(block, self.dtype)
         for k, level in enumerate(self._levels, start=1):
             block, valid = coarsen_half(block, valid)
