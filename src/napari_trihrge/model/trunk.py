@@ -142,12 +142,14 @@ class FusedTrunk:
 
     # -- the trunk -------------------------------------------------------------------------
     def last_hidden(self, features: torch.Tensor | None,
-                    neighbour_first: torch.Tensor | None = None) -> torch.Tensor:
+                    neighbour_first: torch.Tensor | None = None, *,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
         """The last hidden layer (N, ``config.last_hidden_dim``) float32.
 
         ``features`` (N, S, D) raw image features (None without image input);
         ``neighbour_first`` (N, H) the neighbour MLP's first Linear (:meth:`neighbour_first_layer`
-        or :meth:`neighbour_first_layer_of`; None without neighbour input).
+        or :meth:`neighbour_first_layer_of`; None without neighbour input); ``out``: written
+        into that (N, H) tensor on the trunk's device, and returned.
         """
         c = self.config
         n = len(features) if features is not None else len(neighbour_first)
@@ -170,7 +172,7 @@ class FusedTrunk:
         pooled = bag[0] * weights[0, :, None]
         for t in range(1, c.n_tokens):
             pooled.addcmul_(bag[t], weights[t, :, None])
-        return self.decoder(pooled)
+        return self.decoder(pooled, out=out)
 
 
 class _FoldedDecoder:
@@ -179,9 +181,10 @@ class _FoldedDecoder:
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, bool]]):
         self.layers = layers  # (weight transposed, bias, ReLU after)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        for weight, bias, relu in self.layers:
-            x = torch.addmm(bias, x, weight)
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        for i, (weight, bias, relu) in enumerate(self.layers):
+            last = i == len(self.layers) - 1 and out is not None
+            x = torch.addmm(bias, x, weight, out=out) if last else torch.addmm(bias, x, weight)
             if relu:
                 x.relu_()
         return x
@@ -234,8 +237,11 @@ def trunk_last_hidden(trunks: Sequence[FusedTrunk], features: np.ndarray | None,
                         first = trunk.neighbour_first_layer(knn[0][s:e], knn[1][s:e], tables[i])
                     else:
                         first = trunk.neighbour_first_layer_of(neighbour[s:e])
-                hidden = trunk.last_hidden(x if trunk.config.n_scales > 0 else None, first)
-                out[i, s:e] = hidden.cpu().numpy()
+                features_in = x if trunk.config.n_scales > 0 else None
+                if trunk.device.type == "cpu":  # straight into the result
+                    trunk.last_hidden(features_in, first, out=torch.from_numpy(out[i, s:e]))
+                else:
+                    out[i, s:e] = trunk.last_hidden(features_in, first).cpu().numpy()
     return out
 
 
