@@ -187,6 +187,8 @@ class _FoldedDecoder:
             x = torch.addmm(bias, x, weight, out=out) if last else torch.addmm(bias, x, weight)
             if relu:
                 x.relu_()
+        if out is not None and not self.layers:  # the output layer alone: the pooled vector
+            x = out.copy_(x)
         return x
 
 
