@@ -222,6 +222,9 @@ class FactorModel:
     #: (S, D), set from the first locations written: float16 keeps each one's variation
     feature_mean: np.ndarray | None = None
     feature_scale: np.ndarray | None = None
+    _prepared_for: Any = field(default=None, init=False, repr=False, compare=False)
+    _prepare_lock: Any = field(default_factory=threading.Lock, init=False, repr=False,
+                               compare=False)
 
     def knn_ks(self, weights: GeneWeights) -> list[int]:
         """Return the neighbour counts whose kNN weights the locations need."""
@@ -232,25 +235,50 @@ class FactorModel:
 
     def factors(self, inputs: LocationFactors, spots_expression: np.ndarray | None
                 ) -> LocationFactors:
-        """Return the factors (kNN weights, ridge inputs, hidden layers) of ``inputs``."""
-        from ..model.predict import predict_last_hidden
-        from ..neighbours import idw_apply
+        """Return the factors (kNN weights, ridge inputs, hidden layers) of ``inputs``.
+
+        The networks run as :class:`~napari_trihrge.model.trunk.FusedTrunk` s, and the neighbour
+        input enters the networks' and the ridge head's first (linear) layer through the spots'
+        own values (``spots_expression``): no locations x genes interpolation is built.
+        """
+        from ..model.trunk import trunk_last_hidden
+        from ..neighbours import idw_apply_linear
         from ..threads import cpu_threads
 
-        nb = None
-        if self.neighbour_k is not None:
-            idx, w = inputs.knn[int(self.neighbour_k)]
-            nb = idw_apply(idx, w, spots_expression)
+        knn = None if self.neighbour_k is None else inputs.knn[int(self.neighbour_k)]
         feats = inputs.features if self.image_input else None
         out = LocationFactors(knn=dict(inputs.knn))
         if not len(inputs):
             return out
+        trunks, tables, ridge_table = self._prepared(spots_expression)
         if self.ridge is not None:
-            out.ridge = self.ridge.standardised_inputs(feats, nb).astype(np.float32)
-        if self.networks:
+            pcs = None if ridge_table is None else idw_apply_linear(*knn, *ridge_table)
+            out.ridge = self.ridge.standardised_inputs(feats, None, neighbour_pcs=pcs
+                                                       ).astype(np.float32)
+        if trunks:
             with cpu_threads(self.threads):
-                out.hidden = predict_last_hidden(self.networks, feats, nb, device=self.device)
+                out.hidden = trunk_last_hidden(trunks, feats, knn=knn, tables=tables)
         return out
+
+    def _prepared(self, spots_expression: np.ndarray | None) -> tuple[list, list, Any]:
+        """Return the fused trunks and the spots' first-layer tables (once per expression)."""
+        from ..device import resolve_device
+        from ..model.trunk import FusedTrunk
+
+        with self._prepare_lock:
+            kept = self._prepared_for
+            if kept is not None and kept[0] is spots_expression:
+                return kept[1]
+            device = resolve_device(self.device)
+            trunks = [FusedTrunk(net, device) for net in self.networks]
+            use_knn = self.neighbour_k is not None
+            tables = [trunk.neighbour_table(spots_expression) if use_knn else None
+                      for trunk in trunks]
+            ridge_table = (self.ridge.neighbour_pcs_table(spots_expression)
+                           if use_knn and self.ridge is not None else None)
+            prepared = (trunks, tables, ridge_table)
+            self._prepared_for = (spots_expression, prepared)
+            return prepared
 
     def set_feature_scaling(self, features: np.ndarray) -> None:
         """Set the stored features' standardisation from these locations (if not set)."""
