@@ -28,12 +28,14 @@ attributes, so a truncated copy is refused instead of shown with holes.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,27 @@ ACTIVATIONS = ("clip", "relu", "softplus", "none")
 GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expression",
                "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
+
+#: whether maps opened or written now keep a location chunk's factors whole when a map at some
+#: of its pixels needs them (:func:`keep_whole_chunks`)
+_WHOLE_CHUNKS: contextvars.ContextVar[bool] = contextvars.ContextVar("trihrge_whole_chunks",
+                                                                     default=False)
+
+
+@contextmanager
+def keep_whole_chunks(on: bool = True) -> Iterator[None]:
+    """Inside, factorised maps made in this thread compute whole location chunks.
+
+    A map at a few pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview)
+    then computes the factors of every location of the chunks it touches and keeps them
+    (within the cache), instead of those pixels' alone: for a caller that shows every gene
+    next (the viewer's run), so that each location's networks run once.
+    """
+    token = _WHOLE_CHUNKS.set(bool(on))
+    try:
+        yield
+    finally:
+        _WHOLE_CHUNKS.reset(token)
 
 
 def compressor() -> Any:
@@ -467,6 +490,8 @@ class FactorMaps:
         self._lock = threading.Lock()
         self.chunk_locations = _store_chunk_locations(group) if factors is None \
             else LOCATION_CHUNK
+        #: a map at some pixels computes (and keeps) their chunks whole (keep_whole_chunks)
+        self.whole_chunks = _WHOLE_CHUNKS.get()
         self.values = LazyMapArray(self, "values")
         self.std = LazyMapArray(self, "std") if weights.with_std else None
 
@@ -522,10 +547,8 @@ class FactorMaps:
             return 0  # the factors are in memory already
         progress.stage("maps for display", total=self.n_chunks)
         for c in range(self.n_chunks):
-            with self._lock:  # stop before a chunk would push out an earlier one
-                n, used = len(self._cache), self._cached_bytes
-            if n and used + used / n > self.cache_bytes:
-                break
+            if c not in self._cache and not self._room_for_a_chunk():
+                break  # stop before a chunk would push out an earlier one
             self.location_chunk(c)
             progress.advance()
             with self._lock:
@@ -533,6 +556,38 @@ class FactorMaps:
                     break
         with self._lock:
             return len(self._cache)
+
+    def _room_for_a_chunk(self) -> bool:
+        """Whether one more chunk (the size of those kept) fits the cache."""
+        with self._lock:
+            n, used = len(self._cache), self._cached_bytes
+        return not n or used + used / n <= self.cache_bytes
+
+    def ready(self, gene: int | None = None) -> bool:
+        """Whether a map (``gene``'s, or any) comes without running networks or reading the store.
+
+        True when every chunk's factors are in memory (or ``gene``'s map is kept from
+        earlier); the viewer computes a map that is not ready in a worker.
+        """
+        if self._factors is not None and self.factor_model is None:
+            return True
+        with self._lock:
+            return (gene is not None and int(gene) in self._recent) \
+                or len(self._cache) == self.n_chunks
+
+    def moved_to(self, path: str | os.PathLike) -> FactorMaps:
+        """Return these maps read from their store moved to ``path`` (a run folder swapped in).
+
+        The store there is opened and checked as :func:`open_map_store` does; when it is this
+        store (the same attributes, every file the same size), these maps are pointed at it and
+        keep what they computed, else the maps opened there are returned.
+        """
+        moved = open_map_store(path)
+        if self._group is None or dict(moved._group.attrs) != dict(self._group.attrs):
+            return moved
+        with self._lock:
+            self.path, self._group, self._checked = moved.path, moved._group, True
+        return self
 
     def input_chunk(self, c: int) -> LocationFactors:
         """Return what the store holds for location chunk ``c`` (float32; not kept).
@@ -619,7 +674,9 @@ class FactorMaps:
 
         ``rows`` and ``cols`` are integer arrays of one shape; returns (g, *rows.shape), NaN
         outside the mask. Computes just those locations, and reads only their chunks (with a
-        factor model: computes the factors of those locations only, and keeps none).
+        factor model: computes the factors of those locations only, and keeps none; with
+        :attr:`whole_chunks`, of every location of those chunks, kept while the cache has
+        room).
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         rows, cols = np.asarray(rows), np.asarray(cols)
@@ -635,6 +692,8 @@ class FactorMaps:
             local = wanted[sel] - int(c) * self.chunk_locations
             with self._lock:
                 cached = self._cache.get(int(c))
+            if cached is None and self.whole_chunks and self._room_for_a_chunk():
+                cached = self.location_chunk(int(c))  # every location once, kept
             if cached is not None or self.factor_model is None:
                 sub = _take_factors(cached if cached is not None
                                     else self.location_chunk(int(c)), local)
@@ -1175,4 +1234,5 @@ __all__: Sequence[str] = [
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
+    "keep_whole_chunks",
 ]
