@@ -86,26 +86,26 @@ GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expressi
                "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
 
-#: whether maps opened or written now keep a location chunk's factors whole when a map at some
-#: of its pixels needs them (:func:`keep_whole_chunks`)
-_WHOLE_CHUNKS: contextvars.ContextVar[bool] = contextvars.ContextVar("trihrge_whole_chunks",
-                                                                     default=False)
+#: the factor cache of maps made for a viewer now (:func:`for_display`), None: not for one
+_DISPLAY_CACHE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "trihrge_display_cache", default=None)
 
 
 @contextmanager
-def keep_whole_chunks(on: bool = True) -> Iterator[None]:
-    """Inside, factorised maps made in this thread compute whole location chunks.
+def for_display(cache_bytes: int | None) -> Iterator[None]:
+    """Inside, factorised maps made in this thread are for a viewer that shows every gene next.
 
-    A map at a few pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview)
-    then computes the factors of every location of the chunks it touches and keeps them
-    (within the cache), instead of those pixels' alone: for a caller that shows every gene
-    next (the viewer's run), so that each location's networks run once.
+    They keep up to ``cache_bytes`` of factors (at least :data:`FACTOR_CACHE_BYTES`) and a
+    map at a few pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview)
+    computes the factors of every location of the chunks it touches and keeps them, so that
+    each location's networks run once. ``None``: nothing changes.
     """
-    token = _WHOLE_CHUNKS.set(bool(on))
+    token = _DISPLAY_CACHE.set(None if cache_bytes is None
+                               else max(FACTOR_CACHE_BYTES, int(cache_bytes)))
     try:
         yield
     finally:
-        _WHOLE_CHUNKS.reset(token)
+        _DISPLAY_CACHE.reset(token)
 
 
 def compressor() -> Any:
@@ -482,7 +482,11 @@ class FactorMaps:
         self._group = group
         self._rows, self._cols = np.nonzero(self.mask)
         self.n_locations = len(self._rows)
-        self.cache_bytes = int(cache_bytes)
+        display_cache = _DISPLAY_CACHE.get()
+        #: a map at some pixels computes (and keeps) their chunks whole (:func:`for_display`)
+        self.whole_chunks = display_cache is not None
+        self.cache_bytes = int(cache_bytes if display_cache is None
+                               else max(cache_bytes, display_cache))
         self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
         self._cached_bytes = 0
         self._checked = False
@@ -490,8 +494,6 @@ class FactorMaps:
         self._lock = threading.Lock()
         self.chunk_locations = _store_chunk_locations(group) if factors is None \
             else LOCATION_CHUNK
-        #: a map at some pixels computes (and keeps) their chunks whole (keep_whole_chunks)
-        self.whole_chunks = _WHOLE_CHUNKS.get()
         self.values = LazyMapArray(self, "values")
         self.std = LazyMapArray(self, "std") if weights.with_std else None
 
@@ -1234,5 +1236,5 @@ __all__: Sequence[str] = [
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
-    "keep_whole_chunks",
+    "for_display",
 ]

@@ -21,7 +21,7 @@ from ..errors import TrihrgeInputError
 from ..io.cell_formats import check_cell_formats
 from ..io.map_store import (
     STORE_NAME,
-    keep_whole_chunks,
+    for_display,
 )
 from ..io.outputs import (
     mark_complete,
@@ -33,6 +33,7 @@ from ..io.outputs import (
 )
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
+from ..tl._maps import display_cache_bytes
 from ..tl._reference import split_references
 
 if TYPE_CHECKING:
@@ -61,13 +62,14 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
     enhance streams its maps there); without, nothing is written. ``prepare_maps``: compute
     the dense maps' per-location factors before returning (:meth:`FactorMaps.warm`), so a
     viewer then shows any gene at once; the networks then run once per map location (the
-    consistency check and the overview compute whole chunks, kept for the viewer, and the
+    consistency check and the overview compute whole chunks, kept for the viewer within a
+    share of the available memory, :func:`~napari_trihrge.io.map_store.for_display`, and the
     maps keep them when the run folder is swapped in). ``task_kwargs`` are
     :func:`run_recovery`'s or :func:`run_enhance`'s keyword arguments."""
     if task not in TASKS:
         raise TrihrgeInputError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
     progress = ensure_progress(progress)
-    with keep_whole_chunks(prepare_maps):
+    with for_display(display_cache_bytes() if prepare_maps else None):
         output = _run_task(task, adata, out_dir, config=config, progress=progress,
                            overwrite=overwrite, **task_kwargs)
         maps = getattr(output.result, "maps", None)

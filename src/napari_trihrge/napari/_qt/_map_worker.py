@@ -6,7 +6,8 @@ layer view asks :class:`MapPreparer` for such a map instead of computing it: a w
 (:func:`._worker.engine_worker`, napari progress bars, cancellable) computes the location
 chunks (:meth:`FactorMaps.warm`) and then the map of the gene asked for last, and hands it back
 on the viewer's thread. A gene asked for meanwhile replaces the one it will compute; closing the
-map's layer (or the viewer, which removes every layer) cancels the work.
+map's layer (or the viewer, which removes every layer) cancels the work. The maps keep as many
+factors as a share of the free memory allows (:func:`napari_trihrge.tl._maps.display_cache_bytes`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class MapPreparer:
         if job is not None:
             job.gene = gene
             return job.worker
+        from ...tl._maps import display_cache_bytes
+
+        # every gene is shown next: keep as many factors as a share of the free memory allows
+        maps.cache_bytes = max(maps.cache_bytes, display_cache_bytes())
         job = _Job(maps, gene)
         worker = engine_worker(_prepare, maps, job, progress=job.progress)
         worker.yielded.connect(job.bars.handle)
