@@ -1,11 +1,11 @@
-"""What the factor cache of a map store costs as float32 and as float16, and how far apart.
+"""What a map store's factor cache would cost as float16 instead of float32, and how far apart.
 
-Opens a map store, computes every location chunk's factors once (the networks; float32), then
-keeps a copy of them as float16 (what ``FactorMaps`` keeps when the float32 factors exceed its
-cache), and prints: the bytes of each cache, the largest difference over every gene and map
+Opens a map store, computes every location chunk's factors once (the networks; kept as
+float32), rounds a copy of the hidden layers and ridge inputs to float16 (what a float16 cache
+would keep), and prints: the bytes of each, the largest difference over every gene and map
 pixel inside the tissue between the maps (values and spread) from the two, and the seconds of
-one gene's map and spread from each (median of a few genes; the viewer's gene switch without
-the redraw).
+one gene's map and spread from each (median of a few genes; the float16 one converts each
+chunk back to float32 first, as a product in float16 is slow on a CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_factor_cache.py runs/C3/maps.store.zarr
 """
@@ -27,51 +27,57 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from napari_trihrge.io import map_store
+    from napari_trihrge.io.map_store import LocationFactors, as_dtype, gene_block_values
 
-    exact = map_store.open_map_store(args.store)
-    exact.cache_bytes = 2**62  # every chunk kept as float32
+    maps = map_store.open_map_store(args.store)
+    maps.cache_bytes = 2**62  # every chunk kept as float32
     t = time.perf_counter()
-    exact.warm()
+    maps.warm()
     t_warm = time.perf_counter() - t
-    half = map_store.open_map_store(args.store)
-    half.cache_bytes = 2**62
-    half.cache_dtype = np.dtype(np.float16)
-    for c in range(exact.n_chunks):  # the same factors, kept as float16 (no second network run)
-        kept = half._kept(exact.location_chunk(c))
-        half._cache[c] = kept
-        half._cached_bytes += sum(a.nbytes for a in kept.arrays().values())
-    assert exact.ready() and half.ready()
+    exact = [maps.location_chunk(c) for c in range(maps.n_chunks)]
 
-    n_genes = args.genes or len(exact.gene_names)
-    inside = exact.mask
+    def half(f: LocationFactors) -> LocationFactors:
+        return LocationFactors(knn=f.knn, ridge=as_dtype(f.ridge, np.float16),
+                               hidden=as_dtype(f.hidden, np.float16))
+
+    def widen(f: LocationFactors) -> LocationFactors:
+        return LocationFactors(knn=f.knn, ridge=as_dtype(f.ridge, np.float32),
+                               hidden=as_dtype(f.hidden, np.float32))
+
+    rounded = [half(f) for f in exact]
+    weights = maps.weights
+    n_genes = args.genes or len(maps.gene_names)
     worst = {"values": 0.0, "spread": 0.0}
-    for g0 in range(0, n_genes, map_store.GENE_BLOCK):
-        block = np.arange(g0, min(n_genes, g0 + map_store.GENE_BLOCK))
-        a_val, a_std = exact._compute(block, True)
-        b_val, b_std = half._compute(block, True)
-        worst["values"] = max(worst["values"],
-                              float(np.abs(a_val[:, inside] - b_val[:, inside]).max()))
-        if a_std is not None:
-            worst["spread"] = max(worst["spread"],
-                                  float(np.abs(a_std[:, inside] - b_std[:, inside]).max()))
+    for f32, f16 in zip(exact, rounded, strict=True):
+        back = widen(f16)
+        for g0 in range(0, n_genes, map_store.GENE_BLOCK):
+            block = np.arange(g0, min(n_genes, g0 + map_store.GENE_BLOCK))
+            a_val, a_std = gene_block_values(weights, f32, block)
+            b_val, b_std = gene_block_values(weights, back, block)
+            worst["values"] = max(worst["values"], float(np.abs(a_val - b_val).max()))
+            if a_std is not None:
+                worst["spread"] = max(worst["spread"], float(np.abs(a_std - b_std).max()))
 
-    def one_gene(maps, genes) -> float:
+    def one_gene(chunks, convert) -> float:
         times = []
-        for g in genes:
+        for g in np.linspace(0, len(maps.gene_names) - 1, args.timed).astype(int):
             t = time.perf_counter()
-            maps._compute(np.array([g]), True)
+            for f in chunks:
+                gene_block_values(weights, convert(f), np.array([g]))
             times.append(time.perf_counter() - t)
         return float(np.median(times))
 
-    timed = np.linspace(0, len(exact.gene_names) - 1, args.timed).astype(int)
-    print(f"{args.store}: {exact.n_locations} locations, {len(exact.gene_names)} genes "
-          f"({n_genes} compared), {exact.n_chunks} chunks; networks over every location "
+    def nbytes(chunks) -> int:
+        return sum(a.nbytes for f in chunks for a in f.arrays().values())
+
+    print(f"{args.store}: {maps.n_locations} locations, {len(maps.gene_names)} genes "
+          f"({n_genes} compared), {maps.n_chunks} chunks; networks over every location "
           f"{t_warm:.1f} s; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'cache':8s} {'MB':>8s} {'MB/location':>12s} {'one gene s':>11s}")
-    for name, maps in (("float32", exact), ("float16", half)):
-        print(f"{name:8s} {maps._cached_bytes / 1e6:8.1f} "
-              f"{maps._cached_bytes / maps.n_locations / 1e6:12.5f} "
-              f"{one_gene(maps, timed):11.3f}")
+    print(f"{'cache':8s} {'MB':>8s} {'KB/location':>12s} {'one gene s':>11s}")
+    for name, chunks, convert in (("float32", exact, lambda f: f),
+                                  ("float16", rounded, widen)):
+        print(f"{name:8s} {nbytes(chunks) / 1e6:8.1f} {nbytes(chunks) / maps.n_locations / 1e3:12.2f} "
+              f"{one_gene(chunks, convert):11.3f}")
     print(f"largest difference float16 - float32 cache: values {worst['values']:.2e}, spread "
           f"{worst['spread']:.2e} (tolerance {map_store.FLOAT16_TOLERANCE:g})")
 
