@@ -166,6 +166,14 @@ def test_warm_computes_every_chunk_once_and_changes_no_map(blended, tmp_path):
     full = map_store.open_map_store(path)
     full.cache_bytes = 1  # nothing fits: warming stops at the first chunk
     assert full.warm() == 0
+    # room for every chunk, the last one smaller than the others: all kept
+    tight = map_store.open_map_store(path)
+    tight.chunk_locations = opened.chunk_locations
+    last = tight._chunk_size(tight.n_chunks - 1)
+    assert last < tight.chunk_locations
+    tight.cache_bytes = int(chunk_bytes * (tight.n_chunks - 1 + last / tight.chunk_locations)
+                            * 1.001)
+    assert tight.warm() == tight.n_chunks and tight.ready()
 
 
 def test_maps_for_a_viewer_compute_whole_chunks_once(blended, tmp_path, monkeypatch):

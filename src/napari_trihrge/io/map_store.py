@@ -549,7 +549,7 @@ class FactorMaps:
             return 0  # the factors are in memory already
         progress.stage("maps for display", total=self.n_chunks)
         for c in range(self.n_chunks):
-            if c not in self._cache and not self._room_for_a_chunk():
+            if c not in self._cache and not self._room_for_a_chunk(c):
                 break  # stop before a chunk would push out an earlier one
             self.location_chunk(c)
             progress.advance()
@@ -559,11 +559,21 @@ class FactorMaps:
         with self._lock:
             return len(self._cache)
 
-    def _room_for_a_chunk(self) -> bool:
-        """Whether one more chunk (the size of those kept) fits the cache."""
+    def _room_for_a_chunk(self, c: int) -> bool:
+        """Whether chunk ``c`` fits the cache beside those kept.
+
+        Its bytes are estimated from theirs per location.
+        """
         with self._lock:
-            n, used = len(self._cache), self._cached_bytes
-        return not n or used + used / n <= self.cache_bytes
+            kept, used = list(self._cache), self._cached_bytes
+        if not kept:
+            return True
+        per_location = used / sum(self._chunk_size(k) for k in kept)
+        return used + per_location * self._chunk_size(c) <= self.cache_bytes
+
+    def _chunk_size(self, c: int) -> int:
+        """Return the number of locations of chunk ``c``."""
+        return min(self.n_locations, (c + 1) * self.chunk_locations) - c * self.chunk_locations
 
     def ready(self, gene: int | None = None) -> bool:
         """Whether a map (``gene``'s, or any) comes without running networks or reading the store.
@@ -694,7 +704,7 @@ class FactorMaps:
             local = wanted[sel] - int(c) * self.chunk_locations
             with self._lock:
                 cached = self._cache.get(int(c))
-            if cached is None and self.whole_chunks and self._room_for_a_chunk():
+            if cached is None and self.whole_chunks and self._room_for_a_chunk(int(c)):
                 cached = self.location_chunk(int(c))  # every location once, kept
             if cached is not None or self.factor_model is None:
                 sub = _take_factors(cached if cached is not None
