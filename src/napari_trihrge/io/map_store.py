@@ -28,12 +28,14 @@ attributes, so a truncated copy is refused instead of shown with holes.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,27 @@ ACTIVATIONS = ("clip", "relu", "softplus", "none")
 GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expression",
                "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
+
+#: the factor cache of maps made for a viewer now (:func:`for_display`), None: not for one
+_DISPLAY_CACHE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "trihrge_display_cache", default=None)
+
+
+@contextmanager
+def for_display(cache_bytes: int | None) -> Iterator[None]:
+    """Inside, factorised maps made in this thread are for a viewer that shows every gene next.
+
+    They keep up to ``cache_bytes`` of factors (at least :data:`FACTOR_CACHE_BYTES`) and a
+    map at a few pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview)
+    computes the factors of every location of the chunks it touches and keeps them, so that
+    each location's networks run once. ``None``: nothing changes.
+    """
+    token = _DISPLAY_CACHE.set(None if cache_bytes is None
+                               else max(FACTOR_CACHE_BYTES, int(cache_bytes)))
+    try:
+        yield
+    finally:
+        _DISPLAY_CACHE.reset(token)
 
 
 def compressor() -> Any:
@@ -487,7 +510,11 @@ class FactorMaps:
         self._group = group
         self._rows, self._cols = np.nonzero(self.mask)
         self.n_locations = len(self._rows)
-        self.cache_bytes = int(cache_bytes)
+        display_cache = _DISPLAY_CACHE.get()
+        #: a map at some pixels computes (and keeps) their chunks whole (:func:`for_display`)
+        self.whole_chunks = display_cache is not None
+        self.cache_bytes = int(cache_bytes if display_cache is None
+                               else max(cache_bytes, display_cache))
         self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
         self._cached_bytes = 0
         self._checked = False
@@ -550,10 +577,8 @@ class FactorMaps:
             return 0  # the factors are in memory already
         progress.stage("maps for display", total=self.n_chunks)
         for c in range(self.n_chunks):
-            with self._lock:  # stop before a chunk would push out an earlier one
-                n, used = len(self._cache), self._cached_bytes
-            if n and used + used / n > self.cache_bytes:
-                break
+            if c not in self._cache and not self._room_for_a_chunk(c):
+                break  # stop before a chunk would push out an earlier one
             self.location_chunk(c)
             progress.advance()
             with self._lock:
@@ -561,6 +586,48 @@ class FactorMaps:
                     break
         with self._lock:
             return len(self._cache)
+
+    def _room_for_a_chunk(self, c: int) -> bool:
+        """Whether chunk ``c`` fits the cache beside those kept.
+
+        Its bytes are estimated from theirs per location.
+        """
+        with self._lock:
+            kept, used = list(self._cache), self._cached_bytes
+        if not kept:
+            return True
+        per_location = used / sum(self._chunk_size(k) for k in kept)
+        return used + per_location * self._chunk_size(c) <= self.cache_bytes
+
+    def _chunk_size(self, c: int) -> int:
+        """Return the number of locations of chunk ``c``."""
+        return min(self.n_locations, (c + 1) * self.chunk_locations) - c * self.chunk_locations
+
+    def ready(self, gene: int | None = None) -> bool:
+        """Whether a map (``gene``'s, or any) comes without running networks or reading the store.
+
+        True when every chunk's factors are in memory (or ``gene``'s map is kept from
+        earlier); the viewer computes a map that is not ready in a worker.
+        """
+        if self._factors is not None and self.factor_model is None:
+            return True
+        with self._lock:
+            return (gene is not None and int(gene) in self._recent) \
+                or len(self._cache) == self.n_chunks
+
+    def moved_to(self, path: str | os.PathLike) -> FactorMaps:
+        """Return these maps read from their store moved to ``path`` (a run folder swapped in).
+
+        The store there is opened and checked as :func:`open_map_store` does; when it is this
+        store (the same attributes, every file the same size), these maps are pointed at it and
+        keep what they computed, else the maps opened there are returned.
+        """
+        moved = open_map_store(path)
+        if self._group is None or dict(moved._group.attrs) != dict(self._group.attrs):
+            return moved
+        with self._lock:
+            self.path, self._group, self._checked = moved.path, moved._group, True
+        return self
 
     def input_chunk(self, c: int) -> LocationFactors:
         """Return what the store holds for location chunk ``c`` (float32; not kept).
@@ -647,7 +714,9 @@ class FactorMaps:
 
         ``rows`` and ``cols`` are integer arrays of one shape; returns (g, *rows.shape), NaN
         outside the mask. Computes just those locations, and reads only their chunks (with a
-        factor model: computes the factors of those locations only, and keeps none).
+        factor model: computes the factors of those locations only, and keeps none; with
+        :attr:`whole_chunks`, of every location of those chunks, kept while the cache has
+        room).
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         rows, cols = np.asarray(rows), np.asarray(cols)
@@ -663,6 +732,8 @@ class FactorMaps:
             local = wanted[sel] - int(c) * self.chunk_locations
             with self._lock:
                 cached = self._cache.get(int(c))
+            if cached is None and self.whole_chunks and self._room_for_a_chunk(int(c)):
+                cached = self.location_chunk(int(c))  # every location once, kept
             if cached is not None or self.factor_model is None:
                 sub = _take_factors(cached if cached is not None
                                     else self.location_chunk(int(c)), local)
@@ -1203,4 +1274,5 @@ __all__: Sequence[str] = [
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
+    "for_display",
 ]
