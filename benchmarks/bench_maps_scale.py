@@ -14,7 +14,8 @@ Then one model is trained for a few epochs, the maps stage streams the factors t
 map store on disk (``enhance(map_store=PATH)``, what ``trihrge enhance --stride-um`` writes),
 and one gene is computed from the store opened again. Printed per size: map locations, wall
 time and peak memory (above the process's start, once the TIFF is written) of the features,
-training and maps stages, the store's size on disk and the first and next gene's time.
+training and maps stages, the store's size on disk and the first and next gene's time
+(not with ``--no-gene-timing``).
 
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/bench_maps_scale.py --stride-um 8 \\
         --sizes-um 3250,4596,6500 --um-per-px 0.25
@@ -177,7 +178,8 @@ def on_disk_sample(adata, render_um_per_px: float, um_per_px: float, path: Path)
 
 
 def one_size(size_um: float, genes: int, stride_um: float, um_per_px: float,
-             render_um_per_px: float, epochs: int, json_path: str, tmp: str | None) -> None:
+             render_um_per_px: float, epochs: int, json_path: str, tmp: str | None,
+             gene_timing: bool = True) -> None:
     import gc
 
     import torch
@@ -213,13 +215,15 @@ def one_size(size_um: float, genes: int, stride_um: float, um_per_px: float,
         rec.close()
         n_loc = int(result.maps.mask.sum())
         del result
-        maps = open_map_store(store)
-        t0 = time.perf_counter()
-        maps.gene(maps.gene_names[0])
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        maps.gene(maps.gene_names[1])
-        second = time.perf_counter() - t0
+        first = second = None
+        if gene_timing:
+            maps = open_map_store(store)
+            t0 = time.perf_counter()
+            maps.gene(maps.gene_names[0])
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            maps.gene(maps.gene_names[1])
+            second = time.perf_counter() - t0
         Path(json_path).write_text(json.dumps({
             "size_um": size_um, "locations": n_loc, "store_MiB": folder_bytes(store) / 2**20,
             "image_MiB": image_MiB, "image_write_s": write_s, "start_MiB": base,
@@ -244,12 +248,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pixel the synthetic image is rendered at")
     ap.add_argument("--max-epochs", type=int, default=3)
     ap.add_argument("--tmp", default=None, help="folder for the stores (deleted after)")
+    ap.add_argument("--no-gene-timing", dest="gene_timing", action="store_false",
+                    help="skip opening the store and timing the first and next gene (at 2 um "
+                         "over a large area the networks then run at every location, twice)")
     ap.add_argument("--_one", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_json", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one is not None:
         one_size(args._one, args.genes, args.stride_um, args.um_per_px,
-                 args.render_um_per_px, args.max_epochs, args._json, args.tmp)
+                 args.render_um_per_px, args.max_epochs, args._json, args.tmp,
+                 args.gene_timing)
         return 0
     from _common import print_table
 
@@ -262,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--max-epochs", str(args.max_epochs), "--_json", fh.name]
             if args.tmp:
                 cmd += ["--tmp", args.tmp]
+            if not args.gene_timing:
+                cmd.append("--no-gene-timing")
             subprocess.run(cmd, check=True)
             rec = json.loads(Path(fh.name).read_text())
         row = {"side_mm": size / 1000, "locations": rec["locations"],

@@ -78,6 +78,37 @@ def idw_apply(idx: np.ndarray, w: np.ndarray, src_values: np.ndarray, *,
     return out
 
 
+def idw_linear_table(src_values: np.ndarray, matrix: np.ndarray, centre: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Precompute a linear map of the interpolation, to apply it without the interpolation.
+
+    For ``x = sum_k w_k src_values[idx_k]`` (:func:`idw_apply`), ``(x - centre) @ matrix``
+    equals ``sum_k w_k table[idx_k] + (sum_k w_k - 1) * at_centre`` for any weights, with
+    ``table = (src_values - centre) @ matrix`` (n_src, out) and ``at_centre = centre @ matrix``
+    (out,). Returns both (computed in float64, the table float32); :func:`idw_apply_linear`
+    evaluates the map from them, so no (locations, n_genes) interpolation is built.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    centre = np.asarray(centre, dtype=np.float64)
+    table = (np.asarray(src_values, dtype=np.float64) - centre) @ matrix
+    return table.astype(np.float32), centre @ matrix
+
+
+def idw_apply_linear(idx: np.ndarray, w: np.ndarray, table: np.ndarray, at_centre: np.ndarray,
+                     bias: np.ndarray | None = None, *, block: int = 65536) -> np.ndarray:
+    """``(x - centre) @ matrix + bias`` of the interpolation ``x`` (:func:`idw_linear_table`).
+
+    (M, out) float32. The kNN weights sum to 1 up to rounding; their exact sum is used.
+    """
+    out = idw_apply(idx, w, table, block=block)
+    excess = np.asarray(w, dtype=np.float64).sum(axis=1, keepdims=True) - 1.0
+    offset = excess * np.asarray(at_centre, dtype=np.float64)
+    if bias is not None:
+        offset += np.asarray(bias, dtype=np.float64)
+    out += offset.astype(np.float32)
+    return out
+
+
 def mean_of_nearest_others(src_rc_um: np.ndarray, src_values: np.ndarray,
                            dst_rc_um: np.ndarray, k: int) -> np.ndarray:
     """Mean of the values of the ``k`` sources nearest each destination after its nearest one.

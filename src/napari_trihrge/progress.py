@@ -84,6 +84,7 @@ STAGE_LABELS = {
     "training": "Training",
     "prediction": "Predicting",
     "maps": "Drawing the enhanced maps",
+    "maps for display": "Preparing the maps for display",
     "writing": "Writing the run folder",
 }
 

@@ -166,6 +166,76 @@ def test_warm_computes_every_chunk_once_and_changes_no_map(blended, tmp_path):
     full = map_store.open_map_store(path)
     full.cache_bytes = 1  # nothing fits: warming stops at the first chunk
     assert full.warm() == 0
+    # room for every chunk, the last one smaller than the others: all kept
+    tight = map_store.open_map_store(path)
+    tight.chunk_locations = opened.chunk_locations
+    last = tight._chunk_size(tight.n_chunks - 1)
+    assert last < tight.chunk_locations
+    tight.cache_bytes = int(chunk_bytes * (tight.n_chunks - 1 + last / tight.chunk_locations)
+                            * 1.001)
+    assert tight.warm() == tight.n_chunks and tight.ready()
+
+
+def test_maps_for_a_viewer_compute_whole_chunks_once(blended, tmp_path, monkeypatch):
+    """Maps made for a viewer (what the Train panel's run makes): a map at some pixels (the
+    consistency check, the overview) computes the chunks it touches whole and keeps them, so
+    that every location's networks run once; their cache is a share of the free memory."""
+    from napari_trihrge.tl import _maps
+
+    _, _, result, direct = blended
+    path = map_store.write_map_store(result.maps, tmp_path / map_store.STORE_NAME).path
+    plain = map_store.open_map_store(path)
+    with map_store.for_display(3 * 2**30):
+        shown = map_store.open_map_store(path)
+    assert not plain.whole_chunks and plain.cache_bytes == map_store.FACTOR_CACHE_BYTES
+    assert shown.whole_chunks and shown.cache_bytes == 3 * 2**30
+    with map_store.for_display(1):  # never below the default
+        assert map_store.open_map_store(path).cache_bytes == map_store.FACTOR_CACHE_BYTES
+    for maps in (plain, shown):
+        maps.chunk_locations = -(-maps.n_locations // 3)  # three chunks
+        maps.ran = []
+        maps._expand = (lambda m, expand: lambda inputs: m.ran.append(len(inputs))
+                        or expand(inputs))(maps, maps._expand)
+    rows, cols = np.nonzero(plain.mask)
+    pick = slice(0, None, 7)  # some pixels of every chunk
+    for maps in (plain, shown):
+        np.testing.assert_allclose(maps.values_at([0, 2], rows[pick], cols[pick]),
+                                   np.asarray(direct.values)[[0, 2]][:, rows[pick], cols[pick]],
+                                   atol=DISK_TOL)
+    assert sum(plain.ran) == len(rows[pick]) and not plain.ready()  # those pixels alone
+    assert sum(shown.ran) == shown.n_locations and shown.ready()  # every location, kept
+    shown.warm()
+    np.testing.assert_allclose(np.asarray(shown.values), np.asarray(direct.values),
+                               atol=DISK_TOL, equal_nan=True)
+    assert sum(shown.ran) == shown.n_locations  # nothing ran again
+    # the viewer's cache: half the free memory, at least the default
+    monkeypatch.setattr(_maps, "_available_memory_bytes", lambda: 16e9)
+    assert _maps.display_cache_bytes() == 8 * 10**9
+    monkeypatch.setattr(_maps, "_available_memory_bytes", lambda: None)
+    assert _maps.display_cache_bytes() == map_store.FACTOR_CACHE_BYTES
+
+
+def test_maps_moved_with_their_run_folder_keep_what_they_computed(blended, tmp_path):
+    """A run folder swapped into place: its maps point at the moved store and keep their
+    factors; a different store there is opened anew."""
+    _, _, result, _ = blended
+    first = tmp_path / "partial" / map_store.STORE_NAME
+    maps = map_store.write_map_store(result.maps, first)
+    maps.warm()
+    assert maps.ready()
+    final = tmp_path / "run" / map_store.STORE_NAME
+    final.parent.mkdir()
+    first.rename(final)
+    moved = maps.moved_to(final)
+    assert moved is maps and maps.path == final and maps.ready()
+    np.testing.assert_array_equal(maps[maps.gene_names[1]],
+                                  map_store.open_map_store(final)[maps.gene_names[1]])
+    other = map_store.write_map_store(result.maps, tmp_path / "other.zarr", overwrite=True,
+                                      factor_dtype=np.float32)  # another store
+    assert maps.moved_to(other.path) is not maps
+    shutil.rmtree(final)
+    with pytest.raises(TrihrgeInputError, match="not found"):
+        maps.moved_to(final)
 
 
 def test_store_on_disk_round_trip_and_export(blended, tmp_path):

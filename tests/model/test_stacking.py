@@ -9,7 +9,7 @@ from napari_trihrge.model.stacking import (
     fit_gene_blend,
     fold_indices,
 )
-from napari_trihrge.neighbours import idw_interpolate
+from napari_trihrge.neighbours import idw_apply, idw_apply_linear, idw_interpolate, idw_weights
 
 
 def _data(n=200, g=30, seed=0):
@@ -54,6 +54,20 @@ def test_ridge_head_on_image_and_neighbours():
     assert image_only.predict(feats[80:], None).shape == (40, 10)
     with pytest.raises(ValueError):
         RidgeHead.fit(None, None, y)
+
+
+def test_ridge_inputs_from_the_spots_neighbour_pcs_equal_those_of_the_interpolation():
+    rng = np.random.default_rng(1)
+    spots = rng.gamma(2.0, 1.0, (50, 30)).astype(np.float32)
+    idx, w = idw_weights(rng.uniform(0, 300, (50, 2)), rng.uniform(0, 300, (90, 2)), k=6)
+    nb = idw_apply(idx, w, spots)
+    feats = rng.normal(size=(90, 2, 4))
+    head = RidgeHead.fit(feats, nb, rng.normal(size=(90, 3)), n_pcs=5)
+    pcs = idw_apply_linear(idx, w, *head.neighbour_pcs_table(spots))
+    np.testing.assert_allclose(head.standardised_inputs(feats, None, neighbour_pcs=pcs),
+                               head.standardised_inputs(feats, nb), rtol=0, atol=1e-4)
+    image_only = RidgeHead.fit(feats, None, rng.normal(size=(90, 3)))
+    assert image_only.neighbour_pcs_table(spots) is None
 
 
 def test_folds_cover_every_spot_once():

@@ -66,7 +66,7 @@ def test_changing_the_gene_sends_what_to_draw_then_the_gene(model):
     assert lo < hi and lo >= expected.min() and hi <= expected.max()
     beyond = float(np.mean((expected < lo) | (expected > hi)))
     assert shown == {"limits": plan.limits, "map_missing": "", "map": False, "spread": False,
-                     "spots": True, "recovered": False, "virtual": False,
+                     "map_pending": False, "spots": True, "recovered": False, "virtual": False,
                      "clipped": {"spots": pytest.approx(beyond)}}
     assert model.asked_genes == ["ERBB2"]  # a run started now maps it too
     assert rec.last("gene_changed") == ("gene_changed", "ERBB2")
@@ -74,6 +74,27 @@ def test_changing_the_gene_sends_what_to_draw_then_the_gene(model):
     other = [g for g in ad.var_names if g != "ERBB2"][0]
     model.show_gene(other)
     assert model.gene == other and rec.last("gene_changed")[1] == other
+
+
+def test_a_map_the_view_defers_is_pending_not_computed(model):
+    """The view's thread never computes a map that is not ready: the model leaves it pending
+    (the view has it computed in a worker and shows the gene again)."""
+    from qt_support import truth_maps
+
+    maps = truth_maps()
+    gene = maps.gene_names[1]
+    read = []  # the genes whose map was read
+    values = maps.values
+    maps.values = type("Counted", (), {"__getitem__": lambda self, i: read.append(i)
+                                       or values[i]})()
+    model.add_source("map", maps)
+    model.defer_map = lambda m, g: m is maps and g == gene
+    shown = model.show_gene(gene)  # no sample, no map yet: not an error
+    assert shown["map_pending"] and not shown["map"] and shown["map_missing"] == ""
+    assert read == [] and model.gene == gene
+    model.defer_map = lambda m, g: False
+    shown = model.show_gene(gene)
+    assert shown["map"] and not shown["map_pending"] and read == [1]
 
 
 def test_an_unknown_gene_is_an_input_error_and_sends_nothing(model):

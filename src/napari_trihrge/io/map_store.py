@@ -28,12 +28,14 @@ attributes, so a truncated copy is refused instead of shown with holes.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,27 @@ ACTIVATIONS = ("clip", "relu", "softplus", "none")
 GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expression",
                "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
+
+#: the factor cache of maps made for a viewer now (:func:`for_display`), None: not for one
+_DISPLAY_CACHE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "trihrge_display_cache", default=None)
+
+
+@contextmanager
+def for_display(cache_bytes: int | None) -> Iterator[None]:
+    """Inside, factorised maps made in this thread are for a viewer that shows every gene next.
+
+    They keep up to ``cache_bytes`` of factors (at least :data:`FACTOR_CACHE_BYTES`) and a
+    map at a few pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview)
+    computes the factors of every location of the chunks it touches and keeps them, so that
+    each location's networks run once. ``None``: nothing changes.
+    """
+    token = _DISPLAY_CACHE.set(None if cache_bytes is None
+                               else max(FACTOR_CACHE_BYTES, int(cache_bytes)))
+    try:
+        yield
+    finally:
+        _DISPLAY_CACHE.reset(token)
 
 
 def compressor() -> Any:
@@ -207,6 +230,9 @@ class FactorModel:
     #: (S, D), set from the first locations written: float16 keeps each one's variation
     feature_mean: np.ndarray | None = None
     feature_scale: np.ndarray | None = None
+    _prepared_for: Any = field(default=None, init=False, repr=False, compare=False)
+    _prepare_lock: Any = field(default_factory=threading.Lock, init=False, repr=False,
+                               compare=False)
 
     def knn_ks(self, weights: GeneWeights) -> list[int]:
         """Return the neighbour counts whose kNN weights the locations need."""
@@ -217,25 +243,50 @@ class FactorModel:
 
     def factors(self, inputs: LocationFactors, spots_expression: np.ndarray | None
                 ) -> LocationFactors:
-        """Return the factors (kNN weights, ridge inputs, hidden layers) of ``inputs``."""
-        from ..model.predict import predict_last_hidden
-        from ..neighbours import idw_apply
+        """Return the factors (kNN weights, ridge inputs, hidden layers) of ``inputs``.
+
+        The networks run as :class:`~napari_trihrge.model.trunk.FusedTrunk` s, and the neighbour
+        input enters the networks' and the ridge head's first (linear) layer through the spots'
+        own values (``spots_expression``): no locations x genes interpolation is built.
+        """
+        from ..model.trunk import trunk_last_hidden
+        from ..neighbours import idw_apply_linear
         from ..threads import cpu_threads
 
-        nb = None
-        if self.neighbour_k is not None:
-            idx, w = inputs.knn[int(self.neighbour_k)]
-            nb = idw_apply(idx, w, spots_expression)
+        knn = None if self.neighbour_k is None else inputs.knn[int(self.neighbour_k)]
         feats = inputs.features if self.image_input else None
         out = LocationFactors(knn=dict(inputs.knn))
         if not len(inputs):
             return out
+        trunks, tables, ridge_table = self._prepared(spots_expression)
         if self.ridge is not None:
-            out.ridge = self.ridge.standardised_inputs(feats, nb).astype(np.float32)
-        if self.networks:
+            pcs = None if ridge_table is None else idw_apply_linear(*knn, *ridge_table)
+            out.ridge = self.ridge.standardised_inputs(feats, None, neighbour_pcs=pcs
+                                                       ).astype(np.float32)
+        if trunks:
             with cpu_threads(self.threads):
-                out.hidden = predict_last_hidden(self.networks, feats, nb, device=self.device)
+                out.hidden = trunk_last_hidden(trunks, feats, knn=knn, tables=tables)
         return out
+
+    def _prepared(self, spots_expression: np.ndarray | None) -> tuple[list, list, Any]:
+        """Return the fused trunks and the spots' first-layer tables (once per expression)."""
+        from ..device import resolve_device
+        from ..model.trunk import FusedTrunk
+
+        with self._prepare_lock:
+            kept = self._prepared_for
+            if kept is not None and kept[0] is spots_expression:
+                return kept[1]
+            device = resolve_device(self.device)
+            trunks = [FusedTrunk(net, device) for net in self.networks]
+            use_knn = self.neighbour_k is not None
+            tables = [trunk.neighbour_table(spots_expression) if use_knn else None
+                      for trunk in trunks]
+            ridge_table = (self.ridge.neighbour_pcs_table(spots_expression)
+                           if use_knn and self.ridge is not None else None)
+            prepared = (trunks, tables, ridge_table)
+            self._prepared_for = (spots_expression, prepared)
+            return prepared
 
     def set_feature_scaling(self, features: np.ndarray) -> None:
         """Set the stored features' standardisation from these locations (if not set)."""
@@ -471,7 +522,11 @@ class FactorMaps:
         self._group = group
         self._rows, self._cols = np.nonzero(self.mask)
         self.n_locations = len(self._rows)
-        self.cache_bytes = int(cache_bytes)
+        display_cache = _DISPLAY_CACHE.get()
+        #: a map at some pixels computes (and keeps) their chunks whole (:func:`for_display`)
+        self.whole_chunks = display_cache is not None
+        self.cache_bytes = int(cache_bytes if display_cache is None
+                               else max(cache_bytes, display_cache))
         self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
         self._cached_bytes = 0
         self._checked = False
@@ -537,10 +592,8 @@ class FactorMaps:
             return 0  # the factors are in memory already
         progress.stage("maps for display", total=self.n_chunks)
         for c in range(self.n_chunks):
-            with self._lock:  # stop before a chunk would push out an earlier one
-                n, used = len(self._cache), self._cached_bytes
-            if n and used + used / n > self.cache_bytes:
-                break
+            if c not in self._cache and not self._room_for_a_chunk(c):
+                break  # stop before a chunk would push out an earlier one
             self.location_chunk(c)
             progress.advance()
             with self._lock:
@@ -548,6 +601,48 @@ class FactorMaps:
                     break
         with self._lock:
             return len(self._cache)
+
+    def _room_for_a_chunk(self, c: int) -> bool:
+        """Whether chunk ``c`` fits the cache beside those kept.
+
+        Its bytes are estimated from theirs per location.
+        """
+        with self._lock:
+            kept, used = list(self._cache), self._cached_bytes
+        if not kept:
+            return True
+        per_location = used / sum(self._chunk_size(k) for k in kept)
+        return used + per_location * self._chunk_size(c) <= self.cache_bytes
+
+    def _chunk_size(self, c: int) -> int:
+        """Return the number of locations of chunk ``c``."""
+        return min(self.n_locations, (c + 1) * self.chunk_locations) - c * self.chunk_locations
+
+    def ready(self, gene: int | None = None) -> bool:
+        """Whether a map (``gene``'s, or any) comes without running networks or reading the store.
+
+        True when every chunk's factors are in memory (or ``gene``'s map is kept from
+        earlier); the viewer computes a map that is not ready in a worker.
+        """
+        if self._factors is not None and self.factor_model is None:
+            return True
+        with self._lock:
+            return (gene is not None and int(gene) in self._recent) \
+                or len(self._cache) == self.n_chunks
+
+    def moved_to(self, path: str | os.PathLike) -> FactorMaps:
+        """Return these maps read from their store moved to ``path`` (a run folder swapped in).
+
+        The store there is opened and checked as :func:`open_map_store` does; when it is this
+        store (the same attributes, every file the same size), these maps are pointed at it and
+        keep what they computed, else the maps opened there are returned.
+        """
+        moved = open_map_store(path)
+        if self._group is None or dict(moved._group.attrs) != dict(self._group.attrs):
+            return moved
+        with self._lock:
+            self.path, self._group, self._checked = moved.path, moved._group, True
+        return self
 
     def input_chunk(self, c: int) -> LocationFactors:
         """Return what the store holds for location chunk ``c`` (float32; not kept).
@@ -652,7 +747,9 @@ class FactorMaps:
 
         ``rows`` and ``cols`` are integer arrays of one shape; returns (g, *rows.shape), NaN
         outside the mask. Computes just those locations, and reads only their chunks (with a
-        factor model: computes the factors of those locations only, and keeps none).
+        factor model: computes the factors of those locations only, and keeps none; with
+        :attr:`whole_chunks`, of every location of those chunks, kept while the cache has
+        room).
         """
         genes = np.asarray(list(genes), dtype=np.int64).reshape(-1)
         rows, cols = np.asarray(rows), np.asarray(cols)
@@ -668,6 +765,8 @@ class FactorMaps:
             local = wanted[sel] - int(c) * self.chunk_locations
             with self._lock:
                 cached = self._cache.get(int(c))
+            if cached is None and self.whole_chunks and self._room_for_a_chunk(int(c)):
+                cached = self.location_chunk(int(c))  # every location once, kept
             if cached is not None or self.factor_model is None:
                 sub = _take_factors(cached if cached is not None
                                     else self.location_chunk(int(c)), local)
@@ -1262,5 +1361,5 @@ __all__: Sequence[str] = [
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
-    "MATERIALISED_DTYPES", "check_materialised_dtype",
+    "MATERIALISED_DTYPES", "check_materialised_dtype", "for_display",
 ]

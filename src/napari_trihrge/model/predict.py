@@ -132,23 +132,17 @@ def _predict_all(models, features, neighbour, batch_size, device, progress, want
 def predict_last_hidden(models: Sequence[TriHRGENet], features: Any = None,
                         neighbour: Any = None, *, batch_size: int = 4096,
                         device: str | torch.device = "auto") -> np.ndarray:
-    """Each model's last hidden layer (:meth:`TriHRGENet.last_hidden`) at every location:
-    (models, M, H) float32."""
+    """Each model's last hidden layer (:meth:`TriHRGENet.last_hidden`, eval mode) at every
+    location: (models, M, H) float32, computed by :class:`~napari_trihrge.model.trunk.FusedTrunk`."""
+    from .trunk import FusedTrunk, trunk_last_hidden
+
     models = _as_models(models)
-    n = _n_locations(features, neighbour)
+    _n_locations(features, neighbour)
     _check(models, features, neighbour)
     dev = resolve_device(device)
-    out = np.empty((len(models), n, models[0].config.last_hidden_dim), dtype=np.float32)
-    with _eval_on(models, dev):
-        for s in range(0, n, batch_size):
-            e = min(s + batch_size, n)
-            x = _to_tensor(features[s:e], dev) if features is not None else None
-            v = _to_tensor(neighbour[s:e], dev) if neighbour is not None else None
-            for i, m in enumerate(models):
-                out[i, s:e] = m.last_hidden(x if m.config.n_scales > 0 else None,
-                                            v if m.config.neighbour_input else None
-                                            ).float().cpu().numpy()
-    return out
+    with cpu_threads():
+        return trunk_last_hidden([FusedTrunk(m, dev) for m in models], features,
+                                 neighbour=neighbour, batch_size=batch_size)
 
 
 def predict_in_chunks(models: TriHRGENet | Sequence[TriHRGENet], features: Any = None,

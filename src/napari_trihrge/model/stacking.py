@@ -49,13 +49,14 @@ class RidgeHead:
     neighbour_mean: np.ndarray | None
     neighbour_axes: np.ndarray | None  # (G_nb, n_pcs)
 
-    def _raw_inputs(self, features: np.ndarray | None, neighbour: np.ndarray | None
-                    ) -> np.ndarray:
+    def _raw_inputs(self, features: np.ndarray | None, neighbour: np.ndarray | None,
+                    neighbour_pcs: np.ndarray | None = None) -> np.ndarray:
         parts = []
         if features is not None and features.ndim == 3 and features.shape[1] > 0:
             parts.append(np.asarray(features, dtype=np.float64).reshape(len(features), -1))
         if self.neighbour_axes is not None:
-            parts.append((np.asarray(neighbour, dtype=np.float64) - self.neighbour_mean)
+            parts.append(np.asarray(neighbour_pcs, dtype=np.float64) if neighbour_pcs is not None
+                         else (np.asarray(neighbour, dtype=np.float64) - self.neighbour_mean)
                          @ self.neighbour_axes)
         if not parts:
             raise ValueError("the ridge head needs image features or neighbour expression")
@@ -86,11 +87,24 @@ class RidgeHead:
     def alpha(self) -> float:
         return float(self.model.alpha_)
 
-    def standardised_inputs(self, features: np.ndarray | None, neighbour: np.ndarray | None
-                            ) -> np.ndarray:
+    def standardised_inputs(self, features: np.ndarray | None, neighbour: np.ndarray | None,
+                            *, neighbour_pcs: np.ndarray | None = None) -> np.ndarray:
         """What the coefficients multiply: the flattened image features and the neighbour
-        PCs, standardised (N, F)."""
-        return (self._raw_inputs(features, neighbour) - self.feature_mean) / self.feature_sd
+        PCs, standardised (N, F). ``neighbour_pcs`` (N, n_pcs): the PCs given instead of
+        ``neighbour`` (:meth:`neighbour_pcs_table`)."""
+        return ((self._raw_inputs(features, neighbour, neighbour_pcs) - self.feature_mean)
+                / self.feature_sd)
+
+    def neighbour_pcs_table(self, spots_expression: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The neighbour PCs of a kNN interpolation of ``spots_expression``, per spot
+        (:func:`napari_trihrge.neighbours.idw_linear_table`; apply it with
+        :func:`~napari_trihrge.neighbours.idw_apply_linear`); None without neighbour PCs."""
+        from ..neighbours import idw_linear_table
+
+        if self.neighbour_axes is None:
+            return None
+        return idw_linear_table(spots_expression, self.neighbour_axes, self.neighbour_mean)
 
     def predict(self, features: np.ndarray | None, neighbour: np.ndarray | None) -> np.ndarray:
         return self.model.predict(self.standardised_inputs(features, neighbour)).astype(

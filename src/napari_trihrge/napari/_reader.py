@@ -32,6 +32,11 @@ _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
 #: Qt-free; without one (scripts, tests, workers) the image is decoded in the calling thread
 LARGE_IMAGE_LOADER: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
     "trihrge_large_image_loader", default=None)
+#: whether a map store's map whose networks still have to run opens as a pending layer (filled
+#: by the viewer's worker, :mod:`napari_trihrge.napari._qt._map_worker`) instead of being
+#: computed here; set for one call by the viewer's reader hook, never in scripts or workers
+DEFER_MAPS: contextvars.ContextVar[bool] = contextvars.ContextVar("trihrge_defer_maps",
+                                                                  default=False)
 
 
 @dataclass
@@ -376,7 +381,16 @@ def read_map_store_layers(path) -> list:
     that is not whole is refused before any layer is made."""
     from ..io import open_map_store
 
-    return _tag_source(L.map_layers(open_map_store(_one(path))), _one(path))
+    maps = open_map_store(_one(path))
+    return _tag_source(_store_map_layers(maps, maps.gene_names[0]), _one(path))
+
+
+def _store_map_layers(maps, gene: str, spot_values: dict | None = None) -> list:
+    """``gene``'s map layer: computed now, or pending when the viewer's hook defers maps that
+    are not ready (:data:`DEFER_MAPS`)."""
+    if DEFER_MAPS.get() and not L.map_ready(maps, gene):
+        return [L.pending_map_layer(maps, gene)]
+    return L.map_layers(maps, [gene], spot_values=spot_values)
 
 
 def read_run_layers(path) -> list:
@@ -413,9 +427,10 @@ def read_run_layers(path) -> list:
             feats = virt[1]["features"]
             if gene in feats:
                 spot_vals = {gene: feats[gene].to_numpy()}
-        maps_layers = L.map_layers(maps, [gene], spot_values=spot_vals)
-        # one colour scale: the spots take the map's limits
-        if virt is not None and spot_vals is not None:
+        maps_layers = _store_map_layers(maps, gene, spot_vals)
+        pending = maps_layers[0][1]["metadata"]["trihrge"].get("pending", False)
+        # one colour scale: the spots take the map's limits (a pending map: when it is drawn)
+        if virt is not None and spot_vals is not None and not pending:
             virt[1]["face_contrast_limits"] = maps_layers[0][1]["contrast_limits"]
         img_n = 1 if out and out[0][2] == "image" else 0
         out[img_n:img_n] = maps_layers  # map above the H&E, below the spots
@@ -454,9 +469,10 @@ def measured_spots_layer(run_dir: Path, layers: list) -> tuple | None:
     gene = shown["metadata"]["trihrge"]["gene"] if shown is not None else None
     if gene is not None and gene not in adata.var_names:
         gene = None
+    same_scale = gene is not None and not shown["metadata"]["trihrge"].get("pending")
     layer = L.sample_layers(adata, None if gene is None else [gene], source=os.path.abspath(
         str(source)), with_image=False, color_by=gene,
-        **({"contrast_limits": shown["contrast_limits"]} if gene is not None else {}))[0]
+        **({"contrast_limits": shown["contrast_limits"]} if same_scale else {}))[0]
     return layer
 
 

@@ -478,6 +478,37 @@ def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,
     }
 
 
+def map_ready(maps, gene: str) -> bool:
+    """Whether ``gene``'s map of ``maps`` is read at once: False for a map store's map whose
+    networks still have to run (or whose factors are still on disk), which a viewer computes
+    in a worker (:meth:`~napari_trihrge.io.map_store.FactorMaps.ready`); True for other maps
+    and for a gene the maps do not have."""
+    ready = getattr(maps, "ready", None)
+    names = list(maps.gene_names)
+    return ready is None or gene not in names or bool(ready(names.index(gene)))
+
+
+def pending_map_name(gene: str) -> str:
+    """The name of ``gene``'s map layer while its map is being computed."""
+    return f"enhanced {gene} (computing…)"
+
+
+def pending_map_data(maps) -> tuple[np.ndarray, tuple[float, float]]:
+    """Display data of a map not computed yet (transparent everywhere) and its limits."""
+    limits = (0.0, 1.0)
+    return map_display_data(np.full(maps.mask.shape, np.nan, np.float32), limits), limits
+
+
+def pending_map_layer(maps, gene: str) -> LayerDataTuple:
+    """``gene``'s map layer before its map is computed: placed over the tissue, transparent,
+    named so (:func:`pending_map_name`), ``metadata['trihrge']['pending']`` set; the viewer
+    fills it when the map is ready."""
+    data, limits = pending_map_data(maps)
+    kwargs = map_layer_kwargs(maps, gene, limits, name=pending_map_name(gene))
+    kwargs["metadata"]["trihrge"]["pending"] = True
+    return data, kwargs, "image"
+
+
 #: colormap of the ensemble-spread layer (distinct from the expression colormap)
 SPREAD_COLORMAP = "viridis"
 

@@ -60,6 +60,8 @@ class GeneDisplay:
     limits: tuple[float, float]
     #: why the map is not shown for this gene ('' when it is, or when there are no maps)
     map_missing: str = ""
+    #: the maps have the gene but its map is still being computed (:attr:`SessionModel.defer_map`)
+    map_pending: bool = False
     #: what was drawn (filled by the model, refined by the view); see :meth:`SessionModel.show_gene`
     shown: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +105,9 @@ class SessionModel:
         self.encoder = lambda: DEFAULT_ENCODER
         self.token = lambda: None
         self.device = lambda: "auto"
+        #: ``defer_map(maps, gene)``: True leaves ``gene``'s map pending (computed elsewhere, then
+        #: shown again) instead of computing it now; set by the view, whose thread must not wait
+        self.defer_map = lambda maps, gene: False
 
     # -- sample ---------------------------------------------------------------------------
     @property
@@ -329,9 +334,12 @@ class SessionModel:
                 values[kind] = self._gene_values(ad, gene)
         maps = self.maps()
         map_vals = None
+        pending = False
         if maps is not None and gene in list(maps.gene_names):
-            map_vals = L.map_values(maps, gene)
-        if not values and map_vals is None:
+            pending = bool(self.defer_map(maps, gene))
+            if not pending:
+                map_vals = L.map_values(maps, gene)
+        if not values and map_vals is None and not pending:
             raise TrihrgeInputError(f"gene {gene!r} is not in the sample or the enhanced maps",
                                     "pick a gene from the completion list")
         limits = L.shared_contrast_limits(map_vals, *values.values())
@@ -339,19 +347,19 @@ class SessionModel:
         if map_vals is not None:
             clipped["map"] = L.clipped_share(map_vals, limits)
         missing = ""
-        if maps is not None and map_vals is None:
+        if maps is not None and map_vals is None and not pending:
             missing = (f"No enhanced map for {gene}: it was not among the genes of the Enhance "
                        "run. Add it to Extra genes (Train and enhance) and run Enhance again.")
         shown = {"limits": limits, "map_missing": missing, "map": map_vals is not None,
-                 "spread": False, "clipped": clipped,
+                 "map_pending": pending, "spread": False, "clipped": clipped,
                  **{k: k in values for k in POINT_KINDS}}
-        return GeneDisplay(gene, values, map_vals, maps, limits, missing, shown)
+        return GeneDisplay(gene, values, map_vals, maps, limits, missing, pending, shown)
 
     def show_gene(self, gene: str, *, asked: bool = True) -> dict[str, Any]:
         """Show ``gene`` everywhere on one colour scale; returns what was shown (``spots``,
         ``recovered``, ``virtual``, ``map``, ``spread``: bool, ``limits``, ``map_missing``:
-        why the map is hidden, or '', ``clipped``: the share of each kind's values beyond the
-        scale). Emits ``display_requested`` then ``gene_changed``. ``asked``: the user chose
+        why the map is hidden, or '', ``map_pending``: its map is being computed and is shown
+        when ready, ``clipped``: the share of each kind's values beyond the scale). Emits ``display_requested`` then ``gene_changed``. ``asked``: the user chose
         the gene (it joins :attr:`asked_genes`; a run started now maps it too)."""
         plan = self.display(gene)
         if asked:

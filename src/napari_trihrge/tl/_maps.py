@@ -12,6 +12,7 @@ from anndata import AnnData
 from .. import geometry
 from ..errors import TrihrgeInputError
 from ..io.map_store import (
+    FACTOR_CACHE_BYTES,
     LOCATION_CHUNK,
     FactorMaps,
     FactorModel,
@@ -106,6 +107,22 @@ def check_map_size(adata: AnnData, stride_um: Any, *, n_genes: int, ensemble: in
             f"{w_px * um_per_px / 1000:.1f} mm image has {n_px:.3g} pixels and would need "
             f"{_bytes(need)} of memory ({_bytes(available)} available)",
             "use a larger --stride-um (for example 8 or 16)")
+
+
+#: share of the memory available when maps are made for a viewer that their factor cache may
+#: take (``io.map_store.for_display``; at least ``FACTOR_CACHE_BYTES``): a whole Visium capture
+#: area's factors at 8 um (about 4 GB as float32) are then kept where 8 GB are free
+DISPLAY_CACHE_SHARE = 0.5
+
+
+def display_cache_bytes() -> int:
+    """Return the factor cache for maps a viewer shows: a share of the available memory.
+
+    :data:`DISPLAY_CACHE_SHARE` of it, at least ``io.map_store.FACTOR_CACHE_BYTES`` (that
+    alone when the available memory is unknown).
+    """
+    available = _available_memory_bytes() or 0.0
+    return max(FACTOR_CACHE_BYTES, int(DISPLAY_CACHE_SHARE * available))
 
 
 def _available_memory_bytes() -> float | None:

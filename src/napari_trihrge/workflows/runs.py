@@ -21,7 +21,7 @@ from ..errors import TrihrgeInputError
 from ..io.cell_formats import check_cell_formats
 from ..io.map_store import (
     STORE_NAME,
-    open_map_store,
+    for_display,
 )
 from ..io.outputs import (
     mark_complete,
@@ -33,6 +33,7 @@ from ..io.outputs import (
 )
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
+from ..tl._maps import display_cache_bytes
 from ..tl._reference import split_references
 
 if TYPE_CHECKING:
@@ -60,10 +61,26 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
     written as by ``trihrge recovery`` / ``trihrge enhance`` (aside, swapped in when complete;
     enhance streams its maps there); without, nothing is written. ``prepare_maps``: compute
     the dense maps' per-location factors before returning (:meth:`FactorMaps.warm`), so a
-    viewer then shows any gene at once. ``task_kwargs`` are :func:`run_recovery`'s or
-    :func:`run_enhance`'s keyword arguments."""
+    viewer then shows any gene at once; the networks then run once per map location (the
+    consistency check and the overview compute whole chunks, kept for the viewer within a
+    share of the available memory, :func:`~napari_trihrge.io.map_store.for_display`, and the
+    maps keep them when the run folder is swapped in). ``task_kwargs`` are
+    :func:`run_recovery`'s or :func:`run_enhance`'s keyword arguments."""
     if task not in TASKS:
         raise TrihrgeInputError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
+    progress = ensure_progress(progress)
+    with for_display(display_cache_bytes() if prepare_maps else None):
+        output = _run_task(task, adata, out_dir, config=config, progress=progress,
+                           overwrite=overwrite, **task_kwargs)
+        maps = getattr(output.result, "maps", None)
+        if prepare_maps and hasattr(maps, "warm"):
+            maps.warm(progress=progress)
+    return output
+
+
+def _run_task(task: str, adata: AnnData, out_dir: str | Path | None, *,
+              config: RunConfig | None, progress: Progress | None, overwrite: bool,
+              **task_kwargs: Any) -> RunOutput:
     cfg = config or RunConfig()
     progress = ensure_progress(progress)
     if task == "enhance" and (task_kwargs.get("spatialdata_store")
@@ -88,9 +105,6 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
         if task == "enhance":
             repoint_maps(output.result, out_dir)
         output.out_dir = Path(out_dir)
-    maps = getattr(output.result, "maps", None)
-    if prepare_maps and hasattr(maps, "warm"):
-        maps.warm(progress=progress)
     return output
 
 
@@ -353,14 +367,15 @@ def save_enhance_run(out: Path, adata: AnnData, result, cfg: RunConfig, *,
 
 def repoint_maps(result, out_dir: str | Path) -> None:
     """After a run folder was swapped in, point the result's streamed maps (written in the
-    temporary folder) at their final place in ``out_dir``."""
+    temporary folder) at their final place in ``out_dir`` (a map store's keep the factors
+    they computed: :meth:`~napari_trihrge.io.map_store.FactorMaps.moved_to`)."""
     import zarr
 
     maps = getattr(result, "maps", None)
     if maps is None:
         return
     if getattr(maps, "path", None) is not None:  # a factorised map store
-        result.maps = open_map_store(Path(out_dir) / STORE_NAME)
+        result.maps = maps.moved_to(Path(out_dir) / STORE_NAME)
         return
     for attr, name in (("values", "maps.ome.zarr"), ("std", "maps_std.ome.zarr")):
         store = getattr(maps, attr, None)

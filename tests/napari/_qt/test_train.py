@@ -90,6 +90,13 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path, monk
     tw.set_task("enhance")
     tw.stride_spin.setValue(48.0)  # a coarse map keeps the test fast
     tw.out_edit.setText(str(tmp_path / "run"))
+    from napari_trihrge.io import map_store
+
+    monkeypatch.setattr(map_store, "LOCATION_CHUNK", 64)  # the map in several chunks
+    computed = []  # map locations whose networks ran (the store's trunks, not the spots')
+    factors = map_store.FactorModel.factors
+    monkeypatch.setattr(map_store.FactorModel, "factors", lambda self, inputs, y: (
+        computed.append(len(inputs)) or factors(self, inputs, y)))
     overall = []  # the horizon line during the run
     show = tw.bars._show_horizon
     tw.bars._show_horizon = lambda text: (overall.append(text), show(text))
@@ -100,6 +107,11 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path, monk
 
     s, view = tw.session, get_view(viewer)
     assert s.enhance is not None and s.enhance.maps is not None
+    # the consistency check, the overview and the viewer's maps: each location's networks ran
+    # once, and the maps the viewer got read the run folder swapped into place
+    maps = s.enhance.maps
+    assert maps.n_chunks >= 3 and sum(computed) == maps.n_locations
+    assert maps.path == tmp_path / "run" / map_store.STORE_NAME and maps.ready()
     m = view.find_layer("map")
     v = view.find_layer("virtual")
     assert m is not None and v is not None
@@ -124,6 +136,7 @@ def test_enhance_adds_map_and_virtual_spots(viewer, qtbot, notes, tmp_path, monk
     other = [g for g in s.enhance.maps.gene_names if g != s.gene][0]
     assert ge.show_gene(other)
     assert view.find_layer("map") is m and m.metadata["trihrge"]["gene"] == other
+    assert sum(computed) == maps.n_locations  # a gene switch runs no network
     assert not notes.errors()
     # the run folder was written and opens again as layers
     from napari_trihrge.napari._reader import get_reader

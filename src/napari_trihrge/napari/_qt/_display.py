@@ -62,9 +62,11 @@ def _of_sample(layer, kind: str, sample: str | None) -> bool:
 
 
 def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
-                     colormap: str = L.DEFAULT_COLORMAP, sample: str | None = None):
+                     colormap: str = L.DEFAULT_COLORMAP, sample: str | None = None,
+                     pending: bool = False):
     """The one enhanced-map Image layer of ``maps`` (created on first use, reused after) of
-    ``sample``; a new layer records ``sample`` (the view places it with its sample)."""
+    ``sample``; a new layer records ``sample`` (the view places it with its sample).
+    ``pending``: a new layer is made without computing the map (:func:`set_map_pending`)."""
     for layer in viewer.layers:
         if _of_sample(layer, "map", sample) and (layer.metadata or {}).get("maps") is maps:
             return layer
@@ -76,8 +78,9 @@ def ensure_map_layer(viewer, maps, gene: str, limits: tuple[float, float],
             layer.translate = tuple(float(v) for v in np.asarray(maps.origin_rc_um))
             layer.metadata["trihrge"].pop("offset_rc_um", None)  # placed again by the view
             return layer
-    data, kwargs, _ = L.map_layers(maps, [gene], contrast_limits=limits, colormap=colormap)[0]
-    kwargs["name"] = "enhanced map"
+    data, kwargs, _ = (L.pending_map_layer(maps, gene) if pending else
+                       L.map_layers(maps, [gene], contrast_limits=limits, colormap=colormap)[0])
+    kwargs["name"] = L.pending_map_name(gene) if pending else "enhanced map"
     kwargs["metadata"]["trihrge"]["sample"] = sample
     layer = viewer.add_image(data, **kwargs)
     return layer
@@ -127,6 +130,21 @@ def set_map_gene(layer, maps, gene: str, values: np.ndarray,
     layer.name = f"enhanced {gene}"
 
 
+def set_map_pending(layer, spread, maps, gene: str) -> None:
+    """The map layer (and the ``spread`` layer, or None) wait for ``gene``'s map, computed in
+    a worker: transparent, named so; never an earlier gene's map under this gene's name."""
+    data, limits = L.pending_map_data(maps)
+    for lay, name in ((layer, L.pending_map_name(gene)),
+                      (spread, L.spread_layer_name(gene) + " (computing…)")):
+        if lay is None:
+            continue
+        lay.metadata["maps"] = maps
+        meta = lay.metadata.setdefault("trihrge", {})
+        meta.update(gene=gene, pending=True, display_limits=limits)
+        set_image_data(lay, data, limits, limits)
+        lay.name = name
+
+
 def show_spread(viewer, maps, gene: str, sample: str | None = None) -> bool:
     """Show ``gene``'s ensemble spread in the one spread layer of ``sample`` (added hidden on
     first use); False when the maps have no spread (a single model). A hidden, unselected
@@ -160,8 +178,11 @@ def fill_spread(layer) -> bool:
     """Compute the pixels of the gene a spread layer is named after, when they are still
     pending (:func:`show_spread` on a hidden layer); False when nothing was pending."""
     meta = (layer.metadata or {}).get("trihrge", {})
-    if not meta.pop("pending", False) or meta.get("gene") is None:
+    if not meta.get("pending", False) or meta.get("gene") is None:
         return False
+    if not L.map_ready(layer.metadata["maps"], meta["gene"]):
+        return False  # the map's worker computes it; it is shown with the map
+    meta.pop("pending")
     data, kwargs, _ = L.spread_layer(layer.metadata["maps"], meta["gene"])
     lo, hi = kwargs["contrast_limits"]
     set_image_data(layer, data, (lo, hi), (min(float(np.nanmin(data)), lo), max(hi, 1e-6)))

@@ -16,23 +16,27 @@ def get_reader(path: str | list[str]):
     reader = _reader.get_reader(path)
     if reader is None:
         return None
-    _attach_session()
+    with_session = _attach_session()
 
     def read(p: Any) -> list:
         from ._image_loader import load_full_image_later
 
         token = _reader.LARGE_IMAGE_LOADER.set(load_full_image_later)
+        # a map store's networks run in the session's worker, not in the viewer's thread
+        deferred = _reader.DEFER_MAPS.set(with_session)
         try:
             return reader(p)
         finally:
+            _reader.DEFER_MAPS.reset(deferred)
             _reader.LARGE_IMAGE_LOADER.reset(token)
 
     return read
 
 
-def _attach_session() -> None:
+def _attach_session() -> bool:
     """Make sure the viewer that opens our layers has a TriHRGE session: it names the shown
-    gene on the canvas and replaces a sample opened a second time instead of duplicating it."""
+    gene on the canvas, replaces a sample opened a second time instead of duplicating it, and
+    computes a map store's maps in a worker. True when the viewer has one."""
     try:
         from napari import current_viewer
 
@@ -41,5 +45,7 @@ def _attach_session() -> None:
             from ._session import get_session
 
             get_session(viewer)
+            return True
     except Exception:  # noqa: BLE001 - no Qt or no viewer: plain layers still open
         pass
+    return False

@@ -100,6 +100,11 @@ class LayerView:
         #: where each sample sits (sample name -> row/col um added to its layers' translate)
         self._places: dict[str, np.ndarray] = {}
         self._sample_of_source: dict[str, str] = {}
+        from ._map_worker import MapPreparer
+
+        #: maps not ready (a map store's networks to run) are computed in workers, never here
+        self.preparer = MapPreparer(self._on_map_ready, self._on_map_failed)
+        model.defer_map = lambda maps, gene: not L.map_ready(maps, gene)
         model.result_added.connect(self._on_result)
         model.display_requested.connect(self._draw)
         viewer.layers.events.inserted.connect(self._on_inserted)
@@ -156,6 +161,9 @@ class LayerView:
             model.add_source(kind, meta["adata"], sample=meta.get("trihrge", {}).get("sample"))
         elif kind == "map" and meta.get("maps") is not None:
             model.add_source("map", meta["maps"], sample=meta.get("trihrge", {}).get("sample"))
+            gene = meta.get("trihrge", {}).get("gene")
+            if meta.get("trihrge", {}).get("pending") and gene:  # opened before computed
+                self.preparer.request(meta["maps"], gene)
 
     # -- each sample in its own place -----------------------------------------------------
     def layer_sample(self, layer) -> str | None:
@@ -281,6 +289,46 @@ class LayerView:
         kind = layer_kind(layer)
         if kind in ("virtual", "recovered"):  # a removed map comes back with the next gene
             self.model.remove_source(kind, (layer.metadata or {}).get("adata"))
+        maps = (layer.metadata or {}).get("maps")
+        viewer = self.viewer
+        if kind == "map" and maps is not None and self.preparer.busy(maps) and not any(
+                (lay.metadata or {}).get("maps") is maps and layer_kind(lay) == "map"
+                for lay in (viewer.layers if viewer is not None else [])):
+            self.preparer.cancel(maps)  # its map layer closed (or the viewer): stop its work
+
+    def _on_map_failed(self, maps, gene: str) -> None:
+        """A worker could not compute ``gene``'s map (the notification says why): its pending
+        layers stay empty and say so."""
+        viewer = self.viewer
+        for layer in list(viewer.layers if viewer is not None else []):
+            meta = (layer.metadata or {}).get("trihrge", {})
+            if layer.metadata.get("maps") is maps and meta.get("pending") \
+                    and meta.get("gene") == gene:
+                layer.name = f"enhanced {gene}: map not computed" if layer_kind(layer) == \
+                    "map" else f"{L.spread_layer_name(gene)}: not computed"
+
+    def _on_map_ready(self, maps, gene: str) -> None:
+        """A worker computed ``gene``'s map of ``maps``: show it where it is still wanted (the
+        gene shown now, else the gene a pending map layer of these maps waits for)."""
+        viewer = self.viewer
+        if viewer is None:
+            return
+        model = self.model
+        if model.maps() is maps and model.gene is not None:
+            if model.gene == gene or L.map_ready(maps, model.gene):
+                model.show_gene(model.gene, asked=False)
+            else:
+                self.preparer.request(maps, model.gene)
+            return
+        from ._display import set_map_gene
+
+        for layer in list(viewer.layers):  # another sample's map, or no session gene yet
+            meta = (layer.metadata or {}).get("trihrge", {})
+            if layer_kind(layer) == "map" and layer.metadata.get("maps") is maps \
+                    and meta.get("pending") and meta.get("gene") == gene:
+                values = L.map_values(maps, gene)
+                meta.pop("pending", None)
+                set_map_gene(layer, maps, gene, values, L.shared_contrast_limits(values))
 
     def _replace_earlier_copy(self, layer) -> None:
         """Opening the same sample or run again replaces its earlier layers (same kind, same
@@ -373,10 +421,25 @@ class LayerView:
             elif lay is not None and lay.visible:
                 # other genes only (predictions): never leave them on the previous gene
                 lay.visible = False
-        if plan.map_values is not None:
+        if plan.map_pending:  # computed in a worker, then drawn again (_on_map_ready)
+            from ._display import set_map_pending
+
+            name = self.model.sample_name
+            layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap, sample=name,
+                                     pending=True)
+            self.place(layer)
+            spread = next((lay for lay in viewer.layers if layer_kind(lay) == "spread"
+                           and (lay.metadata or {}).get("trihrge", {}).get("sample")
+                           in (None, name)), None)
+            set_map_pending(layer, spread, plan.maps, gene)
+            if not layer.visible:
+                layer.visible = True
+            self.preparer.request(plan.maps, gene)
+        elif plan.map_values is not None:
             name = self.model.sample_name
             layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap, sample=name)
             self.place(layer)
+            layer.metadata.setdefault("trihrge", {}).pop("pending", None)
             set_map_gene(layer, plan.maps, gene, plan.map_values, limits)
             shown["spread"] = show_spread(viewer, plan.maps, gene, sample=name)
             if not layer.visible:  # napari redraws a layer on every visible = True
@@ -434,6 +497,8 @@ class LayerView:
         if done.get("map") or done.get("recovered") or done.get("virtual"):
             lines.append(f"prediction {L.trust_text(trust)}")
             warn = L.trust_warns(trust)
+        if done.get("map_pending"):
+            lines.append(f"map of {gene} being computed: shown when ready")
         if done.get("map_missing"):
             lines.append(f"no enhanced map for {gene} (map hidden):")
             lines.append("add it to Extra genes and run Enhance again")

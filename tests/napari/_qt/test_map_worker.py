@@ -1,0 +1,182 @@
+"""A map store opened in the viewer: its networks run in a worker, never in the viewer's thread;
+the layer appears at once and is filled when the map is ready; a gene asked for meanwhile is
+served; closing the layer or the viewer stops the work; a damaged store shows nothing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, TINY_TRAIN
+from napari_trihrge.errors import TrihrgeInputError
+from napari_trihrge.io import map_store
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def store_run(_synthetic_cached, tmp_path_factory):
+    """A finished enhance run folder whose maps are a format 3 store of several chunks."""
+    from napari_trihrge import tl
+    from napari_trihrge.workflows.runs import run_enhance
+
+    out = tmp_path_factory.mktemp("maprun") / "run"
+    cfg = tl.RunConfig(n_top_genes=12, model=dict(TINY_MODEL), train=dict(TINY_TRAIN),
+                       stacking_folds=2, device="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(map_store, "LOCATION_CHUNK", 256)  # several chunks to warm
+        run_enhance(_synthetic_cached.copy(), out, factor=2, stride_um=16.0, config=cfg,
+                    trust=False)
+    return out
+
+
+class Gate:
+    """Holds the store's networks (FactorModel.factors) until released, counting the
+    locations they ran on and the threads they ran in."""
+
+    def __init__(self, monkeypatch):
+        self.open = threading.Event()
+        self.locations, self.threads = [], set()
+        factors = map_store.FactorModel.factors
+
+        def gated(model, inputs, y):
+            self.threads.add(threading.current_thread().name)
+            self.open.wait(60)
+            self.locations.append(len(inputs))
+            return factors(model, inputs, y)
+
+        monkeypatch.setattr(map_store.FactorModel, "factors", gated)
+
+
+def _map_layer(viewer):
+    return next(lay for lay in viewer.layers
+                if (lay.metadata or {}).get("trihrge", {}).get("kind") == "map")
+
+
+def _opened(viewer, path):
+    viewer.open(str(path), plugin="napari-trihrge")
+    return _map_layer(viewer)
+
+
+@pytest.mark.parametrize("what", ["run", "store"])
+def test_opening_a_store_returns_at_once_and_the_map_follows(viewer, qtbot, notes, monkeypatch,
+                                                             store_run, what):
+    from napari_trihrge.napari._qt._session import get_view
+
+    gate = Gate(monkeypatch)
+    path = store_run if what == "run" else store_run / map_store.STORE_NAME
+    layer = _opened(viewer, path)  # returns with the networks held: nothing ran here
+    meta = layer.metadata["trihrge"]
+    maps = layer.metadata["maps"]
+    assert meta["pending"] and "computing" in layer.name and gate.locations == []
+    assert maps.n_chunks >= 3
+    view = get_view(viewer)
+    assert view.preparer.busy(maps)
+    gene = meta["gene"]
+    gate.open.set()
+    qtbot.waitUntil(lambda: not view.preparer.busy(maps), timeout=60_000)
+    qtbot.waitUntil(lambda: not layer.metadata["trihrge"].get("pending"), timeout=10_000)
+    assert "MainThread" not in gate.threads  # the networks ran in the worker alone
+    assert sum(gate.locations) == maps.n_locations  # once per location
+    assert layer.metadata["trihrge"]["gene"] == gene and "computing" not in layer.name
+    expected = np.asarray(maps[gene])
+    inside = maps.mask
+    shown = np.asarray(layer.data)[inside]
+    lo = layer.contrast_limits[0]
+    assert np.allclose(shown, np.maximum(expected[inside], shown.min()), atol=1e-5)
+    assert shown.max() > lo and np.ptp(shown) > 0  # a real map, not the placeholder
+    assert not notes.errors()
+
+
+def test_a_gene_asked_for_while_warming_is_served(viewer, qtbot, notes, monkeypatch,
+                                                  store_run):
+    from napari_trihrge.napari._qt import GeneExplorer
+
+    gate = Gate(monkeypatch)
+    layer = _opened(viewer, store_run)
+    maps = layer.metadata["maps"]
+    ge = GeneExplorer(viewer)
+    first = layer.metadata["trihrge"]["gene"]
+    other = next(g for g in maps.gene_names if g != first)
+    assert ge.show_gene(other)  # returns at once: the map waits for the worker
+    assert layer.metadata["trihrge"]["gene"] == other and layer.metadata["trihrge"]["pending"]
+    assert "being computed" in _overlay_text(viewer)
+    gate.open.set()
+    qtbot.waitUntil(lambda: not layer.metadata["trihrge"].get("pending"), timeout=60_000)
+    assert ge.session.gene == other and layer.metadata["trihrge"]["gene"] == other
+    inside = maps.mask
+    shown = np.asarray(layer.data)[inside]
+    np.testing.assert_allclose(shown, np.maximum(np.asarray(maps[other])[inside], shown.min()),
+                               atol=1e-5)
+    assert sum(gate.locations) == maps.n_locations
+    # the maps are ready now: a further switch is drawn at once, in this thread
+    third = next(g for g in maps.gene_names if g not in (first, other))
+    assert ge.show_gene(third) and not layer.metadata["trihrge"].get("pending")
+    assert sum(gate.locations) == maps.n_locations and not notes.errors()
+
+
+def _overlay_text(viewer):
+    from napari_trihrge.napari._qt._display import canvas_text_overlay
+
+    return canvas_text_overlay(viewer).text
+
+
+@pytest.mark.parametrize("close", ["layer", "viewer"])
+def test_closing_while_warming_cancels_the_work(make_napari_viewer, qtbot, notes, monkeypatch,
+                                                store_run, close):
+    from napari_trihrge.napari._qt._session import get_view
+
+    viewer = make_napari_viewer()
+    gate = Gate(monkeypatch)
+    layer = _opened(viewer, store_run)
+    maps = layer.metadata["maps"]
+    view = get_view(viewer)
+    job = view.preparer._jobs[id(maps)]
+    finished = []
+    job.worker.finished.connect(lambda: finished.append(True))
+    qtbot.waitUntil(lambda: bool(gate.threads), timeout=10_000)  # the first chunk under way
+    if close == "layer":
+        viewer.layers.remove(layer)
+    else:
+        viewer.layers.clear()  # what viewer.close() does first
+    assert job.progress.cancelled
+    gate.open.set()
+    qtbot.waitUntil(lambda: bool(finished), timeout=30_000)
+    assert not view.preparer.busy(maps)
+    assert sum(gate.locations) <= maps.chunk_locations  # stopped after the chunk under way
+    assert not notes.errors()
+
+
+def test_a_damaged_store_shows_nothing(viewer, qtbot, notes, monkeypatch, store_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(store_run, copy)
+    chunk = next(p for p in sorted((copy / map_store.STORE_NAME / "locations").rglob("*"))
+                 if p.is_file() and not p.name.startswith("."))
+    whole = chunk.read_bytes()
+    chunk.write_bytes(whole[: len(whole) // 2])
+    for path in (copy, copy / map_store.STORE_NAME):  # refused before any layer is made
+        with pytest.raises(Exception) as err:  # napari wraps the reader's error
+            viewer.open(str(path), plugin="napari-trihrge")
+        assert "incomplete" in str(err.value) or isinstance(err.value, TrihrgeInputError)
+        assert len(viewer.layers) == 0
+    # the last chunk cut short after the store was opened (a copy going on): the worker's
+    # error is a notification and the layer stays empty, saying so
+    chunk.write_bytes(whole)
+    features = copy / map_store.STORE_NAME / "locations" / "image_features"
+    last = max((p for p in features.rglob("*") if p.is_file() and not p.name.startswith(".")),
+               key=lambda p: int(p.relative_to(features).parts[0]))
+    gate = Gate(monkeypatch)
+    layer = _opened(viewer, copy)
+    maps = layer.metadata["maps"]
+    last.write_bytes(last.read_bytes()[:16])
+    gate.open.set()
+    from napari_trihrge.napari._qt._session import get_view
+
+    qtbot.waitUntil(lambda: not get_view(viewer).preparer.busy(maps), timeout=30_000)
+    qtbot.waitUntil(lambda: bool(notes.errors()), timeout=10_000)
+    assert "could not be computed" in notes.errors()[0]
+    assert "not computed" in layer.name and layer.metadata["trihrge"]["pending"]
+    assert layer.data.max() < layer.contrast_limits[0]  # nothing drawn
