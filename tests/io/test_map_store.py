@@ -276,6 +276,55 @@ def test_store_on_disk_round_trip_and_export(blended, tmp_path):
     assert read_map(out)[2] == genes[:1]
 
 
+def test_materialised_in_bands_and_gene_blocks_equals_the_maps(blended, tmp_path,
+                                                               monkeypatch):
+    """Materialising in several bands of rows, gene blocks and location chunks (each chunk
+    computed once for every gene) gives the maps and spread of ``FactorMaps.compute``, and
+    the pyramid averaged in memory; float16 (opt-in) is within the documented tolerance."""
+    from napari_trihrge.io import read_map_levels
+
+    _, _, result, _ = blended
+    monkeypatch.setattr(map_store, "LOCATION_CHUNK", 50)
+    path = map_store.write_map_store(result.maps, tmp_path / map_store.STORE_NAME).path
+    opened = map_store.open_map_store(path)
+    assert opened.n_chunks > 3
+    expanded = []
+    monkeypatch.setattr(opened, "_expand", lambda inputs, f=opened._expand: (
+        expanded.append(len(inputs)), f(inputs))[1])
+    monkeypatch.setattr(map_store, "MATERIALISED_CHUNKS", (4, 8, 8))
+    monkeypatch.setattr(map_store, "MATERIALISE_BLOCK_BYTES", 1)  # one chunk of genes a block
+    genes = opened.gene_names[:10]
+    out = tmp_path / "maps.ome.zarr"
+    map_store.materialise_ome_zarr(opened, out, genes=genes)
+    # every location chunk computed once, without the cache (memory: a band's chunks)
+    assert sum(expanded) == opened.n_locations and not opened._cache
+    values, std = opened.compute(range(10), with_std=True)
+    levels = read_map_levels(out)
+    assert len(levels) > 1 and levels[0][0].chunksize == (4, 8, 8)
+    np.testing.assert_allclose(np.asarray(levels[0][0]), values, atol=1e-5, equal_nan=True)
+    spread = read_map_levels(tmp_path / "maps_std.ome.zarr")
+    np.testing.assert_allclose(np.asarray(spread[0][0]), std, atol=1e-5, equal_nan=True)
+    rows, cols = (s // 2 for s in values.shape[1:])
+    blocks = values[:, :2 * rows, :2 * cols].reshape(10, rows, 2, cols, 2)
+    with pytest.warns(RuntimeWarning):
+        expected = np.nanmean(blocks, axis=(2, 4))
+    np.testing.assert_allclose(np.asarray(levels[1][0]), expected, atol=1e-5, equal_nan=True)
+    # float16, on request: rounded to 11 significant bits, so within the tolerance below 4
+    # (log-normalised units) and within 2**-11 of the value above
+    half = tmp_path / "half.ome.zarr"
+    map_store.materialise_ome_zarr(opened, half, genes=genes, dtype=np.float16)
+    stored = np.asarray(read_map_levels(half)[0][0])
+    assert stored.dtype == np.float16 and np.nanmax(values) > 4  # both ranges are tested
+    error = np.abs(stored.astype(np.float32) - values)
+    assert np.array_equal(np.isnan(error), np.isnan(values))
+    low = values < 4
+    assert np.nanmax(error[low]) <= map_store.FLOAT16_TOLERANCE
+    assert np.all(error[~low & ~np.isnan(values)] <= 2.0**-11 * values[values >= 4])
+    with pytest.raises(TrihrgeInputError, match="float64"):
+        map_store.materialise_ome_zarr(opened, tmp_path / "x.ome.zarr", dtype=np.float64)
+    assert not list(tmp_path.glob("x*"))
+
+
 def test_store_is_read_chunk_by_chunk_within_its_cache(blended, tmp_path, monkeypatch):
     """A store's factors are read in location chunks when a map needs them, kept only up to
     the cache budget; the maps equal the direct ones whatever the chunking."""

@@ -128,6 +128,42 @@ def test_ome_zarr_map_is_multiscale_and_ome_zarr_py_reads_it(tmp_path):
     np.testing.assert_allclose(levels[2][2], [16.0, 18.0])
 
 
+def test_a_map_written_band_by_band_equals_the_map_written_whole(tmp_path):
+    """``stream_levels``: the coarser levels averaged in memory band by band (``write_band``)
+    are those ``finalize`` reads back from the disk, with the same metadata; every level is
+    chunked as the full resolution, so bands never share a chunk."""
+    import zarr
+
+    maps = np.random.default_rng(2).random((4, 530, 70)).astype(np.float32)
+    maps[:, :90] = np.nan  # outside the tissue
+    maps[:, 301, 3] = np.nan
+    kw = dict(chunks=(2, 32, 32), um_per_px=8.0, gene_names=list("abcd"),
+              origin_rc_um=(4.0, 6.0), fill_value=np.nan)
+    whole = tmp_path / "whole.ome.zarr"
+    with io.open_ome_zarr_map(whole, maps.shape, **kw) as writer:
+        writer[:] = maps
+    expected = io.read_map_levels(whole)
+    for with_mask in (False, True):  # NaN found block by block, or where the mask says
+        banded = tmp_path / f"banded{with_mask}.ome.zarr"
+        writer = io.open_ome_zarr_map(banded, maps.shape, stream_levels=True, **kw)
+        assert writer.band_rows == 32 * 2  # one coarser level (530 rows)
+        for r0 in range(0, maps.shape[1], writer.band_rows):
+            band = maps[:, r0:r0 + writer.band_rows]
+            valid = ~np.isnan(band[0]) if with_mask else None
+            for g0 in (0, 2):
+                writer.write_band(g0, r0, band[g0:g0 + 2], valid)
+        assert writer.finalize() == banded
+        got = io.read_map_levels(banded)
+        assert len(got) == len(expected) == 2
+        for (a, um_a, origin_a), (b, um_b, origin_b) in zip(got, expected, strict=True):
+            assert a.shape == b.shape and um_a == um_b
+            np.testing.assert_array_equal(origin_a, origin_b)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                                       equal_nan=True)
+        assert zarr.open_group(str(banded), mode="r")["1"].chunks == (2, 32, 32)
+        assert io.read_map(banded)[2] == list("abcd")
+
+
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_read_map_reads_an_ome_zarr_py_image(tmp_path, version, caplog):
     """A map written by ome-zarr-py itself (NGFF 0.4 in zarr format 2, or 0.5 in zarr format 3)

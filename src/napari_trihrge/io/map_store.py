@@ -44,6 +44,7 @@ import numpy as np
 
 from .._atomic import refuse_overwrite, replace_folder
 from ..errors import TrihrgeInputError
+from .writers import as_dtype
 
 STORE_FORMAT = "napari-trihrge-map-store"
 STORE_VERSION = 3
@@ -56,8 +57,10 @@ FACTORS_VERSION = 2
 STORE_NAME = "maps.store.zarr"
 #: map locations per chunk of a per-location factor
 LOCATION_CHUNK = 32768
-#: genes computed together when many are asked for (bounded memory: locations x this)
-GENE_BLOCK = 32
+#: genes computed together when many are asked for (bounded memory: networks x locations x
+#: this, 84 MB for five networks and a chunk): the networks' output product is 1.6x as fast
+#: per gene with 128 genes as with 32 (docs/map-store.md, "Materialising every gene")
+GENE_BLOCK = 128
 #: up to this many genes, the ridge head's product is numpy's einsum (torch's batched
 #: product is 10x slower for one gene, the gene switch's case; faster for many)
 FEW_GENES = 2
@@ -115,24 +118,6 @@ def compressor() -> Any:
     shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
                "bitshuffle": Blosc.BITSHUFFLE}[COMPRESSOR["shuffle"]]
     return Blosc(cname=COMPRESSOR["cname"], clevel=COMPRESSOR["clevel"], shuffle=shuffle)
-
-
-def as_dtype(arr: np.ndarray, dtype: Any) -> np.ndarray:
-    """``arr`` as ``dtype``; float16 <-> float32 through torch's vectorised cast.
-
-    numpy's float16 casts are scalar code: 10-20x slower on a store's factors
-    (docs/map-store.md, "Gene switch"); the values are the same (round to nearest even).
-    """
-    dtype = np.dtype(dtype)
-    if arr.dtype == dtype:
-        return arr
-    if {arr.dtype, dtype} != {np.dtype(np.float16), np.dtype(np.float32)}:
-        return arr.astype(dtype)
-    import torch
-
-    out = np.empty(arr.shape, dtype=dtype)
-    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(arr)))
-    return out
 
 
 @dataclass
@@ -398,14 +383,6 @@ def _trunk_state(net: Any) -> dict[str, Any]:
 # -----------------------------------------------------------------------------------------
 # Computing maps from the factors
 # -----------------------------------------------------------------------------------------
-def _activation(x: np.ndarray, name: str) -> np.ndarray:
-    if name in ("clip", "relu"):
-        return np.maximum(x, np.float32(0.0))
-    if name == "softplus":  # torch.nn.functional.softplus (threshold 20)
-        return np.where(x > 20, x, np.logaddexp(np.float32(0.0), x)).astype(np.float32)
-    return x
-
-
 def _networks_linear(hidden: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Every network's output layer at once: (N, M, H) hidden x (N, g, H) -> (N, M, g) float32.
 
@@ -419,15 +396,39 @@ def _networks_linear(hidden: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return torch.bmm(torch.from_numpy(np.asarray(hidden, dtype=np.float32)), w).numpy()
 
 
+def _mean_and_spread(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and population standard deviation over the networks (axis 0), network by network.
+
+    In place where it can (no (networks, locations, genes) temporaries); the spread is None
+    for one network.
+    """
+    n = len(stacked)
+    mean = stacked.sum(axis=0, dtype=np.float32)
+    mean *= np.float32(1.0 / n)
+    if n == 1:
+        return mean, None
+    var = np.zeros_like(mean)
+    diff = np.empty_like(mean)
+    for i in range(n):
+        np.subtract(stacked[i], mean, out=diff)
+        diff *= diff
+        var += diff
+    var *= np.float32(1.0 / n)
+    return mean, np.sqrt(var, out=var)
+
+
 def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Compute the maps of the genes with indices ``genes`` at every location of ``factors``.
 
     Returns values (M, g) float32 and the spread (M, g) float32 (None without one), computed
-    as the engine computes them (:func:`napari_trihrge.tl._shared._stacked_predict`).
+    as the engine computes them (:func:`napari_trihrge.tl._shared._stacked_predict`), to
+    float32 rounding: the products in torch, the per-element work in place in float32 (no
+    temporaries of every network), the kNN terms as sparse products.
     """
+    from ..neighbours import idw_apply
+
     genes = np.asarray(genes, dtype=np.int64)
-    y = weights.spots_expression
     knn_done: dict[int, np.ndarray] = {}
 
     def knn(k: int, values: np.ndarray | None = None) -> np.ndarray:
@@ -435,49 +436,60 @@ def gene_block_values(weights: GeneWeights, factors: LocationFactors, genes: np.
         # skip path and the kNN candidate share k=12 of the expression: computed once
         idx, w = factors.knn[k]
         if values is not None:
-            return np.einsum("mk,mkg->mg", w, values[:, genes][idx])
+            return idw_apply(idx, w, values[:, genes])
         if k not in knn_done:
-            knn_done[k] = np.einsum("mk,mkg->mg", w, y[:, genes][idx])
+            knn_done[k] = idw_apply(idx, w, weights.spots_expression[:, genes])
         return knn_done[k]
+
+    def per_gene(arr: np.ndarray) -> np.ndarray:
+        return np.asarray(arr, dtype=np.float32)[None]  # (1, g): broadcast over locations
 
     net_mean = net_std = None
     if "network" in weights.candidates:
         lin = _networks_linear(factors.hidden, weights.network_weight[:, genes])
-        lin += weights.network_bias[:, None, genes]
-        if weights.skip_k is not None:
-            nb = knn(weights.skip_k)
-            lin += weights.network_skip[:, None, genes] * (
-                nb[None] - weights.network_neighbour_mean[:, None, genes])
-        stacked = _activation(lin, weights.activation)
-        net_mean = stacked.mean(axis=0, dtype=np.float32)
-        if len(stacked) > 1:
-            net_std = stacked.std(axis=0, dtype=np.float32)
+        bias = weights.network_bias[:, genes].astype(np.float32)
+        skip = nb = tmp = None
+        if weights.skip_k is not None:  # skip * (kNN - neighbour mean): the mean in the bias
+            skip = weights.network_skip[:, genes].astype(np.float32)
+            bias = bias - skip * weights.network_neighbour_mean[:, genes]
+            nb, tmp = knn(weights.skip_k), np.empty(lin.shape[1:], dtype=np.float32)
+        for i in range(len(lin)):
+            lin[i] += bias[i][None]
+            if skip is not None:
+                np.multiply(nb, skip[i][None], out=tmp)
+                lin[i] += tmp
+        if weights.activation in ("clip", "relu"):
+            np.maximum(lin, np.float32(0.0), out=lin)
+        elif weights.activation == "softplus":  # torch.nn.functional.softplus (threshold 20)
+            lin = np.where(lin > 20, lin, np.logaddexp(np.float32(0.0), lin)).astype(np.float32)
+        net_mean, net_std = _mean_and_spread(lin)
     if weights.blend_weights is None:  # the networks alone
         return net_mean, net_std
-    n_locations = len(factors)
-    out = np.broadcast_to(weights.target_mean[genes], (n_locations, len(genes))).astype(
-        np.float64)
+    blend = weights.blend_weights[genes].astype(np.float64)  # (g, C)
+    # target mean - sum of weight x candidate mean: one constant per gene
+    offset = weights.target_mean[genes] - np.einsum(
+        "gc,cg->g", blend, weights.candidate_mean[:, genes].astype(np.float64))
+    out = np.empty((len(factors), len(genes)), dtype=np.float32)
+    out[:] = per_gene(offset)
+    scratch = np.empty_like(out)
     for c, name in enumerate(weights.candidates):
         if name.startswith("knn"):
             part = knn(int(name[3:]), weights.spots_level)
         elif name == "ridge":
-            # float32 product (the inputs are stored in float32): no float64 copy of the
-            # locations x inputs matrix per gene
             coef = weights.ridge_coef[genes].astype(np.float32)
             if len(genes) <= FEW_GENES:  # a gene or two (the viewer): 10x faster than bmm
-                product = np.einsum("mf,gf->mg", factors.ridge, coef)
+                part = np.einsum("mf,gf->mg", factors.ridge, coef)
             else:
-                product = _networks_linear(factors.ridge[None], coef[None])[0]
-            part = product + weights.ridge_intercept[genes].astype(np.float32)
+                part = _networks_linear(factors.ridge[None], coef[None])[0]
+            part += per_gene(weights.ridge_intercept[genes])
         else:
             part = net_mean
-        out += ((np.asarray(part, dtype=np.float64) - weights.candidate_mean[c, genes])
-                * weights.blend_weights[genes, c])
-    values = np.maximum(out.astype(np.float32), np.float32(0.0))
+        out += np.multiply(part, per_gene(blend[:, c]), out=scratch)
+    values = np.maximum(out, np.float32(0.0), out=out)
     std = None
     if net_std is not None:
-        w_net = weights.blend_weights[genes, weights.candidates.index("network")]
-        std = (net_std * w_net[None, :]).astype(np.float32)
+        net_std *= per_gene(blend[:, weights.candidates.index("network")])
+        std = net_std
     return values, std
 
 
@@ -544,8 +556,11 @@ class FactorMaps:
         """Number of location chunks the factors are read in."""
         return -(-self.n_locations // self.chunk_locations)
 
-    def location_chunk(self, c: int) -> LocationFactors:
-        """Return the factors (float32) of location chunk ``c`` (read or computed once)."""
+    def location_chunk(self, c: int, *, keep: bool = True) -> LocationFactors:
+        """Return the factors (float32) of location chunk ``c`` (read or computed once).
+
+        ``keep=False``: not added to the cache (a caller that needs each chunk once).
+        """
         if self._factors is not None and self.factor_model is None:
             return self.input_chunk(c)
         with self._lock:  # dask may ask from several threads
@@ -555,7 +570,7 @@ class FactorMaps:
         chunk = self._expand(self.input_chunk(c))
         size = sum(a.nbytes for a in chunk.arrays().values())
         with self._lock:
-            if size <= self.cache_bytes and c not in self._cache:
+            if keep and size <= self.cache_bytes and c not in self._cache:
                 self._cache[c] = chunk
                 self._cached_bytes += size
                 while self._cached_bytes > self.cache_bytes:
@@ -688,25 +703,43 @@ class FactorMaps:
         values, std = kept
         return values.copy(), (std.copy() if with_std and std is not None else None)
 
-    def _compute(self, genes: np.ndarray, with_std: bool
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _compute(self, genes: np.ndarray, with_std: bool, *, rows: tuple[int, int] | None = None,
+                 chunks: dict[int, LocationFactors] | None = None,
+                 gene_block: int = GENE_BLOCK) -> tuple[np.ndarray, np.ndarray | None]:
+        """Compute the maps of ``genes`` (g, rows, cols), or of map rows ``rows`` (start, stop).
+
+        ``chunks``: location chunks already at hand (index -> factors), used before the cache.
+        """
         n_rows, n_cols = self.mask.shape
-        values = np.full((len(genes), n_rows, n_cols), np.nan, dtype=np.float32)
+        r0, r1 = (0, n_rows) if rows is None else (int(rows[0]), int(rows[1]))
+        values = np.full((len(genes), r1 - r0, n_cols), np.nan, dtype=np.float32)
         std = values.copy() if with_std and self.std is not None else None
         flat_values = values.reshape(len(genes), -1)
         flat_std = None if std is None else std.reshape(len(genes), -1)
-        flat_index = self._rows * n_cols + self._cols
-        for c in range(self.n_chunks):
-            chunk = self.location_chunk(c)
+        first, stop = self.row_locations(r0, r1)
+        for c in range(first // self.chunk_locations,
+                       -(-stop // self.chunk_locations)):
+            chunk = (chunks or {}).get(c)
+            if chunk is None:
+                chunk = self.location_chunk(c)
             s = c * self.chunk_locations
-            where = flat_index[s:s + len(chunk)]
-            for g0 in range(0, len(genes), GENE_BLOCK):
-                block = genes[g0:g0 + GENE_BLOCK]
-                vals, sd = gene_block_values(self.weights, chunk, block)
+            a, b = max(first, s), min(stop, s + len(chunk))
+            if a >= b:
+                continue
+            sub = chunk if (a, b) == (s, s + len(chunk)) else _slice_factors(chunk, a - s, b - s)
+            where = (self._rows[a:b] - r0) * n_cols + self._cols[a:b]
+            for g0 in range(0, len(genes), gene_block):
+                block = genes[g0:g0 + gene_block]
+                vals, sd = gene_block_values(self.weights, sub, block)
                 flat_values[g0:g0 + len(block), where] = vals.T
                 if flat_std is not None:
                     flat_std[g0:g0 + len(block), where] = sd.T
         return values, std
+
+    def row_locations(self, r0: int, r1: int) -> tuple[int, int]:
+        """Return the locations (start, stop) in map rows ``r0:r1`` (locations are row-major)."""
+        start, stop = np.searchsorted(self._rows, [r0, r1])
+        return int(start), int(stop)
 
     def values_at(self, genes: Iterable[int], rows: np.ndarray, cols: np.ndarray
                   ) -> np.ndarray:
@@ -1211,6 +1244,12 @@ def _store_chunk_locations(group: Any) -> int:
 #: chunks of materialised maps: genes x rows x cols (one gene of a whole section and one
 #: tile of all genes both read few chunks; measured on C3: docs/map-store.md, "Disk")
 MATERIALISED_CHUNKS = (16, 128, 128)
+#: the dtypes materialised maps can be written in (float32 by default: OME's pixel types have
+#: no float16, so other tools may not read it)
+MATERIALISED_DTYPES = ("float32", "float16")
+#: bytes (as float32) of the maps computed at once while materialising: a band of map rows
+#: for as many genes as fit (values and spread)
+MATERIALISE_BLOCK_BYTES = 192 * 2**20
 
 
 def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
@@ -1225,44 +1264,92 @@ def resolve_genes(maps: Any, genes: Sequence[str] | None) -> list[str]:
     return out
 
 
+def check_materialised_dtype(dtype: Any) -> np.dtype:
+    """Return ``dtype`` as a numpy dtype; one not in :data:`MATERIALISED_DTYPES` raises."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked is None or checked.name not in MATERIALISED_DTYPES:
+        raise TrihrgeInputError(f"materialised maps cannot be {dtype}",
+                                f"use one of: {', '.join(MATERIALISED_DTYPES)}")
+    return checked
+
+
 def materialise_ome_zarr(maps: FactorMaps, path: str | os.PathLike, *,
                          genes: Sequence[str] | None = None, overwrite: bool = False,
-                         progress: Any = None) -> list[Path]:
+                         dtype: Any = np.float32, progress: Any = None) -> list[Path]:
     """Write the maps of ``genes`` (all by default) as today's multiscale OME-Zarr map ``path``.
 
     The map and its spread beside it (``<name>_std.ome.zarr``) are chunked
-    :data:`MATERIALISED_CHUNKS`; refuses to replace an existing map unless ``overwrite``,
-    before any work. Returns the paths written.
+    :data:`MATERIALISED_CHUNKS`, in ``dtype`` (:data:`MATERIALISED_DTYPES`; float16 is within
+    :data:`FLOAT16_TOLERANCE` only for values under 4, docs/map-store.md). The maps are made
+    in bands of whole chunk rows: each band's location factors are computed (or read) once
+    for every gene (not kept in the maps' cache), its pyramid levels are averaged in memory,
+    and a thread compresses and writes one band while the next is computed. Refuses to
+    replace an existing map unless ``overwrite``, before any work. Returns the paths written.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..progress import ensure_progress
     from .writers import open_ome_zarr_map
 
     names = resolve_genes(maps, genes)
+    dtype = check_materialised_dtype(dtype)
     path = Path(path)
     std_path = path.with_name(path.name.replace(".ome.zarr", "") + "_std.ome.zarr")
     targets = [path] + ([std_path] if maps.std is not None else [])
     for p in targets:
         refuse_overwrite(p, overwrite)
-    index = [maps.gene_index(g) for g in names]
+    index = np.array([maps.gene_index(g) for g in names], dtype=np.int64)
     n_rows, n_cols = maps.mask.shape
     chunks = (min(MATERIALISED_CHUNKS[0], len(names)), min(MATERIALISED_CHUNKS[1], n_rows),
               min(MATERIALISED_CHUNKS[2], n_cols))
-    kw = dict(chunks=chunks, um_per_px=maps.stride_um, gene_names=names,
-              origin_rc_um=maps.origin_rc_um, fill_value=np.nan, overwrite=overwrite)
+    kw = dict(chunks=chunks, um_per_px=maps.stride_um, gene_names=names, dtype=dtype,
+              origin_rc_um=maps.origin_rc_um, fill_value=np.nan, overwrite=overwrite,
+              stream_levels=True)
     writers = [open_ome_zarr_map(p, (len(names), n_rows, n_cols), compressors=compressor(),
                                  **kw) for p in targets]
+    band_rows = writers[0].band_rows
+    per_gene = band_rows * n_cols * 4 * len(writers)  # bytes of one gene's band, as float32
+    most = max(1, min(len(names), MATERIALISE_BLOCK_BYTES // per_gene) // chunks[0])
+    n_blocks = -(-len(names) // (most * chunks[0]))  # blocks of whole chunks, about even
+    step = -(-len(names) // (n_blocks * chunks[0])) * chunks[0]
+    bands = range(0, n_rows, band_rows)
     progress = ensure_progress(progress)
-    step = max(GENE_BLOCK, chunks[0])
-    progress.stage("maps", total=-(-len(names) // step))
+    progress.stage("maps", total=len(bands))
+    pending: list[Any] = []
+    held: dict[int, LocationFactors] = {}
+
+    def write(g0: int, r0: int, blocks: Sequence[np.ndarray]) -> None:
+        valid = maps.mask[r0:r0 + blocks[0].shape[1]]  # the maps are numbers there, NaN elsewhere
+        for writer, block in zip(writers, blocks, strict=False):
+            writer.write_band(g0, r0, block, valid)  # the levels averaged in float32
+
     try:
-        for g0 in range(0, len(names), step):
-            values, std = maps.compute(index[g0:g0 + step], with_std=len(writers) > 1)
-            writers[0][g0:g0 + len(values)] = values
-            if std is not None:
-                writers[1][g0:g0 + len(std)] = std
-            progress.advance()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trihrge-maps-writer") as pool:
+            for r0 in bands:
+                r1 = min(n_rows, r0 + band_rows)
+                first, stop = maps.row_locations(r0, r1)
+                # the band's location chunks, computed once for every gene (a chunk reaching
+                # into the next band is kept for it) and not cached: memory holds two chunks'
+                # factors, not the whole section's
+                held = {c: held[c] if c in held else maps.location_chunk(c, keep=False)
+                        for c in range(first // maps.chunk_locations,
+                                       -(-stop // maps.chunk_locations))}
+                for g0 in range(0, len(names), step):
+                    values, std = maps._compute(index[g0:g0 + step], len(writers) > 1,
+                                                rows=(r0, r1), chunks=held, gene_block=step)
+                    while pending:  # one block written while the next is computed
+                        pending.pop(0).result()
+                    pending.append(pool.submit(write, g0, r0, (values, std)))
+                progress.advance()
+            while pending:
+                pending.pop(0).result()
         return [w.finalize() for w in writers]
     except BaseException:
+        for f in pending:
+            f.cancel()
         for w in writers:
             w.abort()
         raise
@@ -1274,5 +1361,5 @@ __all__: Sequence[str] = [
     "FactorMaps", "LazyMapArray", "MapStoreWriter", "open_map_store", "is_map_store",
     "write_map_store",
     "gene_index", "gene_block_values", "materialise_ome_zarr", "resolve_genes", "compressor",
-    "for_display",
+    "MATERIALISED_DTYPES", "check_materialised_dtype", "for_display",
 ]

@@ -526,7 +526,8 @@ def write_spatialdata(path: str | os.PathLike, adata: Any, result: Any, *,
 
 
 def write_maps_spatialdata(path: str | os.PathLike, maps: Any, genes: list[str], *,
-                           overwrite: bool = False) -> Path:
+                           overwrite: bool = False, dtype: Any = np.float32,
+                           progress: Any = None) -> Path:
     """Write the maps of ``genes`` (and their spread) of ``maps`` to a new SpatialData store.
 
     ``maps`` are factorised maps (:class:`~napari_trihrge.io.map_store.FactorMaps`), written
@@ -546,7 +547,8 @@ def write_maps_spatialdata(path: str | os.PathLike, maps: Any, genes: list[str],
     refuse_overwrite(path, overwrite)
     tr = _scale_translate(maps.stride_um, maps.origin_rc_um, COORDINATE_SYSTEM)
     with tempfile.TemporaryDirectory(prefix=".trihrge_maps_", dir=path.parent) as tmp:
-        written = materialise_ome_zarr(maps, Path(tmp) / "maps.ome.zarr", genes=genes)
+        written = materialise_ome_zarr(maps, Path(tmp) / "maps.ome.zarr", genes=genes,
+                                       dtype=dtype, progress=progress)
         images = {MAPS: _multiscale(read_map(written[0])[0], ("c", "y", "x"), tr, genes)}
         if len(written) > 1:
             images[MAPS_STD] = _multiscale(read_map(written[1])[0], ("c", "y", "x"), tr, genes)

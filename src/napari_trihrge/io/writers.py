@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,25 @@ def write_h5ad_atomic(adata: Any, path: str | os.PathLike, overwrite: bool = Fal
 # -----------------------------------------------------------------------------------------
 # Maps
 # -----------------------------------------------------------------------------------------
+def as_dtype(arr: np.ndarray, dtype: Any) -> np.ndarray:
+    """``arr`` as ``dtype``; float16 <-> float32 through torch's vectorised cast.
+
+    For the map store's factors and materialised maps: numpy's float16 casts are scalar code,
+    10-20x slower on a store's factors (docs/map-store.md, "Gene switch"); the values are the
+    same (round to nearest even).
+    """
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype:
+        return arr
+    if {arr.dtype, dtype} != {np.dtype(np.float16), np.dtype(np.float32)}:
+        return arr.astype(dtype)
+    import torch
+
+    out = np.empty(arr.shape, dtype=dtype)
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+    return out
+
+
 def _map_shape(array: Any) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in array.shape)
     if len(shape) == 2:
@@ -149,12 +169,45 @@ def _nanmean_blocks(block: np.ndarray, axis: Any = None) -> np.ndarray:
         return np.nanmean(block, axis=axis).astype(block.dtype, copy=False)
 
 
+def coarsen_half(block: np.ndarray, valid: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return the next pyramid level of ``block`` (genes, rows, cols): its 2 x 2 blocks' mean.
+
+    NaN (outside the tissue) is ignored; an odd last row or column is left out, as the whole
+    map's pyramid does (:func:`pyramid_factors`). ``valid`` (rows, cols), where every gene is
+    a number (the map's mask), makes it faster: the four pixels are added in torch and only
+    blocks on the mask's edge are averaged over their valid pixels. Returns the level and its
+    ``valid`` (None without one).
+    """
+    g, rows, cols = block.shape
+    rows2, cols2 = rows // 2, cols // 2
+    if valid is None:
+        view = block[:, :2 * rows2, :2 * cols2].reshape(g, rows2, 2, cols2, 2)
+        return _nanmean_blocks(view, axis=(2, 4)), None
+    import torch
+
+    x = torch.from_numpy(block)
+    total = x[:, 0:2 * rows2:2, 0:2 * cols2:2] + x[:, 0:2 * rows2:2, 1:2 * cols2:2]
+    total.add_(x[:, 1:2 * rows2:2, 0:2 * cols2:2]).add_(x[:, 1:2 * rows2:2, 1:2 * cols2:2])
+    out = total.mul_(0.25).numpy()  # NaN where any of the four is outside
+    v = valid[:2 * rows2, :2 * cols2].astype(np.uint8)
+    count = v[0::2, 0::2] + v[0::2, 1::2] + v[1::2, 0::2] + v[1::2, 1::2]
+    edge_r, edge_c = np.nonzero((count > 0) & (count < 4))
+    if len(edge_r):  # blocks on the mask's edge: the mean of their valid pixels
+        r = 2 * edge_r[:, None] + np.array([0, 0, 1, 1])
+        c = 2 * edge_c[:, None] + np.array([0, 1, 0, 1])
+        out[:, edge_r, edge_c] = _nanmean_blocks(block[:, r, c], axis=2)
+    return out, count > 0
+
+
 def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
-                                origin: list[float], name: str) -> None:
+                                origin: list[float], name: str, *,
+                                levels_written: bool = False) -> None:
     """Add the coarser levels of the map in ``group['0']`` and write the NGFF metadata.
 
     Each level is the mean of 2 x 2 blocks of the level above (NaN outside the tissue ignored); the
-    multiscales and omero metadata are written through ome-zarr-py.
+    multiscales and omero metadata are written through ome-zarr-py. With ``levels_written`` the
+    levels are there already (:meth:`ZarrMapWriter.write_band`): only the metadata is written.
     """
     import dask.array as da
     from ome_zarr.format import FormatV04
@@ -168,6 +221,10 @@ def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
     previous = level0
     for k, step in enumerate(pyramid_factors(rows, cols), start=1):
         factor *= step
+        datasets.append({"path": str(k), "coordinateTransformations":
+                         level_transformations(um_per_px, origin, factor)})
+        if levels_written:
+            continue
         coarse = da.coarsen(_nanmean_blocks, da.from_zarr(previous), {1: step, 2: step},
                             trim_excess=True)
         chunks = (int(level0.chunks[0]), min(coarse.shape[1], 1024), min(coarse.shape[2], 1024))
@@ -177,8 +234,6 @@ def _write_pyramid_and_metadata(group: Any, um_per_px: float, names: list[str],
                                     compressors=level0.compressors)
         # one thread: the run's CPU budget (threads.cpu_threads) is not widened by dask's pool
         da.store(coarse.rechunk(chunks), target, lock=False, scheduler="synchronous")
-        datasets.append({"path": str(k), "coordinateTransformations":
-                         level_transformations(um_per_px, origin, factor)})
         previous = target
     omero = {"name": name, "version": NGFF_VERSION, "rdefs": {"model": "greyscale"},
              "channels": [{"label": g, "color": "FFFFFF", "active": i == 0}
@@ -197,13 +252,14 @@ class ZarrMapWriter:
 
     def __init__(self, path: Path, partial: Path, array: Any, overwrite: bool, *,
                  group: Any = None, um_per_px: float = 1.0, names: Any = (),
-                 origin_rc_um: Any = (0.0, 0.0)):
+                 origin_rc_um: Any = (0.0, 0.0), levels: Sequence[Any] = ()):
         self.path = path
         self.partial_path = partial
         self.array = array
         self.overwrite = overwrite
         self.finalized = False
         self._group = group
+        self._levels = list(levels)  # the coarser levels, written band by band (write_band)
         self._metadata = (float(um_per_px), list(names),
                           [float(v) for v in np.asarray(origin_rc_um, float).reshape(2)])
 
@@ -229,6 +285,28 @@ class ZarrMapWriter:
         arr = np.asarray(self.array[...])
         return arr.astype(dtype) if dtype is not None else arr
 
+    @property
+    def band_rows(self) -> int:
+        """Rows of a band :meth:`write_band` takes: whole chunks at every pyramid level."""
+        return int(self.array.chunks[1]) * 2 ** len(self._levels)
+
+    def write_band(self, g0: int, r0: int, block: np.ndarray,
+                   valid: np.ndarray | None = None) -> None:
+        """Write genes ``g0:`` x rows ``r0:`` (all columns) and their coarser levels.
+
+        For a map opened with ``stream_levels``: ``r0`` is a multiple of :attr:`band_rows` and
+        ``block`` is (genes, rows, cols) with rows :attr:`band_rows` (fewer at the map's end);
+        the levels are computed from ``block`` in memory, not read back from the disk.
+        ``valid`` (rows, cols): where every gene is a number (NaN elsewhere), to average faster.
+        """
+        self.array[g0:g0 + len(block), r0:r0 + block.shape[1]] = as_dtype(block, self.dtype)
+        for k, level in enumerate(self._levels, start=1):
+            block, valid = coarsen_half(block, valid)
+            start = r0 >> k
+            stop = min(start + block.shape[1], int(level.shape[1]))
+            level[g0:g0 + len(block), start:stop] = as_dtype(
+                block[:, :stop - start, :int(level.shape[2])], self.dtype)
+
     def finalize(self) -> Path:
         """Write the coarser pyramid levels and the NGFF metadata, then move the map into place.
 
@@ -242,7 +320,8 @@ class ZarrMapWriter:
         if self._group is not None:
             um, names, origin = self._metadata
             _write_pyramid_and_metadata(self._group, um, names, origin,
-                                        self.path.name.split(".")[0])
+                                        self.path.name.split(".")[0],
+                                        levels_written=bool(self._levels))
         refuse_overwrite(self.path, self.overwrite)
         replace_folder(self.partial_path, self.path)
         self.finalized = True
@@ -266,14 +345,17 @@ class ZarrMapWriter:
 def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
                       um_per_px: float = 1.0, gene_names: Any = None, overwrite: bool = False,
                       *, dtype: Any = "float32", fill_value: float = 0.0,
-                      origin_rc_um: Any = (0.0, 0.0), compressors: Any = None) -> ZarrMapWriter:
+                      origin_rc_um: Any = (0.0, 0.0), compressors: Any = None,
+                      stream_levels: bool = False) -> ZarrMapWriter:
     """Create a multiscale OME-Zarr map (NGFF 0.4, zarr format 2) of ``shape`` (genes, rows, cols).
 
     The map is made in ``<path>.partial``: write the full-resolution level gene chunk by gene chunk,
     then call ``finalize()`` (or use ``with``), which adds the coarser levels and writes, through
     ome-zarr-py, axes c/y/x, micrometre ``scale`` (and ``translation``) per level and omero channel
     labels = gene names. ``chunks`` defaults to ``(1, rows, cols)`` capped at 1024 px;
-    ``compressors``: a numcodecs compressor (zarr's default when None).
+    ``compressors``: a numcodecs compressor (zarr's default when None). With ``stream_levels``
+    the coarser levels are created now, chunked as the full resolution, and written band by band
+    with it (``write_band``) instead of read back from the disk by ``finalize()``.
     """
     import ome_zarr.writer  # noqa: F401  (needed by finalize(): fail here, before any work)
     import zarr
@@ -293,8 +375,16 @@ def open_ome_zarr_map(path: str | os.PathLike, shape: Any, chunks: Any = None,
     array = group.create_array("0", shape=(n, rows, cols), chunks=chunks, dtype=dtype,
                                fill_value=fill_value,
                                chunk_key_encoding={"name": "v2", "separator": "/"}, **extra)
+    levels = []
+    if stream_levels:
+        for k, _ in enumerate(pyramid_factors(rows, cols), start=1):
+            rows, cols = rows // 2, cols // 2
+            levels.append(group.create_array(
+                str(k), shape=(n, rows, cols), dtype=dtype, fill_value=fill_value,
+                chunks=(chunks[0], min(chunks[1], rows), min(chunks[2], cols)),
+                chunk_key_encoding={"name": "v2", "separator": "/"}, **extra))
     return ZarrMapWriter(path, partial, array, overwrite, group=group, um_per_px=um_per_px,
-                         names=names, origin_rc_um=origin_rc_um)
+                         names=names, origin_rc_um=origin_rc_um, levels=levels)
 
 
 def _read_ome_zarr_levels(path: Path) -> list[tuple]:

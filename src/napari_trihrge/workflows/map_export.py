@@ -14,6 +14,7 @@ from ..errors import TrihrgeInputError
 from ..io.map_store import (
     STORE_NAME,
     FactorMaps,
+    check_materialised_dtype,
     is_map_store,
     materialise_ome_zarr,
     open_map_store,
@@ -75,25 +76,29 @@ def default_export_path(source: str | Path, fmt: str) -> Path:
 
 def export_maps(source: str | Path, out: str | Path | None = None, *,
                 genes: Sequence[str] | None = None, fmt: str = "ome-zarr",
-                overwrite: bool = False, progress: Any = None) -> list[Path]:
+                dtype: Any = np.float32, overwrite: bool = False,
+                progress: Any = None) -> list[Path]:
     """Materialise the maps of ``genes`` (all by default) from a run folder's map store (or a
     store path) as a multiscale OME-Zarr map (and its spread, ``<name>_std.ome.zarr``) or as a
-    SpatialData store holding them as images (micrometre coordinates). Everything is checked
-    (store, genes, format, an existing output refused without ``overwrite``) before any map
-    is computed. Returns the paths written."""
+    SpatialData store holding them as images (micrometre coordinates), in ``dtype``
+    (:data:`~napari_trihrge.io.map_store.MATERIALISED_DTYPES`). Everything is checked (store,
+    genes, format, dtype, an existing output refused without ``overwrite``) before any map is
+    computed. Returns the paths written."""
     if fmt not in EXPORT_FORMATS:
         raise TrihrgeInputError(f"unknown map format {fmt!r}",
                                 f"use one of: {', '.join(EXPORT_FORMATS)}")
+    dtype = check_materialised_dtype(dtype)
     maps = open_run_maps(source)
     names = resolve_genes(maps, genes)
     out = Path(out) if out is not None else default_export_path(source, fmt)
     if fmt == "ome-zarr":
         if not out.name.endswith(".ome.zarr"):
             out = out.with_name(out.name + ".ome.zarr")
-        return materialise_ome_zarr(maps, out, genes=names, overwrite=overwrite,
+        return materialise_ome_zarr(maps, out, genes=names, overwrite=overwrite, dtype=dtype,
                                     progress=progress)
     from ..io.spatialdata import require_spatialdata, write_maps_spatialdata
 
     require_spatialdata()
     refuse_overwrite(out, overwrite)
-    return [write_maps_spatialdata(out, maps, names, overwrite=overwrite)]
+    return [write_maps_spatialdata(out, maps, names, overwrite=overwrite, dtype=dtype,
+                                   progress=progress)]
