@@ -110,18 +110,38 @@ def test_run_config_checks_threads_when_built():
         RunConfig(threads=-3)
 
 
-@pytest.mark.parametrize(("others_busy", "load", "expected"), [
-    (0.0, 1.0, 2),    # idle 2-core machine, the load is this process
-    (0.1, 1.1, 2),    # a little background work
-    (1.0, 1.0, 1),    # a program started just now: seen in CPU time, not yet in the load
-    (0.0, 2.0, 1),    # a program running in bursts: seen in the load average
-    (6.0, 14.0, 1),   # a crowded machine: still one thread
+@pytest.mark.parametrize(("others_busy", "load", "own", "expected"), [
+    (0.0, 1.0, 0.0, 2),    # idle 2-core machine, the load is this process
+    (0.1, 1.1, 0.0, 2),    # a little background work
+    (1.0, 1.0, 0.0, 1),    # a program started just now: seen in CPU time, not yet in the load
+    (0.0, 2.0, 0.0, 1),    # a program running in bursts: seen in the load average
+    (0.0, 2.0, 1.9, 2),    # this process's own two threads: not another program
+    (0.0, 3.0, 1.9, 1),    # ... and one more program beside them
+    (6.0, 14.0, 1.9, 1),   # a crowded machine: still one thread
 ])
-def test_free_cores_from_cpu_time_and_load(monkeypatch, others_busy, load, expected):
+def test_free_cores_from_cpu_time_and_load(monkeypatch, others_busy, load, own, expected):
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "_busy_cores_of_others", lambda s: others_busy)
+    monkeypatch.setattr(threads, "_own_cores_last_minute", lambda: own)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
     assert threads.free_cores(refresh=True) == expected
+
+
+def test_own_cores_since_uses_the_last_minute():
+    # measured 50 s and 5 s ago: the older one within the minute is the reference
+    history = [(0.0, 0.0), (50.0, 10.0), (95.0, 100.0)]
+    assert threads.own_cores_since(history, 100.0, 110.0, 100.0) == pytest.approx(2.0)
+    # nothing measured within the minute (too old, too recent): since the process started
+    assert threads.own_cores_since([(0.0, 0.0), (99.0, 5.0)], 100.0, 50.0, 200.0) \
+        == pytest.approx(0.25)
+
+
+def test_own_cores_are_measured_and_remembered(monkeypatch):
+    monkeypatch.setattr(threads, "_own_history", [])
+    assert threads._own_cores_last_minute() >= 0.0
+    threads._own_cores_last_minute()
+    assert len(threads._own_history) == 2
+    assert threads._own_history[1][1] >= threads._own_history[0][1]  # CPU time never drops
 
 
 def test_free_cores_measures_this_machine():

@@ -80,13 +80,52 @@ def _busy_cores_of_others(sample_s: float) -> float | None:
 
 
 def _load_of_others() -> float | None:
-    """One-minute load average minus this process's own running threads (at most the cores
-    this process may use), or None where there is no load average."""
+    """One-minute load average minus this process's own share of it, or None where there is
+    no load average.
+
+    This process's share is the cores it kept busy over about the last minute
+    (:func:`_own_cores_last_minute`), at least one (the caller is running now): a run that
+    used both cores of an idle machine must not read its own load as another program's.
+    """
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows
         return None
-    return max(0.0, load - 1.0)  # the caller itself is (about) one running thread
+    return max(0.0, load - max(1.0, _own_cores_last_minute()))
+
+
+#: this process's CPU time at earlier measurements: (time.monotonic(), CPU seconds)
+_own_history: list[tuple[float, float]] = []
+#: the span of the one-minute load average, seconds
+_LOAD_SPAN_S = 60.0
+
+
+def _own_cores_last_minute() -> float:
+    """Cores this process kept busy over about the last minute (0 where it cannot be read)."""
+    try:
+        import psutil
+
+        me = psutil.Process()
+        times = me.cpu_times()
+        age_s = time.time() - me.create_time()
+    except Exception:  # noqa: BLE001 - psutil missing or /proc restricted: count nothing
+        return 0.0
+    now, cpu_s = time.monotonic(), times.user + times.system
+    cores = own_cores_since(_own_history, now, cpu_s, age_s)
+    _own_history.append((now, cpu_s))
+    del _own_history[:-16]
+    return cores
+
+
+def own_cores_since(history: list[tuple[float, float]], now: float, cpu_s: float,
+                    age_s: float, *, span_s: float = _LOAD_SPAN_S) -> float:
+    """Average cores used from the oldest earlier measurement within ``span_s`` (at least a
+    tenth of it back) to ``now``; without one, since the process started ``age_s`` ago."""
+    earlier = [(t, c) for t, c in history if span_s / 10 <= now - t <= span_s]
+    if earlier:
+        t0, c0 = earlier[0]
+        return max(0.0, (cpu_s - c0) / (now - t0))
+    return max(0.0, cpu_s / max(age_s, 1e-3))
 
 
 def free_cores(*, refresh: bool = False) -> int:
