@@ -296,22 +296,25 @@ class LayerView:
                 for lay in (viewer.layers if viewer is not None else [])):
             self.preparer.cancel(maps)  # its map layer closed (or the viewer): stop its work
 
+    def _pending_layers(self, maps, gene: str) -> list:
+        """The layers (map and spread) of ``maps`` that wait for ``gene``'s map."""
+        viewer = self.viewer
+        return [layer for layer in (viewer.layers if viewer is not None else [])
+                if (layer.metadata or {}).get("maps") is maps
+                and layer.metadata.get("trihrge", {}).get("pending")
+                and layer.metadata["trihrge"].get("gene") == gene]
+
     def _on_map_failed(self, maps, gene: str) -> None:
         """A worker could not compute ``gene``'s map (the notification says why): its pending
         layers stay empty and say so."""
-        viewer = self.viewer
-        for layer in list(viewer.layers if viewer is not None else []):
-            meta = (layer.metadata or {}).get("trihrge", {})
-            if layer.metadata.get("maps") is maps and meta.get("pending") \
-                    and meta.get("gene") == gene:
-                layer.name = f"enhanced {gene}: map not computed" if layer_kind(layer) == \
-                    "map" else f"{L.spread_layer_name(gene)}: not computed"
+        for layer in self._pending_layers(maps, gene):
+            layer.name = f"enhanced {gene}: map not computed" if layer_kind(layer) == \
+                "map" else f"{L.spread_layer_name(gene)}: not computed"
 
     def _on_map_ready(self, maps, gene: str) -> None:
         """A worker computed ``gene``'s map of ``maps``: show it where it is still wanted (the
         gene shown now, else the gene a pending map layer of these maps waits for)."""
-        viewer = self.viewer
-        if viewer is None:
+        if self.viewer is None:
             return
         model = self.model
         if model.maps() is maps and model.gene is not None:
@@ -322,13 +325,14 @@ class LayerView:
             return
         from ._display import set_map_gene
 
-        for layer in list(viewer.layers):  # another sample's map, or no session gene yet
-            meta = (layer.metadata or {}).get("trihrge", {})
-            if layer_kind(layer) == "map" and layer.metadata.get("maps") is maps \
-                    and meta.get("pending") and meta.get("gene") == gene:
-                values = L.map_values(maps, gene)
-                meta.pop("pending", None)
-                set_map_gene(layer, maps, gene, values, L.shared_contrast_limits(values))
+        # another sample's map, or no session gene yet
+        layers = [lay for lay in self._pending_layers(maps, gene) if layer_kind(lay) == "map"]
+        if layers:
+            values = L.map_values(maps, gene)
+            limits = L.shared_contrast_limits(values)
+        for layer in layers:
+            layer.metadata["trihrge"].pop("pending", None)
+            set_map_gene(layer, maps, gene, values, limits)
 
     def _replace_earlier_copy(self, layer) -> None:
         """Opening the same sample or run again replaces its earlier layers (same kind, same
