@@ -9,6 +9,7 @@ import torch
 from conftest import NET_TINY
 from napari_trihrge.errors import Cancelled, TrihrgeInputError
 from napari_trihrge.model.predict import predict
+from napari_trihrge.model import training
 from napari_trihrge.model.training import TrainConfig, _batches, _lr_lambda, fit, fit_ensemble
 from napari_trihrge.progress import Progress
 
@@ -73,6 +74,31 @@ def test_same_seed_gives_identical_weights_and_other_seed_differs():
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert not torch.are_deterministic_algorithms_enabled()  # global flag restored
+
+
+def test_cpu_fit_is_the_same_without_torch_deterministic_switch(monkeypatch):
+    # on CPU the fit leaves torch.use_deterministic_algorithms alone (it imports the compiler):
+    # the weights must be those of a fit with the switch on (the sub-locations' index_put and
+    # masks and the neighbour input included)
+    x, y, z, mask = _aggregation_problem(n=80)
+    nb = np.random.default_rng(1).random((80, 6)).astype(np.float32)
+    sub_nb = np.random.default_rng(2).random((80, 7, 6)).astype(np.float32)
+    cfg = TrainConfig(max_epochs=3, batch_size=16, seed=3)
+    plain = _state(fit(x, y, neighbour=nb, sub_features=z, sub_mask=mask, sub_neighbour=sub_nb,
+                       train_config=cfg, **NET_TINY).model)
+    switched_on = []
+    real = training._deterministic
+
+    def always_on(enabled):
+        switched_on.append(enabled)
+        return real(True)
+
+    monkeypatch.setattr(training, "_deterministic", always_on)
+    forced = _state(fit(x, y, neighbour=nb, sub_features=z, sub_mask=mask, sub_neighbour=sub_nb,
+                        train_config=cfg, **NET_TINY).model)
+    assert switched_on == [False]  # CPU: the switch is not asked for
+    assert all(torch.equal(plain[k], forced[k]) for k in plain)
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def _aggregation_problem(n=240, k=7, d=4, g=5, seed=0):

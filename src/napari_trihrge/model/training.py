@@ -20,10 +20,11 @@ kept.
 
 Reproducibility: the split and shuffling come from ``numpy.random.default_rng(seed)``; weight
 initialisation and dropout from ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the
-caller's global RNG state is left untouched). With ``deterministic=True``,
+caller's global RNG state is left untouched). With ``deterministic=True`` on a GPU,
 ``torch.use_deterministic_algorithms(True, warn_only=True)`` is switched on for the duration of the
-fit. Two fits with the same seed on CPU give identical weights. On CUDA the forward pass runs under
-bf16 autocast.
+fit; on CPU the operations the network uses are deterministic already, and the switch is left
+alone (turning it on imports torch's compiler, seconds of start-up). Two fits with the same seed
+on CPU give identical weights. On CUDA the forward pass runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -436,8 +437,8 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
     autocast = device.type == "cuda"
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=fork_devices), _deterministic(tc.deterministic), \
-            cpu_threads():
+    switch = tc.deterministic and device.type != "cpu"
+    with torch.random.fork_rng(devices=fork_devices), _deterministic(switch), cpu_threads():
         torch.manual_seed(tc.seed)
         model = TriHRGENet(mc)
         model.check_inputs(x, nb)
