@@ -635,11 +635,11 @@ def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
                   - np.asarray(direct.std)[:, inside]).max() < DISK_TOL
 
 
-@pytest.mark.parametrize("n_locations", [4096, 4095])
+@pytest.mark.parametrize("n_locations", [4096, 4095, 0])
 def test_one_gene_output_layer_in_halves_equals_the_unsplit_product(n_locations):
     """The viewer's one-gene product (each network's locations in two halves, one per thread)
     gives exactly the bits of one batched product over every location; an odd count is not
-    split."""
+    split (nor none)."""
     import torch
 
     rng = np.random.default_rng(3)
