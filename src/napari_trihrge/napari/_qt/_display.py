@@ -271,8 +271,9 @@ def keep_box_shaders() -> None:
     vispy's mesh gives every update of its data a new, identical colour function, so each new
     label or colour-bar scale recompiles and links the box's program (on software OpenGL a
     large part of a gene switch's redraw). A plain-coloured mesh now reuses its function; the
-    program, its uniforms and so the pixels drawn are the same. Idempotent; a vispy without
-    this layout is left alone.
+    program, its uniforms and so the pixels drawn are the same. Installed only where vispy's
+    function for plain colours is its stateless pass-through (checked first: another vispy is
+    left alone); idempotent.
     """
     try:
         from vispy.visuals.mesh import MeshVisual
@@ -280,6 +281,12 @@ def keep_box_shaders() -> None:
         return
     original = getattr(MeshVisual, "_build_color_transform", None)
     if original is None or hasattr(original, "trihrge_original"):
+        return
+    try:  # only where a plain colour's function is vispy's stateless pass-through
+        plain = original(None, np.zeros((2, 4), dtype=np.float32))
+    except Exception:  # noqa: BLE001 - another vispy: left alone
+        return
+    if getattr(plain, "code", None) != "vec4 pass(vec4 color) { return color; }":
         return
 
     def _build_color_transform(self, colors):
