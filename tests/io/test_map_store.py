@@ -633,3 +633,23 @@ def test_float16_store_equals_the_direct_maps_on_her2st_c3(tmp_path):
     assert np.abs(values - np.asarray(direct.values)[:, inside]).max() < DISK_TOL
     assert np.abs(np.asarray(maps.std)[:, inside]
                   - np.asarray(direct.std)[:, inside]).max() < DISK_TOL
+
+
+@pytest.mark.parametrize("n_locations", [4096, 4095, 0])
+def test_one_gene_output_layer_in_halves_equals_the_unsplit_product(n_locations):
+    """The viewer's one-gene product (each network's locations in two halves, one per thread)
+    gives exactly the bits of one batched product over every location; an odd count is not
+    split (nor none)."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((5, n_locations, 512), dtype=np.float32)  # a real width
+    weight = rng.normal(0, 0.05, (5, 1, 512)).astype(np.float32)
+    with torch.no_grad():  # the product as computed before the split
+        whole = torch.bmm(torch.from_numpy(hidden), torch.from_numpy(
+            np.ascontiguousarray(weight.transpose(0, 2, 1)))).numpy()
+    out = map_store._networks_linear(hidden, weight)
+    assert out.shape == (5, n_locations, 1) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, whole)
+    exact = np.einsum("nmh,ngh->nmg", hidden.astype(np.float64), weight.astype(np.float64))
+    np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-6)

@@ -69,3 +69,40 @@ def test_map_swapped_with_one_contrast_event_and_drawn_as_a_layer_built_for_it(v
     data, kwargs, _ = L.map_layers(maps, [gene], contrast_limits=limits)[0]
     viewer.add_image(data, **kwargs)
     np.testing.assert_array_equal(canvas_png(viewer), shown)
+
+
+def test_canvas_label_changes_without_recompiling_its_box_and_draws_the_same(viewer, qtbot,
+                                                                              monkeypatch):
+    """A new gene's label resizes its box: drawn as before, without a new shader program."""
+    from vispy.visuals.mesh import MeshVisual
+    from vispy.visuals.shaders import program
+
+    from napari_trihrge.napari._qt._display import keep_box_shaders, show_canvas_label
+
+    vispy_own = getattr(MeshVisual._build_color_transform, "trihrge_original",
+                        MeshVisual._build_color_transform)
+    monkeypatch.setattr(MeshVisual, "_build_color_transform", vispy_own)  # vispy as shipped
+    add_sample(viewer)
+    labels = ["EPCAM: log-normalised expression", "a much longer gene name: other units"]
+    before = []
+    for text in labels:
+        show_canvas_label(viewer, text)
+        before.append(canvas_png(viewer))
+    builds: list = []
+    build = program.ModularProgram._build
+    monkeypatch.setattr(program.ModularProgram, "_build",
+                        lambda self: (builds.append(self), build(self))[1])
+    show_canvas_label(viewer, labels[0])
+    canvas_png(viewer)
+    assert builds  # vispy as shipped: the resized box's program is built again
+    keep_box_shaders()
+    keep_box_shaders()  # idempotent
+    assert MeshVisual._build_color_transform.trihrge_original is vispy_own
+    for text, shown in zip([*labels, *labels], [*before, *before], strict=True):
+        show_canvas_label(viewer, text)
+        np.testing.assert_array_equal(canvas_png(viewer), shown)
+    builds.clear()
+    for text in labels:
+        show_canvas_label(viewer, text)
+        canvas_png(viewer)
+    assert not builds  # the box resized twice, its program kept

@@ -264,6 +264,44 @@ def show_colorbar(layers, keep) -> None:
         bar.visible = on
 
 
+def keep_box_shaders() -> None:
+    """A canvas overlay's box (the gene label's, the colour bar's) keeps its compiled shader
+    program when it is resized.
+
+    vispy's mesh gives every update of its data a new, identical colour function, so each new
+    label or colour-bar scale recompiles and links the box's program (on software OpenGL a
+    large part of a gene switch's redraw). A plain-coloured mesh now reuses its function; the
+    program, its uniforms and so the pixels drawn are the same. Installed only where vispy's
+    function for plain colours is its stateless pass-through (checked first: another vispy is
+    left alone); idempotent.
+    """
+    try:
+        from vispy.visuals.mesh import MeshVisual
+    except ImportError:  # pragma: no cover - another vispy
+        return
+    original = getattr(MeshVisual, "_build_color_transform", None)
+    if original is None or hasattr(original, "trihrge_original"):
+        return
+    try:  # only where a plain colour's function is vispy's stateless pass-through
+        plain = original(None, np.zeros((2, 4), dtype=np.float32))
+    except Exception:  # noqa: BLE001 - another vispy: left alone
+        return
+    if getattr(plain, "code", None) != "vec4 pass(vec4 color) { return color; }":
+        return
+
+    def _build_color_transform(self, colors):
+        if colors.ndim == 2 and colors.shape[1] == 1:  # values through a colormap: as before
+            return original(self, colors)
+        plain = self.__dict__.get("_trihrge_plain_colour")
+        if plain is None:  # vispy's visuals are frozen: no new attribute by assignment
+            plain = original(self, colors)
+            object.__setattr__(self, "_trihrge_plain_colour", plain)
+        return plain
+
+    _build_color_transform.trihrge_original = original
+    MeshVisual._build_color_transform = _build_color_transform
+
+
 def cell_colormap(cells, gene: str | None, limits=None):
     """The napari label colormap of ``cells`` for ``gene`` (one colour per cell label)."""
     from napari.utils.colormaps import DirectLabelColormap

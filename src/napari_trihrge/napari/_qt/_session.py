@@ -100,7 +100,10 @@ class LayerView:
         #: where each sample sits (sample name -> row/col um added to its layers' translate)
         self._places: dict[str, np.ndarray] = {}
         self._sample_of_source: dict[str, str] = {}
+        from ._display import keep_box_shaders
         from ._map_worker import MapPreparer
+
+        keep_box_shaders()  # a new gene's label and scale redrawn without recompiling
 
         #: maps not ready (a map store's networks to run) are computed in workers, never here
         self.preparer = MapPreparer(self._on_map_ready, self._on_map_failed)
