@@ -592,6 +592,74 @@ def test_export_maps_command(store_run, tmp_path, capsys):
     assert not (tmp_path / "x.ome.zarr").exists()
 
 
+def _middle_window_um(maps, rows=(0.3, 0.7), cols=(0.25, 0.6)):
+    """A rectangle over the middle of the map, in um (its edges between pixel centres)."""
+    n_rows, n_cols = maps.mask.shape
+    r = maps.origin_rc_um[0] + (np.array(rows) * n_rows - 0.5) * maps.stride_um
+    c = maps.origin_rc_um[1] + (np.array(cols) * n_cols - 0.5) * maps.stride_um
+    return tuple(r), tuple(c)
+
+
+def test_window_maps_equal_the_whole_maps_there(blended):
+    _, _, result, _ = blended
+    maps = result.maps
+    rows_um, cols_um = _middle_window_um(maps)
+    part = maps.window(rows_um, cols_um)
+    i0 = int(round((part.origin_rc_um[0] - maps.origin_rc_um[0]) / maps.stride_um))
+    j0 = int(round((part.origin_rc_um[1] - maps.origin_rc_um[1]) / maps.stride_um))
+    h, w = part.mask.shape
+    # the pixels whose centres lie inside the rectangle, at their place
+    centres_r = maps.origin_rc_um[0] + np.arange(maps.mask.shape[0]) * maps.stride_um
+    centres_c = maps.origin_rc_um[1] + np.arange(maps.mask.shape[1]) * maps.stride_um
+    in_r = np.flatnonzero((centres_r >= rows_um[0]) & (centres_r <= rows_um[1]))
+    in_c = np.flatnonzero((centres_c >= cols_um[0]) & (centres_c <= cols_um[1]))
+    assert (i0, i0 + h, j0, j0 + w) == (in_r[0], in_r[-1] + 1, in_c[0], in_c[-1] + 1)
+    assert 0 < part.n_locations < maps.n_locations
+    np.testing.assert_array_equal(part.mask, maps.mask[i0:i0 + h, j0:j0 + w])
+    genes = [0, 3, len(maps.gene_names) - 1]
+    whole, whole_sd = maps.compute(genes, with_std=True)
+    mine, mine_sd = part.compute(genes, with_std=True)
+    np.testing.assert_allclose(mine, whole[:, i0:i0 + h, j0:j0 + w], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mine_sd, whole_sd[:, i0:i0 + h, j0:j0 + w], rtol=0, atol=1e-5)
+    assert np.nanstd(mine) > 0.05  # real maps, not constants
+    gene = maps.gene_names[3]
+    np.testing.assert_allclose(part[gene], maps[gene][i0:i0 + h, j0:j0 + w], atol=1e-5)
+
+
+def test_window_outside_the_tissue_or_reversed_is_refused(blended):
+    maps = blended[2].maps
+    far = maps.origin_rc_um + 10 * np.array(maps.mask.shape) * maps.stride_um
+    with pytest.raises(TrihrgeInputError, match="holds no map location") as err:
+        maps.window((far[0], far[0] + 100), (far[1], far[1] + 100))
+    assert "the map spans rows" in str(err.value)
+    with pytest.raises(TrihrgeInputError, match="increasing"):
+        maps.window((500.0, 100.0), (0.0, 1000.0))
+
+
+def test_export_maps_of_a_window_from_a_store_on_disk(store_run, tmp_path, capsys):
+    from napari_trihrge.io import read_map
+    from napari_trihrge.workflows import cli
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    rows_um, cols_um = _middle_window_um(maps)
+    gene = maps.gene_names[1]
+    out = tmp_path / "region.ome.zarr"
+    assert cli.main(["export-maps", str(store_run), "--genes", gene, "--out", str(out),
+                     "--window-um", *map(str, (*rows_um, *cols_um)), "--quiet"]) == 0
+    values, stride_um, names, origin = read_map(out, with_origin=True)
+    assert names == [gene] and stride_um == maps.stride_um
+    i0, j0 = np.rint((np.asarray(origin) - maps.origin_rc_um) / maps.stride_um).astype(int)
+    h, w = values.shape[1:]
+    assert (h, w) == maps.window(rows_um, cols_um).mask.shape and i0 > 0 and j0 > 0
+    np.testing.assert_allclose(np.asarray(values[0]), maps[gene][i0:i0 + h, j0:j0 + w],
+                               rtol=0, atol=1e-5, equal_nan=True)
+    bad = tmp_path / "nothing.ome.zarr"
+    assert cli.main(["export-maps", str(store_run), "--out", str(bad), "--window-um",
+                     "-900", "-800", "-900", "-800", "--quiet"]) == 2
+    assert "holds no map location" in capsys.readouterr().err
+    assert not bad.exists()
+
+
 def test_export_maps_as_spatialdata(store_run, tmp_path):
     sd = pytest.importorskip("spatialdata")
     from napari_trihrge.io.spatialdata import MAPS, MAPS_STD

@@ -644,6 +644,48 @@ class FactorMaps:
             self.path, self._group, self._checked = moved.path, moved._group, True
         return self
 
+    def window(self, rows_um: Sequence[float], cols_um: Sequence[float]) -> FactorMaps:
+        """Return the maps inside a rectangle of the section, as maps of their own.
+
+        ``rows_um`` and ``cols_um`` are (start, stop) in micrometres, in the run's coordinates
+        (napari's world coordinates): the map pixels whose centres lie inside are kept, at their
+        place. The rectangle's stored inputs are read now and held in memory, and its maps are
+        computed when asked, as the whole maps' are (the same values at the same pixels): at 2 um
+        a region is seconds to minutes where the whole section is hours. Raises
+        :class:`~napari_trihrge.errors.TrihrgeInputError` for a rectangle without a map location
+        in the tissue.
+        """
+        bounds = []
+        for name, pair, axis in (("rows", rows_um, 0), ("cols", cols_um, 1)):
+            lo_um, hi_um = (float(v) for v in pair)
+            if not (np.isfinite(lo_um) and np.isfinite(hi_um) and lo_um < hi_um):
+                raise TrihrgeInputError(
+                    f"the rectangle's {name} must be two increasing numbers of micrometres "
+                    f"(got {lo_um:g}, {hi_um:g})", "give start < stop, e.g. 1000 2000")
+            first = int(np.ceil((lo_um - self.origin_rc_um[axis]) / self.stride_um - 1e-9))
+            last = int(np.floor((hi_um - self.origin_rc_um[axis]) / self.stride_um + 1e-9))
+            bounds.append((max(0, first), min(self.mask.shape[axis], last + 1)))
+        (i0, i1), (j0, j1) = bounds
+        inside = ((self._rows >= i0) & (self._rows < i1) & (self._cols >= j0)
+                  & (self._cols < j1))
+        picked = np.flatnonzero(inside)
+        if not len(picked):
+            extent = self.origin_rc_um[:, None] + np.array(
+                [[0, self.mask.shape[0] - 1], [0, self.mask.shape[1] - 1]]) * self.stride_um
+            raise TrihrgeInputError(
+                f"the rectangle rows {rows_um[0]:g}-{rows_um[1]:g} um, cols {cols_um[0]:g}-"
+                f"{cols_um[1]:g} um holds no map location in the tissue",
+                f"give a rectangle over the tissue: the map spans rows {extent[0, 0]:.0f}-"
+                f"{extent[0, 1]:.0f} um and cols {extent[1, 0]:.0f}-{extent[1, 1]:.0f} um")
+        parts = []
+        for c in np.unique(picked // self.chunk_locations):
+            local = picked[picked // self.chunk_locations == c] - int(c) * self.chunk_locations
+            parts.append(_take_factors(self.input_chunk(int(c)), local))
+        return FactorMaps(self.weights, LocationFactors.concatenate(parts),
+                          self.mask[i0:i1, j0:j1], self.stride_um,
+                          self.origin_rc_um + np.array([i0, j0]) * self.stride_um,
+                          factor_model=self.factor_model)
+
     def input_chunk(self, c: int) -> LocationFactors:
         """Return what the store holds for location chunk ``c`` (float32; not kept).
 
