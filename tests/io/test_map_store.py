@@ -552,6 +552,31 @@ def test_enhance_run_writes_the_store_and_export_maps_materialises_it(store_run,
         map_export.export_maps(store_run, tmp_path / "x", fmt="tiff")
 
 
+def test_a_store_too_large_for_the_viewer_opens_at_every_nth_pixel(store_run, monkeypatch):
+    import napari.utils.notifications
+
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._reader import read_run_layers
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    told = []
+    monkeypatch.setattr(napari.utils.notifications, "show_info", told.append)
+    monkeypatch.setattr(L, "VIEWER_LOCATIONS", maps.n_locations // 5)  # -> one pixel in 3
+    layers = read_run_layers(str(store_run))
+    data, kw, _ = next(t for t in layers if t[1]["metadata"]["trihrge"].get("kind") == "map")
+    shown = kw["metadata"]["maps"]
+    assert shown.stride_um == 3 * maps.stride_um and kw["scale"] == (shown.stride_um,) * 2
+    assert tuple(kw["translate"]) == tuple(maps.origin_rc_um)
+    assert data.shape[:2] == maps.mask[::3, ::3].shape
+    gene = kw["metadata"]["trihrge"]["gene"]
+    np.testing.assert_allclose(shown[gene], maps[gene][::3, ::3], rtol=0, atol=1e-5)
+    assert len(told) == 1 and "one pixel in 3" in told[0] and "--window-um" in told[0]
+    monkeypatch.setattr(L, "VIEWER_LOCATIONS", maps.n_locations)  # fits: shown whole
+    layers = read_run_layers(str(store_run))
+    kw = next(t[1] for t in layers if t[1]["metadata"]["trihrge"].get("kind") == "map")
+    assert kw["scale"] == (maps.stride_um,) * 2 and len(told) == 1
+
+
 def test_truncated_store_in_a_run_shows_nothing(store_run, tmp_path):
     import shutil
 
@@ -624,6 +649,24 @@ def test_window_maps_equal_the_whole_maps_there(blended):
     assert np.nanstd(mine) > 0.05  # real maps, not constants
     gene = maps.gene_names[3]
     np.testing.assert_allclose(part[gene], maps[gene][i0:i0 + h, j0:j0 + w], atol=1e-5)
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_every_nth_pixel_equals_the_whole_maps_there(store_run, step):
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    coarse = maps.every(step)
+    assert coarse.stride_um == step * maps.stride_um
+    np.testing.assert_array_equal(coarse.origin_rc_um, maps.origin_rc_um)
+    np.testing.assert_array_equal(coarse.mask, maps.mask[::step, ::step])
+    assert coarse.n_locations == int(maps.mask[::step, ::step].sum())
+    genes = [1, 4]
+    whole, whole_sd = maps.compute(genes, with_std=True)
+    mine, mine_sd = coarse.compute(genes, with_std=True)
+    np.testing.assert_allclose(mine, whole[:, ::step, ::step], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mine_sd, whole_sd[:, ::step, ::step], rtol=0, atol=1e-5)
+    assert maps.every(1) is maps
+    with pytest.raises(TrihrgeInputError, match="positive"):
+        maps.every(0)
 
 
 def test_window_outside_the_tissue_or_reversed_is_refused(blended):

@@ -478,6 +478,32 @@ def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,
     }
 
 
+#: the most locations of a map store the viewer shows at full resolution; a larger map (a fine
+#: stride over a large section) is shown at every n-th pixel, about this many locations
+VIEWER_LOCATIONS = 400_000
+
+
+def viewable_maps(maps) -> tuple[Any, str | None]:
+    """Return the maps the viewer shows of ``maps``, and a message when they are not all of it.
+
+    A map store of more than :data:`VIEWER_LOCATIONS` locations is shown at every n-th pixel
+    along rows and columns (:meth:`~napari_trihrge.io.map_store.FactorMaps.every`): the
+    networks run at those pixels only and a gene switch stays quick; a region at full
+    resolution is ``trihrge export-maps --window-um``. Other maps are shown whole.
+    """
+    n = getattr(maps, "n_locations", None)
+    if n is None or not hasattr(maps, "every") or n <= VIEWER_LOCATIONS:
+        return maps, None
+    step = int(np.ceil(np.sqrt(n / VIEWER_LOCATIONS)))
+    shown = maps.every(step)
+    return shown, (
+        f"The map holds {n:,} locations at {maps.stride_um:g} um, more than the viewer "
+        f"computes at once: it shows one pixel in {step} along rows and columns "
+        f"({shown.stride_um:g} um, {shown.n_locations:,} locations, the map's values there). For a region at "
+        f"{maps.stride_um:g} um, run `trihrge export-maps RUN --genes GENE --window-um ROW0 ROW1 "
+        "COL0 COL1` (micrometres, as the status bar shows them) and open its output.")
+
+
 def map_ready(maps, gene: str) -> bool:
     """Whether ``gene``'s map of ``maps`` is read at once: False for a map store's map whose
     networks still have to run (or whose factors are still on disk), which a viewer computes
