@@ -669,6 +669,13 @@ def test_every_nth_pixel_equals_the_whole_maps_there(store_run, step):
         maps.every(0)
 
 
+def test_factor_bytes_per_location_is_what_the_cache_counts(store_run, blended):
+    for maps in (map_store.open_map_store(store_run / map_store.STORE_NAME), blended[2].maps):
+        chunk = maps.location_chunk(0, keep=False)
+        counted = sum(a.nbytes for a in chunk.arrays().values()) / len(chunk)
+        assert maps.factor_bytes_per_location() == counted
+
+
 def test_window_outside_the_tissue_or_reversed_is_refused(blended):
     maps = blended[2].maps
     far = maps.origin_rc_um + 10 * np.array(maps.mask.shape) * maps.stride_um

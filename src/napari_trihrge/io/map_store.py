@@ -715,6 +715,17 @@ class FactorMaps:
             raise RuntimeError("the sub-grid's mask does not match its locations")
         return sub
 
+    def factor_bytes_per_location(self) -> int:
+        """Return the bytes of one location's factors as the cache keeps them (float32)."""
+        w = self.weights
+        size = 0
+        if "network" in w.candidates and w.network_weight is not None:
+            size += 4 * w.network_weight.shape[0] * w.network_weight.shape[-1]
+        if "ridge" in w.candidates and w.ridge_coef is not None:
+            size += 4 * w.ridge_coef.shape[1]
+        ks = w.knn_ks() if self.factor_model is None else self.factor_model.knn_ks(w)
+        return size + sum(8 * int(k) for k in ks)  # int32 index and float32 weight
+
     def inputs_at(self, locations: np.ndarray) -> LocationFactors:
         """Return what the store holds for the locations with these (increasing) indices."""
         locations = np.asarray(locations, dtype=np.int64)

@@ -486,15 +486,24 @@ VIEWER_LOCATIONS = 400_000
 def viewable_maps(maps) -> tuple[Any, str | None]:
     """Return the maps the viewer shows of ``maps``, and a message when they are not all of it.
 
-    A map store of more than :data:`VIEWER_LOCATIONS` locations is shown at every n-th pixel
-    along rows and columns (:meth:`~napari_trihrge.io.map_store.FactorMaps.every`): the
-    networks run at those pixels only and a gene switch stays quick; a region at full
-    resolution is ``trihrge export-maps --window-um``. Other maps are shown whole.
+    A map store of more than :data:`VIEWER_LOCATIONS` locations, or whose factors would not
+    fit the viewer's cache (:func:`~napari_trihrge.tl._maps.display_cache_bytes`), is shown at
+    every n-th pixel along rows and columns
+    (:meth:`~napari_trihrge.io.map_store.FactorMaps.every`): the networks run at those pixels
+    only and, kept, make a gene switch quick; a region at full resolution is
+    ``trihrge export-maps --window-um``. Other maps are shown whole.
     """
+    from ..tl._maps import display_cache_bytes
+
     n = getattr(maps, "n_locations", None)
-    if n is None or not hasattr(maps, "every") or n <= VIEWER_LOCATIONS:
+    if n is None or not hasattr(maps, "every"):
         return maps, None
-    step = int(np.ceil(np.sqrt(n / VIEWER_LOCATIONS)))
+    most = min(VIEWER_LOCATIONS, display_cache_bytes() // max(1, maps.factor_bytes_per_location()))
+    if n <= most:
+        return maps, None
+    step = int(np.ceil(np.sqrt(n / max(1, most))))
+    while maps.mask[::step, ::step].sum() > most:  # the mask's pixels need not fall evenly
+        step += 1
     shown = maps.every(step)
     return shown, (
         f"The map holds {n:,} locations at {maps.stride_um:g} um, more than the viewer "
