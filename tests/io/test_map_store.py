@@ -552,6 +552,31 @@ def test_enhance_run_writes_the_store_and_export_maps_materialises_it(store_run,
         map_export.export_maps(store_run, tmp_path / "x", fmt="tiff")
 
 
+def test_a_store_too_large_for_the_viewer_opens_at_every_nth_pixel(store_run, monkeypatch):
+    import napari.utils.notifications
+
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._reader import read_run_layers
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    told = []
+    monkeypatch.setattr(napari.utils.notifications, "show_info", told.append)
+    monkeypatch.setattr(L, "VIEWER_LOCATIONS", maps.n_locations // 5)  # -> one pixel in 3
+    layers = read_run_layers(str(store_run))
+    data, kw, _ = next(t for t in layers if t[1]["metadata"]["trihrge"].get("kind") == "map")
+    shown = kw["metadata"]["maps"]
+    assert shown.stride_um == 3 * maps.stride_um and kw["scale"] == (shown.stride_um,) * 2
+    assert tuple(kw["translate"]) == tuple(maps.origin_rc_um)
+    assert data.shape[:2] == maps.mask[::3, ::3].shape
+    gene = kw["metadata"]["trihrge"]["gene"]
+    np.testing.assert_allclose(shown[gene], maps[gene][::3, ::3], rtol=0, atol=1e-5)
+    assert len(told) == 1 and "one pixel in 3" in told[0] and "--window-um" in told[0]
+    monkeypatch.setattr(L, "VIEWER_LOCATIONS", maps.n_locations)  # fits: shown whole
+    layers = read_run_layers(str(store_run))
+    kw = next(t[1] for t in layers if t[1]["metadata"]["trihrge"].get("kind") == "map")
+    assert kw["scale"] == (maps.stride_um,) * 2 and len(told) == 1
+
+
 def test_truncated_store_in_a_run_shows_nothing(store_run, tmp_path):
     import shutil
 
@@ -590,6 +615,99 @@ def test_export_maps_command(store_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not in the model" in err and genes[0] in err
     assert not (tmp_path / "x.ome.zarr").exists()
+
+
+def _middle_window_um(maps, rows=(0.3, 0.7), cols=(0.25, 0.6)):
+    """A rectangle over the middle of the map, in um (its edges between pixel centres)."""
+    n_rows, n_cols = maps.mask.shape
+    r = maps.origin_rc_um[0] + (np.array(rows) * n_rows - 0.5) * maps.stride_um
+    c = maps.origin_rc_um[1] + (np.array(cols) * n_cols - 0.5) * maps.stride_um
+    return tuple(r), tuple(c)
+
+
+def test_window_maps_equal_the_whole_maps_there(blended):
+    _, _, result, _ = blended
+    maps = result.maps
+    rows_um, cols_um = _middle_window_um(maps)
+    part = maps.window(rows_um, cols_um)
+    i0 = int(round((part.origin_rc_um[0] - maps.origin_rc_um[0]) / maps.stride_um))
+    j0 = int(round((part.origin_rc_um[1] - maps.origin_rc_um[1]) / maps.stride_um))
+    h, w = part.mask.shape
+    # the pixels whose centres lie inside the rectangle, at their place
+    centres_r = maps.origin_rc_um[0] + np.arange(maps.mask.shape[0]) * maps.stride_um
+    centres_c = maps.origin_rc_um[1] + np.arange(maps.mask.shape[1]) * maps.stride_um
+    in_r = np.flatnonzero((centres_r >= rows_um[0]) & (centres_r <= rows_um[1]))
+    in_c = np.flatnonzero((centres_c >= cols_um[0]) & (centres_c <= cols_um[1]))
+    assert (i0, i0 + h, j0, j0 + w) == (in_r[0], in_r[-1] + 1, in_c[0], in_c[-1] + 1)
+    assert 0 < part.n_locations < maps.n_locations
+    np.testing.assert_array_equal(part.mask, maps.mask[i0:i0 + h, j0:j0 + w])
+    genes = [0, 3, len(maps.gene_names) - 1]
+    whole, whole_sd = maps.compute(genes, with_std=True)
+    mine, mine_sd = part.compute(genes, with_std=True)
+    np.testing.assert_allclose(mine, whole[:, i0:i0 + h, j0:j0 + w], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mine_sd, whole_sd[:, i0:i0 + h, j0:j0 + w], rtol=0, atol=1e-5)
+    assert np.nanstd(mine) > 0.05  # real maps, not constants
+    gene = maps.gene_names[3]
+    np.testing.assert_allclose(part[gene], maps[gene][i0:i0 + h, j0:j0 + w], atol=1e-5)
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_every_nth_pixel_equals_the_whole_maps_there(store_run, step):
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    coarse = maps.every(step)
+    assert coarse.stride_um == step * maps.stride_um
+    np.testing.assert_array_equal(coarse.origin_rc_um, maps.origin_rc_um)
+    np.testing.assert_array_equal(coarse.mask, maps.mask[::step, ::step])
+    assert coarse.n_locations == int(maps.mask[::step, ::step].sum())
+    genes = [1, 4]
+    whole, whole_sd = maps.compute(genes, with_std=True)
+    mine, mine_sd = coarse.compute(genes, with_std=True)
+    np.testing.assert_allclose(mine, whole[:, ::step, ::step], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mine_sd, whole_sd[:, ::step, ::step], rtol=0, atol=1e-5)
+    assert maps.every(1) is maps
+    with pytest.raises(TrihrgeInputError, match="positive"):
+        maps.every(0)
+
+
+def test_factor_bytes_per_location_is_what_the_cache_counts(store_run, blended):
+    for maps in (map_store.open_map_store(store_run / map_store.STORE_NAME), blended[2].maps):
+        chunk = maps.location_chunk(0, keep=False)
+        counted = sum(a.nbytes for a in chunk.arrays().values()) / len(chunk)
+        assert maps.factor_bytes_per_location() == counted
+
+
+def test_window_outside_the_tissue_or_reversed_is_refused(blended):
+    maps = blended[2].maps
+    far = maps.origin_rc_um + 10 * np.array(maps.mask.shape) * maps.stride_um
+    with pytest.raises(TrihrgeInputError, match="holds no map location") as err:
+        maps.window((far[0], far[0] + 100), (far[1], far[1] + 100))
+    assert "the map spans rows" in str(err.value)
+    with pytest.raises(TrihrgeInputError, match="increasing"):
+        maps.window((500.0, 100.0), (0.0, 1000.0))
+
+
+def test_export_maps_of_a_window_from_a_store_on_disk(store_run, tmp_path, capsys):
+    from napari_trihrge.io import read_map
+    from napari_trihrge.workflows import cli
+
+    maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    rows_um, cols_um = _middle_window_um(maps)
+    gene = maps.gene_names[1]
+    out = tmp_path / "region.ome.zarr"
+    assert cli.main(["export-maps", str(store_run), "--genes", gene, "--out", str(out),
+                     "--window-um", *map(str, (*rows_um, *cols_um)), "--quiet"]) == 0
+    values, stride_um, names, origin = read_map(out, with_origin=True)
+    assert names == [gene] and stride_um == maps.stride_um
+    i0, j0 = np.rint((np.asarray(origin) - maps.origin_rc_um) / maps.stride_um).astype(int)
+    h, w = values.shape[1:]
+    assert (h, w) == maps.window(rows_um, cols_um).mask.shape and i0 > 0 and j0 > 0
+    np.testing.assert_allclose(np.asarray(values[0]), maps[gene][i0:i0 + h, j0:j0 + w],
+                               rtol=0, atol=1e-5, equal_nan=True)
+    bad = tmp_path / "nothing.ome.zarr"
+    assert cli.main(["export-maps", str(store_run), "--out", str(bad), "--window-um",
+                     "-900", "-800", "-900", "-800", "--quiet"]) == 2
+    assert "holds no map location" in capsys.readouterr().err
+    assert not bad.exists()
 
 
 def test_export_maps_as_spatialdata(store_run, tmp_path):

@@ -8,8 +8,8 @@ import torch
 
 from conftest import NET_TINY
 from napari_trihrge.errors import Cancelled, TrihrgeInputError
-from napari_trihrge.model.predict import predict
 from napari_trihrge.model import training
+from napari_trihrge.model.predict import predict
 from napari_trihrge.model.training import TrainConfig, _batches, _lr_lambda, fit, fit_ensemble
 from napari_trihrge.progress import Progress
 

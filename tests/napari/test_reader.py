@@ -229,6 +229,9 @@ def test_reopened_run_folder_switches_genes(make_napari_viewer, tmp_path):
     assert not np.allclose(np.asarray(m.data), before)
     virt = ge.view.find_layer("virtual")
     assert virt.face_contrast_limits == pytest.approx(m.contrast_limits)
+    # the header names the layers showing the gene: the run's map and spots (no sample opened)
+    header = ge.current.text()
+    assert m.name in header and virt.name in header
 
 
 @pytest.mark.gui

@@ -521,8 +521,12 @@ class FactorMaps:
     def __init__(self, weights: GeneWeights, factors: LocationFactors | None, mask: np.ndarray,
                  stride_um: float, origin_rc_um: Any, *, path: Path | None = None,
                  group: Any = None, cache_bytes: int = FACTOR_CACHE_BYTES,
-                 factor_model: FactorModel | None = None):
+                 factor_model: FactorModel | None = None,
+                 parent: tuple[FactorMaps, np.ndarray] | None = None):
         self.weights = weights
+        #: maps whose locations are some of another's (:meth:`window`, :meth:`every`): that
+        #: one and the indices of these locations among its own, read from it when needed
+        self._parent = parent
         self.factor_model = factor_model
         self._factors = factors
         self.mask = np.asarray(mask, dtype=bool)
@@ -543,8 +547,8 @@ class FactorMaps:
         self._checked = False
         self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self.chunk_locations = _store_chunk_locations(group) if factors is None \
-            else LOCATION_CHUNK
+        self.chunk_locations = _store_chunk_locations(group) \
+            if factors is None and parent is None else LOCATION_CHUNK
         self.values = LazyMapArray(self, "values")
         self.std = LazyMapArray(self, "std") if weights.with_std else None
 
@@ -655,6 +659,94 @@ class FactorMaps:
             self.path, self._group, self._checked = moved.path, moved._group, True
         return self
 
+    def window(self, rows_um: Sequence[float], cols_um: Sequence[float]) -> FactorMaps:
+        """Return the maps inside a rectangle of the section, as maps of their own.
+
+        ``rows_um`` and ``cols_um`` are (start, stop) in micrometres, in the run's coordinates
+        (napari's world coordinates): the map pixels whose centres lie inside are kept, at their
+        place. Its maps are computed when asked, as the whole maps' are (the same values at the
+        same pixels), from the rectangle's locations only: at 2 um a region takes seconds to
+        minutes where the whole section takes hours. Raises
+        :class:`~napari_trihrge.errors.TrihrgeInputError` for a rectangle without a map location
+        in the tissue.
+        """
+        bounds = []
+        for name, pair, axis in (("rows", rows_um, 0), ("cols", cols_um, 1)):
+            lo_um, hi_um = (float(v) for v in pair)
+            if not (np.isfinite(lo_um) and np.isfinite(hi_um) and lo_um < hi_um):
+                raise TrihrgeInputError(
+                    f"the rectangle's {name} must be two increasing numbers of micrometres "
+                    f"(got {lo_um:g}, {hi_um:g})", "give start < stop, e.g. 1000 2000")
+            first = int(np.ceil((lo_um - self.origin_rc_um[axis]) / self.stride_um - 1e-9))
+            last = int(np.floor((hi_um - self.origin_rc_um[axis]) / self.stride_um + 1e-9))
+            bounds.append((max(0, first), min(self.mask.shape[axis], last + 1)))
+        (i0, i1), (j0, j1) = bounds
+        inside = ((self._rows >= i0) & (self._rows < i1) & (self._cols >= j0)
+                  & (self._cols < j1))
+        picked = np.flatnonzero(inside)
+        if not len(picked):
+            extent = self.origin_rc_um[:, None] + np.array(
+                [[0, self.mask.shape[0] - 1], [0, self.mask.shape[1] - 1]]) * self.stride_um
+            raise TrihrgeInputError(
+                f"the rectangle rows {rows_um[0]:g}-{rows_um[1]:g} um, cols {cols_um[0]:g}-"
+                f"{cols_um[1]:g} um holds no map location in the tissue",
+                f"give a rectangle over the tissue: the map spans rows {extent[0, 0]:.0f}-"
+                f"{extent[0, 1]:.0f} um and cols {extent[1, 0]:.0f}-{extent[1, 1]:.0f} um")
+        return self._subset(picked, slice(i0, i1), slice(j0, j1))
+
+    def every(self, step: int) -> FactorMaps:
+        """Return the maps at every ``step``-th map pixel along rows and columns.
+
+        They are maps of their own, at ``step`` times the stride from the same origin. Their
+        values are the maps' at those pixels (samples, not averages over the pixels between);
+        the viewer shows a map too large for it this way
+        (:func:`napari_trihrge.napari.layers.viewable_maps`).
+        """
+        step = int(step)
+        if step < 1:
+            raise TrihrgeInputError(f"the step must be a positive number of pixels, got {step}",
+                                    "use 1 (every pixel), 2, 3, ...")
+        if step == 1:
+            return self
+        picked = np.flatnonzero((self._rows % step == 0) & (self._cols % step == 0))
+        return self._subset(picked, slice(None, None, step), slice(None, None, step))
+
+    def _subset(self, picked: np.ndarray, rows: slice, cols: slice) -> FactorMaps:
+        """Return the maps of the locations ``picked`` on the grid ``mask[rows, cols]``.
+
+        ``picked``: their row-major indices. Nothing is read now: their inputs are read from
+        these maps chunk by chunk when a map needs them (:meth:`inputs_at`).
+        """
+        step = rows.step or 1
+        first = np.array([rows.start or 0, cols.start or 0])
+        sub = FactorMaps(self.weights, None, self.mask[rows, cols], self.stride_um * step,
+                         self.origin_rc_um + first * self.stride_um, path=self.path,
+                         factor_model=self.factor_model, parent=(self, picked))
+        if sub.n_locations != len(picked):  # pragma: no cover - the mask and locations agree
+            raise RuntimeError("the sub-grid's mask does not match its locations")
+        return sub
+
+    def factor_bytes_per_location(self) -> int:
+        """Return the bytes of one location's factors as the cache keeps them (float32)."""
+        w = self.weights
+        size = 0
+        if "network" in w.candidates and w.network_weight is not None:
+            size += 4 * w.network_weight.shape[0] * w.network_weight.shape[-1]
+        if "ridge" in w.candidates and w.ridge_coef is not None:
+            size += 4 * w.ridge_coef.shape[1]
+        ks = w.knn_ks() if self.factor_model is None else self.factor_model.knn_ks(w)
+        return size + sum(8 * int(k) for k in ks)  # int32 index and float32 weight
+
+    def inputs_at(self, locations: np.ndarray) -> LocationFactors:
+        """Return what the store holds for the locations with these (increasing) indices."""
+        locations = np.asarray(locations, dtype=np.int64)
+        chunk_of = locations // self.chunk_locations
+        parts = []
+        for c in np.unique(chunk_of):
+            local = locations[chunk_of == c] - int(c) * self.chunk_locations
+            parts.append(_take_factors(self.input_chunk(int(c)), local))
+        return LocationFactors.concatenate(parts)
+
     def input_chunk(self, c: int) -> LocationFactors:
         """Return what the store holds for location chunk ``c`` (float32; not kept).
 
@@ -665,6 +757,9 @@ class FactorMaps:
         e = min(self.n_locations, s + self.chunk_locations)
         if self._factors is not None:
             return _slice_factors(self._factors, s, e)
+        if self._parent is not None:
+            parent, picked = self._parent
+            return parent.inputs_at(picked[s:e])
         with self._lock:
             if not self._checked:  # still whole? (files may go between open and first use)
                 _check_files(self.path, dict(self._group.attrs).get("files"),

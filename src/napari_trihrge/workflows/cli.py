@@ -187,6 +187,11 @@ def _export_maps_args(p: argparse.ArgumentParser) -> None:
                    help="the maps' number type: float16 halves the bytes, rounded to 11 "
                    "significant bits (within 0.001 below 4 log units; OME has no float16 "
                    "pixel type, so some tools may not read it)")
+    p.add_argument("--window-um", nargs=4, type=float, default=None,
+                   metavar=("ROW0", "ROW1", "COL0", "COL1"),
+                   help="only the maps inside this rectangle, in micrometres as napari's status "
+                   "bar shows them (rows ROW0 to ROW1, columns COL0 to COL1): a region of a "
+                   "fine map (2 um) in seconds to minutes instead of the whole section")
     opt.add_overwrite_quiet(p)
 
 
@@ -194,7 +199,8 @@ def _run_export_maps(args: argparse.Namespace, progress: TqdmProgress) -> int:
     from .map_export import export_maps
 
     written = export_maps(args.run, args.out, genes=args.genes, fmt=args.output_format,
-                          dtype=args.dtype, overwrite=args.overwrite, progress=progress)
+                          dtype=args.dtype, overwrite=args.overwrite,
+                          window_um=args.window_um, progress=progress)
     progress.close()
     for path in written:
         print(f"wrote {path}")

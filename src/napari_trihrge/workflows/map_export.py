@@ -77,19 +77,27 @@ def default_export_path(source: str | Path, fmt: str) -> Path:
 def export_maps(source: str | Path, out: str | Path | None = None, *,
                 genes: Sequence[str] | None = None, fmt: str = "ome-zarr",
                 dtype: Any = np.float32, overwrite: bool = False,
-                progress: Any = None) -> list[Path]:
+                window_um: Sequence[float] | None = None, progress: Any = None) -> list[Path]:
     """Materialise the maps of ``genes`` (all by default) from a run folder's map store (or a
     store path) as a multiscale OME-Zarr map (and its spread, ``<name>_std.ome.zarr``) or as a
     SpatialData store holding them as images (micrometre coordinates), in ``dtype``
-    (:data:`~napari_trihrge.io.map_store.MATERIALISED_DTYPES`). Everything is checked (store,
-    genes, format, dtype, an existing output refused without ``overwrite``) before any map is
-    computed. Returns the paths written."""
+    (:data:`~napari_trihrge.io.map_store.MATERIALISED_DTYPES`). ``window_um``: (row start,
+    row stop, col start, col stop) in micrometres: only the maps inside that rectangle
+    (:meth:`~napari_trihrge.io.map_store.FactorMaps.window`), at their place. Everything is
+    checked (store, genes, format, dtype, rectangle, an existing output refused without
+    ``overwrite``) before any map is computed. Returns the paths written."""
     if fmt not in EXPORT_FORMATS:
         raise TrihrgeInputError(f"unknown map format {fmt!r}",
                                 f"use one of: {', '.join(EXPORT_FORMATS)}")
     dtype = check_materialised_dtype(dtype)
     maps = open_run_maps(source)
     names = resolve_genes(maps, genes)
+    if window_um is not None:
+        if len(window_um) != 4:
+            raise TrihrgeInputError(
+                f"a rectangle is 4 numbers of micrometres, got {len(window_um)}",
+                "give row start, row stop, col start, col stop, e.g. 1000 2000 3000 4000")
+        maps = maps.window(window_um[:2], window_um[2:])
     out = Path(out) if out is not None else default_export_path(source, fmt)
     if fmt == "ome-zarr":
         if not out.name.endswith(".ome.zarr"):

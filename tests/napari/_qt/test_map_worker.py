@@ -118,6 +118,32 @@ def test_a_gene_asked_for_while_warming_is_served(viewer, qtbot, notes, monkeypa
     assert sum(gate.locations) == maps.n_locations and not notes.errors()
 
 
+def test_a_store_too_large_opens_at_every_nth_pixel_and_switches_genes(viewer, qtbot, notes,
+                                                                      monkeypatch, store_run):
+    from napari_trihrge.napari import layers as L
+    from napari_trihrge.napari._qt import GeneExplorer
+
+    whole = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    monkeypatch.setattr(L, "VIEWER_LOCATIONS", whole.n_locations // 3)  # -> one pixel in 2
+    gate = Gate(monkeypatch)
+    layer = _opened(viewer, store_run)
+    shown = layer.metadata["maps"]
+    assert shown.stride_um == 2 * whole.stride_um and layer.scale[-1] == shown.stride_um
+    assert any("one pixel in 2" in m for _, m in notes.items)
+    gate.open.set()
+    qtbot.waitUntil(lambda: not layer.metadata["trihrge"].get("pending"), timeout=60_000)
+    assert sum(gate.locations) == shown.n_locations < whole.n_locations  # those pixels only
+    ge = GeneExplorer(viewer)
+    other = next(g for g in shown.gene_names if g != layer.metadata["trihrge"]["gene"])
+    assert ge.show_gene(other) and not layer.metadata["trihrge"].get("pending")
+    inside = shown.mask
+    data = np.asarray(layer.data)
+    assert data.shape[:2] == whole.mask[::2, ::2].shape
+    np.testing.assert_allclose(data[inside], np.maximum(
+        np.asarray(whole[other])[::2, ::2][inside], data[inside].min()), atol=1e-5)
+    assert not notes.errors()
+
+
 def _overlay_text(viewer):
     from napari_trihrge.napari._qt._display import canvas_text_overlay
 

@@ -171,10 +171,10 @@ class GeneExplorer(Panel):
         if self.search.text() != gene:
             self.search.setText(gene)
         lo, hi = self.session.contrast_limits or (0.0, 1.0)
-        here = (None, self.session.sample_name)  # the current sample's layers only
+        sample = self.session.sample_name  # None: a reopened run folder, no sample opened
         shown = [lay.name for lay in self.viewer.layers
                  if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene
-                 and self.view.layer_sample(lay) in here]
+                 and (sample is None or self.view.layer_sample(lay) in (None, sample))]
         self.current.setText(f"<b>{gene}</b> on: {', '.join(shown) or 'no layer'}")
         done = self.session.last_shown or {}
         clipped = L.clipped_text(done.get("clipped") or {})
