@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from make_screenshots import compact_png, wait_until  # this script's folder is on sys.path
+from make_screenshots import compact_png, new_viewer, wait_until  # this folder is on sys.path
 
 OUT = Path(__file__).resolve().parents[1] / "images"
 
@@ -29,19 +29,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    try:  # a deprecation toast about the Qt binding would sit on the screenshot
-        import napari._qt.qt_main_window as qmw
-
-        qmw.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
-    app = QApplication.instance() or QApplication([])
-    viewer = napari.Viewer(title="napari-trihrge: cells")
+    app, viewer = new_viewer("napari-trihrge: cells")
     win = viewer.window
-    win.resize(1680, 1020)
     docks, widgets = {}, {}
     for name in ("Sample", "Train and enhance", "Cells", "Region explorer"):
         dock, widget = win.add_plugin_dock_widget("napari-trihrge", name, tabify=bool(docks))

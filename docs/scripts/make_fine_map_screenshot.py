@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from make_screenshots import compact_png, wait_until  # this script's folder is on sys.path
+from make_screenshots import compact_png, new_viewer, wait_until  # this folder is on sys.path
 
 OUT = Path(__file__).resolve().parents[1] / "images"
 
@@ -33,18 +33,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    try:  # a deprecation toast about the Qt binding would sit on the screenshot
-        import napari._qt.qt_main_window as qmw
-
-        qmw.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
-    app = QApplication.instance() or QApplication([])
-    viewer = napari.Viewer(title="napari-trihrge: a 2 um map")
-    viewer.window.resize(1680, 1020)
+    app, viewer = new_viewer("napari-trihrge: a 2 um map")
     dock, explorer = viewer.window.add_plugin_dock_widget("napari-trihrge", "Gene explorer")
 
     def shot(path: Path) -> None:

@@ -71,8 +71,8 @@ def main(argv=None) -> None:
             print(f"no her2st screenshots: {args.her2st} not found")
 
 
-def open_viewer(args, title: str):
-    """A viewer with the TriHRGE panels tabbed, and ``shot(name, dock, canvas_only)``."""
+def new_viewer(title: str):
+    """The Qt application and a 1680 x 1020 napari viewer for screenshots."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -85,8 +85,14 @@ def open_viewer(args, title: str):
 
     app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(title=title)
+    viewer.window.resize(1680, 1020)
+    return app, viewer
+
+
+def open_viewer(args, title: str):
+    """A viewer with the TriHRGE panels tabbed, and ``shot(name, dock, canvas_only)``."""
+    app, viewer = new_viewer(title)
     win = viewer.window
-    win.resize(1680, 1020)
     docks = {}
     widgets = {}
     for name in ("Sample", "Train and enhance", "Gene explorer", "Region explorer"):
