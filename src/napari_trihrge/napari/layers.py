@@ -498,7 +498,8 @@ def viewable_maps(maps) -> tuple[Any, str | None]:
     n = getattr(maps, "n_locations", None)
     if n is None or not hasattr(maps, "every"):
         return maps, None
-    most = min(VIEWER_LOCATIONS, display_cache_bytes() // max(1, maps.factor_bytes_per_location()))
+    fits = display_cache_bytes() // max(1, maps.factor_bytes_per_location())
+    most = min(VIEWER_LOCATIONS, fits)
     if n <= most:
         return maps, None
     step = int(np.ceil(np.sqrt(n / max(1, most))))
@@ -508,9 +509,10 @@ def viewable_maps(maps) -> tuple[Any, str | None]:
     return shown, (
         f"The map holds {n:,} locations at {maps.stride_um:g} um, more than the viewer "
         f"computes at once: it shows one pixel in {step} along rows and columns "
-        f"({shown.stride_um:g} um, {shown.n_locations:,} locations, the map's values there). For a region at "
-        f"{maps.stride_um:g} um, run `trihrge export-maps RUN --genes GENE --window-um ROW0 ROW1 "
-        "COL0 COL1` (micrometres, as the status bar shows them) and open its output.")
+        f"({shown.stride_um:g} um, {shown.n_locations:,} locations, the map's values there). "
+        f"For a region at {maps.stride_um:g} um, run `trihrge export-maps RUN --genes GENE "
+        "--window-um ROW0 ROW1 COL0 COL1` (micrometres, as the status bar shows them) and open "
+        "its output.")
 
 
 def map_ready(maps, gene: str) -> bool:
