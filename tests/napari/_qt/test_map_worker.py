@@ -144,6 +144,37 @@ def test_a_store_too_large_opens_at_every_nth_pixel_and_switches_genes(viewer, q
     assert not notes.errors()
 
 
+def test_a_region_opened_beside_its_run_never_leaves_a_map_on_an_earlier_gene(
+        viewer, qtbot, notes, store_run, tmp_path):
+    from napari_trihrge.napari._qt import GeneExplorer
+    from napari_trihrge.workflows.map_export import export_maps
+
+    layer = _opened(viewer, store_run)
+    qtbot.waitUntil(lambda: not layer.metadata["trihrge"].get("pending"), timeout=60_000)
+    maps = layer.metadata["maps"]
+    gene = layer.metadata["trihrge"]["gene"]
+    rows = maps.origin_rc_um[0] + np.array([0.3, 0.7]) * maps.mask.shape[0] * maps.stride_um
+    cols = maps.origin_rc_um[1] + np.array([0.3, 0.7]) * maps.mask.shape[1] * maps.stride_um
+    region = tmp_path / "region.ome.zarr"
+    export_maps(store_run, region, genes=[gene], window_um=(*rows, *cols))
+    viewer.open(str(region), plugin="napari-trihrge")
+    ge = GeneExplorer(viewer)
+    other = next(g for g in maps.gene_names if g != gene)
+    assert ge.show_gene(other)
+
+    def stale():
+        return [lay.name for lay in viewer.layers if lay.visible
+                and (lay.metadata or {}).get("trihrge", {}).get("kind") == "map"
+                and lay.metadata["trihrge"].get("gene") != other]
+
+    assert stale() == []  # the run's map is not left showing the first gene
+    assert ge.show_gene(gene)  # the region's gene: its map is drawn again
+    assert any(lay.visible and lay.metadata["trihrge"].get("gene") == gene
+               for lay in viewer.layers
+               if (lay.metadata or {}).get("trihrge", {}).get("kind") == "map")
+    assert not notes.errors()
+
+
 def _overlay_text(viewer):
     from napari_trihrge.napari._qt._display import canvas_text_overlay
 

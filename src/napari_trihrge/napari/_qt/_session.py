@@ -442,9 +442,11 @@ class LayerView:
             if not layer.visible:
                 layer.visible = True
             self.preparer.request(plan.maps, gene)
+            drawn = layer
         elif plan.map_values is not None:
             name = self.model.sample_name
             layer = ensure_map_layer(viewer, plan.maps, gene, limits, colormap, sample=name)
+            drawn = layer
             self.place(layer)
             layer.metadata.setdefault("trihrge", {}).pop("pending", None)
             set_map_gene(layer, plan.maps, gene, plan.map_values, limits)
@@ -452,6 +454,7 @@ class LayerView:
             if not layer.visible:  # napari redraws a layer on every visible = True
                 layer.visible = True
         else:
+            drawn = None
             for kind in ("map", "spread"):
                 lay = self.find_layer(kind)
                 if lay is not None:
@@ -461,6 +464,13 @@ class LayerView:
                     meta.pop("pending", None)  # a hidden spread's pixels are not due any more
                     lay.name = f"{'enhanced' if kind == 'map' else 'ensemble spread'}: " \
                                f"no map for {gene}"
+        sample = self.model.sample_name  # None: a reopened run folder, no sample opened
+        for lay in list(viewer.layers):  # another map of this sample (a region exported from
+            # it, opened beside it) is never left on an earlier gene: hidden
+            if layer_kind(lay) == "map" and lay is not drawn and lay.visible \
+                    and (lay.metadata or {}).get("trihrge", {}).get("gene") != gene \
+                    and (sample is None or self.layer_sample(lay) in (None, sample)):
+                lay.visible = False
         from ._display import recolour_cells
 
         for lay in list(viewer.layers):  # cells layers: one colour per cell, never recomputed
