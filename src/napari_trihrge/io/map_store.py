@@ -631,7 +631,13 @@ class FactorMaps:
 
     def _chunk_size(self, c: int) -> int:
         """Return the number of locations of chunk ``c``."""
-        return min(self.n_locations, (c + 1) * self.chunk_locations) - c * self.chunk_locations
+        start, stop = self._chunk_bounds(c)
+        return stop - start
+
+    def _chunk_bounds(self, c: int) -> tuple[int, int]:
+        """Return the locations (start, stop) of chunk ``c``."""
+        start = c * self.chunk_locations
+        return start, min(self.n_locations, start + self.chunk_locations)
 
     def ready(self, gene: int | None = None) -> bool:
         """Whether a map (``gene``'s, or any) comes without running networks or reading the store.
@@ -753,8 +759,7 @@ class FactorMaps:
         The factors themselves (format 1-2), or with a factor model their inputs (the kNN
         weights and the image features).
         """
-        s = c * self.chunk_locations
-        e = min(self.n_locations, s + self.chunk_locations)
+        s, e = self._chunk_bounds(c)
         if self._factors is not None:
             return _slice_factors(self._factors, s, e)
         if self._parent is not None:

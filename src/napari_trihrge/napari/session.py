@@ -359,8 +359,9 @@ class SessionModel:
         """Show ``gene`` everywhere on one colour scale; returns what was shown (``spots``,
         ``recovered``, ``virtual``, ``map``, ``spread``: bool, ``limits``, ``map_missing``:
         why the map is hidden, or '', ``map_pending``: its map is being computed and is shown
-        when ready, ``clipped``: the share of each kind's values beyond the scale). Emits ``display_requested`` then ``gene_changed``. ``asked``: the user chose
-        the gene (it joins :attr:`asked_genes`; a run started now maps it too)."""
+        when ready, ``clipped``: the share of each kind's values beyond the scale). Emits
+        ``display_requested`` then ``gene_changed``. ``asked``: the user chose the gene (it
+        joins :attr:`asked_genes`; a run started now maps it too)."""
         plan = self.display(gene)
         if asked:
             self.ask_gene(gene)

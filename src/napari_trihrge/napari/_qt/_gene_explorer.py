@@ -171,10 +171,9 @@ class GeneExplorer(Panel):
         if self.search.text() != gene:
             self.search.setText(gene)
         lo, hi = self.session.contrast_limits or (0.0, 1.0)
-        sample = self.session.sample_name  # None: a reopened run folder, no sample opened
         shown = [lay.name for lay in self.viewer.layers
                  if (lay.metadata or {}).get("trihrge", {}).get("gene") == gene
-                 and (sample is None or self.view.layer_sample(lay) in (None, sample))]
+                 and self.view.of_current_sample(lay)]
         self.current.setText(f"<b>{gene}</b> on: {', '.join(shown) or 'no layer'}")
         done = self.session.last_shown or {}
         clipped = L.clipped_text(done.get("clipped") or {})

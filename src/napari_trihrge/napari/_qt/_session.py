@@ -180,6 +180,12 @@ class LayerView:
             return str(name)
         return self._sample_of_source.get(str(source)) if source else None
 
+    def of_current_sample(self, layer) -> bool:
+        """Whether ``layer`` belongs to the sample shown now (any layer when none is: a
+        reopened run folder without its sample)."""
+        sample = self.model.sample_name
+        return sample is None or self.layer_sample(layer) in (None, sample)
+
     def offset_rc_um(self, sample: str | None = None) -> np.ndarray:
         """Where ``sample`` (default: the current one) sits in the viewer: world row/col um =
         the engine's row/col um + this offset ((0, 0) for the first sample opened)."""
@@ -464,12 +470,11 @@ class LayerView:
                     meta.pop("pending", None)  # a hidden spread's pixels are not due any more
                     lay.name = f"{'enhanced' if kind == 'map' else 'ensemble spread'}: " \
                                f"no map for {gene}"
-        sample = self.model.sample_name  # None: a reopened run folder, no sample opened
         for lay in list(viewer.layers):  # another map of this sample (a region exported from
             # it, opened beside it) is never left on an earlier gene: hidden
             if layer_kind(lay) == "map" and lay is not drawn and lay.visible \
                     and (lay.metadata or {}).get("trihrge", {}).get("gene") != gene \
-                    and (sample is None or self.layer_sample(lay) in (None, sample)):
+                    and self.of_current_sample(lay):
                 lay.visible = False
         from ._display import recolour_cells
 
