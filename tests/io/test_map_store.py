@@ -555,13 +555,12 @@ def test_enhance_run_writes_the_store_and_export_maps_materialises_it(store_run,
 def test_a_store_too_large_for_the_viewer_opens_at_every_nth_pixel(store_run, monkeypatch):
     import napari.utils.notifications
 
-    from napari_trihrge.napari import layers as L
     from napari_trihrge.napari._reader import read_run_layers
 
     maps = map_store.open_map_store(store_run / map_store.STORE_NAME)
     told = []
     monkeypatch.setattr(napari.utils.notifications, "show_info", told.append)
-    monkeypatch.setattr(L, "VIEWER_LOCATIONS", maps.n_locations // 5)  # -> one pixel in 3
+    monkeypatch.setattr(map_store, "DISPLAY_LOCATIONS", maps.n_locations // 5)  # 1 px in 3
     layers = read_run_layers(str(store_run))
     data, kw, _ = next(t for t in layers if t[1]["metadata"]["trihrge"].get("kind") == "map")
     shown = kw["metadata"]["maps"]
@@ -571,7 +570,7 @@ def test_a_store_too_large_for_the_viewer_opens_at_every_nth_pixel(store_run, mo
     gene = kw["metadata"]["trihrge"]["gene"]
     np.testing.assert_allclose(shown[gene], maps[gene][::3, ::3], rtol=0, atol=1e-5)
     assert len(told) == 1 and "one pixel in 3" in told[0] and "--window-um" in told[0]
-    monkeypatch.setattr(L, "VIEWER_LOCATIONS", maps.n_locations)  # fits: shown whole
+    monkeypatch.setattr(map_store, "DISPLAY_LOCATIONS", maps.n_locations)  # fits: shown whole
     layers = read_run_layers(str(store_run))
     kw = next(t[1] for t in layers if t[1]["metadata"]["trihrge"].get("kind") == "map")
     assert kw["scale"] == (maps.stride_um,) * 2 and len(told) == 1

@@ -188,6 +188,49 @@ def test_a_run_through_the_cli_path_lands_in_the_model(model, tmp_path):
     assert model.trust(model.gene) is not None
 
 
+def test_a_map_too_fine_to_show_whole_is_prepared_and_shown_at_every_nth_pixel(
+        model, tmp_path, monkeypatch):
+    """The Train panel's Enhance at a fine stride (its path without Qt): the networks run at
+    the pixels the viewer shows, every n-th, not at every location of the map; the session
+    shows those maps and says so, and the run's maps stay whole."""
+    import napari.utils.notifications
+
+    from napari_trihrge.io import map_store
+    from napari_trihrge.tl import RunConfig
+    from napari_trihrge.workflows.runs import run_task
+
+    expanded: dict[int, int] = {}
+    expand = map_store.FactorMaps._expand
+
+    def counted(self, inputs):
+        expanded[id(self)] = expanded.get(id(self), 0) + len(inputs)
+        return expand(self, inputs)
+
+    monkeypatch.setattr(map_store.FactorMaps, "_expand", counted)
+    monkeypatch.setattr(map_store, "DISPLAY_LOCATIONS", 1500)
+    told: list[str] = []
+    monkeypatch.setattr(napari.utils.notifications, "show_info", told.append)
+    ad = sample_adata()
+    out = run_task("enhance", ad, tmp_path / "run", config=RunConfig(**TINY_RUN),
+                   factor=2, stride_um=16.0, prepare_maps=True)
+    whole = out.result.maps
+    # the whole map's consistency check ran at the spots' disks only (as on the command line),
+    # and it keeps no more factors than any map does: the viewer never shows its other pixels
+    assert whole.n_locations > 1500 and not whole.whole_chunks
+    assert whole.cache_bytes == map_store.FACTOR_CACHE_BYTES
+    step = whole.display_step(2**40)
+    assert step > 1
+    shown = whole.every(step)
+    assert shown.n_locations <= 1500 and shown.ready()  # prepared in the run's worker
+    assert expanded[id(shown)] == shown.n_locations  # each shown location's networks once
+    model.set_result("enhance", out.result, ad)
+    assert model.maps() is shown and len(told) == 1 and f"one pixel in {step}" in told[0]
+    gene = model.gene
+    np.testing.assert_allclose(shown[gene], whole[gene][::step, ::step], atol=1e-5,
+                               equal_nan=True)
+    assert expanded[id(shown)] == shown.n_locations  # the shown gene ran nothing again
+
+
 def test_spots_and_a_narrow_map_share_a_scale_that_covers_both(model):
     """A map that varies less than the spots (ERBB2 on her2st: map 3.9-4.8, spots 0-5.3) must
     not narrow the scale until the spots look binary; what is beyond it is counted."""

@@ -89,6 +89,10 @@ GENE_ARRAYS = ("blend_weights", "candidate_mean", "target_mean", "spots_expressi
                "spots_level", "ridge_coef", "ridge_intercept", "network_weight", "network_bias",
                "network_skip", "network_neighbour_mean")
 
+#: the most locations of a map a viewer computes at once; a larger map (a fine stride over a
+#: large section) is shown at every n-th pixel (:meth:`FactorMaps.display_step`)
+DISPLAY_LOCATIONS = 400_000
+
 #: the factor cache of maps made for a viewer now (:func:`for_display`), None: not for one
 _DISPLAY_CACHE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "trihrge_display_cache", default=None)
@@ -98,10 +102,11 @@ _DISPLAY_CACHE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 def for_display(cache_bytes: int | None) -> Iterator[None]:
     """Inside, factorised maps made in this thread are for a viewer that shows every gene next.
 
-    They keep up to ``cache_bytes`` of factors (at least :data:`FACTOR_CACHE_BYTES`) and a
-    map at a few pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview)
-    computes the factors of every location of the chunks it touches and keeps them, so that
-    each location's networks run once. ``None``: nothing changes.
+    They keep up to ``cache_bytes`` of factors (at least :data:`FACTOR_CACHE_BYTES`) and,
+    when the viewer shows them whole (:meth:`FactorMaps.display_step` is 1), a map at a few
+    pixels (:meth:`FactorMaps.values_at`: the consistency check, the overview) computes the
+    factors of every location of the chunks it touches and keeps them, so that each
+    location's networks run once. ``None``: nothing changes.
     """
     token = _DISPLAY_CACHE.set(None if cache_bytes is None
                                else max(FACTOR_CACHE_BYTES, int(cache_bytes)))
@@ -538,10 +543,15 @@ class FactorMaps:
         self._rows, self._cols = np.nonzero(self.mask)
         self.n_locations = len(self._rows)
         display_cache = _DISPLAY_CACHE.get()
-        #: a map at some pixels computes (and keeps) their chunks whole (:func:`for_display`)
-        self.whole_chunks = display_cache is not None
-        self.cache_bytes = int(cache_bytes if display_cache is None
-                               else max(cache_bytes, display_cache))
+        #: a map at some pixels computes (and keeps) their chunks whole, in a cache the size
+        #: of the viewer's (:func:`for_display`); not for maps a viewer shows at every n-th
+        #: pixel, whose other pixels it never shows
+        self.whole_chunks = display_cache is not None \
+            and self.display_step(max(cache_bytes, display_cache)) == 1
+        self.cache_bytes = int(max(cache_bytes, display_cache) if self.whole_chunks
+                               else cache_bytes)
+        #: :meth:`every`'s maps by step, kept with what they computed
+        self._every: dict[int, FactorMaps] = {}
         self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
         self._cached_bytes = 0
         self._checked = False
@@ -705,8 +715,8 @@ class FactorMaps:
 
         They are maps of their own, at ``step`` times the stride from the same origin. Their
         values are the maps' at those pixels (samples, not averages over the pixels between);
-        the viewer shows a map too large for it this way
-        (:func:`napari_trihrge.napari.layers.viewable_maps`).
+        the viewer shows a map too large for it this way (:meth:`display_step`). The same
+        step gives the same maps (with what they computed and kept).
         """
         step = int(step)
         if step < 1:
@@ -714,8 +724,30 @@ class FactorMaps:
                                     "use 1 (every pixel), 2, 3, ...")
         if step == 1:
             return self
-        picked = np.flatnonzero((self._rows % step == 0) & (self._cols % step == 0))
-        return self._subset(picked, slice(None, None, step), slice(None, None, step))
+        with self._lock:
+            kept = self._every.get(step)
+        if kept is None:
+            picked = np.flatnonzero((self._rows % step == 0) & (self._cols % step == 0))
+            made = self._subset(picked, slice(None, None, step), slice(None, None, step))
+            with self._lock:
+                kept = self._every.setdefault(step, made)
+        return kept
+
+    def display_step(self, cache_bytes: int, most_locations: int | None = None) -> int:
+        """Return the n at which a viewer shows these maps: every n-th pixel along rows and
+        columns (1: every pixel).
+
+        The smallest n whose locations are at most ``most_locations``
+        (:data:`DISPLAY_LOCATIONS` when None) and whose factors fit ``cache_bytes``.
+        """
+        most = DISPLAY_LOCATIONS if most_locations is None else int(most_locations)
+        most = max(1, min(most, int(cache_bytes) // max(1, self.factor_bytes_per_location())))
+        if self.n_locations <= most:
+            return 1
+        step = int(np.ceil(np.sqrt(self.n_locations / most)))
+        while self.mask[::step, ::step].sum() > most:  # the mask's pixels need not fall evenly
+            step += 1
+        return step
 
     def _subset(self, picked: np.ndarray, rows: slice, cols: slice) -> FactorMaps:
         """Return the maps of the locations ``picked`` on the grid ``mask[rows, cols]``.

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import TrihrgeInputError
 from . import layers as L
+from .session import viewable_maps_told
 
 _MAP_SUFFIXES = (".ome.tif", ".ome.tiff")
 
@@ -381,19 +382,8 @@ def read_map_store_layers(path) -> list:
     that is not whole is refused before any layer is made."""
     from ..io import open_map_store
 
-    maps = _viewable(open_map_store(_one(path)))
+    maps = viewable_maps_told(open_map_store(_one(path)))
     return _tag_source(_store_map_layers(maps, maps.gene_names[0]), _one(path))
-
-
-def _viewable(maps):
-    """The part of a map store the viewer shows (:func:`layers.viewable_maps`); the user is
-    told when it is not all of it."""
-    shown, note = L.viewable_maps(maps)
-    if note is not None:
-        from napari.utils.notifications import show_info
-
-        show_info(note)
-    return shown
 
 
 def _store_map_layers(maps, gene: str, spot_values: dict | None = None) -> list:
@@ -426,7 +416,7 @@ def read_run_layers(path) -> list:
         else:  # a factorised store (checked whole before any layer is made)
             from ..io import open_map_store
 
-            maps = _viewable(open_map_store(p / STORE_NAME))
+            maps = viewable_maps_told(open_map_store(p / STORE_NAME))
         spot_vals = None
         virt = next((t for t in out if t[1].get("metadata", {}).get("trihrge", {}).get("kind")
                      == "virtual"), None)

@@ -478,37 +478,23 @@ def map_layer_kwargs(maps, gene: str, contrast_limits: tuple[float, float], *,
     }
 
 
-#: the most locations of a map store the viewer shows at full resolution; a larger map (a fine
-#: stride over a large section) is shown at every n-th pixel, about this many locations
-VIEWER_LOCATIONS = 400_000
-
-
 def viewable_maps(maps) -> tuple[Any, str | None]:
     """Return the maps the viewer shows of ``maps``, and a message when they are not all of it.
 
-    A map store of more than :data:`VIEWER_LOCATIONS` locations, or whose factors would not
-    fit the viewer's cache (:func:`~napari_trihrge.tl._maps.display_cache_bytes`), is shown at
-    every n-th pixel along rows and columns
-    (:meth:`~napari_trihrge.io.map_store.FactorMaps.every`): the networks run at those pixels
+    A map store too large to compute at once is shown at every n-th pixel along rows and
+    columns (:func:`~napari_trihrge.tl._maps.displayed_maps`): the networks run at those pixels
     only and, kept, make a gene switch quick; a region at full resolution is
     ``trihrge export-maps --window-um``. Other maps are shown whole.
     """
-    from ..tl._maps import display_cache_bytes
+    from ..tl._maps import displayed_maps
 
-    n = getattr(maps, "n_locations", None)
-    if n is None or not hasattr(maps, "every"):
+    shown = displayed_maps(maps)
+    if shown is maps:
         return maps, None
-    fits = display_cache_bytes() // max(1, maps.factor_bytes_per_location())
-    most = min(VIEWER_LOCATIONS, fits)
-    if n <= most:
-        return maps, None
-    step = int(np.ceil(np.sqrt(n / max(1, most))))
-    while maps.mask[::step, ::step].sum() > most:  # the mask's pixels need not fall evenly
-        step += 1
-    shown = maps.every(step)
+    step = int(round(shown.stride_um / maps.stride_um))
     return shown, (
-        f"The map holds {n:,} locations at {maps.stride_um:g} um, more than the viewer "
-        f"computes at once: it shows one pixel in {step} along rows and columns "
+        f"The map holds {maps.n_locations:,} locations at {maps.stride_um:g} um, more than the "
+        f"viewer computes at once: it shows one pixel in {step} along rows and columns "
         f"({shown.stride_um:g} um, {shown.n_locations:,} locations, the map's values there). "
         f"For a region at {maps.stride_um:g} um, run `trihrge export-maps RUN --genes GENE "
         "--window-um ROW0 ROW1 COL0 COL1` (micrometres, as the status bar shows them) and open "

@@ -66,6 +66,19 @@ class GeneDisplay:
     shown: dict[str, Any] = field(default_factory=dict)
 
 
+def viewable_maps_told(maps):
+    """The part of ``maps`` the viewer shows (:func:`layers.viewable_maps`); a napari
+    notification tells the user when it is not all of it. None for None."""
+    if maps is None:
+        return None
+    shown, note = L.viewable_maps(maps)
+    if note is not None:
+        from napari.utils.notifications import show_info
+
+        show_info(note)
+    return shown
+
+
 class SessionModel:
     """Shared state of one viewer (see the module docstring for the events)."""
 
@@ -159,8 +172,7 @@ class SessionModel:
         self._enhance = result
         if getattr(result, "virtual", None) is not None:
             self.add_source("virtual", result.virtual)
-        if getattr(result, "maps", None) is not None:
-            self.add_source("map", result.maps)
+        self.add_source("map", viewable_maps_told(getattr(result, "maps", None)))
         self.enhance_changed.emit(result)
 
     def set_result(self, task: str, result, adata=None) -> dict[str, Any]:
@@ -181,7 +193,8 @@ class SessionModel:
             self._enhance = result
             if getattr(result, "virtual", None) is not None:
                 self.add_source("virtual", result.virtual, notify=False, sample=owner)
-            self.add_source("map", getattr(result, "maps", None), notify=False, sample=owner)
+            self.add_source("map", viewable_maps_told(getattr(result, "maps", None)),
+                            notify=False, sample=owner)
         self.result_added.emit(task, result)
         if task == "recovery":
             self.recovery_changed.emit(result)

@@ -125,6 +125,17 @@ def display_cache_bytes() -> int:
     return max(FACTOR_CACHE_BYTES, int(DISPLAY_CACHE_SHARE * available))
 
 
+def displayed_maps(maps: Any) -> Any:
+    """Return the part of ``maps`` a viewer shows.
+
+    A factorised map too large to compute at once is shown at every n-th pixel
+    (:meth:`~napari_trihrge.io.map_store.FactorMaps.display_step` with
+    :func:`display_cache_bytes`); other maps whole (``maps`` itself).
+    """
+    step_for = getattr(maps, "display_step", None)
+    return maps if step_for is None else maps.every(step_for(display_cache_bytes()))
+
+
 def _available_memory_bytes() -> float | None:
     try:
         import psutil

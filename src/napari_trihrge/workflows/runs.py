@@ -33,7 +33,7 @@ from ..io.outputs import (
 )
 from ..progress import Progress, ensure_progress
 from ..tl import RunConfig, enhance, recovery, sample_geometry, trust_summary
-from ..tl._maps import display_cache_bytes
+from ..tl._maps import display_cache_bytes, displayed_maps
 from ..tl._reference import split_references
 
 if TYPE_CHECKING:
@@ -60,11 +60,14 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
     """Run ``task`` ('recovery' or 'enhance') on ``adata``. With ``out_dir`` the run folder is
     written as by ``trihrge recovery`` / ``trihrge enhance`` (aside, swapped in when complete;
     enhance streams its maps there); without, nothing is written. ``prepare_maps``: compute
-    the dense maps' per-location factors before returning (:meth:`FactorMaps.warm`), so a
-    viewer then shows any gene at once; the networks then run once per map location (the
-    consistency check and the overview compute whole chunks, kept for the viewer within a
-    share of the available memory, :func:`~napari_trihrge.io.map_store.for_display`, and the
-    maps keep them when the run folder is swapped in). ``task_kwargs`` are
+    the per-location factors of the maps a viewer shows
+    (:func:`~napari_trihrge.tl._maps.displayed_maps`: every n-th pixel of a map too large to
+    compute at once) before returning (:meth:`FactorMaps.warm`), so a viewer then shows any
+    gene at once; each of those
+    locations' networks runs once (for maps shown whole, the consistency check and the
+    overview compute whole chunks, kept for the viewer within a share of the available memory,
+    :func:`~napari_trihrge.io.map_store.for_display`, and the maps keep them when the run
+    folder is swapped in). ``task_kwargs`` are
     :func:`run_recovery`'s or :func:`run_enhance`'s keyword arguments."""
     if task not in TASKS:
         raise TrihrgeInputError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
@@ -74,7 +77,7 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
                            overwrite=overwrite, **task_kwargs)
         maps = getattr(output.result, "maps", None)
         if prepare_maps and hasattr(maps, "warm"):
-            maps.warm(progress=progress)
+            displayed_maps(maps).warm(progress=progress)
     return output
 
 

@@ -120,11 +120,10 @@ def test_a_gene_asked_for_while_warming_is_served(viewer, qtbot, notes, monkeypa
 
 def test_a_store_too_large_opens_at_every_nth_pixel_and_switches_genes(viewer, qtbot, notes,
                                                                       monkeypatch, store_run):
-    from napari_trihrge.napari import layers as L
     from napari_trihrge.napari._qt import GeneExplorer
 
     whole = map_store.open_map_store(store_run / map_store.STORE_NAME)
-    monkeypatch.setattr(L, "VIEWER_LOCATIONS", whole.n_locations // 3)  # -> one pixel in 2
+    monkeypatch.setattr(map_store, "DISPLAY_LOCATIONS", whole.n_locations // 3)  # 1 px in 2
     gate = Gate(monkeypatch)
     layer = _opened(viewer, store_run)
     shown = layer.metadata["maps"]
