@@ -552,6 +552,9 @@ class FactorMaps:
                                else cache_bytes)
         #: :meth:`every`'s maps by step, kept with what they computed
         self._every: dict[int, FactorMaps] = {}
+        #: the whole maps at full resolution these are part of (:meth:`every`,
+        #: :meth:`window`), these maps themselves otherwise
+        self.whole: FactorMaps = self
         self._cache: OrderedDict[int, LocationFactors] = OrderedDict()
         self._cached_bytes = 0
         self._checked = False
@@ -733,15 +736,14 @@ class FactorMaps:
                 kept = self._every.setdefault(step, made)
         return kept
 
-    def display_step(self, cache_bytes: int, most_locations: int | None = None) -> int:
-        """Return the n at which a viewer shows these maps: every n-th pixel along rows and
-        columns (1: every pixel).
+    def display_step(self, cache_bytes: int) -> int:
+        """Return the n at which a viewer shows these maps, every n-th pixel (1: every one).
 
-        The smallest n whose locations are at most ``most_locations``
-        (:data:`DISPLAY_LOCATIONS` when None) and whose factors fit ``cache_bytes``.
+        The smallest n, along rows and columns, that leaves at most :data:`DISPLAY_LOCATIONS`
+        locations whose factors fit ``cache_bytes``.
         """
-        most = DISPLAY_LOCATIONS if most_locations is None else int(most_locations)
-        most = max(1, min(most, int(cache_bytes) // max(1, self.factor_bytes_per_location())))
+        fits = int(cache_bytes) // max(1, self.factor_bytes_per_location())
+        most = max(1, min(DISPLAY_LOCATIONS, fits))
         if self.n_locations <= most:
             return 1
         step = int(np.ceil(np.sqrt(self.n_locations / most)))
@@ -760,6 +762,7 @@ class FactorMaps:
         sub = FactorMaps(self.weights, None, self.mask[rows, cols], self.stride_um * step,
                          self.origin_rc_um + first * self.stride_um, path=self.path,
                          factor_model=self.factor_model, parent=(self, picked))
+        sub.whole = self.whole
         if sub.n_locations != len(picked):  # pragma: no cover - the mask and locations agree
             raise RuntimeError("the sub-grid's mask does not match its locations")
         return sub

@@ -483,7 +483,8 @@ def viewable_maps(maps) -> tuple[Any, str | None]:
 
     A map store too large to compute at once is shown at every n-th pixel along rows and
     columns (:func:`~napari_trihrge.tl._maps.displayed_maps`): the networks run at those pixels
-    only and, kept, make a gene switch quick; a region at full resolution is
+    only and, kept, make a gene switch quick; a region at full resolution is the Gene
+    explorer's :meth:`~._qt.GeneExplorer.show_full_resolution` or
     ``trihrge export-maps --window-um``. Other maps are shown whole.
     """
     from ..tl._maps import displayed_maps
@@ -496,9 +497,10 @@ def viewable_maps(maps) -> tuple[Any, str | None]:
         f"The map holds {maps.n_locations:,} locations at {maps.stride_um:g} um, more than the "
         f"viewer computes at once: it shows one pixel in {step} along rows and columns "
         f"({shown.stride_um:g} um, {shown.n_locations:,} locations, the map's values there). "
-        f"For a region at {maps.stride_um:g} um, run `trihrge export-maps RUN --genes GENE "
-        "--window-um ROW0 ROW1 COL0 COL1` (micrometres, as the status bar shows them) and open "
-        "its output.")
+        f"For a region at {maps.stride_um:g} um, zoom in and press 'Map at full resolution in "
+        "this view' in the Gene explorer; to write one to disk, `trihrge export-maps RUN "
+        "--genes GENE --window-um ROW0 ROW1 COL0 COL1` (micrometres, as the status bar shows "
+        "them).")
 
 
 def map_ready(maps, gene: str) -> bool:

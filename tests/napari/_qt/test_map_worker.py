@@ -236,3 +236,65 @@ def test_a_damaged_store_shows_nothing(viewer, qtbot, notes, monkeypatch, store_
     assert "could not be computed" in notes.errors()[0]
     assert "not computed" in layer.name and layer.metadata["trihrge"]["pending"]
     assert layer.data.max() < layer.contrast_limits[0]  # nothing drawn
+
+
+def test_the_view_at_full_resolution_is_added_over_a_coarser_map_and_follows_each_gene(
+        viewer, qtbot, notes, monkeypatch, store_run):
+    """A map shown at every n-th pixel: the Gene explorer adds the region the canvas shows at
+    the map's own pixel size (its networks at those locations only, in a worker), on top of
+    the whole section; the next gene is drawn on both; a view too large is refused with what
+    to do; deleting the region goes back to the whole section."""
+    from napari_trihrge.napari._qt import GeneExplorer
+    from napari_trihrge.napari._qt._gene_explorer import _camera
+    from napari_trihrge.napari._qt._session import get_session
+
+    whole = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    monkeypatch.setattr(map_store, "DISPLAY_LOCATIONS", whole.n_locations // 3)  # 1 px in 2
+    layer = _opened(viewer, store_run)
+    qtbot.waitUntil(lambda: not layer.metadata["trihrge"].get("pending"), timeout=60_000)
+    coarse, gene = layer.metadata["maps"], layer.metadata["trihrge"]["gene"]
+    ge = GeneExplorer(viewer)
+    assert not ge.full_btn.isHidden()
+    camera, canvas_hw = _camera(viewer), viewer.canvas.size  # (height, width) screen px
+    # frame 40 % of the map across, around its middle
+    extent_um = np.array(whole.mask.shape) * whole.stride_um
+    camera.center = tuple(whole.origin_rc_um + extent_um / 2)
+    camera.zoom = max(canvas_hw) / (0.4 * extent_um.max())
+    rows_um, cols_um = ge.view_rectangle_um()
+    assert np.mean(rows_um) == pytest.approx(camera.center[-2])
+    assert cols_um[1] - cols_um[0] == pytest.approx(canvas_hw[1] / camera.zoom)
+    expected = whole.window(rows_um, cols_um)
+    gate = Gate(monkeypatch)
+    gate.open.set()
+    region_layer = ge.show_full_resolution()
+    assert region_layer is not None and viewer.layers[-1] is region_layer
+    region = region_layer.metadata["maps"]
+    assert region.stride_um == whole.stride_um and region_layer.scale[-1] == whole.stride_um
+    assert region.mask.shape == expected.mask.shape
+    np.testing.assert_array_equal(region.origin_rc_um, expected.origin_rc_um)
+    qtbot.waitUntil(lambda: not region_layer.metadata["trihrge"].get("pending"),
+                    timeout=60_000)
+    assert sum(gate.locations) == region.n_locations < coarse.n_locations  # the view only
+    assert region_layer.name == f"enhanced {gene} (full resolution, {whole.stride_um:g} um)"
+    inside = region.mask
+    data = np.asarray(region_layer.data)
+    np.testing.assert_allclose(data[inside], np.maximum(np.asarray(expected[gene])[inside],
+                                                        data[inside].min()), atol=1e-5)
+    # the next gene: the region (computed in a worker) and the whole section (ready) both
+    other = next(g for g in whole.gene_names if g != gene)
+    assert ge.show_gene(other)
+    qtbot.waitUntil(lambda: not region_layer.metadata["trihrge"].get("pending"),
+                    timeout=60_000)
+    for lay, maps in ((region_layer, region), (layer, coarse)):
+        assert lay.visible and lay.metadata["trihrge"]["gene"] == other
+        inside, data = maps.mask, np.asarray(lay.data)
+        np.testing.assert_allclose(data[inside], np.maximum(np.asarray(maps[other])[inside],
+                                                            data[inside].min()), atol=1e-5)
+    assert tuple(layer.contrast_limits) == tuple(region_layer.contrast_limits)  # one scale
+    # the whole section in view: more locations than the viewer computes at once
+    camera.zoom = max(canvas_hw) / (3 * extent_um.max())
+    assert ge.show_full_resolution() is None
+    assert any("zoom in" in m for _, m in notes.items)
+    viewer.layers.remove(region_layer)
+    assert get_session(viewer).maps() is coarse
+    assert not notes.errors()

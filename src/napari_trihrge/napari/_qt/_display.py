@@ -127,7 +127,7 @@ def set_map_gene(layer, maps, gene: str, values: np.ndarray,
     meta = layer.metadata.setdefault("trihrge", {})
     meta["gene"] = gene
     meta["display_limits"] = tuple(float(v) for v in limits)
-    layer.name = f"enhanced {gene}"
+    layer.name = f"enhanced {gene}" + meta.get("name_suffix", "")
 
 
 def set_map_pending(layer, spread, maps, gene: str) -> None:
@@ -142,7 +142,7 @@ def set_map_pending(layer, spread, maps, gene: str) -> None:
         meta = lay.metadata.setdefault("trihrge", {})
         meta.update(gene=gene, pending=True, display_limits=limits)
         set_image_data(lay, data, limits, limits)
-        lay.name = name
+        lay.name = name + meta.get("name_suffix", "")
 
 
 def show_spread(viewer, maps, gene: str, sample: str | None = None) -> bool:

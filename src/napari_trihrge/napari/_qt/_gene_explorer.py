@@ -48,6 +48,10 @@ TOOLTIPS = {
             "the neighbouring spots; a gene marked orange, 'below interpolation', gains nothing "
             "from the image. Click a gene to show it.",
     "png": "Save exactly what the canvas shows as a PNG image.",
+    "full": "A map too large to compute at once is shown at every n-th pixel. Zoom in on a "
+            "region and press this: the region the canvas shows is added at the map's own "
+            "pixel size, on top, for every gene you show next. Delete that layer to go back "
+            "to the whole section.",
 }
 
 
@@ -85,6 +89,8 @@ class GeneExplorer(Panel):
         self.colorbar.setPixmap(_colorbar_pixmap(self.session.colormap))
         self.scale_label = note("")
         self.side_check = QCheckBox("Side by side: measured spots | enhanced")
+        self.full_btn = QPushButton("Map at full resolution in this view")
+        self.full_btn.setToolTip(TOOLTIPS["full"])
         self.best_list = QListWidget()
         self.best_list.setMinimumHeight(120)
         self.best_note = note("Run Enhance or Recovery to list the genes predicted best.")
@@ -117,6 +123,7 @@ class GeneExplorer(Panel):
         lay.addWidget(self.colorbar)
         lay.addWidget(self.scale_label)
         lay.addWidget(self.side_check)
+        lay.addWidget(self.full_btn)
         lay.addWidget(hline())
         lay.addWidget(heading("Best predicted genes"))
         lay.addWidget(self.best_note)
@@ -129,6 +136,7 @@ class GeneExplorer(Panel):
         self.side_check.toggled.connect(self.set_side_by_side)
         self.best_list.itemClicked.connect(self._on_best)
         self.png_btn.clicked.connect(self._save_png)
+        self.full_btn.clicked.connect(self.show_full_resolution)
         for event, slot in ((self.session.sample_changed, self.refresh_genes),
                             (self.session.enhance_changed, self.refresh_genes),
                             (self.session.outputs_opened, self.refresh_genes),
@@ -136,7 +144,11 @@ class GeneExplorer(Panel):
                             (self.session.trust_changed, self._on_trust),
                             (self.session.gene_changed, self._on_gene_changed)):
             listen(self, event, slot)
+        for event in (self.session.gene_changed, self.session.outputs_opened,
+                      self.session.enhance_changed):
+            listen(self, event, self._update_full_button)
         self.refresh_genes()
+        self._update_full_button()
         self._on_trust(self.session.trust_table())
         if self.session.gene:
             self._on_gene_changed(self.session.gene)
@@ -188,6 +200,54 @@ class GeneExplorer(Panel):
             f"color: {WARN_COLOUR}" if L.trust_warns(trust) else "")
         if self._saved_view is not None:
             self._label_panels()
+
+    # -- a region at the map's full resolution -------------------------------------------
+    def _update_full_button(self, *_):
+        maps = self.session.maps()
+        self.full_btn.setVisible(maps is not None and getattr(maps, "whole", maps) is not maps)
+
+    def view_rectangle_um(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The rectangle the canvas shows, (rows, cols) as (start, stop) in micrometres of the
+        current sample (the engine's coordinates: the sample's place in the viewer removed)."""
+        camera = _camera(self.viewer)
+        centre = np.asarray(camera.center, dtype=float)[-2:]
+        half = _canvas_size_px(self.viewer) / float(camera.zoom) / 2  # canvas px -> um
+        lo, hi = centre - half - self.view.offset_rc_um(), centre + half - \
+            self.view.offset_rc_um()
+        return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
+
+    def show_full_resolution(self):
+        """Add the shown gene's map of the region in view at the map's own pixel size (the
+        shown map being every n-th pixel of a larger one), computed in a worker; it follows
+        every gene shown next. Returns the new layer, or None with a message."""
+        from ...tl._maps import displayed_maps
+
+        maps = self.session.maps()
+        gene = self.session.gene or next(  # a run folder opened: the gene its layer shows
+            (lay.metadata["trihrge"].get("gene") for lay in reversed(self.viewer.layers)
+             if (lay.metadata or {}).get("maps") is maps and maps is not None), None)
+        full = getattr(maps, "whole", maps)
+        if maps is None or full is maps or gene is None:
+            show_info("The map is shown whole at its full resolution already.")
+            return None
+        rows_um, cols_um = self.view_rectangle_um()
+        try:
+            region = full.window(rows_um, cols_um)
+        except Exception as exc:  # noqa: BLE001 - a notification, never a crash
+            notify_error(exc, "No map in this view")
+            return None
+        shown = displayed_maps(region)
+        if shown is not region:
+            show_info(f"This view holds {region.n_locations:,} map locations at "
+                      f"{full.stride_um:g} um, more than the viewer computes at once (about "
+                      f"{shown.n_locations:,}): zoom in and press the button again.")
+            return None
+        data, kwargs, _ = L.pending_map_layer(region, gene)
+        meta = kwargs["metadata"]["trihrge"]
+        meta["sample"] = self.session.sample_name
+        meta["name_suffix"] = f" (full resolution, {full.stride_um:g} um)"
+        kwargs["name"] += meta["name_suffix"]
+        return self.viewer.add_image(data, **kwargs)  # the view computes it (a worker)
 
     # -- the run's per-gene trust ---------------------------------------------------------
     def _on_trust(self, table):
@@ -363,6 +423,14 @@ def _camera(viewer):
     """The camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def _canvas_size_px(viewer) -> np.ndarray:
+    """The canvas's (height, width) in screen pixels (``viewer.canvas.size`` since napari 0.6,
+    ``viewer._canvas_size`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None) if canvas is not None else None
+    return np.asarray(size if size is not None else viewer._canvas_size, dtype=float)
 
 
 def _text_overlay(viewer):

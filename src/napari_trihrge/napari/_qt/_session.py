@@ -300,6 +300,14 @@ class LayerView:
             self.model.remove_source(kind, (layer.metadata or {}).get("adata"))
         maps = (layer.metadata or {}).get("maps")
         viewer = self.viewer
+        sample = self.layer_sample(layer)  # None: any sample
+        others = [lay for lay in (viewer.layers if viewer is not None else [])
+                  if layer_kind(lay) == "map" and (lay.metadata or {}).get("maps") is not maps
+                  and (sample is None or self.layer_sample(lay) in (None, sample))]
+        if kind == "map" and maps is not None and others:
+            # another map of the sample stays open (a region removed from over the whole
+            # section): that one shows the next gene, not the removed one
+            self.model.remove_source("map", maps)
         if kind == "map" and maps is not None and self.preparer.busy(maps) and not any(
                 (lay.metadata or {}).get("maps") is maps and layer_kind(lay) == "map"
                 for lay in (viewer.layers if viewer is not None else [])):
@@ -334,14 +342,17 @@ class LayerView:
             return
         from ._display import set_map_gene
 
-        # another sample's map, or no session gene yet
+        # another map of this sample (drawn on the shown gene's scale), another sample's map,
+        # or no session gene yet (on the map's own scale)
         layers = [lay for lay in self._pending_layers(maps, gene) if layer_kind(lay) == "map"]
         if layers:
             values = L.map_values(maps, gene)
-            limits = L.shared_contrast_limits(values)
+            own = L.shared_contrast_limits(values)
         for layer in layers:
             layer.metadata["trihrge"].pop("pending", None)
-            set_map_gene(layer, maps, gene, values, limits)
+            shown_scale = model.gene == gene and model.contrast_limits is not None \
+                and self.of_current_sample(layer)
+            set_map_gene(layer, maps, gene, values, model.contrast_limits if shown_scale else own)
 
     def _replace_earlier_copy(self, layer) -> None:
         """Opening the same sample or run again replaces its earlier layers (same kind, same
@@ -470,12 +481,9 @@ class LayerView:
                     meta.pop("pending", None)  # a hidden spread's pixels are not due any more
                     lay.name = f"{'enhanced' if kind == 'map' else 'ensemble spread'}: " \
                                f"no map for {gene}"
-        for lay in list(viewer.layers):  # another map of this sample (a region exported from
-            # it, opened beside it) is never left on an earlier gene: hidden
-            if layer_kind(lay) == "map" and lay is not drawn and lay.visible \
-                    and (lay.metadata or {}).get("trihrge", {}).get("gene") != gene \
-                    and self.of_current_sample(lay):
-                lay.visible = False
+        for lay in list(viewer.layers):
+            if layer_kind(lay) == "map" and lay is not drawn and self.of_current_sample(lay):
+                self._draw_other_map(lay, gene, limits)
         from ._display import recolour_cells
 
         for lay in list(viewer.layers):  # cells layers: one colour per cell, never recomputed
@@ -489,6 +497,29 @@ class LayerView:
         if self._select_result:
             self._select_result = False
             self.select_shown_result(shown)
+
+    def _draw_other_map(self, layer, gene: str, limits: tuple[float, float]) -> None:
+        """Another map layer of the sample (the whole section at every n-th pixel under a
+        region at full resolution, a region exported from the run): ``gene``'s map when its
+        maps have the gene (computed in a worker when not ready), else hidden, never left on
+        an earlier gene."""
+        from ._display import set_map_gene, set_map_pending
+
+        meta = layer.metadata.setdefault("trihrge", {})
+        maps = layer.metadata.get("maps")
+        if maps is None or gene not in list(maps.gene_names):
+            if layer.visible:
+                layer.visible = False
+                meta["hidden_without_gene"] = True
+            return
+        if meta.get("gene") != gene:
+            if L.map_ready(maps, gene):
+                set_map_gene(layer, maps, gene, L.map_values(maps, gene), limits)
+            else:
+                set_map_pending(layer, None, maps, gene)
+                self.preparer.request(maps, gene)
+        if meta.pop("hidden_without_gene", False):
+            layer.visible = True
 
     def select_shown_result(self, shown: dict[str, Any]) -> None:
         """Select the visible result layer (the map, else the predicted spots), never the
