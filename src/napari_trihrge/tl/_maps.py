@@ -468,14 +468,24 @@ FACTOR_BLOCK_LOCATIONS = LOCATION_CHUNK
 FOOTPRINT_VALUES = 64 * 2**20
 
 
-def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float
-                        ) -> tuple[np.ndarray, np.ndarray]:
+#: the map-to-spot consistency check averages each spot's disk over map pixels this far apart
+#: (every pixel of a map at this pixel size or coarser; every k-th along rows and columns of a
+#: finer one): a 2 um map's disks would otherwise run the networks at most of its locations
+CONSISTENCY_SPACING_UM = 8.0
+
+
+def map_footprint_means(maps: DenseMaps, rc_um: np.ndarray, spot_diameter_um: float, *,
+                        spacing_um: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Average the dense map over each spot's disk (``spot_diameter_um`` at ``rc_um``).
 
     Returns the means (spots, genes; NaN for a spot whose disk holds no map pixel inside the
     map's mask) and, per spot, the share of its disk's pixels that lie inside the mask.
+    ``spacing_um``: the disk's pixels are taken every k-th along rows and columns, k the
+    largest that keeps them at most this far apart (from the pixel nearest the centre);
+    None: every pixel.
     """
-    offs = geometry.disk_offsets_um(spot_diameter_um, maps.stride_um)
+    k = 1 if spacing_um is None else max(1, int(spacing_um / maps.stride_um + 1e-9))
+    offs = geometry.disk_offsets_um(spot_diameter_um, k * maps.stride_um)
     idx = np.rint((rc_um[:, None, :] + offs[None] - maps.origin_rc_um) / maps.stride_um).astype(int)
     n_rows, n_cols = maps.mask.shape
     inside = ((idx[..., 0] >= 0) & (idx[..., 0] < n_rows) & (idx[..., 1] >= 0)
@@ -504,11 +514,13 @@ def map_spot_consistency(maps: DenseMaps, rc_um: np.ndarray, y: np.ndarray,
                          spot_diameter_um: float) -> dict[str, float]:
     """Score how well the dense map, averaged over each measured spot's disk, reproduces the spots.
 
-    Mean per-gene PCC (and MSE) between the two, over the spots the map covers.
+    Mean per-gene PCC (and MSE) between the two, over the spots the map covers; the disks
+    are averaged over map pixels :data:`CONSISTENCY_SPACING_UM` apart.
     """
     from ..metrics import per_gene_pcc
 
-    means, coverage = map_footprint_means(maps, rc_um, spot_diameter_um)
+    means, coverage = map_footprint_means(maps, rc_um, spot_diameter_um,
+                                          spacing_um=CONSISTENCY_SPACING_UM)
     covered = coverage >= 0.5
     if covered.sum() < 3:
         return {"pcc_mean": float("nan"), "mse": float("nan"), "n_spots": int(covered.sum())}
