@@ -285,6 +285,8 @@ def test_the_view_at_full_resolution_is_added_over_a_coarser_map_and_follows_eac
     assert ge.show_gene(other)
     qtbot.waitUntil(lambda: not region_layer.metadata["trihrge"].get("pending"),
                     timeout=60_000)
+    assert region_layer.name == f"enhanced {other} (full resolution, {whole.stride_um:g} um)"
+    assert layer.name == f"enhanced {other}"
     for lay, maps in ((region_layer, region), (layer, coarse)):
         assert lay.visible and lay.metadata["trihrge"]["gene"] == other
         inside, data = maps.mask, np.asarray(lay.data)

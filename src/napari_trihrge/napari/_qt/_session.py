@@ -577,5 +577,5 @@ class LayerView:
             map_layer.metadata["trihrge"]["beats_interpolation"] = (
                 None if trust is None or not trust["measured_here"]
                 else trust["beats_interpolation"])
-            map_layer.name = f"enhanced {gene}" + (" (not better than interpolation)"
-                                                   if mark else "")
+            map_layer.name = f"enhanced {gene}" + map_layer.metadata["trihrge"].get(
+                "name_suffix", "") + (" (not better than interpolation)" if mark else "")
