@@ -63,11 +63,10 @@ def run_task(task: str, adata: AnnData, out_dir: str | Path | None = None, *,
     the per-location factors of the maps a viewer shows
     (:func:`~napari_trihrge.tl._maps.displayed_maps`: every n-th pixel of a map too large to
     compute at once) before returning (:meth:`FactorMaps.warm`), so a viewer then shows any
-    gene at once; each of those
-    locations' networks runs once (for maps shown whole, the consistency check and the
-    overview compute whole chunks, kept for the viewer within a share of the available memory,
-    :func:`~napari_trihrge.io.map_store.for_display`, and the maps keep them when the run
-    folder is swapped in). ``task_kwargs`` are
+    gene at once; each of those locations' networks runs once (for maps shown whole, the
+    consistency check and the overview compute whole chunks, kept for the viewer within a
+    share of the available memory, :func:`~napari_trihrge.io.map_store.for_display`, and the
+    maps keep them when the run folder is swapped in). ``task_kwargs`` are
     :func:`run_recovery`'s or :func:`run_enhance`'s keyword arguments."""
     if task not in TASKS:
         raise TrihrgeInputError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
