@@ -171,6 +171,14 @@ def test_a_region_opened_beside_its_run_never_leaves_a_map_on_an_earlier_gene(
     assert any(lay.visible and lay.metadata["trihrge"].get("gene") == gene
                for lay in viewer.layers
                if (lay.metadata or {}).get("trihrge", {}).get("kind") == "map")
+    # the region closed: the run's maps show every gene again
+    from napari_trihrge.napari._qt._session import get_session
+
+    viewer.layers.remove(next(lay for lay in viewer.layers if lay is not layer and (
+        lay.metadata or {}).get("trihrge", {}).get("kind") == "map"))
+    assert get_session(viewer).maps() is maps
+    assert ge.show_gene(other) and layer.visible
+    assert layer.metadata["trihrge"]["gene"] == other
     assert not notes.errors()
 
 
