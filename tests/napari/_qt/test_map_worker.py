@@ -308,3 +308,10 @@ def test_the_view_at_full_resolution_is_added_over_a_coarser_map_and_follows_eac
     viewer.layers.remove(region_layer)
     assert get_session(viewer).maps() is coarse
     assert not notes.errors()
+    # a view beside the tissue: refused with the map's extent, nothing added
+    camera.center = tuple(whole.origin_rc_um - 5 * extent_um)
+    camera.zoom = max(canvas_hw) / (0.4 * extent_um.max())
+    n_layers = len(viewer.layers)
+    assert ge.show_full_resolution() is None and len(viewer.layers) == n_layers
+    assert any("No map in this view" in m and "the map spans rows" in m
+               for m in notes.errors())
