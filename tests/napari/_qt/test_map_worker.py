@@ -301,6 +301,9 @@ def test_the_view_at_full_resolution_is_added_over_a_coarser_map_and_follows_eac
         np.testing.assert_allclose(data[inside], np.maximum(np.asarray(maps[other])[inside],
                                                             data[inside].min()), atol=1e-5)
     assert tuple(layer.contrast_limits) == tuple(region_layer.contrast_limits)  # one scale
+    n_layers = len(viewer.layers)  # the same view again: said, not added twice
+    assert ge.show_full_resolution() is None and len(viewer.layers) == n_layers
+    assert any("shown at full resolution already" in m for _, m in notes.items)
     # the whole section in view: more locations than the viewer computes at once
     camera.zoom = max(canvas_hw) / (3 * extent_um.max())
     assert ge.show_full_resolution() is None

@@ -236,6 +236,11 @@ class GeneExplorer(Panel):
         except Exception as exc:  # noqa: BLE001 - a notification, never a crash
             notify_error(exc, "No map in this view")
             return None
+        same = next((lay for lay in self.viewer.layers if _same_region(
+            (lay.metadata or {}).get("maps"), region)), None)
+        if same is not None:
+            show_info(f"This region is shown at full resolution already: {same.name}.")
+            return None
         shown = displayed_maps(region)
         if shown is not region:
             show_info(f"This view holds {region.n_locations:,} map locations at "
@@ -423,6 +428,13 @@ def _camera(viewer):
     """The camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def _same_region(maps, region) -> bool:
+    """Whether ``maps`` are the same part of the same whole maps as ``region``."""
+    return maps is not None and getattr(maps, "whole", None) is region.whole \
+        and maps.stride_um == region.stride_um and maps.mask.shape == region.mask.shape \
+        and np.array_equal(maps.origin_rc_um, region.origin_rc_um)
 
 
 def _canvas_size_px(viewer) -> np.ndarray:
