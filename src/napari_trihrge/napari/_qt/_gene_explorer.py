@@ -212,8 +212,8 @@ class GeneExplorer(Panel):
         camera = _camera(self.viewer)
         centre = np.asarray(camera.center, dtype=float)[-2:]
         half = _canvas_size_px(self.viewer) / float(camera.zoom) / 2  # canvas px -> um
-        lo, hi = centre - half - self.view.offset_rc_um(), centre + half - \
-            self.view.offset_rc_um()
+        offset = self.view.offset_rc_um()
+        lo, hi = centre - half - offset, centre + half - offset
         return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
     def show_full_resolution(self):
