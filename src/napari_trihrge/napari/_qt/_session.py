@@ -300,11 +300,7 @@ class LayerView:
             self.model.remove_source(kind, (layer.metadata or {}).get("adata"))
         maps = (layer.metadata or {}).get("maps")
         viewer = self.viewer
-        sample = self.layer_sample(layer)  # None: any sample
-        others = [lay for lay in (viewer.layers if viewer is not None else [])
-                  if layer_kind(lay) == "map" and (lay.metadata or {}).get("maps") is not maps
-                  and (sample is None or self.layer_sample(lay) in (None, sample))]
-        if kind == "map" and maps is not None and others:
+        if kind == "map" and maps is not None and self._other_map_open(layer, maps):
             # another map of the sample stays open (a region removed from over the whole
             # section): that one shows the next gene, not the removed one
             self.model.remove_source("map", maps)
@@ -312,6 +308,14 @@ class LayerView:
                 (lay.metadata or {}).get("maps") is maps and layer_kind(lay) == "map"
                 for lay in (viewer.layers if viewer is not None else [])):
             self.preparer.cancel(maps)  # its map layer closed (or the viewer): stop its work
+
+    def _other_map_open(self, layer, maps) -> bool:
+        """Whether a map layer of other maps than ``maps`` is open for ``layer``'s sample."""
+        sample = self.layer_sample(layer)  # None: any sample
+        viewer = self.viewer
+        return any(layer_kind(lay) == "map" and (lay.metadata or {}).get("maps") is not maps
+                   and (sample is None or self.layer_sample(lay) in (None, sample))
+                   for lay in (viewer.layers if viewer is not None else []))
 
     def _pending_layers(self, maps, gene: str) -> list:
         """The layers (map and spread) of ``maps`` that wait for ``gene``'s map."""
