@@ -314,3 +314,31 @@ def test_count_loss_with_the_aggregation_term_runs():
               output_activation="softplus", sub_features=sub,
               train_config=TrainConfig(max_epochs=2, batch_size=16), **NET_TINY)
     assert np.isfinite([h["train_loss"] for h in res.history]).all()
+
+
+def test_fit_survives_an_llvm_already_loaded(tmp_path):
+    """With software OpenGL (Mesa's libLLVM mapped: a viewer, a notebook holding napari, tests
+    after GUI tests) the optimiser's import of torch's compiler would import triton, whose own
+    LLVM segfaults the process; fit keeps triton out. Run in a fresh process."""
+    import glob
+    import importlib.util
+    import subprocess
+    import sys
+
+    system_llvm = sorted(glob.glob("/usr/lib/*/libLLVM*.so*"))
+    if not system_llvm or importlib.util.find_spec("triton") is None:
+        pytest.skip("needs a system libLLVM and triton installed")
+    script = tmp_path / "fit_after_llvm.py"
+    script.write_text(
+        "import ctypes, numpy as np\n"
+        f"ctypes.CDLL({system_llvm[-1]!r}, mode=ctypes.RTLD_GLOBAL)\n"
+        "from napari_trihrge.model.training import TrainConfig, fit\n"
+        "rng = np.random.default_rng(0)\n"
+        "fit(rng.normal(size=(12, 1, 4)).astype(np.float32),\n"
+        "    rng.normal(size=(12, 3)).astype(np.float32),\n"
+        "    train_config=TrainConfig(max_epochs=1, device='cpu'))\n"
+        "print('trained')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained" in done.stdout

@@ -434,6 +434,7 @@ def fit(features: np.ndarray | None, targets: np.ndarray, *, neighbour: np.ndarr
     train_idx = np.sort(perm[n_val:])
 
     device = resolve_device(tc.device)
+    avoid_triton_llvm_clash()  # the optimiser imports torch's compiler, which imports triton
     autocast = device.type == "cuda"
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     t0 = time.perf_counter()
