@@ -6,7 +6,7 @@ import pytest
 
 from napari_trihrge._atomic import atomic_path
 from napari_trihrge.errors import TrihrgeInputError
-from napari_trihrge.io.outputs import read_run, write_h5ad, write_json
+from napari_trihrge.io.outputs import read_run, run_sample_path, write_h5ad, write_json
 
 
 def test_h5ad_uns_with_tuples_and_none_is_written(tmp_path):
@@ -280,3 +280,20 @@ def test_run_killed_while_writing_keeps_the_earlier_run(tmp_path, kill):
         mark_complete(tmp)
     assert json.loads((out / "summary.json").read_text()) == {"run": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left beside it
+
+
+def test_the_sample_path_a_run_records(tmp_path):
+    """A run's sample is read again from the path the run read it from; a her2st counts table
+    recorded as the source (runs written before that was recorded) stands for its folder."""
+    from sample_folders import make_st_section
+
+    section = make_st_section(tmp_path / "C9", "C9")
+    table = section / "C9.tsv.gz"
+    assert run_sample_path({"source": str(table)}) == str(section)
+    assert run_sample_path({"source": str(table), "read_from": str(section)}) == str(section)
+    h5ad = tmp_path / "s.h5ad"
+    assert run_sample_path({"source": "elsewhere.h5ad", "read_from": str(h5ad)}) == str(h5ad)
+    lone = tmp_path / "counts.tsv.gz"  # a table outside a section folder: left as it is
+    lone.write_text("")
+    assert run_sample_path({"source": str(lone)}) == str(lone)
+    assert run_sample_path({"source": None}) is None and run_sample_path({}) is None

@@ -631,11 +631,10 @@ def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
         "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
             [[0, 0], [300, 0], [300, 600], [0, 600], [0, 0]]]},
         "properties": {"objectType": "annotation", "classification": {"name": "Left"}}}]}))
-    # the run's sample is read from where it came from: here another one, so it is refused
-    err = _one_line_error(capsys, ["cells", str(run), "--quiet"])
-    assert "another sample" in err and "--sample" in err
+    # the run's sample is read again from the file the run read it from (its summary)
+    assert json.loads((run / "summary.json").read_text())["read_from"] == str(sample.resolve())
     out = run / "cells2"
-    assert cli.main(["cells", str(run), "--sample", str(sample), "--geojson", gene,
+    assert cli.main(["cells", str(run), "--geojson", gene,
                      "--regions", str(regions), "--quiet", "--out", str(out)]) == 0
     assert "cells (built-in segmentation" in capsys.readouterr().out
     cells = ad.read_h5ad(out / "cells.h5ad")
@@ -669,6 +668,10 @@ def test_cells_from_a_run_and_from_a_sample(capsys, tmp_path):
                                    "--out", str(tmp_path / "y"), "--quiet"])
     assert "10 x 10 px but the H&E is 600 x 600 px" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # another sample where the run's sample was: refused, and --sample is the way out
+    write_h5ad(synthetic_sample(seed=6, size_um=(500.0, 500.0), n_genes=40), sample)
+    err = _one_line_error(capsys, ["cells", str(run), "--quiet", "--out", str(tmp_path / "z")])
+    assert "another sample" in err and "--sample" in err
 
 
 def test_cells_from_a_run_with_a_map_store_equal_the_cells_from_materialised_maps(tmp_path):

@@ -155,6 +155,26 @@ def check_complete_run(out_dir: str | Path) -> Path:
     return out
 
 
+def run_sample_path(summary: dict[str, Any]) -> str | None:
+    """Return the path a run's sample can be read again from, as its ``summary.json`` says.
+
+    The path the run read it from (``read_from``), else its ``source``; a counts table inside a
+    her2st-like section folder stands for that folder (a run written before ``read_from`` was
+    recorded: the table alone cannot be read without its positions and H&E). None when the
+    summary records neither.
+    """
+    from . import _TABLE_SUFFIXES
+    from .spot_table import is_her2st_folder
+
+    path = summary.get("read_from") or summary.get("source")
+    if not path:
+        return None
+    p = Path(str(path))
+    if p.name.lower().endswith(_TABLE_SUFFIXES) and is_her2st_folder(p.parent):
+        return str(p.parent)
+    return str(path)
+
+
 class RunLock:
     """A lock beside a run folder (``.<name>.lock``).
 

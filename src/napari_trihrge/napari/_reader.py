@@ -454,7 +454,9 @@ def measured_spots_layer(run_dir: Path, layers: list) -> tuple | None:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    source = summary.get("source")
+    from ..io.outputs import run_sample_path
+
+    source = run_sample_path(summary)
     path = Path(str(source)) if source else None
     if path is None or not path.exists() or (path.is_file() and path.suffix != ".h5ad"):
         return None  # no sample recorded, moved since, or an H&E alone

@@ -129,6 +129,7 @@ def run_cells(adata: AnnData, out_dir: str | Path, *, run_dir: str | Path | None
         progress.advance()
         summary = {"task": "cells", "sample": adata.uns.get("trihrge", {}).get("sample"),
                    "source": adata.uns.get("trihrge", {}).get("source"),
+                   "read_from": adata.uns.get("trihrge", {}).get("read_from"),
                    "run": None if run_dir is None else str(run_dir),
                    "metrics": {k: v for k, v in result.metrics.items() if k != "timings_s"},
                    "genes": [str(g) for g in table.var_names],

@@ -497,12 +497,13 @@ def _run_cells(args: argparse.Namespace, progress: TqdmProgress) -> int:
 
 
 def _run_sample_path(run_dir: Path) -> Path | str:
-    """Where a run's sample came from (its summary's ``source``)."""
+    """Where a run's sample can be read again from (:func:`io.outputs.run_sample_path`)."""
     import json
 
     from ..errors import TrihrgeInputError
+    from ..io.outputs import run_sample_path
 
-    source = json.loads((Path(run_dir) / "summary.json").read_text()).get("source")
+    source = run_sample_path(json.loads((Path(run_dir) / "summary.json").read_text()))
     if source and str(source).startswith("napari_trihrge.datasets.synthetic_sample"):
         return str(source)
     if not source or not Path(str(source)).exists():

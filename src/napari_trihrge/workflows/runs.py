@@ -120,7 +120,8 @@ def write_run_model(out: Path, result, cfg: RunConfig, task: str) -> Path:
 def _base_summary(adata: AnnData, cfg: RunConfig, n_genes: int) -> dict[str, Any]:
     meta = adata.uns.get("trihrge", {})
     return {"sample": meta.get("sample", "sample"), "source": meta.get("source"),
-            "platform": meta.get("platform"), "encoder": cfg.encoder,
+            "read_from": meta.get("read_from"), "platform": meta.get("platform"),
+            "encoder": cfg.encoder,
             "n_spots": int(adata.n_obs), "n_genes": int(n_genes),
             "device": str(resolve_device(cfg.device)), "um_per_px": meta.get("um_per_px"),
             "config": cfg.public_dict()}
