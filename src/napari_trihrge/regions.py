@@ -334,11 +334,14 @@ def adata_expression_set(adata, name: str = "measured",
 def maps_expression_set(maps, genes: Sequence[str] | None = None, *,
                         max_values: int = 50_000_000, name: str = "enhanced") -> ExpressionSet:
     """Dense maps as points: the in-tissue pixel centres of a sub-sampled grid (every k-th pixel
-    so that points x genes stays below ``max_values``), values read gene by gene."""
+    so that points x genes stays below ``max_values``), values read gene by gene; factorised
+    maps (``values_at``) compute every gene at those points only, their networks run once."""
     genes = list(maps.gene_names) if genes is None else list(genes)
-    shape = np.asarray(maps.values[0]).shape if len(maps.gene_names) else (0, 0)
-    mask = np.ones(shape, bool) if getattr(maps, "mask", None) is None else np.asarray(
-        maps.mask, dtype=bool)
+    if getattr(maps, "mask", None) is not None:
+        mask = np.asarray(maps.mask, dtype=bool)
+    else:
+        mask = np.ones(np.asarray(maps.values[0]).shape if len(maps.gene_names) else (0, 0),
+                       dtype=bool)
     n_in = max(1, int(mask.sum()))
     step = max(1, int(np.ceil(np.sqrt(n_in * max(1, len(genes)) / max_values))))
     sub = np.zeros_like(mask)
@@ -348,9 +351,13 @@ def maps_expression_set(maps, genes: Sequence[str] | None = None, *,
     origin = np.asarray(maps.origin_rc_um, dtype=np.float64)
     pts = origin[None, :] + np.stack([ii, jj], axis=1) * float(maps.stride_um)
     names = list(maps.gene_names)
-    vals = np.empty((len(ii), len(genes)), dtype=np.float32)
-    for k, g in enumerate(genes):
-        plane = np.asarray(maps.values[names.index(g)], dtype=np.float32)
-        vals[:, k] = plane[ii, jj]
+    values_at = getattr(maps, "values_at", None)
+    if values_at is not None:
+        vals = np.ascontiguousarray(values_at([names.index(g) for g in genes], ii, jj).T)
+    else:
+        vals = np.empty((len(ii), len(genes)), dtype=np.float32)
+        for k, g in enumerate(genes):
+            plane = np.asarray(maps.values[names.index(g)], dtype=np.float32)
+            vals[:, k] = plane[ii, jj]
     vals = np.nan_to_num(vals, nan=0.0)
     return ExpressionSet(name, pts, vals, genes)

@@ -65,6 +65,25 @@ def test_store_maps_equal_the_direct_prediction_with_the_blend(blended):
     assert spread[:, inside].max() > 0
 
 
+def test_region_points_of_store_maps_equal_those_of_the_direct_maps(blended, monkeypatch):
+    """The Region explorer's points of factorised maps: every gene computed at the sub-sampled
+    pixels only (no whole map), equal to the points of the direct maps."""
+    from napari_trihrge import regions as R
+
+    _, _, result, direct = blended
+    reference = R.maps_expression_set(direct, max_values=20_000)
+
+    def whole_map(*args, **kwargs):
+        raise AssertionError("a whole map was computed")
+
+    monkeypatch.setattr(map_store.FactorMaps, "compute", whole_map)
+    points = R.maps_expression_set(result.maps, max_values=20_000)
+    assert points.genes == reference.genes
+    np.testing.assert_array_equal(points.points_rc_um, reference.points_rc_um)
+    assert 0 < len(points.points_rc_um) < int(result.maps.mask.sum())  # sub-sampled
+    assert np.abs(points.values - reference.values).max() < 1e-4
+
+
 def test_store_maps_equal_the_direct_prediction_with_the_detail_transfer(_synthetic_cached,
                                                                         tmp_path):
     adata = _synthetic_cached.copy()

@@ -250,6 +250,32 @@ def test_a_reopened_run_folder_is_ready_for_side_by_side(make_napari_viewer, tmp
 
 
 @pytest.mark.gui
+def test_a_reopened_run_folder_is_compared_in_a_region(make_napari_viewer, tmp_path):
+    """The Region explorer compares a reopened run's enhanced expression (its virtual spots)
+    with the measured spots it brings back, with no run in this session."""
+    from napari_trihrge.napari._qt import RegionExplorer
+
+    viewer = make_napari_viewer()
+    test_a_reopened_run_folder_brings_its_measured_spots(tmp_path)
+    a = sample_adata()
+    a.write_h5ad(tmp_path / "sample.h5ad")  # back in place
+    viewer.open(str(tmp_path / "run"), plugin="napari-trihrge")
+    rx = RegionExplorer(viewer)
+    assert rx.session.enhance is None and rx.session.adata is not None
+    rx.top_spin.setValue(500)
+    centre = np.median(L.spots_rc_um(a), axis=0)
+    box = np.array([centre - 200, [centre[0] - 200, centre[1] + 200], centre + 200,
+                    [centre[0] + 200, centre[1] - 200]])
+    rx.regions_layer(create=True).add_rectangles([box])
+    stats = rx.compute()
+    assert {"enhanced_inside", "enhanced_outside"} <= set(stats.table.columns)
+    summary = stats.summary.iloc[0]
+    assert summary["enhanced_points_inside"] > 0 and summary["measured_spots_inside"] > 0
+    assert set(stats.table.loc[stats.table["mapped"], "gene"]) == {"ERBB2", "STROMA_4"}
+    assert "run Enhance" not in rx.message.text()
+
+
+@pytest.mark.gui
 def test_viewer_open_and_sample_through_npe2(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-trihrge", "synthetic")
@@ -282,6 +308,23 @@ def test_a_reopened_run_folder_brings_its_measured_spots(tmp_path):
     assert skw["face_contrast_limits"] == mkw["contrast_limits"]
     sample.unlink()  # moved since: the run opens all the same, without the spots
     assert _kinds(get_reader(str(run))(str(run))) == ["image", "map", "virtual"]
+
+
+def test_a_reopened_her2st_run_brings_its_measured_spots(tmp_path):
+    """A run of a her2st-like section whose summary records the counts table as the source
+    (and no ``read_from``: runs written before it was recorded) reads the section folder."""
+    from sample_folders import make_st_section
+
+    test_run_folder_opens_as_layers(tmp_path)  # writes tmp_path / "run"
+    run = tmp_path / "run"
+    section = make_st_section(tmp_path / "C9", "C9")
+    (run / "summary.json").write_text(json.dumps({
+        "sample": "C9", "source": str((section / "C9.tsv.gz").resolve())}))
+    layers = get_reader(str(run))(str(run))
+    assert _kinds(layers)[-1] == "spots"
+    data, kwargs, _ = layers[-1]
+    assert kwargs["metadata"]["trihrge"]["source"] == str(section.resolve())
+    assert len(data) == len(kwargs["metadata"]["adata"]) > 0
 
 
 @pytest.mark.gui

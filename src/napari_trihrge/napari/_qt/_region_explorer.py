@@ -234,16 +234,21 @@ class RegionExplorer(Panel):
         return hit[1]
 
     def _enhanced(self):
+        """The enhanced expression as points: the virtual spots of the last run, else its
+        maps; without a run, those of a reopened run folder (or maps opened on their own)."""
         enh = self.session.enhance
-        if enh is None:
+        if enh is not None:
+            virtual, maps = getattr(enh, "virtual", None), getattr(enh, "maps", None)
+        else:
+            virtual, maps = self.session.source("virtual"), self.session.maps()
+        points = virtual if virtual is not None else maps
+        if points is None:
             return None
         hit = self._cache.get("enhanced")
-        if hit is None or hit[0] is not enh:
-            if getattr(enh, "virtual", None) is not None:
-                es = R.adata_expression_set(enh.virtual, "enhanced")
-            else:
-                es = R.maps_expression_set(enh.maps)
-            hit = (enh, es)
+        if hit is None or hit[0] is not points:
+            es = (R.adata_expression_set(virtual, "enhanced") if virtual is not None
+                  else R.maps_expression_set(maps))
+            hit = (points, es)
             self._cache["enhanced"] = hit
         return hit[1]
 
