@@ -230,6 +230,30 @@ def test_region_table_on_known_layout():
     np.testing.assert_allclose(r1.iloc[0]["measured_outside"], expr[~inside].mean(), rtol=1e-5)
 
 
+def test_rank_sum_z_matches_the_p_value_and_keeps_ranking_where_p_underflows():
+    """z is the tie-corrected normal approximation of U (with the p-value's continuity
+    correction): equal to the z of the p-value where that is finite, and still ordered by
+    effect where p underflows to 0 (thousands of cells), not capped at one value."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    v = np.round(rng.normal(size=(300, 4)), 1)  # many ties
+    inside = np.arange(300) < 40
+    v[inside, 0] += 0.5
+    v[inside, 1] -= 0.3
+    z, p = R.rank_sum_test(v, inside)
+    np.testing.assert_allclose(np.abs(z), norm.isf(p / 2), rtol=1e-9)
+    assert z[0] > 0 > z[1]
+    big = rng.normal(size=(30000, 3))
+    inside = np.arange(30000) < 4000
+    big[inside, 0] += 3.0
+    big[inside, 1] += 2.0
+    big[inside, 2] -= 2.5
+    z, p = R.rank_sum_test(big, inside)
+    assert (p == 0).all()  # beyond double precision
+    assert z[0] > z[1] > 40 and z[2] < -40 and abs(z[2]) < z[0]
+
+
 def test_region_statistics_test_fdr_and_spot_counts():
     from scipy.stats import false_discovery_control, mannwhitneyu
 

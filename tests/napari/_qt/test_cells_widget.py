@@ -119,6 +119,14 @@ def test_region_explorer_compares_regions_on_cells(viewer, qtbot, small):
     assert t.iloc[0]["p_value"] == pytest.approx(float(p[0]), rel=1e-6)
     assert np.isfinite(t["fdr"]).all()
     assert "optimistic" in rx.message.text() and "cells" in rx.message.text()
+    # cells outside the map have no expression (NaN): left out, not counted as 0
+    outside_map = np.flatnonzero(~left)[:3]
+    cells.X = np.asarray(cells.X, dtype=np.float32)
+    cells.X[outside_map] = np.nan
+    rx._invalidate()
+    again = rx.compute().table
+    assert (again["n_cells_outside"] == (~left).sum() - 3).all()
+    assert np.isfinite(again["cells_outside"]).all()
     # back on spots: the spot table
     rx.unit_combo.setCurrentIndex(rx.unit_combo.findData("spots"))
     assert "n_spots_inside" in rx.stats.table.columns

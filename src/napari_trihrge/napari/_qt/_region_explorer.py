@@ -263,8 +263,10 @@ class RegionExplorer(Panel):
         hit = self._cache.get("cells")
         if hit is None or hit[0] is not cells:
             rc = cells.obs[["row_um", "col_um"]].to_numpy(dtype=np.float64)
-            values = np.nan_to_num(np.asarray(cells.X, dtype=np.float32))
-            hit = (cells, R.ExpressionSet("cells", rc, values, list(cells.var_names)))
+            values = np.asarray(cells.X, dtype=np.float32)
+            mapped = np.isfinite(values).all(axis=1)  # cells outside the map have no values
+            hit = (cells, R.ExpressionSet("cells", rc[mapped], values[mapped],
+                                          list(cells.var_names)))
             self._cache["cells"] = hit
         return hit[1]
 
