@@ -129,7 +129,7 @@ def test_region_explorer_compares_regions_on_cells(viewer, qtbot, small):
     assert np.isfinite(again["cells_outside"]).all()
     # back on spots: the spot table
     rx.unit_combo.setCurrentIndex(rx.unit_combo.findData("spots"))
-    assert "n_spots_inside" in rx.stats.table.columns
+    qtbot.waitUntil(lambda: "n_spots_inside" in rx.stats.table.columns, timeout=10_000)
 
 
 def test_cells_opened_without_the_cells_panel_follow_the_gene(viewer, small):

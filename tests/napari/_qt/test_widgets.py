@@ -373,7 +373,8 @@ def test_region_table_known_layout_and_csv(viewer, qtbot, tmp_path):
     assert set(back.loc[back["mapped"], "gene"]) == mapped & set(adata.var_names)
 
 
-def test_region_table_refreshes_when_a_run_finishes_and_outlines_keep_their_width(viewer):
+def test_region_table_refreshes_when_a_run_finishes_and_outlines_keep_their_width(viewer,
+                                                                                   qtbot):
     from napari_trihrge.napari._qt import RegionExplorer
     from napari_trihrge.napari._qt._gene_explorer import _camera
     from napari_trihrge.napari._qt._region_explorer import OUTLINE_WIDTH_PX
@@ -387,14 +388,56 @@ def test_region_table_refreshes_when_a_run_finishes_and_outlines_keep_their_widt
     enh = fake_enhance(adata)
     enh.virtual = fake_recovery(adata).predictions  # stand-in virtual spots
     rx.session.set_result("enhance", enh, adata)
-    # the table shown follows the run without a click
-    assert "enhanced_inside" in rx.stats.table.columns
+    # the table shown follows the run without a click (compared in a helper thread)
+    qtbot.waitUntil(lambda: "enhanced_inside" in rx.stats.table.columns, timeout=10_000)
     headers = [rx.table.horizontalHeaderItem(i).text() for i in range(rx.table.columnCount())]
     assert "Enh. in" in headers and "Mapped" in headers
     # outlines: the same width on screen at every zoom
     for zoom in (0.25, 4.0):
         _camera(viewer).zoom = zoom
         assert layer.edge_width[0] * zoom == pytest.approx(OUTLINE_WIDTH_PX)
+
+
+def test_region_comparison_runs_in_the_background_and_the_newest_request_wins(viewer, qtbot,
+                                                                                monkeypatch):
+    """The panel compares in a helper thread (the GUI thread is free meanwhile); a request
+    made while another runs replaces it: only the newest fills the table. A failure is a
+    message, not a crash."""
+    import threading
+
+    from napari_trihrge import regions as R
+    from napari_trihrge.napari._qt import RegionExplorer
+
+    add_sample(viewer)
+    rx = RegionExplorer(viewer)
+    rx.auto_check.setChecked(False)
+    rx.regions_layer(create=True).add_rectangles([_tumour_box(sample_adata())])
+    release, threads = threading.Event(), set()
+    original = R.region_statistics
+
+    def held(*args, **kwargs):
+        threads.add(threading.get_ident())
+        assert release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(R, "region_statistics", held)
+    rx.top_spin.setValue(3)
+    rx.compute_btn.click()
+    assert rx.busy and "Comparing" in rx.message.text() and rx.stats is None
+    rx.top_spin.setValue(5)
+    rx.compute_btn.click()  # the newer request
+    release.set()
+    qtbot.waitUntil(lambda: not rx.busy, timeout=20_000)
+    assert threading.get_ident() not in threads
+    assert len(rx.stats.table) == 5 and rx.table.rowCount() == 5
+
+    def broken(*args, **kwargs):
+        raise ValueError("no statistics today")
+
+    monkeypatch.setattr(R, "region_statistics", broken)
+    rx.compute_btn.click()
+    qtbot.waitUntil(lambda: not rx.busy, timeout=20_000)
+    assert "could not be compared" in rx.message.text()
 
 
 def test_region_without_spots_gives_a_clear_message(viewer, qtbot):

@@ -3,6 +3,11 @@ measured spots (and the enhanced maps) or on the cells (Cells panel, or a cells 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from napari.layers import Shapes
@@ -24,9 +29,10 @@ from qtpy.QtWidgets import (
 
 from ... import regions as R
 from .. import layers as L
-from ._common import Panel, heading, listen, note, notify_error
+from ._common import Panel, heading, listen, note, notify_error, report_outcome
 from ._display import WARN_COLOUR
 from ._session import get_session, get_view, layer_kind, unwrap_viewer
+from ._worker import simple_worker
 
 REGIONS_NAME = "regions"
 #: width of the region outlines on screen, whatever the zoom (canvas pixels)
@@ -91,6 +97,9 @@ class RegionExplorer(Panel):
         self.view = get_view(napari_viewer)
         self.stats: R.RegionStats | None = None
         self._cache: dict[str, tuple] = {}
+        self._cache_lock = threading.Lock()
+        self._generation = 0  # of the newest comparison asked for
+        self._workers: set = set()
 
         self.draw_btn = QPushButton("Draw a region")
         self.compute_btn = QPushButton("Compare inside vs outside")
@@ -145,11 +154,11 @@ class RegionExplorer(Panel):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(300)
-        self._timer.timeout.connect(self.compute)
+        self._timer.timeout.connect(self.compare_in_background)
         self.draw_btn.clicked.connect(self.start_drawing)
-        self.compute_btn.clicked.connect(self.compute)
+        self.compute_btn.clicked.connect(self.compare_in_background)
         self.unit_combo.currentIndexChanged.connect(lambda *_: self.stats is not None and
-                                                    self.compute())
+                                                    self.compare_in_background())
         self.export_btn.clicked.connect(self._export)
         self.table.cellDoubleClicked.connect(self._on_cell)
         listen(self, self.session.sample_changed, self._invalidate)
@@ -214,61 +223,66 @@ class RegionExplorer(Panel):
             self._timer.start()
 
     def _invalidate(self, *_):
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
 
     def _on_run_finished(self, *_):
         """A run finished: the table shown is recomputed with the new expression."""
         self._invalidate()
         if self.stats is not None and self.polygons()[0]:
-            self.compute()
+            self.compare_in_background()
 
-    # -- expression sources ---------------------------------------------------------------
-    def _measured(self):
-        ad = self.session.adata
-        if ad is None:
-            return None
-        hit = self._cache.get("measured")
-        if hit is None or hit[0] != id(ad):  # every measured gene is tested
-            hit = (id(ad), R.adata_expression_set(ad, "measured"))
-            self._cache["measured"] = hit
-        return hit[1]
-
-    def _enhanced(self):
-        """The enhanced expression as points: the virtual spots of the last run, else its
-        maps; without a run, those of a reopened run folder (or maps opened on their own)."""
+    # -- what is compared: read in the GUI thread, made into points in any thread ---------
+    def _sources(self) -> dict[str, Any]:
+        """What the regions are compared on, as the session holds it now: the cells of the
+        current sample (the last cells layer placed with it) when comparing on cells, else the
+        measured sample and the enhanced expression (the virtual spots of the last run, else
+        its maps; without a run, those of a reopened run folder or of maps opened alone)."""
+        if self.on_cells:
+            sample = self.session.sample_name
+            mine = [L.cells_of_layer(lay) for lay in self.viewer.layers
+                    if L.cells_of_layer(lay) is not None
+                    and lay.metadata["trihrge"].get("sample") in (None, sample)]
+            return {"cells": mine[-1] if mine else None}
         enh = self.session.enhance
         if enh is not None:
             virtual, maps = getattr(enh, "virtual", None), getattr(enh, "maps", None)
         else:
             virtual, maps = self.session.source("virtual"), self.session.maps()
-        points = virtual if virtual is not None else maps
-        if points is None:
-            return None
-        hit = self._cache.get("enhanced")
-        if hit is None or hit[0] is not points:
-            es = (R.adata_expression_set(virtual, "enhanced") if virtual is not None
-                  else R.maps_expression_set(maps))
-            hit = (points, es)
-            self._cache["enhanced"] = hit
+        return {"measured": self.session.adata, "virtual": virtual, "maps": maps}
+
+    def _points(self, key: str, source, make: Callable[[Any], R.ExpressionSet]
+                ) -> R.ExpressionSet:
+        """``make(source)``, kept while ``source`` is the same object (any thread)."""
+        with self._cache_lock:
+            hit = self._cache.get(key)
+        if hit is None or hit[0] is not source:
+            hit = (source, make(source))
+            with self._cache_lock:
+                self._cache[key] = hit
         return hit[1]
 
-    def _cells(self):
-        """The cells of the current sample (the last cells layer placed with it) as points."""
-        sample = self.session.sample_name
-        layers = [lay for lay in self.viewer.layers if L.cells_of_layer(lay) is not None]
-        mine = [lay for lay in layers if lay.metadata["trihrge"].get("sample") in (None, sample)]
-        if not mine:
-            return None
-        cells = L.cells_of_layer(mine[-1])
-        hit = self._cache.get("cells")
-        if hit is None or hit[0] is not cells:
-            rc = cells.obs[["row_um", "col_um"]].to_numpy(dtype=np.float64)
-            values = np.asarray(cells.X, dtype=np.float32)
-            mapped = np.isfinite(values).all(axis=1)  # cells outside the map have no values
-            hit = (cells, R.ExpressionSet("cells", rc[mapped], values[mapped],
-                                          list(cells.var_names)))
-            self._cache["cells"] = hit
-        return hit[1]
+    def _compare(self, sources: dict[str, Any], polys: list[np.ndarray], names: list[str],
+                 top_n: int | None) -> R.RegionStats:
+        """The statistics of the regions on ``sources`` (:meth:`_sources`); any thread."""
+        if "cells" in sources:  # the spot statistics with the cells as the points
+            cells = self._points("cells", sources["cells"], _cell_points)
+            stats = R.region_statistics(polys, cells, None, top_n=top_n, region_names=names)
+            stats.table = stats.table.rename(columns=CELL_COLUMNS)
+            stats.summary = stats.summary.rename(columns={
+                "measured_spots_inside": "cells_inside",
+                "measured_spots_outside": "cells_outside"})
+            stats.messages = [_on_cells(m) for m in stats.messages] + [CELLS_TEST_NOTE]
+            return stats
+        measured = None if sources["measured"] is None else self._points(
+            "measured", sources["measured"], lambda a: R.adata_expression_set(a, "measured"))
+        enhanced = None
+        if sources["virtual"] is not None:
+            enhanced = self._points("enhanced", sources["virtual"],
+                                    lambda a: R.adata_expression_set(a, "enhanced"))
+        elif sources["maps"] is not None:
+            enhanced = self._points("enhanced", sources["maps"], R.maps_expression_set)
+        return R.region_statistics(polys, measured, enhanced, top_n=top_n, region_names=names)
 
     @property
     def on_cells(self) -> bool:
@@ -290,56 +304,92 @@ class RegionExplorer(Panel):
                 names.append(f"region {i + 1}")
         return polys, names
 
-    def statistics(self, top_n: int | None) -> R.RegionStats | None:
-        """The statistics of the drawn regions (``top_n`` genes per region, None: every
-        gene); None with a message when impossible."""
+    def _request(self, top_n: int | None) -> tuple[Callable[[], R.RegionStats] | None,
+                                                   dict[str, Any], str]:
+        """Read what to compare (GUI thread): the comparison to run, its sources and "", or
+        None and a message saying why there is nothing to compare."""
         polys, names = self.polygons()
         if not polys:
-            self._set_message("Draw a polygon, rectangle or ellipse first (lines and paths are "
+            return None, {}, ("Draw a polygon, rectangle or ellipse first (lines and paths are "
                               "not regions).")
-            return None
+        sources = self._sources()
         if self.on_cells:
-            return self._cell_statistics(polys, names, top_n)
+            cells = sources["cells"]
+            if cells is None:
+                return None, sources, ("No cells: find them in the Cells panel, or open a cells "
+                                       "folder (trihrge cells).")
+            if cells.n_vars == 0:
+                return None, sources, ("These cells have no expression: run Enhance, then find "
+                                       "the cells again.")
+        elif all(v is None for v in sources.values()):
+            return None, sources, "Open a sample first."
+        return partial(self._compare, sources, polys, names, top_n), sources, ""
+
+    def statistics(self, top_n: int | None) -> R.RegionStats | None:
+        """The statistics of the drawn regions (``top_n`` genes per region, None: every
+        gene), computed now; None with a message when impossible."""
+        job, _, message = self._request(top_n)
+        if job is None:
+            self._set_message(message)
+            return None
         try:
-            measured, enhanced = self._measured(), self._enhanced()
-            if measured is None and enhanced is None:
-                self._set_message("Open a sample first.")
-                return None
-            return R.region_statistics(polys, measured, enhanced, top_n=top_n,
-                                       region_names=names)
+            return job()
         except Exception as exc:  # noqa: BLE001 - a notification, never a crash
             notify_error(exc, "Region statistics")
             return None
 
-    def _cell_statistics(self, polys, names, top_n) -> R.RegionStats | None:
-        """The regions compared on cells: the spot statistics with the cells as the points
-        (counts, per-cell means, rank-sum test and FDR), their columns and notes renamed."""
-        cells = self._cells()
-        if cells is None:
-            self._set_message("No cells: find them in the Cells panel, or open a cells folder "
-                              "(trihrge cells).")
-            return None
-        if not cells.genes:
-            self._set_message("These cells have no expression: run Enhance, then find the "
-                              "cells again.")
+    def compute(self) -> R.RegionStats | None:
+        """Compare the regions now and fill the table; returns the statistics (None with a
+        message when impossible). The panel itself compares in the background
+        (:meth:`compare_in_background`)."""
+        self._generation += 1  # a comparison still running in the background is outdated
+        job, sources, message = self._request(int(self.top_spin.value()))
+        if job is None:
+            self._set_message(message)
             return None
         try:
-            stats = R.region_statistics(polys, cells, None, top_n=top_n, region_names=names)
+            stats = job()
         except Exception as exc:  # noqa: BLE001 - a notification, never a crash
-            notify_error(exc, "Region statistics on cells")
+            notify_error(exc, "Region statistics")
             return None
-        stats.table = stats.table.rename(columns=CELL_COLUMNS)
-        stats.summary = stats.summary.rename(columns={
-            "measured_spots_inside": "cells_inside", "measured_spots_outside": "cells_outside"})
-        stats.messages = [_on_cells(m) for m in stats.messages] + [CELLS_TEST_NOTE]
-        return stats
+        return self._show(stats, sources)
 
-    def compute(self) -> R.RegionStats | None:
-        """Fill the table; returns the statistics (None with a message when impossible)."""
-        stats = self.statistics(int(self.top_spin.value()))
-        if stats is None:
-            return None
-        if self.on_cells:
+    def compare_in_background(self) -> None:
+        """Compare the regions in a helper thread, the viewer responsive meanwhile (thousands
+        of cells take seconds); the table fills with the newest request only."""
+        self._generation += 1
+        generation = self._generation
+        job, sources, message = self._request(int(self.top_spin.value()))
+        if job is None:
+            self._set_message(message)
+            return
+        self._set_message("Comparing the regions…")
+        worker = simple_worker(job)
+        worker.returned.connect(lambda outcome: self._on_compared(outcome, generation, sources))
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        self._workers.add(worker)
+        worker.start()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a comparison is running in the background."""
+        return bool(self._workers)
+
+    def _on_compared(self, outcome, generation: int, sources: dict[str, Any]) -> None:
+        if generation != self._generation:
+            return  # a newer request is on its way
+        try:
+            if report_outcome(outcome, "Region statistics"):
+                self._show(outcome.result, sources)
+            else:
+                self._set_message("The regions could not be compared (see the notification).")
+        except RuntimeError as err:  # the panel was closed meanwhile: nothing to show it in
+            if "deleted" not in str(err):
+                raise
+
+    def _show(self, stats: R.RegionStats, sources: dict[str, Any]) -> R.RegionStats:
+        """Fill the table and the message with ``stats``; returns them."""
+        if "cells" in sources:
             self.stats = stats
             self._fill_table(stats)
             counts = "; ".join(f"{r.region}: {r.cells_inside} cells"
@@ -347,7 +397,9 @@ class RegionExplorer(Panel):
             self._set_message("\n".join([*stats.messages, counts]))
             self.export_btn.setEnabled(not stats.table.empty)
             return stats
-        measured, enhanced = self._measured(), self._enhanced()
+        measured = sources.get("measured")
+        enhanced = sources.get("virtual") if sources.get("virtual") is not None \
+            else sources.get("maps")
         self.stats = stats
         self._fill_table(stats)
         msg = []
@@ -457,6 +509,14 @@ class RegionExplorer(Panel):
         with atomic_path(path, overwrite=True) as tmp:  # the file dialog asked about replacing
             table.to_csv(tmp, index=False)
         show_info(f"Saved {path}: {table['gene'].nunique()} genes, {len(table)} rows")
+
+
+def _cell_points(cells) -> R.ExpressionSet:
+    """The cells as points; cells outside the map (no values) are left out, not set to 0."""
+    rc = cells.obs[["row_um", "col_um"]].to_numpy(dtype=np.float64)
+    values = np.asarray(cells.X, dtype=np.float32)
+    mapped = np.isfinite(values).all(axis=1)
+    return R.ExpressionSet("cells", rc[mapped], values[mapped], list(cells.var_names))
 
 
 def _on_cells(message: str) -> str:
