@@ -347,6 +347,15 @@ def adata_expression_set(adata, name: str = "measured",
     return ExpressionSet(name, rc, df.to_numpy(), list(df.columns))
 
 
+def cells_expression_set(cells, name: str = "cells") -> ExpressionSet:
+    """Cells (an AnnData of ``trihrge cells``: ``obs`` row_um / col_um) as points; cells
+    outside the map have no values (NaN) and are left out, not counted as 0."""
+    rc = cells.obs[["row_um", "col_um"]].to_numpy(dtype=np.float64)
+    values = np.asarray(cells.X, dtype=np.float32)
+    mapped = np.isfinite(values).all(axis=1)
+    return ExpressionSet(name, rc[mapped], values[mapped], list(cells.var_names))
+
+
 def maps_expression_set(maps, genes: Sequence[str] | None = None, *,
                         max_values: int = 50_000_000, name: str = "enhanced") -> ExpressionSet:
     """Dense maps as points: the in-tissue pixel centres of a sub-sampled grid (every k-th pixel

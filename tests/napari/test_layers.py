@@ -432,3 +432,14 @@ def test_cells_open_as_labels_in_micrometres_coloured_by_gene(tmp_path):
     assert colors[0][3] == 0 and colors[None][3] == 0
     with pytest.raises(TrihrgeInputError, match="not predicted"):
         L.cell_gene_colors(cells, "NOPE")
+
+
+def test_cells_as_region_points_leave_out_the_cells_without_values():
+    cells = ad.AnnData(np.array([[1.0, 2.0], [np.nan, np.nan], [3.0, 0.0]], np.float32),
+                       obs=pd.DataFrame({"row_um": [10.0, 20.0, 30.0],
+                                         "col_um": [5.0, 6.0, 7.0]}, index=["1", "2", "3"]))
+    cells.var_names = ["A", "B"]
+    points = R.cells_expression_set(cells)
+    np.testing.assert_array_equal(points.points_rc_um, [[10.0, 5.0], [30.0, 7.0]])
+    np.testing.assert_array_equal(points.values, [[1.0, 2.0], [3.0, 0.0]])
+    assert points.genes == ["A", "B"] and points.name == "cells"

@@ -266,7 +266,7 @@ class RegionExplorer(Panel):
                  top_n: int | None) -> R.RegionStats:
         """The statistics of the regions on ``sources`` (:meth:`_sources`); any thread."""
         if "cells" in sources:  # the spot statistics with the cells as the points
-            cells = self._points("cells", sources["cells"], _cell_points)
+            cells = self._points("cells", sources["cells"], R.cells_expression_set)
             stats = R.region_statistics(polys, cells, None, top_n=top_n, region_names=names)
             stats.table = stats.table.rename(columns=CELL_COLUMNS)
             stats.summary = stats.summary.rename(columns={
@@ -509,14 +509,6 @@ class RegionExplorer(Panel):
         with atomic_path(path, overwrite=True) as tmp:  # the file dialog asked about replacing
             table.to_csv(tmp, index=False)
         show_info(f"Saved {path}: {table['gene'].nunique()} genes, {len(table)} rows")
-
-
-def _cell_points(cells) -> R.ExpressionSet:
-    """The cells as points; cells outside the map (no values) are left out, not set to 0."""
-    rc = cells.obs[["row_um", "col_um"]].to_numpy(dtype=np.float64)
-    values = np.asarray(cells.X, dtype=np.float32)
-    mapped = np.isfinite(values).all(axis=1)
-    return R.ExpressionSet("cells", rc[mapped], values[mapped], list(cells.var_names))
 
 
 def _on_cells(message: str) -> str:
