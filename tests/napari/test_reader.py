@@ -310,7 +310,7 @@ def test_a_reopened_run_folder_brings_its_measured_spots(tmp_path):
     assert _kinds(get_reader(str(run))(str(run))) == ["image", "map", "virtual"]
 
 
-def test_a_reopened_her2st_run_brings_its_measured_spots(tmp_path):
+def test_a_reopened_run_reads_its_sample_from_what_it_recorded(tmp_path):
     """A run of a her2st-like section whose summary records the counts table as the source
     (and no ``read_from``: runs written before it was recorded) reads the section folder."""
     from sample_folders import make_st_section
@@ -325,6 +325,18 @@ def test_a_reopened_her2st_run_brings_its_measured_spots(tmp_path):
     data, kwargs, _ = layers[-1]
     assert kwargs["metadata"]["trihrge"]["source"] == str(section.resolve())
     assert len(data) == len(kwargs["metadata"]["adata"]) > 0
+    # a Space Ranger matrix file read directly (an .h5, not a folder) comes back too
+    from sample_folders import make_visium_folder
+
+    matrix = make_visium_folder(tmp_path / "visium") / "filtered_feature_bc_matrix.h5"
+    (run / "summary.json").write_text(json.dumps({
+        "sample": "sample1", "source": str(matrix.parent), "read_from": str(matrix)}))
+    data, kwargs, _ = get_reader(str(run))(str(run))[-1]
+    assert kwargs["metadata"]["trihrge"]["kind"] == "spots" and len(data) > 0
+    # an H&E alone (a prediction on a slide never sequenced): no spots, the run opens
+    (run / "summary.json").write_text(json.dumps({
+        "sample": "slide", "source": str(section / "C9_HE.jpg")}))
+    assert _kinds(get_reader(str(run))(str(run)))[-1] == "virtual"
 
 
 @pytest.mark.gui

@@ -457,16 +457,15 @@ def measured_spots_layer(run_dir: Path, layers: list) -> tuple | None:
     from ..io.outputs import run_sample_path
 
     source = run_sample_path(summary)
-    path = Path(str(source)) if source else None
-    if path is None or not path.exists() or (path.is_file() and path.suffix != ".h5ad"):
-        return None  # no sample recorded, moved since, or an H&E alone
+    if not source or not Path(str(source)).exists():
+        return None  # no sample recorded, or moved since
     from .. import io
 
     try:
         um = summary.get("um_per_px")
         adata = io.read(str(source), **({"um_per_px": float(um)} if um else {}))
-    except Exception:  # noqa: BLE001 - the run opens all the same, without the spots
-        return None
+    except Exception:  # noqa: BLE001 - an H&E alone (nothing measured), a sample no longer
+        return None    # readable: the run opens all the same, without the spots
     shown = next((kw for _, kw, kind in layers if kind == "image"
                   and kw["metadata"]["trihrge"].get("kind") == "map"), None)
     gene = shown["metadata"]["trihrge"]["gene"] if shown is not None else None
