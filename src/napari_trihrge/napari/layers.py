@@ -498,7 +498,8 @@ def viewable_maps(maps) -> tuple[Any, str | None]:
         f"viewer computes at once: it shows one pixel in {step} along rows and columns "
         f"({shown.stride_um:g} um, {shown.n_locations:,} locations, the map's values there). "
         f"For a region at {maps.stride_um:g} um, zoom in and press 'Map at full resolution in "
-        "this view' in the Gene explorer; to write one to disk, `trihrge export-maps RUN "
+        "this view' in the Gene explorer (or tick 'Follow the view at full resolution' there: "
+        "each view you stop at is computed); to write one to disk, `trihrge export-maps RUN "
         "--genes GENE --window-um ROW0 ROW1 COL0 COL1` (micrometres, as the status bar shows "
         "them).")
 

@@ -318,3 +318,56 @@ def test_the_view_at_full_resolution_is_added_over_a_coarser_map_and_follows_eac
     assert ge.show_full_resolution() is None and len(viewer.layers) == n_layers
     assert any("No map in this view" in m and "the map spans rows" in m
                for m in notes.errors())
+
+
+def test_follow_mode_computes_the_region_in_view_once_the_view_settles(
+        viewer, qtbot, notes, monkeypatch, store_run):
+    """Follow the view: once the view stops moving, the region in view is added at full
+    resolution; a view inside it adds nothing; a view elsewhere replaces it (one followed
+    region at a time); a view too large changes nothing and says nothing; unticked, nothing
+    follows."""
+    from napari_trihrge.napari._qt import GeneExplorer
+    from napari_trihrge.napari._qt import _gene_explorer as gx
+
+    whole = map_store.open_map_store(store_run / map_store.STORE_NAME)
+    monkeypatch.setattr(map_store, "DISPLAY_LOCATIONS", whole.n_locations // 3)  # 1 px in 2
+    monkeypatch.setattr(gx, "FOLLOW_DELAY_MS", 50)
+    layer = _opened(viewer, store_run)
+    qtbot.waitUntil(lambda: not layer.metadata["trihrge"].get("pending"), timeout=60_000)
+    ge = GeneExplorer(viewer)
+    assert not ge.follow_check.isHidden() and not ge.follow_check.isChecked()
+
+    def followed():
+        return [lay for lay in viewer.layers
+                if (lay.metadata or {}).get("trihrge", {}).get("follows_view")]
+
+    camera, canvas_hw = gx._camera(viewer), viewer.canvas.size
+    extent_um = np.array(whole.mask.shape) * whole.stride_um
+    middle = whole.origin_rc_um + extent_um / 2
+    camera.center = tuple(middle)
+    camera.zoom = max(canvas_hw) / (0.3 * extent_um.max())
+    ge.follow_check.setChecked(True)  # follows from the view shown now
+    qtbot.waitUntil(lambda: len(followed()) == 1, timeout=10_000)
+    first = followed()[0]
+    assert first.metadata["maps"].stride_um == whole.stride_um
+    assert "(full resolution" in first.name
+    qtbot.waitUntil(lambda: not first.metadata["trihrge"].get("pending"), timeout=60_000)
+    n_layers = len(viewer.layers)
+    camera.zoom = camera.zoom * 1.5  # closer in, inside the region: nothing new
+    qtbot.wait(300)
+    assert followed() == [first] and len(viewer.layers) == n_layers
+    camera.center = tuple(middle + 0.3 * extent_um)  # elsewhere: replaced
+    qtbot.waitUntil(lambda: followed() and followed()[0] is not first, timeout=10_000)
+    assert first not in viewer.layers and len(followed()) == 1
+    second = followed()[0]
+    camera.zoom = max(canvas_hw) / (3 * extent_um.max())  # the whole section: too large
+    camera.center = tuple(middle)
+    qtbot.wait(300)
+    assert followed() == [second]
+    ge.follow_check.setChecked(False)
+    camera.zoom = max(canvas_hw) / (0.3 * extent_um.max())
+    camera.center = tuple(middle - 0.3 * extent_um)
+    qtbot.wait(300)
+    assert followed() == [second]
+    qtbot.waitUntil(lambda: not second.metadata["trihrge"].get("pending"), timeout=60_000)
+    assert not notes.errors() and not any("press the button again" in m for _, m in notes.items)

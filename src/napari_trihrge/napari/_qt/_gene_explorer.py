@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.utils.notifications import show_info
-from qtpy.QtCore import QStringListModel, Qt
+from qtpy.QtCore import QStringListModel, Qt, QTimer
 from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (
     QApplication,
@@ -52,7 +52,13 @@ TOOLTIPS = {
             "region and press this: the region the canvas shows is added at the map's own "
             "pixel size, on top, for every gene you show next. Delete that layer to go back "
             "to the whole section.",
+    "follow": "Follow the view: whenever the view stays still for a moment, zoomed in far "
+              "enough, the region it shows is computed at the map's own pixel size (as the "
+              "button does), replacing the region this added before. Each region takes "
+              "seconds to a minute on a CPU; untick to keep the last one.",
 }
+#: follow mode computes the view's region this long after the view last moved (milliseconds)
+FOLLOW_DELAY_MS = 1000
 
 
 def _colorbar_pixmap(name: str, width: int = 220, height: int = 12) -> QPixmap:
@@ -91,6 +97,8 @@ class GeneExplorer(Panel):
         self.side_check = QCheckBox("Side by side: measured spots | enhanced")
         self.full_btn = QPushButton("Map at full resolution in this view")
         self.full_btn.setToolTip(TOOLTIPS["full"])
+        self.follow_check = QCheckBox("Follow the view at full resolution")
+        self.follow_check.setToolTip(TOOLTIPS["follow"])
         self.best_list = QListWidget()
         self.best_list.setMinimumHeight(120)
         self.best_note = note("Run Enhance or Recovery to list the genes predicted best.")
@@ -124,6 +132,7 @@ class GeneExplorer(Panel):
         lay.addWidget(self.scale_label)
         lay.addWidget(self.side_check)
         lay.addWidget(self.full_btn)
+        lay.addWidget(self.follow_check)
         lay.addWidget(hline())
         lay.addWidget(heading("Best predicted genes"))
         lay.addWidget(self.best_note)
@@ -137,6 +146,15 @@ class GeneExplorer(Panel):
         self.best_list.itemClicked.connect(self._on_best)
         self.png_btn.clicked.connect(self._save_png)
         self.full_btn.clicked.connect(self.show_full_resolution)
+        self._follow_timer = QTimer(self)
+        self._follow_timer.setSingleShot(True)
+        self._follow_timer.setInterval(FOLLOW_DELAY_MS)
+        self._follow_timer.timeout.connect(self.follow_view)
+        self.follow_check.toggled.connect(self._on_view_moved)
+        camera = _camera(self.viewer)
+        for event in (camera.events.center, camera.events.zoom):
+            event.connect(self._on_view_moved)
+            self.destroyed.connect(lambda *_, e=event: e.disconnect(self._on_view_moved))
         for event, slot in ((self.session.sample_changed, self.refresh_genes),
                             (self.session.enhance_changed, self.refresh_genes),
                             (self.session.outputs_opened, self.refresh_genes),
@@ -204,7 +222,32 @@ class GeneExplorer(Panel):
     # -- a region at the map's full resolution -------------------------------------------
     def _update_full_button(self, *_):
         maps = self.session.maps()
-        self.full_btn.setVisible(maps is not None and getattr(maps, "whole", maps) is not maps)
+        coarser = maps is not None and getattr(maps, "whole", maps) is not maps
+        self.full_btn.setVisible(coarser)
+        self.follow_check.setVisible(coarser)
+
+    def _on_view_moved(self, *_):
+        if self.follow_check.isChecked():
+            self._follow_timer.start()  # restarted while the view keeps moving
+
+    def follow_view(self):
+        """Follow mode: add the region in view at full resolution (:meth:`show_full_resolution`,
+        quietly) unless the region it added last covers the view; that one is then removed
+        (its work stops). A view too large, beside the map or shown whole changes nothing.
+        Returns the new layer or None."""
+        if not self.follow_check.isChecked() or self.follow_check.isHidden():
+            return None
+        previous = next((lay for lay in self.viewer.layers
+                         if (lay.metadata or {}).get("trihrge", {}).get("follows_view")), None)
+        if previous is not None and _covers(previous.metadata["maps"],
+                                            *self.view_rectangle_um()):
+            return None
+        layer = self.show_full_resolution(quiet=True)
+        if layer is not None:
+            layer.metadata["trihrge"]["follows_view"] = True
+            if previous is not None:
+                self.viewer.layers.remove(previous)
+        return layer
 
     def view_rectangle_um(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """The rectangle the canvas shows, (rows, cols) as (start, stop) in micrometres of the
@@ -216,36 +259,39 @@ class GeneExplorer(Panel):
         lo, hi = centre - half - offset, centre + half - offset
         return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
-    def show_full_resolution(self):
+    def show_full_resolution(self, *, quiet: bool = False):
         """Add the shown gene's map of the region in view at the map's own pixel size (the
         shown map being every n-th pixel of a larger one), computed in a worker; it follows
-        every gene shown next. Returns the new layer, or None with a message."""
+        every gene shown next. Returns the new layer, or None with a message (none when
+        ``quiet``: follow mode)."""
         from ...tl._maps import displayed_maps
 
+        say = (lambda text: None) if quiet else show_info
         maps = self.session.maps()
         gene = self.session.gene or next(  # a run folder opened: the gene its layer shows
             (lay.metadata["trihrge"].get("gene") for lay in reversed(self.viewer.layers)
              if (lay.metadata or {}).get("maps") is maps and maps is not None), None)
         full = getattr(maps, "whole", maps)
         if maps is None or full is maps or gene is None:
-            show_info("The map is shown whole at its full resolution already.")
+            say("The map is shown whole at its full resolution already.")
             return None
         rows_um, cols_um = self.view_rectangle_um()
         try:
             region = full.window(rows_um, cols_um)
         except Exception as exc:  # noqa: BLE001 - a notification, never a crash
-            notify_error(exc, "No map in this view")
+            if not quiet:
+                notify_error(exc, "No map in this view")
             return None
         same = next((lay for lay in self.viewer.layers if _same_region(
             (lay.metadata or {}).get("maps"), region)), None)
         if same is not None:
-            show_info(f"This region is shown at full resolution already: {same.name}.")
+            say(f"This region is shown at full resolution already: {same.name}.")
             return None
         shown = displayed_maps(region)
         if shown is not region:
-            show_info(f"This view holds {region.n_locations:,} map locations at "
-                      f"{full.stride_um:g} um, more than the viewer computes at once (about "
-                      f"{shown.n_locations:,}): zoom in and press the button again.")
+            say(f"This view holds {region.n_locations:,} map locations at "
+                f"{full.stride_um:g} um, more than the viewer computes at once (about "
+                f"{shown.n_locations:,}): zoom in and press the button again.")
             return None
         data, kwargs, _ = L.pending_map_layer(region, gene)
         meta = kwargs["metadata"]["trihrge"]
@@ -435,6 +481,23 @@ def _same_region(maps, region) -> bool:
     return maps is not None and getattr(maps, "whole", None) is region.whole \
         and maps.stride_um == region.stride_um and maps.mask.shape == region.mask.shape \
         and np.array_equal(maps.origin_rc_um, region.origin_rc_um)
+
+
+def _covers(maps, rows_um: tuple[float, float], cols_um: tuple[float, float]) -> bool:
+    """Whether the region ``maps`` (a window of larger maps) holds the rectangle in view, as
+    far as the whole maps reach (to a pixel)."""
+    whole = getattr(maps, "whole", maps)
+    view = np.array([rows_um, cols_um], dtype=float).T  # (lo, hi) x (row, col)
+
+    def extent(m) -> np.ndarray:
+        origin = np.asarray(m.origin_rc_um, dtype=float)
+        return np.array([origin, origin + (np.array(m.mask.shape) - 1) * m.stride_um])
+
+    reach = extent(whole)
+    view = np.clip(view, reach[0], reach[1])
+    own = extent(maps)
+    return bool(np.all(view[0] >= own[0] - maps.stride_um)
+                and np.all(view[1] <= own[1] + maps.stride_um))
 
 
 def _canvas_size_px(viewer) -> np.ndarray:
