@@ -353,7 +353,12 @@ def test_follow_mode_computes_the_region_in_view_once_the_view_settles(
     assert "(full resolution" in first.name
     qtbot.waitUntil(lambda: not first.metadata["trihrge"].get("pending"), timeout=60_000)
     n_layers = len(viewer.layers)
+    view_rows = np.diff(ge.view_rectangle_um()[0])[0]
+    region_rows = first.metadata["maps"].mask.shape[0] * whole.stride_um
+    assert region_rows > 1.3 * view_rows  # the view with a margin around it
     camera.zoom = camera.zoom * 1.5  # closer in, inside the region: nothing new
+    qtbot.wait(300)
+    camera.center = tuple(middle + 0.05 * extent_um)  # a small pan stays inside the margin
     qtbot.wait(300)
     assert followed() == [first] and len(viewer.layers) == n_layers
     camera.center = tuple(middle + 0.3 * extent_um)  # elsewhere: replaced

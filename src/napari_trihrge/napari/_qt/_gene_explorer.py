@@ -59,6 +59,9 @@ TOOLTIPS = {
 }
 #: follow mode computes the view's region this long after the view last moved (milliseconds)
 FOLLOW_DELAY_MS = 1000
+#: follow mode widens the view by this fraction of its size on every side (where the region
+#: stays within what the viewer computes at once), so that a small pan stays inside it
+FOLLOW_MARGIN = 0.25
 
 
 def _colorbar_pixmap(name: str, width: int = 220, height: int = 12) -> QPixmap:
@@ -232,8 +235,8 @@ class GeneExplorer(Panel):
 
     def follow_view(self):
         """Follow mode: add the region in view at full resolution (:meth:`show_full_resolution`,
-        quietly) unless the region it added last covers the view; that one is then removed
-        (its work stops). A view too large, beside the map or shown whole changes nothing.
+        quietly, with a margin around the view) unless the region it added last covers the
+        view; that one is then removed (its work stops). A view too large, beside the map or shown whole changes nothing.
         Returns the new layer or None."""
         if not self.follow_check.isChecked() or self.follow_check.isHidden():
             return None
@@ -242,7 +245,7 @@ class GeneExplorer(Panel):
         if previous is not None and _covers(previous.metadata["maps"],
                                             *self.view_rectangle_um()):
             return None
-        layer = self.show_full_resolution(quiet=True)
+        layer = self.show_full_resolution(quiet=True, margin=FOLLOW_MARGIN)
         if layer is not None:
             layer.metadata["trihrge"]["follows_view"] = True
             if previous is not None:
@@ -259,11 +262,12 @@ class GeneExplorer(Panel):
         lo, hi = centre - half - offset, centre + half - offset
         return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
-    def show_full_resolution(self, *, quiet: bool = False):
+    def show_full_resolution(self, *, quiet: bool = False, margin: float = 0.0):
         """Add the shown gene's map of the region in view at the map's own pixel size (the
         shown map being every n-th pixel of a larger one), computed in a worker; it follows
         every gene shown next. Returns the new layer, or None with a message (none when
-        ``quiet``: follow mode)."""
+        ``quiet``: follow mode). ``margin``: the view widened by this fraction of its size on
+        every side where that stays within what the viewer computes at once."""
         from ...tl._maps import displayed_maps
 
         say = (lambda text: None) if quiet else show_info
@@ -282,6 +286,12 @@ class GeneExplorer(Panel):
             if not quiet:
                 notify_error(exc, "No map in this view")
             return None
+        if margin > 0:
+            (r0, r1), (c0, c1) = rows_um, cols_um
+            dr, dc = margin * (r1 - r0), margin * (c1 - c0)
+            wider = full.window((r0 - dr, r1 + dr), (c0 - dc, c1 + dc))
+            if displayed_maps(wider) is wider:
+                region = wider
         same = next((lay for lay in self.viewer.layers if _same_region(
             (lay.metadata or {}).get("maps"), region)), None)
         if same is not None:
