@@ -236,8 +236,8 @@ class GeneExplorer(Panel):
     def follow_view(self):
         """Follow mode: add the region in view at full resolution (:meth:`show_full_resolution`,
         quietly, with a margin around the view) unless the region it added last covers the
-        view; that one is then removed (its work stops). A view too large, beside the map or shown whole changes nothing.
-        Returns the new layer or None."""
+        view; that one is then removed (its work stops). A view too large, beside the map or
+        shown whole changes nothing. Returns the new layer or None."""
         if not self.follow_check.isChecked() or self.follow_check.isHidden():
             return None
         previous = next((lay for lay in self.viewer.layers
