@@ -325,34 +325,32 @@ class RegionExplorer(Panel):
             return None, sources, "Open a sample first."
         return partial(self._compare, sources, polys, names, top_n), sources, ""
 
-    def statistics(self, top_n: int | None) -> R.RegionStats | None:
-        """The statistics of the drawn regions (``top_n`` genes per region, None: every
-        gene), computed now; None with a message when impossible."""
-        job, _, message = self._request(top_n)
+    def _compare_now(self, top_n: int | None) -> tuple[R.RegionStats, dict[str, Any]] | None:
+        """The comparison run here and now: the statistics and their sources, or None with a
+        message (a failure as a notification, never a crash)."""
+        job, sources, message = self._request(top_n)
         if job is None:
             self._set_message(message)
             return None
         try:
-            return job()
+            return job(), sources
         except Exception as exc:  # noqa: BLE001 - a notification, never a crash
             notify_error(exc, "Region statistics")
             return None
+
+    def statistics(self, top_n: int | None) -> R.RegionStats | None:
+        """The statistics of the drawn regions (``top_n`` genes per region, None: every
+        gene), computed now; None with a message when impossible."""
+        done = self._compare_now(top_n)
+        return None if done is None else done[0]
 
     def compute(self) -> R.RegionStats | None:
         """Compare the regions now and fill the table; returns the statistics (None with a
         message when impossible). The panel itself compares in the background
         (:meth:`compare_in_background`)."""
         self._generation += 1  # a comparison still running in the background is outdated
-        job, sources, message = self._request(int(self.top_spin.value()))
-        if job is None:
-            self._set_message(message)
-            return None
-        try:
-            stats = job()
-        except Exception as exc:  # noqa: BLE001 - a notification, never a crash
-            notify_error(exc, "Region statistics")
-            return None
-        return self._show(stats, sources)
+        done = self._compare_now(int(self.top_spin.value()))
+        return None if done is None else self._show(*done)
 
     def compare_in_background(self) -> None:
         """Compare the regions in a helper thread, the viewer responsive meanwhile (thousands
