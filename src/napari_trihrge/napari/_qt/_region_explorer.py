@@ -240,8 +240,8 @@ class RegionExplorer(Panel):
         its maps; without a run, those of a reopened run folder or of maps opened alone)."""
         if self.on_cells:
             sample = self.session.sample_name
-            mine = [L.cells_of_layer(lay) for lay in self.viewer.layers
-                    if L.cells_of_layer(lay) is not None
+            mine = [cells for lay in self.viewer.layers
+                    if (cells := L.cells_of_layer(lay)) is not None
                     and lay.metadata["trihrge"].get("sample") in (None, sample)]
             return {"cells": mine[-1] if mine else None}
         enh = self.session.enhance
@@ -249,7 +249,11 @@ class RegionExplorer(Panel):
             virtual, maps = getattr(enh, "virtual", None), getattr(enh, "maps", None)
         else:
             virtual, maps = self.session.source("virtual"), self.session.maps()
-        return {"measured": self.session.adata, "virtual": virtual, "maps": maps}
+        if virtual is not None:
+            enhanced, make = virtual, partial(R.adata_expression_set, name="enhanced")
+        else:
+            enhanced, make = maps, R.maps_expression_set
+        return {"measured": self.session.adata, "enhanced": enhanced, "make_enhanced": make}
 
     def _points(self, key: str, source, make: Callable[[Any], R.ExpressionSet]
                 ) -> R.ExpressionSet:
@@ -275,13 +279,9 @@ class RegionExplorer(Panel):
             stats.messages = [_on_cells(m) for m in stats.messages] + [CELLS_TEST_NOTE]
             return stats
         measured = None if sources["measured"] is None else self._points(
-            "measured", sources["measured"], lambda a: R.adata_expression_set(a, "measured"))
-        enhanced = None
-        if sources["virtual"] is not None:
-            enhanced = self._points("enhanced", sources["virtual"],
-                                    lambda a: R.adata_expression_set(a, "enhanced"))
-        elif sources["maps"] is not None:
-            enhanced = self._points("enhanced", sources["maps"], R.maps_expression_set)
+            "measured", sources["measured"], R.adata_expression_set)
+        enhanced = None if sources["enhanced"] is None else self._points(
+            "enhanced", sources["enhanced"], sources["make_enhanced"])
         return R.region_statistics(polys, measured, enhanced, top_n=top_n, region_names=names)
 
     @property
@@ -321,7 +321,7 @@ class RegionExplorer(Panel):
             if cells.n_vars == 0:
                 return None, sources, ("These cells have no expression: run Enhance, then find "
                                        "the cells again.")
-        elif all(v is None for v in sources.values()):
+        elif sources["measured"] is None and sources["enhanced"] is None:
             return None, sources, "Open a sample first."
         return partial(self._compare, sources, polys, names, top_n), sources, ""
 
@@ -396,8 +396,7 @@ class RegionExplorer(Panel):
             self.export_btn.setEnabled(not stats.table.empty)
             return stats
         measured = sources.get("measured")
-        enhanced = sources.get("virtual") if sources.get("virtual") is not None \
-            else sources.get("maps")
+        enhanced = sources.get("enhanced")
         self.stats = stats
         self._fill_table(stats)
         msg = []
